@@ -1,0 +1,45 @@
+# Self-documenting Makefile: `make help` lists the targets with their `##` comments.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INPUT ?= sample_data/images
+OUTPUT ?= out
+URLS ?=
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install process test lint bench clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv (if missing) and install the package
+	@echo "installed into $(VENV)"
+
+process: $(VENV)/.installed ## Process INPUT="dir1 dir2" (default sample_data/images) [URLS=list.txt] into OUTPUT=out
+	$(PY) -m pipeline process $(INPUT) $(if $(URLS),--urls $(URLS)) --output $(OUTPUT) $(ARGS)
+
+test: $(VENV)/.installed-dev ## Install dev extras (if missing) and run the whole test suite
+	$(PY) -m pytest $(ARGS)
+
+lint: $(VENV)/.installed-dev ## ruff + mypy over pipeline/ and stages/
+	$(PY) -m ruff check pipeline stages tests bench sample_data
+	$(PY) -m ruff format --check pipeline stages tests bench sample_data
+	$(PY) -m mypy
+
+bench: $(VENV)/.installed-dev ## Run the benchmarks and print their tables (asserts nothing)
+	$(PY) -m bench $(ARGS)
+
+clean: ## Remove outputs and caches (keeps .venv)
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

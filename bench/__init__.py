@@ -1,0 +1,1 @@
+"""Benchmarks behind ``make bench``: they print tables and assert nothing."""

@@ -1,0 +1,155 @@
+"""Bounded memory channels between stages, in the manner of trio/anyio memory channels.
+
+A :class:`Channel` has a fixed ``capacity`` chosen by its consumer stage (there is no unbounded
+mode: ``capacity`` must be at least 1). ``send`` waits while the channel is full, which is how
+back-pressure travels up the pipeline to the source. A stream ends by *closing*: once the sender
+side calls :meth:`Channel.close`, receivers get the remaining items and then
+:class:`EndOfStream` — no sentinels, no counting, no polling.
+
+Everything here runs on one event loop and is not thread-safe; stages that run in threads or
+processes are driven by coroutines on the loop, which are the only users of channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = ["Channel", "ChannelClosed", "ChannelStats", "EndOfStream", "WouldBlock"]
+
+T = TypeVar("T")
+
+
+class EndOfStream(Exception):
+    """The channel was closed and every item in it has been received."""
+
+
+class WouldBlock(Exception):
+    """A ``*_nowait`` call would have had to wait."""
+
+
+class ChannelClosed(Exception):
+    """``send`` on a channel that was already closed (an engine bug, not an item error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStats:
+    size: int
+    capacity: int
+    closed: bool
+    waiting_senders: int
+    waiting_receivers: int
+
+
+class Channel(Generic[T]):
+    """A bounded FIFO with close semantics."""
+
+    def __init__(self, capacity: int, *, name: str = "") -> None:
+        if capacity < 1:
+            raise ValueError(f"channel capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.name = name
+        self._items: deque[T] = deque()
+        self._closed = False
+        self._senders: deque[asyncio.Future[None]] = deque()
+        self._receivers: deque[asyncio.Future[None]] = deque()
+
+    # -- sending -------------------------------------------------------------------------------
+    async def send(self, item: T) -> None:
+        while len(self._items) >= self.capacity and not self._closed:
+            fut = asyncio.get_running_loop().create_future()
+            self._senders.append(fut)
+            try:
+                await fut
+            except BaseException:
+                fut.cancel()
+                self._wake_next(self._senders)  # pass the slot on if we were woken then cancelled
+                raise
+        self.send_nowait(item)
+
+    def send_nowait(self, item: T) -> None:
+        if self._closed:
+            raise ChannelClosed(f"send on closed channel {self.name!r}")
+        if len(self._items) >= self.capacity:
+            raise WouldBlock
+        self._items.append(item)
+        self._wake_next(self._receivers)
+
+    def close(self) -> None:
+        """End the stream: receivers drain what is left, then get :class:`EndOfStream`."""
+        if self._closed:
+            return
+        self._closed = True
+        for fut in (*self._receivers, *self._senders):
+            if not fut.done():
+                fut.set_result(None)
+        self._receivers.clear()
+        self._senders.clear()
+
+    # -- receiving -----------------------------------------------------------------------------
+    async def receive(self) -> T:
+        while not self._items:
+            if self._closed:
+                raise EndOfStream
+            fut = asyncio.get_running_loop().create_future()
+            self._receivers.append(fut)
+            try:
+                await fut
+            except BaseException:
+                fut.cancel()
+                self._wake_next(self._receivers)
+                raise
+        return self.receive_nowait()
+
+    def receive_nowait(self) -> T:
+        if not self._items:
+            if self._closed:
+                raise EndOfStream
+            raise WouldBlock
+        item = self._items.popleft()
+        self._wake_next(self._senders)
+        return item
+
+    def drain_nowait(self) -> list[T]:
+        """Take everything currently buffered (used at abort to account for queued items)."""
+        items = list(self._items)
+        self._items.clear()
+        while self._senders:
+            self._wake_next(self._senders)
+        return items
+
+    def __aiter__(self) -> Channel[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except EndOfStream:
+            raise StopAsyncIteration from None
+
+    # -- introspection -------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def statistics(self) -> ChannelStats:
+        return ChannelStats(
+            size=len(self._items),
+            capacity=self.capacity,
+            closed=self._closed,
+            waiting_senders=sum(not f.done() for f in self._senders),
+            waiting_receivers=sum(not f.done() for f in self._receivers),
+        )
+
+    @staticmethod
+    def _wake_next(waiters: deque[asyncio.Future[None]]) -> None:
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return

@@ -1,0 +1,117 @@
+"""``Pipeline``: a chain of stages and the ways to run it.
+
+>>> from pipeline import Pipeline, stage
+>>> result = Pipeline([stage(str.upper, kind="thread")]).run(["a", "b"], progress=False)
+>>> result.ok
+2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import RunOptions
+from .errors import DefinitionError
+from .records import Record
+from .runner import Collector, RunResult, execute, fuse, iterate
+from .stage import Stage
+
+__all__ = ["Pipeline", "run_stage"]
+
+
+class Pipeline:
+    """An ordered chain of stages. Adjacent process stages are fused into one worker call."""
+
+    def __init__(self, stages: Sequence[Stage], *, name: str = "pipeline") -> None:
+        if not stages:
+            raise DefinitionError("a pipeline needs at least one stage")
+        for st in stages:
+            if not isinstance(st, Stage):
+                raise DefinitionError(f"not a stage: {st!r} (wrap functions with stage(fn, ...))")
+        names = [s.name for s in stages]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise DefinitionError(f"stage names must be unique; repeated: {sorted(dupes)}")
+        self.stages: tuple[Stage, ...] = tuple(stages)
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Pipeline({[s.name for s in self.stages]!r})"
+
+    def describe(self) -> str:
+        """Stages, kinds, workers, fused groups and the bound on items held in memory."""
+        lines = [f"pipeline {self.name!r}:"]
+        bound = 0
+        for group in fuse(self.stages):
+            workers = max(s.workers for s in group)
+            batch = min(s.max_batch for s in group) if group[0].kind in ("thread", "process") else 1
+            share = max(1, -(-group[0].capacity // workers))
+            in_flight = workers * min(batch, share)
+            bound += group[0].capacity + in_flight
+            label = " + ".join(s.name for s in group)
+            fused = " (fused: one worker call)" if len(group) > 1 else ""
+            lines.append(
+                f"  [{group[0].capacity:>4}] -> {label}: {group[0].kind} x{workers}, "
+                f"up to {in_flight} items in flight{fused}"
+            )
+        lines.append(
+            f"  at most {bound} items held between source and ledger, whatever the input size"
+        )
+        return "\n".join(lines)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(
+        self,
+        inputs: Iterable[Any],
+        *,
+        output: str | Path | None = None,
+        collectors: Sequence[Collector] = (),
+        **options: Any,
+    ) -> RunResult:
+        """Run over ``inputs`` (consumed lazily) and return counts, timings and metrics.
+
+        Options are those of :class:`RunOptions` (``resume``, ``retry_failed``, ``force``,
+        ``progress``, ``crash_budget``, ``grace``, ``fingerprint``, ``is_done``). In the main
+        thread the run owns SIGINT: the first Ctrl-C stops feeding and lets in-flight items finish
+        for ``grace`` seconds, a second one cancels them at once; the ledger is written either
+        way and the result says ``interrupted`` (exit code 130).
+        """
+        opts = RunOptions(output=Path(output) if output is not None else None, **options)
+        signals = opts.handle_signals and threading.current_thread() is threading.main_thread()
+        result = asyncio.run(
+            execute(self.stages, inputs, opts, collectors=collectors, signals=signals)
+        )
+        return result
+
+    async def run_async(
+        self,
+        inputs: Iterable[Any] | AsyncIterable[Any],
+        *,
+        output: str | Path | None = None,
+        collectors: Sequence[Collector] = (),
+        on_record: Callable[[Record], Awaitable[None]] | None = None,
+        **options: Any,
+    ) -> RunResult:
+        """The same run on the caller's event loop (signals are left to the caller)."""
+        opts = RunOptions(output=Path(output) if output is not None else None, **options)
+        return await execute(self.stages, inputs, opts, collectors=collectors, on_record=on_record)
+
+    def iter(
+        self, inputs: Iterable[Any], *, output: str | Path | None = None, **options: Any
+    ) -> Iterator[Record]:
+        """Yield each input's terminal record (``record.value`` holds the result) as it completes.
+
+        Leaving the loop early stops the run and cancels what is in flight.
+        """
+        options.setdefault("progress", False)
+        opts = RunOptions(output=Path(output) if output is not None else None, **options)
+        return iterate(self.stages, inputs, opts)
+
+
+def run_stage(st: Stage, inputs: Iterable[Any], **options: Any) -> Iterator[Record]:
+    """Run one stage alone over ``inputs``; yields records as they complete."""
+    return Pipeline([st], name=st.name).iter(inputs, **options)

@@ -1,0 +1,115 @@
+"""The engine's exception hierarchy.
+
+Two families, kept apart on purpose:
+
+* **Item errors** describe what happened to *one* input. They never stop a run: the per-item
+  boundary in :mod:`pipeline.executors` turns them (and any exception a stage function raises)
+  into a ``failed`` record in the ledger.
+
+      ItemError
+      ├── WorkerCrashed      a process worker died while it held the item (SIGKILL, segfault, OOM)
+      ├── ItemTimeout        the item ran past its stage's ``timeout``
+      ├── Unpicklable        the item, its result or its exception could not cross processes
+      └── RemoteError        stand-in for an exception from a worker that could not be unpickled
+
+* **Run errors** stop the whole run with a typed error and a non-zero exit code.
+
+      PipelineError
+      ├── DefinitionError    a stage or pipeline is defined wrongly (exit 2)
+      ├── ConfigError        bad options or config file (exit 2)
+      └── FatalRunError      the run cannot go on (exit 3)
+          ├── CrashBudgetExceeded   more worker crashes than the budget allows
+          └── LedgerError           the ledger cannot be read or written
+
+``Interrupted`` (a ``KeyboardInterrupt`` subclass) is raised by a run stopped with Ctrl-C after the
+ledger has been flushed (exit 130).
+
+Every exception here takes only string/int arguments so it pickles both ways.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "CrashBudgetExceeded",
+    "DefinitionError",
+    "FatalRunError",
+    "Interrupted",
+    "ItemError",
+    "ItemTimeout",
+    "LedgerError",
+    "PipelineError",
+    "RemoteError",
+    "Unpicklable",
+    "WorkerCrashed",
+]
+
+
+class ItemError(Exception):
+    """Something went wrong with one item; recorded as ``failed``, the run goes on."""
+
+
+class WorkerCrashed(ItemError):
+    """The process worker holding the item died (killed, segfault, ``os._exit``)."""
+
+
+class ItemTimeout(ItemError):
+    """The item ran past its stage's timeout; a process worker running it was killed."""
+
+
+class Unpicklable(ItemError):
+    """The item, its result or its exception could not be pickled across processes."""
+
+
+class RemoteError(ItemError):
+    """An exception raised in a worker that could not be sent back as itself.
+
+    ``error_type`` keeps the original class name so the ledger still says what happened.
+    """
+
+    def __init__(self, error_type: str, message: str, traceback: str = "") -> None:
+        super().__init__(error_type, message, traceback)
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}"
+
+
+class PipelineError(Exception):
+    """Base of the errors that stop a run or refuse a definition."""
+
+    exit_code = 3
+
+
+class DefinitionError(PipelineError, TypeError):
+    """A stage or pipeline is defined in a way that cannot run (bad kind, unpicklable function)."""
+
+    exit_code = 2
+
+
+class ConfigError(PipelineError, ValueError):
+    """An option or config file value is invalid."""
+
+    exit_code = 2
+
+
+class FatalRunError(PipelineError):
+    """The run cannot continue; the ledger and summary are still written."""
+
+    exit_code = 3
+
+
+class CrashBudgetExceeded(FatalRunError):
+    """More process workers crashed than the run's crash budget allows."""
+
+
+class LedgerError(FatalRunError):
+    """The ledger (manifest, journal, summary) cannot be read or written."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by SIGINT after flushing its ledger (exit 130)."""
+
+    exit_code = 130

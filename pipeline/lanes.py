@@ -1,0 +1,176 @@
+"""Lanes: one worker slot of a stage group, driven by one coroutine.
+
+A lane runs a *batch* of items through its chain and returns ``(done, again)``: outcomes for the
+items it finished and the items it must hand back untouched (a worker died or timed out before
+reaching them). Kinds:
+
+* :class:`InlineLane`  — on the loop itself;
+* :class:`AsyncLane`   — ``await fn(value)`` on the loop, with ``asyncio.timeout``;
+* :class:`ThreadLane`  — a job in the stage's :class:`~pipeline.threads.DaemonThreadPool`;
+* :class:`~pipeline.procpool.ProcessLane` — one worker process of its own (see ``procpool``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from .calls import (
+    SLOT_DEADLINE,
+    SLOT_INDEX,
+    SLOT_SEQ,
+    SLOT_SIZE,
+    SLOT_STEP,
+    Outcome,
+    Step,
+    backoff_delay,
+    run_batch,
+    run_chain,
+)
+from .errors import ItemTimeout
+from .records import Item
+from .threads import DaemonThreadPool
+
+__all__ = ["AsyncLane", "InlineLane", "Lane", "LaneResult", "ThreadLane", "watch"]
+
+LaneResult = tuple[list[tuple[Item, Outcome]], list[Item]]
+
+
+class Lane(Protocol):
+    async def run(self, batch: Sequence[Item]) -> LaneResult: ...
+
+    async def close(self, *, graceful: bool) -> None: ...
+
+
+def min_timeout(steps: Sequence[Step]) -> float | None:
+    limits = [s.timeout for s in steps if s.timeout is not None]
+    return min(limits) if limits else None
+
+
+async def watch(
+    fut: asyncio.Future[Any], slot: Sequence[float], seq: int, floor: float | None
+) -> tuple[int, int] | None:
+    """Wait for ``fut``; if the item in ``slot`` passes its deadline first, return (index, step).
+
+    Sleeps until the current item's deadline (never polls faster than ``floor``, the smallest
+    timeout of the chain); returns None when ``fut`` completes.
+    """
+    if floor is None:
+        await asyncio.wait({fut})
+        return None
+    while True:
+        deadline = slot[SLOT_DEADLINE] if slot[SLOT_SEQ] == seq else math.inf
+        now = time.monotonic()
+        wait = deadline - now if math.isfinite(deadline) else floor
+        done, _ = await asyncio.wait({fut}, timeout=max(wait, 0.0) + 0.001)
+        if done:
+            return None
+        if slot[SLOT_SEQ] == seq and time.monotonic() > slot[SLOT_DEADLINE]:
+            return int(slot[SLOT_INDEX]), int(slot[SLOT_STEP])
+
+
+def timeout_outcome(steps: Sequence[Step], step: int, busy: float) -> Outcome:
+    limit = steps[step].timeout
+    exc = ItemTimeout(f"stage {steps[step].name!r} ran past its timeout of {limit:g} s")
+    times = [0.0] * len(steps)
+    times[step] = busy
+    return Outcome(False, exc, step, 1, times)
+
+
+class InlineLane:
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.steps = tuple(steps)
+
+    async def run(self, batch: Sequence[Item]) -> LaneResult:
+        return [(item, run_chain(self.steps, item.value)) for item in batch], []
+
+    async def close(self, *, graceful: bool) -> None:
+        return None
+
+
+class AsyncLane:
+    """Runs one coroutine stage (async stages are never fused)."""
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        (self.step,) = steps
+
+    async def run(self, batch: Sequence[Item]) -> LaneResult:
+        return [(item, await self._one(item.value)) for item in batch], []
+
+    async def _one(self, value: Any) -> Outcome:
+        step = self.step
+        attempts = 0
+        busy = 0.0
+        while True:
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(step.timeout):
+                    result = await step.fn(value, *step.args, **step.kwargs)
+            except TimeoutError as exc:
+                busy += time.perf_counter() - started
+                if isinstance(exc.__context__, asyncio.CancelledError):
+                    # our deadline, not a TimeoutError raised by the function: final, as for
+                    # thread and process stages whose timed-out workers are abandoned or killed
+                    msg = f"stage {step.name!r} ran past its timeout of {step.timeout:g} s"
+                    return Outcome(False, ItemTimeout(msg), 0, attempts, [busy])
+                if attempts <= step.retries and isinstance(exc, step.retry_on):
+                    await asyncio.sleep(backoff_delay(step.backoff, attempts))
+                    continue
+                return Outcome(False, exc, 0, attempts, [busy])
+            except Exception as exc:  # the per-item boundary for async stages
+                busy += time.perf_counter() - started
+                if attempts <= step.retries and isinstance(exc, step.retry_on):
+                    await asyncio.sleep(backoff_delay(step.backoff, attempts))
+                    continue
+                return Outcome(False, exc, 0, attempts, [busy])
+            busy += time.perf_counter() - started
+            return Outcome(True, result, 0, attempts, [busy])
+
+    async def close(self, *, graceful: bool) -> None:
+        return None
+
+
+class ThreadLane:
+    """One of ``workers`` slots of a thread stage; the pool is shared by the stage's lanes."""
+
+    def __init__(self, steps: Sequence[Step], pool: DaemonThreadPool) -> None:
+        self.steps = tuple(steps)
+        self.pool = pool
+        self.floor = min_timeout(self.steps)
+        self._seq = 0
+
+    async def run(self, batch: Sequence[Item]) -> LaneResult:
+        self._seq += 1
+        seq = self._seq
+        slot = [float(seq), 0.0, 0.0, math.inf][:SLOT_SIZE]
+        done: list[Outcome] = []
+        stop = threading.Event()
+        job = self.pool.submit(
+            run_batch, self.steps, [it.value for it in batch], seq, slot, done, stop.is_set
+        )
+        fut = asyncio.wrap_future(job.future)
+        try:
+            late = await watch(fut, slot, seq, self.floor)
+        except asyncio.CancelledError:
+            stop.set()  # the thread finishes its current item, then leaves the batch
+            raise
+        if late is None:
+            outcomes = fut.result()
+            return list(zip(batch, outcomes, strict=True)), []
+        index, step = late
+        stop.set()
+        self.pool.abandon(job)
+        finished = list(done[:index])
+        result = [(batch[i], finished[i]) for i in range(len(finished))]
+        result.append(
+            (batch[index], timeout_outcome(self.steps, step, self.steps[step].timeout or 0))
+        )
+        return result, list(batch[index + 1 :])
+
+    async def close(self, *, graceful: bool) -> None:
+        return None

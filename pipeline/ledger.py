@@ -1,0 +1,224 @@
+"""The ledger: exactly one terminal record per input key, kept in the output folder.
+
+Files in ``<output>/``:
+
+* ``manifest.jsonl`` — one JSON object a line, one line per key ever seen in this folder, in
+  first-seen order; the latest outcome wins. Rewritten atomically (temporary file + rename) at
+  the end of every run, also after Ctrl-C or a fatal error.
+* ``summary.json`` — written last, atomically; its presence with ``"finished": true`` marks a
+  finished run.
+* ``.pipeline/ledger.sqlite`` — the journal. Records are committed there in small transactions
+  while the run goes, so a run killed with SIGKILL loses at most the last uncommitted batch.
+  The next run opens the same journal, and its manifest includes what the crashed run recorded.
+  SQLite keeps the key index on disk, so resume look-ups and the manifest export never hold all
+  keys in memory.
+
+All SQLite work happens on one dedicated thread; the event loop only awaits it. Errors reading or
+writing any of these files raise :class:`~pipeline.errors.LedgerError` (a fatal run error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .errors import LedgerError
+from .records import Record
+
+__all__ = ["Ledger", "atomic_write_bytes", "atomic_write_text", "read_manifest"]
+
+MANIFEST = "manifest.jsonl"
+SUMMARY = "summary.json"
+JOURNAL = ".pipeline/ledger.sqlite"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_manifest(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield the records of a ``manifest.jsonl`` (the README documents the fields)."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LedgerError(f"{path}:{lineno}: not a JSON record ({exc})") from exc
+
+
+class Ledger:
+    """The records of one output folder. Use as ``async with Ledger(folder) as ledger``."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.manifest_path = self.folder / MANIFEST
+        self.summary_path = self.folder / SUMMARY
+        self.journal_path = self.folder / JOURNAL
+        # One thread owns the SQLite connection: sqlite3 objects stay on their thread.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._db: sqlite3.Connection | None = None
+        self._seq = 0
+
+    async def __aenter__(self) -> Ledger:
+        await self._call(self._open)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._call(self._close)
+        self._thread.shutdown(wait=True)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, fn, *args)
+
+    # -- thread side ---------------------------------------------------------------------------
+    def _open(self) -> None:
+        try:
+            self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not self.journal_path.exists()
+            db = sqlite3.connect(self.journal_path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, "
+                "seq INTEGER NOT NULL, status TEXT NOT NULL, json TEXT NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS records_seq ON records(seq)")
+            self._db = db
+            if fresh and self.manifest_path.exists():
+                self._import_manifest()
+            row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
+            self._seq = int(row[0])
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot open the ledger in {self.folder}: {exc}") from exc
+
+    def _import_manifest(self) -> None:
+        """A folder with a manifest but no journal (copied, or journal deleted): adopt it."""
+        batch: list[dict[str, Any]] = []
+        for rec in read_manifest(self.manifest_path):
+            batch.append(rec)
+            if len(batch) >= 1000:
+                self._upsert([json.dumps(r) for r in batch], [r for r in batch])
+                batch = []
+        if batch:
+            self._upsert([json.dumps(r) for r in batch], batch)
+
+    def _upsert(self, lines: Sequence[str], recs: Sequence[Mapping[str, Any]]) -> None:
+        assert self._db is not None
+        rows = []
+        for line, rec in zip(lines, recs, strict=True):
+            self._seq += 1
+            rows.append((rec["key"], self._seq, rec["status"], line))
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT INTO records(key, seq, status, json) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET status=excluded.status, json=excluded.json",
+            rows,
+        )
+        self._db.execute("COMMIT")
+
+    def _write(self, records: Sequence[Record]) -> None:
+        docs = [r.to_json() for r in records]
+        try:
+            self._upsert([json.dumps(d, ensure_ascii=False) for d in docs], docs)
+        except sqlite3.Error as exc:
+            raise LedgerError(
+                f"cannot write the ledger journal {self.journal_path}: {exc}"
+            ) from exc
+
+    def _lookup(self, keys: Sequence[str]) -> dict[str, Record]:
+        assert self._db is not None
+        found: dict[str, Record] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for _key, text in self._db.execute(
+                f"SELECT key, json FROM records WHERE key IN ({marks})", chunk
+            ):
+                found[_key] = Record.from_json(json.loads(text))
+        return found
+
+    def _export(self) -> int:
+        """Stream the journal into ``manifest.jsonl`` atomically; returns the line count."""
+        assert self._db is not None
+        path = self.manifest_path
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{MANIFEST}.", suffix=".tmp")
+        n = 0
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                for (text,) in self._db.execute("SELECT json FROM records ORDER BY seq"):
+                    fh.write(text)
+                    fh.write("\n")
+                    n += 1
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except (OSError, sqlite3.Error) as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise LedgerError(f"cannot write {path}: {exc}") from exc
+        return n
+
+    def _counts(self) -> dict[str, int]:
+        assert self._db is not None
+        return {
+            str(s): int(n)
+            for s, n in self._db.execute("SELECT status, COUNT(*) FROM records GROUP BY status")
+        }
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- loop side -----------------------------------------------------------------------------
+    async def write(self, records: Sequence[Record]) -> None:
+        if records:
+            await self._call(self._write, records)
+
+    async def lookup(self, keys: Sequence[str]) -> dict[str, Record]:
+        if not keys:
+            return {}
+        result: dict[str, Record] = await self._call(self._lookup, list(keys))
+        return result
+
+    async def export_manifest(self) -> int:
+        n: int = await self._call(self._export)
+        return n
+
+    async def folder_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = await self._call(self._counts)
+        return counts
+
+    async def write_summary(self, summary: Mapping[str, Any]) -> None:
+        text = json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n"
+        try:
+            await self._call(atomic_write_text, self.summary_path, text)
+        except OSError as exc:
+            raise LedgerError(f"cannot write {self.summary_path}: {exc}") from exc

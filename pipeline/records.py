@@ -1,0 +1,143 @@
+"""Items that flow through a pipeline and the terminal records the ledger keeps.
+
+An :class:`Item` is the envelope a stage receives: a stable ``key`` (what the ledger is indexed
+by), a human ``source`` (a path or URL) and the ``value`` the stage functions transform. Stage
+functions only ever see and return ``value``; the envelope is the engine's.
+
+A :class:`Record` is the one terminal outcome of a key: ``ok``, ``failed``, ``skipped`` or
+``cancelled``. ``Record.to_json()`` is the manifest line (format in the README).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["Item", "Record", "Status", "as_item", "jsonable"]
+
+
+class Status(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+@dataclass(slots=True)
+class Item:
+    """One input on its way through the stages.
+
+    ``meta`` travels with the item into its record (for example the columns of a URL list);
+    keep it small and JSON-serialisable.
+    """
+
+    key: str
+    value: Any
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    born: float = 0.0  # perf_counter when it left the source; for per-item durations
+    attempts: int = 1  # the most attempts any stage needed so far
+
+
+def as_item(obj: Any, index: int) -> Item:
+    """Wrap a raw input in an :class:`Item` with a stable key.
+
+    Strings and paths are their own key; an ``Item`` is kept; a ``(key, value)`` tuple gives its
+    key; anything else is keyed by its position in the input (``#000000042``).
+    """
+    if isinstance(obj, Item):
+        return obj
+    if isinstance(obj, str):
+        return Item(key=obj, value=obj, source=obj)
+    if isinstance(obj, os.PathLike):
+        path = os.fspath(obj)
+        return Item(key=str(path), value=obj, source=str(path))
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
+        return Item(key=obj[0], value=obj[1], source=obj[0])
+    return Item(key=f"#{index:09d}", value=obj, source="")
+
+
+def jsonable(value: Any) -> Any:
+    """Return ``value`` if it survives ``json.dumps`` (finite floats only), else ``None``."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
+@dataclass(slots=True)
+class Record:
+    """The terminal outcome of one input key; one line of ``manifest.jsonl``."""
+
+    key: str
+    status: Status
+    source: str = ""
+    stage: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    value: Any = None
+    reason: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    duration: float | None = None
+    finished: float = field(default_factory=time.time)
+    run: str = ""
+    fingerprint: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest line: only fields that say something, plus ``result`` when JSON-able."""
+        out: dict[str, Any] = {"key": self.key, "source": self.source, "status": str(self.status)}
+        if self.status is Status.FAILED:
+            out.update(
+                stage=self.stage,
+                error_type=self.error_type,
+                error=self.error,
+                attempts=self.attempts,
+            )
+        elif self.attempts > 1:  # retried, then succeeded
+            out["attempts"] = self.attempts
+        if self.reason is not None:
+            out["reason"] = self.reason
+        result = jsonable(self.value)
+        if result is not None:
+            out["result"] = result
+        if self.meta:
+            out["meta"] = jsonable(self.meta) or {k: str(v) for k, v in self.meta.items()}
+        if self.duration is not None and math.isfinite(self.duration):
+            out["duration"] = round(self.duration, 6)
+        out["finished"] = round(self.finished, 3)
+        if self.run:
+            out["run"] = self.run
+        if self.fingerprint is not None:
+            out["fingerprint"] = self.fingerprint
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Record:
+        return cls(
+            key=str(data["key"]),
+            status=Status(data["status"]),
+            source=str(data.get("source", "")),
+            stage=data.get("stage"),
+            error_type=data.get("error_type"),
+            error=data.get("error"),
+            attempts=int(data.get("attempts", 0)),
+            value=data.get("result"),
+            reason=data.get("reason"),
+            meta=dict(data.get("meta") or {}),
+            duration=data.get("duration"),
+            finished=float(data.get("finished", 0.0)),
+            run=str(data.get("run", "")),
+            fingerprint=data.get("fingerprint"),
+        )

@@ -1,0 +1,769 @@
+"""The runner: one event loop drives sources, stage groups, the sink and the ledger writer.
+
+Data flow (every arrow a bounded :class:`~pipeline.channel.Channel`)::
+
+    feeder ─▶ [group 1] ─▶ [group 2] ─▶ … ─▶ sink ─▶ ledger channel ─▶ ledger writer
+                 └── failed records ───────────────▶ ledger channel
+
+* The *feeder* pulls the inputs lazily (a sync iterator is advanced on a helper thread, 64 at a
+  time, so a slow directory walk never blocks the loop), asks the ledger which keys are already
+  done, records those as ``skipped`` and sends the rest on.
+* Each *group* (one stage, or adjacent process stages fused) has ``workers`` driver coroutines,
+  each owning one :mod:`lane <pipeline.lanes>`; drivers take small batches from the inbox.
+* Every item taken from the source sits in ``inflight`` until its terminal record has been
+  handed to the ledger channel. After Ctrl-C or a fatal error, whatever is still in ``inflight``
+  is recorded ``cancelled``: that is how nothing is ever lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import math
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .calls import Outcome, steps_of
+from .channel import Channel, EndOfStream, WouldBlock
+from .config import RunOptions
+from .errors import CrashBudgetExceeded, FatalRunError, LedgerError, RemoteError
+from .lanes import AsyncLane, InlineLane, Lane, ThreadLane
+from .ledger import Ledger
+from .metrics import StageMetrics, StageSnapshot, bottleneck, render_table
+from .procpool import ProcessLane
+from .progress import Progress
+from .records import Item, Record, Status, as_item
+from .stage import Stage
+from .threads import DaemonThreadPool
+
+__all__ = ["REASON_DONE", "Collector", "RunResult", "execute", "fuse", "iterate"]
+
+log = logging.getLogger("pipeline")
+
+REASON_DONE = "already done"
+#: Records buffered between the stages and the ledger writer; the writer commits them in
+#: transactions of up to this many, so it also bounds what a SIGKILL of the parent can lose.
+LEDGER_CAPACITY = 512
+#: Items the feeder pulls from a synchronous iterator per hop to its helper thread.
+FEED_CHUNK = 64
+#: Target wall time of one worker call: long enough to amortise the per-call overhead
+#: (tens of microseconds for threads, ~100 us for processes), short enough to keep lanes even.
+BATCH_SECONDS = 0.02
+
+
+class Collector(Protocol):
+    """Sees every terminal record of a run; its ``result()`` goes into ``summary.json``."""
+
+    name: str
+
+    def add(self, record: Record) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run did: counts by status (this run's records), timings and stage metrics."""
+
+    run_id: str
+    counts: dict[str, int]
+    seen: int
+    not_started: int | None
+    duplicates: int
+    interrupted: bool
+    error: str | None
+    duration: float
+    stages: tuple[StageSnapshot, ...]
+    crashes: tuple[str, ...] = ()
+    output: Path | None = None
+    collected: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return self.counts.get("ok", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+    @property
+    def skipped(self) -> int:
+        return self.counts.get("skipped", 0)
+
+    @property
+    def cancelled(self) -> int:
+        return self.counts.get("cancelled", 0)
+
+    @property
+    def bottleneck(self) -> str | None:
+        top = bottleneck(self.stages)
+        return top.name if top else None
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        if self.error is not None:
+            return 3
+        return 1 if self.failed else 0
+
+    def table(self) -> str:
+        return render_table(self.stages)
+
+    def to_json(self) -> dict[str, Any]:
+        top = bottleneck(self.stages)
+        return {
+            "run": self.run_id,
+            "counts": dict(self.counts),
+            "inputs_seen": self.seen,
+            "not_started": self.not_started,
+            "duplicates": self.duplicates,
+            "interrupted": self.interrupted,
+            "error": self.error,
+            "duration_s": round(self.duration, 3),
+            "items_per_s": round(self.seen / self.duration, 3) if self.duration > 0 else None,
+            "crashes": list(self.crashes),
+            "stages": [s.to_json() for s in self.stages],
+            "bottleneck": top.to_json() if top else None,
+            **({"collected": self.collected} if self.collected else {}),
+        }
+
+
+class Batcher:
+    """Sizes batches so one worker call lasts about ``BATCH_SECONDS``."""
+
+    def __init__(self, *, max_batch: int, share: int) -> None:
+        self.max_batch = max(1, max_batch)
+        self.share = max(1, share)  # never take more than inbox capacity / workers at once
+        self.per_item: float | None = None
+
+    def size(self) -> int:
+        if self.per_item is None:
+            return 1
+        want = int(BATCH_SECONDS / max(self.per_item, 1e-7))
+        return max(1, min(want, self.max_batch, self.share))
+
+    def observe(self, seconds: float, n: int) -> None:
+        if n:
+            sample = seconds / n
+            self.per_item = sample if self.per_item is None else 0.8 * self.per_item + 0.2 * sample
+
+
+def fuse(stages: Sequence[Stage]) -> list[list[Stage]]:
+    """Group stages: adjacent process stages share one worker call; every other stage is alone."""
+    groups: list[list[Stage]] = []
+    for st in stages:
+        if groups and st.kind == "process" and groups[-1][-1].kind == "process":
+            groups[-1].append(st)
+        else:
+            groups.append([st])
+    return groups
+
+
+class _Run:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        inputs: Iterable[Any] | AsyncIterable[Any],
+        opts: RunOptions,
+        collectors: Sequence[Collector],
+        on_record: Callable[[Record], Awaitable[None]] | None,
+    ) -> None:
+        self.stages = list(stages)
+        self.groups = fuse(stages)
+        self.inputs = inputs
+        self.opts = opts
+        self.collectors = list(collectors)
+        self.on_record = on_record
+        self.run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.metrics = [StageMetrics(s.name, s.kind, s.workers) for s in stages]
+        for group in self.groups:
+            if len(group) > 1:
+                names = tuple(s.name for s in group)
+                for s in group:
+                    self.metrics[self.stages.index(s)].fused_with = names
+        self.inflight: dict[str, Item] = {}
+        self.counts: Counter[str] = Counter()
+        self.seen = 0
+        self.duplicates = 0
+        self.crashes: list[str] = []
+        self.total = _known_length(inputs)
+        self.ledger: Ledger | None = None
+        self.ledger_ch: Channel[Record] = Channel(LEDGER_CAPACITY, name="ledger")
+        self.stop = asyncio.Event()
+        self.abort = asyncio.Event()
+        self.lanes: list[Lane] = []
+        self.pools: list[DaemonThreadPool] = []
+        self.progress = Progress([s.name for s in stages], total=self.total, enabled=opts.progress)
+
+    # -- records -------------------------------------------------------------------------------
+    async def emit(self, record: Record) -> None:
+        record.run = self.run_id
+        if record.fingerprint is None and record.status is not Status.SKIPPED:
+            record.fingerprint = self.opts.fingerprint
+        await self.ledger_ch.send(record)
+        self.inflight.pop(record.key, None)
+
+    async def ledger_writer(self) -> None:
+        while True:
+            try:
+                first = await self.ledger_ch.receive()
+            except EndOfStream:
+                return
+            batch = [first]
+            while len(batch) < LEDGER_CAPACITY:
+                try:
+                    batch.append(self.ledger_ch.receive_nowait())
+                except (WouldBlock, EndOfStream):
+                    break
+            await self._record(batch)
+
+    async def _record(self, batch: Sequence[Record]) -> None:
+        for rec in batch:
+            self.counts[str(rec.status)] += 1
+            for col in self.collectors:
+                col.add(rec)
+        if self.ledger is not None:
+            await self.ledger.write(batch)
+        if self.on_record is not None:
+            for rec in batch:
+                await self.on_record(rec)
+        self.progress.finish_item(len(batch))
+
+    def on_crash(self, what: str) -> None:
+        self.crashes.append(what)
+        log.warning("worker crash %d/%d: %s", len(self.crashes), self.opts.crash_budget, what)
+        if len(self.crashes) > self.opts.crash_budget:
+            raise CrashBudgetExceeded(
+                f"{len(self.crashes)} worker crashes, more than the crash budget of "
+                f"{self.opts.crash_budget}; last: {what}"
+            )
+
+    # -- the feeder ----------------------------------------------------------------------------
+    async def feed(self, out: Channel[Item]) -> None:
+        try:
+            index = 0
+            async for chunk in self._chunks():
+                items: list[Item] = []
+                for obj in chunk:
+                    if isinstance(obj, Record):  # a source that already knows the outcome
+                        self.seen += 1
+                        if obj.key in self.inflight:
+                            self.duplicates += 1
+                            continue
+                        self.inflight[obj.key] = Item(obj.key, None, obj.source)
+                        await self.emit(obj)
+                    else:
+                        items.append(as_item(obj, index))
+                    index += 1
+                prior = await self.ledger.lookup([it.key for it in items]) if self.ledger else {}
+                for item in items:
+                    self.seen += 1
+                    prev = prior.get(item.key)
+                    if item.key in self.inflight or (prev is not None and prev.run == self.run_id):
+                        self.duplicates += 1
+                        log.warning("duplicate input key %r ignored", item.key)
+                        continue
+                    self.inflight[item.key] = item
+                    decided = self._decide(item, prev)
+                    if decided is not None:
+                        await self.emit(decided)
+                        continue
+                    item.born = time.perf_counter()
+                    await out.send(item)
+        finally:
+            out.close()
+
+    async def _chunks(self) -> Any:
+        src = self.inputs
+        if isinstance(src, AsyncIterable):
+            chunk: list[Any] = []
+            async for obj in src:
+                chunk.append(obj)
+                if len(chunk) >= FEED_CHUNK:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+            return
+        if isinstance(src, list | tuple | range):
+            for start in range(0, len(src), FEED_CHUNK):
+                yield list(src[start : start + FEED_CHUNK])
+            return
+        it = iter(src)
+        loop = asyncio.get_running_loop()
+        with _single_thread("source") as thread:
+            while True:
+                chunk = await loop.run_in_executor(thread, _take, it, FEED_CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+
+    def _decide(self, item: Item, prev: Record | None) -> Record | None:
+        """None to process the item, or the record that settles it without work."""
+        opts = self.opts
+        if opts.force or self.ledger is None:
+            return None
+        if prev is None:
+            if opts.retry_failed:
+                return self._skip(item, "not retried: no earlier failure (--retry-failed)")
+            return None
+        done = prev.status is Status.OK or (
+            prev.status is Status.SKIPPED and prev.reason == REASON_DONE
+        )
+        if (
+            done
+            and opts.resume
+            and (opts.fingerprint is None or prev.fingerprint == opts.fingerprint)
+            and (opts.is_done is None or opts.is_done(prev))
+        ):
+            return self._skip(item, REASON_DONE, prev)
+        if opts.retry_failed and prev.status is not Status.FAILED:
+            reason = REASON_DONE if done else "not retried: no earlier failure (--retry-failed)"
+            return self._skip(item, reason, prev)
+        return None
+
+    def _skip(self, item: Item, reason: str, prev: Record | None = None) -> Record:
+        return Record(
+            key=item.key,
+            status=Status.SKIPPED,
+            source=item.source,
+            reason=reason,
+            value=prev.value if prev is not None else None,
+            meta=item.meta or (prev.meta if prev is not None else {}),
+            fingerprint=prev.fingerprint if prev is not None else None,
+        )
+
+    # -- stage groups --------------------------------------------------------------------------
+    def _lanes(self, group: list[Stage]) -> list[Lane]:
+        steps = steps_of(group)
+        kind = group[0].kind
+        workers = max(s.workers for s in group)
+        if kind == "process":
+            return [ProcessLane(steps, on_crash=self.on_crash) for _ in range(workers)]
+        if kind == "thread":
+            pool = DaemonThreadPool(workers, name=group[0].name)
+            self.pools.append(pool)
+            return [ThreadLane(steps, pool) for _ in range(workers)]
+        if kind == "async":
+            return [AsyncLane(steps) for _ in range(workers)]
+        return [InlineLane(steps)]
+
+    async def run_group(
+        self, group: list[Stage], inbox: Channel[Item], outbox: Channel[Item]
+    ) -> None:
+        lanes = self._lanes(group)
+        self.lanes.extend(lanes)
+        first = self.stages.index(group[0])
+        kind = group[0].kind
+        max_batch = min(s.max_batch for s in group) if kind in ("thread", "process") else 1
+        batcher = Batcher(max_batch=max_batch, share=math.ceil(inbox.capacity / len(lanes)))
+        tasks = [
+            asyncio.create_task(self.drive(group, first, lane, inbox, outbox, batcher))
+            for lane in lanes
+        ]
+        graceful = False
+        try:
+            await asyncio.gather(*tasks)
+            graceful = True
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(
+                *(lane.close(graceful=graceful) for lane in lanes), return_exceptions=True
+            )
+            now = time.perf_counter()
+            for i in range(first, first + len(group)):
+                self.metrics[i].ended = now
+            outbox.close()
+
+    async def drive(
+        self,
+        group: list[Stage],
+        first: int,
+        lane: Lane,
+        inbox: Channel[Item],
+        outbox: Channel[Item],
+        batcher: Batcher,
+    ) -> None:
+        again: deque[Item] = deque()
+        head = self.metrics[first]
+        tail = self.metrics[first + len(group) - 1]
+        while True:
+            if again:
+                batch = [again.popleft() for _ in range(min(len(again), batcher.size()))]
+            else:
+                waited = time.perf_counter()
+                batch = await _take_batch(inbox, batcher.size())
+                head.wait_inbox += time.perf_counter() - waited
+                if not batch:
+                    return
+            started = time.perf_counter()
+            done, back = await lane.run(batch)
+            batcher.observe(time.perf_counter() - started, len(done))
+            head.batches += 1
+            again.extend(back)
+            for item, outcome in done:
+                self._account(first, len(group), outcome)
+                if outcome.ok:
+                    item.value = outcome.value
+                    item.attempts = max(item.attempts, outcome.attempts)
+                    blocked = time.perf_counter()
+                    await outbox.send(item)
+                    tail.blocked_outbox += time.perf_counter() - blocked
+                else:
+                    await self.emit(self._failure(item, group[outcome.step], outcome))
+
+    def _account(self, first: int, n: int, out: Outcome) -> None:
+        total_busy = sum(out.busy) or 1e-12
+        last = out.step if not out.ok else n - 1
+        for j in range(last + 1):
+            m = self.metrics[first + j]
+            m.items += 1
+            m.busy += out.busy[j]
+            m.cpu += out.cpu * (out.busy[j] / total_busy)
+            if j < last or out.ok:
+                m.ok += 1
+            else:
+                m.failed += 1
+            self.progress.advance(first + j)
+
+    def _failure(self, item: Item, st: Stage, out: Outcome) -> Record:
+        exc = out.value
+        error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__
+        message = exc.message if isinstance(exc, RemoteError) else str(exc)
+        return Record(
+            key=item.key,
+            status=Status.FAILED,
+            source=item.source,
+            stage=st.name,
+            error_type=error_type,
+            error=message or error_type,
+            attempts=out.attempts,
+            meta=item.meta,
+            duration=time.perf_counter() - item.born if item.born else None,
+        )
+
+    async def sink(self, inbox: Channel[Item]) -> None:
+        async for item in inbox:
+            await self.emit(
+                Record(
+                    key=item.key,
+                    status=Status.OK,
+                    source=item.source,
+                    value=item.value,
+                    meta=item.meta,
+                    attempts=item.attempts,
+                    duration=time.perf_counter() - item.born if item.born else None,
+                )
+            )
+
+    async def refresher(self, channels: Sequence[Channel[Item]]) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.progress.set_fill([(len(c), c.capacity) for c in channels[:-1]])
+
+    # -- the whole run -------------------------------------------------------------------------
+    async def execute(self) -> RunResult:
+        started = time.perf_counter()
+        started_at = dt.datetime.now(dt.UTC)
+        ledger_cm: Any = Ledger(self.opts.output) if self.opts.output is not None else _NoLedger()
+        error: BaseException | None = None
+        interrupted = False
+        async with ledger_cm as ledger:
+            self.ledger = ledger
+            if ledger is not None:
+                await ledger.write_summary(
+                    {"run": self.run_id, "finished": False, "started": started_at.isoformat()}
+                )
+            channels = [Channel[Item](g[0].capacity, name=g[0].name) for g in self.groups]
+            channels.append(Channel[Item](max(8, self.groups[-1][-1].capacity), name="done"))
+            writer = asyncio.create_task(self.ledger_writer(), name="ledger")
+            feeder = asyncio.create_task(self.feed(channels[0]), name="feeder")
+            work = [feeder]
+            for gi, group in enumerate(self.groups):
+                work.append(
+                    asyncio.create_task(
+                        self.run_group(group, channels[gi], channels[gi + 1]), name=group[0].name
+                    )
+                )
+            work.append(asyncio.create_task(self.sink(channels[-1]), name="sink"))
+            refresher = (
+                asyncio.create_task(self.refresher(channels)) if self.progress.enabled else None
+            )
+            try:
+                error, interrupted = await self._supervise(work, writer, feeder)
+            finally:
+                for t in work:
+                    t.cancel()
+                await asyncio.gather(*work, return_exceptions=True)
+                if refresher is not None:
+                    refresher.cancel()
+                    await asyncio.gather(refresher, return_exceptions=True)
+                self._stop_workers()
+                self.ledger_ch.close()
+                writer_error = (await asyncio.gather(writer, return_exceptions=True))[0]
+                if isinstance(writer_error, BaseException) and error is None:
+                    error = writer_error
+                await self._cancel_leftovers(interrupted, error)
+                self.progress.close()
+            result = self._result(started, error, interrupted)
+            if ledger is not None:
+                await self._finish_ledger(ledger, result, started_at)
+        if error is not None:
+            if isinstance(error, FatalRunError):
+                raise error
+            raise FatalRunError(f"run stopped by an engine error: {error!r}") from error
+        return result
+
+    async def _supervise(
+        self, work: list[asyncio.Task[None]], writer: asyncio.Task[None], feeder: asyncio.Task[None]
+    ) -> tuple[BaseException | None, bool]:
+        stop = asyncio.create_task(self.stop.wait())
+        try:
+            pending = set(work)
+            while pending:
+                done, _ = await asyncio.wait(
+                    pending | {writer, stop}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for t in done & pending:
+                    pending.discard(t)
+                    if not t.cancelled() and t.exception() is not None:
+                        return t.exception(), False
+                if writer in done:
+                    exc = writer.exception() if not writer.cancelled() else None
+                    return exc or LedgerError("the ledger writer stopped early"), False
+                if stop in done:
+                    break
+            if not pending:
+                return None, False
+            # Ctrl-C: stop feeding, give in-flight items `grace` seconds, then cancel the rest.
+            log.warning("interrupted: finishing in-flight items for up to %.1f s", self.opts.grace)
+            feeder.cancel()
+            abort = asyncio.create_task(self.abort.wait())
+            try:
+                await _wait_all_or(pending - {feeder}, abort, self.opts.grace)
+            finally:
+                abort.cancel()
+            return None, True
+        finally:
+            stop.cancel()
+
+    def _stop_workers(self) -> None:
+        for pool in self.pools:
+            pool.shutdown()
+
+    def hard_abort(self) -> None:
+        """Second Ctrl-C: skip the grace period; cancelled lanes kill their workers at once."""
+        self.stop.set()
+        self.abort.set()
+
+    async def _cancel_leftovers(self, interrupted: bool, error: BaseException | None) -> None:
+        if not self.inflight:
+            return
+        reason = "interrupted" if interrupted else f"run stopped: {type(error).__name__}: {error}"
+        leftovers = [
+            Record(
+                key=item.key,
+                status=Status.CANCELLED,
+                source=item.source,
+                reason=reason,
+                meta=item.meta,
+                run=self.run_id,
+                fingerprint=self.opts.fingerprint,
+            )
+            for item in self.inflight.values()
+        ]
+        self.inflight.clear()
+        await self._record(leftovers)
+
+    def _result(self, started: float, error: BaseException | None, interrupted: bool) -> RunResult:
+        not_started = None
+        if self.total is not None:
+            not_started = max(0, self.total - self.seen)
+        return RunResult(
+            run_id=self.run_id,
+            counts=dict(self.counts),
+            seen=self.seen,
+            not_started=not_started,
+            duplicates=self.duplicates,
+            interrupted=interrupted,
+            error=f"{type(error).__name__}: {error}" if error is not None else None,
+            duration=time.perf_counter() - started,
+            stages=tuple(m.snapshot() for m in self.metrics),
+            crashes=tuple(self.crashes),
+            output=self.opts.output,
+            collected={c.name: c.result() for c in self.collectors},
+        )
+
+    async def _finish_ledger(
+        self, ledger: Ledger, result: RunResult, started_at: dt.datetime
+    ) -> None:
+        lines = await ledger.export_manifest()
+        summary = {
+            "run": self.run_id,
+            "finished": True,
+            "started": started_at.isoformat(),
+            "ended": dt.datetime.now(dt.UTC).isoformat(),
+            **result.to_json(),
+            "manifest_lines": lines,
+            "folder_counts": await ledger.folder_counts(),
+            "exit_code": result.exit_code,
+        }
+        await ledger.write_summary(summary)
+
+
+async def _wait_all_or(
+    tasks: set[asyncio.Task[None]], abort: asyncio.Task[bool], grace: float
+) -> None:
+    """Wait until every task is done, ``abort`` completes, or ``grace`` seconds pass."""
+    deadline = time.monotonic() + grace
+    pending = set(tasks)
+    while pending and not abort.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        done, _ = await asyncio.wait(
+            pending | {abort}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+        )
+        pending -= done
+
+
+class _NoLedger:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _single_thread(name: str) -> Iterator[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _take(it: Iterator[Any], n: int) -> list[Any]:
+    out: list[Any] = []
+    for obj in it:
+        out.append(obj)
+        if len(out) >= n:
+            break
+    return out
+
+
+async def _take_batch(inbox: Channel[Item], n: int) -> list[Item]:
+    try:
+        batch = [await inbox.receive()]
+    except EndOfStream:
+        return []
+    while len(batch) < n:
+        try:
+            batch.append(inbox.receive_nowait())
+        except (WouldBlock, EndOfStream):
+            break
+    return batch
+
+
+def _known_length(inputs: Any) -> int | None:
+    try:
+        return len(inputs)
+    except TypeError:
+        return None
+
+
+async def execute(
+    stages: Sequence[Stage],
+    inputs: Iterable[Any] | AsyncIterable[Any],
+    opts: RunOptions,
+    *,
+    collectors: Sequence[Collector] = (),
+    on_record: Callable[[Record], Awaitable[None]] | None = None,
+    signals: bool = False,
+) -> RunResult:
+    """Run ``stages`` over ``inputs`` on the current loop. With ``signals``, own SIGINT."""
+    run = _Run(stages, inputs, opts, collectors, on_record)
+    if not signals:
+        return await run.execute()
+    loop = asyncio.get_running_loop()
+    presses = 0
+
+    def on_sigint() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            log.warning("Ctrl-C: stopping (press again to abort at once)")
+            run.stop.set()
+        else:
+            log.warning("Ctrl-C again: aborting now")
+            run.stop.set()
+            run.hard_abort()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        return await run.execute()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def iterate(
+    stages: Sequence[Stage], inputs: Iterable[Any], opts: RunOptions, *, buffer: int = 256
+) -> Iterator[Record]:
+    """Yield terminal records as they complete; the run goes on a background thread's loop."""
+    out: queue.Queue[Record | BaseException | None] = queue.Queue(maxsize=buffer)
+    stop = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def on_record(rec: Record) -> None:
+        try:
+            out.put_nowait(rec)
+        except queue.Full:
+            await asyncio.get_running_loop().run_in_executor(None, out.put, rec)
+
+    async def main() -> None:
+        run = _Run(stages, inputs, opts, (), on_record)
+        holder["run"] = run
+        holder["loop"] = asyncio.get_running_loop()
+        try:
+            await run.execute()
+            out.put(None)
+        except BaseException as exc:
+            out.put(exc)
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name="pipeline-run", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = out.get()
+            if got is None:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        stop.set()
+        run = holder.get("run")
+        loop = holder.get("loop")
+        if thread.is_alive() and run is not None and loop is not None:
+            loop.call_soon_threadsafe(run.stop.set)
+            loop.call_soon_threadsafe(run.hard_abort)
+            while thread.is_alive():  # unblock a writer waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    out.get(timeout=0.05)
+        thread.join()

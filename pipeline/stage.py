@@ -1,0 +1,180 @@
+"""Stage definitions: a plain function plus how to run it.
+
+``stage(fn, *args, kind=..., workers=..., ...)`` returns a frozen :class:`Stage`. The function is
+called as ``fn(value, *args, **kwargs)`` for every item and returns the value handed to the next
+stage. Kinds:
+
+* ``"async"``   — ``fn`` is a coroutine function, run on the event loop, ``workers`` at a time;
+* ``"thread"``  — ``fn`` runs in the stage's own thread pool of ``workers`` threads;
+* ``"process"`` — ``fn`` runs in the stage's own pool of ``workers`` processes (``forkserver``);
+  it must be importable by name in a fresh process, which is checked here, at definition;
+* ``"inline"``  — ``fn`` is called on the event loop, one item at a time: for debugging, and the
+  reference model the other kinds are tested against.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from .errors import DefinitionError
+
+__all__ = ["Kind", "Stage", "default_workers", "stage"]
+
+Kind = Literal["async", "thread", "process", "inline"]
+KINDS: tuple[str, ...] = get_args(Kind)
+
+
+def default_workers(kind: str) -> int:
+    """Workers per kind when not given: one process per core; I/O kinds get more."""
+    cores = os.cpu_count() or 1
+    if kind == "process":
+        return cores
+    if kind == "thread":
+        return min(32, cores * 4)
+    if kind == "async":
+        return 64
+    return 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """A function and the way to run it. Build with :func:`stage`."""
+
+    fn: Callable[..., Any]
+    kind: Kind
+    name: str
+    workers: int
+    capacity: int
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: float = 0.1
+    max_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DefinitionError(
+                f"stage {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}"
+            )
+        if self.workers < 1:
+            raise DefinitionError(f"stage {self.name!r}: workers must be >= 1, got {self.workers}")
+        if self.kind == "inline" and self.workers != 1:
+            raise DefinitionError(f"stage {self.name!r}: an inline stage has exactly one worker")
+        if self.capacity < 1:
+            raise DefinitionError(
+                f"stage {self.name!r}: capacity must be >= 1 (channels are bounded)"
+            )
+        if self.timeout is not None and not self.timeout > 0:
+            raise DefinitionError(f"stage {self.name!r}: timeout must be > 0 seconds or None")
+        if self.retries < 0:
+            raise DefinitionError(f"stage {self.name!r}: retries must be >= 0")
+        if self.backoff < 0:
+            raise DefinitionError(f"stage {self.name!r}: backoff must be >= 0")
+        if self.max_batch < 1:
+            raise DefinitionError(f"stage {self.name!r}: max_batch must be >= 1")
+        for exc_type in self.retry_on:
+            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+                raise DefinitionError(f"stage {self.name!r}: retry_on must hold exception types")
+        is_coro = inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
+            getattr(self.fn, "func", None)
+        )
+        if self.kind == "async" and not is_coro:
+            raise DefinitionError(
+                f"stage {self.name!r}: kind='async' needs a coroutine function (async def); "
+                "use kind='thread' for a blocking function"
+            )
+        if self.kind != "async" and is_coro:
+            raise DefinitionError(
+                f"stage {self.name!r}: {self.name} is a coroutine function; use kind='async'"
+            )
+        if self.kind == "process":
+            _check_picklable(self)
+
+    def with_options(self, **changes: Any) -> Stage:
+        """A copy with some options changed (validated again)."""
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        fields.update(changes)
+        return Stage(**fields)
+
+
+def stage(
+    fn: Callable[..., Any],
+    *args: Any,
+    kind: Kind = "thread",
+    name: str | None = None,
+    workers: int | None = None,
+    capacity: int | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] | type[BaseException] = (Exception,),
+    backoff: float = 0.1,
+    max_batch: int = 256,
+) -> Stage:
+    """Turn ``fn`` into a stage; ``fn(value, *args, **kwargs)`` is called per item.
+
+    ``capacity`` is the size of the stage's inbox. The default, 128 items, lets small items move
+    in batches of up to ``max_batch``; stages whose items are large (image bytes) should pass a
+    smaller one, since peak memory is the sum over stages of (capacity + workers x batch) items.
+    """
+    if not callable(fn):
+        raise DefinitionError(f"stage function must be callable, got {fn!r}")
+    label = (
+        name
+        or getattr(fn, "__name__", None)
+        or getattr(getattr(fn, "func", None), "__name__", "stage")
+    )
+    n_workers = workers if workers is not None else default_workers(kind)
+    if kind == "inline" and workers is None:
+        n_workers = 1
+    retry_types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    return Stage(
+        fn=fn,
+        kind=kind,
+        name=str(label),
+        workers=n_workers,
+        capacity=capacity if capacity is not None else 128,
+        args=tuple(args),
+        kwargs=dict(kwargs or {}),
+        timeout=timeout,
+        retries=retries,
+        retry_on=retry_types,
+        backoff=backoff,
+        max_batch=max_batch,
+    )
+
+
+def _check_picklable(st: Stage) -> None:
+    """A process stage's function must be importable by name from a fresh worker process."""
+    fn = st.fn
+    target = getattr(fn, "func", fn)  # functools.partial
+    qualname = getattr(target, "__qualname__", "")
+    module = getattr(target, "__module__", None)
+    how = (
+        f"define {qualname or st.name!r} at the top level of an importable module "
+        "(not a lambda, not a function nested in another function), or use kind='thread'"
+    )
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise DefinitionError(
+            f"process stage {st.name!r}: {qualname} cannot be sent to worker processes; {how}"
+        )
+    if module == "__main__" and not getattr(sys.modules.get("__main__"), "__file__", None):
+        raise DefinitionError(
+            f"process stage {st.name!r}: {qualname} is defined in an interactive __main__, which "
+            f"worker processes cannot import; {how}"
+        )
+    try:
+        pickle.dumps((fn, st.args, dict(st.kwargs), st.retry_on))
+    except Exception as exc:
+        raise DefinitionError(
+            f"process stage {st.name!r}: its function or arguments cannot be pickled "
+            f"({type(exc).__name__}: {exc}); {how}"
+        ) from exc

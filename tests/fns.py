@@ -1,0 +1,150 @@
+"""Module-level stage functions for the engine tests (process workers import them by name)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+async def ainc(x: int) -> int:
+    return x + 1
+
+
+def fail_on_multiple_of_7(x: int) -> int:
+    if x % 7 == 0:
+        raise ValueError(f"{x} is a multiple of 7")
+    return x
+
+
+def crash_on(x: int, bad: int, how: str) -> int:
+    if x == bad:
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif how == "exit":
+            os._exit(3)
+        elif how == "segfault":
+            ctypes.string_at(0)
+    return x
+
+
+def always_crash(x: int) -> int:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def sleep_on(x: int, bad: int, seconds: float) -> int:
+    if x == bad:
+        time.sleep(seconds)
+    return x
+
+
+async def asleep_on(x: int, bad: int, seconds: float) -> int:
+    import asyncio
+
+    if x == bad:
+        await asyncio.sleep(seconds)
+    return x
+
+
+def sleep_each(x: Any, seconds: float) -> Any:
+    time.sleep(seconds)
+    return x
+
+
+def flaky(x: int, folder: str, failures: int) -> int:
+    """Fails ``failures`` times per item (counted in files, so it works across processes)."""
+    marker = Path(folder) / f"{x}.count"
+    count = int(marker.read_text()) if marker.exists() else 0
+    marker.write_text(str(count + 1))
+    if count < failures:
+        raise ConnectionError(f"flaky {x} attempt {count + 1}")
+    return x
+
+
+def wrong_type_error(x: int) -> int:
+    raise KeyError(x)
+
+
+def unpicklable_result(x: int) -> Any:
+    if x == 1:
+        return threading.Lock()
+    return x
+
+
+class PickyError(Exception):
+    def __init__(self, code: int, detail: str) -> None:  # pickles, but cannot unpickle
+        super().__init__(f"picky {code}: {detail}")
+        self.code = code
+
+
+def raise_picky(x: int) -> int:
+    if x == 2:
+        raise PickyError(x, "custom init")
+    return x
+
+
+def make_lock(x: int) -> Any:
+    return (x, threading.Lock())
+
+
+def use_lock(pair: Any) -> int:
+    x, lock = pair
+    with lock:
+        return int(x) * 10
+
+
+def pid_of(x: int) -> tuple[int, int]:
+    return (x, os.getpid())
+
+
+def same_pid(pair: tuple[int, int]) -> int:
+    x, pid = pair
+    if pid != os.getpid():
+        raise AssertionError("fused stages ran in different processes")
+    return x
+
+
+def spin(x: int, seconds: float) -> int:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return x
+
+
+def noop(x: Any) -> Any:
+    return x
+
+
+async def anoop(x: Any) -> Any:
+    return x
+
+
+def affine(x: int, a: int, b: int) -> int:
+    return a * x + b
+
+
+def fail_if(x: int, m: int, r: int) -> int:
+    if x % m == r:
+        raise ValueError(f"{x} % {m} == {r}")
+    return x
+
+
+async def aaffine(x: int, a: int, b: int) -> int:
+    return a * x + b
+
+
+async def afail_if(x: int, m: int, r: int) -> int:
+    return fail_if(x, m, r)

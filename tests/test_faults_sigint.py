@@ -1,0 +1,160 @@
+"""Ctrl-C sent to a real CLI run: exit 130 quickly, no child left, ledger consistent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import by_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make_inputs(folder: Path, n: int) -> None:
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"f{i:04d}.bin").write_bytes(os.urandom(64))
+
+
+def _start(inputs: Path, out: Path, delay: float) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "demo",
+        str(inputs),
+        "--output",
+        str(out),
+        "--workers",
+        "2",
+        "--delay",
+        str(delay),
+        "--quiet",
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_progress(out: Path, proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    journal = out / ".pipeline" / "ledger.sqlite"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        # workers are forked by the forkserver: the parent's grandchildren
+        workers = [k for k in kids if _ppid(k) != proc.pid]
+        if journal.exists() and len(workers) >= 2:
+            time.sleep(0.5)
+            return kids
+        time.sleep(0.1)
+    raise AssertionError("the run never got going")
+
+
+def _ppid(p: psutil.Process) -> int | None:
+    try:
+        return p.ppid()
+    except psutil.NoSuchProcess:
+        return None
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:  # never leave a run behind when a test fails
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
+        for stream in (p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _check_ledger(out: Path, n_inputs: int) -> dict[str, int]:
+    recs = by_key(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] is True
+    assert summary["interrupted"] is True
+    assert summary["exit_code"] == 130
+    statuses = [r["status"] for r in recs.values()]
+    assert set(statuses) <= {"ok", "cancelled", "failed"}
+    assert "cancelled" in statuses or "ok" in statuses
+    # every input seen has exactly one record; the rest were not started
+    assert summary["inputs_seen"] == len(recs)
+    assert len(recs) <= n_inputs
+    assert sum(summary["counts"].values()) == summary["inputs_seen"]
+    return {s: statuses.count(s) for s in set(statuses)}
+
+
+@pytest.mark.timeout(90)
+def test_sigint_stops_within_5s_and_leaves_nothing_behind(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _make_inputs(inputs, 400)
+    proc = _start(inputs, out, delay=0.2)
+    procs.append(proc)
+    kids = _wait_for_progress(out, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=15)
+    elapsed = time.monotonic() - sent
+    assert code == 130, proc.stderr.read().decode() if proc.stderr else ""
+    assert elapsed < 5.0
+    _gone, alive = psutil.wait_procs(kids, timeout=3)
+    assert alive == [], f"left behind: {alive}"
+    counts = _check_ledger(out, 400)
+    assert counts.get("ok", 0) < 400
+
+
+@pytest.mark.timeout(90)
+def test_second_sigint_aborts_at_once(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _make_inputs(inputs, 200)
+    proc = _start(inputs, out, delay=3.0)  # items far longer than the grace period
+    procs.append(proc)
+    kids = _wait_for_progress(out, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=15)
+    assert code == 130
+    assert time.monotonic() - sent < 2.0
+    _, alive = psutil.wait_procs(kids, timeout=3)
+    assert alive == []
+    counts = _check_ledger(out, 200)
+    assert counts.get("cancelled", 0) >= 1
+
+
+@pytest.mark.timeout(120)
+def test_sigkilled_parent_loses_nothing_on_the_next_run(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _make_inputs(inputs, 150)
+    proc = _start(inputs, out, delay=0.05)
+    procs.append(proc)
+    kids = _wait_for_progress(out, proc)
+    proc.kill()  # no chance to flush anything
+    proc.wait(timeout=10)
+    psutil.wait_procs(kids, timeout=5)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "demo", str(inputs), "--output", str(out), "--quiet"],
+        cwd=ROOT,
+        timeout=90,
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    recs = by_key(out)
+    assert len(recs) == 150
+    statuses = {r["status"] for r in recs.values()}
+    assert statuses <= {"ok", "skipped"}
+    assert "skipped" in statuses  # the killed run's journalled work was not redone
