@@ -68,7 +68,10 @@ def _measure(what: str, n: int) -> dict[str, float]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def main(repeats: int = 3, n: int = 100_000, big: int = 1_000_000, small: int = 10_000) -> str:
+def main(*, quick: bool = False) -> str:
+    repeats, n, big, small = (
+        (1, 20_000, 100_000, 10_000) if quick else (3, 100_000, 1_000_000, 10_000)
+    )
     rows = []
     for what in ("bare", "engine"):
         runs = [_measure(what, n) for _ in range(repeats)]

@@ -46,13 +46,13 @@ class Step:
     timeout: float | None = None
 
 
-def steps_of(stages: Sequence[Stage]) -> tuple[Step, ...]:
+def steps_of(stages: Sequence[Stage], extra: Mapping[str, Any] | None = None) -> tuple[Step, ...]:
     return tuple(
         Step(
             name=s.name,
             fn=s.fn,
             args=s.args,
-            kwargs=dict(s.kwargs),
+            kwargs={**s.kwargs, **(extra or {})},
             retries=s.retries,
             retry_on=s.retry_on,
             backoff=s.backoff,

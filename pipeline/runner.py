@@ -62,7 +62,11 @@ BATCH_SECONDS = 0.02
 
 
 class Collector(Protocol):
-    """Sees every terminal record of a run; its ``result()`` goes into ``summary.json``."""
+    """Sees every terminal record of a run; its ``result()`` goes into ``summary.json``.
+
+    ``result()`` is called once, on a helper thread, after ``manifest.jsonl`` has been written
+    and before ``summary.json``: a collector may stream the manifest to build a report.
+    """
 
     name: str
 
@@ -345,8 +349,8 @@ class _Run:
         )
 
     # -- stage groups --------------------------------------------------------------------------
-    def _lanes(self, group: list[Stage]) -> list[Lane]:
-        steps = steps_of(group)
+    def _lanes(self, group: list[Stage], extra: dict[str, Any]) -> list[Lane]:
+        steps = steps_of(group, extra)
         kind = group[0].kind
         workers = max(s.workers for s in group)
         if kind == "process":
@@ -362,7 +366,16 @@ class _Run:
     async def run_group(
         self, group: list[Stage], inbox: Channel[Item], outbox: Channel[Item]
     ) -> None:
-        lanes = self._lanes(group)
+        async with contextlib.AsyncExitStack() as stack:
+            extra: dict[str, Any] = {}
+            ctx_factory = group[0].context
+            if ctx_factory is not None:
+                extra[group[0].context_arg] = await stack.enter_async_context(ctx_factory())
+            await self._run_lanes(group, self._lanes(group, extra), inbox, outbox)
+
+    async def _run_lanes(
+        self, group: list[Stage], lanes: list[Lane], inbox: Channel[Item], outbox: Channel[Item]
+    ) -> None:
         self.lanes.extend(lanes)
         first = self.stages.index(group[0])
         kind = group[0].kind
@@ -441,6 +454,11 @@ class _Run:
 
     def _failure(self, item: Item, st: Stage, out: Outcome) -> Record:
         exc = out.value
+        # an exception may carry its own attempt count (a download retried inside its stage)
+        # and small JSON-able ``details`` for the record (an HTTP status)
+        attempts = max(out.attempts, _int(getattr(exc, "attempts", 0)))
+        details = getattr(exc, "details", None)
+        meta = {**item.meta, **details} if isinstance(details, dict) else item.meta
         error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__
         message = exc.message if isinstance(exc, RemoteError) else str(exc)
         return Record(
@@ -450,8 +468,8 @@ class _Run:
             stage=st.name,
             error_type=error_type,
             error=message or error_type,
-            attempts=out.attempts,
-            meta=item.meta,
+            attempts=attempts,
+            meta=meta,
             duration=time.perf_counter() - item.born if item.born else None,
         )
 
@@ -518,9 +536,11 @@ class _Run:
                     error = writer_error
                 await self._cancel_leftovers(interrupted, error)
                 self.progress.close()
-            result = self._result(started, error, interrupted)
+            lines = await ledger.export_manifest() if ledger is not None else None
+            collected = await self._collect()
+            result = self._result(started, error, interrupted, collected)
             if ledger is not None:
-                await self._finish_ledger(ledger, result, started_at)
+                await self._write_summary(ledger, result, started_at, lines)
         if error is not None:
             if isinstance(error, FatalRunError):
                 raise error
@@ -588,7 +608,24 @@ class _Run:
         self.inflight.clear()
         await self._record(leftovers)
 
-    def _result(self, started: float, error: BaseException | None, interrupted: bool) -> RunResult:
+    async def _collect(self) -> dict[str, Any]:
+        """Collectors' results, after the manifest is exported (they may read it)."""
+        collected: dict[str, Any] = {}
+        for col in self.collectors:
+            try:
+                collected[col.name] = await asyncio.to_thread(col.result)
+            except Exception as exc:  # a report that fails must not hide the run's outcome
+                log.error("collector %s failed: %s: %s", col.name, type(exc).__name__, exc)
+                collected[col.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return collected
+
+    def _result(
+        self,
+        started: float,
+        error: BaseException | None,
+        interrupted: bool,
+        collected: dict[str, Any],
+    ) -> RunResult:
         not_started = None
         if self.total is not None:
             not_started = max(0, self.total - self.seen)
@@ -604,13 +641,12 @@ class _Run:
             stages=tuple(m.snapshot() for m in self.metrics),
             crashes=tuple(self.crashes),
             output=self.opts.output,
-            collected={c.name: c.result() for c in self.collectors},
+            collected=collected,
         )
 
-    async def _finish_ledger(
-        self, ledger: Ledger, result: RunResult, started_at: dt.datetime
+    async def _write_summary(
+        self, ledger: Ledger, result: RunResult, started_at: dt.datetime, lines: int | None
     ) -> None:
-        lines = await ledger.export_manifest()
         summary = {
             "run": self.run_id,
             "finished": True,
@@ -679,6 +715,10 @@ async def _take_batch(inbox: Channel[Item], n: int) -> list[Item]:
         except (WouldBlock, EndOfStream):
             break
     return batch
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _known_length(inputs: Any) -> int | None:

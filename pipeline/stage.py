@@ -19,6 +19,7 @@ import os
 import pickle
 import sys
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -58,6 +59,8 @@ class Stage:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     backoff: float = 0.1
     max_batch: int = 256
+    context: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+    context_arg: str = "context"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -96,6 +99,11 @@ class Stage:
                 f"stage {self.name!r}: {self.name} is a coroutine function; use kind='async'"
             )
         if self.kind == "process":
+            if self.context is not None:
+                raise DefinitionError(
+                    f"stage {self.name!r}: a process stage cannot share a context object; "
+                    "open what it needs inside the function, or use kind='thread'/'async'"
+                )
             _check_picklable(self)
 
     def with_options(self, **changes: Any) -> Stage:
@@ -118,12 +126,18 @@ def stage(
     retry_on: tuple[type[BaseException], ...] | type[BaseException] = (Exception,),
     backoff: float = 0.1,
     max_batch: int = 256,
+    context: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    context_arg: str = "context",
 ) -> Stage:
     """Turn ``fn`` into a stage; ``fn(value, *args, **kwargs)`` is called per item.
 
     ``capacity`` is the size of the stage's inbox. The default, 128 items, lets small items move
     in batches of up to ``max_batch``; stages whose items are large (image bytes) should pass a
     smaller one, since peak memory is the sum over stages of (capacity + workers x batch) items.
+
+    ``context`` is an async context manager factory entered once when the stage starts and
+    exited when it ends (an ``aiohttp.ClientSession``, a database pool); its value is passed to
+    every call as the keyword argument ``context_arg``. Not for process stages.
     """
     if not callable(fn):
         raise DefinitionError(f"stage function must be callable, got {fn!r}")
@@ -149,6 +163,8 @@ def stage(
         retry_on=retry_types,
         backoff=backoff,
         max_batch=max_batch,
+        context=context,
+        context_arg=context_arg,
     )
 
 

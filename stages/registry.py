@@ -1,33 +1,156 @@
-"""The explicit registry: command names to the functions that add them to the CLI.
-
-Until the image stages land, ``process`` runs the engine's demo chain (sizes and SHA-256 of
-every file) so that ``make process`` works from the first commit.
+"""The explicit registry: command and stage names to their factories. Nothing registers itself
+by import side effect; the engine's CLI imports only this module from ``stages``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_commands"]
+from pipeline import ConfigError
+from pipeline.config import load_toml
+
+__all__ = ["COMMANDS", "STAGES", "add_commands"]
+
+log = logging.getLogger("stages")
+
+
+def _stage_factories() -> dict[str, Callable[..., Any]]:
+    from . import files, thumbs
+
+    return {"read": files.read_file, "resize": thumbs.render, "write": thumbs.write_outputs}
+
+
+#: stage name -> plain function (what ``stage(fn, ...)`` wraps)
+STAGES: dict[str, Callable[[], dict[str, Callable[..., Any]]]] = {"image": _stage_factories}
+
+
+def _parse_workers(values: list[str] | None) -> dict[str, int] | None:
+    if not values:
+        return None
+    out: dict[str, int] = {}
+    for value in values:
+        for part in value.split(","):
+            name, eq, num = part.partition("=")
+            try:
+                if eq:
+                    out[name.strip()] = int(num)
+                else:
+                    out["resize"] = int(name)
+            except ValueError:
+                raise ConfigError(
+                    f"--workers: expected N or stage=N[,stage=N], got {value!r}"
+                ) from None
+    return out
 
 
 def _process(args: argparse.Namespace) -> int:
     from pipeline.cli import report
-    from pipeline.demo import demo_pipeline, walk_files
 
-    result = demo_pipeline(args.workers).run(
-        walk_files(args.inputs), output=args.output, progress=False if args.quiet else None
-    )
-    report(result, quiet=args.quiet)
+    from .process import ProcessConfig, run_process
+
+    data: dict[str, Any] = load_toml(args.config) if args.config else {}
+    flags = {
+        "inputs": [str(p) for p in args.inputs] or None,
+        "output": str(args.output) if args.output is not None else None,
+        "sizes": args.size,
+        "mode": args.mode,
+        "upscale": args.upscale,
+        "format": args.format,
+        "quality": args.quality,
+        "allow_truncated": args.allow_truncated,
+        "max_pixels": args.max_pixels,
+        "max_file_size": args.max_file_size,
+        "include": args.include,
+        "exclude": args.exclude,
+        "workers": _parse_workers(args.workers),
+        "timeout": args.timeout,
+        "retry_failed": args.retry_failed,
+        "force": args.force,
+        "quiet": args.quiet,
+    }
+    if isinstance(data.get("workers"), dict) and flags["workers"]:
+        flags["workers"] = {**data["workers"], **flags["workers"]}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    cfg = ProcessConfig.from_mapping(data)
+    result = run_process(cfg)
+    report(result, quiet=cfg.quiet)
+    if not cfg.quiet:
+        groups = result.collected.get("near_duplicates", {}).get("groups", [])
+        if groups:
+            log.info("near-duplicate groups: %d (listed in summary.json)", len(groups))
     return result.exit_code
 
 
-def add_commands(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("process", help="process input folders")
-    p.add_argument("inputs", nargs="+", type=Path)
-    p.add_argument("--output", "-o", type=Path, default=Path("out"))
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--quiet", "-q", action="store_true")
+def _add_process(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "process",
+        help="make thumbnails and statistics for every image in input folders",
+        description="Walk INPUTS, write resized images under OUTPUT/<size>/ mirroring the input "
+        "tree, and record one line per input in OUTPUT/manifest.jsonl. Re-running into the same "
+        "OUTPUT resumes. Options may come from --config run.toml (same names, flags win).",
+    )
+    p.add_argument("inputs", nargs="*", type=Path, help="input folders (or files)")
+    p.add_argument("--output", "-o", type=Path, default=None, help="output folder (default: out)")
+    p.add_argument("--config", type=Path, help="TOML file with any of these options")
+    p.add_argument(
+        "--size",
+        action="append",
+        default=None,
+        help="max side (512) or box (640x480); repeat for several sizes (default 512)",
+    )
+    p.add_argument("--mode", choices=["fit", "fill", "pad", "exact"], default=None)
+    p.add_argument(
+        "--upscale",
+        action="store_true",
+        default=None,
+        help="enlarge images smaller than the box (off by default)",
+    )
+    p.add_argument("--format", choices=["keep", "jpeg", "png", "webp"], default=None)
+    p.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality (default 85)")
+    p.add_argument(
+        "--workers",
+        action="append",
+        default=None,
+        help="N (resize processes) or stage=N[,stage=N] for read, resize, write",
+    )
+    p.add_argument("--include", action="append", default=None, help="only paths matching GLOB")
+    p.add_argument("--exclude", action="append", default=None, help="skip paths matching GLOB")
+    p.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        default=None,
+        help="decode truncated images (missing part grey) instead of failing them",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images whose header declares more pixels (default 100000000)",
+    )
+    p.add_argument("--max-file-size", default=None, help="read size cap, e.g. 200MB")
+    p.add_argument("--timeout", type=float, default=None, help="per-item timeout in s (120)")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        default=None,
+        help="redo only the inputs that failed in earlier runs",
+    )
+    p.add_argument("--force", action="store_true", default=None, help="redo everything")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", default=None, help="no progress bars, no summary"
+    )
+    p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=_process)
+
+
+#: command name -> function adding it to the CLI's sub-parsers
+COMMANDS: dict[str, Callable[[Any], None]] = {"process": _add_process}
+
+
+def add_commands(sub: Any) -> None:
+    for add in COMMANDS.values():
+        add(sub)

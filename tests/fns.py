@@ -148,3 +148,22 @@ async def aaffine(x: int, a: int, b: int) -> int:
 
 async def afail_if(x: int, m: int, r: int) -> int:
     return fail_if(x, m, r)
+
+
+class Session:
+    """A stand-in for a client session: counts how often it is opened and closed."""
+
+    opened = 0
+    closed = 0
+
+    async def __aenter__(self) -> Session:
+        Session.opened += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        Session.closed += 1
+
+
+async def with_session(x: int, *, session: Session) -> int:
+    assert isinstance(session, Session)
+    return x + 100

@@ -320,8 +320,9 @@ def test_process_cpu_time_is_measured() -> None:
         keyed(8), progress=False
     )
     (snap,) = result.stages
-    assert snap.cpu is not None and snap.cpu > 0.3
-    assert snap.cpu_per_busy is not None and snap.cpu_per_busy > 0.5
+    # CPU time does not depend on how loaded the machine is; the ratio to wall time does
+    assert snap.cpu is not None and snap.cpu >= 0.35
+    assert snap.cpu_per_busy is not None and 0 < snap.cpu_per_busy <= 1.2
 
 
 def test_no_worker_processes_left_after_a_run() -> None:
@@ -335,3 +336,13 @@ def test_no_worker_processes_left_after_a_run() -> None:
         and "resource_tracker" not in " ".join(p.cmdline())
     ]
     assert children == []
+
+
+def test_a_stage_context_is_opened_once_and_passed_to_every_call() -> None:
+    fns.Session.opened = fns.Session.closed = 0
+    st = stage(fns.with_session, kind="async", context=fns.Session, context_arg="session")
+    result = Pipeline([st]).run(keyed(20), progress=False)
+    assert result.ok == 20
+    assert (fns.Session.opened, fns.Session.closed) == (1, 1)
+    with pytest.raises(DefinitionError, match="context"):
+        stage(fns.double, kind="process", context=fns.Session)

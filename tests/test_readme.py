@@ -18,7 +18,11 @@ def test_readme_python_examples_run(tmp_path: Path) -> None:
         script = tmp_path / f"example_{i}.py"
         script.write_text(code)
         done = subprocess.run(
-            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-            timeout=100, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=100,
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         )
         assert done.returncode == 0, done.stderr

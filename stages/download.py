@@ -1,0 +1,613 @@
+"""Download stage: fetch one URL with per-phase timeouts, retries, a byte cap and an address policy.
+
+Data flow: one :func:`make_session` per run (its connector holds the global and per-host
+connection limits and the address-checking resolver); the stage calls :func:`fetch` once per URL
+and gets a :class:`Downloaded` record, or a :class:`DownloadError` that the engine turns into a
+``failed`` ledger record. :func:`url_to_relpath` names the output file for a URL.
+
+One attempt = the request, every redirect hop and the whole body, bounded by ``total_timeout``.
+Attempts are repeated with exponential backoff and full jitter (or the server's ``Retry-After``)
+on transient failures, up to ``1 + retries`` attempts in all.
+
+Exception hierarchy::
+
+    DownloadError            base class; .url, .attempts, .status (last HTTP status seen or None)
+    ├── BadURL               not http(s), malformed, or a redirect to such a URL       (no retry)
+    ├── ForbiddenAddress     host is / resolves only to a non-public address         (no retry)
+    ├── HTTPStatusError      a non-2xx final status; .status, .retry_after   (retry 429 and 5xx)
+    ├── TooLarge             Content-Length or the streamed body exceeds max_bytes     (no retry)
+    ├── TruncatedBody        the body ended before Content-Length / the last chunk       (retry)
+    ├── TooManyRedirects     more than max_redirects redirects                         (no retry)
+    ├── DownloadTimeout      DNS/connect, socket read or total (per attempt) timeout     (retry)
+    └── ConnectionFailed     refused, reset, DNS failure, malformed HTTP  (retry, except TLS
+                             certificate/handshake errors)
+
+Every error raised by :func:`fetch` is the one from the last attempt, with ``attempts`` and the
+last HTTP status written into it and shown in ``str(exc)``. The errors pickle (``args`` is just
+the message; the attributes travel in ``__dict__``), because they cross process boundaries.
+Cancellation (``asyncio.CancelledError``) is never caught or retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hashlib
+import ipaddress
+import logging
+import math
+import random
+import re
+import socket
+import ssl
+import time
+import weakref
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import ContentLengthError, TransferEncodingError
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
+
+__all__ = [
+    "BadURL",
+    "ConnectionFailed",
+    "DownloadConfig",
+    "DownloadError",
+    "DownloadTimeout",
+    "Downloaded",
+    "ForbiddenAddress",
+    "HTTPStatusError",
+    "TooLarge",
+    "TooManyRedirects",
+    "TruncatedBody",
+    "fetch",
+    "is_forbidden_address",
+    "make_session",
+    "parse_retry_after",
+    "url_to_relpath",
+]
+
+logger = logging.getLogger(__name__)
+
+# Read the body in 64 KiB pieces: aiohttp's own buffer is the same size, so memory per download
+# stays at (bytes received so far, at most max_bytes) + one chunk.
+_CHUNK = 64 * 1024
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_SCHEMES = frozenset({"http", "https"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DownloadConfig:
+    """Download settings; validated on creation. Times are seconds, sizes bytes."""
+
+    connect_timeout: float = 10.0  # DNS resolution, then each TCP(+TLS) connect
+    read_timeout: float = 30.0  # longest wait for the next bytes from the socket
+    total_timeout: float = 120.0  # one attempt: all redirect hops and the whole body
+    retries: int = 3  # extra attempts after the first one (so at most 1 + retries)
+    backoff: float = 0.5  # base delay: attempt n waits uniform(0, backoff * 2**(n-1))
+    # Not in the spec'd field list: the cap on one wait, for the backoff and for Retry-After.
+    backoff_max: float = 30.0
+    max_redirects: int = 5
+    max_bytes: int = 50 * 2**20
+    limit: int = 64  # connections in the whole session
+    limit_per_host: int = 8
+    allow_private_hosts: bool = False
+    user_agent: str = "pixpipe/0.1 (+batch image pipeline)"
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "read_timeout", "total_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("backoff", "backoff_max"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name, low in (
+            ("retries", 0),
+            ("max_redirects", 0),
+            ("max_bytes", 1),
+            ("limit", 1),
+            ("limit_per_host", 1),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.limit_per_host > self.limit:
+            raise ValueError(f"limit_per_host ({self.limit_per_host}) > limit ({self.limit})")
+        if not isinstance(self.allow_private_hosts, bool):
+            raise ValueError(
+                f"allow_private_hosts must be a bool, got {self.allow_private_hosts!r}"
+            )
+        ua = self.user_agent
+        if not isinstance(ua, str) or not ua.strip() or any(ord(c) < 32 for c in ua):
+            raise ValueError(f"user_agent must be a non-empty single-line string, got {ua!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """A successful download. ``content_type`` is the media type without parameters, lowercased,
+    ``""`` when the server sent none. It is reported, not checked: a ``text/html`` answer to an
+    image URL is still a successful download; the caller (the decode stage) decides whether the
+    bytes are usable. ``elapsed`` covers all attempts and backoff waits."""
+
+    url: str
+    final_url: str
+    status: int
+    content_type: str
+    data: bytes = field(repr=False)
+    attempts: int
+    elapsed: float
+
+
+# --------------------------------------------------------------------------- exceptions
+
+
+class DownloadError(Exception):
+    """Base class of every error :func:`fetch` raises."""
+
+    def __init__(
+        self, message: str, *, url: str = "", attempts: int = 1, status: int | None = None
+    ) -> None:
+        # Only the message goes into args: unpickling calls cls(*args) and then restores
+        # __dict__, so subclasses keep working however their keyword arguments look.
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.attempts = attempts
+        self.status = status
+
+    def __str__(self) -> str:
+        details = f"attempts={self.attempts}"
+        if self.status is not None:
+            details += f", last status={self.status}"
+        return f"{self.message} [{details}]"
+
+
+class BadURL(DownloadError):
+    """The URL (or a redirect target) is malformed or not http/https."""
+
+
+class ForbiddenAddress(DownloadError):
+    """The host is, or resolves only to, a loopback/private/link-local/reserved address."""
+
+
+class HTTPStatusError(DownloadError):
+    """The final response had a non-2xx status (``.status``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str = "",
+        attempts: int = 1,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, url=url, attempts=attempts, status=status)
+        self.retry_after = retry_after
+
+
+class TooLarge(DownloadError):
+    """The declared or streamed body is larger than ``max_bytes``."""
+
+
+class TruncatedBody(DownloadError):
+    """The connection ended before the body was complete (short of Content-Length)."""
+
+
+class TooManyRedirects(DownloadError):
+    """More than ``max_redirects`` redirects (this includes redirect loops)."""
+
+
+class DownloadTimeout(DownloadError):
+    """A connect, read or total timeout expired."""
+
+
+class ConnectionFailed(DownloadError):
+    """The connection could not be made or broke (refused, reset, DNS, malformed HTTP)."""
+
+
+# --------------------------------------------------------------------------- address policy
+
+# 64:ff9b::/96 is the NAT64 well-known prefix: the last 32 bits are an IPv4 address.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def is_forbidden_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for anything but a public unicast address: loopback, private, link-local,
+    multicast, reserved, unspecified, shared (CGNAT) and documentation ranges, including IPv4
+    addresses embedded in IPv6 (mapped, 6to4, NAT64)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_forbidden_address(embedded)
+        if ip.is_site_local:
+            return True
+    # is_global alone differs between Python versions; the explicit checks make it certain.
+    return (
+        not ip.is_global
+        or ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def _address_forbidden(host: str) -> bool:
+    try:
+        return is_forbidden_address(ipaddress.ip_address(host))
+    except ValueError:
+        return True  # not an address we can classify: refuse rather than connect
+
+
+class _ForbiddenResolution(OSError):
+    """Raised inside aiohttp's connector; fetch maps it to ForbiddenAddress."""
+
+    def __init__(self, host: str, addresses: list[str]) -> None:
+        super().__init__(f"{host} resolves only to non-public addresses: {', '.join(addresses)}")
+        self.host = host
+
+
+class _PolicyResolver(AbstractResolver):
+    """Wraps the default resolver: bounds resolution by a timeout and, unless private hosts are
+    allowed, drops non-public addresses. The connector connects only to what this returns, so
+    the check applies to the address actually used (no second lookup a DNS rebinding attacker
+    could answer differently)."""
+
+    def __init__(self, inner: AbstractResolver, *, allow_private: bool, timeout: float) -> None:
+        self._inner = inner
+        self._allow_private = allow_private
+        self._timeout = timeout
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        # A TimeoutError raised here passes through aiohttp's connector unchanged.
+        async with asyncio.timeout(self._timeout):
+            results = await self._inner.resolve(host, port, family)
+        if self._allow_private:
+            return results
+        allowed = [r for r in results if not _address_forbidden(r["host"])]
+        if not allowed:
+            raise _ForbiddenResolution(host, [r["host"] for r in results])
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+# Sessions made by make_session, and whether each may reach private hosts. fetch refuses to run
+# a no-private-hosts config on a session whose resolver does not enforce it.
+_SESSION_ALLOWS_PRIVATE: weakref.WeakKeyDictionary[aiohttp.ClientSession, bool] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _client_timeout(config: DownloadConfig) -> aiohttp.ClientTimeout:
+    # `connect` is left unset: it would include waiting for a free pooled connection, which is
+    # queueing behind our own limits, not a slow server. DNS has its own bound in the resolver.
+    return aiohttp.ClientTimeout(
+        total=config.total_timeout,
+        sock_connect=config.connect_timeout,
+        sock_read=config.read_timeout,
+    )
+
+
+def make_session(config: DownloadConfig) -> aiohttp.ClientSession:
+    """One session per run; call it inside the running event loop and close it at the end
+    (``async with make_session(cfg) as session:``)."""
+    resolver = _PolicyResolver(
+        DefaultResolver(),
+        allow_private=config.allow_private_hosts,
+        timeout=config.connect_timeout,
+    )
+    connector = aiohttp.TCPConnector(
+        limit=config.limit, limit_per_host=config.limit_per_host, resolver=resolver
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=_client_timeout(config),
+        headers={"User-Agent": config.user_agent},
+        # Unrelated downloads share nothing: no cookies (also keeps a long run's memory flat).
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # No proxies from the environment: a proxy would resolve names itself, around our
+        # resolver and its address policy.
+        trust_env=False,
+    )
+    _SESSION_ALLOWS_PRIVATE[session] = config.allow_private_hosts
+    return session
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date), or None."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)  # the RFC says integer; accepting "1.5" costs nothing
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _backoff_delay(config: DownloadConfig, attempt: int, retry_after: float | None) -> float:
+    # Retry-After longer than backoff_max is cut to backoff_max: the run must not stall for an
+    # hour on one host. (The alternative, giving up at once, would lose items a server only
+    # wanted slowed down.)
+    if retry_after is not None:
+        return min(retry_after, config.backoff_max)
+    ceiling = min(config.backoff_max, config.backoff * 2.0 ** min(attempt - 1, 60))
+    return random.uniform(0.0, ceiling)  # full jitter
+
+
+def _is_retryable(exc: DownloadError) -> bool:
+    if isinstance(exc, HTTPStatusError):
+        return exc.status == 429 or (exc.status is not None and 500 <= exc.status <= 599)
+    if isinstance(exc, ConnectionFailed):
+        # A bad certificate stays bad: retrying only wastes the backoff time.
+        return not isinstance(exc.__cause__, aiohttp.ClientSSLError | ssl.SSLError)
+    return isinstance(exc, DownloadTimeout | TruncatedBody)
+
+
+def _parse_url(raw: str, *, url: str, status: int | None = None) -> URL:
+    """Parse and check an http(s) URL; BadURL otherwise."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise BadURL(f"control character in URL {raw!r}", url=url, status=status)
+    try:
+        parsed = URL(raw)
+        host, port = parsed.raw_host, parsed.port
+    except (ValueError, TypeError) as exc:
+        raise BadURL(f"malformed URL {raw!r}: {exc}", url=url, status=status) from exc
+    if parsed.scheme.lower() not in _SCHEMES:
+        raise BadURL(f"not an http(s) URL: {raw!r}", url=url, status=status)
+    if not host or port is None:
+        raise BadURL(f"URL has no host: {raw!r}", url=url, status=status)
+    return parsed
+
+
+def _check_ip_literal(target: URL, config: DownloadConfig, *, url: str) -> None:
+    # aiohttp's connector does not call the resolver for IP-literal hosts, so the policy is
+    # applied here, before connecting. (Names, including odd numeric forms like "127.1", go
+    # through the resolver; aiohttp 3.14 also rejects non-canonical IPv4 literals itself.)
+    if config.allow_private_hosts:
+        return
+    host = target.raw_host or ""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return  # a name: the resolver decides
+    if is_forbidden_address(ip):
+        raise ForbiddenAddress(f"{host} is not a public address", url=url)
+
+
+def _media_type(response: aiohttp.ClientResponse) -> str:
+    header = response.headers.get("Content-Type", "")
+    return header.split(";", 1)[0].strip().lower()
+
+
+async def _read_body(response: aiohttp.ClientResponse, config: DownloadConfig, url: str) -> bytes:
+    status = response.status
+    declared = response.content_length
+    if declared is not None and declared > config.max_bytes:
+        raise TooLarge(
+            f"Content-Length {declared} exceeds max_bytes {config.max_bytes}",
+            url=url,
+            status=status,
+        )
+    # The cap counts decoded bytes: with a Content-Encoding, aiohttp (3.14) inflates in
+    # bounded pieces, so a small compressed body cannot expand past the cap in memory.
+    body = bytearray()
+    try:
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            if len(body) + len(chunk) > config.max_bytes:
+                raise TooLarge(
+                    f"body exceeds max_bytes {config.max_bytes} (no or false Content-Length)",
+                    url=url,
+                    status=status,
+                )
+            body += chunk
+        # aiohttp raises ClientPayloadError for a short body; this is a second check. With a
+        # Content-Encoding the length is that of the encoded body, so it cannot be compared.
+        encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+        if declared is not None and not encoded and len(body) < declared:
+            raise TruncatedBody(
+                f"got {len(body)} of {declared} bytes (Content-Length)", url=url, status=status
+            )
+        return bytes(body)
+    finally:
+        # Free the partial body at once: on an error the traceback keeps this frame (and so
+        # `body`) alive for as long as anyone holds the exception.
+        body.clear()
+
+
+@dataclass(slots=True)
+class _Seen:
+    """The last HTTP status seen in an attempt, for errors that happen after it."""
+
+    status: int | None = None
+
+
+async def _attempt(
+    session: aiohttp.ClientSession, url: str, config: DownloadConfig, seen: _Seen
+) -> tuple[str, int, str, bytes]:
+    """One attempt: follow redirects by hand, so that every hop is checked; read the body."""
+    target = _parse_url(url, url=url)
+    timeout = _client_timeout(config)
+    headers = {"User-Agent": config.user_agent}
+    for _hop in range(config.max_redirects + 1):
+        _check_ip_literal(target, config, url=url)
+        async with session.get(
+            target, allow_redirects=False, timeout=timeout, headers=headers
+        ) as response:
+            status = seen.status = response.status
+            location = response.headers.get("Location")
+            if status in _REDIRECT_STATUSES and location is not None:
+                try:
+                    joined = str(target.join(URL(location)))
+                except (ValueError, TypeError) as exc:
+                    raise BadURL(f"bad redirect {location!r}", url=url, status=status) from exc
+                target = _parse_url(joined, url=url, status=status)
+                continue
+            if not 200 <= status <= 299:
+                raise HTTPStatusError(
+                    f"HTTP {status} {response.reason or ''}".rstrip(),
+                    url=url,
+                    status=status,
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                )
+            data = await _read_body(response, config, url)
+            return str(response.url), status, _media_type(response), data
+    raise TooManyRedirects(
+        f"more than {config.max_redirects} redirects", url=url, status=seen.status
+    )
+
+
+def _translate(exc: Exception, url: str) -> DownloadError:
+    """Map aiohttp/OS errors to our hierarchy (the original becomes __cause__ at the raise)."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it too
+        return DownloadTimeout(f"timed out: {exc or type(exc).__name__}", url=url)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error if isinstance(exc.os_error, _ForbiddenResolution) else exc.__cause__
+        if isinstance(cause, _ForbiddenResolution):
+            return ForbiddenAddress(str(cause), url=url)
+        return ConnectionFailed(f"cannot connect: {exc}", url=url)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return BadURL(f"invalid URL: {exc}", url=url)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        # ContentLengthError / TransferEncodingError: the connection ended mid-body.
+        if isinstance(exc.__cause__, ContentLengthError | TransferEncodingError):
+            return TruncatedBody(f"body incomplete: {exc}", url=url)
+        return ConnectionFailed(f"malformed body: {exc}", url=url)
+    return ConnectionFailed(f"connection failed: {type(exc).__name__}: {exc}", url=url)
+
+
+async def _attempt_bounded(
+    session: aiohttp.ClientSession, url: str, config: DownloadConfig
+) -> tuple[str, int, str, bytes]:
+    seen = _Seen()
+    try:
+        async with asyncio.timeout(config.total_timeout):
+            return await _attempt(session, url, config, seen)
+    except DownloadError as exc:
+        if exc.status is None:
+            exc.status = seen.status
+        raise
+    except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+        error = _translate(exc, url)
+        error.status = seen.status
+        raise error from exc
+
+
+async def fetch(session: aiohttp.ClientSession, url: str, config: DownloadConfig) -> Downloaded:
+    """Download ``url`` into memory; retry transient failures; raise a DownloadError otherwise.
+
+    ``session`` must come from :func:`make_session` when ``config.allow_private_hosts`` is False
+    (a ValueError says so otherwise): the address policy lives in that session's resolver.
+    """
+    if not config.allow_private_hosts and _SESSION_ALLOWS_PRIVATE.get(session, True):
+        raise ValueError(
+            "fetch with allow_private_hosts=False needs a session from "
+            "make_session(config) made with allow_private_hosts=False"
+        )
+    started = time.monotonic()
+    last_status: int | None = None
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            final_url, status, content_type, data = await _attempt_bounded(session, url, config)
+        except DownloadError as exc:
+            last_status = exc.status if exc.status is not None else last_status
+            if attempt > config.retries or not _is_retryable(exc):
+                exc.attempts, exc.status = attempt, last_status
+                raise
+            retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
+            delay = _backoff_delay(config, attempt, retry_after)
+            logger.debug("retrying %s in %.2fs after attempt %d: %s", url, delay, attempt, exc)
+            await asyncio.sleep(delay)
+            continue
+        return Downloaded(
+            url=url,
+            final_url=final_url,
+            status=status,
+            content_type=content_type,
+            data=data,
+            attempts=attempt,
+            elapsed=time.monotonic() - started,
+        )
+
+
+# --------------------------------------------------------------------------- output names
+
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_SEGMENT = 80  # chars per path segment; ASCII only, so also bytes (NAME_MAX is 255)
+_MAX_DIRS = 8  # directory levels kept below the host; deeper ones are dropped (the hash stays)
+_HASH_LEN = 10
+# Windows device names are refused as file names whatever the extension.
+_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
+)
+
+
+def _clean_segment(text: str) -> str:
+    """Sanitise one path segment; "" means drop it (empty, "." or ".." and other all-dots)."""
+    seg = _UNSAFE_RUN.sub("_", text)[:_MAX_SEGMENT]
+    if not seg.strip("."):
+        return ""
+    # No hidden files, nothing that looks like a command-line option, no device names.
+    if seg[0] in ".-" or seg.split(".", 1)[0].upper() in _RESERVED:
+        seg = ("_" + seg)[:_MAX_SEGMENT]
+    return seg
+
+
+def url_to_relpath(url: str) -> str:
+    """A relative output path for ``url``: ``host[_port]/dirs.../stem_<hash>.ext``.
+
+    Every segment is ``[A-Za-z0-9._-]``, at most 80 chars, never empty/``.``/``..``; the result
+    is never absolute. The hash is the first 10 hex digits of the SHA-1 of the whole URL (query
+    and fragment included, which is how the query is folded in), so distinct URLs get distinct
+    paths even when sanitising maps them to the same text. Defined for any string.
+    """
+    digest = hashlib.sha1(url.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LEN]
+    try:
+        parts = urlsplit(url)
+        netloc, path = parts.netloc, parts.path
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        netloc, path = "", url
+    host = netloc.rpartition("@")[2].lower()
+    # bücher.example -> xn--bcher-kva.example; not a valid IDN (or no name at all): kept as is.
+    with contextlib.suppress(UnicodeError):
+        host = host.encode("idna").decode("ascii")
+    host = _clean_segment(host) or "_nohost"
+    segments = [_clean_segment(unquote(s, errors="replace")) for s in path.split("/")]
+    name = "" if path.endswith("/") else next((s for s in reversed(segments) if s), "")
+    dirs = [s for s in segments if s]
+    if name:
+        dirs.pop()
+    stem, dot, ext = (name or "index").rpartition(".")
+    if not (dot and stem and 1 <= len(ext) <= 8 and ext.isalnum()):
+        stem, ext = name or "index", ""
+    suffix = f"_{digest}" + (f".{ext}" if ext else "")
+    filename = stem[: _MAX_SEGMENT - len(suffix)] + suffix
+    return "/".join([host, *dirs[:_MAX_DIRS], filename])

@@ -1,0 +1,818 @@
+"""Decode, orient, colour-manage, resize and encode one image: the hot path of the resize stage.
+
+:func:`process_image` is the fused call a process worker runs for one item: bytes in, a small
+:class:`ImageResult` (encoded outputs + statistics) out, so decoded pixels never cross a process
+boundary. It is a plain module-level function of picklable arguments.
+
+Data flow inside :func:`process_image`::
+
+    bytes ─▶ Image.open (header only; formats limited to ALLOWED_FORMATS)
+          ─▶ pixel-count check from the header (DecompressionBomb, nothing decoded yet)
+          ─▶ output geometry for every requested size, from the oriented original size
+          ─▶ JPEG: draft() = DCT-domain downscale by 1/2, 1/4 or 1/8, never below the largest
+             size needed ─▶ load (decode)
+          ─▶ normalise mode to L / LA / RGB / RGBA (1, P + transparency, 16-bit, CMYK, …)
+          ─▶ reduce() by an integer factor while still ≥ 2x the largest size needed
+          ─▶ embedded ICC profile → sRGB (on the reduced image: cheap)
+          ─▶ EXIF orientation (a transpose of the reduced image)
+          ─▶ per size: Lanczos resize of the source box (fit / fill crop / exact), pad canvas,
+             alpha flattened onto white for JPEG, encode (metadata stripped)
+          ─▶ statistics (stages.stats.image_stats) on the largest output, before padding
+
+Exception hierarchy (each takes a single message string, so all pickle round-trip)::
+
+    ImageError(Exception)          base of everything raised for a bad input
+    ├── DecodeError                empty input, not an image, corrupt data
+    ├── TruncatedImage             the data ends before the image does (allow_truncated=False)
+    ├── DecompressionBomb          the header declares more than max_pixels pixels
+    └── UnsupportedImage           identified, but a codec/mode this module cannot render
+
+``ValueError`` is raised for invalid options (:class:`Size`, :class:`ResizeOptions`), never for a
+bad input image.
+
+Process-global state - two pieces are involved, and neither is left changed after a call:
+
+* ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is read by Pillow while opening and decoding. A call
+  with ``allow_truncated=True`` sets it for the duration of its decode only, holding the exclusive
+  side of a module-level reader/writer lock; normal calls hold the shared side, so they never
+  observe the flag (and run concurrently with each other when called from threads). In a process
+  worker, one call at a time, the lock is uncontended. If *other* code sets the flag globally,
+  truncation can no longer be detected.
+* ``warnings``: during the decode, Pillow's ``DecompressionBombWarning`` (our own ``max_pixels``
+  check replaces Pillow's ``Image.MAX_IMAGE_PIXELS`` one) and Pillow's ``UserWarning``\\s about
+  dubious metadata (corrupt EXIF, ...) are ignored, through two filter entries that are inserted
+  by the first concurrent call and removed by the last one (``warnings.catch_warnings`` is not
+  thread-safe before Python 3.14). While any call is decoding, those two Pillow warnings are
+  ignored process-wide. Images larger than ``2 x Image.MAX_IMAGE_PIXELS`` are refused by Pillow
+  itself; that is reported as :class:`DecompressionBomb` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import math
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias, cast
+
+import numpy as np
+from PIL import ExifTags, Image, ImageChops, ImageCms, ImageFile, UnidentifiedImageError
+
+from stages.stats import image_stats
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DecodeError",
+    "DecompressionBomb",
+    "EncodedImage",
+    "ImageError",
+    "ImageResult",
+    "OutputFormat",
+    "ResizeMode",
+    "ResizeOptions",
+    "Size",
+    "TruncatedImage",
+    "UnsupportedImage",
+    "parse_size",
+    "process_image",
+]
+
+log = logging.getLogger(__name__)
+
+ResizeMode: TypeAlias = Literal["fit", "fill", "pad", "exact"]
+OutputFormat: TypeAlias = Literal["keep", "jpeg", "png", "webp"]
+EncodedFormat: TypeAlias = Literal["jpeg", "png", "webp"]
+
+_WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "ICO", "PPM", "AVIF", "JPEG2000")
+Image.init()  # register every plugin once, so the availability check below is complete
+ALLOWED_FORMATS: tuple[str, ...] = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
+"""Pillow formats :func:`process_image` will open (those of ``_WANTED_FORMATS`` this Pillow build
+supports; ``JPEG`` includes MPO, the multi-picture JPEGs many phones write). Deliberately excludes
+formats that shell out (EPS -> Ghostscript) and formats without a reliable magic number (TGA),
+which would turn random bytes into garbage images instead of a :class:`DecodeError`."""
+
+PNG_COMPRESS_LEVEL = 2
+"""zlib level for PNG outputs: low for speed (level 2 is ~3x faster than 6 for a few % size)."""
+
+REDUCING_GAP = 2.0
+"""Integer box reduction is used while the image stays ≥ this x the target; Lanczos does the rest
+(Pillow's ``reducing_gap``: 2.0 is visually identical to a full Lanczos, see the tests' PSNR)."""
+
+_MAX_SIDE = 65_535
+
+
+# --------------------------------------------------------------------------- exceptions
+
+
+class ImageError(Exception):
+    """Base class of errors for one bad input image (the item fails, the run goes on)."""
+
+
+class DecodeError(ImageError):
+    """Empty input, bytes that are not an image of a supported format, or corrupt image data."""
+
+
+class TruncatedImage(ImageError):
+    """The image data ends early; raised instead of returning a partly grey image."""
+
+
+class DecompressionBomb(ImageError):
+    """The header declares more pixels than allowed; refused before decoding."""
+
+
+class UnsupportedImage(ImageError):
+    """A recognised image whose codec or pixel mode cannot be rendered to RGB/grey."""
+
+
+# --------------------------------------------------------------------------- options
+
+
+_SIZE_RE = re.compile(r"^\s*(?:(\d+)|(\d*)\s*[xX]\s*(\d*))\s*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Size:
+    """A target box. ``None`` for one side leaves it free (derived from the aspect ratio)."""
+
+    width: int | None
+    height: int | None
+
+    def __post_init__(self) -> None:
+        if self.width is None and self.height is None:
+            raise ValueError("Size needs a width, a height, or both")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"Size.{name} must be an int or None, got {v!r}")
+            if not 1 <= v <= _MAX_SIDE:
+                raise ValueError(f"Size.{name} must be between 1 and {_MAX_SIDE}, got {v}")
+
+    @property
+    def label(self) -> str:
+        """``"512"`` for a square box, else ``"640x480"`` (``"640x"`` / ``"x480"`` if free)."""
+        if self.width == self.height:
+            return str(self.width)
+        w = "" if self.width is None else str(self.width)
+        h = "" if self.height is None else str(self.height)
+        return f"{w}x{h}"
+
+
+def parse_size(text: str) -> Size:
+    """Parse ``"512"`` (max side: a 512x512 box), ``"640x480"``, ``"640x"`` or ``"x480"``."""
+    m = _SIZE_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"invalid size {text!r}: expected e.g. '512', '640x480', '640x' or 'x480'")
+    side, w, h = m.groups()
+    if side is not None:
+        return Size(width=int(side), height=int(side))
+    if not w and not h:
+        raise ValueError(f"invalid size {text!r}: give a width, a height or both")
+    return Size(width=int(w) if w else None, height=int(h) if h else None)
+
+
+_MODES = ("fit", "fill", "pad", "exact")
+_FORMATS = ("keep", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResizeOptions:
+    """How :func:`process_image` renders its outputs. Validated on creation (``ValueError``).
+
+    * ``sizes`` — one output per size, from a single decode; labels must be distinct.
+    * ``mode`` — ``fit`` inside the box keeping the aspect ratio; ``fill`` covers the box and
+      centre-crops to it; ``pad`` fits, then pads to the exact box with ``pad_color`` (transparent
+      when the output keeps alpha); ``exact`` stretches to the box.
+    * ``upscale`` — when False (default) no output is enlarged: ``fit`` keeps a small image at its
+      size; ``pad`` keeps it at its size and still pads to the full box; ``fill`` and ``exact``
+      shrink the *box* uniformly until it fits inside the image, so the output keeps the box's
+      aspect ratio and no axis is enlarged.
+    * ``format`` — ``keep``: JPEG → jpeg, PNG → png, WebP → webp, anything else → png when it has
+      alpha, jpeg otherwise.
+    * ``quality`` — 1..100, for JPEG and WebP.
+    * ``allow_truncated`` — decode truncated files (the missing part comes out grey) instead of
+      raising :class:`TruncatedImage`.
+    * ``max_pixels`` — refuse images whose header declares more pixels (:class:`DecompressionBomb`).
+    * ``pad_color`` — RGB padding colour for ``pad`` (also used for grey images; a non-grey colour
+      makes a grey image's padded output RGB).
+    """
+
+    sizes: tuple[Size, ...] = (Size(width=512, height=512),)
+    mode: ResizeMode = "fit"
+    upscale: bool = False
+    format: OutputFormat = "keep"
+    quality: int = 85
+    allow_truncated: bool = False
+    max_pixels: int = 100_000_000
+    pad_color: tuple[int, int, int] = (255, 255, 255)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sizes, tuple) or not self.sizes:
+            raise ValueError(f"sizes must be a non-empty tuple of Size, got {self.sizes!r}")
+        for s in self.sizes:
+            if not isinstance(s, Size):
+                raise ValueError(f"sizes must contain Size objects (see parse_size), got {s!r}")
+        labels = [s.label for s in self.sizes]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"sizes must be distinct, got {labels}")
+        if self.mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
+        if self.format not in _FORMATS:
+            raise ValueError(f"format must be one of {_FORMATS}, got {self.format!r}")
+        for name in ("upscale", "allow_truncated"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        q = self.quality
+        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
+            raise ValueError(f"quality must be an int between 1 and 100, got {q!r}")
+        mp = self.max_pixels
+        if isinstance(mp, bool) or not isinstance(mp, int) or mp < 1:
+            raise ValueError(f"max_pixels must be a positive int, got {mp!r}")
+        pc = self.pad_color
+        if (
+            not isinstance(pc, tuple)
+            or len(pc) != 3
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in pc)
+        ):
+            raise ValueError(f"pad_color must be a tuple of three ints 0..255, got {pc!r}")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodedImage:
+    """One encoded output. ``label`` is the size label (``"512"``, ``"640x480"``)."""
+
+    width: int
+    height: int
+    format: EncodedFormat
+    ext: str
+    data: bytes = field(repr=False)
+    label: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageResult:
+    """What :func:`process_image` returns: small and picklable.
+
+    ``original_size`` is the displayed size (after EXIF orientation) of the full image;
+    ``original_mode`` is Pillow's mode of the file (e.g. ``"CMYK"``, ``"P"``, ``"I;16"``);
+    ``original_format`` is Pillow's format name, lower-cased (``"jpeg"``, ``"mpo"``, ``"png"``…).
+    ``stats`` comes from :func:`stages.stats.image_stats` on the largest output (by area), after
+    resize/crop and before padding or alpha flattening.
+    """
+
+    original_size: tuple[int, int]
+    original_mode: str
+    original_format: str
+    outputs: tuple[EncodedImage, ...]
+    stats: dict[str, object] = field(hash=False)
+
+
+# --------------------------------------------------------------------------- global-state guards
+
+
+class _TruncationLock:
+    """Reader/writer lock around Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` global.
+
+    Strict decodes are readers (shared); a lenient decode is the writer (exclusive) and is the only
+    code that sets the flag, restoring it before releasing. Waiting writers block new readers, so a
+    lenient call cannot starve.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def strict(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def lenient(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+_TRUNCATION_LOCK = _TruncationLock()
+
+
+class _PillowWarningFilter:
+    """Thread-safe, reference-counted "ignore" filters for Pillow's advisory warnings.
+
+    ``warnings.catch_warnings`` saves and restores the whole process-wide filter list, so two
+    threads interleaving enter/exit can leave one thread's temporary filters installed for good.
+    Instead, the first concurrent user inserts two precise filters and the last one removes exactly
+    those entries, leaving any other filter change alone.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._entries: list[tuple[object, ...]] = []
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                bomb = warnings.filters[0]
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+                self._entries = [warnings.filters[0], bomb]
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    for entry in self._entries:
+                        with contextlib.suppress(ValueError):
+                            cast(list[object], warnings.filters).remove(entry)
+                    self._entries = []
+                    mutated = getattr(warnings, "_filters_mutated", None)
+                    if mutated is not None:
+                        mutated()
+
+
+_PILLOW_WARNINGS = _PillowWarningFilter()
+
+
+@contextlib.contextmanager
+def _decode_guard(allow_truncated: bool) -> Iterator[None]:
+    """Scope Pillow's truncation flag and silence Pillow's advisory warnings (module docstring)."""
+    lock = _TRUNCATION_LOCK.lenient() if allow_truncated else _TRUNCATION_LOCK.strict()
+    with lock, _PILLOW_WARNINGS.active():
+        yield
+
+
+def _as_image_error(exc: Exception) -> ImageError:
+    """Map an exception raised by Pillow while opening/decoding to our hierarchy."""
+    if isinstance(exc, ImageError):
+        return exc
+    msg = str(exc)
+    if isinstance(exc, Image.DecompressionBombError):
+        return DecompressionBomb(msg)
+    if isinstance(exc, UnidentifiedImageError):
+        return DecodeError(
+            "cannot identify image data: not an image, or not one of the supported formats "
+            f"({', '.join(ALLOWED_FORMATS)})"
+        )
+    low = msg.lower()
+    if "truncated" in low or isinstance(exc, EOFError):
+        return TruncatedImage(f"truncated image data: {msg or type(exc).__name__}")
+    if "not available" in low or "unsupported" in low or "not supported" in low:
+        return UnsupportedImage(f"cannot decode this image: {msg}")
+    return DecodeError(f"corrupt image data ({type(exc).__name__}: {msg})")
+
+
+# Exceptions Pillow's parsers and decoders raise for bad data (fuzzing finds all of these).
+_DECODE_EXCEPTIONS: tuple[type[Exception], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    Image.DecompressionBombError,
+)
+# (struct.error is a subclass of Exception only; Pillow wraps it in most plugins, and the
+# remaining cases are covered by the generic catch in process_image's decode block.)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """One output, in coordinates of the oriented full-size original."""
+
+    label: str
+    box: tuple[float, float, float, float]  # source region to resample
+    content: tuple[int, int]  # size of the resampled content
+    canvas: tuple[int, int]  # output size (== content unless pad)
+    offset: tuple[int, int]  # where content goes on the canvas
+
+
+def _shrink_box_to_image(bw: int, bh: int, w: int, h: int) -> tuple[int, int]:
+    """Scale a box uniformly down until it fits inside wxh (no-upscale for fill/exact)."""
+    if bw <= w and bh <= h:
+        return bw, bh
+    k = min(w / bw, h / bh)
+    return max(1, min(w, round(bw * k))), max(1, min(h, round(bh * k)))
+
+
+def _geometry(w: int, h: int, size: Size, mode: ResizeMode, upscale: bool) -> _Geometry:
+    if size.width is None:
+        bh = size.height if size.height is not None else h
+        bw = max(1, round(w * bh / h))
+    else:
+        bw = size.width
+        bh = size.height if size.height is not None else max(1, round(h * bw / w))
+    full = (0.0, 0.0, float(w), float(h))
+    if mode in ("fit", "pad"):
+        s = min(bw / w, bh / h)
+        if not upscale:
+            s = min(s, 1.0)
+        cw = max(1, min(bw, round(w * s)))
+        ch = max(1, min(bh, round(h * s)))
+        if mode == "pad":
+            return _Geometry(size.label, full, (cw, ch), (bw, bh), ((bw - cw) // 2, (bh - ch) // 2))
+        return _Geometry(size.label, full, (cw, ch), (cw, ch), (0, 0))
+    tw, th = (bw, bh) if upscale else _shrink_box_to_image(bw, bh, w, h)
+    if mode == "exact":
+        return _Geometry(size.label, full, (tw, th), (tw, th), (0, 0))
+    # fill: the largest centred region of the target's aspect ratio
+    if w * th > h * tw:
+        crop_w, crop_h = h * tw / th, float(h)
+    else:
+        crop_w, crop_h = float(w), w * th / tw
+    x0, y0 = (w - crop_w) / 2, (h - crop_h) / 2
+    return _Geometry(size.label, (x0, y0, x0 + crop_w, y0 + crop_h), (tw, th), (tw, th), (0, 0))
+
+
+def _needed_resolution(w: int, h: int, geoms: list[_Geometry]) -> tuple[int, int]:
+    """Smallest full-image resolution from which every output is a downscale (or 1:1)."""
+    need_w = need_h = 1.0
+    for g in geoms:
+        bx0, by0, bx1, by1 = g.box
+        need_w = max(need_w, w * g.content[0] / (bx1 - bx0))
+        need_h = max(need_h, h * g.content[1] / (by1 - by0))
+    return min(w, math.ceil(need_w - 1e-9)), min(h, math.ceil(need_h - 1e-9))
+
+
+# --------------------------------------------------------------------------- decoding helpers
+
+_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_JPEG_FORMATS = ("JPEG", "MPO")
+_KEEP_FORMAT: dict[str, EncodedFormat] = {
+    "JPEG": "jpeg",
+    "MPO": "jpeg",
+    "PNG": "png",
+    "WEBP": "webp",
+}
+_EXT: dict[EncodedFormat, str] = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation 1..8 (1 when absent, invalid or unreadable)."""
+    try:
+        value = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # corrupt EXIF must never fail the image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+_SRGB = ImageCms.createProfile("sRGB")
+_PROFILE_SPACE = {"RGB": "RGB", "RGBA": "RGB", "L": "GRAY", "CMYK": "CMYK"}
+
+
+@functools.lru_cache(maxsize=32)
+def _icc_transform(icc: bytes, in_mode: str) -> ImageCms.ImageCmsTransform | None:
+    """Transform from an embedded profile to sRGB (None: no-op, mismatched or unreadable).
+
+    Cached per profile, so the usual case (one camera, many files) parses the profile once per
+    worker. Built with NOCACHE so a transform may be applied from several threads at once.
+    A broken or mismatched profile is ignored (the pixels are taken as sRGB), as browsers do.
+    """
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        space = profile.profile.xcolor_space.strip()
+        if space != _PROFILE_SPACE.get(in_mode):
+            log.debug("ignoring %s ICC profile on a %s image", space, in_mode)
+            return None
+        description = ImageCms.getProfileDescription(profile) or ""
+        if in_mode in ("RGB", "RGBA") and "srgb" in description.lower():
+            return None  # already sRGB: skip the work
+        out_mode = in_mode if in_mode in ("RGB", "RGBA") else "RGB"
+        return ImageCms.buildTransform(
+            profile,
+            _SRGB,
+            in_mode,
+            out_mode,
+            renderingIntent=ImageCms.Intent.PERCEPTUAL,
+            flags=ImageCms.Flags.NOCACHE,
+        )
+    except (OSError, ValueError, TypeError, ImageCms.PyCMSError) as exc:
+        log.debug("ignoring unusable ICC profile: %s", exc)
+        return None
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """Convert an L/LA/RGB/RGBA image from its embedded profile to sRGB."""
+    if not icc:
+        return img
+    alpha: Image.Image | None = None
+    base = img
+    if img.mode == "LA":
+        alpha, base = img.getchannel("A"), img.getchannel("L")
+    transform = _icc_transform(icc, base.mode)
+    if transform is None:
+        return img
+    out = ImageCms.applyTransform(base, transform)
+    assert out is not None
+    if base.mode == "L":
+        out = out.convert("L")
+        if alpha is not None:
+            out.putalpha(alpha)
+    return out
+
+
+def _to_8bit_grey(im: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grey → 8-bit L, scaled (not clipped).
+
+    I;16* and I are taken as 0..65535 (what 16-bit PNG/TIFF hold) and scaled by 255/65535 with
+    rounding; F is taken as 0..1 when its maximum is ≤ 1, else as 0..255. A tRNS grey level in
+    16-bit PNGs becomes an alpha channel (LA).
+    """
+    arr = np.asarray(im)
+    if im.mode == "F":
+        a = np.nan_to_num(arr.astype(np.float64), nan=0.0)
+        finite_max = float(a.max()) if a.size else 0.0
+        scale = 255.0 if finite_max <= 1.0 else 1.0
+        grey = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+    else:
+        a = np.clip(arr.astype(np.int64), 0, 65535)
+        grey = ((a * 255 + 32767) // 65535).astype(np.uint8)
+    out = Image.fromarray(grey)
+    trns = im.info.get("transparency")
+    if isinstance(trns, int) and im.mode != "F":
+        out.putalpha(Image.fromarray(np.where(arr == trns, 0, 255).astype(np.uint8)))
+    return out
+
+
+def _normalise_mode(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bool]:
+    """Any decoded image → L, LA, RGB or RGBA. Returns (image, icc_already_applied)."""
+    mode = im.mode
+    has_trns = "transparency" in im.info
+    if mode in ("L", "RGB"):
+        return (im.convert(mode + "A") if has_trns else im), False
+    if mode in ("LA", "RGBA"):
+        return im, False
+    if mode == "1":
+        return im.convert("L"), False
+    if mode in ("P", "PA"):
+        return im.convert("RGBA" if mode == "PA" or im.has_transparency_data else "RGB"), False
+    if mode in ("La", "RGBa"):
+        return im.convert(mode[:-1] + "A"), False
+    if mode == "RGBX":
+        return im.convert("RGB"), False
+    if mode == "I" or mode.startswith("I;16") or mode == "F":
+        return _to_8bit_grey(im), False
+    if mode == "CMYK":
+        cmyk = im
+        if im.format in _JPEG_FORMATS and "adobe" not in im.info:
+            # Pillow assumes Adobe's inverted CMYK for every JPEG; without an Adobe APP14 marker
+            # the values are plain (as browsers and libvips assume), so undo Pillow's inversion.
+            cmyk = ImageChops.invert(im)
+        transform = _icc_transform(icc, "CMYK") if icc else None
+        if transform is not None:
+            out = ImageCms.applyTransform(cmyk, transform)
+            assert out is not None
+            return out, True
+        return cmyk.convert("RGB"), True
+    try:
+        return im.convert("RGBA" if im.has_transparency_data else "RGB"), False
+    except ValueError as exc:
+        raise UnsupportedImage(f"cannot convert pixel mode {mode!r} to RGB: {exc}") from exc
+
+
+def _flatten(img: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    """Composite LA/RGBA onto an opaque colour (for formats without alpha)."""
+    if img.mode == "LA":
+        grey = Image.new("RGB", (1, 1), colour).convert("L").getpixel((0, 0))
+        bg = Image.new("L", img.size, grey)
+        bg.paste(img.getchannel("L"), mask=img.getchannel("A"))
+        return bg
+    if img.mode == "RGBA":
+        bg = Image.new("RGB", img.size, colour)
+        bg.paste(img, mask=img.getchannel("A"))
+        return bg
+    return img
+
+
+def _pad(content: Image.Image, g: _Geometry, colour: tuple[int, int, int]) -> Image.Image:
+    if content.size == g.canvas:
+        return content
+    img = content
+    is_grey_colour = colour[0] == colour[1] == colour[2]
+    if img.mode in ("L", "LA") and not is_grey_colour:
+        img = img.convert("RGBA" if img.mode == "LA" else "RGB")
+    fill: int | tuple[int, ...]
+    if img.mode == "L":
+        fill = colour[0]
+    elif img.mode == "LA":
+        fill = (colour[0], 0)
+    elif img.mode == "RGBA":
+        fill = (*colour, 0)
+    else:
+        fill = colour
+    canvas = Image.new(img.mode, g.canvas, fill)
+    canvas.paste(img, g.offset)
+    return canvas
+
+
+def _encode(img: Image.Image, fmt: EncodedFormat, quality: int) -> bytes:
+    img.info = {}  # never carry source metadata (ICC, EXIF, transparency keys) into outputs
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.save(buf, "JPEG", quality=quality, optimize=False, progressive=False)
+    elif fmt == "png":
+        img.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        img.save(buf, "WEBP", quality=quality, method=4)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the hot path
+
+
+def process_image(data: bytes, options: ResizeOptions) -> ImageResult:
+    """Decode ``data`` once and render every size in ``options``; see the module docstring.
+
+    Raises :class:`ImageError` subclasses for bad inputs: :class:`DecodeError` (empty, not an
+    image, corrupt), :class:`TruncatedImage`, :class:`DecompressionBomb` (checked from the header,
+    before decoding) and :class:`UnsupportedImage`.
+    """
+    if not data:
+        raise DecodeError("empty input (0 bytes)")
+    with contextlib.ExitStack() as stack:
+        # The guard covers only open + decode; the file image stays open (ExitStack) until the
+        # outputs are rendered, so the decoded pixels are never copied.
+        with _decode_guard(options.allow_truncated):
+            try:
+                im = stack.enter_context(Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS))
+                decoded = _decode(im, options)
+            except ImageError:
+                raise
+            except _DECODE_EXCEPTIONS as exc:
+                raise _as_image_error(exc) from exc
+            except Exception as exc:  # e.g. struct.error from a fuzzed header
+                raise DecodeError(f"corrupt image data ({type(exc).__name__}: {exc})") from exc
+        return _render(decoded, options)
+
+
+@dataclass
+class _Decoded:
+    work: Image.Image  # L/LA/RGB/RGBA, stored orientation, `scale` times smaller than original
+    scale: int
+    orientation: int
+    icc: bytes | None  # profile still to apply (None: none, or already applied)
+    geoms: list[_Geometry]
+    need: tuple[int, int]  # resolution needed, oriented coordinates
+    original_size: tuple[int, int]  # oriented
+    original_mode: str
+    original_format: str
+
+
+def _decode(im: ImageFile.ImageFile, options: ResizeOptions) -> _Decoded:
+    """Header checks, draft and decode, mode normalisation. Runs under the decode guard."""
+    w, h = im.size
+    original_mode = im.mode
+    if w < 1 or h < 1:
+        raise DecodeError(f"image header declares an empty size {w}x{h}")
+    if w * h > options.max_pixels:
+        raise DecompressionBomb(
+            f"image declares {w}x{h} = {w * h} pixels, "
+            f"more than max_pixels={options.max_pixels}; not decoded"
+        )
+    is_jpeg = im.format in _JPEG_FORMATS
+    if is_jpeg:
+        orientation = _orientation(im)  # JPEG EXIF is in the header: read it before decoding
+    else:
+        im.load()  # other formats may store EXIF after the pixels
+        orientation = _orientation(im)
+    swapped = orientation >= 5
+    ow, oh = (h, w) if swapped else (w, h)
+    geoms = [_geometry(ow, oh, s, options.mode, options.upscale) for s in options.sizes]
+    need_w, need_h = _needed_resolution(ow, oh, geoms)
+    scale = 1
+    if is_jpeg:
+        draft_size = (need_h, need_w) if swapped else (need_w, need_h)
+        if draft_size != (w, h):
+            # Smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= draft_size.
+            drafted = im.draft(im.mode if im.mode in ("RGB", "L") else None, draft_size)
+            if drafted is not None:
+                scale = round(w / drafted[1][2])
+        im.load()
+    icc = im.info.get("icc_profile") or None
+    work, icc_done = _normalise_mode(im, icc)
+    return _Decoded(
+        work=work,
+        scale=scale,
+        orientation=orientation,
+        icc=None if icc_done else icc,
+        geoms=geoms,
+        need=(need_w, need_h),
+        original_size=(ow, oh),
+        original_mode=original_mode,
+        original_format=(im.format or "unknown").lower(),
+    )
+
+
+def _render(d: _Decoded, options: ResizeOptions) -> ImageResult:
+    """Reduce, colour-manage, orient, then resize/crop/pad/encode every output."""
+    work, scale = d.work, d.scale
+    # integer box reduction while >= REDUCING_GAP x what is needed (stored orientation)
+    need_w, need_h = (d.need[1], d.need[0]) if d.orientation >= 5 else d.need
+    factor = int(min(work.width / (REDUCING_GAP * need_w), work.height / (REDUCING_GAP * need_h)))
+    if factor >= 2:
+        work = work.reduce(factor)
+        scale *= factor
+    work = _to_srgb(work, d.icc)
+    if d.orientation in _ORIENTATION_TRANSPOSE:
+        work = work.transpose(_ORIENTATION_TRANSPOSE[d.orientation])
+    has_alpha = work.mode in ("LA", "RGBA")
+
+    fmt: EncodedFormat
+    if options.format == "keep":
+        fmt = _KEEP_FORMAT.get(d.original_format.upper(), "png" if has_alpha else "jpeg")
+    else:
+        fmt = options.format
+
+    outputs: list[EncodedImage] = []
+    stats_source = work
+    stats_area = -1
+    for g in d.geoms:
+        x0, y0 = g.box[0] / scale, g.box[1] / scale
+        x1, y1 = min(g.box[2] / scale, work.width), min(g.box[3] / scale, work.height)
+        whole = x0 == 0 and y0 == 0 and x1 == work.width and y1 == work.height
+        if whole and g.content == work.size:
+            content = work
+        else:
+            content = work.resize(
+                g.content,
+                Image.Resampling.LANCZOS,
+                box=(x0, y0, x1, y1),
+                reducing_gap=REDUCING_GAP,
+            )
+        area = g.content[0] * g.content[1]
+        if area > stats_area:
+            stats_source, stats_area = content, area
+        out = _flatten(content, (255, 255, 255)) if fmt == "jpeg" else content
+        if options.mode == "pad":
+            out = _pad(out, g, options.pad_color)
+        outputs.append(
+            EncodedImage(
+                width=out.width,
+                height=out.height,
+                format=fmt,
+                ext=_EXT[fmt],
+                data=_encode(out, fmt, options.quality),
+                label=g.label,
+            )
+        )
+    return ImageResult(
+        original_size=d.original_size,
+        original_mode=d.original_mode,
+        original_format=d.original_format,
+        outputs=tuple(outputs),
+        stats=image_stats(stats_source),
+    )

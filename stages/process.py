@@ -1,0 +1,299 @@
+"""The ``process`` command: folders in, thumbnails, statistics and a manifest out.
+
+    sources (walk, lazy) -> read (thread) -> render (process: decode+resize+stats)
+                         -> write (thread) -> ledger
+
+:class:`ProcessConfig` holds every option (from flags and/or a TOML file; flags win) and is
+validated on creation; :func:`build_pipeline` turns it into a :class:`~pipeline.Pipeline`;
+:func:`run_process` runs it with resume, the statistics table and near-duplicate groups.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline import (
+    ConfigError,
+    Pipeline,
+    Record,
+    RunResult,
+    atomic_write_bytes,
+    read_manifest,
+    stage,
+)
+
+from .files import DEFAULT_MAX_FILE_BYTES, read_file
+from .imaging import ResizeOptions, parse_size
+from .sources import walk_inputs
+from .stats import near_duplicate_groups
+from .thumbs import outputs_exist, render, write_outputs
+
+__all__ = ["ProcessConfig", "build_pipeline", "parse_bytes", "run_process"]
+
+STAGE_NAMES = ("read", "resize", "write")
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"200MB"`` → 200000000; ``"64MiB"`` → 67108864; ints pass through."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ConfigError(f"invalid size {text!r}: expected e.g. 200MB, 64MiB or 1048576")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def _default_workers() -> dict[str, int]:
+    cores = os.cpu_count() or 1
+    return {"read": 8, "resize": cores, "write": 4}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessConfig:
+    inputs: tuple[str, ...] = ()
+    output: str = "out"
+    sizes: tuple[str, ...] = ("512",)
+    mode: str = "fit"
+    upscale: bool = False
+    format: str = "keep"
+    quality: int = 85
+    allow_truncated: bool = False
+    max_pixels: int = 100_000_000
+    max_file_size: int = DEFAULT_MAX_FILE_BYTES
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    workers: Mapping[str, int] = field(default_factory=_default_workers)
+    timeout: float = 120.0
+    retry_failed: bool = False
+    force: bool = False
+    quiet: bool = False
+    progress: bool | None = None
+    resize: ResizeOptions = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("nothing to process: give at least one input folder")
+        for item in self.inputs:
+            if not Path(item).exists():
+                raise ConfigError(f"input {item!r} does not exist")
+        unknown = set(self.workers) - set(STAGE_NAMES)
+        if unknown:
+            raise ConfigError(f"--workers: unknown stage(s) {sorted(unknown)}; use {STAGE_NAMES}")
+        merged = {**_default_workers(), **dict(self.workers)}
+        if any(not isinstance(n, int) or n < 1 for n in merged.values()):
+            raise ConfigError(f"--workers must be positive integers, got {merged}")
+        object.__setattr__(self, "workers", merged)
+        if self.retry_failed and self.force:
+            raise ConfigError("--retry-failed and --force exclude each other")
+        if self.max_file_size < 1:
+            raise ConfigError("--max-file-size must be positive")
+        if not self.timeout > 0:
+            raise ConfigError("--timeout must be > 0 seconds")
+        try:
+            opts = ResizeOptions(
+                sizes=tuple(parse_size(s) for s in self.sizes),
+                mode=self.mode,  # type: ignore[arg-type]
+                upscale=self.upscale,
+                format=self.format,  # type: ignore[arg-type]
+                quality=self.quality,
+                allow_truncated=self.allow_truncated,
+                max_pixels=self.max_pixels,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        object.__setattr__(self, "resize", opts)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ProcessConfig:
+        names = {f.name for f in fields(cls) if f.init}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        clean = dict(data)
+        for key in ("inputs", "sizes", "include", "exclude"):
+            if key in clean and isinstance(clean[key], str):
+                clean[key] = (clean[key],)
+            if key in clean:
+                clean[key] = tuple(str(v) for v in clean[key])
+        if "max_file_size" in clean:
+            clean["max_file_size"] = parse_bytes(clean["max_file_size"])
+        try:
+            return cls(**clean)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def fingerprint(self) -> str:
+        """Hash of the options that shape the outputs: changing any redoes the items."""
+        doc = json.dumps(asdict(self.resize), sort_keys=True, default=str)
+        return hashlib.sha1(doc.encode()).hexdigest()[:12]
+
+
+def build_pipeline(cfg: ProcessConfig) -> Pipeline:
+    w = cfg.workers
+    return Pipeline(
+        [
+            # inbox of small path records; batches of reads go to the threads
+            stage(
+                read_file,
+                cfg.max_file_size,
+                kind="thread",
+                name="read",
+                workers=w["read"],
+                capacity=64,
+                timeout=cfg.timeout,
+                retries=1,
+                retry_on=(InterruptedError,),
+            ),
+            # inbox holds whole files (up to max_file_size each): keep it at 2 per worker
+            stage(
+                render,
+                cfg.resize,
+                kind="process",
+                name="resize",
+                workers=w["resize"],
+                capacity=2 * w["resize"],
+                timeout=cfg.timeout,
+                max_batch=4,
+            ),
+            # inbox holds encoded thumbnails: small
+            stage(
+                write_outputs,
+                str(cfg.output),
+                kind="thread",
+                name="write",
+                workers=w["write"],
+                capacity=32,
+                timeout=cfg.timeout,
+            ),
+        ],
+        name="process",
+    )
+
+
+class StatsTable:
+    """Writes ``stats.csv`` (and ``stats.parquet`` when pyarrow is installed) from the manifest."""
+
+    name = "stats_table"
+    COLUMNS = (
+        "key",
+        "status",
+        "width",
+        "height",
+        "mode",
+        "format",
+        "out_width",
+        "out_height",
+        "mean",
+        "std",
+        "sharpness",
+        "dhash",
+    )
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def add(self, record: Record) -> None:
+        return None
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        manifest = self.folder / "manifest.jsonl"
+        if not manifest.exists():
+            return
+        for rec in read_manifest(manifest):
+            res = rec.get("result")
+            if not isinstance(res, dict) or "stats" not in res:
+                continue
+            st, orig = res["stats"], res.get("original", {})
+            outs = res.get("outputs") or [{}]
+            yield {
+                "key": rec["key"],
+                "status": rec["status"],
+                "width": orig.get("width"),
+                "height": orig.get("height"),
+                "mode": orig.get("mode"),
+                "format": orig.get("format"),
+                "out_width": outs[0].get("width"),
+                "out_height": outs[0].get("height"),
+                "mean": " ".join(f"{v:.3f}" for v in st.get("mean", [])),
+                "std": " ".join(f"{v:.3f}" for v in st.get("std", [])),
+                "sharpness": st.get("sharpness"),
+                "dhash": st.get("dhash"),
+            }
+
+    def result(self) -> dict[str, Any]:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.COLUMNS)
+        writer.writeheader()
+        n = 0
+        for row in self.rows():
+            writer.writerow(row)
+            n += 1
+        atomic_write_bytes(self.folder / "stats.csv", buf.getvalue().encode())
+        files = ["stats.csv"]
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            pass
+        else:
+            table = pa.Table.from_pylist(list(self.rows()))
+            pq.write_table(table, self.folder / "stats.parquet")
+            files.append("stats.parquet")
+        return {"rows": n, "files": files}
+
+
+class NearDuplicates:
+    """Groups of images whose 64-bit difference hashes differ in at most ``max_distance`` bits."""
+
+    name = "near_duplicates"
+
+    def __init__(self, table: StatsTable, max_distance: int = 6) -> None:
+        self.table = table
+        self.max_distance = max_distance
+
+    def add(self, record: Record) -> None:
+        return None
+
+    def result(self) -> dict[str, Any]:
+        pairs = ((r["key"], r["dhash"]) for r in self.table.rows() if r.get("dhash"))
+        groups = near_duplicate_groups(pairs, max_distance=self.max_distance)
+        return {"max_distance": self.max_distance, "groups": groups}
+
+
+def run_process(cfg: ProcessConfig) -> RunResult:
+    out = Path(cfg.output)
+    table = StatsTable(out)
+    pipe = build_pipeline(cfg)
+    return pipe.run(
+        walk_inputs(cfg.inputs, include=cfg.include, exclude=cfg.exclude),
+        output=out,
+        collectors=[table, NearDuplicates(table)],
+        fingerprint=cfg.fingerprint(),
+        is_done=lambda rec: outputs_exist(out, rec.value),
+        retry_failed=cfg.retry_failed,
+        force=cfg.force,
+        progress=False if cfg.quiet else cfg.progress,
+    )
+
+
+def config_keys() -> Sequence[str]:
+    return [f.name for f in fields(ProcessConfig) if f.init]

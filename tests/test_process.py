@@ -1,0 +1,208 @@
+"""End to end: `python -m pipeline process` over the committed samples and edge cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline import ConfigError
+from stages.files import UnsafePath, safe_join
+from stages.process import ProcessConfig, run_process
+from stages.sources import walk_inputs
+from stages.thumbs import output_rel
+from tests.conftest import by_key
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "sample_data" / "images"
+EDGE = ROOT / "sample_data" / "edge"
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "process", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def run(inputs: list[Path], out: Path, **kw: object) -> dict[str, dict[str, object]]:
+    cfg = ProcessConfig.from_mapping(
+        {"inputs": [str(p) for p in inputs], "output": str(out), "quiet": True, **kw}
+    )
+    run_process(cfg)
+    return by_key(out)
+
+
+def test_sample_images_all_become_thumbnails(out: Path) -> None:
+    done = cli(str(IMAGES), "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    recs = by_key(out)
+    files = [p for p in IMAGES.rglob("*") if p.is_file()]
+    assert len(recs) == len(files)
+    for rec in recs.values():
+        assert rec["status"] == "ok", rec
+        res = rec["result"]
+        (o,) = res["outputs"]
+        path = out / o["path"]
+        assert o["path"].startswith("512/")
+        with Image.open(path) as im:
+            assert im.size == (o["width"], o["height"])
+            assert max(im.size) <= 512
+            w, h = res["original"]["width"], res["original"]["height"]
+            if max(w, h) <= 512:  # never upscaled
+                assert im.size == (w, h)
+            else:  # fit keeps the aspect ratio
+                assert abs(im.size[0] / im.size[1] - w / h) < 0.02
+        stats = res["stats"]
+        assert len(stats["dhash"]) == 16 and stats["sharpness"] >= 0
+    # the tree is mirrored
+    assert (out / "512" / "nested").is_dir()
+    with open(out / "stats.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(files)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] and summary["counts"] == {"ok": len(files)}
+    assert "groups" in summary["collected"]["near_duplicates"]
+
+
+EXPECTED_FAILURES = {
+    "truncated.jpg": "TruncatedImage",
+    "not_an_image.jpg": "DecodeError",
+    "zero_bytes.jpg": "DecodeError",
+    "bomb.png": "DecompressionBomb",
+}
+
+
+def test_edge_cases_each_get_their_expected_record(out: Path) -> None:
+    recs = run([EDGE], out)
+    names = {p.name for p in EDGE.iterdir() if p.is_file()}
+    assert set(recs) == names
+    for name, rec in recs.items():
+        if name in EXPECTED_FAILURES:
+            assert rec["status"] == "failed", rec
+            assert rec["error_type"] == EXPECTED_FAILURES[name]
+            assert rec["stage"] == "resize" and rec["error"]
+            assert not list(out.glob(f"*/{name}*")), "a failed input left an output"
+        elif name.endswith(".md"):
+            assert rec["status"] == "skipped"
+        else:
+            assert rec["status"] == "ok", rec
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_exif_orientation_is_applied_in_the_written_file(out: Path, n: int) -> None:
+    recs = run([EDGE], out, include=[f"exif_rot{n}.jpg"], sizes=["120"])
+    (o,) = recs[f"exif_rot{n}.jpg"]["result"]["outputs"]  # type: ignore[index]
+    with Image.open(out / o["path"]) as im:
+        rgb = im.convert("RGB")
+        w, h = rgb.size
+        assert w > h  # the correctly oriented card is landscape
+        r, g, b = rgb.getpixel((w // 10, h // 10))  # type: ignore[misc]
+        assert r > 150 and g < 100 and b < 100, (n, (r, g, b))  # red block top-left
+
+
+def test_truncated_allowed_gives_an_output(out: Path) -> None:
+    recs = run([EDGE], out, include=["truncated.jpg"], allow_truncated=True)
+    assert recs["truncated.jpg"]["status"] == "ok"
+
+
+def test_resume_skips_done_redoes_missing_and_changed(out: Path) -> None:
+    first = run([IMAGES], out)
+    n = len(first)
+    second = run([IMAGES], out)
+    assert {r["status"] for r in second.values()} == {"skipped"}
+    assert all(r["reason"] == "already done" and "stats" in r["result"] for r in second.values())
+    # an output deleted by hand is redone, the rest stay skipped
+    victim = next(iter(first.values()))
+    os.unlink(out / victim["result"]["outputs"][0]["path"])  # type: ignore[index]
+    third = run([IMAGES], out)
+    assert [k for k, r in third.items() if r["status"] == "ok"] == [victim["key"]]
+    # changed options redo everything, writing the new size
+    fourth = run([IMAGES], out, sizes=["256"])
+    assert sum(r["status"] == "ok" for r in fourth.values()) == n
+    assert (out / "256").is_dir()
+
+
+def test_retry_failed_and_force(out: Path) -> None:
+    run([EDGE], out)
+    again = run([EDGE], out, retry_failed=True)
+    redone = {
+        k
+        for k, r in again.items()
+        if r["run"] == json.loads((out / "summary.json").read_text())["run"]
+        and r["status"] == "failed"
+    }
+    assert redone == set(EXPECTED_FAILURES)
+    forced = run([EDGE], out, force=True)
+    assert sum(r["status"] == "ok" for r in forced.values()) == len(forced) - len(EXPECTED_FAILURES)
+
+
+def test_several_roots_prefix_keys_and_outputs(out: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        Image.new("RGB", (64, 48), "red").save(folder / "same.jpg")
+    recs = run([a, b], out)
+    assert set(recs) == {"a/same.jpg", "b/same.jpg"}
+    assert (out / "512" / "a" / "same.jpg").exists() and (out / "512" / "b" / "same.jpg").exists()
+
+
+def test_sources_skip_non_images_and_outside_symlinks(tmp_path: Path) -> None:
+    root, outside = tmp_path / "in", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "secret.jpg")
+    Image.new("RGB", (8, 8)).save(root / "a.jpg")
+    (root / "notes.txt").write_text("hi")
+    (root / "link.jpg").symlink_to(outside / "secret.jpg")
+    (root / "inside.jpg").symlink_to(root / "a.jpg")
+    got = {getattr(x, "key", None): x for x in walk_inputs([root])}
+    assert set(got) == {"a.jpg", "notes.txt", "link.jpg", "inside.jpg"}
+    assert got["notes.txt"].status == "skipped" and "not an image" in got["notes.txt"].reason  # type: ignore[union-attr]
+    assert got["link.jpg"].status == "skipped" and "outside" in got["link.jpg"].reason  # type: ignore[union-attr]
+    assert got["inside.jpg"].value.path.endswith("inside.jpg")  # type: ignore[union-attr]
+    only = [x.key for x in walk_inputs([root], include=["*.jpg"], exclude=["link*"])]
+    assert only == ["a.jpg", "inside.jpg"]
+
+
+def test_output_names_never_escape_or_collide(tmp_path: Path) -> None:
+    assert output_rel("a/b.png", "512", ".png") == "512/a/b.png"
+    assert output_rel("a/b.png", "512", ".jpg") == "512/a/b.png.jpg"
+    assert output_rel("b.JPEG", "256", ".jpg") == "256/b.JPEG"
+    for bad in ("../x.jpg", "/etc/passwd", "a/../../x", ""):
+        with pytest.raises(UnsafePath):
+            safe_join(tmp_path, bad)
+    (tmp_path / "evil").symlink_to("/tmp")
+    with pytest.raises(UnsafePath):
+        safe_join(tmp_path, "evil/x.jpg")
+
+
+def test_toml_config_and_flags_override(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    conf = tmp_path / "run.toml"
+    conf.write_text(
+        f'inputs = ["{IMAGES}"]\noutput = "{out}"\nsizes = ["64", "32x32"]\nmode = "fill"\n'
+        'format = "webp"\n[workers]\nread = 2\nresize = 1\n'
+    )
+    done = cli("--config", str(conf), "--format", "png", "--quiet")
+    assert done.returncode == 0, done.stderr
+    rec = next(iter(by_key(out).values()))
+    sizes = {o["size"]: (o["width"], o["height"], o["format"]) for o in rec["result"]["outputs"]}
+    assert sizes["32"] == (32, 32, "png")  # fill crops to the box; the flag beat the file
+    assert sizes["64"] == (64, 64, "png")
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert cli(str(tmp_path / "missing")).returncode == 2
+    assert cli(str(IMAGES), "--size", "abc", "--output", str(tmp_path / "o")).returncode == 2
+    assert cli(str(IMAGES), "--workers", "bogus=3", "--output", str(tmp_path / "o")).returncode == 2
+    with pytest.raises(ConfigError):
+        ProcessConfig.from_mapping({"inputs": [str(IMAGES)], "colour": "blue"})

@@ -1,0 +1,299 @@
+"""stages.stats: image statistics against hand-computed numpy, hashes, grouping, chunk merges."""
+
+from __future__ import annotations
+
+import functools
+import io
+import itertools
+import json
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image, ImageFilter
+
+from stages.stats import (
+    ArrayStats,
+    array_stats,
+    dhash,
+    hamming,
+    image_stats,
+    merge,
+    near_duplicate_groups,
+)
+from tests.conftest_images import IMAGES, decode, encode, photo_like
+
+# --------------------------------------------------------------------------- image_stats
+
+
+def _laplacian_var(lum: npt.NDArray[np.float64]) -> float:
+    c = lum[1:-1, 1:-1]
+    lap = lum[:-2, 1:-1] + lum[2:, 1:-1] + lum[1:-1, :-2] + lum[1:-1, 2:] - 4 * c
+    return float(np.var(lap))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_image_stats_matches_numpy(mode: str) -> None:
+    im = photo_like(97, 61, seed=1, grain=8).convert(mode)
+    s: dict[str, Any] = image_stats(im)
+    px = np.asarray(im, dtype=np.float64).reshape(61 * 97, -1)
+    assert (s["width"], s["height"], s["mode"]) == (97, 61, mode)
+    np.testing.assert_allclose(s["mean"], px.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(s["std"], px.std(axis=0), rtol=1e-12)
+    lum = np.asarray(im.convert("L"), dtype=np.float64)
+    hist, _ = np.histogram(lum, bins=32, range=(0, 256))
+    assert s["histogram"] == hist.tolist()
+    assert sum(s["histogram"]) == 97 * 61
+    assert s["sharpness"] == pytest.approx(_laplacian_var(lum), rel=1e-12)
+    json.dumps(s)
+
+
+def test_image_stats_excludes_alpha() -> None:
+    rgb = photo_like(50, 40, seed=2)
+    rgba = rgb.copy()
+    rgba.putalpha(Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50), np.uint8)))
+    s_rgba, s_rgb = image_stats(rgba), image_stats(rgb)
+    assert s_rgba["mean"] == s_rgb["mean"] and len(s_rgb["mean"]) == 3  # type: ignore[arg-type]
+    for key in ("mean", "std", "histogram", "sharpness", "dhash"):
+        assert s_rgba[key] == s_rgb[key], key
+    assert s_rgba["mode"] == "RGBA"
+
+
+def test_sharpness_orders_blur() -> None:
+    sharp = photo_like(200, 150, seed=3, grain=10)
+    blurred = sharp.filter(ImageFilter.GaussianBlur(2))
+    flat = Image.new("RGB", (20, 20), (9, 9, 9))
+    sharpness: dict[str, Any] = {"sharp": 0.0, "blurred": 0.0}
+    sharpness["sharp"] = image_stats(sharp)["sharpness"]
+    sharpness["blurred"] = image_stats(blurred)["sharpness"]
+    assert sharpness["sharp"] > 5 * sharpness["blurred"]
+    assert image_stats(flat)["sharpness"] == 0.0
+    assert image_stats(Image.new("L", (2, 2)))["sharpness"] == 0.0
+
+
+# --------------------------------------------------------------------------- dhash
+
+
+def _dhash_reference(im: Image.Image) -> str:
+    px = np.asarray(im.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int32)
+    bits = "".join("1" if b else "0" for b in (px[:, 1:] > px[:, :-1]).ravel())
+    return f"{int(bits, 2):016x}"
+
+
+def test_dhash_construction() -> None:
+    im = photo_like(300, 200, seed=4)
+    h = dhash(im)
+    assert h == _dhash_reference(im)
+    assert len(h) == 16 and int(h, 16) >= 0
+
+
+def test_dhash_stable_under_reencoding_and_distinct_between_images() -> None:
+    original = decode((IMAGES / "640x480_rgb.jpg").read_bytes())
+    reencoded = decode(encode(original, "JPEG", quality=80))
+    assert dhash(reencoded) == dhash(original)
+    resized = original.resize((320, 240), Image.Resampling.BILINEAR)
+    assert hamming(dhash(resized), dhash(original)) <= 2
+    other = decode((IMAGES / "1200x800_landscape.jpg").read_bytes())
+    assert hamming(dhash(other), dhash(original)) > 12
+
+
+def test_hamming() -> None:
+    assert hamming("0000000000000000", "0000000000000000") == 0
+    assert hamming("ffffffffffffffff", "0000000000000000") == 64
+    assert hamming("00000000000000f1", "0000000000000000") == 5
+    with pytest.raises(ValueError):
+        hamming("xyz", "00")
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def _brute_groups(items: list[tuple[str, str]], d: int) -> list[list[str]]:
+    n = len(items)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if hamming(items[i][1], items[j][1]) <= d:
+                ri, rj = find(i), find(j)
+                parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[str]] = {}
+    for i, (key, _) in enumerate(items):
+        groups.setdefault(find(i), []).append(key)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def test_near_duplicate_groups_small() -> None:
+    items = [
+        ("a", "0000000000000000"),
+        ("b", "ffffffffffffffff"),
+        ("c", "0000000000000003"),  # 2 bits from a
+        ("d", "000000000000003f"),  # 6 bits from a, 4 from c
+        ("e", "fffffffffffffffe"),  # 1 bit from b
+        ("f", "0f0f0f0f0f0f0f0f"),  # alone
+        ("g", "0000000000000000"),  # exact duplicate of a
+    ]
+    assert near_duplicate_groups(items, max_distance=2) == [["a", "c", "g"], ["b", "e"]]
+    assert near_duplicate_groups(items, max_distance=4) == [["a", "c", "d", "g"], ["b", "e"]]
+    assert near_duplicate_groups(items, max_distance=0) == [["a", "g"]]
+    assert near_duplicate_groups(items, max_distance=64) == [["a", "b", "c", "d", "e", "f", "g"]]
+    assert near_duplicate_groups([], 6) == [] and near_duplicate_groups(items[:1], 6) == []
+    with pytest.raises(ValueError):
+        near_duplicate_groups([("x", "1" * 17)])
+
+
+def _clustered(n_clusters: int, per: int, flips: int, seed: int) -> list[tuple[str, str]]:
+    rng = np.random.default_rng(seed)
+    items: list[tuple[str, str]] = []
+    for c in range(n_clusters):
+        base = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2))
+        for k in range(per):
+            value = base
+            for bit in rng.choice(64, size=int(rng.integers(0, flips + 1)), replace=False):
+                value ^= 1 << int(bit)
+            items.append((f"c{c}-{k}", f"{value:016x}"))
+    order = rng.permutation(len(items))
+    return [items[i] for i in order]
+
+
+@pytest.mark.parametrize("d", [0, 1, 3, 6, 9])
+def test_near_duplicate_groups_equal_brute_force(d: int) -> None:
+    items = _clustered(n_clusters=60, per=5, flips=5, seed=d)
+    assert near_duplicate_groups(items, max_distance=d) == _brute_groups(items, d)
+
+
+def test_near_duplicate_groups_scales() -> None:
+    rng = np.random.default_rng(7)
+    n = 50_000
+    values = rng.integers(0, 2**64, n, dtype=np.uint64)
+    items = [(f"k{i}", f"{int(v):016x}") for i, v in enumerate(values)]
+    planted = [
+        (f"dup{i}", f"{int(values[i]) ^ (1 << (i % 64)) ^ (1 << 7):016x}") for i in range(50)
+    ]
+    groups = near_duplicate_groups(items + planted, max_distance=6)
+    as_sets = {frozenset(g) for g in groups}
+    for i in range(50):
+        assert any({f"k{i}", f"dup{i}"} <= g for g in as_sets)
+
+
+# --------------------------------------------------------------------------- array statistics
+
+
+def _check_against_numpy(s: ArrayStats, a: npt.NDArray[np.float64], bins: int) -> None:
+    valid = a[~np.isnan(a)]
+    assert s.count == valid.size and s.nan_count == a.size - valid.size
+    hist, _ = np.histogram(valid, bins=bins, range=s.range)
+    assert list(s.histogram) == hist.tolist()
+    assert s.below == int((valid < s.range[0]).sum()) and s.above == int((valid > s.range[1]).sum())
+    if valid.size == 0:
+        assert math.isnan(s.mean) and math.isnan(s.min) and math.isnan(s.max)
+        return
+    scale = max(1.0, float(np.abs(valid).max()))
+    assert s.mean == pytest.approx(float(valid.mean()), rel=1e-9, abs=1e-9 * scale)
+    assert s.std == pytest.approx(float(valid.std()), rel=1e-7, abs=1e-7 * scale)
+    assert s.sum == pytest.approx(float(valid.sum()), rel=1e-9, abs=1e-9 * scale * valid.size)
+    assert s.sumsq == pytest.approx(
+        float((valid**2).sum()), rel=1e-7, abs=1e-7 * scale**2 * valid.size
+    )
+    assert (s.min, s.max) == (float(valid.min()), float(valid.max()))
+
+
+def test_array_stats_basic() -> None:
+    a = np.array([[1.0, 2.0, np.nan], [4.0, -3.0, 100.0]])
+    s = array_stats(a, bins=4, range=(0.0, 8.0))
+    assert (s.count, s.nan_count, s.min, s.max) == (5, 1, -3.0, 100.0)
+    assert s.histogram == (1, 1, 1, 0) and (s.below, s.above) == (1, 1)
+    _check_against_numpy(s, a.ravel(), 4)
+    json.dumps(s.to_dict())
+    ints = array_stats(np.arange(10, dtype=np.uint8), bins=5, range=(0, 10))
+    assert ints.mean == 4.5 and ints.histogram == (2, 2, 2, 2, 2)
+    empty = array_stats(np.array([np.nan, np.nan]), bins=3, range=(0, 1))
+    assert empty.count == 0 and empty.nan_count == 2 and empty.to_dict()["mean"] is None
+    with pytest.raises(ValueError):
+        array_stats(np.array(["a"]), bins=3, range=(0, 1))
+    with pytest.raises(ValueError):
+        array_stats(a, bins=0, range=(0, 1))
+    with pytest.raises(ValueError):
+        array_stats(a, bins=3, range=(1, 1))
+
+
+def test_merge_rejects_different_bins() -> None:
+    a = array_stats(np.arange(5.0), bins=4, range=(0, 4))
+    with pytest.raises(ValueError, match="bins"):
+        merge(a, array_stats(np.arange(5.0), bins=5, range=(0, 4)))
+    with pytest.raises(ValueError, match="range"):
+        merge(a, array_stats(np.arange(5.0), bins=4, range=(0, 5)))
+
+
+def test_array_stats_on_memmap(tmp_path: object) -> None:
+    import pathlib
+
+    path = pathlib.Path(str(tmp_path)) / "x.npy"
+    data = np.random.default_rng(1).normal(5, 2, 10_000).astype(np.float32)
+    np.save(path, data)
+    mm = np.load(path, mmap_mode="r")
+    chunks = [array_stats(mm[i : i + 3000], bins=10, range=(0, 10)) for i in range(0, 10_000, 3000)]
+    merged = functools.reduce(merge, chunks)
+    _check_against_numpy(merged, data.astype(np.float64), 10)
+
+
+_floats = st.one_of(
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False),
+    st.just(math.nan),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    a=hnp.arrays(np.float64, st.integers(0, 300), elements=_floats),
+    cuts=st.lists(st.integers(0, 300), max_size=6),
+    bins=st.integers(1, 20),
+)
+def test_merge_equals_one_pass(a: npt.NDArray[np.float64], cuts: list[int], bins: int) -> None:
+    rng = (-1e5, 1e5)
+    bounds = sorted({0, len(a), *(c for c in cuts if c <= len(a))})
+    parts = [array_stats(a[lo:hi], bins=bins, range=rng) for lo, hi in itertools.pairwise(bounds)]
+    empty = array_stats(a[:0], bins=bins, range=rng)  # the identity of merge
+    merged = functools.reduce(merge, parts, empty)
+    whole = array_stats(a, bins=bins, range=rng)
+    _check_against_numpy(merged, a, bins)
+    assert merged.count == whole.count and merged.histogram == whole.histogram
+    if whole.count:
+        assert merged.mean == pytest.approx(whole.mean, rel=1e-9, abs=1e-3)
+        assert merged.m2 == pytest.approx(whole.m2, rel=1e-7, abs=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    a=hnp.arrays(
+        st.sampled_from([np.int64, np.uint8, np.int16, np.float32]),
+        st.integers(1, 200),
+        elements={"min_value": 0, "max_value": 100},
+    ),
+    cut=st.integers(0, 200),
+)
+def test_merge_integer_dtypes(a: npt.NDArray[np.generic], cut: int) -> None:
+    cut = min(cut, len(a))
+    merged = merge(
+        array_stats(a[:cut], bins=7, range=(0, 100)),
+        array_stats(a[cut:], bins=7, range=(0, 100)),
+    )
+    _check_against_numpy(merged, a.astype(np.float64), 7)
+
+
+def test_stats_roundtrip_through_json() -> None:
+    s = image_stats(photo_like(40, 30))
+    assert json.loads(json.dumps(s)) == s
+    buf = io.BytesIO()
+    photo_like(40, 30).save(buf, "PNG")
+    assert image_stats(decode(buf.getvalue())) == s
