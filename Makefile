@@ -9,7 +9,7 @@ URLS ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install process test lint bench clean
+.PHONY: help install process demo-download test lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ install: $(VENV)/.installed ## Create .venv (if missing) and install the package
 
 process: $(VENV)/.installed ## Process INPUT="dir1 dir2" (default sample_data/images) [URLS=list.txt] into OUTPUT=out
 	$(PY) -m pipeline process $(INPUT) $(if $(URLS),--urls $(URLS)) --output $(OUTPUT) $(ARGS)
+
+demo-download: $(VENV)/.installed ## Serve sample_data/images on 127.0.0.1 and process it by URL into out/download
+	$(PY) -m stages.demo_download $(if $(filter-out out,$(OUTPUT)),$(OUTPUT),out/download)
 
 test: $(VENV)/.installed-dev ## Install dev extras (if missing) and run the whole test suite
 	$(PY) -m pytest $(ARGS)

@@ -162,6 +162,11 @@ class DownloadError(Exception):
         self.attempts = attempts
         self.status = status
 
+    @property
+    def details(self) -> dict[str, object]:
+        """Small fields the engine adds to the failed record (the last HTTP status)."""
+        return {"http_status": self.status} if self.status is not None else {}
+
     def __str__(self) -> str:
         details = f"attempts={self.attempts}"
         if self.status is not None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .sources import SourceFile
 
@@ -31,13 +32,20 @@ class UnsafePath(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """Input bytes on their way to the decode stage, with the output-relative path."""
+    """Input bytes on their way to the decode stage, with the output-relative path.
+
+    ``origin`` says where downloaded bytes came from (final URL, HTTP status, attempts).
+    """
 
     rel: str
-    data: bytes
+    data: bytes = field(repr=False)
+    origin: dict[str, Any] | None = None
 
 
-def read_file(src: SourceFile, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Loaded:
+def read_file(src: SourceFile | Loaded, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Loaded:
+    """Read a file's bytes, refusing files over ``max_bytes``. Downloaded bytes pass through."""
+    if isinstance(src, Loaded):
+        return src
     with open(src.path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size > max_bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -31,6 +32,8 @@ from pipeline import (
     stage,
 )
 
+from .download import DownloadConfig
+from .fetching import download, session_factory, url_inputs
 from .files import DEFAULT_MAX_FILE_BYTES, read_file
 from .imaging import ResizeOptions, parse_size
 from .sources import walk_inputs
@@ -39,7 +42,7 @@ from .thumbs import outputs_exist, render, write_outputs
 
 __all__ = ["ProcessConfig", "build_pipeline", "parse_bytes", "run_process"]
 
-STAGE_NAMES = ("read", "resize", "write")
+STAGE_NAMES = ("download", "read", "resize", "write")
 _UNITS = {
     "": 1,
     "B": 1,
@@ -64,12 +67,14 @@ def parse_bytes(text: str | int) -> int:
 
 def _default_workers() -> dict[str, int]:
     cores = os.cpu_count() or 1
-    return {"read": 8, "resize": cores, "write": 4}
+    # download: concurrent requests (the session's connection limit follows it)
+    return {"download": 64, "read": 8, "resize": cores, "write": 4}
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
     inputs: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
     output: str = "out"
     sizes: tuple[str, ...] = ("512",)
     mode: str = "fit"
@@ -87,12 +92,22 @@ class ProcessConfig:
     force: bool = False
     quiet: bool = False
     progress: bool | None = None
+    # downloads (URL lists)
+    allow_private_hosts: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    download_timeout: float = 120.0
+    download_retries: int = 3
+    max_download_size: int = 50 * 2**20
+    limit_per_host: int = 8
+    user_agent: str = "pixpipe/0.1 (+batch image pipeline)"
     resize: ResizeOptions = field(init=False, repr=False)
+    download: DownloadConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ConfigError("nothing to process: give at least one input folder")
-        for item in self.inputs:
+        if not self.inputs and not self.urls:
+            raise ConfigError("nothing to process: give input folders and/or --urls lists")
+        for item in (*self.inputs, *self.urls):
             if not Path(item).exists():
                 raise ConfigError(f"input {item!r} does not exist")
         unknown = set(self.workers) - set(STAGE_NAMES)
@@ -121,6 +136,21 @@ class ProcessConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         object.__setattr__(self, "resize", opts)
+        try:
+            dl = DownloadConfig(
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                total_timeout=self.download_timeout,
+                retries=self.download_retries,
+                max_bytes=self.max_download_size,
+                limit=max(merged["download"], self.limit_per_host),
+                limit_per_host=self.limit_per_host,
+                allow_private_hosts=self.allow_private_hosts,
+                user_agent=self.user_agent,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        object.__setattr__(self, "download", dl)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ProcessConfig:
@@ -129,13 +159,14 @@ class ProcessConfig:
         if unknown:
             raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
         clean = dict(data)
-        for key in ("inputs", "sizes", "include", "exclude"):
+        for key in ("inputs", "urls", "sizes", "include", "exclude"):
             if key in clean and isinstance(clean[key], str):
                 clean[key] = (clean[key],)
             if key in clean:
                 clean[key] = tuple(str(v) for v in clean[key])
-        if "max_file_size" in clean:
-            clean["max_file_size"] = parse_bytes(clean["max_file_size"])
+        for key in ("max_file_size", "max_download_size"):
+            if key in clean:
+                clean[key] = parse_bytes(clean[key])
         try:
             return cls(**clean)
         except TypeError as exc:
@@ -149,8 +180,25 @@ class ProcessConfig:
 
 def build_pipeline(cfg: ProcessConfig) -> Pipeline:
     w = cfg.workers
+    fetching = []
+    if cfg.urls:
+        # one aiohttp session per run (the stage's context); fetch enforces connect/read/total
+        # timeouts and retries itself, so the stage has no engine timeout of its own
+        fetching.append(
+            stage(
+                download,
+                cfg.download,
+                kind="async",
+                name="download",
+                workers=w["download"],
+                capacity=64,
+                context=session_factory(cfg.download),
+                context_arg="session",
+            )
+        )
     return Pipeline(
         [
+            *fetching,
             # inbox of small path records; batches of reads go to the threads
             stage(
                 read_file,
@@ -283,8 +331,12 @@ def run_process(cfg: ProcessConfig) -> RunResult:
     out = Path(cfg.output)
     table = StatsTable(out)
     pipe = build_pipeline(cfg)
-    return pipe.run(
+    inputs = itertools.chain(
         walk_inputs(cfg.inputs, include=cfg.include, exclude=cfg.exclude),
+        url_inputs(cfg.urls),
+    )
+    return pipe.run(
+        inputs,
         output=out,
         collectors=[table, NearDuplicates(table)],
         fingerprint=cfg.fingerprint(),

@@ -55,6 +55,15 @@ def _process(args: argparse.Namespace) -> int:
     data: dict[str, Any] = load_toml(args.config) if args.config else {}
     flags = {
         "inputs": [str(p) for p in args.inputs] or None,
+        "urls": [str(p) for p in args.urls] if args.urls else None,
+        "allow_private_hosts": args.allow_private_hosts,
+        "connect_timeout": args.connect_timeout,
+        "read_timeout": args.read_timeout,
+        "download_timeout": args.download_timeout,
+        "download_retries": args.download_retries,
+        "max_download_size": args.max_download_size,
+        "limit_per_host": args.limit_per_host,
+        "user_agent": args.user_agent,
         "output": str(args.output) if args.output is not None else None,
         "sizes": args.size,
         "mode": args.mode,
@@ -143,6 +152,30 @@ def _add_process(sub: Any) -> None:
     p.add_argument(
         "--quiet", "-q", action="store_true", default=None, help="no progress bars, no summary"
     )
+    d = p.add_argument_group("downloads (URL lists)")
+    d.add_argument(
+        "--urls",
+        action="append",
+        type=Path,
+        default=None,
+        help="URL list: text (one a line), .csv/.tsv or .jsonl with a url column, "
+        "optionally .gz; repeatable",
+    )
+    d.add_argument(
+        "--allow-private-hosts",
+        action="store_true",
+        default=None,
+        help="allow hosts on loopback/private/link-local addresses (local servers)",
+    )
+    d.add_argument("--connect-timeout", type=float, default=None, help="seconds (10)")
+    d.add_argument("--read-timeout", type=float, default=None, help="socket read, seconds (30)")
+    d.add_argument(
+        "--download-timeout", type=float, default=None, help="one attempt in all, seconds (120)"
+    )
+    d.add_argument("--download-retries", type=int, default=None, help="extra attempts (3)")
+    d.add_argument("--max-download-size", default=None, help="byte cap per body (50MiB)")
+    d.add_argument("--limit-per-host", type=int, default=None, help="connections per host (8)")
+    d.add_argument("--user-agent", default=None)
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=_process)
 

@@ -25,11 +25,12 @@ _SAME = {".jpeg": ".jpg", ".jpe": ".jpg", ".tif": ".tiff"}
 class Rendered:
     rel: str
     result: ImageResult
+    origin: dict[str, Any] | None = None
 
 
 def render(loaded: Loaded, options: ResizeOptions) -> Rendered:
     """Decode, resize to every size, compute statistics: runs in a process worker."""
-    return Rendered(loaded.rel, process_image(loaded.data, options))
+    return Rendered(loaded.rel, process_image(loaded.data, options), loaded.origin)
 
 
 def output_rel(rel: str, label: str, ext: str) -> str:
@@ -59,7 +60,9 @@ def write_outputs(rendered: Rendered, root: str) -> dict[str, Any]:
             }
         )
     width, height = res.original_size
+    extra = {"download": rendered.origin} if rendered.origin else {}
     return {
+        **extra,
         "original": {
             "width": width,
             "height": height,

@@ -1,0 +1,86 @@
+"""URL inputs for ``process``: URL lists become items, the download stage fetches them.
+
+``url_inputs`` reads URL lists lazily (:func:`stages.urls.iter_url_list`); each usable URL is an
+item keyed by the URL itself, whose outputs go under ``<size>/<host>/<path>_<hash>.<ext>``
+(:func:`stages.download.url_to_relpath`: sanitised, never outside the output folder). A line
+that holds no usable URL becomes a ``failed`` record (stage ``sources``) instead of vanishing.
+
+``download`` is an async stage over one shared ``aiohttp.ClientSession`` (opened by
+``session_factory``); files from input folders pass through it untouched, so folders and URL
+lists mix in one run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from pipeline import Item, Record, Status
+
+from .download import DownloadConfig, fetch, make_session, url_to_relpath
+from .files import Loaded
+from .sources import SourceFile
+from .urls import iter_url_list
+
+__all__ = ["UrlSource", "download", "session_factory", "url_inputs"]
+
+
+@dataclass(frozen=True, slots=True)
+class UrlSource:
+    url: str
+    rel: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def url_inputs(lists: Sequence[str | os.PathLike[str]]) -> Iterator[Item | Record]:
+    for path in lists:
+        for entry in iter_url_list(path):
+            where = f"{os.fspath(path)}:{entry.line}"
+            if not entry.ok:
+                yield Record(
+                    key=f"{os.fspath(path)}#line{entry.line}",
+                    status=Status.FAILED,
+                    source=where,
+                    stage="sources",
+                    error_type="BadUrlListEntry",
+                    error=f"{entry.error}: {entry.url!r}",
+                    attempts=1,
+                )
+                continue
+            yield Item(
+                key=entry.url,
+                value=UrlSource(entry.url, url_to_relpath(entry.url), dict(entry.extra)),
+                source=where,
+                meta=dict(entry.extra),
+            )
+
+
+def session_factory(config: DownloadConfig) -> Callable[[], aiohttp.ClientSession]:
+    """What ``stage(..., context=...)`` opens once per run: the run's one client session."""
+
+    def open_session() -> aiohttp.ClientSession:
+        return make_session(config)
+
+    return open_session
+
+
+async def download(
+    value: UrlSource | SourceFile, config: DownloadConfig, *, session: aiohttp.ClientSession
+) -> Loaded | SourceFile:
+    """Fetch a URL's bytes (retries, timeouts, byte cap inside ``fetch``); files pass through."""
+    if not isinstance(value, UrlSource):
+        return value
+    got = await fetch(session, value.url, config)
+    origin: dict[str, Any] = {
+        "url": got.url,
+        "final_url": got.final_url,
+        "http_status": got.status,
+        "content_type": got.content_type,
+        "attempts": got.attempts,
+        "bytes": len(got.data),
+    }
+    return Loaded(value.rel, got.data, origin)

@@ -1,0 +1,108 @@
+"""URL lists through `process`: one record per URL, failures named, resume, private hosts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from stages.process import ProcessConfig, run_process
+from tests.conftest import by_key
+from tests.http_server import serve, silent_server
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "sample_data" / "images"
+
+FAST = {
+    "allow_private_hosts": True,
+    "connect_timeout": 2.0,
+    "read_timeout": 1.0,
+    "download_timeout": 4.0,
+    "download_retries": 2,
+    "max_download_size": "2MiB",
+    "quiet": True,
+}
+
+
+def process(out: Path, urls: Path, **kw: object) -> dict[str, dict[str, object]]:
+    cfg = ProcessConfig.from_mapping({"urls": [str(urls)], "output": str(out), **FAST, **kw})
+    run_process(cfg)
+    return by_key(out)
+
+
+@pytest.mark.timeout(120)
+def test_every_failure_mode_ends_in_its_record(tmp_path: Path) -> None:
+    out, urls = tmp_path / "out", tmp_path / "urls.txt"
+    with serve() as base, silent_server() as silent:
+        cases = {
+            f"{base}/ok/a": ("ok", None),
+            f"{base}/flaky?fails=1": ("ok", None),
+            f"{base}/ratelimited?fails=1&retry_after=1": ("ok", None),
+            f"{base}/status/404": ("failed", "HTTPStatusError"),
+            f"{base}/status/503": ("failed", "HTTPStatusError"),
+            f"{base}/trickle?interval=3&count=5": ("failed", "DownloadTimeout"),
+            f"{base}/reset?after=1000": ("failed", "TruncatedBody"),
+            f"{base}/short?declared=5000&sent=100": ("failed", "TruncatedBody"),
+            f"{base}/loop": ("failed", "TooManyRedirects"),
+            f"{base}/endless?chunk=65536": ("failed", "TooLarge"),
+            f"{base}/html": ("failed", "DecodeError"),  # downloaded fine, not an image
+            f"{base}/redirect-to?location=file:///etc/passwd": ("failed", "BadURL"),
+            f"{silent}/never": ("failed", "DownloadTimeout"),
+        }
+        urls.write_text("# one URL a line\n\n" + "\n".join(cases) + "\nnot a url\n")
+        recs = process(out, urls)
+    assert len(recs) == len(cases) + 1
+    for url, (status, error_type) in cases.items():
+        rec = recs[url]
+        assert rec["status"] == status, (url, rec)
+        if status == "failed":
+            assert rec["error_type"] == error_type, (url, rec)
+            assert rec["attempts"] >= 1
+        else:
+            (o,) = rec["result"]["outputs"]  # type: ignore[index]
+            assert (out / o["path"]).resolve().is_relative_to(out.resolve())
+    assert recs[f"{base}/status/404"]["attempts"] == 1  # no retry on other 4xx
+    assert recs[f"{base}/status/503"]["attempts"] == 3
+    assert recs[f"{base}/status/503"]["meta"]["http_status"] == 503  # type: ignore[index]
+    assert recs[f"{base}/flaky?fails=1"]["result"]["download"]["attempts"] == 2  # type: ignore[index]
+    bad = recs["not a url"]  # a text line is taken as a URL, and refused as one
+    assert bad["status"] == "failed" and bad["error_type"] == "BadURL"
+
+
+def test_private_hosts_are_refused_by_default(tmp_path: Path) -> None:
+    out, urls = tmp_path / "out", tmp_path / "urls.txt"
+    with serve() as base:
+        urls.write_text(f"{base}/ok/a\n")
+        recs = process(out, urls, allow_private_hosts=False)
+    (rec,) = recs.values()
+    assert rec["status"] == "failed" and rec["error_type"] == "ForbiddenAddress"
+
+
+def test_folders_and_url_lists_in_one_run_then_resume(tmp_path: Path) -> None:
+    out, urls = tmp_path / "out", tmp_path / "urls.csv"
+    with serve(IMAGES) as base:
+        names = sorted(p.name for p in IMAGES.glob("*.jpg"))
+        urls.write_text(
+            "url,label\n" + "".join(f"{base}/{n},{n}\n" for n in names) + ",no url here\n"
+        )
+        cfg = {"inputs": [str(IMAGES)], "urls": [str(urls)], "output": str(out), **FAST}
+        run_process(ProcessConfig.from_mapping(cfg))
+        recs = by_key(out)
+        n_files = sum(1 for p in IMAGES.rglob("*") if p.is_file())
+        assert len(recs) == n_files + len(names) + 1
+        (bad,) = [r for r in recs.values() if r["status"] != "ok"]
+        assert bad["error_type"] == "BadUrlListEntry" and bad["key"].endswith(
+            "#line" + str(len(names) + 2)
+        )
+        first_url = f"{base}/{names[0]}"
+        assert recs[first_url]["meta"] == {"label": names[0]}
+        out_path = out / recs[first_url]["result"]["outputs"][0]["path"]  # type: ignore[index]
+        with Image.open(out_path) as im:
+            assert max(im.size) <= 512
+        run_process(ProcessConfig.from_mapping(cfg))
+        again = by_key(out)
+        assert [r["status"] for r in again.values()].count("skipped") == len(again) - 1
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["counts"] == {"skipped": len(again) - 1, "failed": 1}
