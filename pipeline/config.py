@@ -29,6 +29,7 @@ class RunOptions:
     recorded ``skipped``. ``force``: redo everything.
     ``crash_budget``: worker crashes tolerated before the run stops with exit 3.
     ``grace``: seconds in-flight items get to finish after Ctrl-C before they are cancelled.
+    ``backend``: run the stage functions elsewhere (see :mod:`pipeline.backends`).
     """
 
     output: Path | None = None
@@ -41,6 +42,7 @@ class RunOptions:
     fingerprint: str | None = None
     is_done: Callable[[Record], bool] | None = None
     handle_signals: bool = True
+    backend: Any = None  # a pipeline.backends.Backend; None runs everything on this machine
 
     def __post_init__(self) -> None:
         if self.retry_failed and self.force:

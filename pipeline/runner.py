@@ -146,12 +146,15 @@ class RunResult:
 class Batcher:
     """Sizes batches so one worker call lasts about ``BATCH_SECONDS``."""
 
-    def __init__(self, *, max_batch: int, share: int) -> None:
+    def __init__(self, *, max_batch: int, share: int, fixed: int | None = None) -> None:
         self.max_batch = max(1, max_batch)
         self.share = max(1, share)  # never take more than inbox capacity / workers at once
+        self.fixed = fixed  # backends ship shards of a fixed size
         self.per_item: float | None = None
 
     def size(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
         if self.per_item is None:
             return 1
         want = int(BATCH_SECONDS / max(self.per_item, 1e-7))
@@ -184,7 +187,9 @@ class _Run:
         on_record: Callable[[Record], Awaitable[None]] | None,
     ) -> None:
         self.stages = list(stages)
-        self.groups = fuse(stages)
+        self.backend = opts.backend
+        # a backend runs the whole chain remotely, as one group of shard-sized batches
+        self.groups = [list(stages)] if self.backend is not None else fuse(stages)
         self.inputs = inputs
         self.opts = opts
         self.collectors = list(collectors)
@@ -350,6 +355,10 @@ class _Run:
 
     # -- stage groups --------------------------------------------------------------------------
     def _lanes(self, group: list[Stage], extra: dict[str, Any]) -> list[Lane]:
+        if self.backend is not None:  # remote workers open the stages' contexts themselves
+            return [
+                self.backend.lane(group, on_crash=self.on_crash) for _ in range(self.backend.window)
+            ]
         steps = steps_of(group, extra)
         kind = group[0].kind
         workers = max(s.workers for s in group)
@@ -369,7 +378,7 @@ class _Run:
         async with contextlib.AsyncExitStack() as stack:
             extra: dict[str, Any] = {}
             ctx_factory = group[0].context
-            if ctx_factory is not None:
+            if ctx_factory is not None and self.backend is None:
                 extra[group[0].context_arg] = await stack.enter_async_context(ctx_factory())
             await self._run_lanes(group, self._lanes(group, extra), inbox, outbox)
 
@@ -380,7 +389,11 @@ class _Run:
         first = self.stages.index(group[0])
         kind = group[0].kind
         max_batch = min(s.max_batch for s in group) if kind in ("thread", "process") else 1
-        batcher = Batcher(max_batch=max_batch, share=math.ceil(inbox.capacity / len(lanes)))
+        if self.backend is not None:
+            shard = self.backend.shard_size
+            batcher = Batcher(max_batch=shard, share=shard, fixed=shard)
+        else:
+            batcher = Batcher(max_batch=max_batch, share=math.ceil(inbox.capacity / len(lanes)))
         tasks = [
             asyncio.create_task(self.drive(group, first, lane, inbox, outbox, batcher))
             for lane in lanes
@@ -499,13 +512,16 @@ class _Run:
         ledger_cm: Any = Ledger(self.opts.output) if self.opts.output is not None else _NoLedger()
         error: BaseException | None = None
         interrupted = False
-        async with ledger_cm as ledger:
+        backend_cm: Any = (
+            self.backend.open() if self.backend is not None else contextlib.nullcontext()
+        )
+        async with ledger_cm as ledger, backend_cm:
             self.ledger = ledger
             if ledger is not None:
                 await ledger.write_summary(
                     {"run": self.run_id, "finished": False, "started": started_at.isoformat()}
                 )
-            channels = [Channel[Item](g[0].capacity, name=g[0].name) for g in self.groups]
+            channels = [Channel[Item](self._capacity(g), name=g[0].name) for g in self.groups]
             channels.append(Channel[Item](max(8, self.groups[-1][-1].capacity), name="done"))
             writer = asyncio.create_task(self.ledger_writer(), name="ledger")
             feeder = asyncio.create_task(self.feed(channels[0]), name="feeder")
@@ -538,6 +554,8 @@ class _Run:
                 self.progress.close()
             lines = await ledger.export_manifest() if ledger is not None else None
             collected = await self._collect()
+            if self.backend is not None:
+                collected["backend"] = self.backend.summary()
             result = self._result(started, error, interrupted, collected)
             if ledger is not None:
                 await self._write_summary(ledger, result, started_at, lines)
@@ -546,6 +564,11 @@ class _Run:
                 raise error
             raise FatalRunError(f"run stopped by an engine error: {error!r}") from error
         return result
+
+    def _capacity(self, group: list[Stage]) -> int:
+        if self.backend is not None:  # room for one whole shard to gather while others run
+            return max(group[0].capacity, int(self.backend.shard_size))
+        return group[0].capacity
 
     async def _supervise(
         self, work: list[asyncio.Task[None]], writer: asyncio.Task[None], feeder: asyncio.Task[None]

@@ -12,6 +12,7 @@ lists mix in one run.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,12 +61,11 @@ def url_inputs(lists: Sequence[str | os.PathLike[str]]) -> Iterator[Item | Recor
 
 
 def session_factory(config: DownloadConfig) -> Callable[[], aiohttp.ClientSession]:
-    """What ``stage(..., context=...)`` opens once per run: the run's one client session."""
+    """What ``stage(..., context=...)`` opens once per run: the run's one client session.
 
-    def open_session() -> aiohttp.ClientSession:
-        return make_session(config)
-
-    return open_session
+    A ``functools.partial`` of a module-level function, so it pickles (remote backends).
+    """
+    return functools.partial(make_session, config)
 
 
 async def download(
