@@ -101,6 +101,10 @@ class ProcessConfig:
     max_download_size: int = 50 * 2**20
     limit_per_host: int = 8
     user_agent: str = "pixpipe/0.1 (+batch image pipeline)"
+    # where the stages run: "local" (this machine) or "dask" (a cluster; see pipeline.backends)
+    backend: str = "local"
+    scheduler: str | None = None  # tcp://host:8786; None with backend "dask": a LocalCluster
+    shard_size: int = 256
     resize: ResizeOptions = field(init=False, repr=False)
     download: DownloadConfig = field(init=False, repr=False)
 
@@ -119,6 +123,12 @@ class ProcessConfig:
         object.__setattr__(self, "workers", merged)
         if self.retry_failed and self.force:
             raise ConfigError("--retry-failed and --force exclude each other")
+        if self.backend not in ("local", "dask"):
+            raise ConfigError(f"--backend must be 'local' or 'dask', got {self.backend!r}")
+        if self.scheduler is not None and self.backend != "dask":
+            raise ConfigError("--scheduler needs --backend dask")
+        if self.shard_size < 1:
+            raise ConfigError("--shard-size must be >= 1")
         if self.max_file_size < 1:
             raise ConfigError("--max-file-size must be positive")
         if not self.timeout > 0:
@@ -335,8 +345,14 @@ def run_process(cfg: ProcessConfig) -> RunResult:
         walk_inputs(cfg.inputs, include=cfg.include, exclude=cfg.exclude),
         url_inputs(cfg.urls),
     )
+    backend = None
+    if cfg.backend == "dask":
+        from pipeline.backends.dask import DaskBackend
+
+        backend = DaskBackend(cfg.scheduler, shard_size=cfg.shard_size)
     return pipe.run(
         inputs,
+        backend=backend,
         output=out,
         collectors=[table, NearDuplicates(table)],
         fingerprint=cfg.fingerprint(),

@@ -64,6 +64,9 @@ def _process(args: argparse.Namespace) -> int:
         "max_download_size": args.max_download_size,
         "limit_per_host": args.limit_per_host,
         "user_agent": args.user_agent,
+        "backend": args.backend,
+        "scheduler": args.scheduler,
+        "shard_size": args.shard_size,
         "output": str(args.output) if args.output is not None else None,
         "sizes": args.size,
         "mode": args.mode,
@@ -176,6 +179,20 @@ def _add_process(sub: Any) -> None:
     d.add_argument("--max-download-size", default=None, help="byte cap per body (50MiB)")
     d.add_argument("--limit-per-host", type=int, default=None, help="connections per host (8)")
     d.add_argument("--user-agent", default=None)
+    b = p.add_argument_group("beyond one machine")
+    b.add_argument(
+        "--backend",
+        choices=["local", "dask"],
+        default=None,
+        help="where stages run: this machine (default) or a Dask cluster",
+    )
+    b.add_argument(
+        "--scheduler",
+        default=None,
+        help="Dask scheduler address (tcp://host:8786); without it --backend dask "
+        "starts a LocalCluster sized to this machine",
+    )
+    b.add_argument("--shard-size", type=int, default=None, help="inputs per Dask task (256)")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=_process)
 
