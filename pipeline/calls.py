@@ -71,7 +71,7 @@ class Outcome:
     step: int  # index of the step that produced ``value`` (the failing step on failure)
     attempts: int
     busy: list[float]  # seconds spent inside each step's function
-    cpu: float = 0.0  # CPU seconds of the worker process for this item (process kind)
+    cpu: float = 0.0  # CPU seconds of the worker (process kind) or its thread (thread kind)
 
 
 def backoff_delay(base: float, attempt: int, *, cap: float = 30.0) -> float:
@@ -140,5 +140,8 @@ def run_batch(
         if abandoned():
             break
         slot[SLOT_INDEX] = index
-        done.append(run_chain(steps, value, slot))
+        cpu = time.thread_time()
+        outcome = run_chain(steps, value, slot)
+        outcome.cpu = time.thread_time() - cpu  # this thread's CPU: holding the GIL or in C
+        done.append(outcome)
     return done

@@ -44,6 +44,8 @@ def report(result: RunResult, *, quiet: bool) -> None:
         lines.append(result.table())
         if result.bottleneck:
             lines.append(f"bottleneck: {result.bottleneck}")
+        lines.append("advice:")
+        lines.append(result.advice_text())
     if result.output is not None:
         lines.append(f"manifest: {result.output / 'manifest.jsonl'}")
     print("\n".join(lines), file=sys.stderr)

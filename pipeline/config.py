@@ -43,6 +43,7 @@ class RunOptions:
     is_done: Callable[[Record], bool] | None = None
     handle_signals: bool = True
     backend: Any = None  # a pipeline.backends.Backend; None runs everything on this machine
+    autoscale: bool = False  # --workers auto: start small, grow from measurements
 
     def __post_init__(self) -> None:
         if self.retry_failed and self.force:

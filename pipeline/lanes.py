@@ -86,7 +86,13 @@ class InlineLane:
         self.steps = tuple(steps)
 
     async def run(self, batch: Sequence[Item]) -> LaneResult:
-        return [(item, run_chain(self.steps, item.value)) for item in batch], []
+        done = []
+        for item in batch:
+            cpu = time.thread_time()
+            outcome = run_chain(self.steps, item.value)
+            outcome.cpu = time.thread_time() - cpu
+            done.append((item, outcome))
+        return done, []
 
     async def close(self, *, graceful: bool) -> None:
         return None

@@ -1,9 +1,14 @@
-"""Per-stage measurements taken while a run goes, and the end-of-run table.
+"""Per-stage measurements taken while a run goes, the timeline, and the end-of-run table.
 
 For each stage: items in and out, busy time (inside the stage function, summed over workers),
-time its drivers waited on the inbox, time they were blocked on the outbox, and for process
-stages the CPU time the workers spent against their wall time. ``utilisation`` is busy time over
-(wall time x workers): the stage with the highest one is the bottleneck of the line.
+time its drivers waited on the inbox, time they were blocked on the outbox, and CPU time:
+the worker process's for process stages, the calling thread's (``time.thread_time``) for thread
+and inline stages. ``utilisation`` is busy time over (wall time x workers): the stage with the
+highest one is the bottleneck of the line. ``parallelism`` is CPU seconds per wall second: how
+many cores the stage kept busy (above 1 for threads means its code released the GIL).
+
+The :class:`Timeline` samples cumulative items and inbox fill per stage at a fixed interval
+that doubles whenever the sample buffer fills, so it stays under ``MAX_SAMPLES`` for any run.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["StageMetrics", "StageSnapshot", "bottleneck", "render_table"]
+__all__ = ["StageMetrics", "StageSnapshot", "Timeline", "bottleneck", "render_table"]
 
 
 @dataclass(slots=True)
@@ -32,11 +37,13 @@ class StageMetrics:
     started: float = field(default_factory=time.perf_counter)
     ended: float | None = None
     fused_with: tuple[str, ...] = ()
+    peak_workers: int = 0
 
     def snapshot(self) -> StageSnapshot:
         end = self.ended if self.ended is not None else time.perf_counter()
         wall = max(end - self.started, 1e-9)
-        capacity = wall * self.workers
+        workers = max(self.workers, 1)
+        measured = self.kind != "async"  # coroutines share the loop's thread: no CPU split
         return StageSnapshot(
             name=self.name,
             kind=self.kind,
@@ -47,13 +54,12 @@ class StageMetrics:
             wall=wall,
             items_per_s=self.items / wall,
             busy=self.busy,
-            utilisation=min(self.busy / capacity, 1.0),
+            utilisation=min(self.busy / (wall * workers), 1.0),
             wait_inbox=self.wait_inbox,
             blocked_outbox=self.blocked_outbox,
-            cpu=self.cpu if self.kind == "process" else None,
-            cpu_per_busy=(self.cpu / self.busy if self.busy > 0 else None)
-            if self.kind == "process"
-            else None,
+            cpu=self.cpu if measured else None,
+            cpu_per_busy=(self.cpu / self.busy if self.busy > 0 else None) if measured else None,
+            parallelism=self.cpu / wall if measured else None,
             mean_batch=self.items / self.batches if self.batches else 0.0,
             fused_with=list(self.fused_with),
         )
@@ -75,11 +81,49 @@ class StageSnapshot:
     blocked_outbox: float
     cpu: float | None
     cpu_per_busy: float | None
+    parallelism: float | None
     mean_batch: float
     fused_with: list[str]
 
     def to_json(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+class Timeline:
+    """Cumulative items done and inbox fill per stage, sampled over the run."""
+
+    MAX_SAMPLES = 400
+
+    def __init__(self, names: Sequence[str], *, interval: float = 0.25) -> None:
+        self.names = list(names)
+        self.interval = interval
+        self.t: list[float] = []
+        self.done: list[list[int]] = [[] for _ in names]
+        self.inbox: list[list[int]] = [[] for _ in names]
+        self.workers: list[list[int]] = [[] for _ in names]
+        self._start = time.perf_counter()
+
+    def sample(self, done: Sequence[int], inbox: Sequence[int], workers: Sequence[int]) -> None:
+        self.t.append(round(time.perf_counter() - self._start, 3))
+        for series, values in ((self.done, done), (self.inbox, inbox), (self.workers, workers)):
+            for i, v in enumerate(values):
+                series[i].append(v)
+        if len(self.t) >= self.MAX_SAMPLES:  # keep every other sample, sample half as often
+            self.t = self.t[::2]
+            for series in (self.done, self.inbox, self.workers):
+                for i in range(len(series)):
+                    series[i] = series[i][::2]
+            self.interval *= 2
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "interval": self.interval,
+            "stages": {
+                name: {"done": self.done[i], "inbox": self.inbox[i], "workers": self.workers[i]}
+                for i, name in enumerate(self.names)
+            },
+        }
 
 
 def bottleneck(stages: Sequence[StageSnapshot]) -> StageSnapshot | None:
@@ -92,16 +136,17 @@ def render_table(stages: Sequence[StageSnapshot]) -> str:
     """A plain-text table for the terminal; the bottleneck row is marked."""
     top = bottleneck(stages)
     head = (
-        f"{'stage':<18} {'kind':<8} {'wkrs':>4} {'items':>9} {'failed':>6} {'items/s':>10} "
-        f"{'busy%':>6} {'inbox-wait s':>12} {'outbox-block s':>14} {'cpu/busy':>8}"
+        f"{'stage':<14} {'kind':<8} {'wkrs':>4} {'items':>8} {'failed':>6} {'items/s':>9} "
+        f"{'busy%':>6} {'inbox-wait s':>12} {'outbox-block s':>14} {'cpu/busy':>8} {'cores':>5}"
     )
     lines = [head, "-" * len(head)]
     for s in stages:
         ratio = f"{s.cpu_per_busy:.2f}" if s.cpu_per_busy is not None else "-"
+        cores = f"{s.parallelism:.2f}" if s.parallelism is not None else "-"
         mark = "  <- bottleneck" if top is not None and s.name == top.name else ""
         lines.append(
-            f"{s.name[:18]:<18} {s.kind:<8} {s.workers:>4} {s.items:>9} {s.failed:>6} "
-            f"{s.items_per_s:>10.1f} {100 * s.utilisation:>5.0f}% {s.wait_inbox:>12.2f} "
-            f"{s.blocked_outbox:>14.2f} {ratio:>8}{mark}"
+            f"{s.name[:14]:<14} {s.kind:<8} {s.workers:>4} {s.items:>8} {s.failed:>6} "
+            f"{s.items_per_s:>9.1f} {100 * s.utilisation:>5.0f}% {s.wait_inbox:>12.2f} "
+            f"{s.blocked_outbox:>14.2f} {ratio:>8} {cores:>5}{mark}"
         )
     return "\n".join(lines)

@@ -33,13 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .advice import Verdict, advise, render_advice
+from .autoscale import Autoscaler, GroupHandle, start_workers
 from .calls import Outcome, steps_of
 from .channel import Channel, EndOfStream, WouldBlock
 from .config import RunOptions
 from .errors import CrashBudgetExceeded, FatalRunError, LedgerError, RemoteError
 from .lanes import AsyncLane, InlineLane, Lane, ThreadLane
 from .ledger import Ledger
-from .metrics import StageMetrics, StageSnapshot, bottleneck, render_table
+from .metrics import StageMetrics, StageSnapshot, Timeline, bottleneck, render_table
 from .procpool import ProcessLane
 from .progress import Progress
 from .records import Item, Record, Status, as_item
@@ -91,6 +93,12 @@ class RunResult:
     crashes: tuple[str, ...] = ()
     output: Path | None = None
     collected: dict[str, Any] = field(default_factory=dict)
+    timeline: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def advice(self) -> list[Verdict]:
+        """Per-stage verdicts (I/O- or CPU-bound, GIL, starved) and balancing worker counts."""
+        return advise(self.stages)
 
     @property
     def ok(self) -> int:
@@ -124,6 +132,9 @@ class RunResult:
     def table(self) -> str:
         return render_table(self.stages)
 
+    def advice_text(self) -> str:
+        return render_advice(self.advice)
+
     def to_json(self) -> dict[str, Any]:
         top = bottleneck(self.stages)
         return {
@@ -139,6 +150,8 @@ class RunResult:
             "crashes": list(self.crashes),
             "stages": [s.to_json() for s in self.stages],
             "bottleneck": top.to_json() if top else None,
+            "advice": [v.to_json() for v in self.advice],
+            "timeline": self.timeline,
             **({"collected": self.collected} if self.collected else {}),
         }
 
@@ -213,7 +226,12 @@ class _Run:
         self.abort = asyncio.Event()
         self.lanes: list[Lane] = []
         self.pools: list[DaemonThreadPool] = []
+        self._pools: dict[str, DaemonThreadPool] = {}
+        self._contexts: dict[str, dict[str, Any]] = {}
+        self.handles: list[GroupHandle] = []
+        self.autoscaler = Autoscaler(self.handles) if opts.autoscale else None
         self.progress = Progress([s.name for s in stages], total=self.total, enabled=opts.progress)
+        self.timeline = Timeline([s.name for s in stages])
 
     # -- records -------------------------------------------------------------------------------
     async def emit(self, record: Record) -> None:
@@ -365,8 +383,10 @@ class _Run:
         if kind == "process":
             return [ProcessLane(steps, on_crash=self.on_crash) for _ in range(workers)]
         if kind == "thread":
-            pool = DaemonThreadPool(workers, name=group[0].name)
+            start = start_workers(kind, workers) if self.opts.autoscale else workers
+            pool = DaemonThreadPool(start, name=group[0].name)
             self.pools.append(pool)
+            self._pools[group[0].name] = pool
             return [ThreadLane(steps, pool) for _ in range(workers)]
         if kind == "async":
             return [AsyncLane(steps) for _ in range(workers)]
@@ -380,12 +400,12 @@ class _Run:
             ctx_factory = group[0].context
             if ctx_factory is not None and self.backend is None:
                 extra[group[0].context_arg] = await stack.enter_async_context(ctx_factory())
+            self._contexts[group[0].name] = extra
             await self._run_lanes(group, self._lanes(group, extra), inbox, outbox)
 
     async def _run_lanes(
         self, group: list[Stage], lanes: list[Lane], inbox: Channel[Item], outbox: Channel[Item]
     ) -> None:
-        self.lanes.extend(lanes)
         first = self.stages.index(group[0])
         kind = group[0].kind
         max_batch = min(s.max_batch for s in group) if kind in ("thread", "process") else 1
@@ -394,25 +414,61 @@ class _Run:
             batcher = Batcher(max_batch=shard, share=shard, fixed=shard)
         else:
             batcher = Batcher(max_batch=max_batch, share=math.ceil(inbox.capacity / len(lanes)))
-        tasks = [
-            asyncio.create_task(self.drive(group, first, lane, inbox, outbox, batcher))
-            for lane in lanes
-        ]
+        cap = len(lanes)
+        if self.opts.autoscale and self.backend is None:
+            lanes = lanes[: start_workers(kind, cap)]
+        live: list[Lane] = []
+        tasks: set[asyncio.Task[None]] = set()
+        grown = asyncio.Event()
+
+        def add_lane(lane: Lane) -> None:
+            live.append(lane)
+            self.lanes.append(lane)
+            tasks.add(asyncio.create_task(self.drive(group, first, lane, inbox, outbox, batcher)))
+            for i in range(first, first + len(group)):
+                self.metrics[i].workers = len(live)
+            handle.lanes = len(live)
+            grown.set()
+
+        handle = GroupHandle(
+            name=group[0].name,
+            kind=kind,
+            cap=cap,
+            inbox=inbox,
+            metrics=self.metrics[first : first + len(group)],
+            add_lane=lambda: add_lane(self._extra_lane(group)),
+        )
+        self.handles.append(handle)
+        for lane in lanes:
+            add_lane(lane)
         graceful = False
         try:
-            await asyncio.gather(*tasks)
+            await _wait_growing(tasks, grown)
             graceful = True
         finally:
+            handle.done = True
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.gather(
-                *(lane.close(graceful=graceful) for lane in lanes), return_exceptions=True
+                *(lane.close(graceful=graceful) for lane in live), return_exceptions=True
             )
             now = time.perf_counter()
             for i in range(first, first + len(group)):
                 self.metrics[i].ended = now
             outbox.close()
+
+    def _extra_lane(self, group: list[Stage]) -> Lane:
+        """One more lane for a growing group (thread pools grow by one thread)."""
+        steps = steps_of(group, self._contexts.get(group[0].name, {}))
+        kind = group[0].kind
+        if kind == "process":
+            return ProcessLane(steps, on_crash=self.on_crash)
+        if kind == "thread":
+            pool = self._pools[group[0].name]
+            pool.grow()
+            return ThreadLane(steps, pool)
+        return AsyncLane(steps)
 
     async def drive(
         self,
@@ -500,10 +556,19 @@ class _Run:
                 )
             )
 
-    async def refresher(self, channels: Sequence[Channel[Item]]) -> None:
+    async def sampler(self, channels: Sequence[Channel[Item]]) -> None:
+        """Timeline samples and the progress bars' inbox fill, at the timeline's interval."""
+        inbox_of = []
+        for i, group in enumerate(self.groups):
+            inbox_of += [channels[i]] * len(group)
         while True:
-            await asyncio.sleep(0.5)
-            self.progress.set_fill([(len(c), c.capacity) for c in channels[:-1]])
+            await asyncio.sleep(self.timeline.interval)
+            self.timeline.sample(
+                [m.items for m in self.metrics],
+                [len(c) for c in inbox_of],
+                [m.workers for m in self.metrics],
+            )
+            self.progress.set_fill([(len(c), c.capacity) for c in inbox_of])
 
     # -- the whole run -------------------------------------------------------------------------
     async def execute(self) -> RunResult:
@@ -533,8 +598,9 @@ class _Run:
                     )
                 )
             work.append(asyncio.create_task(self.sink(channels[-1]), name="sink"))
-            refresher = (
-                asyncio.create_task(self.refresher(channels)) if self.progress.enabled else None
+            refresher: asyncio.Task[None] | None = asyncio.create_task(self.sampler(channels))
+            scaler = (
+                asyncio.create_task(self.autoscaler.run()) if self.autoscaler is not None else None
             )
             try:
                 error, interrupted = await self._supervise(work, writer, feeder)
@@ -542,9 +608,10 @@ class _Run:
                 for t in work:
                     t.cancel()
                 await asyncio.gather(*work, return_exceptions=True)
-                if refresher is not None:
-                    refresher.cancel()
-                    await asyncio.gather(refresher, return_exceptions=True)
+                for helper in (refresher, scaler):
+                    if helper is not None:
+                        helper.cancel()
+                        await asyncio.gather(helper, return_exceptions=True)
                 self._stop_workers()
                 self.ledger_ch.close()
                 writer_error = (await asyncio.gather(writer, return_exceptions=True))[0]
@@ -556,6 +623,8 @@ class _Run:
             collected = await self._collect()
             if self.backend is not None:
                 collected["backend"] = self.backend.summary()
+            if self.autoscaler is not None:
+                collected["autoscale"] = self.autoscaler.summary()
             result = self._result(started, error, interrupted, collected)
             if ledger is not None:
                 await self._write_summary(ledger, result, started_at, lines)
@@ -665,6 +734,7 @@ class _Run:
             crashes=tuple(self.crashes),
             output=self.opts.output,
             collected=collected,
+            timeline=self.timeline.to_json(),
         )
 
     async def _write_summary(
@@ -681,6 +751,23 @@ class _Run:
             "exit_code": result.exit_code,
         }
         await ledger.write_summary(summary)
+
+
+async def _wait_growing(tasks: set[asyncio.Task[None]], grown: asyncio.Event) -> None:
+    """Wait for every task in ``tasks``, which may gain members meanwhile; raise the first error."""
+    while True:
+        pending = {t for t in tasks if not t.done()}
+        for t in tasks - pending:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        if not pending:
+            return
+        grown.clear()
+        signal_task = asyncio.create_task(grown.wait())
+        try:
+            await asyncio.wait(pending | {signal_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            signal_task.cancel()
 
 
 async def _wait_all_or(

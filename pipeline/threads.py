@@ -58,6 +58,10 @@ class DaemonThreadPool:
         job.abandoned = True
         self._spawn()
 
+    def grow(self) -> None:
+        """One more thread (``--workers auto``)."""
+        self._spawn()
+
     def shutdown(self) -> None:
         """Ask every thread to exit once idle; never waits (stuck threads are daemons)."""
         with self._lock:

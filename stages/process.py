@@ -24,6 +24,7 @@ from typing import Any
 
 from pipeline import (
     ConfigError,
+    Item,
     Pipeline,
     Record,
     RunResult,
@@ -87,6 +88,7 @@ class ProcessConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     workers: Mapping[str, int] = field(default_factory=_default_workers)
+    auto_workers: bool = False  # --workers auto: the numbers above become caps
     timeout: float = 120.0
     retry_failed: bool = False
     force: bool = False
@@ -337,14 +339,17 @@ class NearDuplicates:
         return {"max_distance": self.max_distance, "groups": groups}
 
 
-def run_process(cfg: ProcessConfig) -> RunResult:
+def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
+    """Run ``process``; ``limit`` takes only the first inputs (``profile`` samples that way)."""
     out = Path(cfg.output)
     table = StatsTable(out)
     pipe = build_pipeline(cfg)
-    inputs = itertools.chain(
+    inputs: Iterator[Item | Record] = itertools.chain(
         walk_inputs(cfg.inputs, include=cfg.include, exclude=cfg.exclude),
         url_inputs(cfg.urls),
     )
+    if limit is not None:
+        inputs = itertools.islice(inputs, limit)
     backend = None
     if cfg.backend == "dask":
         from pipeline.backends.dask import DaskBackend
@@ -353,6 +358,7 @@ def run_process(cfg: ProcessConfig) -> RunResult:
     return pipe.run(
         inputs,
         backend=backend,
+        autoscale=cfg.auto_workers,
         output=out,
         collectors=[table, NearDuplicates(table)],
         fingerprint=cfg.fingerprint(),

@@ -33,6 +33,8 @@ def _parse_workers(values: list[str] | None) -> dict[str, int] | None:
         return None
     out: dict[str, int] = {}
     for value in values:
+        if value == "auto":
+            continue
         for part in value.split(","):
             name, eq, num = part.partition("=")
             try:
@@ -47,10 +49,8 @@ def _parse_workers(values: list[str] | None) -> dict[str, int] | None:
     return out
 
 
-def _process(args: argparse.Namespace) -> int:
-    from pipeline.cli import report
-
-    from .process import ProcessConfig, run_process
+def _config(args: argparse.Namespace) -> Any:
+    from .process import ProcessConfig
 
     data: dict[str, Any] = load_toml(args.config) if args.config else {}
     flags = {
@@ -79,6 +79,7 @@ def _process(args: argparse.Namespace) -> int:
         "include": args.include,
         "exclude": args.exclude,
         "workers": _parse_workers(args.workers),
+        "auto_workers": True if args.workers and "auto" in args.workers else None,
         "timeout": args.timeout,
         "retry_failed": args.retry_failed,
         "force": args.force,
@@ -87,7 +88,15 @@ def _process(args: argparse.Namespace) -> int:
     if isinstance(data.get("workers"), dict) and flags["workers"]:
         flags["workers"] = {**data["workers"], **flags["workers"]}
     data.update({k: v for k, v in flags.items() if v is not None})
-    cfg = ProcessConfig.from_mapping(data)
+    return ProcessConfig.from_mapping(data)
+
+
+def _process(args: argparse.Namespace) -> int:
+    from pipeline.cli import report
+
+    from .process import run_process
+
+    cfg = _config(args)
     result = run_process(cfg)
     report(result, quiet=cfg.quiet)
     if not cfg.quiet:
@@ -95,6 +104,29 @@ def _process(args: argparse.Namespace) -> int:
         if groups:
             log.info("near-duplicate groups: %d (listed in summary.json)", len(groups))
     return result.exit_code
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import dataclasses
+    import sys
+    import tempfile
+
+    from .process import run_process
+
+    cfg = _config(args)
+    with tempfile.TemporaryDirectory(prefix="pixpipe-profile-") as tmp:
+        cfg = dataclasses.replace(cfg, output=tmp, force=True, retry_failed=False)
+        result = run_process(cfg, limit=args.sample)
+    lines = [
+        f"profile of {result.seen} input(s) in {result.duration:.2f} s "
+        f"({result.seen / max(result.duration, 1e-9):.1f} inputs/s, outputs discarded)",
+        result.table(),
+        f"bottleneck: {result.bottleneck}",
+        "advice:",
+        result.advice_text(),
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if result.error is None else 3
 
 
 def _add_process(sub: Any) -> None:
@@ -105,6 +137,22 @@ def _add_process(sub: Any) -> None:
         "tree, and record one line per input in OUTPUT/manifest.jsonl. Re-running into the same "
         "OUTPUT resumes. Options may come from --config run.toml (same names, flags win).",
     )
+    _add_options(p)
+    p.set_defaults(func=_process)
+    prof: argparse.ArgumentParser = sub.add_parser(
+        "profile",
+        help="run a short sample of the inputs and print only the stage profile and advice",
+        description="Process the first --sample inputs into a temporary folder (discarded) and "
+        "print each stage's figures, the bottleneck and a verdict per stage: I/O-bound, "
+        "CPU-bound in Python (use processes), CPU-bound in C that releases the GIL (threads "
+        "scale), or starved — with the workers that would balance the line.",
+    )
+    _add_options(prof)
+    prof.add_argument("--sample", type=int, default=100, help="inputs to run (default 100)")
+    prof.set_defaults(func=_profile)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", type=Path, help="input folders (or files)")
     p.add_argument("--output", "-o", type=Path, default=None, help="output folder (default: out)")
     p.add_argument("--config", type=Path, help="TOML file with any of these options")
@@ -194,11 +242,10 @@ def _add_process(sub: Any) -> None:
     )
     b.add_argument("--shard-size", type=int, default=None, help="inputs per Dask task (256)")
     p.add_argument("--verbose", "-v", action="store_true")
-    p.set_defaults(func=_process)
 
 
 #: command name -> function adding it to the CLI's sub-parsers
-COMMANDS: dict[str, Callable[[Any], None]] = {"process": _add_process}
+COMMANDS: dict[str, Callable[[Any], None]] = {"process": _add_process}  # adds "profile" too
 
 
 def add_commands(sub: Any) -> None:

@@ -167,3 +167,36 @@ class Session:
 async def with_session(x: int, *, session: Session) -> int:
     assert isinstance(session, Session)
     return x + 100
+
+
+def py_spin(x: Any, seconds: float) -> Any:
+    """Pure-Python work: holds the GIL the whole time."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return x
+
+
+def c_spin(x: Any, seconds: float) -> Any:
+    """Work in C that releases the GIL (hashing large buffers; numpy ufuncs behave alike)."""
+    import hashlib
+
+    data = b"\x00" * (1 << 20)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        hashlib.sha256(data).digest()
+    return x
+
+
+def np_spin(x: Any, seconds: float) -> Any:
+    """numpy work in C: large element-wise ufuncs release the GIL."""
+    import numpy as np
+
+    a = np.ones(1 << 20)
+    out = np.empty_like(a)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        np.multiply(a, 1.0001, out=out)
+        np.sqrt(out, out=out)
+    return x

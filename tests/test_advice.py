@@ -1,0 +1,119 @@
+"""Verdicts from measured behaviour: stages with known behaviour must get the right advice."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import Pipeline, stage
+from pipeline.advice import advise
+from pipeline.metrics import StageSnapshot
+from tests import fns
+
+
+def keyed(n: int) -> list[tuple[str, int]]:
+    return [(f"k{i}", i) for i in range(n)]
+
+
+def verdict_of(fn: object, *args: object, kind: str, workers: int, n: int) -> str:
+    st = stage(fn, *args, kind=kind, workers=workers, name="s")  # type: ignore[arg-type]
+    result = Pipeline([st]).run(keyed(n), progress=False)
+    (v,) = result.advice
+    return v.kind
+
+
+def test_sleeping_thread_stage_is_io_bound() -> None:
+    assert verdict_of(fns.sleep_each, 0.02, kind="thread", workers=4, n=40) == "io-bound"
+
+
+def test_sleeping_process_stage_is_io_in_process() -> None:
+    assert verdict_of(fns.sleep_each, 0.05, kind="process", workers=2, n=20) == "io-in-process"
+
+
+def test_python_spin_in_threads_is_gil_bound() -> None:
+    assert verdict_of(fns.py_spin, 0.03, kind="thread", workers=2, n=40) == "cpu-python"
+
+
+@pytest.mark.parametrize("fn", [fns.c_spin, fns.np_spin])
+def test_c_code_releasing_the_gil_scales_in_threads(fn: object) -> None:
+    assert verdict_of(fn, 0.03, kind="thread", workers=2, n=40) == "cpu-c"
+
+
+def test_spin_in_processes_is_cpu_bound() -> None:
+    assert verdict_of(fns.spin, 0.03, kind="process", workers=2, n=20) == "cpu"
+
+
+def test_stage_after_the_bottleneck_is_starved_and_workers_balance() -> None:
+    pipe = Pipeline(
+        [
+            stage(fns.spin, 0.02, kind="process", workers=2, name="crunch"),
+            stage(fns.noop, kind="thread", workers=8, name="after"),
+        ]
+    )
+    result = pipe.run(keyed(60), progress=False)
+    got = {v.stage: v for v in result.advice}
+    assert result.bottleneck == "crunch"
+    assert got["crunch"].kind == "cpu" and got["crunch"].suggested_workers <= 2
+    assert got["after"].kind == "starved"
+    assert got["after"].suggested_workers <= 8
+
+
+def _snap(name: str, kind: str, **kw: float) -> StageSnapshot:
+    base = dict(
+        workers=2,
+        items=100,
+        ok=100,
+        failed=0,
+        wall=10.0,
+        items_per_s=10.0,
+        busy=10.0,
+        utilisation=0.5,
+        wait_inbox=0.0,
+        blocked_outbox=0.0,
+        cpu=9.0,
+        cpu_per_busy=0.9,
+        parallelism=0.9,
+        mean_batch=1.0,
+    )
+    base.update(kw)
+    return StageSnapshot(name=name, kind=kind, fused_with=[], **base)  # type: ignore[arg-type]
+
+
+def test_advice_from_figures_alone() -> None:
+    io = _snap("io", "thread", cpu=0.5, cpu_per_busy=0.05, parallelism=0.05)
+    gil = _snap(
+        "gil", "thread", busy=19.0, utilisation=0.95, cpu=9.5, cpu_per_busy=0.5, parallelism=0.95
+    )
+    cee = _snap(
+        "c", "thread", busy=19.0, utilisation=0.95, cpu=18.0, cpu_per_busy=0.95, parallelism=1.8
+    )
+    inline = _snap("loop", "inline", workers=1)
+    kinds = {v.stage: (v.kind, v.suggested_kind) for v in advise([io, gil, cee, inline], cores=2)}
+    assert kinds["io"][0] == "io-bound"
+    assert kinds["gil"] == ("cpu-python", "process")
+    assert kinds["c"] == ("cpu-c", "thread")
+    assert kinds["loop"] == ("blocks-loop", "process")
+
+
+def test_workers_auto_grows_the_bottleneck_and_says_why() -> None:
+    pipe = Pipeline(
+        [
+            stage(fns.sleep_each, 0.02, kind="thread", workers=16, name="io"),
+            stage(fns.noop, kind="thread", workers=4, name="after"),
+        ]
+    )
+    result = pipe.run(keyed(300), progress=False, autoscale=True)
+    assert result.ok == 300
+    auto = result.collected["autoscale"]
+    assert auto["final"]["io"] > 1  # the sleeping stage was grown
+    assert auto["final"]["after"] == 1  # the idle one was not
+    first = auto["decisions"][0]
+    assert first["stage"] == "io" and "busy" in first["reason"]
+
+
+def test_workers_auto_never_exceeds_the_cores_for_processes() -> None:
+    import os
+
+    pipe = Pipeline([stage(fns.spin, 0.02, kind="process", workers=8, name="cpu")])
+    result = pipe.run(keyed(120), progress=False, autoscale=True)
+    assert result.ok == 120
+    assert result.collected["autoscale"]["final"]["cpu"] <= (os.cpu_count() or 1)
