@@ -9,7 +9,7 @@ URLS ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install process demo-download test lint bench clean
+.PHONY: help install process demo-download test browser lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -33,8 +33,15 @@ process: $(VENV)/.installed ## Process INPUT="dir1 dir2" (default sample_data/im
 demo-download: $(VENV)/.installed ## Serve sample_data/images on 127.0.0.1 and process it by URL into out/download
 	$(PY) -m stages.demo_download $(if $(filter-out out,$(OUTPUT)),$(OUTPUT),out/download)
 
-test: $(VENV)/.installed-dev ## Install dev extras (if missing) and run the whole test suite
+test: $(VENV)/.installed-dev browser ## Install dev extras (if missing) and run the whole test suite
 	$(PY) -m pytest $(ARGS)
+
+# The report test renders out/report.html in headless Chromium. Installed with apt when we are
+# root and it is missing; if that is impossible the one browser test is skipped with a message.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium not installed: the browser test will be skipped"
 
 lint: $(VENV)/.installed-dev ## ruff + mypy over pipeline/ and stages/
 	$(PY) -m ruff check pipeline stages tests bench sample_data
