@@ -8,12 +8,12 @@ file. Outputs are not fsynced (the ledger's ``is_done`` check re-verifies them o
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from pipeline import atomic_write_bytes
 
 from .sources import SourceFile
 
@@ -69,14 +69,5 @@ def safe_join(root: Path, rel: str) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Temporary file in the target folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Temporary file in the target folder, then ``os.replace`` (not fsynced: see above)."""
+    atomic_write_bytes(path, data, fsync=False)
