@@ -6,7 +6,12 @@ import argparse
 import importlib
 import sys
 
-SUITES = {"engine": "bench.engine"}
+SUITES = {
+    "engine": "bench.engine",
+    "images": "bench.images",
+    "downloads": "bench.downloads",
+    "dask": "bench.dask_backend",
+}
 
 
 def main() -> int:

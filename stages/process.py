@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import (
     ConfigError,
@@ -33,13 +33,14 @@ from pipeline import (
     stage,
 )
 
-from .download import DownloadConfig
-from .fetching import download, session_factory, url_inputs
 from .files import DEFAULT_MAX_FILE_BYTES, read_file
 from .imaging import ResizeOptions, parse_size
 from .sources import walk_inputs
 from .stats import near_duplicate_groups
 from .thumbs import outputs_exist, render, write_outputs
+
+if TYPE_CHECKING:  # aiohttp is imported only when a run has URL lists (start-up time)
+    from .download import DownloadConfig
 
 __all__ = ["ProcessConfig", "build_pipeline", "parse_bytes", "run_process"]
 
@@ -108,7 +109,7 @@ class ProcessConfig:
     scheduler: str | None = None  # tcp://host:8786; None with backend "dask": a LocalCluster
     shard_size: int = 256
     resize: ResizeOptions = field(init=False, repr=False)
-    download: DownloadConfig = field(init=False, repr=False)
+    download: DownloadConfig | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.inputs and not self.urls:
@@ -148,8 +149,13 @@ class ProcessConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         object.__setattr__(self, "resize", opts)
+        object.__setattr__(self, "download", self._download_config(merged) if self.urls else None)
+
+    def _download_config(self, merged: Mapping[str, int]) -> DownloadConfig:
+        from .download import DownloadConfig
+
         try:
-            dl = DownloadConfig(
+            return DownloadConfig(
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
                 total_timeout=self.download_timeout,
@@ -162,7 +168,6 @@ class ProcessConfig:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        object.__setattr__(self, "download", dl)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ProcessConfig:
@@ -193,7 +198,9 @@ class ProcessConfig:
 def build_pipeline(cfg: ProcessConfig) -> Pipeline:
     w = cfg.workers
     fetching = []
-    if cfg.urls:
+    if cfg.download is not None:
+        from .fetching import download, session_factory
+
         # one aiohttp session per run (the stage's context); fetch enforces connect/read/total
         # timeouts and retries itself, so the stage has no engine timeout of its own
         fetching.append(
@@ -339,6 +346,14 @@ class NearDuplicates:
         return {"max_distance": self.max_distance, "groups": groups}
 
 
+def _url_inputs(lists: Sequence[str]) -> Iterator[Item | Record]:
+    if not lists:
+        return iter(())
+    from .fetching import url_inputs
+
+    return url_inputs(lists)
+
+
 def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
     """Run ``process``; ``limit`` takes only the first inputs (``profile`` samples that way)."""
     out = Path(cfg.output)
@@ -346,7 +361,7 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
     pipe = build_pipeline(cfg)
     inputs: Iterator[Item | Record] = itertools.chain(
         walk_inputs(cfg.inputs, include=cfg.include, exclude=cfg.exclude),
-        url_inputs(cfg.urls),
+        _url_inputs(cfg.urls),
     )
     if limit is not None:
         inputs = itertools.islice(inputs, limit)
