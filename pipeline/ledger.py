@@ -40,6 +40,16 @@ SUMMARY = "summary.json"
 JOURNAL = ".pipeline/ledger.sqlite"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import (single-threaded), and put back at once
+    os.umask(mask)
+    return mask
+
+
+#: mkstemp creates 0600 files; outputs get the usual mode (0666 less the umask) instead
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
 
@@ -49,6 +59,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if fsync:
@@ -176,6 +187,7 @@ class Ledger:
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{MANIFEST}.", suffix=".tmp")
         n = 0
         try:
+            os.fchmod(fd, _FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 for (text,) in self._db.execute("SELECT json FROM records ORDER BY seq"):
                     fh.write(text)

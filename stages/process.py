@@ -5,7 +5,8 @@
 
 :class:`ProcessConfig` holds every option (from flags and/or a TOML file; flags win) and is
 validated on creation; :func:`build_pipeline` turns it into a :class:`~pipeline.Pipeline`;
-:func:`run_process` runs it with resume, the statistics table and near-duplicate groups.
+:func:`run_process` runs it with resume, the statistics table and near-duplicate groups, and
+writes ``report.html`` (:mod:`stages.report`) at the end of every run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline import (
     ConfigError,
     Item,
+    LedgerError,
     Pipeline,
     Record,
     RunResult,
@@ -35,12 +38,15 @@ from pipeline import (
 
 from .files import DEFAULT_MAX_FILE_BYTES, read_file
 from .imaging import ResizeOptions, parse_size
+from .report import write_report
 from .sources import walk_inputs
 from .stats import near_duplicate_groups
 from .thumbs import outputs_exist, render, write_outputs
 
 if TYPE_CHECKING:  # aiohttp is imported only when a run has URL lists (start-up time)
     from .download import DownloadConfig
+
+log = logging.getLogger("stages")
 
 __all__ = ["ProcessConfig", "build_pipeline", "parse_bytes", "run_process"]
 
@@ -370,18 +376,31 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
         from pipeline.backends.dask import DaskBackend
 
         backend = DaskBackend(cfg.scheduler, shard_size=cfg.shard_size)
-    return pipe.run(
-        inputs,
-        backend=backend,
-        autoscale=cfg.auto_workers,
-        output=out,
-        collectors=[table, NearDuplicates(table)],
-        fingerprint=cfg.fingerprint(),
-        is_done=lambda rec: outputs_exist(out, rec.value),
-        retry_failed=cfg.retry_failed,
-        force=cfg.force,
-        progress=False if cfg.quiet else cfg.progress,
-    )
+    try:
+        return pipe.run(
+            inputs,
+            backend=backend,
+            autoscale=cfg.auto_workers,
+            output=out,
+            collectors=[table, NearDuplicates(table)],
+            fingerprint=cfg.fingerprint(),
+            is_done=lambda rec: outputs_exist(out, rec.value),
+            retry_failed=cfg.retry_failed,
+            force=cfg.force,
+            progress=False if cfg.quiet else cfg.progress,
+        )
+    finally:
+        _write_report(out)
+
+
+def _write_report(out: Path) -> None:
+    """``report.html`` after every run (failed and interrupted ones too); never raises."""
+    if not (out / "summary.json").exists():
+        return  # the run never got as far as its output folder
+    try:
+        write_report(out)
+    except (OSError, ValueError, LedgerError) as exc:
+        log.warning("could not write %s: %s", out / "report.html", exc)
 
 
 def config_keys() -> Sequence[str]:

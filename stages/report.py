@@ -1,0 +1,307 @@
+"""``report.html``: one self-contained page per output folder, built from its summary and manifest.
+
+The page needs no server and makes no external request: thumbnails are ``<img>`` tags with paths
+relative to the folder (the report sits in it), charts are inline SVG drawn here, and the only
+script is a few lines that count loaded images and drawn charts (``data-images`` and
+``data-charts`` on ``<body>``) so a headless browser can check the page. Opening
+``report.html#check`` loads every lazy thumbnail at once before counting.
+
+Every string from the manifest or the summary (keys come from file names, errors from servers) is
+HTML-escaped; image paths are URL-encoded segment by segment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pipeline import atomic_write_text, read_manifest
+
+__all__ = ["MAX_TILES", "REPORT", "write_report"]
+
+REPORT = "report.html"
+MAX_TILES = 2000
+MAX_LISTED = 500  # skipped/cancelled entries, near-duplicate groups
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+W, H, PAD = 720, 240, 40
+
+CSS = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+.banner{background:#fde2e1;border:1px solid #d62728;padding:.6em;margin:.6em 0}
+.sheet,.group{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;width:168px;border:1px solid #ddd;padding:4px;overflow-wrap:anywhere;font-size:11px}
+figure img{max-width:160px;max-height:160px;width:auto;height:auto;display:block}
+figure.failed{background:#fff3f3;border-color:#d62728}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+td.l,th.l{text-align:left}.legend span{margin-right:1em}svg.chart{background:#fafafa}"""
+
+SCRIPT = """addEventListener("load", function () {
+  var b = document.body, imgs = Array.prototype.slice.call(document.images);
+  function count() {
+    b.dataset.images = String(imgs.filter(function (i) { return i.naturalWidth > 0; }).length);
+    b.dataset.charts = String(Array.prototype.filter.call(document.querySelectorAll("svg.chart"),
+      function (s) { return s.querySelector("path, polyline") !== null; }).length);
+  }
+  imgs.forEach(function (i) {
+    i.addEventListener("load", count);
+    if (location.hash === "#check") { i.loading = "eager"; }
+  });
+  count();
+});"""
+
+
+def write_report(folder: Path) -> Path:
+    """Write ``folder/report.html`` (atomically) from its summary and manifest; return its path."""
+    folder = Path(folder)
+    summary = _load_summary(folder / "summary.json")
+    groups = _dup_groups(summary)
+    wanted = {k for g in groups for k in g}
+    sheet, thumbs = _contact_sheet(folder / "manifest.jsonl", wanted)
+    title = f"<h1>Run report {_e(summary.get('run', ''))}</h1>"
+    charts = _charts(summary.get("timeline") or {})
+    body = [title, _totals(summary), sheet, charts, _advice(summary), _duplicates(groups, thumbs)]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e('pixpipe report ' + str(summary.get('run', '')))}</title>"
+        f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + f"\n<script>{SCRIPT}</script>"
+        "\n</body></html>\n"
+    )
+    path = folder / REPORT
+    atomic_write_text(path, page)
+    return path
+
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _num(value: Any, default: float = 0.0) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else default
+
+
+def _load_summary(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _dup_groups(summary: Mapping[str, Any]) -> list[list[str]]:
+    collected = summary.get("collected") or {}
+    groups = (collected.get("near_duplicates") or {}).get("groups") or []
+    return [[str(k) for k in g] for g in groups if isinstance(g, list)]
+
+
+# -- totals --------------------------------------------------------------------------------------
+def _totals(summary: Mapping[str, Any]) -> str:
+    counts = summary.get("counts") or {}
+    duration = _num(summary.get("duration_s"))
+    seen = _num(summary.get("inputs_seen"))
+    rate = f"{seen / duration:.1f}" if duration > 0 else "-"
+    cells = "".join(f"<tr><th class=l>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in counts.items())
+    folder = summary.get("folder_counts") or {}
+    parts = [
+        _banner(summary),
+        '<h2>Totals</h2><table id="totals">',
+        cells,
+        f"<tr><th class=l>inputs seen</th><td>{_e(int(seen))}</td></tr>",
+        f"<tr><th class=l>duration</th><td>{duration:.2f} s</td></tr>",
+        f"<tr><th class=l>inputs/s</th><td>{rate}</td></tr></table>",
+    ]
+    if folder:
+        shown = ", ".join(f"{_e(k)} {_e(v)}" for k, v in folder.items())
+        parts.append(f"<p>Whole folder (this and earlier runs): {shown}</p>")
+    return "\n".join(parts)
+
+
+def _banner(summary: Mapping[str, Any]) -> str:
+    notes = []
+    if not summary:
+        notes.append("no summary.json: the run did not start or its summary was lost")
+    elif summary.get("finished") is False:
+        notes.append("the run did not finish (summary written at its start only)")
+    if summary.get("interrupted"):
+        notes.append("the run was interrupted: some inputs were not processed")
+    if summary.get("error"):
+        notes.append(f"the run stopped with an error: {summary['error']}")
+    return "".join(f'<p class="banner">{_e(n)}</p>' for n in notes)
+
+
+# -- contact sheet -------------------------------------------------------------------------------
+def _smallest(rec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    result = rec.get("result")
+    outs = result.get("outputs") if isinstance(result, dict) else None
+    good = [o for o in outs or () if isinstance(o, dict) and _safe_rel(o.get("path"))]
+    return min(good, key=lambda o: _num(o.get("width")) * _num(o.get("height"))) if good else None
+
+
+def _safe_rel(path: Any) -> bool:
+    ok = isinstance(path, str) and bool(path) and not path.startswith("/")
+    return ok and ".." not in str(path).split("/")
+
+
+def _img(out: Mapping[str, Any], key: str) -> str:
+    src = quote(str(out["path"]), safe="/")
+    w, h = int(_num(out.get("width"))), int(_num(out.get("height")))
+    size = f' width="{w}" height="{h}"' if w > 0 and h > 0 else ""
+    return f'<img src="{_e(src)}" loading="lazy"{size} alt="{_e(key)}">'
+
+
+def _tile(rec: Mapping[str, Any], out: Mapping[str, Any] | None) -> str:
+    key = str(rec.get("key", ""))
+    if rec.get("status") == "failed":
+        err = f"<b>{_e(rec.get('error_type', 'error'))}</b> in {_e(rec.get('stage', '?'))}"
+        return (
+            f'<figure class="failed"><figcaption>{_e(key)}<br>{err}<br>'
+            f"{_e(rec.get('error', ''))}</figcaption></figure>"
+        )
+    img = _img(out, key) if out is not None else "(no output)"
+    dims = f" {int(_num(out.get('width')))}x{int(_num(out.get('height')))}" if out else ""
+    return f'<figure class="ok">{img}<figcaption>{_e(key)}{dims}</figcaption></figure>'
+
+
+def _contact_sheet(manifest: Path, wanted: set[str]) -> tuple[str, dict[str, Mapping[str, Any]]]:
+    """The sheet's HTML (streams the manifest) and the thumbnails of the ``wanted`` keys."""
+    tiles: list[str] = []
+    other: list[str] = []
+    thumbs: dict[str, Mapping[str, Any]] = {}
+    left_tiles = left_other = 0
+    records: Iterable[dict[str, Any]] = read_manifest(manifest) if manifest.exists() else ()
+    for rec in records:
+        status, key = rec.get("status"), str(rec.get("key", ""))
+        out = _smallest(rec) if status == "ok" else None
+        if out is not None and key in wanted:
+            thumbs[key] = out
+        if status in ("ok", "failed"):
+            if len(tiles) < MAX_TILES:
+                tiles.append(_tile(rec, out))
+            else:
+                left_tiles += 1
+        elif len(other) < MAX_LISTED:
+            why = rec.get("reason") or rec.get("error") or ""
+            other.append(f"<li>{_e(status)}: {_e(key)} <i>{_e(why)}</i></li>")
+        else:
+            left_other += 1
+    parts = ['<h2>Contact sheet</h2><div class="sheet" id="sheet">', *tiles, "</div>"]
+    if left_tiles:
+        note = f"{left_tiles} more item(s) not shown (first {MAX_TILES})."
+        parts.append(f'<p class="note">{note}</p>')
+    if other:
+        more = f"<li>… and {left_other} more</li>" if left_other else ""
+        parts.append(f"<details><summary>Skipped / cancelled: {len(other) + left_other}</summary>")
+        parts.append(f'<ul id="skipped">{"".join(other)}{more}</ul></details>')
+    return "\n".join(parts), thumbs
+
+
+# -- charts --------------------------------------------------------------------------------------
+def _rates(t: Sequence[float], done: Sequence[float]) -> list[float]:
+    """Items/s between samples, from a cumulative series (the run starts at t=0 with 0 done)."""
+    rates, prev_t, prev_d = [], 0.0, 0.0
+    for ti, di in zip(t, done, strict=False):
+        rates.append((di - prev_d) / (ti - prev_t) if ti > prev_t else 0.0)
+        prev_t, prev_d = ti, di
+    return rates
+
+
+def _charts(timeline: Mapping[str, Any]) -> str:
+    t = [_num(v) for v in timeline.get("t") or ()]
+    stages = timeline.get("stages") or {}
+    throughput = {n: _rates(t, [_num(v) for v in s.get("done") or ()]) for n, s in stages.items()}
+    inbox = {n: [_num(v) for v in s.get("inbox") or ()] for n, s in stages.items()}
+    head = "<h2>Throughput per stage (items/s)</h2>\n"
+    queues = "\n<h2>Queue fill per stage (items waiting in the inbox)</h2>\n"
+    return (
+        head + _line_chart("throughput", t, throughput) + queues + _line_chart("queues", t, inbox)
+    )
+
+
+def _line_chart(chart_id: str, t: Sequence[float], series: Mapping[str, Sequence[float]]) -> str:
+    t_max = max(t, default=0.0) or 1.0
+    y_max = max((max(s, default=0.0) for s in series.values()), default=0.0) or 1.0
+    lines, legend = [], []
+    for i, (name, ys) in enumerate(series.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        pts = " ".join(
+            f"{PAD + x / t_max * (W - 2 * PAD):.1f},{H - PAD - y / y_max * (H - 2 * PAD):.1f}"
+            for x, y in zip(t, ys, strict=False)
+        )
+        if pts:
+            lines.append(
+                f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{pts}">'
+                f"<title>{_e(name)}</title></polyline>"
+            )
+        legend.append(f'<span style="color:{colour}">■ {_e(name)}</span>')
+    axes = (
+        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#888"/>'
+        f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#888"/>'
+        f'<text x="{PAD - 4}" y="{PAD}" text-anchor="end" font-size="11">{y_max:.3g}</text>'
+        f'<text x="{PAD - 4}" y="{H - PAD}" text-anchor="end" font-size="11">0</text>'
+        f'<text x="{W - PAD}" y="{H - PAD + 16}" text-anchor="end" font-size="11">'
+        f"{t_max:.3g} s</text>"
+    )
+    empty = "" if lines else f'<text x="{W // 2}" y="{H // 2}">no samples</text>'
+    return (
+        f'<svg class="chart" id="{chart_id}" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+        f'role="img">{axes}{"".join(lines)}{empty}</svg>'
+        f'<div class="legend">{"".join(legend)}</div>'
+    )
+
+
+# -- advice and near-duplicates ------------------------------------------------------------------
+ADVICE_COLUMNS = (  # heading, stage figure, format
+    ("items", "items", "{:.0f}"),
+    ("failed", "failed", "{:.0f}"),
+    ("items/s", "items_per_s", "{:.1f}"),
+    ("busy %", "utilisation", "{:.0%}"),
+    ("inbox wait s", "wait_inbox", "{:.2f}"),
+    ("outbox block s", "blocked_outbox", "{:.2f}"),
+    ("cpu/busy", "cpu_per_busy", "{:.2f}"),
+    ("cores", "parallelism", "{:.2f}"),
+)
+
+
+def _advice(summary: Mapping[str, Any]) -> str:
+    figures = {s.get("name"): s for s in summary.get("stages") or () if isinstance(s, dict)}
+    top = summary.get("bottleneck")
+    head = "<h2>Bottleneck and advice</h2>"
+    if isinstance(top, dict):
+        head += (
+            f'<p id="bottleneck">Bottleneck: <b>{_e(top.get("name"))}</b> ({_e(top.get("kind"))}, '
+            f"{_e(top.get('workers'))} workers, busy {_num(top.get('utilisation')):.0%}, "
+            f"{_num(top.get('items_per_s')):.1f} items/s)</p>"
+        )
+    cols = "".join(f"<th>{_e(c[0])}</th>" for c in ADVICE_COLUMNS)
+    rows = [
+        '<table id="advice"><tr><th class=l>stage</th><th class=l>kind</th><th>workers</th>'
+        f"{cols}<th class=l>verdict</th><th class=l>reason</th><th class=l>suggestion</th></tr>"
+    ]
+    for adv in (a for a in summary.get("advice") or () if isinstance(a, dict)):
+        fig = figures.get(adv.get("stage"), {})
+        nums = "".join(f"<td>{f.format(_num(fig.get(k)))}</td>" for _, k, f in ADVICE_COLUMNS)
+        rows.append(
+            f"<tr><td class=l>{_e(adv.get('stage'))}</td><td class=l>{_e(adv.get('stage_kind'))}"
+            f"</td><td>{_e(adv.get('workers'))}</td>{nums}<td class=l>{_e(adv.get('kind'))}</td>"
+            f"<td class=l>{_e(adv.get('reason'))}</td><td class=l>{_e(adv.get('suggested_kind'))}"
+            f" x {_e(adv.get('suggested_workers'))}</td></tr>"
+        )
+    return head + "\n".join(rows) + "</table>"
+
+
+def _duplicates(groups: list[list[str]], thumbs: Mapping[str, Mapping[str, Any]]) -> str:
+    if not groups:
+        return '<h2>Near-duplicates</h2><p id="duplicates">No near-duplicate groups.</p>'
+    parts = [f'<h2>Near-duplicates ({len(groups)} groups)</h2><div id="duplicates">']
+    for group in groups[:MAX_LISTED]:
+        figs = (
+            f"<figure>{_img(thumbs[k], k) if k in thumbs else ''}<figcaption>{_e(k)}"
+            "</figcaption></figure>"
+            for k in group
+        )
+        parts.append(f'<div class="group">{"".join(figs)}</div><hr>')
+    if len(groups) > MAX_LISTED:
+        parts.append(f"<p>… and {len(groups) - MAX_LISTED} more groups</p>")
+    return "\n".join(parts) + "</div>"
