@@ -11,6 +11,7 @@ SUITES = {
     "images": "bench.images",
     "downloads": "bench.downloads",
     "dask": "bench.dask_backend",
+    "auto": "bench.auto",
 }
 
 

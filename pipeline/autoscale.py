@@ -1,6 +1,7 @@
 """``--workers auto``: size each stage from its measurements while the run goes.
 
-Every stage starts small (one process, one thread, eight coroutines) and the autoscaler looks
+Every stage starts small (process stages at the cores, two threads, eight coroutines; see
+:func:`start_workers`) and the autoscaler looks
 at the last interval's figures twice a second. It adds a worker to the busiest stage when:
 
 * the stage's workers were busy more than ``BUSY_ABOVE`` of the interval and work is waiting in
@@ -32,8 +33,16 @@ INTERVAL = 0.5
 MEMORY_FLOOR = 512 * 2**20
 
 
-def start_workers(kind: str, cap: int) -> int:
-    return min(cap, 8 if kind == "async" else 1)
+def start_workers(kind: str, cap: int, cores: int | None = None) -> int:
+    """Where a stage starts under ``--workers auto``.
+
+    Process stages exist for CPU work, so they start at the cores (within their cap): growing
+    them from one would waste the first seconds of every run. Threads start at two, coroutines
+    at eight, and grow from the measurements.
+    """
+    if kind == "process":
+        return min(cap, cores or os.cpu_count() or 1)
+    return min(cap, 8 if kind == "async" else 2)
 
 
 @dataclass
