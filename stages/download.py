@@ -78,6 +78,7 @@ logger = logging.getLogger(__name__)
 # stays at (bytes received so far, at most max_bytes) + one chunk.
 _CHUNK = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _SCHEMES = frozenset({"http", "https"})
 
 
@@ -377,7 +378,7 @@ def _is_retryable(exc: DownloadError) -> bool:
 
 def _parse_url(raw: str, *, url: str, status: int | None = None) -> URL:
     """Parse and check an http(s) URL; BadURL otherwise."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+    if _CONTROL_CHARS.search(raw):
         raise BadURL(f"control character in URL {raw!r}", url=url, status=status)
     try:
         parsed = URL(raw)

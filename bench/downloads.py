@@ -1,0 +1,573 @@
+"""Download throughput against a loopback HTTP server: the download stage, the whole ``process``
+pipeline, and the usual ``urllib`` ways of doing the same job.
+
+Inputs: distinct small JPEGs (7-18 KB, 200x150 to 320x240, made once and cached under
+``bench/.data/downloads/images``) served by an aiohttp app in a separate process (spawned, so it
+shares no GIL with the client; bound to 127.0.0.1 port 0, ``access_log=None``, bodies held in
+memory so a request costs the server no disk I/O). Nothing ever leaves 127.0.0.1.
+
+Methods, each over the same URL list (every call reads the whole body):
+
+* **download stage alone**: ``Pipeline([stage(stages.fetching.download, cfg, kind="async",
+  workers=C, ...)])`` with ``limit=max(C, 8)``, ``limit_per_host=C``;
+* **process pipeline**: ``python -m pipeline process --urls <list> --workers download=C
+  --limit-per-host C --allow-private-hosts --quiet --force`` as a subprocess (download → read →
+  resize → write, CPU-bound; in full mode over the first 1,000 URLs only, to keep the suite near
+  5 minutes); the rate is over the run's own ``duration_s`` from ``summary.json``, so
+  interpreter start-up is left out;
+* **(a) sequential urllib**: a plain ``urlopen(url).read()`` loop;
+* **(b) thread-pool urllib**: ``ThreadPoolExecutor(max_workers=C).map`` of the same call.
+
+``urllib`` goes through an opener without proxy handling (``ProxyHandler({})``), so an
+``http_proxy`` in the environment can never send the traffic elsewhere; the aiohttp session
+already ignores the environment. Every client measurement runs in a fresh interpreter, with only
+the timed loop inside the timer; methods rotate order from run to run (the machine is shared).
+
+Two tables: downloads/s (median of the runs; the target is the download stage alone at
+concurrency 256 against the thread-pool script) and CPU per download of the client process (its
+timed section, all threads) and of the server process, which moves much less than wall-clock
+rates when other work shares the cores.
+
+``python -m bench.downloads profile [C]`` prints a cProfile of the client side of the download
+stage alone at concurrency C (default 256).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, NamedTuple
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / ".data" / "downloads"
+IMAGES = DATA / "images"
+_TMP = DATA / "tmp"
+
+X = "\N{MULTIPLICATION SIGN}"
+CONCURRENCY = (1, 16, 256)
+TARGET_RATIO = 3.0  # download stage alone vs the thread-pool script, at concurrency 256
+_SIZES = ((200, 150), (240, 180), (280, 210), (320, 240))
+_SEED = 50_000
+_TIMEOUT = 30.0
+
+# --------------------------------------------------------------------------- inputs
+
+
+def ensure_images(n: int, *, verbose: bool = True) -> list[Path]:
+    """The first ``n`` cached JPEGs (made when missing); distinct content, 7-18 KB each."""
+    from PIL import Image
+
+    from bench.photos import photo_array
+
+    paths = [IMAGES / f"{i:04d}.jpg" for i in range(n)]
+    missing = [(i, p) for i, p in enumerate(paths) if not p.exists()]
+    if missing:
+        if verbose:
+            print(
+                f"bench.downloads: generating {len(missing)} JPEGs under {IMAGES}", file=sys.stderr
+            )
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        for i, path in missing:
+            w, h = _SIZES[i % len(_SIZES)]
+            buf = io.BytesIO()
+            Image.fromarray(photo_array(w, h, seed=_SEED + i)).save(buf, "JPEG", quality=85)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(buf.getvalue())
+            os.replace(tmp, path)
+    return paths
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def _serve(conn: Connection, folder: str) -> None:
+    """Child process: serve ``folder``'s JPEGs from memory at /img/<name>; send the port back.
+
+    Exits when the parent closes its end of ``conn`` (or dies), so it never outlives the bench.
+    """
+    import asyncio
+
+    from aiohttp import web
+
+    files = {p.name: p.read_bytes() for p in Path(folder).glob("*.jpg")}
+
+    async def handle(request: web.Request) -> web.Response:
+        data = files.get(request.match_info["name"])
+        if data is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=data, content_type="image/jpeg")
+
+    def watch_parent() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                conn.recv()
+        os._exit(0)
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_get("/img/{name}", handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        # a deep accept queue: 256 threads opening connections at once must not see SYN drops
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        conn.send(int(runner.addresses[0][1]))
+        threading.Thread(target=watch_parent, daemon=True).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+class Server(NamedTuple):
+    port: int
+    pid: int
+
+
+@contextlib.contextmanager
+def server(folder: Path) -> Iterator[Server]:
+    """Run the image server in a spawned process for the duration; yields its port and pid."""
+    ctx = multiprocessing.get_context("spawn")
+    parent_end, child_end = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=(child_end, str(folder)), daemon=True)
+    proc.start()
+    child_end.close()
+    try:
+        if not parent_end.poll(60):
+            raise RuntimeError("image server did not start within 60 s")
+        yield Server(int(parent_end.recv()), int(proc.pid or 0))
+    finally:
+        parent_end.close()  # the child's watcher exits on EOF
+        proc.join(2)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+# --------------------------------------------------------------------------- clients
+# run in a fresh interpreter each: python -m bench.downloads client <method> <C> <url file>
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    # what urlopen uses, minus proxies taken from the environment: loopback stays loopback
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _urllib_get(opener: urllib.request.OpenerDirector, url: str) -> int:
+    """Bytes of the body, or -1 on any error (counted as a failed download)."""
+    try:
+        with opener.open(url, timeout=_TIMEOUT) as resp:
+            return len(resp.read())
+    except Exception:
+        return -1
+
+
+def client_sequential(urls: Sequence[str], concurrency: int) -> dict[str, float]:
+    opener = _opener()
+    cpu, started = time.process_time(), time.perf_counter()
+    sizes = [_urllib_get(opener, u) for u in urls]
+    wall = time.perf_counter() - started
+    return _tally(sizes, wall, time.process_time() - cpu)
+
+
+def client_threads(urls: Sequence[str], concurrency: int) -> dict[str, float]:
+    opener = _opener()
+    cpu, started = time.process_time(), time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        sizes = list(pool.map(lambda u: _urllib_get(opener, u), urls))
+    wall = time.perf_counter() - started
+    return _tally(sizes, wall, time.process_time() - cpu)
+
+
+def _tally(sizes: Sequence[int], wall: float, cpu: float) -> dict[str, float]:
+    ok = [s for s in sizes if s >= 0]
+    return {
+        "n": len(sizes),
+        "ok": len(ok),
+        "failed": len(sizes) - len(ok),
+        "bytes": sum(ok),
+        "wall": wall,
+        "rate": len(sizes) / wall,
+        "cpu": cpu,
+        "retried": 0,
+    }
+
+
+class _Bytes:
+    """Collector: bytes received and downloads that needed more than one attempt."""
+
+    name = "bytes"
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.retried = 0
+
+    def add(self, record: Any) -> None:
+        loaded = record.value
+        if record.status == "ok" and loaded is not None:
+            self.bytes += len(loaded.data)
+            if (loaded.origin or {}).get("attempts", 1) > 1:
+                self.retried += 1
+
+    def result(self) -> Any:
+        return None
+
+
+def stage_pipeline(concurrency: int) -> Any:
+    from pipeline import Pipeline, stage
+    from stages import download as dl
+    from stages import fetching
+
+    cfg = dl.DownloadConfig(
+        allow_private_hosts=True,
+        limit=max(concurrency, 8),
+        limit_per_host=concurrency,
+        total_timeout=_TIMEOUT,
+    )
+    return Pipeline(
+        [
+            stage(
+                fetching.download,
+                cfg,
+                kind="async",
+                name="download",
+                workers=concurrency,
+                capacity=max(64, concurrency),
+                context=fetching.session_factory(cfg),
+                context_arg="session",
+            )
+        ],
+        name="downloads",
+    )
+
+
+def stage_items(urls: Sequence[str]) -> list[Any]:
+    from pipeline import Item
+    from stages import download as dl
+    from stages import fetching
+
+    return [Item(key=u, value=fetching.UrlSource(u, dl.url_to_relpath(u)), source=u) for u in urls]
+
+
+def client_stage(urls: Sequence[str], concurrency: int) -> dict[str, float]:
+    pipe = stage_pipeline(concurrency)
+    items = stage_items(urls)
+    tally = _Bytes()
+    cpu, started = time.process_time(), time.perf_counter()
+    result = pipe.run(items, progress=False, collectors=[tally])
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    return {
+        "n": len(urls),
+        "ok": result.ok,
+        "failed": len(urls) - result.ok,
+        "bytes": tally.bytes,
+        "wall": wall,
+        "rate": len(urls) / wall,
+        "cpu": cpu,
+        "retried": tally.retried,
+    }
+
+
+CLIENTS = {"stage": client_stage, "sequential": client_sequential, "threads": client_threads}
+
+
+def _client(method: str, concurrency: int, url_file: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.downloads",
+            "client",
+            method,
+            str(concurrency),
+            str(url_file),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"client {method} x{concurrency} failed:\n{out.stderr[-2000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _process(concurrency: int, url_file: Path, n: int) -> dict[str, float]:
+    """The whole ``process`` pipeline as a subprocess; rate over the run's own duration."""
+    _TMP.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(prefix="process-", dir=_TMP))
+    try:
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "process",
+                "--urls",
+                str(url_file),
+                "--output",
+                str(out_dir),
+                "--allow-private-hosts",
+                "--workers",
+                f"download={concurrency}",
+                "--limit-per-host",
+                str(concurrency),
+                "--quiet",
+                "--force",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        wall = time.perf_counter() - started
+        summary_path = out_dir / "summary.json"
+        if proc.returncode not in (0, 1) or not summary_path.exists():
+            raise RuntimeError(
+                f"process x{concurrency} exited {proc.returncode}:\n{proc.stderr[-2000:]}"
+            )
+        summary = json.loads(summary_path.read_text())
+        ok = int(summary["counts"].get("ok", 0))
+        duration = float(summary["duration_s"])
+        return {"n": n, "ok": ok, "failed": n - ok, "wall": wall, "rate": n / duration}
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the report
+
+Row = tuple[str, int]  # (method, concurrency)
+
+
+def _plan() -> list[Row]:
+    rows: list[Row] = [("stage", c) for c in CONCURRENCY]
+    rows += [("process", c) for c in CONCURRENCY]
+    rows += [("sequential", 1), ("threads", 16), ("threads", 256)]
+    return rows
+
+
+LABELS = {
+    "stage": "download stage alone",
+    "process": "process pipeline (download→read→resize→write)",
+    "sequential": "(a) sequential urllib loop",
+    "threads": "(b) ThreadPoolExecutor + urllib",
+}
+
+
+def main(*, quick: bool = False) -> str:
+    # the process pipeline is CPU-bound (decode, resize, write): in full mode it gets the first
+    # 1,000 of the URLs, which keeps the whole suite within about 5 minutes on 2 busy cores
+    repeats, n, n_process = (1, 300, 300) if quick else (3, 2_000, 1_000)
+    paths = ensure_images(n)
+    expected_bytes = sum(p.stat().st_size for p in paths)
+    plan = _plan()
+    before = os.getloadavg()[0]
+    runs: dict[Row, list[dict[str, float]]] = {row: [] for row in plan}
+    _TMP.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=_TMP))
+    try:
+        with server(IMAGES) as srv:
+            urls = [f"http://127.0.0.1:{srv.port}/img/{p.name}" for p in paths]
+            url_file = work / "urls.txt"
+            url_file.write_text("\n".join(urls) + "\n")
+            process_file = work / "urls-process.txt"
+            process_file.write_text("\n".join(urls[:n_process]) + "\n")
+            _warm_up(urls[:20])
+            for r in range(repeats):
+                shift = r * len(plan) // max(repeats, 1)
+                for method, c in plan[shift:] + plan[:shift]:
+                    server_cpu = _cpu_seconds(srv.pid)
+                    if method == "process":
+                        got = _process(c, process_file, n_process)
+                    else:
+                        got = _client(method, c, url_file)
+                        if got["ok"] == n and got["bytes"] != expected_bytes:
+                            got["failed"] += 1  # short bodies would be a failure too
+                    got["server_cpu"] = _cpu_seconds(srv.pid) - server_cpu
+                    runs[(method, c)].append(got)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load = f"{before:.2f} / {os.getloadavg()[0]:.2f}"
+    return _render(runs, plan, n, n_process, repeats, load)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _warm_up(urls: Sequence[str]) -> None:
+    opener = _opener()
+    for u in urls:
+        if _urllib_get(opener, u) < 0:
+            raise RuntimeError(f"image server does not answer {u}")
+
+
+def _render(
+    runs: dict[Row, list[dict[str, float]]],
+    plan: Sequence[Row],
+    n: int,
+    n_process: int,
+    repeats: int,
+    load: str,
+) -> str:
+    rate = {row: statistics.median(r["rate"] for r in rs) for row, rs in runs.items()}
+    failed = {row: int(sum(r["failed"] for r in rs)) for row, rs in runs.items()}
+    retried = sum(int(r.get("retried", 0)) for rs in runs.values() for r in rs)
+
+    def base(c: int) -> float:
+        return rate[("sequential", 1)] if c == 1 else rate[("threads", c)]
+
+    lines = [
+        f"## Downloads from a loopback server: {n:,} distinct JPEGs of 7-18 KB, "
+        f"median of {repeats} run{'s' if repeats > 1 else ''}, {os.cpu_count()} cores",
+        "",
+        f"| method | concurrency | downloads/s | failed | {X} thread-pool (same concurrency) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method, c in plan:
+        ratio = rate[(method, c)] / base(c)
+        mark = "¹" if c == 1 else ""
+        lines.append(
+            f"| {LABELS[method]} | {c} | {rate[(method, c)]:,.0f} | {failed[(method, c)]} "
+            f"| {ratio:.2f}{mark} |"
+        )
+    got = rate[("stage", 256)] / rate[("threads", 256)]
+    stage_failed = sum(failed[("stage", c)] for c in CONCURRENCY)
+    all_failed = sum(failed.values())
+    met = got >= TARGET_RATIO and stage_failed == 0
+    lines += [
+        "",
+        "¹ at concurrency 1 the baseline is the sequential urllib loop (a). `failed` counts "
+        f"failed downloads over all {repeats} run(s) (plus short bodies); downloads the stage "
+        f"retried and then got: {retried}. Process-pipeline rows: the first {n_process:,} URLs, "
+        "rate over the run's own `duration_s` (no interpreter start-up), decode, resize and "
+        "write included.",
+        "",
+        f"Target: download stage alone ≥ {TARGET_RATIO:g}{X} the thread-pool script at "
+        f"concurrency 256, no failed downloads: measured {got:.2f}{X}, {stage_failed} failed "
+        f"(all methods: {all_failed}) — {'met' if met else 'NOT met'}.",
+        "",
+        f"## CPU per download, median of {repeats} run{'s' if repeats > 1 else ''} "
+        "(steadier than rates on a shared machine)",
+        "",
+        "| method | concurrency | client CPU µs/download | server CPU µs/download |",
+        "|---|---:|---:|---:|",
+    ]
+    for method, c in plan:
+        rs = runs[(method, c)]
+        client = statistics.median(r.get("cpu", math.nan) / r["n"] * 1e6 for r in rs)
+        srv = statistics.median(r.get("server_cpu", math.nan) / r["n"] * 1e6 for r in rs)
+        shown = "—" if math.isnan(client) else f"{client:,.0f}"
+        lines.append(f"| {LABELS[method]} | {c} | {shown} | {srv:,.0f} |")
+    lines += [
+        "",
+        "Client CPU: the timed section of the client process, all threads (not measured for the "
+        "process pipeline, whose work is spread over worker processes). Server CPU: the image "
+        f"server's process over the whole measurement. Load average before/after: {load}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+_LAYERS = (
+    ("/pipeline/", "engine (pipeline/)"),
+    ("/stages/", "fetch + download (stages/)"),
+    ("/aiohttp/", "aiohttp"),
+    ("aiohappyeyeballs", "aiohttp"),
+    ("/yarl/", "yarl + multidict"),
+    ("/multidict/", "yarl + multidict"),
+    ("asyncio", "asyncio"),
+)
+
+
+def _layer(where: tuple[str, int, str]) -> str:
+    path, _line, name = where
+    for needle, label in _LAYERS:
+        if needle in path:
+            return label
+    if path == "~":
+        return "socket I/O" if "socket" in name else "C built-ins"
+    return "other stdlib"
+
+
+def profile(concurrency: int = 256, n: int = 2_000, top: int = 25) -> str:
+    """cProfile (CPU time, not wall time: on a busy machine wall time mostly shows preemption)
+    of the client side of the download stage alone; the server runs in its own process."""
+    import cProfile
+    import pstats
+    from collections import Counter
+
+    paths = ensure_images(n)
+    with server(IMAGES) as srv:
+        urls = [f"http://127.0.0.1:{srv.port}/img/{p.name}" for p in paths]
+        _warm_up(urls[:20])
+        pipe = stage_pipeline(concurrency)
+        items = stage_items(urls)
+        prof = cProfile.Profile(time.process_time)
+        started = time.perf_counter()
+        prof.enable()
+        result = pipe.run(items, progress=False)
+        prof.disable()
+        wall = time.perf_counter() - started
+    raw: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    spent: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    for where, (_cc, ncalls, tottime, _cum, _callers) in raw.items():
+        spent[_layer(where)] += tottime
+        calls[_layer(where)] += ncalls
+    total = sum(spent.values()) or 1.0
+    lines = [
+        f"{n} downloads x{concurrency} under cProfile: {n / wall:,.0f}/s, ok {result.ok}; "
+        f"profiled CPU {total / n * 1e6:,.0f} us and {sum(calls.values()) / n:,.0f} Python-level "
+        "calls per download (profiling inflates the time several-fold; shares and call counts "
+        "are the useful part)",
+        "",
+        "| layer | share of CPU | calls/download |",
+        "|---|---:|---:|",
+    ]
+    for label, t in spent.most_common():
+        lines.append(f"| {label} | {t / total:.1%} | {calls[label] / n:,.1f} |")
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    return "\n".join(lines) + "\n\n" + buf.getvalue()
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["client"]:
+        method, conc, url_path = args[1], int(args[2]), Path(args[3])
+        url_list = [u for u in url_path.read_text().splitlines() if u]
+        print(json.dumps(CLIENTS[method](url_list, conc)))
+    elif args[:1] == ["profile"]:
+        print(profile(int(args[1]) if len(args) > 1 else 256))
+    else:
+        print(main(quick="--quick" in args))
