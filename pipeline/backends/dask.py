@@ -1,0 +1,567 @@
+"""The Dask backend: the same stages, run shard by shard on a Dask cluster.
+
+Data flow::
+
+    driver (runner: sources, resume, ledger, progress, Ctrl-C)
+      └─ window x DaskLane ── client.submit(run_shard, stages, values) ──▶ scheduler ──▶ worker
+                     ▲                                                                   │
+                     └──────── ShardResult: one small ShardItem per input ◀──────────────┘
+
+* The runner hands each of ``window`` lanes a *shard* (up to ``shard_size`` items). A lane submits
+  ONE task per shard, :func:`run_shard`, and awaits it: at most ``window`` shards are in flight,
+  the window is the queue. ``window`` defaults to twice the cluster's worker threads (known once
+  :meth:`DaskBackend.open` has connected), so every thread has a shard queued behind the one it
+  runs.
+* On the worker, :func:`run_shard` runs the *local* engine over the shard (no ledger, no
+  progress): ``process`` stages become ``thread`` stages of one worker (the Dask worker process
+  is the process; a thread rather than ``inline`` so that the stage's ``timeout`` still holds),
+  async and thread stages keep their concurrency (downloads stay concurrent within a shard), and
+  stage contexts (an HTTP session) are opened there. An exception for one item is a failed item,
+  never a failed task. Only small per-item results travel back: the value on success, or
+  (stage, error type, message, attempts) on failure, plus per-stage busy seconds, the worker's
+  address and its wall time for the shard.
+* Back on the driver each item becomes an :class:`~pipeline.calls.Outcome`; a failure carries a
+  :class:`~pipeline.errors.RemoteError` whose ``error_type`` is the original class name, so the
+  ledger reads the same as with the local backend.
+
+Faults:
+
+* A worker that dies mid-shard: Dask reschedules the task on another worker (up to
+  ``distributed.scheduler.allowed-failures`` times). Items the first attempt already wrote are
+  written again, atomically, by the retry; the driver records each input once, from the one
+  result it receives.
+* A shard that kills workers every time (``KilledWorker``): counted once against the crash
+  budget, then re-submitted one item per task, so that only the item(s) that kill workers fail,
+  with :class:`~pipeline.errors.WorkerCrashed` (each one counted against the budget as well).
+* Cancellation (Ctrl-C past the grace period): the lane cancels its Dask future; a worker
+  already running the shard notices within :data:`CANCEL_POLL` seconds and stops the local run.
+  A :class:`~distributed.LocalCluster` the backend started is closed when the run ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..calls import Outcome
+from ..errors import FatalRunError, RemoteError, WorkerCrashed
+from ..lanes import LaneResult
+from ..records import Item, Record, Status
+from ..stage import Stage
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = [
+    "LOCAL_MALLOC_TRIM_THRESHOLD",
+    "DaskBackend",
+    "DaskLane",
+    "ShardItem",
+    "ShardResult",
+    "dask_setup",
+    "local_stages",
+    "run_shard",
+]
+
+log = logging.getLogger("pipeline.dask")
+
+#: ``MALLOC_TRIM_THRESHOLD_`` for the workers of a LocalCluster the backend starts. Dask sets
+#: 65536 by default (``distributed.nanny.pre-spawn-environ``), which also turns off glibc's
+#: dynamic mmap threshold: every decoded image buffer is then mmap'ed and unmapped again, page
+#: faults included. ``None`` leaves glibc's defaults (see the README and ``bench/dask_backend``).
+LOCAL_MALLOC_TRIM_THRESHOLD: int | None = None
+#: Seconds a running shard waits between checks that its task was cancelled.
+CANCEL_POLL = 0.2
+#: Seconds to connect to a scheduler, and to wait for a first worker to join it.
+CONNECT_TIMEOUT = 30.0
+#: Seconds given to cancelling a future after the lane itself was cancelled.
+CANCEL_TIMEOUT = 2.0
+
+
+# -- the worker side ---------------------------------------------------------------------------
+class ShardItem(NamedTuple):
+    """One input's result, small enough to travel back with its shard."""
+
+    ok: bool
+    value: Any  # the stage chain's result (ok), else None
+    step: int  # the failing stage's index (failed), else the last stage's
+    attempts: int
+    error_type: str = ""
+    message: str = ""
+    details: dict[str, Any] | None = None  # the record's meta on failure (e.g. an HTTP status)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardResult:
+    """What :func:`run_shard` returns: per-item results plus what the shard cost, and where."""
+
+    items: list[ShardItem]
+    busy: list[float]  # seconds inside each stage's function, over the whole shard
+    reached: list[int]  # items that reached each stage
+    cpu: float  # CPU seconds of the worker process while it ran the shard
+    wall: float  # wall seconds of the shard on the worker
+    worker: str  # the worker's address
+    peak_rss: float = 0.0  # the worker process's peak resident memory so far, MB
+
+
+class ShardCancelled(Exception):
+    """The shard's task was cancelled while it ran; the partial result is dropped."""
+
+
+def local_stages(stages: Sequence[Stage]) -> list[Stage]:
+    """The stages as one Dask worker runs them: process stages become one-thread stages."""
+    return [s.with_options(kind="thread", workers=1) if s.kind == "process" else s for s in stages]
+
+
+def run_shard(stages: Sequence[Stage], values: Sequence[Any]) -> ShardResult:
+    """Run the local engine over one shard, on a Dask worker; one :class:`ShardItem` per value."""
+    started = time.perf_counter()
+    cpu = time.process_time()
+    address, cancelled = _task_probe()
+    chain = local_stages(stages)
+    records, busy, reached = asyncio.run(_run_local(chain, values, cancelled))
+    names = {s.name: i for i, s in enumerate(chain)}
+    out: list[ShardItem] = []
+    for i in range(len(values)):
+        rec = records.get(str(i))
+        out.append(_shard_item(rec, names, len(chain)))
+    return ShardResult(
+        items=out,
+        busy=busy,
+        reached=reached,
+        cpu=time.process_time() - cpu,
+        wall=time.perf_counter() - started,
+        worker=address,
+        peak_rss=_peak_rss_mb(),
+    )
+
+
+def _shard_item(rec: Record | None, names: dict[str, int], n: int) -> ShardItem:
+    if rec is None:  # cannot happen: the local run records every input it was given
+        return ShardItem(False, None, 0, 1, "LostItem", "the worker's run returned no record")
+    if rec.status is Status.OK:
+        return ShardItem(True, rec.value, n - 1, rec.attempts)
+    if rec.status is Status.FAILED:
+        return ShardItem(
+            False,
+            None,
+            names.get(rec.stage or "", 0),
+            rec.attempts,
+            rec.error_type or "Exception",
+            rec.error or "",
+            dict(rec.meta) or None,
+        )
+    reason = rec.reason or str(rec.status)
+    return ShardItem(False, None, 0, max(1, rec.attempts), "Cancelled", reason)
+
+
+async def _run_local(
+    stages: Sequence[Stage], values: Sequence[Any], cancelled: Callable[[], bool]
+) -> tuple[dict[str, Record], list[float], list[int]]:
+    from ..core import Pipeline
+
+    records: dict[str, Record] = {}
+
+    async def keep(rec: Record) -> None:
+        records[rec.key] = rec
+
+    inputs = [Item(key=str(i), value=v, source=str(i)) for i, v in enumerate(values)]
+    run = asyncio.ensure_future(
+        Pipeline(stages, name="shard").run_async(inputs, on_record=keep, progress=False)
+    )
+    while True:
+        done, _ = await asyncio.wait({run}, timeout=CANCEL_POLL)
+        if done:
+            break
+        if cancelled():
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            raise ShardCancelled("the shard's task was cancelled")
+    result = run.result()
+    return records, [s.busy for s in result.stages], [s.items for s in result.stages]
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def dask_setup(worker: Any) -> None:
+    """Worker preload hook, for the LocalCluster the backend starts: ignore SIGINT.
+
+    Ctrl-C in a terminal reaches the whole process group. The driver owns it (it stops feeding,
+    cancels the shards and closes the cluster); a worker interrupted on its own would only die
+    mid-shard and make the shutdown slower.
+    """
+    with contextlib.suppress(ValueError):  # not the main thread: leave the signal alone
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _task_probe() -> tuple[str, Callable[[], bool]]:
+    """This worker's address and a check whether the current task is still wanted."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        key = worker.get_current_task()
+    except Exception:  # not on a Dask worker (a direct call, e.g. in a test)
+        return f"pid:{os.getpid()}", lambda: False
+
+    def cancelled() -> bool:
+        ts = worker.state.tasks.get(key)
+        return ts is None or ts.state in ("cancelled", "released", "forgotten")
+
+    return str(worker.address), cancelled
+
+
+# -- the driver side ---------------------------------------------------------------------------
+@dataclass(slots=True)
+class _WorkerStats:
+    items: int = 0
+    shards: int = 0
+    busy: float = 0.0
+    cpu: float = 0.0
+    peak_rss: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "shards": self.shards,
+            "busy_s": round(self.busy, 3),
+            "cpu_s": round(self.cpu, 3),
+            "items_per_s": round(self.items / self.busy, 3) if self.busy > 0 else None,
+            "peak_rss_mb": round(self.peak_rss, 1),
+        }
+
+
+@dataclass(slots=True)
+class _Stats:
+    workers: dict[str, _WorkerStats] = field(default_factory=dict)
+    shards: int = 0
+    killed_shards: int = 0  # KilledWorker: Dask gave up on a shard
+    crashed_items: int = 0  # items failed with WorkerCrashed
+    failed_tasks: int = 0  # tasks that raised (not per-item failures)
+    submitted: int = 0
+
+    def add(self, res: ShardResult) -> None:
+        self.shards += 1
+        w = self.workers.setdefault(res.worker, _WorkerStats())
+        w.items += len(res.items)
+        w.shards += 1
+        w.busy += res.wall
+        w.cpu += res.cpu
+        w.peak_rss = max(w.peak_rss, res.peak_rss)
+
+
+class _ItemFailure(RemoteError):
+    """A failed item from a worker: the original type name and message, attempts, details."""
+
+    def __init__(
+        self, error_type: str, message: str, attempts: int, details: dict[str, Any] | None
+    ) -> None:
+        super().__init__(error_type, message)
+        self.attempts = attempts
+        self.details = details
+
+
+class DaskLane:
+    """One of the backend's ``window`` lanes: one shard task in flight at a time."""
+
+    def __init__(
+        self, backend: DaskBackend, stages: Sequence[Stage], on_crash: Callable[[str], None]
+    ) -> None:
+        self.backend = backend
+        self.stages = tuple(stages)
+        self.on_crash = on_crash
+
+    async def run(self, batch: Sequence[Item]) -> LaneResult:
+        outcomes = await self._shard(list(batch))
+        return list(zip(batch, outcomes, strict=True)), []
+
+    async def close(self, *, graceful: bool) -> None:
+        return None
+
+    async def _shard(self, batch: list[Item]) -> list[Outcome]:
+        client = self.backend.client
+        key = f"pipeline-shard-{len(batch)}-{uuid.uuid4().hex}"
+        stats = self.backend.stats
+        fut: Any = None
+        try:
+            fut = client.submit(
+                run_shard, self.stages, [it.value for it in batch], key=key, pure=False
+            )
+            stats.submitted += 1
+            res: ShardResult = await fut
+        except asyncio.CancelledError:
+            if fut is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    cancel = client.cancel([fut], force=True)  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(cancel, CANCEL_TIMEOUT)
+            raise
+        except Exception as exc:
+            return await self._task_failed(batch, exc)
+        finally:
+            if fut is not None:
+                with contextlib.suppress(Exception):
+                    fut.release()
+        stats.add(res)
+        return self._outcomes(res)
+
+    async def _task_failed(self, batch: list[Item], exc: Exception) -> list[Outcome]:
+        from distributed import KilledWorker
+        from distributed.client import FutureCancelledError
+
+        n = len(self.stages)
+        stats = self.backend.stats
+        if isinstance(exc, FutureCancelledError):  # not by us: the cluster went away
+            raise FatalRunError(f"the Dask cluster cancelled a shard: {exc}") from exc
+        if isinstance(exc, KilledWorker):
+            if len(batch) == 1:
+                stats.crashed_items += 1
+                self.on_crash(f"dask: item {batch[0].key!r} killed its workers ({exc})")
+                crash = WorkerCrashed(f"the Dask workers running this item died: {exc}")
+                return [Outcome(False, crash, 0, 1, [0.0] * n)]
+            stats.killed_shards += 1
+            self.on_crash(
+                f"dask: a shard of {len(batch)} items killed its workers ({exc}); "
+                "running its items one per task"
+            )
+            async with asyncio.TaskGroup() as tg:
+                singles = [tg.create_task(self._shard([it])) for it in batch]
+            return [t.result()[0] for t in singles]
+        # the task itself raised (the worker's engine, or the shard could not be pickled):
+        # its items fail with the error's type; the run goes on
+        stats.failed_tasks += 1
+        log.warning("dask shard task failed: %s: %s", type(exc).__name__, exc)
+        err = RemoteError(type(exc).__name__, str(exc))
+        return [Outcome(False, err, 0, 1, [0.0] * n) for _ in batch]
+
+    def _outcomes(self, res: ShardResult) -> list[Outcome]:
+        n = len(self.stages)
+        # per-item busy seconds: the shard's time in each stage shared by the items that got there
+        per = [res.busy[j] / res.reached[j] if res.reached[j] else 0.0 for j in range(n)]
+        cpu = res.cpu / max(1, len(res.items))
+        out: list[Outcome] = []
+        for it in res.items:
+            last = it.step if not it.ok else n - 1
+            busy = [per[j] if j <= last else 0.0 for j in range(n)]
+            if it.ok:
+                out.append(Outcome(True, it.value, n - 1, it.attempts, busy, cpu))
+            else:
+                err = _ItemFailure(it.error_type, it.message, it.attempts, it.details)
+                out.append(Outcome(False, err, it.step, it.attempts, busy, cpu))
+        return out
+
+
+class DaskBackend:
+    """Run a pipeline's stages on a Dask cluster, one task per shard of ``shard_size`` inputs.
+
+    ``scheduler``: a scheduler address (``tcp://host:8786``); ``None`` starts a
+    :class:`~distributed.LocalCluster` of ``n_workers`` one-thread worker processes (default: one
+    per core) on 127.0.0.1 for the duration of the run. ``window``: shards in flight (default
+    twice the cluster's worker threads, known once :meth:`open` has connected).
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        *,
+        shard_size: int = 256,
+        window: int | None = None,
+        n_workers: int | None = None,
+        malloc_trim_threshold: int | None = LOCAL_MALLOC_TRIM_THRESHOLD,
+    ) -> None:
+        if shard_size < 1:
+            raise ValueError("shard_size must be >= 1")
+        if window is not None and window < 1:
+            raise ValueError("window must be >= 1")
+        if n_workers is not None and n_workers < 1:
+            raise ValueError("n_workers must be >= 1")
+        self.scheduler = scheduler
+        self.shard_size = shard_size
+        self.n_workers = n_workers
+        self.malloc_trim_threshold = malloc_trim_threshold
+        self._window = window
+        self._client: Client | None = None
+        self._threads: int | None = None  # worker threads when the run started
+        self._address: str | None = None
+        self._opened = 0.0
+        self._duration: float | None = None
+        self._startup: float | None = None  # seconds to connect (and start a LocalCluster)
+        self.stats = _Stats()
+
+    @property
+    def window(self) -> int:
+        """Shards in flight; valid once :meth:`open` has connected (the runner asks after)."""
+        if self._window is not None:
+            return self._window
+        if self._threads is None:
+            raise RuntimeError("DaskBackend.window is known once open() has connected")
+        return 2 * max(1, self._threads)
+
+    @window.setter
+    def window(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("window must be >= 1")
+        self._window = value
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("DaskBackend is not open")
+        return self._client
+
+    def lane(self, stages: Sequence[Stage], *, on_crash: Callable[[str], None]) -> DaskLane:
+        return DaskLane(self, stages, on_crash)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[DaskBackend]:
+        """Connect to the scheduler, or start a LocalCluster; close what was started on exit."""
+        from distributed import Client
+
+        self.stats = _Stats()
+        self._opened = time.perf_counter()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(_quiet_logger("distributed", logging.WARNING))
+            if self.scheduler is not None:
+                target: Any = self.scheduler
+            else:
+                target = await stack.enter_async_context(self._local_cluster())
+            try:
+                client = await stack.enter_async_context(
+                    Client(  # type: ignore[no-untyped-call]
+                        target, asynchronous=True, timeout=f"{CONNECT_TIMEOUT}s"
+                    )
+                )
+            except OSError as exc:
+                raise FatalRunError(
+                    f"cannot connect to the Dask scheduler {self.scheduler}: {exc}"
+                ) from exc
+            try:
+                await client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+            except TimeoutError as exc:
+                raise FatalRunError(
+                    f"no Dask worker joined the scheduler {client.scheduler.address} within "
+                    f"{CONNECT_TIMEOUT:g} s"
+                ) from exc
+            threads = await client.nthreads()
+            self._threads = sum(threads.values())
+            self._address = str(client.scheduler.address)
+            self._client = client
+            self._startup = time.perf_counter() - self._opened
+            log.info(
+                "dask: %s, %d workers, %d threads, window %d shards of up to %d items",
+                self._address,
+                len(threads),
+                self._threads,
+                self.window,
+                self.shard_size,
+            )
+            try:
+                yield self
+            finally:
+                self._client = None
+                self._duration = time.perf_counter() - self._opened
+
+    @contextlib.asynccontextmanager
+    async def _local_cluster(self) -> AsyncIterator[Any]:
+        import dask
+        from distributed import LocalCluster
+
+        cores = self.n_workers or _cores()
+        # the nanny copies its pre-spawn environment into this process too: put it back after
+        keys = dask.config.get("distributed.nanny.pre-spawn-environ", {})
+        saved = {k: os.environ.get(k) for k in keys}
+        trim = self.malloc_trim_threshold
+        try:
+            with dask.config.set(
+                {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": trim}
+            ):
+                cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                    asynchronous=True,
+                    processes=True,
+                    n_workers=cores,
+                    threads_per_worker=1,
+                    host="127.0.0.1",
+                    dashboard_address=":0",
+                    worker_dashboard_address=None,
+                    preload=[__name__],  # dask_setup below: the workers leave Ctrl-C to us
+                )
+                async with cluster:
+                    yield cluster
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def summary(self) -> dict[str, Any]:
+        """Per-worker throughput and the backend's settings (``collected.backend``)."""
+        stats = self.stats
+        items = sum(w.items for w in stats.workers.values())
+        busy = sum(w.busy for w in stats.workers.values())
+        duration = self._duration
+        if duration is None and self._opened:  # asked while open: the runner does so
+            duration = time.perf_counter() - self._opened
+        known = self._window is not None or self._threads is not None
+        return {
+            "name": self.name,
+            "scheduler": self._address or self.scheduler,
+            "local_cluster": self.scheduler is None,
+            "worker_threads": self._threads,
+            "shard_size": self.shard_size,
+            "window": self.window if known else None,
+            "malloc_trim_threshold": self.malloc_trim_threshold if self.scheduler is None else None,
+            "shards": stats.shards,
+            "tasks_submitted": stats.submitted,
+            "items": items,
+            "busy_s": round(busy, 3),
+            "startup_s": round(self._startup, 3) if self._startup is not None else None,
+            "open_s": round(duration, 3) if duration is not None else None,
+            "killed_shards": stats.killed_shards,
+            "crashed_items": stats.crashed_items,
+            "failed_tasks": stats.failed_tasks,
+            "workers": {a: w.to_json() for a, w in sorted(stats.workers.items())},
+        }
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int) -> Iterator[None]:
+    """Raise a logger's level to ``level`` for a while (Dask logs every connection at INFO)."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    if logger.getEffectiveLevel() < level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+if TYPE_CHECKING:
+    from . import Backend
+
+    def _is_a_backend(backend: DaskBackend) -> Backend:
+        return backend

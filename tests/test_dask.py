@@ -1,0 +1,485 @@
+"""The Dask backend: same records as the local backend, faults, cancellation, a real Ctrl-C.
+
+A module-scoped LocalCluster (2 one-thread worker processes on 127.0.0.1) serves most tests;
+one test starts ``dask scheduler`` and ``dask worker`` as separate processes, one lets the
+backend start (and stop) its own LocalCluster, and one sends SIGINT to a real CLI run.
+
+The item functions below are defined here, at module level, so that Dask workers can import them
+as ``tests.test_dask`` (the repository root is on the workers' ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from pipeline import Pipeline, stage
+from pipeline.backends.dask import DaskBackend, local_stages, run_shard
+from stages.process import ProcessConfig, run_process
+from tests.conftest import by_key
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "sample_data" / "images"
+EDGE = ROOT / "sample_data" / "edge"
+BIN = Path(sys.executable).parent
+
+
+# -- item functions (imported by the workers) ---------------------------------------------------
+class OddError(Exception):
+    """Pickles but cannot be unpickled (two required arguments, one in ``args``)."""
+
+    def __init__(self, value: int, why: str) -> None:
+        super().__init__(f"odd value {value}: {why}")
+
+
+def add_one(x: int) -> int:
+    return x + 1
+
+
+def fail_some(x: int) -> int:
+    if x % 5 == 0:
+        raise ValueError(f"bad value {x}")
+    if x % 7 == 0:
+        raise OddError(x, "seven")
+    return x * 10
+
+
+def slow_mark(x: int, folder: str, delay: float) -> int:
+    """Sleep, then leave a marker ``<x>-<pid>``: which process did which item, how often."""
+    time.sleep(delay)
+    Path(folder, f"{x}-{os.getpid()}").touch()
+    return x * 2
+
+
+def crash_on(x: int, poison: int) -> int:
+    if x == poison:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.01)
+    return x
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A LocalCluster of 2 worker processes; yields the scheduler address."""
+    from distributed import LocalCluster
+
+    env = dict(os.environ)  # the nannies copy their pre-spawn environment into this process
+    lc = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        worker_dashboard_address=None,
+    )
+    try:
+        yield str(lc.scheduler_address)
+    finally:
+        lc.close()
+        os.environ.clear()
+        os.environ.update(env)
+
+
+def _workers_ready(address: str, n: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(n, timeout=60)
+
+
+def _marks(folder: Path) -> list[tuple[int, int]]:
+    return [tuple(map(int, p.name.split("-"))) for p in folder.iterdir()]  # type: ignore[misc]
+
+
+# -- unit ------------------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_window_is_known_after_open_or_given() -> None:
+    with pytest.raises(RuntimeError, match="open"):
+        _ = DaskBackend().window
+    assert DaskBackend(window=3).window == 3
+    for bad in ({"shard_size": 0}, {"window": 0}, {"n_workers": 0}):
+        with pytest.raises(ValueError):
+            DaskBackend(**bad)  # type: ignore[arg-type]
+    summary = DaskBackend("tcp://127.0.0.1:1", shard_size=7).summary()
+    assert summary["shard_size"] == 7 and summary["window"] is None and summary["shards"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_run_shard_runs_the_local_engine_in_process() -> None:
+    stages = [
+        stage(add_one, kind="thread", name="add"),
+        stage(fail_some, kind="process", name="check", workers=4, retries=1),
+    ]
+    assert [s.kind for s in local_stages(stages)] == ["thread", "thread"]
+    assert local_stages(stages)[1].workers == 1
+    res = run_shard(stages, [3, 4, 6, 9])  # add -> 4, 5 (ValueError), 7 (OddError), 10 (ValueError)
+    assert [it.ok for it in res.items] == [True, False, False, False]
+    assert res.items[0].value == 40
+    assert [(it.step, it.error_type) for it in res.items[1:]] == [
+        (1, "ValueError"),
+        (1, "OddError"),
+        (1, "ValueError"),
+    ]
+    assert res.items[1].message == "bad value 5" and res.items[1].attempts == 2
+    assert res.reached == [4, 4] and len(res.busy) == 2
+    assert res.worker == f"pid:{os.getpid()}"
+
+
+# -- against the shared cluster --------------------------------------------------------------------
+@pytest.mark.timeout(180)
+def test_process_matches_the_local_backend(cluster: str, tmp_path: Path) -> None:
+    outs = {}
+    for backend in ("local", "dask"):
+        out = tmp_path / backend
+        cfg = ProcessConfig.from_mapping(
+            {
+                "inputs": [str(IMAGES), str(EDGE)],
+                "output": str(out),
+                "quiet": True,
+                "backend": backend,
+                **({"scheduler": cluster, "shard_size": 8} if backend == "dask" else {}),
+            }
+        )
+        result = run_process(cfg)
+        assert result.error is None
+        outs[backend] = out
+    local, dask = by_key(outs["local"]), by_key(outs["dask"])
+    assert local.keys() == dask.keys()
+    failed = {k for k, r in local.items() if r["status"] == "failed"}
+    assert failed and len(failed) < len(local)  # edge cases fail one by one, the rest is ok
+    for key, rec in local.items():
+        other = dask[key]
+        for field in ("status", "stage", "error_type", "error", "reason", "attempts"):
+            assert rec.get(field) == other.get(field), (key, field)
+        if rec["status"] == "ok":
+            assert rec["result"] == other["result"], key
+            for o in rec["result"]["outputs"]:
+                a, b = outs["local"] / o["path"], outs["dask"] / o["path"]
+                assert a.read_bytes() == b.read_bytes(), o["path"]
+    summary = json.loads((outs["dask"] / "summary.json").read_text())
+    backend = summary["collected"]["backend"]
+    assert backend["name"] == "dask" and backend["scheduler"] == cluster
+    assert backend["shard_size"] == 8 and backend["shards"] >= 1
+    processed = sum(1 for r in dask.values() if r["status"] in ("ok", "failed"))
+    assert backend["items"] == processed == sum(w["items"] for w in backend["workers"].values())
+    assert summary["counts"] == json.loads((outs["local"] / "summary.json").read_text())["counts"]
+
+
+@pytest.mark.timeout(120)
+def test_item_errors_fail_alone_with_their_type(cluster: str, tmp_path: Path) -> None:
+    stages = [
+        stage(add_one, kind="thread", name="add"),
+        stage(fail_some, kind="process", name="check", workers=2, retries=1),
+    ]
+    got: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, backend in (("local", None), ("dask", DaskBackend(cluster, shard_size=16))):
+        out = tmp_path / name
+        result = Pipeline(stages).run(range(60), output=out, backend=backend, progress=False)
+        assert result.error is None and result.exit_code == 1
+        got[name] = by_key(out)
+    local, dask = got["local"], got["dask"]
+    assert local.keys() == dask.keys() and len(dask) == 60
+    for key, rec in dask.items():
+        x = int(key.lstrip("#")) + 1
+        if x % 5 == 0:
+            assert (rec["status"], rec["stage"], rec["error_type"]) == (
+                "failed",
+                "check",
+                "ValueError",
+            )
+            assert rec["error"] == f"bad value {x}" and rec["attempts"] == 2
+        elif x % 7 == 0:  # cannot cross a process boundary as itself: type name and message kept
+            assert (rec["status"], rec["error_type"]) == ("failed", "OddError")
+            assert f"odd value {x}: seven" in rec["error"]
+        else:
+            assert rec["status"] == "ok" and rec["result"] == x * 10
+        assert {k: rec.get(k) for k in ("status", "stage", "error_type", "attempts")} == {
+            k: local[key].get(k) for k in ("status", "stage", "error_type", "attempts")
+        }
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_cancelling_a_run_cancels_its_shards(cluster: str, tmp_path: Path) -> None:
+    from distributed import Client
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pipe = Pipeline([stage(slow_mark, str(marks), 0.3, kind="process", name="mark")])
+    run = asyncio.create_task(
+        pipe.run_async(range(60), backend=DaskBackend(cluster, shard_size=6), progress=False)
+    )
+    deadline = time.monotonic() + 60
+    while len(_marks(marks)) < 2:
+        assert time.monotonic() < deadline and not run.done()
+        await asyncio.sleep(0.02)
+    run.cancel()
+    sent = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert time.monotonic() - sent < 5
+    at_cancel = len(_marks(marks))
+    async with Client(cluster, asynchronous=True, timeout="30s") as client:
+        left = -1
+        while time.monotonic() < sent + 10:
+            left = await client.run_on_scheduler(_n_tasks)
+            if left == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert left == 0, "shard tasks left on the scheduler"
+    await asyncio.sleep(1.0)
+    # a running shard notices its cancellation and stops after the item it is on
+    assert len(_marks(marks)) - at_cancel <= 2
+    assert len(_marks(marks)) < 60
+
+
+def _n_tasks(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.tasks)
+
+
+@pytest.mark.timeout(180)
+def test_worker_sigkilled_mid_shard_every_input_once(cluster: str, tmp_path: Path) -> None:
+    _workers_ready(cluster, 2)
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    marks.mkdir()
+    n, victim_item = 120, 35  # shards of 10: 35 is in the middle of one
+    killed: list[int] = []
+
+    def killer() -> None:  # SIGKILL the worker that has just finished item 35, mid-shard
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not killed:
+            for x, pid in _marks(marks):
+                if x == victim_item:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.005)
+
+    import threading
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    pipe = Pipeline([stage(slow_mark, str(marks), 0.05, kind="process", name="mark")])
+    backend = DaskBackend(cluster, shard_size=10)
+    result = pipe.run(range(n), output=out, backend=backend, progress=False)
+    thread.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == "zombie"
+    recs = by_key(out)  # by_key asserts that no key is recorded twice
+    assert len(recs) == n
+    assert all(r["status"] == "ok" for r in recs.values())
+    assert sorted(r["result"] for r in recs.values()) == [2 * x for x in range(n)]
+    assert result.crashes == () and result.ok == n
+    done = _marks(marks)
+    by_item: dict[int, set[int]] = {}
+    for x, pid in done:
+        by_item.setdefault(x, set()).add(pid)
+    assert set(by_item) == set(range(n))
+    redone = [x for x, pids in by_item.items() if len(pids) > 1]
+    assert redone and all(killed[0] in by_item[x] for x in redone)  # the shard ran again
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["collected"]["backend"]["items"] == n
+    _workers_ready(cluster, 2)  # the nanny restarted it: leave the cluster whole
+
+
+# -- clusters of their own -------------------------------------------------------------------------
+@pytest.mark.timeout(180)
+def test_item_that_kills_workers_fails_alone_and_the_cluster_goes(tmp_path: Path) -> None:
+    import dask
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    pipe = Pipeline([stage(crash_on, 13, kind="process", name="crash")])
+    backend = DaskBackend(shard_size=10, n_workers=2)
+    settings = {
+        "distributed.scheduler.allowed-failures": 1,
+        "distributed.scheduler.worker-saturation": 1.0,
+    }
+    with dask.config.set(settings):
+        result = pipe.run(range(30), output=tmp_path / "out", backend=backend, progress=False)
+    recs = by_key(tmp_path / "out")
+    assert len(recs) == 30
+    bad = {k: r for k, r in recs.items() if r["status"] != "ok"}
+    assert list(bad) == ["#000000013"]
+    assert (bad["#000000013"]["error_type"], bad["#000000013"]["stage"]) == (
+        "WorkerCrashed",
+        "crash",
+    )
+    assert len(result.crashes) == 2  # the shard, then the item alone
+    summary = backend.summary()
+    assert summary["killed_shards"] == 1 and summary["crashed_items"] == 1
+    assert summary["local_cluster"] is True and summary["malloc_trim_threshold"] is None
+    # the LocalCluster the backend started is gone, workers included
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and "resource_tracker" not in " ".join(_cmdline(p))
+    ]
+    _, alive = psutil.wait_procs(left, timeout=10)
+    assert alive == []
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return list(p.cmdline())
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:  # never leave a process tree behind when a test fails
+        try:
+            tree = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for q in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                q.kill()
+        p.wait(timeout=10)
+        for stream in (p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.timeout(180)
+def test_separate_scheduler_and_worker_processes(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    common = ["--host", "127.0.0.1", "--no-dashboard"]
+    scheduler = subprocess.Popen(
+        [
+            str(BIN / "dask"),
+            "scheduler",
+            "--port",
+            "0",
+            "--scheduler-file",
+            str(sched_file),
+            *common,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    procs.append(scheduler)
+    deadline = time.monotonic() + 60
+    while not sched_file.exists() or not sched_file.read_text().strip():
+        assert time.monotonic() < deadline and scheduler.poll() is None, "no scheduler"
+        time.sleep(0.1)
+    address = json.loads(sched_file.read_text())["address"]
+    one = ["--nworkers", "1", "--nthreads", "1", "--local-directory", str(tmp_path)]
+    worker = subprocess.Popen(
+        [str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file), *common, *one],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    procs.append(worker)
+    cfg = ProcessConfig.from_mapping(
+        {
+            "inputs": [str(IMAGES)],
+            "output": str(tmp_path / "out"),
+            "quiet": True,
+            "backend": "dask",
+            "scheduler": address,
+        }
+    )
+    result = run_process(cfg)  # waits for the worker to join
+    recs = by_key(tmp_path / "out")
+    n_files = sum(1 for p in IMAGES.rglob("*") if p.is_file())
+    assert len(recs) == n_files and result.ok == n_files
+    backend = json.loads((tmp_path / "out" / "summary.json").read_text())["collected"]["backend"]
+    assert backend["scheduler"] == address and backend["local_cluster"] is False
+    assert backend["worker_threads"] == 1 and backend["window"] == 2
+    (w,) = backend["workers"].values()
+    assert w["items"] == n_files
+    # stop them the way an operator would; nothing may be left running
+    tree = [psutil.Process(p.pid) for p in (worker, scheduler)]
+    tree += [c for p in tree for c in p.children(recursive=True)]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) is not None
+    scheduler.send_signal(signal.SIGTERM)
+    assert scheduler.wait(timeout=30) is not None
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert alive == []
+
+
+# -- Ctrl-C on a real CLI run -------------------------------------------------------------------
+def _slow_images(folder: Path, n: int) -> None:
+    """``n`` copies of one smooth 2400x1800 PNG: slow enough to decode and resize."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    small.resize((2400, 1800), Image.Resampling.BICUBIC).save(
+        folder / "p0000.png", compress_level=1
+    )
+    for i in range(1, n):
+        shutil.copyfile(folder / "p0000.png", folder / f"p{i:04d}.png")
+
+
+@pytest.mark.timeout(180)
+def test_sigint_stops_a_dask_run_and_leaves_nothing_behind(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    n = 80
+    _slow_images(inputs, n)
+    cmd = [sys.executable, "-m", "pipeline", "process", str(inputs), "--output", str(out)]
+    cmd += ["--backend", "dask", "--shard-size", "4", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(proc)
+    journal = out / ".pipeline" / "ledger.sqlite"
+    deadline = time.monotonic() + 90
+    kids: list[psutil.Process] = []
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        workers = [k for k in kids if "spawn_main" in " ".join(_cmdline(k))]
+        if journal.exists() and len(workers) >= 2 and any(out.rglob("*.png")):
+            break  # the cluster runs and thumbnails are being written
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the run never got going")
+    kids = psutil.Process(proc.pid).children(recursive=True)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    elapsed = time.monotonic() - sent
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert code == 130, stderr
+    assert elapsed < 12, f"took {elapsed:.1f} s to stop"
+    _, alive = psutil.wait_procs(kids, timeout=5)
+    assert alive == [], f"left behind: {alive}"
+    recs = by_key(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] is True and summary["interrupted"] is True
+    assert summary["exit_code"] == 130
+    assert summary["inputs_seen"] == len(recs) <= n
+    assert sum(summary["counts"].values()) == len(recs)
+    statuses = {r["status"] for r in recs.values()}
+    assert statuses <= {"ok", "cancelled"} and "cancelled" in statuses
+    for rec in recs.values():  # an ok record means its thumbnail is there
+        if rec["status"] == "ok":
+            assert all((out / o["path"]).is_file() for o in rec["result"]["outputs"])
