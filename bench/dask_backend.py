@@ -15,6 +15,10 @@ subprocess with ``force``:
 Wall time is ``Pipeline.run`` (the cluster's start and stop included), median over the runs; the
 variants rotate from run to run since the machine is shared. "Worker CPU" is the CPU time the
 Dask workers spent inside shards (from the backend's summary), the cost the trim setting changes.
+
+A last table isolates the trim setting from Dask's own noise: one process runs a worker's work
+(:func:`~pipeline.backends.dask.run_shard` shard after shard) with and without
+``MALLOC_TRIM_THRESHOLD_=65536`` in its environment: CPU, minor page faults, peak RSS.
 """
 
 from __future__ import annotations
@@ -105,6 +109,86 @@ def run_one(variant: str, inputs: str, out: str) -> dict[str, Any]:
     }
 
 
+def shard_cost(inputs: str, out: str) -> dict[str, float]:
+    """A Dask worker's own work, in this process: :func:`run_shard` over the photos, shard by
+    shard, after a warm-up shard (imports). CPU and minor page faults from ``getrusage``."""
+    import resource
+
+    from pipeline import Item
+    from pipeline.backends.dask import run_shard
+    from stages.process import ProcessConfig, build_pipeline
+    from stages.sources import walk_inputs
+
+    cfg = ProcessConfig.from_mapping({"inputs": [inputs], "output": out, "quiet": True})
+    stages = build_pipeline(cfg).stages
+    values = [x.value for x in walk_inputs([inputs]) if isinstance(x, Item)]
+    run_shard(stages, values[:2])
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    for i in range(0, len(values), SHARD):
+        res = run_shard(stages, values[i : i + SHARD])
+        assert all(it.ok for it in res.items)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "wall": time.perf_counter() - started,
+        "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "minflt": float(after.ru_minflt - before.ru_minflt),
+        "rss": after.ru_maxrss / 1024,
+        "n": float(len(values)),
+    }
+
+
+def _trim_table(n12: int, n2: int, repeats: int) -> list[str]:
+    """The trim setting alone: one process doing a worker's work, with and without it."""
+    inputs, n, mp = photo_set(n12, n2)
+    runs: dict[str, list[dict[str, float]]] = {"unset": [], "65536": []}
+    for r in range(repeats):
+        for trim in ("unset", "65536") if r % 2 == 0 else ("65536", "unset"):
+            runs[trim].append(_shard_run(inputs, None if trim == "unset" else 65536))
+    lines = [
+        f"## MALLOC_TRIM_THRESHOLD_: a worker's work in one process, {n} photos ({mp:.0f} MP), "
+        f"shards of {SHARD}, median of {repeats}",
+        "",
+        "| MALLOC_TRIM_THRESHOLD_ | CPU s | CPU ms/photo | minor page faults | peak RSS MB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    med = {t: {k: statistics.median(x[k] for x in runs[t]) for k in runs[t][0]} for t in runs}
+    for trim, label in (("unset", "unset (chosen)"), ("65536", "65536 (Dask's default)")):
+        m = med[trim]
+        lines.append(
+            f"| {label} | {m['cpu']:.2f} | {1000 * m['cpu'] / n:.1f} | {m['minflt']:,.0f} "
+            f"| {m['rss']:.0f} |"
+        )
+    on, off = med["65536"], med["unset"]
+    lines += [
+        "",
+        f"65536 vs unset: CPU {on['cpu'] / off['cpu']:.2f}x, "
+        f"page faults {on['minflt'] / max(off['minflt'], 1):.1f}x, "
+        f"peak RSS {on['rss'] / off['rss']:.2f}x.",
+        "",
+    ]
+    return lines
+
+
+def _shard_run(inputs: Path, trim: int | None) -> dict[str, float]:
+    out = DATA / "out-shard"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    if trim is not None:
+        env["MALLOC_TRIM_THRESHOLD_"] = str(trim)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.dask_backend", "shard", str(inputs), str(out)],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def _measure(variant: str, inputs: Path) -> dict[str, Any]:
     out = DATA / f"out-{variant}"
     shutil.rmtree(out, ignore_errors=True)
@@ -127,11 +211,12 @@ def main(*, quick: bool = False) -> str:
     plan: list[tuple[int, int, list[str], int]] = (
         [(6, 12, list(VARIANTS), 1)]
         if quick
-        else [(20, 40, list(VARIANTS), 3), (100, 200, ["local", "dask"], 2)]
+        else [(20, 40, list(VARIANTS), 3), (100, 200, ["local", "dask"], 3)]
     )
     lines: list[str] = []
     for n12, n2, order, repeats in plan:
         lines += _table(n12, n2, order, repeats)
+    lines += _trim_table(*((6, 12, 2) if quick else (20, 40, 5)))
     return "\n".join(lines)
 
 
@@ -183,7 +268,9 @@ def _f(x: float | None, digits: int = 2) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4:
+    if len(sys.argv) == 4 and sys.argv[1] == "shard":
+        print(json.dumps(shard_cost(sys.argv[2], sys.argv[3])))
+    elif len(sys.argv) == 4:
         print(json.dumps(run_one(sys.argv[1], sys.argv[2], sys.argv[3])))
     else:
         print(main(quick="--quick" in sys.argv))

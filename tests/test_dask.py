@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 import pytest
 
-from pipeline import Pipeline, stage
+from pipeline import FatalRunError, Pipeline, stage
 from pipeline.backends.dask import DaskBackend, local_stages, run_shard
 from stages.process import ProcessConfig, run_process
 from tests.conftest import by_key
@@ -78,7 +78,7 @@ def cluster() -> Iterator[str]:
     from distributed import LocalCluster
 
     env = dict(os.environ)  # the nannies copy their pre-spawn environment into this process
-    lc = LocalCluster(
+    lc = LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=2,
         threads_per_worker=1,
         processes=True,
@@ -97,7 +97,7 @@ def cluster() -> Iterator[str]:
 def _workers_ready(address: str, n: int) -> None:
     from distributed import Client
 
-    with Client(address, timeout="30s") as client:
+    with Client(address, timeout="30s") as client:  # type: ignore[no-untyped-call]
         client.wait_for_workers(n, timeout=60)
 
 
@@ -137,6 +137,18 @@ def test_run_shard_runs_the_local_engine_in_process() -> None:
     assert res.items[1].message == "bad value 5" and res.items[1].attempts == 2
     assert res.reached == [4, 4] and len(res.busy) == 2
     assert res.worker == f"pid:{os.getpid()}"
+
+
+@pytest.mark.timeout(60)
+def test_an_unreachable_scheduler_is_a_fatal_run_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.backends.dask as dask_backend
+
+    monkeypatch.setattr(dask_backend, "CONNECT_TIMEOUT", 2.0)
+    pipe = Pipeline([stage(add_one, kind="thread")])
+    with pytest.raises(FatalRunError, match="cannot connect to the Dask scheduler"):
+        pipe.run(range(3), output=tmp_path / "out", backend=DaskBackend("tcp://127.0.0.1:1"))
 
 
 # -- against the shared cluster --------------------------------------------------------------------
@@ -233,7 +245,7 @@ async def test_cancelling_a_run_cancels_its_shards(cluster: str, tmp_path: Path)
         await run
     assert time.monotonic() - sent < 5
     at_cancel = len(_marks(marks))
-    async with Client(cluster, asynchronous=True, timeout="30s") as client:
+    async with Client(cluster, asynchronous=True, timeout="30s") as client:  # type: ignore[no-untyped-call]
         left = -1
         while time.monotonic() < sent + 10:
             left = await client.run_on_scheduler(_n_tasks)
