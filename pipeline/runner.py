@@ -898,9 +898,12 @@ def iterate(
 
     thread = threading.Thread(target=lambda: asyncio.run(main()), name="pipeline-run", daemon=True)
     thread.start()
+    finished = False
     try:
         while True:
             got = out.get()
+            if got is None or isinstance(got, BaseException):
+                finished = True  # the run is over; its thread only has to wind down
             if got is None:
                 return
             if isinstance(got, BaseException):
@@ -910,7 +913,7 @@ def iterate(
         stop.set()
         run = holder.get("run")
         loop = holder.get("loop")
-        if thread.is_alive() and run is not None and loop is not None:
+        if not finished and thread.is_alive() and run is not None and loop is not None:
             loop.call_soon_threadsafe(run.stop.set)
             loop.call_soon_threadsafe(run.hard_abort)
             while thread.is_alive():  # unblock a writer waiting on a full queue
