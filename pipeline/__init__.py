@@ -27,7 +27,7 @@ from .errors import (
 from .ledger import Ledger, atomic_write_bytes, atomic_write_text, read_manifest
 from .metrics import StageSnapshot
 from .records import Item, Record, Status
-from .runner import Collector, RunResult
+from .result import Collector, RunResult
 from .stage import Kind, Stage, stage
 
 __version__ = "0.1.0"

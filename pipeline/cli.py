@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import PipelineError
-from .runner import RunResult
+from .result import RunResult
 
 __all__ = ["main", "report"]
 

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterat
 from pathlib import Path
 from typing import Any
 
+from .batching import fuse
 from .config import RunOptions
+from .entry import execute, iterate
 from .errors import DefinitionError
 from .records import Record
-from .runner import Collector, RunResult, execute, fuse, iterate
+from .result import Collector, RunResult
 from .stage import Stage
 
 __all__ = ["Pipeline", "run_stage"]

@@ -22,33 +22,29 @@ import contextlib
 import datetime as dt
 import logging
 import math
-import queue
-import signal
-import threading
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .advice import Verdict, advise, render_advice
 from .autoscale import Autoscaler, GroupHandle, start_workers
+from .batching import Batcher, fuse
 from .calls import Outcome, steps_of
 from .channel import Channel, EndOfStream, WouldBlock
 from .config import RunOptions
 from .errors import CrashBudgetExceeded, FatalRunError, LedgerError, RemoteError
 from .lanes import AsyncLane, InlineLane, Lane, ThreadLane
 from .ledger import Ledger
-from .metrics import StageMetrics, StageSnapshot, Timeline, bottleneck, render_table
+from .metrics import StageMetrics, Timeline
 from .procpool import ProcessLane
 from .progress import Progress
 from .records import Item, Record, Status, as_item
+from .result import Collector, RunResult
 from .stage import Stage
 from .threads import DaemonThreadPool
 
-__all__ = ["REASON_DONE", "Collector", "RunResult", "execute", "fuse", "iterate"]
+__all__ = ["REASON_DONE", "Run"]
 
 log = logging.getLogger("pipeline")
 
@@ -58,139 +54,11 @@ REASON_DONE = "already done"
 LEDGER_CAPACITY = 512
 #: Items the feeder pulls from a synchronous iterator per hop to its helper thread.
 FEED_CHUNK = 64
-#: Target wall time of one worker call: long enough to amortise the per-call overhead
-#: (tens of microseconds for threads, ~100 us for processes), short enough to keep lanes even.
-BATCH_SECONDS = 0.02
 
 
-class Collector(Protocol):
-    """Sees every terminal record of a run; its ``result()`` goes into ``summary.json``.
+class Run:
+    """One run of a chain of stages over some inputs (see the module docstring)."""
 
-    ``result()`` is called once, on a helper thread, after ``manifest.jsonl`` has been written
-    and before ``summary.json``: a collector may stream the manifest to build a report.
-    """
-
-    name: str
-
-    def add(self, record: Record) -> None: ...
-
-    def result(self) -> Any: ...
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a run did: counts by status (this run's records), timings and stage metrics."""
-
-    run_id: str
-    counts: dict[str, int]
-    seen: int
-    not_started: int | None
-    duplicates: int
-    interrupted: bool
-    error: str | None
-    duration: float
-    stages: tuple[StageSnapshot, ...]
-    crashes: tuple[str, ...] = ()
-    output: Path | None = None
-    collected: dict[str, Any] = field(default_factory=dict)
-    timeline: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def advice(self) -> list[Verdict]:
-        """Per-stage verdicts (I/O- or CPU-bound, GIL, starved) and balancing worker counts."""
-        return advise(self.stages)
-
-    @property
-    def ok(self) -> int:
-        return self.counts.get("ok", 0)
-
-    @property
-    def failed(self) -> int:
-        return self.counts.get("failed", 0)
-
-    @property
-    def skipped(self) -> int:
-        return self.counts.get("skipped", 0)
-
-    @property
-    def cancelled(self) -> int:
-        return self.counts.get("cancelled", 0)
-
-    @property
-    def bottleneck(self) -> str | None:
-        top = bottleneck(self.stages)
-        return top.name if top else None
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return 130
-        if self.error is not None:
-            return 3
-        return 1 if self.failed else 0
-
-    def table(self) -> str:
-        return render_table(self.stages)
-
-    def advice_text(self) -> str:
-        return render_advice(self.advice)
-
-    def to_json(self) -> dict[str, Any]:
-        top = bottleneck(self.stages)
-        return {
-            "run": self.run_id,
-            "counts": dict(self.counts),
-            "inputs_seen": self.seen,
-            "not_started": self.not_started,
-            "duplicates": self.duplicates,
-            "interrupted": self.interrupted,
-            "error": self.error,
-            "duration_s": round(self.duration, 3),
-            "items_per_s": round(self.seen / self.duration, 3) if self.duration > 0 else None,
-            "crashes": list(self.crashes),
-            "stages": [s.to_json() for s in self.stages],
-            "bottleneck": top.to_json() if top else None,
-            "advice": [v.to_json() for v in self.advice],
-            "timeline": self.timeline,
-            **({"collected": self.collected} if self.collected else {}),
-        }
-
-
-class Batcher:
-    """Sizes batches so one worker call lasts about ``BATCH_SECONDS``."""
-
-    def __init__(self, *, max_batch: int, share: int, fixed: int | None = None) -> None:
-        self.max_batch = max(1, max_batch)
-        self.share = max(1, share)  # never take more than inbox capacity / workers at once
-        self.fixed = fixed  # backends ship shards of a fixed size
-        self.per_item: float | None = None
-
-    def size(self) -> int:
-        if self.fixed is not None:
-            return self.fixed
-        if self.per_item is None:
-            return 1
-        want = int(BATCH_SECONDS / max(self.per_item, 1e-7))
-        return max(1, min(want, self.max_batch, self.share))
-
-    def observe(self, seconds: float, n: int) -> None:
-        if n:
-            sample = seconds / n
-            self.per_item = sample if self.per_item is None else 0.8 * self.per_item + 0.2 * sample
-
-
-def fuse(stages: Sequence[Stage]) -> list[list[Stage]]:
-    """Group stages: adjacent process stages share one worker call; every other stage is alone."""
-    groups: list[list[Stage]] = []
-    for st in stages:
-        if groups and st.kind == "process" and groups[-1][-1].kind == "process":
-            groups[-1].append(st)
-        else:
-            groups.append([st])
-    return groups
-
-
-class _Run:
     def __init__(
         self,
         stages: Sequence[Stage],
@@ -836,87 +704,3 @@ def _known_length(inputs: Any) -> int | None:
         return len(inputs)
     except TypeError:
         return None
-
-
-async def execute(
-    stages: Sequence[Stage],
-    inputs: Iterable[Any] | AsyncIterable[Any],
-    opts: RunOptions,
-    *,
-    collectors: Sequence[Collector] = (),
-    on_record: Callable[[Record], Awaitable[None]] | None = None,
-    signals: bool = False,
-) -> RunResult:
-    """Run ``stages`` over ``inputs`` on the current loop. With ``signals``, own SIGINT."""
-    run = _Run(stages, inputs, opts, collectors, on_record)
-    if not signals:
-        return await run.execute()
-    loop = asyncio.get_running_loop()
-    presses = 0
-
-    def on_sigint() -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1:
-            log.warning("Ctrl-C: stopping (press again to abort at once)")
-            run.stop.set()
-        else:
-            log.warning("Ctrl-C again: aborting now")
-            run.stop.set()
-            run.hard_abort()
-
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
-    try:
-        return await run.execute()
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-
-
-def iterate(
-    stages: Sequence[Stage], inputs: Iterable[Any], opts: RunOptions, *, buffer: int = 256
-) -> Iterator[Record]:
-    """Yield terminal records as they complete; the run goes on a background thread's loop."""
-    out: queue.Queue[Record | BaseException | None] = queue.Queue(maxsize=buffer)
-    stop = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def on_record(rec: Record) -> None:
-        try:
-            out.put_nowait(rec)
-        except queue.Full:
-            await asyncio.get_running_loop().run_in_executor(None, out.put, rec)
-
-    async def main() -> None:
-        run = _Run(stages, inputs, opts, (), on_record)
-        holder["run"] = run
-        holder["loop"] = asyncio.get_running_loop()
-        try:
-            await run.execute()
-            out.put(None)
-        except BaseException as exc:
-            out.put(exc)
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="pipeline-run", daemon=True)
-    thread.start()
-    finished = False
-    try:
-        while True:
-            got = out.get()
-            if got is None or isinstance(got, BaseException):
-                finished = True  # the run is over; its thread only has to wind down
-            if got is None:
-                return
-            if isinstance(got, BaseException):
-                raise got
-            yield got
-    finally:
-        stop.set()
-        run = holder.get("run")
-        loop = holder.get("loop")
-        if not finished and thread.is_alive() and run is not None and loop is not None:
-            loop.call_soon_threadsafe(run.stop.set)
-            loop.call_soon_threadsafe(run.hard_abort)
-            while thread.is_alive():  # unblock a writer waiting on a full queue
-                with contextlib.suppress(queue.Empty):
-                    out.get(timeout=0.05)
-        thread.join()
