@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -17,17 +17,30 @@ __all__ = ["Progress"]
 
 class Progress:
     def __init__(
-        self, names: Sequence[str], *, total: int | None, enabled: bool | None = None
+        self,
+        names: Sequence[str],
+        *,
+        total: int | None,
+        enabled: bool | None = None,
+        file: TextIO | None = None,
     ) -> None:
+        stream = file if file is not None else sys.stderr
         if enabled is None:
-            enabled = sys.stderr.isatty()
+            enabled = stream.isatty()
         self.enabled = enabled
         self._bars: list[Any] = []
         if not enabled:
             return
         width = max([len(n) for n in names] + [5])
         self._bars.append(
-            tqdm(total=total, desc=f"{'total':<{width}}", unit="it", position=0, dynamic_ncols=True)
+            tqdm(
+                total=total,
+                desc=f"{'total':<{width}}",
+                unit="it",
+                position=0,
+                dynamic_ncols=True,
+                file=stream,
+            )
         )
         for i, name in enumerate(names, 1):
             self._bars.append(
@@ -38,6 +51,7 @@ class Progress:
                     position=i,
                     leave=True,
                     dynamic_ncols=True,
+                    file=stream,
                 )
             )
 
