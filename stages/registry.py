@@ -175,7 +175,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "--workers",
         action="append",
         default=None,
-        help="N (resize processes) or stage=N[,stage=N] for read, resize, write",
+        help="N (resize processes), stage=N[,stage=N] for download, read, resize, write, or "
+        "auto: start small and size each stage from measurements (numbers become caps)",
     )
     p.add_argument("--include", action="append", default=None, help="only paths matching GLOB")
     p.add_argument("--exclude", action="append", default=None, help="skip paths matching GLOB")
@@ -203,7 +204,12 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quiet", "-q", action="store_true", default=None, help="no progress bars, no summary"
     )
-    d = p.add_argument_group("downloads (URL lists)")
+    _add_download_options(p.add_argument_group("downloads (URL lists)"))
+    _add_backend_options(p.add_argument_group("beyond one machine"))
+    p.add_argument("--verbose", "-v", action="store_true")
+
+
+def _add_download_options(d: Any) -> None:
     d.add_argument(
         "--urls",
         action="append",
@@ -227,7 +233,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--max-download-size", default=None, help="byte cap per body (50MiB)")
     d.add_argument("--limit-per-host", type=int, default=None, help="connections per host (8)")
     d.add_argument("--user-agent", default=None)
-    b = p.add_argument_group("beyond one machine")
+
+
+def _add_backend_options(b: Any) -> None:
     b.add_argument(
         "--backend",
         choices=["local", "dask"],
@@ -241,7 +249,6 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "starts a LocalCluster sized to this machine",
     )
     b.add_argument("--shard-size", type=int, default=None, help="inputs per Dask task (256)")
-    p.add_argument("--verbose", "-v", action="store_true")
 
 
 #: command name -> function adding it to the CLI's sub-parsers
