@@ -329,7 +329,9 @@ class StatsTable:
             pass
         else:
             table = pa.Table.from_pylist(list(self.rows()))
-            pq.write_table(table, self.folder / "stats.parquet")
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            atomic_write_bytes(self.folder / "stats.parquet", sink.getvalue().to_pybytes())
             files.append("stats.parquet")
         return {"rows": n, "files": files}
 

@@ -67,7 +67,13 @@ def test_sample_images_all_become_thumbnails(out: Path) -> None:
     # the tree is mirrored
     assert (out / "512" / "nested").is_dir()
     with open(out / "stats.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == len(files)
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(files)
+    import pyarrow.parquet as pq  # a dev dependency: the Parquet path is tested, not skipped
+
+    table = pq.read_table(out / "stats.parquet")
+    assert table.num_rows == len(files)
+    assert sorted(table.column("key").to_pylist()) == sorted(r["key"] for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["counts"] == {"ok": len(files)}
     assert "groups" in summary["collected"]["near_duplicates"]
