@@ -58,15 +58,7 @@ def photo_set(n12: int, n2: int) -> tuple[Path, int, float]:
     """A folder of ``n12`` 12 MP and ``n2`` 2 MP photos: the folder, the count, megapixels."""
     sets = photos.ensure(["12mp", "2mp"])
     chosen = sets["12mp"][:n12] + sets["2mp"][:n2]
-    folder = DATA / f"photos-{n12}x12-{n2}x2"
-    if not folder.is_dir() or len(list(folder.iterdir())) != len(chosen):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for src in chosen:
-            try:
-                os.link(src, folder / src.name)
-            except OSError:
-                shutil.copyfile(src, folder / src.name)
+    folder = photos.link_folder(DATA / f"photos-{n12}x12-{n2}x2", chosen)
     mp = n12 * photos.SETS["12mp"].megapixels + n2 * photos.SETS["2mp"].megapixels
     return folder, len(chosen), mp
 
@@ -171,28 +163,20 @@ def _trim_table(n12: int, n2: int, repeats: int) -> list[str]:
 
 
 def _shard_run(inputs: Path, trim: int | None) -> dict[str, float]:
-    out = DATA / "out-shard"
+    return _in_subprocess("shard", inputs, trim)
+
+
+def _measure(variant: str, inputs: Path) -> dict[str, Any]:
+    return _in_subprocess(variant, inputs, None)
+
+
+def _in_subprocess(variant: str, inputs: Path, trim: int | None) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter (its own peak RSS, its own malloc settings)."""
+    out = DATA / f"out-{variant}"
     shutil.rmtree(out, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
     if trim is not None:
         env["MALLOC_TRIM_THRESHOLD_"] = str(trim)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.dask_backend", "shard", str(inputs), str(out)],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    shutil.rmtree(out, ignore_errors=True)
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def _measure(variant: str, inputs: Path) -> dict[str, Any]:
-    out = DATA / f"out-{variant}"
-    shutil.rmtree(out, ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
     done = subprocess.run(
         [sys.executable, "-m", "bench.dask_backend", variant, str(inputs), str(out)],
         cwd=REPO,

@@ -264,32 +264,12 @@ def _score(method: Method, out: Path, refs: dict[Path, Image.Image]) -> None:
 # --------------------------------------------------------------------------- running a set
 
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        if os.path.samefile(a, b):
-            return True
-        sa, sb = a.stat(), b.stat()
-    except OSError:
-        return False
-    return (sa.st_size, sa.st_mtime_ns) == (sb.st_size, sb.st_mtime_ns)
-
-
 def _subset_folder(name: str, files: list[Path]) -> Path:
     """A folder holding exactly ``files`` (hard links, or copies where links fail)."""
     full = photos.SETS[name]
     if len(files) == full.count:
         return full.folder
-    folder = photos.DATA / f"{name}-first{len(files)}"
-    present = sorted(p.name for p in folder.glob("*.jpg"))
-    if present != [p.name for p in files] or not all(_same(folder / p.name, p) for p in files):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for src in files:
-            try:
-                os.link(src, folder / src.name)
-            except OSError:
-                shutil.copy2(src, folder / src.name)
-    return folder
+    return photos.link_folder(photos.DATA / f"{name}-first{len(files)}", files)
 
 
 def _warm_cache(files: Sequence[Path]) -> None:

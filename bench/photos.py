@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -154,3 +155,30 @@ if __name__ == "__main__":
     for name, files in sets.items():
         total = sum(p.stat().st_size for p in files)
         print(f"{name}: {len(files)} files, {total / 1e6:.0f} MB, {SETS[name].folder}")
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if os.path.samefile(a, b):
+            return True
+        sa, sb = a.stat(), b.stat()
+    except OSError:
+        return False
+    return (sa.st_size, sa.st_mtime_ns) == (sb.st_size, sb.st_mtime_ns)
+
+
+def link_folder(folder: Path, files: Sequence[Path]) -> Path:
+    """``folder`` holding exactly ``files`` (hard links, or copies where links fail); rebuilt
+    only when its content differs."""
+    present = sorted(p.name for p in folder.glob("*.jpg"))
+    if present != sorted(p.name for p in files) or not all(
+        _same(folder / p.name, p) for p in files
+    ):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for src in files:
+            try:
+                os.link(src, folder / src.name)
+            except OSError:
+                shutil.copy2(src, folder / src.name)
+    return folder

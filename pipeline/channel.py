@@ -112,14 +112,6 @@ class Channel(Generic[T]):
         self._wake_next(self._senders)
         return item
 
-    def drain_nowait(self) -> list[T]:
-        """Take everything currently buffered (used at abort to account for queued items)."""
-        items = list(self._items)
-        self._items.clear()
-        while self._senders:
-            self._wake_next(self._senders)
-        return items
-
     def __aiter__(self) -> Channel[T]:
         return self
 

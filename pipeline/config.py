@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,10 +66,3 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
     return data
-
-
-def pick(data: Mapping[str, Any], allowed: set[str], where: str) -> dict[str, Any]:
-    unknown = set(data) - allowed
-    if unknown:
-        raise ConfigError(f"unknown option(s) in {where}: {', '.join(sorted(unknown))}")
-    return dict(data)

@@ -21,8 +21,8 @@ Two families, kept apart on purpose:
           ├── CrashBudgetExceeded   more worker crashes than the budget allows
           └── LedgerError           the ledger cannot be read or written
 
-``Interrupted`` (a ``KeyboardInterrupt`` subclass) is raised by a run stopped with Ctrl-C after the
-ledger has been flushed (exit 130).
+A run stopped by Ctrl-C is not an error: it returns its result with ``interrupted`` set
+(exit 130) after the ledger has been written.
 
 Every exception here takes only string/int arguments so it pickles both ways.
 """
@@ -34,7 +34,6 @@ __all__ = [
     "CrashBudgetExceeded",
     "DefinitionError",
     "FatalRunError",
-    "Interrupted",
     "ItemError",
     "ItemTimeout",
     "LedgerError",
@@ -107,9 +106,3 @@ class CrashBudgetExceeded(FatalRunError):
 
 class LedgerError(FatalRunError):
     """The ledger (manifest, journal, summary) cannot be read or written."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """The run was stopped by SIGINT after flushing its ledger (exit 130)."""
-
-    exit_code = 130

@@ -136,21 +136,22 @@ class Ledger:
 
     def _import_manifest(self) -> None:
         """A folder with a manifest but no journal (copied, or journal deleted): adopt it."""
-        batch: list[dict[str, Any]] = []
+        batch: list[tuple[str, str, str]] = []
         for rec in read_manifest(self.manifest_path):
-            batch.append(rec)
+            batch.append((rec["key"], rec["status"], json.dumps(rec, ensure_ascii=False)))
             if len(batch) >= 1000:
-                self._upsert([json.dumps(r) for r in batch], [r for r in batch])
+                self._upsert(batch)
                 batch = []
         if batch:
-            self._upsert([json.dumps(r) for r in batch], batch)
+            self._upsert(batch)
 
-    def _upsert(self, lines: Sequence[str], recs: Sequence[Mapping[str, Any]]) -> None:
+    def _upsert(self, records: Sequence[tuple[str, str, str]]) -> None:
+        """Insert or replace ``(key, status, manifest line)`` rows in one transaction."""
         assert self._db is not None
         rows = []
-        for line, rec in zip(lines, recs, strict=True):
+        for key, status, line in records:
             self._seq += 1
-            rows.append((rec["key"], self._seq, rec["status"], line))
+            rows.append((key, self._seq, status, line))
         self._db.execute("BEGIN")
         self._db.executemany(
             "INSERT INTO records(key, seq, status, json) VALUES (?, ?, ?, ?) "
@@ -160,9 +161,9 @@ class Ledger:
         self._db.execute("COMMIT")
 
     def _write(self, records: Sequence[Record]) -> None:
-        docs = [r.to_json() for r in records]
+        rows = [(r.key, str(r.status), r.to_line()) for r in records]
         try:
-            self._upsert([json.dumps(d, ensure_ascii=False) for d in docs], docs)
+            self._upsert(rows)
         except sqlite3.Error as exc:
             raise LedgerError(
                 f"cannot write the ledger journal {self.journal_path}: {exc}"

@@ -37,7 +37,6 @@ class StageMetrics:
     started: float = field(default_factory=time.perf_counter)
     ended: float | None = None
     fused_with: tuple[str, ...] = ()
-    peak_workers: int = 0
 
     def snapshot(self) -> StageSnapshot:
         end = self.ended if self.ended is not None else time.perf_counter()

@@ -181,7 +181,7 @@ class ProcessLane:
         self._dead = False
         self.started += 1
         loop.add_reader(parent.fileno(), self._on_readable)
-        loop.add_reader(proc.sentinel, self._on_readable)
+        loop.add_reader(proc.sentinel, self._on_readable, True)
 
     def _detach(self) -> None:
         loop = asyncio.get_running_loop()
@@ -237,7 +237,8 @@ class ProcessLane:
         self._proc = self._conn = None
 
     # -- the loop's reader callback -------------------------------------------------------------
-    def _on_readable(self) -> None:
+    def _on_readable(self, exited: bool = False) -> None:
+        """Take the outcomes the worker sent; ``exited`` when its process sentinel fired."""
         conn = self._conn
         if conn is None:
             return
@@ -248,7 +249,7 @@ class ProcessLane:
                     self._received.update(outcomes)
         except (EOFError, OSError):
             self._dead = True
-        if self._proc is not None and not self._proc.is_alive():
+        if exited:  # outcomes it sent before going were drained above
             self._dead = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():

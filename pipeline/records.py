@@ -95,8 +95,23 @@ class Record:
     def ok(self) -> bool:
         return self.status is Status.OK
 
-    def to_json(self) -> dict[str, Any]:
-        """The manifest line: only fields that say something, plus ``result`` when JSON-able."""
+    def to_line(self) -> str:
+        """The manifest line as text, serialised once in the usual case.
+
+        Only when the result or meta cannot be written as JSON (an object, NaN) is the record
+        built again with those fields checked one by one, as :meth:`to_json` does.
+        """
+        try:
+            return json.dumps(self.to_json(checked=False), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError):
+            return json.dumps(self.to_json(), ensure_ascii=False, allow_nan=False)
+
+    def to_json(self, *, checked: bool = True) -> dict[str, Any]:
+        """The manifest line: only fields that say something, plus ``result`` when JSON-able.
+
+        ``checked=False`` skips the per-field JSON checks (:meth:`to_line` serialises once and
+        falls back to the checked form when that fails).
+        """
         out: dict[str, Any] = {"key": self.key, "source": self.source, "status": str(self.status)}
         if self.status is Status.FAILED:
             out.update(
@@ -109,11 +124,12 @@ class Record:
             out["attempts"] = self.attempts
         if self.reason is not None:
             out["reason"] = self.reason
-        result = jsonable(self.value)
+        result = jsonable(self.value) if checked else self.value
         if result is not None:
             out["result"] = result
         if self.meta:
-            out["meta"] = jsonable(self.meta) or {k: str(v) for k, v in self.meta.items()}
+            meta = jsonable(self.meta) if checked else self.meta
+            out["meta"] = meta or {k: str(v) for k, v in self.meta.items()}
         if self.duration is not None and math.isfinite(self.duration):
             out["duration"] = round(self.duration, 6)
         out["finished"] = round(self.finished, 3)

@@ -93,8 +93,7 @@ class Run:
         self.stop = asyncio.Event()
         self.abort = asyncio.Event()
         self.lanes: list[Lane] = []
-        self.pools: list[DaemonThreadPool] = []
-        self._pools: dict[str, DaemonThreadPool] = {}
+        self.pools: dict[str, DaemonThreadPool] = {}  # thread stages' pools, by stage name
         self._contexts: dict[str, dict[str, Any]] = {}
         self.handles: list[GroupHandle] = []
         self.autoscaler = Autoscaler(self.handles) if opts.autoscale else None
@@ -253,8 +252,7 @@ class Run:
         if kind == "thread":
             start = start_workers(kind, workers) if self.opts.autoscale else workers
             pool = DaemonThreadPool(start, name=group[0].name)
-            self.pools.append(pool)
-            self._pools[group[0].name] = pool
+            self.pools[group[0].name] = pool
             return [ThreadLane(steps, pool) for _ in range(workers)]
         if kind == "async":
             return [AsyncLane(steps) for _ in range(workers)]
@@ -333,7 +331,7 @@ class Run:
         if kind == "process":
             return ProcessLane(steps, on_crash=self.on_crash)
         if kind == "thread":
-            pool = self._pools[group[0].name]
+            pool = self.pools[group[0].name]
             pool.grow()
             return ThreadLane(steps, pool)
         return AsyncLane(steps)
@@ -541,7 +539,7 @@ class Run:
             stop.cancel()
 
     def _stop_workers(self) -> None:
-        for pool in self.pools:
+        for pool in self.pools.values():
             pool.shutdown()
 
     def hard_abort(self) -> None:

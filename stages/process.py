@@ -85,12 +85,13 @@ class ProcessConfig:
     urls: tuple[str, ...] = ()
     output: str = "out"
     sizes: tuple[str, ...] = ("512",)
-    mode: str = "fit"
-    upscale: bool = False
-    format: str = "keep"
-    quality: int = 85
-    allow_truncated: bool = False
-    max_pixels: int = 100_000_000
+    # image defaults live in one place, ResizeOptions
+    mode: str = ResizeOptions.mode
+    upscale: bool = ResizeOptions.upscale
+    format: str = ResizeOptions.format
+    quality: int = ResizeOptions.quality
+    allow_truncated: bool = ResizeOptions.allow_truncated
+    max_pixels: int = ResizeOptions.max_pixels
     max_file_size: int = DEFAULT_MAX_FILE_BYTES
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -403,7 +404,3 @@ def _write_report(out: Path) -> None:
         write_report(out)
     except (OSError, ValueError, LedgerError) as exc:
         log.warning("could not write %s: %s", out / "report.html", exc)
-
-
-def config_keys() -> Sequence[str]:
-    return [f.name for f in fields(ProcessConfig) if f.init]

@@ -11,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from sample_data.make_samples import photo
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_data"
 EDGE = SAMPLES / "edge"
@@ -22,17 +24,8 @@ def edge(name: str) -> bytes:
 
 
 def photo_like(width: int, height: int, *, seed: int = 0, grain: float = 3.0) -> Image.Image:
-    """Photo-like RGB test image: smooth random structure + gradients + grain."""
-    rng = np.random.default_rng(seed)
-    cells = rng.integers(0, 256, (max(2, height // 90), max(2, width // 90), 3), dtype=np.uint8)
-    smooth = Image.fromarray(cells).resize((width, height), Image.Resampling.BICUBIC)
-    base = np.asarray(smooth, dtype=np.float32) * 0.7
-    yy = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    xx = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
-    base += 60.0 * yy + 40.0 * xx * np.array([1.0, 0.5, -0.5], dtype=np.float32)
-    if grain:
-        base += rng.normal(0.0, grain, (height, width, 1)).astype(np.float32)
-    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    """Photo-like RGB test image (the generator behind the committed samples)."""
+    return photo(width, height, seed=seed, grain=grain)
 
 
 def encode(im: Image.Image, fmt: str, **params: object) -> bytes:
