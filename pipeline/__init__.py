@@ -20,6 +20,7 @@ from .errors import (
     LedgerError,
     PipelineError,
     RemoteError,
+    SplitError,
     Unpicklable,
     WorkerCrashed,
 )
@@ -27,6 +28,7 @@ from .ledger import Ledger, atomic_write_bytes, atomic_write_text, read_manifest
 from .metrics import StageSnapshot
 from .records import Item, Record, Status
 from .result import Collector, RunResult
+from .split import Split
 from .stage import Kind, Stage, stage
 
 __version__ = "0.1.0"
@@ -52,6 +54,8 @@ __all__ = [
     "RunOptions",
     "RunResult",
     "Stage",
+    "Split",
+    "SplitError",
     "StageSnapshot",
     "Status",
     "Unpicklable",

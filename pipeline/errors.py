@@ -48,6 +48,10 @@ class ItemError(Exception):
     """Something went wrong with one item; recorded as ``failed``, the run goes on."""
 
 
+class SplitError(ItemError):
+    """A :class:`~pipeline.Split` used where it cannot be: a part that splits again."""
+
+
 class WorkerCrashed(ItemError):
     """The process worker holding the item died (killed, segfault, ``os._exit``)."""
 

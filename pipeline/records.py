@@ -17,7 +17,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .split import Join
 
 __all__ = ["Item", "Record", "Status", "as_item", "jsonable"]
 
@@ -43,6 +46,8 @@ class Item:
     meta: dict[str, Any] = field(default_factory=dict)
     born: float = 0.0  # perf_counter when it left the source; for per-item durations
     attempts: int = 1  # the most attempts any stage needed so far
+    part: int = -1  # index of this part when the item was split (see pipeline.split)
+    join: Join | None = None  # the split this part belongs to; None for whole items
 
 
 def as_item(obj: Any, index: int) -> Item:

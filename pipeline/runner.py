@@ -33,7 +33,7 @@ from .batching import Batcher, fuse
 from .calls import Outcome, steps_of
 from .channel import Channel, EndOfStream, WouldBlock
 from .config import RunOptions
-from .errors import CrashBudgetExceeded, FatalRunError, LedgerError, RemoteError
+from .errors import CrashBudgetExceeded, FatalRunError, LedgerError, RemoteError, SplitError
 from .lanes import AsyncLane, InlineLane, Lane, ThreadLane
 from .ledger import Ledger
 from .metrics import StageMetrics, Timeline
@@ -41,6 +41,7 @@ from .procpool import ProcessLane
 from .progress import Progress
 from .records import Item, Record, Status, as_item
 from .result import Collector, RunResult
+from .split import Join, Split
 from .stage import Stage
 from .threads import DaemonThreadPool
 
@@ -90,6 +91,7 @@ class Run:
         self.total = _known_length(inputs)
         self.ledger: Ledger | None = None
         self.ledger_ch: Channel[Record] = Channel(LEDGER_CAPACITY, name="ledger")
+        self.channels: list[Channel[Item]] = []  # inbox of each group, then the sink's
         self.stop = asyncio.Event()
         self.abort = asyncio.Event()
         self.lanes: list[Lane] = []
@@ -269,6 +271,60 @@ class Run:
             self._contexts[group[0].name] = extra
             await self._run_lanes(group, self._lanes(group, extra), inbox, outbox)
 
+    # -- split items (pipeline.split) ----------------------------------------------------------
+    async def _split(self, item: Item, st: Stage, outbox: Channel[Item]) -> None:
+        """Send the parts of a split item on; they are joined after the next group."""
+        split: Split = item.value
+        after = self.channels.index(outbox) + 1  # the outbox of the group that runs the parts
+        deliver = self.channels[after].send if after < len(self.channels) else self._finish
+        join = Join(item, st, split.merge, deliver, attempts=item.attempts)
+        n = 0
+        try:
+            for value in split.parts:
+                if join.closed:  # a part failed already: send no more
+                    return
+                part = Item(item.key, value, item.source, item.meta, item.born, item.attempts)
+                part.part, part.join = n, join
+                await outbox.send(part)
+                n += 1
+        except Exception as exc:  # the parts iterator failed: the item fails
+            if join.fail():
+                await self.emit(self._failure(item, st, Outcome(False, exc, 0, item.attempts, [])))
+            return
+        join.expected = n
+        if join.complete():  # every part is back already (or there were none)
+            await self._merge(join)
+
+    async def _joined(self, part: Item, st: Stage) -> None:
+        """A part's result is back: keep it; merge and deliver once the last one is in."""
+        join = part.join
+        assert join is not None
+        if isinstance(part.value, Split):
+            if join.fail():
+                exc = SplitError(f"stage {st.name!r} split a part of an already split item")
+                await self.emit(self._failure(join.item, st, Outcome(False, exc, 0, 1, [])))
+            return
+        if join.add(part.part, part.value, part.attempts):
+            await self._merge(join)
+
+    async def _merge(self, join: Join) -> None:
+        item = join.item
+        try:
+            item.value = join.merged()
+        except Exception as exc:
+            failed = Outcome(False, exc, 0, join.attempts, [])
+            await self.emit(self._failure(item, join.stage, failed))
+            return
+        item.attempts = join.attempts
+        await join.deliver(item)
+
+    async def _part_failed(self, part: Item, record: Record) -> None:
+        """The first failed part fails the whole item; later ones are dropped."""
+        assert part.join is not None
+        if part.join.fail():
+            record.meta = {**record.meta, "part": part.part}
+            await self.emit(record)
+
     async def _run_lanes(
         self, group: list[Stage], lanes: list[Lane], inbox: Channel[Item], outbox: Channel[Item]
     ) -> None:
@@ -364,14 +420,23 @@ class Run:
             again.extend(back)
             for item, outcome in done:
                 self._account(first, len(group), outcome)
-                if outcome.ok:
-                    item.value = outcome.value
-                    item.attempts = max(item.attempts, outcome.attempts)
-                    blocked = time.perf_counter()
-                    await outbox.send(item)
-                    tail.blocked_outbox += time.perf_counter() - blocked
+                if not outcome.ok:
+                    failure = self._failure(item, group[outcome.step], outcome)
+                    if item.join is not None:
+                        await self._part_failed(item, failure)
+                    else:
+                        await self.emit(failure)
+                    continue
+                item.value = outcome.value
+                item.attempts = max(item.attempts, outcome.attempts)
+                blocked = time.perf_counter()
+                if item.join is not None:
+                    await self._joined(item, group[-1])
+                elif isinstance(item.value, Split):
+                    await self._split(item, group[-1], outbox)
                 else:
-                    await self.emit(self._failure(item, group[outcome.step], outcome))
+                    await outbox.send(item)
+                tail.blocked_outbox += time.perf_counter() - blocked
 
     def _account(self, first: int, n: int, out: Outcome) -> None:
         total_busy = sum(out.busy) or 1e-12
@@ -410,17 +475,23 @@ class Run:
 
     async def sink(self, inbox: Channel[Item]) -> None:
         async for item in inbox:
-            await self.emit(
-                Record(
-                    key=item.key,
-                    status=Status.OK,
-                    source=item.source,
-                    value=item.value,
-                    meta=item.meta,
-                    attempts=item.attempts,
-                    duration=time.perf_counter() - item.born if item.born else None,
-                )
+            if item.join is not None:  # a part of an item the last stage split
+                await self._joined(item, self.stages[-1])
+            else:
+                await self._finish(item)
+
+    async def _finish(self, item: Item) -> None:
+        await self.emit(
+            Record(
+                key=item.key,
+                status=Status.OK,
+                source=item.source,
+                value=item.value,
+                meta=item.meta,
+                attempts=item.attempts,
+                duration=time.perf_counter() - item.born if item.born else None,
             )
+        )
 
     async def sampler(self, channels: Sequence[Channel[Item]]) -> None:
         """Timeline samples and the progress bars' inbox fill, at the timeline's interval."""
@@ -454,6 +525,7 @@ class Run:
                 )
             channels = [Channel[Item](self._capacity(g), name=g[0].name) for g in self.groups]
             channels.append(Channel[Item](max(8, self.groups[-1][-1].capacity), name="done"))
+            self.channels = channels
             writer = asyncio.create_task(self.ledger_writer(), name="ledger")
             feeder = asyncio.create_task(self.feed(channels[0]), name="feeder")
             work = [feeder]

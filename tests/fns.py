@@ -200,3 +200,72 @@ def np_spin(x: Any, seconds: float) -> Any:
         np.multiply(a, 1.0001, out=out)
         np.sqrt(out, out=out)
     return x
+
+
+# -- split / join (pipeline.split) -------------------------------------------------------------
+
+
+def split_range(n: int, parts: int) -> Any:
+    """Split ``n`` into ``parts`` ranges [lo, hi) whose sums ``sum_parts`` adds up again."""
+    from pipeline import Split
+
+    step = max(1, -(-n // max(parts, 1)))
+    return Split([(lo, min(n, lo + step)) for lo in range(0, n, step)], sum_parts)
+
+
+def split_lazily(n: int, parts: int, fail_at: int = -1) -> Any:
+    """As ``split_range``, with the parts drawn from a generator (that may raise at ``fail_at``)."""
+    from pipeline import Split
+
+    def gen() -> Any:
+        step = max(1, -(-n // max(parts, 1)))
+        for i, lo in enumerate(range(0, n, step)):
+            if i == fail_at:
+                raise OSError(f"cannot plan part {i}")
+            yield (lo, min(n, lo + step))
+
+    return Split(gen(), sum_parts)
+
+
+def range_sum(bounds: tuple[int, int]) -> int:
+    lo, hi = bounds
+    return sum(range(lo, hi))
+
+
+def range_sum_pid(bounds: tuple[int, int]) -> tuple[int, int]:
+    time.sleep(0.02)
+    return range_sum(bounds), os.getpid()
+
+
+def range_sum_crash_at(bounds: tuple[int, int], bad: int) -> int:
+    if bounds[0] == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return range_sum(bounds)
+
+
+def range_sum_fail_at(bounds: tuple[int, int], bad: int) -> int:
+    if bounds[0] == bad:
+        raise ValueError(f"bad part starting at {bad}")
+    return range_sum(bounds)
+
+
+def sum_parts(values: list[Any]) -> int:
+    return sum(v[0] if isinstance(v, tuple) else v for v in values)
+
+
+def pids_of_parts(values: list[tuple[int, int]]) -> list[int]:
+    return sorted({pid for _, pid in values})
+
+
+def bad_merge(values: list[Any]) -> Any:
+    raise ArithmeticError(f"cannot merge {len(values)} parts")
+
+
+def split_with_bad_merge(n: int) -> Any:
+    from pipeline import Split
+
+    return Split([(0, n)], bad_merge)
+
+
+def split_again(bounds: tuple[int, int]) -> Any:
+    return split_range(bounds[1] - bounds[0], 2)
