@@ -25,6 +25,8 @@ class RunOptions:
 
     ``resume``: skip keys whose earlier record is ``ok`` (or skipped as already done), whose
     ``fingerprint`` matches and for which ``is_done(record)`` holds (e.g. the outputs exist).
+    ``fingerprint`` is a string for the whole run, or a function of the key when inputs of
+    different kinds depend on different options (changing an image option redoes images only).
     ``retry_failed``: redo only keys whose earlier record is ``failed``; everything else is
     recorded ``skipped``. ``force``: redo everything.
     ``crash_budget``: worker crashes tolerated before the run stops with exit 3.
@@ -39,7 +41,7 @@ class RunOptions:
     progress: bool | None = None
     crash_budget: int = 10
     grace: float = 2.0
-    fingerprint: str | None = None
+    fingerprint: str | Callable[[str], str | None] | None = None
     is_done: Callable[[Record], bool] | None = None
     handle_signals: bool = True
     backend: Any = None  # a pipeline.backends.Backend; None runs everything on this machine

@@ -103,10 +103,14 @@ class Run:
         self.timeline = Timeline([s.name for s in stages])
 
     # -- records -------------------------------------------------------------------------------
+    def fingerprint(self, key: str) -> str | None:
+        fp = self.opts.fingerprint
+        return fp(key) if callable(fp) else fp
+
     async def emit(self, record: Record) -> None:
         record.run = self.run_id
         if record.fingerprint is None and record.status is not Status.SKIPPED:
-            record.fingerprint = self.opts.fingerprint
+            record.fingerprint = self.fingerprint(record.key)
         await self.ledger_ch.send(record)
         self.inflight.pop(record.key, None)
 
@@ -220,7 +224,7 @@ class Run:
         if (
             done
             and opts.resume
-            and (opts.fingerprint is None or prev.fingerprint == opts.fingerprint)
+            and (opts.fingerprint is None or prev.fingerprint == self.fingerprint(item.key))
             and (opts.is_done is None or opts.is_done(prev))
         ):
             return self._skip(item, REASON_DONE, prev)
@@ -631,7 +635,7 @@ class Run:
                 reason=reason,
                 meta=item.meta,
                 run=self.run_id,
-                fingerprint=self.opts.fingerprint,
+                fingerprint=self.fingerprint(item.key),
             )
             for item in self.inflight.values()
         ]

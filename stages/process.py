@@ -1,7 +1,12 @@
 """The ``process`` command: folders in, thumbnails, statistics and a manifest out.
 
-    sources (walk, lazy) -> read (thread) -> render (process: decode+resize+stats)
-                         -> write (thread) -> ledger
+    sources (walk, lazy) -> [download (async)] -> read (thread)
+        -> resize + crunch (process, fused: decode+resize+stats / data chunk statistics)
+        -> write (thread) -> ledger
+
+Numeric data files (``.npy``, ``.npz``, CSV/TSV) found among the inputs go through the same
+stages (see :mod:`stages.steps`): the read stage splits each into chunks that the process
+workers crunch in parallel, merged back into one record per array or file.
 
 :class:`ProcessConfig` holds every option (from flags and/or a TOML file; flags win) and is
 validated on creation; :func:`build_pipeline` turns it into a :class:`~pipeline.Pipeline`;
@@ -36,12 +41,15 @@ from pipeline import (
     stage,
 )
 
-from .files import DEFAULT_MAX_FILE_BYTES, read_file
+from . import steps
+from .aggregate import DataAggregate, DataTable
+from .data import DEFAULT_CHUNK_BYTES, DataOptions, is_data_result
+from .files import DEFAULT_MAX_FILE_BYTES
 from .imaging import ResizeOptions, parse_size
 from .report import write_report
-from .sources import walk_inputs
+from .sources import DATA_EXTENSIONS, walk_inputs
 from .stats import near_duplicate_groups
-from .thumbs import outputs_exist, render, write_outputs
+from .thumbs import outputs_exist
 
 if TYPE_CHECKING:  # aiohttp is imported only when a run has URL lists (start-up time)
     from .download import DownloadConfig
@@ -50,7 +58,7 @@ log = logging.getLogger("stages")
 
 __all__ = ["ProcessConfig", "build_pipeline", "parse_bytes", "run_process"]
 
-STAGE_NAMES = ("download", "read", "resize", "write")
+STAGE_NAMES = ("download", "read", "resize", "crunch", "write")
 _UNITS = {
     "": 1,
     "B": 1,
@@ -75,8 +83,9 @@ def parse_bytes(text: str | int) -> int:
 
 def _default_workers() -> dict[str, int]:
     cores = os.cpu_count() or 1
-    # download: concurrent requests (the session's connection limit follows it)
-    return {"download": 64, "read": 8, "resize": cores, "write": 4}
+    # download: concurrent requests (the session's connection limit follows it);
+    # crunch is fused with resize (one worker call), so it follows resize unless given
+    return {"download": 64, "read": 8, "resize": cores, "crunch": cores, "write": 4}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +102,11 @@ class ProcessConfig:
     allow_truncated: bool = ResizeOptions.allow_truncated
     max_pixels: int = ResizeOptions.max_pixels
     max_file_size: int = DEFAULT_MAX_FILE_BYTES
+    # numeric data files
+    chunk_size: int = DEFAULT_CHUNK_BYTES
+    columns: tuple[str, ...] = ()
+    delimiter: str | None = None
+    bins: int = 64
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     workers: Mapping[str, int] = field(default_factory=_default_workers)
@@ -116,6 +130,8 @@ class ProcessConfig:
     scheduler: str | None = None  # tcp://host:8786; None with backend "dask": a LocalCluster
     shard_size: int = 256
     resize: ResizeOptions = field(init=False, repr=False)
+    data: DataOptions = field(init=False, repr=False)
+    _fps: dict[bool, str] = field(init=False, repr=False, compare=False)
     download: DownloadConfig | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -128,6 +144,8 @@ class ProcessConfig:
         if unknown:
             raise ConfigError(f"--workers: unknown stage(s) {sorted(unknown)}; use {STAGE_NAMES}")
         merged = {**_default_workers(), **dict(self.workers)}
+        if "crunch" not in self.workers:
+            merged["crunch"] = merged["resize"]
         if any(not isinstance(n, int) or n < 1 for n in merged.values()):
             raise ConfigError(f"--workers must be positive integers, got {merged}")
         object.__setattr__(self, "workers", merged)
@@ -156,6 +174,17 @@ class ProcessConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         object.__setattr__(self, "resize", opts)
+        try:
+            data = DataOptions(
+                chunk_size=self.chunk_size,
+                columns=self.columns,
+                delimiter=self.delimiter,
+                bins=self.bins,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "_fps", {False: self.fingerprint(), True: self.data_fingerprint()})
         object.__setattr__(self, "download", self._download_config(merged) if self.urls else None)
 
     def _download_config(self, merged: Mapping[str, int]) -> DownloadConfig:
@@ -183,12 +212,12 @@ class ProcessConfig:
         if unknown:
             raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
         clean = dict(data)
-        for key in ("inputs", "urls", "sizes", "include", "exclude"):
+        for key in ("inputs", "urls", "sizes", "include", "exclude", "columns"):
             if key in clean and isinstance(clean[key], str):
                 clean[key] = (clean[key],)
             if key in clean:
                 clean[key] = tuple(str(v) for v in clean[key])
-        for key in ("max_file_size", "max_download_size"):
+        for key in ("max_file_size", "max_download_size", "chunk_size"):
             if key in clean:
                 clean[key] = parse_bytes(clean[key])
         try:
@@ -197,9 +226,26 @@ class ProcessConfig:
             raise ConfigError(str(exc)) from exc
 
     def fingerprint(self) -> str:
-        """Hash of the options that shape the outputs: changing any redoes the items."""
-        doc = json.dumps(asdict(self.resize), sort_keys=True, default=str)
-        return hashlib.sha1(doc.encode()).hexdigest()[:12]
+        """Hash of the options that shape image outputs: changing any redoes the images."""
+        return _digest(asdict(self.resize))
+
+    def data_fingerprint(self) -> str:
+        """Hash of the options that shape data statistics: changing any redoes the data files."""
+        return _digest(self.data.fingerprint_fields())
+
+    def fingerprint_of(self, key: str) -> str:
+        """The fingerprint that applies to one input key (images and data files differ)."""
+        base = key.split(":", 1)[0] if ".npz:" in key else key
+        return self._fps[_suffix(base) in DATA_EXTENSIONS]
+
+
+def _suffix(key: str) -> str:
+    name = key.rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def _digest(doc: Any) -> str:
+    return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def build_pipeline(cfg: ProcessConfig) -> Pipeline:
@@ -225,10 +271,12 @@ def build_pipeline(cfg: ProcessConfig) -> Pipeline:
     return Pipeline(
         [
             *fetching,
-            # inbox of small path records; batches of reads go to the threads
+            # inbox of small path records; batches of reads go to the threads; data files are
+            # planned here (header only) and split into chunks for the process workers
             stage(
-                read_file,
+                steps.read,
                 cfg.max_file_size,
+                cfg.data,
                 kind="thread",
                 name="read",
                 workers=w["read"],
@@ -239,7 +287,7 @@ def build_pipeline(cfg: ProcessConfig) -> Pipeline:
             ),
             # inbox holds whole files (up to max_file_size each): keep it at 2 per worker
             stage(
-                render,
+                steps.resize,
                 cfg.resize,
                 kind="process",
                 name="resize",
@@ -248,9 +296,19 @@ def build_pipeline(cfg: ProcessConfig) -> Pipeline:
                 timeout=cfg.timeout,
                 max_batch=4,
             ),
+            # fused with resize: data chunks' statistics (images pass through)
+            stage(
+                steps.crunch,
+                kind="process",
+                name="crunch",
+                workers=w["crunch"],
+                capacity=2 * w["crunch"],
+                timeout=cfg.timeout,
+                max_batch=4,
+            ),
             # inbox holds encoded thumbnails: small
             stage(
-                write_outputs,
+                steps.write,
                 str(cfg.output),
                 kind="thread",
                 name="write",
@@ -294,7 +352,7 @@ class StatsTable:
             return
         for rec in read_manifest(manifest):
             res = rec.get("result")
-            if not isinstance(res, dict) or "stats" not in res:
+            if not isinstance(res, dict) or "stats" not in res or is_data_result(res):
                 continue
             st, orig = res["stats"], res.get("original", {})
             outs = res.get("outputs") or [{}]
@@ -369,7 +427,12 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
     table = StatsTable(out)
     pipe = build_pipeline(cfg)
     inputs: Iterator[Item | Record] = itertools.chain(
-        walk_inputs(cfg.inputs, include=cfg.include, exclude=cfg.exclude),
+        walk_inputs(
+            cfg.inputs,
+            include=cfg.include,
+            exclude=cfg.exclude,
+            data_extensions=DATA_EXTENSIONS,
+        ),
         _url_inputs(cfg.urls),
     )
     if limit is not None:
@@ -385,9 +448,9 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
             backend=backend,
             autoscale=cfg.auto_workers,
             output=out,
-            collectors=[table, NearDuplicates(table)],
-            fingerprint=cfg.fingerprint(),
-            is_done=lambda rec: outputs_exist(out, rec.value),
+            collectors=[table, NearDuplicates(table), DataAggregate(), DataTable(out)],
+            fingerprint=cfg.fingerprint_of,
+            is_done=lambda rec: is_data_result(rec.value) or outputs_exist(out, rec.value),
             retry_failed=cfg.retry_failed,
             force=cfg.force,
             progress=False if cfg.quiet else cfg.progress,

@@ -67,6 +67,10 @@ def _config(args: argparse.Namespace) -> Any:
         "backend": args.backend,
         "scheduler": args.scheduler,
         "shard_size": args.shard_size,
+        "chunk_size": args.chunk_size,
+        "columns": _split_columns(args.columns),
+        "delimiter": _delimiter(args.delimiter),
+        "bins": args.bins,
         "output": str(args.output) if args.output is not None else None,
         "sizes": args.size,
         "mode": args.mode,
@@ -89,6 +93,18 @@ def _config(args: argparse.Namespace) -> Any:
         flags["workers"] = {**data["workers"], **flags["workers"]}
     data.update({k: v for k, v in flags.items() if v is not None})
     return ProcessConfig.from_mapping(data)
+
+
+def _split_columns(values: list[str] | None) -> list[str] | None:
+    """``--columns a,b --columns c`` -> [a, b, c]."""
+    if not values:
+        return None
+    return [c.strip() for v in values for c in v.split(",") if c.strip()]
+
+
+def _delimiter(value: str | None) -> str | None:
+    """``\\t`` and ``tab`` mean a tab (a real tab is hard to type in a shell)."""
+    return "\t" if value in ("\\t", "tab", "TAB") else value
 
 
 def _process(args: argparse.Namespace) -> int:
@@ -205,8 +221,30 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "--quiet", "-q", action="store_true", default=None, help="no progress bars, no summary"
     )
     _add_download_options(p.add_argument_group("downloads (URL lists)"))
+    _add_data_options(p.add_argument_group("numeric data files (.npy, .npz, .csv, .tsv)"))
     _add_backend_options(p.add_argument_group("beyond one machine"))
     p.add_argument("--verbose", "-v", action="store_true")
+
+
+def _add_data_options(d: Any) -> None:
+    d.add_argument(
+        "--chunk-size",
+        default=None,
+        help="split data files into parts of this size, crunched in parallel (64MB; 0: never)",
+    )
+    d.add_argument(
+        "--columns",
+        action="append",
+        default=None,
+        metavar="A,B",
+        help="CSV: crunch only these columns (default: every numeric column)",
+    )
+    d.add_argument(
+        "--delimiter",
+        default=None,
+        help="CSV field separator (default: tab for .tsv, else sniffed from the header); \\t = tab",
+    )
+    d.add_argument("--bins", type=int, default=None, help="histogram bins, at most (64)")
 
 
 def _add_download_options(d: Any) -> None:

@@ -1,0 +1,531 @@
+"""Numeric data files: ``.npy``, ``.npz`` members and CSV/TSV, crunched in chunks on all workers.
+
+    plan (read stage, thread)  ──Split──▶  crunch_part (process workers, one chunk each)
+                               ◀──merge──  one record per array / file
+
+* :func:`plan` reads only a header (the ``.npy`` header, the zip entry, the CSV header line and a
+  small sample to tell numeric columns from others) and returns a :class:`~pipeline.Split` into
+  parts of about ``chunk_size`` bytes: element ranges of a memory-mapped array, or byte ranges of
+  a CSV file (a line belongs to the part its first byte falls in, so no line is read twice).
+* :func:`crunch_part` runs in a process worker: it maps (``.npy``) or reads (CSV) one part and
+  returns its :class:`~stages.arraystats.ArrayStats`; memory is about one chunk.
+* the merge functions combine the parts exactly (:func:`stages.arraystats.merge`) into the
+  record's value: for an array ``{"kind": "array", "stats": ...}``, for a CSV file
+  ``{"kind": "csv", "columns": {name: stats}, ...}``.
+
+CSV parsing uses pyarrow's reader (C++): quoted fields, ``""`` escapes, CRLF, and the usual
+missing-value spellings (empty, NA, NaN, null, …) counted as missing. A cell of a numeric column
+that is not a number is a *bad cell*: counted and reported (first one with its line), not fatal;
+a row with the wrong number of fields is a *bad row*, counted the same way. Quoted values may
+not contain line breaks (such a row shows up as bad rows). A compressed ``.npz`` member cannot
+be memory-mapped: it is streamed in one part.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+import struct
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from pipeline import Split
+
+from .arraystats import BLOCK, FLOAT_EXP_FLOOR, ArrayStats, array_stats, exp_floor_of, merge_all
+from .sources import DATA_EXTENSIONS, DataFile
+
+__all__ = [
+    "DATA_EXTENSIONS",
+    "ArrayPart",
+    "CsvPart",
+    "DataError",
+    "DataFile",
+    "DataOptions",
+    "crunch_part",
+    "is_data_result",
+    "plan",
+]
+
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+#: Bytes of a CSV file read to tell numeric columns from others.
+SAMPLE_BYTES = 1 << 20
+_ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's sizeFileHeader (30 bytes)
+
+
+class DataError(Exception):
+    """A data file that cannot be read as what its name says (the message says where)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """How numeric files are crunched; validated on creation."""
+
+    chunk_size: int = DEFAULT_CHUNK_BYTES  # bytes per part (0: never split)
+    columns: tuple[str, ...] = ()  # CSV: only these columns (all numeric ones when empty)
+    delimiter: str | None = None  # CSV: None means by extension (.tsv: tab) or sniffed
+    bins: int = 64  # histogram bins (at most)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 0:
+            raise ValueError("chunk size must be >= 0 (0: do not split files)")
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
+        if not 1 <= self.bins <= 4096:
+            raise ValueError(f"bins must be between 1 and 4096, got {self.bins}")
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The options that change results (the chunk size changes only the rounding)."""
+        return {"columns": list(self.columns), "delimiter": self.delimiter, "bins": self.bins}
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayPart:
+    """Elements ``[start, stop)`` of an array stored raw at byte ``offset`` of ``path``."""
+
+    path: str
+    offset: int
+    dtype: str
+    start: int
+    stop: int
+    bins: int
+
+
+@dataclass(frozen=True, slots=True)
+class ZipMemberPart:
+    """A compressed ``.npz`` member: streamed whole (deflate cannot seek)."""
+
+    path: str
+    member: str
+    bins: int
+
+
+@dataclass(frozen=True, slots=True)
+class CsvPart:
+    """The lines of a CSV file whose first byte lies in ``[start, stop)``."""
+
+    path: str
+    start: int
+    stop: int
+    data_start: int  # where the first data line starts (after the header)
+    names: tuple[str, ...]
+    numeric: tuple[str, ...]
+    other: tuple[str, ...]
+    delimiter: str
+    bins: int
+
+
+@dataclass(slots=True)
+class CsvPartResult:
+    lines: int  # lines in this part (bad rows included)
+    rows: int  # rows parsed
+    columns: dict[str, ArrayStats]
+    non_numeric: dict[str, int]  # non-missing cells of the other columns
+    bad_cells: dict[str, int] = field(default_factory=dict)
+    bad_rows: int = 0
+    first_bad: dict[str, Any] | None = None  # line is relative to the part
+
+
+def is_data_result(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("kind") in ("array", "csv")
+
+
+# ------------------------------------------------------------------------------------ planning
+def plan(src: DataFile, opts: DataOptions) -> Split:
+    """Read the header of a data input and split it into parts (runs in the read stage)."""
+    suffix = os.path.splitext(src.path)[1].lower()
+    if suffix == ".npy":
+        with open(src.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            return _plan_array(src, _npy_header(f, 0, size, src.rel), opts)
+    if suffix == ".npz":
+        return _plan_npz(src, opts)
+    if suffix in (".csv", ".tsv"):
+        return _plan_csv(src, opts, suffix)
+    raise DataError(f"{src.rel}: not a data file ({suffix or 'no extension'})")
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    offset: int  # of the first element, in the file
+
+
+def _npy_header(f: BinaryIO, base: int, size: int, where: str) -> _Header:
+    """Parse an ``.npy`` header that starts at byte ``base`` of ``f``; check the data is there."""
+    f.seek(base)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise DataError(f"{where}: not a valid .npy header at byte {base}: {exc}") from exc
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise DataError(f"{where}: dtype {dtype} is not numeric (bool, integer or float)")
+    offset = f.tell()
+    need = offset + math.prod(shape) * dtype.itemsize
+    if need > size:
+        raise DataError(
+            f"{where}: truncated: the header says {math.prod(shape):,} values of {dtype} "
+            f"(data up to byte {need:,}), the file has {size:,} bytes"
+        )
+    return _Header(tuple(shape), dtype, offset)
+
+
+def _plan_array(src: DataFile, h: _Header, opts: DataOptions) -> Split:
+    n = math.prod(h.shape)
+    per = n if opts.chunk_size == 0 else max(1, opts.chunk_size // h.dtype.itemsize)
+    parts = [
+        ArrayPart(src.path, h.offset, h.dtype.str, lo, min(n, lo + per), opts.bins)
+        for lo in range(0, n, max(per, 1))
+    ]
+    info = {
+        "kind": "array",
+        "format": "npz" if src.member else "npy",
+        "dtype": str(h.dtype),
+        "shape": list(h.shape),
+    }
+    return Split(parts, functools.partial(merge_array, info, exp_floor_of(h.dtype)))
+
+
+def _plan_npz(src: DataFile, opts: DataOptions) -> Split:
+    if src.member is None:
+        raise DataError(f"{src.rel}: an .npz file is planned per member")
+    where = f"{src.rel}:{src.member.removesuffix('.npy')}"
+    try:
+        with zipfile.ZipFile(src.path) as zf:
+            info = zf.getinfo(src.member)
+            if info.compress_type != zipfile.ZIP_STORED:
+                with zf.open(info) as member:
+                    h = _npy_header(member, 0, info.file_size, where)  # type: ignore[arg-type]
+                meta = {"kind": "array", "format": "npz", "dtype": str(h.dtype)}
+                floor = exp_floor_of(h.dtype)
+                merge = functools.partial(merge_array, {**meta, "shape": list(h.shape)}, floor)
+                return Split([ZipMemberPart(src.path, src.member, opts.bins)], merge)
+        with open(src.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(info.header_offset)
+            fields = _ZIP_LOCAL_HEADER.unpack(f.read(_ZIP_LOCAL_HEADER.size))
+            base = info.header_offset + _ZIP_LOCAL_HEADER.size + fields[10] + fields[11]
+            h = _npy_header(f, base, min(size, base + info.file_size), where)
+    except (zipfile.BadZipFile, KeyError, struct.error) as exc:
+        raise DataError(f"{where}: unreadable zip entry: {exc}") from exc
+    return _plan_array(src, h, opts)
+
+
+def _plan_csv(src: DataFile, opts: DataOptions, suffix: str) -> Split:
+    with open(src.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        sample = f.read(SAMPLE_BYTES)
+    if not sample.strip():
+        raise DataError(f"{src.rel}: empty file: no header line")
+    end = sample.find(b"\n")
+    header_bytes = sample if end < 0 else sample[:end]
+    data_start = len(sample) if end < 0 else end + 1
+    header = header_bytes.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace").rstrip("\r")
+    delimiter = opts.delimiter or ("\t" if suffix == ".tsv" else _sniff(header))
+    names = _unique(next(csv.reader([header], delimiter=delimiter)))
+    if opts.columns:
+        missing = [c for c in opts.columns if c not in names]
+        if missing:
+            raise DataError(
+                f"{src.rel}: no column(s) {missing} in the header (line 1): {list(names)}"
+            )
+        numeric: tuple[str, ...] = tuple(opts.columns)
+        other: tuple[str, ...] = ()
+    else:
+        body = sample[data_start:]
+        if len(sample) == SAMPLE_BYTES:  # cut at the last whole line
+            body = body[: body.rfind(b"\n") + 1]
+        numeric, other = _classify(body, names, delimiter)
+    step = size if opts.chunk_size == 0 else max(opts.chunk_size, 1)
+    parts = (
+        CsvPart(
+            src.path,
+            lo,
+            min(size, lo + step),
+            data_start,
+            names,
+            numeric,
+            other,
+            delimiter,
+            opts.bins,
+        )
+        for lo in range(data_start, size, step)
+    )
+    info = {"kind": "csv", "delimiter": delimiter, "header": list(names)}
+    return Split(parts, functools.partial(merge_csv, info, numeric, other))
+
+
+def _sniff(header: str) -> str:
+    counts = {d: header.count(d) for d in (",", "\t", ";", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def _unique(names: Sequence[str]) -> tuple[str, ...]:
+    """Header names made unique and non-empty (``a, a, '' -> a, a.1, column_3``)."""
+    out: list[str] = []
+    for i, raw in enumerate(names):
+        name = raw.strip() or f"column_{i + 1}"
+        base, n = name, 1
+        while name in out:
+            name, n = f"{base}.{n}", n + 1
+        out.append(name)
+    return tuple(out)
+
+
+def _classify(
+    body: bytes, names: tuple[str, ...], delimiter: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Numeric columns: pyarrow infers a number type, or at least half of the first 1,000
+    non-missing cells of the sample parse as numbers (a column with a few bad cells)."""
+    import pyarrow as pa
+
+    if not body.strip():
+        return names, ()
+    table, _bad, _first = _read_table(body, names, None, (), delimiter)
+    numeric: list[str] = []
+    other: list[str] = []
+    for name in names:
+        col = table.column(name)
+        t = col.type
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t):
+            numeric.append(name)
+            continue
+        values = [v for v in col.slice(0, 4000).to_pylist() if v is not None][:1000]
+        good = sum(1 for v in values if _is_number(v))
+        (numeric if not values or 2 * good >= len(values) else other).append(name)
+    return tuple(numeric), tuple(other)
+
+
+def _is_number(v: bytes | str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------ crunching
+def crunch_part(part: ArrayPart | ZipMemberPart | CsvPart) -> ArrayStats | CsvPartResult:
+    """Statistics of one part (runs in a process worker)."""
+    if isinstance(part, ArrayPart):
+        return _crunch_array(part)
+    if isinstance(part, ZipMemberPart):
+        return _crunch_zip_member(part)
+    return _crunch_csv(part)
+
+
+def _crunch_array(part: ArrayPart) -> ArrayStats:
+    dtype = np.dtype(part.dtype)
+    n = part.stop - part.start
+    floor = exp_floor_of(dtype)
+    if n == 0:
+        return array_stats(np.empty(0, dtype), max_bins=part.bins, exp_floor=floor)
+    mm = np.memmap(
+        part.path, dtype=dtype, mode="r", offset=part.offset + part.start * dtype.itemsize, shape=n
+    )
+    try:
+        return array_stats(mm, max_bins=part.bins, exp_floor=floor)
+    finally:
+        del mm  # unmapped now: a worker holds one part's pages at a time
+
+
+def _crunch_zip_member(part: ZipMemberPart) -> ArrayStats:
+    with zipfile.ZipFile(part.path) as zf, zf.open(part.member) as f:
+        where = f"{part.path}:{part.member}"
+        info = zf.getinfo(part.member)
+        h = _npy_header(f, 0, info.file_size, where)  # type: ignore[arg-type]
+        floor = exp_floor_of(h.dtype)
+        left = math.prod(h.shape)
+        stats: list[ArrayStats] = []
+        while left:
+            take = min(left, BLOCK)
+            raw = f.read(take * h.dtype.itemsize)
+            if len(raw) != take * h.dtype.itemsize:
+                raise DataError(f"{where}: truncated member data")
+            stats.append(
+                array_stats(np.frombuffer(raw, h.dtype), max_bins=part.bins, exp_floor=floor)
+            )
+            left -= take
+    return merge_all(stats) if stats else array_stats(np.empty(0, h.dtype), max_bins=part.bins)
+
+
+def _lines(path: str, start: int, stop: int, data_start: int) -> bytes:
+    """The bytes of the lines whose first byte lies in ``[start, stop)``."""
+    with open(path, "rb") as f:
+        begin = start
+        if start > data_start:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":  # start is inside a line: it belongs to the part before
+                begin = _next_line(f, start)
+        if begin >= stop:
+            return b""
+        f.seek(begin)
+        data = f.read(stop - begin)
+        if data and not data.endswith(b"\n"):  # finish the last line
+            tail = _next_line(f, stop)
+            f.seek(stop)
+            data += f.read(tail - stop)
+        return data
+
+
+def _next_line(f: BinaryIO, pos: int) -> int:
+    """Offset just after the first newline at or after ``pos`` (the file's end if none)."""
+    f.seek(pos)
+    while True:
+        block = f.read(1 << 16)
+        if not block:
+            return f.tell()
+        i = block.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        pos += len(block)
+
+
+def _read_table(
+    data: bytes,
+    names: tuple[str, ...],
+    numeric: tuple[str, ...] | None,
+    other: tuple[str, ...],
+    delimiter: str,
+) -> tuple[Any, int, int | None]:
+    """pyarrow table of ``data``: ``numeric`` columns as float64, ``other`` ones as bytes (or
+    every column with inferred types when ``numeric`` is None); rows with the wrong number of
+    fields are skipped and counted."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    bad: list[int] = []
+
+    def skip(row: Any) -> str:
+        bad.append(row.number if row.number is not None else -1)
+        return "skip"
+
+    if numeric is None:
+        types, include = {}, list(names)
+    else:
+        types = {n: pa.float64() for n in numeric} | {n: pa.binary() for n in other}
+        include = [*numeric, *other]
+    table = pacsv.read_csv(
+        pa.BufferReader(data),
+        read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types,
+            include_columns=include,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        ),
+    )
+    return table, len(bad), (min(bad) if bad else None)
+
+
+def _crunch_csv(part: CsvPart) -> CsvPartResult:
+    import pyarrow as pa
+
+    data = _lines(part.path, part.start, part.stop, part.data_start)
+    lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    res = CsvPartResult(lines=lines, rows=0, columns={}, non_numeric={})
+    if not data.strip():
+        res.columns = {n: array_stats(np.empty(0), max_bins=part.bins) for n in part.numeric}
+        res.non_numeric = dict.fromkeys(part.other, 0)
+        return res
+    try:
+        table, res.bad_rows, first_row = _read_table(
+            data, part.names, part.numeric, part.other, part.delimiter
+        )
+        columns = {n: table.column(n).to_numpy() for n in part.numeric}
+    except pa.ArrowInvalid as exc:
+        if "conversion error" not in str(exc):
+            raise DataError(
+                f"{part.path}: cannot parse bytes {part.start:,}-{part.stop:,}: {exc}"
+            ) from exc
+        # a cell that is not a number: read the numeric columns as bytes, convert one by one
+        table, res.bad_rows, first_row = _read_table(
+            data, part.names, (), (*part.numeric, *part.other), part.delimiter
+        )
+        columns = {n: _to_floats(n, table.column(n), res) for n in part.numeric}
+    if first_row is not None and res.first_bad is None:
+        res.first_bad = {"line": first_row, "what": "wrong number of fields"}
+    res.rows = table.num_rows
+    res.columns = {
+        n: array_stats(v, max_bins=part.bins, exp_floor=FLOAT_EXP_FLOOR) for n, v in columns.items()
+    }
+    res.non_numeric = {n: len(table.column(n)) - table.column(n).null_count for n in part.other}
+    return res
+
+
+def _to_floats(name: str, col: Any, res: CsvPartResult) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Cells of one column as floats; missing ones NaN; bad ones counted and left out."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return np.asarray(pc.cast(pc.cast(col, pa.string()), pa.float64()).to_numpy())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    out = np.empty(len(col), dtype=np.float64)
+    keep = np.ones(len(col), dtype=bool)
+    bad = 0
+    for i, v in enumerate(col.to_pylist()):
+        if v is None:
+            out[i] = math.nan
+            continue
+        try:
+            out[i] = float(v)
+        except ValueError:
+            keep[i] = False
+            bad += 1
+            if res.first_bad is None:
+                text = v.decode("utf-8", "replace")[:40]
+                res.first_bad = {"row": i, "column": name, "value": text}
+    res.bad_cells[name] = bad
+    return out[keep] if bad else out
+
+
+# ------------------------------------------------------------------------------------ merging
+def merge_array(info: dict[str, Any], exp_floor: int, parts: list[ArrayStats]) -> dict[str, Any]:
+    """One array's record value from its parts' statistics."""
+    stats = merge_all(parts) if parts else array_stats(np.empty(0), exp_floor=exp_floor)
+    return {**info, "chunks": len(parts), "stats": stats.to_dict()}
+
+
+def merge_csv(
+    info: dict[str, Any],
+    numeric: tuple[str, ...],
+    other: tuple[str, ...],
+    parts: list[CsvPartResult],
+) -> dict[str, Any]:
+    """One CSV file's record value: per-column statistics merged over its parts, in order."""
+    columns = {n: merge_all([p.columns[n] for p in parts]).to_dict() for n in numeric}
+    bad_cells = {n: sum(p.bad_cells.get(n, 0) for p in parts) for n in numeric}
+    first_bad = None
+    line = 1  # the header
+    for p in parts:
+        if p.first_bad is not None and first_bad is None:
+            first_bad = dict(p.first_bad)
+            if "row" in first_bad:  # a data row of this part; its line if no row was skipped
+                first_bad["line"] = line + first_bad.pop("row") + 1
+            else:
+                first_bad["line"] += line
+        line += p.lines
+    return {
+        **info,
+        "chunks": len(parts),
+        "rows": sum(p.rows for p in parts),
+        "columns": columns,
+        "non_numeric": {n: sum(p.non_numeric.get(n, 0) for p in parts) for n in other},
+        "bad_cells": {n: c for n, c in bad_cells.items() if c},
+        "bad_rows": sum(p.bad_rows for p in parts),
+        "first_bad": first_bad,
+    }

@@ -1,0 +1,55 @@
+"""The ``process`` command's stage functions: each handles its own kind of value, passes others on.
+
+One pipeline carries images and numeric data files side by side::
+
+    read    SourceFile -> Loaded (bytes)        DataFile -> Split into parts (stages.data.plan)
+    resize  Loaded -> Rendered (decode+resize)  parts pass through
+    crunch  Rendered passes through             part -> partial statistics
+            ... the parts of a data file are merged here, after the resize+crunch group ...
+    write   Rendered -> files + record value    a data file's merged statistics pass through
+
+``resize`` and ``crunch`` are adjacent process stages, so the engine fuses them into one worker
+call: an image's decoded pixels and a chunk's values never cross a process boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import Split
+
+from .data import ArrayPart, CsvPart, DataOptions, ZipMemberPart, crunch_part, plan
+from .files import DEFAULT_MAX_FILE_BYTES, Loaded, read_file
+from .imaging import ResizeOptions
+from .sources import DataFile, SourceFile
+from .thumbs import Rendered, render, write_outputs
+
+__all__ = ["crunch", "read", "resize", "write"]
+
+_PARTS = (ArrayPart, ZipMemberPart, CsvPart)
+
+
+def read(
+    src: SourceFile | DataFile | Loaded,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    data: DataOptions | None = None,
+) -> Loaded | Split:
+    """An image's bytes (size-capped), or a data file's plan (a Split into chunks)."""
+    if isinstance(src, DataFile):
+        return plan(src, data or DataOptions())
+    return read_file(src, max_bytes)
+
+
+def resize(value: Any, options: ResizeOptions) -> Any:
+    """Decode, resize and measure an image; anything else passes through."""
+    return render(value, options) if isinstance(value, Loaded) else value
+
+
+def crunch(value: Any) -> Any:
+    """Statistics of one chunk of a data file; anything else passes through."""
+    return crunch_part(value) if isinstance(value, _PARTS) else value
+
+
+def write(value: Any, root: str) -> Any:
+    """Write an image's outputs; a data file's statistics (a dict) pass through to its record."""
+    return write_outputs(value, root) if isinstance(value, Rendered) else value
