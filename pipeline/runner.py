@@ -279,9 +279,9 @@ class Run:
     async def _split(self, item: Item, st: Stage, outbox: Channel[Item]) -> None:
         """Send the parts of a split item on; they are joined after the next group."""
         split: Split = item.value
-        after = self.channels.index(outbox) + 1  # the outbox of the group that runs the parts
-        deliver = self.channels[after].send if after < len(self.channels) else self._finish
-        join = Join(item, st, split.merge, deliver, attempts=item.attempts)
+        at = self._join_point(self.channels.index(outbox), split.through)
+        deliver = self.channels[at + 1].send if at + 1 < len(self.channels) else self._finish
+        join = Join(item, st, split.merge, self.channels[at], deliver, attempts=item.attempts)
         n = 0
         try:
             for value in split.parts:
@@ -298,6 +298,15 @@ class Run:
         join.expected = n
         if join.complete():  # every part is back already (or there were none)
             await self._merge(join)
+
+    def _join_point(self, first: int, through: str | None) -> int:
+        """Index of the group whose end joins parts that enter group ``first`` (len: the sink)."""
+        if through is None:
+            return first
+        for gi in range(first, len(self.groups)):
+            if any(s.name == through for s in self.groups[gi]):
+                return gi
+        return len(self.groups)
 
     async def _joined(self, part: Item, st: Stage) -> None:
         """A part's result is back: keep it; merge and deliver once the last one is in."""
@@ -434,8 +443,13 @@ class Run:
                 item.value = outcome.value
                 item.attempts = max(item.attempts, outcome.attempts)
                 blocked = time.perf_counter()
-                if item.join is not None:
-                    await self._joined(item, group[-1])
+                if item.join is not None:  # a part of a split item
+                    if item.join.closed:  # its item failed already
+                        continue
+                    if item.join.at is inbox or isinstance(item.value, Split):
+                        await self._joined(item, group[-1])
+                    else:  # more stages to run before the join
+                        await outbox.send(item)
                 elif isinstance(item.value, Split):
                     await self._split(item, group[-1], outbox)
                 else:

@@ -4,7 +4,8 @@ A stage function returns ``Split(parts, merge)`` instead of a plain value when i
 for one call (a 2 GB array cut into 64 MB chunks). The engine then
 
 1. sends each part on as an item of its own, under the same key, through the **next stage** (and
-   the stages fused with it), so the parts spread over all of that stage's workers;
+   the stages fused with it), or through every stage up to and including the one named
+   ``through``, so the parts spread over all of those stages' workers;
 2. collects the parts' results as they come back and, once every part is in, calls
    ``merge(results)`` (results in part order) on the event loop; the merged value continues
    through the rest of the pipeline as the item's value. A split from the last stage is merged
@@ -40,6 +41,7 @@ class Split:
 
     parts: Iterable[Any]
     merge: Callable[[list[Any]], Any]
+    through: str | None = None  # the last stage the parts run through (None: the next one)
 
 
 @dataclass(slots=True, eq=False)
@@ -49,6 +51,7 @@ class Join:
     item: Item  # the item that was split; it carries the merged value on
     stage: Stage  # the stage that split it (named in the record when the merge fails)
     merge: Callable[[list[Any]], Any]
+    at: object  # the inbox of the stage group after which the parts are joined
     deliver: Callable[[Item], Awaitable[None]]  # where the merged item goes next
     results: dict[int, Any] = field(default_factory=dict)
     expected: int | None = None  # known once ``parts`` is exhausted

@@ -36,7 +36,9 @@ def read(
 ) -> Loaded | Split:
     """An image's bytes (size-capped), or a data file's plan (a Split into chunks)."""
     if isinstance(src, DataFile):
-        return plan(src, data or DataOptions())
+        split = plan(src, data or DataOptions())
+        # the parts run through resize (passing) and crunch, fused or not (Dask runs them apart)
+        return Split(split.parts, split.merge, through="crunch")
     return read_file(src, max_bytes)
 
 

@@ -154,13 +154,21 @@ def test_an_unreachable_scheduler_is_a_fatal_run_error(
 # -- against the shared cluster --------------------------------------------------------------------
 @pytest.mark.timeout(180)
 def test_process_matches_the_local_backend(cluster: str, tmp_path: Path) -> None:
+    import numpy as np
+
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "a.npy", np.linspace(-3.0, 7.0, 40_000))
+    np.savez(data / "b.npz", x=np.arange(1000), y=np.eye(5))
+    (data / "t.csv").write_text("a,b\n" + "".join(f"{i},{i * i}\n" for i in range(3000)))
     outs = {}
     for backend in ("local", "dask"):
         out = tmp_path / backend
         cfg = ProcessConfig.from_mapping(
             {
-                "inputs": [str(IMAGES), str(EDGE)],
+                "inputs": [str(IMAGES), str(EDGE), str(data)],
                 "output": str(out),
+                "chunk_size": "64KB",
                 "quiet": True,
                 "backend": backend,
                 **({"scheduler": cluster, "shard_size": 8} if backend == "dask" else {}),
@@ -179,7 +187,7 @@ def test_process_matches_the_local_backend(cluster: str, tmp_path: Path) -> None
             assert rec.get(field) == other.get(field), (key, field)
         if rec["status"] == "ok":
             assert rec["result"] == other["result"], key
-            for o in rec["result"]["outputs"]:
+            for o in rec["result"].get("outputs", []):
                 a, b = outs["local"] / o["path"], outs["dask"] / o["path"]
                 assert a.read_bytes() == b.read_bytes(), o["path"]
     summary = json.loads((outs["dask"] / "summary.json").read_text())
@@ -189,6 +197,8 @@ def test_process_matches_the_local_backend(cluster: str, tmp_path: Path) -> None
     processed = sum(1 for r in dask.values() if r["status"] in ("ok", "failed"))
     assert backend["items"] == processed == sum(w["items"] for w in backend["workers"].values())
     assert summary["counts"] == json.loads((outs["local"] / "summary.json").read_text())["counts"]
+    assert dask["data/a.npy"]["result"]["chunks"] == 5  # 320 kB in 64 kB parts
+    assert dask["data/b.npz:y"]["result"]["stats"]["sum"] == 5.0
 
 
 @pytest.mark.timeout(120)

@@ -173,3 +173,24 @@ def test_parts_are_drawn_lazily_under_backpressure(out: Path) -> None:
     assert len(drawn) == 20_000
     # never more parts drawn ahead of the one being crunched than the channel and lanes hold
     assert max(seen_ahead) <= 4 + 2 * 2 + 2
+
+
+def test_parts_run_through_the_named_stage_before_they_merge(out: Path) -> None:
+    pipe = Pipeline(
+        [
+            stage(functools.partial(_split_through, "second"), kind="thread", name="plan"),
+            stage(fns.range_sum, kind="thread", name="first"),
+            stage(fns.double, kind="thread", name="second"),
+            stage(fns.inc, kind="thread", name="after"),
+        ]
+    )
+    pipe.run([("n", 100), ("z", 0)], output=out, progress=False)
+    recs = by_key(out)
+    # each part is summed then doubled; the merge adds them; "after" runs once on the total
+    assert recs["n"]["result"] == 2 * gauss(100) + 1
+    assert recs["z"]["result"] == 0 + 1  # no parts: merged at once, then "after"
+
+
+def _split_through(through: str, n: int) -> Split:
+    inner = fns.split_range(n, 5)
+    return Split(inner.parts, fns.sum_parts, through=through)
