@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-INPUT ?= sample_data/images
+INPUT ?= sample_data/images sample_data/data
 OUTPUT ?= out
 URLS ?=
 ARGS ?=
@@ -27,7 +27,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed ## Create .venv (if missing) and install the package
 	@echo "installed into $(VENV)"
 
-process: $(VENV)/.installed ## Process INPUT="dir1 dir2" (default sample_data/images) [URLS=list.txt] into OUTPUT=out
+process: $(VENV)/.installed ## Process INPUT="dir1 dir2" (default sample_data/images sample_data/data) [URLS=list.txt] into OUTPUT=out
 	$(PY) -m pipeline process $(INPUT) $(if $(URLS),--urls $(URLS)) --output $(OUTPUT) $(ARGS)
 
 demo-download: $(VENV)/.installed ## Serve sample_data/images on 127.0.0.1 and process it by URL into out/download

@@ -14,6 +14,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -309,6 +310,32 @@ def make_edge() -> dict[str, bytes]:
     return files
 
 
+def make_data() -> dict[str, bytes]:
+    """Numeric data files: an .npy, an .npz with two arrays and a CSV with the usual blemishes."""
+    rng = np.random.default_rng(21)
+    files: dict[str, bytes] = {}
+
+    def npy(a: npt.NDArray[Any]) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    grid = rng.normal(15.0, 4.0, (120, 160)).astype(np.float32)
+    grid[10, 10:14] = np.nan  # four missing readings
+    files["temperature_grid.npy"] = npy(grid)
+    buf = io.BytesIO()
+    np.savez(buf, counts=rng.poisson(7.0, 5000), weights=rng.random((50, 40)))
+    files["arrays.npz"] = buf.getvalue()
+    lines = ["station,temp_c,load_kw,note"]
+    for i in range(1000):
+        temp = f"{rng.normal(12.0, 5.0):.2f}" if i % 97 else ""  # a few missing
+        note = '"ok, checked"' if i % 10 == 0 else "ok"
+        lines.append(f"s{i % 17},{temp},{rng.gamma(2.0, 3.0):.3f},{note}")
+    lines[500] = "s3,n/a?,4.2,typo in temp_c"  # a bad cell: counted, not fatal
+    files["sensors.csv"] = ("\n".join(lines) + "\n").encode()
+    return files
+
+
 def _check(files: dict[str, bytes]) -> None:
     """Sanity checks that the generated edge cases are what their names say."""
     correct = oriented_pattern()
@@ -339,12 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="target folder (default: here)")
     args = parser.parse_args(argv)
-    images, edge = make_images(), make_edge()
+    images, edge, data = make_images(), make_edge(), make_data()
     _check(edge)
     n_images = write(args.out / "images", images)
     n_edge = write(args.out / "edge", edge)
+    n_data = write(args.out / "data", data)
     print(f"images/: {len(images)} files, {n_images / 1e6:.2f} MB")
     print(f"edge/:   {len(edge)} files, {n_edge / 1e6:.2f} MB")
+    print(f"data/:   {len(data)} files, {n_data / 1e6:.2f} MB")
     return 0
 
 

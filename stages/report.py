@@ -21,6 +21,8 @@ from urllib.parse import quote
 
 from pipeline import atomic_write_text, read_manifest
 
+from .data import is_data_result
+
 __all__ = ["MAX_TILES", "REPORT", "write_report"]
 
 REPORT = "report.html"
@@ -30,6 +32,8 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 W, H, PAD = 720, 240, 40
 
 CSS = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+svg.hist rect{fill:#4c78a8}
+#data td{padding:1px 6px;font-variant-numeric:tabular-nums}
 .banner{background:#fde2e1;border:1px solid #d62728;padding:.6em;margin:.6em 0}
 .sheet,.group{display:flex;flex-wrap:wrap;gap:8px}
 figure{margin:0;width:168px;border:1px solid #ddd;padding:4px;overflow-wrap:anywhere;font-size:11px}
@@ -62,7 +66,9 @@ def write_report(folder: Path) -> Path:
     sheet, thumbs = _contact_sheet(folder / "manifest.jsonl", wanted)
     title = f"<h1>Run report {_e(summary.get('run', ''))}</h1>"
     charts = _charts(summary.get("timeline") or {})
-    body = [title, _totals(summary), sheet, charts, _advice(summary), _duplicates(groups, thumbs)]
+    data = _data_table(folder / "manifest.jsonl")
+    body = [title, _totals(summary), sheet, data, charts, _advice(summary)]
+    body.append(_duplicates(groups, thumbs))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e('pixpipe report ' + str(summary.get('run', '')))}</title>"
@@ -173,6 +179,8 @@ def _contact_sheet(manifest: Path, wanted: set[str]) -> tuple[str, dict[str, Map
     records: Iterable[dict[str, Any]] = read_manifest(manifest) if manifest.exists() else ()
     for rec in records:
         status, key = rec.get("status"), str(rec.get("key", ""))
+        if is_data_result(rec.get("result")):
+            continue  # in the data table
         out = _smallest(rec) if status == "ok" else None
         if out is not None and key in wanted:
             thumbs[key] = out
@@ -195,6 +203,77 @@ def _contact_sheet(manifest: Path, wanted: set[str]) -> tuple[str, dict[str, Map
         parts.append(f"<details><summary>Skipped / cancelled: {len(other) + left_other}</summary>")
         parts.append(f'<ul id="skipped">{"".join(other)}{more}</ul></details>')
     return "\n".join(parts), thumbs
+
+
+# -- numeric data files --------------------------------------------------------------------------
+def _data_table(manifest: Path) -> str:
+    """One row per array or CSV column of the data files: the figures and a histogram."""
+    rows: list[str] = []
+    left = 0
+    records: Iterable[dict[str, Any]] = read_manifest(manifest) if manifest.exists() else ()
+    for rec in records:
+        v = rec.get("result")
+        if rec.get("status") not in ("ok", "skipped") or not is_data_result(v):
+            continue
+        assert isinstance(v, dict)
+        if v["kind"] == "array":
+            cols = [(f"{v.get('dtype', '')} {'x'.join(map(str, v.get('shape', [])))}", v["stats"])]
+        else:
+            cols = list(v.get("columns", {}).items())
+        bad = v.get("bad_cells", {}) if v["kind"] == "csv" else {}
+        for name, st in cols:
+            if len(rows) >= MAX_TILES:
+                left += 1
+                continue
+            figures = "".join(
+                f"<td>{_fmt(st.get(k))}</td>"
+                for k in ("count", "missing", "mean", "std", "min", "max")
+            )
+            rows.append(
+                f"<tr><td>{_e(rec.get('key', ''))}</td><td>{_e(name)}</td>{figures}"
+                f"<td>{_e(bad.get(name, 0))}</td><td>{_bars(st.get('histogram'))}</td></tr>"
+            )
+    if not rows:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("input", "array / column", "count", "missing", "mean", "std", "min", "max")
+    )
+    parts = [
+        '<h2>Data files</h2><table id="data">',
+        f"<tr>{head}<th>bad cells</th><th>histogram</th></tr>",
+        *rows,
+        "</table>",
+    ]
+    if left:
+        parts.append(f'<p class="note">{left} more row(s) in data_stats.csv.</p>')
+    return "\n".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return _e(f"{value:.6g}")
+    return _e("" if value is None else value)
+
+
+def _bars(hist: Any) -> str:
+    """A small inline SVG of a histogram's counts (the bin edges in its title)."""
+    if not isinstance(hist, dict) or not hist.get("counts"):
+        return ""
+    counts = [_num(c) for c in hist["counts"]]
+    top = max(counts) or 1.0
+    w = 2.0
+    bars = "".join(
+        f'<rect x="{i * w:.0f}" y="{20 - 20 * c / top:.1f}" width="{w - 0.2:.1f}" '
+        f'height="{20 * c / top:.1f}"/>'
+        for i, c in enumerate(counts)
+    )
+    low, width = _num(hist.get("low")), _num(hist.get("width"))
+    title = f"{len(counts)} bins of {width:g} from {low:g}"
+    return (
+        f'<svg class="hist" width="{len(counts) * w:.0f}" height="20" role="img">'
+        f"<title>{_e(title)}</title>{bars}</svg>"
+    )
 
 
 # -- charts --------------------------------------------------------------------------------------

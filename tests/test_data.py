@@ -289,6 +289,8 @@ def test_process_runs_data_files_in_chunks_with_one_record_each(
     assert both["files"] == 2
     together = np.concatenate([np.load(data_dir / "big.npy"), np.load(data_dir / "big2.npy")])
     check_against_numpy(both["stats"], together)
+    report = (out / "report.html").read_text()
+    assert '<table id="data">' in report and "<td>table.csv</td><td>b</td>" in report
     table = (out / "data_stats.csv").read_text().splitlines()
     assert table[0].startswith("key,column,count")
     assert any(r.startswith("table.csv,b,") for r in table)
@@ -321,3 +323,20 @@ def test_data_files_inside_a_zip_that_is_not_one(tmp_path: Path) -> None:
     run_process(ProcessConfig(inputs=(str(d),), output=str(out), quiet=True))
     rec = by_key(out)["odd.npz"]
     assert rec["status"] == "skipped" and "no arrays" in rec["reason"]
+
+
+def test_sample_data_becomes_what_its_readme_says(tmp_path: Path) -> None:
+    data = Path(__file__).resolve().parent.parent / "sample_data" / "data"
+    out = tmp_path / "out"
+    result = run_process(ProcessConfig(inputs=(str(data),), output=str(out), quiet=True))
+    assert result.counts == {"ok": 4}
+    recs = by_key(out)
+    grid = recs["temperature_grid.npy"]["result"]["stats"]
+    assert (grid["count"], grid["missing"]) == (19196, 4)
+    assert recs["arrays.npz:weights"]["result"]["shape"] == [50, 40]
+    assert recs["arrays.npz:counts"]["result"]["stats"]["count"] == 5000
+    sensors = recs["sensors.csv"]["result"]
+    temp = sensors["columns"]["temp_c"]
+    assert (temp["count"], temp["missing"]) == (988, 11)
+    assert sensors["bad_cells"] == {"temp_c": 1} and sensors["first_bad"]["line"] == 501
+    assert sensors["non_numeric"] == {"station": 1000, "note": 1000}
