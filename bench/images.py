@@ -104,6 +104,7 @@ class Case:
     files: list[Path]
     folder: Path  # holds exactly ``files`` (the input of ``process``)
     size: tuple[int, int]
+    fixed: list[float] = field(default_factory=list)  # walls of ``process`` over one image
 
     @property
     def megapixels(self) -> float:
@@ -300,6 +301,15 @@ def run_set(name: str, count: int, runs: int, cores: int) -> tuple[Case, list[Me
                 shutil.rmtree(out, ignore_errors=True)
         done = ", ".join(f"{m.key} {m.walls[-1]:.1f}s" for m in found)
         print(f"bench.images: {name} run {r + 1}/{runs}: {done}", file=sys.stderr, flush=True)
+    # the fixed cost of a run (interpreter and worker start-up, the end-of-run exports): one
+    # image, so that the rest of process's wall time can be read as per-image throughput
+    one = Case(name, files[:1], _subset_folder(name, files[:1]), case.size)
+    for _ in range(runs):
+        out = Path(tempfile.mkdtemp(prefix=f"{name}-P1-", dir=_TMP))
+        try:
+            case.fixed.append(_run_process(one, out, cores))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
     return case, found
 
 
@@ -350,6 +360,16 @@ def table(case: Case, found: list[Method]) -> list[str]:
         )
     spread = "; ".join(f"{m.key} " + "/".join(f"{x:.1f}" for x in m.walls) for m in found)
     lines += ["", f"Wall seconds per run: {spread}."]
+    if case.fixed and n > 1:
+        fixed = statistics.median(case.fixed)
+        per_image = (by["P"].wall - fixed) / (n - 1)
+        cores = os.cpu_count() or 1
+        lines.append(
+            f"process over a single image takes {fixed:.2f} s (start-up and end-of-run work, "
+            f"median of {len(case.fixed)}); the other {n - 1} images add "
+            f"{1000 * per_image:.1f} ms of wall time each, i.e. {1000 * per_image * cores:.0f} ms "
+            f"of a core with {cores} cores busy."
+        )
     lines += [f"{x}." for x in dict.fromkeys(notes)]
     proc = by["P"]
     if case.name == "12mp":

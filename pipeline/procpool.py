@@ -16,8 +16,22 @@ SIGINT (the parent owns shutdown) and are daemonic, so none outlives the parent.
 worker in small batches and outcomes come back in batches flushed at least every
 ``FLUSH_INTERVAL`` seconds, so an item a crash could lose is at most that much work old.
 
+Start-up: a lane created on a running event loop starts its worker at once (a task), so the
+worker is up before the first item arrives; without a running loop it starts at its first batch.
+Before the first worker starts, the forkserver is told to preload the modules of the steps'
+functions (and of their arguments) and this module, so each worker is a fork of a process that
+already imported them instead of importing them itself on its first item. The forkserver is
+process-global and starts once: modules of pipelines built after it started are imported by
+their workers as before. A preloaded module that fails to import with ``ImportError`` is skipped
+by the forkserver; one that fails otherwise kills the forkserver, and the lane then starts its
+worker again with the preload list as it was before (see :func:`_spawn`).
+
 Wire protocol (``Connection.send_bytes`` of pickles, protocol 5):
-parent → worker ``(seq, [value, ...])`` or ``None`` to exit;
+parent → worker ``(seq, n, pickled_values)`` followed by ``n`` raw messages, or ``None`` to
+exit. ``pickled_values`` is the pickle of ``[value, ...]`` in which every ``bytes`` object of at
+least ``OUT_OF_BAND_BYTES`` is a persistent id ``i`` standing for the ``i``-th raw message: big
+payloads (file contents) are written from and read into their own buffers, never copied into
+and out of a pickle stream.
 worker → parent ``(seq, [(index, Outcome), ...])``.
 """
 
@@ -25,15 +39,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.machinery
+import io
 import logging
 import math
 import multiprocessing as mp
 import multiprocessing.connection as mpc
+import multiprocessing.forkserver as mp_forkserver
 import os
 import pickle
 import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from typing import Any
 
 from .calls import (
@@ -51,12 +71,19 @@ from .errors import Unpicklable, WorkerCrashed
 from .lanes import LaneResult, min_timeout, timeout_outcome, watch
 from .records import Item
 
-__all__ = ["ProcessLane", "mp_context"]
+__all__ = ["ProcessLane", "mp_context", "preload_modules"]
 
 log = logging.getLogger(__name__)
 
 #: Outcomes are flushed to the parent at least this often while a batch runs (seconds).
 FLUSH_INTERVAL = 0.005
+
+#: ``bytes`` values at least this long travel to the worker as raw messages of their own.
+OUT_OF_BAND_BYTES = 64 * 1024
+
+#: How long a lane retries starting its worker while a forkserver broken by a preloaded module
+#: is replaced (seconds).
+RESTART_WAIT = 5.0
 
 
 def mp_context() -> Any:
@@ -64,15 +91,171 @@ def mp_context() -> Any:
     return mp.get_context("forkserver")
 
 
+# -- forkserver preload ----------------------------------------------------------------------
+
+_preload_lock = threading.Lock()
+_preload_before: list[str] | None = None  # the forkserver's preload list before we extended it
+_preload_dropped = False  # a preloaded module broke the forkserver: never extend the list again
+
+
+def _module_of(obj: Any) -> str | None:
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    name = getattr(obj, "__module__", None)
+    return name if isinstance(name, str) else None
+
+
+def preload_modules(steps: Sequence[Step]) -> list[str]:
+    """Modules a worker of ``steps`` imports: this one, the functions' and their arguments'.
+
+    Only modules the parent has already imported are named (they import cleanly here, so they
+    almost certainly do in the forkserver), never ``__main__`` nor builtins, and only those the
+    forkserver would load from the same file (see :func:`_same_file_in_forkserver`).
+    """
+    names: list[str] = []
+    candidates: list[Any] = [_worker_main]
+    for step in steps:
+        candidates.append(step.fn)
+        candidates.extend(type(a) for a in step.args)
+        candidates.extend(type(v) for v in step.kwargs.values())
+    for obj in candidates:
+        name = _module_of(obj)
+        if name is None or name in names or name in ("__main__", "builtins"):
+            continue
+        if name in sys.modules and _same_file_in_forkserver(name):
+            names.append(name)
+    return names
+
+
+def _same_file_in_forkserver(name: str) -> bool:
+    """Whether the forkserver would import ``name``'s package from where the parent did.
+
+    The forkserver is a ``python -c`` process: it searches its working directory first and, on
+    Python < 3.13, ignores the parent's ``sys.path`` while preloading. A package of the same
+    name there (another checkout, say) would otherwise be preloaded in place of the parent's.
+    """
+    top = name.partition(".")[0]
+    origin = getattr(getattr(sys.modules.get(top), "__spec__", None), "origin", None)
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd(), *sys.path[1:]])
+    except (ImportError, ValueError, OSError):
+        return False
+    return spec is None or spec.origin == origin
+
+
+def _current_preload() -> list[str]:
+    server = getattr(mp_forkserver, "_forkserver", None)
+    current = getattr(server, "_preload_modules", None)  # no public getter
+    return list(current) if isinstance(current, list) else ["__main__"]
+
+
+def _request_preload(names: Iterable[str]) -> None:
+    """Add ``names`` to the forkserver's preload list (used when the forkserver next starts)."""
+    global _preload_before
+    with _preload_lock:
+        if _preload_dropped:
+            return
+        current = _current_preload()
+        wanted = current + [n for n in names if n not in current]
+        if wanted != current:
+            if _preload_before is None:
+                _preload_before = current
+            mp_forkserver.set_forkserver_preload(wanted)
+
+
+def _drop_preload() -> bool:
+    """Put the preload list back as it was before we extended it.
+
+    True when a preload list of ours may be what broke the forkserver (now or in another lane's
+    start a moment ago), i.e. when starting again is worth it.
+    """
+    global _preload_before, _preload_dropped
+    with _preload_lock:
+        if _preload_before is not None:
+            mp_forkserver.set_forkserver_preload(_preload_before)
+            _preload_before = None
+            _preload_dropped = True
+            log.warning("the forkserver died importing its preload list; starting without them")
+        return _preload_dropped
+
+
+def _spawn(proc: Any) -> None:
+    """``proc.start()``; if the forkserver died (a preloaded module raised), retry without it.
+
+    A forkserver that dies while importing its preload list makes ``start`` fail with EOFError
+    or ConnectionRefusedError; ``ensure_running`` launches a new one once the old one has exited
+    (several lanes may be starting at once: each retries until then).
+    """
+    try:
+        proc.start()
+        return
+    except (EOFError, OSError):
+        if not _drop_preload():
+            raise
+    deadline = time.monotonic() + RESTART_WAIT
+    while True:
+        try:
+            proc.start()
+            return
+        except (EOFError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# -- the wire --------------------------------------------------------------------------------
+
+
+class _OutOfBandPickler(pickle.Pickler):
+    """Pickles with big ``bytes`` objects left out, as persistent ids into ``buffers``."""
+
+    def __init__(self, file: io.BytesIO, buffers: list[bytes]) -> None:
+        super().__init__(file, protocol=5)
+        self.buffers = buffers
+
+    def persistent_id(self, obj: Any) -> int | None:
+        if type(obj) is bytes and len(obj) >= OUT_OF_BAND_BYTES:
+            self.buffers.append(obj)
+            return len(self.buffers) - 1
+        return None
+
+
+class _OutOfBandUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, buffers: Sequence[bytes]) -> None:
+        super().__init__(file)
+        self.buffers = buffers
+
+    def persistent_load(self, pid: Any) -> bytes:
+        buffer: bytes = self.buffers[int(pid)]
+        return buffer
+
+
+def _dumps_values(values: Any) -> tuple[bytes, list[bytes]]:
+    buffers: list[bytes] = []
+    out = io.BytesIO()
+    _OutOfBandPickler(out, buffers).dump(values)
+    return out.getvalue(), buffers
+
+
+def _recv_values(conn: mpc.Connection) -> tuple[int, list[Any]] | None:
+    """One parent → worker message (see the module docstring); None means exit."""
+    message = pickle.loads(conn.recv_bytes())
+    if message is None:
+        return None
+    seq, n, pickled = message
+    buffers = [conn.recv_bytes() for _ in range(n)]
+    values: list[Any] = _OutOfBandUnpickler(io.BytesIO(pickled), buffers).load()
+    return seq, values
+
+
 def _worker_main(conn: mpc.Connection, steps: Sequence[Step], slot: MutableSequence[float]) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
-            raw = conn.recv_bytes()
+            message = _recv_values(conn)
         except (EOFError, OSError):
             return
-        message = pickle.loads(raw)
         if message is None:
             return
         seq, values = message
@@ -122,11 +305,12 @@ def _pack_outcomes(seq: int, pending: list[tuple[int, Outcome]], steps: Sequence
 
 def _pack_values(
     steps: Sequence[Step], seq: int, batch: Sequence[Item]
-) -> tuple[bytes | None, dict[int, Outcome]]:
-    """Pickle the batch's values; items that cannot be pickled fail here, in the parent."""
+) -> tuple[list[bytes] | None, dict[int, Outcome]]:
+    """The batch's messages; items that cannot be pickled fail here, in the parent."""
     values = [it.value for it in batch]
     try:
-        return pickle.dumps((seq, values), protocol=5), {}
+        pickled, buffers = _dumps_values(values)
+        return [pickle.dumps((seq, len(buffers), pickled), protocol=5), *buffers], {}
     except Exception:
         pass
     bad: dict[int, Outcome] = {}
@@ -148,7 +332,7 @@ def _pack_values(
 
 
 class ProcessLane:
-    """One worker process; restarted after a crash or a timeout kill."""
+    """One worker process; started with the lane, restarted after a crash or a timeout kill."""
 
     def __init__(self, steps: Sequence[Step], *, on_crash: Callable[[str], None]) -> None:
         self.steps = tuple(steps)
@@ -164,6 +348,14 @@ class ProcessLane:
         self._expected = 0
         self._dead = False
         self.started = 0
+        _request_preload(preload_modules(self.steps))
+        self._sending: asyncio.Future[None] | None = None  # the last batch's write
+        self._starting: asyncio.Task[None] | None = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop yet: the worker starts with the first batch
+            return
+        self._starting = loop.create_task(self._start(), name="pipeline-worker-start")
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def _start(self) -> None:
@@ -175,13 +367,37 @@ class ProcessLane:
         proc = self._ctx.Process(
             target=_worker_main, args=(child, self.steps, slot), daemon=True, name="pipeline-worker"
         )
-        await loop.run_in_executor(None, proc.start)
+        starting = loop.run_in_executor(None, _spawn, proc)
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # the start goes on in its thread: stop that worker as soon as it is up
+            def discard(fut: asyncio.Future[None]) -> None:
+                _retrieve(fut)
+                _discard(proc, parent, child)
+
+            starting.add_done_callback(discard)
+            raise
+        except BaseException:
+            parent.close()
+            child.close()
+            raise
         child.close()
         self._proc, self._conn, self._slot = proc, parent, slot
         self._dead = False
         self.started += 1
         loop.add_reader(parent.fileno(), self._on_readable)
         loop.add_reader(proc.sentinel, self._on_readable, True)
+
+    async def _started(self) -> None:
+        """Wait for an eager start in progress (not cancelled if the caller is)."""
+        starting = self._starting
+        if starting is None:
+            return
+        await asyncio.wait({starting})
+        self._starting = None
+        if not starting.cancelled() and starting.exception() is not None:
+            log.debug("worker start failed: %r", starting.exception())
 
     def _detach(self) -> None:
         loop = asyncio.get_running_loop()
@@ -219,6 +435,13 @@ class ProcessLane:
         return f"worker pid {proc.pid} exited with code {code}"
 
     async def close(self, *, graceful: bool) -> None:
+        await self._started()  # a worker still starting is stopped once it is up
+        sending = self._sending
+        if sending is not None and not sending.done():  # never close the pipe under a write
+            await asyncio.wait({sending}, timeout=2.0)
+            if not sending.done():  # a worker that does not read: killing it ends the write
+                self._kill()
+                await asyncio.wait({sending}, timeout=5.0)
         proc, conn = self._proc, self._conn
         if proc is None or conn is None:
             return
@@ -262,11 +485,12 @@ class ProcessLane:
     async def run(self, batch: Sequence[Item]) -> LaneResult:
         self._seq += 1
         seq = self._seq
-        payload, bad = _pack_values(self.steps, seq, batch)
-        if payload is None:
+        messages, bad = _pack_values(self.steps, seq, batch)
+        if messages is None:
             done = [(batch[i], out) for i, out in bad.items()]
             again = [it for i, it in enumerate(batch) if i not in bad]
             return done, again
+        await self._started()
         if self._proc is None or self._dead:
             if self._proc is not None:
                 self._reap()
@@ -278,8 +502,12 @@ class ProcessLane:
         self._waiter = waiter = loop.create_future()
         late: tuple[int, int] | None = None
         try:
+            # a batch can be megabytes of file contents: write it from a thread, so the loop
+            # (other lanes' outcomes, the watchdogs) never waits for this worker to read it
+            self._sending = sending = loop.run_in_executor(None, _send_all, self._conn, messages)
+            sending.add_done_callback(_retrieve)  # also when we are cancelled meanwhile
             try:
-                self._conn.send_bytes(payload)
+                await sending
             except OSError:
                 self._dead = True
                 waiter.set_result(None)
@@ -324,3 +552,23 @@ class ProcessLane:
             self._on_crash(f"{how} before starting its batch")
         again = [it for i, it in enumerate(batch) if i not in received and i != index]
         return done, again
+
+
+def _send_all(conn: mpc.Connection, messages: Sequence[bytes]) -> None:
+    for message in messages:
+        conn.send_bytes(message)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a send's error retrieved (a worker killed meanwhile makes the write fail)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _discard(proc: Any, *conns: mpc.Connection) -> None:
+    """Stop a worker whose lane gave up on it while it was starting."""
+    for conn in conns:
+        conn.close()
+    if proc.pid is not None and proc.exitcode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)

@@ -351,7 +351,13 @@ class Run:
             batcher = Batcher(max_batch=max_batch, share=math.ceil(inbox.capacity / len(lanes)))
         cap = len(lanes)
         if self.opts.autoscale and self.backend is None:
-            lanes = lanes[: start_workers(kind, cap)]
+            keep = start_workers(kind, cap)
+            # process lanes start their worker when created: stop those not used now
+            # (the autoscaler grows through _extra_lane, which makes new lanes)
+            await asyncio.gather(
+                *(lane.close(graceful=True) for lane in lanes[keep:]), return_exceptions=True
+            )
+            lanes = lanes[:keep]
         live: list[Lane] = []
         tasks: set[asyncio.Task[None]] = set()
         grown = asyncio.Event()

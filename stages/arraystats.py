@@ -276,7 +276,8 @@ def _block_stats_raw(x: npt.NDArray[np.float64], max_bins: int, floor: int) -> A
     start = _floor_scaled(lo, exp)
     scale = math.ldexp(1.0, -exp)
     dev = x - mean
-    m2 = float(np.dot(dev, dev))
+    np.square(dev, out=dev)  # not np.dot: BLAS threads would spin on the other workers' cores
+    m2 = float(dev.sum())
     # bin index: x·2**-exp is exact (a power-of-two scale) and its floor an exact integer below
     # 2**53; the start is subtracted in integers (as floats, 1 - 1e-25 would round to 1)
     np.multiply(x, scale, out=dev)

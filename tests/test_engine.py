@@ -6,7 +6,11 @@ import asyncio
 import functools
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -346,3 +350,143 @@ def test_a_stage_context_is_opened_once_and_passed_to_every_call() -> None:
     assert (fns.Session.opened, fns.Session.closed) == (1, 1)
     with pytest.raises(DefinitionError, match="context"):
         stage(fns.double, kind="process", context=fns.Session)
+
+
+# --------------------------------------------------------------------------- worker start-up
+
+#: pid of the process that imported this module: a worker forked from a forkserver that
+#: preloaded the module inherits the forkserver's pid here instead of its own
+IMPORTED_IN = os.getpid()
+
+
+def imported_in(x: int) -> tuple[int, int]:
+    return IMPORTED_IN, os.getpid()
+
+
+def test_process_lane_starts_its_worker_before_the_first_item() -> None:
+    from pipeline.calls import steps_of
+    from pipeline.procpool import ProcessLane
+    from pipeline.records import Item
+
+    async def main() -> None:
+        lane = ProcessLane(steps_of([stage(fns.double, kind="process")]), on_crash=print)
+        try:
+            for _ in range(600):  # up to 30 s on a loaded machine
+                if lane.started:
+                    break
+                await asyncio.sleep(0.05)
+            assert lane.started == 1  # no item was sent
+            done, again = await lane.run([Item("k", 21)])
+            assert [out.value for _, out in done] == [42] and again == []
+            assert lane.started == 1  # the eagerly started worker ran it
+        finally:
+            await lane.close(graceful=True)
+
+    asyncio.run(main())
+
+
+def _forkserver_children() -> list[Any]:
+    import psutil
+
+    return [
+        worker
+        for server in psutil.Process(os.getpid()).children()
+        if "forkserver" in " ".join(server.cmdline())
+        for worker in server.children()
+    ]
+
+
+def test_lane_closed_while_its_worker_is_starting_leaves_no_process() -> None:
+    from pipeline.calls import steps_of
+    from pipeline.procpool import ProcessLane
+
+    async def main() -> None:
+        lane = ProcessLane(steps_of([stage(fns.double, kind="process")]), on_crash=print)
+        await lane.close(graceful=True)  # at once: the start is still in progress
+        assert lane.started == 1  # close waited for it, then stopped that worker
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 10
+    while _forkserver_children() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the forkserver reaps its exited children on SIGCHLD
+    assert _forkserver_children() == []
+
+
+def test_preload_names_the_stage_modules() -> None:
+    from pipeline.calls import steps_of
+    from pipeline.procpool import preload_modules
+
+    steps = steps_of(
+        [
+            stage(fns.double, kind="process"),
+            stage(functools.partial(imported_in), kind="process", name="p"),
+        ]
+    )
+    assert preload_modules(steps) == ["pipeline.procpool", "tests.fns", "tests.test_engine"]
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+_PRELOAD_SCRIPT = """
+import json
+from pipeline import Pipeline, stage
+{imports}
+recs = list(Pipeline([stage({fn}, kind="process", workers=2)]).iter([("a", 1), ("b", 2)]))
+print(json.dumps(sorted([r.status, r.value] for r in recs)))
+"""
+
+
+def _run_script(cwd: Path, imports: str, fn: str) -> subprocess.CompletedProcess[str]:
+    # A fresh interpreter: the forkserver is global and starts once per parent process. It
+    # imports its preload list with the sys.path of ``python -c`` (the working directory first).
+    code = _PRELOAD_SCRIPT.format(imports=imports, fn=fn)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_workers_are_forked_from_a_forkserver_that_preloaded_the_stage_module() -> None:
+    done = _run_script(_ROOT, "from tests.test_engine import imported_in", "imported_in")
+    assert done.returncode == 0, done.stderr
+    recs = json.loads(done.stdout)
+    assert [status for status, _ in recs] == ["ok", "ok"]
+    for _, (imported, worker) in recs:
+        assert imported != worker  # imported once, in the forkserver, before the fork
+
+
+_TOUCHY = """
+import multiprocessing, os
+# Imports in the test's parent and in workers (while they unpickle their task), but raises
+# something else than ImportError in the forkserver's preload, which only catches that.
+if os.environ.get("TOUCHY_PARENT") != str(os.getpid()) and not getattr(
+    multiprocessing.current_process(), "_inheriting", False
+):
+    raise RuntimeError("touchy refuses to be preloaded")
+
+def triple(x):
+    return 3 * x
+"""
+
+
+def test_a_module_that_breaks_the_forkserver_preload_breaks_nothing(tmp_path: Path) -> None:
+    (tmp_path / "touchy.py").write_text(_TOUCHY)
+    imports = "import os; os.environ['TOUCHY_PARENT'] = str(os.getpid()); import touchy"
+    done = _run_script(tmp_path, imports, "touchy.triple")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["ok", 3], ["ok", 6]]
+    assert "touchy refuses to be preloaded" in done.stderr  # the forkserver's traceback
+    assert "starting without them" in done.stderr  # and the lane's warning
+
+
+def test_preload_skips_a_module_the_forkserver_would_take_from_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.calls import steps_of
+    from pipeline.procpool import preload_modules
+
+    # the forkserver searches its working directory first: a ``tests`` package there would
+    # shadow ours, so ``tests.fns`` must not be preloaded (its workers import it as before)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert "tests.fns" not in preload_modules(steps_of([stage(fns.double, kind="process")]))

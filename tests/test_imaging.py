@@ -615,3 +615,25 @@ def test_every_sample_image_processes() -> None:
         out = result.outputs[0]
         scale = min(512 / expected_w, 512 / expected_h, 1.0)
         assert (out.width, out.height) == (round(expected_w * scale), round(expected_h * scale))
+
+
+def test_last_step_filter_hamming_only_for_shrinks_up_to_2x(
+    big_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stages import imaging
+
+    used: list[tuple[tuple[int, int], Image.Resampling | None]] = []
+    real = Image.Image.resize
+
+    def spy(self: Image.Image, size: Any, resample: Any = None, *a: Any, **k: Any) -> Any:
+        used.append((tuple(size), resample))
+        return real(self, size, resample, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    process_image(big_jpeg, opts("512", "100", format="png"))
+    # 2400x1800 drafted to 600x450: 512x384 is a 1.17x shrink, 100x75 a 6x one
+    assert ((512, 384), Image.Resampling.HAMMING) in used
+    assert ((100, 75), Image.Resampling.LANCZOS) in used
+    assert imaging._resample_filter(500, 400, (1000, 800)) is Image.Resampling.LANCZOS  # upscale
+    assert imaging._resample_filter(2000, 1500, (1000, 750)) is Image.Resampling.HAMMING
+    assert imaging._resample_filter(2001, 1500, (1000, 750)) is Image.Resampling.LANCZOS
