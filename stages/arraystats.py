@@ -20,13 +20,22 @@ memory a call needs beyond its input is a few blocks, whatever the input's size.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BLOCK", "ArrayStats", "Histogram", "array_stats", "merge", "merge_all"]
+__all__ = [
+    "BLOCK",
+    "ArrayStats",
+    "Histogram",
+    "array_stats",
+    "level_stats",
+    "merge",
+    "merge_all",
+]
 
 #: Values per block when crunching (256 Ki float64 = 2 MiB: stays in the CPU caches).
 BLOCK = 1 << 18
@@ -245,6 +254,36 @@ def array_stats(
         part = _block_stats(x, max_bins, floor)
         total = part if total is None else merge(total, part)
     return total if total is not None else empty_stats(exp_floor=floor)
+
+
+def level_stats(counts: Sequence[int], *, max_bins: int = 64) -> ArrayStats:
+    """Statistics of integer values ``0..len(counts)-1`` given how often each occurs — an image
+    band's 256-level histogram — with exact integer sums (no pass over the pixels)."""
+    n = s1 = s2 = 0
+    lo = hi = -1
+    for level, c in enumerate(counts):
+        if c:
+            n, s1, s2 = n + c, s1 + c * level, s2 + c * level * level
+            lo = level if lo < 0 else lo
+            hi = level
+    if n == 0:
+        return empty_stats(exp_floor=INT_EXP_FLOOR)
+    exp = choose_exp(float(lo), float(hi), max_bins, INT_EXP_FLOOR)
+    first = lo >> exp
+    binned = [0] * ((hi >> exp) - first + 1)
+    for level in range(lo, hi + 1):
+        binned[(level >> exp) - first] += counts[level]
+    return ArrayStats(
+        count=n,
+        nan_count=0,
+        sum=float(s1),
+        m2=(n * s2 - s1 * s1) / n,  # exact in integers, one rounding
+        mean=s1 / n,
+        min=float(lo),
+        max=float(hi),
+        histogram=Histogram(exp, first, tuple(binned), max_bins, float(lo), float(hi)),
+        exp_floor=INT_EXP_FLOOR,
+    )
 
 
 def _block_stats(x: npt.NDArray[np.float64], max_bins: int, floor: int) -> ArrayStats:

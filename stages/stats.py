@@ -1,6 +1,6 @@
 """Statistics: per-image summaries, perceptual hashes, and mergeable array statistics.
 
-Three independent parts, all plain functions over numpy:
+Two independent parts, all plain functions over numpy:
 
 * :func:`image_stats` summarises one (small) decoded image: size, mode, per-channel mean and
   standard deviation, a 32-bin luminance histogram, a sharpness figure (variance of the Laplacian)
@@ -9,10 +9,10 @@ Three independent parts, all plain functions over numpy:
 * :func:`hamming` and :func:`near_duplicate_groups` compare difference hashes; the grouping uses
   pigeonhole buckets so that 100k hashes are grouped in about a second instead of 5·10⁹ pair
   comparisons (see the function's docstring for the complexity).
-* :class:`ArrayStats`, :func:`array_stats` and :func:`merge` are the generic numeric part used for
-  data files cut into chunks: partial results merge exactly (Chan et al.'s pairwise update of mean
-  and M2), so statistics merged over any chunking equal one pass over the whole array up to
-  floating-point rounding.
+
+The per-channel mean and standard deviation are :class:`stages.arraystats.ArrayStats` of each
+band's 256-level histogram (:func:`stages.arraystats.level_stats`, exact integer sums): the same
+mergeable statistics the numeric data files are crunched into.
 
 Nothing here raises anything but ``ValueError`` (bad arguments).
 """
@@ -20,23 +20,20 @@ Nothing here raises anything but ``ValueError`` (bad arguments).
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from .arraystats import level_stats
+
 __all__ = [
     "DHASH_BITS",
     "HISTOGRAM_BINS",
-    "ArrayStats",
-    "array_stats",
     "dhash",
     "hamming",
     "image_stats",
-    "merge",
     "near_duplicate_groups",
 ]
 
@@ -95,17 +92,8 @@ def _sharpness(lum: npt.NDArray[np.uint8]) -> float:
 
 def _moments(hist: list[int], bands: int) -> tuple[list[float], list[float]]:
     """Per-band mean and population std from Pillow's 256-bin histograms (exact integer sums)."""
-    h = np.asarray(hist, dtype=np.int64).reshape(bands, 256)
-    levels = np.arange(256, dtype=np.int64)
-    means: list[float] = []
-    stds: list[float] = []
-    for row in h:
-        n = int(row.sum())
-        s1 = int(row @ levels)
-        s2 = int(row @ (levels * levels))
-        means.append(s1 / n if n else math.nan)
-        stds.append(math.sqrt(max(0, n * s2 - s1 * s1)) / n if n else math.nan)
-    return means, stds
+    per_band = [level_stats(hist[b * 256 : (b + 1) * 256]) for b in range(bands)]
+    return [s.mean for s in per_band], [s.std for s in per_band]
 
 
 def image_stats(im: Image.Image) -> dict[str, object]:
@@ -282,176 +270,3 @@ def near_duplicate_groups(
         groups.setdefault(uf.find(i), []).append(key)
     # roots are the smallest index of each component, so dict order = first-key input order
     return [g for g in groups.values() if len(g) >= 2]
-
-
-# --------------------------------------------------------------------------- array statistics
-
-
-@dataclass(frozen=True, kw_only=True)
-class ArrayStats:
-    """Mergeable statistics of the non-NaN values of a numeric array (or of a chunk of one).
-
-    ``count`` counts non-NaN values (±inf included), ``nan_count`` the NaNs. ``m2`` is the sum of
-    squared deviations from ``mean``, the quantity Chan et al.'s merge needs; ``std`` (population,
-    ddof = 0) and ``variance`` derive from it. ``histogram`` has ``len(histogram)`` equal-width
-    bins over ``range`` (the last bin includes its right edge, as ``numpy.histogram``); values
-    outside ``range`` are counted in ``below`` / ``above`` instead. With ``count == 0`` the mean,
-    min and max are NaN.
-    """
-
-    count: int
-    nan_count: int
-    sum: float
-    m2: float
-    mean: float
-    min: float
-    max: float
-    range: tuple[float, float]
-    histogram: tuple[int, ...]
-    below: int = 0
-    above: int = 0
-
-    @property
-    def bins(self) -> int:
-        return len(self.histogram)
-
-    @property
-    def variance(self) -> float:
-        return self.m2 / self.count if self.count else math.nan
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.variance) if self.count else math.nan
-
-    @property
-    def sumsq(self) -> float:
-        """Sum of squares, derived (Σx² = M2 + n·mean²)."""
-        return self.m2 + self.count * self.mean * self.mean if self.count else 0.0
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-serialisable form (NaN and ±inf become ``None``)."""
-
-        def num(v: float) -> float | None:
-            return v if math.isfinite(v) else None
-
-        return {
-            "count": self.count,
-            "nan_count": self.nan_count,
-            "sum": num(self.sum),
-            "mean": num(self.mean),
-            "std": num(self.std),
-            "min": num(self.min),
-            "max": num(self.max),
-            "range": list(self.range),
-            "histogram": list(self.histogram),
-            "below": self.below,
-            "above": self.above,
-        }
-
-
-def _check_hist_args(bins: int, range: tuple[float, float]) -> tuple[float, float]:
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
-    lo, hi = float(range[0]), float(range[1])
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"range must be finite with low < high, got {range!r}")
-    return lo, hi
-
-
-def array_stats(a: npt.NDArray[np.generic], *, bins: int, range: tuple[float, float]) -> ArrayStats:
-    """Statistics of all values of ``a`` (any shape; bool, int or float dtype; NaNs counted apart).
-
-    Works on memory-mapped arrays; values are converted to float64 (one temporary copy of the
-    chunk). The mean and M2 are computed in two passes (mean first), which is numerically stable.
-    """
-    lo, hi = _check_hist_args(bins, range)
-    arr = np.asarray(a)
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"array_stats needs a bool, integer or float array, got {arr.dtype}")
-    flat = arr.astype(np.float64, copy=False).ravel()
-    nan_mask = np.isnan(flat)
-    nan_count = int(nan_mask.sum())
-    values = flat[~nan_mask] if nan_count else flat
-    count = int(values.size)
-    if count == 0:
-        return ArrayStats(
-            count=0,
-            nan_count=nan_count,
-            sum=0.0,
-            m2=0.0,
-            mean=math.nan,
-            min=math.nan,
-            max=math.nan,
-            range=(lo, hi),
-            histogram=(0,) * bins,
-        )
-    total = float(values.sum())
-    mean = total / count
-    dev = values - mean
-    m2 = float(np.dot(dev, dev))
-    hist, _ = np.histogram(values, bins=bins, range=(lo, hi))
-    return ArrayStats(
-        count=count,
-        nan_count=nan_count,
-        sum=total,
-        m2=m2,
-        mean=mean,
-        min=float(values.min()),
-        max=float(values.max()),
-        range=(lo, hi),
-        histogram=tuple(int(v) for v in hist),
-        below=int(np.count_nonzero(values < lo)),
-        above=int(np.count_nonzero(values > hi)),
-    )
-
-
-def merge(a: ArrayStats, b: ArrayStats) -> ArrayStats:
-    """Combine the statistics of two disjoint parts, as if computed in one pass over both.
-
-    Mean and M2 use Chan, Golub & LeVeque's pairwise update::
-
-        n = na + nb;  δ = mean_b - mean_a
-        mean = mean_a + δ·nb/n;  M2 = M2_a + M2_b + δ²·na·nb/n
-
-    Both sides must use the same histogram bins and range (``ValueError`` otherwise).
-    """
-    if a.range != b.range or a.bins != b.bins:
-        raise ValueError(
-            f"cannot merge histograms with different bins/range: "
-            f"{a.bins} bins over {a.range} vs {b.bins} bins over {b.range}"
-        )
-    nan_count = a.nan_count + b.nan_count
-    histogram = tuple(x + y for x, y in zip(a.histogram, b.histogram, strict=True))
-    below, above = a.below + b.below, a.above + b.above
-    if a.count == 0 or b.count == 0:
-        src = b if a.count == 0 else a
-        return ArrayStats(
-            count=src.count,
-            nan_count=nan_count,
-            sum=src.sum,
-            m2=src.m2,
-            mean=src.mean,
-            min=src.min,
-            max=src.max,
-            range=a.range,
-            histogram=histogram,
-            below=below,
-            above=above,
-        )
-    n = a.count + b.count
-    delta = b.mean - a.mean
-    mean = a.mean + delta * (b.count / n)
-    m2 = a.m2 + b.m2 + delta * delta * (a.count * b.count / n)
-    return ArrayStats(
-        count=n,
-        nan_count=nan_count,
-        sum=a.sum + b.sum,
-        m2=m2,
-        mean=mean,
-        min=min(a.min, b.min),
-        max=max(a.max, b.max),
-        range=a.range,
-        histogram=histogram,
-        below=below,
-        above=above,
-    )

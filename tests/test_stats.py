@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import io
-import itertools
 import json
-import math
 from typing import Any
 
 import numpy as np
@@ -18,12 +15,9 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFilter
 
 from stages.stats import (
-    ArrayStats,
-    array_stats,
     dhash,
     hamming,
     image_stats,
-    merge,
     near_duplicate_groups,
 )
 from tests.conftest_images import IMAGES, decode, encode, photo_like
@@ -186,109 +180,21 @@ def test_near_duplicate_groups_scales() -> None:
         assert any({f"k{i}", f"dup{i}"} <= g for g in as_sets)
 
 
-# --------------------------------------------------------------------------- array statistics
+# --------------------------------------------------------------------------- shared moments
 
 
-def _check_against_numpy(s: ArrayStats, a: npt.NDArray[np.float64], bins: int) -> None:
-    valid = a[~np.isnan(a)]
-    assert s.count == valid.size and s.nan_count == a.size - valid.size
-    hist, _ = np.histogram(valid, bins=bins, range=s.range)
-    assert list(s.histogram) == hist.tolist()
-    assert s.below == int((valid < s.range[0]).sum()) and s.above == int((valid > s.range[1]).sum())
-    if valid.size == 0:
-        assert math.isnan(s.mean) and math.isnan(s.min) and math.isnan(s.max)
-        return
-    scale = max(1.0, float(np.abs(valid).max()))
-    assert s.mean == pytest.approx(float(valid.mean()), rel=1e-9, abs=1e-9 * scale)
-    assert s.std == pytest.approx(float(valid.std()), rel=1e-7, abs=1e-7 * scale)
-    assert s.sum == pytest.approx(float(valid.sum()), rel=1e-9, abs=1e-9 * scale * valid.size)
-    assert s.sumsq == pytest.approx(
-        float((valid**2).sum()), rel=1e-7, abs=1e-7 * scale**2 * valid.size
-    )
-    assert (s.min, s.max) == (float(valid.min()), float(valid.max()))
+@settings(max_examples=100, deadline=None)
+@given(px=hnp.arrays(np.uint8, st.integers(1, 500)))
+def test_band_moments_are_the_numeric_crunch_of_the_pixels(px: npt.NDArray[np.uint8]) -> None:
+    from stages.arraystats import array_stats, level_stats
 
-
-def test_array_stats_basic() -> None:
-    a = np.array([[1.0, 2.0, np.nan], [4.0, -3.0, 100.0]])
-    s = array_stats(a, bins=4, range=(0.0, 8.0))
-    assert (s.count, s.nan_count, s.min, s.max) == (5, 1, -3.0, 100.0)
-    assert s.histogram == (1, 1, 1, 0) and (s.below, s.above) == (1, 1)
-    _check_against_numpy(s, a.ravel(), 4)
-    json.dumps(s.to_dict())
-    ints = array_stats(np.arange(10, dtype=np.uint8), bins=5, range=(0, 10))
-    assert ints.mean == 4.5 and ints.histogram == (2, 2, 2, 2, 2)
-    empty = array_stats(np.array([np.nan, np.nan]), bins=3, range=(0, 1))
-    assert empty.count == 0 and empty.nan_count == 2 and empty.to_dict()["mean"] is None
-    with pytest.raises(ValueError):
-        array_stats(np.array(["a"]), bins=3, range=(0, 1))
-    with pytest.raises(ValueError):
-        array_stats(a, bins=0, range=(0, 1))
-    with pytest.raises(ValueError):
-        array_stats(a, bins=3, range=(1, 1))
-
-
-def test_merge_rejects_different_bins() -> None:
-    a = array_stats(np.arange(5.0), bins=4, range=(0, 4))
-    with pytest.raises(ValueError, match="bins"):
-        merge(a, array_stats(np.arange(5.0), bins=5, range=(0, 4)))
-    with pytest.raises(ValueError, match="range"):
-        merge(a, array_stats(np.arange(5.0), bins=4, range=(0, 5)))
-
-
-def test_array_stats_on_memmap(tmp_path: object) -> None:
-    import pathlib
-
-    path = pathlib.Path(str(tmp_path)) / "x.npy"
-    data = np.random.default_rng(1).normal(5, 2, 10_000).astype(np.float32)
-    np.save(path, data)
-    mm = np.load(path, mmap_mode="r")
-    chunks = [array_stats(mm[i : i + 3000], bins=10, range=(0, 10)) for i in range(0, 10_000, 3000)]
-    merged = functools.reduce(merge, chunks)
-    _check_against_numpy(merged, data.astype(np.float64), 10)
-
-
-_floats = st.one_of(
-    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False),
-    st.just(math.nan),
-)
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    a=hnp.arrays(np.float64, st.integers(0, 300), elements=_floats),
-    cuts=st.lists(st.integers(0, 300), max_size=6),
-    bins=st.integers(1, 20),
-)
-def test_merge_equals_one_pass(a: npt.NDArray[np.float64], cuts: list[int], bins: int) -> None:
-    rng = (-1e5, 1e5)
-    bounds = sorted({0, len(a), *(c for c in cuts if c <= len(a))})
-    parts = [array_stats(a[lo:hi], bins=bins, range=rng) for lo, hi in itertools.pairwise(bounds)]
-    empty = array_stats(a[:0], bins=bins, range=rng)  # the identity of merge
-    merged = functools.reduce(merge, parts, empty)
-    whole = array_stats(a, bins=bins, range=rng)
-    _check_against_numpy(merged, a, bins)
-    assert merged.count == whole.count and merged.histogram == whole.histogram
-    if whole.count:
-        assert merged.mean == pytest.approx(whole.mean, rel=1e-9, abs=1e-3)
-        assert merged.m2 == pytest.approx(whole.m2, rel=1e-7, abs=1e-3)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    a=hnp.arrays(
-        st.sampled_from([np.int64, np.uint8, np.int16, np.float32]),
-        st.integers(1, 200),
-        elements={"min_value": 0, "max_value": 100},
-    ),
-    cut=st.integers(0, 200),
-)
-def test_merge_integer_dtypes(a: npt.NDArray[np.generic], cut: int) -> None:
-    cut = min(cut, len(a))
-    merged = merge(
-        array_stats(a[:cut], bins=7, range=(0, 100)),
-        array_stats(a[cut:], bins=7, range=(0, 100)),
-    )
-    _check_against_numpy(merged, a.astype(np.float64), 7)
+    counts = np.bincount(px, minlength=256).tolist()
+    by_levels, by_pixels = level_stats(counts), array_stats(px)
+    assert by_levels.histogram == by_pixels.histogram  # the same bins, exactly
+    assert (by_levels.count, by_levels.min, by_levels.max) == (px.size, px.min(), px.max())
+    assert by_levels.mean == pytest.approx(float(px.mean()), rel=1e-12)
+    assert by_levels.std == pytest.approx(float(px.std()), rel=1e-9, abs=1e-9)
+    assert by_pixels.mean == pytest.approx(by_levels.mean, rel=1e-12)
 
 
 def test_stats_roundtrip_through_json() -> None:
