@@ -35,7 +35,39 @@ def test_python_spin_in_threads_is_gil_bound() -> None:
 
 @pytest.mark.parametrize("fn", [fns.c_spin, fns.np_spin])
 def test_c_code_releasing_the_gil_scales_in_threads(fn: object) -> None:
-    assert verdict_of(fn, 0.03, kind="thread", workers=2, n=40) == "cpu-c"
+    """Two threads of GIL-releasing C code use two cores: ``cpu-c`` — when the machine has two
+    cores to give. On a machine busy with other work the stage cannot get them, and the verdict
+    (honestly) follows what was measured; then the test checks, in up to three tries, that plain
+    threads running the same code could not get two cores either (the engine is not the cause).
+    """
+    for _ in range(3):
+        st = stage(fn, 0.03, kind="thread", workers=2, name="s")  # type: ignore[arg-type]
+        result = Pipeline([st]).run(keyed(40), progress=False)
+        (v,) = result.advice
+        (snap,) = result.stages
+        assert snap.parallelism is not None
+        if v.kind == "cpu-c":
+            assert snap.parallelism > 1.0
+            return
+    # never two cores: then two plain threads running the same code must not get them either
+    raw = _raw_thread_cores(fn)
+    assert raw < 1.5, f"plain threads got {raw:.2f} cores, the stage {snap.parallelism:.2f}"
+
+
+def _raw_thread_cores(fn: object) -> float:
+    import threading
+    import time
+
+    started, cpu = time.perf_counter(), time.process_time()
+    threads = [
+        threading.Thread(target=lambda: [fn(0, 0.03) for _ in range(20)])  # type: ignore[operator]
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (time.process_time() - cpu) / (time.perf_counter() - started)
 
 
 def test_spin_in_processes_is_cpu_bound() -> None:
