@@ -16,7 +16,12 @@ Methods, each over the same URL list (every call reads the whole body):
   5 minutes); the rate is over the run's own ``duration_s`` from ``summary.json``, so
   interpreter start-up is left out;
 * **(a) sequential urllib**: a plain ``urlopen(url).read()`` loop;
-* **(b) thread-pool urllib**: ``ThreadPoolExecutor(max_workers=C).map`` of the same call.
+* **(b) thread-pool urllib**: ``ThreadPoolExecutor(max_workers=C).map`` of the same call;
+* **(c) bare aiohttp**, a reference, not a competitor: one ``ClientSession`` with the same
+  connection limits as the stage, C coroutines doing ``session.get(url)`` + ``await
+  resp.read()`` and nothing else (no timeouts beyond aiohttp's defaults, no retries, no cap, no
+  address policy, no engine). It is the floor for the stage's CPU per download: what aiohttp
+  alone costs on this machine.
 
 ``urllib`` goes through an opener without proxy handling (``ProxyHandler({})``), so an
 ``http_proxy`` in the environment can never send the traffic elsewhere; the aiohttp session
@@ -197,6 +202,34 @@ def client_threads(urls: Sequence[str], concurrency: int) -> dict[str, float]:
     return _tally(sizes, wall, time.process_time() - cpu)
 
 
+def client_aiohttp(urls: Sequence[str], concurrency: int) -> dict[str, float]:
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> list[int]:
+        connector = aiohttp.TCPConnector(limit=max(concurrency, 8), limit_per_host=concurrency)
+        sizes: list[int] = []
+        todo = iter(urls)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def worker() -> None:
+                for url in todo:
+                    try:
+                        async with session.get(url) as resp:
+                            sizes.append(len(await resp.read()) if resp.status == 200 else -1)
+                    except (aiohttp.ClientError, OSError):
+                        sizes.append(-1)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return sizes
+
+    cpu, started = time.process_time(), time.perf_counter()
+    sizes = asyncio.run(run())
+    wall = time.perf_counter() - started
+    return _tally(sizes, wall, time.process_time() - cpu)
+
+
 def _tally(sizes: Sequence[int], wall: float, cpu: float) -> dict[str, float]:
     ok = [s for s in sizes if s >= 0]
     return {
@@ -287,7 +320,12 @@ def client_stage(urls: Sequence[str], concurrency: int) -> dict[str, float]:
     }
 
 
-CLIENTS = {"stage": client_stage, "sequential": client_sequential, "threads": client_threads}
+CLIENTS = {
+    "stage": client_stage,
+    "sequential": client_sequential,
+    "threads": client_threads,
+    "aiohttp": client_aiohttp,
+}
 
 
 def _client(method: str, concurrency: int, url_file: Path) -> dict[str, float]:
@@ -363,6 +401,7 @@ def _plan() -> list[Row]:
     rows: list[Row] = [("stage", c) for c in CONCURRENCY]
     rows += [("process", c) for c in CONCURRENCY]
     rows += [("sequential", 1), ("threads", 16), ("threads", 256)]
+    rows += [("aiohttp", 16), ("aiohttp", 256)]
     return rows
 
 
@@ -371,6 +410,7 @@ LABELS = {
     "process": "process pipeline (download→read→resize→write)",
     "sequential": "(a) sequential urllib loop",
     "threads": "(b) ThreadPoolExecutor + urllib",
+    "aiohttp": "(c) bare aiohttp get + read (reference, no safeguards)",
 }
 
 
@@ -470,7 +510,8 @@ def _render(
         "",
         f"Target: download stage alone ≥ {TARGET_RATIO:g}{X} the thread-pool script at "
         f"concurrency 256, no failed downloads: measured {got:.2f}{X}, {stage_failed} failed "
-        f"(all methods: {all_failed}) — {'met' if met else 'NOT met'}.",
+        f"(all methods: {all_failed}) — {'met' if met else 'NOT met'}. For scale, bare aiohttp "
+        f"(c) at 256: {rate[('aiohttp', 256)] / rate[('threads', 256)]:.2f}{X}.",
         "",
         f"## CPU per download, median of {repeats} run{'s' if repeats > 1 else ''} "
         "(steadier than rates on a shared machine)",

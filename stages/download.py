@@ -292,21 +292,44 @@ class _PolicyResolver(AbstractResolver):
         await self._inner.close()
 
 
-# Sessions made by make_session, and whether each may reach private hosts. fetch refuses to run
-# a no-private-hosts config on a session whose resolver does not enforce it.
-_SESSION_ALLOWS_PRIVATE: weakref.WeakKeyDictionary[aiohttp.ClientSession, bool] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _client_timeout(config: DownloadConfig) -> aiohttp.ClientTimeout:
+def _client_timeout(config: DownloadConfig, total: float | None = None) -> aiohttp.ClientTimeout:
     # `connect` is left unset: it would include waiting for a free pooled connection, which is
     # queueing behind our own limits, not a slow server. DNS has its own bound in the resolver.
+    # `total` is aiohttp's own timer over one request: connection, headers and the whole body
+    # (aiohttp rounds a deadline of 5 s or more up to a whole second of loop time).
     return aiohttp.ClientTimeout(
-        total=config.total_timeout,
+        total=config.total_timeout if total is None else total,
         sock_connect=config.connect_timeout,
         sock_read=config.read_timeout,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What every request of one (session, config) pair needs, built once, not per request."""
+
+    config: DownloadConfig
+    timeout: aiohttp.ClientTimeout
+    headers: dict[str, str] | None  # None: the session already sends the configured User-Agent
+
+
+# Sessions made by make_session, with the config they were made from. fetch refuses to run a
+# no-private-hosts config on a session whose resolver does not enforce it.
+_SESSIONS: weakref.WeakKeyDictionary[aiohttp.ClientSession, _Prepared] = weakref.WeakKeyDictionary()
+
+
+def _prepare(config: DownloadConfig, made: _Prepared | None) -> _Prepared:
+    """The per-request arguments for ``config`` on a session made from ``made`` (None: a session
+    from elsewhere); ValueError if that session cannot enforce the config's address policy."""
+    session_allows_private = made is None or made.config.allow_private_hosts
+    if not config.allow_private_hosts and session_allows_private:
+        raise ValueError(
+            "fetch with allow_private_hosts=False needs a session from "
+            "make_session(config) made with allow_private_hosts=False"
+        )
+    same_agent = made is not None and made.config.user_agent == config.user_agent
+    headers = None if same_agent else {"User-Agent": config.user_agent}
+    return _Prepared(config, _client_timeout(config), headers)
 
 
 def make_session(config: DownloadConfig) -> aiohttp.ClientSession:
@@ -320,9 +343,10 @@ def make_session(config: DownloadConfig) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=config.limit, limit_per_host=config.limit_per_host, resolver=resolver
     )
+    timeout = _client_timeout(config)
     session = aiohttp.ClientSession(
         connector=connector,
-        timeout=_client_timeout(config),
+        timeout=timeout,
         headers={"User-Agent": config.user_agent},
         # Unrelated downloads share nothing: no cookies (also keeps a long run's memory flat).
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -330,7 +354,7 @@ def make_session(config: DownloadConfig) -> aiohttp.ClientSession:
         # resolver and its address policy.
         trust_env=False,
     )
-    _SESSION_ALLOWS_PRIVATE[session] = config.allow_private_hosts
+    _SESSIONS[session] = _Prepared(config, timeout, None)
     return session
 
 
@@ -392,12 +416,11 @@ def _parse_url(raw: str, *, url: str, status: int | None = None) -> URL:
     return parsed
 
 
-def _check_ip_literal(target: URL, config: DownloadConfig, *, url: str) -> None:
+def _check_ip_literal(target: URL, *, url: str) -> None:
     # aiohttp's connector does not call the resolver for IP-literal hosts, so the policy is
-    # applied here, before connecting. (Names, including odd numeric forms like "127.1", go
-    # through the resolver; aiohttp 3.14 also rejects non-canonical IPv4 literals itself.)
-    if config.allow_private_hosts:
-        return
+    # applied here, before connecting (by the caller, when private hosts are not allowed).
+    # (Names, including odd numeric forms like "127.1", go through the resolver; aiohttp 3.14
+    # also rejects non-canonical IPv4 literals itself.)
     host = target.raw_host or ""
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
@@ -412,30 +435,44 @@ def _media_type(response: aiohttp.ClientResponse) -> str:
     return header.split(";", 1)[0].strip().lower()
 
 
-async def _read_body(response: aiohttp.ClientResponse, config: DownloadConfig, url: str) -> bytes:
+async def _read_body(response: aiohttp.ClientResponse, max_bytes: int, url: str) -> bytes:
     status = response.status
     declared = response.content_length
-    if declared is not None and declared > config.max_bytes:
-        raise TooLarge(
-            f"Content-Length {declared} exceeds max_bytes {config.max_bytes}",
-            url=url,
-            status=status,
-        )
-    # The cap counts decoded bytes: with a Content-Encoding, aiohttp (3.14) inflates in
-    # bounded pieces, so a small compressed body cannot expand past the cap in memory.
+    headers = response.headers
+    if declared is not None:
+        if declared > max_bytes:
+            raise TooLarge(
+                f"Content-Length {declared} exceeds max_bytes {max_bytes}", url=url, status=status
+            )
+        if "Content-Encoding" not in headers and "Transfer-Encoding" not in headers:
+            # A Content-Length within the cap and nothing to decode: aiohttp's parser frames the
+            # body by that length and hands over at most `declared` bytes whatever the server
+            # sends after them, so one read() is bounded by the cap too, and cheaper than
+            # reading chunk by chunk.
+            data = await response.read()
+            if len(data) < declared:  # aiohttp raises first on an early EOF; a second check
+                raise TruncatedBody(
+                    f"got {len(data)} of {declared} bytes (Content-Length)", url=url, status=status
+                )
+            if len(data) > max_bytes:  # cannot happen (framed by Content-Length): belt and braces
+                raise TooLarge(f"body exceeds max_bytes {max_bytes}", url=url, status=status)
+            return data
+    # No Content-Length, or a body to decode: stream it and count. The cap counts decoded bytes:
+    # with a Content-Encoding, aiohttp (3.14) inflates in bounded pieces, so a small compressed
+    # body cannot expand past the cap in memory.
     body = bytearray()
     try:
         async for chunk in response.content.iter_chunked(_CHUNK):
-            if len(body) + len(chunk) > config.max_bytes:
+            if len(body) + len(chunk) > max_bytes:
                 raise TooLarge(
-                    f"body exceeds max_bytes {config.max_bytes} (no or false Content-Length)",
+                    f"body exceeds max_bytes {max_bytes} (no or false Content-Length)",
                     url=url,
                     status=status,
                 )
             body += chunk
         # aiohttp raises ClientPayloadError for a short body; this is a second check. With a
         # Content-Encoding the length is that of the encoded body, so it cannot be compared.
-        encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+        encoded = headers.get("Content-Encoding", "identity").lower() != "identity"
         if declared is not None and not encoded and len(body) < declared:
             raise TruncatedBody(
                 f"got {len(body)} of {declared} bytes (Content-Length)", url=url, status=status
@@ -447,46 +484,65 @@ async def _read_body(response: aiohttp.ClientResponse, config: DownloadConfig, u
         body.clear()
 
 
-@dataclass(slots=True)
-class _Seen:
-    """The last HTTP status seen in an attempt, for errors that happen after it."""
-
-    status: int | None = None
-
-
 async def _attempt(
-    session: aiohttp.ClientSession, url: str, config: DownloadConfig, seen: _Seen
+    session: aiohttp.ClientSession, url: str, config: DownloadConfig, prep: _Prepared
 ) -> tuple[str, int, str, bytes]:
-    """One attempt: follow redirects by hand, so that every hop is checked; read the body."""
-    target = _parse_url(url, url=url)
-    timeout = _client_timeout(config)
-    headers = {"User-Agent": config.user_agent}
-    for _hop in range(config.max_redirects + 1):
-        _check_ip_literal(target, config, url=url)
-        async with session.get(
-            target, allow_redirects=False, timeout=timeout, headers=headers
-        ) as response:
-            status = seen.status = response.status
-            location = response.headers.get("Location")
-            if status in _REDIRECT_STATUSES and location is not None:
-                try:
-                    joined = str(target.join(URL(location)))
-                except (ValueError, TypeError) as exc:
-                    raise BadURL(f"bad redirect {location!r}", url=url, status=status) from exc
-                target = _parse_url(joined, url=url, status=status)
-                continue
-            if not 200 <= status <= 299:
-                raise HTTPStatusError(
-                    f"HTTP {status} {response.reason or ''}".rstrip(),
-                    url=url,
-                    status=status,
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                )
-            data = await _read_body(response, config, url)
-            return str(response.url), status, _media_type(response), data
-    raise TooManyRedirects(
-        f"more than {config.max_redirects} redirects", url=url, status=seen.status
-    )
+    """One attempt: follow redirects by hand, so that every hop is checked; read the body.
+
+    The attempt's time limit is aiohttp's own ``total`` timer (one timer per request, covering
+    the connection, the headers and the body): the first hop gets the prepared timeout, each
+    redirect hop what is left of ``total_timeout``.
+    """
+    status: int | None = None  # the last HTTP status seen, for errors that come after it
+    try:
+        target = _parse_url(url, url=url)
+        timeout = prep.timeout
+        deadline = time.monotonic() + config.total_timeout
+        for hop in range(config.max_redirects + 1):
+            if hop:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DownloadTimeout(
+                        f"timed out: total_timeout of {config.total_timeout:g} s used up by "
+                        "redirects",
+                        url=url,
+                    )
+                timeout = _client_timeout(config, left)
+            if not config.allow_private_hosts:
+                _check_ip_literal(target, url=url)
+            async with session.get(
+                target, allow_redirects=False, timeout=timeout, headers=prep.headers
+            ) as response:
+                status = response.status
+                if status in _REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    if location is not None:
+                        try:
+                            joined = str(target.join(URL(location)))
+                        except (ValueError, TypeError) as exc:
+                            raise BadURL(
+                                f"bad redirect {location!r}", url=url, status=status
+                            ) from exc
+                        target = _parse_url(joined, url=url, status=status)
+                        continue
+                if not 200 <= status <= 299:
+                    raise HTTPStatusError(
+                        f"HTTP {status} {response.reason or ''}".rstrip(),
+                        url=url,
+                        status=status,
+                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    )
+                data = await _read_body(response, config.max_bytes, url)
+                return str(response.url), status, _media_type(response), data
+        raise TooManyRedirects(f"more than {config.max_redirects} redirects", url=url)
+    except DownloadError as exc:
+        if exc.status is None:
+            exc.status = status
+        raise
+    except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+        error = _translate(exc, url)
+        error.status = status
+        raise error from exc
 
 
 def _translate(exc: Exception, url: str) -> DownloadError:
@@ -508,41 +564,22 @@ def _translate(exc: Exception, url: str) -> DownloadError:
     return ConnectionFailed(f"connection failed: {type(exc).__name__}: {exc}", url=url)
 
 
-async def _attempt_bounded(
-    session: aiohttp.ClientSession, url: str, config: DownloadConfig
-) -> tuple[str, int, str, bytes]:
-    seen = _Seen()
-    try:
-        async with asyncio.timeout(config.total_timeout):
-            return await _attempt(session, url, config, seen)
-    except DownloadError as exc:
-        if exc.status is None:
-            exc.status = seen.status
-        raise
-    except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-        error = _translate(exc, url)
-        error.status = seen.status
-        raise error from exc
-
-
 async def fetch(session: aiohttp.ClientSession, url: str, config: DownloadConfig) -> Downloaded:
     """Download ``url`` into memory; retry transient failures; raise a DownloadError otherwise.
 
     ``session`` must come from :func:`make_session` when ``config.allow_private_hosts`` is False
     (a ValueError says so otherwise): the address policy lives in that session's resolver.
     """
-    if not config.allow_private_hosts and _SESSION_ALLOWS_PRIVATE.get(session, True):
-        raise ValueError(
-            "fetch with allow_private_hosts=False needs a session from "
-            "make_session(config) made with allow_private_hosts=False"
-        )
+    prep = _SESSIONS.get(session)
+    if prep is None or (prep.config is not config and prep.config != config):
+        prep = _prepare(config, prep)
     started = time.monotonic()
     last_status: int | None = None
     attempt = 0
     while True:
         attempt += 1
         try:
-            final_url, status, content_type, data = await _attempt_bounded(session, url, config)
+            final_url, status, content_type, data = await _attempt(session, url, config, prep)
         except DownloadError as exc:
             last_status = exc.status if exc.status is not None else last_status
             if attempt > config.retries or not _is_retryable(exc):

@@ -7,6 +7,7 @@ Every test uses small timeouts and backoff so the module runs in a few seconds; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
@@ -15,7 +16,7 @@ import pickle
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from ipaddress import ip_address
@@ -24,6 +25,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -346,6 +348,64 @@ async def test_endless_body_is_cut_at_the_cap_with_flat_memory(server: str) -> N
     assert peak - baseline < 30 * 2**20
 
 
+@pytest.mark.asyncio
+async def test_empty_body_with_content_length_zero(server: str) -> None:
+    result = await get(f"{server}/big?size=0", cfg())
+    assert (result.data, result.status) == (b"", 200)
+
+
+@contextlib.asynccontextmanager
+async def lying_length_server(declared: int) -> AsyncIterator[str]:
+    """Raw server: ``Content-Length: declared``, then endless bytes until the client goes away."""
+    handlers: set[asyncio.Task[Any]] = set()
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        writers.add(writer)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\n\r\n"
+            writer.write(head.encode())
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # bounded, in case the client never leaves
+                writer.write(b"\1" * 65536)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away: what is expected
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_body_longer_than_content_length_never_exceeds_it() -> None:
+    # A server that declares 100 bytes and then never stops: aiohttp frames the body by the
+    # declared length, so what comes after it is never part of the body (aiohttp 3.14 refuses
+    # the whole answer as malformed HTTP); either way memory stays flat, nothing hangs.
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    async with lying_length_server(100) as base_url:
+        try:
+            result = await get(f"{base_url}/x.jpg", cfg(max_bytes=2**20, retries=0))
+        except DownloadError as exc:
+            assert isinstance(exc, ConnectionFailed | TruncatedBody), exc
+        else:
+            assert result.data == b"\1" * 100
+    assert process.memory_info().rss - baseline < 30 * 2**20
+
+
 # --- redirects ------------------------------------------------------------------------------------
 
 
@@ -402,6 +462,36 @@ async def test_redirect_into_private_network_is_refused(
     exc = await fail(f"http://public.example:{port}/redirect-to?location={location}", config)
     assert isinstance(exc, ForbiddenAddress)
     assert (exc.attempts, exc.status) == (1, 302)
+
+
+def slow_redirects(delay: float) -> web.RouteTableDef:
+    """``/slow/{n}``: waits ``delay`` seconds, then redirects to ``/slow/{n-1}``; 0 is a JPEG."""
+    routes = web.RouteTableDef()
+
+    @routes.get("/slow/{n}")
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        n = int(request.match_info["n"])
+        if n == 0:
+            return web.Response(body=jpeg_bytes("slow"), content_type="image/jpeg")
+        raise web.HTTPFound(f"/slow/{n - 1}")
+
+    return routes
+
+
+@pytest.mark.asyncio
+async def test_redirect_hops_share_the_total_timeout() -> None:
+    # Each hop (0.2 s) is well within total_timeout (0.5 s) but the chain (0.8 s) is not: the
+    # limit is per attempt, all hops included, not per request.
+    async with serve_async(slow_redirects(0.2)) as base_url:
+        ok = await get(f"{base_url}/slow/3", cfg(total_timeout=3.0))
+        assert ok.final_url == f"{base_url}/slow/0"
+        started = time.monotonic()
+        exc = await fail(f"{base_url}/slow/3", cfg(total_timeout=0.5, retries=0))
+        elapsed = time.monotonic() - started
+    assert isinstance(exc, DownloadTimeout)
+    assert (exc.attempts, exc.status) == (1, 302)
+    assert elapsed < 1.5
 
 
 # --- URLs and address policy ----------------------------------------------------------------------
@@ -548,6 +638,23 @@ async def test_fetch_refuses_a_session_without_the_address_policy() -> None:
 )
 def test_is_forbidden_address(address: str, forbidden: bool) -> None:
     assert is_forbidden_address(ip_address(address)) is forbidden
+
+
+@pytest.mark.asyncio
+async def test_fetch_config_wins_over_the_sessions(server: str) -> None:
+    # The session was made from another config: fetch still sends its own User-Agent and uses
+    # its own timeouts.
+    async with make_session(cfg(user_agent="session/1", read_timeout=5.0)) as session:
+        got = await fetch(session, f"{server}/headers", cfg(user_agent="fetch/2"))
+        assert json.loads(got.data)["User-Agent"] == "fetch/2"
+        started = time.monotonic()
+        with pytest.raises(DownloadTimeout):
+            await fetch(
+                session, f"{server}/trickle?interval=0.5&count=20", cfg(read_timeout=0.2, retries=0)
+            )
+        assert time.monotonic() - started < 2.0
+        same = await fetch(session, f"{server}/headers", cfg(user_agent="session/1"))
+        assert json.loads(same.data)["User-Agent"] == "session/1"
 
 
 @pytest.mark.asyncio
