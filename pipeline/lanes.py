@@ -105,9 +105,10 @@ class AsyncLane:
         (self.step,) = steps
 
     async def run(self, batch: Sequence[Item]) -> LaneResult:
-        return [(item, await self._one(item.value)) for item in batch], []
+        return [(item, await self.one(item.value)) for item in batch], []
 
-    async def _one(self, value: Any) -> Outcome:
+    async def one(self, value: Any) -> Outcome:
+        """Call the stage on one value (its retries and timeout included)."""
         step = self.step
         attempts = 0
         busy = 0.0

@@ -365,7 +365,11 @@ class Run:
         def add_lane(lane: Lane) -> None:
             live.append(lane)
             self.lanes.append(lane)
-            tasks.add(asyncio.create_task(self.drive(group, first, lane, inbox, outbox, batcher)))
+            if isinstance(lane, AsyncLane):
+                driver = self.drive_async(group, first, lane, inbox, outbox)
+            else:
+                driver = self.drive(group, first, lane, inbox, outbox, batcher)
+            tasks.add(asyncio.create_task(driver))
             for i in range(first, first + len(group)):
                 self.metrics[i].workers = len(live)
             handle.lanes = len(live)
@@ -439,28 +443,76 @@ class Run:
             again.extend(back)
             for item, outcome in done:
                 self._account(first, len(group), outcome)
-                if not outcome.ok:
-                    failure = self._failure(item, group[outcome.step], outcome)
-                    if item.join is not None:
-                        await self._part_failed(item, failure)
-                    else:
-                        await self.emit(failure)
-                    continue
-                item.value = outcome.value
-                item.attempts = max(item.attempts, outcome.attempts)
                 blocked = time.perf_counter()
-                if item.join is not None:  # a part of a split item
-                    if item.join.closed:  # its item failed already
-                        continue
-                    if item.join.at is inbox or isinstance(item.value, Split):
-                        await self._joined(item, group[-1])
-                    else:  # more stages to run before the join
-                        await outbox.send(item)
-                elif isinstance(item.value, Split):
-                    await self._split(item, group[-1], outbox)
-                else:
-                    await outbox.send(item)
-                tail.blocked_outbox += time.perf_counter() - blocked
+                await self._forward(group, item, outcome, inbox, outbox)
+                if outcome.ok:
+                    tail.blocked_outbox += time.perf_counter() - blocked
+
+    async def drive_async(
+        self,
+        group: list[Stage],
+        first: int,
+        lane: AsyncLane,
+        inbox: Channel[Item],
+        outbox: Channel[Item],
+    ) -> None:
+        """:meth:`drive` for an async lane: one item at a time. An ``await`` costs no hop to
+        amortise, so there is no batch list, batcher or hand-back queue to keep per item."""
+        metrics = self.metrics[first]  # async stages are never fused: head and tail are one
+        perf = time.perf_counter
+        while True:
+            try:
+                item = inbox.receive_nowait()
+            except WouldBlock:
+                waited = perf()
+                try:
+                    item = await inbox.receive()
+                except EndOfStream:
+                    return
+                metrics.wait_inbox += perf() - waited
+            except EndOfStream:
+                return
+            outcome = await lane.one(item.value)
+            metrics.batches += 1
+            self._account(first, 1, outcome)
+            blocked = perf()
+            await self._forward(group, item, outcome, inbox, outbox)
+            if outcome.ok:
+                metrics.blocked_outbox += perf() - blocked
+
+    async def _forward(
+        self,
+        group: list[Stage],
+        item: Item,
+        outcome: Outcome,
+        inbox: Channel[Item],
+        outbox: Channel[Item],
+    ) -> None:
+        """Hand on an item a group finished: its failure record, the next group, its join, or
+        (after the last group) its record, directly rather than through the sink task."""
+        if not outcome.ok:
+            failure = self._failure(item, group[outcome.step], outcome)
+            if item.join is not None:
+                await self._part_failed(item, failure)
+            else:
+                await self.emit(failure)
+            return
+        item.value = outcome.value
+        if outcome.attempts > item.attempts:
+            item.attempts = outcome.attempts
+        if item.join is not None:  # a part of a split item
+            if item.join.closed:  # its item failed already
+                return
+            if item.join.at is inbox or isinstance(item.value, Split):
+                await self._joined(item, group[-1])
+            else:  # more stages to run before the join
+                await outbox.send(item)
+        elif isinstance(item.value, Split):
+            await self._split(item, group[-1], outbox)
+        elif outbox is self.channels[-1]:  # the last group: one task switch less per item
+            await self._finish(item)
+        else:
+            await outbox.send(item)
 
     def _account(self, first: int, n: int, out: Outcome) -> None:
         total_busy = sum(out.busy) or 1e-12
