@@ -28,6 +28,7 @@ install: $(VENV)/.installed ## Create .venv (if missing) and install the package
 	@echo "installed into $(VENV)"
 
 process: $(VENV)/.installed ## Process INPUT="dir1 dir2" (default sample_data/images sample_data/data) [URLS=list.txt] into OUTPUT=out
+	@$(PY) -m compileall -q pipeline stages  # bytecode once, not in every worker (PYTHONDONTWRITEBYTECODE)
 	$(PY) -m pipeline process $(INPUT) $(if $(URLS),--urls $(URLS)) --output $(OUTPUT) $(ARGS)
 
 demo-download: $(VENV)/.installed ## Serve sample_data/images on 127.0.0.1 and process it by URL into out/download
@@ -49,6 +50,7 @@ lint: $(VENV)/.installed-dev ## ruff + mypy over pipeline/ and stages/
 	$(PY) -m mypy
 
 bench: $(VENV)/.installed-dev ## Run the benchmarks and print their tables (asserts nothing)
+	@$(PY) -m compileall -q pipeline stages bench
 	$(PY) -m bench $(ARGS)
 
 clean: ## Remove outputs and caches (keeps .venv)
