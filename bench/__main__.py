@@ -12,6 +12,7 @@ SUITES = {
     "downloads": "bench.downloads",
     "dask": "bench.dask_backend",
     "auto": "bench.auto",
+    "numeric": "bench.numeric",
 }
 
 

@@ -63,18 +63,18 @@ class Histogram:
 
     @property
     def width(self) -> float:
-        return math.ldexp(1.0, self.exp)
+        return _ldexp(1, self.exp)
 
     @property
     def low(self) -> float:
-        return math.ldexp(float(self.start), self.exp)
+        return _ldexp(self.start, self.exp)
 
     @property
     def high(self) -> float:
-        return math.ldexp(float(self.start + len(self.counts)), self.exp)
+        return _ldexp(self.start + len(self.counts), self.exp)
 
     def edges(self) -> list[float]:
-        return [math.ldexp(float(self.start + i), self.exp) for i in range(len(self.counts) + 1)]
+        return [_ldexp(self.start + i, self.exp) for i in range(len(self.counts) + 1)]
 
     def coarsen(self, exp: int) -> Histogram:
         """The same counts in the wider bins of ``exp`` (>= self.exp): exact, bins nest."""
@@ -90,13 +90,28 @@ class Histogram:
         return Histogram(exp, first, tuple(out), self.max_bins, self.lo, self.hi)
 
     def to_dict(self) -> dict[str, Any]:
+        """Edges are ``low + i·width``; ``exp``/``start`` give them exactly (width = 2**exp)."""
         return {
-            "low": self.low,
-            "width": self.width,
+            "low": _finite_or_none(self.low),
+            "width": _finite_or_none(self.width),
             "counts": list(self.counts),
             "finite_min": self.lo,
             "finite_max": self.hi,
+            "exp": self.exp,
+            "start": self.start,
         }
+
+
+def _ldexp(m: int, e: int) -> float:
+    """m·2**e as a float; ±inf where it overflows (bins wider than the float range)."""
+    try:
+        return math.ldexp(float(m), e)
+    except OverflowError:
+        return math.copysign(math.inf, m) if m else 0.0
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 def _floor_scaled(v: float, exp: int) -> int:
@@ -192,8 +207,11 @@ class ArrayStats:
         h = d.get("histogram")
         hist = None
         if h is not None:
-            exp = math.frexp(h["width"])[1] - 1
-            start = round(math.ldexp(h["low"], -exp))
+            if "exp" in h:
+                exp, start = int(h["exp"]), int(h["start"])
+            else:  # written before exp/start were recorded
+                exp = math.frexp(h["width"])[1] - 1
+                start = round(math.ldexp(h["low"], -exp))
             counts = tuple(int(c) for c in h["counts"])
             hist = Histogram(exp, start, counts, max_bins, h["finite_min"], h["finite_max"])
 
@@ -246,12 +264,14 @@ def array_stats(
     floor = exp_floor_of(arr.dtype) if exp_floor is None else exp_floor
     flat = arr.reshape(-1, order="A") if arr.ndim != 1 else arr
     total: ArrayStats | None = None
-    buf = np.empty(min(BLOCK, max(flat.size, 1)), dtype=np.float64)
+    # temporaries allocated once per call, not per block: a fresh 2 MiB array per block costs
+    # more in page faults (malloc gives blocks this big back to the kernel) than its arithmetic
+    scratch = _Scratch(min(BLOCK, max(flat.size, 1)))
     for lo in range(0, flat.size, BLOCK):
         block = flat[lo : lo + BLOCK]
-        x = buf[: block.size]
+        x = scratch.x[: block.size]
         np.copyto(x, block, casting="unsafe")
-        part = _block_stats(x, max_bins, floor)
+        part = _block_stats(x, max_bins, floor, scratch)
         total = part if total is None else merge(total, part)
     return total if total is not None else empty_stats(exp_floor=floor)
 
@@ -286,22 +306,47 @@ def level_stats(counts: Sequence[int], *, max_bins: int = 64) -> ArrayStats:
     )
 
 
-def _block_stats(x: npt.NDArray[np.float64], max_bins: int, floor: int) -> ArrayStats:
-    """Statistics of one float64 block (``x`` may be overwritten)."""
+class _Scratch:
+    """The temporaries of :func:`array_stats`, one block long each."""
+
+    __slots__ = ("dev", "idx", "mask", "mask2", "x")
+
+    def __init__(self, size: int) -> None:
+        self.x = np.empty(size, dtype=np.float64)
+        self.dev = np.empty(size, dtype=np.float64)
+        self.idx = np.empty(size, dtype=np.int64)
+        self.mask = np.empty(size, dtype=bool)
+        self.mask2 = np.empty(size, dtype=bool)
+
+
+def _block_stats(
+    x: npt.NDArray[np.float64], max_bins: int, floor: int, scratch: _Scratch | None = None
+) -> ArrayStats:
+    """Statistics of one float64 block (``x`` and ``scratch`` may be overwritten)."""
     # values near the float64 limit overflow the sums to inf: a result, not an error
     with np.errstate(over="ignore", invalid="ignore"):
-        return _block_stats_raw(x, max_bins, floor)
+        return _block_stats_raw(x, max_bins, floor, scratch or _Scratch(x.size))
 
 
-def _block_stats_raw(x: npt.NDArray[np.float64], max_bins: int, floor: int) -> ArrayStats:
+def _block_stats_raw(
+    x: npt.NDArray[np.float64], max_bins: int, floor: int, scratch: _Scratch
+) -> ArrayStats:
+    size = int(x.size)
+    dev = scratch.dev[:size]
     total = float(x.sum())
     nan_count = neg_inf = pos_inf = 0
     if not math.isfinite(total):  # NaN or ±inf somewhere (or an overflow): the careful path
-        nan_mask = np.isnan(x)
-        nan_count = int(nan_mask.sum())
-        neg_inf = int(np.count_nonzero(x == -np.inf))
-        pos_inf = int(np.count_nonzero(x == np.inf))
-        x = x[np.isfinite(x)]
+        finite = np.isfinite(x, out=scratch.mask[:size])
+        kept = int(np.count_nonzero(finite))
+        if kept < size:
+            inf = int(np.count_nonzero(np.isinf(x, out=scratch.mask2[:size])))
+            if inf:  # rare: a temporary is fine
+                neg_inf = int(np.count_nonzero(x == -np.inf))
+                pos_inf = inf - neg_inf
+            nan_count = size - kept - inf
+            # the finite values, packed into the other buffer; x's buffer becomes the scratch
+            np.compress(finite, x, out=dev[:kept])
+            x, dev = dev[:kept], x
         total = float(x.sum())
     n = int(x.size)
     if n == 0:
@@ -314,14 +359,16 @@ def _block_stats_raw(x: npt.NDArray[np.float64], max_bins: int, floor: int) -> A
     exp = choose_exp(lo, hi, max_bins, floor)
     start = _floor_scaled(lo, exp)
     scale = math.ldexp(1.0, -exp)
-    dev = x - mean
+    dev = dev[:n]
+    np.subtract(x, mean, out=dev)
     np.square(dev, out=dev)  # not np.dot: BLAS threads would spin on the other workers' cores
     m2 = float(dev.sum())
     # bin index: x·2**-exp is exact (a power-of-two scale) and its floor an exact integer below
     # 2**53; the start is subtracted in integers (as floats, 1 - 1e-25 would round to 1)
     np.multiply(x, scale, out=dev)
     np.floor(dev, out=dev)
-    idx = dev.astype(np.int64)
+    idx = scratch.idx[:n]
+    np.copyto(idx, dev, casting="unsafe")
     if exp > 0 and lo < 0:  # bins wider than 1: a negative x tinier than 2**(exp-1074)
         tiny = (x < 0) & (x > -math.ldexp(1.0, exp - 1074))  # underflows to -0.0, bin -1
         idx[tiny] = -1

@@ -370,13 +370,12 @@ def _lines(path: str, start: int, stop: int, data_start: int) -> bytes:
                 begin = _next_line(f, start)
         if begin >= stop:
             return b""
+        # a part ending inside a line finishes it: find where first, then one read (a `+=` of
+        # the tail would copy the whole part once more)
+        f.seek(stop - 1)
+        end = stop if f.read(1) in (b"\n", b"") else _next_line(f, stop)
         f.seek(begin)
-        data = f.read(stop - begin)
-        if data and not data.endswith(b"\n"):  # finish the last line
-            tail = _next_line(f, stop)
-            f.seek(stop)
-            data += f.read(tail - stop)
-        return data
+        return f.read(end - begin)
 
 
 def _next_line(f: BinaryIO, pos: int) -> int:
@@ -436,7 +435,7 @@ def _crunch_csv(part: CsvPart) -> CsvPartResult:
     data = _lines(part.path, part.start, part.stop, part.data_start)
     lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
     res = CsvPartResult(lines=lines, rows=0, columns={}, non_numeric={})
-    if not data.strip():
+    if not data or data.isspace():  # data.strip() would copy the whole part
         res.columns = {n: array_stats(np.empty(0), max_bins=part.bins) for n in part.numeric}
         res.non_numeric = dict.fromkeys(part.other, 0)
         return res

@@ -124,6 +124,9 @@ def test_array_stats_basics_and_round_trip() -> None:
         array_stats(np.array(["a"]))
     with pytest.raises(ValueError, match="max_bins"):
         array_stats(np.arange(3), max_bins=0)
+    huge = array_stats(np.array([1e308, 1e308, -5.0]), max_bins=1).to_dict()
+    json.dumps(huge, allow_nan=False)  # bins wider than the float range: edges None, exp kept
+    assert huge["histogram"]["counts"] == [1, 2] and huge["histogram"]["width"] is None
     empty = merge(array_stats(np.array([np.nan])), array_stats(np.empty(0)))
     assert empty.count == 0 and empty.nan_count == 1 and math.isnan(empty.mean)
 
