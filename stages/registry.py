@@ -107,7 +107,17 @@ def _delimiter(value: str | None) -> str | None:
     return "\t" if value in ("\\t", "tab", "TAB") else value
 
 
+def _warm_up(args: argparse.Namespace) -> None:
+    """Process workers' forkserver starts importing the stage modules now, on another core,
+    while this process imports them too (about half a second saved per run)."""
+    if (args.backend or "local") == "local":
+        from pipeline.procpool import warm_up
+
+        warm_up(["stages.steps"])
+
+
 def _process(args: argparse.Namespace) -> int:
+    _warm_up(args)
     from pipeline.cli import report
 
     from .process import run_process
@@ -123,6 +133,7 @@ def _process(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    _warm_up(args)
     import dataclasses
     import sys
     import tempfile

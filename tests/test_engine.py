@@ -490,3 +490,17 @@ def test_preload_skips_a_module_the_forkserver_would_take_from_elsewhere(
     (tmp_path / "tests" / "__init__.py").write_text("")
     monkeypatch.chdir(tmp_path)
     assert "tests.fns" not in preload_modules(steps_of([stage(fns.double, kind="process")]))
+
+
+def test_warm_up_starts_the_forkserver_with_the_modules_before_any_stage() -> None:
+    # the CLI calls warm_up before importing the stages: the forkserver imports them meanwhile
+    imports = (
+        "import tests; from pipeline.procpool import warm_up; "
+        "import multiprocessing.forkserver as fs; "
+        "warm_up(['tests.test_engine']); assert fs._forkserver._forkserver_pid; "
+        "from tests.test_engine import imported_in"
+    )
+    done = _run_script(_ROOT, imports, "imported_in")
+    assert done.returncode == 0, done.stderr
+    for status, (imported, worker) in json.loads(done.stdout):
+        assert status == "ok" and imported != worker  # imported in the warmed-up forkserver
