@@ -293,7 +293,7 @@ class Run:
                 n += 1
         except Exception as exc:  # the parts iterator failed: the item fails
             if join.fail():
-                await self.emit(self._failure(item, st, Outcome(False, exc, 0, item.attempts, [])))
+                await self.emit(self._failed(item, st, exc, item.attempts))
             return
         join.expected = n
         if join.complete():  # every part is back already (or there were none)
@@ -315,7 +315,7 @@ class Run:
         if isinstance(part.value, Split):
             if join.fail():
                 exc = SplitError(f"stage {st.name!r} split a part of an already split item")
-                await self.emit(self._failure(join.item, st, Outcome(False, exc, 0, 1, [])))
+                await self.emit(self._failed(join.item, st, exc, 1))
             return
         if join.add(part.part, part.value, part.attempts):
             await self._merge(join)
@@ -325,8 +325,7 @@ class Run:
         try:
             item.value = join.merged()
         except Exception as exc:
-            failed = Outcome(False, exc, 0, join.attempts, [])
-            await self.emit(self._failure(item, join.stage, failed))
+            await self.emit(self._failed(item, join.stage, exc, join.attempts))
             return
         item.attempts = join.attempts
         await join.deliver(item)
@@ -529,10 +528,12 @@ class Run:
             self.progress.advance(first + j)
 
     def _failure(self, item: Item, st: Stage, out: Outcome) -> Record:
-        exc = out.value
+        return self._failed(item, st, out.value, out.attempts)
+
+    def _failed(self, item: Item, st: Stage, exc: BaseException, attempts: int) -> Record:
         # an exception may carry its own attempt count (a download retried inside its stage)
         # and small JSON-able ``details`` for the record (an HTTP status)
-        attempts = max(out.attempts, _int(getattr(exc, "attempts", 0)))
+        attempts = max(attempts, _int(getattr(exc, "attempts", 0)))
         details = getattr(exc, "details", None)
         meta = {**item.meta, **details} if isinstance(details, dict) else item.meta
         error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__

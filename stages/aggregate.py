@@ -14,7 +14,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pipeline import Record, Status, atomic_write_bytes
+from pipeline import Record, Status, atomic_write_bytes, read_manifest
 
 from .arraystats import FLOAT_EXP_FLOOR, INT_EXP_FLOOR, ArrayStats, merge
 
@@ -89,34 +89,40 @@ def _bins(d: dict[str, Any]) -> int:
 
 
 class DataTable:
-    """``data_stats.csv``: one row per array or CSV column (written when there is data)."""
+    """``data_stats.csv``: one row per array or CSV column, from the manifest at the end of the
+    run (as ``stats.csv``: memory stays flat whatever the number of records)."""
 
     name = "data_table"
     COLUMNS = ("key", "column", "count", "missing", "mean", "std", "min", "max", "sum", "bad")
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.buf = io.StringIO()
-        self.writer = csv.DictWriter(self.buf, fieldnames=self.COLUMNS)
-        self.rows = 0
 
     def add(self, record: Record) -> None:
-        v = _data_value(record)
-        if v is None:
-            return
-        if v["kind"] == "array":
-            items = [("", v["stats"], 0)]
-        else:
-            bad = v.get("bad_cells", {})
-            items = [(n, s, bad.get(n, 0)) for n, s in v["columns"].items()]
-        for column, s, n_bad in items:
-            row = {k: s.get(k) for k in ("count", "missing", "mean", "std", "min", "max", "sum")}
-            self.writer.writerow({"key": record.key, "column": column, **row, "bad": n_bad})
-            self.rows += 1
+        return None
 
     def result(self) -> dict[str, Any]:
-        if not self.rows:
+        manifest = self.folder / "manifest.jsonl"
+        if not manifest.exists():
             return {"rows": 0, "files": []}
-        header = ",".join(self.COLUMNS) + "\r\n"
-        atomic_write_bytes(self.folder / "data_stats.csv", (header + self.buf.getvalue()).encode())
-        return {"rows": self.rows, "files": ["data_stats.csv"]}
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.COLUMNS)
+        writer.writeheader()
+        rows = 0
+        for line in read_manifest(manifest):
+            v = _data_value(Record.from_json(line))
+            if v is None:
+                continue
+            if v["kind"] == "array":
+                items = [("", v["stats"], 0)]
+            else:
+                bad = v.get("bad_cells", {})
+                items = [(n, s, bad.get(n, 0)) for n, s in v["columns"].items()]
+            for column, s, n_bad in items:
+                row = {k: s.get(k) for k in self.COLUMNS[2:-1]}
+                writer.writerow({"key": line["key"], "column": column, **row, "bad": n_bad})
+                rows += 1
+        if not rows:
+            return {"rows": 0, "files": []}
+        atomic_write_bytes(self.folder / "data_stats.csv", buf.getvalue().encode())
+        return {"rows": rows, "files": ["data_stats.csv"]}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "Histogram",
     "array_stats",
     "level_stats",
+    "level_sums",
     "merge",
     "merge_all",
 ]
@@ -276,23 +277,30 @@ def array_stats(
     return total if total is not None else empty_stats(exp_floor=floor)
 
 
+_LEVELS = np.arange(256, dtype=np.int64)
+
+
+def level_sums(counts: npt.NDArray[np.int64]) -> tuple[int, int, int]:
+    """n, Σx and Σx² of integer values ``0..len(counts)-1`` from how often each occurs, as exact
+    Python integers (integer dot products: no BLAS)."""
+    levels = _LEVELS if len(counts) == 256 else np.arange(len(counts), dtype=np.int64)
+    return int(counts.sum()), int(counts @ levels), int(counts @ (levels * levels))
+
+
 def level_stats(counts: Sequence[int], *, max_bins: int = 64) -> ArrayStats:
     """Statistics of integer values ``0..len(counts)-1`` given how often each occurs — an image
     band's 256-level histogram — with exact integer sums (no pass over the pixels)."""
-    n = s1 = s2 = 0
-    lo = hi = -1
-    for level, c in enumerate(counts):
-        if c:
-            n, s1, s2 = n + c, s1 + c * level, s2 + c * level * level
-            lo = level if lo < 0 else lo
-            hi = level
+    c = np.asarray(counts, dtype=np.int64)
+    n, s1, s2 = level_sums(c)
     if n == 0:
         return empty_stats(exp_floor=INT_EXP_FLOOR)
+    present = np.flatnonzero(c)
+    lo, hi = int(present[0]), int(present[-1])
+    levels = np.arange(lo, hi + 1, dtype=np.int64)
     exp = choose_exp(float(lo), float(hi), max_bins, INT_EXP_FLOOR)
     first = lo >> exp
-    binned = [0] * ((hi >> exp) - first + 1)
-    for level in range(lo, hi + 1):
-        binned[(level >> exp) - first] += counts[level]
+    # float64 weights: exact below 2**53
+    binned = np.bincount((levels >> exp) - first, weights=c[lo : hi + 1])
     return ArrayStats(
         count=n,
         nan_count=0,
@@ -301,7 +309,9 @@ def level_stats(counts: Sequence[int], *, max_bins: int = 64) -> ArrayStats:
         mean=s1 / n,
         min=float(lo),
         max=float(hi),
-        histogram=Histogram(exp, first, tuple(binned), max_bins, float(lo), float(hi)),
+        histogram=Histogram(
+            exp, first, tuple(binned.astype(np.int64).tolist()), max_bins, float(lo), float(hi)
+        ),
         exp_floor=INT_EXP_FLOOR,
     )
 
@@ -374,7 +384,7 @@ def _block_stats_raw(
         idx[tiny] = -1
     idx -= start
     counts = np.bincount(idx, minlength=_span(lo, hi, exp))
-    hist = Histogram(exp, start, tuple(int(c) for c in counts), max_bins, lo, hi)
+    hist = Histogram(exp, start, tuple(counts.tolist()), max_bins, lo, hi)
     s = ArrayStats(
         count=n,
         nan_count=nan_count,
@@ -396,18 +406,14 @@ def _with_inf(s: ArrayStats, neg_inf: int, pos_inf: int) -> ArrayStats:
     if s.finite == 0:
         lo = -math.inf if neg_inf else math.inf
         hi = math.inf if pos_inf else -math.inf
-    return ArrayStats(
+    return replace(
+        s,
         count=s.count + neg_inf + pos_inf,
-        nan_count=s.nan_count,
         sum=s.sum + (-math.inf if neg_inf else 0.0) + (math.inf if pos_inf else 0.0),
-        m2=s.m2,
-        mean=s.mean,
         min=lo,
         max=hi,
-        histogram=s.histogram,
         neg_inf=s.neg_inf + neg_inf,
         pos_inf=s.pos_inf + pos_inf,
-        exp_floor=s.exp_floor,
     )
 
 

@@ -10,9 +10,9 @@ Two independent parts, all plain functions over numpy:
   pigeonhole buckets so that 100k hashes are grouped in about a second instead of 5·10⁹ pair
   comparisons (see the function's docstring for the complexity).
 
-The per-channel mean and standard deviation are :class:`stages.arraystats.ArrayStats` of each
-band's 256-level histogram (:func:`stages.arraystats.level_stats`, exact integer sums): the same
-mergeable statistics the numeric data files are crunched into.
+The per-channel mean and standard deviation come from each band's 256-level histogram through
+:func:`stages.arraystats.level_sums` (exact integer sums), the same sums from which
+:func:`stages.arraystats.level_stats` builds the numeric data files' mergeable statistics.
 
 Nothing here raises anything but ``ValueError`` (bad arguments).
 """
@@ -20,13 +20,14 @@ Nothing here raises anything but ``ValueError`` (bad arguments).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from .arraystats import level_stats
+from .arraystats import level_sums
 
 __all__ = [
     "DHASH_BITS",
@@ -92,8 +93,13 @@ def _sharpness(lum: npt.NDArray[np.uint8]) -> float:
 
 def _moments(hist: list[int], bands: int) -> tuple[list[float], list[float]]:
     """Per-band mean and population std from Pillow's 256-bin histograms (exact integer sums)."""
-    per_band = [level_stats(hist[b * 256 : (b + 1) * 256]) for b in range(bands)]
-    return [s.mean for s in per_band], [s.std for s in per_band]
+    means: list[float] = []
+    stds: list[float] = []
+    for row in np.asarray(hist, dtype=np.int64).reshape(bands, 256):
+        n, s1, s2 = level_sums(row)
+        means.append(s1 / n if n else math.nan)
+        stds.append(math.sqrt(max(0, n * s2 - s1 * s1)) / n if n else math.nan)
+    return means, stds
 
 
 def image_stats(im: Image.Image) -> dict[str, object]:
