@@ -65,7 +65,7 @@ class DataAggregate:
         group["files"] += 1
         group["rows"] += int(v.get("rows", 0))
         for name, (d, floor) in columns.items():
-            s = ArrayStats.from_dict(d, max_bins=_bins(d), exp_floor=floor)
+            s = ArrayStats.from_dict(d, max_bins=64, exp_floor=floor)
             prev = group["stats"].get(name)
             group["stats"][name] = s if prev is None else merge(prev, s)
 
@@ -81,11 +81,6 @@ class DataAggregate:
                 entry["stats"] = {n: s.to_dict() for n, s in g["stats"].items()}
             groups.append(entry)
         return {"groups": groups, "other_files": self.other_files}
-
-
-def _bins(d: dict[str, Any]) -> int:
-    h = d.get("histogram")
-    return max(64, len(h["counts"])) if h else 64
 
 
 class DataTable:

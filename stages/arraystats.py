@@ -100,6 +100,7 @@ class Histogram:
             "finite_max": self.hi,
             "exp": self.exp,
             "start": self.start,
+            "max_bins": self.max_bins,
         }
 
 
@@ -204,6 +205,7 @@ class ArrayStats:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, max_bins: int, exp_floor: int) -> ArrayStats:
+        # ``max_bins``: for histograms written before they recorded their own
         """Inverse of :meth:`to_dict` (for aggregating records read back from a manifest)."""
         h = d.get("histogram")
         hist = None
@@ -214,6 +216,7 @@ class ArrayStats:
                 exp = math.frexp(h["width"])[1] - 1
                 start = round(math.ldexp(h["low"], -exp))
             counts = tuple(int(c) for c in h["counts"])
+            max_bins = int(h.get("max_bins", max_bins))
             hist = Histogram(exp, start, counts, max_bins, h["finite_min"], h["finite_max"])
 
         def num(v: float | None, default: float) -> float:

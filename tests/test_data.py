@@ -315,6 +315,9 @@ def test_process_resume_redoes_only_what_changed(data_dir: Path, tmp_path: Path)
     assert ok_data and redone == ok_data  # new histogram bins redo the data, not the images
     hist = recs["in/big.npy"]["result"]["stats"]["histogram"]
     assert len(hist["counts"]) <= 16
+    groups = json.loads((out / "summary.json").read_text())["collected"]["data_aggregate"]
+    both = next(g for g in groups["groups"] if g["kind"] == "array" and g["shape"] == [300_000])
+    assert len(both["stats"]["histogram"]["counts"]) <= 16  # the aggregate keeps --bins too
 
 
 def test_data_files_inside_a_zip_that_is_not_one(tmp_path: Path) -> None:
