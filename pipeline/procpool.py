@@ -29,9 +29,19 @@ worker again with the preload list as it was before (see :func:`_spawn`).
 Wire protocol (``Connection.send_bytes`` of pickles, protocol 5):
 parent → worker ``(seq, n, pickled_values)`` followed by ``n`` raw messages, or ``None`` to
 exit. ``pickled_values`` is the pickle of ``[value, ...]`` in which every ``bytes`` object of at
-least ``OUT_OF_BAND_BYTES`` is a persistent id ``i`` standing for the ``i``-th raw message: big
-payloads (file contents) are written from and read into their own buffers, never copied into
-and out of a pickle stream.
+least ``OUT_OF_BAND_BYTES`` is left out as a persistent id, so big payloads (file contents) are
+never copied into and out of a pickle stream:
+
+* ``(offset, length)``: the bytes are in the lane's shared-memory arena (Linux: a ``memfd`` of
+  ``ARENA_BYTES``, mapped by the parent and passed to the worker at its start). The parent copies
+  a batch's payloads in from offset 0 before sending the message; the worker copies them out
+  when it receives it, before running anything. A lane sends its next batch only once every
+  outcome of the previous one is back (or the worker is gone), so the two never overlap. A copy
+  each side (~0.1 ms per MB) replaces pushing the bytes through the socket, which costs the
+  worker ~1.5 ms of CPU per MB in ``recv`` calls of a socket buffer's size;
+* ``i`` (an int): the ``i``-th raw message after the header; for payloads that do not fit in
+  what is left of the arena, and where there is no arena.
+
 worker → parent ``(seq, [(index, Outcome), ...])``.
 """
 
@@ -44,9 +54,11 @@ import importlib.machinery
 import io
 import logging
 import math
+import mmap
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import multiprocessing.forkserver as mp_forkserver
+import multiprocessing.reduction as mp_reduction
 import os
 import pickle
 import signal
@@ -54,6 +66,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, MutableSequence, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .calls import (
@@ -78,8 +91,15 @@ log = logging.getLogger(__name__)
 #: Outcomes are flushed to the parent at least this often while a batch runs (seconds).
 FLUSH_INTERVAL = 0.005
 
-#: ``bytes`` values at least this long travel to the worker as raw messages of their own.
+#: ``bytes`` values at least this long travel to the worker out of the pickle stream.
 OUT_OF_BAND_BYTES = 64 * 1024
+
+#: Size of a lane's shared-memory arena for big payloads (memory is used only as far as a batch
+#: has filled it; a payload that does not fit in the rest goes through the socket).
+ARENA_BYTES = 64 * 1024 * 1024
+
+#: Arena memory a lane keeps between batches; what a bigger batch touched beyond it is freed.
+ARENA_KEEP = 16 * 1024 * 1024
 
 #: How long a lane retries starting its worker while a forkserver broken by a preloaded module
 #: is replaced (seconds).
@@ -219,54 +239,145 @@ def _spawn(proc: Any) -> None:
 # -- the wire --------------------------------------------------------------------------------
 
 
+class _Arena:
+    """A lane's shared memory for big payloads: written by the parent, read by its worker.
+
+    Anonymous (``memfd``), so nothing is left behind in ``/dev/shm`` by a killed process. It
+    pickles only while a worker is being started: the file descriptor is passed to the child the
+    way multiprocessing passes a ``Connection``'s.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.view = mmap.mmap(fd, size)
+        self.high = 0  # end of the last batch's payloads (parent side)
+
+    def put(self, copies: Sequence[tuple[int, bytes]]) -> None:
+        """Copy a batch's payloads in (the previous batch is no longer read by anyone).
+
+        Memory the previous batch touched beyond ``ARENA_KEEP`` is given back first, so an
+        idle lane holds at most that much after a batch of big files went through it.
+        """
+        view = self.view
+        if self.high > ARENA_KEEP and hasattr(mmap, "MADV_REMOVE"):
+            start = ARENA_KEEP - ARENA_KEEP % mmap.PAGESIZE
+            with contextlib.suppress(OSError):
+                view.madvise(mmap.MADV_REMOVE, start, self.high - start)
+        end = 0
+        for offset, data in copies:
+            end = offset + len(data)
+            view[offset:end] = data
+        self.high = end
+
+    @classmethod
+    def create(cls, size: int | None = None) -> _Arena | None:
+        """A new arena of ``size`` (default ``ARENA_BYTES``), or None where there is no
+        ``memfd_create`` (or it fails)."""
+        size = ARENA_BYTES if size is None else size
+        memfd_create = getattr(os, "memfd_create", None)
+        if memfd_create is None:
+            return None
+        try:
+            fd = memfd_create("pipeline-lane", getattr(os, "MFD_CLOEXEC", 0))
+        except OSError as exc:
+            log.debug("no shared-memory arena: %s", exc)
+            return None
+        try:
+            os.ftruncate(fd, size)
+            return cls(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            log.debug("no shared-memory arena: %s", exc)
+            return None
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, int]]:
+        return _attach_arena, (mp_reduction.DupFd(self.fd), self.size)
+
+    def close(self) -> None:
+        self.view.close()
+        os.close(self.fd)
+
+
+def _attach_arena(dup: Any, size: int) -> _Arena:
+    return _Arena(dup.detach(), size)
+
+
 class _OutOfBandPickler(pickle.Pickler):
-    """Pickles with big ``bytes`` objects left out, as persistent ids into ``buffers``."""
+    """Pickles with big ``bytes`` objects left out, as persistent ids (module docstring)."""
 
-    def __init__(self, file: io.BytesIO, buffers: list[bytes]) -> None:
+    def __init__(self, file: io.BytesIO, arena: _Arena | None) -> None:
         super().__init__(file, protocol=5)
-        self.buffers = buffers
+        self.buffers: list[bytes] = []
+        self.copies: list[tuple[int, bytes]] = []  # (arena offset, payload)
+        self.room = arena.size if arena is not None else 0
+        self.used = 0
 
-    def persistent_id(self, obj: Any) -> int | None:
-        if type(obj) is bytes and len(obj) >= OUT_OF_BAND_BYTES:
-            self.buffers.append(obj)
-            return len(self.buffers) - 1
-        return None
+    def persistent_id(self, obj: Any) -> int | tuple[int, int] | None:
+        if type(obj) is not bytes or len(obj) < OUT_OF_BAND_BYTES:
+            return None
+        n = len(obj)
+        if self.used + n <= self.room:
+            self.copies.append((self.used, obj))
+            self.used += n
+            return self.used - n, n
+        self.buffers.append(obj)
+        return len(self.buffers) - 1
 
 
 class _OutOfBandUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, buffers: Sequence[bytes]) -> None:
+    def __init__(self, file: io.BytesIO, buffers: Sequence[bytes], arena: _Arena | None) -> None:
         super().__init__(file)
         self.buffers = buffers
+        self.arena = arena
 
     def persistent_load(self, pid: Any) -> bytes:
+        if isinstance(pid, tuple):
+            offset, n = pid
+            assert self.arena is not None, "payload in an arena the worker does not have"
+            data: bytes = self.arena.view[offset : offset + n]
+            return data
         buffer: bytes = self.buffers[int(pid)]
         return buffer
 
 
-def _dumps_values(values: Any) -> tuple[bytes, list[bytes]]:
-    buffers: list[bytes] = []
+@dataclass
+class _Outgoing:
+    """One batch on its way to a worker: arena copies first, then the socket messages."""
+
+    messages: list[bytes]
+    copies: list[tuple[int, bytes]]
+
+
+def _dumps_values(values: Any, arena: _Arena | None) -> tuple[bytes, _OutOfBandPickler]:
     out = io.BytesIO()
-    _OutOfBandPickler(out, buffers).dump(values)
-    return out.getvalue(), buffers
+    pickler = _OutOfBandPickler(out, arena)
+    pickler.dump(values)
+    return out.getvalue(), pickler
 
 
-def _recv_values(conn: mpc.Connection) -> tuple[int, list[Any]] | None:
+def _recv_values(conn: mpc.Connection, arena: _Arena | None) -> tuple[int, list[Any]] | None:
     """One parent → worker message (see the module docstring); None means exit."""
     message = pickle.loads(conn.recv_bytes())
     if message is None:
         return None
     seq, n, pickled = message
     buffers = [conn.recv_bytes() for _ in range(n)]
-    values: list[Any] = _OutOfBandUnpickler(io.BytesIO(pickled), buffers).load()
+    values: list[Any] = _OutOfBandUnpickler(io.BytesIO(pickled), buffers, arena).load()
     return seq, values
 
 
-def _worker_main(conn: mpc.Connection, steps: Sequence[Step], slot: MutableSequence[float]) -> None:
+def _worker_main(
+    conn: mpc.Connection,
+    steps: Sequence[Step],
+    slot: MutableSequence[float],
+    arena: _Arena | None = None,
+) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
-            message = _recv_values(conn)
+            message = _recv_values(conn, arena)
         except (EOFError, OSError):
             return
         if message is None:
@@ -317,13 +428,14 @@ def _pack_outcomes(seq: int, pending: list[tuple[int, Outcome]], steps: Sequence
 
 
 def _pack_values(
-    steps: Sequence[Step], seq: int, batch: Sequence[Item]
-) -> tuple[list[bytes] | None, dict[int, Outcome]]:
+    steps: Sequence[Step], seq: int, batch: Sequence[Item], arena: _Arena | None
+) -> tuple[_Outgoing | None, dict[int, Outcome]]:
     """The batch's messages; items that cannot be pickled fail here, in the parent."""
     values = [it.value for it in batch]
     try:
-        pickled, buffers = _dumps_values(values)
-        return [pickle.dumps((seq, len(buffers), pickled), protocol=5), *buffers], {}
+        pickled, p = _dumps_values(values, arena)
+        header = pickle.dumps((seq, len(p.buffers), pickled), protocol=5)
+        return _Outgoing([header, *p.buffers], p.copies), {}
     except Exception:
         pass
     bad: dict[int, Outcome] = {}
@@ -364,6 +476,7 @@ class ProcessLane:
         _request_preload(preload_modules(self.steps))
         self._sending: asyncio.Future[None] | None = None  # the last batch's write
         self._starting: asyncio.Task[None] | None = None
+        self._arena = _Arena.create()  # shared by the lane's successive workers
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop yet: the worker starts with the first batch
@@ -378,7 +491,10 @@ class ProcessLane:
         slot[SLOT_SEQ] = -1.0
         slot[SLOT_DEADLINE] = math.inf
         proc = self._ctx.Process(
-            target=_worker_main, args=(child, self.steps, slot), daemon=True, name="pipeline-worker"
+            target=_worker_main,
+            args=(child, self.steps, slot, self._arena),
+            daemon=True,
+            name="pipeline-worker",
         )
         starting = loop.run_in_executor(None, _spawn, proc)
         try:
@@ -455,6 +571,9 @@ class ProcessLane:
             if not sending.done():  # a worker that does not read: killing it ends the write
                 self._kill()
                 await asyncio.wait({sending}, timeout=5.0)
+        if self._arena is not None and (sending is None or sending.done()):
+            self._arena.close()  # the worker keeps its own mapping until it exits
+            self._arena = None
         proc, conn = self._proc, self._conn
         if proc is None or conn is None:
             return
@@ -498,8 +617,8 @@ class ProcessLane:
     async def run(self, batch: Sequence[Item]) -> LaneResult:
         self._seq += 1
         seq = self._seq
-        messages, bad = _pack_values(self.steps, seq, batch)
-        if messages is None:
+        outgoing, bad = _pack_values(self.steps, seq, batch, self._arena)
+        if outgoing is None:
             done = [(batch[i], out) for i, out in bad.items()]
             again = [it for i, it in enumerate(batch) if i not in bad]
             return done, again
@@ -517,7 +636,9 @@ class ProcessLane:
         try:
             # a batch can be megabytes of file contents: write it from a thread, so the loop
             # (other lanes' outcomes, the watchdogs) never waits for this worker to read it
-            self._sending = sending = loop.run_in_executor(None, _send_all, self._conn, messages)
+            self._sending = sending = loop.run_in_executor(
+                None, _send_all, self._conn, outgoing, self._arena
+            )
             sending.add_done_callback(_retrieve)  # also when we are cancelled meanwhile
             try:
                 await sending
@@ -567,8 +688,10 @@ class ProcessLane:
         return done, again
 
 
-def _send_all(conn: mpc.Connection, messages: Sequence[bytes]) -> None:
-    for message in messages:
+def _send_all(conn: mpc.Connection, out: _Outgoing, arena: _Arena | None) -> None:
+    if arena is not None:
+        arena.put(out.copies)
+    for message in out.messages:
         conn.send_bytes(message)
 
 

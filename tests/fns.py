@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import signal
 import threading
@@ -269,3 +270,13 @@ def split_with_bad_merge(n: int) -> Any:
 
 def split_again(bounds: tuple[int, int]) -> Any:
     return split_range(bounds[1] - bounds[0], 2)
+
+
+def digest(data: bytes) -> tuple[int, str]:
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def digest_crash_on(data: bytes, bad: int) -> tuple[int, str]:
+    if len(data) == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return digest(data)

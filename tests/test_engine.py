@@ -504,3 +504,94 @@ def test_warm_up_starts_the_forkserver_with_the_modules_before_any_stage() -> No
     assert done.returncode == 0, done.stderr
     for status, (imported, worker) in json.loads(done.stdout):
         assert status == "ok" and imported != worker  # imported in the warmed-up forkserver
+
+
+# -- big payloads: the lane's shared-memory arena and the socket ---------------------------------
+
+
+def _payloads(sizes: list[int]) -> list[bytes]:
+    return [bytes([i % 251]) * n + os.urandom(16) for i, n in enumerate(sizes)]
+
+
+def test_out_of_band_bytes_fill_the_arena_then_go_by_socket() -> None:
+    from pipeline.procpool import OUT_OF_BAND_BYTES, _Arena, _dumps_values
+
+    arena = _Arena.create(1 << 20)
+    assert arena is not None  # Linux: memfd_create
+    try:
+        small, a, b, big, c = _payloads([100, 300_000, 300_000, 600_000, 200_000])
+        _, p = _dumps_values([small, a, {"x": b}, big, c], arena)
+        # in order: a and b fill 600 kB, big does not fit in the rest, c does
+        assert [(off, len(d)) for off, d in p.copies] == [
+            (0, 300_016),
+            (300_016, 300_016),
+            (600_032, 200_016),
+        ]
+        assert p.buffers == [big]
+        assert len(small) < OUT_OF_BAND_BYTES  # stays in the pickle
+        _, without = _dumps_values([a, b], None)
+        assert without.copies == [] and without.buffers == [a, b]
+    finally:
+        arena.close()
+
+
+def test_big_payloads_reach_the_worker_intact_through_arena_and_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline import procpool
+    from pipeline.calls import steps_of
+    from pipeline.records import Item
+
+    monkeypatch.setattr(procpool, "ARENA_BYTES", 1 << 20)  # 1 MB: some of the batch overflows
+    datas = _payloads([10, 70_000, 400_000, 700_000, 900_000, 2_500_000, 300_000, 50])
+
+    async def main() -> None:
+        lane = procpool.ProcessLane(steps_of([stage(fns.digest, kind="process")]), on_crash=print)
+        try:
+            for _ in range(3):  # the arena is reused from offset 0 by every batch
+                done, again = await lane.run([Item(f"k{i}", d) for i, d in enumerate(datas)])
+                assert again == []
+                assert [out.value for _, out in done] == [fns.digest(d) for d in datas]
+        finally:
+            await lane.close(graceful=True)
+
+    asyncio.run(main())
+
+
+def test_a_worker_killed_holding_arena_payloads_loses_only_its_item(out: Path) -> None:
+    datas = _payloads([3_000_000, 2_000_000, 1_000_000, 4_000_000, 500_000] * 4)
+    bad = len(datas[7])  # 1_000_016 bytes: items 2, 7, 12 and 17 have that size
+    pipe = Pipeline(
+        [stage(fns.digest_crash_on, bad, kind="process", workers=1, max_batch=5, name="sha")]
+    )
+    items = [(f"k{i:02d}", d) for i, d in enumerate(datas)]
+    result = pipe.run(items, output=out, progress=False)
+    recs = by_key(out)
+    for i, d in enumerate(datas):
+        rec = recs[f"k{i:02d}"]
+        if len(d) == bad:
+            assert rec["status"] == "failed" and rec["error_type"] == "WorkerCrashed"
+        else:
+            assert rec["status"] == "ok" and rec["result"] == list(fns.digest(d)), i
+    assert result.ok == 16 and result.failed == 4
+
+
+def test_arena_memory_beyond_the_keep_size_is_given_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import procpool
+
+    monkeypatch.setattr(procpool, "ARENA_KEEP", 1 << 20)
+    arena = procpool._Arena.create(16 << 20)
+    assert arena is not None
+
+    def resident() -> int:
+        return os.fstat(arena.fd).st_blocks * 512
+
+    try:
+        arena.put([(0, b"x" * (6 << 20)), (6 << 20, b"y" * (4 << 20))])
+        assert resident() >= 10 << 20
+        arena.put([(0, b"z" * 1000)])  # the 9 MB beyond the first MB are freed
+        assert resident() <= (1 << 20) + 64 * 1024
+        assert arena.view[:1000] == b"z" * 1000
+        assert arena.view[(1 << 20) - 1 : (1 << 20) + 1] == b"x\0"  # freed pages read as zeros
+    finally:
+        arena.close()
