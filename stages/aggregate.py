@@ -5,6 +5,9 @@
   files with the same numeric columns; the result goes into ``summary.json``. Merging uses the
   same exact pairwise merge as the chunks of one file.
 * :class:`DataTable` writes ``data_stats.csv``: one row per array or CSV column.
+
+:mod:`stages.arraystats` (numpy) is imported at the first data record only: a run of images
+never needs it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import Record, Status, atomic_write_bytes, read_manifest
-
-from .arraystats import FLOAT_EXP_FLOOR, INT_EXP_FLOOR, ArrayStats, merge
 
 __all__ = ["DataAggregate", "DataTable"]
 
@@ -32,8 +33,8 @@ def _data_value(record: Record) -> dict[str, Any] | None:
     return None
 
 
-def _floor(dtype: str) -> int:
-    return INT_EXP_FLOOR if dtype.startswith(("int", "uint", "bool")) else FLOAT_EXP_FLOOR
+def _is_int(dtype: str) -> bool:
+    return dtype.startswith(("int", "uint", "bool"))
 
 
 class DataAggregate:
@@ -49,10 +50,12 @@ class DataAggregate:
         v = _data_value(record)
         if v is None:
             return
+        from .arraystats import FLOAT_EXP_FLOOR, INT_EXP_FLOOR, ArrayStats, merge
+
         if v["kind"] == "array":
-            kind = "int" if _floor(v["dtype"]) == INT_EXP_FLOOR else "float"
-            key: tuple[Any, ...] = ("array", tuple(v["shape"]), kind)
-            columns = {"values": (v["stats"], _floor(v["dtype"]))}
+            is_int = _is_int(v["dtype"])
+            key: tuple[Any, ...] = ("array", tuple(v["shape"]), "int" if is_int else "float")
+            columns = {"values": (v["stats"], INT_EXP_FLOOR if is_int else FLOAT_EXP_FLOOR)}
         else:
             key = ("csv", tuple(v["columns"]))
             columns = {n: (s, FLOAT_EXP_FLOOR) for n, s in v["columns"].items()}

@@ -19,6 +19,8 @@ that is not a number is a *bad cell*: counted and reported (first one with its l
 a row with the wrong number of fields is a *bad row*, counted the same way. Quoted values may
 not contain line breaks (such a row shows up as bad rows). A compressed ``.npz`` member cannot
 be memory-mapped: it is streamed in one part.
+
+The options and part classes are defined in :mod:`stages.parts` (no numpy) and re-exported here.
 """
 
 from __future__ import annotations
@@ -38,21 +40,30 @@ import numpy as np
 from pipeline import Split
 
 from .arraystats import BLOCK, FLOAT_EXP_FLOOR, ArrayStats, array_stats, exp_floor_of, merge_all
+from .parts import (
+    DEFAULT_CHUNK_BYTES,
+    ArrayPart,
+    CsvPart,
+    DataOptions,
+    ZipMemberPart,
+    is_data_result,
+)
 from .sources import DATA_EXTENSIONS, DataFile
 
 __all__ = [
     "DATA_EXTENSIONS",
+    "DEFAULT_CHUNK_BYTES",
     "ArrayPart",
     "CsvPart",
     "DataError",
     "DataFile",
     "DataOptions",
+    "ZipMemberPart",
     "crunch_part",
     "is_data_result",
     "plan",
 ]
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20
 #: Bytes of a CSV file read to tell numeric columns from others.
 SAMPLE_BYTES = 1 << 20
 _ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's sizeFileHeader (30 bytes)
@@ -60,64 +71,6 @@ _ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's sizeFileHeader (3
 
 class DataError(Exception):
     """A data file that cannot be read as what its name says (the message says where)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class DataOptions:
-    """How numeric files are crunched; validated on creation."""
-
-    chunk_size: int = DEFAULT_CHUNK_BYTES  # bytes per part (0: never split)
-    columns: tuple[str, ...] = ()  # CSV: only these columns (all numeric ones when empty)
-    delimiter: str | None = None  # CSV: None means by extension (.tsv: tab) or sniffed
-    bins: int = 64  # histogram bins (at most)
-
-    def __post_init__(self) -> None:
-        if self.chunk_size < 0:
-            raise ValueError("chunk size must be >= 0 (0: do not split files)")
-        if self.delimiter is not None and len(self.delimiter) != 1:
-            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
-        if not 1 <= self.bins <= 4096:
-            raise ValueError(f"bins must be between 1 and 4096, got {self.bins}")
-
-    def fingerprint_fields(self) -> dict[str, Any]:
-        """The options that change results (the chunk size changes only the rounding)."""
-        return {"columns": list(self.columns), "delimiter": self.delimiter, "bins": self.bins}
-
-
-@dataclass(frozen=True, slots=True)
-class ArrayPart:
-    """Elements ``[start, stop)`` of an array stored raw at byte ``offset`` of ``path``."""
-
-    path: str
-    offset: int
-    dtype: str
-    start: int
-    stop: int
-    bins: int
-
-
-@dataclass(frozen=True, slots=True)
-class ZipMemberPart:
-    """A compressed ``.npz`` member: streamed whole (deflate cannot seek)."""
-
-    path: str
-    member: str
-    bins: int
-
-
-@dataclass(frozen=True, slots=True)
-class CsvPart:
-    """The lines of a CSV file whose first byte lies in ``[start, stop)``."""
-
-    path: str
-    start: int
-    stop: int
-    data_start: int  # where the first data line starts (after the header)
-    names: tuple[str, ...]
-    numeric: tuple[str, ...]
-    other: tuple[str, ...]
-    delimiter: str
-    bins: int
 
 
 @dataclass(slots=True)
@@ -129,10 +82,6 @@ class CsvPartResult:
     bad_cells: dict[str, int] = field(default_factory=dict)
     bad_rows: int = 0
     first_bad: dict[str, Any] | None = None  # line is relative to the part
-
-
-def is_data_result(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("kind") in ("array", "csv")
 
 
 # ------------------------------------------------------------------------------------ planning

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import io
 import itertools
 import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,12 +45,11 @@ from pipeline import (
 
 from . import steps
 from .aggregate import DataAggregate, DataTable
-from .data import DEFAULT_CHUNK_BYTES, DataOptions, is_data_result
 from .files import DEFAULT_MAX_FILE_BYTES
-from .imaging import ResizeOptions, parse_size
+from .options import ResizeOptions, parse_size
+from .parts import DEFAULT_CHUNK_BYTES, DataOptions, is_data_result
 from .report import write_report
 from .sources import DATA_EXTENSIONS, walk_inputs
-from .stats import near_duplicate_groups
 from .thumbs import outputs_exist
 
 if TYPE_CHECKING:  # aiohttp is imported only when a run has URL lists (start-up time)
@@ -410,6 +411,8 @@ class NearDuplicates:
         return None
 
     def result(self) -> dict[str, Any]:
+        from .stats import near_duplicate_groups
+
         pairs = ((r["key"], r["dhash"]) for r in self.table.rows() if r.get("dhash"))
         groups = near_duplicate_groups(pairs, max_distance=self.max_distance)
         return {"max_distance": self.max_distance, "groups": groups}
@@ -421,6 +424,46 @@ def _url_inputs(lists: Sequence[str]) -> Iterator[Item | Record]:
     from .fetching import url_inputs
 
     return url_inputs(lists)
+
+
+#: What the end of a run imports (``stats.parquet``: pyarrow and numpy, a tenth of a second or
+#: more; near-duplicate groups: numpy), imported ahead in a thread from the run's first input on,
+#: while the parent mostly waits for its workers.
+END_OF_RUN_MODULES = ("pyarrow.csv", "pyarrow.parquet", "stages.stats")
+_prefetch_lock = threading.Lock()
+_prefetch_started = False
+
+
+def _prefetch_end_of_run() -> None:
+    """Start importing :data:`END_OF_RUN_MODULES` in a thread, once per process.
+
+    Not a daemon: interpreter shutdown waits for it rather than cutting an import short.
+    """
+    global _prefetch_started
+    with _prefetch_lock:
+        if _prefetch_started:
+            return
+        _prefetch_started = True
+    threading.Thread(target=_import_all, args=(END_OF_RUN_MODULES,), name="prefetch").start()
+
+
+def _import_all(names: Sequence[str]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the collector that needs it imports it again and reports
+            log.debug("prefetching %s failed: %s", name, exc)
+            return
+
+
+def _first_calls(
+    inputs: Iterable[Item | Record], action: Callable[[], None]
+) -> Iterator[Item | Record]:
+    """``inputs`` unchanged; ``action()`` runs just before the first one is taken."""
+    for i, value in enumerate(inputs):
+        if i == 0:
+            action()
+        yield value
 
 
 def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
@@ -439,6 +482,7 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
     )
     if limit is not None:
         inputs = itertools.islice(inputs, limit)
+    inputs = _first_calls(inputs, _prefetch_end_of_run)
     backend = None
     if cfg.backend == "dask":
         from pipeline.backends.dask import DaskBackend

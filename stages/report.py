@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from pipeline import atomic_write_text, read_manifest
 
-from .data import is_data_result
+from .parts import is_data_result
 
 __all__ = ["MAX_TILES", "REPORT", "write_report"]
 

@@ -22,12 +22,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from .arraystats import level_sums
+
+if TYPE_CHECKING:  # Pillow is imported by the image stages; grouping hashes does not need it
+    from PIL import Image
 
 __all__ = [
     "DHASH_BITS",
@@ -62,6 +65,8 @@ def dhash(im: Image.Image) -> str:
     pixel is brighter than its left neighbour. This is the construction of the ``imagehash``
     package's ``dhash``, so the strings are interchangeable with it.
     """
+    from PIL import Image
+
     small = _luminance(im).resize((9, 8), Image.Resampling.LANCZOS)
     px = np.asarray(small, dtype=np.int16)
     bits = (px[:, 1:] > px[:, :-1]).ravel()

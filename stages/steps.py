@@ -10,6 +10,10 @@ One pipeline carries images and numeric data files side by side::
 
 ``resize`` and ``crunch`` are adjacent process stages, so the engine fuses them into one worker
 call: an image's decoded pixels and a chunk's values never cross a process boundary.
+
+This module imports neither numpy nor Pillow: ``read`` and ``write`` run in the parent process,
+which needs them only for data files. The workers' modules are preloaded by the forkserver
+(``stages.registry.WORKER_MODULES``).
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from typing import Any
 
 from pipeline import Split
 
-from .data import ArrayPart, CsvPart, DataOptions, ZipMemberPart, crunch_part, plan
 from .files import DEFAULT_MAX_FILE_BYTES, Loaded, read_file
-from .imaging import ResizeOptions
+from .options import ResizeOptions
+from .parts import ArrayPart, CsvPart, DataOptions, ZipMemberPart
 from .sources import DataFile, SourceFile
 from .thumbs import Rendered, render, write_outputs
 
@@ -36,6 +40,8 @@ def read(
 ) -> Loaded | Split:
     """An image's bytes (size-capped), or a data file's plan (a Split into chunks)."""
     if isinstance(src, DataFile):
+        from .data import plan
+
         split = plan(src, data or DataOptions())
         # the parts run through resize (passing) and crunch, fused or not (Dask runs them apart)
         return Split(split.parts, split.merge, through="crunch")
@@ -49,7 +55,11 @@ def resize(value: Any, options: ResizeOptions) -> Any:
 
 def crunch(value: Any) -> Any:
     """Statistics of one chunk of a data file; anything else passes through."""
-    return crunch_part(value) if isinstance(value, _PARTS) else value
+    if not isinstance(value, _PARTS):
+        return value
+    from .data import crunch_part
+
+    return crunch_part(value)
 
 
 def write(value: Any, root: str) -> Any:

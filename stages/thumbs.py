@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import Loaded, safe_join, write_atomic
-from .imaging import ImageResult, ResizeOptions, process_image
+from .options import ImageResult, ResizeOptions
 
 __all__ = ["Rendered", "output_rel", "outputs_exist", "render", "write_outputs"]
 
@@ -30,6 +30,8 @@ class Rendered:
 
 def render(loaded: Loaded, options: ResizeOptions) -> Rendered:
     """Decode, resize to every size, compute statistics: runs in a process worker."""
+    from .imaging import process_image  # numpy and Pillow: in the workers only
+
     return Rendered(loaded.rel, process_image(loaded.data, options), loaded.origin)
 
 

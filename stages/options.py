@@ -1,0 +1,206 @@
+"""The image stages' light half: options, results and errors, without numpy or Pillow.
+
+:mod:`stages.imaging` does the work in the process workers and re-exports all of these. They
+live here so that the process that builds a run (parses sizes, validates options) and receives
+its results (:class:`ImageResult`) and failures (:class:`ImageError`) never imports the imaging
+libraries: only the workers do. Every class here pickles by reference to this module.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+__all__ = [
+    "DecodeError",
+    "DecompressionBomb",
+    "EncodedFormat",
+    "EncodedImage",
+    "ImageError",
+    "ImageResult",
+    "OutputFormat",
+    "ResizeMode",
+    "ResizeOptions",
+    "Size",
+    "TruncatedImage",
+    "UnsupportedImage",
+    "parse_size",
+]
+
+ResizeMode: TypeAlias = Literal["fit", "fill", "pad", "exact"]
+OutputFormat: TypeAlias = Literal["keep", "jpeg", "png", "webp"]
+EncodedFormat: TypeAlias = Literal["jpeg", "png", "webp"]
+
+_MAX_SIDE = 65_535
+
+
+# --------------------------------------------------------------------------- exceptions
+
+
+class ImageError(Exception):
+    """Base class of errors for one bad input image (the item fails, the run goes on)."""
+
+
+class DecodeError(ImageError):
+    """Empty input, bytes that are not an image of a supported format, or corrupt image data."""
+
+
+class TruncatedImage(ImageError):
+    """The image data ends early; raised instead of returning a partly grey image."""
+
+
+class DecompressionBomb(ImageError):
+    """The header declares more pixels than allowed; refused before decoding."""
+
+
+class UnsupportedImage(ImageError):
+    """A recognised image whose codec or pixel mode cannot be rendered to RGB/grey."""
+
+
+# --------------------------------------------------------------------------- options
+
+
+_SIZE_RE = re.compile(r"^\s*(?:(\d+)|(\d*)\s*[xX]\s*(\d*))\s*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Size:
+    """A target box. ``None`` for one side leaves it free (derived from the aspect ratio)."""
+
+    width: int | None
+    height: int | None
+
+    def __post_init__(self) -> None:
+        if self.width is None and self.height is None:
+            raise ValueError("Size needs a width, a height, or both")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"Size.{name} must be an int or None, got {v!r}")
+            if not 1 <= v <= _MAX_SIDE:
+                raise ValueError(f"Size.{name} must be between 1 and {_MAX_SIDE}, got {v}")
+
+    @property
+    def label(self) -> str:
+        """``"512"`` for a square box, else ``"640x480"`` (``"640x"`` / ``"x480"`` if free)."""
+        if self.width == self.height:
+            return str(self.width)
+        w = "" if self.width is None else str(self.width)
+        h = "" if self.height is None else str(self.height)
+        return f"{w}x{h}"
+
+
+def parse_size(text: str) -> Size:
+    """Parse ``"512"`` (max side: a 512x512 box), ``"640x480"``, ``"640x"`` or ``"x480"``."""
+    m = _SIZE_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"invalid size {text!r}: expected e.g. '512', '640x480', '640x' or 'x480'")
+    side, w, h = m.groups()
+    if side is not None:
+        return Size(width=int(side), height=int(side))
+    if not w and not h:
+        raise ValueError(f"invalid size {text!r}: give a width, a height or both")
+    return Size(width=int(w) if w else None, height=int(h) if h else None)
+
+
+_MODES = ("fit", "fill", "pad", "exact")
+_FORMATS = ("keep", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResizeOptions:
+    """How :func:`~stages.imaging.process_image` renders its outputs. Validated on creation
+    (``ValueError``).
+
+    * ``sizes`` — one output per size, from a single decode; labels must be distinct.
+    * ``mode`` — ``fit`` inside the box keeping the aspect ratio; ``fill`` covers the box and
+      centre-crops to it; ``pad`` fits, then pads to the exact box with ``pad_color`` (transparent
+      when the output keeps alpha); ``exact`` stretches to the box.
+    * ``upscale`` — when False (default) no output is enlarged: ``fit`` keeps a small image at its
+      size; ``pad`` keeps it at its size and still pads to the full box; ``fill`` and ``exact``
+      shrink the *box* uniformly until it fits inside the image, so the output keeps the box's
+      aspect ratio and no axis is enlarged.
+    * ``format`` — ``keep``: JPEG → jpeg, PNG → png, WebP → webp, anything else → png when it has
+      alpha, jpeg otherwise.
+    * ``quality`` — 1..100, for JPEG and WebP.
+    * ``allow_truncated`` — decode truncated files (the missing part comes out grey) instead of
+      raising :class:`TruncatedImage`.
+    * ``max_pixels`` — refuse images whose header declares more pixels (:class:`DecompressionBomb`).
+    * ``pad_color`` — RGB padding colour for ``pad`` (also used for grey images; a non-grey colour
+      makes a grey image's padded output RGB).
+    """
+
+    sizes: tuple[Size, ...] = (Size(width=512, height=512),)
+    mode: ResizeMode = "fit"
+    upscale: bool = False
+    format: OutputFormat = "keep"
+    quality: int = 85
+    allow_truncated: bool = False
+    max_pixels: int = 100_000_000
+    pad_color: tuple[int, int, int] = (255, 255, 255)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sizes, tuple) or not self.sizes:
+            raise ValueError(f"sizes must be a non-empty tuple of Size, got {self.sizes!r}")
+        for s in self.sizes:
+            if not isinstance(s, Size):
+                raise ValueError(f"sizes must contain Size objects (see parse_size), got {s!r}")
+        labels = [s.label for s in self.sizes]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"sizes must be distinct, got {labels}")
+        if self.mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
+        if self.format not in _FORMATS:
+            raise ValueError(f"format must be one of {_FORMATS}, got {self.format!r}")
+        for name in ("upscale", "allow_truncated"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        q = self.quality
+        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
+            raise ValueError(f"quality must be an int between 1 and 100, got {q!r}")
+        mp = self.max_pixels
+        if isinstance(mp, bool) or not isinstance(mp, int) or mp < 1:
+            raise ValueError(f"max_pixels must be a positive int, got {mp!r}")
+        pc = self.pad_color
+        if (
+            not isinstance(pc, tuple)
+            or len(pc) != 3
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in pc)
+        ):
+            raise ValueError(f"pad_color must be a tuple of three ints 0..255, got {pc!r}")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodedImage:
+    """One encoded output. ``label`` is the size label (``"512"``, ``"640x480"``)."""
+
+    width: int
+    height: int
+    format: EncodedFormat
+    ext: str
+    data: bytes = field(repr=False)
+    label: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageResult:
+    """What :func:`~stages.imaging.process_image` returns: small and picklable.
+
+    ``original_size`` is the displayed size (after EXIF orientation) of the full image;
+    ``original_mode`` is Pillow's mode of the file (e.g. ``"CMYK"``, ``"P"``, ``"I;16"``);
+    ``original_format`` is Pillow's format name, lower-cased (``"jpeg"``, ``"mpo"``, ``"png"``…).
+    ``stats`` comes from :func:`stages.stats.image_stats` on the largest output (by area), after
+    resize/crop and before padding or alpha flattening.
+    """
+
+    original_size: tuple[int, int]
+    original_mode: str
+    original_format: str
+    outputs: tuple[EncodedImage, ...]
+    stats: dict[str, object] = field(hash=False)

@@ -1,0 +1,88 @@
+"""The numeric data files' light half: options, parts and the record check, without numpy.
+
+:mod:`stages.data` plans and crunches the parts and re-exports all of these. They live here so
+that the process that builds a run (and, for images only, never touches numpy) can validate
+:class:`DataOptions`, recognise parts (:mod:`stages.steps`) and data records
+(:func:`is_data_result`) without importing numpy. Every class here pickles by reference to this
+module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "ArrayPart",
+    "CsvPart",
+    "DataOptions",
+    "ZipMemberPart",
+    "is_data_result",
+]
+
+#: Bytes per part of a data file, by default.
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """How numeric files are crunched; validated on creation."""
+
+    chunk_size: int = DEFAULT_CHUNK_BYTES  # bytes per part (0: never split)
+    columns: tuple[str, ...] = ()  # CSV: only these columns (all numeric ones when empty)
+    delimiter: str | None = None  # CSV: None means by extension (.tsv: tab) or sniffed
+    bins: int = 64  # histogram bins (at most)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 0:
+            raise ValueError("chunk size must be >= 0 (0: do not split files)")
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
+        if not 1 <= self.bins <= 4096:
+            raise ValueError(f"bins must be between 1 and 4096, got {self.bins}")
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The options that change results (the chunk size changes only the rounding)."""
+        return {"columns": list(self.columns), "delimiter": self.delimiter, "bins": self.bins}
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayPart:
+    """Elements ``[start, stop)`` of an array stored raw at byte ``offset`` of ``path``."""
+
+    path: str
+    offset: int
+    dtype: str
+    start: int
+    stop: int
+    bins: int
+
+
+@dataclass(frozen=True, slots=True)
+class ZipMemberPart:
+    """A compressed ``.npz`` member: streamed whole (deflate cannot seek)."""
+
+    path: str
+    member: str
+    bins: int
+
+
+@dataclass(frozen=True, slots=True)
+class CsvPart:
+    """The lines of a CSV file whose first byte lies in ``[start, stop)``."""
+
+    path: str
+    start: int
+    stop: int
+    data_start: int  # where the first data line starts (after the header)
+    names: tuple[str, ...]
+    numeric: tuple[str, ...]
+    other: tuple[str, ...]
+    delimiter: str
+    bins: int
+
+
+def is_data_result(value: Any) -> bool:
+    """Whether a record's value is a data file's statistics (not an image's result)."""
+    return isinstance(value, dict) and value.get("kind") in ("array", "csv")

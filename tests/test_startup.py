@@ -1,0 +1,205 @@
+"""Start-up of ``python -m pipeline process``: the early forkserver warm-up, a parent process that
+imports neither numpy nor Pillow, and the Pillow plugins ``stages.imaging`` registers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stages.registry as registry
+from stages.process import _first_calls
+from tests.conftest import by_key
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "sample_data" / "images"
+
+# Runs ``python -m pipeline ARGS`` (as runpy does for -m) and, at exit, prints on one line what
+# this process did: whether it started a forkserver, with which preload list, which modules.
+_WRAPPER = """
+import atexit, json, runpy, sys
+import multiprocessing.forkserver as fs
+
+def _report():
+    server = fs._forkserver
+    print("STARTUP " + json.dumps({
+        "forkserver": server._forkserver_pid is not None,
+        "preload": list(server._preload_modules),
+        "modules": sorted(m for m in ("numpy", "PIL", "pyarrow") if m in sys.modules),
+    }), flush=True)
+
+atexit.register(_report)
+sys.argv = ["pipeline", *sys.argv[1:]]
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+"""
+
+
+def _run_cli(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("STARTUP ")]
+    assert lines, f"no report (exit {done.returncode}): {done.stdout}\n{done.stderr}"
+    return done.returncode, json.loads(lines[-1].removeprefix("STARTUP ")), done.stderr
+
+
+@pytest.fixture
+def one_image(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(IMAGES / "640x480_rgb.jpg", folder)
+    return folder
+
+
+# -- the early warm-up ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "starts"),
+    [
+        (["process", "in", "--output", "out"], True),
+        (["profile", "in", "--sample", "5"], True),
+        (["process", "in", "--backend", "local"], True),
+        (["process", "in", "--backend", "dask"], False),
+        (["process", "in", "--backend=dask"], False),
+        (["process", "in", "--ba", "dask"], False),  # argparse accepts abbreviations
+        (["process", "in", "--config", "run.toml"], False),  # the file may choose Dask
+        (["process", "--help"], False),
+        (["process", "in", "-h"], False),
+        (["--help"], False),
+        (["demo", "in"], False),
+        ([], False),
+    ],
+)
+def test_warm_up_argv_starts_only_local_process_runs(
+    argv: list[str], starts: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(registry, "_start_forkserver", lambda: calls.append(1))
+    assert registry.warm_up_argv(argv) is starts
+    assert len(calls) == int(starts)
+
+
+def test_config_choosing_dask_starts_no_forkserver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(registry, "_start_forkserver", lambda: calls.append(1))
+    config = tmp_path / "run.toml"
+    config.write_text('backend = "dask"\n')
+    registry._warm_up(argparse.Namespace(backend=None, config=config))
+    assert calls == []
+    config.write_text('backend = "local"\n')
+    registry._warm_up(argparse.Namespace(backend=None, config=config))
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["process", "--help"], ["demo", "--help"]])
+def test_help_starts_no_forkserver(args: list[str]) -> None:
+    code, seen, _ = _run_cli(*args)
+    assert code == 0
+    assert not seen["forkserver"]
+    assert seen["modules"] == []
+
+
+def test_local_run_preloads_the_worker_modules_and_the_parent_never_imports_pillow(
+    one_image: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    code, seen, err = _run_cli("process", str(one_image), "--output", str(out), "--quiet")
+    assert code == 0, err
+    assert seen["forkserver"]
+    preload = seen["preload"]
+    assert preload[:2] == ["__main__", "pipeline.procpool"]
+    assert set(registry.WORKER_MODULES) <= set(preload)
+    assert "PIL" not in seen["modules"]  # numpy and pyarrow: stats.parquet, at the end
+    assert by_key(out)["640x480_rgb.jpg"]["status"] == "ok"
+    assert (out / "stats.parquet").exists()
+
+
+def test_dask_run_starts_no_local_forkserver(one_image: Path, tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    out = tmp_path / "out"
+    code, seen, err = _run_cli(
+        "process", str(one_image), "--output", str(out), "--quiet", "--backend", "dask", timeout=90
+    )
+    assert code == 0, err
+    assert not seen["forkserver"]
+    assert by_key(out)["640x480_rgb.jpg"]["status"] == "ok"
+
+
+def test_building_a_run_imports_neither_numpy_nor_pillow() -> None:
+    code = (
+        "import sys\n"
+        "import stages.registry, stages.process, stages.steps, stages.thumbs, stages.aggregate\n"
+        "from stages.process import ProcessConfig\n"
+        "ProcessConfig(inputs=('sample_data/images',), sizes=('512', '64x48'))\n"
+        "print(sorted(m for m in ('numpy', 'PIL', 'pyarrow') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_first_calls_runs_the_action_once_before_the_first_input() -> None:
+    seen: list[str] = []
+    wrapped = _first_calls(iter(["a", "b"]), lambda: seen.append("action"))  # type: ignore[arg-type]
+    assert seen == []
+    for value in wrapped:
+        seen.append(str(value))
+    assert seen == ["action", "a", "b"]
+    list(_first_calls(iter([]), lambda: seen.append("never")))
+    assert "never" not in seen
+
+
+# -- Pillow plugins --------------------------------------------------------------------------------
+_PLUGINS_CHECK = """
+import json, os
+from PIL import Image
+import stages.imaging as imaging
+
+out = {"initialized_after_import": Image._initialized, "allowed": list(imaging.ALLOWED_FORMATS)}
+errors = []
+for data in (os.urandom(4096), b"%!PS-Adobe-3.0 EPSF-3.0\\n" + os.urandom(64),
+             b"\\x00\\x00\\x02\\x00" + os.urandom(64)):  # random, EPS, TGA-like
+    try:
+        imaging.process_image(data, imaging.ResizeOptions())
+    except imaging.DecodeError as exc:
+        errors.append(str(exc))
+out["errors"] = errors
+out["initialized_after_open"] = Image._initialized
+Image.init()  # what the module did before: every plugin, then the wanted formats it has
+out["allowed_with_init"] = [f for f in imaging._WANTED_FORMATS if f in Image.OPEN]
+print(json.dumps(out))
+"""
+
+
+def test_only_the_wanted_plugins_and_allowed_formats_unchanged() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _PLUGINS_CHECK],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["initialized_after_import"] < 2  # Image.init() was not called
+    assert seen["allowed"] == seen["allowed_with_init"]
+    assert {"JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"} <= set(seen["allowed"])
+    expected = (
+        "cannot identify image data: not an image, or not one of the supported formats "
+        f"({', '.join(seen['allowed'])})"
+    )
+    assert seen["errors"] == [expected] * 3
+    assert seen["initialized_after_open"] < 2  # and Pillow did not fall back to it either
