@@ -3,35 +3,79 @@
 Stages of four kinds (async, thread, process, inline) joined by bounded channels, a ledger that
 records exactly one terminal outcome per input, per-stage metrics and progress bars. The engine
 knows nothing about images: those stages live in the ``stages`` package.
+
+The names below are imported on first use (PEP 562), so ``import pipeline`` costs nothing: a
+process worker that needs only :class:`Split` and the worker loop never imports asyncio, the
+ledger or tqdm, and ``python -m pipeline`` can start the workers' forkserver before the engine
+is imported at all.
 """
 
 from __future__ import annotations
 
-from .channel import Channel, EndOfStream
-from .config import RunOptions
-from .core import Pipeline, run_stage
-from .errors import (
-    ConfigError,
-    CrashBudgetExceeded,
-    DefinitionError,
-    FatalRunError,
-    ItemError,
-    ItemTimeout,
-    LedgerError,
-    PipelineError,
-    RemoteError,
-    SplitError,
-    Unpicklable,
-    WorkerCrashed,
-)
-from .ledger import Ledger, atomic_write_bytes, atomic_write_text, read_manifest
-from .metrics import StageSnapshot
-from .records import Item, Record, Status
-from .result import Collector, RunResult
-from .split import Split
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .atomic import atomic_write_bytes, atomic_write_text
+    from .channel import Channel, EndOfStream
+    from .config import RunOptions
+    from .core import Pipeline, run_stage
+    from .errors import (
+        ConfigError,
+        CrashBudgetExceeded,
+        DefinitionError,
+        FatalRunError,
+        ItemError,
+        ItemTimeout,
+        LedgerError,
+        PipelineError,
+        RemoteError,
+        SplitError,
+        Unpicklable,
+        WorkerCrashed,
+    )
+    from .ledger import Ledger, read_manifest
+    from .metrics import StageSnapshot
+    from .records import Item, Record, Status
+    from .result import Collector, RunResult
+    from .split import Split
+
+# Eager: the submodule ``pipeline.stage`` would otherwise shadow the function ``stage`` (importing
+# a submodule sets the package attribute of its name, and then __getattr__ is never asked).
 from .stage import Kind, Stage, stage
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "Channel": "channel",
+    "EndOfStream": "channel",
+    "RunOptions": "config",
+    "Pipeline": "core",
+    "run_stage": "core",
+    "ConfigError": "errors",
+    "CrashBudgetExceeded": "errors",
+    "DefinitionError": "errors",
+    "FatalRunError": "errors",
+    "ItemError": "errors",
+    "ItemTimeout": "errors",
+    "LedgerError": "errors",
+    "PipelineError": "errors",
+    "RemoteError": "errors",
+    "SplitError": "errors",
+    "Unpicklable": "errors",
+    "WorkerCrashed": "errors",
+    "Ledger": "ledger",
+    "read_manifest": "ledger",
+    "atomic_write_bytes": "atomic",
+    "atomic_write_text": "atomic",
+    "StageSnapshot": "metrics",
+    "Item": "records",
+    "Record": "records",
+    "Status": "records",
+    "Collector": "result",
+    "RunResult": "result",
+    "Split": "split",
+}
 
 __all__ = [
     "Channel",
@@ -67,3 +111,16 @@ __all__ = [
     "run_stage",
     "stage",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

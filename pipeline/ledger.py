@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .atomic import FILE_MODE as _FILE_MODE
+from .atomic import atomic_write_bytes, atomic_write_text
 from .errors import LedgerError
 from .records import Record
 
@@ -38,42 +40,6 @@ __all__ = ["Ledger", "atomic_write_bytes", "atomic_write_text", "read_manifest"]
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
 JOURNAL = ".pipeline/ledger.sqlite"
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)  # read once, at import (single-threaded), and put back at once
-    os.umask(mask)
-    return mask
-
-
-#: mkstemp creates 0600 files; outputs get the usual mode (0666 less the umask) instead
-_FILE_MODE = 0o666 & ~_read_umask()
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    Readers see the old file or the new one, never half of one. ``fsync`` also makes the new
-    content durable across a power loss (the ledger wants that; bulk outputs may skip it).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def read_manifest(path: Path) -> Iterator[dict[str, Any]]:

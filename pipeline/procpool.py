@@ -14,23 +14,19 @@ Here every lane owns one process, so the parent always knows which items a dead 
 Workers start with ``forkserver`` (never ``fork`` from a parent that runs threads), ignore
 SIGINT (the parent owns shutdown) and are daemonic, so none outlives the parent. Items go to a
 worker in small batches and outcomes come back in batches flushed at least every
-``FLUSH_INTERVAL`` seconds, so an item a crash could lose is at most that much work old.
+``pipeline.worker.FLUSH_INTERVAL`` seconds, so an item a crash could lose is at most that much
+work old.
 
 Start-up: a lane created on a running event loop starts its worker at once (a task), so the
 worker is up before the first item arrives; without a running loop it starts at its first batch.
-Before the first worker starts, the forkserver is told to preload the modules of the steps'
-functions (and of their arguments) and this module, so each worker is a fork of a process that
-already imported them instead of importing them itself on its first item. The forkserver is
-process-global and starts once: modules of pipelines built after it started are imported by
-their workers as before. A preloaded module that fails to import with ``ImportError`` is skipped
-by the forkserver; one that fails otherwise kills the forkserver, and the lane then starts its
-worker again with the preload list as it was before (see :func:`_spawn`).
+Workers are forks of a forkserver that preloaded the stage modules: see
+:mod:`pipeline.forkserver`. The worker's loop is :mod:`pipeline.worker`.
 
 Wire protocol (``Connection.send_bytes`` of pickles, protocol 5):
 parent → worker ``(seq, n, pickled_values)`` followed by ``n`` raw messages, or ``None`` to
 exit. ``pickled_values`` is the pickle of ``[value, ...]`` in which every ``bytes`` object of at
-least ``OUT_OF_BAND_BYTES`` is left out as a persistent id, so big payloads (file contents) are
-never copied into and out of a pickle stream:
+least ``pipeline.worker.OUT_OF_BAND_BYTES`` is left out as a persistent id, so big payloads (file
+contents) are never copied into and out of a pickle stream:
 
 * ``(offset, length)``: the bytes are in the lane's shared-memory arena (Linux: a ``memfd`` of
   ``ARENA_BYTES``, mapped by the parent and passed to the worker at its start). The parent copies
@@ -49,50 +45,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import importlib.machinery
 import io
 import logging
 import math
-import mmap
-import multiprocessing as mp
 import multiprocessing.connection as mpc
-import multiprocessing.forkserver as mp_forkserver
-import multiprocessing.reduction as mp_reduction
 import os
 import pickle
 import signal
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, MutableSequence, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .calls import (
-    SLOT_DEADLINE,
-    SLOT_INDEX,
-    SLOT_SEQ,
-    SLOT_SIZE,
-    SLOT_STEP,
-    Outcome,
-    Step,
-    portable_exception,
-    run_chain,
-)
+from .calls import SLOT_DEADLINE, SLOT_INDEX, SLOT_SEQ, SLOT_SIZE, SLOT_STEP, Outcome, Step
 from .errors import Unpicklable, WorkerCrashed
+from .forkserver import _request_preload, mp_context, preload_modules, spawn, warm_up
 from .lanes import LaneResult, min_timeout, timeout_outcome, watch
 from .records import Item
+from .worker import OUT_OF_BAND_BYTES, Arena, worker_main
 
 __all__ = ["ProcessLane", "mp_context", "preload_modules", "warm_up"]
 
 log = logging.getLogger(__name__)
-
-#: Outcomes are flushed to the parent at least this often while a batch runs (seconds).
-FLUSH_INTERVAL = 0.005
-
-#: ``bytes`` values at least this long travel to the worker out of the pickle stream.
-OUT_OF_BAND_BYTES = 64 * 1024
 
 #: Size of a lane's shared-memory arena for big payloads (memory is used only as far as a batch
 #: has filled it; a payload that does not fit in the rest goes through the socket).
@@ -101,212 +74,13 @@ ARENA_BYTES = 64 * 1024 * 1024
 #: Arena memory a lane keeps between batches; what a bigger batch touched beyond it is freed.
 ARENA_KEEP = 16 * 1024 * 1024
 
-#: How long a lane retries starting its worker while a forkserver broken by a preloaded module
-#: is replaced (seconds).
-RESTART_WAIT = 5.0
-
-
-def mp_context() -> Any:
-    """The multiprocessing context for workers: forkserver (safe with threads in the parent)."""
-    return mp.get_context("forkserver")
-
-
-# -- forkserver preload ----------------------------------------------------------------------
-
-_preload_lock = threading.Lock()
-_preload_before: list[str] | None = None  # the forkserver's preload list before we extended it
-_preload_dropped = False  # a preloaded module broke the forkserver: never extend the list again
-
-
-def _module_of(obj: Any) -> str | None:
-    while isinstance(obj, functools.partial):
-        obj = obj.func
-    name = getattr(obj, "__module__", None)
-    return name if isinstance(name, str) else None
-
-
-def preload_modules(steps: Sequence[Step]) -> list[str]:
-    """Modules a worker of ``steps`` imports: this one, the functions' and their arguments'.
-
-    Only modules the parent has already imported are named (they import cleanly here, so they
-    almost certainly do in the forkserver), never ``__main__`` nor builtins, and only those the
-    forkserver would load from the same file (see :func:`_same_file_in_forkserver`).
-    """
-    names: list[str] = []
-    candidates: list[Any] = [_worker_main]
-    for step in steps:
-        candidates.append(step.fn)
-        candidates.extend(type(a) for a in step.args)
-        candidates.extend(type(v) for v in step.kwargs.values())
-    for obj in candidates:
-        name = _module_of(obj)
-        if name is None or name in names or name in ("__main__", "builtins"):
-            continue
-        if name in sys.modules and _same_file_in_forkserver(name):
-            names.append(name)
-    return names
-
-
-def warm_up(modules: Sequence[str]) -> None:
-    """Start the forkserver now, preloading ``modules``, while the caller is still busy with its
-    own imports: the forkserver imports them on another core, and the first workers fork from it
-    at once. For a CLI about to run a pipeline; best effort (a failure only costs the head start).
-    """
-    names = [n for n in modules if _same_file_in_forkserver(n)]
-    _request_preload([__name__, *names])
-    try:
-        mp_forkserver.ensure_running()
-    except OSError as exc:  # the first worker start will try again, and report
-        log.debug("forkserver warm-up failed: %s", exc)
-
-
-def _same_file_in_forkserver(name: str) -> bool:
-    """Whether the forkserver would import ``name``'s package from where the parent did.
-
-    The forkserver is a ``python -c`` process: it searches its working directory first and, on
-    Python < 3.13, ignores the parent's ``sys.path`` while preloading. A package of the same
-    name there (another checkout, say) would otherwise be preloaded in place of the parent's.
-    """
-    top = name.partition(".")[0]
-    origin = getattr(getattr(sys.modules.get(top), "__spec__", None), "origin", None)
-    try:
-        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd(), *sys.path[1:]])
-    except (ImportError, ValueError, OSError):
-        return False
-    return spec is None or spec.origin == origin
-
-
-def _current_preload() -> list[str]:
-    server = getattr(mp_forkserver, "_forkserver", None)
-    current = getattr(server, "_preload_modules", None)  # no public getter
-    return list(current) if isinstance(current, list) else ["__main__"]
-
-
-def _request_preload(names: Iterable[str]) -> None:
-    """Add ``names`` to the forkserver's preload list (used when the forkserver next starts)."""
-    global _preload_before
-    with _preload_lock:
-        if _preload_dropped:
-            return
-        current = _current_preload()
-        wanted = current + [n for n in names if n not in current]
-        if wanted != current:
-            if _preload_before is None:
-                _preload_before = current
-            mp_forkserver.set_forkserver_preload(wanted)
-
-
-def _drop_preload() -> bool:
-    """Put the preload list back as it was before we extended it.
-
-    True when a preload list of ours may be what broke the forkserver (now or in another lane's
-    start a moment ago), i.e. when starting again is worth it.
-    """
-    global _preload_before, _preload_dropped
-    with _preload_lock:
-        if _preload_before is not None:
-            mp_forkserver.set_forkserver_preload(_preload_before)
-            _preload_before = None
-            _preload_dropped = True
-            log.warning("the forkserver died importing its preload list; starting without them")
-        return _preload_dropped
-
-
-def _spawn(proc: Any) -> None:
-    """``proc.start()``; if the forkserver died (a preloaded module raised), retry without it.
-
-    A forkserver that dies while importing its preload list makes ``start`` fail with EOFError
-    or ConnectionRefusedError; ``ensure_running`` launches a new one once the old one has exited
-    (several lanes may be starting at once: each retries until then).
-    """
-    try:
-        proc.start()
-        return
-    except (EOFError, OSError):
-        if not _drop_preload():
-            raise
-    deadline = time.monotonic() + RESTART_WAIT
-    while True:
-        try:
-            proc.start()
-            return
-        except (EOFError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 # -- the wire --------------------------------------------------------------------------------
-
-
-class _Arena:
-    """A lane's shared memory for big payloads: written by the parent, read by its worker.
-
-    Anonymous (``memfd``), so nothing is left behind in ``/dev/shm`` by a killed process. It
-    pickles only while a worker is being started: the file descriptor is passed to the child the
-    way multiprocessing passes a ``Connection``'s.
-    """
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
-        self.size = size
-        self.view = mmap.mmap(fd, size)
-        self.high = 0  # end of the last batch's payloads (parent side)
-
-    def put(self, copies: Sequence[tuple[int, bytes]]) -> None:
-        """Copy a batch's payloads in (the previous batch is no longer read by anyone).
-
-        Memory the previous batch touched beyond ``ARENA_KEEP`` is given back first, so an
-        idle lane holds at most that much after a batch of big files went through it.
-        """
-        view = self.view
-        if self.high > ARENA_KEEP and hasattr(mmap, "MADV_REMOVE"):
-            start = ARENA_KEEP - ARENA_KEEP % mmap.PAGESIZE
-            with contextlib.suppress(OSError):
-                view.madvise(mmap.MADV_REMOVE, start, self.high - start)
-        end = 0
-        for offset, data in copies:
-            end = offset + len(data)
-            view[offset:end] = data
-        self.high = end
-
-    @classmethod
-    def create(cls, size: int | None = None) -> _Arena | None:
-        """A new arena of ``size`` (default ``ARENA_BYTES``), or None where there is no
-        ``memfd_create`` (or it fails)."""
-        size = ARENA_BYTES if size is None else size
-        memfd_create = getattr(os, "memfd_create", None)
-        if memfd_create is None:
-            return None
-        try:
-            fd = memfd_create("pipeline-lane", getattr(os, "MFD_CLOEXEC", 0))
-        except OSError as exc:
-            log.debug("no shared-memory arena: %s", exc)
-            return None
-        try:
-            os.ftruncate(fd, size)
-            return cls(fd, size)
-        except OSError as exc:
-            os.close(fd)
-            log.debug("no shared-memory arena: %s", exc)
-            return None
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, int]]:
-        return _attach_arena, (mp_reduction.DupFd(self.fd), self.size)
-
-    def close(self) -> None:
-        self.view.close()
-        os.close(self.fd)
-
-
-def _attach_arena(dup: Any, size: int) -> _Arena:
-    return _Arena(dup.detach(), size)
 
 
 class _OutOfBandPickler(pickle.Pickler):
     """Pickles with big ``bytes`` objects left out, as persistent ids (module docstring)."""
 
-    def __init__(self, file: io.BytesIO, arena: _Arena | None) -> None:
+    def __init__(self, file: io.BytesIO, arena: Arena | None) -> None:
         super().__init__(file, protocol=5)
         self.buffers: list[bytes] = []
         self.copies: list[tuple[int, bytes]] = []  # (arena offset, payload)
@@ -325,22 +99,6 @@ class _OutOfBandPickler(pickle.Pickler):
         return len(self.buffers) - 1
 
 
-class _OutOfBandUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, buffers: Sequence[bytes], arena: _Arena | None) -> None:
-        super().__init__(file)
-        self.buffers = buffers
-        self.arena = arena
-
-    def persistent_load(self, pid: Any) -> bytes:
-        if isinstance(pid, tuple):
-            offset, n = pid
-            assert self.arena is not None, "payload in an arena the worker does not have"
-            data: bytes = self.arena.view[offset : offset + n]
-            return data
-        buffer: bytes = self.buffers[int(pid)]
-        return buffer
-
-
 @dataclass
 class _Outgoing:
     """One batch on its way to a worker: arena copies first, then the socket messages."""
@@ -349,86 +107,15 @@ class _Outgoing:
     copies: list[tuple[int, bytes]]
 
 
-def _dumps_values(values: Any, arena: _Arena | None) -> tuple[bytes, _OutOfBandPickler]:
+def _dumps_values(values: Any, arena: Arena | None) -> tuple[bytes, _OutOfBandPickler]:
     out = io.BytesIO()
     pickler = _OutOfBandPickler(out, arena)
     pickler.dump(values)
     return out.getvalue(), pickler
 
 
-def _recv_values(conn: mpc.Connection, arena: _Arena | None) -> tuple[int, list[Any]] | None:
-    """One parent → worker message (see the module docstring); None means exit."""
-    message = pickle.loads(conn.recv_bytes())
-    if message is None:
-        return None
-    seq, n, pickled = message
-    buffers = [conn.recv_bytes() for _ in range(n)]
-    values: list[Any] = _OutOfBandUnpickler(io.BytesIO(pickled), buffers, arena).load()
-    return seq, values
-
-
-def _worker_main(
-    conn: mpc.Connection,
-    steps: Sequence[Step],
-    slot: MutableSequence[float],
-    arena: _Arena | None = None,
-) -> None:
-    """Entry point of a worker process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while True:
-        try:
-            message = _recv_values(conn, arena)
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        seq, values = message
-        slot[SLOT_SEQ] = seq
-        pending: list[tuple[int, Outcome]] = []
-        last_flush = time.monotonic()
-        for index, value in enumerate(values):
-            slot[SLOT_INDEX] = index
-            cpu = time.process_time()
-            outcome = run_chain(steps, value, slot)
-            outcome.cpu = time.process_time() - cpu
-            if not outcome.ok:
-                outcome.value = portable_exception(outcome.value)
-            pending.append((index, outcome))
-            now = time.monotonic()
-            if now - last_flush >= FLUSH_INTERVAL or index == len(values) - 1:
-                conn.send_bytes(_pack_outcomes(seq, pending, steps))
-                pending = []
-                last_flush = now
-
-
-def _pack_outcomes(seq: int, pending: list[tuple[int, Outcome]], steps: Sequence[Step]) -> bytes:
-    try:
-        return pickle.dumps((seq, pending), protocol=5)
-    except Exception:
-        pass
-    safe: list[tuple[int, Outcome]] = []
-    for index, outcome in pending:
-        try:
-            pickle.dumps(outcome.value, protocol=5)
-        except Exception as exc:
-            what = "result" if outcome.ok else "exception"
-            outcome = Outcome(
-                False,
-                Unpicklable(
-                    f"the {what} of stage {steps[outcome.step].name!r} cannot be pickled "
-                    f"to leave the worker process ({type(exc).__name__}: {exc})"
-                ),
-                outcome.step,
-                outcome.attempts,
-                outcome.busy,
-                outcome.cpu,
-            )
-        safe.append((index, outcome))
-    return pickle.dumps((seq, safe), protocol=5)
-
-
 def _pack_values(
-    steps: Sequence[Step], seq: int, batch: Sequence[Item], arena: _Arena | None
+    steps: Sequence[Step], seq: int, batch: Sequence[Item], arena: Arena | None
 ) -> tuple[_Outgoing | None, dict[int, Outcome]]:
     """The batch's messages; items that cannot be pickled fail here, in the parent."""
     values = [it.value for it in batch]
@@ -476,7 +163,7 @@ class ProcessLane:
         _request_preload(preload_modules(self.steps))
         self._sending: asyncio.Future[None] | None = None  # the last batch's write
         self._starting: asyncio.Task[None] | None = None
-        self._arena = _Arena.create()  # shared by the lane's successive workers
+        self._arena = Arena.create(ARENA_BYTES)  # shared by the lane's successive workers
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop yet: the worker starts with the first batch
@@ -491,12 +178,12 @@ class ProcessLane:
         slot[SLOT_SEQ] = -1.0
         slot[SLOT_DEADLINE] = math.inf
         proc = self._ctx.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(child, self.steps, slot, self._arena),
             daemon=True,
             name="pipeline-worker",
         )
-        starting = loop.run_in_executor(None, _spawn, proc)
+        starting = loop.run_in_executor(None, spawn, proc)
         try:
             await asyncio.shield(starting)
         except asyncio.CancelledError:
@@ -688,9 +375,9 @@ class ProcessLane:
         return done, again
 
 
-def _send_all(conn: mpc.Connection, out: _Outgoing, arena: _Arena | None) -> None:
+def _send_all(conn: mpc.Connection, out: _Outgoing, arena: Arena | None) -> None:
     if arena is not None:
-        arena.put(out.copies)
+        arena.put(out.copies, ARENA_KEEP)
     for message in out.messages:
         conn.send_bytes(message)
 

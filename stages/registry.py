@@ -124,7 +124,7 @@ def _start_forkserver() -> None:
     """Process workers' forkserver starts importing the worker modules now, on another core,
     while this process goes on with its own imports (about half a second saved per run).
     Harmless when it is already running."""
-    from pipeline.procpool import warm_up
+    from pipeline.forkserver import warm_up
 
     warm_up(WORKER_MODULES)
 

@@ -422,7 +422,7 @@ def test_preload_names_the_stage_modules() -> None:
             stage(functools.partial(imported_in), kind="process", name="p"),
         ]
     )
-    assert preload_modules(steps) == ["pipeline.procpool", "tests.fns", "tests.test_engine"]
+    assert preload_modules(steps) == ["pipeline.worker", "tests.fns", "tests.test_engine"]
 
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -514,9 +514,10 @@ def _payloads(sizes: list[int]) -> list[bytes]:
 
 
 def test_out_of_band_bytes_fill_the_arena_then_go_by_socket() -> None:
-    from pipeline.procpool import OUT_OF_BAND_BYTES, _Arena, _dumps_values
+    from pipeline.procpool import _dumps_values
+    from pipeline.worker import OUT_OF_BAND_BYTES, Arena
 
-    arena = _Arena.create(1 << 20)
+    arena = Arena.create(1 << 20)
     assert arena is not None  # Linux: memfd_create
     try:
         small, a, b, big, c = _payloads([100, 300_000, 300_000, 600_000, 200_000])
@@ -576,20 +577,19 @@ def test_a_worker_killed_holding_arena_payloads_loses_only_its_item(out: Path) -
     assert result.ok == 16 and result.failed == 4
 
 
-def test_arena_memory_beyond_the_keep_size_is_given_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import procpool
+def test_arena_memory_beyond_the_keep_size_is_given_back() -> None:
+    from pipeline.worker import Arena
 
-    monkeypatch.setattr(procpool, "ARENA_KEEP", 1 << 20)
-    arena = procpool._Arena.create(16 << 20)
+    arena = Arena.create(16 << 20)
     assert arena is not None
 
     def resident() -> int:
         return os.fstat(arena.fd).st_blocks * 512
 
     try:
-        arena.put([(0, b"x" * (6 << 20)), (6 << 20, b"y" * (4 << 20))])
+        arena.put([(0, b"x" * (6 << 20)), (6 << 20, b"y" * (4 << 20))], keep=1 << 20)
         assert resident() >= 10 << 20
-        arena.put([(0, b"z" * 1000)])  # the 9 MB beyond the first MB are freed
+        arena.put([(0, b"z" * 1000)], keep=1 << 20)  # the 9 MB beyond the first MB are freed
         assert resident() <= (1 << 20) + 64 * 1024
         assert arena.view[:1000] == b"z" * 1000
         assert arena.view[(1 << 20) - 1 : (1 << 20) + 1] == b"x\0"  # freed pages read as zeros

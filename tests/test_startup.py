@@ -118,7 +118,7 @@ def test_local_run_preloads_the_worker_modules_and_the_parent_never_imports_pill
     assert code == 0, err
     assert seen["forkserver"]
     preload = seen["preload"]
-    assert preload[:2] == ["__main__", "pipeline.procpool"]
+    assert preload[:2] == ["__main__", "pipeline.worker"]
     assert set(registry.WORKER_MODULES) <= set(preload)
     assert "PIL" not in seen["modules"]  # numpy and pyarrow: stats.parquet, at the end
     assert by_key(out)["640x480_rgb.jpg"]["status"] == "ok"
@@ -203,3 +203,29 @@ def test_only_the_wanted_plugins_and_allowed_formats_unchanged() -> None:
     )
     assert seen["errors"] == [expected] * 3
     assert seen["initialized_after_open"] < 2  # and Pillow did not fall back to it either
+
+
+def test_the_worker_side_imports_no_asyncio_ledger_or_tqdm() -> None:
+    # what the forkserver preloads for process: the sooner it is ready, the sooner workers start
+    modules = ", ".join(["pipeline.worker", *registry.WORKER_MODULES])
+    code = (
+        f"import sys, {modules}; "
+        "print(sorted(m for m in ('asyncio', 'tqdm', 'sqlite3', 'pipeline.runner') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_pipeline_exports_resolve_lazily_to_their_objects() -> None:
+    import pipeline
+
+    for name in pipeline.__all__:
+        value = getattr(pipeline, name)
+        assert not isinstance(value, type(pipeline)), name  # never a submodule of that name
+    assert callable(pipeline.stage) and pipeline.Split.__name__ == "Split"
+    with pytest.raises(AttributeError):
+        _ = pipeline.no_such_name

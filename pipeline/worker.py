@@ -1,0 +1,184 @@
+"""The process worker's side: its loop, reading batches, sending outcomes back.
+
+Runs in a worker process forked from the forkserver (see :mod:`pipeline.procpool` for the
+parent's side and the wire protocol). Light on purpose: no asyncio, no ledger, so a forkserver
+that preloads it is ready sooner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import mmap
+import multiprocessing.connection as mpc
+import multiprocessing.reduction as mp_reduction
+import os
+import pickle
+import signal
+import time
+from collections.abc import MutableSequence, Sequence
+from typing import Any
+
+from .calls import SLOT_INDEX, SLOT_SEQ, Outcome, Step, portable_exception, run_chain
+from .errors import Unpicklable
+
+__all__ = ["FLUSH_INTERVAL", "OUT_OF_BAND_BYTES", "Arena", "worker_main"]
+
+log = logging.getLogger("pipeline.procpool")
+
+#: Outcomes are flushed to the parent at least this often while a batch runs (seconds).
+FLUSH_INTERVAL = 0.005
+
+#: ``bytes`` values at least this long travel to the worker out of the pickle stream.
+OUT_OF_BAND_BYTES = 64 * 1024
+
+
+class Arena:
+    """A lane's shared memory for big payloads: written by the parent, read by its worker.
+
+    Anonymous (``memfd``), so nothing is left behind in ``/dev/shm`` by a killed process. It
+    pickles only while a worker is being started: the file descriptor is passed to the child the
+    way multiprocessing passes a ``Connection``'s.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.view = mmap.mmap(fd, size)
+        self.high = 0  # end of the last batch's payloads (parent side)
+
+    def put(self, copies: Sequence[tuple[int, bytes]], keep: int) -> None:
+        """Copy a batch's payloads in (the previous batch is no longer read by anyone).
+
+        Memory the previous batch touched beyond ``keep`` bytes is given back first, so an
+        idle lane holds at most that much after a batch of big files went through it.
+        """
+        view = self.view
+        if self.high > keep and hasattr(mmap, "MADV_REMOVE"):
+            start = keep - keep % mmap.PAGESIZE
+            with contextlib.suppress(OSError):
+                view.madvise(mmap.MADV_REMOVE, start, self.high - start)
+        end = 0
+        for offset, data in copies:
+            end = offset + len(data)
+            view[offset:end] = data
+        self.high = end
+
+    @classmethod
+    def create(cls, size: int) -> Arena | None:
+        """A new arena of ``size`` bytes, or None where there is no ``memfd_create`` (or it
+        fails)."""
+        memfd_create = getattr(os, "memfd_create", None)
+        if memfd_create is None:
+            return None
+        try:
+            fd = memfd_create("pipeline-lane", getattr(os, "MFD_CLOEXEC", 0))
+        except OSError as exc:
+            log.debug("no shared-memory arena: %s", exc)
+            return None
+        try:
+            os.ftruncate(fd, size)
+            return cls(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            log.debug("no shared-memory arena: %s", exc)
+            return None
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, int]]:
+        return _attach_arena, (mp_reduction.DupFd(self.fd), self.size)
+
+    def close(self) -> None:
+        self.view.close()
+        os.close(self.fd)
+
+
+def _attach_arena(dup: Any, size: int) -> Arena:
+    return Arena(dup.detach(), size)
+
+
+class _OutOfBandUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, buffers: Sequence[bytes], arena: Arena | None) -> None:
+        super().__init__(file)
+        self.buffers = buffers
+        self.arena = arena
+
+    def persistent_load(self, pid: Any) -> bytes:
+        if isinstance(pid, tuple):
+            offset, n = pid
+            assert self.arena is not None, "payload in an arena the worker does not have"
+            data: bytes = self.arena.view[offset : offset + n]
+            return data
+        buffer: bytes = self.buffers[int(pid)]
+        return buffer
+
+
+def _recv_values(conn: mpc.Connection, arena: Arena | None) -> tuple[int, list[Any]] | None:
+    """One parent → worker message (see the module docstring); None means exit."""
+    message = pickle.loads(conn.recv_bytes())
+    if message is None:
+        return None
+    seq, n, pickled = message
+    buffers = [conn.recv_bytes() for _ in range(n)]
+    values: list[Any] = _OutOfBandUnpickler(io.BytesIO(pickled), buffers, arena).load()
+    return seq, values
+
+
+def worker_main(
+    conn: mpc.Connection,
+    steps: Sequence[Step],
+    slot: MutableSequence[float],
+    arena: Arena | None = None,
+) -> None:
+    """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            message = _recv_values(conn, arena)
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        seq, values = message
+        slot[SLOT_SEQ] = seq
+        pending: list[tuple[int, Outcome]] = []
+        last_flush = time.monotonic()
+        for index, value in enumerate(values):
+            slot[SLOT_INDEX] = index
+            cpu = time.process_time()
+            outcome = run_chain(steps, value, slot)
+            outcome.cpu = time.process_time() - cpu
+            if not outcome.ok:
+                outcome.value = portable_exception(outcome.value)
+            pending.append((index, outcome))
+            now = time.monotonic()
+            if now - last_flush >= FLUSH_INTERVAL or index == len(values) - 1:
+                conn.send_bytes(_pack_outcomes(seq, pending, steps))
+                pending = []
+                last_flush = now
+
+
+def _pack_outcomes(seq: int, pending: list[tuple[int, Outcome]], steps: Sequence[Step]) -> bytes:
+    try:
+        return pickle.dumps((seq, pending), protocol=5)
+    except Exception:
+        pass
+    safe: list[tuple[int, Outcome]] = []
+    for index, outcome in pending:
+        try:
+            pickle.dumps(outcome.value, protocol=5)
+        except Exception as exc:
+            what = "result" if outcome.ok else "exception"
+            outcome = Outcome(
+                False,
+                Unpicklable(
+                    f"the {what} of stage {steps[outcome.step].name!r} cannot be pickled "
+                    f"to leave the worker process ({type(exc).__name__}: {exc})"
+                ),
+                outcome.step,
+                outcome.attempts,
+                outcome.busy,
+                outcome.cpu,
+            )
+        safe.append((index, outcome))
+    return pickle.dumps((seq, safe), protocol=5)
