@@ -53,7 +53,7 @@ import os
 import pickle
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .calls import SLOT_DEADLINE, SLOT_INDEX, SLOT_SEQ, SLOT_SIZE, SLOT_STEP, Outcome, Step
@@ -63,7 +63,7 @@ from .lanes import LaneResult, min_timeout, timeout_outcome, watch
 from .records import Item
 from .worker import OUT_OF_BAND_BYTES, Arena, worker_main
 
-__all__ = ["ProcessLane", "mp_context", "preload_modules", "warm_up"]
+__all__ = ["DEPTH", "ProcessLane", "mp_context", "preload_modules", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +74,27 @@ ARENA_BYTES = 64 * 1024 * 1024
 #: Arena memory a lane keeps between batches; what a bigger batch touched beyond it is freed.
 ARENA_KEEP = 16 * 1024 * 1024
 
+#: Batches in flight per lane: while the worker runs one, the next is already in its socket and
+#: arena (the arena is cut into this many regions, one per batch in flight).
+DEPTH = 2
+
 # -- the wire --------------------------------------------------------------------------------
 
 
 class _OutOfBandPickler(pickle.Pickler):
     """Pickles with big ``bytes`` objects left out, as persistent ids (module docstring)."""
 
-    def __init__(self, file: io.BytesIO, arena: Arena | None) -> None:
+    def __init__(self, file: io.BytesIO, region: tuple[int, int]) -> None:
         super().__init__(file, protocol=5)
         self.buffers: list[bytes] = []
         self.copies: list[tuple[int, bytes]] = []  # (arena offset, payload)
-        self.room = arena.size if arena is not None else 0
-        self.used = 0
+        self.used, self.end = region  # the part of the arena this batch may fill
 
     def persistent_id(self, obj: Any) -> int | tuple[int, int] | None:
         if type(obj) is not bytes or len(obj) < OUT_OF_BAND_BYTES:
             return None
         n = len(obj)
-        if self.used + n <= self.room:
+        if self.used + n <= self.end:
             self.copies.append((self.used, obj))
             self.used += n
             return self.used - n, n
@@ -105,24 +108,26 @@ class _Outgoing:
 
     messages: list[bytes]
     copies: list[tuple[int, bytes]]
+    start: int  # of the batch's arena region
 
 
-def _dumps_values(values: Any, arena: Arena | None) -> tuple[bytes, _OutOfBandPickler]:
+def _dumps_values(values: Any, region: tuple[int, int]) -> tuple[bytes, _OutOfBandPickler]:
+    """Pickle ``values``; big bytes go into the arena ``region`` (start, end) while they fit."""
     out = io.BytesIO()
-    pickler = _OutOfBandPickler(out, arena)
+    pickler = _OutOfBandPickler(out, region)
     pickler.dump(values)
     return out.getvalue(), pickler
 
 
 def _pack_values(
-    steps: Sequence[Step], seq: int, batch: Sequence[Item], arena: Arena | None
+    steps: Sequence[Step], seq: int, batch: Sequence[Item], region: tuple[int, int]
 ) -> tuple[_Outgoing | None, dict[int, Outcome]]:
     """The batch's messages; items that cannot be pickled fail here, in the parent."""
     values = [it.value for it in batch]
     try:
-        pickled, p = _dumps_values(values, arena)
+        pickled, p = _dumps_values(values, region)
         header = pickle.dumps((seq, len(p.buffers), pickled), protocol=5)
-        return _Outgoing([header, *p.buffers], p.copies), {}
+        return _Outgoing([header, *p.buffers], p.copies, region[0]), {}
     except Exception:
         pass
     bad: dict[int, Outcome] = {}
@@ -143,8 +148,36 @@ def _pack_values(
     return None, bad
 
 
+@dataclass
+class _Ended:
+    """How a lane's worker ended, which batch it was running, whether a crash was reported."""
+
+    how: str
+    running: int  # seq of the batch in its slot (-1: none)
+    index: int  # of the item in that batch it was running
+    step: int  # of the stage it was in
+    reported: bool = False  # the crash (or the timeout kill) is accounted for
+
+
+@dataclass
+class _Call:
+    """One batch in flight on a lane (a lane has up to ``DEPTH``)."""
+
+    seq: int
+    size: int
+    waiter: asyncio.Future[None]
+    region: int  # index of its arena region
+    worker: int = 0  # generation of the worker it was sent to
+    received: dict[int, Outcome] = field(default_factory=dict)
+
+
 class ProcessLane:
-    """One worker process; started with the lane, restarted after a crash or a timeout kill."""
+    """One worker process; started with the lane, restarted after a crash or a timeout kill.
+
+    Up to ``DEPTH`` batches are in flight at once (``run`` may be awaited by that many drivers
+    concurrently): the worker reads the next batch as soon as it is done with one, instead of
+    waiting a round trip through the parent's event loop for it.
+    """
 
     def __init__(self, steps: Sequence[Step], *, on_crash: Callable[[str], None]) -> None:
         self.steps = tuple(steps)
@@ -155,10 +188,12 @@ class ProcessLane:
         self._conn: mpc.Connection | None = None
         self._slot: Any = None
         self._seq = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._received: dict[int, Outcome] = {}
-        self._expected = 0
+        self._calls: dict[int, _Call] = {}  # in flight, by seq
+        self._regions = list(range(DEPTH))  # free arena regions
+        self._room = asyncio.Semaphore(DEPTH)
+        self._send_lock = asyncio.Lock()  # one batch written at a time, in seq order
         self._dead = False
+        self._ended: dict[int, _Ended] = {}  # by worker generation
         self.started = 0
         _request_preload(preload_modules(self.steps))
         self._sending: asyncio.Future[None] | None = None  # the last batch's write
@@ -229,26 +264,36 @@ class ProcessLane:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._proc.pid, signal.SIGKILL)
 
-    def _reap(self) -> str:
-        """Forget the dead worker; return how it ended."""
+    def _reap(self) -> None:
+        """Forget the dead worker; note how it ended and which batch it was running."""
+        slot = self._slot
+        running, index, step = (
+            (int(slot[SLOT_SEQ]), int(slot[SLOT_INDEX]), int(slot[SLOT_STEP]))
+            if slot is not None
+            else (-1, -1, -1)
+        )
         self._detach()
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
         if conn is not None:
             conn.close()
-        if proc is None:
-            return "never started"
-        proc.join(1.0)
-        code = proc.exitcode
-        if code is None:
-            return f"worker pid {proc.pid} stopped answering"
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = str(-code)
-            return f"worker pid {proc.pid} was killed by {name}"
-        return f"worker pid {proc.pid} exited with code {code}"
+        how = "never started"
+        if proc is not None:
+            proc.join(1.0)
+            code = proc.exitcode
+            if code is None:
+                how = f"worker pid {proc.pid} stopped answering"
+            elif code < 0:
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:
+                    name = str(-code)
+                how = f"worker pid {proc.pid} was killed by {name}"
+            else:
+                how = f"worker pid {proc.pid} exited with code {code}"
+        self._ended[self.started] = _Ended(how, running, index, step)
+        for old in [g for g in self._ended if g < self.started - 4]:
+            del self._ended[old]
 
     async def close(self, *, graceful: bool) -> None:
         await self._started()  # a worker still starting is stopped once it is up
@@ -265,7 +310,7 @@ class ProcessLane:
         if proc is None or conn is None:
             return
         self._detach()
-        if graceful and self._waiter is None:
+        if graceful and not self._calls:
             with contextlib.suppress(OSError):
                 conn.send_bytes(pickle.dumps(None))
             await asyncio.get_running_loop().run_in_executor(None, proc.join, 2.0)
@@ -287,97 +332,123 @@ class ProcessLane:
         try:
             while conn.poll():
                 seq, outcomes = pickle.loads(conn.recv_bytes())
-                if seq == self._seq:
-                    self._received.update(outcomes)
+                call = self._calls.get(seq)
+                if call is not None:
+                    call.received.update(outcomes)
+                    if len(call.received) >= call.size and not call.waiter.done():
+                        call.waiter.set_result(None)
         except (EOFError, OSError):
             self._dead = True
         if exited:  # outcomes it sent before going were drained above
             self._dead = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            if self._dead or len(self._received) >= self._expected:
-                waiter.set_result(None)
-        elif self._dead:
-            self._detach()  # died while idle; noticed at the next run()
+        if self._dead:
+            self._wake_all()
+            if not self._calls:
+                self._detach()  # died while idle; noticed at the next run()
+
+    def _wake_all(self) -> None:
+        """The worker is gone: every batch sent to it is over (each finds out what it lost)."""
+        for call in self._calls.values():
+            if call.worker == self.started and not call.waiter.done():
+                call.waiter.set_result(None)
 
     # -- running a batch -----------------------------------------------------------------------
     async def run(self, batch: Sequence[Item]) -> LaneResult:
+        async with self._room:
+            region = self._regions.pop()
+            try:
+                return await self._run(batch, region)
+            finally:
+                self._regions.append(region)
+
+    async def _run(self, batch: Sequence[Item], region: int) -> LaneResult:
         self._seq += 1
         seq = self._seq
-        outgoing, bad = _pack_values(self.steps, seq, batch, self._arena)
+        size = ARENA_BYTES // DEPTH if self._arena is not None else 0
+        outgoing, bad = _pack_values(self.steps, seq, batch, (region * size, (region + 1) * size))
         if outgoing is None:
             done = [(batch[i], out) for i, out in bad.items()]
             again = [it for i, it in enumerate(batch) if i not in bad]
             return done, again
-        await self._started()
-        if self._proc is None or self._dead:
-            if self._proc is not None:
-                self._reap()
-            await self._start()
-        assert self._conn is not None
         loop = asyncio.get_running_loop()
-        self._received = {}
-        self._expected = len(batch)
-        self._waiter = waiter = loop.create_future()
+        call = _Call(seq, len(batch), loop.create_future(), region)
         late: tuple[int, int] | None = None
         try:
-            # a batch can be megabytes of file contents: write it from a thread, so the loop
-            # (other lanes' outcomes, the watchdogs) never waits for this worker to read it
-            self._sending = sending = loop.run_in_executor(
-                None, _send_all, self._conn, outgoing, self._arena
-            )
-            sending.add_done_callback(_retrieve)  # also when we are cancelled meanwhile
-            try:
-                await sending
-            except OSError:
-                self._dead = True
-                waiter.set_result(None)
-            late = await watch(waiter, self._slot, seq, self.floor)
+            async with self._send_lock:  # batches reach the worker whole and in seq order
+                await self._started()
+                if self._proc is None or self._dead:
+                    if self._proc is not None:
+                        self._reap()
+                    await self._start()
+                assert self._conn is not None
+                call.worker = self.started
+                self._calls[seq] = call
+                # a batch can be megabytes of file contents: write it from a thread, so the loop
+                # (other lanes' outcomes, the watchdogs) never waits for this worker to read it
+                self._sending = sending = loop.run_in_executor(
+                    None, _send_all, self._conn, outgoing, self._arena
+                )
+                sending.add_done_callback(_retrieve)  # also when we are cancelled meanwhile
+                try:
+                    await sending
+                except OSError:
+                    self._dead = True
+                    self._wake_all()
+            late = await watch(call.waiter, self._slot, seq, self.floor)
             if late is not None:
                 self._kill()
-                await asyncio.wait({waiter}, timeout=5.0)
+                await asyncio.wait({call.waiter}, timeout=5.0)
                 self._dead = True
         except asyncio.CancelledError:
             self._kill()  # the worker holds items nobody will take; the parent owns shutdown
             raise
         finally:
-            self._waiter = None
-        return self._collect(batch, seq, late)
+            self._calls.pop(seq, None)
+        return self._collect(batch, call, late)
 
-    def _collect(self, batch: Sequence[Item], seq: int, late: tuple[int, int] | None) -> LaneResult:
-        received = self._received
+    def _collect(
+        self, batch: Sequence[Item], call: _Call, late: tuple[int, int] | None
+    ) -> LaneResult:
+        received = call.received
         done = [(batch[i], out) for i, out in sorted(received.items())]
-        if not self._dead and len(received) >= len(batch):
+        if len(received) >= len(batch):
             return done, []
-        slot = self._slot
-        started_batch = slot is not None and int(slot[SLOT_SEQ]) == seq
-        how = self._reap()
-        if late is not None and late[0] not in received:
+        if self._proc is not None and self.started == call.worker:
+            self._reap()  # else reaped already, by another batch of this worker or a restart
+        ended = self._ended.get(call.worker) or _Ended("worker gone", -1, -1, -1)
+        how, index, step = ended.how, ended.index, ended.step
+        if late is not None:
+            ended.reported = True  # a timeout kill is not a crash
             index, step = late
-            done.append(
-                (batch[index], timeout_outcome(self.steps, step, self.steps[step].timeout or 0))
-            )
-            log.warning("killed %s: item %s ran past its timeout", how, batch[index].key)
-        elif late is not None:
-            index = -1
-        elif started_batch:
-            index, step = int(slot[SLOT_INDEX]), int(slot[SLOT_STEP])
-            if index in received:  # died after its last item, before exiting cleanly
+            if index in received:
+                index = -1
+            else:
+                done.append(
+                    (batch[index], timeout_outcome(self.steps, step, self.steps[step].timeout or 0))
+                )
+                log.warning("killed %s: item %s ran past its timeout", how, batch[index].key)
+        elif ended.running == call.seq:
+            if index < 0 or index in received:  # died after its last item, before exiting
                 index = -1
             else:
                 exc = WorkerCrashed(f"{how} while running stage {self.steps[step].name!r}")
                 done.append((batch[index], Outcome(False, exc, step, 1, [0.0] * len(self.steps))))
+            ended.reported = True
             self._on_crash(f"{how} (item {batch[index].key if index >= 0 else '-'})")
         else:
             index = -1
-            self._on_crash(f"{how} before starting its batch")
+            runner = self._calls.get(ended.running)
+            if not ended.reported and (runner is None or runner.worker != call.worker):
+                # no batch of this worker was running (or it has gone): one report per death
+                ended.reported = True
+                self._on_crash(f"{how} before starting its batch")
         again = [it for i, it in enumerate(batch) if i not in received and i != index]
         return done, again
 
 
 def _send_all(conn: mpc.Connection, out: _Outgoing, arena: Arena | None) -> None:
     if arena is not None:
-        arena.put(out.copies, ARENA_KEEP)
+        arena.put(out.copies, out.start, ARENA_KEEP // DEPTH)
     for message in out.messages:
         conn.send_bytes(message)
 

@@ -37,7 +37,7 @@ from .errors import CrashBudgetExceeded, FatalRunError, LedgerError, RemoteError
 from .lanes import AsyncLane, InlineLane, Lane, ThreadLane
 from .ledger import Ledger
 from .metrics import StageMetrics, Timeline
-from .procpool import ProcessLane
+from .procpool import DEPTH, ProcessLane
 from .progress import Progress
 from .records import Item, Record, Status, as_item
 from .result import Collector, RunResult
@@ -365,10 +365,12 @@ class Run:
             live.append(lane)
             self.lanes.append(lane)
             if isinstance(lane, AsyncLane):
-                driver = self.drive_async(group, first, lane, inbox, outbox)
+                tasks.add(asyncio.create_task(self.drive_async(group, first, lane, inbox, outbox)))
             else:
-                driver = self.drive(group, first, lane, inbox, outbox, batcher)
-            tasks.add(asyncio.create_task(driver))
+                # a process lane takes DEPTH batches at once: its worker never waits for the next
+                for _ in range(DEPTH if isinstance(lane, ProcessLane) else 1):
+                    driver = self.drive(group, first, lane, inbox, outbox, batcher)
+                    tasks.add(asyncio.create_task(driver))
             for i in range(first, first + len(group)):
                 self.metrics[i].workers = len(live)
             handle.lanes = len(live)

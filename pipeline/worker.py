@@ -46,24 +46,26 @@ class Arena:
         self.fd = fd
         self.size = size
         self.view = mmap.mmap(fd, size)
-        self.high = 0  # end of the last batch's payloads (parent side)
+        self.high: dict[int, int] = {}  # region start -> end of its last batch (parent side)
 
-    def put(self, copies: Sequence[tuple[int, bytes]], keep: int) -> None:
-        """Copy a batch's payloads in (the previous batch is no longer read by anyone).
+    def put(self, copies: Sequence[tuple[int, bytes]], start: int, keep: int) -> None:
+        """Copy a batch's payloads into its region, which begins at ``start`` (the region's
+        previous batch is no longer read by anyone).
 
-        Memory the previous batch touched beyond ``keep`` bytes is given back first, so an
-        idle lane holds at most that much after a batch of big files went through it.
+        Memory the region's previous batch touched beyond ``keep`` bytes is given back first, so
+        an idle lane holds at most that much per region after a batch of big files went through.
         """
         view = self.view
-        if self.high > keep and hasattr(mmap, "MADV_REMOVE"):
-            start = keep - keep % mmap.PAGESIZE
+        high = self.high.get(start, start)
+        first = start + keep - (start + keep) % mmap.PAGESIZE
+        if high > first and hasattr(mmap, "MADV_REMOVE"):
             with contextlib.suppress(OSError):
-                view.madvise(mmap.MADV_REMOVE, start, self.high - start)
-        end = 0
+                view.madvise(mmap.MADV_REMOVE, first, high - first)
+        end = start
         for offset, data in copies:
             end = offset + len(data)
             view[offset:end] = data
-        self.high = end
+        self.high[start] = end
 
     @classmethod
     def create(cls, size: int) -> Arena | None:

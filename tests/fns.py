@@ -280,3 +280,11 @@ def digest_crash_on(data: bytes, bad: int) -> tuple[int, str]:
     if len(data) == bad:
         os.kill(os.getpid(), signal.SIGKILL)
     return digest(data)
+
+
+def pace_then_crash_on(x: int, bad: int) -> tuple[int, int]:
+    """Each item takes 20 ms (so the next batch is queued in the worker); ``bad`` is SIGKILLed."""
+    time.sleep(0.02)
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x, os.getpid()

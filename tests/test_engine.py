@@ -515,25 +515,23 @@ def _payloads(sizes: list[int]) -> list[bytes]:
 
 def test_out_of_band_bytes_fill_the_arena_then_go_by_socket() -> None:
     from pipeline.procpool import _dumps_values
-    from pipeline.worker import OUT_OF_BAND_BYTES, Arena
+    from pipeline.worker import OUT_OF_BAND_BYTES
 
-    arena = Arena.create(1 << 20)
-    assert arena is not None  # Linux: memfd_create
-    try:
-        small, a, b, big, c = _payloads([100, 300_000, 300_000, 600_000, 200_000])
-        _, p = _dumps_values([small, a, {"x": b}, big, c], arena)
-        # in order: a and b fill 600 kB, big does not fit in the rest, c does
-        assert [(off, len(d)) for off, d in p.copies] == [
-            (0, 300_016),
-            (300_016, 300_016),
-            (600_032, 200_016),
-        ]
-        assert p.buffers == [big]
-        assert len(small) < OUT_OF_BAND_BYTES  # stays in the pickle
-        _, without = _dumps_values([a, b], None)
-        assert without.copies == [] and without.buffers == [a, b]
-    finally:
-        arena.close()
+    small, a, b, big, c = _payloads([100, 300_000, 300_000, 600_000, 200_000])
+    _, p = _dumps_values([small, a, {"x": b}, big, c], (0, 1 << 20))
+    # in order: a and b fill 600 kB, big does not fit in the rest, c does
+    assert [(off, len(d)) for off, d in p.copies] == [
+        (0, 300_016),
+        (300_016, 300_016),
+        (600_032, 200_016),
+    ]
+    assert p.buffers == [big]
+    assert len(small) < OUT_OF_BAND_BYTES  # stays in the pickle
+    _, second = _dumps_values([a, b], (1 << 20, 1_500_000))  # the second region of the arena
+    assert [(off, len(d)) for off, d in second.copies] == [(1 << 20, 300_016)]
+    assert second.buffers == [b]
+    _, without = _dumps_values([a, b], (0, 0))  # no arena
+    assert without.copies == [] and without.buffers == [a, b]
 
 
 def test_big_payloads_reach_the_worker_intact_through_arena_and_socket(
@@ -587,11 +585,61 @@ def test_arena_memory_beyond_the_keep_size_is_given_back() -> None:
         return os.fstat(arena.fd).st_blocks * 512
 
     try:
-        arena.put([(0, b"x" * (6 << 20)), (6 << 20, b"y" * (4 << 20))], keep=1 << 20)
+        arena.put([(0, b"x" * (6 << 20)), (6 << 20, b"y" * (4 << 20))], start=0, keep=1 << 20)
         assert resident() >= 10 << 20
-        arena.put([(0, b"z" * 1000)], keep=1 << 20)  # the 9 MB beyond the first MB are freed
+        arena.put([(0, b"z" * 1000)], start=0, keep=1 << 20)  # frees the 9 MB beyond the first
         assert resident() <= (1 << 20) + 64 * 1024
         assert arena.view[:1000] == b"z" * 1000
         assert arena.view[(1 << 20) - 1 : (1 << 20) + 1] == b"x\0"  # freed pages read as zeros
     finally:
         arena.close()
+
+
+# -- a process lane keeps a second batch in flight ------------------------------------------------
+
+
+def test_a_crash_with_a_batch_queued_behind_it_fails_one_item_and_counts_once(out: Path) -> None:
+    from pipeline.procpool import DEPTH
+
+    assert DEPTH >= 2
+    st = stage(fns.pace_then_crash_on, 5, kind="process", workers=1, max_batch=1, name="paced")
+    result = Pipeline([st]).run(keyed(12), output=out, progress=False)
+    recs = by_key(out)
+    assert recs["k0005"]["status"] == "failed" and recs["k0005"]["error_type"] == "WorkerCrashed"
+    assert all(recs[f"k{i:04d}"]["status"] == "ok" for i in range(12) if i != 5)
+    assert len(result.crashes) == 1  # the queued batch went back to the new worker, uncounted
+    pids = {recs[f"k{i:04d}"]["result"][1] for i in range(12) if i != 5}
+    assert len(pids) == 2  # the worker before the crash and its replacement
+
+
+def test_a_timeout_kill_with_a_batch_queued_is_not_a_crash(out: Path) -> None:
+    st = stage(fns.sleep_on, 3, 60.0, kind="process", workers=1, max_batch=1, timeout=0.5)
+    result = Pipeline([st]).run(keyed(8), output=out, progress=False)
+    recs = by_key(out)
+    assert recs["k0003"]["error_type"] == "ItemTimeout"
+    assert result.ok == 7 and not result.crashes
+
+
+def test_two_batches_in_flight_on_one_lane_come_back_whole_and_in_order() -> None:
+    from pipeline.calls import steps_of
+    from pipeline.procpool import ProcessLane
+    from pipeline.records import Item
+
+    datas = _payloads([200_000, 5_000, 3_000_000, 70_000, 1_000_000, 10])
+
+    async def main() -> None:
+        lane = ProcessLane(steps_of([stage(fns.digest, kind="process")]), on_crash=print)
+        try:
+            runs = [
+                lane.run([Item(f"k{i}{j}", d) for j, d in enumerate(datas[i::2])]) for i in range(2)
+            ] * 3
+            results = await asyncio.gather(*runs)
+            for n, (done, again) in enumerate(results):
+                assert again == []
+                want = datas[n % 2 :: 2]
+                assert [out.value for _, out in done] == [fns.digest(d) for d in want]
+            assert lane.started == 1
+        finally:
+            await lane.close(graceful=True)
+
+    asyncio.run(main())
