@@ -71,6 +71,15 @@ def crash_on(x: int, poison: int) -> int:
     return x
 
 
+def worker_settings(x: int) -> list[Any]:
+    """The Dask settings of the worker process running the item."""
+    import dask
+
+    from pipeline.backends.dask import LOCAL_CLUSTER_CONFIG
+
+    return [dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG]
+
+
 # -- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
@@ -322,6 +331,7 @@ def test_worker_sigkilled_mid_shard_every_input_once(cluster: str, tmp_path: Pat
 @pytest.mark.timeout(180)
 def test_item_that_kills_workers_fails_alone_and_the_cluster_goes(tmp_path: Path) -> None:
     import dask
+    import distributed  # noqa: F401  # before dask.config.set: its exit would drop the defaults
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     pipe = Pipeline([stage(crash_on, 13, kind="process", name="crash")])
@@ -352,6 +362,17 @@ def test_item_that_kills_workers_fails_alone_and_the_cluster_goes(tmp_path: Path
     ]
     _, alive = psutil.wait_procs(left, timeout=10)
     assert alive == []
+
+
+@pytest.mark.timeout(120)
+def test_a_local_cluster_runs_with_the_quiet_housekeeping_settings(tmp_path: Path) -> None:
+    from pipeline.backends.dask import LOCAL_CLUSTER_CONFIG
+
+    pipe = Pipeline([stage(worker_settings, kind="process", name="settings")])
+    pipe.run(range(2), output=tmp_path / "out", backend=DaskBackend(n_workers=1), progress=False)
+    for rec in by_key(tmp_path / "out").values():
+        assert rec["result"] == list(LOCAL_CLUSTER_CONFIG.values())
+    assert LOCAL_CLUSTER_CONFIG["distributed.worker.profile.enabled"] is False
 
 
 def _cmdline(p: psutil.Process) -> list[str]:
