@@ -74,6 +74,13 @@ ARENA_BYTES = 64 * 1024 * 1024
 #: Arena memory a lane keeps between batches; what a bigger batch touched beyond it is freed.
 ARENA_KEEP = 16 * 1024 * 1024
 
+#: Added to the crash message of a worker that exited with code 1 before it ever answered: it
+#: most likely failed while starting (importing the main script or a stage module).
+STARTUP_HINT = (
+    " without ever answering (its error is on stderr; a script that runs a pipeline with"
+    " process stages must start it under `if __name__ == '__main__':`)"
+)
+
 #: Batches in flight per lane: while the worker runs one, the next is already in its socket and
 #: arena (the arena is cut into this many regions, one per batch in flight).
 DEPTH = 2
@@ -193,6 +200,7 @@ class ProcessLane:
         self._room = asyncio.Semaphore(DEPTH)
         self._send_lock = asyncio.Lock()  # one batch written at a time, in seq order
         self._dead = False
+        self._answered = False
         self._ended: dict[int, _Ended] = {}  # by worker generation
         self.started = 0
         _request_preload(preload_modules(self.steps))
@@ -236,6 +244,7 @@ class ProcessLane:
         child.close()
         self._proc, self._conn, self._slot = proc, parent, slot
         self._dead = False
+        self._answered = False  # this worker has sent an outcome
         self.started += 1
         loop.add_reader(parent.fileno(), self._on_readable)
         loop.add_reader(proc.sentinel, self._on_readable, True)
@@ -291,6 +300,8 @@ class ProcessLane:
                 how = f"worker pid {proc.pid} was killed by {name}"
             else:
                 how = f"worker pid {proc.pid} exited with code {code}"
+                if code == 1 and not self._answered:
+                    how += STARTUP_HINT
         self._ended[self.started] = _Ended(how, running, index, step)
         for old in [g for g in self._ended if g < self.started - 4]:
             del self._ended[old]
@@ -332,6 +343,7 @@ class ProcessLane:
         try:
             while conn.poll():
                 seq, outcomes = pickle.loads(conn.recv_bytes())
+                self._answered = True
                 call = self._calls.get(seq)
                 if call is not None:
                     call.received.update(outcomes)

@@ -643,3 +643,28 @@ def test_two_batches_in_flight_on_one_lane_come_back_whole_and_in_order() -> Non
             await lane.close(graceful=True)
 
     asyncio.run(main())
+
+
+_NO_MAIN_GUARD = """
+from pipeline import Pipeline, stage
+from tests.fns import double
+
+Pipeline([stage(double, kind="process", workers=1)]).run(range(3), progress=False)
+"""
+
+
+def test_a_script_without_a_main_guard_is_told_so(tmp_path: Path) -> None:
+    script = tmp_path / "no_guard.py"
+    script.write_text(_NO_MAIN_GUARD)
+    env = {**os.environ, "PYTHONPATH": str(_ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode != 0
+    assert "CrashBudgetExceeded" in done.stderr  # it stops; it does not hang
+    assert "if __name__ == '__main__':" in done.stderr and "without ever answering" in done.stderr
