@@ -85,8 +85,18 @@ def parse_bytes(text: str | int) -> int:
 def _default_workers() -> dict[str, int]:
     cores = os.cpu_count() or 1
     # download: concurrent requests (the session's connection limit follows it);
-    # crunch is fused with resize (one worker call), so it follows resize unless given
-    return {"download": 64, "read": 8, "resize": cores, "crunch": cores, "write": 4}
+    # crunch is fused with resize (one worker call), so it follows resize unless given.
+    # read and write threads only have to keep the process workers fed and drained: a thread
+    # reads a 2.5 MB file in ~1 ms from the page cache, a worker needs 20-70 ms per image, and
+    # every extra thread lane costs the parent GIL hand-offs (on 2 cores, 2000 small JPEGs:
+    # 8 read + 4 write threads 247-278 images/s, 2 + 1 328-342, 12 MP photos unchanged)
+    return {
+        "download": 64,
+        "read": max(2, cores),
+        "resize": cores,
+        "crunch": cores,
+        "write": max(1, cores // 2),
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
