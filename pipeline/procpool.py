@@ -81,6 +81,12 @@ STARTUP_HINT = (
     " process stages must start it under `if __name__ == '__main__':`)"
 )
 
+#: A batch whose header is at most this long, with no payload by socket and at most
+#: ``INLINE_COPY`` bytes of arena copies, is sent from the event loop instead of a thread (a hop
+#: less). With ``DEPTH`` such headers unread the socket buffer (~200 kB) still has room.
+INLINE_BYTES = 32 * 1024
+INLINE_COPY = 1024 * 1024
+
 #: Batches in flight per lane: while the worker runs one, the next is already in its socket and
 #: arena (the arena is cut into this many regions, one per batch in flight).
 DEPTH = 2
@@ -175,6 +181,7 @@ class _Call:
     waiter: asyncio.Future[None]
     region: int  # index of its arena region
     worker: int = 0  # generation of the worker it was sent to
+    heavy: bool = False  # some of it went by socket beyond the header (may sit unread there)
     received: dict[int, Outcome] = field(default_factory=dict)
 
 
@@ -394,15 +401,21 @@ class ProcessLane:
                     await self._start()
                 assert self._conn is not None
                 call.worker = self.started
+                call.heavy = len(outgoing.messages) > 1
+                light = not call.heavy and _light(outgoing)
+                light = light and not any(c.heavy for c in self._calls.values())
                 self._calls[seq] = call
-                # a batch can be megabytes of file contents: write it from a thread, so the loop
-                # (other lanes' outcomes, the watchdogs) never waits for this worker to read it
-                self._sending = sending = loop.run_in_executor(
-                    None, _send_all, self._conn, outgoing, self._arena
-                )
-                sending.add_done_callback(_retrieve)  # also when we are cancelled meanwhile
                 try:
-                    await sending
+                    if light:  # fits the socket's buffer whatever the worker is doing: no hop
+                        _send_all(self._conn, outgoing, self._arena)
+                    else:
+                        # megabytes of file contents: written from a thread, so the loop (other
+                        # lanes' outcomes, the watchdogs) never waits for this worker to read them
+                        self._sending = sending = loop.run_in_executor(
+                            None, _send_all, self._conn, outgoing, self._arena
+                        )
+                        sending.add_done_callback(_retrieve)  # also when we are cancelled
+                        await sending
                 except OSError:
                     self._dead = True
                     self._wake_all()
@@ -456,6 +469,13 @@ class ProcessLane:
                 self._on_crash(f"{how} before starting its batch")
         again = [it for i, it in enumerate(batch) if i not in received and i != index]
         return done, again
+
+
+def _light(out: _Outgoing) -> bool:
+    """Small enough to send from the event loop: the header alone fits well within a socket
+    buffer (with the other batch in flight's), and the arena copies take well under a ms."""
+    header = out.messages[0]
+    return len(header) <= INLINE_BYTES and sum(len(d) for _, d in out.copies) <= INLINE_COPY
 
 
 def _send_all(conn: mpc.Connection, out: _Outgoing, arena: Arena | None) -> None:
