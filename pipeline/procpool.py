@@ -29,12 +29,13 @@ least ``pipeline.worker.OUT_OF_BAND_BYTES`` is left out as a persistent id, so b
 contents) are never copied into and out of a pickle stream:
 
 * ``(offset, length)``: the bytes are in the lane's shared-memory arena (Linux: a ``memfd`` of
-  ``ARENA_BYTES``, mapped by the parent and passed to the worker at its start). The parent copies
-  a batch's payloads in from offset 0 before sending the message; the worker copies them out
-  when it receives it, before running anything. A lane sends its next batch only once every
-  outcome of the previous one is back (or the worker is gone), so the two never overlap. A copy
-  each side (~0.1 ms per MB) replaces pushing the bytes through the socket, which costs the
-  worker ~1.5 ms of CPU per MB in ``recv`` calls of a socket buffer's size;
+  ``ARENA_BYTES``, mapped by the parent and passed to the worker at its start), cut into
+  ``DEPTH`` regions, one per batch in flight. The parent copies a batch's payloads into a free
+  region before sending the message; the worker copies them out when it receives it, before
+  running anything; the region is free again once every outcome of that batch is back (or the
+  worker is gone). A copy each side (~0.1 ms per MB) replaces pushing the bytes through the
+  socket, which costs the worker ~1.5 ms of CPU per MB in ``recv`` calls of a socket buffer's
+  size;
 * ``i`` (an int): the ``i``-th raw message after the header; for payloads that do not fit in
   what is left of the arena, and where there is no arena.
 
