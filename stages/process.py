@@ -353,6 +353,9 @@ class StatsTable:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        # (key, dhash) of every row, kept by result() for NearDuplicates, which needs them all
+        # in memory anyway: one pass over the manifest serves both
+        self.hashes: list[tuple[str, str]] | None = None
 
     def add(self, record: Record) -> None:
         return None
@@ -387,9 +390,13 @@ class StatsTable:
         writer = csv.DictWriter(buf, fieldnames=self.COLUMNS)
         writer.writeheader()
         n = 0
+        hashes: list[tuple[str, str]] = []
         for row in self.rows():
             writer.writerow(row)
             n += 1
+            if row.get("dhash"):
+                hashes.append((row["key"], row["dhash"]))
+        self.hashes = hashes
         data = buf.getvalue().encode()
         atomic_write_bytes(self.folder / "stats.csv", data)
         files = ["stats.csv"]
@@ -423,7 +430,9 @@ class NearDuplicates:
     def result(self) -> dict[str, Any]:
         from .stats import near_duplicate_groups
 
-        pairs = ((r["key"], r["dhash"]) for r in self.table.rows() if r.get("dhash"))
+        pairs: Iterable[tuple[str, str]] = self.table.hashes or (
+            (r["key"], r["dhash"]) for r in self.table.rows() if r.get("dhash")
+        )
         groups = near_duplicate_groups(pairs, max_distance=self.max_distance)
         return {"max_distance": self.max_distance, "groups": groups}
 

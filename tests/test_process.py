@@ -212,3 +212,19 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert cli(str(IMAGES), "--workers", "bogus=3", "--output", str(tmp_path / "o")).returncode == 2
     with pytest.raises(ConfigError):
         ProcessConfig.from_mapping({"inputs": [str(IMAGES)], "colour": "blue"})
+
+
+def test_near_duplicates_reuse_the_stats_tables_pass_over_the_manifest(tmp_path: Path) -> None:
+    from stages.process import NearDuplicates, StatsTable
+
+    def line(key: str, dhash: str) -> str:
+        stats = {"mean": [1.0], "std": [0.0], "sharpness": 1.0, "dhash": dhash}
+        result = {"original": {"width": 8, "height": 8}, "outputs": [{}], "stats": stats}
+        return json.dumps({"key": key, "status": "ok", "result": result})
+
+    hashes = {"a": "ffff0000ffff0000", "b": "ffff0000ffff0001", "c": "0000ffff0000ffff"}
+    (tmp_path / "manifest.jsonl").write_text("".join(line(k, h) + "\n" for k, h in hashes.items()))
+    table = StatsTable(tmp_path)
+    assert table.result()["rows"] == 3
+    (tmp_path / "manifest.jsonl").unlink()  # the groups must come from the table's own pass
+    assert NearDuplicates(table).result()["groups"] == [["a", "b"]]
