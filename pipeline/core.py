@@ -18,6 +18,7 @@ from .batching import fuse
 from .config import RunOptions
 from .entry import execute, iterate
 from .errors import DefinitionError
+from .procpool import DEPTH
 from .records import Record
 from .result import Collector, RunResult
 from .stage import Stage
@@ -52,7 +53,9 @@ class Pipeline:
             workers = max(s.workers for s in group)
             batch = min(s.max_batch for s in group) if group[0].kind in ("thread", "process") else 1
             share = max(1, -(-group[0].capacity // workers))
-            in_flight = workers * min(batch, share)
+            # a process lane keeps DEPTH batches in flight (procpool), other lanes one
+            depth = DEPTH if group[0].kind == "process" else 1
+            in_flight = workers * depth * min(batch, share)
             bound += group[0].capacity + in_flight
             label = " + ".join(s.name for s in group)
             fused = " (fused: one worker call)" if len(group) > 1 else ""

@@ -668,3 +668,18 @@ def test_a_script_without_a_main_guard_is_told_so(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "CrashBudgetExceeded" in done.stderr  # it stops; it does not hang
     assert "if __name__ == '__main__':" in done.stderr and "without ever answering" in done.stderr
+
+
+def test_describe_counts_the_second_batch_a_process_lane_keeps_in_flight() -> None:
+    from pipeline.procpool import DEPTH
+
+    pipe = Pipeline(
+        [
+            stage(fns.double, kind="thread", workers=3, capacity=8, max_batch=2, name="t"),
+            stage(fns.inc, kind="process", workers=2, capacity=4, max_batch=1, name="p"),
+        ]
+    )
+    text = pipe.describe()
+    assert "t: thread x3, up to 6 items in flight" in text
+    assert f"p: process x2, up to {2 * DEPTH} items in flight" in text
+    assert f"at most {8 + 6 + 4 + 2 * DEPTH} items held" in text
