@@ -30,7 +30,25 @@ def test_sleeping_process_stage_is_io_in_process() -> None:
 
 
 def test_python_spin_in_threads_is_gil_bound() -> None:
-    assert verdict_of(fns.py_spin, 0.03, kind="thread", workers=2, n=40) == "cpu-python"
+    """Two threads of pure Python never get beyond one core, and the verdict says ``cpu-python``
+    when both were busy at once. On a machine busy with other work the event loop (which needs
+    the GIL too) may not keep two threads busy at once; the verdict then says it cannot tell
+    (``cpu``), never ``cpu-c``. Up to three tries for the ``cpu-python`` case; every try checks
+    that the verdict follows what was measured."""
+    from pipeline.advice import GIL_RELEASED_ABOVE
+
+    for _ in range(3):
+        st = stage(fns.py_spin, 0.03, kind="thread", workers=2, name="s")
+        result = Pipeline([st]).run(keyed(40), progress=False)
+        (v,) = result.advice
+        (snap,) = result.stages
+        assert snap.parallelism is not None and snap.parallelism <= GIL_RELEASED_ABOVE
+        concurrent = snap.busy / snap.wall
+        if v.kind == "cpu-python":
+            assert concurrent > 1.5
+            return
+        assert v.kind == "cpu" and "too few threads ran at once" in v.reason, v
+        assert concurrent <= 1.5
 
 
 @pytest.mark.parametrize("fn", [fns.c_spin, fns.np_spin])
