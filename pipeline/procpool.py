@@ -204,8 +204,9 @@ class ProcessLane:
         self._slot: Any = None
         self._seq = 0
         self._calls: dict[int, _Call] = {}  # in flight, by seq
-        self._regions = list(range(DEPTH))  # free arena regions
-        self._room = asyncio.Semaphore(DEPTH)
+        self._regions: asyncio.Queue[int] = asyncio.Queue()  # free arena regions: DEPTH at most
+        for region in range(DEPTH):
+            self._regions.put_nowait(region)
         self._send_lock = asyncio.Lock()  # one batch written at a time, in seq order
         self._dead = False
         self._answered = False
@@ -374,12 +375,11 @@ class ProcessLane:
 
     # -- running a batch -----------------------------------------------------------------------
     async def run(self, batch: Sequence[Item]) -> LaneResult:
-        async with self._room:
-            region = self._regions.pop()
-            try:
-                return await self._run(batch, region)
-            finally:
-                self._regions.append(region)
+        region = await self._regions.get()  # waits while DEPTH batches are in flight
+        try:
+            return await self._run(batch, region)
+        finally:
+            self._regions.put_nowait(region)
 
     async def _run(self, batch: Sequence[Item], region: int) -> LaneResult:
         self._seq += 1

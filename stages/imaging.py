@@ -103,23 +103,23 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "ICO", "PPM", "AVIF", "JPEG2000")
-# The plugins registering those formats (and MPO, which the JPEG plugin opens), imported here
-# rather than by Image.init(), which imports all ~45 plugins (a tenth of a second per process).
-_PLUGINS = (
-    "JpegImagePlugin",
-    "MpoImagePlugin",
-    "PngImagePlugin",
-    "GifImagePlugin",
-    "WebPImagePlugin",
-    "TiffImagePlugin",
-    "BmpImagePlugin",
-    "IcoImagePlugin",
-    "PpmImagePlugin",
-    "AvifImagePlugin",
-    "Jpeg2KImagePlugin",
-)
-for _plugin in _PLUGINS:
+# The formats process_image opens, each with the Pillow plugin that registers it (the JPEG plugin
+# also opens MPO, registered by its own plugin), imported here rather than by Image.init(),
+# which imports all ~45 plugins (a tenth of a second per process).
+_PLUGIN_OF = {
+    "JPEG": ("JpegImagePlugin", "MpoImagePlugin"),
+    "PNG": ("PngImagePlugin",),
+    "GIF": ("GifImagePlugin",),
+    "WEBP": ("WebPImagePlugin",),
+    "TIFF": ("TiffImagePlugin",),
+    "BMP": ("BmpImagePlugin",),
+    "ICO": ("IcoImagePlugin",),
+    "PPM": ("PpmImagePlugin",),
+    "AVIF": ("AvifImagePlugin",),
+    "JPEG2000": ("Jpeg2KImagePlugin",),
+}
+_WANTED_FORMATS = tuple(_PLUGIN_OF)
+for _plugin in (p for plugins in _PLUGIN_OF.values() for p in plugins):
     with contextlib.suppress(ImportError):  # a plugin this Pillow build lacks
         importlib.import_module(f"PIL.{_plugin}")
 ALLOWED_FORMATS: tuple[str, ...] = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)

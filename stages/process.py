@@ -17,6 +17,7 @@ writes ``report.html`` (:mod:`stages.report`) at the end of every run.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import importlib
 import io
@@ -449,20 +450,14 @@ def _url_inputs(lists: Sequence[str]) -> Iterator[Item | Record]:
 #: more; near-duplicate groups: numpy), imported ahead in a thread from the run's first input on,
 #: while the parent mostly waits for its workers.
 END_OF_RUN_MODULES = ("pyarrow.csv", "pyarrow.parquet", "stages.stats")
-_prefetch_lock = threading.Lock()
-_prefetch_started = False
 
 
+@functools.cache
 def _prefetch_end_of_run() -> None:
     """Start importing :data:`END_OF_RUN_MODULES` in a thread, once per process.
 
     Not a daemon: interpreter shutdown waits for it rather than cutting an import short.
     """
-    global _prefetch_started
-    with _prefetch_lock:
-        if _prefetch_started:
-            return
-        _prefetch_started = True
     threading.Thread(target=_import_all, args=(END_OF_RUN_MODULES,), name="prefetch").start()
 
 
