@@ -584,17 +584,23 @@ class Run:
 
     async def sampler(self, channels: Sequence[Channel[Item]]) -> None:
         """Timeline samples and the progress bars' inbox fill, at the timeline's interval."""
-        inbox_of = []
-        for i, group in enumerate(self.groups):
-            inbox_of += [channels[i]] * len(group)
         while True:
             await asyncio.sleep(self.timeline.interval)
-            self.timeline.sample(
-                [m.items for m in self.metrics],
-                [len(c) for c in inbox_of],
-                [m.workers for m in self.metrics],
-            )
+            inbox_of = self._sample(channels)
             self.progress.set_fill([(len(c), c.capacity) for c in inbox_of])
+
+    def _sample(self, channels: Sequence[Channel[Item]]) -> list[Channel[Item]]:
+        """One timeline sample (also the last one, when the run ends: a run shorter than the
+        interval still has its charts); returns each stage's inbox."""
+        inbox_of: list[Channel[Item]] = []
+        for i, group in enumerate(self.groups):
+            inbox_of += [channels[i]] * len(group)
+        self.timeline.sample(
+            [m.items for m in self.metrics],
+            [len(c) for c in inbox_of],
+            [m.workers for m in self.metrics],
+        )
+        return inbox_of
 
     # -- the whole run -------------------------------------------------------------------------
     async def execute(self) -> RunResult:
@@ -639,6 +645,7 @@ class Run:
                     if helper is not None:
                         helper.cancel()
                         await asyncio.gather(helper, return_exceptions=True)
+                self._sample(channels)
                 self._stop_workers()
                 self.ledger_ch.close()
                 writer_error = (await asyncio.gather(writer, return_exceptions=True))[0]

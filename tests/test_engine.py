@@ -319,6 +319,17 @@ def test_stage_metrics_name_the_bottleneck() -> None:
     assert slow.busy > 0.5 and slow.items == 40
 
 
+def test_a_run_shorter_than_the_sampling_interval_still_has_a_timeline(out: Path) -> None:
+    Pipeline([stage(fns.double, kind="thread", workers=2)]).run(
+        keyed(5), output=out, progress=False
+    )
+    timeline = json.loads((out / "summary.json").read_text())["timeline"]
+    assert timeline["interval"] > 0.0 and len(timeline["t"]) >= 1
+    # the last sample is taken when the run ends: every item is counted in it
+    assert timeline["stages"]["double"]["done"][-1] == 5
+    assert timeline["stages"]["double"]["inbox"][-1] == 0
+
+
 def test_process_cpu_time_is_measured() -> None:
     result = Pipeline([stage(fns.spin, 0.05, kind="process", workers=2)]).run(
         keyed(8), progress=False
