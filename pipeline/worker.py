@@ -8,6 +8,7 @@ that preloads it is ready sooner.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
 import mmap
@@ -16,6 +17,7 @@ import multiprocessing.reduction as mp_reduction
 import os
 import pickle
 import signal
+import sys
 import time
 from collections.abc import MutableSequence, Sequence
 from typing import Any
@@ -23,7 +25,15 @@ from typing import Any
 from .calls import SLOT_INDEX, SLOT_SEQ, Outcome, Step, portable_exception, run_chain
 from .errors import Unpicklable
 
-__all__ = ["FLUSH_INTERVAL", "OUT_OF_BAND_BYTES", "Arena", "worker_main"]
+__all__ = [
+    "FLUSH_INTERVAL",
+    "MALLOC_MMAP_THRESHOLD",
+    "MALLOC_TRIM_THRESHOLD",
+    "OUT_OF_BAND_BYTES",
+    "Arena",
+    "tune_malloc",
+    "worker_main",
+]
 
 log = logging.getLogger("pipeline.procpool")
 
@@ -32,6 +42,37 @@ FLUSH_INTERVAL = 0.005
 
 #: ``bytes`` values at least this long travel to the worker out of the pickle stream.
 OUT_OF_BAND_BYTES = 64 * 1024
+
+
+#: glibc malloc settings of a worker process, unless its environment sets them
+#: (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``). With glibc's defaults, the buffers of
+#: an item (a 2.6 MB file copied out of the arena, a 3 MB decoded image, the resampler's output)
+#: are mmap'ed, or freed at the top of the heap and trimmed, and the next item faults them in
+#: again page by page: ~800 page faults per 12 MP photo. Kept instead, they are reused: ~3.5% of
+#: a 12 MP run's wall time. Blocks above the mmap threshold are still given back when freed; at
+#: most the trim threshold of free heap stays with an idle worker.
+MALLOC_MMAP_THRESHOLD = 32 * 2**20
+MALLOC_TRIM_THRESHOLD = 64 * 2**20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters, from glibc's malloc.h
+
+
+def tune_malloc() -> bool:
+    """Apply :data:`MALLOC_MMAP_THRESHOLD` and :data:`MALLOC_TRIM_THRESHOLD` to this process
+    (glibc only; settings given in the environment win). True when anything was set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    changed = False
+    for name, param, value in (
+        ("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD),
+        ("MALLOC_TRIM_THRESHOLD_", _M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD),
+    ):
+        if name not in os.environ:
+            changed = bool(mallopt(ctypes.c_int(param), ctypes.c_int(value))) or changed
+    return changed
 
 
 class Arena:
@@ -134,6 +175,7 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tune_malloc()
     while True:
         try:
             message = _recv_values(conn, arena)

@@ -288,3 +288,17 @@ def pace_then_crash_on(x: int, bad: int) -> tuple[int, int]:
     if x == bad:
         os.kill(os.getpid(), signal.SIGKILL)
     return x, os.getpid()
+
+
+def fault_churn(x: Any, rounds: int = 6) -> int:
+    """Minor page faults over rounds 2.. of: four 3 MB buffers touched, then all freed. With
+    glibc's defaults the freed top of the heap is trimmed every round, and faulted in again."""
+    import resource
+
+    before = 0
+    for r in range(rounds):
+        if r == 1:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        bufs = [bytearray(3 * 2**20) for _ in range(4)]
+        del bufs
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ IMAGES = ROOT / "sample_data" / "images"
 # Runs ``python -m pipeline ARGS`` (as runpy does for -m) and, at exit, prints on one line what
 # this process did: whether it started a forkserver, with which preload list, which modules.
 _WRAPPER = """
-import atexit, json, runpy, sys
+import atexit, json, os, runpy, sys
 import multiprocessing.forkserver as fs
 
 def _report():
@@ -32,6 +33,7 @@ def _report():
         "forkserver": server._forkserver_pid is not None,
         "preload": list(server._preload_modules),
         "modules": sorted(m for m in ("numpy", "PIL", "pyarrow") if m in sys.modules),
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
     }), flush=True)
 
 atexit.register(_report)
@@ -40,10 +42,13 @@ runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
 """
 
 
-def _run_cli(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
+def _run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], str]:
     done = subprocess.run(
         [sys.executable, "-c", _WRAPPER, *args],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -123,6 +128,19 @@ def test_local_run_preloads_the_worker_modules_and_the_parent_never_imports_pill
     assert "PIL" not in seen["modules"]  # numpy and pyarrow: stats.parquet, at the end
     assert by_key(out)["640x480_rgb.jpg"]["status"] == "ok"
     assert (out / "stats.parquet").exists()
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("3", "3")])
+def test_one_blas_thread_per_process_unless_the_user_says_otherwise(
+    given: str | None, expected: str, one_image: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    out = tmp_path / "out"
+    code, seen, err = _run_cli("process", str(one_image), "--output", str(out), "-q", env=env)
+    assert code == 0, err
+    assert seen["blas_threads"] == expected
 
 
 def test_dask_run_starts_no_local_forkserver(one_image: Path, tmp_path: Path) -> None:
