@@ -55,6 +55,7 @@ class Channel(Generic[T]):
         self._closed = False
         self._senders: deque[asyncio.Future[None]] = deque()
         self._receivers: deque[asyncio.Future[None]] = deque()
+        self._closers: list[asyncio.Future[None]] = []  # wait_closed() callers
 
     # -- sending -------------------------------------------------------------------------------
     async def send(self, item: T) -> None:
@@ -82,11 +83,24 @@ class Channel(Generic[T]):
         if self._closed:
             return
         self._closed = True
-        for fut in (*self._receivers, *self._senders):
+        for fut in (*self._receivers, *self._senders, *self._closers):
             if not fut.done():
                 fut.set_result(None)
         self._receivers.clear()
         self._senders.clear()
+        self._closers.clear()
+
+    async def wait_closed(self) -> None:
+        """Return once the channel is closed (items may still be in it); receives nothing."""
+        if self._closed:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._closers.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._closers:
+                self._closers.remove(fut)
 
     # -- receiving -----------------------------------------------------------------------------
     async def receive(self) -> T:

@@ -127,8 +127,11 @@ class Run:
             except EndOfStream:
                 return
             wait = committed + LEDGER_INTERVAL - loop.time()
-            if wait > 0 and len(self.ledger_ch) < LEDGER_CAPACITY:
-                await asyncio.sleep(wait)  # let more records in: one transaction for them all
+            if self.ledger is not None and wait > 0 and len(self.ledger_ch) < LEDGER_CAPACITY:
+                # let more records in: one transaction for them all; the last records of a run
+                # go as soon as the stream ends (a shard on a Dask worker waited 20 ms for them)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ledger_ch.wait_closed(), wait)
             batch = [first]
             while len(batch) < LEDGER_CAPACITY:
                 try:

@@ -330,6 +330,23 @@ def test_a_run_shorter_than_the_sampling_interval_still_has_a_timeline(out: Path
     assert timeline["stages"]["double"]["inbox"][-1] == 0
 
 
+@pytest.mark.timeout(20)
+def test_the_last_records_are_written_when_the_run_ends_not_an_interval_later(
+    out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.runner
+
+    # the ledger writer gathers records for up to LEDGER_INTERVAL; the end of the stream must
+    # cut that short (a Dask shard waited the interval for its last records)
+    monkeypatch.setattr(pipeline.runner, "LEDGER_INTERVAL", 60.0)
+    for output in (out, None):
+        result = Pipeline([stage(fns.double, kind="thread", workers=2)]).run(
+            keyed(20), output=output, progress=False
+        )
+        assert result.ok == 20
+    assert len(by_key(out)) == 20
+
+
 def test_process_cpu_time_is_measured() -> None:
     result = Pipeline([stage(fns.spin, 0.05, kind="process", workers=2)]).run(
         keyed(8), progress=False

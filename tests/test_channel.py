@@ -1,0 +1,58 @@
+"""The bounded channel between stages: back-pressure, end of stream by closing, wait_closed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipeline.channel import Channel, ChannelClosed, EndOfStream, WouldBlock
+
+
+@pytest.mark.asyncio
+async def test_a_full_channel_blocks_its_sender_until_a_receive() -> None:
+    ch = Channel[int](2)
+    await ch.send(1)
+    await ch.send(2)
+    with pytest.raises(WouldBlock):
+        ch.send_nowait(3)
+    third = asyncio.create_task(ch.send(3))
+    await asyncio.sleep(0)
+    assert not third.done() and ch.statistics().waiting_senders == 1
+    assert await ch.receive() == 1
+    await third
+    assert [await ch.receive(), await ch.receive()] == [2, 3]
+
+
+@pytest.mark.asyncio
+async def test_closing_ends_the_stream_after_what_is_left() -> None:
+    ch = Channel[int](4)
+    await ch.send(1)
+    ch.close()
+    with pytest.raises(ChannelClosed):
+        await ch.send(2)
+    assert [x async for x in ch] == [1]
+    with pytest.raises(EndOfStream):
+        await ch.receive()
+
+
+@pytest.mark.asyncio
+async def test_wait_closed_returns_when_the_channel_closes_and_receives_nothing() -> None:
+    ch = Channel[int](4)
+    waiter = asyncio.create_task(ch.wait_closed())
+    await ch.send(1)  # a send does not wake it
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    ch.close()
+    await asyncio.wait_for(waiter, 1)
+    assert await ch.receive() == 1  # the item is still there
+    await asyncio.wait_for(ch.wait_closed(), 1)  # already closed: returns at once
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_wait_closed_leaves_no_waiter_behind() -> None:
+    ch = Channel[int](1)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ch.wait_closed(), 0.01)
+    assert ch._closers == []
+    ch.close()
