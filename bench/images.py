@@ -327,6 +327,31 @@ def _psnr_check(proc: Method, seq: Method | None) -> str:
     return text
 
 
+def _bounds(case: Case, by: dict[str, Method], limit: Method) -> list[str]:
+    """What each ratio target leaves for process's decoding, against what decoding costs.
+
+    A target "≥ r x method M" means process finishes within M's wall / r. Process over a single
+    image (its fixed cost, one decode included) takes ``fixed``; the other n - 1 images then have
+    to fit in the rest, while (L) needs (n - 1) / n of its wall just to decode them, on a started
+    pool, with nothing else to do. Below 1.00x the target asks for less than the decode alone.
+    """
+    n = len(case.files)
+    fixed = statistics.median(case.fixed)
+    decode_rest = limit.wall * (n - 1) / n
+    notes = []
+    for key, name, ratio in (("c", "vipsthumbnail", "vips"), ("a", "sequential", "sequential")):
+        base = by.get(key)
+        if base is None:
+            continue
+        budget = base.wall / TARGETS[ratio] - fixed
+        notes.append(
+            f"{TARGETS[ratio]:g}{X} {name} leaves {budget:.2f} s for the other {n - 1} images "
+            f"after process's one-image run ({fixed:.2f} s), {budget / decode_rest:.2f}{X} what "
+            f"(L) needs to decode them alone ({decode_rest:.2f} s)"
+        )
+    return ["Bounds: " + "; ".join(notes) + "."] if notes else []
+
+
 def table(case: Case, found: list[Method]) -> list[str]:
     by = {m.key: m for m in found}
     seq, vips, limit = by.get("a"), by.get("c"), by.get("L")
@@ -390,6 +415,8 @@ def table(case: Case, found: list[Method]) -> list[str]:
         if proc.psnr:
             checks.append(_psnr_check(proc, seq))
         lines.append("Targets for process on this set: " + ", ".join(checks) + ".")
+        if limit is not None and case.fixed and n > 1:
+            lines += _bounds(case, by, limit)
     elif proc.psnr:
         lines.append(f"Target for process on this set: {_psnr_check(proc, seq)}.")
     lines.append("")

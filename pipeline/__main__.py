@@ -13,8 +13,6 @@ import gc
 import os
 import sys
 
-from .worker import tune_malloc
-
 
 def _warm_up(argv: list[str]) -> None:
     try:
@@ -34,7 +32,10 @@ def run() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     _warm_up(sys.argv[1:])
     # The read threads allocate a buffer per file: keep freed ones for the next file instead of
-    # faulting fresh pages in (the process workers do the same for themselves; see tune_malloc)
+    # faulting fresh pages in (the process workers do the same for themselves; see tune_malloc).
+    # Imported after the warm-up: the forkserver starts ~15 ms sooner.
+    from .worker import tune_malloc
+
     tune_malloc()
     from .cli import main
 
