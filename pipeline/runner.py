@@ -585,25 +585,21 @@ class Run:
             )
         )
 
-    async def sampler(self, channels: Sequence[Channel[Item]]) -> None:
+    async def sampler(self, inbox_of: Sequence[Channel[Item]]) -> None:
         """Timeline samples and the progress bars' inbox fill, at the timeline's interval."""
         while True:
             await asyncio.sleep(self.timeline.interval)
-            inbox_of = self._sample(channels)
+            self._sample(inbox_of)
             self.progress.set_fill([(len(c), c.capacity) for c in inbox_of])
 
-    def _sample(self, channels: Sequence[Channel[Item]]) -> list[Channel[Item]]:
-        """One timeline sample (also the last one, when the run ends: a run shorter than the
-        interval still has its charts); returns each stage's inbox."""
-        inbox_of: list[Channel[Item]] = []
-        for i, group in enumerate(self.groups):
-            inbox_of += [channels[i]] * len(group)
+    def _sample(self, inbox_of: Sequence[Channel[Item]]) -> None:
+        """One timeline sample (also a last one when the run ends, so that a run shorter than
+        the interval still has its charts); ``inbox_of`` is each stage's inbox."""
         self.timeline.sample(
             [m.items for m in self.metrics],
             [len(c) for c in inbox_of],
             [m.workers for m in self.metrics],
         )
-        return inbox_of
 
     # -- the whole run -------------------------------------------------------------------------
     async def execute(self) -> RunResult:
@@ -634,7 +630,9 @@ class Run:
                     )
                 )
             work.append(asyncio.create_task(self.sink(channels[-1]), name="sink"))
-            refresher: asyncio.Task[None] | None = asyncio.create_task(self.sampler(channels))
+            # each stage's inbox: the channel in front of its group
+            inbox_of = [channels[i] for i, group in enumerate(self.groups) for _ in group]
+            refresher: asyncio.Task[None] | None = asyncio.create_task(self.sampler(inbox_of))
             scaler = (
                 asyncio.create_task(self.autoscaler.run()) if self.autoscaler is not None else None
             )
@@ -648,7 +646,7 @@ class Run:
                     if helper is not None:
                         helper.cancel()
                         await asyncio.gather(helper, return_exceptions=True)
-                self._sample(channels)
+                self._sample(inbox_of)
                 self._stop_workers()
                 self.ledger_ch.close()
                 writer_error = (await asyncio.gather(writer, return_exceptions=True))[0]
