@@ -25,17 +25,22 @@ if TYPE_CHECKING:
         CrashBudgetExceeded,
         DefinitionError,
         FatalRunError,
+        FolderBusy,
         ItemError,
         ItemTimeout,
         LedgerError,
         PipelineError,
         RemoteError,
+        Skip,
         SplitError,
         Unpicklable,
         WorkerCrashed,
     )
+    from .folderlock import hold_folder
+    from .forkserver import shutdown
     from .ledger import Ledger, read_manifest
     from .metrics import StageSnapshot
+    from .names import from_b64, shown
     from .records import Item, Record, Status
     from .result import Collector, RunResult
     from .split import Split
@@ -61,11 +66,17 @@ _WHERE = {
     "LedgerError": "errors",
     "PipelineError": "errors",
     "RemoteError": "errors",
+    "Skip": "errors",
     "SplitError": "errors",
     "Unpicklable": "errors",
     "WorkerCrashed": "errors",
+    "FolderBusy": "errors",
+    "hold_folder": "folderlock",
+    "shutdown": "forkserver",
     "Ledger": "ledger",
     "read_manifest": "ledger",
+    "from_b64": "names",
+    "shown": "names",
     "atomic_write_bytes": "atomic",
     "atomic_write_text": "atomic",
     "StageSnapshot": "metrics",
@@ -85,6 +96,7 @@ __all__ = [
     "DefinitionError",
     "EndOfStream",
     "FatalRunError",
+    "FolderBusy",
     "Item",
     "ItemError",
     "ItemTimeout",
@@ -97,6 +109,7 @@ __all__ = [
     "RemoteError",
     "RunOptions",
     "RunResult",
+    "Skip",
     "Split",
     "SplitError",
     "Stage",
@@ -107,8 +120,12 @@ __all__ = [
     "__version__",
     "atomic_write_bytes",
     "atomic_write_text",
+    "from_b64",
+    "hold_folder",
     "read_manifest",
     "run_stage",
+    "shown",
+    "shutdown",
     "stage",
 ]
 

@@ -10,7 +10,12 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["FILE_MODE", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["FILE_MODE", "TEMP_PREFIX", "atomic_write_bytes", "atomic_write_text"]
+
+#: Temporary files are ``.pp-XXXXXXXX.tmp`` (16 bytes) whatever the target's name: a name
+#: derived from the target (``.<name>.XXXX.tmp``) would exceed the file system's 255-byte name
+#: limit for targets near it, and fail a write that the final name allows.
+TEMP_PREFIX = ".pp-"
 
 
 def _read_umask() -> int:
@@ -30,7 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     content durable across a power loss (the ledger wants that; bulk outputs may skip it).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RemoteError
+from .errors import RemoteError, Skip
 from .stage import Stage
 
 __all__ = ["Outcome", "Step", "backoff_delay", "portable_exception", "run_chain", "steps_of"]
@@ -113,7 +113,11 @@ def run_chain(
                 value = step.fn(value, *step.args, **step.kwargs)
             except Exception as exc:  # the per-item boundary
                 busy[index] += time.perf_counter() - started
-                if attempts <= step.retries and isinstance(exc, step.retry_on):
+                if (
+                    attempts <= step.retries
+                    and isinstance(exc, step.retry_on)
+                    and not isinstance(exc, Skip)
+                ):
                     if slot is not None:
                         slot[SLOT_DEADLINE] = math.inf
                     sleep(backoff_delay(step.backoff, attempts))

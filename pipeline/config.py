@@ -32,6 +32,9 @@ class RunOptions:
     ``crash_budget``: worker crashes tolerated before the run stops with exit 3.
     ``grace``: seconds in-flight items get to finish after Ctrl-C before they are cancelled.
     ``backend``: run the stage functions elsewhere (see :mod:`pipeline.backends`).
+    ``revisit``: after a run that saw all its inputs (not interrupted, no fatal error), called
+    with every record in the folder's ledger that this run did not write (inputs it did not
+    see); a record it returns replaces the old one (e.g. ``skipped``, reason "input gone").
     """
 
     output: Path | None = None
@@ -46,6 +49,7 @@ class RunOptions:
     handle_signals: bool = True
     backend: Any = None  # a pipeline.backends.Backend; None runs everything on this machine
     autoscale: bool = False  # --workers auto: start small, grow from measurements
+    revisit: Callable[[Record], Record | None] | None = None
 
     def __post_init__(self) -> None:
         if self.retry_failed and self.force:

@@ -3,7 +3,7 @@
 Two families, kept apart on purpose:
 
 * **Item errors** describe what happened to *one* input. They never stop a run: the per-item
-  boundary in :mod:`pipeline.executors` turns them (and any exception a stage function raises)
+  boundary in :mod:`pipeline.calls` turns them (and any exception a stage function raises)
   into a ``failed`` record in the ledger.
 
       ItemError
@@ -12,11 +12,16 @@ Two families, kept apart on purpose:
       ├── Unpicklable        the item, its result or its exception could not cross processes
       └── RemoteError        stand-in for an exception from a worker that could not be unpickled
 
+* :class:`Skip` is raised by a stage function that looks at an item and declines it (not an
+  image, below a minimum size): the item's record is ``skipped`` with the message as its
+  reason, never retried, and it is not counted as a failure.
+
 * **Run errors** stop the whole run with a typed error and a non-zero exit code.
 
       PipelineError
       ├── DefinitionError    a stage or pipeline is defined wrongly (exit 2)
       ├── ConfigError        bad options or config file (exit 2)
+      │   └── FolderBusy     another live run holds the output folder (exit 2)
       └── FatalRunError      the run cannot go on (exit 3)
           ├── CrashBudgetExceeded   more worker crashes than the budget allows
           └── LedgerError           the ledger cannot be read or written
@@ -34,11 +39,13 @@ __all__ = [
     "CrashBudgetExceeded",
     "DefinitionError",
     "FatalRunError",
+    "FolderBusy",
     "ItemError",
     "ItemTimeout",
     "LedgerError",
     "PipelineError",
     "RemoteError",
+    "Skip",
     "Unpicklable",
     "WorkerCrashed",
 ]
@@ -46,6 +53,14 @@ __all__ = [
 
 class ItemError(Exception):
     """Something went wrong with one item; recorded as ``failed``, the run goes on."""
+
+
+class Skip(Exception):
+    """Raised by a stage function: this item is not for this pipeline; ``str(exc)`` says why.
+
+    The item's record is ``skipped`` with that reason (``stage`` names the stage that declined
+    it). Never retried, whatever the stage's ``retry_on``.
+    """
 
 
 class SplitError(ItemError):
@@ -96,6 +111,10 @@ class ConfigError(PipelineError, ValueError):
     """An option or config file value is invalid."""
 
     exit_code = 2
+
+
+class FolderBusy(ConfigError):
+    """The output folder is held by another run that is still alive (see pipeline.folderlock)."""
 
 
 class FatalRunError(PipelineError):

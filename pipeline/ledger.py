@@ -13,6 +13,14 @@ Files in ``<output>/``:
   SQLite keeps the key index on disk, so resume look-ups and the manifest export never hold all
   keys in memory.
 
+The folder is held by one run at a time (:mod:`pipeline.folderlock`): a second run into it
+stops with :class:`~pipeline.errors.FolderBusy` before it writes anything.
+
+Keys are the program's strings; a key from a file name that is not UTF-8 (lone surrogates, see
+:mod:`pipeline.names`) is stored in the journal's key column as its shown form, a NUL and its
+exact bytes in base64 (no file name holds a NUL, so no clean key can look like that), and in the
+manifest as ``key`` (shown) plus ``key_b64``.
+
 All SQLite work happens on one dedicated thread; the event loop only awaits it. Errors reading or
 writing any of these files raise :class:`~pipeline.errors.LedgerError` (a fatal run error).
 """
@@ -25,17 +33,22 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .atomic import FILE_MODE as _FILE_MODE
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
 from .errors import LedgerError
+from .folderlock import hold_folder
+from .names import is_clean, raw_b64, shown, text_safe
 from .records import Record
 
 __all__ = ["Ledger", "atomic_write_bytes", "atomic_write_text", "read_manifest"]
+
+#: Records looked at per transaction by :meth:`Ledger.revisit`.
+REVISIT_CHUNK = 1000
 
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
@@ -57,8 +70,10 @@ def read_manifest(path: Path) -> Iterator[dict[str, Any]]:
 class Ledger:
     """The records of one output folder. Use as ``async with Ledger(folder) as ledger``."""
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    def __init__(self, folder: str | os.PathLike[str], *, run: str = "") -> None:
         self.folder = Path(folder)
+        self.run = run
+        self._lock = contextlib.ExitStack()
         self.manifest_path = self.folder / MANIFEST
         self.summary_path = self.folder / SUMMARY
         self.journal_path = self.folder / JOURNAL
@@ -68,12 +83,20 @@ class Ledger:
         self._seq = 0
 
     async def __aenter__(self) -> Ledger:
-        await self._call(self._open)
+        self._lock.enter_context(hold_folder(self.folder, run=self.run))
+        try:
+            await self._call(self._open)
+        except BaseException:
+            self._lock.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._call(self._close)
-        self._thread.shutdown(wait=True)
+        try:
+            await self._call(self._close)
+            self._thread.shutdown(wait=True)
+        finally:
+            self._lock.close()
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -104,7 +127,8 @@ class Ledger:
         """A folder with a manifest but no journal (copied, or journal deleted): adopt it."""
         batch: list[tuple[str, str, str]] = []
         for rec in read_manifest(self.manifest_path):
-            batch.append((rec["key"], rec["status"], json.dumps(rec, ensure_ascii=False)))
+            key = Record.from_json(rec).key
+            batch.append((key, rec["status"], json.dumps(rec, ensure_ascii=False)))
             if len(batch) >= 1000:
                 self._upsert(batch)
                 batch = []
@@ -117,7 +141,7 @@ class Ledger:
         rows = []
         for key, status, line in records:
             self._seq += 1
-            rows.append((key, self._seq, status, line))
+            rows.append((_column(key), self._seq, status, line))
         self._db.execute("BEGIN")
         self._db.executemany(
             "INSERT INTO records(key, seq, status, json) VALUES (?, ?, ?, ?) "
@@ -139,19 +163,49 @@ class Ledger:
         assert self._db is not None
         found: dict[str, Record] = {}
         for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+            chunk = [_column(k) for k in keys[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            for _key, text in self._db.execute(
-                f"SELECT key, json FROM records WHERE key IN ({marks})", chunk
+            for (text,) in self._db.execute(
+                f"SELECT json FROM records WHERE key IN ({marks})", chunk
             ):
-                found[_key] = Record.from_json(json.loads(text))
+                rec = Record.from_json(json.loads(text))
+                found[rec.key] = rec
         return found
+
+    def _revisit(self, run: str, fn: Callable[[Record], Record | None]) -> int:
+        """Offer every record that run ``run`` did not write to ``fn``; store what it returns."""
+        assert self._db is not None
+        mark = json.dumps({"run": run})[1:-1]  # '"run": "<id>"', as Record.to_line writes it
+        after, changed = 0, 0
+        while True:
+            rows = self._db.execute(
+                "SELECT seq, json FROM records WHERE seq > ? AND instr(json, ?) = 0 "
+                "ORDER BY seq LIMIT ?",
+                (after, mark, REVISIT_CHUNK),
+            ).fetchall()
+            if not rows:
+                return changed
+            after = rows[-1][0]
+            updates = []
+            for _seq, text in rows:
+                new = fn(Record.from_json(json.loads(text)))
+                if new is not None:
+                    new.run = run
+                    updates.append((_column(new.key), str(new.status), new.to_line()))
+            if updates:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "UPDATE records SET status = ?, json = ? WHERE key = ?",
+                    [(status, line, key) for key, status, line in updates],
+                )
+                self._db.execute("COMMIT")
+                changed += len(updates)
 
     def _export(self) -> int:
         """Stream the journal into ``manifest.jsonl`` atomically; returns the line count."""
         assert self._db is not None
         path = self.manifest_path
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{MANIFEST}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=TEMP_PREFIX, suffix=".tmp")
         n = 0
         try:
             os.fchmod(fd, _FILE_MODE)
@@ -192,6 +246,18 @@ class Ledger:
         result: dict[str, Record] = await self._call(self._lookup, list(keys))
         return result
 
+    async def revisit(self, run: str, fn: Callable[[Record], Record | None]) -> int:
+        """Pass each record not written by run ``run`` (keys this run did not see) to ``fn``,
+        on the ledger's thread; a record it returns replaces the old one (same key). Returns
+        how many were replaced. For example: mark the inputs that are gone from disk."""
+        try:
+            changed: int = await self._call(self._revisit, run, fn)
+        except sqlite3.Error as exc:
+            raise LedgerError(
+                f"cannot update the ledger journal {self.journal_path}: {exc}"
+            ) from exc
+        return changed
+
     async def export_manifest(self) -> int:
         n: int = await self._call(self._export)
         return n
@@ -202,7 +268,14 @@ class Ledger:
 
     async def write_summary(self, summary: Mapping[str, Any]) -> None:
         text = json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n"
+        if not is_clean(text):  # a file name that is not UTF-8, in an error message
+            text = json.dumps(text_safe(summary), indent=2, ensure_ascii=False, default=str) + "\n"
         try:
             await self._call(atomic_write_text, self.summary_path, text)
         except OSError as exc:
             raise LedgerError(f"cannot write {self.summary_path}: {exc}") from exc
+
+
+def _column(key: str) -> str:
+    """The journal's key column for ``key``: itself, or (not UTF-8) shown form, NUL, bytes."""
+    return key if is_clean(key) else f"{shown(key)}\x00{raw_b64(key)}"

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from .names import from_b64, is_clean, text_safe, with_raw
+
 if TYPE_CHECKING:
     from .split import Join
 
@@ -37,13 +39,21 @@ class Item:
     """One input on its way through the stages.
 
     ``meta`` travels with the item into its record (for example the columns of a URL list);
-    keep it small and JSON-serialisable.
+    keep it small and JSON-serialisable. ``identity`` says which content the key stands for
+    this time (for a file: its size and ``mtime_ns``, optionally a hash): resume redoes a key
+    whose identity (or source) is not the one its earlier record names. None: not known (a URL
+    before it is fetched), and resume goes by the key alone. ``fingerprint``: the hash of the
+    options this item's result depends on, when the source knows it better than the run's
+    ``fingerprint`` option (inputs of several kinds in one run).
     """
 
     key: str
     value: Any
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    redo: str | None = None  # why an item with an earlier record runs again (the record says)
     born: float = 0.0  # perf_counter when it left the source; for per-item durations
     attempts: int = 1  # the most attempts any stage needed so far
     part: int = -1  # index of this part when the item was split (see pipeline.split)
@@ -95,6 +105,8 @@ class Record:
     finished: float = field(default_factory=time.time)
     run: str = ""
     fingerprint: str | None = None
+    identity: dict[str, Any] | None = None
+    redo: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -107,9 +119,14 @@ class Record:
         built again with those fields checked one by one, as :meth:`to_json` does.
         """
         try:
-            return json.dumps(self.to_json(checked=False), ensure_ascii=False, allow_nan=False)
+            line = json.dumps(self.to_json(checked=False), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError):
-            return json.dumps(self.to_json(), ensure_ascii=False, allow_nan=False)
+            line = json.dumps(self.to_json(), ensure_ascii=False, allow_nan=False)
+        if is_clean(line):
+            return line
+        # a name from the file system that is not UTF-8, in a message or a result: shown
+        # escaped (keys, sources and output paths carry their exact bytes in *_b64 fields)
+        return json.dumps(text_safe(self.to_json()), ensure_ascii=False, allow_nan=False)
 
     def to_json(self, *, checked: bool = True) -> dict[str, Any]:
         """The manifest line: only fields that say something, plus ``result`` when JSON-able.
@@ -117,7 +134,10 @@ class Record:
         ``checked=False`` skips the per-field JSON checks (:meth:`to_line` serialises once and
         falls back to the checked form when that fails).
         """
-        out: dict[str, Any] = {"key": self.key, "source": self.source, "status": str(self.status)}
+        out: dict[str, Any] = {}
+        with_raw(out, "key", self.key)
+        with_raw(out, "source", self.source)
+        out["status"] = str(self.status)
         if self.status is Status.FAILED:
             out.update(
                 stage=self.stage,
@@ -127,8 +147,12 @@ class Record:
             )
         elif self.attempts > 1:  # retried, then succeeded
             out["attempts"] = self.attempts
+        if self.status is Status.SKIPPED and self.stage is not None:  # declined by that stage
+            out["stage"] = self.stage
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.redo is not None:
+            out["redo"] = self.redo
         result = jsonable(self.value) if checked else self.value
         if result is not None:
             out["result"] = result
@@ -142,14 +166,20 @@ class Record:
             out["run"] = self.run
         if self.fingerprint is not None:
             out["fingerprint"] = self.fingerprint
+        if self.identity is not None:
+            out["identity"] = self.identity
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
+        key_b64, source_b64 = data.get("key_b64"), data.get("source_b64")
+        identity = data.get("identity")
         return cls(
-            key=str(data["key"]),
+            key=from_b64(key_b64) if isinstance(key_b64, str) else str(data["key"]),
             status=Status(data["status"]),
-            source=str(data.get("source", "")),
+            source=from_b64(source_b64)
+            if isinstance(source_b64, str)
+            else str(data.get("source", "")),
             stage=data.get("stage"),
             error_type=data.get("error_type"),
             error=data.get("error"),
@@ -161,4 +191,6 @@ class Record:
             finished=float(data.get("finished", 0.0)),
             run=str(data.get("run", "")),
             fingerprint=data.get("fingerprint"),
+            identity=identity if isinstance(identity, dict) else None,
+            redo=data.get("redo"),
         )

@@ -33,10 +33,18 @@ from .batching import Batcher, fuse
 from .calls import Outcome, steps_of
 from .channel import Channel, EndOfStream, WouldBlock
 from .config import RunOptions
-from .errors import CrashBudgetExceeded, FatalRunError, LedgerError, RemoteError, SplitError
+from .errors import (
+    CrashBudgetExceeded,
+    FatalRunError,
+    LedgerError,
+    RemoteError,
+    Skip,
+    SplitError,
+)
 from .lanes import AsyncLane, InlineLane, Lane, ThreadLane
 from .ledger import Ledger
 from .metrics import StageMetrics, Timeline
+from .names import shown
 from .procpool import DEPTH, ProcessLane
 from .progress import Progress
 from .records import Item, Record, Status, as_item
@@ -107,14 +115,24 @@ class Run:
         self.timeline = Timeline([s.name for s in stages])
 
     # -- records -------------------------------------------------------------------------------
-    def fingerprint(self, key: str) -> str | None:
+    def fingerprint(self, key: str, item: Item | None = None) -> str | None:
+        """The options' hash for ``key``: the item's own when its source set one."""
+        if item is not None and item.fingerprint is not None:
+            return item.fingerprint
         fp = self.opts.fingerprint
         return fp(key) if callable(fp) else fp
 
     async def emit(self, record: Record) -> None:
         record.run = self.run_id
-        if record.fingerprint is None and record.status is not Status.SKIPPED:
-            record.fingerprint = self.fingerprint(record.key)
+        item = self.inflight.get(record.key)
+        if record.status is not Status.SKIPPED or record.stage is not None:
+            # processed (or declined by a stage): the record names the options and the input
+            # it was made from; a skip of a done item keeps the earlier record's (see _skip)
+            if record.fingerprint is None:
+                record.fingerprint = self.fingerprint(record.key, item)
+            if item is not None:
+                record.identity = record.identity or item.identity
+                record.redo = record.redo or item.redo
         await self.ledger_ch.send(record)
         self.inflight.pop(record.key, None)
 
@@ -223,38 +241,70 @@ class Run:
                 yield chunk
 
     def _decide(self, item: Item, prev: Record | None) -> Record | None:
-        """None to process the item, or the record that settles it without work."""
+        """None to process the item (``item.redo`` says why, when it has a record), or the
+        record that settles it without work."""
         opts = self.opts
-        if opts.force or self.ledger is None:
+        if self.ledger is None:
             return None
         if prev is None:
-            if opts.retry_failed:
+            if opts.retry_failed and not opts.force:
                 return self._skip(item, "not retried: no earlier failure (--retry-failed)")
             return None
-        done = prev.status is Status.OK or (
-            prev.status is Status.SKIPPED and prev.reason == REASON_DONE
-        )
-        if (
-            done
-            and opts.resume
-            and (opts.fingerprint is None or prev.fingerprint == self.fingerprint(item.key))
-            and (opts.is_done is None or opts.is_done(prev))
-        ):
+        if opts.force:
+            item.redo = "force"
+            return None
+        stale = self._stale(item, prev)
+        if stale is None:
+            if _declined(prev):  # a stage declined this very input before: it would again
+                return self._skip(item, prev.reason or REASON_DONE, prev, stage=prev.stage)
             return self._skip(item, REASON_DONE, prev)
         if opts.retry_failed and prev.status is not Status.FAILED:
-            reason = REASON_DONE if done else "not retried: no earlier failure (--retry-failed)"
-            return self._skip(item, reason, prev)
+            why = REASON_DONE if _done(prev) else "not retried: no earlier failure (--retry-failed)"
+            return self._skip(item, why, prev)
+        item.redo = stale
         return None
 
-    def _skip(self, item: Item, reason: str, prev: Record | None = None) -> Record:
+    def _stale(self, item: Item, prev: Record) -> str | None:
+        """Why the earlier record ``prev`` does not settle ``item`` (None: it is done).
+
+        Done means: an ``ok`` record (or a skip of a done item) made with the same options
+        (fingerprint) from the same input (source and identity, when the source gives one),
+        whose outputs are still there (``is_done``). A stage's earlier skip of the same input
+        (same options and identity: a file that is not an image) settles it too.
+        """
+        opts = self.opts
+        if _declined(prev) and item.identity is None:
+            return "earlier record skipped"  # without an identity, the input may have changed
+        if not (_done(prev) or _declined(prev)):
+            what = f" ({prev.error_type})" if prev.status is Status.FAILED else ""
+            return f"earlier record {prev.status}{what}"
+        if not opts.resume:
+            return "resume off"
+        fingerprint = self.fingerprint(item.key, item)
+        if fingerprint is not None and prev.fingerprint != fingerprint:
+            return "options changed"
+        if item.identity is not None:
+            if prev.source != item.source:
+                return f"another input under this key (was {shown(prev.source)})"
+            if prev.identity != item.identity:
+                return _changed(prev.identity, item.identity)
+        if opts.is_done is not None and not _declined(prev) and not opts.is_done(prev):
+            return "earlier outputs missing"
+        return None
+
+    def _skip(
+        self, item: Item, reason: str, prev: Record | None = None, *, stage: str | None = None
+    ) -> Record:
         return Record(
             key=item.key,
             status=Status.SKIPPED,
             source=item.source,
+            stage=stage,
             reason=reason,
             value=prev.value if prev is not None else None,
             meta=item.meta or (prev.meta if prev is not None else {}),
             fingerprint=prev.fingerprint if prev is not None else None,
+            identity=prev.identity if prev is not None else None,
         )
 
     # -- stage groups --------------------------------------------------------------------------
@@ -300,7 +350,14 @@ class Run:
             for value in split.parts:
                 if join.closed:  # a part failed already: send no more
                     return
-                part = Item(item.key, value, item.source, item.meta, item.born, item.attempts)
+                part = Item(
+                    item.key,
+                    value,
+                    item.source,
+                    meta=item.meta,
+                    born=item.born,
+                    attempts=item.attempts,
+                )
                 part.part, part.join = n, join
                 await outbox.send(part)
                 n += 1
@@ -538,7 +595,7 @@ class Run:
             m.cpu += out.cpu * (out.busy[j] / total_busy)
             if j < last or out.ok:
                 m.ok += 1
-            else:
+            elif not _is_skip(out.value):
                 m.failed += 1
             self.progress.advance(first + j)
 
@@ -553,6 +610,16 @@ class Run:
         meta = {**item.meta, **details} if isinstance(details, dict) else item.meta
         error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__
         message = exc.message if isinstance(exc, RemoteError) else str(exc)
+        if error_type == Skip.__name__:  # the stage declined the item (from a worker too)
+            return Record(
+                key=item.key,
+                status=Status.SKIPPED,
+                source=item.source,
+                stage=st.name,
+                reason=message or "declined by the stage",
+                meta=meta,
+                duration=time.perf_counter() - item.born if item.born else None,
+            )
         return Record(
             key=item.key,
             status=Status.FAILED,
@@ -605,7 +672,11 @@ class Run:
     async def execute(self) -> RunResult:
         started = time.perf_counter()
         started_at = dt.datetime.now(dt.UTC)
-        ledger_cm: Any = Ledger(self.opts.output) if self.opts.output is not None else _NoLedger()
+        ledger_cm: Any = (
+            Ledger(self.opts.output, run=self.run_id)
+            if self.opts.output is not None
+            else _NoLedger()
+        )
         error: BaseException | None = None
         interrupted = False
         backend_cm: Any = (
@@ -654,8 +725,14 @@ class Run:
                     error = writer_error
                 await self._cancel_leftovers(interrupted, error)
                 self.progress.close()
+            revisited = None
+            seen_all = not interrupted and error is None  # a run that saw every input
+            if ledger is not None and self.opts.revisit is not None and seen_all:
+                revisited = await ledger.revisit(self.run_id, self.opts.revisit)
             lines = await ledger.export_manifest() if ledger is not None else None
             collected = await self._collect()
+            if revisited is not None:
+                collected["revisited"] = revisited
             if self.backend is not None:
                 collected["backend"] = self.backend.summary()
             if self.autoscaler is not None:
@@ -728,7 +805,9 @@ class Run:
                 reason=reason,
                 meta=item.meta,
                 run=self.run_id,
-                fingerprint=self.fingerprint(item.key),
+                fingerprint=self.fingerprint(item.key, item),
+                identity=item.identity,
+                redo=item.redo,
             )
             for item in self.inflight.values()
         ]
@@ -860,6 +939,32 @@ async def _take_batch(inbox: Channel[Item], n: int) -> list[Item]:
         except (WouldBlock, EndOfStream):
             break
     return batch
+
+
+def _done(prev: Record) -> bool:
+    """An earlier record that says the item was made: ``ok``, or skipped as already done."""
+    return prev.status is Status.OK or (
+        prev.status is Status.SKIPPED and prev.reason == REASON_DONE
+    )
+
+
+def _declined(prev: Record) -> bool:
+    """An earlier record of a stage that declined the input (raised :class:`Skip`)."""
+    return prev.status is Status.SKIPPED and prev.stage is not None
+
+
+def _changed(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """The record's ``redo`` for an input whose identity changed: which fields did."""
+    if before is None:
+        return "input changed (no identity in the earlier record)"
+    fields = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+    return f"input changed ({', '.join(fields)})"
+
+
+def _is_skip(exc: Any) -> bool:
+    if isinstance(exc, RemoteError):
+        return exc.error_type == Skip.__name__
+    return isinstance(exc, Skip)
 
 
 def _int(value: Any) -> int:

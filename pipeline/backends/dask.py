@@ -45,6 +45,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -172,6 +173,8 @@ def _shard_item(rec: Record | None, names: dict[str, int], n: int) -> ShardItem:
             dict(rec.meta) or None,
         )
     reason = rec.reason or str(rec.status)
+    if rec.status is Status.SKIPPED and rec.stage is not None:  # a stage raised Skip
+        return ShardItem(False, None, names.get(rec.stage, 0), max(1, rec.attempts), "Skip", reason)
     return ShardItem(False, None, 0, max(1, rec.attempts), "Cancelled", reason)
 
 
@@ -499,11 +502,15 @@ class DaskBackend:
         keys = dask.config.get("distributed.nanny.pre-spawn-environ", {})
         saved = {k: os.environ.get(k) for k in keys}
         trim = self.malloc_trim_threshold
+        # the workers' scratch space (lock files, spilled data) in a folder of this run, removed
+        # with it: Dask's default, TMPDIR/dask-scratch-space, outlives every run
+        scratch = tempfile.TemporaryDirectory(prefix="pixpipe-dask-")
         try:
             with dask.config.set(
                 {
                     **LOCAL_CLUSTER_CONFIG,
                     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": trim,
+                    "temporary-directory": scratch.name,
                 }
             ):
                 cluster = LocalCluster(  # type: ignore[no-untyped-call]
@@ -515,10 +522,12 @@ class DaskBackend:
                     dashboard_address=":0",
                     worker_dashboard_address=None,
                     preload=[__name__],  # dask_setup below: the workers leave Ctrl-C to us
+                    local_directory=scratch.name,
                 )
                 async with cluster:
                     yield cluster
         finally:
+            scratch.cleanup()
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
