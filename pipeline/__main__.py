@@ -4,11 +4,14 @@ First thing here (``-m`` has imported the package itself already), a ``process``
 run on the local backend starts the process workers' forkserver
 (``stages.registry.warm_up_argv``): it imports the worker modules on another core while this
 process parses the command line and imports the rest. Before that, ``OPENBLAS_NUM_THREADS``
-defaults to 1 (see below).
+defaults to 1 (see below). Last thing, whatever the exit (an error, Ctrl-C, ``SystemExit``),
+the forkserver and multiprocessing's resource tracker are stopped and waited for
+(:func:`pipeline.forkserver.shutdown`): no process of the run outlives it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -22,6 +25,21 @@ def _warm_up(argv: list[str]) -> None:
     warm_up_argv(argv)
 
 
+def _stop_helpers() -> None:
+    """Stop the forkserver and the resource tracker, if any started, and wait for them."""
+    if "multiprocessing" not in sys.modules:  # then nothing can have started them
+        return
+    import signal  # here: imported at the top, it would delay the warm-up by ~0.5 ms
+
+    # A Ctrl-C now would only cut the wait short and leave them behind: the exit code is
+    # decided already, and the wait is bounded (pipeline.forkserver.SHUTDOWN_TIMEOUT).
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from .forkserver import shutdown
+
+    shutdown()
+
+
 def run() -> None:
     """The command: ``python -m pipeline`` and the ``pixpipe`` script."""
     # One BLAS thread per process, unless the user says otherwise: the command's own numpy work
@@ -30,16 +48,19 @@ def run() -> None:
     # and in the forkserver, and they spin on the cores the workers need (~3% of a 12 MP run's
     # wall time). Set before anything imports numpy; inherited by the forkserver and workers.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    _warm_up(sys.argv[1:])
-    # The read threads allocate a buffer per file: keep freed ones for the next file instead of
-    # faulting fresh pages in (the process workers do the same for themselves; see tune_malloc).
-    # Imported after the warm-up: the forkserver starts ~15 ms sooner.
-    from .worker import tune_malloc
+    try:
+        _warm_up(sys.argv[1:])
+        # The read threads allocate a buffer per file: keep freed ones for the next file instead
+        # of faulting fresh pages in (the process workers do the same for themselves; see
+        # tune_malloc). Imported after the warm-up: the forkserver starts ~15 ms sooner.
+        from .worker import tune_malloc
 
-    tune_malloc()
-    from .cli import main
+        tune_malloc()
+        from .cli import main
 
-    code = main()
+        code = main()
+    finally:  # also on SystemExit (usage errors, --help) and a Ctrl-C outside the run
+        _stop_helpers()
     # Interpreter shutdown garbage-collects every object of the imported libraries (numpy,
     # pyarrow, asyncio, ...) several times: ~0.1 s. Frozen objects are skipped; only their
     # __del__ in reference cycles is not run, which Python never promises at exit anyway.

@@ -11,6 +11,12 @@ started are imported by their workers as before. A preloaded module that fails t
 ``ImportError`` is skipped by the forkserver; one that fails otherwise kills the forkserver, and
 the lane then starts its worker again with the preload list as it was before (see
 :func:`spawn`).
+
+The forkserver, and the resource tracker multiprocessing starts with it, are helper processes
+that stay up for the life of the process (a pipeline run reuses the forkserver of the one
+before). Nothing stops them on its own: when their parent exits, they notice the end of their
+pipes and exit *after* it, orphaned. :func:`shutdown` stops and waits for them; ``python -m
+pipeline`` calls it before it exits.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ import importlib.machinery
 import logging
 import multiprocessing as mp
 import multiprocessing.forkserver as mp_forkserver
+import multiprocessing.resource_tracker as mp_resource_tracker
+import multiprocessing.util as mp_util
 import os
+import signal
 import sys
 import threading
 import time
@@ -30,16 +39,33 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .calls import Step
 
-__all__ = ["WORKER_MODULE", "mp_context", "preload_modules", "spawn", "warm_up"]
+__all__ = [
+    "SHUTDOWN_TIMEOUT",
+    "WORKER_MODULE",
+    "WORKER_NAME",
+    "mp_context",
+    "preload_modules",
+    "shutdown",
+    "spawn",
+    "warm_up",
+]
 
 log = logging.getLogger("pipeline.procpool")
 
 #: The module of the worker loop, preloaded with every pipeline's modules.
 WORKER_MODULE = "pipeline.worker"
 
+#: The ``name`` of every worker process (``multiprocessing.Process.name``): how
+#: :func:`shutdown` tells the pipeline's workers from other children of the process.
+WORKER_NAME = "pipeline-worker"
+
 #: How long a lane retries starting its worker while a forkserver broken by a preloaded module
 #: is replaced (seconds).
 RESTART_WAIT = 5.0
+
+#: How long :func:`shutdown` waits for the helper processes to exit before it kills them
+#: (seconds). They exit in a few tens of ms once told to.
+SHUTDOWN_TIMEOUT = 5.0
 
 
 def mp_context() -> Any:
@@ -167,3 +193,122 @@ def spawn(proc: Any) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+# -- stopping the helpers ----------------------------------------------------------------------
+
+
+def shutdown(timeout: float = SHUTDOWN_TIMEOUT) -> None:
+    """Stop the helper processes of this process's workers and wait for them: the forkserver
+    (if this process started it) and multiprocessing's resource tracker (idem).
+
+    ``python -m pipeline`` calls it once, before it exits, whatever the exit. A program that
+    embeds :class:`~pipeline.Pipeline` may call it when it is done with process stages, e.g.
+    before it exits: otherwise both helpers outlive it for a moment and are left for ``init``
+    to reap. Not after each run: the forkserver is kept for the next run (its preloaded
+    modules save every worker their imports), and a run after this one starts new helpers.
+    Not while multiprocessing objects of the program's own that hold a named semaphore (a
+    ``Queue``, a ``Lock``) are still alive: the resource tracker takes them for leaked when it
+    stops, and removes their semaphores.
+
+    Worker processes of pipelines that are still alive (there are none once a run has
+    returned) are killed first. The helpers are told to exit by closing the pipes that keep
+    them alive, as multiprocessing's own (private) ``ForkServer._stop`` and
+    ``ResourceTracker._stop`` do; one still there after ``timeout`` seconds (another child of
+    this process started with ``forkserver`` or ``spawn`` still holds its pipe) is killed.
+    Idempotent; does nothing when the helpers never started; never raises because a helper
+    is gone already.
+    """
+    _stop_workers(timeout)
+    deadline = time.monotonic() + timeout
+    waiting: dict[int, str] = {}
+    # both are told first, then waited for: they exit side by side
+    server: Any = mp_forkserver._forkserver  # private attributes: typeshed knows none
+    with server._lock:  # no worker start meanwhile (one would start a new forkserver)
+        pid = _close_forkserver(server)
+        if pid is not None:
+            waiting[pid] = "forkserver"
+        tracker: Any = mp_resource_tracker._resource_tracker
+        with tracker._lock:
+            pid = _close_resource_tracker(tracker)
+            if pid is not None:
+                waiting[pid] = "resource tracker"
+            _wait_exited(waiting, deadline)
+
+
+def _stop_workers(timeout: float) -> None:
+    """Kill and join the pipeline's workers still alive (lanes close theirs: a safety net).
+
+    Joining a worker means the forkserver has reaped it (a worker's exit code comes from the
+    forkserver, after ``waitpid``): none is left as a zombie when the forkserver exits.
+    """
+    workers = [p for p in mp.active_children() if p.name == WORKER_NAME]
+    for proc in workers:
+        log.debug("stopping worker pid %s, still alive at shutdown", proc.pid)
+        proc.kill()
+    for proc in workers:
+        proc.join(timeout)
+
+
+def _close_forkserver(server: Any) -> int | None:
+    """Close our end of the forkserver's "alive" pipe (it exits at EOF, once every worker has
+    closed its copy too) and forget the forkserver; its pid to wait for, if we started it."""
+    pid: int | None = server._forkserver_pid
+    if pid is None:  # never started, stopped already, or started by another process
+        return None
+    fd, address = server._forkserver_alive_fd, server._forkserver_address
+    server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
+    if hasattr(server, "_forkserver_authkey"):  # Python 3.13+
+        server._forkserver_authkey = None
+    if fd is not None:
+        _close(fd)
+    if address is not None and not mp_util.is_abstract_socket_namespace(address):
+        try:
+            os.unlink(address)
+        except OSError as exc:  # gone already (multiprocessing's temp dir was removed)
+            log.debug("forkserver socket %s: %s", address, exc)
+    return pid
+
+
+def _close_resource_tracker(tracker: Any) -> int | None:
+    """Close our end of the resource tracker's pipe (it exits at EOF) if we started it; its
+    pid to wait for. One inherited from a parent (``_pid`` None) is the parent's to stop."""
+    fd, pid = tracker._fd, tracker._pid
+    if fd is None or pid is None:
+        return None
+    tracker._fd = tracker._pid = None
+    _close(fd)
+    return int(pid)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError as exc:  # closed behind multiprocessing's back: nothing left to close
+        log.debug("closing fd %d: %s", fd, exc)
+
+
+def _wait_exited(pids: dict[int, str], deadline: float) -> None:
+    """``waitpid`` each of ``pids`` (pid -> what it is); kill those alive at ``deadline``."""
+    pause = 0.0002
+    while pids:
+        for pid in list(pids):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else already
+                done = pid
+            if done:
+                del pids[pid]
+        if not pids:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(pause)
+        pause = min(pause * 2, 0.002)
+    for pid, what in pids.items():
+        log.warning("the %s (pid %d) did not exit; killing it", what, pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):  # it exited meanwhile
+            pass

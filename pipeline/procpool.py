@@ -59,7 +59,14 @@ from typing import Any
 
 from .calls import SLOT_DEADLINE, SLOT_INDEX, SLOT_SEQ, SLOT_SIZE, SLOT_STEP, Outcome, Step
 from .errors import Unpicklable, WorkerCrashed
-from .forkserver import _request_preload, mp_context, preload_modules, spawn, warm_up
+from .forkserver import (
+    WORKER_NAME,
+    _request_preload,
+    mp_context,
+    preload_modules,
+    spawn,
+    warm_up,
+)
 from .lanes import LaneResult, min_timeout, timeout_outcome, watch
 from .records import Item
 from .worker import OUT_OF_BAND_BYTES, Arena, worker_main
@@ -233,7 +240,7 @@ class ProcessLane:
             target=worker_main,
             args=(child, self.steps, slot, self._arena),
             daemon=True,
-            name="pipeline-worker",
+            name=WORKER_NAME,
         )
         starting = loop.run_in_executor(None, spawn, proc)
         try:

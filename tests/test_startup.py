@@ -26,11 +26,21 @@ IMAGES = ROOT / "sample_data" / "images"
 _WRAPPER = """
 import atexit, json, os, runpy, sys
 import multiprocessing.forkserver as fs
+import pipeline.forkserver as pf
+
+_stopped = []  # the forkserver pid that pipeline.forkserver.shutdown found (the run stops it)
+_shutdown = pf.shutdown
+
+def _recording_shutdown(*args, **kwargs):
+    _stopped.append(fs._forkserver._forkserver_pid)
+    _shutdown(*args, **kwargs)
+
+pf.shutdown = _recording_shutdown
 
 def _report():
     server = fs._forkserver
     print("STARTUP " + json.dumps({
-        "forkserver": server._forkserver_pid is not None,
+        "forkserver": any(pid is not None for pid in _stopped),
         "preload": list(server._preload_modules),
         "modules": sorted(m for m in ("numpy", "PIL", "pyarrow") if m in sys.modules),
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),

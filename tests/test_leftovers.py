@@ -1,0 +1,433 @@
+"""Nothing outlives a run: after ``python -m pipeline process`` exits, whatever the exit, no
+process of the run is left (the forkserver and the resource tracker included, zombies too) and
+nothing of it is left in TMPDIR.
+
+Each run starts in a session of its own (``start_new_session``), with a private TMPDIR (see
+:func:`private_tmp`), so the check is exact: once the command has exited, no process of that
+session may be in the process table, and TMPDIR must be empty. Both are checked at once,
+without waiting: the command must have stopped and waited for its helpers before it exited.
+Meanwhile the test process is a "child subreaper" (Linux): a helper the command left behind is
+handed to the test instead of ``init``, which would soon reap it and hide it; the test finds
+it, alive or a zombie, every time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import by_key
+from tests.test_faults_sigint import _check_ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "sample_data" / "images"
+EDGE = ROOT / "sample_data" / "edge"
+
+#: Longest a test waits for a run to get going or to end (a busy machine is slow, not stuck).
+DEADLINE = 60.0
+
+
+def _suppress_gone() -> contextlib.suppress:
+    """A process that exits while we look at it is no error."""
+    return contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError)
+
+
+@dataclass
+class Run:
+    """A ``python -m pipeline process`` run in a session of its own, with a private TMPDIR."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+    tmp: Path
+    stderr: Path
+
+    @property
+    def sid(self) -> int:
+        return self.proc.pid  # the session leader's pid is the session id
+
+    def wait(self) -> int:
+        return self.proc.wait(timeout=DEADLINE)
+
+    def errors(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+    def helpers(self) -> tuple[psutil.Process | None, psutil.Process | None]:
+        """The forkserver and the resource tracker while the run is alive (None: not yet)."""
+        found: dict[str, psutil.Process] = {}
+        with _suppress_gone():
+            for child in psutil.Process(self.proc.pid).children():
+                with _suppress_gone():
+                    cmdline = " ".join(child.cmdline())
+                    for name in ("forkserver", "resource_tracker"):
+                        if f"multiprocessing.{name} import main" in cmdline:
+                            found[name] = child
+        return found.get("forkserver"), found.get("resource_tracker")
+
+    def workers(self) -> list[psutil.Process]:
+        """The process workers now: the forkserver's children."""
+        forkserver, _ = self.helpers()
+        if forkserver is None:
+            return []
+        with _suppress_gone():
+            return list(forkserver.children())
+        return []
+
+
+def _session(sid: int) -> list[str]:
+    """Every process of session ``sid`` in the process table, zombies included."""
+    left = []
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) != sid:
+                continue
+            proc = psutil.Process(pid)
+            left.append(f"pid {pid} ({proc.status()}): {' '.join(proc.cmdline())[:160]}")
+        except psutil.ZombieProcess:  # before NoSuchProcess: a subclass
+            left.append(f"pid {pid} (zombie)")
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue  # gone meanwhile, or not ours
+    return left
+
+
+def _kill_session(sid: int) -> None:
+    """Kill what is left of session ``sid``; reap what was handed to us (see :func:`adopt`)."""
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+                if psutil.Process(pid).ppid() == os.getpid():
+                    os.waitpid(pid, 0)
+        except (ProcessLookupError, PermissionError, ChildProcessError, psutil.NoSuchProcess):
+            continue
+
+
+_PR_SET_CHILD_SUBREAPER = 36  # prctl(2), <linux/prctl.h>
+
+
+def _set_subreaper(on: bool) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+@pytest.fixture
+def adopt() -> Iterator[None]:
+    """While the test runs, orphaned descendants become the test process's children, not
+    ``init``'s: one the command left behind stays in the process table (a zombie once it has
+    exited) until the test reaps it."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("child subreapers are Linux's")
+    _set_subreaper(True)
+    try:
+        yield
+    finally:
+        _set_subreaper(False)
+
+
+@pytest.fixture
+def private_tmp() -> Iterator[Callable[[], Path]]:
+    """New empty folders for the runs' TMPDIR, removed after the test.
+
+    Not under ``tmp_path``, and in ``/tmp`` when the system's temp folder has a longer name:
+    multiprocessing puts the forkserver's socket in a ``pymp-*`` folder of TMPDIR, and a
+    socket's path may not exceed 107 bytes, which a TMPDIR deep under pytest's base folder
+    soon does.
+    """
+    made: list[Path] = []
+    base = tempfile.gettempdir()
+    if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK) and len(base) > len("/tmp"):
+        base = "/tmp"
+
+    def make() -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix="lo-", dir=base)))
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def start(
+    tmp_path: Path, adopt: None, private_tmp: Callable[[], Path]
+) -> Iterator[Callable[..., Run]]:
+    """``start(*inputs, *options)``: a process run into ``tmp_path/out``; stopped (its whole
+    session) when the test ends, so a failing test never leaves one behind."""
+    runs: list[Run] = []
+
+    def start_run(*args: str | Path) -> Run:
+        n = len(runs)
+        tmp, out, err = private_tmp(), tmp_path / f"out{n}", tmp_path / f"stderr{n}.txt"
+        env = {**os.environ, "TMPDIR": str(tmp)}
+        cmd = [sys.executable, "-m", "pipeline", "process", *map(str, args)]
+        cmd += ["--output", str(out), "--quiet"]
+        with err.open("wb") as stderr:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        runs.append(Run(proc, out, tmp, err))
+        return runs[-1]
+
+    yield start_run
+    for run in runs:
+        _kill_session(run.sid)
+        if run.proc.poll() is None:
+            run.proc.kill()
+        run.proc.wait(timeout=10)
+
+
+def assert_nothing_left(run: Run) -> None:
+    """The command has exited: no process of its session, nothing in its TMPDIR, right now."""
+    assert run.proc.returncode is not None
+    assert _session(run.sid) == [], run.errors()
+    assert sorted(p.name for p in run.tmp.iterdir()) == [], run.errors()
+
+
+@pytest.fixture(scope="module")
+def slow_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12 MP PNG that is small on disk (a smooth gradient) but takes a worker ~0.1-0.2 s to
+    decode and resize: hard-linked many times, it makes a run as long as needed."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = 4000, 3000
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+    pixels = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], axis=-1).astype(np.uint8)
+    path = tmp_path_factory.mktemp("slow") / "slow.png"
+    Image.fromarray(pixels).save(path, compress_level=1)
+    return path
+
+
+def _slow_inputs(image: Path, folder: Path, n: int) -> Path:
+    folder.mkdir()
+    for i in range(n):
+        os.link(image, folder / f"p{i:04d}.png")
+    return folder
+
+
+def _wait_until(what: str, run: Run, ready: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not ready():
+        assert run.proc.poll() is None, f"the run ended before {what}:\n{run.errors()}"
+        assert time.monotonic() < deadline, f"never {what}"
+        time.sleep(0.02)
+
+
+def _wait_for_work(run: Run) -> None:
+    """Until both workers are up and a thumbnail is written: items are being processed."""
+    _wait_until(
+        "got going",
+        run,
+        lambda: len(run.workers()) >= 2 and any(run.out.glob("*/*.png")),
+    )
+    forkserver, tracker = run.helpers()
+    assert forkserver is not None and tracker is not None  # what must not outlive the run
+
+
+def _busy_worker(run: Run) -> psutil.Process | None:
+    """A worker in the middle of an item (its CPU time grows while we watch), or None if the
+    run has ended meanwhile."""
+    first: dict[int, float] = {}
+    deadline = time.monotonic() + DEADLINE
+    while run.proc.poll() is None:
+        assert time.monotonic() < deadline, "no worker ever got busy"
+        for worker in run.workers():
+            with _suppress_gone():
+                cpu = sum(worker.cpu_times()[:2])
+                if cpu - first.setdefault(worker.pid, cpu) >= 0.03:
+                    return worker
+        time.sleep(0.02)
+    return None
+
+
+def _statuses(out: Path) -> dict[str, list[str]]:
+    """error type (or status) -> keys."""
+    found: dict[str, list[str]] = {}
+    for key, rec in sorted(by_key(out).items()):
+        found.setdefault(rec.get("error_type") or rec["status"], []).append(key)
+    return found
+
+
+# -- the exits ---------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_a_run_that_succeeds_leaves_nothing(start: Callable[..., Run]) -> None:
+    run = start(IMAGES)
+    assert run.wait() == 0, run.errors()
+    assert_nothing_left(run)
+    assert set(_statuses(run.out)) == {"ok"}
+
+
+@pytest.mark.timeout(60)
+def test_a_run_with_failed_items_leaves_nothing(start: Callable[..., Run]) -> None:
+    run = start(EDGE)
+    assert run.wait() == 1, run.errors()
+    assert_nothing_left(run)
+    statuses = _statuses(run.out)
+    assert "ok" in statuses and len(statuses) > 1  # some failed
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_leaves_nothing(start: Callable[..., Run], slow_image: Path, tmp_path: Path) -> None:
+    n = 60  # far more than the run gets through before the Ctrl-C
+    run = start(_slow_inputs(slow_image, tmp_path / "in", n))
+    _wait_for_work(run)
+    run.proc.send_signal(signal.SIGINT)  # to the command itself, as a terminal's Ctrl-C does
+    assert run.wait() == 130, run.errors()
+    assert_nothing_left(run)
+    counts = _check_ledger(run.out, n)
+    assert counts.get("ok", 0) < n
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_worker_leaves_nothing(
+    start: Callable[..., Run], slow_image: Path, tmp_path: Path
+) -> None:
+    n = 12
+    run = start(_slow_inputs(slow_image, tmp_path / "in", n))
+    _wait_for_work(run)
+    victim = _busy_worker(run)
+    assert victim is not None, f"the run ended first:\n{run.errors()}"
+    victim.kill()
+    assert run.wait() == 1, run.errors()  # the run went on without it
+    assert_nothing_left(run)
+    statuses = _statuses(run.out)
+    assert len(statuses["WorkerCrashed"]) == 1, statuses
+    assert len(statuses["ok"]) == n - 1, statuses
+    (crashed,) = statuses["WorkerCrashed"]
+    assert f"pid {victim.pid} was killed by SIGKILL" in by_key(run.out)[crashed]["error"]
+
+
+@pytest.mark.timeout(60)
+def test_a_run_past_its_crash_budget_leaves_nothing(
+    start: Callable[..., Run], slow_image: Path, tmp_path: Path
+) -> None:
+    n = 100  # far more than the run gets through while its workers are killed
+    run = start(_slow_inputs(slow_image, tmp_path / "in", n))
+    _wait_for_work(run)
+    killed = 0
+    while (victim := _busy_worker(run)) is not None:  # each kill fails the item it was running
+        with _suppress_gone():
+            victim.kill()
+            killed += 1
+    assert run.wait() == 3, run.errors()  # past the default budget of 10 crashes
+    assert_nothing_left(run)
+    assert killed > 10
+    summary = json.loads((run.out / "summary.json").read_text())
+    assert summary["exit_code"] == 3
+    assert "CrashBudgetExceeded" in run.errors()
+    assert "WorkerCrashed" in _statuses(run.out)
+
+
+@pytest.mark.timeout(90)
+def test_a_dask_run_leaves_no_process(start: Callable[..., Run]) -> None:
+    """The LocalCluster the run starts goes with it, and so does the resource tracker that
+    multiprocessing starts for the cluster's worker processes."""
+    pytest.importorskip("distributed")
+    run = start(IMAGES, "--backend", "dask")
+    assert run.wait() == 0, run.errors()
+    assert _session(run.sid) == [], run.errors()
+    # the cluster's scratch space is a folder of the run, removed with it (Dask's default,
+    # TMPDIR/dask-scratch-space, would stay); nothing of multiprocessing's stays either
+    assert list(run.tmp.iterdir()) == []
+
+
+# -- pipeline.forkserver.shutdown, for programs that embed the engine ----------------------------
+_EMBEDDED = """
+import os, signal, sys
+import multiprocessing.forkserver as fs
+import multiprocessing.resource_tracker as rt
+from pipeline import Pipeline, stage
+from pipeline.forkserver import shutdown
+from tests.fns import double
+
+def run():
+    result = Pipeline([stage(double, kind="process", workers=2)]).run(range(8), progress=False)
+    assert result.counts == {"ok": 8}, result.counts
+
+def helpers():
+    return fs._forkserver._forkserver_pid, rt._resource_tracker._pid
+
+shutdown()  # never started: nothing to do
+run()
+first = helpers()
+assert None not in first
+run()
+assert helpers() == first  # runs reuse the forkserver
+shutdown()
+shutdown()  # idempotent
+assert helpers() == (None, None)
+for pid in first:  # reaped: not even a zombie
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    else:
+        raise AssertionError(f"pid {pid} was not reaped")
+run()  # a run after shutdown starts new helpers
+second = helpers()
+assert None not in second and set(second).isdisjoint(first)
+for pid in second:  # helpers that died on their own (killed, crashed): shutdown reaps them
+    os.kill(pid, signal.SIGKILL)
+shutdown()
+assert helpers() == (None, None)
+print("OK", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_stops_and_reaps_the_helpers_of_an_embedding_program(
+    adopt: None, private_tmp: Callable[[], Path]
+) -> None:
+    tmp = private_tmp()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EMBEDDED],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0 and out.decode().strip() == "OK", err.decode()
+        assert _session(proc.pid) == []
+        assert list(tmp.iterdir()) == []
+    finally:
+        _kill_session(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.timeout(10)
+def test_only_the_forkserver_freezes_its_gc_at_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pipeline.worker`` makes the forkserver's exit quick (``gc.freeze`` at exit); a program
+    that imports it to run pipelines keeps its own exit as it was."""
+    import pipeline.worker as worker
+
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    worker._freeze_at_exit_in_forkserver()
+    assert registered == []
