@@ -86,17 +86,19 @@ class CsvPartResult:
 
 # ------------------------------------------------------------------------------------ planning
 def plan(src: DataFile, opts: DataOptions) -> Split:
-    """Read the header of a data input and split it into parts (runs in the read stage)."""
+    """Read the header of a data input and split it into parts (runs in the read stage).
+
+    An ``.npz`` member, a CSV/TSV file (by extension), else an ``.npy`` array: by extension, or
+    recognised by its magic number whatever its name (the header check says when it is not).
+    """
     suffix = os.path.splitext(src.path)[1].lower()
-    if suffix == ".npy":
-        with open(src.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            return _plan_array(src, _npy_header(f, 0, size, src.rel), opts)
-    if suffix == ".npz":
+    if src.member is not None or suffix == ".npz":
         return _plan_npz(src, opts)
     if suffix in (".csv", ".tsv"):
         return _plan_csv(src, opts, suffix)
-    raise DataError(f"{src.rel}: not a data file ({suffix or 'no extension'})")
+    with open(src.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return _plan_array(src, _npy_header(f, 0, size, src.rel), opts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,20 +4,37 @@
 output paths are checked to stay inside the output folder, and every file is written to a
 temporary name in its target folder and renamed (``os.replace``), so no reader ever sees half a
 file. Outputs are not fsynced (the ledger's ``is_done`` check re-verifies them on resume).
+
+``read_file`` recognises images by their first bytes (:mod:`stages.sniff`), whatever their name:
+a file that is not an image raises :class:`pipeline.Skip` with what it is (its record is
+``skipped``), before the rest of it is read or the size cap applies. It opens with
+``O_NONBLOCK`` and reads only regular files, so a file swapped for a named pipe after the walk
+cannot hang a read thread.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from pipeline import atomic_write_bytes
+from pipeline import Skip, atomic_write_bytes
 
+from .sniff import HEAD_BYTES, NPY_MAGIC, describe, image_format
 from .sources import SourceFile
 
-__all__ = ["FileTooLarge", "Loaded", "UnsafePath", "read_file", "safe_join", "write_atomic"]
+__all__ = [
+    "FileTooLarge",
+    "Loaded",
+    "NumpyFile",
+    "UnsafePath",
+    "read_file",
+    "read_head",
+    "safe_join",
+    "write_atomic",
+]
 
 DEFAULT_MAX_FILE_BYTES = 200 * 2**20
 
@@ -30,24 +47,63 @@ class UnsafePath(Exception):
     """An output path would land outside the output folder."""
 
 
+class NumpyFile(Exception):
+    """The file is a NumPy ``.npy`` array whatever its name: a data input, not an image."""
+
+
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """Input bytes on their way to the decode stage, with the output-relative path.
 
-    ``origin`` says where downloaded bytes came from (final URL, HTTP status, attempts).
+    ``origin`` says where downloaded bytes came from (final URL, HTTP status, attempts);
+    ``tag`` is the output-name tag of the input (:mod:`stages.naming`).
     """
 
     rel: str
     data: bytes = field(repr=False)
     origin: dict[str, Any] | None = None
+    tag: str | None = None
+
+
+def _open_regular(path: str) -> int:
+    """A descriptor of the regular file at ``path``; :class:`Skip` for anything else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise Skip("not a regular file (it changed since the folder was listed); never read")
+    return fd
+
+
+def read_head(path: str) -> bytes:
+    """The first :data:`~stages.sniff.HEAD_BYTES` of a regular file."""
+    fd = _open_regular(path)
+    try:
+        return os.pread(fd, HEAD_BYTES, 0)
+    finally:
+        os.close(fd)
+
+
+def _not_an_image(src: SourceFile, head: bytes, size: int) -> Skip:
+    name = src.path.rpartition(os.sep)[2]
+    suffix = os.path.splitext(name)[1]
+    named = f"named {suffix}" if suffix else "no extension"
+    return Skip(f"not an image or data file: {describe(head, size)} ({named})")
 
 
 def read_file(src: SourceFile | Loaded, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Loaded:
-    """Read a file's bytes, refusing files over ``max_bytes``. Downloaded bytes pass through."""
+    """Read an image file's bytes, refusing files over ``max_bytes``; :class:`Skip` for a file
+    that is not an image; :class:`NumpyFile` for an ``.npy`` array. Downloaded bytes pass
+    through."""
     if isinstance(src, Loaded):
         return src
-    with open(src.path, "rb") as fh:
+    with os.fdopen(_open_regular(src.path), "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
+        head = os.pread(fh.fileno(), HEAD_BYTES, 0)
+        if image_format(head) is None:
+            if head.startswith(NPY_MAGIC):
+                raise NumpyFile(src.path)
+            raise _not_an_image(src, head, size)
         if size > max_bytes:
             raise FileTooLarge(f"{size:,} bytes is over the {max_bytes:,}-byte cap")
         # read(size + 1), not read(max_bytes + 1): CPython allocates the whole request first,
@@ -59,13 +115,17 @@ def read_file(src: SourceFile | Loaded, max_bytes: int = DEFAULT_MAX_FILE_BYTES)
             data += fh.read(max_bytes + 1 - len(data))
     if len(data) > max_bytes:  # grew while we read it
         raise FileTooLarge(f"more than the {max_bytes:,}-byte cap")
-    return Loaded(src.rel, data)
+    return Loaded(src.rel, data, tag=src.tag)
 
 
 def safe_join(root: Path, rel: str) -> Path:
-    """``root / rel``, refusing absolute paths, ``..`` and anything resolving outside root."""
-    parts = PurePosixPath(rel.replace("\\", "/")).parts
-    if not parts or rel.startswith("/") or any(p in ("..", "") for p in parts):
+    """``root / rel``, refusing absolute paths, ``..`` and anything resolving outside root.
+
+    ``rel`` is ``/``-separated; a backslash is an ordinary character of a name (POSIX names may
+    hold one), never a separator.
+    """
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("..", ".", "") for p in parts):
         raise UnsafePath(f"output path {rel!r} is not a plain relative path")
     target = root.joinpath(*parts)
     real_root = root.resolve()

@@ -39,7 +39,9 @@ from pipeline import (
     Pipeline,
     Record,
     RunResult,
+    Status,
     atomic_write_bytes,
+    hold_folder,
     read_manifest,
     stage,
 )
@@ -50,7 +52,7 @@ from .files import DEFAULT_MAX_FILE_BYTES
 from .options import ResizeOptions, parse_size
 from .parts import DEFAULT_CHUNK_BYTES, DataOptions, is_data_result
 from .report import write_report
-from .sources import DATA_EXTENSIONS, walk_inputs
+from .sources import DATA_EXTENSIONS, LEDGER_MARK, DataFile, walk_inputs
 from .thumbs import outputs_exist
 
 if TYPE_CHECKING:  # aiohttp is imported only when a run has URL lists (start-up time)
@@ -126,6 +128,7 @@ class ProcessConfig:
     timeout: float = 120.0
     retry_failed: bool = False
     force: bool = False
+    verify_content: bool = False  # resume compares a SHA-256 of each file, not only size+mtime
     quiet: bool = False
     progress: bool | None = None
     # downloads (URL lists)
@@ -143,7 +146,6 @@ class ProcessConfig:
     shard_size: int = 256
     resize: ResizeOptions = field(init=False, repr=False)
     data: DataOptions = field(init=False, repr=False)
-    _fps: dict[bool, str] = field(init=False, repr=False, compare=False)
     download: DownloadConfig | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +154,7 @@ class ProcessConfig:
         for item in (*self.inputs, *self.urls):
             if not Path(item).exists():
                 raise ConfigError(f"input {item!r} does not exist")
+        _check_output_apart(self.inputs, self.output)
         unknown = set(self.workers) - set(STAGE_NAMES)
         if unknown:
             raise ConfigError(f"--workers: unknown stage(s) {sorted(unknown)}; use {STAGE_NAMES}")
@@ -196,7 +199,6 @@ class ProcessConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         object.__setattr__(self, "data", data)
-        object.__setattr__(self, "_fps", {False: self.fingerprint(), True: self.data_fingerprint()})
         object.__setattr__(self, "download", self._download_config(merged) if self.urls else None)
 
     def _download_config(self, merged: Mapping[str, int]) -> DownloadConfig:
@@ -245,15 +247,24 @@ class ProcessConfig:
         """Hash of the options that shape data statistics: changing any redoes the data files."""
         return _digest(self.data.fingerprint_fields())
 
-    def fingerprint_of(self, key: str) -> str:
-        """The fingerprint that applies to one input key (images and data files differ)."""
-        base = key.split(":", 1)[0] if ".npz:" in key else key
-        return self._fps[_suffix(base) in DATA_EXTENSIONS]
 
-
-def _suffix(key: str) -> str:
-    name = key.rsplit("/", 1)[-1]
-    return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+def _check_output_apart(inputs: Sequence[str], output: str) -> None:
+    """Refuse (exit 2) an output folder that is an input folder or holds one, and an input
+    that is another run's output folder: outputs must never be read back as inputs. (An output
+    folder *inside* an input folder is fine: the walk leaves it out.)"""
+    out = os.path.realpath(output)
+    for item in inputs:
+        real = os.path.realpath(item)
+        if real == out or (real + os.sep).startswith(out.rstrip(os.sep) + os.sep):
+            raise ConfigError(
+                f"input {item!r} is the output folder {output!r} or inside it: its outputs would "
+                "be read back as inputs; choose another --output"
+            )
+        if os.path.isdir(real) and os.path.exists(os.path.join(real, LEDGER_MARK)):
+            raise ConfigError(
+                f"input {item!r} is the output folder of an earlier run (it holds .pipeline/); "
+                "give its size folders instead (e.g. its 512/ folder)"
+            )
 
 
 def _digest(doc: Any) -> str:
@@ -481,8 +492,20 @@ def _first_calls(
 
 
 def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
-    """Run ``process``; ``limit`` takes only the first inputs (``profile`` samples that way)."""
+    """Run ``process``; ``limit`` takes only the first inputs (``profile`` samples that way).
+
+    The output folder is held for the whole command (run, tables, report): a second command
+    into it stops at once with :class:`~pipeline.FolderBusy` (exit 2).
+    """
     out = Path(cfg.output)
+    with hold_folder(out):
+        try:
+            return _run(cfg, out, limit)
+        finally:
+            _write_report(out)
+
+
+def _run(cfg: ProcessConfig, out: Path, limit: int | None) -> RunResult:
     table = StatsTable(out)
     pipe = build_pipeline(cfg)
     inputs: Iterator[Item | Record] = itertools.chain(
@@ -491,32 +514,66 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
             include=cfg.include,
             exclude=cfg.exclude,
             data_extensions=DATA_EXTENSIONS,
+            never=[out],
+            verify_content=cfg.verify_content,
         ),
         _url_inputs(cfg.urls),
     )
     if limit is not None:
         inputs = itertools.islice(inputs, limit)
-    inputs = _first_calls(inputs, _prefetch_end_of_run)
+    inputs = _first_calls(_fingerprinted(inputs, cfg), _prefetch_end_of_run)
     backend = None
     if cfg.backend == "dask":
         from pipeline.backends.dask import DaskBackend
 
         backend = DaskBackend(cfg.scheduler, shard_size=cfg.shard_size)
-    try:
-        return pipe.run(
-            inputs,
-            backend=backend,
-            autoscale=cfg.auto_workers,
-            output=out,
-            collectors=[table, NearDuplicates(table), DataAggregate(), DataTable(out)],
-            fingerprint=cfg.fingerprint_of,
-            is_done=lambda rec: is_data_result(rec.value) or outputs_exist(out, rec.value),
-            retry_failed=cfg.retry_failed,
-            force=cfg.force,
-            progress=False if cfg.quiet else cfg.progress,
-        )
-    finally:
-        _write_report(out)
+    return pipe.run(
+        inputs,
+        backend=backend,
+        autoscale=cfg.auto_workers,
+        output=out,
+        collectors=[table, NearDuplicates(table), DataAggregate(), DataTable(out)],
+        fingerprint=cfg.fingerprint(),  # items carry their own (see _fingerprinted)
+        is_done=lambda rec: is_data_result(rec.value) or outputs_exist(out, rec.value),
+        retry_failed=cfg.retry_failed,
+        force=cfg.force,
+        progress=False if cfg.quiet else cfg.progress,
+        revisit=None if limit is not None else mark_gone,
+    )
+
+
+def _fingerprinted(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[Item | Record]:
+    """Each item with the fingerprint of the options its kind depends on (data files: the data
+    options; images: the image options), known from the source rather than guessed from the
+    key (a key may hold ``.npz:`` and still be an image)."""
+    image, data = cfg.fingerprint(), cfg.data_fingerprint()
+    for obj in inputs:
+        if isinstance(obj, Item):
+            obj.fingerprint = data if isinstance(obj.value, DataFile) else image
+        yield obj
+
+
+#: The ``skipped`` reason of a key whose input file is no longer there.
+REASON_GONE = "input gone: the file no longer exists (its outputs are kept)"
+
+
+def mark_gone(rec: Record) -> Record | None:
+    """For keys a run did not see: a record whose input file is gone becomes ``skipped`` with
+    :data:`REASON_GONE` (its earlier result kept, so its outputs stay listed); others stay."""
+    if rec.identity is None or rec.reason == REASON_GONE:  # not a file (a URL), or known gone
+        return None
+    if os.path.lexists(rec.source):
+        return None
+    return Record(
+        key=rec.key,
+        status=Status.SKIPPED,
+        source=rec.source,
+        reason=REASON_GONE,
+        value=rec.value,
+        meta=rec.meta,
+        fingerprint=rec.fingerprint,
+        identity=rec.identity,
+    )
 
 
 def _write_report(out: Path) -> None:

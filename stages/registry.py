@@ -87,6 +87,7 @@ def _config(args: argparse.Namespace) -> Any:
         "timeout": args.timeout,
         "retry_failed": args.retry_failed,
         "force": args.force,
+        "verify_content": args.verify_content,
         "quiet": args.quiet,
     }
     if isinstance(data.get("workers"), dict) and flags["workers"]:
@@ -270,6 +271,13 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="redo only the inputs that failed in earlier runs",
     )
     p.add_argument("--force", action="store_true", default=None, help="redo everything")
+    p.add_argument(
+        "--verify-content",
+        action="store_true",
+        default=None,
+        help="resume: compare a SHA-256 of each input file too, not only its size and mtime "
+        "(reads every input once more)",
+    )
     p.add_argument(
         "--quiet", "-q", action="store_true", default=None, help="no progress bars, no summary"
     )

@@ -7,11 +7,13 @@ script is a few lines that count loaded images and drawn charts (``data-images``
 ``report.html#check`` loads every lazy thumbnail at once before counting.
 
 Every string from the manifest or the summary (keys come from file names, errors from servers) is
-HTML-escaped; image paths are URL-encoded segment by segment.
+HTML-escaped; image paths are URL-encoded segment by segment (a file name that is not UTF-8 as
+its exact bytes, which browsers resolve on disk).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
@@ -151,7 +153,8 @@ def _safe_rel(path: Any) -> bool:
 
 
 def _img(out: Mapping[str, Any], key: str) -> str:
-    src = quote(str(out["path"]), safe="/")
+    raw = out.get("path_b64")  # a name that is not UTF-8: its exact bytes, percent-encoded
+    src = quote(base64.b64decode(raw) if isinstance(raw, str) else str(out["path"]), safe="/")
     w, h = int(_num(out.get("width"))), int(_num(out.get("height")))
     size = f' width="{w}" height="{h}"' if w > 0 and h > 0 else ""
     return f'<img src="{_e(src)}" loading="lazy"{size} alt="{_e(key)}">'

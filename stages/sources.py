@@ -1,42 +1,76 @@
-"""Sources: input folders walked lazily, in a stable order.
+"""Sources: the inputs on the command line, walked lazily, one record or item per entry.
 
-Every regular file under an input root becomes one input whose key is its path relative to the
-root (prefixed by the root's folder name when there are several roots, so keys never collide).
-Images become :class:`SourceFile` inputs; numeric data files (``data_extensions``) become
-:class:`DataFile` inputs, one per array for an ``.npz`` file (key ``file.npz:name``; only its
-zip directory is read here). Other files are yielded as ``skipped`` records with the reason, so
-they appear in the manifest instead of vanishing. Symlinks are followed only when they resolve to a
-place inside the same input root; others are recorded ``skipped`` too.
+**Keys.** A file inside a folder given as input is keyed by its path relative to that folder,
+prefixed by the folder's name when the command line names several inputs (two folders with the
+same name get a tag: ``photos~1f0c9a2b/``, from their real paths). A file given by itself is
+keyed by its name, flat at the top (two with the same name: ``x~<tag>.jpg``, see
+:mod:`stages.naming`). Keys are the program's strings for the bytes the file system holds
+(``os.fsdecode``): any name works, non-UTF-8 ones included.
 
-The walk is a depth-first ``os.scandir`` with one directory's entries sorted at a time: memory
+**Identity.** Each file's item carries ``identity = {"size", "mtime_ns"}`` (plus ``sha256`` with
+``verify_content``) and its absolute path as ``source``: resume redoes a key whose file changed,
+or that now comes from another file (see :mod:`pipeline.runner`).
+
+**Every entry gets one record or item**:
+
+* a regular file becomes an :class:`~pipeline.Item` — a :class:`DataFile` when its extension is
+  a data extension (an ``.npz`` that is a zip: one item per array, ``file.npz:name``), else a
+  :class:`SourceFile`. Whether it is an image is decided by its content in the read stage
+  (:func:`stages.steps.read`); anything else is ``skipped`` there with what it is;
+* a named pipe, socket or device is ``skipped`` with what it is, and never opened (no hang);
+* a symlink is followed to a file inside its input root; a dangling one, a loop and one that
+  leads outside the root are ``skipped``, each with its reason; one to a folder inside the root
+  is ``skipped`` (its files are recorded at their own path);
+* a folder that cannot be listed is ``failed`` (``UnreadableFolder``);
+* the output folder, when it lies inside an input folder, is ``skipped`` as one entry and never
+  walked; so is any folder holding another run's ledger (``.pipeline/``): outputs are never
+  read back as inputs.
+
+``include`` / ``exclude`` globs leave files out before all this (no record, as with
+``rsync --exclude``).
+
+The walk is a depth-first ``os.scandir`` with one folder's entries sorted at a time: memory
 is bounded by the widest folder and the depth, never by the number of files.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import hashlib
 import os
+import stat
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from pipeline import Item, Record, Status
 
-__all__ = ["DATA_EXTENSIONS", "IMAGE_EXTENSIONS", "DataFile", "SourceFile", "walk_inputs"]
+from .naming import Folder, choose_tag, name_tag, tagged
+from .sniff import HEAD_BYTES, image_format
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".mpo", ".ppm"}
-)
+__all__ = [
+    "DATA_EXTENSIONS",
+    "LEDGER_MARK",
+    "DataFile",
+    "SourceFile",
+    "walk_inputs",
+]
+
 DATA_EXTENSIONS = frozenset({".npy", ".npz", ".csv", ".tsv"})
+#: A folder holding this is another run's output folder (its ledger journal).
+LEDGER_MARK = os.path.join(".pipeline", "ledger.sqlite")
 
 
 @dataclass(frozen=True, slots=True)
 class SourceFile:
-    """A file to process: its absolute path and its output-relative path (``rel``)."""
+    """A file to read: its path, its place below the size folders (``rel``), and the tag its
+    output names take (see :mod:`stages.naming`; None for the plain names)."""
 
     path: str
     rel: str
+    tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +80,16 @@ class DataFile:
     path: str
     rel: str
     member: str | None = None
+    tag: str | None = None  # for a data file that turns out to hold an image
 
 
-def _matches(rel: str, patterns: Sequence[str]) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+@dataclass(frozen=True, slots=True)
+class _Root:
+    path: str  # absolute
+    real: str  # symlinks resolved
+    folder: bool
+    prefix: str  # a folder's key prefix ("" or "label/"); a file's key
+    tag: str | None = None  # a file argument's output-name tag
 
 
 def walk_inputs(
@@ -58,89 +97,247 @@ def walk_inputs(
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    extensions: frozenset[str] = IMAGE_EXTENSIONS,
     data_extensions: frozenset[str] = frozenset(),
+    never: Sequence[str | os.PathLike[str]] = (),
+    verify_content: bool = False,
 ) -> Iterator[Item | Record]:
     """Yield an :class:`~pipeline.Item` (value: :class:`SourceFile` or :class:`DataFile`) or a
-    Record per file (skipped, or failed when it cannot even be listed).
+    :class:`~pipeline.Record` for every entry under ``roots`` (see the module docstring).
 
-    ``include`` / ``exclude`` are glob patterns matched against the key and the file name; files
-    they leave out are not inputs at all (no record), as with ``rsync --exclude``.
+    ``never``: folders not to walk (the output folder). ``verify_content``: add the SHA-256 of
+    each file to its identity (reads every file here, once).
     """
-    paths = [Path(r) for r in roots]
-    names = [p.resolve().name or "root" for p in paths]
-    prefixed = len(paths) > 1
-    if prefixed and len(set(names)) != len(names):  # two roots named alike: number them
-        names = [f"{n}.{i}" for i, n in enumerate(names)]
-    for root, name in zip(paths, names, strict=True):
-        if root.is_file():
-            rel = root.name
-            key = f"{name}/{rel}" if prefixed else rel
-            yield from _one(root, key, False, include, exclude, extensions, data_extensions)
-            continue
-        for path, rel, outside in _walk(root, root.resolve()):
-            key = f"{name}/{rel}" if prefixed else rel
-            yield from _one(path, key, outside, include, exclude, extensions, data_extensions)
+    walk = _Walk(include, exclude, data_extensions, never, verify_content)
+    for root in _plan(roots):
+        if root.folder:
+            yield from walk.folder(root)
+        else:
+            yield from walk.entry(root, root.path, root.prefix, root.tag, None)
 
 
-def _one(
-    path: Path,
-    key: str,
-    outside: bool | str,
-    include: Sequence[str],
-    exclude: Sequence[str],
-    extensions: frozenset[str],
-    data_extensions: frozenset[str],
+def _plan(roots: Sequence[str | os.PathLike[str]]) -> list[_Root]:
+    """Keys and tags of the command line's inputs: the same whatever their order."""
+    seen: set[str] = set()
+    plain: list[tuple[str, str, bool]] = []
+    for r in roots:
+        path = os.path.abspath(os.fspath(r))
+        real = os.path.realpath(path)
+        if real in seen:
+            continue  # the same input twice
+        seen.add(real)
+        plain.append((path, real, os.path.isdir(path)))
+    prefixed = len(plain) > 1
+    names = [
+        (os.path.basename(real.rstrip(os.sep)) or "root") if is_dir else os.path.basename(path)
+        for path, real, is_dir in plain
+    ]
+    lower = [n.lower() for n in names]
+    # two inputs of one name: each is known by its name tagged with a hash of its path
+    names = [
+        tagged(n, name_tag(real if is_dir else path)) if lower.count(n.lower()) > 1 else n
+        for n, (path, real, is_dir) in zip(names, plain, strict=True)
+    ]
+    top = Folder(names)
+    out: list[_Root] = []
+    for (path, real, is_dir), name in zip(plain, names, strict=True):
+        if is_dir:
+            out.append(_Root(path, real, True, f"{name}/" if prefixed else ""))
+        else:
+            out.append(_Root(path, real, False, name, choose_tag(name, top)))
+    return out
+
+
+class _Walk:
+    def __init__(
+        self,
+        include: Sequence[str],
+        exclude: Sequence[str],
+        data_extensions: frozenset[str],
+        never: Sequence[str | os.PathLike[str]],
+        verify_content: bool,
+    ) -> None:
+        self.include, self.exclude = include, exclude
+        self.data_extensions = data_extensions
+        self.verify_content = verify_content
+        self.never: set[tuple[int, int]] = set()
+        for folder in never:
+            try:
+                st = os.stat(folder)
+            except OSError:
+                continue  # not there: nothing of it to walk
+            self.never.add((st.st_dev, st.st_ino))
+
+    # -- folders -------------------------------------------------------------------------------
+    def folder(self, root: _Root) -> Iterator[Item | Record]:
+        stack: list[tuple[str, str]] = [(root.path, "")]
+        while stack:
+            folder, rel = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:  # an unreadable folder is recorded, not silently dropped
+                yield _failed(root.prefix + (rel or "."), folder, "UnreadableFolder", exc)
+                continue
+            names = Folder(e.name for e in entries)
+            subdirs: list[tuple[str, str]] = []
+            for entry in entries:
+                key_rel = rel + entry.name
+                if _is_dir(entry):
+                    why = self._not_walked(entry)
+                    if why is None:
+                        subdirs.append((entry.path, key_rel + "/"))
+                    elif self._wanted(root.prefix + key_rel):
+                        yield _skipped(root.prefix + key_rel + "/", entry.path, why)
+                    continue
+                tag = choose_tag(entry.name, names)
+                yield from self.entry(root, entry.path, key_rel, tag, entry)
+            stack.extend(reversed(subdirs))  # depth-first, in sorted order
+
+    def _not_walked(self, entry: os.DirEntry[str]) -> str | None:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return None  # scandir reports it
+        if (st.st_dev, st.st_ino) in self.never:
+            return "the output folder: outputs are never read back as inputs"
+        if os.path.exists(os.path.join(entry.path, LEDGER_MARK)):
+            return "another run's output folder (it holds .pipeline/): not walked"
+        return None
+
+    # -- one entry -----------------------------------------------------------------------------
+    def entry(
+        self, root: _Root, path: str, rel: str, tag: str | None, entry: os.DirEntry[str] | None
+    ) -> Iterator[Item | Record]:
+        """One entry: ``rel`` is its path below the root (a file argument: its name)."""
+        key = root.prefix + rel if root.folder else root.prefix
+        if not self._wanted(key):
+            return
+        try:
+            st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                why = _symlink(path, root.real if root.folder else None)
+                if why is not None:
+                    yield _skipped(key, path, why)
+                    return
+                st = os.stat(path)
+        except OSError as exc:
+            yield _failed(key, path, type(exc).__name__, exc)
+            return
+        what = _special(st.st_mode)
+        if what is not None:
+            yield _skipped(key, path, f"{what}: not a regular file; never opened")
+            return
+        identity: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if self.verify_content:
+            try:
+                identity["sha256"] = _sha256(path)
+            except OSError as exc:
+                yield _failed(key, path, type(exc).__name__, exc)
+                return
+        name = path.rpartition(os.sep)[2]
+        suffix = os.path.splitext(name)[1].lower()
+        if suffix in self.data_extensions:
+            yield from _data(path, key, suffix, identity, tag)
+            return
+        value = SourceFile(path, root.prefix + rel if root.folder else rel, tag)
+        yield Item(key=key, value=value, source=path, identity=identity)
+
+    def _wanted(self, key: str) -> bool:
+        if self.include and not _matches(key, self.include):
+            return False
+        return not (self.exclude and _matches(key, self.exclude))
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _symlink(path: str, real_root: str | None) -> str | None:
+    """Why the symlink at ``path`` is not followed, or None to follow it (to a file)."""
+    try:
+        target = os.path.realpath(path, strict=True)
+    except FileNotFoundError:
+        return "dangling symlink: its target does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop: it leads back to itself"
+        return f"symlink that cannot be followed: {exc.strerror or exc}"
+    except RuntimeError:  # older Pythons report a loop this way
+        return "symlink loop: it leads back to itself"
+    if real_root is not None and not (
+        target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)
+    ):
+        return "symlink leads outside its input root; not followed"
+    if os.path.isdir(target):
+        return "symlink to a folder inside the input root: its files are recorded at their own path"
+    return None
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _special(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in _SPECIAL:
+        if test(mode):
+            return what
+    return "an entry of an unknown type"
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _skipped(key: str, path: str, reason: str) -> Record:
+    return Record(key=key, status=Status.SKIPPED, source=path, reason=reason)
+
+
+def _failed(key: str, path: str, error_type: str, exc: OSError) -> Record:
+    return Record(
+        key=key,
+        status=Status.FAILED,
+        source=path,
+        stage="sources",
+        error_type=error_type,
+        error=f"{type(exc).__name__}: {exc.strerror or exc}",
+        attempts=1,
+    )
+
+
+def _data(
+    path: str, key: str, suffix: str, identity: dict[str, Any], tag: str | None
 ) -> Iterator[Item | Record]:
-    if include and not _matches(key, include):
-        return
-    if exclude and _matches(key, exclude):
-        return
-    if isinstance(outside, str):
-        yield Record(
-            key=key,
-            status=Status.FAILED,
-            source=str(path),
-            stage="sources",
-            error_type="UnreadableFolder",
-            error=outside,
-            attempts=1,
-        )
-        return
-    if outside:
-        yield Record(
-            key=key,
-            status=Status.SKIPPED,
-            source=str(path),
-            reason="symlink leads outside its input root; not followed",
-        )
-        return
-    suffix = path.suffix.lower()
-    if suffix in data_extensions:
-        yield from _data(path, key, suffix)
-        return
-    if suffix not in extensions:
-        what = f"'{suffix}'" if suffix else "no extension"
-        kinds = "an image or data file" if data_extensions else "an image file"
-        yield Record(
-            key=key, status=Status.SKIPPED, source=str(path), reason=f"not {kinds} ({what})"
-        )
-        return
-    yield Item(key=key, value=SourceFile(str(path), key), source=str(path))
-
-
-def _data(path: Path, key: str, suffix: str) -> Iterator[Item | Record]:
     if suffix != ".npz":
-        yield Item(key=key, value=DataFile(str(path), key), source=str(path))
+        yield Item(key=key, value=DataFile(path, key, tag=tag), source=path, identity=identity)
         return
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+        if image_format(head) is not None:  # an image, whatever its name
+            yield Item(key=key, value=SourceFile(path, key, tag), source=path, identity=identity)
+            return
         with zipfile.ZipFile(path) as zf:
             members = [n for n in zf.namelist() if n.endswith(".npy")]
     except (OSError, zipfile.BadZipFile) as exc:
         yield Record(
             key=key,
             status=Status.FAILED,
-            source=str(path),
+            source=path,
             stage="sources",
             error_type=type(exc).__name__,
             error=f"not a readable .npz (zip) file: {exc}",
@@ -148,40 +345,7 @@ def _data(path: Path, key: str, suffix: str) -> Iterator[Item | Record]:
         )
         return
     if not members:
-        yield Record(key=key, status=Status.SKIPPED, source=str(path), reason="no arrays in .npz")
+        yield _skipped(key, path, "no arrays in .npz")
     for member in members:
         name = f"{key}:{member.removesuffix('.npy')}"
-        yield Item(key=name, value=DataFile(str(path), key, member), source=str(path))
-
-
-def _walk(root: Path, real_root: Path) -> Iterator[tuple[Path, str, bool | str]]:
-    """(path, relative path, what) per file: False, True (symlink outside the root) or an error."""
-    stack: list[tuple[Path, str]] = [(root, "")]
-    while stack:
-        folder, prefix = stack.pop()
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:  # an unreadable folder is recorded, not silently dropped
-            yield folder, prefix or ".", f"{type(exc).__name__}: {exc.strerror or exc}"
-            continue
-        subdirs: list[tuple[Path, str]] = []
-        for entry in entries:
-            rel = f"{prefix}{entry.name}"
-            path = Path(entry.path)
-            if entry.is_symlink():
-                try:
-                    target = path.resolve(strict=True)
-                except (OSError, RuntimeError):
-                    yield path, rel, True
-                    continue
-                if not target.is_relative_to(real_root):
-                    yield path, rel, True
-                    continue
-                if target.is_dir():
-                    continue  # a link to a folder inside the root: its files are walked there
-            if entry.is_dir(follow_symlinks=False):
-                subdirs.append((path, rel + "/"))
-            elif entry.is_file(follow_symlinks=True):
-                yield path, rel, False
-        stack.extend(reversed(subdirs))  # depth-first, in sorted order
+        yield Item(key=name, value=DataFile(path, key, member), source=path, identity=identity)

@@ -22,9 +22,10 @@ from typing import Any
 
 from pipeline import Split
 
-from .files import DEFAULT_MAX_FILE_BYTES, Loaded, read_file
+from .files import DEFAULT_MAX_FILE_BYTES, Loaded, NumpyFile, read_file, read_head
 from .options import ResizeOptions
 from .parts import ArrayPart, CsvPart, DataOptions, ZipMemberPart
+from .sniff import image_format
 from .sources import DataFile, SourceFile
 from .thumbs import Rendered, render, write_outputs
 
@@ -38,14 +39,28 @@ def read(
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     data: DataOptions | None = None,
 ) -> Loaded | Split:
-    """An image's bytes (size-capped), or a data file's plan (a Split into chunks)."""
-    if isinstance(src, DataFile):
-        from .data import plan
+    """An image's bytes (size-capped), or a data file's plan (a Split into chunks).
 
-        split = plan(src, data or DataOptions())
-        # the parts run through resize (passing) and crunch, fused or not (Dask runs them apart)
-        return Split(split.parts, split.merge, through="crunch")
-    return read_file(src, max_bytes)
+    By content first: a data file (by its extension) that holds an image is read as an image,
+    an image-named file that holds an ``.npy`` array is planned as data.
+    """
+    if isinstance(src, DataFile):
+        if src.member is None and image_format(read_head(src.path)) is not None:
+            return read_file(SourceFile(src.path, src.rel, src.tag), max_bytes)
+        return _plan(src, data)
+    try:
+        return read_file(src, max_bytes)
+    except NumpyFile:
+        assert isinstance(src, SourceFile)
+        return _plan(DataFile(src.path, src.rel), data)
+
+
+def _plan(src: DataFile, data: DataOptions | None) -> Split:
+    from .data import plan
+
+    split = plan(src, data or DataOptions())
+    # the parts run through resize (passing) and crunch, fused or not (Dask runs them apart)
+    return Split(split.parts, split.merge, through="crunch")
 
 
 def resize(value: Any, options: ResizeOptions) -> Any:

@@ -2,9 +2,9 @@
 call) and ``write_outputs`` (atomic writes, the record's result).
 
 Outputs mirror the input tree under ``<output>/<size label>/``: ``photos/a/b.jpg`` at size 512
-becomes ``out/512/a/b.jpg`` (one folder per size). When the output format changes the
-extension, the original one is kept in the name (``b.png`` → ``b.png.jpg``) so that ``b.png``
-and ``b.jpg`` never write the same file.
+becomes ``out/512/a/b.jpg`` (one folder per size). Names follow :mod:`stages.naming` (``b.png``
+→ ``b.png.jpg``; unique in a run by construction). An output path that is not UTF-8 (from such
+an input name) is recorded shown escaped as ``path`` and exactly as ``path_b64``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.names import from_b64, with_raw
+
 from .files import Loaded, safe_join, write_atomic
+from .naming import output_rel
 from .options import ImageResult, ResizeOptions
 
-__all__ = ["Rendered", "output_rel", "outputs_exist", "render", "write_outputs"]
-
-_SAME = {".jpeg": ".jpg", ".jpe": ".jpg", ".tif": ".tiff"}
+__all__ = ["Rendered", "output_path", "output_rel", "outputs_exist", "render", "write_outputs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,21 +27,20 @@ class Rendered:
     rel: str
     result: ImageResult
     origin: dict[str, Any] | None = None
+    tag: str | None = None
 
 
 def render(loaded: Loaded, options: ResizeOptions) -> Rendered:
     """Decode, resize to every size, compute statistics: runs in a process worker."""
     from .imaging import process_image  # numpy and Pillow: in the workers only
 
-    return Rendered(loaded.rel, process_image(loaded.data, options), loaded.origin)
+    return Rendered(loaded.rel, process_image(loaded.data, options), loaded.origin, loaded.tag)
 
 
-def output_rel(rel: str, label: str, ext: str) -> str:
-    """Where one output of ``rel`` goes, relative to the output folder."""
-    _stem, dot, suffix = rel.rpartition(".")
-    current = _SAME.get(f".{suffix.lower()}", f".{suffix.lower()}") if dot else ""
-    name = rel if current == ext else f"{rel}{ext}"
-    return f"{label}/{name}"
+def output_path(out: dict[str, Any]) -> str:
+    """An output's path (relative to the output folder) as a record lists it, exactly."""
+    raw = out.get("path_b64")
+    return from_b64(raw) if isinstance(raw, str) else str(out["path"])
 
 
 def write_outputs(rendered: Rendered, root: str) -> dict[str, Any]:
@@ -49,11 +49,13 @@ def write_outputs(rendered: Rendered, root: str) -> dict[str, Any]:
     res = rendered.result
     outputs = []
     for enc in res.outputs:
-        rel = output_rel(rendered.rel, enc.label, enc.ext)
+        rel = output_rel(rendered.rel, enc.label, enc.ext, rendered.tag)
         write_atomic(safe_join(base, rel), enc.data)
+        fields: dict[str, Any] = {}
+        with_raw(fields, "path", rel)
         outputs.append(
             {
-                "path": rel,
+                **fields,
                 "size": enc.label,
                 "width": enc.width,
                 "height": enc.height,
@@ -81,6 +83,6 @@ def outputs_exist(root: Path, result: Any) -> bool:
     if not isinstance(result, dict) or not isinstance(result.get("outputs"), list):
         return False
     try:
-        return all((root / o["path"]).stat().st_size > 0 for o in result["outputs"])
+        return all((root / output_path(o)).stat().st_size > 0 for o in result["outputs"])
     except (OSError, KeyError, TypeError):
         return False

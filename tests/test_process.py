@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import ConfigError
+from pipeline import ConfigError, Item
 from stages.files import UnsafePath, safe_join
 from stages.process import ProcessConfig, run_process
 from stages.sources import walk_inputs
@@ -81,9 +81,12 @@ def test_sample_images_all_become_thumbnails(out: Path) -> None:
 
 EXPECTED_FAILURES = {
     "truncated.jpg": "TruncatedImage",
-    "not_an_image.jpg": "DecodeError",
-    "zero_bytes.jpg": "DecodeError",
     "bomb.png": "DecompressionBomb",
+}
+#: inputs recognised by content: named like images, they are not, and say what they are
+EXPECTED_SKIPS = {
+    "not_an_image.jpg": "not an image or data file: unrecognised binary data (named .jpg)",
+    "zero_bytes.jpg": "not an image or data file: an empty file (0 bytes) (named .jpg)",
 }
 
 
@@ -97,6 +100,9 @@ def test_edge_cases_each_get_their_expected_record(out: Path) -> None:
             assert rec["error_type"] == EXPECTED_FAILURES[name]
             assert rec["stage"] == "resize" and rec["error"]
             assert not list(out.glob(f"*/{name}*")), "a failed input left an output"
+        elif name in EXPECTED_SKIPS:
+            assert rec["status"] == "skipped" and rec["stage"] == "read", rec
+            assert rec["reason"] == EXPECTED_SKIPS[name]
         elif name.endswith(".md"):
             assert rec["status"] == "skipped"
         else:
@@ -148,7 +154,8 @@ def test_retry_failed_and_force(out: Path) -> None:
     }
     assert redone == set(EXPECTED_FAILURES)
     forced = run([EDGE], out, force=True)
-    assert sum(r["status"] == "ok" for r in forced.values()) == len(forced) - len(EXPECTED_FAILURES)
+    not_ok = len(EXPECTED_FAILURES) + len(EXPECTED_SKIPS)
+    assert sum(r["status"] == "ok" for r in forced.values()) == len(forced) - not_ok
 
 
 def test_several_roots_prefix_keys_and_outputs(out: Path, tmp_path: Path) -> None:
@@ -161,7 +168,7 @@ def test_several_roots_prefix_keys_and_outputs(out: Path, tmp_path: Path) -> Non
     assert (out / "512" / "a" / "same.jpg").exists() and (out / "512" / "b" / "same.jpg").exists()
 
 
-def test_sources_skip_non_images_and_outside_symlinks(tmp_path: Path) -> None:
+def test_sources_give_every_file_and_skip_outside_symlinks(tmp_path: Path) -> None:
     root, outside = tmp_path / "in", tmp_path / "elsewhere"
     root.mkdir()
     outside.mkdir()
@@ -172,7 +179,8 @@ def test_sources_skip_non_images_and_outside_symlinks(tmp_path: Path) -> None:
     (root / "inside.jpg").symlink_to(root / "a.jpg")
     got = {getattr(x, "key", None): x for x in walk_inputs([root])}
     assert set(got) == {"a.jpg", "notes.txt", "link.jpg", "inside.jpg"}
-    assert got["notes.txt"].status == "skipped" and "not an image" in got["notes.txt"].reason  # type: ignore[union-attr]
+    # what a file is, is decided by its content in the read stage: every file is an item here
+    assert isinstance(got["notes.txt"], Item)
     assert got["link.jpg"].status == "skipped" and "outside" in got["link.jpg"].reason  # type: ignore[union-attr]
     assert got["inside.jpg"].value.path.endswith("inside.jpg")  # type: ignore[union-attr]
     only = [x.key for x in walk_inputs([root], include=["*.jpg"], exclude=["link*"])]
@@ -183,6 +191,7 @@ def test_output_names_never_escape_or_collide(tmp_path: Path) -> None:
     assert output_rel("a/b.png", "512", ".png") == "512/a/b.png"
     assert output_rel("a/b.png", "512", ".jpg") == "512/a/b.png.jpg"
     assert output_rel("b.JPEG", "256", ".jpg") == "256/b.JPEG"
+    assert output_rel("a/b.gif", "512", ".jpg", "0123abcd") == "512/a/b.gif~0123abcd.jpg"
     for bad in ("../x.jpg", "/etc/passwd", "a/../../x", ""):
         with pytest.raises(UnsafePath):
             safe_join(tmp_path, bad)

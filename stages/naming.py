@@ -1,0 +1,142 @@
+"""The output-naming rule: one deterministic name per input and output size, unique in a run.
+
+An image input ``<folder>/<name>`` is written, for each size label, to
+``<output>/<label>/<folder>/<output name>`` where ``<folder>`` mirrors the input tree below its
+root (with several inputs on the command line, each folder's name comes first; a file given
+by itself sits at the top) and the output name is:
+
+1. ``<name>`` when the name's extension is already the output format's (``.jpeg``/``.jpe`` count
+   as ``.jpg``): ``b.jpg`` → ``b.jpg``;
+2. otherwise ``<name><ext>``, the whole input name kept so ``b.png`` and ``b.gif`` never meet:
+   ``b.png`` → ``b.png.jpg``, ``README`` → ``README.jpg``;
+3. ``<name cut to fit>~<tag><ext>`` when rule 2's name, for some output extension, could be
+   another input's own name in the same folder (a sibling file or folder named ``<name><ext>``,
+   compared without case: ``a.gif`` beside ``a.gif.jpg`` becomes ``a.gif~1f0c9a2b.jpg``), or
+   would be longer than the file system's limit of 255 bytes. ``<tag>`` is the first 8 hex
+   digits of the SHA-1 of the input name's bytes — 16, or all 40, in the unlikely case that the
+   tagged name is itself a sibling's name or rule-2 name: the same inputs give the same names,
+   in any order.
+
+Rule 1 names are the input's own name, unique in its folder; rule 2 names are longer than their
+input's name, so they can only meet a sibling named exactly so, which rule 3 avoids; rule 3 names
+are chosen to be none of the names rules 1 and 2 give in the folder (:func:`choose_tag`). Two files
+given on the command line with the same name (``a/x.jpg b/x.jpg``) both take a tag, from the
+SHA-1 of their absolute paths (``x~<tag>.jpg``; their keys are ``x.jpg~<tag>``), and so do two
+input folders with the same name (``photos~<tag>/``). The record lists every
+output's path, so a tag never has to be guessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable
+
+__all__ = [
+    "NAME_MAX",
+    "OUTPUT_EXTENSIONS",
+    "Folder",
+    "choose_tag",
+    "name_tag",
+    "needs_tag",
+    "output_name",
+    "output_rel",
+    "tagged",
+]
+
+#: The longest file name (in bytes) the usual Linux, macOS and Windows file systems hold.
+NAME_MAX = 255
+
+#: Extensions an output can have (``stages.imaging`` writes JPEG, PNG and WebP).
+OUTPUT_EXTENSIONS = (".jpg", ".png", ".webp")
+
+_SAME = {".jpeg": ".jpg", ".jpe": ".jpg", ".tif": ".tiff"}
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def name_tag(text: str, digits: int = 8) -> str:
+    """The first ``digits`` hex digits of the SHA-1 of ``text``'s bytes."""
+    return hashlib.sha1(_bytes(text)).hexdigest()[:digits]
+
+
+def needs_tag(name: str, siblings_lower: Collection[str]) -> bool:
+    """Whether ``<name><ext>`` could be a sibling's own name (``siblings_lower``: lower-cased
+    names of every entry in the folder)."""
+    low = name.lower()
+    return any(low + ext in siblings_lower for ext in OUTPUT_EXTENSIONS)
+
+
+class Folder:
+    """The names of one folder's entries, to choose its files' tags (:func:`choose_tag`)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.lower = {n.lower() for n in names}
+        # every name rules 1 and 2 can give here: a tagged name must be none of them
+        self.taken = self.lower | {n + ext for n in self.lower for ext in OUTPUT_EXTENSIONS}
+
+
+def choose_tag(name: str, folder: Folder, seed: str | None = None) -> str | None:
+    """The tag ``name``'s outputs take in ``folder`` (None: rules 1 and 2 do). ``seed``: what
+    the tag is a hash of (default: the name)."""
+    appended = [name + ext for ext in OUTPUT_EXTENSIONS if _extension(name) != ext]
+    if not needs_tag(name, folder.lower) and all(len(_bytes(a)) <= NAME_MAX for a in appended):
+        return None
+    for digits in (8, 16, 40):
+        tag = name_tag(seed if seed is not None else name, digits)
+        names = (output_name(name, ext, tag).lower() for ext in OUTPUT_EXTENSIONS)
+        if not any(n in folder.taken for n in names):
+            break
+    return tag
+
+
+def _extension(name: str) -> str:
+    stem, dot, suffix = name.rpartition(".")
+    if not (dot and stem):  # no dot, or a hidden file's leading dot
+        return ""
+    ext = f".{suffix.lower()}"
+    return _SAME.get(ext, ext)
+
+
+def output_name(name: str, ext: str, tag: str | None = None) -> str:
+    """The output file name for input file ``name`` written as ``ext`` (rules in the module doc);
+    ``tag`` from :func:`choose_tag` (None: untagged unless the name would not fit)."""
+    same = _extension(name) == ext
+    if same:
+        return name
+    if tag is None:
+        candidate = name + ext
+        if len(_bytes(candidate)) <= NAME_MAX:
+            return candidate
+        tag = name_tag(name)
+    tail = f"~{tag}{ext}"
+    return _cut(name, NAME_MAX - len(_bytes(tail))) + tail
+
+
+def tagged(name: str, tag: str) -> str:
+    """``name`` with ``~<tag>`` before its extension, cut to fit: ``x.jpg`` → ``x~<tag>.jpg``
+    (what two inputs of one name in one folder are known by)."""
+    stem, dot, suffix = name.rpartition(".")
+    if not (dot and stem):
+        stem, suffix = name, ""
+    tail = f"~{tag}" + (f".{suffix}" if suffix else "")
+    return _cut(stem, NAME_MAX - len(_bytes(tail))) + tail
+
+
+def output_rel(rel: str, label: str, ext: str, tag: str | None = None) -> str:
+    """Where the ``label`` output of the input at ``rel`` (its path below the size folders)
+    goes, relative to the output folder."""
+    folder, slash, name = rel.rpartition("/")
+    return f"{label}/{folder}{slash}{output_name(name, ext, tag)}"
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes, at a character boundary."""
+    raw = _bytes(text)
+    if len(raw) <= limit:
+        return text
+    end = max(0, limit)
+    while end > 0 and (raw[end] & 0xC0) == 0x80:  # inside a UTF-8 sequence: back off
+        end -= 1
+    return raw[:end].decode("utf-8", "surrogateescape")

@@ -1,0 +1,226 @@
+"""Names that are bytes (pipeline.names), the output-naming rule (stages.naming) and content
+recognition (stages.sniff): unit and property tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from pipeline import Ledger, Record, Status
+from pipeline.names import from_b64, raw_b64, shown, text_safe
+from stages import sniff
+from stages.naming import (
+    NAME_MAX,
+    OUTPUT_EXTENSIONS,
+    Folder,
+    choose_tag,
+    name_tag,
+    needs_tag,
+    output_name,
+)
+
+names_as_bytes = st.binary(min_size=1, max_size=255).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")
+)
+
+
+# -- pipeline.names ---------------------------------------------------------------------------
+@given(names_as_bytes)
+def test_any_name_round_trips_and_shows_as_utf8(raw: bytes) -> None:
+    text = os.fsdecode(raw)
+    assert from_b64(raw_b64(text)) == text
+    assert base64.b64decode(raw_b64(text)) == raw
+    shown(text).encode("utf-8")  # never raises
+    if raw.decode("utf-8", "replace") == raw.decode("utf-8", "surrogateescape"):
+        assert shown(text) == text  # clean names are untouched
+
+
+def test_shown_escapes_each_undecodable_byte() -> None:
+    assert shown(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert text_safe({"a": [os.fsdecode(b"\xff")], "b": 1}) == {"a": ["\\xff"], "b": 1}
+
+
+def test_a_record_with_a_non_utf8_key_survives_its_manifest_line() -> None:
+    key = os.fsdecode(b"dir\xff/caf\xe9.jpg")
+    rec = Record(
+        key=key,
+        status=Status.FAILED,
+        source="/in/" + key,
+        error=f"cannot open {key}",
+        value={"outputs": [{"path": key}]},
+    )
+    line = rec.to_line()
+    line.encode("utf-8")  # valid UTF-8 text
+    doc = json.loads(line)
+    assert (
+        doc["key"] == "dir\\xff/caf\\xe9.jpg"
+        and doc["error"] == "cannot open dir\\xff/caf\\xe9.jpg"
+    )
+    back = Record.from_json(doc)
+    assert back.key == key and back.source == "/in/" + key
+
+
+def test_the_ledger_keeps_non_utf8_keys_apart_and_exact(tmp_path: Path) -> None:
+    raw = os.fsdecode(b"caf\xe9.jpg")
+    lookalike = "caf\\xe9.jpg"  # a real name with a backslash: shown the same, another key
+
+    async def go() -> dict[str, Record]:
+        async with Ledger(tmp_path) as ledger:
+            await ledger.write(
+                [
+                    Record(key=raw, status=Status.OK, source="a"),
+                    Record(key=lookalike, status=Status.FAILED, source="b"),
+                ]
+            )
+            await ledger.export_manifest()
+            return await ledger.lookup([raw, lookalike])
+
+    found = asyncio.run(go())
+    assert found[raw].source == "a" and found[lookalike].source == "b"
+    lines = (tmp_path / "manifest.jsonl").read_bytes().decode("utf-8").splitlines()
+    assert len(lines) == 2
+    # a folder whose journal is gone adopts its manifest, non-UTF-8 keys included
+    os.unlink(tmp_path / ".pipeline" / "ledger.sqlite")
+
+    async def adopt() -> dict[str, Record]:
+        async with Ledger(tmp_path) as ledger:
+            return await ledger.lookup([raw, lookalike])
+
+    again = asyncio.run(adopt())
+    assert again[raw].status is Status.OK and again[lookalike].status is Status.FAILED
+
+
+# -- stages.naming ----------------------------------------------------------------------------
+def test_the_naming_rules() -> None:
+    assert output_name("b.jpg", ".jpg") == "b.jpg"
+    assert output_name("b.JPEG", ".jpg") == "b.JPEG"
+    assert output_name("b.png", ".jpg") == "b.png.jpg"
+    assert output_name("README", ".png") == "README.png"
+    assert output_name(".jpg", ".jpg") == ".jpg.jpg"  # a hidden file's dot is not an extension
+    tag = name_tag("a.gif")
+    assert output_name("a.gif", ".jpg", tag) == f"a.gif~{tag}.jpg"
+    assert output_name("a.jpg", ".jpg", tag) == "a.jpg"  # rule 1: its own name, always
+    assert needs_tag("a.gif", {"a.gif", "a.gif.jpg"})
+    assert needs_tag("A.GIF", {"a.gif", "a.gif.webp"})  # siblings given lower-cased
+    assert not needs_tag("a.gif", {"a.gif", "a.gif.jpeg"})  # .jpeg keeps its own name
+
+
+CLASHING = [
+    *(b"a", b"a.gif", b"a.gif.jpg", b"A.GIF.JPG", b"a.jpg", b"a.png", b"-", b"-.jpg"),
+    b"a.gif~" + name_tag("a.gif").encode() + b".jpg",  # a sibling named like a tagged output
+    b"-~3bc15c8a.jpg",
+]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            names_as_bytes,
+            st.sampled_from(CLASHING),
+            st.builds(
+                lambda n: n * (251 // len(n)) + b".png", st.sampled_from([b"x", b"\xc3\xa9"])
+            ),
+        ),
+        min_size=1,
+        max_size=12,
+        unique=True,
+    ),
+    st.sampled_from(OUTPUT_EXTENSIONS),
+)
+def test_names_in_one_folder_never_share_an_output(raws: list[bytes], ext: str) -> None:
+    names = [os.fsdecode(r) for r in raws]
+    lower = {n.lower() for n in names}
+    if len(lower) < len(names):  # a case-insensitive disk could not hold them anyway
+        names = list({n.lower(): n for n in names}.values())
+    folder = Folder(names)
+    outs = [output_name(n, ext, choose_tag(n, folder)) for n in names]
+    assert len({o.lower() for o in outs}) == len(outs)
+    for o in outs:
+        assert len(os.fsencode(o)) <= NAME_MAX
+        assert o.lower().endswith(ext)
+
+
+# -- stages.sniff -----------------------------------------------------------------------------
+def _pillow_accepts() -> dict[str, object]:
+    from stages.imaging import ALLOWED_FORMATS  # imports exactly the plugins the workers use
+
+    Image.preinit()
+    return {fmt: Image.OPEN[fmt][1] for fmt in ALLOWED_FORMATS}
+
+
+MAGICS = [
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"RIFF\0\0\0\0WEBPVP8 ",
+    b"RIFF\0\0\0\0WEBPVP8X",
+    b"II*\0",
+    b"MM\0+",
+    b"BM",
+    b"\0\0\1\0",
+    b"P4",
+    b"Pf",
+    b"\0\0\0\x1cftypavif",
+    b"\0\0\0\x1cftypmif1",
+    b"\0\0\0\x1cftypheic",
+    b"\xff\x4f\xff\x51",
+    b"\0\0\0\x0cjP  \r\n\x87\n",
+    b"\x93NUMPY",
+    b"PK\x03\x04",
+]
+
+
+@settings(max_examples=400)
+@given(st.sampled_from([b"", *MAGICS]), st.binary(max_size=40))
+def test_sniffing_agrees_with_the_pillow_plugins_the_workers_open(
+    magic: bytes, rest: bytes
+) -> None:
+    head = magic + rest
+    accepted = [fmt for fmt, accept in _pillow_accepts().items() if accept and accept(head)]  # type: ignore[operator]
+    got = sniff.image_format(head)
+    if got is None:
+        assert accepted == [], head
+    else:
+        assert got in accepted, (head, got, accepted)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "kw"),
+    [
+        ("JPEG", "RGB", {}),
+        ("PNG", "RGBA", {}),
+        ("GIF", "P", {}),
+        ("WEBP", "RGB", {"lossless": True}),
+        ("WEBP", "RGBA", {}),
+        ("TIFF", "I;16", {}),
+        ("BMP", "1", {}),
+        ("ICO", "RGBA", {}),
+        ("PPM", "1", {}),
+        ("PPM", "L", {}),
+        ("AVIF", "RGB", {}),
+        ("JPEG2000", "RGB", {}),
+    ],
+)
+def test_files_pillow_writes_are_recognised(fmt: str, mode: str, kw: dict[str, object]) -> None:
+    buf = io.BytesIO()
+    Image.new(mode, (16, 16)).save(buf, fmt, **kw)
+    head = buf.getvalue()[: sniff.HEAD_BYTES]
+    assert sniff.image_format(head) == fmt
+
+
+def test_other_content_is_described() -> None:
+    assert sniff.describe(b"", 0) == "an empty file (0 bytes)"
+    assert sniff.describe(b"hello, world\n", 13) == "text"
+    assert sniff.describe(b"%PDF-1.7", 8) == "a PDF document"
+    assert "HEIC" in sniff.describe(b"\0\0\0\x18ftypheic", 16)
+    assert sniff.describe(bytes(range(256)), 256) == "unrecognised binary data"
