@@ -28,11 +28,11 @@ install: $(VENV)/.installed ## Create .venv (if missing) and install the package
 	@echo "installed into $(VENV)"
 
 process: $(VENV)/.installed ## Process INPUT="dir1 dir2" (default sample_data/images sample_data/data) [URLS=list.txt] into OUTPUT=out
-	@$(PY) -m compileall -q pipeline stages  # bytecode once, not in every worker (PYTHONDONTWRITEBYTECODE)
+	@$(PY) -m compileall -q app pipeline stages  # bytecode once, not in every worker (PYTHONDONTWRITEBYTECODE)
 	$(PY) -m pipeline process $(INPUT) $(if $(URLS),--urls $(URLS)) --output $(OUTPUT) $(ARGS)
 
 demo-download: $(VENV)/.installed ## Serve sample_data/images on 127.0.0.1 and process it by URL into out/download
-	$(PY) -m stages.demo_download $(if $(filter-out out,$(OUTPUT)),$(OUTPUT),out/download)
+	$(PY) -m app.demo_download $(if $(filter-out out,$(OUTPUT)),$(OUTPUT),out/download)
 
 test: $(VENV)/.installed-dev browser ## Install dev extras (if missing) and run the whole test suite
 	$(PY) -m pytest $(ARGS)
@@ -44,13 +44,13 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the browser test will be skipped"
 
-lint: $(VENV)/.installed-dev ## ruff + mypy over pipeline/ and stages/
-	$(PY) -m ruff check pipeline stages tests bench sample_data
-	$(PY) -m ruff format --check pipeline stages tests bench sample_data
+lint: $(VENV)/.installed-dev ## ruff + mypy over app/, pipeline/ and stages/
+	$(PY) -m ruff check app pipeline stages tests bench sample_data
+	$(PY) -m ruff format --check app pipeline stages tests bench sample_data
 	$(PY) -m mypy
 
 bench: $(VENV)/.installed-dev ## Run the benchmarks and print their tables (asserts nothing)
-	@$(PY) -m compileall -q pipeline stages bench
+	@$(PY) -m compileall -q app pipeline stages bench
 	$(PY) -m bench $(ARGS)
 
 clean: ## Remove outputs and caches (keeps .venv)

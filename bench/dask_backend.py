@@ -3,7 +3,7 @@
 Inputs: photo-like JPEGs from :mod:`bench.photos`, hard-linked under ``bench/.data/dask/``:
 60 photos (20 of 12 MP, 40 of 2 MP) and, to see the fixed costs amortised, all 300 of the set
 (100 of 12 MP, 200 of 2 MP); quick: 18 photos. Every measurement runs the ``process`` pipeline
-(:func:`stages.process.build_pipeline`: read -> resize -> write, thumbnails of 512 px) in a fresh
+(:func:`app.process.build_pipeline`: read -> resize -> write, thumbnails of 512 px) in a fresh
 subprocess with ``force``:
 
 * **local**: the local backend (a process pool with one worker per core);
@@ -65,8 +65,9 @@ def photo_set(n12: int, n2: int) -> tuple[Path, int, float]:
 
 def run_one(variant: str, inputs: str, out: str) -> dict[str, Any]:
     """One timed run of the process pipeline, in this (fresh) process."""
+    from app.config import ProcessConfig
+    from app.process import build_pipeline
     from pipeline.backends.dask import DaskBackend
-    from stages.process import ProcessConfig, build_pipeline
     from stages.sources import walk_inputs
 
     kind, trim = VARIANTS[variant]
@@ -106,9 +107,10 @@ def shard_cost(inputs: str, out: str) -> dict[str, float]:
     shard, after a warm-up shard (imports). CPU and minor page faults from ``getrusage``."""
     import resource
 
+    from app.config import ProcessConfig
+    from app.process import build_pipeline
     from pipeline import Item
     from pipeline.backends.dask import run_shard
-    from stages.process import ProcessConfig, build_pipeline
     from stages.sources import walk_inputs
 
     cfg = ProcessConfig.from_mapping({"inputs": [inputs], "output": out, "quiet": True})

@@ -1,8 +1,11 @@
-"""``python -m pipeline``: see ``pipeline.cli``.
+"""``python -m pipeline`` and the ``pixpipe`` script: the thin entry to the application.
+
+The command line itself is the application's (``app.cli``): this is the one engine module that
+imports ``app`` (an import-linter contract in ``pyproject.toml`` names it as the exception).
 
 First thing here (``-m`` has imported the package itself already), a ``process`` / ``profile``
 run on the local backend starts the process workers' forkserver
-(``stages.registry.warm_up_argv``): it imports the worker modules on another core while this
+(``app.warmup.warm_up_argv``): it imports the worker modules on another core while this
 process parses the command line and imports the rest. Before that, ``OPENBLAS_NUM_THREADS``
 defaults to 1 (see below). Last thing, whatever the exit (an error, Ctrl-C, ``SystemExit``),
 the forkserver and multiprocessing's resource tracker are stopped and waited for
@@ -18,10 +21,8 @@ import sys
 
 
 def _warm_up(argv: list[str]) -> None:
-    try:
-        from stages.registry import warm_up_argv
-    except ImportError:  # the engine alone: nothing to warm up
-        return
+    from app.warmup import warm_up_argv  # the standard library only, until it starts a server
+
     warm_up_argv(argv)
 
 
@@ -56,7 +57,7 @@ def run() -> None:
         from .worker import tune_malloc
 
         tune_malloc()
-        from .cli import main
+        from app.cli import main
 
         code = main()
     finally:  # also on SystemExit (usage errors, --help) and a Ctrl-C outside the run

@@ -1,5 +1,5 @@
 """stages: the concrete stages of the image/data pipeline, each a plain function first.
 
-Nothing registers itself on import: ``stages.registry`` is the explicit map from command and
-stage names to factories, and the only module the engine's CLI imports.
+Nothing registers itself on import. The ``process`` command that assembles these stages lives
+in the application layer (``app.process``); this package never imports ``app``.
 """

@@ -13,7 +13,7 @@ call: an image's decoded pixels and a chunk's values never cross a process bound
 
 This module imports neither numpy nor Pillow: ``read`` and ``write`` run in the parent process,
 which needs them only for data files. The workers' modules are preloaded by the forkserver
-(``stages.registry.WORKER_MODULES``).
+(``app.warmup.WORKER_MODULES``).
 """
 
 from __future__ import annotations

@@ -26,9 +26,10 @@ from typing import Any
 import psutil
 import pytest
 
+from app.config import ProcessConfig
+from app.process import run_process
 from pipeline import FatalRunError, Pipeline, stage
 from pipeline.backends.dask import DaskBackend, local_stages, run_shard
-from stages.process import ProcessConfig, run_process
 from tests.conftest import by_key
 
 ROOT = Path(__file__).resolve().parents[1]

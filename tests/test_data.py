@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from app.config import ProcessConfig
+from app.process import run_process
 from pipeline import Split
 from stages.arraystats import ArrayStats, array_stats, merge, merge_all
 from stages.data import DataError, DataOptions, crunch_part, plan
-from stages.process import ProcessConfig, run_process
 from stages.sources import DataFile
 from tests.conftest import by_key
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from app.config import ProcessConfig
+from app.process import run_process
 from pipeline import ConfigError, Item
 from stages.files import UnsafePath, safe_join
-from stages.process import ProcessConfig, run_process
 from stages.sources import walk_inputs
 from stages.thumbs import output_rel
 from tests.conftest import by_key
@@ -224,7 +225,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_near_duplicates_reuse_the_stats_tables_pass_over_the_manifest(tmp_path: Path) -> None:
-    from stages.process import NearDuplicates, StatsTable
+    from app.collectors import NearDuplicates, StatsTable
 
     def line(key: str, dhash: str) -> str:
         stats = {"mean": [1.0], "std": [0.0], "sharpness": 1.0, "dhash": dhash}

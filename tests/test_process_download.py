@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stages.process import ProcessConfig, run_process
+from app.config import ProcessConfig
+from app.process import run_process
 from tests.conftest import by_key
 from tests.http_server import serve, silent_server
 

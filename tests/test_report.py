@@ -18,9 +18,10 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-import stages.report as report_mod
-from stages.process import ProcessConfig, run_process
-from stages.report import write_report
+import app.report as report_mod
+from app.config import ProcessConfig
+from app.process import run_process
+from app.report import write_report
 from tests.conftest import by_key
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,6 @@ imports neither numpy nor Pillow, and the Pillow plugins ``stages.imaging`` regi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -14,8 +13,8 @@ from typing import Any
 
 import pytest
 
-import stages.registry as registry
-from stages.process import _first_calls
+import app.warmup as warmup
+from app.process import _first_calls
 from tests.conftest import by_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +97,8 @@ def test_warm_up_argv_starts_only_local_process_runs(
     argv: list[str], starts: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(registry, "_start_forkserver", lambda: calls.append(1))
-    assert registry.warm_up_argv(argv) is starts
+    monkeypatch.setattr(warmup, "start_forkserver", lambda: calls.append(1))
+    assert warmup.warm_up_argv(argv) is starts
     assert len(calls) == int(starts)
 
 
@@ -107,13 +106,13 @@ def test_config_choosing_dask_starts_no_forkserver(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(registry, "_start_forkserver", lambda: calls.append(1))
+    monkeypatch.setattr(warmup, "start_forkserver", lambda: calls.append(1))
     config = tmp_path / "run.toml"
     config.write_text('backend = "dask"\n')
-    registry._warm_up(argparse.Namespace(backend=None, config=config))
+    warmup.warm_up(None, config)
     assert calls == []
     config.write_text('backend = "local"\n')
-    registry._warm_up(argparse.Namespace(backend=None, config=config))
+    warmup.warm_up(None, config)
     assert calls == [1]
 
 
@@ -134,7 +133,7 @@ def test_local_run_preloads_the_worker_modules_and_the_parent_never_imports_pill
     assert seen["forkserver"]
     preload = seen["preload"]
     assert preload[:2] == ["__main__", "pipeline.worker"]
-    assert set(registry.WORKER_MODULES) <= set(preload)
+    assert set(warmup.WORKER_MODULES) <= set(preload)
     assert "PIL" not in seen["modules"]  # numpy and pyarrow: stats.parquet, at the end
     assert by_key(out)["640x480_rgb.jpg"]["status"] == "ok"
     assert (out / "stats.parquet").exists()
@@ -166,8 +165,8 @@ def test_dask_run_starts_no_local_forkserver(one_image: Path, tmp_path: Path) ->
 
 def test_building_a_run_imports_neither_numpy_nor_pillow() -> None:
     code = (
-        "import stages.registry, stages.process, stages.steps, stages.thumbs, stages.aggregate\n"
-        "from stages.process import ProcessConfig\n"
+        "import app.cli, app.commands, app.process, app.collectors, stages.steps, stages.thumbs\n"
+        "from app.config import ProcessConfig\n"
         "ProcessConfig(inputs=('sample_data/images',), sizes=('512', '64x48'))\n"
     )
     assert _imported_by(code, ("numpy", "PIL", "pyarrow")) == []
@@ -229,7 +228,7 @@ def test_only_the_wanted_plugins_and_allowed_formats_unchanged() -> None:
 
 def test_the_worker_side_imports_no_asyncio_ledger_or_tqdm() -> None:
     # what the forkserver preloads for process: the sooner it is ready, the sooner workers start
-    code = "import " + ", ".join(["pipeline.worker", *registry.WORKER_MODULES])
+    code = "import " + ", ".join(["pipeline.worker", *warmup.WORKER_MODULES])
     assert _imported_by(code, ("asyncio", "tqdm", "sqlite3", "pipeline.runner")) == []
 
 

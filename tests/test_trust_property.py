@@ -28,8 +28,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from app.config import ProcessConfig
+from app.process import run_process
 from stages.naming import name_tag, output_name
-from stages.process import ProcessConfig, run_process
 from stages.sources import DATA_EXTENSIONS
 from tests.trees import (
     PALETTE,

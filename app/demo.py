@@ -1,4 +1,4 @@
-"""A small engine-only chain (file sizes and SHA-256 digests), used by ``python -m pipeline demo``.
+"""A small engine-only chain (file sizes and SHA-256 digests): ``python -m pipeline demo``.
 
 Functions are module-level so the process stage can import them in its workers.
 """
@@ -12,9 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .core import Pipeline
-from .records import Item
-from .stage import stage
+from pipeline import Item, Pipeline, stage
 
 __all__ = ["demo_pipeline", "walk_files"]
 

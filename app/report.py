@@ -22,8 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline import atomic_write_text, read_manifest
-
-from .parts import is_data_result
+from stages.parts import is_data_result
 
 __all__ = ["MAX_TILES", "REPORT", "write_report"]
 

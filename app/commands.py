@@ -1,31 +1,27 @@
-"""The explicit registry: command and stage names to their factories. Nothing registers itself
-by import side effect; the engine's CLI imports only this module from ``stages``.
+"""The commands: ``process``, ``profile`` (a ``process`` run over a sample, stage figures only)
+and ``demo`` (the engine alone). :func:`add_commands` adds them to the parser of :mod:`app.cli`;
+each command is a function of the parsed arguments that returns the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import ConfigError
 from pipeline.config import load_toml
 
-__all__ = ["COMMANDS", "STAGES", "WORKER_MODULES", "add_commands", "warm_up_argv"]
+from .warmup import warm_up
 
-log = logging.getLogger("stages")
+if TYPE_CHECKING:
+    from .config import ProcessConfig
 
+__all__ = ["COMMANDS", "add_commands"]
 
-def _stage_factories() -> dict[str, Callable[..., Any]]:
-    from . import files, thumbs
-
-    return {"read": files.read_file, "resize": thumbs.render, "write": thumbs.write_outputs}
-
-
-#: stage name -> plain function (what ``stage(fn, ...)`` wraps)
-STAGES: dict[str, Callable[[], dict[str, Callable[..., Any]]]] = {"image": _stage_factories}
+log = logging.getLogger("app")
 
 
 def _parse_workers(values: list[str] | None) -> dict[str, int] | None:
@@ -49,8 +45,8 @@ def _parse_workers(values: list[str] | None) -> dict[str, int] | None:
     return out
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from .process import ProcessConfig
+def _config(args: argparse.Namespace) -> ProcessConfig:
+    from .config import ProcessConfig
 
     data: dict[str, Any] = load_toml(args.config) if args.config else {}
     flags = {
@@ -108,66 +104,14 @@ def _delimiter(value: str | None) -> str | None:
     return "\t" if value in ("\\t", "tab", "TAB") else value
 
 
-#: What the ``process`` command's workers run: the forkserver preloads these, so a worker never
-#: imports them on its first item. Named one by one: ``stages.steps`` itself imports neither
-#: numpy nor Pillow (the parent process runs its thread stages), the others bring both.
-WORKER_MODULES = (
-    "stages.steps",
-    "stages.imaging",
-    "stages.thumbs",
-    "stages.stats",
-    "stages.data",
-    "stages.arraystats",
-)
-
-
-def _start_forkserver() -> None:
-    """Process workers' forkserver starts importing the worker modules now, on another core,
-    while this process goes on with its own imports (about half a second saved per run).
-    Harmless when it is already running."""
-    from pipeline.forkserver import warm_up
-
-    warm_up(WORKER_MODULES)
-
-
-def warm_up_argv(argv: Sequence[str]) -> bool:
-    """``python -m pipeline``: start the forkserver before the command line is even parsed, when
-    ``argv`` is a ``process`` or ``profile`` run on the local backend; True if it did.
-
-    A guess from the raw arguments, on the safe side: no help, nothing that mentions Dask (which
-    covers ``--backend dask`` in any spelling) and no ``--config`` (its file may choose Dask).
-    Otherwise nothing starts here and :func:`_warm_up` decides after parsing, as it does for
-    callers that do not go through ``__main__``.
-    """
-    if not argv or argv[0] not in ("process", "profile"):
-        return False
-    for arg in argv[1:]:
-        if arg in ("-h", "--help") or "dask" in arg or arg.startswith("--con"):
-            return False
-    _start_forkserver()
-    return True
-
-
-def _warm_up(args: argparse.Namespace) -> None:
-    backend = args.backend
-    if backend is None and args.config:
-        try:
-            backend = load_toml(args.config).get("backend")
-        except ConfigError:
-            return  # reported by the run itself
-    if (backend or "local") == "local":
-        _start_forkserver()
-
-
 def _process(args: argparse.Namespace) -> int:
-    _warm_up(args)
-    from pipeline.cli import report
-
+    warm_up(args.backend, args.config)
+    from .console import print_summary
     from .process import run_process
 
     cfg = _config(args)
     result = run_process(cfg)
-    report(result, quiet=cfg.quiet)
+    print_summary(result, quiet=cfg.quiet)
     if not cfg.quiet:
         groups = result.collected.get("near_duplicates", {}).get("groups", [])
         if groups:
@@ -176,26 +120,18 @@ def _process(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    _warm_up(args)
+    warm_up(args.backend, args.config)
     import dataclasses
-    import sys
     import tempfile
 
+    from .console import print_profile
     from .process import run_process
 
     cfg = _config(args)
     with tempfile.TemporaryDirectory(prefix="pixpipe-profile-") as tmp:
         cfg = dataclasses.replace(cfg, output=tmp, force=True, retry_failed=False)
         result = run_process(cfg, limit=args.sample)
-    lines = [
-        f"profile of {result.seen} input(s) in {result.duration:.2f} s "
-        f"({result.seen / max(result.duration, 1e-9):.1f} inputs/s, outputs discarded)",
-        result.table(),
-        f"bottleneck: {result.bottleneck}",
-        "advice:",
-        result.advice_text(),
-    ]
-    sys.stdout.write("\n".join(lines) + "\n")
+    print_profile(result)
     return 0 if result.error is None else 3
 
 
@@ -350,8 +286,33 @@ def _add_backend_options(b: Any) -> None:
     b.add_argument("--shard-size", type=int, default=None, help="inputs per Dask task (256)")
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .console import print_summary
+    from .demo import demo_pipeline, walk_files
+
+    pipe = demo_pipeline(args.workers, args.delay)
+    result = pipe.run(
+        walk_files(args.inputs), output=args.output, progress=False if args.quiet else None
+    )
+    print_summary(result, quiet=args.quiet)
+    return result.exit_code
+
+
+def _add_demo(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="engine demo: size and SHA-256 of every file in INPUTS")
+    demo.add_argument("inputs", nargs="+", type=Path)
+    demo.add_argument("--output", "-o", type=Path, default=Path("out/demo"))
+    demo.add_argument("--workers", type=int, default=None)
+    demo.add_argument("--delay", type=float, default=0.0, help="seconds of simulated work per file")
+    demo.add_argument("--quiet", "-q", action="store_true")
+    demo.set_defaults(func=_demo)
+
+
 #: command name -> function adding it to the CLI's sub-parsers
-COMMANDS: dict[str, Callable[[Any], None]] = {"process": _add_process}  # adds "profile" too
+COMMANDS: dict[str, Callable[[Any], None]] = {
+    "demo": _add_demo,
+    "process": _add_process,  # adds "profile" too
+}
 
 
 def add_commands(sub: Any) -> None:

@@ -2,7 +2,7 @@
 
 Serves ``sample_data/images`` over HTTP on 127.0.0.1 (a port the kernel picks), writes a URL
 list for it, and runs ``process --urls`` against it with ``--allow-private-hosts`` (loopback is
-refused by default). Run: ``python -m stages.demo_download [OUTPUT]``.
+refused by default). Run: ``python -m app.demo_download [OUTPUT]``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pipeline.cli import main as cli_main
+from .cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "sample_data" / "images"

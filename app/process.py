@@ -1,0 +1,258 @@
+"""The ``process`` command: folders in, thumbnails, statistics and a manifest out.
+
+    sources (walk, lazy) -> [download (async)] -> read (thread)
+        -> resize + crunch (process, fused: decode+resize+stats / data chunk statistics)
+        -> write (thread) -> ledger
+
+Numeric data files (``.npy``, ``.npz``, CSV/TSV) found among the inputs go through the same
+stages (see :mod:`stages.steps`): the read stage splits each into chunks that the process
+workers crunch in parallel, merged back into one record per array or file.
+
+:class:`~app.config.ProcessConfig` holds every option; :func:`build_pipeline` turns it into a
+:class:`~pipeline.Pipeline`; :func:`run_process` runs it with resume, the end-of-run tables
+(:mod:`app.collectors`), and writes ``report.html`` (:mod:`app.report`) at the end of every run.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from pipeline import (
+    Item,
+    LedgerError,
+    Pipeline,
+    Record,
+    RunResult,
+    Status,
+    hold_folder,
+    stage,
+)
+from stages import steps
+from stages.parts import is_data_result
+from stages.sources import DATA_EXTENSIONS, DataFile, walk_inputs
+from stages.thumbs import outputs_exist
+
+from .collectors import DataAggregate, DataTable, NearDuplicates, StatsTable
+from .config import ProcessConfig
+from .report import write_report
+
+log = logging.getLogger("app")
+
+__all__ = ["REASON_GONE", "build_pipeline", "mark_gone", "run_process"]
+
+
+def build_pipeline(cfg: ProcessConfig) -> Pipeline:
+    w = cfg.workers
+    fetching = []
+    if cfg.download is not None:
+        from stages.fetching import download, session_factory
+
+        # one aiohttp session per run (the stage's context); fetch enforces connect/read/total
+        # timeouts and retries itself, so the stage has no engine timeout of its own
+        fetching.append(
+            stage(
+                download,
+                cfg.download,
+                kind="async",
+                name="download",
+                workers=w["download"],
+                capacity=64,
+                context=session_factory(cfg.download),
+                context_arg="session",
+            )
+        )
+    return Pipeline(
+        [
+            *fetching,
+            # inbox of small path records; batches of reads go to the threads; data files are
+            # planned here (header only) and split into chunks for the process workers
+            stage(
+                steps.read,
+                cfg.max_file_size,
+                cfg.data,
+                kind="thread",
+                name="read",
+                workers=w["read"],
+                capacity=64,
+                timeout=cfg.timeout,
+                retries=1,
+                retry_on=(InterruptedError,),
+            ),
+            # inbox holds whole files (up to max_file_size each): keep it at 2 per worker
+            stage(
+                steps.resize,
+                cfg.resize,
+                kind="process",
+                name="resize",
+                workers=w["resize"],
+                capacity=2 * w["resize"],
+                timeout=cfg.timeout,
+                max_batch=4,
+            ),
+            # fused with resize: data chunks' statistics (images pass through)
+            stage(
+                steps.crunch,
+                kind="process",
+                name="crunch",
+                workers=w["crunch"],
+                capacity=2 * w["crunch"],
+                timeout=cfg.timeout,
+                max_batch=4,
+            ),
+            # inbox holds encoded thumbnails: small
+            stage(
+                steps.write,
+                str(cfg.output),
+                kind="thread",
+                name="write",
+                workers=w["write"],
+                capacity=32,
+                timeout=cfg.timeout,
+            ),
+        ],
+        name="process",
+    )
+
+
+def _url_inputs(lists: Sequence[str]) -> Iterator[Item | Record]:
+    if not lists:
+        return iter(())
+    from stages.fetching import url_inputs
+
+    return url_inputs(lists)
+
+
+#: What the end of a run imports (``stats.parquet``: pyarrow and numpy, a tenth of a second or
+#: more; near-duplicate groups: numpy), imported ahead in a thread from the run's first input on,
+#: while the parent mostly waits for its workers.
+END_OF_RUN_MODULES = ("pyarrow.csv", "pyarrow.parquet", "stages.stats")
+
+
+@functools.cache
+def _prefetch_end_of_run() -> None:
+    """Start importing :data:`END_OF_RUN_MODULES` in a thread, once per process.
+
+    Not a daemon: interpreter shutdown waits for it rather than cutting an import short.
+    """
+    threading.Thread(target=_import_all, args=(END_OF_RUN_MODULES,), name="prefetch").start()
+
+
+def _import_all(names: Sequence[str]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the collector that needs it imports it again and reports
+            log.debug("prefetching %s failed: %s", name, exc)
+            return
+
+
+def _first_calls(
+    inputs: Iterable[Item | Record], action: Callable[[], None]
+) -> Iterator[Item | Record]:
+    """``inputs`` unchanged; ``action()`` runs just before the first one is taken."""
+    for i, value in enumerate(inputs):
+        if i == 0:
+            action()
+        yield value
+
+
+def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
+    """Run ``process``; ``limit`` takes only the first inputs (``profile`` samples that way).
+
+    The output folder is held for the whole command (run, tables, report): a second command
+    into it stops at once with :class:`~pipeline.FolderBusy` (exit 2).
+    """
+    out = Path(cfg.output)
+    with hold_folder(out):
+        try:
+            return _run(cfg, out, limit)
+        finally:
+            _write_report(out)
+
+
+def _run(cfg: ProcessConfig, out: Path, limit: int | None) -> RunResult:
+    table = StatsTable(out)
+    pipe = build_pipeline(cfg)
+    inputs: Iterator[Item | Record] = itertools.chain(
+        walk_inputs(
+            cfg.inputs,
+            include=cfg.include,
+            exclude=cfg.exclude,
+            data_extensions=DATA_EXTENSIONS,
+            never=[out],
+            verify_content=cfg.verify_content,
+        ),
+        _url_inputs(cfg.urls),
+    )
+    if limit is not None:
+        inputs = itertools.islice(inputs, limit)
+    inputs = _first_calls(_fingerprinted(inputs, cfg), _prefetch_end_of_run)
+    backend = None
+    if cfg.backend == "dask":
+        from pipeline.backends.dask import DaskBackend
+
+        backend = DaskBackend(cfg.scheduler, shard_size=cfg.shard_size)
+    return pipe.run(
+        inputs,
+        backend=backend,
+        autoscale=cfg.auto_workers,
+        output=out,
+        collectors=[table, NearDuplicates(table), DataAggregate(), DataTable(out)],
+        fingerprint=cfg.fingerprint(),  # items carry their own (see _fingerprinted)
+        is_done=lambda rec: is_data_result(rec.value) or outputs_exist(out, rec.value),
+        retry_failed=cfg.retry_failed,
+        force=cfg.force,
+        progress=False if cfg.quiet else cfg.progress,
+        revisit=None if limit is not None else mark_gone,
+    )
+
+
+def _fingerprinted(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[Item | Record]:
+    """Each item with the fingerprint of the options its kind depends on (data files: the data
+    options; images: the image options), known from the source rather than guessed from the
+    key (a key may hold ``.npz:`` and still be an image)."""
+    image, data = cfg.fingerprint(), cfg.data_fingerprint()
+    for obj in inputs:
+        if isinstance(obj, Item):
+            obj.fingerprint = data if isinstance(obj.value, DataFile) else image
+        yield obj
+
+
+#: The ``skipped`` reason of a key whose input file is no longer there.
+REASON_GONE = "input gone: the file no longer exists (its outputs are kept)"
+
+
+def mark_gone(rec: Record) -> Record | None:
+    """For keys a run did not see: a record whose input file is gone becomes ``skipped`` with
+    :data:`REASON_GONE` (its earlier result kept, so its outputs stay listed); others stay."""
+    if rec.identity is None or rec.reason == REASON_GONE:  # not a file (a URL), or known gone
+        return None
+    if os.path.lexists(rec.source):
+        return None
+    return Record(
+        key=rec.key,
+        status=Status.SKIPPED,
+        source=rec.source,
+        reason=REASON_GONE,
+        value=rec.value,
+        meta=rec.meta,
+        fingerprint=rec.fingerprint,
+        identity=rec.identity,
+    )
+
+
+def _write_report(out: Path) -> None:
+    """``report.html`` after every run (failed and interrupted ones too); never raises."""
+    if not (out / "summary.json").exists():
+        return  # the run never got as far as its output folder
+    try:
+        write_report(out)
+    except (OSError, ValueError, LedgerError) as exc:
+        log.warning("could not write %s: %s", out / "report.html", exc)
