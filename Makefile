@@ -44,10 +44,11 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the browser test will be skipped"
 
-lint: $(VENV)/.installed-dev ## ruff + mypy over app/, pipeline/ and stages/
+lint: $(VENV)/.installed-dev ## ruff + mypy over app/, pipeline/ and stages/, and the layers' import contracts
 	$(PY) -m ruff check app pipeline stages tests bench sample_data
 	$(PY) -m ruff format --check app pipeline stages tests bench sample_data
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 bench: $(VENV)/.installed-dev ## Run the benchmarks and print their tables (asserts nothing)
 	@$(PY) -m compileall -q app pipeline stages bench
