@@ -1,54 +1,71 @@
 """The options of the ``process`` and ``profile`` commands: :class:`ProcessConfig`.
 
+Each option is declared once, as a field of :class:`ProcessConfig` (:func:`app.options.option`:
+name, type and default from the field; kind, help, metavar/unit and group in the declaration).
+The command-line flags, the config-file keys, the validation messages and the README's option
+table are derived from these fields by :mod:`app.options`:
+
+* ``ProcessConfig(...)`` from Python: values of the options' types (or their text forms),
+  checked on creation;
+* :meth:`ProcessConfig.from_mapping` / :func:`load_config`: a mapping or a TOML file whose keys
+  are the flags' names (``size = ["512", "128x128"]``, ``workers = {resize = 2, read = 4}``);
+* :func:`config_from_args`: the parsed command line over an optional ``--config`` file (flags
+  win; ``--workers`` adds to the file's ``workers``).
+
 A frozen, keyword-only dataclass validated on creation (errors are
 :class:`~pipeline.ConfigError`, exit 2). The stages' own option objects (``ResizeOptions``,
-``DataOptions``, ``DownloadConfig``) are built from it here, so a run that fails validation
-fails before anything starts.
+``DataOptions``, ``DownloadConfig``) are built from it here, so a run that fails validation fails
+before anything starts. Image defaults come from ``ResizeOptions``; the download defaults are
+``DownloadConfig``'s (a test keeps them in step: importing it here would import aiohttp).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from pipeline import ConfigError
 from stages.files import DEFAULT_MAX_FILE_BYTES
-from stages.options import ResizeOptions, parse_size
+from stages.options import OutputFormat, ResizeMode, ResizeOptions, parse_size
 from stages.parts import DEFAULT_CHUNK_BYTES, DataOptions
 from stages.sources import LEDGER_MARK
+
+from .options import (
+    ByteSize,
+    Choice,
+    Color,
+    Flag,
+    Integer,
+    Kind,
+    Number,
+    Text,
+    TextList,
+    declared,
+    merge_values,
+    option,
+    values_from_args,
+    values_from_mapping,
+)
 
 if TYPE_CHECKING:  # aiohttp is imported only when a run has URL lists (start-up time)
     from stages.download import DownloadConfig
 
-__all__ = ["STAGE_NAMES", "ProcessConfig", "parse_bytes"]
+__all__ = [
+    "STAGE_NAMES",
+    "ProcessConfig",
+    "Workers",
+    "config_from_args",
+    "load_config",
+]
 
 STAGE_NAMES = ("download", "read", "resize", "crunch", "write")
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-}
-
-
-def parse_bytes(text: str | int) -> int:
-    """``"200MB"`` → 200000000; ``"64MiB"`` → 67108864; ints pass through."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    if not m or m.group(2).upper() not in _UNITS:
-        raise ConfigError(f"invalid size {text!r}: expected e.g. 200MB, 64MiB or 1048576")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def _default_workers() -> dict[str, int]:
@@ -68,89 +85,322 @@ def _default_workers() -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class Workers(Mapping[str, int]):
+    """Workers per stage (a mapping ``stage -> N``); ``auto``: start small and size each stage
+    from measurements, the numbers becoming caps. In a :class:`ProcessConfig`, every stage has
+    its number (the defaults of this machine for those not given)."""
+
+    counts: Mapping[str, int] = field(default_factory=dict)
+    auto: bool = False
+
+    def __getitem__(self, stage: str) -> int:
+        return self.counts[stage]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.counts)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+
+class WorkersKind(Kind[Workers]):
+    """``--workers``: ``N`` (resize processes), ``stage=N[,stage=N]``, ``auto``, repeatable; in a
+    file also an integer, a table ``{resize = 2, read = 4}`` or a list of those."""
+
+    arity = "list"
+    what = "N, stage=N[,stage=N], auto; in a file also a table {resize = 2}"
+    metavar = "N|stage=N,...|auto"
+    _usage = f"N, stage=N[,stage=N] (stages: {', '.join(STAGE_NAMES)}) or auto"
+
+    def from_text(self, text: str) -> Workers:
+        counts: dict[str, int] = {}
+        auto = False
+        for part in (p.strip() for p in text.split(",")):
+            name, eq, num = part.partition("=")
+            if not eq and name == "auto":
+                auto = True
+                continue
+            stage = name.strip() if eq else "resize"
+            counts[stage] = self._count(stage, num if eq else name, text)
+        return Workers(counts, auto)
+
+    def from_value(self, value: object) -> Workers:
+        if isinstance(value, Workers):
+            return Workers({s: self._count(s, n, value) for s, n in value.items()}, value.auto)
+        if isinstance(value, str):
+            return self.from_text(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return Workers({"resize": self._count("resize", value, value)})
+        if isinstance(value, Mapping):
+            return Workers({str(s): self._count(str(s), n, value) for s, n in value.items()})
+        if isinstance(value, list | tuple) and value:
+            return self.join([self.from_value(v) for v in value])
+        raise ValueError(f"expected {self._usage}, got {value!r}")
+
+    def _count(self, stage: str, n: object, given: object) -> int:
+        if stage not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {stage!r} in {given!r}; stages: {STAGE_NAMES}")
+        if isinstance(n, str):
+            try:
+                n = int(n.strip())
+            except ValueError:
+                raise ValueError(f"expected {self._usage}, got {given!r}") from None
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"workers must be integers >= 1, got {given!r}")
+        return n
+
+    def join(self, values: Sequence[Workers]) -> Workers:
+        counts = {s: n for w in values for s, n in w.items()}
+        return Workers(counts, any(w.auto for w in values))
+
+    def override(self, earlier: Workers, later: Workers) -> Workers:
+        return self.join([earlier, later])  # --workers read=8 keeps the file's resize = 2
+
+    def show(self, value: Workers) -> str:
+        shown = ",".join(f"{s}={n}" for s, n in value.items())
+        return ",".join(([shown] if shown else []) + (["auto"] if value.auto else []))
+
+
+def _delimiter(value: str) -> str:
+    """``\\t`` and ``tab`` mean a tab (a real tab is hard to type in a shell)."""
+    return "\t" if value in ("\\t", "tab", "TAB") else value
+
+
+def _one_character(value: str) -> None:
+    if len(value) != 1:
+        raise ValueError(f"expected one character (or tab), got {value!r}")
+
+
+# The groups, in the order of --help and of the README's tables
+FILES = "inputs and outputs"
+IMAGES = "images"
+RUN = "the run"
+DOWNLOADS = "downloads (URL lists)"
+DATA = "numeric data files (.npy, .npz, .csv, .tsv)"
+BACKEND = "beyond one machine"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
-    inputs: tuple[str, ...] = ()
-    urls: tuple[str, ...] = ()
-    output: str = "out"
-    sizes: tuple[str, ...] = ("512",)
-    # image defaults live in one place, ResizeOptions
-    mode: str = ResizeOptions.mode
-    upscale: bool = ResizeOptions.upscale
-    format: str = ResizeOptions.format
-    quality: int = ResizeOptions.quality
-    allow_truncated: bool = ResizeOptions.allow_truncated
-    max_pixels: int = ResizeOptions.max_pixels
-    max_file_size: int = DEFAULT_MAX_FILE_BYTES
-    # numeric data files
-    chunk_size: int = DEFAULT_CHUNK_BYTES
-    columns: tuple[str, ...] = ()
-    delimiter: str | None = None
-    bins: int = 64
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    workers: Mapping[str, int] = field(default_factory=_default_workers)
-    auto_workers: bool = False  # --workers auto: the numbers above become caps
-    timeout: float = 120.0
-    retry_failed: bool = False
-    force: bool = False
-    verify_content: bool = False  # resume compares a SHA-256 of each file, not only size+mtime
-    quiet: bool = False
-    progress: bool | None = None
-    # downloads (URL lists)
-    allow_private_hosts: bool = False
-    connect_timeout: float = 10.0
-    read_timeout: float = 30.0
-    download_timeout: float = 120.0
-    download_retries: int = 3
-    max_download_size: int = 50 * 2**20
-    limit_per_host: int = 8
-    user_agent: str = "pixpipe/0.1 (+batch image pipeline)"
-    # where the stages run: "local" (this machine) or "dask" (a cluster; see pipeline.backends)
-    backend: str = "local"
-    scheduler: str | None = None  # tcp://host:8786; None with backend "dask": a LocalCluster
-    shard_size: int = 256
+    """Every option of ``process`` (and ``profile``), each declared once (see the module)."""
+
+    # -- inputs and outputs
+    inputs: tuple[str, ...] = option(
+        (),
+        kind=TextList(Text(what="path", metavar="INPUTS"), what="paths"),
+        positional=True,
+        help="input folders (or files)",
+        group=FILES,
+    )
+    output: str = option(
+        "out", kind=Text(what="path", metavar="DIR"), short="-o", help="output folder", group=FILES
+    )
+    include: tuple[str, ...] = option(
+        (),
+        kind=TextList(Text(what="glob", metavar="GLOB"), what="globs"),
+        help="only paths matching GLOB (repeatable)",
+        group=FILES,
+    )
+    exclude: tuple[str, ...] = option(
+        (),
+        kind=TextList(Text(what="glob", metavar="GLOB"), what="globs"),
+        help="skip paths matching GLOB (repeatable)",
+        group=FILES,
+    )
+    max_file_size: int = option(
+        DEFAULT_MAX_FILE_BYTES,
+        kind=ByteSize(low=1),
+        help="read size cap per input file",
+        group=FILES,
+    )
+    # -- images (the defaults are ResizeOptions')
+    size: tuple[str, ...] = option(
+        ("512",),
+        kind=TextList(
+            Text(what="size", metavar="SIZE", check=parse_size),
+            what="sizes (512, 640x480, 640x, x480)",
+        ),
+        help="max side (512) or box (640x480); repeat for several sizes",
+        group=IMAGES,
+    )
+    mode: str = option(
+        ResizeOptions.mode,
+        kind=Choice(get_args(ResizeMode)),
+        help="fit inside the box, fill it and crop, pad to it, or stretch to it exactly",
+        group=IMAGES,
+    )
+    pad_color: tuple[int, int, int] = option(
+        ResizeOptions.pad_color,
+        kind=Color(),
+        help="the padding of --mode pad (transparent when the output keeps alpha)",
+        group=IMAGES,
+    )
+    upscale: bool = option(
+        ResizeOptions.upscale,
+        kind=Flag(),
+        help="enlarge images smaller than the box",
+        group=IMAGES,
+    )
+    format: str = option(
+        ResizeOptions.format,
+        kind=Choice(get_args(OutputFormat)),
+        help="output format; keep: JPEG stays jpeg, PNG png, WebP webp, others png with "
+        "alpha, jpeg without",
+        group=IMAGES,
+    )
+    quality: int = option(
+        ResizeOptions.quality,
+        kind=Integer(low=1, high=100),
+        help="JPEG/WebP quality",
+        group=IMAGES,
+    )
+    allow_truncated: bool = option(
+        ResizeOptions.allow_truncated,
+        kind=Flag(),
+        help="decode truncated images (missing part grey) instead of failing them",
+        group=IMAGES,
+    )
+    max_pixels: int = option(
+        ResizeOptions.max_pixels,
+        kind=Integer(low=1),
+        help="refuse images whose header declares more pixels (decompression bombs)",
+        group=IMAGES,
+    )
+    # -- the run
+    workers: Workers = option(
+        default_factory=Workers,
+        kind=WorkersKind(),
+        help="N (resize processes), stage=N[,stage=N] for download, read, resize, crunch, "
+        "write, or auto: start small and size each stage from measurements (numbers become caps)",
+        shown_default="download=64, read=max(2, cores), resize=cores, crunch=resize, "
+        "write=max(1, cores // 2)",
+        group=RUN,
+    )
+    timeout: float = option(120.0, kind=Number(), unit="s", help="per-item timeout", group=RUN)
+    retry_failed: bool = option(
+        False, kind=Flag(), help="redo only the inputs that failed in earlier runs", group=RUN
+    )
+    force: bool = option(False, kind=Flag(), help="redo everything", group=RUN)
+    verify_content: bool = option(
+        False,
+        kind=Flag(),
+        help="resume: compare a SHA-256 of each input file too, not only its size and mtime "
+        "(reads every input once more)",
+        group=RUN,
+    )
+    quiet: bool = option(
+        False, kind=Flag(), short="-q", help="no progress bars, no summary", group=RUN
+    )
+    # -- downloads (URL lists); the defaults are DownloadConfig's (see the module docstring)
+    urls: tuple[str, ...] = option(
+        (),
+        kind=TextList(Text(what="path", metavar="FILE"), what="paths"),
+        help="URL list: text (one a line), .csv/.tsv or .jsonl with a url column, optionally "
+        ".gz; repeatable",
+        group=DOWNLOADS,
+    )
+    allow_private_hosts: bool = option(
+        False,
+        kind=Flag(),
+        help="allow hosts on loopback/private/link-local addresses (local servers)",
+        group=DOWNLOADS,
+    )
+    connect_timeout: float = option(
+        10.0, kind=Number(), unit="s", help="DNS and each connect", group=DOWNLOADS
+    )
+    read_timeout: float = option(
+        30.0, kind=Number(), unit="s", help="longest wait for the next bytes", group=DOWNLOADS
+    )
+    download_timeout: float = option(
+        120.0, kind=Number(), unit="s", help="one attempt in all", group=DOWNLOADS
+    )
+    download_retries: int = option(
+        3, kind=Integer(low=0), help="extra attempts after the first", group=DOWNLOADS
+    )
+    max_download_size: int = option(
+        50 * 2**20, kind=ByteSize(low=1), help="byte cap per body", group=DOWNLOADS
+    )
+    limit_per_host: int = option(
+        8, kind=Integer(low=1), help="connections per host", group=DOWNLOADS
+    )
+    user_agent: str = option(
+        "pixpipe/0.1 (+batch image pipeline)",
+        kind=Text(),
+        help="the User-Agent header",
+        group=DOWNLOADS,
+    )
+    # -- numeric data files
+    chunk_size: int = option(
+        DEFAULT_CHUNK_BYTES,
+        kind=ByteSize(low=0),
+        help="split data files into parts of this size, crunched in parallel (0: never)",
+        group=DATA,
+    )
+    columns: tuple[str, ...] = option(
+        (),
+        kind=TextList(Text(what="column name", metavar="A"), what="column names", commas=True),
+        help="CSV: crunch only these columns (default: every numeric column)",
+        group=DATA,
+    )
+    delimiter: str | None = option(
+        None,
+        kind=Text(what="one character", metavar="CHAR", normalize=_delimiter, check=_one_character),
+        help="CSV field separator (default: tab for .tsv, else sniffed from the header); "
+        "tab or \\t = tab",
+        group=DATA,
+    )
+    bins: int = option(
+        DataOptions.bins, kind=Integer(low=1, high=4096), help="histogram bins, at most", group=DATA
+    )
+    # -- where the stages run: this machine, or a Dask cluster (see pipeline.backends)
+    backend: str = option(
+        "local",
+        kind=Choice(("local", "dask")),
+        help="where stages run: this machine or a Dask cluster",
+        group=BACKEND,
+    )
+    scheduler: str | None = option(
+        None,
+        kind=Text(what="address", metavar="ADDRESS"),
+        help="Dask scheduler address (tcp://host:8786); without it --backend dask starts a "
+        "LocalCluster sized to this machine",
+        group=BACKEND,
+    )
+    shard_size: int = option(256, kind=Integer(low=1), help="inputs per Dask task", group=BACKEND)
+    # -- not options: from Python only, or derived
+    progress: bool | None = None  # None: progress bars when stderr is a terminal
     resize: ResizeOptions = field(init=False, repr=False)
     data: DataOptions = field(init=False, repr=False)
     download: DownloadConfig | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        for d in declared(type(self)):  # values from Python: checked and normalised here too
+            object.__setattr__(self, d.name, d.read(getattr(self, d.name), d.name))
         if not self.inputs and not self.urls:
             raise ConfigError("nothing to process: give input folders and/or --urls lists")
         for item in (*self.inputs, *self.urls):
             if not Path(item).exists():
                 raise ConfigError(f"input {item!r} does not exist")
         _check_output_apart(self.inputs, self.output)
-        unknown = set(self.workers) - set(STAGE_NAMES)
-        if unknown:
-            raise ConfigError(f"--workers: unknown stage(s) {sorted(unknown)}; use {STAGE_NAMES}")
-        merged = {**_default_workers(), **dict(self.workers)}
-        if "crunch" not in self.workers:
-            merged["crunch"] = merged["resize"]
-        if any(not isinstance(n, int) or n < 1 for n in merged.values()):
-            raise ConfigError(f"--workers must be positive integers, got {merged}")
-        object.__setattr__(self, "workers", merged)
+        counts = {**_default_workers(), **self.workers.counts}
+        if "crunch" not in self.workers.counts:
+            counts["crunch"] = counts["resize"]
+        object.__setattr__(self, "workers", Workers(counts, self.workers.auto))
         if self.retry_failed and self.force:
             raise ConfigError("--retry-failed and --force exclude each other")
-        if self.backend not in ("local", "dask"):
-            raise ConfigError(f"--backend must be 'local' or 'dask', got {self.backend!r}")
         if self.scheduler is not None and self.backend != "dask":
             raise ConfigError("--scheduler needs --backend dask")
-        if self.shard_size < 1:
-            raise ConfigError("--shard-size must be >= 1")
-        if self.max_file_size < 1:
-            raise ConfigError("--max-file-size must be positive")
-        if not self.timeout > 0:
-            raise ConfigError("--timeout must be > 0 seconds")
         try:
             opts = ResizeOptions(
-                sizes=tuple(parse_size(s) for s in self.sizes),
+                sizes=tuple(parse_size(s) for s in self.size),
                 mode=self.mode,  # type: ignore[arg-type]
                 upscale=self.upscale,
                 format=self.format,  # type: ignore[arg-type]
                 quality=self.quality,
                 allow_truncated=self.allow_truncated,
                 max_pixels=self.max_pixels,
+                pad_color=self.pad_color,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
@@ -165,9 +415,14 @@ class ProcessConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         object.__setattr__(self, "data", data)
-        object.__setattr__(self, "download", self._download_config(merged) if self.urls else None)
+        object.__setattr__(self, "download", self._download_config() if self.urls else None)
 
-    def _download_config(self, merged: Mapping[str, int]) -> DownloadConfig:
+    @property
+    def auto_workers(self) -> bool:
+        """``--workers auto``: the numbers of :attr:`workers` are caps."""
+        return self.workers.auto
+
+    def _download_config(self) -> DownloadConfig:
         from stages.download import DownloadConfig
 
         try:
@@ -177,7 +432,7 @@ class ProcessConfig:
                 total_timeout=self.download_timeout,
                 retries=self.download_retries,
                 max_bytes=self.max_download_size,
-                limit=max(merged["download"], self.limit_per_host),
+                limit=max(self.workers["download"], self.limit_per_host),
                 limit_per_host=self.limit_per_host,
                 allow_private_hosts=self.allow_private_hosts,
                 user_agent=self.user_agent,
@@ -186,24 +441,10 @@ class ProcessConfig:
             raise ConfigError(str(exc)) from exc
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> ProcessConfig:
-        names = {f.name for f in fields(cls) if f.init}
-        unknown = set(data) - names
-        if unknown:
-            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        clean = dict(data)
-        for key in ("inputs", "urls", "sizes", "include", "exclude", "columns"):
-            if key in clean and isinstance(clean[key], str):
-                clean[key] = (clean[key],)
-            if key in clean:
-                clean[key] = tuple(str(v) for v in clean[key])
-        for key in ("max_file_size", "max_download_size", "chunk_size"):
-            if key in clean:
-                clean[key] = parse_bytes(clean[key])
-        try:
-            return cls(**clean)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from exc
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str | None = None) -> ProcessConfig:
+        """From a mapping whose keys are the options' names (``max-file-size`` or
+        ``max_file_size``); ``source`` (a file's name) is named in error messages."""
+        return cls(**values_from_mapping(data, cls, source=source))
 
     def fingerprint(self) -> str:
         """Hash of the options that shape image outputs: changing any redoes the images."""
@@ -212,6 +453,25 @@ class ProcessConfig:
     def data_fingerprint(self) -> str:
         """Hash of the options that shape data statistics: changing any redoes the data files."""
         return _digest(self.data.fingerprint_fields())
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The options of a TOML file, read and checked (errors name the file and the key)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {os.fspath(path)}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {os.fspath(path)} is not valid TOML: {exc}") from exc
+    return values_from_mapping(data, ProcessConfig, source=os.fspath(path))
+
+
+def config_from_args(args: argparse.Namespace) -> ProcessConfig:
+    """The command line's options over those of its ``--config`` file, if any."""
+    from_file = load_config(args.config) if getattr(args, "config", None) else {}
+    from_flags = values_from_args(args, ProcessConfig)
+    return ProcessConfig(**merge_values(ProcessConfig, from_file, from_flags))
 
 
 def _check_output_apart(inputs: Sequence[str], output: str) -> None:

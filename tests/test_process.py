@@ -112,7 +112,7 @@ def test_edge_cases_each_get_their_expected_record(out: Path) -> None:
 
 @pytest.mark.parametrize("n", range(1, 9))
 def test_exif_orientation_is_applied_in_the_written_file(out: Path, n: int) -> None:
-    recs = run([EDGE], out, include=[f"exif_rot{n}.jpg"], sizes=["120"])
+    recs = run([EDGE], out, include=[f"exif_rot{n}.jpg"], size=["120"])
     (o,) = recs[f"exif_rot{n}.jpg"]["result"]["outputs"]  # type: ignore[index]
     with Image.open(out / o["path"]) as im:
         rgb = im.convert("RGB")
@@ -139,7 +139,7 @@ def test_resume_skips_done_redoes_missing_and_changed(out: Path) -> None:
     third = run([IMAGES], out)
     assert [k for k, r in third.items() if r["status"] == "ok"] == [victim["key"]]
     # changed options redo everything, writing the new size
-    fourth = run([IMAGES], out, sizes=["256"])
+    fourth = run([IMAGES], out, size=["256"])
     assert sum(r["status"] == "ok" for r in fourth.values()) == n
     assert (out / "256").is_dir()
 
@@ -205,7 +205,7 @@ def test_toml_config_and_flags_override(tmp_path: Path) -> None:
     out = tmp_path / "out"
     conf = tmp_path / "run.toml"
     conf.write_text(
-        f'inputs = ["{IMAGES}"]\noutput = "{out}"\nsizes = ["64", "32x32"]\nmode = "fill"\n'
+        f'inputs = ["{IMAGES}"]\noutput = "{out}"\nsize = ["64", "32x32"]\nmode = "fill"\n'
         'format = "webp"\n[workers]\nread = 2\nresize = 1\n'
     )
     done = cli("--config", str(conf), "--format", "png", "--quiet")

@@ -167,7 +167,7 @@ def test_building_a_run_imports_neither_numpy_nor_pillow() -> None:
     code = (
         "import app.cli, app.commands, app.process, app.collectors, stages.steps, stages.thumbs\n"
         "from app.config import ProcessConfig\n"
-        "ProcessConfig(inputs=('sample_data/images',), sizes=('512', '64x48'))\n"
+        "ProcessConfig(inputs=('sample_data/images',), size=('512', '64x48'))\n"
     )
     assert _imported_by(code, ("numpy", "PIL", "pyarrow")) == []
 

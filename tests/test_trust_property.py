@@ -194,7 +194,7 @@ def run(root: bytes, out: Path, fmt: str) -> tuple[str, dict[bytes, dict[str, An
         {
             "inputs": [os.fsdecode(root)],
             "output": str(out),
-            "sizes": [SIZE_LABEL],
+            "size": [SIZE_LABEL],
             "format": fmt,
             "quiet": True,
         }

@@ -1,0 +1,307 @@
+"""Each option declared once (app.config.ProcessConfig): a flag and a config-file key of the same
+name give the same config; lists, workers and yes/no options in every accepted form; unknown keys
+and wrong values stop with exit 2 naming the option and where it came from; the README's option
+table is the generated one; examples/run.toml runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.cli import build_parser
+from app.config import ProcessConfig, Workers, config_from_args
+from app.options import declared
+from app.readme import BEGIN, END, updated
+from pipeline import ConfigError
+from tests.conftest import by_key
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "sample_data" / "images"
+EDGE = ROOT / "sample_data" / "edge"
+
+#: option -> (flags, TOML lines), each giving the same value, not the default. ``{tmp}`` is the
+#: test's folder, ``{urls}`` a URL list in it; ``{images}`` / ``{edge}`` the sample folders.
+EXAMPLES: dict[str, tuple[list[str], str]] = {
+    "inputs": (["{images}", "{edge}"], 'inputs = ["{images}", "{edge}"]'),
+    "output": (["-o", "{tmp}/elsewhere"], 'output = "{tmp}/elsewhere"'),
+    "include": (["--include", "*.jpg", "--include", "*.png"], 'include = ["*.jpg", "*.png"]'),
+    "exclude": (["--exclude", "a*"], 'exclude = "a*"'),
+    "max_file_size": (["--max-file-size", "10MB"], "max-file-size = 10000000"),
+    "size": (["--size", "256", "--size", "64x48"], 'size = ["256", "64x48"]'),
+    "mode": (["--mode", "fill"], 'mode = "fill"'),
+    "pad_color": (["--pad-color", "#102030"], "pad-color = [16, 32, 48]"),
+    "upscale": (["--upscale"], "upscale = true"),
+    "format": (["--format", "webp"], 'format = "webp"'),
+    "quality": (["--quality", "70"], "quality = 70"),
+    "allow_truncated": (["--allow-truncated"], "allow_truncated = true"),  # _ spelling too
+    "max_pixels": (["--max-pixels", "1000"], "max-pixels = 1000"),
+    "workers": (["--workers", "3", "--workers", "read=4"], "workers = {resize = 3, read = 4}"),
+    "timeout": (["--timeout", "7.5"], "timeout = 7.5"),
+    "retry_failed": (["--retry-failed"], "retry-failed = true"),
+    "force": (["--force"], "force = true"),
+    "verify_content": (["--verify-content"], "verify-content = true"),
+    "quiet": (["-q"], "quiet = true"),
+    "urls": (["--urls", "{urls}"], 'urls = "{urls}"'),
+    "allow_private_hosts": (["--allow-private-hosts"], "allow-private-hosts = true"),
+    "connect_timeout": (["--connect-timeout", "2"], "connect-timeout = 2"),
+    "read_timeout": (["--read-timeout", "1.5"], "read-timeout = 1.5"),
+    "download_timeout": (["--download-timeout", "60"], "download-timeout = 60.0"),
+    "download_retries": (["--download-retries", "0"], "download-retries = 0"),
+    "max_download_size": (["--max-download-size", "1MiB"], "max-download-size = 1048576"),
+    "limit_per_host": (["--limit-per-host", "2"], "limit-per-host = 2"),
+    "user_agent": (["--user-agent", "me/1"], 'user-agent = "me/1"'),
+    "chunk_size": (["--chunk-size", "0"], 'chunk-size = "0"'),
+    "columns": (["--columns", "a,b", "--columns", "c"], 'columns = ["a", "b,c"]'),
+    "delimiter": (["--delimiter", "tab"], 'delimiter = "\\t"'),
+    "bins": (["--bins", "16"], "bins = 16"),
+    "backend": (["--backend", "dask"], 'backend = "dask"'),
+    "scheduler": (
+        ["--backend", "dask", "--scheduler", "tcp://127.0.0.1:1"],
+        'backend = "dask"\nscheduler = "tcp://127.0.0.1:1"',
+    ),
+    "shard_size": (["--shard-size", "8"], "shard-size = 8"),
+}
+
+
+def _fill(text: str, tmp: Path) -> str:
+    names = {"{tmp}": tmp, "{urls}": tmp / "urls.txt", "{images}": IMAGES, "{edge}": EDGE}
+    for name, path in names.items():
+        text = text.replace(name, str(path))
+    return text
+
+
+def from_flags(*flags: str) -> ProcessConfig:
+    return config_from_args(build_parser().parse_args(["process", *flags]))
+
+
+def from_file(tmp: Path, text: str, *flags: str) -> ProcessConfig:
+    path = tmp / "run.toml"
+    path.write_text(text)
+    return from_flags("--config", str(path), *flags)
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:1/a.jpg\n")
+    return tmp_path
+
+
+def test_every_option_has_an_example() -> None:
+    assert set(EXAMPLES) == {d.name for d in declared(ProcessConfig)}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_a_flag_and_a_file_key_give_the_same_config(name: str, tmp: Path) -> None:
+    flags = [_fill(f, tmp) for f in EXAMPLES[name][0]]
+    lines = _fill(EXAMPLES[name][1], tmp)
+    base_flags = [] if name == "inputs" else [str(IMAGES)]
+    base_lines = "" if name == "inputs" else f'inputs = ["{IMAGES}"]\n'
+    if name != "output":
+        base_flags += ["--output", str(tmp / "out")]
+        base_lines += f'output = "{tmp / "out"}"\n'
+    by_flags = from_flags(*base_flags, *flags)
+    by_file = from_file(tmp, base_lines + lines + "\n")
+    by_mapping = ProcessConfig.from_mapping(tomllib.loads(base_lines + lines))
+    assert by_flags == by_file == by_mapping
+    (default,) = [d.default for d in declared(ProcessConfig) if d.name == name]
+    assert getattr(by_flags, name) != default
+
+
+def test_list_options_take_a_list_repeated_flags_or_one_string(tmp: Path) -> None:
+    one = from_flags(str(IMAGES), "--size", "512", "--include", "*.jpg")
+    assert one.size == ("512",) and one.include == ("*.jpg",)
+    text = f'inputs = "{IMAGES}"\nsize = "512"\ninclude = "*.jpg"\n'
+    assert from_file(tmp, text) == one  # not iterated character by character
+    assert ProcessConfig(inputs=(str(IMAGES),), size=("512",), include=("*.jpg",)) == one
+    many = from_file(tmp, f'inputs = ["{IMAGES}"]\nsize = ["512", "128x128"]\n')
+    assert many.size == ("512", "128x128")
+    assert many.resize.sizes[1].label == "128"
+
+
+@pytest.mark.parametrize(
+    ("line", "counts", "auto"),
+    [
+        ("workers = 3", {"resize": 3, "crunch": 3}, False),
+        ('workers = "3"', {"resize": 3, "crunch": 3}, False),
+        ("workers = {resize = 2, read = 4}", {"resize": 2, "read": 4, "crunch": 2}, False),
+        ('workers = "resize=2,read=4"', {"resize": 2, "read": 4}, False),
+        ('workers = "auto"', {}, True),
+        ('workers = ["auto", "write=1"]', {"write": 1}, True),
+    ],
+)
+def test_workers_in_a_file(line: str, counts: dict[str, int], auto: bool, tmp: Path) -> None:
+    cfg = from_file(tmp, f'inputs = ["{IMAGES}"]\n{line}\n')
+    assert isinstance(cfg.workers, Workers)
+    assert set(cfg.workers) == {"download", "read", "resize", "crunch", "write"}
+    assert {k: cfg.workers[k] for k in counts} == counts
+    assert cfg.auto_workers is auto
+
+
+def test_flags_win_over_the_file_and_workers_add_up(tmp: Path) -> None:
+    text = (
+        f'inputs = ["{IMAGES}"]\nquality = 70\nupscale = true\nsize = ["64"]\n'
+        "workers = {resize = 2, read = 4}\n"
+    )
+    cfg = from_file(tmp, text, "--quality", "90", "--no-upscale", "--workers", "read=8")
+    assert (cfg.quality, cfg.upscale, cfg.size) == (90, False, ("64",))
+    assert (cfg.workers["resize"], cfg.workers["read"]) == (2, 8)
+    assert from_file(tmp, text, "--size", "32").size == ("32",)  # a list is replaced, not added
+
+
+def test_pad_color_reaches_the_resize_options(tmp: Path) -> None:
+    assert from_flags(str(IMAGES), "--pad-color", "black").resize.pad_color == (0, 0, 0)
+    assert from_flags(str(IMAGES), "--pad-color", "#abc").resize.pad_color == (170, 187, 204)
+    assert from_flags(str(IMAGES), "--pad-color", "1, 2,3").resize.pad_color == (1, 2, 3)
+    assert ProcessConfig(inputs=(str(IMAGES),)).fingerprint() == (
+        from_flags(str(IMAGES), "--pad-color", "white").fingerprint()
+    )
+    assert ProcessConfig(inputs=(str(IMAGES),)).fingerprint() != (
+        from_flags(str(IMAGES), "--pad-color", "grey").fingerprint()
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("colour = 'blue'", "run.toml: unknown option 'colour'"),
+        ("pad_colour = 'blue'", "unknown option 'pad_colour' (did you mean 'pad-color'?)"),
+        ("sizes = ['64']", "unknown option 'sizes' (did you mean 'size'?)"),
+        ("quality = 'high'", "run.toml:quality: expected an integer from 1 to 100, got 'high'"),
+        ("quality = 0", "run.toml:quality: expected an integer from 1 to 100, got 0"),
+        ("size = 512", "run.toml:size: expected a list of size, got 512 (an integer)"),
+        ("size = ['64', 'big']", "run.toml:size: invalid size 'big'"),
+        ("workers = 3.5", "run.toml:workers: expected N, stage=N"),
+        ("workers = {bogus = 2}", "run.toml:workers: unknown stage 'bogus'"),
+        ("workers = {resize = 0}", "run.toml:workers: workers must be integers >= 1"),
+        ("upscale = 'yes'", "run.toml:upscale: expected true or false, got 'yes'"),
+        ("max-file-size = 'lots'", "run.toml:max-file-size: invalid size 'lots'"),
+        ("pad-color = '#12'", "run.toml:pad-color: expected a colour"),
+        ("mode = 'zoom'", "run.toml:mode: expected one of fit, fill, pad, exact, got 'zoom'"),
+        ("timeout = -1", "run.toml:timeout: expected seconds, > 0, got -1"),
+        ("bins = 0", "run.toml:bins: expected an integer from 1 to 4096"),
+        ("delimiter = ';;'", "run.toml:delimiter: expected one character"),
+        ("include = [1, 2]", "run.toml:include: expected a list of glob, got an item 1"),
+        ("max_pixels = 1\nmax-pixels = 2", "'max_pixels' and 'max-pixels' are the same option"),
+    ],
+)
+def test_a_bad_file_names_the_file_and_the_key(line: str, message: str, tmp: Path) -> None:
+    path = tmp / "run.toml"
+    path.write_text(f'inputs = ["{IMAGES}"]\n{line}\n')
+    with pytest.raises(ConfigError) as info:
+        from_flags("--config", str(path))
+    assert message.replace("run.toml", str(path)) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--quality", "abc"], "--quality: expected an integer from 1 to 100, got 'abc'"),
+        (["--size", "abc"], "--size: invalid size 'abc'"),
+        (["--workers", "bogus=3"], "--workers: unknown stage 'bogus'"),
+        (["--workers", "two"], "--workers: expected N, stage=N"),
+        (["--pad-color", "nope"], "--pad-color: expected a colour"),
+        (["--timeout", "0"], "--timeout: expected seconds, > 0, got '0'"),
+        (["--chunk-size", "-1"], "--chunk-size: invalid size '-1'"),
+        (["--retry-failed", "--force"], "--retry-failed and --force exclude each other"),
+        (["--scheduler", "tcp://x:1"], "--scheduler needs --backend dask"),
+    ],
+)
+def test_a_bad_flag_is_named(flags: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_flags(str(IMAGES), *flags)
+    assert message in str(info.value)
+
+
+def test_python_values_are_checked_too() -> None:
+    with pytest.raises(ConfigError, match="quality: expected an integer from 1 to 100"):
+        ProcessConfig(inputs=(str(IMAGES),), quality=101)
+    with pytest.raises(ConfigError, match="option 'colour'"):
+        ProcessConfig.from_mapping({"inputs": [str(IMAGES)], "colour": "blue"})
+    cfg = ProcessConfig.from_mapping({"inputs": [IMAGES], "max_file_size": "1MB"})
+    assert cfg.inputs == (str(IMAGES),) and cfg.max_file_size == 10**6
+    assert dataclasses.replace(cfg, quality=50) == ProcessConfig(
+        inputs=(str(IMAGES),), max_file_size=10**6, quality=50
+    )
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "process", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_usage_errors_exit_2_and_name_the_option(tmp: Path) -> None:
+    conf = tmp / "bad.toml"
+    conf.write_text(f'inputs = ["{IMAGES}"]\nworkers = {{ resize = "many" }}\n')
+    done = _cli("--config", str(conf), "--output", str(tmp / "o"))
+    assert done.returncode == 2 and f"{conf}:workers:" in done.stderr, done.stderr
+    conf.write_text(f'inputs = ["{IMAGES}"]\ncolour = "blue"\n')
+    done = _cli("--config", str(conf), "--output", str(tmp / "o"))
+    assert done.returncode == 2 and "unknown option 'colour'" in done.stderr, done.stderr
+    done = _cli(str(IMAGES), "--quality", "high", "--output", str(tmp / "o"))
+    assert done.returncode == 2 and "--quality: expected an integer" in done.stderr, done.stderr
+    assert not (tmp / "o").exists()
+
+
+def test_download_defaults_are_download_configs() -> None:
+    from stages.download import DownloadConfig
+
+    ours = {d.name: d.default for d in declared(ProcessConfig)}
+    theirs = DownloadConfig()
+    assert ours["connect_timeout"] == theirs.connect_timeout
+    assert ours["read_timeout"] == theirs.read_timeout
+    assert ours["download_timeout"] == theirs.total_timeout
+    assert ours["download_retries"] == theirs.retries
+    assert ours["max_download_size"] == theirs.max_bytes
+    assert ours["limit_per_host"] == theirs.limit_per_host
+    assert ours["allow_private_hosts"] == theirs.allow_private_hosts
+    assert ours["user_agent"] == theirs.user_agent
+
+
+def test_the_readme_option_table_is_the_generated_one() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert BEGIN in text and END in text
+    assert updated(text) == text, "README.md is out of step: run python -m app.readme"
+    for d in declared(ProcessConfig):
+        assert f"`{d.key}`" in text
+
+
+def test_the_example_config_runs(tmp_path: Path) -> None:
+    config = ROOT / "examples" / "run.toml"
+    said = tomllib.loads(config.read_text())
+    out = tmp_path / "out"
+    done = _cli("--config", "examples/run.toml", "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    records = by_key(out)
+    assert records and all(r["status"] == "ok" for r in records.values())
+    images = [r for r in records.values() if "outputs" in (r["result"] or {})]
+    data = [r for r in records.values() if r["result"].get("kind") in ("array", "csv")]
+    n_images = sum(1 for p in (ROOT / said["inputs"][0]).rglob("*") if p.is_file())
+    assert len(images) == n_images and data
+    boxes = {"256": (256, 256), "128": (128, 128)}  # pad: every output fills its box
+    for rec in images:
+        outputs = {o["size"]: o for o in rec["result"]["outputs"]}
+        assert set(outputs) == set(boxes)
+        for label, o in outputs.items():
+            assert (o["width"], o["height"]) == boxes[label] and o["format"] == said["format"]
+    wide = records["images/640x480_rgb.jpg"]["result"]["outputs"][0]
+    with Image.open(out / wide["path"]) as im:  # 4:3 in a square box: padded above and below
+        corner = im.convert("RGB").getpixel((0, 0))
+    assert all(abs(c - 0x20) <= 8 for c in corner), corner  # pad-color = "#202020"
+    grid = records["data/temperature_grid.npy"]["result"]
+    assert grid["chunks"] > 1 and grid["stats"]["histogram"]["max_bins"] == said["bins"]
+    summary = json.loads((out / "summary.json").read_text())
+    workers = {s["name"]: s["workers"] for s in summary["stages"]}
+    assert workers["read"] == said["workers"]["read"]
+    assert workers["resize"] == said["workers"]["resize"]
