@@ -148,7 +148,11 @@ def _import_all(names: Sequence[str]) -> None:
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception as exc:  # the collector that needs it imports it again and reports
+        # Broad by design: a head start only. Whatever the import raises (ImportError, or an
+        # OSError / AttributeError from a broken binary package), the collector that needs the
+        # module imports it again in the run and reports it there; escaping here, it would only
+        # print a second traceback from a helper thread.
+        except Exception as exc:  # noqa: BLE001
             log.debug("prefetching %s failed: %s", name, exc)
             return
 
