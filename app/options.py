@@ -15,8 +15,8 @@ metavar and unit, and its group. From that one place come:
   ``--quality: expected an integer from 1 to 100, got '0'``,
   ``run.toml:quality: expected an integer from 1 to 100, got "high" (text)``
   (:class:`~pipeline.ConfigError`: exit 2);
-* the README's option table (:func:`option_table`; ``python -m app.readme`` writes it, a test
-  checks it is in step).
+* the README's option table (:func:`app.readme.option_table`; ``python -m app.readme`` writes
+  it, a test checks it is in step).
 
 Only the standard library and :mod:`pipeline.errors` are imported here: the command line is
 parsed before anything heavy is imported.
@@ -52,7 +52,6 @@ __all__ = [
     "declared",
     "merge_values",
     "option",
-    "option_table",
     "parse_bytes",
     "values_from_args",
     "values_from_mapping",
@@ -556,33 +555,3 @@ def merge_values(cls: type, earlier: Mapping[str, Any], later: Mapping[str, Any]
     for name, value in later.items():
         out[name] = kinds[name].override(out[name], value) if name in out else value
     return out
-
-
-# --------------------------------------------------------------------------- documentation
-
-
-def option_table(cls: type) -> str:
-    """The README's table of the options of ``cls``, one table per group (Markdown)."""
-    groups: dict[str, list[Declared]] = {}
-    for d in declared(cls):
-        groups.setdefault(d.option.group, []).append(d)
-    lines: list[str] = []
-    for group, items in groups.items():
-        lines += [f"**{group}**", "", "| flag | file key | value | default | meaning |"]
-        lines.append("|---|---|---|---|---|")
-        for d in items:
-            if d.option.positional:
-                flag = f"`{d.where}` …"
-            elif d.option.kind.arity == "flag":
-                flag = f"`--[no-]{d.key}`"
-            else:
-                flag = f"`--{d.key}`" + (" (repeat)" if d.option.kind.arity == "list" else "")
-            if d.option.short:
-                flag += f", `{d.option.short}`"
-            default = d.shown_default()
-            if default and d.option.shown_default is None:
-                default = f"`{default}`"
-            cells = [flag, f"`{d.key}`", d.option.kind.what, default, d.option.help]
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"

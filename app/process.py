@@ -41,7 +41,6 @@ from stages.thumbs import outputs_exist
 
 from .collectors import DataAggregate, DataTable, NearDuplicates, StatsTable
 from .config import ProcessConfig
-from .report import write_report
 
 log = logging.getLogger("app")
 
@@ -130,9 +129,9 @@ def _url_inputs(lists: Sequence[str]) -> Iterator[Item | Record]:
 
 
 #: What the end of a run imports (``stats.parquet``: pyarrow and numpy, a tenth of a second or
-#: more; near-duplicate groups: numpy), imported ahead in a thread from the run's first input on,
-#: while the parent mostly waits for its workers.
-END_OF_RUN_MODULES = ("pyarrow.csv", "pyarrow.parquet", "stages.stats")
+#: more; near-duplicate groups: numpy; ``report.html``), imported ahead in a thread from the
+#: run's first input on, while the parent mostly waits for its workers.
+END_OF_RUN_MODULES = ("pyarrow.csv", "pyarrow.parquet", "stages.stats", "app.report")
 
 
 @functools.cache
@@ -256,6 +255,8 @@ def _write_report(out: Path) -> None:
     """``report.html`` after every run (failed and interrupted ones too); never raises."""
     if not (out / "summary.json").exists():
         return  # the run never got as far as its output folder
+    from .report import write_report  # imported ahead by _prefetch_end_of_run
+
     try:
         write_report(out)
     except (OSError, ValueError, LedgerError) as exc:

@@ -11,13 +11,40 @@ import sys
 from pathlib import Path
 
 from .config import ProcessConfig
-from .options import option_table
+from .options import Declared, declared
 
-__all__ = ["BEGIN", "END", "options_section", "updated"]
+__all__ = ["BEGIN", "END", "option_table", "options_section", "updated"]
 
 BEGIN = "<!-- options: generated from app/config.py by `python -m app.readme`; do not edit -->"
 END = "<!-- options: end -->"
 README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def option_table(cls: type) -> str:
+    """The README's table of the options of ``cls``, one table per group (Markdown)."""
+    groups: dict[str, list[Declared]] = {}
+    for d in declared(cls):
+        groups.setdefault(d.option.group, []).append(d)
+    lines: list[str] = []
+    for group, items in groups.items():
+        lines += [f"**{group}**", "", "| flag | file key | value | default | meaning |"]
+        lines.append("|---|---|---|---|---|")
+        for d in items:
+            if d.option.positional:
+                flag = f"`{d.where}` …"
+            elif d.option.kind.arity == "flag":
+                flag = f"`--[no-]{d.key}`"
+            else:
+                flag = f"`--{d.key}`" + (" (repeat)" if d.option.kind.arity == "list" else "")
+            if d.option.short:
+                flag += f", `{d.option.short}`"
+            default = d.shown_default()
+            if default and d.option.shown_default is None:
+                default = f"`{default}`"
+            cells = [flag, f"`{d.key}`", d.option.kind.what, default, d.option.help]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def options_section() -> str:
