@@ -19,7 +19,10 @@ Modules, each with one owner:
 * :mod:`app.cli` — the argument parser and ``main()``: exit codes, logging.
 * :mod:`app.commands` — the ``process``, ``profile`` and ``demo`` commands.
 * :mod:`app.warmup` — the workers' forkserver started before the heavy imports.
-* :mod:`app.config` — :class:`~app.config.ProcessConfig`: every option of ``process``.
+* :mod:`app.config` — :class:`~app.config.ProcessConfig`: every option of ``process``, each
+  declared once (name, type, default, help, unit, group).
+* :mod:`app.options` — what is derived from those declarations: the flags, the config-file keys
+  and the checks; :mod:`app.readme` — the README's option table.
 * :mod:`app.process` — the ``process`` pipeline: assembly (:func:`~app.process.build_pipeline`)
   and a whole run (:func:`~app.process.run_process`).
 * :mod:`app.collectors` — end-of-run tables of the command (``stats.csv``, near duplicates,
