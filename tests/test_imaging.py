@@ -29,7 +29,7 @@ from stages.imaging import (
     parse_size,
     process_image,
 )
-from tests.conftest_images import (
+from tests.images import (
     IMAGES,
     adobe_rgb_to_srgb,
     cmyk_to_rgb,
