@@ -375,7 +375,9 @@ def _orientation(im: Image.Image) -> int:
     """EXIF orientation 1..8 (1 when absent, invalid or unreadable)."""
     try:
         value = im.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # corrupt EXIF must never fail the image
+    # The design: a corrupt EXIF block (whatever Pillow's EXIF parser raises for it) must never
+    # fail the image, whose pixels are fine; it is read as "no orientation"
+    except Exception:  # noqa: BLE001
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -564,7 +566,7 @@ def process_image(data: bytes, options: ResizeOptions) -> ImageResult:
                 raise
             except _DECODE_EXCEPTIONS as exc:
                 raise _as_image_error(exc) from exc
-            except Exception as exc:  # e.g. struct.error from a fuzzed header
+            except Exception as exc:  # e.g. struct.error from a fuzzed header: still the input's
                 raise DecodeError(f"corrupt image data ({type(exc).__name__}: {exc})") from exc
         return _render(decoded, options)
 
