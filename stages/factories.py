@@ -259,6 +259,8 @@ def download_stage(
     limit_per_host: int = 8,
     allow_private_hosts: bool = False,
     user_agent: str | None = None,
+    spool_above: int | None = 4 * 2**20,
+    spool_dir: str | os.PathLike[str] | None = None,
     name: str = "download",
 ) -> Stage:
     """An async stage that downloads URLs (the inputs: URL strings, each its own key).
@@ -272,6 +274,11 @@ def download_stage(
     at once, at most ``limit_per_host`` to one host. Hosts on loopback, private or link-local
     addresses are refused unless ``allow_private_hosts``. Each output is named after its URL:
     ``<host>/<path>_<hash>.<ext>`` below each size folder.
+
+    A body over ``spool_above`` bytes (None: never) is written to an unnamed temporary file in
+    ``spool_dir`` (default: ``TMPDIR``) as it arrives, instead of memory: ``Loaded.data`` is
+    then a ``SpooledBody`` (``len()``, ``bytes()``), which the resize workers receive as bytes.
+    So memory stays near ``workers`` x ``spool_above`` whatever ``max_bytes`` allows.
     """
     from .download import DownloadConfig
     from .fetching import download_url, session_factory
@@ -289,6 +296,8 @@ def download_stage(
             limit=max(n, limit_per_host) if isinstance(limit_per_host, int) else n,
             limit_per_host=limit_per_host,
             allow_private_hosts=allow_private_hosts,
+            spool_above=spool_above,
+            spool_dir=None if spool_dir is None else os.fsdecode(spool_dir),
             **agent,
         )
     except ValueError as exc:
