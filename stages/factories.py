@@ -113,6 +113,8 @@ def walk(
             raise ConfigError(f"input {os.fspath(path)!r} does not exist")
     if not isinstance(verify_content, bool):
         raise ConfigError(f"verify_content must be a bool, got {verify_content!r}")
+    if output is not None:
+        _check_apart(paths, output)
     return walk_inputs(
         paths,
         include=_globs(include, "include"),
@@ -120,6 +122,18 @@ def walk(
         never=() if output is None else (output,),
         verify_content=verify_content,
     )
+
+
+def _check_apart(paths: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> None:
+    """An input that is the output folder, or lies inside it, would read outputs back."""
+    out = os.path.realpath(output)
+    for path in paths:
+        real = os.path.realpath(path)
+        if real == out or real.startswith(out.rstrip(os.sep) + os.sep):
+            raise ConfigError(
+                f"input {os.fspath(path)!r} is the output folder {os.fspath(output)!r} or inside "
+                "it: its outputs would be read back as inputs"
+            )
 
 
 # --------------------------------------------------------------------------- read

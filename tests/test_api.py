@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import stages
-from pipeline import ConfigError, Pipeline, Skip, Stage, run_stage, stage
+from pipeline import ConfigError, Pipeline, Record, Skip, Stage, run_stage, stage
 from stages.files import Loaded
 from stages.imaging import ResizeOptions, process_image, thumbnail_image
 from stages.options import Size, as_size, as_sizes
@@ -263,6 +263,8 @@ def test_factories_give_stages_of_the_right_kind() -> None:
         lambda: stages.walk(),
         lambda: stages.walk("no/such/folder"),
         lambda: stages.walk(IMAGES, include=[3]),  # type: ignore[list-item]
+        lambda: stages.walk(IMAGES, output=IMAGES),  # outputs would be read back
+        lambda: stages.walk(IMAGES / "nested", output=IMAGES),
     ],
 )
 def test_factories_refuse_bad_options_when_called(build: Any) -> None:
@@ -341,6 +343,18 @@ def test_a_user_pipeline_over_a_folder(photos: Path, tmp_path: Path) -> None:
 
     again = pipe.run(stages.walk(photos), output=out, progress=False)
     assert again.counts.get("skipped") == len(recs)  # resume: nothing to redo
+
+
+def test_walk_leaves_the_output_folder_out(photos: Path) -> None:
+    out = photos / "out"
+    (out / "256").mkdir(parents=True)
+    (out / "256" / "old.jpg").write_bytes((IMAGES / "640x480_rgb.jpg").read_bytes())
+    found = {x.key: x for x in stages.walk(photos, output=out)}
+    skipped = found["out/"]
+    assert isinstance(skipped, Record) and (skipped.reason or "").startswith("the output folder")
+    assert not any(k.startswith("out/256") for k in found)
+    jpegs = {x.key for x in stages.walk(photos, output=out, include="*.jpg")}  # one glob
+    assert "640x480_rgb.jpg" in jpegs and "300x300_small.png" not in jpegs
 
 
 def test_read_stage_takes_paths_and_passes_downloads(tmp_path: Path) -> None:
