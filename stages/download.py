@@ -502,7 +502,7 @@ async def _read_body(
                 )
             body += chunk
             if total > spool_at and len(body) >= WRITE_BYTES:
-                spool = spool or await Spool.create(config.spool_dir)
+                spool = spool or Spool.create(config.spool_dir)
                 await spool.write(body)
                 body.clear()
         # aiohttp raises ClientPayloadError for a short body; this is a second check. With a
@@ -514,16 +514,18 @@ async def _read_body(
             )
         if spool is None and total <= threshold:
             return bytes(body)
-        spool = spool or await Spool.create(config.spool_dir)
+        spool = spool or Spool.create(config.spool_dir)
         if body:
             await spool.write(body)
         done, spool = await spool.finish(), None
         return done
     finally:
-        # Free the partial body at once: on an error the traceback keeps this frame (and so
-        # `body`) alive for as long as anyone holds the exception. A spool left here is an
-        # error's or a cancellation's: its file goes.
-        body.clear()
+        # Drop the partial body at once: on an error the traceback keeps this frame alive for
+        # as long as anyone holds the exception. (Not body.clear(): after a cancellation, the
+        # thread of the write it interrupted may still be reading the buffer, which then goes
+        # when that write is done.) A spool left here is an error's or a cancellation's: its
+        # file goes.
+        del body
         if spool is not None:
             await spool.discard()
 

@@ -29,12 +29,9 @@ import contextlib
 import os
 import tempfile
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiofiles
-
-if TYPE_CHECKING:
-    from aiofiles.threadpool.binary import AsyncBufferedIOBase
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 __all__ = ["WRITE_BYTES", "Spool", "SpooledBody"]
 
@@ -92,7 +89,10 @@ class Spool:
         self.size = 0
 
     @classmethod
-    async def create(cls, folder: str | None) -> Spool:
+    def create(cls, folder: str | None) -> Spool:
+        """A new spool. Synchronous on purpose, a few system calls: the descriptor changes
+        owner here, and an ``await`` (aiofiles' own ``open`` runs in a thread) would let a
+        cancellation leave a file object that owns it half made."""
         fd, path = tempfile.mkstemp(prefix=".pp-spool-", dir=folder)
         try:
             os.unlink(path)  # nameless from the start: nothing to clean up, whatever happens
@@ -101,12 +101,12 @@ class Spool:
             os.close(fd)
             raise
         try:
-            writer = await aiofiles.open(fd, "wb")
+            file = open(fd, "wb")  # noqa: SIM115 - owned by the spool, closed by finish/discard
         except BaseException:
             os.close(fd)
             os.close(read_fd)
             raise
-        return cls(writer, read_fd)
+        return cls(AsyncBufferedIOBase(file, loop=None, executor=None), read_fd)
 
     async def write(self, data: bytes | bytearray) -> None:
         await self._writer.write(data)

@@ -130,28 +130,33 @@ async def test_errors_while_spooling_leave_nothing_behind(server: str, spool_dir
 
 
 @pytest.mark.asyncio
-async def test_cancelled_while_spooling_leaves_nothing_behind(server: str, spool_dir: Path) -> None:
+@pytest.mark.parametrize("write_bytes", [2**20, 64 * 2**20])
+async def test_cancelled_while_spooling_leaves_nothing_behind(
+    server: str, spool_dir: Path, write_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 64 MiB writes take tens of ms in their thread: the cancellation lands while one runs
+    monkeypatch.setattr("stages.download.WRITE_BYTES", write_bytes)
     config = cfg(spool_dir, max_bytes=2**40, total_timeout=30.0)
-    task = asyncio.create_task(get(f"{server}/endless?chunk=65536", config))
-    for _ in range(200):  # until the body has reached its file
-        await asyncio.sleep(0.01)
+    task = asyncio.create_task(get(f"{server}/endless?chunk=262144", config))
+    for _ in range(1000):  # until the body is on its way to its file
+        await asyncio.sleep(0.005)
         if open_spools(spool_dir):
             break
     assert open_spools(spool_dir) != []
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(asyncio.CancelledError):  # nothing else, and no descriptor left
         await task
 
 
 @pytest.mark.asyncio
 async def test_spool_write_finish_and_discard(spool_dir: Path) -> None:
-    spool = await Spool.create(str(spool_dir))
+    spool = Spool.create(str(spool_dir))
     await spool.write(b"abc")
     await spool.write(bytearray(b"def"))
     body = await spool.finish()
     assert (len(body), body.read()) == (6, b"abcdef")
     body.close()
-    spool = await Spool.create(str(spool_dir))
+    spool = Spool.create(str(spool_dir))
     await spool.write(b"x" * 10)
     await spool.discard()
     assert open_spools(spool_dir) == []
