@@ -3,7 +3,10 @@
 Data flow: one :func:`make_session` per run (its connector holds the global and per-host
 connection limits and the address-checking resolver); the stage calls :func:`fetch` once per URL
 and gets a :class:`Downloaded` record, or a :class:`DownloadError` that the engine turns into a
-``failed`` ledger record. :func:`url_to_relpath` names the output file for a URL.
+``failed`` ledger record. :func:`url_to_relpath` names the output file for a URL. A body over
+``spool_above`` bytes is written to an unnamed temporary file as it arrives
+(:mod:`stages.spool`) instead of being held in memory: ``Downloaded.data`` is then a
+:class:`~stages.spool.SpooledBody` (``len()``, ``bytes()``; it pickles as the bytes).
 
 One attempt = the request, every redirect hop and the whole body, bounded by ``total_timeout``.
 Attempts are repeated with exponential backoff and full jitter (or the server's ``Retry-After``)
@@ -37,6 +40,7 @@ import hashlib
 import ipaddress
 import logging
 import math
+import os
 import random
 import re
 import socket
@@ -52,6 +56,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import ContentLengthError, TransferEncodingError
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
+
+from .spool import WRITE_BYTES, Spool, SpooledBody
 
 __all__ = [
     "BadURL",
@@ -99,6 +105,11 @@ class DownloadConfig:
     limit_per_host: int = 8
     allow_private_hosts: bool = False
     user_agent: str = "pixpipe/0.1 (+batch image pipeline)"
+    # A body bigger than this goes to an unnamed temporary file in spool_dir (None: TMPDIR) as
+    # it arrives, not into memory (stages.spool); None keeps every body in memory. 4 MiB: most
+    # photos stay in memory, and `limit` downloads at once hold at most limit x 4 MiB.
+    spool_above: int | None = 4 * 2**20
+    spool_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_timeout", "total_timeout"):
@@ -128,6 +139,15 @@ class DownloadConfig:
         ua = self.user_agent
         if not isinstance(ua, str) or not ua.strip() or any(ord(c) < 32 for c in ua):
             raise ValueError(f"user_agent must be a non-empty single-line string, got {ua!r}")
+        spool = self.spool_above
+        if spool is not None and (
+            isinstance(spool, bool) or not isinstance(spool, int) or spool < 0
+        ):
+            raise ValueError(f"spool_above must be an int >= 0 or None, got {spool!r}")
+        if self.spool_dir is not None and not (
+            isinstance(self.spool_dir, str) and os.path.isdir(self.spool_dir)
+        ):
+            raise ValueError(f"spool_dir must be an existing folder, got {self.spool_dir!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +155,14 @@ class Downloaded:
     """A successful download. ``content_type`` is the media type without parameters, lowercased,
     ``""`` when the server sent none. It is reported, not checked: a ``text/html`` answer to an
     image URL is still a successful download; the caller (the decode stage) decides whether the
-    bytes are usable. ``elapsed`` covers all attempts and backoff waits."""
+    bytes are usable. ``elapsed`` covers all attempts and backoff waits. ``data`` is the body's
+    bytes, or a :class:`~stages.spool.SpooledBody` for a body over ``spool_above``."""
 
     url: str
     final_url: str
     status: int
     content_type: str
-    data: bytes = field(repr=False)
+    data: bytes | SpooledBody = field(repr=False)
     attempts: int
     elapsed: float
 
@@ -435,16 +456,20 @@ def _media_type(response: aiohttp.ClientResponse) -> str:
     return header.split(";", 1)[0].strip().lower()
 
 
-async def _read_body(response: aiohttp.ClientResponse, max_bytes: int, url: str) -> bytes:
+async def _read_body(
+    response: aiohttp.ClientResponse, config: DownloadConfig, url: str
+) -> bytes | SpooledBody:
     status = response.status
     declared = response.content_length
     headers = response.headers
+    max_bytes, spool_above = config.max_bytes, config.spool_above
     if declared is not None:
         if declared > max_bytes:
             raise TooLarge(
                 f"Content-Length {declared} exceeds max_bytes {max_bytes}", url=url, status=status
             )
-        if "Content-Encoding" not in headers and "Transfer-Encoding" not in headers:
+        small = spool_above is None or declared <= spool_above
+        if small and "Content-Encoding" not in headers and "Transfer-Encoding" not in headers:
             # A Content-Length within the cap and nothing to decode: aiohttp's parser frames the
             # body by that length and hands over at most `declared` bytes whatever the server
             # sends after them, so one read() is bounded by the cap too, and cheaper than
@@ -457,36 +482,57 @@ async def _read_body(response: aiohttp.ClientResponse, max_bytes: int, url: str)
             if len(data) > max_bytes:  # cannot happen (framed by Content-Length): belt and braces
                 raise TooLarge(f"body exceeds max_bytes {max_bytes}", url=url, status=status)
             return data
-    # No Content-Length, or a body to decode: stream it and count. The cap counts decoded bytes:
-    # with a Content-Encoding, aiohttp (3.14) inflates in bounded pieces, so a small compressed
-    # body cannot expand past the cap in memory.
+    # No Content-Length, a body to decode, or one to spool: stream it and count. The cap counts
+    # decoded bytes: with a Content-Encoding, aiohttp (3.14) inflates in bounded pieces, so a
+    # small compressed body cannot expand past the cap in memory.
     body = bytearray()
+    total = 0
+    # over spool_above: to a file, in pieces of WRITE_BYTES (at once when the length says so)
+    spool: Spool | None = None
+    threshold = math.inf if spool_above is None else spool_above
+    spool_at = 0 if declared is not None and declared > threshold else threshold
     try:
         async for chunk in response.content.iter_chunked(_CHUNK):
-            if len(body) + len(chunk) > max_bytes:
+            total += len(chunk)
+            if total > max_bytes:
                 raise TooLarge(
                     f"body exceeds max_bytes {max_bytes} (no or false Content-Length)",
                     url=url,
                     status=status,
                 )
             body += chunk
+            if total > spool_at and len(body) >= WRITE_BYTES:
+                spool = spool or Spool.create(config.spool_dir)
+                await spool.write(body)
+                body.clear()
         # aiohttp raises ClientPayloadError for a short body; this is a second check. With a
         # Content-Encoding the length is that of the encoded body, so it cannot be compared.
         encoded = headers.get("Content-Encoding", "identity").lower() != "identity"
-        if declared is not None and not encoded and len(body) < declared:
+        if declared is not None and not encoded and total < declared:
             raise TruncatedBody(
-                f"got {len(body)} of {declared} bytes (Content-Length)", url=url, status=status
+                f"got {total} of {declared} bytes (Content-Length)", url=url, status=status
             )
-        return bytes(body)
+        if spool is None and total <= threshold:
+            return bytes(body)
+        spool = spool or Spool.create(config.spool_dir)
+        if body:
+            await spool.write(body)
+        done, spool = await spool.finish(), None
+        return done
     finally:
-        # Free the partial body at once: on an error the traceback keeps this frame (and so
-        # `body`) alive for as long as anyone holds the exception.
-        body.clear()
+        # Drop the partial body at once: on an error the traceback keeps this frame alive for
+        # as long as anyone holds the exception. (Not body.clear(): after a cancellation, the
+        # thread of the write it interrupted may still be reading the buffer, which then goes
+        # when that write is done.) A spool left here is an error's or a cancellation's: its
+        # file goes.
+        del body
+        if spool is not None:
+            await spool.discard()
 
 
 async def _attempt(
     session: aiohttp.ClientSession, url: str, config: DownloadConfig, prep: _Prepared
-) -> tuple[str, int, str, bytes]:
+) -> tuple[str, int, str, bytes | SpooledBody]:
     """One attempt: follow redirects by hand, so that every hop is checked; read the body.
 
     The attempt's time limit is aiohttp's own ``total`` timer (one timer per request, covering
@@ -532,7 +578,7 @@ async def _attempt(
                         status=status,
                         retry_after=parse_retry_after(response.headers.get("Retry-After")),
                     )
-                data = await _read_body(response, config.max_bytes, url)
+                data = await _read_body(response, config, url)
                 return str(response.url), status, _media_type(response), data
         raise TooManyRedirects(f"more than {config.max_redirects} redirects", url=url)
     except DownloadError as exc:
@@ -565,7 +611,8 @@ def _translate(exc: Exception, url: str) -> DownloadError:
 
 
 async def fetch(session: aiohttp.ClientSession, url: str, config: DownloadConfig) -> Downloaded:
-    """Download ``url`` into memory; retry transient failures; raise a DownloadError otherwise.
+    """Download ``url`` (into memory, or to a file over ``spool_above``); retry transient
+    failures; raise a DownloadError otherwise.
 
     ``session`` must come from :func:`make_session` when ``config.allow_private_hosts`` is False
     (a ValueError says so otherwise): the address policy lives in that session's resolver.

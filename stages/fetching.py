@@ -27,7 +27,7 @@ from .files import Loaded
 from .sources import SourceFile
 from .urls import iter_url_list
 
-__all__ = ["UrlSource", "download", "session_factory", "url_inputs"]
+__all__ = ["UrlSource", "download", "download_url", "session_factory", "url_inputs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +71,21 @@ def session_factory(config: DownloadConfig) -> Callable[[], aiohttp.ClientSessio
 async def download(
     value: UrlSource | SourceFile, config: DownloadConfig, *, session: aiohttp.ClientSession
 ) -> Loaded | SourceFile:
-    """Fetch a URL's bytes (retries, timeouts, byte cap inside ``fetch``); files pass through."""
+    """The ``process`` command's download stage: a URL's bytes; files pass through."""
     if not isinstance(value, UrlSource):
         return value
+    return await download_url(value, config, session=session)
+
+
+async def download_url(
+    value: UrlSource | str, config: DownloadConfig, *, session: aiohttp.ClientSession
+) -> Loaded:
+    """Fetch a URL's bytes (retries, timeouts, byte cap inside ``fetch``); a plain URL string is
+    named by :func:`~stages.download.url_to_relpath`."""
+    if isinstance(value, str):
+        value = UrlSource(value, url_to_relpath(value))
+    elif not isinstance(value, UrlSource):
+        raise TypeError(f"download_stage takes URL strings, got {type(value).__name__}")
     got = await fetch(session, value.url, config)
     origin: dict[str, Any] = {
         "url": got.url,

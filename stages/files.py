@@ -18,12 +18,15 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import Skip, atomic_write_bytes
 
 from .sniff import HEAD_BYTES, NPY_MAGIC, describe, image_format
 from .sources import SourceFile
+
+if TYPE_CHECKING:
+    from .spool import SpooledBody
 
 __all__ = [
     "FileTooLarge",
@@ -55,12 +58,15 @@ class NumpyFile(Exception):
 class Loaded:
     """Input bytes on their way to the decode stage, with the output-relative path.
 
-    ``origin`` says where downloaded bytes came from (final URL, HTTP status, attempts);
-    ``tag`` is the output-name tag of the input (:mod:`stages.naming`).
+    ``data`` is the file's bytes; a download over ``spool_above`` bytes is a
+    :class:`~stages.spool.SpooledBody` instead (an unnamed temporary file: ``len(data)``,
+    ``bytes(data)``), which a process worker receives as plain bytes. ``origin`` says where
+    downloaded bytes came from (final URL, HTTP status, attempts); ``tag`` is the output-name
+    tag of the input (:mod:`stages.naming`).
     """
 
     rel: str
-    data: bytes = field(repr=False)
+    data: bytes | SpooledBody = field(repr=False)
     origin: dict[str, Any] | None = None
     tag: str | None = None
 

@@ -2,7 +2,10 @@
 
 :func:`process_image` is the fused call a process worker runs for one item: bytes in, a small
 :class:`ImageResult` (encoded outputs + statistics) out, so decoded pixels never cross a process
-boundary. It is a plain module-level function of picklable arguments.
+boundary. It is a plain module-level function of picklable arguments. :func:`thumbnail_image`
+runs the same decode and resize for one size and returns the image instead of its encoding;
+:func:`encode_image` encodes an image as the outputs of :func:`process_image` are encoded (the
+public ``stages.thumbnail`` and ``stages.encode`` are these two).
 
 Data flow inside :func:`process_image`::
 
@@ -97,8 +100,10 @@ __all__ = [
     "Size",
     "TruncatedImage",
     "UnsupportedImage",
+    "encode_image",
     "parse_size",
     "process_image",
+    "thumbnail_image",
 ]
 
 log = logging.getLogger(__name__)
@@ -369,13 +374,16 @@ _KEEP_FORMAT: dict[str, EncodedFormat] = {
     "WEBP": "webp",
 }
 _EXT: dict[EncodedFormat, str] = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
+_WHITE = (255, 255, 255)  # what alpha is flattened onto for JPEG
 
 
 def _orientation(im: Image.Image) -> int:
     """EXIF orientation 1..8 (1 when absent, invalid or unreadable)."""
     try:
         value = im.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # corrupt EXIF must never fail the image
+    # The design: a corrupt EXIF block (whatever Pillow's EXIF parser raises for it) must never
+    # fail the image, whose pixels are fine; it is read as "no orientation"
+    except Exception:  # noqa: BLE001
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -551,11 +559,56 @@ def process_image(data: bytes, options: ResizeOptions) -> ImageResult:
     image, corrupt), :class:`TruncatedImage`, :class:`DecompressionBomb` (checked from the header,
     before decoding) and :class:`UnsupportedImage`.
     """
+    with _decoded(data, options) as decoded:
+        return _render(decoded, options)
+
+
+def thumbnail_image(data: bytes, options: ResizeOptions) -> Image.Image:
+    """The first size of ``options`` as an image: :func:`process_image`'s decode and resize, not
+    encoded (``format`` and ``quality`` are not used).
+
+    The image is L, LA, RGB or RGBA, in sRGB, upright, without metadata (``info`` is empty: the
+    embedded profile and the EXIF orientation are applied already); alpha is kept, and ``pad``
+    pads it with transparency. :func:`encode_image` makes of it what :func:`process_image` writes
+    (the same bytes, except that ``pad`` on an image with alpha pads with white, not
+    ``pad_color``, once flattened for JPEG). Raises what :func:`process_image` raises.
+    """
+    with _decoded(data, options) as decoded:
+        work, scale = _prepare(decoded)
+        g = decoded.geoms[0]
+        content = _resample(work, scale, g)
+        if options.mode == "pad":
+            content = _pad(content, g, options.pad_color)
+        if isinstance(content, ImageFile.ImageFile):
+            # still the decoded file itself (nothing to convert or resize): closing the file
+            # would take its pixels with it
+            content = content.copy()
+    content.info = {}
+    return content
+
+
+def encode_image(img: Image.Image, fmt: EncodedFormat, quality: int) -> bytes:
+    """Encode ``img`` as :func:`process_image` encodes its outputs: any mode normalised (as when
+    decoding) and an embedded ICC profile converted to sRGB, alpha flattened onto white for JPEG,
+    no metadata. ``img`` itself is left unchanged."""
+    icc = img.info.get("icc_profile") or None
+    work, icc_done = _normalise_mode(img, icc)
+    if not icc_done:
+        work = _to_srgb(work, icc)
+    if work is img and img.info:
+        work = img.copy()  # _encode drops the metadata of what it encodes, never the caller's
+    return _encode(_flatten(work, _WHITE) if fmt == "jpeg" else work, fmt, quality)
+
+
+@contextlib.contextmanager
+def _decoded(data: bytes, options: ResizeOptions) -> Iterator[_Decoded]:
+    """Open and decode ``data`` (header checks, draft, mode normalisation) and keep the file
+    image open while the caller renders from it, so the decoded pixels are never copied."""
     if not data:
         raise DecodeError("empty input (0 bytes)")
     with contextlib.ExitStack() as stack:
         # The guard covers only open + decode; the file image stays open (ExitStack) until the
-        # outputs are rendered, so the decoded pixels are never copied.
+        # outputs are rendered.
         with _decode_guard(options.allow_truncated):
             try:
                 im = stack.enter_context(Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS))
@@ -564,9 +617,9 @@ def process_image(data: bytes, options: ResizeOptions) -> ImageResult:
                 raise
             except _DECODE_EXCEPTIONS as exc:
                 raise _as_image_error(exc) from exc
-            except Exception as exc:  # e.g. struct.error from a fuzzed header
+            except Exception as exc:  # e.g. struct.error from a fuzzed header: still the input's
                 raise DecodeError(f"corrupt image data ({type(exc).__name__}: {exc})") from exc
-        return _render(decoded, options)
+        yield decoded
 
 
 @dataclass
@@ -635,8 +688,8 @@ def _resample_filter(box_w: float, box_h: float, size: tuple[int, int]) -> Image
     return Image.Resampling.LANCZOS
 
 
-def _render(d: _Decoded, options: ResizeOptions) -> ImageResult:
-    """Reduce, colour-manage, orient, then resize/crop/pad/encode every output."""
+def _prepare(d: _Decoded) -> tuple[Image.Image, int]:
+    """Reduce, colour-manage and orient the decoded image: (image, its scale to the original)."""
     work, scale = d.work, d.scale
     # integer box reduction while >= REDUCING_GAP x what is needed (stored orientation)
     need_w, need_h = (d.need[1], d.need[0]) if d.orientation >= 5 else d.need
@@ -647,6 +700,27 @@ def _render(d: _Decoded, options: ResizeOptions) -> ImageResult:
     work = _to_srgb(work, d.icc)
     if d.orientation in _ORIENTATION_TRANSPOSE:
         work = work.transpose(_ORIENTATION_TRANSPOSE[d.orientation])
+    return work, scale
+
+
+def _resample(work: Image.Image, scale: int, g: _Geometry) -> Image.Image:
+    """One output's content: its source box of ``work`` resampled to its size."""
+    x0, y0 = g.box[0] / scale, g.box[1] / scale
+    x1, y1 = min(g.box[2] / scale, work.width), min(g.box[3] / scale, work.height)
+    whole = x0 == 0 and y0 == 0 and x1 == work.width and y1 == work.height
+    if whole and g.content == work.size:
+        return work
+    return work.resize(
+        g.content,
+        _resample_filter(x1 - x0, y1 - y0, g.content),
+        box=(x0, y0, x1, y1),
+        reducing_gap=REDUCING_GAP,
+    )
+
+
+def _render(d: _Decoded, options: ResizeOptions) -> ImageResult:
+    """Reduce, colour-manage, orient, then resize/crop/pad/encode every output."""
+    work, scale = _prepare(d)
     has_alpha = work.mode in ("LA", "RGBA")
 
     fmt: EncodedFormat
@@ -659,22 +733,11 @@ def _render(d: _Decoded, options: ResizeOptions) -> ImageResult:
     stats_source = work
     stats_area = -1
     for g in d.geoms:
-        x0, y0 = g.box[0] / scale, g.box[1] / scale
-        x1, y1 = min(g.box[2] / scale, work.width), min(g.box[3] / scale, work.height)
-        whole = x0 == 0 and y0 == 0 and x1 == work.width and y1 == work.height
-        if whole and g.content == work.size:
-            content = work
-        else:
-            content = work.resize(
-                g.content,
-                _resample_filter(x1 - x0, y1 - y0, g.content),
-                box=(x0, y0, x1, y1),
-                reducing_gap=REDUCING_GAP,
-            )
+        content = _resample(work, scale, g)
         area = g.content[0] * g.content[1]
         if area > stats_area:
             stats_source, stats_area = content, area
-        out = _flatten(content, (255, 255, 255)) if fmt == "jpeg" else content
+        out = _flatten(content, _WHITE) if fmt == "jpeg" else content
         if options.mode == "pad":
             out = _pad(out, g, options.pad_color)
         outputs.append(

@@ -9,6 +9,7 @@ libraries: only the workers do. Every class here pickles by reference to this mo
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -25,6 +26,8 @@ __all__ = [
     "Size",
     "TruncatedImage",
     "UnsupportedImage",
+    "as_size",
+    "as_sizes",
     "parse_size",
 ]
 
@@ -104,6 +107,43 @@ def parse_size(text: str) -> Size:
     if not w and not h:
         raise ValueError(f"invalid size {text!r}: give a width, a height or both")
     return Size(width=int(w) if w else None, height=int(h) if h else None)
+
+
+SizeLike: TypeAlias = "int | str | tuple[int | None, int | None] | Size"
+"""What the public API takes for a size: ``512`` or ``"512"`` (a 512x512 box), ``"640x480"``,
+``"640x"``, ``(640, 480)``, ``(640, None)`` or a :class:`Size`."""
+
+
+def as_size(value: SizeLike) -> Size:
+    """The :class:`Size` of any :data:`SizeLike` value; ``ValueError`` for anything else."""
+    if isinstance(value, Size):
+        return value
+    if isinstance(value, str):
+        return parse_size(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Size(width=value, height=value)
+    if isinstance(value, tuple) and len(value) == 2:
+        return Size(width=value[0], height=value[1])
+    raise ValueError(f"invalid size {value!r}: expected e.g. 512, '640x480' or (640, 480)")
+
+
+def _is_box(value: object) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value)
+    )
+
+
+def as_sizes(value: SizeLike | Sequence[SizeLike]) -> tuple[Size, ...]:
+    """One size or several: a list (or a tuple that is not one ``(width, height)`` box) holds
+    several, anything else is one (``(256, 512)`` is one 256x512 box; ``[256, 512]`` two)."""
+    if isinstance(value, list) or (isinstance(value, tuple) and not _is_box(value)):
+        sizes = tuple(as_size(v) for v in value)
+        if not sizes:
+            raise ValueError("give at least one size")
+        return sizes
+    return (as_size(value),)  # type: ignore[arg-type]
 
 
 _MODES = ("fit", "fill", "pad", "exact")

@@ -34,7 +34,10 @@ def render(loaded: Loaded, options: ResizeOptions) -> Rendered:
     """Decode, resize to every size, compute statistics: runs in a process worker."""
     from .imaging import process_image  # numpy and Pillow: in the workers only
 
-    return Rendered(loaded.rel, process_image(loaded.data, options), loaded.origin, loaded.tag)
+    # bytes() is the bytes object itself, or a spooled download's content (a process worker
+    # always receives plain bytes; a thread, as on Dask, reads the file here)
+    result = process_image(bytes(loaded.data), options)
+    return Rendered(loaded.rel, result, loaded.origin, loaded.tag)
 
 
 def output_path(out: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from stages.imaging import (
     parse_size,
     process_image,
 )
-from tests.conftest_images import (
+from tests.images import (
     IMAGES,
     adobe_rgb_to_srgb,
     cmyk_to_rgb,
@@ -637,3 +637,85 @@ def test_last_step_filter_hamming_only_for_shrinks_up_to_2x(
     assert imaging._resample_filter(500, 400, (1000, 800)) is Image.Resampling.LANCZOS  # upscale
     assert imaging._resample_filter(2000, 1500, (1000, 750)) is Image.Resampling.HAMMING
     assert imaging._resample_filter(2001, 1500, (1000, 750)) is Image.Resampling.LANCZOS
+
+
+# --------------------------------------------------------------------------- thumbnail, encode
+
+_EVERY_SAMPLE = [
+    *sorted(p.name for p in IMAGES.iterdir() if p.is_file()),
+    "animated.gif",
+    "bw_1bit.png",
+    "cmyk.jpg",
+    "cmyk_adobe_inverted.jpg",
+    "exif_rot6.jpg",
+    "exif_rot7.jpg",
+    "gray16.png",
+    "icc_adobergb.jpg",
+    "la_alpha.png",
+    "palette_transparent.png",
+]
+
+
+def _sample(name: str) -> bytes:
+    return (IMAGES / name).read_bytes() if (IMAGES / name).exists() else edge(name)
+
+
+@pytest.mark.parametrize("name", _EVERY_SAMPLE)
+@pytest.mark.parametrize(
+    ("size", "mode", "fmt"),
+    [
+        ("128", "fit", "jpeg"),
+        ("96x64", "fill", "png"),
+        ("100x60", "pad", "webp"),
+        ("2000", "fit", "jpeg"),
+    ],
+)
+def test_thumbnail_then_encode_is_what_process_image_writes(
+    name: str, size: str, mode: str, fmt: str
+) -> None:
+    from stages.imaging import encode_image, thumbnail_image
+
+    data = _sample(name)
+    options = opts(size, mode=mode, format=fmt, quality=80, pad_color=(10, 20, 30))
+    (expected,) = process_image(data, options).outputs
+    image = thumbnail_image(data, options)
+    assert image.mode in ("L", "LA", "RGB", "RGBA")
+    assert image.info == {}
+    assert image.size == (expected.width, expected.height)
+    # byte for byte (pad + JPEG would differ for images with alpha: see thumbnail_image)
+    assert encode_image(image, fmt, 80) == expected.data
+
+
+def test_thumbnail_image_of_an_image_that_needs_no_work_outlives_its_file() -> None:
+    from stages.imaging import thumbnail_image
+
+    data = encode(photo_like(64, 48), "PNG")  # RGB, no resize (no upscale): the file's own image
+    image = thumbnail_image(data, opts("512"))
+    assert type(image) is Image.Image and image.size == (64, 48)
+    assert close_to(pixels(image), pixels(decode(data)), 0)
+
+
+def test_thumbnail_image_keeps_alpha_and_pads_with_transparency() -> None:
+    from stages.imaging import thumbnail_image
+
+    image = thumbnail_image(edge("la_alpha.png"), opts("100x60", mode="pad"))
+    assert image.mode == "LA" and image.size == (100, 60)
+    assert image.getpixel((0, 0))[1] == 0  # type: ignore[index]
+
+
+def test_encode_image_leaves_its_argument_alone_and_converts_what_it_must() -> None:
+    from stages.imaging import encode_image
+
+    with Image.open(io.BytesIO(edge("icc_adobergb.jpg"))) as im:
+        im.load()
+        info = dict(im.info)
+        data = encode_image(im, "jpeg", 90)
+        assert im.info == info  # the caller's image keeps its profile
+    with Image.open(io.BytesIO(data)) as out:
+        assert "icc_profile" not in out.info and out.mode == "RGB"
+    p_image = Image.new("P", (8, 8))
+    assert fmt_of(encode_image(p_image, "jpeg", 90)) == "JPEG"
+    assert decode(encode_image(Image.new("RGBA", (4, 4), (0, 0, 0, 0)), "jpeg", 90)).getpixel(
+        (1, 1)
+    ) == pytest.approx((255, 255, 255), abs=2)
+    assert fmt_of(encode_image(Image.new("I;16", (4, 4), 1000), "png", 90)) == "PNG"

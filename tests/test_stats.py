@@ -20,7 +20,7 @@ from stages.stats import (
     image_stats,
     near_duplicate_groups,
 )
-from tests.conftest_images import IMAGES, decode, encode, photo_like
+from tests.images import IMAGES, decode, encode, photo_like
 
 # --------------------------------------------------------------------------- image_stats
 
