@@ -79,7 +79,7 @@ def iterate(
         try:
             await run.execute()
             out.put(None)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 — the run's thread hands its end to the caller
             out.put(exc)
 
     thread = threading.Thread(target=lambda: asyncio.run(main()), name="pipeline-run", daemon=True)

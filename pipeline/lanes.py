@@ -27,7 +27,7 @@ from .calls import (
     SLOT_STEP,
     Outcome,
     Step,
-    backoff_delay,
+    retry_delay,
     run_batch,
     run_chain,
 )
@@ -78,7 +78,7 @@ def timeout_outcome(steps: Sequence[Step], step: int, busy: float) -> Outcome:
     exc = ItemTimeout(f"stage {steps[step].name!r} ran past its timeout of {limit:g} s")
     times = [0.0] * len(steps)
     times[step] = busy
-    return Outcome(False, exc, step, 1, times)
+    return Outcome.failure(exc, step=step, attempts=1, busy=times)
 
 
 class InlineLane:
@@ -121,25 +121,24 @@ class AsyncLane:
                 else:
                     async with asyncio.timeout(step.timeout):
                         result = await step.fn(value, *step.args, **step.kwargs)
-            except TimeoutError as exc:
+            except Exception as exc:  # noqa: BLE001 — the per-item boundary for async stages
                 busy += time.perf_counter() - started
-                if isinstance(exc.__context__, asyncio.CancelledError):
+                if isinstance(exc, TimeoutError) and isinstance(
+                    exc.__context__, asyncio.CancelledError
+                ):
                     # our deadline, not a TimeoutError raised by the function: final, as for
                     # thread and process stages whose timed-out workers are abandoned or killed
                     msg = f"stage {step.name!r} ran past its timeout of {step.timeout:g} s"
-                    return Outcome(False, ItemTimeout(msg), 0, attempts, [busy])
-                if attempts <= step.retries and isinstance(exc, step.retry_on):
-                    await asyncio.sleep(backoff_delay(step.backoff, attempts))
-                    continue
-                return Outcome(False, exc, 0, attempts, [busy])
-            except Exception as exc:  # the per-item boundary for async stages
-                busy += time.perf_counter() - started
-                if attempts <= step.retries and isinstance(exc, step.retry_on):
-                    await asyncio.sleep(backoff_delay(step.backoff, attempts))
-                    continue
-                return Outcome(False, exc, 0, attempts, [busy])
+                    exc = ItemTimeout(msg)
+                    delay = None
+                else:
+                    delay = retry_delay(step, exc, attempts)
+                if delay is None:
+                    return Outcome.failure(exc, step=0, attempts=attempts, busy=[busy])
+                await asyncio.sleep(delay)
+                continue
             busy += time.perf_counter() - started
-            return Outcome(True, result, 0, attempts, [busy])
+            return Outcome.success(result, step=0, attempts=attempts, busy=[busy])
 
     async def close(self, *, graceful: bool) -> None:
         return None

@@ -149,23 +149,18 @@ def _pack_values(
         pickled, p = _dumps_values(values, region)
         header = pickle.dumps((seq, len(p.buffers), pickled), protocol=5)
         return _Outgoing([header, *p.buffers], p.copies, region[0]), {}
-    except Exception:
+    except Exception:  # noqa: BLE001 — a user's value may fail to pickle in any way: find which
         pass
     bad: dict[int, Outcome] = {}
     for i, value in enumerate(values):
         try:
             pickle.dumps(value, protocol=5)
-        except Exception as exc:
-            bad[i] = Outcome(
-                False,
-                Unpicklable(
-                    f"the input of stage {steps[0].name!r} cannot be pickled to reach a worker "
-                    f"process ({type(exc).__name__}: {exc})"
-                ),
-                0,
-                1,
-                [0.0] * len(steps),
+        except Exception as exc:  # noqa: BLE001 — the per-item boundary: that item fails
+            error = Unpicklable(
+                f"the input of stage {steps[0].name!r} cannot be pickled to reach a worker "
+                f"process ({type(exc).__name__}: {exc})"
             )
+            bad[i] = Outcome.failure(error, step=0, attempts=1, busy=[0.0] * len(steps))
     return None, bad
 
 
@@ -465,7 +460,8 @@ class ProcessLane:
                 index = -1
             else:
                 exc = WorkerCrashed(f"{how} while running stage {self.steps[step].name!r}")
-                done.append((batch[index], Outcome(False, exc, step, 1, [0.0] * len(self.steps))))
+                lost = Outcome.failure(exc, step=step, attempts=1, busy=[0.0] * len(self.steps))
+                done.append((batch[index], lost))
             ended.reported = True
             self._on_crash(f"{how} (item {batch[index].key if index >= 0 else '-'})")
         else:

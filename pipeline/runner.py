@@ -361,7 +361,7 @@ class Run:
                 part.part, part.join = n, join
                 await outbox.send(part)
                 n += 1
-        except Exception as exc:  # the parts iterator failed: the item fails
+        except Exception as exc:  # noqa: BLE001 — the parts iterator failed: the item fails
             if join.fail():
                 await self.emit(self._failed(item, st, exc, item.attempts))
             return
@@ -394,7 +394,7 @@ class Run:
         item = join.item
         try:
             item.value = join.merged()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — a merge is user code: the item fails
             await self.emit(self._failed(item, join.stage, exc, join.attempts))
             return
         item.attempts = join.attempts
@@ -820,7 +820,7 @@ class Run:
         for col in self.collectors:
             try:
                 collected[col.name] = await asyncio.to_thread(col.result)
-            except Exception as exc:  # a report that fails must not hide the run's outcome
+            except Exception as exc:  # noqa: BLE001 — a report must not hide the run's outcome
                 log.error("collector %s failed: %s: %s", col.name, type(exc).__name__, exc)
                 collected[col.name] = {"error": f"{type(exc).__name__}: {exc}"}
         return collected

@@ -18,6 +18,7 @@ from pipeline import (
     CrashBudgetExceeded,
     DefinitionError,
     Pipeline,
+    Skip,
     Status,
     run_stage,
     stage,
@@ -106,6 +107,30 @@ def test_retries_on_the_given_types_with_attempts_recorded(
     assert all(
         r["attempts"] == 3 and r["error_type"] == "ConnectionError" for r in by_key(out2).values()
     )
+
+
+def test_one_retry_rule_for_every_kind() -> None:
+    from pipeline.calls import retry_delay, steps_of
+
+    (step,) = steps_of([stage(fns.inc, retries=2, retry_on=OSError, backoff=0.01)])
+    assert retry_delay(step, ConnectionError("x"), 1) is not None  # a subclass of OSError
+    assert retry_delay(step, ConnectionError("x"), 3) is None  # 1 + 2 attempts made
+    assert retry_delay(step, KeyError("x"), 1) is None  # not in retry_on
+    (anything,) = steps_of([stage(fns.inc, retries=2)])  # retry_on=Exception
+    assert retry_delay(anything, Skip("no"), 1) is None  # a stage that declines is final
+
+
+def test_an_async_stage_that_declines_is_not_retried(out: Path) -> None:
+    calls: list[int] = []
+
+    async def decline(x: int) -> int:
+        calls.append(x)
+        raise Skip("not mine")
+
+    st = stage(decline, kind="async", retries=3, backoff=0.01)
+    result = Pipeline([st]).run(keyed(2), output=out, progress=False)
+    assert result.skipped == 2 and len(calls) == 2
+    assert {r["reason"] for r in by_key(out).values()} == {"not mine"}
 
 
 def test_no_retry_for_other_exception_types(out: Path) -> None:

@@ -231,7 +231,7 @@ def _task_probe() -> tuple[str, Callable[[], bool]]:
 
         worker = get_worker()
         key = worker.get_current_task()
-    except Exception:  # not on a Dask worker (a direct call, e.g. in a test)
+    except (ImportError, ValueError, KeyError):  # not in a Dask task (a direct call, a test)
         return f"pid:{os.getpid()}", lambda: False
 
     def cancelled() -> bool:
@@ -325,7 +325,7 @@ class DaskLane:
                     cancel = client.cancel([fut], force=True)  # type: ignore[no-untyped-call]
                     await asyncio.wait_for(cancel, CANCEL_TIMEOUT)
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — a worker boundary: what the task raised, any type
             return await self._task_failed(batch, exc)
         finally:
             if fut is not None:
@@ -347,7 +347,7 @@ class DaskLane:
                 stats.crashed_items += 1
                 self.on_crash(f"dask: item {batch[0].key!r} killed its workers ({exc})")
                 crash = WorkerCrashed(f"the Dask workers running this item died: {exc}")
-                return [Outcome(False, crash, 0, 1, [0.0] * n)]
+                return [Outcome.failure(crash, step=0, attempts=1, busy=[0.0] * n)]
             stats.killed_shards += 1
             self.on_crash(
                 f"dask: a shard of {len(batch)} items killed its workers ({exc}); "
@@ -361,7 +361,7 @@ class DaskLane:
         stats.failed_tasks += 1
         log.warning("dask shard task failed: %s: %s", type(exc).__name__, exc)
         err = RemoteError(type(exc).__name__, str(exc))
-        return [Outcome(False, err, 0, 1, [0.0] * n) for _ in batch]
+        return [Outcome.failure(err, step=0, attempts=1, busy=[0.0] * n) for _ in batch]
 
     def _outcomes(self, res: ShardResult) -> list[Outcome]:
         n = len(self.stages)
@@ -373,10 +373,14 @@ class DaskLane:
             last = it.step if not it.ok else n - 1
             busy = [per[j] if j <= last else 0.0 for j in range(n)]
             if it.ok:
-                out.append(Outcome(True, it.value, n - 1, it.attempts, busy, cpu))
+                out.append(
+                    Outcome.success(it.value, step=n - 1, attempts=it.attempts, busy=busy, cpu=cpu)
+                )
             else:
                 err = _ItemFailure(it.error_type, it.message, it.attempts, it.details)
-                out.append(Outcome(False, err, it.step, it.attempts, busy, cpu))
+                out.append(
+                    Outcome.failure(err, step=it.step, attempts=it.attempts, busy=busy, cpu=cpu)
+                )
         return out
 
 
