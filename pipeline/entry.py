@@ -45,10 +45,9 @@ async def execute(
         presses += 1
         if presses == 1:
             log.warning("Ctrl-C: stopping (press again to abort at once)")
-            run.stop.set()
+            run.request_stop()
         else:
             log.warning("Ctrl-C again: aborting now")
-            run.stop.set()
             run.hard_abort()
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
@@ -59,12 +58,21 @@ async def execute(
 
 
 def iterate(
-    stages: Sequence[Stage], inputs: Iterable[Any], opts: RunOptions, *, buffer: int = 256
+    stages: Sequence[Stage],
+    inputs: Iterable[Any],
+    opts: RunOptions,
+    *,
+    collectors: Sequence[Collector] = (),
+    buffer: int = 256,
 ) -> Iterator[Record]:
-    """Yield terminal records as they complete; the run goes on a background thread's loop."""
+    """Yield terminal records as they complete; the run goes on a background thread's loop.
+
+    At most ``buffer`` records wait for the caller; the run's ledger writer waits beyond that.
+    Leaving early aborts the run (no grace period) and waits for its thread to end.
+    """
     out: queue.Queue[Record | BaseException | None] = queue.Queue(maxsize=buffer)
-    stop = threading.Event()
-    holder: dict[str, Any] = {}
+    loops: list[asyncio.AbstractEventLoop] = []  # the run's loop, once it runs
+    running = threading.Event()
 
     async def on_record(rec: Record) -> None:
         try:
@@ -72,10 +80,11 @@ def iterate(
         except queue.Full:
             await asyncio.get_running_loop().run_in_executor(None, out.put, rec)
 
+    run = Run(stages, inputs, opts, collectors, on_record)
+
     async def main() -> None:
-        run = Run(stages, inputs, opts, (), on_record)
-        holder["run"] = run
-        holder["loop"] = asyncio.get_running_loop()
+        loops.append(asyncio.get_running_loop())
+        running.set()
         try:
             await run.execute()
             out.put(None)
@@ -96,12 +105,10 @@ def iterate(
                 raise got
             yield got
     finally:
-        stop.set()
-        run = holder.get("run")
-        loop = holder.get("loop")
-        if not finished and thread.is_alive() and run is not None and loop is not None:
-            loop.call_soon_threadsafe(run.stop.set)
-            loop.call_soon_threadsafe(run.hard_abort)
+        while not finished and thread.is_alive() and not running.wait(0.05):
+            pass  # left before the run's loop started: abort it once it has
+        if not finished and thread.is_alive():
+            loops[0].call_soon_threadsafe(run.hard_abort)  # leaving early: no grace period
             while thread.is_alive():  # unblock a writer waiting on a full queue
                 with contextlib.suppress(queue.Empty):
                     out.get(timeout=0.05)

@@ -41,6 +41,10 @@ LaneResult = tuple[list[tuple[Item, Outcome]], list[Item]]
 
 
 class Lane(Protocol):
+    """One worker slot. ``depth``: batches a lane takes at once (one driver each)."""
+
+    depth: int
+
     async def run(self, batch: Sequence[Item]) -> LaneResult: ...
 
     async def close(self, *, graceful: bool) -> None: ...
@@ -82,6 +86,8 @@ def timeout_outcome(steps: Sequence[Step], step: int, busy: float) -> Outcome:
 
 
 class InlineLane:
+    depth = 1
+
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = tuple(steps)
 
@@ -100,6 +106,8 @@ class InlineLane:
 
 class AsyncLane:
     """Runs one coroutine stage (async stages are never fused)."""
+
+    depth = 1
 
     def __init__(self, steps: Sequence[Step]) -> None:
         (self.step,) = steps
@@ -146,6 +154,8 @@ class AsyncLane:
 
 class ThreadLane:
     """One of ``workers`` slots of a thread stage; the pool is shared by the stage's lanes."""
+
+    depth = 1
 
     def __init__(self, steps: Sequence[Step], pool: DaemonThreadPool) -> None:
         self.steps = tuple(steps)

@@ -196,6 +196,8 @@ class ProcessLane:
     waiting a round trip through the parent's event loop for it.
     """
 
+    depth = DEPTH  # a driver per batch in flight
+
     def __init__(self, steps: Sequence[Step], *, on_crash: Callable[[str], None]) -> None:
         self.steps = tuple(steps)
         self.floor = min_timeout(self.steps)

@@ -61,6 +61,7 @@ class Stage:
     max_batch: int = 256
     context: Callable[[], AbstractAsyncContextManager[Any]] | None = None
     context_arg: str = "context"
+    accepts: tuple[type, ...] | None = None  # the value types it takes (None: every value)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -359,11 +359,11 @@ def test_a_run_shorter_than_the_sampling_interval_still_has_a_timeline(out: Path
 def test_the_last_records_are_written_when_the_run_ends_not_an_interval_later(
     out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.runner
+    import pipeline.writer
 
     # the ledger writer gathers records for up to LEDGER_INTERVAL; the end of the stream must
     # cut that short (a Dask shard waited the interval for its last records)
-    monkeypatch.setattr(pipeline.runner, "LEDGER_INTERVAL", 60.0)
+    monkeypatch.setattr(pipeline.writer, "LEDGER_INTERVAL", 60.0)
     for output in (out, None):
         result = Pipeline([stage(fns.double, kind="thread", workers=2)]).run(
             keyed(20), output=output, progress=False

@@ -7,7 +7,9 @@ Data flow::
                      ▲                                                                   │
                      └──────── ShardResult: one small ShardItem per input ◀──────────────┘
 
-* The runner hands each of ``window`` lanes a *shard* (up to ``shard_size`` items). A lane submits
+* The whole chain is one group (:meth:`DaskBackend.groups`) whose inbox holds at least a shard;
+  the runner hands each of ``window`` lanes a *shard* (``shard_size`` items, or fewer at the
+  end of the inputs). A lane submits
   ONE task per shard, :func:`run_shard`, and awaits it: at most ``window`` shards are in flight,
   the window is the queue. ``window`` defaults to twice the cluster's worker threads (known once
   :meth:`DaskBackend.open` has connected), so every thread has a shard queued behind the one it
@@ -52,11 +54,13 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..batching import Batcher
 from ..calls import Outcome
 from ..errors import FatalRunError, RemoteError, WorkerCrashed
-from ..lanes import LaneResult
+from ..lanes import Lane, LaneResult
 from ..records import Item, Record, Status
 from ..stage import Stage
+from . import GroupEnv, Workers
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -294,6 +298,8 @@ class _ItemFailure(RemoteError):
 class DaskLane:
     """One of the backend's ``window`` lanes: one shard task in flight at a time."""
 
+    depth = 1
+
     def __init__(
         self, backend: DaskBackend, stages: Sequence[Stage], on_crash: Callable[[str], None]
     ) -> None:
@@ -444,8 +450,21 @@ class DaskBackend:
             raise RuntimeError("DaskBackend is not open")
         return self._client
 
-    def lane(self, stages: Sequence[Stage], *, on_crash: Callable[[str], None]) -> DaskLane:
-        return DaskLane(self, stages, on_crash)
+    def groups(self, stages: Sequence[Stage]) -> list[list[Stage]]:
+        """One group: the whole chain runs in each shard task."""
+        return [list(stages)]
+
+    def capacity(self, group: Sequence[Stage]) -> int:
+        """Room for one whole shard to gather while the others run."""
+        return max(group[0].capacity, self.shard_size)
+
+    @contextlib.asynccontextmanager
+    async def workers(self, group: Sequence[Stage], env: GroupEnv) -> AsyncIterator[Workers]:
+        """``window`` shard lanes; stage contexts are opened on the workers, not here. The
+        group never grows (``--workers auto`` sizes local stages only)."""
+        lanes: list[Lane] = [DaskLane(self, group, env.on_crash) for _ in range(self.window)]
+        shard = self.shard_size
+        yield Workers(lanes, Batcher(max_batch=shard, share=shard, fixed=shard), cap=len(lanes))
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[DaskBackend]:
@@ -591,5 +610,5 @@ def _cores() -> int:
 if TYPE_CHECKING:
     from . import Backend
 
-    def _is_a_backend(backend: DaskBackend) -> Backend:
+    def _is_a_backend(backend: DaskBackend) -> Backend:  # mypy checks the protocol here
         return backend

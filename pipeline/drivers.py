@@ -1,0 +1,163 @@
+"""Drivers: the coroutines that feed a stage group's lanes and hand on what comes back.
+
+A driver takes a batch from the group's inbox (sized by the backend's batcher), runs it on its
+lane, and for each item accounts the group's stage metrics and forwards the item: its failure
+record, its split's parts, its join, or the next group that takes its value
+(:mod:`pipeline.routing`). Items a lane hands back untouched (a worker died before reaching
+them) go first into the driver's next batch. An async lane has a leaner driver of its own: one
+item at a time, no batch list or hand-back queue (an ``await`` costs no hop to amortise).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+
+from .batching import Batcher
+from .calls import Outcome
+from .channel import Channel, EndOfStream, WouldBlock
+from .errors import RemoteError, Skip
+from .joins import Joins, Part
+from .lanes import AsyncLane, Lane
+from .metrics import StageMetrics
+from .progress import Progress
+from .recorder import Recorder
+from .records import Item
+from .routing import Router
+from .split import Split
+
+__all__ = ["GroupDriver"]
+
+
+class GroupDriver:
+    """What every driver of one group shares: where items go next, and the metrics."""
+
+    def __init__(
+        self,
+        index: int,
+        first: int,
+        metrics: Sequence[StageMetrics],
+        *,
+        router: Router,
+        joins: Joins,
+        recorder: Recorder,
+        progress: Progress,
+    ) -> None:
+        self.index = index  # of the group
+        self.first = first  # index of its first stage in the pipeline
+        self.metrics = list(metrics)  # of its stages, in order
+        self.names = router.stage_names[index]
+        self.router = router
+        self.joins = joins
+        self.recorder = recorder
+        self.progress = progress
+
+    async def batches(self, lane: Lane, inbox: Channel[Item], batcher: Batcher) -> None:
+        """Drive ``lane`` with batches from ``inbox`` until the stream ends."""
+        again: deque[Item] = deque()
+        head, tail = self.metrics[0], self.metrics[-1]
+        perf = time.perf_counter
+        while True:
+            if again:
+                batch = [again.popleft() for _ in range(min(len(again), batcher.size()))]
+            else:
+                waited = perf()
+                batch = await _take_batch(inbox, batcher.size())
+                head.wait_inbox += perf() - waited
+                if not batch:
+                    return
+            started = perf()
+            done, back = await lane.run(batch)
+            batcher.observe(perf() - started, len(done))
+            head.batches += 1
+            again.extend(back)
+            for item, outcome in done:
+                self.account(outcome)
+                blocked = perf()
+                await self.forward(item, outcome)
+                if outcome.ok:
+                    tail.blocked_outbox += perf() - blocked
+
+    async def singles(self, lane: AsyncLane, inbox: Channel[Item]) -> None:
+        """:meth:`batches` for an async lane (async stages are never fused)."""
+        metrics = self.metrics[0]
+        perf = time.perf_counter
+        while True:
+            try:
+                item = inbox.receive_nowait()
+            except WouldBlock:
+                waited = perf()
+                try:
+                    item = await inbox.receive()
+                except EndOfStream:
+                    return
+                metrics.wait_inbox += perf() - waited
+            except EndOfStream:
+                return
+            outcome = await lane.one(item.value)
+            metrics.batches += 1
+            self.account(outcome)
+            blocked = perf()
+            await self.forward(item, outcome)
+            if outcome.ok:
+                metrics.blocked_outbox += perf() - blocked
+
+    def account(self, out: Outcome) -> None:
+        """Count one item in the metrics of every stage of the group it went through (not
+        those it bypassed: they did not accept its value)."""
+        total_busy = sum(out.busy) or 1e-12
+        last = out.step if not out.ok else len(self.metrics) - 1
+        for j in range(last + 1):
+            if out.bypassed >> j & 1:
+                continue
+            m = self.metrics[j]
+            m.items += 1
+            m.busy += out.busy[j]
+            m.cpu += out.cpu * (out.busy[j] / total_busy)
+            if j < last or out.ok:
+                m.ok += 1
+            elif not _is_skip(out.value):
+                m.failed += 1
+            self.progress.advance(self.first + j)
+
+    async def forward(self, item: Item, out: Outcome) -> None:
+        """Hand on an item the group finished: its failure record, its join, its split's
+        parts, or the next group that takes its value (its record after the last group)."""
+        if out.bypassed:
+            item.bypassed |= out.bypassed << self.first
+        if not out.ok:
+            record = self.recorder.failure(item, self.names[out.step], out.value, out.attempts)
+            if isinstance(item, Part):
+                await self.joins.failed(item, record)
+            else:
+                await self.recorder.emit(record)
+            return
+        item.value = out.value
+        if out.attempts > item.attempts:
+            item.attempts = out.attempts
+        if isinstance(item, Part):
+            await self.joins.advance(item, self.index)
+        elif isinstance(item.value, Split):
+            await self.joins.split(item, self.index)
+        else:
+            await self.router.send(self.index + 1, item)
+
+
+async def _take_batch(inbox: Channel[Item], n: int) -> list[Item]:
+    try:
+        batch = [await inbox.receive()]
+    except EndOfStream:
+        return []
+    while len(batch) < n:
+        try:
+            batch.append(inbox.receive_nowait())
+        except (WouldBlock, EndOfStream):
+            break
+    return batch
+
+
+def _is_skip(exc: object) -> bool:
+    if isinstance(exc, RemoteError):
+        return exc.error_type == Skip.__name__
+    return isinstance(exc, Skip)
