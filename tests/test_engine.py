@@ -296,6 +296,33 @@ def test_leaving_iter_early_stops_the_run() -> None:
     assert len(first) == 5
 
 
+def test_the_run_methods_take_the_run_options_by_name() -> None:
+    import dataclasses
+    import inspect
+
+    from pipeline import RunOptions
+
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    where = {"collectors", "on_record"}  # where the records go, beside the options
+    for method, extra in (
+        (Pipeline.run, {"collectors"}),
+        (Pipeline.run_async, {"collectors", "on_record"}),
+        (Pipeline.iter, {"collectors"}),
+    ):
+        params = inspect.signature(method).parameters
+        named = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        # every option but handle_signals (run's own: run_async and iter never own SIGINT)
+        assert named - where == (fields if method is Pipeline.run else fields - {"handle_signals"})
+        assert named & where == extra
+        for name in named - where:  # the same defaults as RunOptions (iter: no progress bars)
+            default = next(f for f in dataclasses.fields(RunOptions) if f.name == name).default
+            if not (method is Pipeline.iter and name == "progress"):
+                assert params[name].default == default, (method.__name__, name)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        Pipeline([stage(fns.inc)]).run([1], progres=False)  # type: ignore[call-arg]
+
+
 def test_run_async_inside_a_loop(out: Path) -> None:
     async def main() -> int:
         pipe = Pipeline([stage(fns.ainc, kind="async"), stage(fns.double, kind="thread")])
