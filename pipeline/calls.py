@@ -73,6 +73,7 @@ def steps_of(stages: Sequence[Stage], extra: Mapping[str, Any] | None = None) ->
             retry_on=s.retry_on,
             backoff=s.backoff,
             timeout=s.timeout,
+            accepts=s.accepts,
         )
         for s in stages
     )

@@ -49,7 +49,8 @@ class Pipeline:
         return f"Pipeline({[s.name for s in self.stages]!r})"
 
     def describe(self) -> str:
-        """Stages, kinds, workers, fused groups and the bound on items held in memory."""
+        """Stages (with the types they accept), kinds, workers, fused groups and the bound on
+        items held in memory (on this machine: the local backend's groups)."""
         lines = [f"pipeline {self.name!r}:"]
         bound = 0
         for group in fuse(self.stages):
@@ -60,7 +61,7 @@ class Pipeline:
             depth = DEPTH if group[0].kind == "process" else 1
             in_flight = workers * depth * min(batch, share)
             bound += group[0].capacity + in_flight
-            label = " + ".join(s.name for s in group)
+            label = " + ".join(s.name + _takes(s) for s in group)
             fused = " (fused: one worker call)" if len(group) > 1 else ""
             lines.append(
                 f"  [{group[0].capacity:>4}] -> {label}: {group[0].kind} x{workers}, "
@@ -205,14 +206,44 @@ def run_stage(
     inputs: Iterable[Any],
     *,
     output: str | Path | None = None,
+    resume: bool = True,
+    retry_failed: bool = False,
+    force: bool = False,
     progress: bool | None = False,
+    crash_budget: int = 10,
+    grace: float = 2.0,
+    fingerprint: Fingerprint = None,
+    is_done: Callable[[Record], bool] | None = None,
     backend: Backend | None = None,
+    autoscale: bool = False,
+    revisit: Callable[[Record], Record | None] | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> Iterator[Record]:
     """Run one stage alone over ``inputs``; yields records as they complete
-    (:meth:`Pipeline.iter` takes every other option)."""
+    (:meth:`Pipeline.iter` with the same keyword arguments)."""
     return Pipeline([st], name=st.name).iter(
-        inputs, output=output, progress=progress, backend=backend
+        inputs,
+        output=output,
+        resume=resume,
+        retry_failed=retry_failed,
+        force=force,
+        progress=progress,
+        crash_budget=crash_budget,
+        grace=grace,
+        fingerprint=fingerprint,
+        is_done=is_done,
+        backend=backend,
+        autoscale=autoscale,
+        revisit=revisit,
+        collectors=collectors,
     )
+
+
+def _takes(st: Stage) -> str:
+    """`` [int|str]``: the types a stage accepts (nothing when it takes every value)."""
+    if st.accepts is None:
+        return ""
+    return " [" + "|".join(t.__name__ for t in st.accepts) + "]"
 
 
 def _path(output: str | Path | None) -> Path | None:

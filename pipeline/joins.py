@@ -32,6 +32,8 @@ class Join:
     stage: str  # the stage that split it (named in the record when the merge fails)
     merge: Callable[[list[Any]], Any]
     at: int = -1  # the group after which the parts are joined (the router's end: at the end)
+    start: int = 0  # the group the parts enter at (the one after the split)
+    entered: int = 0  # a bit per stage of the groups a part was sent to (see Router.stage_bits)
     results: dict[int, Any] = field(default_factory=dict)
     expected: int | None = None  # known once ``parts`` is exhausted
     closed: bool = False  # merged, failed or cancelled: later results are dropped
@@ -82,7 +84,7 @@ class Joins:
         """``item.value`` is a :class:`Split` returned by group ``group``: send its parts on."""
         split: Split = item.value
         stage = self.router.stage_names[group][-1]
-        join = Join(item, stage, split.merge, attempts=item.attempts)
+        join = Join(item, stage, split.merge, start=group + 1, attempts=item.attempts)
         count = 0
         try:
             parts = iter(split.parts)
@@ -140,6 +142,7 @@ class Joins:
         join = part.join
         target = self.router.target(start, part)
         if target <= join.at and target < self.router.end:
+            join.entered |= self.router.stage_bits(target, target + 1)
             await self.router.put(target, part)
         elif join.add(part.index, part.value, part.attempts):
             await self._merge(join)
@@ -152,6 +155,9 @@ class Joins:
             await self.recorder.emit(self.recorder.failure(item, join.stage, exc, join.attempts))
             return
         item.attempts = join.attempts
+        # the item itself skipped the stages up to the join: its parts ran in some of them
+        skipped = self.router.stage_bits(join.start, join.at + 1) & ~join.entered
+        item.bypassed |= skipped
         await self.router.send(join.at + 1, item)
 
     def _join_point(self, start: int, through: str | None, first: Any) -> int:

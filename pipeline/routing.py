@@ -68,9 +68,14 @@ class Router:
         """:meth:`first_taker` for ``item``, whose ``bypassed`` notes the stages it skips."""
         group = self.first_taker(start, item.value)
         if group != start and start < self.end:
-            first = self._first_stage
-            item.bypassed |= (1 << first[group]) - (1 << first[start])
+            item.bypassed |= self.stage_bits(start, group)
         return group
+
+    def stage_bits(self, start: int, stop: int) -> int:
+        """A bit for each stage of the groups ``start`` to ``stop - 1`` (pipeline indices)."""
+        first = self._first_stage
+        start, stop = min(start, self.end), min(stop, self.end)
+        return (1 << first[stop]) - (1 << first[start]) if stop > start else 0
 
     async def send(self, start: int, item: Item) -> None:
         """Send ``item`` to the first group from ``start`` on that takes it, or finish it."""

@@ -148,6 +148,50 @@ def test_run_shard_runs_the_local_engine_in_process() -> None:
     assert res.worker == f"pid:{os.getpid()}"
 
 
+def _routed_stages() -> list[Any]:
+    from tests.test_routing import Chunk, crunch, inc, plan, shout
+
+    return [
+        stage(plan, kind="thread", name="read"),
+        stage(shout, kind="process", accepts=str, name="resize"),
+        stage(crunch, kind="process", accepts=Chunk, name="crunch"),
+        stage(inc, kind="thread", accepts=int, name="write"),
+    ]
+
+
+@pytest.mark.timeout(30)
+def test_a_shard_routes_by_type_and_says_which_stages_each_item_skipped() -> None:
+    res = run_shard(_routed_stages(), ["a", 1000, 7])
+    assert [it.value for it in res.items] == ["A!", sum(range(1000)) + 1, 8]
+    assert all(it.ok for it in res.items)
+    # stages: 0 read, 1 resize, 2 crunch, 3 write; bit j set: stage j skipped the item
+    assert [it.bypassed for it in res.items] == [0b1100, 0b0010, 0b0110]
+    assert res.reached == [3, 1, 4, 2]  # crunch ran the data file's four chunks
+
+
+@pytest.mark.timeout(120)
+def test_dask_stage_metrics_count_only_the_items_a_stage_accepted(
+    cluster: str, tmp_path: Path
+) -> None:
+    inputs = [("img1", "a"), ("data", 1000), ("img2", "b"), ("small", 7)]
+    got = {}
+    for name, backend in (("local", None), ("dask", DaskBackend(cluster, shard_size=2))):
+        result = Pipeline(_routed_stages()).run(
+            inputs, output=tmp_path / name, backend=backend, progress=False
+        )
+        assert result.counts == {"ok": 4}
+        got[name] = {s.name: s.items for s in result.stages}
+        assert {k: r["result"] for k, r in by_key(tmp_path / name).items()} == {
+            "img1": "A!",
+            "img2": "B!",
+            "data": sum(range(1000)) + 1,
+            "small": 8,
+        }
+    assert got["local"] == {"read": 4, "resize": 2, "crunch": 4, "write": 2}
+    # the driver counts items (not the parts a shard ran): the data file once in crunch
+    assert got["dask"] == {"read": 4, "resize": 2, "crunch": 1, "write": 2}
+
+
 @pytest.mark.timeout(60)
 def test_an_unreachable_scheduler_is_a_fatal_run_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -18,10 +18,12 @@ Data flow::
   progress): ``process`` stages become ``thread`` stages of one worker (the Dask worker process
   is the process; a thread rather than ``inline`` so that the stage's ``timeout`` still holds),
   async and thread stages keep their concurrency (downloads stay concurrent within a shard), and
-  stage contexts (an HTTP session) are opened there. An exception for one item is a failed item,
-  never a failed task. Only small per-item results travel back: the value on success, or
-  (stage, error type, message, attempts) on failure, plus per-stage busy seconds, the worker's
-  address and its wall time for the shard.
+  stage contexts (an HTTP session) are opened there. Routing by type (``stage(...,
+  accepts=...)``) happens there too, so each item runs through the stages that accept it. An
+  exception for one item is a failed item, never a failed task. Only small per-item results
+  travel back: the value on success, or (stage, error type, message, attempts) on failure, and
+  the stages the item skipped (left out of their metrics on the driver), plus per-stage busy
+  seconds, the worker's address and its wall time for the shard.
 * Back on the driver each item becomes an :class:`~pipeline.calls.Outcome`; a failure carries a
   :class:`~pipeline.errors.RemoteError` whose ``error_type`` is the original class name, so the
   ledger reads the same as with the local backend.
@@ -114,6 +116,7 @@ class ShardItem(NamedTuple):
     error_type: str = ""
     message: str = ""
     details: dict[str, Any] | None = None  # the record's meta on failure (e.g. an HTTP status)
+    bypassed: int = 0  # bit j: stage j did not accept the item's value (routing by type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +147,13 @@ def run_shard(stages: Sequence[Stage], values: Sequence[Any]) -> ShardResult:
     cpu = time.process_time()
     address, cancelled = _task_probe()
     chain = local_stages(stages)
-    records, busy, reached = asyncio.run(_run_local(chain, values, cancelled))
+    items = [Item(key=str(i), value=v, source=str(i)) for i, v in enumerate(values)]
+    records, busy, reached = asyncio.run(_run_local(chain, items, cancelled))
     names = {s.name: i for i, s in enumerate(chain)}
     out: list[ShardItem] = []
-    for i in range(len(values)):
-        rec = records.get(str(i))
-        out.append(_shard_item(rec, names, len(chain)))
+    for item in items:  # the engine notes on each item the stages it skipped
+        shard_item = _shard_item(records.get(item.key), names, len(chain))
+        out.append(shard_item._replace(bypassed=item.bypassed))
     return ShardResult(
         items=out,
         busy=busy,
@@ -183,7 +187,7 @@ def _shard_item(rec: Record | None, names: dict[str, int], n: int) -> ShardItem:
 
 
 async def _run_local(
-    stages: Sequence[Stage], values: Sequence[Any], cancelled: Callable[[], bool]
+    stages: Sequence[Stage], items: Sequence[Item], cancelled: Callable[[], bool]
 ) -> tuple[dict[str, Record], list[float], list[int]]:
     from ..core import Pipeline
 
@@ -192,9 +196,8 @@ async def _run_local(
     async def keep(rec: Record) -> None:
         records[rec.key] = rec
 
-    inputs = [Item(key=str(i), value=v, source=str(i)) for i, v in enumerate(values)]
     run = asyncio.ensure_future(
-        Pipeline(stages, name="shard").run_async(inputs, on_record=keep, progress=False)
+        Pipeline(stages, name="shard").run_async(items, on_record=keep, progress=False)
     )
     while True:
         done, _ = await asyncio.wait({run}, timeout=CANCEL_POLL)
@@ -377,16 +380,15 @@ class DaskLane:
         out: list[Outcome] = []
         for it in res.items:
             last = it.step if not it.ok else n - 1
-            busy = [per[j] if j <= last else 0.0 for j in range(n)]
+            skipped = it.bypassed
+            busy = [per[j] if j <= last and not skipped >> j & 1 else 0.0 for j in range(n)]
             if it.ok:
-                out.append(
-                    Outcome.success(it.value, step=n - 1, attempts=it.attempts, busy=busy, cpu=cpu)
-                )
+                outcome = Outcome.success(it.value, step=n - 1, attempts=it.attempts, busy=busy)
             else:
                 err = _ItemFailure(it.error_type, it.message, it.attempts, it.details)
-                out.append(
-                    Outcome.failure(err, step=it.step, attempts=it.attempts, busy=busy, cpu=cpu)
-                )
+                outcome = Outcome.failure(err, step=it.step, attempts=it.attempts, busy=busy)
+            outcome.cpu, outcome.bypassed = cpu, skipped
+            out.append(outcome)
         return out
 
 
