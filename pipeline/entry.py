@@ -71,8 +71,6 @@ def iterate(
     Leaving early aborts the run (no grace period) and waits for its thread to end.
     """
     out: queue.Queue[Record | BaseException | None] = queue.Queue(maxsize=buffer)
-    loops: list[asyncio.AbstractEventLoop] = []  # the run's loop, once it runs
-    running = threading.Event()
 
     async def on_record(rec: Record) -> None:
         try:
@@ -80,19 +78,7 @@ def iterate(
         except queue.Full:
             await asyncio.get_running_loop().run_in_executor(None, out.put, rec)
 
-    run = Run(stages, inputs, opts, collectors, on_record)
-
-    async def main() -> None:
-        loops.append(asyncio.get_running_loop())
-        running.set()
-        try:
-            await run.execute()
-            out.put(None)
-        except BaseException as exc:  # noqa: BLE001 — the run's thread hands its end to the caller
-            out.put(exc)
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="pipeline-run", daemon=True)
-    thread.start()
+    background = _Background(Run(stages, inputs, opts, collectors, on_record), out)
     finished = False
     try:
         while True:
@@ -105,11 +91,40 @@ def iterate(
                 raise got
             yield got
     finally:
-        while not finished and thread.is_alive() and not running.wait(0.05):
+        if not finished:
+            background.abort()
+        background.thread.join()
+
+
+class _Background:
+    """A run on a thread of its own, whose end (None, or its exception) goes into ``out``."""
+
+    def __init__(self, run: Run, out: queue.Queue[Record | BaseException | None]) -> None:
+        self.run = run
+        self.out = out
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.running = threading.Event()  # the loop is known
+        self.thread = threading.Thread(
+            target=lambda: asyncio.run(self._main()), name="pipeline-run", daemon=True
+        )
+        self.thread.start()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.running.set()
+        try:
+            await self.run.execute()
+            self.out.put(None)
+        except BaseException as exc:  # noqa: BLE001 — the run's thread hands its end to the caller
+            self.out.put(exc)
+
+    def abort(self) -> None:
+        """Abort the run (the caller left early) and let its last records through."""
+        while self.thread.is_alive() and not self.running.wait(0.05):
             pass  # left before the run's loop started: abort it once it has
-        if not finished and thread.is_alive():
-            loops[0].call_soon_threadsafe(run.hard_abort)  # leaving early: no grace period
-            while thread.is_alive():  # unblock a writer waiting on a full queue
-                with contextlib.suppress(queue.Empty):
-                    out.get(timeout=0.05)
-        thread.join()
+        if self.loop is None or not self.thread.is_alive():
+            return
+        self.loop.call_soon_threadsafe(self.run.hard_abort)  # no grace period
+        while self.thread.is_alive():  # unblock a writer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                self.out.get(timeout=0.05)

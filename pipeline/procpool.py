@@ -262,8 +262,9 @@ class ProcessLane:
         loop.add_reader(parent.fileno(), self._on_readable)
         loop.add_reader(proc.sentinel, self._on_readable, True)
 
-    async def _started(self) -> None:
-        """Wait for an eager start in progress (not cancelled if the caller is)."""
+    async def wait_started(self) -> None:
+        """Wait for the start begun when the lane was made, if any (the wait is not
+        cancelled when the caller is)."""
         starting = self._starting
         if starting is None:
             return
@@ -320,7 +321,7 @@ class ProcessLane:
             del self._ended[old]
 
     async def close(self, *, graceful: bool) -> None:
-        await self._started()  # a worker still starting is stopped once it is up
+        await self.wait_started()  # a worker still starting is stopped once it is up
         sending = self._sending
         if sending is not None and not sending.done():  # never close the pipe under a write
             await asyncio.wait({sending}, timeout=2.0)
@@ -399,7 +400,7 @@ class ProcessLane:
         late: tuple[int, int] | None = None
         try:
             async with self._send_lock:  # batches reach the worker whole and in seq order
-                await self._started()
+                await self.wait_started()
                 if self._proc is None or self._dead:
                     if self._proc is not None:
                         self._reap()

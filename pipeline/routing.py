@@ -79,6 +79,9 @@ class Router:
 
     async def send(self, start: int, item: Item) -> None:
         """Send ``item`` to the first group from ``start`` on that takes it, or finish it."""
+        if start < self.end and self._takes[start] is None:  # takes everything: no look-up
+            await self.inboxes[start].send(item)
+            return
         group = self.target(start, item)
         if group < self.end:
             await self.inboxes[group].send(item)

@@ -91,18 +91,7 @@ class Stage:
             raise DefinitionError(f"stage {self.name!r}: backoff must be >= 0")
         if self.max_batch < 1:
             raise DefinitionError(f"stage {self.name!r}: max_batch must be >= 1")
-        for exc_type in self.retry_on:
-            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
-                raise DefinitionError(f"stage {self.name!r}: retry_on must hold exception types")
-        if self.accepts is not None and (
-            not isinstance(self.accepts, tuple)
-            or not self.accepts
-            or not all(isinstance(t, type) for t in self.accepts)
-        ):
-            raise DefinitionError(
-                f"stage {self.name!r}: accepts must be a type or a non-empty tuple of types "
-                f"(None: every value), got {self.accepts!r}"
-            )
+        _check_types(self)
         is_coro = inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
             getattr(self.fn, "func", None)
         )
@@ -198,6 +187,22 @@ def stage(
         context_arg=context_arg,
         accepts=accepted,
     )
+
+
+def _check_types(st: Stage) -> None:
+    """``retry_on`` holds exception types; ``accepts`` is None or a non-empty tuple of types."""
+    for exc_type in st.retry_on:
+        if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+            raise DefinitionError(f"stage {st.name!r}: retry_on must hold exception types")
+    if st.accepts is not None and (
+        not isinstance(st.accepts, tuple)
+        or not st.accepts
+        or not all(isinstance(t, type) for t in st.accepts)
+    ):
+        raise DefinitionError(
+            f"stage {st.name!r}: accepts must be a type or a non-empty tuple of types "
+            f"(None: every value), got {st.accepts!r}"
+        )
 
 
 def _check_picklable(st: Stage) -> None:

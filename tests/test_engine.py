@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +307,7 @@ def test_the_run_methods_take_the_run_options_by_name() -> None:
         (Pipeline.run, {"collectors"}),
         (Pipeline.run_async, {"collectors", "on_record"}),
         (Pipeline.iter, {"collectors"}),
+        (run_stage, {"collectors"}),
     ):
         params = inspect.signature(method).parameters
         named = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
@@ -317,7 +317,7 @@ def test_the_run_methods_take_the_run_options_by_name() -> None:
         assert named & where == extra
         for name in named - where:  # the same defaults as RunOptions (iter: no progress bars)
             default = next(f for f in dataclasses.fields(RunOptions) if f.name == name).default
-            if not (method is Pipeline.iter and name == "progress"):
+            if not (method in (Pipeline.iter, run_stage) and name == "progress"):
                 assert params[name].default == default, (method.__name__, name)
     with pytest.raises(TypeError, match="unexpected keyword"):
         Pipeline([stage(fns.inc)]).run([1], progres=False)  # type: ignore[call-arg]
@@ -451,10 +451,7 @@ def test_process_lane_starts_its_worker_before_the_first_item() -> None:
     async def main() -> None:
         lane = ProcessLane(steps_of([stage(fns.double, kind="process")]), on_crash=print)
         try:
-            for _ in range(600):  # up to 30 s on a loaded machine
-                if lane.started:
-                    break
-                await asyncio.sleep(0.05)
+            await asyncio.wait_for(lane.wait_started(), 30)  # up to 30 s on a loaded machine
             assert lane.started == 1  # no item was sent
             done, again = await lane.run([Item("k", 21)])
             assert [out.value for _, out in done] == [42] and again == []
@@ -486,10 +483,11 @@ def test_lane_closed_while_its_worker_is_starting_leaves_no_process() -> None:
         assert lane.started == 1  # close waited for it, then stopped that worker
 
     asyncio.run(main())
-    deadline = time.monotonic() + 10
-    while _forkserver_children() and time.monotonic() < deadline:
-        time.sleep(0.05)  # the forkserver reaps its exited children on SIGCHLD
-    assert _forkserver_children() == []
+    import psutil
+
+    # the forkserver reaps its exited children on SIGCHLD
+    _, alive = psutil.wait_procs(_forkserver_children(), timeout=10)
+    assert alive == []
 
 
 def test_preload_names_the_stage_modules() -> None:
