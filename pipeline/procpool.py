@@ -275,11 +275,12 @@ class ProcessLane:
 
     def _detach(self) -> None:
         loop = asyncio.get_running_loop()
+        # a closed pipe has no fileno (OSError); a closed descriptor is not watched (ValueError)
         if self._conn is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError, ValueError):
                 loop.remove_reader(self._conn.fileno())
         if self._proc is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError, ValueError):
                 loop.remove_reader(self._proc.sentinel)
 
     def _kill(self) -> None:

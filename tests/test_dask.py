@@ -317,14 +317,26 @@ async def test_cancelling_a_run_cancels_its_shards(cluster: str, tmp_path: Path)
                 break
             await asyncio.sleep(0.1)
         assert left == 0, "shard tasks left on the scheduler"
-    await asyncio.sleep(1.0)
-    # a running shard notices its cancellation and stops after the item it is on
+        # a running shard notices its cancellation and stops after the item it is on: wait
+        # until no worker thread runs a task any more (not a fixed time), then count
+        busy = -1
+        while time.monotonic() < sent + 20:
+            busy = sum((await client.run(_n_running)).values())
+            if busy == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert busy == 0, "a shard kept running after its task was cancelled"
     assert len(_marks(marks)) - at_cancel <= 2
     assert len(_marks(marks)) < 60
 
 
 def _n_tasks(dask_scheduler: Any) -> int:
     return len(dask_scheduler.tasks)
+
+
+def _n_running(dask_worker: Any) -> int:
+    """Tasks whose function is running on a worker's threads right now."""
+    return len(dask_worker.active_threads)
 
 
 @pytest.mark.timeout(180)

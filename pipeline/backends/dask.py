@@ -330,7 +330,11 @@ class DaskLane:
             res: ShardResult = await fut
         except asyncio.CancelledError:
             if fut is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
+                from distributed.client import ClosedClientError
+
+                # best effort: the client may be closing, the scheduler gone or slow to answer
+                gone = (ClosedClientError, OSError, TimeoutError, asyncio.CancelledError)
+                with contextlib.suppress(*gone):
                     cancel = client.cancel([fut], force=True)  # type: ignore[no-untyped-call]
                     await asyncio.wait_for(cancel, CANCEL_TIMEOUT)
             raise
@@ -338,7 +342,7 @@ class DaskLane:
             return await self._task_failed(batch, exc)
         finally:
             if fut is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(RuntimeError):  # a future the client no longer knows
                     fut.release()
         stats.add(res)
         return self._outcomes(res)
