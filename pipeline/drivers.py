@@ -51,7 +51,11 @@ class GroupDriver:
         self.router = router
         self.joins = joins
         self.recorder = recorder
-        self.progress = progress
+        # per item, the common case costs no look-up: the next group takes every value
+        # (its inbox), or this is the last group (the item is finished)
+        self.outbox = router.fixed_inbox(index + 1)
+        self.last = index + 1 >= router.end
+        self.advance = progress.advance if progress.enabled else None  # bars off: no call
 
     async def batches(self, lane: Lane, inbox: Channel[Item], batcher: Batcher) -> None:
         """Drive ``lane`` with batches from ``inbox`` until the stream ends."""
@@ -106,20 +110,23 @@ class GroupDriver:
     def account(self, out: Outcome) -> None:
         """Count one item in the metrics of every stage of the group it went through (not
         those it bypassed: they did not accept its value)."""
-        total_busy = sum(out.busy) or 1e-12
-        last = out.step if not out.ok else len(self.metrics) - 1
+        busy, ok, skipped, metrics = out.busy, out.ok, out.bypassed, self.metrics
+        advance = self.advance
+        total_busy = sum(busy) or 1e-12
+        last = out.step if not ok else len(metrics) - 1
         for j in range(last + 1):
-            if out.bypassed >> j & 1:
+            if skipped and skipped >> j & 1:
                 continue
-            m = self.metrics[j]
+            m = metrics[j]
             m.items += 1
-            m.busy += out.busy[j]
-            m.cpu += out.cpu * (out.busy[j] / total_busy)
-            if j < last or out.ok:
+            m.busy += busy[j]
+            m.cpu += out.cpu * (busy[j] / total_busy)
+            if j < last or ok:
                 m.ok += 1
             elif not _is_skip(out.value):
                 m.failed += 1
-            self.progress.advance(self.first + j)
+            if advance is not None:
+                advance(self.first + j)
 
     async def forward(self, item: Item, out: Outcome) -> None:
         """Hand on an item the group finished: its failure record, its join, its split's
@@ -128,18 +135,22 @@ class GroupDriver:
             item.bypassed |= out.bypassed << self.first
         if not out.ok:
             record = self.recorder.failure(item, self.names[out.step], out.value, out.attempts)
-            if isinstance(item, Part):
+            if item.__class__ is Part:
                 await self.joins.failed(item, record)
             else:
                 await self.recorder.emit(record)
             return
-        item.value = out.value
+        item.value = value = out.value
         if out.attempts > item.attempts:
             item.attempts = out.attempts
-        if isinstance(item, Part):
+        if item.__class__ is Part:  # (an attribute, not a call: this runs for every item)
             await self.joins.advance(item, self.index)
-        elif isinstance(item.value, Split):
+        elif isinstance(value, Split):
             await self.joins.split(item, self.index)
+        elif self.outbox is not None:
+            await self.outbox.send(item)
+        elif self.last:
+            await self.recorder.finish(item)
         else:
             await self.router.send(self.index + 1, item)
 

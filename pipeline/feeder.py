@@ -77,22 +77,25 @@ class Feeder:
         await self.recorder.emit(record)
 
     async def _admit(self, items: Sequence[Item]) -> None:
-        ledger = self.ledger
+        ledger, recorder = self.ledger, self.recorder
         prior = await ledger.lookup([it.key for it in items]) if ledger is not None else {}
-        run_id = self.recorder.run_id
+        first = self.router.fixed_inbox(0)  # the first group takes every value: no look-up
         for item in items:
             self.seen += 1
             prev = prior.get(item.key)
-            if (prev is not None and prev.run == run_id) or not self.recorder.admit(item):
+            if (prev is not None and prev.run == recorder.run_id) or not recorder.admit(item):
                 self.duplicates += 1
                 log.warning("duplicate input key %r ignored", item.key)
                 continue
             decided = self.policy.decide(item, prev) if ledger is not None else None
             if decided is not None:
-                await self.recorder.emit(decided)
+                await recorder.emit(decided)
                 continue
             item.born = time.perf_counter()
-            await self.router.send(0, item)
+            if first is not None:
+                await first.send(item)
+            else:
+                await self.router.send(0, item)
 
 
 async def chunks(src: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[list[Any], None]:

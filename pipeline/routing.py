@@ -77,11 +77,12 @@ class Router:
         start, stop = min(start, self.end), min(stop, self.end)
         return (1 << first[stop]) - (1 << first[start]) if stop > start else 0
 
+    def fixed_inbox(self, group: int) -> Channel[Item] | None:
+        """The inbox of ``group`` when it takes every value (no look-up needed), else None."""
+        return self.inboxes[group] if group < self.end and self._takes[group] is None else None
+
     async def send(self, start: int, item: Item) -> None:
         """Send ``item`` to the first group from ``start`` on that takes it, or finish it."""
-        if start < self.end and self._takes[start] is None:  # takes everything: no look-up
-            await self.inboxes[start].send(item)
-            return
         group = self.target(start, item)
         if group < self.end:
             await self.inboxes[group].send(item)

@@ -67,6 +67,8 @@ from . import GroupEnv, Workers
 if TYPE_CHECKING:
     from distributed import Client
 
+    from ..result import RunResult
+
 __all__ = [
     "LOCAL_CLUSTER_CONFIG",
     "LOCAL_MALLOC_TRIM_THRESHOLD",
@@ -192,24 +194,37 @@ async def _run_local(
     from ..core import Pipeline
 
     records: dict[str, Record] = {}
+    finished = asyncio.Event()
 
     async def keep(rec: Record) -> None:
         records[rec.key] = rec
 
-    run = asyncio.ensure_future(
-        Pipeline(stages, name="shard").run_async(items, on_record=keep, progress=False)
-    )
-    while True:
-        done, _ = await asyncio.wait({run}, timeout=CANCEL_POLL)
-        if done:
-            break
-        if cancelled():
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
-            raise ShardCancelled("the shard's task was cancelled")
-    result = run.result()
+    async def run() -> RunResult:
+        try:
+            pipe = Pipeline(stages, name="shard")
+            return await pipe.run_async(items, on_record=keep, progress=False)
+        finally:
+            finished.set()
+
+    try:
+        async with asyncio.TaskGroup() as tasks:  # the watcher's ShardCancelled stops the run
+            shard = tasks.create_task(run())
+            tasks.create_task(_watch_cancel(cancelled, finished))
+    except BaseExceptionGroup as group:  # one error: the run's, or ShardCancelled
+        raise group.exceptions[0] from None
+    result = shard.result()
     return records, [s.busy for s in result.stages], [s.items for s in result.stages]
+
+
+async def _watch_cancel(cancelled: Callable[[], bool], finished: asyncio.Event) -> None:
+    """Raise :class:`ShardCancelled` once the shard's task is cancelled (Dask tells no one:
+    its state is looked at every :data:`CANCEL_POLL` seconds), or return when the run ends."""
+    while not finished.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CANCEL_POLL):
+                await finished.wait()
+        if not finished.is_set() and cancelled():
+            raise ShardCancelled("the shard's task was cancelled")
 
 
 def _peak_rss_mb() -> float:
