@@ -1,8 +1,10 @@
 """pipeline: the engine of a staged batch pipeline (see README.md and the module docstrings).
 
-Stages of four kinds (async, thread, process, inline) joined by bounded channels, a ledger that
-records exactly one terminal outcome per input, per-stage metrics and progress bars. The engine
-knows nothing about images: those stages live in the ``stages`` package.
+Stages of four kinds (async, thread, process, inline) joined by bounded channels, each item
+routed through the stages that accept its type, a ledger that records exactly one terminal
+outcome per input, per-stage metrics and progress bars; where the stage functions run is a
+backend's choice (this machine, or a Dask cluster). The engine knows nothing about images:
+those stages live in the ``stages`` package. How a run is organised: :mod:`pipeline.runner`.
 
 The names below are imported on first use (PEP 562), so ``import pipeline`` costs nothing: a
 process worker that needs only :class:`Split` and the worker loop never imports asyncio, the

@@ -16,7 +16,6 @@ Each decision is recorded with the figures behind it; the summary lists them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .channel import Channel
+from .control import Control
 from .metrics import StageMetrics
 
 __all__ = ["Autoscaler", "GroupHandle", "start_workers"]
@@ -71,15 +71,15 @@ def _available_memory() -> int | None:
 
 class Autoscaler:
     def __init__(self, handles: Sequence[GroupHandle], *, cores: int | None = None) -> None:
-        self.handles = handles  # the runner appends as groups start
+        self.handles = handles  # the group supervisors append theirs as they start
         self.cores = cores or os.cpu_count() or 1
         self.decisions: list[dict[str, Any]] = []
         self._start = time.perf_counter()
         self._last = self._start
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(INTERVAL)
+    async def run(self, control: Control) -> None:
+        """Step every ``INTERVAL`` seconds until the run's flow ends."""
+        while not await control.pause(INTERVAL):
             self.step()
 
     def step(self) -> None:

@@ -1,8 +1,15 @@
 """The per-item boundary: calling a chain of stage functions on one value.
 
-This is the one place with a broad ``except``: an exception from a stage function for one item
-becomes a failed :class:`Outcome` (after the stage's retries), never a stopped run. The same code
-runs inline on the loop, in threads and inside process workers, so every kind behaves alike.
+This is the per-item boundary: an exception from a stage function for one item becomes a failed
+:class:`Outcome` (after the stage's retries, decided by :func:`retry_delay` for every kind), never
+a stopped run. The same code runs inline on the loop, in threads and inside process workers, so
+every kind behaves alike (async stages, which await, have their own loop in :mod:`pipeline.lanes`
+with the same retry rule).
+
+A step with ``accepts`` (a tuple of types) is skipped for a value that is none of them: the value
+passes on unchanged, the step's function is not called, and the outcome's ``bypassed`` bit for
+that step tells the runner not to count it in the step's metrics (routing by type, see
+:func:`pipeline.stage`).
 
 A *chain* is one stage, or several adjacent process stages fused into one worker call so that
 their intermediate values (decoded pixels) never cross a process boundary.
@@ -26,7 +33,15 @@ from typing import Any
 from .errors import RemoteError, Skip
 from .stage import Stage
 
-__all__ = ["Outcome", "Step", "backoff_delay", "portable_exception", "run_chain", "steps_of"]
+__all__ = [
+    "Outcome",
+    "Step",
+    "backoff_delay",
+    "portable_exception",
+    "retry_delay",
+    "run_chain",
+    "steps_of",
+]
 
 SLOT_SEQ, SLOT_INDEX, SLOT_STEP, SLOT_DEADLINE = range(4)
 SLOT_SIZE = 4
@@ -44,6 +59,7 @@ class Step:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     backoff: float = 0.1
     timeout: float | None = None
+    accepts: tuple[type, ...] | None = None  # None: every value
 
 
 def steps_of(stages: Sequence[Stage], extra: Mapping[str, Any] | None = None) -> tuple[Step, ...]:
@@ -57,6 +73,7 @@ def steps_of(stages: Sequence[Stage], extra: Mapping[str, Any] | None = None) ->
             retry_on=s.retry_on,
             backoff=s.backoff,
             timeout=s.timeout,
+            accepts=s.accepts,
         )
         for s in stages
     )
@@ -64,7 +81,8 @@ def steps_of(stages: Sequence[Stage], extra: Mapping[str, Any] | None = None) ->
 
 @dataclass(slots=True)
 class Outcome:
-    """What happened to one item in one chain call."""
+    """What happened to one item in one chain call. Build with :meth:`success` or
+    :meth:`failure`."""
 
     ok: bool
     value: Any  # the result, or the exception on failure
@@ -72,6 +90,35 @@ class Outcome:
     attempts: int
     busy: list[float]  # seconds spent inside each step's function
     cpu: float = 0.0  # CPU seconds of the worker (process kind) or its thread (thread kind)
+    bypassed: int = 0  # bit j set: step j did not accept the value and was skipped
+
+    @classmethod
+    def success(
+        cls,
+        value: Any,
+        *,
+        step: int,
+        attempts: int,
+        busy: list[float],
+        cpu: float = 0.0,
+        bypassed: int = 0,
+    ) -> Outcome:
+        """The chain returned ``value``; ``step`` is its last step."""
+        return cls(True, value, step, attempts, busy, cpu, bypassed)
+
+    @classmethod
+    def failure(
+        cls,
+        exc: BaseException,
+        *,
+        step: int,
+        attempts: int,
+        busy: list[float],
+        cpu: float = 0.0,
+        bypassed: int = 0,
+    ) -> Outcome:
+        """Step ``step`` failed for good with ``exc`` after ``attempts`` attempts."""
+        return cls(False, exc, step, attempts, busy, cpu, bypassed)
 
 
 def backoff_delay(base: float, attempt: int, *, cap: float = 30.0) -> float:
@@ -79,12 +126,21 @@ def backoff_delay(base: float, attempt: int, *, cap: float = 30.0) -> float:
     return float(min(cap, base * (2 ** (attempt - 1))) * random.uniform(0.5, 1.5))
 
 
+def retry_delay(step: Step, exc: BaseException, attempts: int) -> float | None:
+    """Seconds to wait before another attempt of ``step``, which raised ``exc`` on attempt
+    number ``attempts``; None when that failure is final: the retries are used up, ``exc`` is
+    not one of ``retry_on``, or it is a :class:`~pipeline.errors.Skip` (never retried)."""
+    if attempts > step.retries or not isinstance(exc, step.retry_on) or isinstance(exc, Skip):
+        return None
+    return backoff_delay(step.backoff, attempts)
+
+
 def portable_exception(exc: BaseException) -> BaseException:
     """``exc`` if it survives a pickle round trip, else a :class:`RemoteError` in its place."""
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
-    except Exception:
+    except Exception:  # noqa: BLE001 — a user's exception type may fail to pickle in any way
         tb = "".join(traceback.format_exception(exc))
         return RemoteError(type(exc).__name__, str(exc), tb)
 
@@ -96,10 +152,17 @@ def run_chain(
     *,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
-    """Call each step on the value in turn; stop at the first step that fails for good."""
+    """Call each step on the value in turn; stop at the first step that fails for good.
+
+    A step whose ``accepts`` the value is not an instance of is skipped (its ``bypassed`` bit).
+    """
     busy = [0.0] * len(steps)
     attempts = 0
+    bypassed = 0
     for index, step in enumerate(steps):
+        if step.accepts is not None and not isinstance(value, step.accepts):
+            bypassed |= 1 << index
+            continue
         attempts = 0
         while True:
             attempts += 1
@@ -111,23 +174,24 @@ def run_chain(
             started = time.perf_counter()
             try:
                 value = step.fn(value, *step.args, **step.kwargs)
-            except Exception as exc:  # the per-item boundary
+            except Exception as exc:  # noqa: BLE001 — the per-item boundary: one item fails
                 busy[index] += time.perf_counter() - started
-                if (
-                    attempts <= step.retries
-                    and isinstance(exc, step.retry_on)
-                    and not isinstance(exc, Skip)
-                ):
-                    if slot is not None:
-                        slot[SLOT_DEADLINE] = math.inf
-                    sleep(backoff_delay(step.backoff, attempts))
-                    continue
-                return Outcome(False, exc, index, attempts, busy)
+                delay = retry_delay(step, exc, attempts)
+                if delay is None:
+                    return Outcome.failure(
+                        exc, step=index, attempts=attempts, busy=busy, bypassed=bypassed
+                    )
+                if slot is not None:
+                    slot[SLOT_DEADLINE] = math.inf
+                sleep(delay)
+                continue
             busy[index] += time.perf_counter() - started
             break
     if slot is not None:
         slot[SLOT_DEADLINE] = math.inf
-    return Outcome(True, value, len(steps) - 1, attempts, busy)
+    return Outcome.success(
+        value, step=len(steps) - 1, attempts=max(attempts, 1), busy=busy, bypassed=bypassed
+    )
 
 
 def run_batch(

@@ -11,27 +11,43 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .records import Record
 
-__all__ = ["RunOptions", "load_toml"]
+if TYPE_CHECKING:
+    from .backends import Backend
+
+__all__ = ["Fingerprint", "RunOptions", "load_toml"]
+
+#: The ``fingerprint`` option: one hash for the whole run, or a function of the key.
+Fingerprint = str | Callable[[str], str | None] | None
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
-    """How a run treats its output folder, its workers and the terminal.
+    """How a run treats its output folder, its workers and the terminal: the one place the
+    options are documented. ``Pipeline.run``, ``run_async`` and ``iter`` take them as keyword
+    arguments of the same names.
 
+    ``output``: the folder of the ledger (``manifest.jsonl``, ``summary.json``); None: no
+    ledger, the records are only returned.
     ``resume``: skip keys whose earlier record is ``ok`` (or skipped as already done), whose
     ``fingerprint`` matches and for which ``is_done(record)`` holds (e.g. the outputs exist).
-    ``fingerprint`` is a string for the whole run, or a function of the key when inputs of
-    different kinds depend on different options (changing an image option redoes images only).
     ``retry_failed``: redo only keys whose earlier record is ``failed``; everything else is
     recorded ``skipped``. ``force``: redo everything.
+    ``progress``: progress bars on stderr (None: when stderr is a terminal).
     ``crash_budget``: worker crashes tolerated before the run stops with exit 3.
     ``grace``: seconds in-flight items get to finish after Ctrl-C before they are cancelled.
-    ``backend``: run the stage functions elsewhere (see :mod:`pipeline.backends`).
+    ``fingerprint`` is a string for the whole run, or a function of the key when inputs of
+    different kinds depend on different options (changing an image option redoes images only).
+    ``is_done(record)``: whether an earlier ``ok`` record's outputs are still there.
+    ``handle_signals``: ``Pipeline.run`` in the main thread owns SIGINT (Ctrl-C, above).
+    ``backend``: where the stage functions run (see :mod:`pipeline.backends`); None: this
+    machine (:class:`~pipeline.backends.local.LocalBackend`).
+    ``autoscale``: ``--workers auto``: every stage starts small and grows from measurements
+    up to its ``workers`` (:mod:`pipeline.autoscale`).
     ``revisit``: after a run that saw all its inputs (not interrupted, no fatal error), called
     with every record in the folder's ledger that this run did not write (inputs it did not
     see); a record it returns replaces the old one (e.g. ``skipped``, reason "input gone").
@@ -44,11 +60,11 @@ class RunOptions:
     progress: bool | None = None
     crash_budget: int = 10
     grace: float = 2.0
-    fingerprint: str | Callable[[str], str | None] | None = None
+    fingerprint: Fingerprint = None
     is_done: Callable[[Record], bool] | None = None
     handle_signals: bool = True
-    backend: Any = None  # a pipeline.backends.Backend; None runs everything on this machine
-    autoscale: bool = False  # --workers auto: start small, grow from measurements
+    backend: Backend | None = None
+    autoscale: bool = False
     revisit: Callable[[Record], Record | None] | None = None
 
     def __post_init__(self) -> None:

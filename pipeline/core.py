@@ -12,16 +12,19 @@ import asyncio
 import threading
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .batching import fuse
-from .config import RunOptions
+from .config import Fingerprint, RunOptions
 from .entry import execute, iterate
 from .errors import DefinitionError
 from .procpool import DEPTH
 from .records import Record
 from .result import Collector, RunResult
 from .stage import Stage
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 __all__ = ["Pipeline", "run_stage"]
 
@@ -46,7 +49,8 @@ class Pipeline:
         return f"Pipeline({[s.name for s in self.stages]!r})"
 
     def describe(self) -> str:
-        """Stages, kinds, workers, fused groups and the bound on items held in memory."""
+        """Stages (with the types they accept), kinds, workers, fused groups and the bound on
+        items held in memory (on this machine: the local backend's groups)."""
         lines = [f"pipeline {self.name!r}:"]
         bound = 0
         for group in fuse(self.stages):
@@ -57,7 +61,7 @@ class Pipeline:
             depth = DEPTH if group[0].kind == "process" else 1
             in_flight = workers * depth * min(batch, share)
             bound += group[0].capacity + in_flight
-            label = " + ".join(s.name for s in group)
+            label = " + ".join(s.name + _takes(s) for s in group)
             fused = " (fused: one worker call)" if len(group) > 1 else ""
             lines.append(
                 f"  [{group[0].capacity:>4}] -> {label}: {group[0].kind} x{workers}, "
@@ -69,54 +73,178 @@ class Pipeline:
         return "\n".join(lines)
 
     # -- running -------------------------------------------------------------------------------
+    # The keyword arguments below are the fields of RunOptions (documented there, once), plus
+    # where the records go: ``collectors`` (reports in summary.json) and, for run_async,
+    # ``on_record``.
     def run(
         self,
         inputs: Iterable[Any],
         *,
         output: str | Path | None = None,
+        resume: bool = True,
+        retry_failed: bool = False,
+        force: bool = False,
+        progress: bool | None = None,
+        crash_budget: int = 10,
+        grace: float = 2.0,
+        fingerprint: Fingerprint = None,
+        is_done: Callable[[Record], bool] | None = None,
+        backend: Backend | None = None,
+        autoscale: bool = False,
+        revisit: Callable[[Record], Record | None] | None = None,
+        handle_signals: bool = True,
         collectors: Sequence[Collector] = (),
-        **options: Any,
     ) -> RunResult:
         """Run over ``inputs`` (consumed lazily) and return counts, timings and metrics.
 
-        Options are those of :class:`RunOptions` (``resume``, ``retry_failed``, ``force``,
-        ``progress``, ``crash_budget``, ``grace``, ``fingerprint``, ``is_done``). In the main
-        thread the run owns SIGINT: the first Ctrl-C stops feeding and lets in-flight items finish
-        for ``grace`` seconds, a second one cancels them at once; the ledger is written either
-        way and the result says ``interrupted`` (exit code 130).
+        The options are those of :class:`RunOptions`. In the main thread the run owns SIGINT
+        (unless ``handle_signals=False``): the first Ctrl-C stops feeding and lets in-flight
+        items finish for ``grace`` seconds, a second one cancels them at once; the ledger is
+        written either way and the result says ``interrupted`` (exit code 130).
         """
-        opts = RunOptions(output=Path(output) if output is not None else None, **options)
+        opts = RunOptions(
+            output=_path(output),
+            resume=resume,
+            retry_failed=retry_failed,
+            force=force,
+            progress=progress,
+            crash_budget=crash_budget,
+            grace=grace,
+            fingerprint=fingerprint,
+            is_done=is_done,
+            backend=backend,
+            autoscale=autoscale,
+            revisit=revisit,
+            handle_signals=handle_signals,
+        )
         signals = opts.handle_signals and threading.current_thread() is threading.main_thread()
-        result = asyncio.run(
+        return asyncio.run(
             execute(self.stages, inputs, opts, collectors=collectors, signals=signals)
         )
-        return result
 
     async def run_async(
         self,
         inputs: Iterable[Any] | AsyncIterable[Any],
         *,
         output: str | Path | None = None,
+        resume: bool = True,
+        retry_failed: bool = False,
+        force: bool = False,
+        progress: bool | None = None,
+        crash_budget: int = 10,
+        grace: float = 2.0,
+        fingerprint: Fingerprint = None,
+        is_done: Callable[[Record], bool] | None = None,
+        backend: Backend | None = None,
+        autoscale: bool = False,
+        revisit: Callable[[Record], Record | None] | None = None,
         collectors: Sequence[Collector] = (),
         on_record: Callable[[Record], Awaitable[None]] | None = None,
-        **options: Any,
     ) -> RunResult:
-        """The same run on the caller's event loop (signals are left to the caller)."""
-        opts = RunOptions(output=Path(output) if output is not None else None, **options)
+        """The same run on the caller's event loop (signals are left to the caller);
+        ``on_record`` is awaited with every terminal record as it is committed."""
+        opts = RunOptions(
+            output=_path(output),
+            resume=resume,
+            retry_failed=retry_failed,
+            force=force,
+            progress=progress,
+            crash_budget=crash_budget,
+            grace=grace,
+            fingerprint=fingerprint,
+            is_done=is_done,
+            backend=backend,
+            autoscale=autoscale,
+            revisit=revisit,
+            handle_signals=False,
+        )
         return await execute(self.stages, inputs, opts, collectors=collectors, on_record=on_record)
 
     def iter(
-        self, inputs: Iterable[Any], *, output: str | Path | None = None, **options: Any
+        self,
+        inputs: Iterable[Any],
+        *,
+        output: str | Path | None = None,
+        resume: bool = True,
+        retry_failed: bool = False,
+        force: bool = False,
+        progress: bool | None = False,
+        crash_budget: int = 10,
+        grace: float = 2.0,
+        fingerprint: Fingerprint = None,
+        is_done: Callable[[Record], bool] | None = None,
+        backend: Backend | None = None,
+        autoscale: bool = False,
+        revisit: Callable[[Record], Record | None] | None = None,
+        collectors: Sequence[Collector] = (),
     ) -> Iterator[Record]:
         """Yield each input's terminal record (``record.value`` holds the result) as it completes.
 
-        Leaving the loop early stops the run and cancels what is in flight.
+        The run goes on a thread of its own (progress bars off unless asked). Leaving the loop
+        early stops the run and cancels what is in flight.
         """
-        options.setdefault("progress", False)
-        opts = RunOptions(output=Path(output) if output is not None else None, **options)
-        return iterate(self.stages, inputs, opts)
+        opts = RunOptions(
+            output=_path(output),
+            resume=resume,
+            retry_failed=retry_failed,
+            force=force,
+            progress=progress,
+            crash_budget=crash_budget,
+            grace=grace,
+            fingerprint=fingerprint,
+            is_done=is_done,
+            backend=backend,
+            autoscale=autoscale,
+            revisit=revisit,
+            handle_signals=False,
+        )
+        return iterate(self.stages, inputs, opts, collectors=collectors)
 
 
-def run_stage(st: Stage, inputs: Iterable[Any], **options: Any) -> Iterator[Record]:
-    """Run one stage alone over ``inputs``; yields records as they complete."""
-    return Pipeline([st], name=st.name).iter(inputs, **options)
+def run_stage(
+    st: Stage,
+    inputs: Iterable[Any],
+    *,
+    output: str | Path | None = None,
+    resume: bool = True,
+    retry_failed: bool = False,
+    force: bool = False,
+    progress: bool | None = False,
+    crash_budget: int = 10,
+    grace: float = 2.0,
+    fingerprint: Fingerprint = None,
+    is_done: Callable[[Record], bool] | None = None,
+    backend: Backend | None = None,
+    autoscale: bool = False,
+    revisit: Callable[[Record], Record | None] | None = None,
+    collectors: Sequence[Collector] = (),
+) -> Iterator[Record]:
+    """Run one stage alone over ``inputs``; yields records as they complete
+    (:meth:`Pipeline.iter` with the same keyword arguments)."""
+    return Pipeline([st], name=st.name).iter(
+        inputs,
+        output=output,
+        resume=resume,
+        retry_failed=retry_failed,
+        force=force,
+        progress=progress,
+        crash_budget=crash_budget,
+        grace=grace,
+        fingerprint=fingerprint,
+        is_done=is_done,
+        backend=backend,
+        autoscale=autoscale,
+        revisit=revisit,
+        collectors=collectors,
+    )
+
+
+def _takes(st: Stage) -> str:
+    """`` [int|str]``: the types a stage accepts (nothing when it takes every value)."""
+    if st.accepts is None:
+        return ""
+    return " [" + "|".join(t.__name__ for t in st.accepts) + "]"
+
+
+def _path(output: str | Path | None) -> Path | None:
+    return Path(output) if output is not None else None

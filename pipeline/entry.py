@@ -45,10 +45,9 @@ async def execute(
         presses += 1
         if presses == 1:
             log.warning("Ctrl-C: stopping (press again to abort at once)")
-            run.stop.set()
+            run.request_stop()
         else:
             log.warning("Ctrl-C again: aborting now")
-            run.stop.set()
             run.hard_abort()
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
@@ -59,12 +58,19 @@ async def execute(
 
 
 def iterate(
-    stages: Sequence[Stage], inputs: Iterable[Any], opts: RunOptions, *, buffer: int = 256
+    stages: Sequence[Stage],
+    inputs: Iterable[Any],
+    opts: RunOptions,
+    *,
+    collectors: Sequence[Collector] = (),
+    buffer: int = 256,
 ) -> Iterator[Record]:
-    """Yield terminal records as they complete; the run goes on a background thread's loop."""
+    """Yield terminal records as they complete; the run goes on a background thread's loop.
+
+    At most ``buffer`` records wait for the caller; the run's ledger writer waits beyond that.
+    Leaving early aborts the run (no grace period) and waits for its thread to end.
+    """
     out: queue.Queue[Record | BaseException | None] = queue.Queue(maxsize=buffer)
-    stop = threading.Event()
-    holder: dict[str, Any] = {}
 
     async def on_record(rec: Record) -> None:
         try:
@@ -72,18 +78,7 @@ def iterate(
         except queue.Full:
             await asyncio.get_running_loop().run_in_executor(None, out.put, rec)
 
-    async def main() -> None:
-        run = Run(stages, inputs, opts, (), on_record)
-        holder["run"] = run
-        holder["loop"] = asyncio.get_running_loop()
-        try:
-            await run.execute()
-            out.put(None)
-        except BaseException as exc:
-            out.put(exc)
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="pipeline-run", daemon=True)
-    thread.start()
+    background = _Background(Run(stages, inputs, opts, collectors, on_record), out)
     finished = False
     try:
         while True:
@@ -96,13 +91,40 @@ def iterate(
                 raise got
             yield got
     finally:
-        stop.set()
-        run = holder.get("run")
-        loop = holder.get("loop")
-        if not finished and thread.is_alive() and run is not None and loop is not None:
-            loop.call_soon_threadsafe(run.stop.set)
-            loop.call_soon_threadsafe(run.hard_abort)
-            while thread.is_alive():  # unblock a writer waiting on a full queue
-                with contextlib.suppress(queue.Empty):
-                    out.get(timeout=0.05)
-        thread.join()
+        if not finished:
+            background.abort()
+        background.thread.join()
+
+
+class _Background:
+    """A run on a thread of its own, whose end (None, or its exception) goes into ``out``."""
+
+    def __init__(self, run: Run, out: queue.Queue[Record | BaseException | None]) -> None:
+        self.run = run
+        self.out = out
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.running = threading.Event()  # the loop is known
+        self.thread = threading.Thread(
+            target=lambda: asyncio.run(self._main()), name="pipeline-run", daemon=True
+        )
+        self.thread.start()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.running.set()
+        try:
+            await self.run.execute()
+            self.out.put(None)
+        except BaseException as exc:  # noqa: BLE001 — the run's thread hands its end to the caller
+            self.out.put(exc)
+
+    def abort(self) -> None:
+        """Abort the run (the caller left early) and let its last records through."""
+        while self.thread.is_alive() and not self.running.wait(0.05):
+            pass  # left before the run's loop started: abort it once it has
+        if self.loop is None or not self.thread.is_alive():
+            return
+        self.loop.call_soon_threadsafe(self.run.hard_abort)  # no grace period
+        while self.thread.is_alive():  # unblock a writer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                self.out.get(timeout=0.05)

@@ -1,22 +1,28 @@
 """The engine's exception hierarchy.
 
-Two families, kept apart on purpose:
+Two families, kept apart on purpose, and :class:`Skip`, which is neither:
 
 * **Item errors** describe what happened to *one* input. They never stop a run: the per-item
-  boundary in :mod:`pipeline.calls` turns them (and any exception a stage function raises)
-  into a ``failed`` record in the ledger.
+  boundary (:func:`pipeline.calls.run_chain`, and the async lane in :mod:`pipeline.lanes`)
+  turns them, and any exception a stage function raises, into a failed outcome after the
+  stage's retries, which the recorder (:mod:`pipeline.recorder`) writes as a ``failed``
+  record.
 
       ItemError
       ├── WorkerCrashed      a process worker died while it held the item (SIGKILL, segfault, OOM)
       ├── ItemTimeout        the item ran past its stage's ``timeout``
       ├── Unpicklable        the item, its result or its exception could not cross processes
+      ├── SplitError         a Split where none can be: a part that splits again
       └── RemoteError        stand-in for an exception from a worker that could not be unpickled
 
-* :class:`Skip` is raised by a stage function that looks at an item and declines it (not an
-  image, below a minimum size): the item's record is ``skipped`` with the message as its
-  reason, never retried, and it is not counted as a failure.
+* :class:`Skip` is raised by a stage function that looks at an item and declines it (a file
+  whose content is not an image, below a minimum size): the item's record is ``skipped`` with
+  the message as its reason and the stage, never retried, and not counted as a failure. (A
+  stage that takes some *types* only says so with ``stage(..., accepts=...)`` instead: the
+  other values never reach it.)
 
-* **Run errors** stop the whole run with a typed error and a non-zero exit code.
+* **Run errors** stop the whole run with a typed error and a non-zero exit code; the ledger and
+  ``summary.json`` are still written.
 
       PipelineError
       ├── DefinitionError    a stage or pipeline is defined wrongly (exit 2)
@@ -46,6 +52,7 @@ __all__ = [
     "PipelineError",
     "RemoteError",
     "Skip",
+    "SplitError",
     "Unpicklable",
     "WorkerCrashed",
 ]
@@ -56,7 +63,7 @@ class ItemError(Exception):
 
 
 class Skip(Exception):
-    """Raised by a stage function: this item is not for this pipeline; ``str(exc)`` says why.
+    """Raised by a stage function: it declines this item; ``str(exc)`` says why.
 
     The item's record is ``skipped`` with that reason (``stage`` names the stage that declined
     it). Never retried, whatever the stage's ``retry_on``.

@@ -27,7 +27,7 @@ from .calls import (
     SLOT_STEP,
     Outcome,
     Step,
-    backoff_delay,
+    retry_delay,
     run_batch,
     run_chain,
 )
@@ -41,6 +41,10 @@ LaneResult = tuple[list[tuple[Item, Outcome]], list[Item]]
 
 
 class Lane(Protocol):
+    """One worker slot. ``depth``: batches a lane takes at once (one driver each)."""
+
+    depth: int
+
     async def run(self, batch: Sequence[Item]) -> LaneResult: ...
 
     async def close(self, *, graceful: bool) -> None: ...
@@ -78,10 +82,12 @@ def timeout_outcome(steps: Sequence[Step], step: int, busy: float) -> Outcome:
     exc = ItemTimeout(f"stage {steps[step].name!r} ran past its timeout of {limit:g} s")
     times = [0.0] * len(steps)
     times[step] = busy
-    return Outcome(False, exc, step, 1, times)
+    return Outcome.failure(exc, step=step, attempts=1, busy=times)
 
 
 class InlineLane:
+    depth = 1
+
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = tuple(steps)
 
@@ -100,6 +106,8 @@ class InlineLane:
 
 class AsyncLane:
     """Runs one coroutine stage (async stages are never fused)."""
+
+    depth = 1
 
     def __init__(self, steps: Sequence[Step]) -> None:
         (self.step,) = steps
@@ -121,25 +129,24 @@ class AsyncLane:
                 else:
                     async with asyncio.timeout(step.timeout):
                         result = await step.fn(value, *step.args, **step.kwargs)
-            except TimeoutError as exc:
+            except Exception as exc:  # noqa: BLE001 — the per-item boundary for async stages
                 busy += time.perf_counter() - started
-                if isinstance(exc.__context__, asyncio.CancelledError):
+                if isinstance(exc, TimeoutError) and isinstance(
+                    exc.__context__, asyncio.CancelledError
+                ):
                     # our deadline, not a TimeoutError raised by the function: final, as for
                     # thread and process stages whose timed-out workers are abandoned or killed
                     msg = f"stage {step.name!r} ran past its timeout of {step.timeout:g} s"
-                    return Outcome(False, ItemTimeout(msg), 0, attempts, [busy])
-                if attempts <= step.retries and isinstance(exc, step.retry_on):
-                    await asyncio.sleep(backoff_delay(step.backoff, attempts))
-                    continue
-                return Outcome(False, exc, 0, attempts, [busy])
-            except Exception as exc:  # the per-item boundary for async stages
-                busy += time.perf_counter() - started
-                if attempts <= step.retries and isinstance(exc, step.retry_on):
-                    await asyncio.sleep(backoff_delay(step.backoff, attempts))
-                    continue
-                return Outcome(False, exc, 0, attempts, [busy])
+                    exc = ItemTimeout(msg)
+                    delay = None
+                else:
+                    delay = retry_delay(step, exc, attempts)
+                if delay is None:
+                    return Outcome.failure(exc, step=0, attempts=attempts, busy=[busy])
+                await asyncio.sleep(delay)
+                continue
             busy += time.perf_counter() - started
-            return Outcome(True, result, 0, attempts, [busy])
+            return Outcome.success(result, step=0, attempts=attempts, busy=[busy])
 
     async def close(self, *, graceful: bool) -> None:
         return None
@@ -147,6 +154,8 @@ class AsyncLane:
 
 class ThreadLane:
     """One of ``workers`` slots of a thread stage; the pool is shared by the stage's lanes."""
+
+    depth = 1
 
     def __init__(self, steps: Sequence[Step], pool: DaemonThreadPool) -> None:
         self.steps = tuple(steps)

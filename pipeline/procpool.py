@@ -149,23 +149,18 @@ def _pack_values(
         pickled, p = _dumps_values(values, region)
         header = pickle.dumps((seq, len(p.buffers), pickled), protocol=5)
         return _Outgoing([header, *p.buffers], p.copies, region[0]), {}
-    except Exception:
+    except Exception:  # noqa: BLE001 — a user's value may fail to pickle in any way: find which
         pass
     bad: dict[int, Outcome] = {}
     for i, value in enumerate(values):
         try:
             pickle.dumps(value, protocol=5)
-        except Exception as exc:
-            bad[i] = Outcome(
-                False,
-                Unpicklable(
-                    f"the input of stage {steps[0].name!r} cannot be pickled to reach a worker "
-                    f"process ({type(exc).__name__}: {exc})"
-                ),
-                0,
-                1,
-                [0.0] * len(steps),
+        except Exception as exc:  # noqa: BLE001 — the per-item boundary: that item fails
+            error = Unpicklable(
+                f"the input of stage {steps[0].name!r} cannot be pickled to reach a worker "
+                f"process ({type(exc).__name__}: {exc})"
             )
+            bad[i] = Outcome.failure(error, step=0, attempts=1, busy=[0.0] * len(steps))
     return None, bad
 
 
@@ -200,6 +195,8 @@ class ProcessLane:
     concurrently): the worker reads the next batch as soon as it is done with one, instead of
     waiting a round trip through the parent's event loop for it.
     """
+
+    depth = DEPTH  # a driver per batch in flight
 
     def __init__(self, steps: Sequence[Step], *, on_crash: Callable[[str], None]) -> None:
         self.steps = tuple(steps)
@@ -265,8 +262,9 @@ class ProcessLane:
         loop.add_reader(parent.fileno(), self._on_readable)
         loop.add_reader(proc.sentinel, self._on_readable, True)
 
-    async def _started(self) -> None:
-        """Wait for an eager start in progress (not cancelled if the caller is)."""
+    async def wait_started(self) -> None:
+        """Wait for the start begun when the lane was made, if any (the wait is not
+        cancelled when the caller is)."""
         starting = self._starting
         if starting is None:
             return
@@ -277,11 +275,12 @@ class ProcessLane:
 
     def _detach(self) -> None:
         loop = asyncio.get_running_loop()
+        # a closed pipe has no fileno (OSError); a closed descriptor is not watched (ValueError)
         if self._conn is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError, ValueError):
                 loop.remove_reader(self._conn.fileno())
         if self._proc is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError, ValueError):
                 loop.remove_reader(self._proc.sentinel)
 
     def _kill(self) -> None:
@@ -323,7 +322,7 @@ class ProcessLane:
             del self._ended[old]
 
     async def close(self, *, graceful: bool) -> None:
-        await self._started()  # a worker still starting is stopped once it is up
+        await self.wait_started()  # a worker still starting is stopped once it is up
         sending = self._sending
         if sending is not None and not sending.done():  # never close the pipe under a write
             await asyncio.wait({sending}, timeout=2.0)
@@ -402,7 +401,7 @@ class ProcessLane:
         late: tuple[int, int] | None = None
         try:
             async with self._send_lock:  # batches reach the worker whole and in seq order
-                await self._started()
+                await self.wait_started()
                 if self._proc is None or self._dead:
                     if self._proc is not None:
                         self._reap()
@@ -465,7 +464,8 @@ class ProcessLane:
                 index = -1
             else:
                 exc = WorkerCrashed(f"{how} while running stage {self.steps[step].name!r}")
-                done.append((batch[index], Outcome(False, exc, step, 1, [0.0] * len(self.steps))))
+                lost = Outcome.failure(exc, step=step, attempts=1, busy=[0.0] * len(self.steps))
+                done.append((batch[index], lost))
             ended.reported = True
             self._on_crash(f"{how} (item {batch[index].key if index >= 0 else '-'})")
         else:

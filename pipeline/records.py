@@ -17,12 +17,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .names import from_b64, is_clean, text_safe, with_raw
-
-if TYPE_CHECKING:
-    from .split import Join
 
 __all__ = ["Item", "Record", "Status", "as_item", "jsonable"]
 
@@ -44,7 +41,8 @@ class Item:
     whose identity (or source) is not the one its earlier record names. None: not known (a URL
     before it is fetched), and resume goes by the key alone. ``fingerprint``: the hash of the
     options this item's result depends on, when the source knows it better than the run's
-    ``fingerprint`` option (inputs of several kinds in one run).
+    ``fingerprint`` option (inputs of several kinds in one run). The parts of a split item are
+    :class:`~pipeline.joins.Part` items.
     """
 
     key: str
@@ -56,8 +54,7 @@ class Item:
     redo: str | None = None  # why an item with an earlier record runs again (the record says)
     born: float = 0.0  # perf_counter when it left the source; for per-item durations
     attempts: int = 1  # the most attempts any stage needed so far
-    part: int = -1  # index of this part when the item was split (see pipeline.split)
-    join: Join | None = None  # the split this part belongs to; None for whole items
+    bypassed: int = 0  # bit i set: stage i did not accept the value on the way (routing by type)
 
 
 def as_item(obj: Any, index: int) -> Item:

@@ -10,6 +10,13 @@ stage. Kinds:
   it must be importable by name in a fresh process, which is checked here, at definition;
 * ``"inline"``  — ``fn`` is called on the event loop, one item at a time: for debugging, and the
   reference model the other kinds are tested against.
+
+Routing by type: a stage with ``accepts=`` (a type or a tuple of types) works on those values
+only. Any other value skips the stage entirely: the function is not called, the item never
+reaches the stage's workers and the stage's metrics do not count it; it goes on to the next
+stage that accepts it, or, when none does, ends ``ok`` with that value. Inside a fused process
+group the worker skips the step itself. ``Split`` parts are routed the same way. See
+:mod:`pipeline.routing`.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class Stage:
     max_batch: int = 256
     context: Callable[[], AbstractAsyncContextManager[Any]] | None = None
     context_arg: str = "context"
+    accepts: tuple[type, ...] | None = None  # the value types it takes (None: every value)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -83,9 +91,7 @@ class Stage:
             raise DefinitionError(f"stage {self.name!r}: backoff must be >= 0")
         if self.max_batch < 1:
             raise DefinitionError(f"stage {self.name!r}: max_batch must be >= 1")
-        for exc_type in self.retry_on:
-            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
-                raise DefinitionError(f"stage {self.name!r}: retry_on must hold exception types")
+        _check_types(self)
         is_coro = inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
             getattr(self.fn, "func", None)
         )
@@ -128,6 +134,7 @@ def stage(
     max_batch: int = 256,
     context: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
     context_arg: str = "context",
+    accepts: type | tuple[type, ...] | None = None,
 ) -> Stage:
     """Turn ``fn`` into a stage; ``fn(value, *args, **kwargs)`` is called per item.
 
@@ -139,6 +146,17 @@ def stage(
     ``context`` is an async context manager factory entered once when the stage starts and
     exited when it ends (an ``aiohttp.ClientSession``, a database pool); its value is passed to
     every call as the keyword argument ``context_arg``. Not for process stages.
+
+    ``accepts`` (a type or a tuple of types; None, the default, takes every value) routes by
+    type: an item whose value is none of these skips the stage entirely. ``fn`` is not called
+    for it, the item never reaches the stage's workers, and the stage's metrics (items, busy
+    time, the verdicts built on them) count only what it accepted. Between stages such an item
+    goes straight to the next stage that accepts it, or ends ``ok`` with its value when no
+    stage further on does; inside a fused process group the worker skips the step. The parts
+    of a :class:`~pipeline.Split` are routed the same way (``through=`` still names the stage
+    after which they merge), and so is a merged value. The Dask backend applies the same rule
+    inside its shards. A stage whose function would pass on what it does not handle (an
+    ``isinstance`` test returning the value unchanged) wants ``accepts`` instead.
     """
     if not callable(fn):
         raise DefinitionError(f"stage function must be callable, got {fn!r}")
@@ -151,6 +169,7 @@ def stage(
     if kind == "inline" and workers is None:
         n_workers = 1
     retry_types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    accepted = accepts if isinstance(accepts, tuple) or accepts is None else (accepts,)
     return Stage(
         fn=fn,
         kind=kind,
@@ -166,7 +185,24 @@ def stage(
         max_batch=max_batch,
         context=context,
         context_arg=context_arg,
+        accepts=accepted,
     )
+
+
+def _check_types(st: Stage) -> None:
+    """``retry_on`` holds exception types; ``accepts`` is None or a non-empty tuple of types."""
+    for exc_type in st.retry_on:
+        if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+            raise DefinitionError(f"stage {st.name!r}: retry_on must hold exception types")
+    if st.accepts is not None and (
+        not isinstance(st.accepts, tuple)
+        or not st.accepts
+        or not all(isinstance(t, type) for t in st.accepts)
+    ):
+        raise DefinitionError(
+            f"stage {st.name!r}: accepts must be a type or a non-empty tuple of types "
+            f"(None: every value), got {st.accepts!r}"
+        )
 
 
 def _check_picklable(st: Stage) -> None:
@@ -189,7 +225,7 @@ def _check_picklable(st: Stage) -> None:
             f"worker processes cannot import; {how}"
         )
     try:
-        pickle.dumps((fn, st.args, dict(st.kwargs), st.retry_on))
+        pickle.dumps((fn, st.args, dict(st.kwargs), st.retry_on, st.accepts))
     except Exception as exc:
         raise DefinitionError(
             f"process stage {st.name!r}: its function or arguments cannot be pickled "

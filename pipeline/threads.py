@@ -94,7 +94,7 @@ class DaemonThreadPool:
                     continue
                 try:
                     job.future.set_result(job.fn(*job.args))
-                except BaseException as exc:  # delivered to the awaiting driver
+                except BaseException as exc:  # noqa: BLE001 — a thread boundary: to the driver
                     job.future.set_exception(exc)
                 if job.abandoned:
                     return

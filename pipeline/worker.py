@@ -244,24 +244,25 @@ def worker_main(
 def _pack_outcomes(seq: int, pending: list[tuple[int, Outcome]], steps: Sequence[Step]) -> bytes:
     try:
         return pickle.dumps((seq, pending), protocol=5)
-    except Exception:
+    except Exception:  # noqa: BLE001 — a user's result may fail to pickle in any way: find which
         pass
     safe: list[tuple[int, Outcome]] = []
     for index, outcome in pending:
         try:
             pickle.dumps(outcome.value, protocol=5)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — the per-item boundary: that item fails
             what = "result" if outcome.ok else "exception"
-            outcome = Outcome(
-                False,
-                Unpicklable(
-                    f"the {what} of stage {steps[outcome.step].name!r} cannot be pickled "
-                    f"to leave the worker process ({type(exc).__name__}: {exc})"
-                ),
-                outcome.step,
-                outcome.attempts,
-                outcome.busy,
-                outcome.cpu,
+            error = Unpicklable(
+                f"the {what} of stage {steps[outcome.step].name!r} cannot be pickled "
+                f"to leave the worker process ({type(exc).__name__}: {exc})"
+            )
+            outcome = Outcome.failure(
+                error,
+                step=outcome.step,
+                attempts=outcome.attempts,
+                busy=outcome.busy,
+                cpu=outcome.cpu,
+                bypassed=outcome.bypassed,
             )
         safe.append((index, outcome))
     return pickle.dumps((seq, safe), protocol=5)

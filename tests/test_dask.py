@@ -149,6 +149,50 @@ def test_run_shard_runs_the_local_engine_in_process() -> None:
     assert res.worker == f"pid:{os.getpid()}"
 
 
+def _routed_stages() -> list[Any]:
+    from tests.test_routing import Chunk, crunch, inc, plan, shout
+
+    return [
+        stage(plan, kind="thread", name="read"),
+        stage(shout, kind="process", accepts=str, name="resize"),
+        stage(crunch, kind="process", accepts=Chunk, name="crunch"),
+        stage(inc, kind="thread", accepts=int, name="write"),
+    ]
+
+
+@pytest.mark.timeout(30)
+def test_a_shard_routes_by_type_and_says_which_stages_each_item_skipped() -> None:
+    res = run_shard(_routed_stages(), ["a", 1000, 7])
+    assert [it.value for it in res.items] == ["A!", sum(range(1000)) + 1, 8]
+    assert all(it.ok for it in res.items)
+    # stages: 0 read, 1 resize, 2 crunch, 3 write; bit j set: stage j skipped the item
+    assert [it.bypassed for it in res.items] == [0b1100, 0b0010, 0b0110]
+    assert res.reached == [3, 1, 4, 2]  # crunch ran the data file's four chunks
+
+
+@pytest.mark.timeout(120)
+def test_dask_stage_metrics_count_only_the_items_a_stage_accepted(
+    cluster: str, tmp_path: Path
+) -> None:
+    inputs = [("img1", "a"), ("data", 1000), ("img2", "b"), ("small", 7)]
+    got = {}
+    for name, backend in (("local", None), ("dask", DaskBackend(cluster, shard_size=2))):
+        result = Pipeline(_routed_stages()).run(
+            inputs, output=tmp_path / name, backend=backend, progress=False
+        )
+        assert result.counts == {"ok": 4}
+        got[name] = {s.name: s.items for s in result.stages}
+        assert {k: r["result"] for k, r in by_key(tmp_path / name).items()} == {
+            "img1": "A!",
+            "img2": "B!",
+            "data": sum(range(1000)) + 1,
+            "small": 8,
+        }
+    assert got["local"] == {"read": 4, "resize": 2, "crunch": 4, "write": 2}
+    # the driver counts items (not the parts a shard ran): the data file once in crunch
+    assert got["dask"] == {"read": 4, "resize": 2, "crunch": 1, "write": 2}
+
+
 @pytest.mark.timeout(60)
 def test_an_unreachable_scheduler_is_a_fatal_run_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -274,14 +318,26 @@ async def test_cancelling_a_run_cancels_its_shards(cluster: str, tmp_path: Path)
                 break
             await asyncio.sleep(0.1)
         assert left == 0, "shard tasks left on the scheduler"
-    await asyncio.sleep(1.0)
-    # a running shard notices its cancellation and stops after the item it is on
+        # a running shard notices its cancellation and stops after the item it is on: wait
+        # until no worker thread runs a task any more (not a fixed time), then count
+        busy = -1
+        while time.monotonic() < sent + 20:
+            busy = sum((await client.run(_n_running)).values())
+            if busy == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert busy == 0, "a shard kept running after its task was cancelled"
     assert len(_marks(marks)) - at_cancel <= 2
     assert len(_marks(marks)) < 60
 
 
 def _n_tasks(dask_scheduler: Any) -> int:
     return len(dask_scheduler.tasks)
+
+
+def _n_running(dask_worker: Any) -> int:
+    """Tasks whose function is running on a worker's threads right now."""
+    return len(dask_worker.active_threads)
 
 
 @pytest.mark.timeout(180)

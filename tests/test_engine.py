@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from pipeline import (
     CrashBudgetExceeded,
     DefinitionError,
     Pipeline,
+    Skip,
     Status,
     run_stage,
     stage,
@@ -106,6 +106,30 @@ def test_retries_on_the_given_types_with_attempts_recorded(
     assert all(
         r["attempts"] == 3 and r["error_type"] == "ConnectionError" for r in by_key(out2).values()
     )
+
+
+def test_one_retry_rule_for_every_kind() -> None:
+    from pipeline.calls import retry_delay, steps_of
+
+    (step,) = steps_of([stage(fns.inc, retries=2, retry_on=OSError, backoff=0.01)])
+    assert retry_delay(step, ConnectionError("x"), 1) is not None  # a subclass of OSError
+    assert retry_delay(step, ConnectionError("x"), 3) is None  # 1 + 2 attempts made
+    assert retry_delay(step, KeyError("x"), 1) is None  # not in retry_on
+    (anything,) = steps_of([stage(fns.inc, retries=2)])  # retry_on=Exception
+    assert retry_delay(anything, Skip("no"), 1) is None  # a stage that declines is final
+
+
+def test_an_async_stage_that_declines_is_not_retried(out: Path) -> None:
+    calls: list[int] = []
+
+    async def decline(x: int) -> int:
+        calls.append(x)
+        raise Skip("not mine")
+
+    st = stage(decline, kind="async", retries=3, backoff=0.01)
+    result = Pipeline([st]).run(keyed(2), output=out, progress=False)
+    assert result.skipped == 2 and len(calls) == 2
+    assert {r["reason"] for r in by_key(out).values()} == {"not mine"}
 
 
 def test_no_retry_for_other_exception_types(out: Path) -> None:
@@ -271,6 +295,34 @@ def test_leaving_iter_early_stops_the_run() -> None:
     assert len(first) == 5
 
 
+def test_the_run_methods_take_the_run_options_by_name() -> None:
+    import dataclasses
+    import inspect
+
+    from pipeline import RunOptions
+
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    where = {"collectors", "on_record"}  # where the records go, beside the options
+    for method, extra in (
+        (Pipeline.run, {"collectors"}),
+        (Pipeline.run_async, {"collectors", "on_record"}),
+        (Pipeline.iter, {"collectors"}),
+        (run_stage, {"collectors"}),
+    ):
+        params = inspect.signature(method).parameters
+        named = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        # every option but handle_signals (run's own: run_async and iter never own SIGINT)
+        assert named - where == (fields if method is Pipeline.run else fields - {"handle_signals"})
+        assert named & where == extra
+        for name in named - where:  # the same defaults as RunOptions (iter: no progress bars)
+            default = next(f for f in dataclasses.fields(RunOptions) if f.name == name).default
+            if not (method in (Pipeline.iter, run_stage) and name == "progress"):
+                assert params[name].default == default, (method.__name__, name)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        Pipeline([stage(fns.inc)]).run([1], progres=False)  # type: ignore[call-arg]
+
+
 def test_run_async_inside_a_loop(out: Path) -> None:
     async def main() -> int:
         pipe = Pipeline([stage(fns.ainc, kind="async"), stage(fns.double, kind="thread")])
@@ -334,11 +386,11 @@ def test_a_run_shorter_than_the_sampling_interval_still_has_a_timeline(out: Path
 def test_the_last_records_are_written_when_the_run_ends_not_an_interval_later(
     out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.runner
+    import pipeline.writer
 
     # the ledger writer gathers records for up to LEDGER_INTERVAL; the end of the stream must
     # cut that short (a Dask shard waited the interval for its last records)
-    monkeypatch.setattr(pipeline.runner, "LEDGER_INTERVAL", 60.0)
+    monkeypatch.setattr(pipeline.writer, "LEDGER_INTERVAL", 60.0)
     for output in (out, None):
         result = Pipeline([stage(fns.double, kind="thread", workers=2)]).run(
             keyed(20), output=output, progress=False
@@ -399,10 +451,7 @@ def test_process_lane_starts_its_worker_before_the_first_item() -> None:
     async def main() -> None:
         lane = ProcessLane(steps_of([stage(fns.double, kind="process")]), on_crash=print)
         try:
-            for _ in range(600):  # up to 30 s on a loaded machine
-                if lane.started:
-                    break
-                await asyncio.sleep(0.05)
+            await asyncio.wait_for(lane.wait_started(), 30)  # up to 30 s on a loaded machine
             assert lane.started == 1  # no item was sent
             done, again = await lane.run([Item("k", 21)])
             assert [out.value for _, out in done] == [42] and again == []
@@ -434,10 +483,11 @@ def test_lane_closed_while_its_worker_is_starting_leaves_no_process() -> None:
         assert lane.started == 1  # close waited for it, then stopped that worker
 
     asyncio.run(main())
-    deadline = time.monotonic() + 10
-    while _forkserver_children() and time.monotonic() < deadline:
-        time.sleep(0.05)  # the forkserver reaps its exited children on SIGCHLD
-    assert _forkserver_children() == []
+    import psutil
+
+    # the forkserver reaps its exited children on SIGCHLD
+    _, alive = psutil.wait_procs(_forkserver_children(), timeout=10)
+    assert alive == []
 
 
 def test_preload_names_the_stage_modules() -> None:

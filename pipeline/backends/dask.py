@@ -7,7 +7,9 @@ Data flow::
                      ▲                                                                   │
                      └──────── ShardResult: one small ShardItem per input ◀──────────────┘
 
-* The runner hands each of ``window`` lanes a *shard* (up to ``shard_size`` items). A lane submits
+* The whole chain is one group (:meth:`DaskBackend.groups`) whose inbox holds at least a shard;
+  the runner hands each of ``window`` lanes a *shard* (``shard_size`` items, or fewer at the
+  end of the inputs). A lane submits
   ONE task per shard, :func:`run_shard`, and awaits it: at most ``window`` shards are in flight,
   the window is the queue. ``window`` defaults to twice the cluster's worker threads (known once
   :meth:`DaskBackend.open` has connected), so every thread has a shard queued behind the one it
@@ -16,10 +18,12 @@ Data flow::
   progress): ``process`` stages become ``thread`` stages of one worker (the Dask worker process
   is the process; a thread rather than ``inline`` so that the stage's ``timeout`` still holds),
   async and thread stages keep their concurrency (downloads stay concurrent within a shard), and
-  stage contexts (an HTTP session) are opened there. An exception for one item is a failed item,
-  never a failed task. Only small per-item results travel back: the value on success, or
-  (stage, error type, message, attempts) on failure, plus per-stage busy seconds, the worker's
-  address and its wall time for the shard.
+  stage contexts (an HTTP session) are opened there. Routing by type (``stage(...,
+  accepts=...)``) happens there too, so each item runs through the stages that accept it. An
+  exception for one item is a failed item, never a failed task. Only small per-item results
+  travel back: the value on success, or (stage, error type, message, attempts) on failure, and
+  the stages the item skipped (left out of their metrics on the driver), plus per-stage busy
+  seconds, the worker's address and its wall time for the shard.
 * Back on the driver each item becomes an :class:`~pipeline.calls.Outcome`; a failure carries a
   :class:`~pipeline.errors.RemoteError` whose ``error_type`` is the original class name, so the
   ledger reads the same as with the local backend.
@@ -52,14 +56,18 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..batching import Batcher
 from ..calls import Outcome
 from ..errors import FatalRunError, RemoteError, WorkerCrashed
-from ..lanes import LaneResult
+from ..lanes import Lane, LaneResult
 from ..records import Item, Record, Status
 from ..stage import Stage
+from . import GroupEnv, Workers
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from ..result import RunResult
 
 __all__ = [
     "LOCAL_CLUSTER_CONFIG",
@@ -110,6 +118,7 @@ class ShardItem(NamedTuple):
     error_type: str = ""
     message: str = ""
     details: dict[str, Any] | None = None  # the record's meta on failure (e.g. an HTTP status)
+    bypassed: int = 0  # bit j: stage j did not accept the item's value (routing by type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +149,13 @@ def run_shard(stages: Sequence[Stage], values: Sequence[Any]) -> ShardResult:
     cpu = time.process_time()
     address, cancelled = _task_probe()
     chain = local_stages(stages)
-    records, busy, reached = asyncio.run(_run_local(chain, values, cancelled))
+    items = [Item(key=str(i), value=v, source=str(i)) for i, v in enumerate(values)]
+    records, busy, reached = asyncio.run(_run_local(chain, items, cancelled))
     names = {s.name: i for i, s in enumerate(chain)}
     out: list[ShardItem] = []
-    for i in range(len(values)):
-        rec = records.get(str(i))
-        out.append(_shard_item(rec, names, len(chain)))
+    for item in items:  # the engine notes on each item the stages it skipped
+        shard_item = _shard_item(records.get(item.key), names, len(chain))
+        out.append(shard_item._replace(bypassed=item.bypassed))
     return ShardResult(
         items=out,
         busy=busy,
@@ -179,30 +189,42 @@ def _shard_item(rec: Record | None, names: dict[str, int], n: int) -> ShardItem:
 
 
 async def _run_local(
-    stages: Sequence[Stage], values: Sequence[Any], cancelled: Callable[[], bool]
+    stages: Sequence[Stage], items: Sequence[Item], cancelled: Callable[[], bool]
 ) -> tuple[dict[str, Record], list[float], list[int]]:
     from ..core import Pipeline
 
     records: dict[str, Record] = {}
+    finished = asyncio.Event()
 
     async def keep(rec: Record) -> None:
         records[rec.key] = rec
 
-    inputs = [Item(key=str(i), value=v, source=str(i)) for i, v in enumerate(values)]
-    run = asyncio.ensure_future(
-        Pipeline(stages, name="shard").run_async(inputs, on_record=keep, progress=False)
-    )
-    while True:
-        done, _ = await asyncio.wait({run}, timeout=CANCEL_POLL)
-        if done:
-            break
-        if cancelled():
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
-            raise ShardCancelled("the shard's task was cancelled")
-    result = run.result()
+    async def run() -> RunResult:
+        try:
+            pipe = Pipeline(stages, name="shard")
+            return await pipe.run_async(items, on_record=keep, progress=False)
+        finally:
+            finished.set()
+
+    try:
+        async with asyncio.TaskGroup() as tasks:  # the watcher's ShardCancelled stops the run
+            shard = tasks.create_task(run())
+            tasks.create_task(_watch_cancel(cancelled, finished))
+    except BaseExceptionGroup as group:  # one error: the run's, or ShardCancelled
+        raise group.exceptions[0] from None
+    result = shard.result()
     return records, [s.busy for s in result.stages], [s.items for s in result.stages]
+
+
+async def _watch_cancel(cancelled: Callable[[], bool], finished: asyncio.Event) -> None:
+    """Raise :class:`ShardCancelled` once the shard's task is cancelled (Dask tells no one:
+    its state is looked at every :data:`CANCEL_POLL` seconds), or return when the run ends."""
+    while not finished.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CANCEL_POLL):
+                await finished.wait()
+        if not finished.is_set() and cancelled():
+            raise ShardCancelled("the shard's task was cancelled")
 
 
 def _peak_rss_mb() -> float:
@@ -231,7 +253,7 @@ def _task_probe() -> tuple[str, Callable[[], bool]]:
 
         worker = get_worker()
         key = worker.get_current_task()
-    except Exception:  # not on a Dask worker (a direct call, e.g. in a test)
+    except (ImportError, ValueError, KeyError):  # not in a Dask task (a direct call, a test)
         return f"pid:{os.getpid()}", lambda: False
 
     def cancelled() -> bool:
@@ -294,6 +316,8 @@ class _ItemFailure(RemoteError):
 class DaskLane:
     """One of the backend's ``window`` lanes: one shard task in flight at a time."""
 
+    depth = 1
+
     def __init__(
         self, backend: DaskBackend, stages: Sequence[Stage], on_crash: Callable[[str], None]
     ) -> None:
@@ -321,15 +345,19 @@ class DaskLane:
             res: ShardResult = await fut
         except asyncio.CancelledError:
             if fut is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
+                from distributed.client import ClosedClientError
+
+                # best effort: the client may be closing, the scheduler gone or slow to answer
+                gone = (ClosedClientError, OSError, TimeoutError, asyncio.CancelledError)
+                with contextlib.suppress(*gone):
                     cancel = client.cancel([fut], force=True)  # type: ignore[no-untyped-call]
                     await asyncio.wait_for(cancel, CANCEL_TIMEOUT)
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — a worker boundary: what the task raised, any type
             return await self._task_failed(batch, exc)
         finally:
             if fut is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(RuntimeError):  # a future the client no longer knows
                     fut.release()
         stats.add(res)
         return self._outcomes(res)
@@ -347,7 +375,7 @@ class DaskLane:
                 stats.crashed_items += 1
                 self.on_crash(f"dask: item {batch[0].key!r} killed its workers ({exc})")
                 crash = WorkerCrashed(f"the Dask workers running this item died: {exc}")
-                return [Outcome(False, crash, 0, 1, [0.0] * n)]
+                return [Outcome.failure(crash, step=0, attempts=1, busy=[0.0] * n)]
             stats.killed_shards += 1
             self.on_crash(
                 f"dask: a shard of {len(batch)} items killed its workers ({exc}); "
@@ -361,7 +389,7 @@ class DaskLane:
         stats.failed_tasks += 1
         log.warning("dask shard task failed: %s: %s", type(exc).__name__, exc)
         err = RemoteError(type(exc).__name__, str(exc))
-        return [Outcome(False, err, 0, 1, [0.0] * n) for _ in batch]
+        return [Outcome.failure(err, step=0, attempts=1, busy=[0.0] * n) for _ in batch]
 
     def _outcomes(self, res: ShardResult) -> list[Outcome]:
         n = len(self.stages)
@@ -371,12 +399,15 @@ class DaskLane:
         out: list[Outcome] = []
         for it in res.items:
             last = it.step if not it.ok else n - 1
-            busy = [per[j] if j <= last else 0.0 for j in range(n)]
+            skipped = it.bypassed
+            busy = [per[j] if j <= last and not skipped >> j & 1 else 0.0 for j in range(n)]
             if it.ok:
-                out.append(Outcome(True, it.value, n - 1, it.attempts, busy, cpu))
+                outcome = Outcome.success(it.value, step=n - 1, attempts=it.attempts, busy=busy)
             else:
                 err = _ItemFailure(it.error_type, it.message, it.attempts, it.details)
-                out.append(Outcome(False, err, it.step, it.attempts, busy, cpu))
+                outcome = Outcome.failure(err, step=it.step, attempts=it.attempts, busy=busy)
+            outcome.cpu, outcome.bypassed = cpu, skipped
+            out.append(outcome)
         return out
 
 
@@ -440,8 +471,21 @@ class DaskBackend:
             raise RuntimeError("DaskBackend is not open")
         return self._client
 
-    def lane(self, stages: Sequence[Stage], *, on_crash: Callable[[str], None]) -> DaskLane:
-        return DaskLane(self, stages, on_crash)
+    def groups(self, stages: Sequence[Stage]) -> list[list[Stage]]:
+        """One group: the whole chain runs in each shard task."""
+        return [list(stages)]
+
+    def capacity(self, group: Sequence[Stage]) -> int:
+        """Room for one whole shard to gather while the others run."""
+        return max(group[0].capacity, self.shard_size)
+
+    @contextlib.asynccontextmanager
+    async def workers(self, group: Sequence[Stage], env: GroupEnv) -> AsyncIterator[Workers]:
+        """``window`` shard lanes; stage contexts are opened on the workers, not here. The
+        group never grows (``--workers auto`` sizes local stages only)."""
+        lanes: list[Lane] = [DaskLane(self, group, env.on_crash) for _ in range(self.window)]
+        shard = self.shard_size
+        yield Workers(lanes, Batcher(max_batch=shard, share=shard, fixed=shard), cap=len(lanes))
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[DaskBackend]:
@@ -587,5 +631,5 @@ def _cores() -> int:
 if TYPE_CHECKING:
     from . import Backend
 
-    def _is_a_backend(backend: DaskBackend) -> Backend:
+    def _is_a_backend(backend: DaskBackend) -> Backend:  # mypy checks the protocol here
         return backend

@@ -1,0 +1,142 @@
+"""The recorder: every terminal record of a run goes through it, exactly once per key.
+
+Every item taken from the source sits in :attr:`Recorder.inflight` from the moment the feeder
+admits it until its terminal record has been handed to the ledger channel (:meth:`emit`). After
+Ctrl-C or a fatal error, whatever is still in flight is recorded ``cancelled``
+(:meth:`leftovers`): that is how nothing is ever lost. The ledger writer
+(:mod:`pipeline.writer`) is the channel's one consumer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .channel import Channel, EndOfStream, WouldBlock
+from .config import Fingerprint
+from .errors import RemoteError, Skip
+from .records import Item, Record, Status
+
+__all__ = ["Recorder"]
+
+
+class Recorder:
+    """Terminal records on their way to the ledger writer, and the items still in flight."""
+
+    def __init__(self, run_id: str, fingerprint: Fingerprint, channel: Channel[Record]) -> None:
+        self.run_id = run_id
+        self.channel = channel
+        self.inflight: dict[str, Item] = {}
+        self._fingerprint = fingerprint
+
+    def fingerprint(self, key: str, item: Item | None = None) -> str | None:
+        """The options' hash for ``key``: the item's own when its source set one."""
+        if item is not None and item.fingerprint is not None:
+            return item.fingerprint
+        fp = self._fingerprint
+        return fp(key) if callable(fp) else fp
+
+    def admit(self, item: Item) -> bool:
+        """Put ``item`` in flight; False when its key is in flight already (a duplicate)."""
+        if item.key in self.inflight:
+            return False
+        self.inflight[item.key] = item
+        return True
+
+    async def emit(self, record: Record) -> None:
+        """Hand ``record`` to the ledger writer; its key is no longer in flight."""
+        record.run = self.run_id
+        item = self.inflight.get(record.key)
+        if record.status is not Status.SKIPPED or record.stage is not None:
+            # processed (or declined by a stage): the record names the options and the input
+            # it was made from; a skip of a done item keeps the earlier record's (pipeline.resume)
+            if record.fingerprint is None:
+                record.fingerprint = self.fingerprint(record.key, item)
+            if item is not None:
+                record.identity = record.identity or item.identity
+                record.redo = record.redo or item.redo
+        await self.channel.send(record)
+        self.inflight.pop(record.key, None)
+
+    async def finish(self, item: Item) -> None:
+        """``item`` went through every stage that takes it: record it ``ok``."""
+        await self.emit(
+            Record(
+                key=item.key,
+                status=Status.OK,
+                source=item.source,
+                value=item.value,
+                meta=item.meta,
+                attempts=item.attempts,
+                duration=_since(item.born),
+            )
+        )
+
+    def failure(self, item: Item, stage: str, exc: BaseException, attempts: int) -> Record:
+        """The record of ``item`` failed by ``exc`` in ``stage`` (``skipped`` for a Skip)."""
+        # an exception may carry its own attempt count (a download retried inside its stage)
+        # and small JSON-able ``details`` for the record (an HTTP status)
+        attempts = max(attempts, _int(getattr(exc, "attempts", 0)))
+        details = getattr(exc, "details", None)
+        meta = {**item.meta, **details} if isinstance(details, dict) else item.meta
+        error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__
+        message = exc.message if isinstance(exc, RemoteError) else str(exc)
+        if error_type == Skip.__name__:  # the stage declined the item (from a worker too)
+            return Record(
+                key=item.key,
+                status=Status.SKIPPED,
+                source=item.source,
+                stage=stage,
+                reason=message or "declined by the stage",
+                meta=meta,
+                duration=_since(item.born),
+            )
+        return Record(
+            key=item.key,
+            status=Status.FAILED,
+            source=item.source,
+            stage=stage,
+            error_type=error_type,
+            error=message or error_type,
+            attempts=attempts,
+            meta=meta,
+            duration=_since(item.born),
+        )
+
+    def close(self) -> None:
+        """No more records: the ledger writer commits what is left and ends."""
+        self.channel.close()
+
+    def leftovers(self, reason: str) -> list[Record]:
+        """Records the writer did not take (it was stopped), then a ``cancelled`` record for
+        every item still in flight, with ``reason``; nothing is in flight afterwards."""
+        records: list[Record] = []
+        while True:
+            try:
+                records.append(self.channel.receive_nowait())
+            except (WouldBlock, EndOfStream):
+                break
+        records += [
+            Record(
+                key=item.key,
+                status=Status.CANCELLED,
+                source=item.source,
+                reason=reason,
+                meta=item.meta,
+                run=self.run_id,
+                fingerprint=self.fingerprint(item.key, item),
+                identity=item.identity,
+                redo=item.redo,
+            )
+            for item in self.inflight.values()
+        ]
+        self.inflight.clear()
+        return records
+
+
+def _since(born: float) -> float | None:
+    return time.perf_counter() - born if born else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,113 @@
+"""Resume: whether an input's earlier record settles it, or it is processed (again).
+
+Done means: an ``ok`` record (or a skip of a done item) made with the same options
+(fingerprint) from the same input (source and identity, when the source gives one), whose
+outputs are still there (``is_done``). A stage's earlier skip of the same input (same options
+and identity: a file that is not an image) settles it too. ``retry_failed`` redoes only
+failures; ``force`` redoes everything. The feeder asks :meth:`ResumePolicy.decide` for every
+input of a run with a ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .config import RunOptions
+from .names import shown
+from .records import Item, Record, Status
+
+__all__ = ["NOT_RETRIED", "REASON_DONE", "ResumePolicy"]
+
+REASON_DONE = "already done"
+NOT_RETRIED = "not retried: no earlier failure (--retry-failed)"
+
+
+class ResumePolicy:
+    """The resume options of a run, applied to one input and its earlier record at a time."""
+
+    def __init__(
+        self, opts: RunOptions, fingerprint: Callable[[str, Item | None], str | None]
+    ) -> None:
+        self.opts = opts
+        self.fingerprint = fingerprint
+
+    def decide(self, item: Item, prev: Record | None) -> Record | None:
+        """None to process the item (``item.redo`` says why, when it has a record), or the
+        record that settles it without work."""
+        opts = self.opts
+        if prev is None:
+            if opts.retry_failed and not opts.force:
+                return skipped(item, NOT_RETRIED)
+            return None
+        if opts.force:
+            item.redo = "force"
+            return None
+        stale = self.stale(item, prev)
+        if stale is None:
+            if declined(prev):  # a stage declined this very input before: it would again
+                return skipped(item, prev.reason or REASON_DONE, prev, stage=prev.stage)
+            return skipped(item, REASON_DONE, prev)
+        if opts.retry_failed and prev.status is not Status.FAILED:
+            return skipped(item, REASON_DONE if done(prev) else NOT_RETRIED, prev)
+        item.redo = stale
+        return None
+
+    def stale(self, item: Item, prev: Record) -> str | None:
+        """Why the earlier record ``prev`` does not settle ``item`` (None: it is done)."""
+        opts = self.opts
+        if declined(prev) and item.identity is None:
+            return "earlier record skipped"  # without an identity, the input may have changed
+        if not (done(prev) or declined(prev)):
+            what = f" ({prev.error_type})" if prev.status is Status.FAILED else ""
+            return f"earlier record {prev.status}{what}"
+        if not opts.resume:
+            return "resume off"
+        fingerprint = self.fingerprint(item.key, item)
+        if fingerprint is not None and prev.fingerprint != fingerprint:
+            return "options changed"
+        if item.identity is not None:
+            if prev.source != item.source:
+                return f"another input under this key (was {shown(prev.source)})"
+            if prev.identity != item.identity:
+                return changed(prev.identity, item.identity)
+        if opts.is_done is not None and not declined(prev) and not opts.is_done(prev):
+            return "earlier outputs missing"
+        return None
+
+
+def skipped(
+    item: Item, reason: str, prev: Record | None = None, *, stage: str | None = None
+) -> Record:
+    """``item`` settled without work; an earlier record's result, options and input kept."""
+    return Record(
+        key=item.key,
+        status=Status.SKIPPED,
+        source=item.source,
+        stage=stage,
+        reason=reason,
+        value=prev.value if prev is not None else None,
+        meta=item.meta or (prev.meta if prev is not None else {}),
+        fingerprint=prev.fingerprint if prev is not None else None,
+        identity=prev.identity if prev is not None else None,
+    )
+
+
+def done(prev: Record) -> bool:
+    """An earlier record that says the item was made: ``ok``, or skipped as already done."""
+    return prev.status is Status.OK or (
+        prev.status is Status.SKIPPED and prev.reason == REASON_DONE
+    )
+
+
+def declined(prev: Record) -> bool:
+    """An earlier record of a stage that declined the input (raised :class:`Skip`)."""
+    return prev.status is Status.SKIPPED and prev.stage is not None
+
+
+def changed(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """The record's ``redo`` for an input whose identity changed: which fields did."""
+    if before is None:
+        return "input changed (no identity in the earlier record)"
+    fields = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+    return f"input changed ({', '.join(fields)})"

@@ -1,0 +1,98 @@
+"""The ledger writer: the one consumer of the records channel, the only code that commits them.
+
+It takes records as they come and commits them to the ledger's journal in transactions of up to
+:data:`LEDGER_CAPACITY`, at most every :data:`LEDGER_INTERVAL` seconds; each record is also
+counted, shown to the collectors and passed to ``on_record``. The stream ends when the recorder
+closes the channel: the writer commits what is left at once and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+
+from .channel import Channel, EndOfStream, WouldBlock
+from .ledger import Ledger
+from .progress import Progress
+from .records import Record
+from .result import Collector
+
+__all__ = ["LEDGER_CAPACITY", "LEDGER_INTERVAL", "LedgerWriter", "open_ledger"]
+
+#: Records buffered between the stages and the ledger writer; the writer commits them in
+#: transactions of up to this many, so it also bounds what a SIGKILL of the parent can lose.
+LEDGER_CAPACITY = 512
+#: The ledger writer commits at most this often (seconds): records arriving one by one are
+#: gathered into one transaction (and one hop to its thread) instead of one each. A SIGKILL of
+#: the parent can lose at most this much of records, whose items a resume simply redoes.
+LEDGER_INTERVAL = 0.02
+
+
+@contextlib.asynccontextmanager
+async def open_ledger(output: Path | None, run_id: str) -> AsyncIterator[Ledger | None]:
+    """The output folder's ledger for the run (None: a run without an output folder)."""
+    if output is None:
+        yield None
+        return
+    async with Ledger(output, run=run_id) as ledger:
+        yield ledger
+
+
+class LedgerWriter:
+    """Commits the records of :attr:`channel` (see the module docstring)."""
+
+    def __init__(
+        self,
+        channel: Channel[Record],
+        ledger: Ledger | None,
+        *,
+        collectors: Sequence[Collector],
+        on_record: Callable[[Record], Awaitable[None]] | None,
+        progress: Progress,
+    ) -> None:
+        self.channel = channel
+        self.ledger = ledger
+        self.collectors = list(collectors)
+        self.on_record = on_record
+        self.progress = progress
+        self.counts: Counter[str] = Counter()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        committed = -math.inf
+        while True:
+            try:
+                first = await self.channel.receive()
+            except EndOfStream:
+                return
+            wait = committed + LEDGER_INTERVAL - loop.time()
+            if self.ledger is not None and wait > 0 and len(self.channel) < LEDGER_CAPACITY:
+                # let more records in: one transaction for them all; the last records of a run
+                # go as soon as the stream ends (a shard on a Dask worker waited 20 ms for them)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.channel.wait_closed(), wait)
+            batch = [first]
+            while len(batch) < LEDGER_CAPACITY:
+                try:
+                    batch.append(self.channel.receive_nowait())
+                except (WouldBlock, EndOfStream):
+                    break
+            committed = loop.time()
+            await self.commit(batch)
+
+    async def commit(self, batch: Sequence[Record]) -> None:
+        """Count, collect, journal and pass on ``batch`` (also the run's last, cancelled ones)."""
+        for rec in batch:
+            self.counts[str(rec.status)] += 1
+            for col in self.collectors:
+                col.add(rec)
+        if self.ledger is not None:
+            await self.ledger.write(batch)
+        if self.on_record is not None:
+            for rec in batch:
+                await self.on_record(rec)
+        self.progress.finish_item(len(batch))
