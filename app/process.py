@@ -35,9 +35,10 @@ from pipeline import (
     stage,
 )
 from stages import steps
+from stages.files import Loaded
 from stages.parts import is_data_result
-from stages.sources import DATA_EXTENSIONS, DataFile, walk_inputs
-from stages.thumbs import outputs_exist
+from stages.sources import DATA_EXTENSIONS, DataFile, SourceFile, walk_inputs
+from stages.thumbs import Rendered, outputs_exist
 
 from .collectors import DataAggregate, DataTable, NearDuplicates, StatsTable
 from .config import ProcessConfig
@@ -51,7 +52,7 @@ def build_pipeline(cfg: ProcessConfig) -> Pipeline:
     w = cfg.workers
     fetching = []
     if cfg.download is not None:
-        from stages.fetching import download, session_factory
+        from stages.fetching import UrlSource, download, session_factory
 
         # one aiohttp session per run (the stage's context); fetch enforces connect/read/total
         # timeouts and retries itself, so the stage has no engine timeout of its own
@@ -61,6 +62,7 @@ def build_pipeline(cfg: ProcessConfig) -> Pipeline:
                 cfg.download,
                 kind="async",
                 name="download",
+                accepts=UrlSource,
                 workers=w["download"],
                 capacity=64,
                 context=session_factory(cfg.download),
@@ -71,13 +73,15 @@ def build_pipeline(cfg: ProcessConfig) -> Pipeline:
         [
             *fetching,
             # inbox of small path records; batches of reads go to the threads; data files are
-            # planned here (header only) and split into chunks for the process workers
+            # planned here (header only) and split into chunks for the process workers.
+            # Each stage takes its own kind of value: the engine routes the rest past it.
             stage(
                 steps.read,
                 cfg.max_file_size,
                 cfg.data,
                 kind="thread",
                 name="read",
+                accepts=(SourceFile, DataFile),
                 workers=w["read"],
                 capacity=64,
                 timeout=cfg.timeout,
@@ -90,16 +94,18 @@ def build_pipeline(cfg: ProcessConfig) -> Pipeline:
                 cfg.resize,
                 kind="process",
                 name="resize",
+                accepts=Loaded,
                 workers=w["resize"],
                 capacity=2 * w["resize"],
                 timeout=cfg.timeout,
                 max_batch=4,
             ),
-            # fused with resize: data chunks' statistics (images pass through)
+            # fused with resize (one worker call): data chunks' statistics
             stage(
                 steps.crunch,
                 kind="process",
                 name="crunch",
+                accepts=steps.PARTS,
                 workers=w["crunch"],
                 capacity=2 * w["crunch"],
                 timeout=cfg.timeout,
@@ -111,6 +117,7 @@ def build_pipeline(cfg: ProcessConfig) -> Pipeline:
                 str(cfg.output),
                 kind="thread",
                 name="write",
+                accepts=Rendered,
                 workers=w["write"],
                 capacity=32,
                 timeout=cfg.timeout,

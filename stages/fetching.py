@@ -24,7 +24,6 @@ from pipeline import Item, Record, Status
 
 from .download import DownloadConfig, fetch, make_session, url_to_relpath
 from .files import Loaded
-from .sources import SourceFile
 from .urls import iter_url_list
 
 __all__ = ["UrlSource", "download", "download_url", "session_factory", "url_inputs"]
@@ -69,11 +68,9 @@ def session_factory(config: DownloadConfig) -> Callable[[], aiohttp.ClientSessio
 
 
 async def download(
-    value: UrlSource | SourceFile, config: DownloadConfig, *, session: aiohttp.ClientSession
-) -> Loaded | SourceFile:
-    """The ``process`` command's download stage: a URL's bytes; files pass through."""
-    if not isinstance(value, UrlSource):
-        return value
+    value: UrlSource, config: DownloadConfig, *, session: aiohttp.ClientSession
+) -> Loaded:
+    """The ``process`` command's download stage (it takes URLs only): a URL's bytes."""
     return await download_url(value, config, session=session)
 
 

@@ -1,15 +1,19 @@
-"""The ``process`` command's stage functions: each handles its own kind of value, passes others on.
+"""The ``process`` command's stage functions, one kind of value each.
 
-One pipeline carries images and numeric data files side by side::
+Each stage of the command declares the values it takes (``stage(..., accepts=...)``) and the
+engine routes every item only through the stages that take its value::
 
-    read    SourceFile -> Loaded (bytes)        DataFile -> Split into parts (stages.data.plan)
-    resize  Loaded -> Rendered (decode+resize)  parts pass through
-    crunch  Rendered passes through             part -> partial statistics
-            ... the parts of a data file are merged here, after the resize+crunch group ...
-    write   Rendered -> files + record value    a data file's merged statistics pass through
+    download  UrlSource -> Loaded (bytes)                       URLs only
+    read      SourceFile -> Loaded (an image's bytes)           files only
+              DataFile -> Split into parts (stages.data.plan)
+    resize    Loaded -> Rendered (decode + resize + statistics) images only
+    crunch    a data part -> its partial statistics             data parts only
+              ... the parts of a data file are merged after crunch ...
+    write     Rendered -> files + the record's value            images only
 
 ``resize`` and ``crunch`` are adjacent process stages, so the engine fuses them into one worker
-call: an image's decoded pixels and a chunk's values never cross a process boundary.
+call (a worker runs the step that takes the value); an image's decoded pixels and a chunk's
+values never cross a process boundary, and each stage's metrics count its own work only.
 
 This module imports neither numpy nor Pillow: ``read`` and ``write`` run in the parent process,
 which needs them only for data files. The workers' modules are preloaded by the forkserver
@@ -29,13 +33,14 @@ from .sniff import image_format
 from .sources import DataFile, SourceFile
 from .thumbs import Rendered, render, write_outputs
 
-__all__ = ["crunch", "read", "resize", "write"]
+__all__ = ["PARTS", "crunch", "read", "resize", "write"]
 
-_PARTS = (ArrayPart, ZipMemberPart, CsvPart)
+#: The values the ``crunch`` stage takes: the parts of a data file.
+PARTS = (ArrayPart, ZipMemberPart, CsvPart)
 
 
 def read(
-    src: SourceFile | DataFile | Loaded,
+    src: SourceFile | DataFile,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     data: DataOptions | None = None,
 ) -> Loaded | Split:
@@ -59,24 +64,22 @@ def _plan(src: DataFile, data: DataOptions | None) -> Split:
     from .data import plan
 
     split = plan(src, data or DataOptions())
-    # the parts run through resize (passing) and crunch, fused or not (Dask runs them apart)
+    # the parts go to crunch (the only stage that takes them) and merge after it
     return Split(split.parts, split.merge, through="crunch")
 
 
-def resize(value: Any, options: ResizeOptions) -> Any:
-    """Decode, resize and measure an image; anything else passes through."""
-    return render(value, options) if isinstance(value, Loaded) else value
+def resize(value: Loaded, options: ResizeOptions) -> Rendered:
+    """Decode, resize and measure an image."""
+    return render(value, options)
 
 
-def crunch(value: Any) -> Any:
-    """Statistics of one chunk of a data file; anything else passes through."""
-    if not isinstance(value, _PARTS):
-        return value
+def crunch(value: ArrayPart | ZipMemberPart | CsvPart) -> Any:
+    """Statistics of one chunk of a data file."""
     from .data import crunch_part
 
     return crunch_part(value)
 
 
-def write(value: Any, root: str) -> Any:
-    """Write an image's outputs; a data file's statistics (a dict) pass through to its record."""
-    return write_outputs(value, root) if isinstance(value, Rendered) else value
+def write(value: Rendered, root: str) -> dict[str, Any]:
+    """Write an image's outputs; the record's value."""
+    return write_outputs(value, root)

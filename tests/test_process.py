@@ -16,6 +16,7 @@ from app.config import ProcessConfig
 from app.process import run_process
 from pipeline import ConfigError, Item
 from stages.files import UnsafePath, safe_join
+from stages.parts import is_data_result
 from stages.sources import walk_inputs
 from stages.thumbs import output_rel
 from tests.conftest import by_key
@@ -238,3 +239,17 @@ def test_near_duplicates_reuse_the_stats_tables_pass_over_the_manifest(tmp_path:
     assert table.result()["rows"] == 3
     (tmp_path / "manifest.jsonl").unlink()  # the groups must come from the table's own pass
     assert NearDuplicates(table).result()["groups"] == [["a", "b"]]
+
+
+def test_each_stage_counts_only_the_inputs_it_works_on(out: Path) -> None:
+    """Routing by type: images go read -> resize -> write, data files read -> crunch; no stage
+    sees (or counts) an item that is not its kind."""
+    data = ROOT / "sample_data" / "data"
+    done = cli(str(IMAGES), str(data), "--output", str(out), "--quiet", "--chunk-size", "0")
+    assert done.returncode == 0, done.stderr
+    images = sum(1 for p in IMAGES.rglob("*") if p.is_file())
+    data_records = sum(1 for r in by_key(out).values() if is_data_result(r.get("result")))
+    stages = {s["name"]: s for s in json.loads((out / "summary.json").read_text())["stages"]}
+    assert stages["read"]["items"] == len(by_key(out))  # every input (an .npz: one per array)
+    assert stages["resize"]["items"] == stages["write"]["items"] == images
+    assert stages["crunch"]["items"] == data_records  # --chunk-size 0: one part each
