@@ -89,7 +89,8 @@ class GroupSupervisor:
 
     def _start(self, lane: Lane) -> None:
         """Start the drivers of one more lane."""
-        assert self._tasks is not None and self._workers is not None
+        assert self._tasks is not None
+        assert self._workers is not None
         if isinstance(lane, AsyncLane):
             self._tasks.create_task(self.driver.singles(lane, self.inbox))
         else:

@@ -59,7 +59,8 @@ def region_mean(im: Image.Image, box: tuple[float, float, float, float]) -> npt.
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
-    assert a.size == b.size and a.mode == b.mode
+    assert a.size == b.size
+    assert a.mode == b.mode
     mse = float(np.mean((pixels(a) - pixels(b)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 

@@ -42,7 +42,8 @@ def test_python_spin_in_threads_is_gil_bound() -> None:
         result = Pipeline([st]).run(keyed(40), progress=False)
         (v,) = result.advice
         (snap,) = result.stages
-        assert snap.parallelism is not None and snap.parallelism <= GIL_RELEASED_ABOVE
+        assert snap.parallelism is not None
+        assert snap.parallelism <= GIL_RELEASED_ABOVE
         concurrent = snap.busy / snap.wall
         if v.kind == "cpu-python":
             assert concurrent > 1.5
@@ -102,7 +103,8 @@ def test_stage_after_the_bottleneck_is_starved_and_workers_balance() -> None:
     result = pipe.run(keyed(60), progress=False)
     got = {v.stage: v for v in result.advice}
     assert result.bottleneck == "crunch"
-    assert got["crunch"].kind == "cpu" and got["crunch"].suggested_workers <= 2
+    assert got["crunch"].kind == "cpu"
+    assert got["crunch"].suggested_workers <= 2
     assert got["after"].kind == "starved"
     assert got["after"].suggested_workers <= 8
 
@@ -157,7 +159,8 @@ def test_workers_auto_grows_the_bottleneck_and_says_why() -> None:
     assert auto["final"]["io"] > 2  # the sleeping stage was grown
     assert auto["final"]["after"] == 2  # the idle one stayed where it started
     first = auto["decisions"][0]
-    assert first["stage"] == "io" and "busy" in first["reason"]
+    assert first["stage"] == "io"
+    assert "busy" in first["reason"]
 
 
 def test_workers_auto_never_exceeds_the_cores_for_processes() -> None:

@@ -231,10 +231,12 @@ def test_factories_give_stages_of_the_right_kind() -> None:
         "download",
         "write",
     )
-    assert resize.workers == 3 and resize.capacity == 6
+    assert resize.workers == 3
+    assert resize.capacity == 6
     (options,) = resize.args
     assert [s.label for s in options.sizes] == ["256", "64x48"]
-    assert download.workers == 5 and download.context is not None
+    assert download.workers == 5
+    assert download.context is not None
     assert download.context_arg == "session"
     assert stages.resize_stage(256, format="JPG").args[0].format == "jpeg"
     assert stages.resize_stage(64, name="small").name == "small"
@@ -351,10 +353,12 @@ def test_walk_leaves_the_output_folder_out(photos: Path) -> None:
     (out / "256" / "old.jpg").write_bytes((IMAGES / "640x480_rgb.jpg").read_bytes())
     found = {x.key: x for x in stages.walk(photos, output=out)}
     skipped = found["out/"]
-    assert isinstance(skipped, Record) and (skipped.reason or "").startswith("the output folder")
+    assert isinstance(skipped, Record)
+    assert (skipped.reason or "").startswith("the output folder")
     assert not any(k.startswith("out/256") for k in found)
     jpegs = {x.key for x in stages.walk(photos, output=out, include="*.jpg")}  # one glob
-    assert "640x480_rgb.jpg" in jpegs and "300x300_small.png" not in jpegs
+    assert "640x480_rgb.jpg" in jpegs
+    assert "300x300_small.png" not in jpegs
 
 
 def test_read_stage_takes_paths_and_passes_downloads(tmp_path: Path) -> None:
@@ -371,7 +375,8 @@ def test_read_stage_takes_paths_and_passes_downloads(tmp_path: Path) -> None:
     assert recs["1"].value.rel == "900x600.webp"
     assert (recs["2"].status, recs["2"].reason) == ("skipped", "not an image: a NumPy array (.npy)")
     assert recs["3"].value is loaded
-    assert recs["4"].status == "failed" and recs["4"].error_type == "TypeError"
+    assert recs["4"].status == "failed"
+    assert recs["4"].error_type == "TypeError"
     assert "stages.walk()" in (recs["4"].error or "")
 
 
@@ -379,7 +384,8 @@ def test_stages_say_what_they_take(tmp_path: Path) -> None:
     out = tmp_path / "out"
     pipe = Pipeline([stages.resize_stage(64, workers=1), stages.write_stage(out)])
     (rec,) = pipe.iter([("k", "not loaded bytes")])
-    assert rec.status == "failed" and rec.error_type == "TypeError"
+    assert rec.status == "failed"
+    assert rec.error_type == "TypeError"
     assert "read_stage or download_stage" in (rec.error or "")
     (rec,) = run_stage(stages.write_stage(out), [("k", b"bytes")])
     assert "resize_stage" in (rec.error or "")
@@ -412,7 +418,9 @@ def test_a_user_pipeline_over_urls_from_a_loopback_server(tmp_path: Path) -> Non
     assert rec["status"] == "ok"
     assert rec["result"]["download"]["http_status"] == 200
     (output,) = rec["result"]["outputs"]
-    assert output["path"].startswith("96/127.0.0.1_") and output["path"].endswith(".webp")
+    assert output["path"].startswith("96/127.0.0.1_")
+    assert output["path"].endswith(".webp")
     with Image.open(out / output["path"]) as im:
-        assert im.format == "WEBP" and max(im.size) == 96
+        assert im.format == "WEBP"
+        assert max(im.size) == 96
     assert refused.counts == {"failed": 1}  # loopback is private: refused by default

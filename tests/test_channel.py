@@ -18,7 +18,8 @@ async def test_a_full_channel_blocks_its_sender_until_a_receive() -> None:
         ch.send_nowait(3)
     third = asyncio.create_task(ch.send(3))
     await asyncio.sleep(0)
-    assert not third.done() and ch.statistics().waiting_senders == 1
+    assert not third.done()
+    assert ch.statistics().waiting_senders == 1
     assert await ch.receive() == 1
     await third
     assert [await ch.receive(), await ch.receive()] == [2, 3]

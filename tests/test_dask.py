@@ -125,7 +125,9 @@ def test_window_is_known_after_open_or_given() -> None:
         with pytest.raises(ValueError):
             DaskBackend(**bad)  # type: ignore[arg-type]
     summary = DaskBackend("tcp://127.0.0.1:1", shard_size=7).summary()
-    assert summary["shard_size"] == 7 and summary["window"] is None and summary["shards"] == 0
+    assert summary["shard_size"] == 7
+    assert summary["window"] is None
+    assert summary["shards"] == 0
 
 
 @pytest.mark.timeout(30)
@@ -144,8 +146,10 @@ def test_run_shard_runs_the_local_engine_in_process() -> None:
         (1, "OddError"),
         (1, "ValueError"),
     ]
-    assert res.items[1].message == "bad value 5" and res.items[1].attempts == 2
-    assert res.reached == [4, 4] and len(res.busy) == 2
+    assert res.items[1].message == "bad value 5"
+    assert res.items[1].attempts == 2
+    assert res.reached == [4, 4]
+    assert len(res.busy) == 2
     assert res.worker == f"pid:{os.getpid()}"
 
 
@@ -234,7 +238,8 @@ def test_process_matches_the_local_backend(cluster: str, tmp_path: Path) -> None
     local, dask = by_key(outs["local"]), by_key(outs["dask"])
     assert local.keys() == dask.keys()
     failed = {k for k, r in local.items() if r["status"] == "failed"}
-    assert failed and len(failed) < len(local)  # edge cases fail one by one, the rest is ok
+    assert failed
+    assert len(failed) < len(local)
     for key, rec in local.items():
         other = dask[key]
         for field in ("status", "stage", "error_type", "error", "reason", "attempts"):
@@ -246,8 +251,10 @@ def test_process_matches_the_local_backend(cluster: str, tmp_path: Path) -> None
                 assert a.read_bytes() == b.read_bytes(), o["path"]
     summary = json.loads((outs["dask"] / "summary.json").read_text())
     backend = summary["collected"]["backend"]
-    assert backend["name"] == "dask" and backend["scheduler"] == cluster
-    assert backend["shard_size"] == 8 and backend["shards"] >= 1
+    assert backend["name"] == "dask"
+    assert backend["scheduler"] == cluster
+    assert backend["shard_size"] == 8
+    assert backend["shards"] >= 1
     # processed on the workers: ok, failed, and skipped by a stage (not an image: the read stage)
     processed = sum(1 for r in dask.values() if r["status"] in ("ok", "failed") or r.get("stage"))
     assert backend["items"] == processed == sum(w["items"] for w in backend["workers"].values())
@@ -266,10 +273,12 @@ def test_item_errors_fail_alone_with_their_type(cluster: str, tmp_path: Path) ->
     for name, backend in (("local", None), ("dask", DaskBackend(cluster, shard_size=16))):
         out = tmp_path / name
         result = Pipeline(stages).run(range(60), output=out, backend=backend, progress=False)
-        assert result.error is None and result.exit_code == 1
+        assert result.error is None
+        assert result.exit_code == 1
         got[name] = by_key(out)
     local, dask = got["local"], got["dask"]
-    assert local.keys() == dask.keys() and len(dask) == 60
+    assert local.keys() == dask.keys()
+    assert len(dask) == 60
     for key, rec in dask.items():
         x = int(key.lstrip("#")) + 1
         if x % 5 == 0:
@@ -278,12 +287,14 @@ def test_item_errors_fail_alone_with_their_type(cluster: str, tmp_path: Path) ->
                 "check",
                 "ValueError",
             )
-            assert rec["error"] == f"bad value {x}" and rec["attempts"] == 2
+            assert rec["error"] == f"bad value {x}"
+            assert rec["attempts"] == 2
         elif x % 7 == 0:  # cannot cross a process boundary as itself: type name and message kept
             assert (rec["status"], rec["error_type"]) == ("failed", "OddError")
             assert f"odd value {x}: seven" in rec["error"]
         else:
-            assert rec["status"] == "ok" and rec["result"] == x * 10
+            assert rec["status"] == "ok"
+            assert rec["result"] == x * 10
         assert {k: rec.get(k) for k in ("status", "stage", "error_type", "attempts")} == {
             k: local[key].get(k) for k in ("status", "stage", "error_type", "attempts")
         }
@@ -302,7 +313,8 @@ async def test_cancelling_a_run_cancels_its_shards(cluster: str, tmp_path: Path)
     )
     deadline = time.monotonic() + 60
     while len(_marks(marks)) < 2:
-        assert time.monotonic() < deadline and not run.done()
+        assert time.monotonic() < deadline
+        assert not run.done()
         await asyncio.sleep(0.02)
     run.cancel()
     sent = time.monotonic()
@@ -372,14 +384,16 @@ def test_worker_sigkilled_mid_shard_every_input_once(cluster: str, tmp_path: Pat
     assert len(recs) == n
     assert all(r["status"] == "ok" for r in recs.values())
     assert sorted(r["result"] for r in recs.values()) == [2 * x for x in range(n)]
-    assert result.crashes == () and result.ok == n
+    assert result.crashes == ()
+    assert result.ok == n
     done = _marks(marks)
     by_item: dict[int, set[int]] = {}
     for x, pid in done:
         by_item.setdefault(x, set()).add(pid)
     assert set(by_item) == set(range(n))
     redone = [x for x, pids in by_item.items() if len(pids) > 1]
-    assert redone and all(killed[0] in by_item[x] for x in redone)  # the shard ran again
+    assert redone
+    assert all(killed[0] in by_item[x] for x in redone)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["collected"]["backend"]["items"] == n
     _workers_ready(cluster, 2)  # the nanny restarted it: leave the cluster whole
@@ -410,8 +424,10 @@ def test_item_that_kills_workers_fails_alone_and_the_cluster_goes(tmp_path: Path
     )
     assert len(result.crashes) == 2  # the shard, then the item alone
     summary = backend.summary()
-    assert summary["killed_shards"] == 1 and summary["crashed_items"] == 1
-    assert summary["local_cluster"] is True and summary["malloc_trim_threshold"] is None
+    assert summary["killed_shards"] == 1
+    assert summary["crashed_items"] == 1
+    assert summary["local_cluster"] is True
+    assert summary["malloc_trim_threshold"] is None
     # the LocalCluster the backend started is gone, workers included
     left = [
         p
@@ -507,10 +523,13 @@ def test_separate_scheduler_and_worker_processes(
     result = run_process(cfg)  # waits for the worker to join
     recs = by_key(tmp_path / "out")
     n_files = sum(1 for p in IMAGES.rglob("*") if p.is_file())
-    assert len(recs) == n_files and result.ok == n_files
+    assert len(recs) == n_files
+    assert result.ok == n_files
     backend = json.loads((tmp_path / "out" / "summary.json").read_text())["collected"]["backend"]
-    assert backend["scheduler"] == address and backend["local_cluster"] is False
-    assert backend["worker_threads"] == 1 and backend["window"] == 2
+    assert backend["scheduler"] == address
+    assert backend["local_cluster"] is False
+    assert backend["worker_threads"] == 1
+    assert backend["window"] == 2
     (w,) = backend["workers"].values()
     assert w["items"] == n_files
     # stop them the way an operator would; nothing may be left running
@@ -575,12 +594,14 @@ def test_sigint_stops_a_dask_run_and_leaves_nothing_behind(
     assert alive == [], f"left behind: {alive}"
     recs = by_key(out)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["finished"] is True and summary["interrupted"] is True
+    assert summary["finished"] is True
+    assert summary["interrupted"] is True
     assert summary["exit_code"] == 130
     assert summary["inputs_seen"] == len(recs) <= n
     assert sum(summary["counts"].values()) == len(recs)
     statuses = {r["status"] for r in recs.values()}
-    assert statuses <= {"ok", "cancelled"} and "cancelled" in statuses
+    assert statuses <= {"ok", "cancelled"}
+    assert "cancelled" in statuses
     for rec in recs.values():  # an ok record means its thumbnail is there
         if rec["status"] == "ok":
             assert all((out / o["path"]).is_file() for o in rec["result"]["outputs"])

@@ -42,14 +42,16 @@ def check_against_numpy(s: dict[str, Any], a: npt.NDArray[Any]) -> None:
     assert s["count"] == int((~np.isnan(flat)).sum())
     assert s["missing"] == int(np.isnan(flat).sum())
     if finite.size == 0:
-        assert s["mean"] is None and s["histogram"] is None
+        assert s["mean"] is None
+        assert s["histogram"] is None
         return
     scale = max(1.0, float(np.abs(finite).max()))
     assert math.isclose(s["mean"], float(finite.mean()), rel_tol=1e-9, abs_tol=1e-12 * scale)
     assert math.isclose(s["std"], float(finite.std()), rel_tol=1e-7, abs_tol=1e-9 * scale)
     assert math.isclose(s["sumsq"], float(np.dot(finite, finite)), rel_tol=1e-9, abs_tol=1e-9)
     if not np.isinf(flat).any():
-        assert s["min"] == float(finite.min()) and s["max"] == float(finite.max())
+        assert s["min"] == float(finite.min())
+        assert s["max"] == float(finite.max())
     h = s["histogram"]
     edges = h["low"] + h["width"] * np.arange(len(h["counts"]) + 1)
     expected, _ = np.histogram(finite, bins=edges)
@@ -76,7 +78,8 @@ def test_chunked_npy_statistics_equal_one_pass(
     path = tmp_path / "a.npy"
     np.save(path, a)
     value = run_plan(path, DataOptions(chunk_size=chunk, bins=16))
-    assert value["shape"] == list(a.shape) and value["kind"] == "array"
+    assert value["shape"] == list(a.shape)
+    assert value["kind"] == "array"
     check_against_numpy(value["stats"], a)
     one = run_plan(path, DataOptions(chunk_size=0, bins=16))
     assert one["chunks"] <= 1
@@ -114,22 +117,29 @@ def test_merge_is_exact_for_any_split_and_nan_pattern(
 def test_array_stats_basics_and_round_trip() -> None:
     s = array_stats(np.array([1.0, 2.0, np.nan, 3.0, np.inf]), max_bins=8)
     assert (s.count, s.nan_count, s.pos_inf, s.finite) == (4, 1, 1, 3)
-    assert s.mean == 2.0 and s.max == math.inf and s.min == 1.0
+    assert s.mean == 2.0
+    assert s.max == math.inf
+    assert s.min == 1.0
     assert math.isclose(s.std, float(np.std([1.0, 2.0, 3.0])))
     d = s.to_dict()
     back = ArrayStats.from_dict(json.loads(json.dumps(d)), max_bins=8, exp_floor=-32)
-    assert back.histogram == s.histogram and back.to_dict() == d
+    assert back.histogram == s.histogram
+    assert back.to_dict() == d
     ints = array_stats(np.arange(1000, dtype=np.int16), max_bins=10)
-    assert ints.histogram is not None and ints.histogram.width == 128.0  # integer-wide bins
+    assert ints.histogram is not None
+    assert ints.histogram.width == 128.0
     with pytest.raises(ValueError, match="numeric"):
         array_stats(np.array(["a"]))
     with pytest.raises(ValueError, match="max_bins"):
         array_stats(np.arange(3), max_bins=0)
     huge = array_stats(np.array([1e308, 1e308, -5.0]), max_bins=1).to_dict()
     json.dumps(huge, allow_nan=False)  # bins wider than the float range: edges None, exp kept
-    assert huge["histogram"]["counts"] == [1, 2] and huge["histogram"]["width"] is None
+    assert huge["histogram"]["counts"] == [1, 2]
+    assert huge["histogram"]["width"] is None
     empty = merge(array_stats(np.array([np.nan])), array_stats(np.empty(0)))
-    assert empty.count == 0 and empty.nan_count == 1 and math.isnan(empty.mean)
+    assert empty.count == 0
+    assert empty.nan_count == 1
+    assert math.isnan(empty.mean)
 
 
 # -------------------------------------------------------------------------------------- CSV
@@ -154,9 +164,11 @@ def test_csv_quoted_fields_missing_values_and_bad_cells(tmp_path: Path) -> None:
     assert value["header"] == ["id", "name, quoted", "val", "note"]
     assert set(value["columns"]) == {"id", "val"}
     assert value["non_numeric"] == {"name, quoted": 5, "note": 5}
-    assert value["rows"] == 6 and value["bad_rows"] == 2
+    assert value["rows"] == 6
+    assert value["bad_rows"] == 2
     val = value["columns"]["val"]
-    assert val["count"] == 3 and val["missing"] == 2  # NA and empty
+    assert val["count"] == 3
+    assert val["missing"] == 2
     assert val["sum"] == 1.5 + 2.5 - 1e3
     assert value["bad_cells"] == {"val": 1}
     assert value["first_bad"]["line"] in (5, 7)  # the bad cell (line 5) or first ragged row
@@ -173,28 +185,33 @@ def test_csv_bad_cell_is_reported_with_its_line(tmp_path: Path) -> None:
 
 def test_csv_header_only_empty_file_and_tsv(tmp_path: Path) -> None:
     value = run_plan(write(tmp_path / "h.csv", "a,b\r\n"), DataOptions())
-    assert value["rows"] == 0 and value["columns"]["a"]["count"] == 0
+    assert value["rows"] == 0
+    assert value["columns"]["a"]["count"] == 0
     with pytest.raises(DataError, match="empty file"):
         run_plan(write(tmp_path / "e.csv", b""), DataOptions())
     tsv = run_plan(write(tmp_path / "x.tsv", "a\tb\r\n1\t2\r\n3\t4\r\n"), DataOptions())
-    assert tsv["delimiter"] == "\t" and tsv["columns"]["b"]["sum"] == 6.0
+    assert tsv["delimiter"] == "\t"
+    assert tsv["columns"]["b"]["sum"] == 6.0
 
 
 def test_csv_non_utf8_bytes_are_bad_cells_not_a_crash(tmp_path: Path) -> None:
     data = b"x,label\n1,caf\xe9\n2,\xff\xfe\n\xff,ok\n4,fine\n"
     value = run_plan(write(tmp_path / "l.csv", data), DataOptions())
-    assert value["columns"]["x"]["count"] == 3 and value["bad_cells"] == {"x": 1}
+    assert value["columns"]["x"]["count"] == 3
+    assert value["bad_cells"] == {"x": 1}
     assert value["non_numeric"] == {"label": 4}
 
 
 def test_csv_columns_and_delimiter_options(tmp_path: Path) -> None:
     path = write(tmp_path / "s.csv", "a;b;c\n1;2;3\n4;5;6\n")
     value = run_plan(path, DataOptions(columns=("c",)))
-    assert value["delimiter"] == ";" and list(value["columns"]) == ["c"]
+    assert value["delimiter"] == ";"
+    assert list(value["columns"]) == ["c"]
     with pytest.raises(DataError, match=r"no column\(s\) \['zz'\]"):
         run_plan(path, DataOptions(columns=("zz",)))
     forced = run_plan(path, DataOptions(delimiter=","))
-    assert forced["header"] == ["a;b;c"] and forced["non_numeric"] == {"a;b;c": 2}
+    assert forced["header"] == ["a;b;c"]
+    assert forced["non_numeric"] == {"a;b;c": 2}
 
 
 @FAST
@@ -220,7 +237,8 @@ def test_npz_stored_and_compressed_members(tmp_path: Path) -> None:
     np.savez(tmp_path / "s.npz", a=a, b=b)
     np.savez_compressed(tmp_path / "c.npz", b=b)
     stored = run_plan(tmp_path / "s.npz", DataOptions(chunk_size=4096), member="a.npy")
-    assert stored["chunks"] == 10 and stored["shape"] == [100, 100]
+    assert stored["chunks"] == 10
+    assert stored["shape"] == [100, 100]
     check_against_numpy(stored["stats"], a)
     compressed = run_plan(tmp_path / "c.npz", DataOptions(chunk_size=64), member="b.npy")
     assert compressed["chunks"] == 1  # deflate cannot seek: one part
@@ -280,8 +298,10 @@ def test_process_runs_data_files_in_chunks_with_one_record_each(
     check_against_numpy(big["stats"], np.load(data_dir / "big.npy"))
     assert recs["sub/pair.npz:y"]["result"]["stats"]["sum"] == 12.0
     assert recs["table.csv"]["result"]["columns"]["b"]["sum"] == sum(i % 3 for i in range(5000))
-    assert recs["empty.csv"]["status"] == "failed" and "empty file" in recs["empty.csv"]["error"]
-    assert recs["broken.npz"]["status"] == "failed" and recs["broken.npz"]["stage"] == "sources"
+    assert recs["empty.csv"]["status"] == "failed"
+    assert "empty file" in recs["empty.csv"]["error"]
+    assert recs["broken.npz"]["status"] == "failed"
+    assert recs["broken.npz"]["stage"] == "sources"
     assert recs["notes.txt"]["status"] == "skipped"
     assert result.counts == {"ok": 5, "failed": 2, "skipped": 1}
     crunch = next(s for s in result.stages if s.name == "crunch")
@@ -294,7 +314,8 @@ def test_process_runs_data_files_in_chunks_with_one_record_each(
     together = np.concatenate([np.load(data_dir / "big.npy"), np.load(data_dir / "big2.npy")])
     check_against_numpy(both["stats"], together)
     report = (out / "report.html").read_text()
-    assert '<table id="data">' in report and "<td>table.csv</td><td>b</td>" in report
+    assert '<table id="data">' in report
+    assert "<td>table.csv</td><td>b</td>" in report
     table = (out / "data_stats.csv").read_text().splitlines()
     assert table[0].startswith("key,column,count")
     assert any(r.startswith("table.csv,b,") for r in table)
@@ -313,7 +334,8 @@ def test_process_resume_redoes_only_what_changed(data_dir: Path, tmp_path: Path)
     redone = {k for k, r in recs.items() if r["status"] == "ok"}
     assert changed.counts["ok"] == len(redone)
     ok_data = {k for k in data_keys if recs[k]["status"] == "ok"}
-    assert ok_data and redone == ok_data  # new histogram bins redo the data, not the images
+    assert ok_data
+    assert redone == ok_data
     hist = recs["in/big.npy"]["result"]["stats"]["histogram"]
     assert len(hist["counts"]) <= 16
     groups = json.loads((out / "summary.json").read_text())["collected"]["data_aggregate"]
@@ -329,7 +351,8 @@ def test_data_files_inside_a_zip_that_is_not_one(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_process(ProcessConfig(inputs=(str(d),), output=str(out), quiet=True))
     rec = by_key(out)["odd.npz"]
-    assert rec["status"] == "skipped" and "no arrays" in rec["reason"]
+    assert rec["status"] == "skipped"
+    assert "no arrays" in rec["reason"]
 
 
 def test_sample_data_becomes_what_its_readme_says(tmp_path: Path) -> None:
@@ -345,5 +368,6 @@ def test_sample_data_becomes_what_its_readme_says(tmp_path: Path) -> None:
     sensors = recs["sensors.csv"]["result"]
     temp = sensors["columns"]["temp_c"]
     assert (temp["count"], temp["missing"]) == (988, 11)
-    assert sensors["bad_cells"] == {"temp_c": 1} and sensors["first_bad"]["line"] == 501
+    assert sensors["bad_cells"] == {"temp_c": 1}
+    assert sensors["first_bad"]["line"] == 501
     assert sensors["non_numeric"] == {"station": 1000, "note": 1000}

@@ -162,7 +162,8 @@ async def test_404_is_not_retried(server: str) -> None:
     exc = await fail(f"{server}/status/404", cfg(retries=3))
     assert isinstance(exc, HTTPStatusError)
     assert (exc.status, exc.attempts) == (404, 1)
-    assert "attempts=1" in str(exc) and "404" in str(exc)
+    assert "attempts=1" in str(exc)
+    assert "404" in str(exc)
     assert await hits(server, "/status/404") == 1
 
 
@@ -178,7 +179,8 @@ async def test_persistent_503_gives_up_with_attempts_and_status(server: str) -> 
     exc = await fail(f"{server}/status/503", cfg(retries=2))
     assert isinstance(exc, HTTPStatusError)
     assert (exc.status, exc.attempts) == (503, 3)
-    assert "attempts=3" in str(exc) and "last status=503" in str(exc)
+    assert "attempts=3" in str(exc)
+    assert "last status=503" in str(exc)
     assert await hits(server, "/status/503") == 3
 
 

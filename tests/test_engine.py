@@ -40,7 +40,8 @@ def test_each_kind_transforms_every_item(kind: str, out: Path) -> None:
     assert len(recs) == 50
     assert all(recs[f"k{i:04d}"]["result"] == 2 * i for i in range(50))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["finished"] is True and summary["counts"] == {"ok": 50}
+    assert summary["finished"] is True
+    assert summary["counts"] == {"ok": 50}
 
 
 def test_async_stage_and_mixed_chain(out: Path) -> None:
@@ -64,7 +65,8 @@ def test_an_exception_fails_one_item_and_the_run_goes_on(kind: str, out: Path) -
     pipe = Pipeline([stage(fns.fail_on_multiple_of_7, kind=kind, name="check"), stage(fns.inc)])
     result = pipe.run(keyed(30), output=out, progress=False)
     bad = {i for i in range(30) if i % 7 == 0}
-    assert result.failed == len(bad) and result.ok == 30 - len(bad)
+    assert result.failed == len(bad)
+    assert result.ok == 30 - len(bad)
     assert result.exit_code == 1
     for key, rec in by_key(out).items():
         i = int(key[1:])
@@ -75,7 +77,8 @@ def test_an_exception_fails_one_item_and_the_run_goes_on(kind: str, out: Path) -
             assert rec["error"] == f"{i} is a multiple of 7"
             assert rec["attempts"] == 1
         else:
-            assert rec["status"] == "ok" and rec["result"] == i + 1
+            assert rec["status"] == "ok"
+            assert rec["result"] == i + 1
 
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
@@ -128,7 +131,8 @@ def test_an_async_stage_that_declines_is_not_retried(out: Path) -> None:
 
     st = stage(decline, kind="async", retries=3, backoff=0.01)
     result = Pipeline([st]).run(keyed(2), output=out, progress=False)
-    assert result.skipped == 2 and len(calls) == 2
+    assert result.skipped == 2
+    assert len(calls) == 2
     assert {r["reason"] for r in by_key(out).values()} == {"not mine"}
 
 
@@ -169,7 +173,8 @@ def test_worker_death_fails_that_item_only(how: str, out: Path) -> None:
     assert recs["k0007"]["status"] == "failed"
     assert recs["k0007"]["error_type"] == "WorkerCrashed"
     assert recs["k0007"]["stage"] == "crashy"
-    assert result.ok == 39 and result.failed == 1
+    assert result.ok == 39
+    assert result.failed == 1
     assert len(result.crashes) == 1
 
 
@@ -181,7 +186,8 @@ def test_crash_storm_hits_the_budget_and_stops_the_run(out: Path) -> None:
     assert len(recs) <= 50
     assert {r["status"] for r in recs.values()} <= {"failed", "cancelled"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["finished"] is True and "CrashBudgetExceeded" in summary["error"]
+    assert summary["finished"] is True
+    assert "CrashBudgetExceeded" in summary["error"]
     assert summary["exit_code"] == 3
 
 
@@ -248,7 +254,8 @@ def test_resume_skips_done_and_redoes_the_rest(out: Path) -> None:
     assert second.counts == {"skipped": 17, "failed": 4, "ok": 4}
     recs = by_key(out)
     assert len(recs) == 25
-    assert recs["k0001"]["status"] == "skipped" and recs["k0001"]["reason"] == "already done"
+    assert recs["k0001"]["status"] == "skipped"
+    assert recs["k0001"]["reason"] == "already done"
     assert recs["k0001"]["result"] == 1  # the earlier result is carried over
     third = pipe.run(keyed(25), output=out, progress=False)
     assert third.counts == {"skipped": 21, "failed": 4}
@@ -260,7 +267,8 @@ def test_retry_failed_redoes_only_failures(out: Path) -> None:
     result = pipe.run(keyed(20), output=out, progress=False, retry_failed=True)
     assert result.counts == {"skipped": 17, "failed": 3}
     recs = by_key(out)
-    assert recs["k0016"]["status"] == "skipped" and "retry-failed" in recs["k0016"]["reason"]
+    assert recs["k0016"]["status"] == "skipped"
+    assert "retry-failed" in recs["k0016"]["reason"]
     forced = pipe.run(keyed(20), output=out, progress=False, force=True)
     assert forced.counts == {"ok": 17, "failed": 3}
 
@@ -284,7 +292,8 @@ def test_iter_and_run_stage_yield_records_with_values() -> None:
     assert sorted(r.value for r in recs if r.status is Status.OK) == [2 * i for i in range(10)]
     pipe = Pipeline([stage(fns.fail_on_multiple_of_7, kind="thread"), stage(fns.inc)])
     got = {r.key: r for r in pipe.iter(keyed(10))}
-    assert got["k0007"].status is Status.FAILED and got["k0003"].value == 4
+    assert got["k0007"].status is Status.FAILED
+    assert got["k0003"].value == 4
 
 
 def test_leaving_iter_early_stops_the_run() -> None:
@@ -368,7 +377,8 @@ def test_stage_metrics_name_the_bottleneck() -> None:
     assert result.bottleneck == "slow"
     assert "<- bottleneck" in result.table()
     slow = result.stages[1]
-    assert slow.busy > 0.5 and slow.items == 40
+    assert slow.busy > 0.5
+    assert slow.items == 40
 
 
 def test_a_run_shorter_than_the_sampling_interval_still_has_a_timeline(out: Path) -> None:
@@ -376,7 +386,8 @@ def test_a_run_shorter_than_the_sampling_interval_still_has_a_timeline(out: Path
         keyed(5), output=out, progress=False
     )
     timeline = json.loads((out / "summary.json").read_text())["timeline"]
-    assert timeline["interval"] > 0.0 and len(timeline["t"]) >= 1
+    assert timeline["interval"] > 0.0
+    assert len(timeline["t"]) >= 1
     # the last sample is taken when the run ends: every item is counted in it
     assert timeline["stages"]["double"]["done"][-1] == 5
     assert timeline["stages"]["double"]["inbox"][-1] == 0
@@ -405,8 +416,10 @@ def test_process_cpu_time_is_measured() -> None:
     )
     (snap,) = result.stages
     # CPU time does not depend on how loaded the machine is; the ratio to wall time does
-    assert snap.cpu is not None and snap.cpu >= 0.35
-    assert snap.cpu_per_busy is not None and 0 < snap.cpu_per_busy <= 1.2
+    assert snap.cpu is not None
+    assert snap.cpu >= 0.35
+    assert snap.cpu_per_busy is not None
+    assert 0 < snap.cpu_per_busy <= 1.2
 
 
 def test_no_worker_processes_left_after_a_run() -> None:
@@ -454,7 +467,8 @@ def test_process_lane_starts_its_worker_before_the_first_item() -> None:
             await asyncio.wait_for(lane.wait_started(), 30)  # up to 30 s on a loaded machine
             assert lane.started == 1  # no item was sent
             done, again = await lane.run([Item("k", 21)])
-            assert [out.value for _, out in done] == [42] and again == []
+            assert [out.value for _, out in done] == [42]
+            assert again == []
             assert lane.started == 1  # the eagerly started worker ran it
         finally:
             await lane.close(graceful=True)
@@ -581,7 +595,8 @@ def test_warm_up_starts_the_forkserver_with_the_modules_before_any_stage() -> No
     done = _run_script(_ROOT, imports, "imported_in")
     assert done.returncode == 0, done.stderr
     for status, (imported, worker) in json.loads(done.stdout):
-        assert status == "ok" and imported != worker  # imported in the warmed-up forkserver
+        assert status == "ok"
+        assert imported != worker
 
 
 # -- big payloads: the lane's shared-memory arena and the socket ---------------------------------
@@ -609,7 +624,8 @@ def test_out_of_band_bytes_fill_the_arena_then_go_by_socket() -> None:
     assert [(off, len(d)) for off, d in second.copies] == [(1 << 20, 300_016)]
     assert second.buffers == [b]
     _, without = _dumps_values([a, b], (0, 0))  # no arena
-    assert without.copies == [] and without.buffers == [a, b]
+    assert without.copies == []
+    assert without.buffers == [a, b]
 
 
 def test_big_payloads_reach_the_worker_intact_through_arena_and_socket(
@@ -647,10 +663,12 @@ def test_a_worker_killed_holding_arena_payloads_loses_only_its_item(out: Path) -
     for i, d in enumerate(datas):
         rec = recs[f"k{i:02d}"]
         if len(d) == bad:
-            assert rec["status"] == "failed" and rec["error_type"] == "WorkerCrashed"
+            assert rec["status"] == "failed"
+            assert rec["error_type"] == "WorkerCrashed"
         else:
             assert rec["status"] == "ok" and rec["result"] == list(fns.digest(d)), i
-    assert result.ok == 16 and result.failed == 4
+    assert result.ok == 16
+    assert result.failed == 4
 
 
 def test_arena_memory_beyond_the_keep_size_is_given_back() -> None:
@@ -683,7 +701,8 @@ def test_a_crash_with_a_batch_queued_behind_it_fails_one_item_and_counts_once(ou
     st = stage(fns.pace_then_crash_on, 5, kind="process", workers=1, max_batch=1, name="paced")
     result = Pipeline([st]).run(keyed(12), output=out, progress=False)
     recs = by_key(out)
-    assert recs["k0005"]["status"] == "failed" and recs["k0005"]["error_type"] == "WorkerCrashed"
+    assert recs["k0005"]["status"] == "failed"
+    assert recs["k0005"]["error_type"] == "WorkerCrashed"
     assert all(recs[f"k{i:04d}"]["status"] == "ok" for i in range(12) if i != 5)
     assert len(result.crashes) == 1  # the queued batch went back to the new worker, uncounted
     pids = {recs[f"k{i:04d}"]["result"][1] for i in range(12) if i != 5}
@@ -695,7 +714,8 @@ def test_a_timeout_kill_with_a_batch_queued_is_not_a_crash(out: Path) -> None:
     result = Pipeline([st]).run(keyed(8), output=out, progress=False)
     recs = by_key(out)
     assert recs["k0003"]["error_type"] == "ItemTimeout"
-    assert result.ok == 7 and not result.crashes
+    assert result.ok == 7
+    assert not result.crashes
 
 
 def test_two_batches_in_flight_on_one_lane_come_back_whole_and_in_order() -> None:
@@ -745,7 +765,8 @@ def test_a_script_without_a_main_guard_is_told_so(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "CrashBudgetExceeded" in done.stderr  # it stops; it does not hang
-    assert "if __name__ == '__main__':" in done.stderr and "without ever answering" in done.stderr
+    assert "if __name__ == '__main__':" in done.stderr
+    assert "without ever answering" in done.stderr
 
 
 def test_process_workers_keep_freed_buffers_for_the_next_item() -> None:

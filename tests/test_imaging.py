@@ -113,7 +113,9 @@ def test_options_validated(kwargs: dict[str, Any]) -> None:
 
 def test_options_frozen_keyword_only_picklable() -> None:
     o = ResizeOptions()
-    assert o.sizes == (Size(width=512, height=512),) and o.mode == "fit" and o.quality == 85
+    assert o.sizes == (Size(width=512, height=512),)
+    assert o.mode == "fit"
+    assert o.quality == 85
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.quality = 50  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -128,7 +130,8 @@ def test_options_frozen_keyword_only_picklable() -> None:
 def test_exceptions_pickle(cls: type[ImageError]) -> None:
     exc = cls("bad image: reason")
     back = pickle.loads(pickle.dumps(exc))
-    assert type(back) is cls and str(back) == "bad image: reason"
+    assert type(back) is cls
+    assert str(back) == "bad image: reason"
     assert isinstance(back, ImageError)
 
 
@@ -156,7 +159,8 @@ def _big_oriented_jpeg(orientation: int) -> bytes:
 def test_exif_orientation_with_draft(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
     drafts = _spy_draft(monkeypatch)
     result, out = one(_big_oriented_jpeg(n), "300", format="png")
-    assert drafts and drafts[0] is not None
+    assert drafts
+    assert drafts[0] is not None
     assert result.original_size == (2400, 1600)
     assert out.size == (300, 200)
     assert close_to(region_mean(out, (0.02, 0.03, 0.2, 0.2)), RED, 12)
@@ -178,7 +182,8 @@ CMYK_QUADRANTS = [
 @pytest.mark.parametrize("name", ["cmyk.jpg", "cmyk_adobe_inverted.jpg"])
 def test_cmyk_jpeg_to_rgb(name: str) -> None:
     result, out = one(edge(name), "512", format="png")
-    assert result.original_mode == "CMYK" and out.mode == "RGB"
+    assert result.original_mode == "CMYK"
+    assert out.mode == "RGB"
     for box, cmyk in CMYK_QUADRANTS:
         assert close_to(region_mean(out, box), cmyk_to_rgb(*cmyk), 6), (box, cmyk)
 
@@ -198,11 +203,14 @@ def test_icc_profile_converted_to_srgb() -> None:
 
 def test_gray16_scaled_not_clipped() -> None:
     result, out = one(edge("gray16.png"), "512", format="png")
-    assert result.original_mode.startswith("I") and out.mode == "L"
+    assert result.original_mode.startswith("I")
+    assert out.mode == "L"
     for i, expected in enumerate((0, 64, 128, 255)):
         assert close_to(region_mean(out, (i / 4 + 0.03, 0.1, (i + 1) / 4 - 0.03, 0.4)), expected, 1)
     ramp = pixels(out)[100]
-    assert ramp[0] <= 1 and ramp[-1] >= 254 and np.all(np.diff(ramp) >= 0)
+    assert ramp[0] <= 1
+    assert ramp[-1] >= 254
+    assert np.all(np.diff(ramp) >= 0)
 
 
 @pytest.mark.parametrize(
@@ -226,7 +234,8 @@ def test_rgb_colour_key_transparency_becomes_alpha() -> None:
     im.paste((200, 100, 50), (20, 0, 40, 20))
     _, out = one(encode(im, "PNG", transparency=(0, 0, 0)), "512")
     assert out.mode == "RGBA"
-    assert pixels(out)[10, 5, 3] == 0 and close_to(pixels(out)[10, 30], (200, 100, 50, 255), 0)
+    assert pixels(out)[10, 5, 3] == 0
+    assert close_to(pixels(out)[10, 30], (200, 100, 50, 255), 0)
 
 
 def test_palette_transparency_kept_in_png_flattened_in_jpeg() -> None:
@@ -247,7 +256,8 @@ def test_la_alpha_kept_or_flattened_onto_white() -> None:
     _, png = one(data, "512")
     assert png.mode == "LA"
     px = pixels(png)
-    assert np.all(px[:, :80, 1] == 0) and np.all(px[:, 100:, 1] == 255)
+    assert np.all(px[:, :80, 1] == 0)
+    assert np.all(px[:, 100:, 1] == 255)
     _, jpg = one(data, "512", format="jpeg")
     assert jpg.mode == "L"
     j = pixels(jpg)
@@ -257,7 +267,8 @@ def test_la_alpha_kept_or_flattened_onto_white() -> None:
 
 def test_webp_output_keeps_alpha() -> None:
     _, out = one(edge("palette_transparent.png"), "512", format="webp")
-    assert out.mode == "RGBA" and pixels(out)[2, 2, 3] == 0
+    assert out.mode == "RGBA"
+    assert pixels(out)[2, 2, 3] == 0
 
 
 @pytest.mark.parametrize("name", ["animated.gif", "animated.webp"])
@@ -268,15 +279,20 @@ def test_animated_first_frame(name: str) -> None:
 
 def test_one_bit_becomes_l() -> None:
     result, out = one(edge("bw_1bit.png"), "512", format="png")
-    assert result.original_mode == "1" and out.mode == "L"
+    assert result.original_mode == "1"
+    assert out.mode == "L"
     px = pixels(out)
     assert set(np.unique(px)) == {0.0, 255.0}
-    assert px[10, 10] == 0 and px[10, 150] == 255 and px[50, 30] == 255
+    assert px[10, 10] == 0
+    assert px[10, 150] == 255
+    assert px[50, 30] == 255
 
 
 def test_gray_jpeg_stays_gray() -> None:
     result, out = one(edge("gray.jpg"), "160")
-    assert result.outputs[0].format == "jpeg" and out.mode == "L" and out.size == (160, 120)
+    assert result.outputs[0].format == "jpeg"
+    assert out.mode == "L"
+    assert out.size == (160, 120)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -342,21 +358,22 @@ def test_pad_colour_and_centring() -> None:
     # small image, no upscale: kept at its size, centred on the full box
     _, small = one(_stripes(40, 20), "100", mode="pad", format="png")
     assert small.size == (100, 100)
-    assert close_to(pixels(small)[50, 50], GREEN, 0) and close_to(
-        pixels(small)[5, 5], (255,) * 3, 0
-    )
+    assert close_to(pixels(small)[50, 50], GREEN, 0)
+    assert close_to(pixels(small)[5, 5], (255,) * 3, 0)
 
 
 def test_pad_transparent_when_alpha_kept() -> None:
     _, out = one(_stripes(alpha=True), "100", mode="pad", format="png")
     assert out.mode == "RGBA"
-    assert pixels(out)[5, 50, 3] == 0 and pixels(out)[50, 50, 3] == 255
+    assert pixels(out)[5, 50, 3] == 0
+    assert pixels(out)[50, 50, 3] == 255
 
 
 def test_small_image_not_upscaled() -> None:
     data = (IMAGES / "300x300_small.png").read_bytes()
     result, out = one(data, "512")
-    assert out.size == (300, 300) and result.outputs[0].format == "png"
+    assert out.size == (300, 300)
+    assert result.outputs[0].format == "png"
     assert psnr(out, decode(data)) == float("inf")  # untouched pixels
 
 
@@ -410,7 +427,8 @@ def test_keep_format(source: bytes, expected: str) -> None:
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
 def test_convert_format(fmt: str) -> None:
     out = process_image(edge("exif_rot6.jpg"), opts("100", format=fmt)).outputs[0]
-    assert out.format == fmt and fmt_of(out.data) == fmt.upper()
+    assert out.format == fmt
+    assert fmt_of(out.data) == fmt.upper()
 
 
 def test_quality_changes_size_and_metadata_stripped() -> None:
@@ -420,7 +438,8 @@ def test_quality_changes_size_and_metadata_stripped() -> None:
     assert len(lo.data) < len(hi.data)
     for out in (lo, hi):
         with Image.open(io.BytesIO(out.data)) as im:
-            assert not im.getexif() and "icc_profile" not in im.info
+            assert not im.getexif()
+            assert "icc_profile" not in im.info
             assert not im.info.get("progressive")
 
 
@@ -431,8 +450,11 @@ def test_result_is_small_picklable_and_json_stats() -> None:
     assert isinstance(back.outputs[0], EncodedImage)
     assert "data" not in repr(result.outputs[0])  # bytes kept out of logs
     stats = json.loads(json.dumps(result.stats))
-    assert stats["width"] == 128 and stats["height"] == 96 and len(stats["dhash"]) == 16
-    assert result.original_size == (640, 480) and result.original_format == "jpeg"
+    assert stats["width"] == 128
+    assert stats["height"] == 96
+    assert len(stats["dhash"]) == 16
+    assert result.original_size == (640, 480)
+    assert result.original_format == "jpeg"
 
 
 # --------------------------------------------------------------------------- draft / accuracy
@@ -462,7 +484,8 @@ def test_draft_used_for_big_jpeg_and_accurate(
     drafts = _spy_draft(monkeypatch)
     _, out = one(big_jpeg, "512", format="png")
     assert out.size == (512, 384)
-    assert drafts and drafts[0] is not None
+    assert drafts
+    assert drafts[0] is not None
     _, box = drafts[0]
     assert box[2] == 2400 / 4  # decoded at 1/4 scale: 600x450, still >= 512x384
     with Image.open(io.BytesIO(big_jpeg)) as full:
@@ -545,7 +568,8 @@ def test_truncation_flag_scoped_across_threads() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(run, range(40)))
-    assert not errors and set(results) == {"ok"}
+    assert not errors
+    assert set(results) == {"ok"}
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     assert warnings.filters == filters_before  # the temporary Pillow filters are gone
 
@@ -691,7 +715,8 @@ def test_thumbnail_image_of_an_image_that_needs_no_work_outlives_its_file() -> N
 
     data = encode(photo_like(64, 48), "PNG")  # RGB, no resize (no upscale): the file's own image
     image = thumbnail_image(data, opts("512"))
-    assert type(image) is Image.Image and image.size == (64, 48)
+    assert type(image) is Image.Image
+    assert image.size == (64, 48)
     assert close_to(pixels(image), pixels(decode(data)), 0)
 
 
@@ -699,7 +724,8 @@ def test_thumbnail_image_keeps_alpha_and_pads_with_transparency() -> None:
     from stages.imaging import thumbnail_image
 
     image = thumbnail_image(edge("la_alpha.png"), opts("100x60", mode="pad"))
-    assert image.mode == "LA" and image.size == (100, 60)
+    assert image.mode == "LA"
+    assert image.size == (100, 60)
     assert image.getpixel((0, 0))[1] == 0  # type: ignore[index]
 
 
@@ -712,7 +738,8 @@ def test_encode_image_leaves_its_argument_alone_and_converts_what_it_must() -> N
         data = encode_image(im, "jpeg", 90)
         assert im.info == info  # the caller's image keeps its profile
     with Image.open(io.BytesIO(data)) as out:
-        assert "icc_profile" not in out.info and out.mode == "RGB"
+        assert "icc_profile" not in out.info
+        assert out.mode == "RGB"
     p_image = Image.new("P", (8, 8))
     assert fmt_of(encode_image(p_image, "jpeg", 90)) == "JPEG"
     assert decode(encode_image(Image.new("RGBA", (4, 4), (0, 0, 0, 0)), "jpeg", 90)).getpixel(

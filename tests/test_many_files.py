@@ -190,7 +190,11 @@ def _mangled(tree: Tree) -> None:
     gif = _encode(_base((20, 15), 3).convert("P"), "GIF", {})
     webp = _encode(_base((20, 15), 4), "WEBP", {})
     pbm = _encode(_base((20, 15), 5).convert("1"), "PPM", {})
-    assert jpeg and png and gif and webp and pbm
+    assert jpeg
+    assert png
+    assert gif
+    assert webp
+    assert pbm
     rnd = random.Random(7)
     noise = b"\x01" + rnd.randbytes(300)  # 0x01 starts no magic number
     images = {
@@ -402,4 +406,5 @@ def test_summary_says_finished(run: Run) -> None:
     summary = json.loads((run.out / "summary.json").read_text())
     assert summary["finished"] is True
     assert sum(summary["counts"].values()) == len(run.tree.files)
-    assert summary["interrupted"] is False and summary["error"] is None
+    assert summary["interrupted"] is False
+    assert summary["error"] is None

@@ -61,12 +61,11 @@ def test_a_record_with_a_non_utf8_key_survives_its_manifest_line() -> None:
     line = rec.to_line()
     line.encode("utf-8")  # valid UTF-8 text
     doc = json.loads(line)
-    assert (
-        doc["key"] == "dir\\xff/caf\\xe9.jpg"
-        and doc["error"] == "cannot open dir\\xff/caf\\xe9.jpg"
-    )
+    assert doc["key"] == "dir\\xff/caf\\xe9.jpg"
+    assert doc["error"] == "cannot open dir\\xff/caf\\xe9.jpg"
     back = Record.from_json(doc)
-    assert back.key == key and back.source == "/in/" + key
+    assert back.key == key
+    assert back.source == "/in/" + key
 
 
 def test_the_ledger_keeps_non_utf8_keys_apart_and_exact(tmp_path: Path) -> None:
@@ -85,7 +84,8 @@ def test_the_ledger_keeps_non_utf8_keys_apart_and_exact(tmp_path: Path) -> None:
             return await ledger.lookup([raw, lookalike])
 
     found = asyncio.run(go())
-    assert found[raw].source == "a" and found[lookalike].source == "b"
+    assert found[raw].source == "a"
+    assert found[lookalike].source == "b"
     lines = (tmp_path / "manifest.jsonl").read_bytes().decode("utf-8").splitlines()
     assert len(lines) == 2
     # a folder whose journal is gone adopts its manifest, non-UTF-8 keys included
@@ -96,7 +96,8 @@ def test_the_ledger_keeps_non_utf8_keys_apart_and_exact(tmp_path: Path) -> None:
             return await ledger.lookup([raw, lookalike])
 
     again = asyncio.run(adopt())
-    assert again[raw].status is Status.OK and again[lookalike].status is Status.FAILED
+    assert again[raw].status is Status.OK
+    assert again[lookalike].status is Status.FAILED
 
 
 # -- stages.naming ----------------------------------------------------------------------------

@@ -116,7 +116,8 @@ def test_a_flag_and_a_file_key_give_the_same_config(name: str, tmp: Path) -> Non
 
 def test_list_options_take_a_list_repeated_flags_or_one_string(tmp: Path) -> None:
     one = from_flags(str(IMAGES), "--size", "512", "--include", "*.jpg")
-    assert one.size == ("512",) and one.include == ("*.jpg",)
+    assert one.size == ("512",)
+    assert one.include == ("*.jpg",)
     text = f'inputs = "{IMAGES}"\nsize = "512"\ninclude = "*.jpg"\n'
     assert from_file(tmp, text) == one  # not iterated character by character
     assert ProcessConfig(inputs=(str(IMAGES),), size=("512",), include=("*.jpg",)) == one
@@ -225,7 +226,8 @@ def test_python_values_are_checked_too() -> None:
     with pytest.raises(ConfigError, match="option 'colour'"):
         ProcessConfig.from_mapping({"inputs": [str(IMAGES)], "colour": "blue"})
     cfg = ProcessConfig.from_mapping({"inputs": [IMAGES], "max_file_size": "1MB"})
-    assert cfg.inputs == (str(IMAGES),) and cfg.max_file_size == 10**6
+    assert cfg.inputs == (str(IMAGES),)
+    assert cfg.max_file_size == 10**6
     assert dataclasses.replace(cfg, quality=50) == ProcessConfig(
         inputs=(str(IMAGES),), max_file_size=10**6, quality=50
     )
@@ -271,7 +273,8 @@ def test_download_defaults_are_download_configs() -> None:
 
 def test_the_readme_option_table_is_the_generated_one() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert BEGIN in text and END in text
+    assert BEGIN in text
+    assert END in text
     assert updated(text) == text, "README.md is out of step: run python -m app.readme"
     for d in declared(ProcessConfig):
         assert f"`{d.key}`" in text
@@ -284,23 +287,27 @@ def test_the_example_config_runs(tmp_path: Path) -> None:
     done = _cli("--config", "examples/run.toml", "--output", str(out), "--quiet")
     assert done.returncode == 0, done.stderr
     records = by_key(out)
-    assert records and all(r["status"] == "ok" for r in records.values())
+    assert records
+    assert all(r["status"] == "ok" for r in records.values())
     images = [r for r in records.values() if "outputs" in (r["result"] or {})]
     data = [r for r in records.values() if r["result"].get("kind") in ("array", "csv")]
     n_images = sum(1 for p in (ROOT / said["inputs"][0]).rglob("*") if p.is_file())
-    assert len(images) == n_images and data
+    assert len(images) == n_images
+    assert data
     boxes = {"256": (256, 256), "128": (128, 128)}  # pad: every output fills its box
     for rec in images:
         outputs = {o["size"]: o for o in rec["result"]["outputs"]}
         assert set(outputs) == set(boxes)
         for label, o in outputs.items():
-            assert (o["width"], o["height"]) == boxes[label] and o["format"] == said["format"]
+            assert (o["width"], o["height"]) == boxes[label]
+            assert o["format"] == said["format"]
     wide = records["images/640x480_rgb.jpg"]["result"]["outputs"][0]
     with Image.open(out / wide["path"]) as im:  # 4:3 in a square box: padded above and below
         corner = im.convert("RGB").getpixel((0, 0))
     assert all(abs(c - 0x20) <= 8 for c in corner), corner  # pad-color = "#202020"
     grid = records["data/temperature_grid.npy"]["result"]
-    assert grid["chunks"] > 1 and grid["stats"]["histogram"]["max_bins"] == said["bins"]
+    assert grid["chunks"] > 1
+    assert grid["stats"]["histogram"]["max_bins"] == said["bins"]
     summary = json.loads((out / "summary.json").read_text())
     workers = {s["name"]: s["workers"] for s in summary["stages"]}
     assert workers["read"] == said["workers"]["read"]

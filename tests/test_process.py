@@ -65,7 +65,8 @@ def test_sample_images_all_become_thumbnails(out: Path) -> None:
             else:  # fit keeps the aspect ratio
                 assert abs(im.size[0] / im.size[1] - w / h) < 0.02
         stats = res["stats"]
-        assert len(stats["dhash"]) == 16 and stats["sharpness"] >= 0
+        assert len(stats["dhash"]) == 16
+        assert stats["sharpness"] >= 0
     # the tree is mirrored
     assert (out / "512" / "nested").is_dir()
     with open(out / "stats.csv") as fh:
@@ -77,7 +78,8 @@ def test_sample_images_all_become_thumbnails(out: Path) -> None:
     assert table.num_rows == len(files)
     assert sorted(table.column("key").to_pylist()) == sorted(r["key"] for r in rows)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["finished"] and summary["counts"] == {"ok": len(files)}
+    assert summary["finished"]
+    assert summary["counts"] == {"ok": len(files)}
     assert "groups" in summary["collected"]["near_duplicates"]
 
 
@@ -100,7 +102,8 @@ def test_edge_cases_each_get_their_expected_record(out: Path) -> None:
         if name in EXPECTED_FAILURES:
             assert rec["status"] == "failed", rec
             assert rec["error_type"] == EXPECTED_FAILURES[name]
-            assert rec["stage"] == "resize" and rec["error"]
+            assert rec["stage"] == "resize"
+            assert rec["error"]
             assert not list(out.glob(f"*/{name}*")), "a failed input left an output"
         elif name in EXPECTED_SKIPS:
             assert rec["status"] == "skipped" and rec["stage"] == "read", rec
@@ -167,7 +170,8 @@ def test_several_roots_prefix_keys_and_outputs(out: Path, tmp_path: Path) -> Non
         Image.new("RGB", (64, 48), "red").save(folder / "same.jpg")
     recs = run([a, b], out)
     assert set(recs) == {"a/same.jpg", "b/same.jpg"}
-    assert (out / "512" / "a" / "same.jpg").exists() and (out / "512" / "b" / "same.jpg").exists()
+    assert (out / "512" / "a" / "same.jpg").exists()
+    assert (out / "512" / "b" / "same.jpg").exists()
 
 
 def test_sources_give_every_file_and_skip_outside_symlinks(tmp_path: Path) -> None:
@@ -183,7 +187,8 @@ def test_sources_give_every_file_and_skip_outside_symlinks(tmp_path: Path) -> No
     assert set(got) == {"a.jpg", "notes.txt", "link.jpg", "inside.jpg"}
     # what a file is, is decided by its content in the read stage: every file is an item here
     assert isinstance(got["notes.txt"], Item)
-    assert got["link.jpg"].status == "skipped" and "outside" in got["link.jpg"].reason  # type: ignore[union-attr]
+    assert got["link.jpg"].status == "skipped"
+    assert "outside" in got["link.jpg"].reason
     assert got["inside.jpg"].value.path.endswith("inside.jpg")  # type: ignore[union-attr]
     only = [x.key for x in walk_inputs([root], include=["*.jpg"], exclude=["link*"])]
     assert only == ["a.jpg", "inside.jpg"]

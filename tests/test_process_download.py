@@ -69,7 +69,8 @@ def test_every_failure_mode_ends_in_its_record(tmp_path: Path) -> None:
     assert recs[f"{base}/status/503"]["meta"]["http_status"] == 503  # type: ignore[index]
     assert recs[f"{base}/flaky?fails=1"]["result"]["download"]["attempts"] == 2  # type: ignore[index]
     bad = recs["not a url"]  # a text line is taken as a URL, and refused as one
-    assert bad["status"] == "failed" and bad["error_type"] == "BadURL"
+    assert bad["status"] == "failed"
+    assert bad["error_type"] == "BadURL"
 
 
 def test_private_hosts_are_refused_by_default(tmp_path: Path) -> None:
@@ -78,7 +79,8 @@ def test_private_hosts_are_refused_by_default(tmp_path: Path) -> None:
         urls.write_text(f"{base}/ok/a\n")
         recs = process(out, urls, allow_private_hosts=False)
     (rec,) = recs.values()
-    assert rec["status"] == "failed" and rec["error_type"] == "ForbiddenAddress"
+    assert rec["status"] == "failed"
+    assert rec["error_type"] == "ForbiddenAddress"
 
 
 def test_folders_and_url_lists_in_one_run_then_resume(tmp_path: Path) -> None:
@@ -94,9 +96,8 @@ def test_folders_and_url_lists_in_one_run_then_resume(tmp_path: Path) -> None:
         n_files = sum(1 for p in IMAGES.rglob("*") if p.is_file())
         assert len(recs) == n_files + len(names) + 1
         (bad,) = [r for r in recs.values() if r["status"] != "ok"]
-        assert bad["error_type"] == "BadUrlListEntry" and bad["key"].endswith(
-            "#line" + str(len(names) + 2)
-        )
+        assert bad["error_type"] == "BadUrlListEntry"
+        assert bad["key"].endswith("#line" + str(len(names) + 2))
         first_url = f"{base}/{names[0]}"
         assert recs[first_url]["meta"] == {"label": names[0]}
         out_path = out / recs[first_url]["result"]["outputs"][0]["path"]  # type: ignore[index]

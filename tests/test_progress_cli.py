@@ -37,7 +37,8 @@ def test_bars_are_off_when_stderr_is_not_a_terminal() -> None:
     bars = Progress(["read"], total=None, file=out)
     bars.advance(0)
     bars.close()
-    assert not bars.enabled and out.getvalue() == ""
+    assert not bars.enabled
+    assert out.getvalue() == ""
 
 
 def test_an_unwritable_output_folder_is_a_fatal_error_exit_3(tmp_path: Path) -> None:

@@ -147,7 +147,10 @@ def test_every_ok_item_has_a_thumbnail_that_exists(run_dir: Path, dom: Node) -> 
         assert (img.attrs["width"], img.attrs["height"]) == (str(out["width"]), str(out["height"]))
     for img in dom.iter("img"):  # near-duplicate thumbnails too: relative, existing files
         src = img.attrs["src"]
-        assert not src.startswith("/") and ":" not in src and "#" not in src and "?" not in src
+        assert not src.startswith("/")
+        assert ":" not in src
+        assert "#" not in src
+        assert "?" not in src
         assert (run_dir / unquote(src)).resolve().is_relative_to(run_dir.resolve())
         assert (run_dir / unquote(src)).is_file()
 
@@ -174,10 +177,12 @@ def test_two_charts_with_lines_and_legends(run_dir: Path, dom: Node) -> None:
     stage_names = {s["name"] for s in json.loads((run_dir / "summary.json").read_text())["stages"]}
     for svg in charts.values():
         lines = svg.iter("polyline")
-        assert lines and all(len(p.attrs["points"].split()) >= 1 for p in lines)
+        assert lines
+        assert all(len(p.attrs["points"].split()) >= 1 for p in lines)
         assert {p.all_text() for p in lines} == stage_names
     legends = [n.all_text() for n in dom.iter("div") if "legend" in n.classes()]
-    assert len(legends) == 2 and all(name in legends[0] for name in stage_names)
+    assert len(legends) == 2
+    assert all(name in legends[0] for name in stage_names)
 
 
 def test_totals_bottleneck_and_advice(run_dir: Path, dom: Node) -> None:
@@ -193,7 +198,8 @@ def test_totals_bottleneck_and_advice(run_dir: Path, dom: Node) -> None:
     body = advice.iter("tr")[1:]
     assert [tr.iter("td")[0].all_text() for tr in body] == [a["stage"] for a in summary["advice"]]
     for tr, adv in zip(body, summary["advice"], strict=True):
-        assert adv["kind"] in tr.all_text() and adv["reason"] in tr.all_text()
+        assert adv["kind"] in tr.all_text()
+        assert adv["reason"] in tr.all_text()
     assert not [n for n in dom.iter("p") if "banner" in n.classes()]
 
 
@@ -208,11 +214,14 @@ def test_near_duplicate_groups_side_by_side(run_dir: Path, dom: Node) -> None:
 
 
 def test_no_external_resources(html: str, dom: Node) -> None:
-    assert "http://" not in html and "https://" not in html
+    assert "http://" not in html
+    assert "https://" not in html
     assert "//" not in "".join(n.attrs.get("src", "") + n.attrs.get("href", "") for n in dom.iter())
-    assert not dom.iter("link") and not dom.iter("iframe")
+    assert not dom.iter("link")
+    assert not dom.iter("iframe")
     assert all("src" not in s.attrs for s in dom.iter("script"))
-    assert "@import" not in html and "url(" not in html
+    assert "@import" not in html
+    assert "url(" not in html
 
 
 def test_hostile_names_are_escaped(run_dir: Path, html: str, dom: Node) -> None:
@@ -245,7 +254,8 @@ def test_sheet_is_capped_and_banners_escape(tmp_path: Path, monkeypatch: Any) ->
     assert len(dom.iter("img")) == 3
     assert "2 more item(s) not shown" in dom.all_text()
     banners = [n.all_text() for n in dom.iter("p") if "banner" in n.classes()]
-    assert any("interrupted" in b for b in banners) and any("<b>boom</b>" in b for b in banners)
+    assert any("interrupted" in b for b in banners)
+    assert any("<b>boom</b>" in b for b in banners)
 
 
 def test_unsafe_output_paths_and_missing_summary(tmp_path: Path) -> None:

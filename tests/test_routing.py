@@ -97,7 +97,8 @@ def test_a_value_no_stage_further_on_accepts_ends_ok_with_that_value(out: Path) 
     assert result.counts == {"ok": 3}
     recs = by_key(out)
     assert recs["i"]["result"] == 3
-    assert recs["f"]["result"] == 2.5 and recs["t"]["result"] == "text"  # untouched
+    assert recs["f"]["result"] == 2.5
+    assert recs["t"]["result"] == "text"
     got = stages_by_name(result)
     assert got["first"].items == got["second"].items == 1  # type: ignore[attr-defined]
 

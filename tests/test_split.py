@@ -68,7 +68,8 @@ def test_lazy_parts_and_a_parts_iterator_that_fails(out: Path) -> None:
         ]
     )
     ok = pipe.run([("fine", 1000)], output=out / "a", progress=False)
-    assert ok.ok == 1 and by_key(out / "a")["fine"]["result"] == gauss(1000)
+    assert ok.ok == 1
+    assert by_key(out / "a")["fine"]["result"] == gauss(1000)
 
     pipe = Pipeline(
         [
@@ -82,7 +83,8 @@ def test_lazy_parts_and_a_parts_iterator_that_fails(out: Path) -> None:
     assert recs["broken"]["stage"] == "plan"
     assert recs["broken"]["error_type"] == "OSError"
     assert "cannot plan part 3" in recs["broken"]["error"]
-    assert recs["small"]["status"] == "ok" and recs["small"]["result"] == gauss(3)
+    assert recs["small"]["status"] == "ok"
+    assert recs["small"]["result"] == gauss(3)
     assert result.counts == {"failed": 1, "ok": 1}
 
 
@@ -99,8 +101,10 @@ def test_one_failing_part_fails_its_item_once(kind: str, out: Path) -> None:
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 2  # exactly one record per key
     recs = by_key(out)
-    assert recs["bad"]["status"] == "failed" and recs["bad"]["stage"] == "crunch"
-    assert recs["bad"]["error_type"] == "ValueError" and recs["bad"]["meta"]["part"] == 3
+    assert recs["bad"]["status"] == "failed"
+    assert recs["bad"]["stage"] == "crunch"
+    assert recs["bad"]["error_type"] == "ValueError"
+    assert recs["bad"]["meta"]["part"] == 3
     assert recs["good"]["result"] == gauss(200) + 1
     assert result.counts == {"failed": 1, "ok": 1}
 
@@ -115,7 +119,8 @@ def test_a_worker_killed_in_a_part_fails_that_item_only(out: Path) -> None:
     items = [("dies", 1000), *((f"ok{i}", 100 + i) for i in range(5))]
     result = pipe.run(items, output=out, progress=False)
     recs = by_key(out)
-    assert recs["dies"]["status"] == "failed" and recs["dies"]["error_type"] == "WorkerCrashed"
+    assert recs["dies"]["status"] == "failed"
+    assert recs["dies"]["error_type"] == "WorkerCrashed"
     assert all(recs[f"ok{i}"]["result"] == gauss(100 + i) for i in range(5))
     assert result.counts == {"failed": 1, "ok": 5}
 
@@ -129,7 +134,8 @@ def test_a_merge_that_raises_fails_the_item_at_the_splitting_stage(out: Path) ->
     )
     pipe.run([("m", 10)], output=out, progress=False)
     rec = by_key(out)["m"]
-    assert rec["status"] == "failed" and rec["stage"] == "plan"
+    assert rec["status"] == "failed"
+    assert rec["stage"] == "plan"
     assert rec["error_type"] == "ArithmeticError"
 
 
@@ -142,7 +148,8 @@ def test_a_part_cannot_split_again(out: Path) -> None:
     )
     pipe.run([("x", 10)], output=out, progress=False)
     rec = by_key(out)["x"]
-    assert rec["status"] == "failed" and rec["error_type"] == "SplitError"
+    assert rec["status"] == "failed"
+    assert rec["error_type"] == "SplitError"
 
 
 def test_parts_are_drawn_lazily_under_backpressure(out: Path) -> None:

@@ -88,7 +88,8 @@ async def test_a_body_over_the_threshold_is_spooled_and_reads_back_whole(
     assert isinstance(body, SpooledBody)
     assert len(body) == 2_500_000
     expected = (b"\0" if route == "big" else b"\1") * 2_500_000
-    assert bytes(body) == expected and body.read() == expected  # as often as needed
+    assert bytes(body) == expected
+    assert body.read() == expected
     assert open_spools(spool_dir) != []
     assert pickle.loads(pickle.dumps(body)) == expected  # a process worker gets the bytes
     body.close()
@@ -105,7 +106,8 @@ async def test_bodies_up_to_the_threshold_stay_in_memory(
 ) -> None:
     size = 100_000 if spool_above else 300_000
     got = await get(f"{server}/{route}?size={size}", cfg(spool_dir, spool_above=spool_above))
-    assert type(got.data) is bytes and len(got.data) == size
+    assert type(got.data) is bytes
+    assert len(got.data) == size
 
 
 @pytest.mark.asyncio

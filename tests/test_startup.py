@@ -249,6 +249,7 @@ def test_pipeline_exports_resolve_lazily_to_their_objects() -> None:
     for name in pipeline.__all__:
         value = getattr(pipeline, name)
         assert not isinstance(value, type(pipeline)), name  # never a submodule of that name
-    assert callable(pipeline.stage) and pipeline.Split.__name__ == "Split"
+    assert callable(pipeline.stage)
+    assert pipeline.Split.__name__ == "Split"
     with pytest.raises(AttributeError):
         _ = pipeline.no_such_name

@@ -52,7 +52,8 @@ def test_image_stats_excludes_alpha() -> None:
     rgba = rgb.copy()
     rgba.putalpha(Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50), np.uint8)))
     s_rgba, s_rgb = image_stats(rgba), image_stats(rgb)
-    assert s_rgba["mean"] == s_rgb["mean"] and len(s_rgb["mean"]) == 3  # type: ignore[arg-type]
+    assert s_rgba["mean"] == s_rgb["mean"]
+    assert len(s_rgb["mean"]) == 3
     for key in ("mean", "std", "histogram", "sharpness", "dhash"):
         assert s_rgba[key] == s_rgb[key], key
     assert s_rgba["mode"] == "RGBA"
@@ -83,7 +84,8 @@ def test_dhash_construction() -> None:
     im = photo_like(300, 200, seed=4)
     h = dhash(im)
     assert h == _dhash_reference(im)
-    assert len(h) == 16 and int(h, 16) >= 0
+    assert len(h) == 16
+    assert int(h, 16) >= 0
 
 
 def test_dhash_stable_under_reencoding_and_distinct_between_images() -> None:
@@ -141,7 +143,8 @@ def test_near_duplicate_groups_small() -> None:
     assert near_duplicate_groups(items, max_distance=4) == [["a", "c", "d", "g"], ["b", "e"]]
     assert near_duplicate_groups(items, max_distance=0) == [["a", "g"]]
     assert near_duplicate_groups(items, max_distance=64) == [["a", "b", "c", "d", "e", "f", "g"]]
-    assert near_duplicate_groups([], 6) == [] and near_duplicate_groups(items[:1], 6) == []
+    assert near_duplicate_groups([], 6) == []
+    assert near_duplicate_groups(items[:1], 6) == []
     with pytest.raises(ValueError):
         near_duplicate_groups([("x", "1" * 17)])
 

@@ -55,7 +55,8 @@ def test_a_name_that_is_not_utf8_works_end_to_end(tmp_path: Path) -> None:
     (nested,) = outputs(recs[b"sub\xff/b.jpg"])
     assert looks(os.path.join(os.fsencode(out), nested), "blue")
     bad = recs[b"\xfe.jpg"]
-    assert bad["status"] == "failed" and bad["error_type"] == "TruncatedImage"
+    assert bad["status"] == "failed"
+    assert bad["error_type"] == "TruncatedImage"
     # the text outputs stay valid UTF-8 and show the names escaped
     stats = (out / "stats.csv").read_bytes().decode("utf-8")
     assert "caf\\xe9.jpg" in stats
@@ -76,7 +77,8 @@ def test_nfc_and_nfd_spellings_are_two_inputs(tmp_path: Path) -> None:
     write(src, "cafe\u0301.jpg", image_bytes("blue"))  # NFD
     assert cli(src, "--output", out, "--quiet").returncode == 0
     recs = records(out)
-    assert len(recs) == 2 and all(r["status"] == "ok" for r in recs.values())
+    assert len(recs) == 2
+    assert all(r["status"] == "ok" for r in recs.values())
     nfc, nfd = (outputs(recs[n.encode()])[0] for n in ("caf\u00e9.jpg", "cafe\u0301.jpg"))
     assert nfc != nfd
     assert looks(os.path.join(os.fsencode(out), nfc), "red")
@@ -98,7 +100,8 @@ def test_names_up_to_255_bytes_write(tmp_path: Path) -> None:
     for name, colour in ((same, "red"), (grown, "green"), (accents, "blue")):
         (path,) = outputs(recs[name.encode()])
         leaf = path.rpartition(b"/")[2]
-        assert len(leaf) <= 255 and leaf.endswith(b".jpg")
+        assert len(leaf) <= 255
+        assert leaf.endswith(b".jpg")
         leaf.decode("utf-8")  # never cut inside a character
         assert looks(os.path.join(os.fsencode(out), path), colour)
     assert not list(out.rglob(".pp-*")), "a temporary file was left behind"
@@ -139,7 +142,9 @@ def test_file_arguments_are_flat_and_names_do_not_depend_on_their_order(tmp_path
         assert not (out / "512" / "y.jpg").is_dir()
         for src, colour in ((a, "red"), (b, "blue")):
             key, (path,) = maps[-1][src]
-            assert path.startswith(b"512/x~") and path.endswith(b".jpg") and key != b"x.jpg"
+            assert path.startswith(b"512/x~")
+            assert path.endswith(b".jpg")
+            assert key != b"x.jpg"
             assert looks(os.path.join(os.fsencode(out), path), colour)
     assert maps[0] == maps[1]
 
@@ -173,7 +178,8 @@ def test_an_edited_file_is_redone_and_its_output_replaced(tmp_path: Path) -> Non
     assert os.stat(path).st_size == before.st_size
     assert cli(src, "--output", out, "--quiet").returncode == 0
     recs = records(out)
-    assert recs[b"a.bmp"]["status"] == "ok" and recs[b"a.bmp"]["run"] == run_id(out)
+    assert recs[b"a.bmp"]["status"] == "ok"
+    assert recs[b"a.bmp"]["run"] == run_id(out)
     assert recs[b"a.bmp"]["redo"] == "input changed (mtime_ns)"
     assert looks(os.path.join(os.fsencode(out), thumb), "blue")
     assert recs[b"b.bmp"]["reason"] == "already done"
@@ -193,7 +199,8 @@ def test_verify_content_catches_an_edit_that_keeps_size_and_mtime(tmp_path: Path
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # size and mtime as they were
     assert cli(src, "--output", out, "--verify-content", "--quiet").returncode == 0
     rec = records(out)[b"a.bmp"]
-    assert rec["status"] == "ok" and rec["redo"] == "input changed (sha256)"
+    assert rec["status"] == "ok"
+    assert rec["redo"] == "input changed (sha256)"
     (thumb,) = outputs(rec)
     assert looks(os.path.join(os.fsencode(out), thumb), "blue")
 
@@ -205,7 +212,8 @@ def test_the_same_path_under_another_root_is_not_taken_for_done(tmp_path: Path) 
     assert cli(tmp_path / "one", "--output", out, "--quiet").returncode == 0
     assert cli(tmp_path / "two", "--output", out, "--quiet").returncode == 0
     rec = records(out)[b"x.jpg"]
-    assert rec["status"] == "ok" and rec["redo"].startswith("another input under this key")
+    assert rec["status"] == "ok"
+    assert rec["redo"].startswith("another input under this key")
     assert looks(os.path.join(os.fsencode(out), outputs(rec)[0]), "blue")
 
 
@@ -217,7 +225,8 @@ def test_an_input_that_is_gone_is_reported_and_its_outputs_kept(tmp_path: Path) 
     os.unlink(gone)
     assert cli(src, "--output", out, "--quiet").returncode == 0
     rec = records(out)[b"gone.jpg"]
-    assert rec["status"] == "skipped" and rec["reason"].startswith("input gone")
+    assert rec["status"] == "skipped"
+    assert rec["reason"].startswith("input gone")
     assert os.path.exists(os.path.join(os.fsencode(out), outputs(rec)[0]))
     assert records(out)[b"kept.jpg"]["reason"] == "already done"
 
@@ -232,7 +241,8 @@ def test_an_output_folder_inside_the_input_is_never_walked(tmp_path: Path) -> No
         assert done.returncode == 0, done.stderr
     recs = records(photos / "thumbs")
     assert set(recs) == {b"a.jpg", b"sub/b.jpg", b"thumbs/"}
-    assert recs[b"thumbs/"]["status"] == "skipped" and "output folder" in recs[b"thumbs/"]["reason"]
+    assert recs[b"thumbs/"]["status"] == "skipped"
+    assert "output folder" in recs[b"thumbs/"]["reason"]
     assert not (photos / "thumbs" / "512" / "thumbs").exists()
     # another run's output folder met inside an input is not walked either
     assert cli(photos, "--output", tmp_path / "elsewhere", "--quiet").returncode == 0
@@ -290,7 +300,8 @@ def test_inputs_are_recognised_by_their_content(tmp_path: Path) -> None:
     assert recs[b"notes.jpg"]["reason"] == "not an image or data file: text (named .jpg)"
     assert recs[b"empty.png"]["reason"].startswith("not an image or data file: an empty file")
     array = recs[b"array_without_extension"]
-    assert array["status"] == "ok" and array["result"]["stats"]["sum"] == 45.0
+    assert array["status"] == "ok"
+    assert array["result"]["stats"]["sum"] == 45.0
 
 
 # -- special entries --------------------------------------------------------------------------
@@ -375,10 +386,12 @@ def test_unreadable_files_and_folders_fail_with_their_reason(tmp_path: Path) -> 
     assert set(recs) == {b"a.jpg", b"secret.jpg", b"locked/"}
     assert recs[b"a.jpg"]["status"] == "ok"
     secret = recs[b"secret.jpg"]
-    assert secret["status"] == "failed" and secret["error_type"] == "PermissionError"
+    assert secret["status"] == "failed"
+    assert secret["error_type"] == "PermissionError"
     assert secret["stage"] == "read"
     locked = recs[b"locked/"]
-    assert locked["status"] == "failed" and locked["error_type"] == "UnreadableFolder"
+    assert locked["status"] == "failed"
+    assert locked["error_type"] == "UnreadableFolder"
     assert "PermissionError" in locked["error"]
 
 
@@ -409,11 +422,13 @@ def test_a_second_run_into_a_held_folder_exits_2_and_a_dead_holder_does_not_bloc
 
 def _held_while(holder: subprocess.Popen[str], src: Path, out: Path) -> None:
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
         done = cli(src, "--output", out, "--quiet")
         assert done.returncode == 2, done.stderr
         assert "in use by another run" in done.stderr
-        assert f"pid {holder.pid}" in done.stderr and "holder-run" in done.stderr
+        assert f"pid {holder.pid}" in done.stderr
+        assert "holder-run" in done.stderr
         assert not (out / "manifest.jsonl").exists()  # it wrote nothing
         holder.send_signal(signal.SIGKILL)  # a crashed run: its lock goes with it
         holder.wait(10)

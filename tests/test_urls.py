@@ -59,7 +59,8 @@ def test_invalid_utf8_line_becomes_an_error_entry(tmp_path: Path) -> None:
     assert [e.line for e in entries] == [1, 2, 3]
     assert entries[1].error == "invalid UTF-8"
     assert entries[1].url == "http://a.example/\ufffd.jpg"
-    assert entries[0].ok and entries[2].ok
+    assert entries[0].ok
+    assert entries[2].ok
 
 
 def test_overlong_line_is_skipped_as_an_error(
@@ -71,7 +72,8 @@ def test_overlong_line_is_skipped_as_an_error(
     )
     entries = list(iter_url_list(path))
     assert [(e.line, e.ok) for e in entries] == [(1, True), (2, False), (3, True)]
-    assert entries[1].error is not None and "longer than 100" in entries[1].error
+    assert entries[1].error is not None
+    assert "longer than 100" in entries[1].error
     assert entries[2].url == "http://b/2"
 
 
