@@ -49,6 +49,7 @@ lint: $(VENV)/.installed-dev ## ruff + mypy over app/, pipeline/ and stages/, an
 	$(PY) -m ruff format --check app pipeline stages tests bench sample_data
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache --no-logo
+	$(VENV)/bin/deptry .
 
 bench: $(VENV)/.installed-dev ## Run the benchmarks and print their tables (asserts nothing)
 	@$(PY) -m compileall -q app pipeline stages bench
