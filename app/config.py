@@ -27,7 +27,7 @@ import json
 import os
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -448,7 +448,7 @@ class ProcessConfig:
 
     def fingerprint(self) -> str:
         """Hash of the options that shape image outputs: changing any redoes the images."""
-        return _digest(asdict(self.resize))
+        return self.resize.fingerprint()
 
     def data_fingerprint(self) -> str:
         """Hash of the options that shape data statistics: changing any redoes the data files."""

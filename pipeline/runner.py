@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import time
 import uuid
@@ -116,7 +117,10 @@ class Run:
         self.progress = Progress(names, total=self.total, enabled=opts.progress)
         self.timeline = Timeline(names)
         records = Channel[Record](LEDGER_CAPACITY, name="ledger")
-        self.recorder = Recorder(self.run_id, opts.fingerprint, records)
+        fingerprint = opts.fingerprint
+        if fingerprint is None:
+            fingerprint = _stages_fingerprint(stages)
+        self.recorder = Recorder(self.run_id, fingerprint, records)
 
     def request_stop(self) -> None:
         """Ctrl-C: stop feeding; in-flight items get the grace period."""
@@ -298,3 +302,11 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def _stages_fingerprint(stages: Sequence[Stage]) -> str | None:
+    """The run's default fingerprint: the stages' own, together (None when no stage has one)."""
+    parts = [f"{s.name}={s.fingerprint}" for s in stages if s.fingerprint is not None]
+    if not parts:
+        return None
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]

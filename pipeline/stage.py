@@ -69,6 +69,7 @@ class Stage:
     context: Callable[[], AbstractAsyncContextManager[Any]] | None = None
     context_arg: str = "context"
     accepts: tuple[type, ...] | None = None  # the value types it takes (None: every value)
+    fingerprint: str | None = None  # a hash of the options that shape its results
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -135,6 +136,7 @@ def stage(
     context: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
     context_arg: str = "context",
     accepts: type | tuple[type, ...] | None = None,
+    fingerprint: str | None = None,
 ) -> Stage:
     """Turn ``fn`` into a stage; ``fn(value, *args, **kwargs)`` is called per item.
 
@@ -157,6 +159,10 @@ def stage(
     after which they merge), and so is a merged value. The Dask backend applies the same rule
     inside its shards. A stage whose function would pass on what it does not handle (an
     ``isinstance`` test returning the value unchanged) wants ``accepts`` instead.
+
+    ``fingerprint`` names the options that shape the stage's results (a short hash: a size, a
+    quality). A run given no ``fingerprint`` of its own uses its stages' together, so that
+    resume redoes the items when a stage's options change (the ``stages`` factories set it).
     """
     if not callable(fn):
         raise DefinitionError(f"stage function must be callable, got {fn!r}")
@@ -186,6 +192,7 @@ def stage(
         context=context,
         context_arg=context_arg,
         accepts=accepted,
+        fingerprint=fingerprint,
     )
 
 

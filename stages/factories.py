@@ -256,6 +256,7 @@ def resize_stage(
         capacity=2 * n,  # whole files: two per worker keep them busy
         timeout=timeout,
         max_batch=4,
+        fingerprint=options.fingerprint(),  # resume redoes images when these options change
     )
 
 

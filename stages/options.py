@@ -8,9 +8,11 @@ libraries: only the workers do. Every class here pickles by reference to this mo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal, TypeAlias
 
 __all__ = [
@@ -211,6 +213,11 @@ class ResizeOptions:
             or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in pc)
         ):
             raise ValueError(f"pad_color must be a tuple of three ints 0..255, got {pc!r}")
+
+    def fingerprint(self) -> str:
+        """A short hash of these options: outputs made with other options are not done."""
+        doc = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha1(doc.encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- results
