@@ -462,34 +462,49 @@ async def _read_body(
     status = response.status
     declared = response.content_length
     headers = response.headers
-    max_bytes, spool_above = config.max_bytes, config.spool_above
     if declared is not None:
-        if declared > max_bytes:
+        if declared > config.max_bytes:
             raise TooLarge(
-                f"Content-Length {declared} exceeds max_bytes {max_bytes}", url=url, status=status
+                f"Content-Length {declared} exceeds max_bytes {config.max_bytes}",
+                url=url,
+                status=status,
             )
-        small = spool_above is None or declared <= spool_above
+        small = config.spool_above is None or declared <= config.spool_above
         if small and "Content-Encoding" not in headers and "Transfer-Encoding" not in headers:
-            # A Content-Length within the cap and nothing to decode: aiohttp's parser frames the
-            # body by that length and hands over at most `declared` bytes whatever the server
-            # sends after them, so one read() is bounded by the cap too, and cheaper than
-            # reading chunk by chunk.
-            data = await response.read()
-            if len(data) < declared:  # aiohttp raises first on an early EOF; a second check
-                raise TruncatedBody(
-                    f"got {len(data)} of {declared} bytes (Content-Length)", url=url, status=status
-                )
-            if len(data) > max_bytes:  # cannot happen (framed by Content-Length): belt and braces
-                raise TooLarge(f"body exceeds max_bytes {max_bytes}", url=url, status=status)
-            return data
-    # No Content-Length, a body to decode, or one to spool: stream it and count. The cap counts
-    # decoded bytes: with a Content-Encoding, aiohttp (3.14) inflates in bounded pieces, so a
-    # small compressed body cannot expand past the cap in memory.
+            return await _read_framed(response, config, url, declared)
+    return await _read_streamed(response, config, url, declared)
+
+
+async def _read_framed(
+    response: aiohttp.ClientResponse, config: DownloadConfig, url: str, declared: int
+) -> bytes:
+    """A Content-Length within the cap and nothing to decode: aiohttp's parser frames the body
+    by that length and hands over at most ``declared`` bytes whatever the server sends after
+    them, so one read() is bounded by the cap too, and cheaper than reading chunk by chunk."""
+    data = await response.read()
+    if len(data) < declared:  # aiohttp raises first on an early EOF; a second check
+        raise TruncatedBody(
+            f"got {len(data)} of {declared} bytes (Content-Length)", url=url, status=response.status
+        )
+    if len(data) > config.max_bytes:  # cannot happen (framed by Content-Length): belt and braces
+        raise TooLarge(
+            f"body exceeds max_bytes {config.max_bytes}", url=url, status=response.status
+        )
+    return data
+
+
+async def _read_streamed(
+    response: aiohttp.ClientResponse, config: DownloadConfig, url: str, declared: int | None
+) -> bytes | SpooledBody:
+    """No Content-Length, a body to decode, or one to spool: stream it and count. The cap
+    counts decoded bytes: with a Content-Encoding, aiohttp (3.14) inflates in bounded pieces, so
+    a small compressed body cannot expand past the cap in memory. Over ``spool_above`` the body
+    goes to a file, in pieces of ``WRITE_BYTES`` (from the start when the length says so)."""
+    status, max_bytes = response.status, config.max_bytes
     body = bytearray()
     total = 0
-    # over spool_above: to a file, in pieces of WRITE_BYTES (at once when the length says so)
     spool: Spool | None = None
-    threshold = math.inf if spool_above is None else spool_above
+    threshold = math.inf if config.spool_above is None else config.spool_above
     spool_at = 0 if declared is not None and declared > threshold else threshold
     try:
         async for chunk in response.content.iter_chunked(_CHUNK):
@@ -507,7 +522,7 @@ async def _read_body(
                 body.clear()
         # aiohttp raises ClientPayloadError for a short body; this is a second check. With a
         # Content-Encoding the length is that of the encoded body, so it cannot be compared.
-        encoded = headers.get("Content-Encoding", "identity").lower() != "identity"
+        encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
         if declared is not None and not encoded and total < declared:
             raise TruncatedBody(
                 f"got {total} of {declared} bytes (Content-Length)", url=url, status=status
