@@ -239,7 +239,7 @@ def test_process_matches_the_local_backend(cluster: str, tmp_path: Path) -> None
     assert local.keys() == dask.keys()
     failed = {k for k, r in local.items() if r["status"] == "failed"}
     assert failed
-    assert len(failed) < len(local)
+    assert len(failed) < len(local)  # edge cases fail one by one, the rest is ok
     for key, rec in local.items():
         other = dask[key]
         for field in ("status", "stage", "error_type", "error", "reason", "attempts"):
@@ -393,7 +393,7 @@ def test_worker_sigkilled_mid_shard_every_input_once(cluster: str, tmp_path: Pat
     assert set(by_item) == set(range(n))
     redone = [x for x, pids in by_item.items() if len(pids) > 1]
     assert redone
-    assert all(killed[0] in by_item[x] for x in redone)
+    assert all(killed[0] in by_item[x] for x in redone)  # the shard ran again
     summary = json.loads((out / "summary.json").read_text())
     assert summary["collected"]["backend"]["items"] == n
     _workers_ready(cluster, 2)  # the nanny restarted it: leave the cluster whole

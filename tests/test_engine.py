@@ -596,7 +596,7 @@ def test_warm_up_starts_the_forkserver_with_the_modules_before_any_stage() -> No
     assert done.returncode == 0, done.stderr
     for status, (imported, worker) in json.loads(done.stdout):
         assert status == "ok"
-        assert imported != worker
+        assert imported != worker  # imported in the warmed-up forkserver
 
 
 # -- big payloads: the lane's shared-memory arena and the socket ---------------------------------

@@ -53,7 +53,7 @@ def test_image_stats_excludes_alpha() -> None:
     rgba.putalpha(Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50), np.uint8)))
     s_rgba, s_rgb = image_stats(rgba), image_stats(rgb)
     assert s_rgba["mean"] == s_rgb["mean"]
-    assert len(s_rgb["mean"]) == 3
+    assert len(s_rgb["mean"]) == 3  # type: ignore[arg-type]
     for key in ("mean", "std", "histogram", "sharpness", "dhash"):
         assert s_rgba[key] == s_rgb[key], key
     assert s_rgba["mode"] == "RGBA"
