@@ -122,7 +122,8 @@ def test_window_is_known_after_open_or_given() -> None:
         _ = DaskBackend().window
     assert DaskBackend(window=3).window == 3
     for bad in ({"shard_size": 0}, {"window": 0}, {"n_workers": 0}):
-        with pytest.raises(ValueError):
+        (name,) = bad
+        with pytest.raises(ValueError, match=f"^{name} must be >= 1$"):
             DaskBackend(**bad)  # type: ignore[arg-type]
     summary = DaskBackend("tcp://127.0.0.1:1", shard_size=7).summary()
     assert summary["shard_size"] == 7
@@ -499,7 +500,8 @@ def test_separate_scheduler_and_worker_processes(
     procs.append(scheduler)
     deadline = time.monotonic() + 60
     while not sched_file.exists() or not sched_file.read_text().strip():
-        assert time.monotonic() < deadline and scheduler.poll() is None, "no scheduler"
+        assert scheduler.poll() is None, "the scheduler exited before writing its file"
+        assert time.monotonic() < deadline, "no scheduler file within 60 s"
         time.sleep(0.1)
     address = json.loads(sched_file.read_text())["address"]
     one = ["--nworkers", "1", "--nthreads", "1", "--local-directory", str(tmp_path)]

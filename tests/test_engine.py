@@ -666,7 +666,8 @@ def test_a_worker_killed_holding_arena_payloads_loses_only_its_item(out: Path) -
             assert rec["status"] == "failed"
             assert rec["error_type"] == "WorkerCrashed"
         else:
-            assert rec["status"] == "ok" and rec["result"] == list(fns.digest(d)), i
+            assert rec["status"] == "ok", i
+            assert rec["result"] == list(fns.digest(d)), i
     assert result.ok == 16
     assert result.failed == 4
 

@@ -414,7 +414,8 @@ def test_shutdown_stops_and_reaps_the_helpers_of_an_embedding_program(
     )
     try:
         out, err = proc.communicate(timeout=DEADLINE)
-        assert proc.returncode == 0 and out.decode().strip() == "OK", err.decode()
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().strip() == "OK", err.decode()
         assert _session(proc.pid) == []
         assert list(tmp.iterdir()) == []
     finally:

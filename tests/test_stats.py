@@ -102,7 +102,7 @@ def test_hamming() -> None:
     assert hamming("0000000000000000", "0000000000000000") == 0
     assert hamming("ffffffffffffffff", "0000000000000000") == 64
     assert hamming("00000000000000f1", "0000000000000000") == 5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a hexadecimal hash: 'xyz'"):
         hamming("xyz", "00")
 
 
@@ -145,7 +145,7 @@ def test_near_duplicate_groups_small() -> None:
     assert near_duplicate_groups(items, max_distance=64) == [["a", "b", "c", "d", "e", "f", "g"]]
     assert near_duplicate_groups([], 6) == []
     assert near_duplicate_groups(items[:1], 6) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="hash of 'x' has more than 64 bits"):
         near_duplicate_groups([("x", "1" * 17)])
 
 
