@@ -265,8 +265,14 @@ async def test_server_that_never_answers_total_timeout_threaded() -> None:
 
 @pytest.mark.asyncio
 async def test_cancellation_propagates(server: str) -> None:
-    task = asyncio.create_task(get(f"{server}/trickle?interval=0.2&count=50", cfg()))
-    await asyncio.sleep(0.3)
+    path = "/trickle?interval=0.2&count=50"  # a 10 s body: still coming when it is cancelled
+    task = asyncio.create_task(get(f"{server}{path}", cfg()))
+    deadline = time.monotonic() + 30
+    while await hits(server, path) == 0:  # until the request is at the server
+        assert not task.done(), task
+        assert time.monotonic() < deadline, "the request never reached the server"
+        await asyncio.sleep(0.01)
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
