@@ -68,7 +68,7 @@ def slow_mark(x: int, folder: str, delay: float) -> int:
 def crash_on(x: int, poison: int) -> int:
     if x == poison:
         os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.01)
+    time.sleep(0.01)  # simulated work: a shard of 10 takes a moment
     return x
 
 
