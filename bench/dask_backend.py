@@ -89,7 +89,8 @@ def run_one(variant: str, inputs: str, out: str) -> dict[str, Any]:
         fingerprint=cfg.fingerprint(),
     )
     wall = time.perf_counter() - started
-    assert result.error is None and result.failed == 0, result.counts
+    if result.error is not None or result.failed:
+        raise RuntimeError(f"the benchmark run did not succeed: {result.error}, {result.counts}")
     summary: dict[str, Any] = backend.summary() if backend is not None else {}
     workers = summary.get("workers", {}).values()
     return {
@@ -121,7 +122,8 @@ def shard_cost(inputs: str, out: str) -> dict[str, float]:
     started = time.perf_counter()
     for i in range(0, len(values), SHARD):
         res = run_shard(stages, values[i : i + SHARD])
-        assert all(it.ok for it in res.items)
+        if not all(it.ok for it in res.items):
+            raise RuntimeError(f"an item of shard {i // SHARD} failed")
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "wall": time.perf_counter() - started,

@@ -174,7 +174,8 @@ def _run_textbook(case: Case, out: Path, cores: int) -> float:
 
 def _run_vipsthumbnail(case: Case, out: Path, cores: int) -> float:
     exe = shutil.which("vipsthumbnail")
-    assert exe is not None
+    if exe is None:
+        raise RuntimeError("vipsthumbnail is not on PATH")
     files = [str(f) for f in case.files]
     started = time.perf_counter()
     procs = [

@@ -233,8 +233,17 @@ def range_sum(bounds: tuple[int, int]) -> int:
     return sum(range(lo, hi))
 
 
-def range_sum_pid(bounds: tuple[int, int]) -> tuple[int, int]:
-    time.sleep(0.02)
+def range_sum_pid(bounds: tuple[int, int], folder: str, workers: int) -> tuple[int, int]:
+    """``range_sum`` and the worker's pid. A worker's first part waits until ``workers``
+    processes have each taken one (a file per pid in ``folder``): the parts cannot all go to
+    whichever worker happened to be up first, however slowly the others start."""
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(folder)) < workers:
+        if time.monotonic() > deadline:
+            met = len(os.listdir(folder))
+            raise TimeoutError(f"only {met} of {workers} workers took a part in 60 s")
+        time.sleep(0.005)  # a poll interval
     return range_sum(bounds), os.getpid()
 
 

@@ -42,12 +42,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import fcntl
 import functools
 import gzip
 import io
 import os
 import socket
 import struct
+import termios
 import threading
 import time
 from collections import Counter
@@ -147,10 +149,30 @@ async def _trickle(request: web.Request) -> web.StreamResponse:
     resp.content_length = count
     await resp.prepare(request)
     for _ in range(count):
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval)  # the slowness is the route's point
         await resp.write(b"x")
     await resp.write_eof()
     return resp
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue the peer has not acknowledged yet (Linux SIOCOUTQ)."""
+    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return int(struct.unpack("i", raw)[0])
+
+
+async def _until_delivered(request: web.Request) -> None:
+    """Until every byte written so far has left this process and reached the client's kernel
+    (acknowledged): a reset or close after that cannot take them back. A poll with a deadline:
+    on loopback it is over at once, unless the client does not read."""
+    transport = request.transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    deadline = time.monotonic() + 10
+    while transport.get_write_buffer_size() or (sock is not None and _unacknowledged(sock)):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the client did not take the bytes in 10 s")
+        await asyncio.sleep(0.001)
 
 
 def _reset_connection(request: web.Request) -> None:
@@ -169,7 +191,7 @@ async def _reset(request: web.Request) -> web.StreamResponse:
     resp.content_length = 2**20
     await resp.prepare(request)
     await resp.write(b"x" * _qint(request, "after", 1000))
-    await asyncio.sleep(0.05)  # let the bytes leave before the reset
+    await _until_delivered(request)  # a reset drops whatever is still unsent
     _reset_connection(request)
     # The connection is gone; ending the handler by cancellation keeps aiohttp from trying to
     # finish the response on a dead transport.
@@ -183,7 +205,7 @@ async def _short(request: web.Request) -> web.StreamResponse:
     resp.force_close()
     await resp.prepare(request)
     await resp.write(b"x" * _qint(request, "sent", 10))
-    await asyncio.sleep(0.05)
+    await _until_delivered(request)
     assert request.transport is not None
     request.transport.close()  # a clean FIN after the bytes, the length never satisfied
     raise asyncio.CancelledError

@@ -190,7 +190,8 @@ def test_encode_formats_quality_and_validation() -> None:
         {"quality": 101},
         {"quality": 9.5},
     ):
-        with pytest.raises(ValueError):
+        (name,) = bad
+        with pytest.raises(ValueError, match=f"^{name} must be "):
             stages.encode(image, **bad)
 
 

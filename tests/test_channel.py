@@ -17,7 +17,7 @@ async def test_a_full_channel_blocks_its_sender_until_a_receive() -> None:
     with pytest.raises(WouldBlock):
         ch.send_nowait(3)
     third = asyncio.create_task(ch.send(3))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the task runs until it blocks (no timing)
     assert not third.done()
     assert ch.statistics().waiting_senders == 1
     assert await ch.receive() == 1
@@ -41,8 +41,10 @@ async def test_closing_ends_the_stream_after_what_is_left() -> None:
 async def test_wait_closed_returns_when_the_channel_closes_and_receives_nothing() -> None:
     ch = Channel[int](4)
     waiter = asyncio.create_task(ch.wait_closed())
+    await asyncio.sleep(0)  # one turn of the loop: the waiter is waiting now
+    assert len(ch._closers) == 1
     await ch.send(1)  # a send does not wake it
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn: had the send woken it, it would be done now
     assert not waiter.done()
     ch.close()
     await asyncio.wait_for(waiter, 1)

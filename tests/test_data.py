@@ -127,7 +127,7 @@ def test_array_stats_basics_and_round_trip() -> None:
     assert back.to_dict() == d
     ints = array_stats(np.arange(1000, dtype=np.int16), max_bins=10)
     assert ints.histogram is not None
-    assert ints.histogram.width == 128.0
+    assert ints.histogram.width == 128.0  # integer-wide bins
     with pytest.raises(ValueError, match="numeric"):
         array_stats(np.array(["a"]))
     with pytest.raises(ValueError, match="max_bins"):
@@ -168,7 +168,7 @@ def test_csv_quoted_fields_missing_values_and_bad_cells(tmp_path: Path) -> None:
     assert value["bad_rows"] == 2
     val = value["columns"]["val"]
     assert val["count"] == 3
-    assert val["missing"] == 2
+    assert val["missing"] == 2  # NA and empty
     assert val["sum"] == 1.5 + 2.5 - 1e3
     assert value["bad_cells"] == {"val": 1}
     assert value["first_bad"]["line"] in (5, 7)  # the bad cell (line 5) or first ragged row
@@ -335,7 +335,7 @@ def test_process_resume_redoes_only_what_changed(data_dir: Path, tmp_path: Path)
     assert changed.counts["ok"] == len(redone)
     ok_data = {k for k in data_keys if recs[k]["status"] == "ok"}
     assert ok_data
-    assert redone == ok_data
+    assert redone == ok_data  # new histogram bins redo the data, not the images
     hist = recs["in/big.npy"]["result"]["stats"]["histogram"]
     assert len(hist["counts"]) <= 16
     groups = json.loads((out / "summary.json").read_text())["collected"]["data_aggregate"]

@@ -265,8 +265,14 @@ async def test_server_that_never_answers_total_timeout_threaded() -> None:
 
 @pytest.mark.asyncio
 async def test_cancellation_propagates(server: str) -> None:
-    task = asyncio.create_task(get(f"{server}/trickle?interval=0.2&count=50", cfg()))
-    await asyncio.sleep(0.3)
+    path = "/trickle?interval=0.2&count=50"  # a 10 s body: still coming when it is cancelled
+    task = asyncio.create_task(get(f"{server}{path}", cfg()))
+    deadline = time.monotonic() + 30
+    while await hits(server, path) == 0:  # until the request is at the server
+        assert not task.done(), task
+        assert time.monotonic() < deadline, "the request never reached the server"
+        await asyncio.sleep(0.01)
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -401,8 +407,8 @@ async def test_body_longer_than_content_length_never_exceeds_it() -> None:
     async with lying_length_server(100) as base_url:
         try:
             result = await get(f"{base_url}/x.jpg", cfg(max_bytes=2**20, retries=0))
-        except DownloadError as exc:
-            assert isinstance(exc, ConnectionFailed | TruncatedBody), exc
+        except (ConnectionFailed, TruncatedBody):
+            pass  # refused or cut short: fine (any other error fails the test)
         else:
             assert result.data == b"\1" * 100
     assert process.memory_info().rss - baseline < 30 * 2**20
@@ -671,27 +677,27 @@ async def test_session_limits_come_from_config() -> None:
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    ("overrides", "message"),
     [
-        {"connect_timeout": 0},
-        {"read_timeout": -1},
-        {"total_timeout": float("inf")},
-        {"retries": -1},
-        {"retries": 1.5},
-        {"retries": True},
-        {"backoff": -0.1},
-        {"max_redirects": -1},
-        {"max_bytes": 0},
-        {"limit": 0},
-        {"limit_per_host": 0},
-        {"limit": 4, "limit_per_host": 8},
-        {"user_agent": ""},
-        {"user_agent": "a\r\nb"},
-        {"allow_private_hosts": "yes"},
+        ({"connect_timeout": 0}, "connect_timeout must be a finite number > 0"),
+        ({"read_timeout": -1}, "read_timeout must be a finite number > 0"),
+        ({"total_timeout": float("inf")}, "total_timeout must be a finite number > 0"),
+        ({"retries": -1}, "retries must be an int >= 0"),
+        ({"retries": 1.5}, "retries must be an int >= 0"),
+        ({"retries": True}, "retries must be an int >= 0"),
+        ({"backoff": -0.1}, "backoff must be a finite number >= 0"),
+        ({"max_redirects": -1}, "max_redirects must be an int >= 0"),
+        ({"max_bytes": 0}, "max_bytes must be an int >= 1"),
+        ({"limit": 0}, "limit must be an int >= 1"),
+        ({"limit_per_host": 0}, "limit_per_host must be an int >= 1"),
+        ({"limit": 4, "limit_per_host": 8}, r"limit_per_host \(8\) > limit \(4\)"),
+        ({"user_agent": ""}, "user_agent must be a non-empty single-line string"),
+        ({"user_agent": "a\r\nb"}, "user_agent must be a non-empty single-line string"),
+        ({"allow_private_hosts": "yes"}, "allow_private_hosts must be a bool"),
     ],
 )
-def test_config_validation(overrides: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+def test_config_validation(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}"):
         DownloadConfig(**overrides)
 
 
@@ -751,7 +757,8 @@ def check_relpath(path: str) -> None:
     segments = path.split("/")
     for segment in segments:
         assert SEGMENT.fullmatch(segment), (path, segment)
-        assert segment.strip(".") and not segment.startswith("."), (path, segment)
+        assert segment.strip("."), (path, segment)
+        assert not segment.startswith("."), (path, segment)
     assert os.path.normpath(os.path.join("/out", path)).startswith("/out/")
 
 

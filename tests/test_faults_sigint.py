@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -25,7 +27,12 @@ def _make_inputs(folder: Path, n: int) -> None:
         (folder / f"f{i:04d}.bin").write_bytes(os.urandom(64))
 
 
+#: Longest a test waits for a run to get going or to say something (a busy machine is slow).
+DEADLINE = 60.0
+
+
 def _start(inputs: Path, out: Path, delay: float) -> subprocess.Popen[bytes]:
+    """A demo run into ``out``; its stderr (the log) goes to :func:`_stderr_file`."""
     cmd = [
         sys.executable,
         "-m",
@@ -40,21 +47,70 @@ def _start(inputs: Path, out: Path, delay: float) -> subprocess.Popen[bytes]:
         str(delay),
         "--quiet",
     ]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with _stderr_file(out).open("wb") as stderr:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def _stderr_file(out: Path) -> Path:
+    return out.parent / f"{out.name}.stderr.txt"
+
+
+def _stderr(out: Path) -> str:
+    return _stderr_file(out).read_text(errors="replace")
+
+
+def _journalled(out: Path) -> int:
+    """Records the run has committed to its journal so far (0 while there is none).
+
+    Read from the SQLite journal itself, read-only (WAL: the run's writer is not blocked): the
+    manifest is only written at the end of a run.
+    """
+    journal = out / ".pipeline" / "ledger.sqlite"
+    if not journal.exists():
+        return 0
+    try:
+        uri = f"{journal.as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as db:
+            (n,) = db.execute("SELECT COUNT(*) FROM records").fetchone()
+    except sqlite3.Error:  # being created (no table yet) or busy for a moment: not yet
+        return 0
+    return int(n)
+
+
+def _wait_until(
+    what: str, out: Path, proc: subprocess.Popen[bytes], ready: Callable[[], bool]
+) -> None:
+    """Poll ``ready()`` until it holds; fail at once if the run ends, or after DEADLINE."""
+    deadline = time.monotonic() + DEADLINE
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the run exited ({proc.returncode}) before {what}:\n{_stderr(out)}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {DEADLINE:.0f} s:\n{_stderr(out)}")
+        time.sleep(0.02)  # a poll interval, not a guess at how long the run takes
 
 
 def _wait_for_progress(out: Path, proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    journal = out / ".pipeline" / "ledger.sqlite"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        kids = psutil.Process(proc.pid).children(recursive=True)
+    """Until both workers are up and the run has journalled a record: items are done and more
+    are in flight. Returns the run's processes then (the forkserver's workers included)."""
+    kids: list[psutil.Process] = []
+
+    def going() -> bool:
+        nonlocal kids
+        with contextlib.suppress(psutil.NoSuchProcess):
+            kids = psutil.Process(proc.pid).children(recursive=True)
         # workers are forked by the forkserver: the parent's grandchildren
-        workers = [k for k in kids if _ppid(k) != proc.pid]
-        if journal.exists() and len(workers) >= 2:
-            time.sleep(0.5)
-            return kids
-        time.sleep(0.1)
-    raise AssertionError("the run never got going")
+        workers = [k for k in kids if _ppid(k) not in (proc.pid, None)]
+        return len(workers) >= 2 and _journalled(out) >= 1
+
+    _wait_until("the run got going", out, proc, going)
+    return kids
+
+
+def _wait_for_log(out: Path, proc: subprocess.Popen[bytes], text: str) -> None:
+    _wait_until(f"its log said {text!r}", out, proc, lambda: text in _stderr(out))
 
 
 def _ppid(p: psutil.Process) -> int | None:
@@ -72,9 +128,6 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         if p.poll() is None:
             p.kill()
         p.wait(timeout=10)
-        for stream in (p.stdout, p.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def _check_ledger(out: Path, n_inputs: int) -> dict[str, int]:
@@ -106,7 +159,7 @@ def test_sigint_stops_within_5s_and_leaves_nothing_behind(
     proc.send_signal(signal.SIGINT)
     code = proc.wait(timeout=15)
     elapsed = time.monotonic() - sent
-    assert code == 130, proc.stderr.read().decode() if proc.stderr else ""
+    assert code == 130, _stderr(out)
     assert elapsed < 5.0
     _gone, alive = psutil.wait_procs(kids, timeout=3)
     assert alive == [], f"left behind: {alive}"
@@ -122,11 +175,12 @@ def test_second_sigint_aborts_at_once(tmp_path: Path, procs: list[subprocess.Pop
     procs.append(proc)
     kids = _wait_for_progress(out, proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    # the first Ctrl-C was taken: the run stopped feeding and its grace period has begun
+    _wait_for_log(out, proc, "interrupted: finishing in-flight items")
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     code = proc.wait(timeout=15)
-    assert code == 130
+    assert code == 130, _stderr(out)
     assert time.monotonic() - sent < 2.0
     _, alive = psutil.wait_procs(kids, timeout=3)
     assert alive == []

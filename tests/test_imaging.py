@@ -88,26 +88,29 @@ def test_parse_size_rejects(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"sizes": ()},
-        {"sizes": [Size(width=10, height=10)]},
-        {"sizes": ("512",)},
-        {"sizes": (Size(width=10, height=10), Size(width=10, height=10))},
-        {"mode": "crop"},
-        {"format": "gif"},
-        {"quality": 0},
-        {"quality": 101},
-        {"quality": True},
-        {"max_pixels": 0},
-        {"upscale": "yes"},
-        {"pad_color": (0, 0)},
-        {"pad_color": (0, 0, 256)},
-        {"pad_color": [0, 0, 0]},
+        ({"sizes": ()}, "sizes must be a non-empty tuple of Size"),
+        ({"sizes": [Size(width=10, height=10)]}, "sizes must be a non-empty tuple of Size"),
+        ({"sizes": ("512",)}, "sizes must contain Size objects"),
+        (
+            {"sizes": (Size(width=10, height=10), Size(width=10, height=10))},
+            "sizes must be distinct",
+        ),
+        ({"mode": "crop"}, "mode must be one of"),
+        ({"format": "gif"}, "format must be one of"),
+        ({"quality": 0}, "quality must be an int between 1 and 100"),
+        ({"quality": 101}, "quality must be an int between 1 and 100"),
+        ({"quality": True}, "quality must be an int between 1 and 100"),
+        ({"max_pixels": 0}, "max_pixels must be a positive int"),
+        ({"upscale": "yes"}, "upscale must be a bool"),
+        ({"pad_color": (0, 0)}, "pad_color must be a tuple of three ints"),
+        ({"pad_color": (0, 0, 256)}, "pad_color must be a tuple of three ints"),
+        ({"pad_color": [0, 0, 0]}, "pad_color must be a tuple of three ints"),
     ],
 )
-def test_options_validated(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+def test_options_validated(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}"):
         ResizeOptions(**kwargs)
 
 

@@ -243,6 +243,7 @@ def _wait_for_work(run: Run) -> None:
         lambda: len(run.workers()) >= 2 and any(run.out.glob("*/*.png")),
     )
     forkserver, tracker = run.helpers()
+    # what must not outlive the run
     assert forkserver is not None
     assert tracker is not None
 
@@ -287,7 +288,7 @@ def test_a_run_with_failed_items_leaves_nothing(start: Callable[..., Run]) -> No
     assert_nothing_left(run)
     statuses = _statuses(run.out)
     assert "ok" in statuses
-    assert len(statuses) > 1
+    assert len(statuses) > 1  # some failed
 
 
 @pytest.mark.timeout(60)
@@ -413,7 +414,8 @@ def test_shutdown_stops_and_reaps_the_helpers_of_an_embedding_program(
     )
     try:
         out, err = proc.communicate(timeout=DEADLINE)
-        assert proc.returncode == 0 and out.decode().strip() == "OK", err.decode()
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().strip() == "OK", err.decode()
         assert _session(proc.pid) == []
         assert list(tmp.iterdir()) == []
     finally:

@@ -316,7 +316,8 @@ def test_one_record_per_file(run: Run) -> None:
     assert on_disk == set(run.tree.files)
     missing = sorted(on_disk - set(run.records))
     extra = sorted(set(run.records) - on_disk)
-    assert not missing and not extra, f"missing {missing[:20]}, extra {extra[:20]}"
+    assert not missing, f"missing {missing[:20]}, extra {extra[:20]}"
+    assert not extra, f"missing {missing[:20]}, extra {extra[:20]}"
 
 
 @pytest.mark.slow

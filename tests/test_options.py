@@ -247,12 +247,15 @@ def test_usage_errors_exit_2_and_name_the_option(tmp: Path) -> None:
     conf = tmp / "bad.toml"
     conf.write_text(f'inputs = ["{IMAGES}"]\nworkers = {{ resize = "many" }}\n')
     done = _cli("--config", str(conf), "--output", str(tmp / "o"))
-    assert done.returncode == 2 and f"{conf}:workers:" in done.stderr, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert f"{conf}:workers:" in done.stderr, done.stderr
     conf.write_text(f'inputs = ["{IMAGES}"]\ncolour = "blue"\n')
     done = _cli("--config", str(conf), "--output", str(tmp / "o"))
-    assert done.returncode == 2 and "unknown option 'colour'" in done.stderr, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "unknown option 'colour'" in done.stderr, done.stderr
     done = _cli(str(IMAGES), "--quality", "high", "--output", str(tmp / "o"))
-    assert done.returncode == 2 and "--quality: expected an integer" in done.stderr, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "--quality: expected an integer" in done.stderr, done.stderr
     assert not (tmp / "o").exists()
 
 

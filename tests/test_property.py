@@ -57,7 +57,9 @@ def test_random_chains_match_the_sequential_model(
         ok, expected = model(spec, v)
         rec = recs[key]
         if ok:
-            assert rec["status"] == "ok" and rec["result"] == expected, (spec, v, rec)
+            assert rec["status"] == "ok", (spec, v, rec)
+            assert rec["result"] == expected, (spec, v, rec)
         else:
-            assert rec["status"] == "failed" and rec["stage"] == expected, (spec, v, rec)
+            assert rec["status"] == "failed", (spec, v, rec)
+            assert rec["stage"] == expected, (spec, v, rec)
     assert result.ok + result.failed == len(values)

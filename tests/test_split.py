@@ -39,15 +39,12 @@ def _split_pids(parts: int, n: int) -> Split:
     return Split(inner.parts, fns.pids_of_parts)
 
 
-def test_a_process_stage_runs_the_parts_on_both_workers() -> None:
-    pipe = Pipeline(
-        [
-            stage(functools.partial(_split_pids, 16), kind="thread", name="plan"),
-            stage(fns.range_sum_pid, kind="process", workers=2, max_batch=1, name="crunch"),
-        ]
-    )
+def test_a_process_stage_runs_the_parts_on_both_workers(tmp_path: Path) -> None:
+    met = str(tmp_path)  # each worker's pid, once it has taken a part (see fns.range_sum_pid)
+    crunch = stage(fns.range_sum_pid, met, 2, kind="process", workers=2, max_batch=1, name="crunch")
+    pipe = Pipeline([stage(functools.partial(_split_pids, 16), kind="thread", name="plan"), crunch])
     (rec,) = list(pipe.iter([("big", 1600)]))
-    assert rec.status == "ok"
+    assert rec.status == "ok", rec.error
     assert len(rec.value) == 2  # the 16 parts ran in two different worker processes
 
 

@@ -89,7 +89,7 @@ async def test_a_body_over_the_threshold_is_spooled_and_reads_back_whole(
     assert len(body) == 2_500_000
     expected = (b"\0" if route == "big" else b"\1") * 2_500_000
     assert bytes(body) == expected
-    assert body.read() == expected
+    assert body.read() == expected  # as often as needed
     assert open_spools(spool_dir) != []
     assert pickle.loads(pickle.dumps(body)) == expected  # a process worker gets the bytes
     body.close()

@@ -353,7 +353,8 @@ def test_every_entry_gets_one_record_and_special_files_are_never_opened(
         if want == "ok":
             assert recs[key]["status"] == "ok", recs[key]
         else:
-            assert recs[key]["status"] == "skipped" and recs[key]["reason"] == want, recs[key]
+            assert recs[key]["status"] == "skipped", recs[key]
+            assert recs[key]["reason"] == want, recs[key]
 
 
 def _without_root_file_access() -> None:

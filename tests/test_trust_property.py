@@ -274,14 +274,16 @@ def check_first_run(recs: dict[bytes, dict[str, Any]], files: dict[bytes, File])
         if status == "skipped":
             assert rec.get("reason"), rec
         if status == "failed":
-            assert rec.get("error_type") and rec.get("error"), rec
+            assert rec.get("error_type"), rec
+            assert rec.get("error"), rec
         f = files[key]
         if f.kind in IMAGE_KINDS:  # recognised by content, whatever its name
             assert status == "ok", rec
         elif is_data_name(key):
             continue  # read as data: ok, skipped or failed, all recorded
         else:
-            assert status == "skipped" and rec.get("stage") == "read", rec
+            assert status == "skipped", rec
+            assert rec.get("stage") == "read", rec
             assert str(rec["reason"]).startswith("not an image or data file"), rec
 
 
