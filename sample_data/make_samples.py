@@ -345,9 +345,11 @@ def _check(files: dict[str, bytes]) -> None:
             assert shown.size == correct.size, n
             assert shown.getpixel((5, 5))[0] > 200, n  # type: ignore[index]
     with Image.open(io.BytesIO(files["cmyk.jpg"])) as im:
-        assert im.mode == "CMYK" and "adobe" not in im.info
+        assert im.mode == "CMYK"
+        assert "adobe" not in im.info
     with Image.open(io.BytesIO(files["cmyk_adobe_inverted.jpg"])) as im:
-        assert im.mode == "CMYK" and "adobe" in im.info
+        assert im.mode == "CMYK"
+        assert "adobe" in im.info
     with Image.open(io.BytesIO(files["gray16.png"])) as im:
         assert im.mode.startswith("I"), im.mode
 
