@@ -86,21 +86,21 @@ class StatsTable:
         st, orig = res["stats"], res.get("original", {})
         outs = res.get("outputs") or [{}]
         dhash = st.get("dhash")
-        self._csv.write(
-            {
-                "key": record["key"],
-                "status": record["status"],
-                "width": orig.get("width"),
-                "height": orig.get("height"),
-                "mode": orig.get("mode"),
-                "format": orig.get("format"),
-                "out_width": outs[0].get("width"),
-                "out_height": outs[0].get("height"),
-                "mean": " ".join(f"{v:.3f}" for v in st.get("mean", [])),
-                "std": " ".join(f"{v:.3f}" for v in st.get("std", [])),
-                "sharpness": st.get("sharpness"),
-                "dhash": dhash,
-            }
+        self._csv.write(  # in the order of COLUMNS
+            (
+                record["key"],
+                record["status"],
+                orig.get("width"),
+                orig.get("height"),
+                orig.get("mode"),
+                orig.get("format"),
+                outs[0].get("width"),
+                outs[0].get("height"),
+                " ".join(f"{v:.3f}" for v in st.get("mean", [])),
+                " ".join(f"{v:.3f}" for v in st.get("std", [])),
+                st.get("sharpness"),
+                dhash,
+            )
         )
         if dhash:
             self.keys.append(record["key"])
@@ -195,8 +195,8 @@ class DataTable:
             bad = v.get("bad_cells", {})
             items = [(n, s, bad.get(n, 0)) for n, s in v["columns"].items()]
         for column, s, n_bad in items:
-            row = {k: s.get(k) for k in self.COLUMNS[2:-1]}
-            self._csv.write({"key": record["key"], "column": column, **row, "bad": n_bad})
+            figures = [s.get(k) for k in self.COLUMNS[2:-1]]
+            self._csv.write((record["key"], column, *figures, n_bad))
 
     def finish(self) -> None:
         written = self._csv.commit()

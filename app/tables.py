@@ -1,9 +1,9 @@
 """Tables written as their rows stream in: the end of a run's CSV files and ``stats.parquet``.
 
-* :class:`CsvStream` writes rows with :class:`csv.DictWriter` (header first, ``\\r\\n`` line
-  ends, UTF-8), a chunk of :data:`CHUNK_ROWS` rows at a time, into a temporary file that
-  :meth:`~CsvStream.commit` renames into place (:class:`pipeline.AtomicFile`). Its bytes are
-  those of the whole table written at once.
+* :class:`CsvStream` writes rows with :func:`csv.writer` (header first, ``\\r\\n`` line ends,
+  UTF-8: what :class:`csv.DictWriter` writes), a chunk of :data:`CHUNK_ROWS` rows at a time,
+  into a temporary file that :meth:`~CsvStream.commit` renames into place
+  (:class:`pipeline.AtomicFile`). Its bytes are those of the whole table written at once.
 * :class:`ParquetStream` turns the same chunks, as they are written, into a Parquet file whose
   columns have the types :func:`pyarrow.csv.read_csv` infers for the whole CSV file — what the
   table had when it was read whole into memory: pyarrow's CSV inference takes, for each column,
@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,14 @@ class CsvStream:
         self.chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
         self.rows = 0
         self._buf = io.StringIO()
-        self._writer = csv.DictWriter(self._buf, fieldnames=columns)
-        self._writer.writeheader()
+        self._writer = csv.writer(self._buf)
+        self._writer.writerow(columns)
         self._header = self._take()
         self._pending = 0
         self._file: AtomicFile | None = None
 
-    def write(self, row: Mapping[str, Any]) -> None:
+    def write(self, row: Sequence[Any]) -> None:
+        """One row: its values in the order of the columns."""
         self._writer.writerow(row)
         self.rows += 1
         self._pending += 1
