@@ -9,27 +9,32 @@ run (:class:`pipeline.Collector`) and put their result into ``summary.json``.
   merging).
 * :class:`DataTable` writes ``data_stats.csv``: one row per array or CSV column.
 
-The tables are built from the manifest at the end of the run, so memory stays flat whatever the
-number of records; pyarrow and numpy are imported only when there is something to write.
+The tables hold every record of the output folder, this run's and the earlier ones: they are
+built from the manifest at the end of the run, as sinks of the one pass over it
+(:class:`app.endofrun.ManifestPass`; give both tables the same one), written as the rows stream
+(:mod:`app.tables`), so memory stays flat whatever the number of records; pyarrow and numpy
+are imported only when there is something to write.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline import Record, Status, atomic_write_bytes, read_manifest
+from pipeline import Record, Status
 from stages.aggregate import DataGroups
 from stages.parts import is_data_result
+
+from .endofrun import ManifestPass, data_result
+from .tables import CsvStream, ParquetStream
 
 __all__ = ["DataAggregate", "DataTable", "NearDuplicates", "StatsTable"]
 
 
 class StatsTable:
-    """Writes ``stats.csv`` and ``stats.parquet`` (when there are image rows) from the manifest."""
+    """Writes ``stats.csv`` and ``stats.parquet`` (when there are image rows) from the manifest,
+    and keeps each row's (key, dhash) for :class:`NearDuplicates`, which needs them all."""
 
     name = "stats_table"
     COLUMNS = (
@@ -47,68 +52,70 @@ class StatsTable:
         "dhash",
     )
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, manifest: ManifestPass | None = None) -> None:
         self.folder = folder
-        # (key, dhash) of every row, kept by result() for NearDuplicates, which needs them all
-        # in memory anyway: one pass over the manifest serves both
-        self.hashes: list[tuple[str, str]] | None = None
+        self.manifest = manifest if manifest is not None else ManifestPass(folder)
+        # the (key, dhash) of every row with a hash, as two lists (no tuple per row)
+        self.keys: list[str] = []
+        self.dhashes: list[Any] = []
+        self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS)
+        self._csv = CsvStream(
+            folder / "stats.csv", self.COLUMNS, keep_empty=True, on_chunk=self._parquet.chunk
+        )
+        self._result: dict[str, Any] = {}
+        self.manifest.add(self)
 
+    # -- the collector: the engine asks for the result after exporting the manifest ------------
     def add(self, record: Record) -> None:
         return None
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        manifest = self.folder / "manifest.jsonl"
-        if not manifest.exists():
-            return
-        for rec in read_manifest(manifest):
-            res = rec.get("result")
-            if not isinstance(res, dict) or "stats" not in res or is_data_result(res):
-                continue
-            st, orig = res["stats"], res.get("original", {})
-            outs = res.get("outputs") or [{}]
-            yield {
-                "key": rec["key"],
-                "status": rec["status"],
-                "width": orig.get("width"),
-                "height": orig.get("height"),
-                "mode": orig.get("mode"),
-                "format": orig.get("format"),
-                "out_width": outs[0].get("width"),
-                "out_height": outs[0].get("height"),
-                "mean": " ".join(f"{v:.3f}" for v in st.get("mean", [])),
-                "std": " ".join(f"{v:.3f}" for v in st.get("std", [])),
-                "sharpness": st.get("sharpness"),
-                "dhash": st.get("dhash"),
-            }
-
     def result(self) -> dict[str, Any]:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.COLUMNS)
-        writer.writeheader()
-        n = 0
-        hashes: list[tuple[str, str]] = []
-        for row in self.rows():
-            writer.writerow(row)
-            n += 1
-            if row.get("dhash"):
-                hashes.append((row["key"], row["dhash"]))
-        self.hashes = hashes
-        data = buf.getvalue().encode()
-        atomic_write_bytes(self.folder / "stats.csv", data)
-        files = ["stats.csv"]
-        if n:
-            import pyarrow as pa
-            import pyarrow.csv as pacsv
-            import pyarrow.parquet as pq
+        self.manifest.check(self)
+        return self._result
 
-            # the table from the CSV just written: pa.Table.from_pylist would import pandas
-            # (when installed), half a second for nothing
-            table = pacsv.read_csv(pa.BufferReader(data))
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink)
-            atomic_write_bytes(self.folder / "stats.parquet", sink.getvalue().to_pybytes())
+    def hashes(self) -> Iterator[tuple[str, Any]]:
+        """(key, dhash) of every image row, in manifest order."""
+        self.manifest.check(self)
+        return zip(self.keys, self.dhashes, strict=True)
+
+    # -- the sink: fed by the manifest pass ---------------------------------------------------
+    def take(self, record: dict[str, Any], offset: int) -> None:
+        res = record.get("result")
+        if not isinstance(res, dict) or "stats" not in res or is_data_result(res):
+            return
+        st, orig = res["stats"], res.get("original", {})
+        outs = res.get("outputs") or [{}]
+        dhash = st.get("dhash")
+        self._csv.write(  # in the order of COLUMNS
+            (
+                record["key"],
+                record["status"],
+                orig.get("width"),
+                orig.get("height"),
+                orig.get("mode"),
+                orig.get("format"),
+                outs[0].get("width"),
+                outs[0].get("height"),
+                " ".join(f"{v:.3f}" for v in st.get("mean", [])),
+                " ".join(f"{v:.3f}" for v in st.get("std", [])),
+                st.get("sharpness"),
+                dhash,
+            )
+        )
+        if dhash:
+            self.keys.append(record["key"])
+            self.dhashes.append(dhash)
+
+    def finish(self) -> None:
+        self._csv.commit()
+        files = ["stats.csv"]
+        if self._parquet.commit(self.folder / "stats.csv"):
             files.append("stats.parquet")
-        return {"rows": n, "files": files}
+        self._result = {"rows": self._csv.rows, "files": files}
+
+    def discard(self) -> None:
+        self._csv.discard()
+        self._parquet.discard()
 
 
 class NearDuplicates:
@@ -126,10 +133,7 @@ class NearDuplicates:
     def result(self) -> dict[str, Any]:
         from stages.stats import near_duplicate_groups
 
-        pairs: Iterable[tuple[str, str]] = self.table.hashes or (
-            (r["key"], r["dhash"]) for r in self.table.rows() if r.get("dhash")
-        )
-        groups = near_duplicate_groups(pairs, max_distance=self.max_distance)
+        groups = near_duplicate_groups(self.table.hashes(), max_distance=self.max_distance)
         return {"max_distance": self.max_distance, "groups": groups}
 
 
@@ -162,39 +166,41 @@ class DataAggregate:
 
 class DataTable:
     """``data_stats.csv``: one row per array or CSV column, from the manifest at the end of the
-    run (as ``stats.csv``: memory stays flat whatever the number of records)."""
+    run (as ``stats.csv``: written as it streams). No data rows, no file."""
 
     name = "data_table"
     COLUMNS = ("key", "column", "count", "missing", "mean", "std", "min", "max", "sum", "bad")
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, manifest: ManifestPass | None = None) -> None:
         self.folder = folder
+        self.manifest = manifest if manifest is not None else ManifestPass(folder)
+        self._csv = CsvStream(folder / "data_stats.csv", self.COLUMNS, keep_empty=False)
+        self._result: dict[str, Any] = {}
+        self.manifest.add(self)
 
     def add(self, record: Record) -> None:
         return None
 
     def result(self) -> dict[str, Any]:
-        manifest = self.folder / "manifest.jsonl"
-        if not manifest.exists():
-            return {"rows": 0, "files": []}
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.COLUMNS)
-        writer.writeheader()
-        rows = 0
-        for line in read_manifest(manifest):
-            v = _data_value(Record.from_json(line))
-            if v is None:
-                continue
-            if v["kind"] == "array":
-                items = [("", v["stats"], 0)]
-            else:
-                bad = v.get("bad_cells", {})
-                items = [(n, s, bad.get(n, 0)) for n, s in v["columns"].items()]
-            for column, s, n_bad in items:
-                row = {k: s.get(k) for k in self.COLUMNS[2:-1]}
-                writer.writerow({"key": line["key"], "column": column, **row, "bad": n_bad})
-                rows += 1
-        if not rows:
-            return {"rows": 0, "files": []}
-        atomic_write_bytes(self.folder / "data_stats.csv", buf.getvalue().encode())
-        return {"rows": rows, "files": ["data_stats.csv"]}
+        self.manifest.check(self)
+        return self._result
+
+    def take(self, record: dict[str, Any], offset: int) -> None:
+        v = data_result(record)
+        if v is None:
+            return
+        if v["kind"] == "array":
+            items = [("", v["stats"], 0)]
+        else:
+            bad = v.get("bad_cells", {})
+            items = [(n, s, bad.get(n, 0)) for n, s in v["columns"].items()]
+        for column, s, n_bad in items:
+            figures = [s.get(k) for k in self.COLUMNS[2:-1]]
+            self._csv.write((record["key"], column, *figures, n_bad))
+
+    def finish(self) -> None:
+        written = self._csv.commit()
+        self._result = {"rows": self._csv.rows, "files": ["data_stats.csv"] if written else []}
+
+    def discard(self) -> None:
+        self._csv.discard()

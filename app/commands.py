@@ -92,13 +92,14 @@ def _add_options(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from stages import walk
+
     from .console import print_summary
-    from .demo import demo_pipeline, walk_files
+    from .demo import demo_pipeline
 
     pipe = demo_pipeline(args.workers, args.delay)
-    result = pipe.run(
-        walk_files(args.inputs), output=args.output, progress=False if args.quiet else None
-    )
+    inputs = walk(*args.inputs, output=args.output)
+    result = pipe.run(inputs, output=args.output, progress=False if args.quiet else None)
     print_summary(result, quiet=args.quiet)
     return result.exit_code
 

@@ -1,5 +1,11 @@
 """A small engine-only chain (file sizes and SHA-256 digests): ``python -m pipeline demo``.
 
+Its inputs come from the program's one directory walker, :func:`stages.walk` (as ``process``
+walks): every regular file becomes an item keyed by its path relative to its folder (several
+folders: each folder's name first) that carries its size and ``mtime_ns``, so a re-run redoes
+the files that changed; special files and symlinks that lead nowhere or outside their folder
+are recorded ``skipped`` with the reason; the output folder is never walked.
+
 Functions are module-level so the process stage can import them in its workers.
 """
 
@@ -8,33 +14,17 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
-from pipeline import Item, Pipeline, stage
+from pipeline import Pipeline, stage
+from stages.sources import SourceFile
 
-__all__ = ["demo_pipeline", "walk_files"]
-
-
-def walk_files(roots: Sequence[str | os.PathLike[str]]) -> Iterator[Item]:
-    """Every regular file under ``roots``, lazily, in a stable (sorted) order."""
-    for root in map(Path, roots):
-        stack = [root]
-        while stack:
-            folder = stack.pop()
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name, reverse=True)
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    rel = Path(entry.path).relative_to(root).as_posix()
-                    key = f"{root.name}/{rel}" if len(roots) > 1 else rel
-                    yield Item(key=key, value=entry.path, source=entry.path)
+__all__ = ["demo_pipeline", "digest", "read_bytes"]
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(value: SourceFile | str | os.PathLike[str]) -> bytes:
+    """The bytes of a walked file (or of a path)."""
+    path = value.path if isinstance(value, SourceFile) else value
     with open(path, "rb") as fh:
         return fh.read()
 

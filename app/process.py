@@ -11,6 +11,7 @@ workers crunch in parallel, merged back into one record per array or file.
 :class:`~app.config.ProcessConfig` holds every option; :func:`build_pipeline` turns it into a
 :class:`~pipeline.Pipeline`; :func:`run_process` runs it with resume, the end-of-run tables
 (:mod:`app.collectors`), and writes ``report.html`` (:mod:`app.report`) at the end of every run.
+The tables and the report are built from one pass over the manifest (:mod:`app.endofrun`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from stages.thumbs import Rendered, outputs_exist
 
 from .collectors import DataAggregate, DataTable, NearDuplicates, StatsTable
 from .config import ProcessConfig
+from .endofrun import ManifestPass
+from .report import ReportSheet, write_report
 
 log = logging.getLogger("app")
 
@@ -136,9 +139,9 @@ def _url_inputs(lists: Sequence[str]) -> Iterator[Item | Record]:
 
 
 #: What the end of a run imports (``stats.parquet``: pyarrow and numpy, a tenth of a second or
-#: more; near-duplicate groups: numpy; ``report.html``), imported ahead in a thread from the
-#: run's first input on, while the parent mostly waits for its workers.
-END_OF_RUN_MODULES = ("pyarrow.csv", "pyarrow.parquet", "stages.stats", "app.report")
+#: more; near-duplicate groups: numpy), imported ahead in a thread from the run's first input
+#: on, while the parent mostly waits for its workers.
+END_OF_RUN_MODULES = ("pyarrow.csv", "pyarrow.parquet", "stages.stats")
 
 
 @functools.cache
@@ -181,14 +184,18 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
     """
     out = Path(cfg.output)
     with hold_folder(out):
+        # the one reader of manifest.jsonl at the end of the run: the tables and the report
+        # are its sinks (see app.endofrun)
+        manifest = ManifestPass(out)
+        sheet = ReportSheet(manifest)
         try:
-            return _run(cfg, out, limit)
+            return _run(cfg, out, limit, manifest)
         finally:
-            _write_report(out)
+            _write_report(out, sheet)
 
 
-def _run(cfg: ProcessConfig, out: Path, limit: int | None) -> RunResult:
-    table = StatsTable(out)
+def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPass) -> RunResult:
+    table = StatsTable(out, manifest)
     pipe = build_pipeline(cfg)
     inputs: Iterator[Item | Record] = itertools.chain(
         walk_inputs(
@@ -214,7 +221,7 @@ def _run(cfg: ProcessConfig, out: Path, limit: int | None) -> RunResult:
         backend=backend,
         autoscale=cfg.auto_workers,
         output=out,
-        collectors=[table, NearDuplicates(table), DataAggregate(), DataTable(out)],
+        collectors=[table, NearDuplicates(table), DataAggregate(), DataTable(out, manifest)],
         fingerprint=cfg.fingerprint(),  # items carry their own (see _fingerprinted)
         is_done=lambda rec: is_data_result(rec.value) or outputs_exist(out, rec.value),
         retry_failed=cfg.retry_failed,
@@ -258,13 +265,14 @@ def mark_gone(rec: Record) -> Record | None:
     )
 
 
-def _write_report(out: Path) -> None:
-    """``report.html`` after every run (failed and interrupted ones too); never raises."""
+def _write_report(out: Path, sheet: ReportSheet) -> None:
+    """``report.html`` after every run (failed and interrupted ones too); never raises.
+
+    From ``sheet`` when the run got as far as the pass over the manifest, else from the
+    manifest as it is (read once, by :func:`~app.report.write_report`)."""
     if not (out / "summary.json").exists():
         return  # the run never got as far as its output folder
-    from .report import write_report  # imported ahead by _prefetch_end_of_run
-
     try:
-        write_report(out)
+        write_report(out, sheet)
     except (OSError, ValueError, LedgerError) as exc:
         log.warning("could not write %s: %s", out / "report.html", exc)

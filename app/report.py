@@ -1,5 +1,13 @@
 """``report.html``: one self-contained page per output folder, built from its summary and manifest.
 
+What the page needs from the manifest, :class:`ReportSheet` gathers as a sink of the end of the
+run's one pass over it (:class:`app.endofrun.ManifestPass`): the contact sheet's first
+``MAX_TILES`` tiles and ``MAX_LISTED`` skipped entries, the data table's first ``MAX_TILES``
+rows, and the line offset of each ``ok`` image, from which the near-duplicate groups' thumbnails
+are read back once the groups are known (in ``summary.json``, written after that pass).
+:func:`write_report` without a sheet (or with one whose pass never ran) reads the manifest
+itself, once.
+
 The page needs no server and makes no external request: thumbnails are ``<img>`` tags with paths
 relative to the folder (the report sits in it), charts are inline SVG drawn here, and the only
 script is a few lines that count loaded images and drawn charts (``data-images`` and
@@ -15,16 +23,19 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pipeline import atomic_write_text, read_manifest
+from pipeline import atomic_write_text
 from stages.parts import is_data_result
 
-__all__ = ["MAX_TILES", "REPORT", "write_report"]
+from .endofrun import ManifestPass, data_result
+
+__all__ = ["MAX_TILES", "REPORT", "ReportSheet", "write_report"]
 
 REPORT = "report.html"
 MAX_TILES = 2000
@@ -58,18 +69,23 @@ SCRIPT = """addEventListener("load", function () {
 });"""
 
 
-def write_report(folder: Path) -> Path:
-    """Write ``folder/report.html`` (atomically) from its summary and manifest; return its path."""
+def write_report(folder: Path, sheet: ReportSheet | None = None) -> Path:
+    """Write ``folder/report.html`` (atomically) from its summary and manifest; return its path.
+
+    ``sheet``: the manifest's records as gathered by the end of the run's pass over it; without
+    one, or if that pass never ran (the run stopped before it), the manifest is read here.
+    """
     folder = Path(folder)
     summary = _load_summary(folder / "summary.json")
     groups = _dup_groups(summary)
-    wanted = {k for g in groups for k in g}
-    sheet, thumbs = _contact_sheet(folder / "manifest.jsonl", wanted)
+    if sheet is None or not sheet.manifest.done:
+        sheet = ReportSheet(ManifestPass(folder))
+    sheet.manifest.check(sheet)
+    thumbs = sheet.thumbs({k for g in groups for k in g})
     title = f"<h1>Run report {_e(summary.get('run', ''))}</h1>"
     charts = _charts(summary.get("timeline") or {})
-    data = _data_table(folder / "manifest.jsonl")
-    body = [title, _totals(summary), sheet, data, charts, _advice(summary)]
-    body.append(_duplicates(groups, thumbs))
+    body = [title, _totals(summary), sheet.contact_sheet(), sheet.data_table(), charts]
+    body += [_advice(summary), _duplicates(groups, thumbs)]
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e('pixpipe report ' + str(summary.get('run', '')))}</title>"
@@ -79,6 +95,121 @@ def write_report(folder: Path) -> Path:
     path = folder / REPORT
     atomic_write_text(path, page)
     return path
+
+
+class ReportSheet:
+    """The report's part of the manifest, gathered a record at a time (a sink of ``manifest``).
+
+    Memory is bounded: at most ``MAX_TILES`` tiles and data rows and ``MAX_LISTED`` skipped
+    entries are kept as HTML, and, for each ``ok`` image, its key and the offset of its line.
+    """
+
+    def __init__(self, manifest: ManifestPass) -> None:
+        self.manifest = manifest
+        self.tiles: list[str] = []
+        self.other: list[str] = []  # skipped / cancelled
+        self.left_tiles = self.left_other = 0
+        self.data_rows: list[str] = []
+        self.data_left = 0
+        self._ok_keys: list[str] = []  # ok images with an output, and where their lines start
+        self._ok_offsets = array("q")
+        manifest.add(self)
+
+    def take(self, record: dict[str, Any], offset: int) -> None:
+        if is_data_result(record.get("result")):
+            self._data(record)  # in the data table, not on the sheet
+            return
+        status, key = record.get("status"), str(record.get("key", ""))
+        out = _smallest(record) if status == "ok" else None
+        if out is not None:
+            self._ok_keys.append(key)
+            self._ok_offsets.append(offset)
+        if status in ("ok", "failed"):
+            if len(self.tiles) < MAX_TILES:
+                self.tiles.append(_tile(record, out))
+            else:
+                self.left_tiles += 1
+        elif len(self.other) < MAX_LISTED:
+            why = record.get("reason") or record.get("error") or ""
+            self.other.append(f"<li>{_e(status)}: {_e(key)} <i>{_e(why)}</i></li>")
+        else:
+            self.left_other += 1
+
+    def finish(self) -> None:
+        return None
+
+    def discard(self) -> None:
+        return None
+
+    def thumbs(self, wanted: set[str]) -> dict[str, Mapping[str, Any]]:
+        """The smallest output of each ``ok`` image among the ``wanted`` keys, read back from
+        the manifest (the lines of those images only)."""
+        if not wanted:
+            return {}
+        picked = [
+            (k, o) for k, o in zip(self._ok_keys, self._ok_offsets, strict=True) if k in wanted
+        ]
+        records = self.manifest.records_at(o for _, o in picked)
+        thumbs: dict[str, Mapping[str, Any]] = {}
+        for (key, _), record in zip(picked, records, strict=True):
+            out = _smallest(record)
+            if out is not None:
+                thumbs[key] = out
+        return thumbs
+
+    def contact_sheet(self) -> str:
+        parts = ['<h2>Contact sheet</h2><div class="sheet" id="sheet">', *self.tiles, "</div>"]
+        if self.left_tiles:
+            note = f"{self.left_tiles} more item(s) not shown (first {MAX_TILES})."
+            parts.append(f'<p class="note">{note}</p>')
+        if self.other:
+            left = self.left_other
+            more = f"<li>… and {left} more</li>" if left else ""
+            parts.append(
+                f"<details><summary>Skipped / cancelled: {len(self.other) + left}</summary>"
+            )
+            parts.append(f'<ul id="skipped">{"".join(self.other)}{more}</ul></details>')
+        return "\n".join(parts)
+
+    def data_table(self) -> str:
+        """One row per array or CSV column of the data files: the figures and a histogram."""
+        if not self.data_rows:
+            return ""
+        head = "".join(
+            f"<th>{h}</th>"
+            for h in ("input", "array / column", "count", "missing", "mean", "std", "min", "max")
+        )
+        parts = [
+            '<h2>Data files</h2><table id="data">',
+            f"<tr>{head}<th>bad cells</th><th>histogram</th></tr>",
+            *self.data_rows,
+            "</table>",
+        ]
+        if self.data_left:
+            parts.append(f'<p class="note">{self.data_left} more row(s) in data_stats.csv.</p>')
+        return "\n".join(parts)
+
+    def _data(self, record: Mapping[str, Any]) -> None:
+        v = data_result(record)
+        if v is None:
+            return
+        if v["kind"] == "array":
+            cols = [(f"{v.get('dtype', '')} {'x'.join(map(str, v.get('shape', [])))}", v["stats"])]
+        else:
+            cols = list(v.get("columns", {}).items())
+        bad = v.get("bad_cells", {}) if v["kind"] == "csv" else {}
+        for name, st in cols:
+            if len(self.data_rows) >= MAX_TILES:
+                self.data_left += 1
+                continue
+            figures = "".join(
+                f"<td>{_fmt(st.get(k))}</td>"
+                for k in ("count", "missing", "mean", "std", "min", "max")
+            )
+            self.data_rows.append(
+                f"<tr><td>{_e(record.get('key', ''))}</td><td>{_e(name)}</td>{figures}"
+                f"<td>{_e(bad.get(name, 0))}</td><td>{_bars(st.get('histogram'))}</td></tr>"
+            )
 
 
 def _e(value: Any) -> str:
@@ -172,86 +303,7 @@ def _tile(rec: Mapping[str, Any], out: Mapping[str, Any] | None) -> str:
     return f'<figure class="ok">{img}<figcaption>{_e(key)}{dims}</figcaption></figure>'
 
 
-def _contact_sheet(manifest: Path, wanted: set[str]) -> tuple[str, dict[str, Mapping[str, Any]]]:
-    """The sheet's HTML (streams the manifest) and the thumbnails of the ``wanted`` keys."""
-    tiles: list[str] = []
-    other: list[str] = []
-    thumbs: dict[str, Mapping[str, Any]] = {}
-    left_tiles = left_other = 0
-    records: Iterable[dict[str, Any]] = read_manifest(manifest) if manifest.exists() else ()
-    for rec in records:
-        status, key = rec.get("status"), str(rec.get("key", ""))
-        if is_data_result(rec.get("result")):
-            continue  # in the data table
-        out = _smallest(rec) if status == "ok" else None
-        if out is not None and key in wanted:
-            thumbs[key] = out
-        if status in ("ok", "failed"):
-            if len(tiles) < MAX_TILES:
-                tiles.append(_tile(rec, out))
-            else:
-                left_tiles += 1
-        elif len(other) < MAX_LISTED:
-            why = rec.get("reason") or rec.get("error") or ""
-            other.append(f"<li>{_e(status)}: {_e(key)} <i>{_e(why)}</i></li>")
-        else:
-            left_other += 1
-    parts = ['<h2>Contact sheet</h2><div class="sheet" id="sheet">', *tiles, "</div>"]
-    if left_tiles:
-        note = f"{left_tiles} more item(s) not shown (first {MAX_TILES})."
-        parts.append(f'<p class="note">{note}</p>')
-    if other:
-        more = f"<li>… and {left_other} more</li>" if left_other else ""
-        parts.append(f"<details><summary>Skipped / cancelled: {len(other) + left_other}</summary>")
-        parts.append(f'<ul id="skipped">{"".join(other)}{more}</ul></details>')
-    return "\n".join(parts), thumbs
-
-
 # -- numeric data files --------------------------------------------------------------------------
-def _data_table(manifest: Path) -> str:
-    """One row per array or CSV column of the data files: the figures and a histogram."""
-    rows: list[str] = []
-    left = 0
-    records: Iterable[dict[str, Any]] = read_manifest(manifest) if manifest.exists() else ()
-    for rec in records:
-        v = rec.get("result")
-        if rec.get("status") not in ("ok", "skipped") or not is_data_result(v):
-            continue
-        assert isinstance(v, dict)
-        if v["kind"] == "array":
-            cols = [(f"{v.get('dtype', '')} {'x'.join(map(str, v.get('shape', [])))}", v["stats"])]
-        else:
-            cols = list(v.get("columns", {}).items())
-        bad = v.get("bad_cells", {}) if v["kind"] == "csv" else {}
-        for name, st in cols:
-            if len(rows) >= MAX_TILES:
-                left += 1
-                continue
-            figures = "".join(
-                f"<td>{_fmt(st.get(k))}</td>"
-                for k in ("count", "missing", "mean", "std", "min", "max")
-            )
-            rows.append(
-                f"<tr><td>{_e(rec.get('key', ''))}</td><td>{_e(name)}</td>{figures}"
-                f"<td>{_e(bad.get(name, 0))}</td><td>{_bars(st.get('histogram'))}</td></tr>"
-            )
-    if not rows:
-        return ""
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("input", "array / column", "count", "missing", "mean", "std", "min", "max")
-    )
-    parts = [
-        '<h2>Data files</h2><table id="data">',
-        f"<tr>{head}<th>bad cells</th><th>histogram</th></tr>",
-        *rows,
-        "</table>",
-    ]
-    if left:
-        parts.append(f'<p class="note">{left} more row(s) in data_stats.csv.</p>')
-    return "\n".join(parts)
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return _e(f"{value:.6g}")

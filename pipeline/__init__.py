@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .atomic import atomic_write_bytes, atomic_write_text
+    from .atomic import AtomicFile, atomic_write_bytes, atomic_write_text
     from .channel import Channel, EndOfStream
     from .config import RunOptions
     from .core import Pipeline, run_stage
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     )
     from .folderlock import hold_folder
     from .forkserver import shutdown
-    from .ledger import Ledger, read_manifest
+    from .ledger import Ledger, read_manifest, read_manifest_at, scan_manifest
     from .metrics import StageSnapshot
     from .names import from_b64, shown
     from .records import Item, Record, Status
@@ -77,8 +77,11 @@ _WHERE = {
     "shutdown": "forkserver",
     "Ledger": "ledger",
     "read_manifest": "ledger",
+    "read_manifest_at": "ledger",
+    "scan_manifest": "ledger",
     "from_b64": "names",
     "shown": "names",
+    "AtomicFile": "atomic",
     "atomic_write_bytes": "atomic",
     "atomic_write_text": "atomic",
     "StageSnapshot": "metrics",
@@ -91,6 +94,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "AtomicFile",
     "Channel",
     "Collector",
     "ConfigError",
@@ -125,7 +129,9 @@ __all__ = [
     "from_b64",
     "hold_folder",
     "read_manifest",
+    "read_manifest_at",
     "run_stage",
+    "scan_manifest",
     "shown",
     "shutdown",
     "stage",

@@ -33,7 +33,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,14 @@ from .folderlock import hold_folder
 from .names import is_clean, raw_b64, shown, text_safe
 from .records import Record
 
-__all__ = ["Ledger", "atomic_write_bytes", "atomic_write_text", "read_manifest"]
+__all__ = [
+    "Ledger",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "read_manifest",
+    "read_manifest_at",
+    "scan_manifest",
+]
 
 #: Records looked at per transaction by :meth:`Ledger.revisit`.
 REVISIT_CHUNK = 1000
@@ -59,12 +66,41 @@ def read_manifest(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the records of a ``manifest.jsonl`` (the README documents the fields)."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LedgerError(f"{path}:{lineno}: not a JSON record ({exc})") from exc
+            if line.strip():
+                yield _parse_line(path, lineno, line)
+
+
+def scan_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(offset, record)`` for the records of a ``manifest.jsonl``, as
+    :func:`read_manifest` does; ``offset`` is where the record's line starts in the file.
+
+    A reader that makes one pass over a large manifest and needs a few records again afterwards
+    keeps their offsets (8 bytes each) rather than the records, and reads them back with
+    :func:`read_manifest_at`.
+    """
+    with open(path, "rb") as fh:
+        offset = 0
+        for lineno, line in enumerate(fh, 1):
+            start, offset = offset, offset + len(line)
+            if line.strip():
+                yield start, _parse_line(path, lineno, line.decode("utf-8"))
+
+
+def read_manifest_at(path: Path, offsets: Iterable[int]) -> Iterator[dict[str, Any]]:
+    """Yield the records whose lines start at ``offsets`` (from :func:`scan_manifest`), in that
+    order, opening the file once."""
+    with open(path, "rb") as fh:
+        for offset in offsets:
+            fh.seek(offset)
+            yield _parse_line(path, f"byte {offset}", fh.readline().decode("utf-8"))
+
+
+def _parse_line(path: Path, where: int | str, line: str) -> dict[str, Any]:
+    try:
+        record: dict[str, Any] = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise LedgerError(f"{path}:{where}: not a JSON record ({exc})") from exc
+    return record
 
 
 class Ledger:

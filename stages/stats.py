@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -227,11 +228,14 @@ def near_duplicate_groups(
     second for n = 100 000 — instead of n²/2. Clustered hashes (many near-identical images) make
     buckets bigger; in the worst case (every hash shares every chunk) it degrades to O(n²).
     ``max_distance`` ≥ 64 links everything.
+
+    Memory, besides the keys: about 50 bytes per hash at the peak (hashes, indices and the
+    union-find in flat arrays; a list only for the keys of each group found).
     """
     if max_distance < 0:
         raise ValueError(f"max_distance must be >= 0, got {max_distance}")
     keys: list[str] = []
-    values: list[int] = []
+    values = array("Q")  # 8 bytes a hash, not a Python int's 36
     for key, hex_hash in items:
         value = _parse_hash(hex_hash)
         if value >= 1 << DHASH_BITS:
@@ -242,16 +246,14 @@ def near_duplicate_groups(
     if n < 2:
         return []
     uf = _UnionFind(n)
+    hashes = np.frombuffer(values, dtype=np.uint64)
 
-    # 1. exact duplicates: one representative per distinct hash
-    first_of: dict[int, int] = {}
-    for i, value in enumerate(values):
-        if value in first_of:
-            uf.union(first_of[value], i)
-        else:
-            first_of[value] = i
-    reps = np.fromiter(first_of.values(), dtype=np.intp, count=len(first_of))
-    hashes = np.array(values, dtype=np.uint64)
+    # 1. exact duplicates: one representative per distinct hash (its first index)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    owner = first[inverse.reshape(-1)]
+    for i in np.flatnonzero(owner != np.arange(n)).tolist():
+        uf.union(int(owner[i]), i)
+    reps = np.sort(first)
 
     if max_distance >= DHASH_BITS:
         for i in reps.tolist():
@@ -276,8 +278,10 @@ def near_duplicate_groups(
                 for i, j in _close_pairs_in_bucket(members, hashes, max_distance):
                     uf.union(i, j)
 
+    roots = np.fromiter(map(uf.find, range(n)), dtype=np.intp, count=n)
+    grouped = np.flatnonzero(np.bincount(roots, minlength=n)[roots] >= 2)  # in input order
     groups: dict[int, list[str]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(uf.find(i), []).append(key)
+    for i in grouped.tolist():
+        groups.setdefault(int(roots[i]), []).append(keys[i])
     # roots are the smallest index of each component, so dict order = first-key input order
-    return [g for g in groups.values() if len(g) >= 2]
+    return list(groups.values())

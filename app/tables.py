@@ -1,0 +1,248 @@
+"""Tables written as their rows stream in: the end of a run's CSV files and ``stats.parquet``.
+
+* :class:`CsvStream` writes rows with :func:`csv.writer` (header first, ``\\r\\n`` line ends,
+  UTF-8: what :class:`csv.DictWriter` writes), a chunk of :data:`CHUNK_ROWS` rows at a time,
+  into a temporary file that :meth:`~CsvStream.commit` renames into place
+  (:class:`pipeline.AtomicFile`). Its bytes are those of the whole table written at once.
+* :class:`ParquetStream` turns the same chunks, as they are written, into a Parquet file whose
+  columns have the types :func:`pyarrow.csv.read_csv` infers for the whole CSV file — what the
+  table had when it was read whole into memory: pyarrow's CSV inference takes, for each column,
+  the first of null, int64, bool, date32, time32, timestamp, double, string, binary that reads
+  *every* value (a column of integers with one ``1.5`` is double; grey images' single-channel
+  ``mean`` beside colour images' ``"r g b"`` is string). Each chunk's table (its own inference)
+  is appended as it comes; when a later chunk's types differ, the file is rewritten from the
+  CSV at the end with the types of the whole: the latest type in that order among the chunks'
+  if it reads every chunk (it is then what the whole file infers), else — a case no table of
+  this program produces — with the whole CSV read into memory, as before.
+
+Memory: a chunk of rows (a few MB), whatever the number of rows. Row groups hold
+:data:`CHUNK_ROWS` rows (the content is what one table written whole would hold; only the
+layout of the file differs). pyarrow is imported when the first chunk is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import AtomicFile
+
+__all__ = ["CHUNK_ROWS", "CsvStream", "ParquetStream"]
+
+log = logging.getLogger("app")
+
+#: Rows per chunk: what is held in memory at once (about 2 MB of CSV), and the Parquet row groups.
+CHUNK_ROWS = 16_384
+
+
+class CsvStream:
+    """``path`` as a CSV table of ``columns``, written a chunk at a time (module docstring).
+
+    ``on_chunk`` gets each chunk's bytes (rows only, no header) after they are written.
+    ``keep_empty``: write the file (a header only) when there are no rows; otherwise a table
+    without rows leaves ``path`` as it was. ``chunk_rows``: :data:`CHUNK_ROWS` by default.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        columns: Sequence[str],
+        *,
+        keep_empty: bool,
+        on_chunk: Callable[[bytes], None] | None = None,
+        chunk_rows: int | None = None,
+    ) -> None:
+        self.path = path
+        self.keep_empty = keep_empty
+        self.on_chunk = on_chunk
+        self.chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
+        self.rows = 0
+        self._buf = io.StringIO()
+        self._writer = csv.writer(self._buf)
+        self._writer.writerow(columns)
+        self._header = self._take()
+        self._pending = 0
+        self._file: AtomicFile | None = None
+
+    def write(self, row: Sequence[Any]) -> None:
+        """One row: its values in the order of the columns."""
+        self._writer.writerow(row)
+        self.rows += 1
+        self._pending += 1
+        if self._pending >= self.chunk_rows:
+            self._flush()
+
+    def commit(self) -> bool:
+        """Put the table in place; returns whether a file was written."""
+        if self._pending:
+            self._flush()
+        if self._file is None and self.keep_empty:
+            self._open()
+        if self._file is None:
+            return False
+        self._file.commit()
+        return True
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.discard()
+
+    def _take(self) -> bytes:
+        data = self._buf.getvalue().encode("utf-8")
+        self._buf.seek(0)
+        self._buf.truncate()
+        return data
+
+    def _open(self) -> AtomicFile:
+        self._file = AtomicFile(self.path)
+        self._file.file.write(self._header)
+        return self._file
+
+    def _flush(self) -> None:
+        data = self._take()
+        self._pending = 0
+        out = self._file if self._file is not None else self._open()
+        out.file.write(data)
+        if self.on_chunk is not None:
+            self.on_chunk(data)
+
+
+class ParquetStream:
+    """``path`` as a Parquet file of the CSV chunks given to :meth:`chunk` (module docstring).
+
+    No chunk, no file (``path`` is left as it was).
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = path
+        self.columns = list(columns)
+        self._schemas: list[Any] = []  # each chunk's inferred pyarrow schema
+        self._file: AtomicFile | None = None
+        self._writer: Any = None  # pyarrow.parquet.ParquetWriter
+        self._mixed = False  # a chunk's types differed from the first's
+
+    def chunk(self, data: bytes) -> None:
+        """The next rows of the CSV (no header)."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        # the table from the CSV text: pa.Table.from_pylist would import pandas (when
+        # installed), half a second for nothing, and infer other types. One thread: a chunk is
+        # small, and the reader's threads would each keep memory of their own.
+        opts = pacsv.ReadOptions(column_names=self.columns, use_threads=False)
+        table = pacsv.read_csv(pa.BufferReader(data), read_options=opts)
+        self._schemas.append(table.schema)
+        if self._mixed:
+            return
+        if self._writer is None:
+            self._writer = self._open(table.schema)
+        if table.schema.equals(self._writer.schema):
+            self._write(table)
+        else:
+            self._mixed = True  # rewritten from the CSV by commit()
+
+    def commit(self, csv_path: Path) -> bool:
+        """Put the file in place; ``csv_path`` is the whole CSV (needed when chunks' types
+        differ). Returns whether a file was written."""
+        if self._writer is None:
+            return False
+        if self._mixed:
+            self.discard()
+            self._rewrite(csv_path)
+        else:
+            self._commit()
+        return True
+
+    def discard(self) -> None:
+        try:
+            self._close()
+        except (OSError, ValueError) as exc:  # the file goes anyway
+            log.debug("closing %s: %s", self.path, exc)
+        if self._file is not None:
+            self._file.discard()
+
+    def _open(self, schema: Any) -> Any:
+        import pyarrow.parquet as pq
+
+        self._file = AtomicFile(self.path)
+        return pq.ParquetWriter(self._file.file, schema)
+
+    def _close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def _rewrite(self, csv_path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        schema = _whole_file_schema(self._schemas)
+        if schema is not None:
+            try:
+                self._stream(csv_path, schema)
+                return
+            except pa.ArrowInvalid:  # a chunk that the type does not read: not the whole's
+                self.discard()
+        table = pacsv.read_csv(csv_path)
+        self._writer = self._open(table.schema)
+        self._write(table)
+        self._commit()
+
+    def _stream(self, csv_path: Path, schema: Any) -> None:
+        """The CSV read again with the given column types, in batches."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        types = pacsv.ConvertOptions(column_types=schema)
+        with pacsv.open_csv(csv_path, convert_options=types) as reader:
+            self._writer = self._open(schema)
+            batches: list[Any] = []
+            rows = 0
+            for batch in reader:  # blocks of about a megabyte: row groups of CHUNK_ROWS rows
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows >= CHUNK_ROWS:
+                    self._write(pa.Table.from_batches(batches, schema))
+                    batches, rows = [], 0
+            if batches:
+                self._write(pa.Table.from_batches(batches, schema))
+        self._commit()
+
+    def _write(self, table: Any) -> None:
+        self._writer.write_table(table, row_group_size=CHUNK_ROWS)
+
+    def _commit(self) -> None:
+        self._close()
+        assert self._file is not None
+        self._file.commit()
+
+
+def _whole_file_schema(schemas: Sequence[Any]) -> Any:
+    """The schema that ``read_csv`` infers for the whole file, from its chunks' schemas, if the
+    latest type of each column (in pyarrow's order of inference) is it; None when a column has
+    a type outside that order. The caller checks that the types read every chunk."""
+    import pyarrow as pa
+
+    order = [
+        pa.null(),
+        pa.int64(),
+        pa.bool_(),
+        pa.date32(),
+        pa.time32("s"),
+        pa.timestamp("s"),
+        pa.timestamp("ns"),
+        pa.float64(),
+        pa.string(),
+        pa.binary(),
+    ]
+    fields = []
+    for i, first in enumerate(schemas[0]):
+        types = {s.field(i).type for s in schemas}
+        if not types <= set(order):
+            return None
+        fields.append(pa.field(first.name, max(types, key=order.index)))
+    return pa.schema(fields)

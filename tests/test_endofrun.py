@@ -1,0 +1,205 @@
+"""The end of a run: one pass over the manifest feeds the tables and the report (app.endofrun),
+and tables written as they stream (app.tables)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+import app.endofrun
+import app.tables
+import pipeline.ledger
+from app.collectors import DataTable, NearDuplicates, StatsTable
+from app.config import ProcessConfig
+from app.endofrun import ManifestPass
+from app.process import run_process
+from app.report import ReportSheet, write_report
+from app.tables import CsvStream, ParquetStream
+from pipeline import LedgerError, read_manifest_at, scan_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "sample_data" / "images"
+DATA = ROOT / "sample_data" / "data"
+
+
+def _image(key: str, dhash: str, *, status: str = "ok") -> dict[str, Any]:
+    stats = {"mean": [1.0, 2.0, 3.0], "std": [0.5, 0.5, 0.5], "sharpness": 2.5, "dhash": dhash}
+    out = {"path": f"64/{key}", "width": 64, "height": 48}
+    result = {"original": {"width": 640, "height": 480}, "outputs": [out], "stats": stats}
+    return {"key": key, "status": status, "result": result}
+
+
+def _array(key: str) -> dict[str, Any]:
+    stats = {"count": 4, "missing": 0, "mean": 1.5, "std": 1.0, "min": 0, "max": 3, "sum": 6}
+    result = {"kind": "array", "dtype": "float64", "shape": [4], "stats": stats}
+    return {"key": key, "status": "ok", "result": result}
+
+
+def _folder(tmp_path: Path, records: list[dict[str, Any]]) -> Path:
+    folder = tmp_path / "out"
+    folder.mkdir(parents=True)
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+    (folder / "manifest.jsonl").write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".pp-")]
+
+
+# -- one pass -------------------------------------------------------------------------------------
+def test_a_process_run_reads_the_manifest_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = tmp_path / "in"
+    shutil.copytree(IMAGES, inputs / "images")
+    shutil.copy(IMAGES / "640x480_rgb.jpg", inputs / "copy.jpg")  # a near-duplicate group
+    shutil.copytree(DATA, inputs / "data")
+    passes: list[Path] = []
+    lookups: list[list[int]] = []
+
+    def scan(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+        passes.append(path)
+        return scan_manifest(path)
+
+    def read_at(path: Path, offsets: Any) -> Iterator[dict[str, Any]]:
+        offsets = list(offsets)
+        lookups.append(offsets)
+        return read_manifest_at(path, offsets)
+
+    def whole_read(path: Path) -> Iterator[dict[str, Any]]:
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(app.endofrun, "scan_manifest", scan)
+    monkeypatch.setattr(app.endofrun, "read_manifest_at", read_at)
+    monkeypatch.setattr(pipeline.ledger, "read_manifest", whole_read)
+    out = tmp_path / "out"
+    cfg = {"inputs": [str(inputs)], "output": str(out), "quiet": True}
+    result = run_process(ProcessConfig.from_mapping(cfg))
+    assert passes == [out / "manifest.jsonl"]
+    groups = result.collected["near_duplicates"]["groups"]
+    assert ["copy.jpg", "images/640x480_rgb.jpg"] in groups
+    assert len(lookups) == 1  # the groups' thumbnails: their lines only
+    assert len(lookups[0]) == sum(len(g) for g in groups)
+    assert result.collected["stats_table"]["files"] == ["stats.csv", "stats.parquet"]
+    assert result.collected["data_table"]["rows"] > 0
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert 'src="512/copy.jpg"' in report  # the sheet's tile and the group's thumbnail
+    assert '<table id="data">' in report
+    assert _temporaries(out) == []
+
+
+def test_a_table_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, [_image("a.jpg", "00ff"), _image("b.jpg", "00fe"), _array("x")])
+    (folder / "stats.csv").mkdir()  # stats.csv cannot be replaced
+    manifest = ManifestPass(folder)
+    sheet = ReportSheet(manifest)
+    table, data = StatsTable(folder, manifest), DataTable(folder, manifest)
+    with pytest.raises(IsADirectoryError):
+        table.result()
+    with pytest.raises(IsADirectoryError):
+        NearDuplicates(table).result()
+    assert data.result() == {"rows": 1, "files": ["data_stats.csv"]}
+    write_report(folder, sheet)
+    assert "b.jpg" in (folder / "report.html").read_text(encoding="utf-8")
+    assert not (folder / "stats.parquet").exists()
+    assert _temporaries(folder) == []
+
+
+def test_a_manifest_that_cannot_be_read_fails_every_consumer(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, [_image("a.jpg", "00ff")])
+    with open(folder / "manifest.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("{not json\n")
+    manifest = ManifestPass(folder)
+    sheet = ReportSheet(manifest)
+    table, data = StatsTable(folder, manifest), DataTable(folder, manifest)
+    for consumer in (table, NearDuplicates(table), data):
+        with pytest.raises(LedgerError, match=r"manifest\.jsonl:2"):
+            consumer.result()
+    with pytest.raises(LedgerError, match=r"manifest\.jsonl:2"):
+        write_report(folder, sheet)
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.jsonl"]
+
+
+def test_sinks_are_added_before_the_pass(tmp_path: Path) -> None:
+    manifest = ManifestPass(tmp_path)  # no manifest: an empty one
+    table = StatsTable(tmp_path, manifest)
+    assert table.result() == {"rows": 0, "files": ["stats.csv"]}
+    with pytest.raises(RuntimeError, match="add sinks before"):
+        DataTable(tmp_path, manifest)
+
+
+# -- tables written as they stream ----------------------------------------------------------------
+COLUMNS = ("key", "value")
+MIXED = {  # a column's values, chunk after chunk (two rows a chunk)
+    "same": ["1", "2", "3", "4", "5"],
+    "int then float": ["1", "2", "3", "4.5", "6"],
+    "grey then colour means": ["12.500", "13.000", "1.000 2.000 3.000", "4.000 5.000 6.000"],
+    "empty then int": ["", "", "", "7", ""],
+    "int then bool": ["1", "0", "true", "false"],  # bool reads 1 and 0: bool
+    "not bool then bool": ["2", "3", "true", "false"],  # bool does not read 2: string
+    "timezone then text": ["2020-01-01T00:00:00Z", "2020-01-02T00:00:00Z", "x", "y"],
+    "text then int": ["a", "b", "1", "2"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MIXED))
+def test_chunked_tables_equal_the_whole_table(tmp_path: Path, case: str) -> None:
+    """The CSV's bytes are DictWriter's over all rows; the Parquet table is what read_csv
+    infers for the whole CSV, whatever each chunk infers on its own."""
+    rows = [{"key": f"k{i}", "value": v} for i, v in enumerate(MIXED[case])]
+    path = tmp_path / "t.csv"
+    parquet = ParquetStream(tmp_path / "t.parquet", COLUMNS)
+    table = CsvStream(path, COLUMNS, keep_empty=True, on_chunk=parquet.chunk, chunk_rows=2)
+    for row in rows:
+        table.write([row[c] for c in COLUMNS])
+    assert table.commit()
+    assert parquet.commit(path)
+    buf = io.StringIO()
+    whole = csv.DictWriter(buf, fieldnames=COLUMNS)
+    whole.writeheader()
+    whole.writerows(rows)
+    assert path.read_bytes() == buf.getvalue().encode()
+    expected = pacsv.read_csv(pa.BufferReader(path.read_bytes()))
+    got = pq.read_table(tmp_path / "t.parquet")
+    assert got.schema.equals(expected.schema)
+    assert got.equals(expected)
+    assert sorted(os.listdir(tmp_path)) == ["t.csv", "t.parquet"]
+
+
+def test_stats_table_in_many_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app.tables, "CHUNK_ROWS", 3)
+    records = [_image(f"{i}.jpg", f"{i:04x}") for i in range(9)]
+    greys = [_image(f"grey{i}.jpg", f"0f0{i}") for i in range(2)]
+    for grey in greys:  # one channel: their own chunk infers a double "mean", the whole a string
+        grey["result"]["stats"]["mean"] = [12.0]
+    spied: list[bool] = []
+    rewrite = ParquetStream._rewrite
+    monkeypatch.setattr(
+        ParquetStream, "_rewrite", lambda self, path: spied.append(True) or rewrite(self, path)
+    )
+    for name, extra in (("colour", records[:1]), ("mixed", greys)):
+        folder = _folder(tmp_path / name, records + extra)
+        rows = len(records + extra)
+        assert StatsTable(folder).result() == {
+            "rows": rows,
+            "files": ["stats.csv", "stats.parquet"],
+        }
+        expected = pacsv.read_csv(folder / "stats.csv")
+        got = pq.read_table(folder / "stats.parquet")
+        assert got.equals(expected)
+        assert got.schema.equals(expected.schema)
+        assert pq.ParquetFile(folder / "stats.parquet").metadata.num_row_groups == 4
+        assert spied == ([True] if name == "mixed" else [])
+    assert got.schema.field("mean").type == pa.string()
