@@ -43,6 +43,12 @@ def test_a_line_that_is_not_json_is_named(tmp_path: Path) -> None:
         list(read_manifest_at(path, [offset]))
 
 
+def _write_half_then_fail(target: Path) -> None:
+    with AtomicFile(target) as out:
+        out.file.write(b"half")
+        raise RuntimeError("stop")
+
+
 def test_atomic_file_commits_whole_or_not_at_all(tmp_path: Path) -> None:
     target = tmp_path / "t.csv"
     target.write_bytes(b"old")
@@ -51,9 +57,8 @@ def test_atomic_file_commits_whole_or_not_at_all(tmp_path: Path) -> None:
         assert target.read_bytes() == b"old"  # nothing shows before the commit
         out.file.write(b"content")
     assert target.read_bytes() == b"new content"
-    with pytest.raises(RuntimeError), AtomicFile(target) as out:
-        out.file.write(b"half")
-        raise RuntimeError("stop")
+    with pytest.raises(RuntimeError, match="stop"):
+        _write_half_then_fail(target)
     assert target.read_bytes() == b"new content"
     out = AtomicFile(target)
     out.discard()
