@@ -31,6 +31,7 @@ from pipeline import (
     Pipeline,
     Record,
     RunResult,
+    Stage,
     Status,
     hold_folder,
     stage,
@@ -52,81 +53,90 @@ __all__ = ["REASON_GONE", "build_pipeline", "mark_gone", "run_process"]
 
 
 def build_pipeline(cfg: ProcessConfig) -> Pipeline:
-    w = cfg.workers
-    fetching = []
-    if cfg.download is not None:
-        from stages.fetching import UrlSource, download, session_factory
-
-        # one aiohttp session per run (the stage's context); fetch enforces connect/read/total
-        # timeouts and retries itself, so the stage has no engine timeout of its own
-        fetching.append(
-            stage(
-                download,
-                cfg.download,
-                kind="async",
-                name="download",
-                accepts=UrlSource,
-                workers=w["download"],
-                capacity=64,
-                context=session_factory(cfg.download),
-                context_arg="session",
-            )
-        )
+    """The ``process`` pipeline. Each stage takes its own kind of value (``accepts``): the engine
+    routes URLs, image files and data files each through the stages that work on them."""
+    downloading = [_download_stage(cfg)] if cfg.download is not None else []
     return Pipeline(
-        [
-            *fetching,
-            # inbox of small path records; batches of reads go to the threads; data files are
-            # planned here (header only) and split into chunks for the process workers.
-            # Each stage takes its own kind of value: the engine routes the rest past it.
-            stage(
-                steps.read,
-                cfg.max_file_size,
-                cfg.data,
-                kind="thread",
-                name="read",
-                accepts=(SourceFile, DataFile),
-                workers=w["read"],
-                capacity=64,
-                timeout=cfg.timeout,
-                retries=1,
-                retry_on=(InterruptedError,),
-            ),
-            # inbox holds whole files (up to max_file_size each): keep it at 2 per worker
-            stage(
-                steps.resize,
-                cfg.resize,
-                kind="process",
-                name="resize",
-                accepts=Loaded,
-                workers=w["resize"],
-                capacity=2 * w["resize"],
-                timeout=cfg.timeout,
-                max_batch=4,
-            ),
-            # fused with resize (one worker call): data chunks' statistics
-            stage(
-                steps.crunch,
-                kind="process",
-                name="crunch",
-                accepts=steps.PARTS,
-                workers=w["crunch"],
-                capacity=2 * w["crunch"],
-                timeout=cfg.timeout,
-                max_batch=4,
-            ),
-            # inbox holds encoded thumbnails: small
-            stage(
-                steps.write,
-                str(cfg.output),
-                kind="thread",
-                name="write",
-                accepts=Rendered,
-                workers=w["write"],
-                capacity=32,
-                timeout=cfg.timeout,
-            ),
-        ],
-        name="process",
+        [*downloading, _read_stage(cfg), *_cpu_stages(cfg), _write_stage(cfg)], name="process"
+    )
+
+
+def _download_stage(cfg: ProcessConfig) -> Stage:
+    """One aiohttp session per run (the stage's context); fetch enforces connect/read/total
+    timeouts and retries itself, so the stage has no engine timeout of its own."""
+    from stages.fetching import UrlSource, download, session_factory
+
+    assert cfg.download is not None
+    return stage(
+        download,
+        cfg.download,
+        kind="async",
+        name="download",
+        accepts=UrlSource,
+        workers=cfg.workers["download"],
+        capacity=64,
+        context=session_factory(cfg.download),
+        context_arg="session",
+    )
+
+
+def _read_stage(cfg: ProcessConfig) -> Stage:
+    """Inbox of small path records; batches of reads go to the threads; data files are planned
+    here (header only) and split into chunks for the process workers."""
+    return stage(
+        steps.read,
+        cfg.max_file_size,
+        cfg.data,
+        kind="thread",
+        name="read",
+        accepts=(SourceFile, DataFile),
+        workers=cfg.workers["read"],
+        capacity=64,
+        timeout=cfg.timeout,
+        retries=1,
+        retry_on=(InterruptedError,),
+    )
+
+
+def _cpu_stages(cfg: ProcessConfig) -> list[Stage]:
+    """resize (images) and crunch (data chunks): adjacent process stages, fused into one worker
+    call. Their inboxes hold whole files (up to max_file_size each): 2 per worker."""
+    w = cfg.workers
+    resize = stage(
+        steps.resize,
+        cfg.resize,
+        kind="process",
+        name="resize",
+        accepts=Loaded,
+        workers=w["resize"],
+        capacity=2 * w["resize"],
+        timeout=cfg.timeout,
+        max_batch=4,
+    )
+    crunch = stage(
+        steps.crunch,
+        kind="process",
+        name="crunch",
+        accepts=steps.PARTS,
+        workers=w["crunch"],
+        capacity=2 * w["crunch"],
+        timeout=cfg.timeout,
+        max_batch=4,
+    )
+    return [resize, crunch]
+
+
+def _write_stage(cfg: ProcessConfig) -> Stage:
+    """Atomic writes of the encoded thumbnails (small: a short inbox)."""
+    return stage(
+        steps.write,
+        str(cfg.output),
+        kind="thread",
+        name="write",
+        accepts=Rendered,
+        workers=cfg.workers["write"],
+        capacity=32,
+        timeout=cfg.timeout,
     )
 
 
