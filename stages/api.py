@@ -8,7 +8,7 @@ is byte for byte what ``process --size 256 --format jpeg`` writes for ``data``.
 
 Options are keyword-only and checked before any work: an invalid one is a ``ValueError``. A bad
 input image raises an :class:`~stages.options.ImageError` (``DecodeError``, ``TruncatedImage``,
-``DecompressionBomb``, ``UnsupportedImage``).
+``DecompressionBomb``, ``OutputTooLarge``, ``UnsupportedImage``).
 
 This module imports neither numpy nor Pillow: the functions import them when first called, so
 ``import stages`` stays light (a process that only builds pipelines never loads them).
@@ -39,6 +39,7 @@ def thumbnail(
     upscale: bool = False,
     allow_truncated: bool = False,
     max_pixels: int = _DEFAULTS.max_pixels,
+    max_output_pixels: int = _DEFAULTS.max_output_pixels,
     pad_color: tuple[int, int, int] = _DEFAULTS.pad_color,
 ) -> Image.Image:
     """An image file (a path, or its bytes) resized to ``size``, as a ``PIL.Image.Image``.
@@ -51,9 +52,10 @@ def thumbnail(
     The decode is the pipeline's: EXIF orientation applied, an embedded ICC profile converted
     to sRGB, CMYK, palette, 16-bit and 1-bit images converted, the first frame of an animation,
     the pixel count checked from the header before anything is decoded (``max_pixels``:
-    :class:`~stages.options.DecompressionBomb`), JPEGs decoded at a reduced scale when the
-    target is much smaller. The result is L, LA, RGB or RGBA (alpha kept; ``pad`` pads it with
-    transparency), without metadata. A truncated file raises
+    :class:`~stages.options.DecompressionBomb`), and the output's (``max_output_pixels``,
+    8192 x 8192 by default: :class:`~stages.options.OutputTooLarge`), JPEGs decoded at a reduced
+    scale when the target is much smaller. The result is L, LA, RGB or RGBA (alpha kept; ``pad``
+    pads it with transparency), without metadata. A truncated file raises
     :class:`~stages.options.TruncatedImage` unless ``allow_truncated``.
     """
     options = ResizeOptions(
@@ -62,6 +64,7 @@ def thumbnail(
         upscale=upscale,
         allow_truncated=allow_truncated,
         max_pixels=max_pixels,
+        max_output_pixels=max_output_pixels,
         pad_color=pad_color,
     )
     data = _read(source)
