@@ -153,9 +153,14 @@ def test_the_total_grows_while_the_source_is_walked_then_is_final(tmp_path: Path
 
 
 #: A stage whose first item waits for a line typed on the terminal: nothing finishes meanwhile.
+#: The run's timeline samples as rarely as a long run's does (its interval doubles every 400
+#: samples): the bars must be redrawn anyway.
 STUCK = """
 import sys
 from pipeline import Pipeline, stage
+from pipeline.metrics import Timeline
+
+Timeline.__init__.__kwdefaults__["interval"] = 1000.0
 
 def first_waits(x):
     if x == 0:
@@ -169,8 +174,8 @@ print("ok", result.counts["ok"], flush=True)
 
 
 def test_bars_are_redrawn_while_nothing_finishes(tmp_path: Path) -> None:
-    # no item finishes until the test types a line: only the periodic redraw can show the
-    # inbox filling up (it is empty when the bars are first drawn)
+    # no item finishes until the test types a line, and the timeline takes no sample: only the
+    # bars' own redraw can show the inbox filling up (it is empty when they are first drawn)
     full = r"stuck: 0it \[[^\]]*inbox 4/4\]"
     run = run_in_pty([sys.executable, "-c", STUCK], rows=30, cols=120, replies={full: ""})
     assert run.returncode == 0, run.terminal
