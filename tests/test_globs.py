@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import stages
+from pipeline import ConfigError
 from stages.sources import walk_inputs
 from tests.conftest import by_key
 
@@ -95,3 +97,11 @@ def test_globs_on_names_that_are_not_utf8(tmp_path: Path) -> None:
         for x in walk_inputs([tmp_path], include=["*.jpg"], case_sensitive_globs=True)
     }
     assert exact == set()
+
+
+def test_walk_takes_the_option_too(photos: Path) -> None:
+    keys = {x.key for x in stages.walk(photos, include="*.JPG", case_sensitive_globs=True)}
+    assert keys == {"DCIM/IMG_0001.JPG", os.fsdecode(CAFE)}
+    assert len(list(stages.walk(photos, include="*.JPG"))) == 3
+    with pytest.raises(ConfigError, match="case_sensitive_globs must be a bool"):
+        stages.walk(photos, case_sensitive_globs="yes")  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app.cli import build_parser
 from app.config import ProcessConfig, Workers, config_from_args
-from app.options import declared
+from app.options import Needs, declared
 from app.readme import BEGIN, END, updated
 from pipeline import ConfigError
 from tests.conftest import by_key
@@ -412,3 +412,12 @@ def test_inert_options_on_the_command_line_and_in_a_file(tmp: Path) -> None:
     ]:
         assert f"{conf}:{key} does nothing without {need} (ignored)" in done.stderr
     assert all(r["status"] == "ok" for r in by_key(out).values())
+
+
+def test_a_need_is_one_option_with_a_value_or_options_to_be_given() -> None:
+    assert str(Needs("backend", value="dask")) == "--backend dask"
+    assert str(Needs("include", "exclude")) == "--include or --exclude"
+    with pytest.raises(ValueError, match="one option with a value"):
+        Needs("include", "exclude", value="x")
+    with pytest.raises(ValueError, match="one option with a value"):
+        Needs()

@@ -13,8 +13,12 @@ import sys
 import zlib
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+import stages
+from stages.imaging import process_image
+from stages.options import ResizeOptions
 from tests.conftest import by_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,9 +138,6 @@ def test_a_size_whose_every_output_is_too_large_is_a_usage_error(tmp_path: Path)
 
 
 def test_pillows_limit_is_raised_only_during_a_call_and_restored() -> None:
-    from stages.imaging import process_image
-    from stages.options import ResizeOptions
-
     before = Image.MAX_IMAGE_PIXELS
     data = (IMAGES / "640x480_rgb.jpg").read_bytes()
     result = process_image(data, ResizeOptions(max_pixels=10**9))
@@ -148,3 +149,16 @@ def test_pillows_limit_is_raised_only_during_a_call_and_restored() -> None:
         assert Image.MAX_IMAGE_PIXELS is None
     finally:
         Image.MAX_IMAGE_PIXELS = before
+
+
+def test_the_guards_in_the_python_api() -> None:
+    photo = IMAGES / "640x480_rgb.jpg"
+    with pytest.raises(stages.OutputTooLarge, match="1280x960 output = 1228800 pixels"):
+        stages.thumbnail(photo, "1280x", upscale=True, max_output_pixels=1_000_000)
+    assert stages.thumbnail(photo, 1280, max_output_pixels=1_000_000).size == (640, 480)
+    with pytest.raises(ValueError, match="size 2000 with upscale makes outputs of up to"):
+        stages.thumbnail(photo, 2000, upscale=True, max_output_pixels=1_000_000)
+    with pytest.raises(ValueError, match="max_output_pixels must be a positive int"):
+        ResizeOptions(max_output_pixels=0)
+    with pytest.raises(stages.OutputTooLarge):  # the resize stage's worker refuses it too
+        process_image(photo.read_bytes(), ResizeOptions(max_output_pixels=100_000))
