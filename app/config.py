@@ -223,7 +223,7 @@ class ProcessConfig:
     case_sensitive_globs: bool = option(
         False,
         kind=Flag(),
-        help="--include / --exclude match the case exactly (default: *.jpg takes IMG_1.JPG)",
+        help="--include / --exclude match the exact case (else *.jpg takes IMG_1.JPG too)",
         group=FILES,
         needs=Needs("include", "exclude"),
     )
