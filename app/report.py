@@ -394,6 +394,7 @@ ADVICE_COLUMNS = (  # heading, stage figure, format
     ("outbox block s", "blocked_outbox", "{:.2f}"),
     ("cpu/busy", "cpu_per_busy", "{:.2f}"),
     ("cores", "parallelism", "{:.2f}"),
+    ("core wait", "core_wait", "{:.0%}"),
 )
 
 
@@ -413,8 +414,11 @@ def _advice(summary: Mapping[str, Any]) -> str:
         f"{cols}<th class=l>verdict</th><th class=l>reason</th><th class=l>suggestion</th></tr>"
     ]
     for adv in (a for a in summary.get("advice") or () if isinstance(a, dict)):
-        fig = figures.get(adv.get("stage"), {})
-        nums = "".join(f"<td>{f.format(_num(fig.get(k)))}</td>" for _, k, f in ADVICE_COLUMNS)
+        fig = adv.get("figures") or figures.get(adv.get("stage"), {})  # the verdict's own
+        nums = "".join(
+            f"<td>{f.format(_num(fig[k])) if fig.get(k) is not None else '-'}</td>"
+            for _, k, f in ADVICE_COLUMNS
+        )
         rows.append(
             f"<tr><td class=l>{_e(adv.get('stage'))}</td><td class=l>{_e(adv.get('stage_kind'))}"
             f"</td><td>{_e(adv.get('workers'))}</td>{nums}<td class=l>{_e(adv.get('kind'))}</td>"

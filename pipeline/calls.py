@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RemoteError, Skip
+from .runwait import run_delay, waited
 from .stage import Stage
 
 __all__ = [
@@ -91,6 +92,7 @@ class Outcome:
     busy: list[float]  # seconds spent inside each step's function
     cpu: float = 0.0  # CPU seconds of the worker (process kind) or its thread (thread kind)
     bypassed: int = 0  # bit j set: step j did not accept the value and was skipped
+    run_wait: float | None = None  # seconds runnable but waiting for a core; None: not measured
 
     @classmethod
     def success(
@@ -208,8 +210,9 @@ def run_batch(
         if abandoned():
             break
         slot[SLOT_INDEX] = index
-        cpu = time.thread_time()
+        cpu, delay = time.thread_time(), run_delay()
         outcome = run_chain(steps, value, slot)
         outcome.cpu = time.thread_time() - cpu  # this thread's CPU: holding the GIL or in C
+        outcome.run_wait = waited(delay)  # and its wait for a core
         done.append(outcome)
     return done

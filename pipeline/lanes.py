@@ -33,6 +33,7 @@ from .calls import (
 )
 from .errors import ItemTimeout
 from .records import Item
+from .runwait import run_delay, waited
 from .threads import DaemonThreadPool
 
 __all__ = ["AsyncLane", "InlineLane", "Lane", "LaneResult", "ThreadLane", "watch"]
@@ -94,9 +95,9 @@ class InlineLane:
     async def run(self, batch: Sequence[Item]) -> LaneResult:
         done = []
         for item in batch:
-            cpu = time.thread_time()
+            cpu, delay = time.thread_time(), run_delay()
             outcome = run_chain(self.steps, item.value)
-            outcome.cpu = time.thread_time() - cpu
+            outcome.cpu, outcome.run_wait = time.thread_time() - cpu, waited(delay)
             done.append((item, outcome))
         return done, []
 

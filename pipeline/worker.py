@@ -30,6 +30,7 @@ from typing import Any
 
 from .calls import SLOT_INDEX, SLOT_SEQ, Outcome, Step, portable_exception, run_chain
 from .errors import Unpicklable
+from .runwait import run_delay, waited
 
 __all__ = [
     "FLUSH_INTERVAL",
@@ -228,9 +229,9 @@ def worker_main(
         last_flush = time.monotonic()
         for index, value in enumerate(values):
             slot[SLOT_INDEX] = index
-            cpu = time.process_time()
+            cpu, delay = time.process_time(), run_delay()
             outcome = run_chain(steps, value, slot)
-            outcome.cpu = time.process_time() - cpu
+            outcome.cpu, outcome.run_wait = time.process_time() - cpu, waited(delay)
             if not outcome.ok:
                 outcome.value = portable_exception(outcome.value)
             pending.append((index, outcome))
@@ -256,13 +257,17 @@ def _pack_outcomes(seq: int, pending: list[tuple[int, Outcome]], steps: Sequence
                 f"the {what} of stage {steps[outcome.step].name!r} cannot be pickled "
                 f"to leave the worker process ({type(exc).__name__}: {exc})"
             )
-            outcome = Outcome.failure(
-                error,
-                step=outcome.step,
-                attempts=outcome.attempts,
-                busy=outcome.busy,
-                cpu=outcome.cpu,
-                bypassed=outcome.bypassed,
+            wait, outcome = (
+                outcome.run_wait,
+                Outcome.failure(
+                    error,
+                    step=outcome.step,
+                    attempts=outcome.attempts,
+                    busy=outcome.busy,
+                    cpu=outcome.cpu,
+                    bypassed=outcome.bypassed,
+                ),
             )
+            outcome.run_wait = wait
         safe.append((index, outcome))
     return pickle.dumps((seq, safe), protocol=5)

@@ -91,7 +91,9 @@ def _raw_thread_cores(fn: object) -> float:
 
 
 def test_spin_in_processes_is_cpu_bound() -> None:
-    assert verdict_of(fns.spin, 0.03, kind="process", workers=2, n=20) == "cpu"
+    """Computing: ``cpu``, or ``contended`` when other work holds the cores (then its workers
+    waited for a core, not for I/O); never an I/O verdict."""
+    assert verdict_of(fns.spin, 0.03, kind="process", workers=2, n=20) in ("cpu", "contended")
 
 
 def test_stage_after_the_bottleneck_is_starved_and_workers_balance() -> None:
@@ -104,7 +106,7 @@ def test_stage_after_the_bottleneck_is_starved_and_workers_balance() -> None:
     result = pipe.run(keyed(60), progress=False)
     got = {v.stage: v for v in result.advice}
     assert result.bottleneck == "crunch"
-    assert got["crunch"].kind == "cpu"
+    assert got["crunch"].kind in ("cpu", "contended")  # computing, on a machine shared or not
     assert got["crunch"].suggested_workers <= 2
     assert got["after"].kind == "starved"
     assert got["after"].suggested_workers <= 8
