@@ -33,9 +33,10 @@ def test_python_spin_in_threads_is_gil_bound() -> None:
     """Two threads of pure Python never get beyond one core, and the verdict says ``cpu-python``
     when both were busy at once. On a machine busy with other work the event loop (which needs
     the GIL too) may not keep two threads busy at once; the verdict then says it cannot tell
-    (``cpu``), never ``cpu-c``. Up to three tries for the ``cpu-python`` case; every try checks
-    that the verdict follows what was measured."""
-    from pipeline.advice import GIL_RELEASED_ABOVE
+    (``cpu``), or that the threads waited for a core (``contended``), never ``cpu-c``. Up to
+    three tries for the ``cpu-python`` case; every try checks that the verdict follows what
+    was measured."""
+    from pipeline.advice import CONTENDED_ABOVE, GIL_RELEASED_ABOVE
 
     for _ in range(3):
         st = stage(fns.py_spin, 0.03, kind="thread", workers=2, name="s")
@@ -48,6 +49,10 @@ def test_python_spin_in_threads_is_gil_bound() -> None:
         if v.kind == "cpu-python":
             assert concurrent > 1.5
             return
+        if v.kind == "contended":  # other work held the cores: measured, so said
+            assert snap.core_wait is not None
+            assert snap.core_wait >= CONTENDED_ABOVE
+            continue
         assert v.kind == "cpu", v
         assert "too few threads ran at once" in v.reason, v
         assert concurrent <= 1.5

@@ -225,3 +225,26 @@ def test_a_cpu_bound_resize_beside_cpu_hogs_is_contended_not_io(tmp_path: Path) 
     assert "contended" in line
     assert "thread" not in line
     assert " io" not in line
+
+
+def test_workers_auto_does_not_grow_a_stage_waiting_for_cores() -> None:
+    from pipeline.autoscale import Autoscaler, GroupHandle
+    from pipeline.metrics import StageMetrics
+
+    m = StageMetrics("t", "thread", 2)
+    added: list[int] = []
+    inbox: Any = [1, 2, 3]  # work waiting (the autoscaler only asks its length)
+    h = GroupHandle("t", "thread", 16, inbox, [m], lambda: added.append(1), lanes=2)
+    scaler = Autoscaler([h], cores=2)
+    # an interval of about a second: both workers busy, 60% of it waiting for a core
+    scaler._last = time.perf_counter() - 1.0
+    m.busy, m.cpu, m.run_wait = 2.0, 0.2, 1.2
+    scaler.step()
+    assert added == []
+    assert scaler.decisions == []
+    # the next interval, the same work without the wait (I/O): one more worker
+    scaler._last = time.perf_counter() - 1.0
+    m.busy, m.cpu = 4.0, 0.4
+    scaler.step()
+    assert added == [1]
+    assert scaler.decisions[0]["stage"] == "t"
