@@ -9,7 +9,8 @@ apart. Linux reports it per thread, in nanoseconds, as the second field of
 ``/proc/thread-self/schedstat`` (kernels with ``CONFIG_SCHED_INFO``, the default).
 
 :func:`run_delay` keeps one descriptor per thread open and re-reads it with ``os.pread`` (a few
-microseconds; the file is regenerated at each read from offset 0). Where the file does not exist
+microseconds; the file is regenerated at each read from offset 0). The callers read it once per
+batch, not per item (:func:`pipeline.calls.share_run_wait`). Where the file does not exist
 (another OS, an old kernel, a sandbox hiding ``/proc``) it returns None, and the figures say
 "not measured" instead of 0.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 
-__all__ = ["SCHEDSTAT", "run_delay", "waited"]
+__all__ = ["SCHEDSTAT", "run_delay"]
 
 SCHEDSTAT = "/proc/thread-self/schedstat"
 
@@ -61,8 +62,3 @@ def run_delay(path: str = SCHEDSTAT) -> float | None:
         _local.path, _local.pid = path, os.getpid()
     return stat.read()
 
-
-def waited(since: float | None, path: str = SCHEDSTAT) -> float | None:
-    """Run delay since the reading ``since`` (None when either reading is missing)."""
-    now = run_delay(path)
-    return None if now is None or since is None else max(0.0, now - since)

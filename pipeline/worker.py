@@ -28,9 +28,17 @@ import types
 from collections.abc import MutableSequence, Sequence
 from typing import Any
 
-from .calls import SLOT_INDEX, SLOT_SEQ, Outcome, Step, portable_exception, run_chain
+from .calls import (
+    SLOT_INDEX,
+    SLOT_SEQ,
+    Outcome,
+    Step,
+    portable_exception,
+    run_chain,
+    share_run_wait,
+)
 from .errors import Unpicklable
-from .runwait import run_delay, waited
+from .runwait import run_delay
 
 __all__ = [
     "FLUSH_INTERVAL",
@@ -226,17 +234,18 @@ def worker_main(
         seq, values = message
         slot[SLOT_SEQ] = seq
         pending: list[tuple[int, Outcome]] = []
-        last_flush = time.monotonic()
+        last_flush, delay = time.monotonic(), run_delay()
         for index, value in enumerate(values):
             slot[SLOT_INDEX] = index
-            cpu, delay = time.process_time(), run_delay()
+            cpu = time.process_time()
             outcome = run_chain(steps, value, slot)
-            outcome.cpu, outcome.run_wait = time.process_time() - cpu, waited(delay)
+            outcome.cpu = time.process_time() - cpu
             if not outcome.ok:
                 outcome.value = portable_exception(outcome.value)
             pending.append((index, outcome))
             now = time.monotonic()
             if now - last_flush >= FLUSH_INTERVAL or index == len(values) - 1:
+                delay = share_run_wait([o for _, o in pending], delay)  # its wait for a core
                 conn.send_bytes(_pack_outcomes(seq, pending, steps))
                 pending = []
                 last_flush = now

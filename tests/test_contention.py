@@ -15,8 +15,9 @@ import pytest
 
 from pipeline import Pipeline, stage
 from pipeline.advice import CONTENDED_ABOVE, advise, render_advice, unmeasured_load
+from pipeline.calls import Outcome, share_run_wait
 from pipeline.metrics import StageSnapshot, fuse, render_table
-from pipeline.runwait import run_delay, waited
+from pipeline.runwait import run_delay
 from tests import fns
 from tests.images import photo_like
 
@@ -110,13 +111,26 @@ def test_without_a_run_delay_the_load_average_stands_in() -> None:
 
 def test_run_delay_where_the_system_does_not_report_it() -> None:
     assert run_delay("/nonexistent/schedstat") is None
-    assert waited(None) is None
-    assert waited(0.0, "/nonexistent/schedstat") is None
     before = run_delay()
     if before is not None:  # Linux: a reading that only grows
-        after = waited(before)
+        after = run_delay()
         assert after is not None
-        assert after >= 0.0
+        assert after >= before
+
+
+def test_a_batchs_run_delay_is_shared_by_busy_time() -> None:
+    a = Outcome.success(1, step=0, attempts=1, busy=[0.3])
+    b = Outcome.success(2, step=0, attempts=1, busy=[0.1, 0.0])
+    now = share_run_wait([a, b], 0.0)
+    if now is None:  # not reported here: not measured, rather than 0
+        assert (a.run_wait, b.run_wait) == (None, None)
+        return
+    assert a.run_wait is not None
+    assert b.run_wait is not None
+    assert a.run_wait == pytest.approx(3 * b.run_wait)
+    assert a.run_wait + b.run_wait == pytest.approx(now, rel=1e-6)
+    share_run_wait([a, b], None)  # no reading to start from: not measured
+    assert (a.run_wait, b.run_wait) == (None, None)
 
 
 def test_suggested_workers_stay_sane() -> None:
