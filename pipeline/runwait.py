@@ -61,4 +61,3 @@ def run_delay(path: str = SCHEDSTAT) -> float | None:
         stat = _local.stat = _Schedstat(path)
         _local.path, _local.pid = path, os.getpid()
     return stat.read()
-
