@@ -85,7 +85,7 @@ def write_report(folder: Path, sheet: ReportSheet | None = None) -> Path:
     title = f"<h1>Run report {_e(summary.get('run', ''))}</h1>"
     charts = _charts(summary.get("timeline") or {})
     body = [title, _totals(summary), sheet.contact_sheet(), sheet.data_table(), charts]
-    body += [_advice(summary), _duplicates(groups, thumbs)]
+    body += [_advice(summary), _duplicates(groups, thumbs, _dup_distance(summary))]
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e('pixpipe report ' + str(summary.get('run', '')))}</title>"
@@ -428,10 +428,23 @@ def _advice(summary: Mapping[str, Any]) -> str:
     return head + "\n".join(rows) + "</table>"
 
 
-def _duplicates(groups: list[list[str]], thumbs: Mapping[str, Mapping[str, Any]]) -> str:
+def _dup_distance(summary: Mapping[str, Any]) -> int | None:
+    distance = ((summary.get("collected") or {}).get("near_duplicates") or {}).get("max_distance")
+    return distance if isinstance(distance, int) else None
+
+
+def _duplicates(
+    groups: list[list[str]], thumbs: Mapping[str, Mapping[str, Any]], distance: int | None
+) -> str:
     if not groups:
         return '<h2>Near-duplicates</h2><p id="duplicates">No near-duplicate groups.</p>'
-    parts = [f'<h2>Near-duplicates ({len(groups)} groups)</h2><div id="duplicates">']
+    parts = [f"<h2>Near-duplicates ({len(groups)} groups)</h2>"]
+    if distance is not None:
+        parts.append(
+            f'<p id="duplicates-rule">Every two images of a group have difference hashes within '
+            f"{distance} bits of each other (groups do not chain).</p>"
+        )
+    parts.append('<div id="duplicates">')
     for group in groups[:MAX_LISTED]:
         figs = (
             f"<figure>{_img(thumbs[k], k) if k in thumbs else ''}<figcaption>{_e(k)}"
