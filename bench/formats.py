@@ -17,6 +17,7 @@ It prints a table and asserts nothing (the machine is shared: figures vary from 
 
 from __future__ import annotations
 
+import functools
 import io
 import statistics
 import time
@@ -139,7 +140,7 @@ def image_table(repeats: int) -> list[str]:
             lines.append(f"| {label} | {fmt} | not installed: pip install 'pixpipe[heif]' | |")
             continue
         options = ResizeOptions(sizes=(parse_size("512"),), format=fmt)
-        ms = _median_ms(lambda data=data, o=options: process_image(data, o), repeats)
+        ms = _median_ms(functools.partial(process_image, data, options), repeats)
         base = base or ms
         lines.append(f"| {label} | {fmt} | {ms:.1f} | {ms / base:.1f}{X} |")
     return [*lines, ""]
