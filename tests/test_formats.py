@@ -149,6 +149,25 @@ def test_a_heic_cut_short_is_truncated() -> None:
         process_image(data[: len(data) * 3 // 4], ResizeOptions())
 
 
+def test_a_10_bit_heic_is_decoded_to_8_bits() -> None:
+    import pillow_heif  # a dev dependency
+
+    ramp = np.tile(np.linspace(0, 65535, 64), (32, 1)).astype("<u2")  # left to right
+    rgb16 = pillow_heif.from_bytes(
+        mode="RGB;16", size=(64, 32), data=np.dstack([ramp, ramp, ramp]).tobytes()
+    )
+    buf = io.BytesIO()
+    rgb16.save(buf, quality=90)  # 10 bits per sample, as phones write HDR photos
+    result = process_image(buf.getvalue(), ResizeOptions(format="png"))
+    assert result.original_mode == "RGB"
+    img = decode(result.outputs[0].data)
+    assert img.mode == "RGB"
+    row = np.asarray(img, dtype=float)[16, :, 0]
+    assert row[0] <= 8
+    assert row[-1] >= 247
+    assert np.all(np.diff(row) >= -3)  # a ramp, not wrapped or clipped
+
+
 def test_avif_input_orientation_applied_once_and_kept_as_avif() -> None:
     # Pillow writes the EXIF orientation into the container (irot/imir) and reads it back as
     # an EXIF tag, which the decode applies
