@@ -145,9 +145,9 @@ plugins of these formats are imported (``Image.init()`` is never called): every 
 
 AVIF_SPEED = 6
 """libavif's encoder speed (0 slowest .. 10 fastest) for AVIF outputs: Pillow's default. A
-512 px photo thumbnail (one thread, ``python -m bench formats``): speed 6 takes ~50 ms and is
-~2.7x smaller than JPEG at the same PSNR (quality 70); speed 8 takes ~16 ms but loses most of
-that gain (~1.6x). People choose AVIF for the bytes, so the bytes win."""
+512 px photo thumbnail at quality 70 (one thread, ``python -m bench formats``): speed 6 takes
+50-80 ms and is ~2.6x smaller than JPEG at the same PSNR; speed 8 takes ~20 ms but loses most of
+that gain (~1.6x smaller). People choose AVIF for the bytes, so the bytes win."""
 
 PNG_COMPRESS_LEVEL = 2
 """zlib level for PNG outputs: low for speed (level 2 is ~3x faster than 6 for a few % size)."""
