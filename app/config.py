@@ -265,14 +265,14 @@ class ProcessConfig:
     format: str = option(
         ResizeOptions.format,
         kind=Choice(get_args(OutputFormat)),
-        help="output format; keep: JPEG stays jpeg, PNG png, WebP webp, others png with "
-        "alpha, jpeg without",
+        help="output format; keep: JPEG stays jpeg, PNG png, WebP webp, AVIF avif, others "
+        "(HEIC, TIFF, GIF…) png with alpha, jpeg without",
         group=IMAGES,
     )
     quality: int = option(
         ResizeOptions.quality,
         kind=Integer(low=1, high=100),
-        help="JPEG/WebP quality",
+        help="JPEG/WebP/AVIF quality (AVIF's own scale: ~70 looks like JPEG 85)",
         group=IMAGES,
     )
     allow_truncated: bool = option(

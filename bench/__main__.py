@@ -9,6 +9,7 @@ import sys
 SUITES = {
     "engine": "bench.engine",
     "images": "bench.images",
+    "formats": "bench.formats",
     "downloads": "bench.downloads",
     "dask": "bench.dask_backend",
     "auto": "bench.auto",

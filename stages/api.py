@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 __all__ = ["encode", "image_stats", "thumbnail"]
 
 _DEFAULTS = ResizeOptions()
-_FORMATS: dict[str, EncodedFormat] = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
+_FORMATS: dict[str, EncodedFormat] = {
+    "jpeg": "jpeg",
+    "jpg": "jpeg",
+    "png": "png",
+    "webp": "webp",
+    "avif": "avif",
+}
 
 
 def thumbnail(
@@ -84,10 +90,10 @@ def _read(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> by
 
 
 def encode(image: Image.Image, format: str = "jpeg", *, quality: int = 85) -> bytes:
-    """``image`` encoded as ``format`` (``"jpeg"``/``"jpg"``, ``"png"``, ``"webp"``), as the
-    pipeline writes its outputs: alpha flattened onto white for JPEG, an embedded ICC profile
-    converted to sRGB, no metadata; ``quality`` (1..100) for JPEG and WebP. ``image`` is left
-    unchanged."""
+    """``image`` encoded as ``format`` (``"jpeg"``/``"jpg"``, ``"png"``, ``"webp"``, ``"avif"``),
+    as the pipeline writes its outputs: alpha flattened onto white for JPEG, an embedded ICC
+    profile converted to sRGB, no metadata; ``quality`` (1..100) for JPEG, WebP and AVIF.
+    ``image`` is left unchanged."""
     fmt = _FORMATS.get(format.lower()) if isinstance(format, str) else None
     if fmt is None:
         raise ValueError(f"format must be one of {sorted(_FORMATS)}, got {format!r}")

@@ -229,11 +229,11 @@ def resize_stage(
 
     ``size_or_sizes``: one size (``512``, ``"640x480"``, ``(640, 480)``) or a list of them.
     ``mode``, ``upscale``, ``allow_truncated``, ``max_pixels``, ``max_output_pixels``,
-    ``pad_color``: as
-    :func:`stages.thumbnail`. ``format``: ``"keep"`` (JPEG, PNG and WebP inputs keep theirs,
-    others become PNG when they have alpha, else JPEG), ``"jpeg"``, ``"png"`` or ``"webp"``;
-    ``quality`` 1..100. Workers: one process per core by default. ``timeout``: seconds per
-    image, after which its worker is killed and replaced and the item fails.
+    ``pad_color``: as :func:`stages.thumbnail`. ``format``: ``"keep"`` (JPEG, PNG, WebP and
+    AVIF inputs keep theirs, others become PNG when they have alpha, else JPEG), ``"jpeg"``,
+    ``"png"``, ``"webp"`` or ``"avif"``; ``quality`` 1..100. Workers: one process per core by
+    default. ``timeout``: seconds per image, after which its worker is killed and replaced and
+    the item fails.
 
     A script that runs this stage must start its pipeline under ``if __name__ == "__main__":``
     (the worker processes import the script).
