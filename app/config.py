@@ -177,6 +177,7 @@ FILES = "inputs and outputs"
 IMAGES = "images"
 RUN = "the run"
 DOWNLOADS = "downloads (URL lists)"
+SHARDS = "training sets (URL tables in, shards out)"
 DATA = "numeric data files (.npy, .npz, .csv, .tsv)"
 BACKEND = "beyond one machine"
 
@@ -330,6 +331,34 @@ class ProcessConfig:
         help="the User-Agent header",
         group=DOWNLOADS,
     )
+    # -- training sets: URL tables in, WebDataset / Parquet shards out (stages.shards)
+    url_col: str = option(
+        "url",
+        kind=Text(what="column name", metavar="NAME"),
+        help="the URL column of --urls tables (.parquet, .csv, .tsv, .jsonl)",
+        group=SHARDS,
+    )
+    caption_col: str | None = option(
+        None,
+        kind=Text(what="column name", metavar="NAME"),
+        help="the caption column (KEY.txt in a sample; it must exist)",
+        group=SHARDS,
+    )
+    keep_columns: tuple[str, ...] = option(
+        (),
+        kind=TextList(Text(what="column name", metavar="A"), what="column names", commas=True),
+        help="table columns carried into each sample and record",
+        group=SHARDS,
+    )
+    output_format: str = option(
+        "files",
+        kind=Choice(("files", "webdataset", "parquet")),
+        help="files: a folder tree; webdataset: tar shards; parquet: Parquet shards",
+        group=SHARDS,
+    )
+    samples_per_shard: int = option(
+        10000, kind=Integer(low=1), help="inputs per shard (failed ones included)", group=SHARDS
+    )
     # -- numeric data files
     chunk_size: int = option(
         DEFAULT_CHUNK_BYTES,
@@ -383,6 +412,7 @@ class ProcessConfig:
             if not Path(item).exists():
                 raise ConfigError(f"input {item!r} does not exist")
         _check_output_apart(self.inputs, self.output)
+        _check_tables(self)
         counts = {**_default_workers(), **self.workers.counts}
         if "crunch" not in self.workers.counts:
             counts["crunch"] = counts["resize"]
@@ -416,6 +446,16 @@ class ProcessConfig:
             raise ConfigError(str(exc)) from exc
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "download", self._download_config() if self.urls else None)
+
+    def reads_table(self, path: str) -> bool:
+        """Whether ``--urls path`` is read as a table (:mod:`stages.tables_in`): Parquet always;
+        CSV/TSV/JSON lines when writing shards or given table options; else as a URL list
+        (:mod:`stages.urls`, as before tables)."""
+        from stages.tables_in import table_format
+
+        fmt = table_format(path)
+        given = self.url_col != "url" or self.caption_col is not None or bool(self.keep_columns)
+        return fmt == "parquet" or (fmt != "text" and (self.output_format != "files" or given))
 
     @property
     def auto_workers(self) -> bool:
@@ -491,6 +531,27 @@ def _check_output_apart(inputs: Sequence[str], output: str) -> None:
                 f"input {item!r} is the output folder of an earlier run (it holds .pipeline/); "
                 "give its size folders instead (e.g. its 512/ folder)"
             )
+
+
+def _check_tables(cfg: ProcessConfig) -> None:
+    """Shards take URL inputs only; the columns asked for must be in every table (exit 2)."""
+    from stages.tables_in import TableError, check_table
+
+    if cfg.output_format != "files" and cfg.inputs:
+        raise ConfigError(
+            f"--output-format {cfg.output_format} takes --urls lists or tables, not input folders"
+        )
+    if cfg.output_format != "files" and cfg.workers.auto:
+        raise ConfigError(f"--output-format {cfg.output_format} does not take --workers auto yet")
+    for path in cfg.urls:
+        if not cfg.reads_table(path):
+            continue
+        try:
+            check_table(
+                path, url_col=cfg.url_col, caption_col=cfg.caption_col, keep=cfg.keep_columns
+            )
+        except TableError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
 def _digest(doc: Any) -> str:

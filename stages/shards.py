@@ -1,0 +1,424 @@
+"""Training-set outputs: WebDataset tar shards, each with a metadata table and a stats file.
+
+Data flow (``process --output-format webdataset``)::
+
+    sample_inputs (table rows, lazily) ─▶ download_sample (async) ─▶ render_sample (process)
+        ─▶ pack (async, one worker: owns the open shard) ─▶ commit (async, waits for the shard)
+
+* Every input that reaches ``pack`` is one row of its shard's metadata table: a sample
+  (``Rendered``) or a :class:`Rejected` input (a download error, an image that does not decode,
+  a filter's skip). ``download_sample`` and ``render_sample`` return a :class:`Rejected` value
+  for those instead of raising, so that the shard sees them; ``commit`` raises them again, so
+  the manifest still says ``failed`` / ``skipped`` with the original error type.
+* A shard holds ``samples_per_shard`` inputs (failed ones included, as img2dataset's
+  ``number_sample_per_shard``). It is written under a temporary name beside its final one
+  (:class:`pipeline.AtomicFile`) and renamed when full, or when the stream ends (the ``pack``
+  stage's context closes the last one). Its metadata table and stats file are put in place
+  first, the tar last: the tar's name is the commit.
+* ``commit`` returns an input's record value only once its shard is renamed: a record says
+  ``ok`` only for a sample that sits in a complete shard. After Ctrl-C (or a crash) the inputs
+  of the open shard are ``cancelled`` (its temporary file is removed) and the next run redoes
+  them. Resume trusts an ``ok`` record only while its shard exists (:func:`shard_done`).
+* Shard numbers go on after the highest shard in the folder, so a resumed run never writes
+  over a shard and no input is in two shards.
+
+Names in the output folder: ``00000.tar`` (samples ``KEY.jpg``/``.png``/``.webp``,
+``KEY.json``, ``KEY.txt`` when there is a caption; keys are digits only: the WebDataset
+``__key__``), ``00000.parquet`` (the metadata table: one row per input of the shard, failed
+ones with their status, error type and reason) and ``00000_stats.json`` (counts by status and
+by error class, bytes, time), as img2dataset names them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from pipeline import AtomicFile, Item, Record, RemoteError, Skip, Status, atomic_write_bytes
+
+from .download import DownloadConfig, DownloadError, fetch
+from .files import Loaded
+from .options import ImageError, ResizeOptions
+from .tables_in import iter_table
+from .thumbs import Rendered, render
+
+__all__ = [
+    "Packed",
+    "Rejected",
+    "SampleSource",
+    "ShardWriter",
+    "commit",
+    "download_sample",
+    "pack",
+    "render_sample",
+    "sample_inputs",
+    "shard_done",
+]
+
+_SHARD_NAME = re.compile(r"^(\d{5,})\.tar$")
+_ROW_DIGITS = 9  # keys as img2dataset's: 9 digits (its shard id + index in shard)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSource:
+    """A table row on its way to the download stage."""
+
+    url: str
+    key: str
+    caption: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"key": self.key, "url": self.url, "caption": self.caption, "extra": self.extra}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input that will be no sample: its status (failed or skipped), where and why."""
+
+    sample: dict[str, Any]
+    status: str
+    stage: str
+    error_type: str
+    message: str
+    http_status: int | None = None
+
+    def error(self) -> BaseException:
+        """What ``commit`` raises, so that the record reads as if the stage had raised it."""
+        if self.status == "skipped":
+            return Skip(self.message)
+        return RemoteError(self.error_type, self.message)
+
+
+def sample_inputs(
+    tables: Sequence[str],
+    *,
+    url_col: str = "url",
+    caption_col: str | None = None,
+    keep: Sequence[str] = (),
+) -> Iterator[Item | Record]:
+    """One item per table row, keyed by its row number (``000000042``; with several tables
+    ``1_000000042`` for the second): stable from one run to the next. A row without a URL is a
+    ``failed`` record."""
+    for t, path in enumerate(tables):
+        prefix = f"{t}_" if t else ""
+        for row in iter_table(path, url_col=url_col, caption_col=caption_col, keep=keep):
+            key = f"{prefix}{row.row:0{_ROW_DIGITS}d}"
+            where = f"{path}:{row.row}"
+            if row.error is not None:
+                yield Record(
+                    key=key,
+                    status=Status.FAILED,
+                    source=where,
+                    stage="sources",
+                    error_type="BadTableRow",
+                    error=f"{row.error}: {row.url!r}"[:2048],
+                    attempts=1,
+                    meta={"url": row.url},
+                )
+                continue
+            value = SampleSource(row.url, key, row.caption, row.extra)
+            yield Item(key=key, value=value, source=where, meta={"url": row.url})
+
+
+async def download_sample(
+    value: SampleSource, config: DownloadConfig, *, session: aiohttp.ClientSession
+) -> Loaded | Rejected:
+    """A row's image bytes, with the row and the download in ``origin``; a download error is a
+    :class:`Rejected` value (it goes into the shard's metadata)."""
+    try:
+        got = await fetch(session, value.url, config)
+    except DownloadError as exc:
+        return Rejected(
+            value.describe(), "failed", "download", type(exc).__name__, str(exc), exc.status
+        )
+    data = bytes(got.data)
+    origin = {
+        "sample": value.describe(),
+        "download": {
+            "final_url": got.final_url,
+            "http_status": got.status,
+            "content_type": got.content_type,
+            "attempts": got.attempts,
+            "bytes": len(data),
+        },
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    return Loaded(value.key, data, origin)
+
+
+def render_sample(value: Loaded, options: ResizeOptions) -> Rendered | Rejected:
+    """Decode and resize (a process worker); an image error is a :class:`Rejected` value."""
+    try:
+        return render(value, options)
+    except ImageError as exc:
+        origin = value.origin or {}
+        status = origin.get("download", {}).get("http_status")
+        return Rejected(
+            origin.get("sample", {}), "failed", "resize", type(exc).__name__, str(exc), status
+        )
+
+
+@dataclass(slots=True)
+class Packed:
+    """An input written into the open shard: its record value, and the shard's commit."""
+
+    record: dict[str, Any]
+    committed: asyncio.Future[None] = field(repr=False)
+    rejected: Rejected | None = None
+
+
+class _Shard:
+    """One open shard: the tar being written and the metadata rows of its inputs."""
+
+    def __init__(self, folder: Path, number: int) -> None:
+        self.name = f"{number:05d}"
+        self.folder = folder
+        self.file = AtomicFile(folder / f"{self.name}.tar", fsync=False)
+        # closed by finish() or discard(), which own the shard for its lifetime
+        self.tar = tarfile.open(fileobj=self.file.file, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self.rows: list[dict[str, Any]] = []
+        self.bytes = 0
+        self.started = time.time()
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def add(self, key: str, files: Sequence[tuple[str, bytes]], row: dict[str, Any]) -> None:
+        for ext, data in files:
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), int(self.started), 0o644
+            self.tar.addfile(info, io.BytesIO(data))
+            self.bytes += len(data)
+        self.rows.append(row)
+
+    def finish(self) -> None:
+        """Metadata table and stats in place, then the tar (the commit)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.tar.close()
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(self.rows), buf)
+        atomic_write_bytes(self.folder / f"{self.name}.parquet", buf.getvalue(), fsync=False)
+        stats = _stats(self.rows, self.bytes, self.started)
+        text = json.dumps({"shard": f"{self.name}.tar", **stats}, indent=2)
+        atomic_write_bytes(self.folder / f"{self.name}_stats.json", text.encode(), fsync=False)
+        self.file.commit()
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.tar.close()
+        self.file.discard()
+
+
+def _stats(rows: Sequence[dict[str, Any]], size: int, started: float) -> dict[str, Any]:
+    ended = time.time()
+    statuses = Counter(r["status"] for r in rows)
+    errors = Counter(r["error_type"] for r in rows if r["error_type"])
+    return {
+        "count": len(rows),
+        "successes": statuses.get("ok", 0),
+        "failed": statuses.get("failed", 0),
+        "skipped": statuses.get("skipped", 0),
+        "status_dict": dict(statuses),
+        "error_classes": dict(errors),
+        "bytes": size,
+        "start_time": started,
+        "end_time": ended,
+        "duration": round(ended - started, 3),
+    }
+
+
+class ShardWriter:
+    """The open shard of a run (the ``pack`` stage's context): rolls every ``per_shard``
+    inputs; on the stage's end commits the last one, on an error or Ctrl-C discards it."""
+
+    def __init__(self, folder: str, per_shard: int) -> None:
+        self.folder = Path(folder)
+        self.per_shard = per_shard
+        self.next = _next_number(self.folder)
+        self.open: _Shard | None = None
+
+    async def __aenter__(self) -> ShardWriter:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        shard, self.open = self.open, None
+        if shard is None:
+            return
+        if exc_type is None:
+            await self._finish(shard)
+        else:
+            shard.discard()
+            shard.committed.cancel()
+
+    async def add(self, value: Rendered | Rejected) -> Packed:
+        if self.open is None:
+            self.open = _Shard(self.folder, self.next)
+            self.next += 1
+        shard = self.open
+        key, files, row, record = _sample(value, f"{shard.name}.tar")
+        await asyncio.to_thread(shard.add, key, files, row)
+        packed = Packed(record, shard.committed, value if isinstance(value, Rejected) else None)
+        if len(shard.rows) >= self.per_shard:
+            self.open = None
+            await self._finish(shard)
+        return packed
+
+    async def _finish(self, shard: _Shard) -> None:
+        try:
+            await asyncio.to_thread(shard.finish)
+        except BaseException as exc:
+            shard.discard()
+            if not shard.committed.done():
+                shard.committed.set_exception(exc)
+            raise
+        shard.committed.set_result(None)
+
+
+def _next_number(folder: Path) -> int:
+    """One more than the highest shard number in ``folder`` (0 in a new one)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    numbers = [int(m.group(1)) for n in names if (m := _SHARD_NAME.match(n))]
+    return max(numbers, default=-1) + 1
+
+
+def _sample(
+    value: Rendered | Rejected, shard: str
+) -> tuple[str, list[tuple[str, bytes]], dict[str, Any], dict[str, Any]]:
+    """(key, the files of the sample, its metadata row, its record value)."""
+    if isinstance(value, Rejected):
+        s = value.sample
+        row = _row(s, value.status, value.error_type, value.message, value.http_status)
+        return str(s.get("key")), [], row, {"shard": shard, "key": s.get("key")}
+    origin = value.origin or {}
+    s, download = origin.get("sample", {}), origin.get("download", {})
+    res = value.result
+    enc = res.outputs[0]
+    width, height = res.original_size
+    row = _row(s, "ok", None, None, download.get("http_status"))
+    row.update(
+        width=enc.width,
+        height=enc.height,
+        original_width=width,
+        original_height=height,
+        format=enc.format,
+        sha256=origin.get("sha256"),
+    )
+    doc = {
+        **{k: v for k, v in s.get("extra", {}).items()},
+        "key": s["key"],
+        "url": s["url"],
+        "caption": s.get("caption"),
+        "shard": shard,
+        "status": "ok",
+        "width": enc.width,
+        "height": enc.height,
+        "original_width": width,
+        "original_height": height,
+        "format": enc.format,
+        "sha256": origin.get("sha256"),
+        "http_status": download.get("http_status"),
+        "stats": res.stats,
+    }
+    files = [(enc.ext.lstrip("."), enc.data), ("json", json.dumps(doc, default=str).encode())]
+    if s.get("caption") is not None:
+        files.append(("txt", str(s["caption"]).encode()))
+    record = {
+        "shard": shard,
+        "key": s["key"],
+        "original": {"width": width, "height": height, "format": res.original_format},
+        "output": {"width": enc.width, "height": enc.height, "format": enc.format},
+        "sha256": origin.get("sha256"),
+        "download": download,
+        "stats": res.stats,
+    }
+    return str(s["key"]), files, row, record
+
+
+def _row(
+    s: dict[str, Any],
+    status: str,
+    error_type: str | None,
+    message: str | None,
+    http_status: int | None,
+) -> dict[str, Any]:
+    return {
+        **s.get("extra", {}),
+        "key": s.get("key"),
+        "url": s.get("url"),
+        "caption": s.get("caption"),
+        "status": status,
+        "error_type": error_type,
+        "error_message": message,
+        "http_status": http_status,
+        "width": None,
+        "height": None,
+        "original_width": None,
+        "original_height": None,
+        "format": None,
+        "sha256": None,
+    }
+
+
+async def pack(value: Rendered | Rejected, *, shards: ShardWriter) -> Packed:
+    """Write an input into the open shard (a sample, or a metadata row for a rejected one)."""
+    return await shards.add(value)
+
+
+async def commit(value: Packed) -> dict[str, Any]:
+    """Wait until the input's shard is renamed; its record value (or its error raised)."""
+    await asyncio.shield(value.committed)
+    rejected = value.rejected
+    if rejected is not None:
+        exc = rejected.error()
+        # the engine adds an exception's ``details`` to the record's meta: where its row is
+        status = {"http_status": rejected.http_status} if rejected.http_status else {}
+        exc.details = {**value.record, "failed_in": rejected.stage, **status}  # type: ignore[attr-defined]
+        raise exc
+    return value.record
+
+
+@contextlib.asynccontextmanager
+async def open_shards(folder: str, per_shard: int) -> AsyncIterator[ShardWriter]:
+    """The ``pack`` stage's context (a factory for ``stage(..., context=...)``)."""
+    async with ShardWriter(folder, per_shard) as writer:
+        yield writer
+
+
+class ShardIndex:
+    """Resume: whether the shard an ``ok`` record names is there (one ``stat`` per shard)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.seen: dict[str, bool] = {}
+
+    def __call__(self, value: Any) -> bool:
+        shard = value.get("shard") if isinstance(value, dict) else None
+        if not isinstance(shard, str) or not _SHARD_NAME.match(shard):
+            return False
+        if shard not in self.seen:
+            self.seen[shard] = (self.folder / shard).is_file()
+        return self.seen[shard]
+
+
+def shard_done(folder: Path) -> ShardIndex:
+    """The ``is_done`` test of a shard run's records (see :class:`ShardIndex`)."""
+    return ShardIndex(folder)
