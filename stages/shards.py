@@ -22,11 +22,19 @@ Data flow (``process --output-format webdataset``)::
 * Shard numbers go on after the highest shard in the folder, so a resumed run never writes
   over a shard and no input is in two shards.
 
-Names in the output folder: ``00000.tar`` (samples ``KEY.jpg``/``.png``/``.webp``,
+Names in the output folder, ``--output-format webdataset``: ``00000.tar`` (samples ``KEY.jpg``/``.png``/``.webp``,
 ``KEY.json``, ``KEY.txt`` when there is a caption; keys are digits only: the WebDataset
 ``__key__``), ``00000.parquet`` (the metadata table: one row per input of the shard, failed
 ones with their status, error type and reason) and ``00000_stats.json`` (counts by status and
-by error class, bytes, time), as img2dataset names them.
+by error class, bytes, time), as img2dataset names them. ``--output-format parquet``:
+``00000.parquet`` (one row per sample: key, image bytes, width, height, format, caption, url,
+sha256, original size, HTTP status, the kept columns, statistics as JSON text), and beside it
+``00000_meta.parquet`` (the metadata table; a distinct name, since the data shard takes the
+plain one) and ``00000_stats.json``. Kept columns take the names they have in the table; a
+kept column named like one of the fields above is overwritten by that field.
+
+Inputs that fail in the engine itself (a worker crash, a per-item timeout) never reach the
+shard: they are in the manifest only.
 """
 
 from __future__ import annotations
@@ -69,7 +77,8 @@ __all__ = [
     "shard_done",
 ]
 
-_SHARD_NAME = re.compile(r"^(\d{5,})\.tar$")
+_SHARD_NAME = re.compile(r"^(\d{5,})\.(tar|parquet)$")
+_EXTENSION = {"webdataset": "tar", "parquet": "parquet"}
 _ROW_DIGITS = 9  # keys as img2dataset's: 9 digits (its shard id + index in shard)
 
 
@@ -183,45 +192,133 @@ class Packed:
 
 
 class _Shard:
-    """One open shard: the tar being written and the metadata rows of its inputs."""
+    """One open shard: the data file being written and the metadata rows of its inputs.
 
-    def __init__(self, folder: Path, number: int) -> None:
+    ``webdataset``: a tar of the samples' files; ``parquet``: a Parquet file of one row per
+    sample, written a row group (:data:`ROW_GROUP`) at a time."""
+
+    def __init__(self, folder: Path, number: int, fmt: str) -> None:
         self.name = f"{number:05d}"
+        self.fmt = fmt
         self.folder = folder
-        self.file = AtomicFile(folder / f"{self.name}.tar", fsync=False)
-        # closed by finish() or discard(), which own the shard for its lifetime
-        self.tar = tarfile.open(fileobj=self.file.file, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self.data_name = f"{self.name}.tar" if fmt == "webdataset" else f"{self.name}.parquet"
+        self.file = AtomicFile(folder / self.data_name, fsync=False)
+        self.tar: tarfile.TarFile | None = None
+        self.table: _TableWriter | None = None
+        if fmt == "webdataset":
+            # closed by finish() or discard(), which own the shard for its lifetime
+            self.tar = tarfile.open(fileobj=self.file.file, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        else:
+            self.table = _TableWriter(self.file.file)
         self.rows: list[dict[str, Any]] = []
         self.bytes = 0
         self.started = time.time()
         self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def add(self, key: str, files: Sequence[tuple[str, bytes]], row: dict[str, Any]) -> None:
-        for ext, data in files:
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), int(self.started), 0o644
-            self.tar.addfile(info, io.BytesIO(data))
-            self.bytes += len(data)
+    def add(self, key: str, sample: _Sample | None, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if sample is None:
+            return
+        if self.tar is not None:
+            for ext, data in sample.files:
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), int(self.started), 0o644
+                self.tar.addfile(info, io.BytesIO(data))
+        elif self.table is not None:
+            self.table.add(sample.row)
+        self.bytes += len(sample.files[0][1])
 
     def finish(self) -> None:
-        """Metadata table and stats in place, then the tar (the commit)."""
+        """Metadata table and stats in place, then the data file (the commit)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.tar.close()
+        if self.tar is not None:
+            self.tar.close()
+        if self.table is not None:
+            self.table.close()
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(self.rows), buf)
-        atomic_write_bytes(self.folder / f"{self.name}.parquet", buf.getvalue(), fsync=False)
+        meta = f"{self.name}.parquet" if self.fmt == "webdataset" else f"{self.name}_meta.parquet"
+        atomic_write_bytes(self.folder / meta, buf.getvalue(), fsync=False)
         stats = _stats(self.rows, self.bytes, self.started)
-        text = json.dumps({"shard": f"{self.name}.tar", **stats}, indent=2)
+        text = json.dumps({"shard": self.data_name, **stats}, indent=2)
         atomic_write_bytes(self.folder / f"{self.name}_stats.json", text.encode(), fsync=False)
         self.file.commit()
 
     def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self.tar.close()
+        with contextlib.suppress(Exception):  # the file goes whatever state its writer is in
+            if self.tar is not None:
+                self.tar.close()
+            if self.table is not None:
+                self.table.close()
         self.file.discard()
+
+
+#: Samples per row group of a Parquet shard: 256 images of a few tens of KB, a few MB.
+ROW_GROUP = 256
+
+
+class _TableWriter:
+    """A Parquet file written a row group at a time. Its schema is the first group's (a
+    column that is all null there is text); a later group's column of another type is cast to
+    it, or else written as text."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.rows: list[dict[str, Any]] = []
+        self.writer: Any = None
+        self.schema: Any = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= ROW_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows)
+        self.rows = []
+        if self.writer is None:
+            fields = [
+                pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
+                for f in table.schema
+            ]
+            self.schema = pa.schema(fields)
+            self.writer = pq.ParquetWriter(self.sink, self.schema)
+        self.writer.write_table(_conform(table, self.schema))
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    """``table`` with the columns of ``schema`` (missing ones null, others cast or as text)."""
+    import pyarrow as pa
+
+    columns = []
+    for f in schema:
+        if f.name not in table.column_names:
+            columns.append(pa.nulls(len(table), f.type))
+            continue
+        col = table[f.name]
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                if not pa.types.is_string(f.type):
+                    what = f"column {f.name!r}: {col.type} values in a {f.type} column"
+                    raise ValueError(what) from exc
+                col = pa.array([None if v is None else str(v) for v in col.to_pylist()], f.type)
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _stats(rows: Sequence[dict[str, Any]], size: int, started: float) -> dict[str, Any]:
@@ -246,10 +343,11 @@ class ShardWriter:
     """The open shard of a run (the ``pack`` stage's context): rolls every ``per_shard``
     inputs; on the stage's end commits the last one, on an error or Ctrl-C discards it."""
 
-    def __init__(self, folder: str, per_shard: int) -> None:
+    def __init__(self, folder: str, per_shard: int, fmt: str = "webdataset") -> None:
         self.folder = Path(folder)
         self.per_shard = per_shard
-        self.next = _next_number(self.folder)
+        self.fmt = fmt
+        self.next = _next_number(self.folder, _EXTENSION[fmt])
         self.open: _Shard | None = None
 
     async def __aenter__(self) -> ShardWriter:
@@ -268,11 +366,11 @@ class ShardWriter:
 
     async def add(self, value: Rendered | Rejected) -> Packed:
         if self.open is None:
-            self.open = _Shard(self.folder, self.next)
+            self.open = _Shard(self.folder, self.next, self.fmt)
             self.next += 1
         shard = self.open
-        key, files, row, record = _sample(value, f"{shard.name}.tar")
-        await asyncio.to_thread(shard.add, key, files, row)
+        key, sample, row, record = _sample(value, shard.data_name)
+        await asyncio.to_thread(shard.add, key, sample, row)
         packed = Packed(record, shard.committed, value if isinstance(value, Rejected) else None)
         if len(shard.rows) >= self.per_shard:
             self.open = None
@@ -290,24 +388,34 @@ class ShardWriter:
         shard.committed.set_result(None)
 
 
-def _next_number(folder: Path) -> int:
+def _next_number(folder: Path, ext: str) -> int:
     """One more than the highest shard number in ``folder`` (0 in a new one)."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
         return 0
-    numbers = [int(m.group(1)) for n in names if (m := _SHARD_NAME.match(n))]
+    matches = (_SHARD_NAME.match(n) for n in names)
+    numbers = [int(m.group(1)) for m in matches if m and m.group(2) == ext]
     return max(numbers, default=-1) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """A sample as a tar holds it (``files``: extension, bytes; the image first) and as a row of
+    a Parquet shard."""
+
+    files: list[tuple[str, bytes]]
+    row: dict[str, Any]
 
 
 def _sample(
     value: Rendered | Rejected, shard: str
-) -> tuple[str, list[tuple[str, bytes]], dict[str, Any], dict[str, Any]]:
-    """(key, the files of the sample, its metadata row, its record value)."""
+) -> tuple[str, _Sample | None, dict[str, Any], dict[str, Any]]:
+    """(key, the sample, its metadata row, its record value)."""
     if isinstance(value, Rejected):
         s = value.sample
         row = _row(s, value.status, value.error_type, value.message, value.http_status)
-        return str(s.get("key")), [], row, {"shard": shard, "key": s.get("key")}
+        return str(s.get("key")), None, row, {"shard": shard, "key": s.get("key")}
     origin = value.origin or {}
     s, download = origin.get("sample", {}), origin.get("download", {})
     res = value.result
@@ -341,6 +449,9 @@ def _sample(
     files = [(enc.ext.lstrip("."), enc.data), ("json", json.dumps(doc, default=str).encode())]
     if s.get("caption") is not None:
         files.append(("txt", str(s["caption"]).encode()))
+    data_row = {**doc, "image": enc.data, "stats": json.dumps(res.stats, default=str)}
+    for name in ("shard", "status"):
+        data_row.pop(name)
     record = {
         "shard": shard,
         "key": s["key"],
@@ -350,7 +461,7 @@ def _sample(
         "download": download,
         "stats": res.stats,
     }
-    return str(s["key"]), files, row, record
+    return str(s["key"]), _Sample(files, data_row), row, record
 
 
 def _row(
@@ -397,9 +508,9 @@ async def commit(value: Packed) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def open_shards(folder: str, per_shard: int) -> AsyncIterator[ShardWriter]:
+async def open_shards(folder: str, per_shard: int, fmt: str) -> AsyncIterator[ShardWriter]:
     """The ``pack`` stage's context (a factory for ``stage(..., context=...)``)."""
-    async with ShardWriter(folder, per_shard) as writer:
+    async with ShardWriter(folder, per_shard, fmt) as writer:
         yield writer
 
 

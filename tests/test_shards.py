@@ -271,3 +271,39 @@ def test_table_is_read_in_batches(tmp_path: Path) -> None:
     bad.write_text('{"url": "http://a.example/1.jpg"}\nnot json\n{"url": ""}\n')
     got = list(iter_table(bad))
     assert [r.error is None for r in got] == [True, False, False]
+
+
+def test_parquet_table_to_parquet_shards(tmp_path: Path, images: tuple[Images, str]) -> None:
+    _, base = images
+    rows = table_rows(base, 12)
+    table = write_parquet(tmp_path / "table.parquet", rows)
+    out = tmp_path / "out"
+    assert run_process(shard_config(out, table, output_format="parquet")).exit_code == 1
+    data = sorted(p.name for p in out.glob("[0-9]*[0-9].parquet"))
+    assert data == ["00000.parquet", "00001.parquet"]  # 15 inputs, 8 a shard
+    samples = [r for name in data for r in pq.read_table(out / name).to_pylist()]
+    meta = [r for p in sorted(out.glob("*_meta.parquet")) for r in pq.read_table(p).to_pylist()]
+    keys = [f"{i:09d}" for i in range(len(rows))]
+    assert sorted(r["key"] for r in meta) == keys
+    assert sorted(r["key"] for r in samples) == sorted(
+        r["key"] for r in meta if r["status"] == "ok"
+    )
+    assert len(samples) == 12
+    by_row = {f"{i:09d}": row for i, row in enumerate(rows)}
+    for s in samples:
+        row = by_row[s["key"]]
+        assert (s["caption"], s["license"], s["score"]) == (
+            row["caption"],
+            row["license"],
+            row["score"],
+        )
+        img = Image.open(io.BytesIO(s["image"]))
+        assert (img.format, img.size) == ("JPEG", (s["width"], s["height"]))
+        assert max(img.size) == 64
+        assert s["format"] == "jpeg"
+        assert json.loads(s["stats"])["width"] == s["width"]
+    failed = {r["url"].removeprefix(base): r["error_type"] for r in meta if r["status"] != "ok"}
+    assert failed == BAD
+    stats = json.loads((out / "00000_stats.json").read_text())
+    assert stats["shard"] == "00000.parquet"
+    assert stats["count"] == 8
