@@ -23,8 +23,8 @@ Data flow (``process --output-format webdataset``)::
   over a shard and no input is in two shards.
 
 Names in the output folder, ``--output-format webdataset``: ``00000.tar`` (samples
-``KEY.jpg``/``.png``/``.webp``, ``KEY.json``, ``KEY.txt`` when there is a caption; keys are digits only: the WebDataset
-``__key__``), ``00000.parquet`` (the metadata table: one row per input of the shard, failed
+``KEY.jpg``/``.png``/``.webp``, ``KEY.json``, ``KEY.txt`` when there is a caption; keys
+are digits only: the WebDataset ``__key__``), ``00000.parquet`` (the metadata table: one row per input of the shard, failed
 ones with their status, error type and reason) and ``00000_stats.json`` (counts by status and
 by error class, bytes, time), as img2dataset names them. ``--output-format parquet``:
 ``00000.parquet`` (one row per sample: key, image bytes, width, height, format, caption, url,
