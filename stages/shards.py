@@ -23,15 +23,16 @@ Data flow (``process --output-format webdataset``)::
   over a shard and no input is in two shards.
 
 Names in the output folder, ``--output-format webdataset``: ``00000.tar`` (samples
-``KEY.jpg``/``.png``/``.webp``, ``KEY.json``, ``KEY.txt`` when there is a caption; keys
-are digits only: the WebDataset ``__key__``), ``00000.parquet`` (the metadata table: one row per input of the shard, failed
-ones with their status, error type and reason) and ``00000_stats.json`` (counts by status and
-by error class, bytes, time), as img2dataset names them. ``--output-format parquet``:
-``00000.parquet`` (one row per sample: key, image bytes, width, height, format, caption, url,
-sha256, original size, HTTP status, the kept columns, statistics as JSON text), and beside it
-``00000_meta.parquet`` (the metadata table; a distinct name, since the data shard takes the
-plain one) and ``00000_stats.json``. Kept columns take the names they have in the table; a
-kept column named like one of the fields above is overwritten by that field.
+``KEY.jpg``/``.png``/``.webp``, ``KEY.json``, ``KEY.txt`` when there is a caption; keys are
+digits only: the WebDataset ``__key__``), ``00000.parquet`` (the metadata table: one row per
+input of the shard, failed ones with their status, error type and reason) and
+``00000_stats.json`` (counts by status and by error class, bytes, time), as img2dataset names
+them. ``--output-format parquet``: ``00000.parquet`` (one row per sample: key, image bytes,
+width, height, format, caption, url, sha256, original size, HTTP status, the kept columns,
+statistics as JSON text), and beside it ``00000_meta.parquet`` (the metadata table; a distinct
+name, since the data shard takes the plain one) and ``00000_stats.json``. Kept columns take the
+names they have in the table; a kept column named like one of the fields above is overwritten by
+that field.
 
 Inputs that fail in the engine itself (a worker crash, a per-item timeout) never reach the
 shard: they are in the manifest only.
