@@ -325,6 +325,13 @@ class ProcessConfig:
     limit_per_host: int = option(
         8, kind=Integer(low=1), help="connections per host", group=DOWNLOADS
     )
+    ignore_noai: bool = option(
+        False,
+        kind=Flag(),
+        help="download images whose response says X-Robots-Tag: noai or noimageai (skipped "
+        "by default)",
+        group=DOWNLOADS,
+    )
     user_agent: str = option(
         "pixpipe/0.1 (+batch image pipeline)",
         kind=Text(),
@@ -358,6 +365,19 @@ class ProcessConfig:
     )
     samples_per_shard: int = option(
         10000, kind=Integer(low=1), help="inputs per shard (failed ones included)", group=SHARDS
+    )
+    min_image_size: int = option(
+        0,
+        kind=Integer(low=0),
+        help="shards: skip images whose smaller side is below N pixels (0: no minimum)",
+        group=SHARDS,
+    )
+    max_aspect_ratio: float | None = option(
+        None,
+        kind=Number(),
+        metavar="R",
+        help="shards: skip images whose longer side is over R times the shorter",
+        group=SHARDS,
     )
     # -- numeric data files
     chunk_size: int = option(
@@ -476,6 +496,7 @@ class ProcessConfig:
                 limit_per_host=self.limit_per_host,
                 allow_private_hosts=self.allow_private_hosts,
                 user_agent=self.user_agent,
+                respect_noai=not self.ignore_noai,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
@@ -541,6 +562,9 @@ def _check_tables(cfg: ProcessConfig) -> None:
         raise ConfigError(
             f"--output-format {cfg.output_format} takes --urls lists or tables, not input folders"
         )
+    filters = cfg.min_image_size or cfg.max_aspect_ratio is not None
+    if cfg.output_format == "files" and filters:
+        raise ConfigError("--min-image-size and --max-aspect-ratio apply to shard outputs only")
     if cfg.output_format != "files" and cfg.workers.auto:
         raise ConfigError(f"--output-format {cfg.output_format} does not take --workers auto yet")
     for path in cfg.urls:

@@ -152,6 +152,7 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
     from stages.shards import (
         Packed,
         Rejected,
+        SampleFilters,
         SampleSource,
         commit,
         download_sample,
@@ -177,6 +178,7 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
         stage(
             render_sample,
             cfg.resize,
+            SampleFilters(cfg.min_image_size, cfg.max_aspect_ratio),
             kind="process",
             name="resize",
             accepts=Loaded,

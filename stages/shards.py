@@ -59,7 +59,7 @@ import aiohttp
 
 from pipeline import AtomicFile, Item, Record, RemoteError, Skip, Status, atomic_write_bytes
 
-from .download import DownloadConfig, DownloadError, fetch
+from .download import DownloadConfig, DownloadError, fetch, noai
 from .files import Loaded
 from .options import ImageError, ResizeOptions
 from .tables_in import iter_table
@@ -68,6 +68,7 @@ from .thumbs import Rendered, render
 __all__ = [
     "Packed",
     "Rejected",
+    "SampleFilters",
     "SampleSource",
     "ShardWriter",
     "commit",
@@ -156,6 +157,10 @@ async def download_sample(
         return Rejected(
             value.describe(), "failed", "download", type(exc).__name__, str(exc), exc.status
         )
+    directive = noai(got.robots) if config.respect_noai else None
+    if directive is not None:
+        why = f"X-Robots-Tag: {directive} (the site opts out of AI use; --ignore-noai)"
+        return Rejected(value.describe(), "skipped", "download", "Skip", why, got.status)
     data = bytes(got.data)
     origin = {
         "sample": value.describe(),
@@ -171,16 +176,52 @@ async def download_sample(
     return Loaded(value.key, data, origin)
 
 
-def render_sample(value: Loaded, options: ResizeOptions) -> Rendered | Rejected:
-    """Decode and resize (a process worker); an image error is a :class:`Rejected` value."""
+@dataclass(frozen=True, slots=True)
+class SampleFilters:
+    """Images left out of a training set (skipped with the reason): a smaller side below
+    ``min_side`` pixels, a longer side over ``max_ratio`` times the shorter (None: any)."""
+
+    min_side: int = 0
+    max_ratio: float | None = None
+
+    def why_not(self, width: int, height: int) -> str | None:
+        short, long = min(width, height), max(width, height)
+        if short < self.min_side:
+            return f"image {width}x{height} is smaller than --min-image-size {self.min_side}"
+        if self.max_ratio is not None and long > self.max_ratio * max(short, 1):
+            ratio = long / max(short, 1)
+            return f"image {width}x{height}: aspect ratio {ratio:.2f} over {self.max_ratio:g}"
+        return None
+
+
+def render_sample(
+    value: Loaded, options: ResizeOptions, filters: SampleFilters | None = None
+) -> Rendered | Rejected:
+    """Decode and resize (a process worker); an image error, or an image the filters leave out
+    (checked on the header's size, before decoding), is a :class:`Rejected` value."""
+    origin = value.origin or {}
+    status = origin.get("download", {}).get("http_status")
+    if filters is not None and (filters.min_side or filters.max_ratio is not None):
+        why = filters.why_not(*_header_size(bytes(value.data)))
+        if why is not None:
+            return Rejected(origin.get("sample", {}), "skipped", "resize", "Skip", why, status)
     try:
         return render(value, options)
     except ImageError as exc:
-        origin = value.origin or {}
-        status = origin.get("download", {}).get("http_status")
         return Rejected(
             origin.get("sample", {}), "failed", "resize", type(exc).__name__, str(exc), status
         )
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    """The size an image's header declares (huge for what is not an image: the decode says why)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return (10**9, 10**9)  # not for the filters to judge: the decode fails it
 
 
 @dataclass(slots=True)

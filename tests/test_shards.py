@@ -50,10 +50,12 @@ class Images:
 
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
+        self.agents: set[str] = set()
 
     def routes(self) -> list[web.RouteDef]:
         async def image(request: web.Request) -> web.Response:
             self.hits[request.path] += 1
+            self.agents.add(request.headers.get("User-Agent", ""))
             return web.Response(body=jpeg(int(request.match_info["n"])), content_type="image/jpeg")
 
         async def html(request: web.Request) -> web.Response:
@@ -68,8 +70,20 @@ class Images:
             self.hits[request.path] += 1
             return web.Response(status=404, text="gone")
 
+        async def sized(request: web.Request) -> web.Response:
+            w, h = int(request.match_info["w"]), int(request.match_info["h"])
+            buf = io.BytesIO()
+            Image.new("RGB", (w, h), (9, 9, 9)).save(buf, "JPEG")
+            return web.Response(body=buf.getvalue(), content_type="image/jpeg")
+
+        async def noai(request: web.Request) -> web.Response:
+            headers = {"X-Robots-Tag": request.query.get("tag", "noai")}
+            return web.Response(body=jpeg(1), content_type="image/jpeg", headers=headers)
+
         return [
             web.get("/img/{n}.jpg", image),
+            web.get("/sized/{w}x{h}.jpg", sized),
+            web.get("/noai.jpg", noai),
             web.get("/html", html),
             web.get("/truncated.jpg", truncated),
             web.get("/missing.jpg", missing),
@@ -307,3 +321,66 @@ def test_parquet_table_to_parquet_shards(tmp_path: Path, images: tuple[Images, s
     stats = json.loads((out / "00000_stats.json").read_text())
     assert stats["shard"] == "00000.parquet"
     assert stats["count"] == 8
+
+
+def test_noai_and_size_filters_skip_with_reasons(
+    tmp_path: Path, images: tuple[Images, str]
+) -> None:
+    server, base = images
+    paths = ["/img/1.jpg", "/sized/20x20.jpg", "/sized/300x40.jpg", "/noai.jpg"]
+    paths += ["/noai.jpg?tag=googlebot:%20noimageai", "/noai.jpg?tag=noindex"]
+    table = write_parquet(tmp_path / "t.parquet", [{"url": base + p, "caption": p} for p in paths])
+    out = tmp_path / "out"
+    cfg = shard_config(out, table, min_image_size=30, max_aspect_ratio=3, keep_columns=[])
+    assert run_process(cfg).exit_code == 0  # skips are no failures
+    meta = {r["url"].removeprefix(base): r for r in metadata_rows(out)}
+    assert {p: r["status"] for p, r in meta.items()} == {
+        "/img/1.jpg": "ok",
+        "/sized/20x20.jpg": "skipped",
+        "/sized/300x40.jpg": "skipped",
+        "/noai.jpg": "skipped",
+        "/noai.jpg?tag=googlebot:%20noimageai": "skipped",
+        "/noai.jpg?tag=noindex": "ok",
+    }
+    assert "smaller than --min-image-size 30" in meta["/sized/20x20.jpg"]["error_message"]
+    assert "aspect ratio 7.50 over 3" in meta["/sized/300x40.jpg"]["error_message"]
+    assert "X-Robots-Tag: noai" in meta["/noai.jpg"]["error_message"]
+    recs = by_key(out)
+    assert recs["000000003"]["status"] == "skipped"
+    assert "noai" in recs["000000003"]["reason"]
+    assert all(agent.startswith("pixpipe/") for agent in server.agents)
+    # --ignore-noai downloads them
+    other = tmp_path / "other"
+    assert run_process(shard_config(other, table, ignore_noai=True, keep_columns=[])).ok == 6
+
+
+def test_noai_in_files_output(tmp_path: Path, images: tuple[Images, str]) -> None:
+    _, base = images
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{base}/noai.jpg\n{base}/img/2.jpg\n")
+    cfg = ProcessConfig.from_mapping({"urls": [str(urls)], "output": str(tmp_path / "o"), **FAST})
+    assert run_process(cfg).exit_code == 0
+    recs = by_key(tmp_path / "o")
+    assert recs[f"{base}/noai.jpg"]["status"] == "skipped"
+    assert recs[f"{base}/img/2.jpg"]["status"] == "ok"
+
+
+def test_shard_options_refused_where_they_cannot_work(tmp_path: Path) -> None:
+    from pipeline import ConfigError
+
+    urls = tmp_path / "u.txt"
+    urls.write_text("http://127.0.0.1:1/a.jpg\n")
+    base = {"urls": [str(urls)], "output": str(tmp_path / "o")}
+    with pytest.raises(ConfigError, match="apply to shard outputs only"):
+        ProcessConfig.from_mapping({**base, "min_image_size": 10})
+    with pytest.raises(ConfigError, match="does not take --workers auto"):
+        ProcessConfig.from_mapping({**base, "output_format": "parquet", "workers": "auto"})
+    with pytest.raises(ConfigError, match="not input folders"):
+        ProcessConfig.from_mapping(
+            {
+                **base,
+                "inputs": [str(tmp_path)],
+                "output": str(tmp_path / "x" / "o"),
+                "output_format": "webdataset",
+            }
+        )
