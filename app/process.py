@@ -194,7 +194,9 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
             accepts=(Rendered, Rejected),
             workers=1,
             capacity=32,
-            context=functools.partial(open_shards, str(cfg.output), per_shard, cfg.output_format),
+            context=functools.partial(
+                open_shards, str(cfg.output), per_shard, cfg.output_format, cfg.backend == "dask"
+            ),
             context_arg="shards",
         ),
         stage(commit, kind="async", name="commit", accepts=Packed, workers=per_shard + 1),

@@ -34,6 +34,12 @@ name, since the data shard takes the plain one) and ``00000_stats.json``. Kept c
 names they have in the table; a kept column named like one of the fields above is overwritten by
 that field.
 
+With ``--backend dask`` every task runs the stages on its worker, so each task's ``write``
+stage writes its own shards, named ``<token>-00000.tar`` (a random token per task: tasks run at
+once and never pick one name); the driver receives records only, never image bytes. A worker
+that dies after renaming a shard leaves that shard behind when Dask retries its task: the
+retry writes those samples again, and the manifest names the shard that counts.
+
 Inputs that fail in the engine itself (a worker crash, a per-item timeout) never reach the
 shard: they are in the manifest only.
 """
@@ -49,6 +55,7 @@ import os
 import re
 import tarfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +87,7 @@ __all__ = [
 ]
 
 _SHARD_NAME = re.compile(r"^(\d{5,})\.(tar|parquet)$")
+_DATA_NAME = re.compile(r"^[0-9a-f]*-?\d{5,}\.(tar|parquet)$")  # what a record may name
 _EXTENSION = {"webdataset": "tar", "parquet": "parquet"}
 _ROW_DIGITS = 9  # keys as img2dataset's: 9 digits (its shard id + index in shard)
 
@@ -239,8 +247,8 @@ class _Shard:
     ``webdataset``: a tar of the samples' files; ``parquet``: a Parquet file of one row per
     sample, written a row group (:data:`ROW_GROUP`) at a time."""
 
-    def __init__(self, folder: Path, number: int, fmt: str) -> None:
-        self.name = f"{number:05d}"
+    def __init__(self, folder: Path, name: str, fmt: str) -> None:
+        self.name = name
         self.fmt = fmt
         self.folder = folder
         self.data_name = f"{self.name}.tar" if fmt == "webdataset" else f"{self.name}.parquet"
@@ -385,11 +393,16 @@ class ShardWriter:
     """The open shard of a run (the ``pack`` stage's context): rolls every ``per_shard``
     inputs; on the stage's end commits the last one, on an error or Ctrl-C discards it."""
 
-    def __init__(self, folder: str, per_shard: int, fmt: str = "webdataset") -> None:
+    def __init__(
+        self, folder: str, per_shard: int, fmt: str = "webdataset", *, unique: bool = False
+    ) -> None:
         self.folder = Path(folder)
         self.per_shard = per_shard
         self.fmt = fmt
-        self.next = _next_number(self.folder, _EXTENSION[fmt])
+        # several writers at once (one per Dask task): numbers from 0 after a token of this
+        # writer's own, so that no two writers ever pick one name
+        self.prefix = f"{uuid.uuid4().hex[:12]}-" if unique else ""
+        self.next = 0 if unique else _next_number(self.folder, _EXTENSION[fmt])
         self.open: _Shard | None = None
 
     async def __aenter__(self) -> ShardWriter:
@@ -408,7 +421,7 @@ class ShardWriter:
 
     async def add(self, value: Rendered | Rejected) -> Packed:
         if self.open is None:
-            self.open = _Shard(self.folder, self.next, self.fmt)
+            self.open = _Shard(self.folder, f"{self.prefix}{self.next:05d}", self.fmt)
             self.next += 1
         shard = self.open
         key, sample, row, record = _sample(value, shard.data_name)
@@ -550,9 +563,12 @@ async def commit(value: Packed) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def open_shards(folder: str, per_shard: int, fmt: str) -> AsyncIterator[ShardWriter]:
-    """The ``pack`` stage's context (a factory for ``stage(..., context=...)``)."""
-    async with ShardWriter(folder, per_shard, fmt) as writer:
+async def open_shards(
+    folder: str, per_shard: int, fmt: str, unique: bool = False
+) -> AsyncIterator[ShardWriter]:
+    """The ``pack`` stage's context (a factory for ``stage(..., context=...)``); ``unique``:
+    shard names of this writer's own (see :class:`ShardWriter`)."""
+    async with ShardWriter(folder, per_shard, fmt, unique=unique) as writer:
         yield writer
 
 
@@ -565,7 +581,7 @@ class ShardIndex:
 
     def __call__(self, value: Any) -> bool:
         shard = value.get("shard") if isinstance(value, dict) else None
-        if not isinstance(shard, str) or not _SHARD_NAME.match(shard):
+        if not isinstance(shard, str) or not _DATA_NAME.match(shard):
             return False
         if shard not in self.seen:
             self.seen[shard] = (self.folder / shard).is_file()

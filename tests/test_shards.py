@@ -384,3 +384,39 @@ def test_shard_options_refused_where_they_cannot_work(tmp_path: Path) -> None:
                 "output_format": "webdataset",
             }
         )
+
+
+@pytest.mark.timeout(120)
+def test_dask_workers_write_their_own_shards(tmp_path: Path, images: tuple[Images, str]) -> None:
+    """``--backend dask``: each task writes its own shards (names of its own), the driver only
+    records; the same rows as with the local backend."""
+    _, base = images
+    rows = table_rows(base, 20)
+    table = write_parquet(tmp_path / "table.parquet", rows)
+    out = tmp_path / "out"
+    cfg = shard_config(out, table, backend="dask", shard_size=6, workers="resize=1")
+    result = run_process(cfg)
+    assert result.exit_code == 1
+    meta = metadata_rows_any(out)
+    assert sorted(r["key"] for r in meta) == [f"{i:09d}" for i in range(len(rows))]
+    samples = read_samples(out)
+    assert len(samples) == 20
+    assert len({s["__key__"] for s in samples}) == 20
+    tars = sorted(p.name for p in out.glob("*.tar"))
+    assert len(tars) == 4  # 23 inputs, 6 a task: one shard per task
+    assert len({t.split("-")[0] for t in tars}) == 4  # one writer per task
+    recs = by_key(out)
+    for rec in recs.values():
+        where = rec["result"] if rec["status"] == "ok" else rec["meta"]
+        assert where["shard"] in tars
+    again = run_process(cfg)  # resume: nothing in a shard is done again
+    assert again.counts.get("skipped", 0) == 20
+
+
+def metadata_rows_any(out: Path) -> list[dict[str, Any]]:
+    """The metadata tables beside tar shards, whatever the shards' names."""
+    return [
+        r
+        for t in sorted(out.glob("*.tar"))
+        for r in pq.read_table(t.with_suffix(".parquet")).to_pylist()
+    ]
