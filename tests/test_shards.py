@@ -420,3 +420,18 @@ def metadata_rows_any(out: Path) -> list[dict[str, Any]]:
         for t in sorted(out.glob("*.tar"))
         for r in pq.read_table(t.with_suffix(".parquet")).to_pylist()
     ]
+
+
+def test_retry_failed_redoes_only_the_failures(tmp_path: Path, images: tuple[Images, str]) -> None:
+    server, base = images
+    table = write_parquet(tmp_path / "t.parquet", table_rows(base, 6))
+    out = tmp_path / "out"
+    assert run_process(shard_config(out, table)).exit_code == 1
+    before = Counter(server.hits)
+    again = run_process(shard_config(out, table, retry_failed=True))
+    assert again.counts == {"skipped": 6, "failed": 3}
+    assert server.hits - before == Counter(list(BAD))  # each failure once more, nothing else
+    recs = by_key(out)
+    assert [k for k, r in recs.items() if r["status"] == "failed"] == [
+        k for k, r in recs.items() if r["meta"].get("shard") == "00002.tar"
+    ]
