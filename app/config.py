@@ -565,6 +565,10 @@ def _check_tables(cfg: ProcessConfig) -> None:
     filters = cfg.min_image_size or cfg.max_aspect_ratio is not None
     if cfg.output_format == "files" and filters:
         raise ConfigError("--min-image-size and --max-aspect-ratio apply to shard outputs only")
+    if cfg.output_format != "files" and len(cfg.size) > 1:
+        raise ConfigError(
+            f"--output-format {cfg.output_format} takes one --size (one image a sample)"
+        )
     if cfg.output_format != "files" and cfg.workers.auto:
         raise ConfigError(f"--output-format {cfg.output_format} does not take --workers auto yet")
     for path in cfg.urls:

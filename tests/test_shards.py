@@ -435,3 +435,45 @@ def test_retry_failed_redoes_only_the_failures(tmp_path: Path, images: tuple[Ima
     assert [k for k, r in recs.items() if r["status"] == "failed"] == [
         k for k, r in recs.items() if r["meta"].get("shard") == "00002.tar"
     ]
+
+
+def test_one_size_per_sample(tmp_path: Path) -> None:
+    from pipeline import ConfigError
+
+    urls = tmp_path / "u.txt"
+    urls.write_text("http://127.0.0.1:1/a.jpg\n")
+    with pytest.raises(ConfigError, match="takes one --size"):
+        ProcessConfig.from_mapping(
+            {"urls": [str(urls)], "output_format": "webdataset", "size": ["64", "128"]}
+        )
+
+
+def test_parquet_table_into_files_output(tmp_path: Path, images: tuple[Images, str]) -> None:
+    """``files`` output from a table: keyed by URL as URL lists are; caption and kept columns
+    in the record's meta; a row without a URL is a failed record, not a lost row."""
+    _, base = images
+    rows = [
+        {"link": f"{base}/img/3.jpg", "caption": "three", "license": "cc"},
+        {"link": None, "caption": "no url", "license": "x"},
+    ]
+    table = write_parquet(tmp_path / "t.parquet", rows)
+    out = tmp_path / "out"
+    cfg = ProcessConfig.from_mapping(
+        {
+            "urls": [str(table)],
+            "output": str(out),
+            "url_col": "link",
+            "caption_col": "caption",
+            "keep_columns": "license",
+            "size": ["32"],
+            **FAST,
+        }
+    )
+    assert run_process(cfg).exit_code == 1
+    recs = by_key(out)
+    ok = recs[f"{base}/img/3.jpg"]
+    assert ok["status"] == "ok"
+    assert ok["meta"] == {"license": "cc", "caption": "three"}
+    (bad,) = [r for r in recs.values() if r["status"] == "failed"]
+    assert bad["error_type"] == "BadTableRow"
+    assert "no URL in column 'link'" in bad["error"]
