@@ -280,7 +280,6 @@ class _Shard:
 
     def finish(self) -> None:
         """Metadata table and stats in place, then the data file (the commit)."""
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if self.tar is not None:
@@ -288,7 +287,7 @@ class _Shard:
         if self.table is not None:
             self.table.close()
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(self.rows), buf)
+        pq.write_table(_table(self.rows), buf)
         meta = f"{self.name}.parquet" if self.fmt == "webdataset" else f"{self.name}_meta.parquet"
         atomic_write_bytes(self.folder / meta, buf.getvalue(), fsync=False)
         stats = _stats(self.rows, self.bytes, self.started)
@@ -331,7 +330,7 @@ class _TableWriter:
 
         if not self.rows:
             return
-        table = pa.Table.from_pylist(self.rows)
+        table = _table(self.rows)
         self.rows = []
         if self.writer is None:
             fields = [
@@ -347,6 +346,39 @@ class _TableWriter:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _table(rows: list[dict[str, Any]]) -> Any:
+    """A pyarrow table of ``rows``; a column whose values have several types (a JSON lines
+    table's ``1`` and ``"high"``) is written as text (JSON for numbers, lists and objects)."""
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    kinds: dict[str, set[type]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if value is not None:
+                kind = (
+                    float
+                    if isinstance(value, int | float) and not isinstance(value, bool)
+                    else type(value)
+                )
+                kinds.setdefault(name, set()).add(kind)
+    mixed = {name for name, k in kinds.items() if len(k) > 1 or k & {list, dict}}
+    return pa.Table.from_pylist(
+        [{k: _text(v) if k in mixed else v for k, v in r.items()} for r in rows]
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    return json.dumps(value, default=str)
 
 
 def _conform(table: Any, schema: Any) -> Any:

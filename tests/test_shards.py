@@ -477,3 +477,20 @@ def test_parquet_table_into_files_output(tmp_path: Path, images: tuple[Images, s
     (bad,) = [r for r in recs.values() if r["status"] == "failed"]
     assert bad["error_type"] == "BadTableRow"
     assert "no URL in column 'link'" in bad["error"]
+
+
+def test_kept_columns_of_mixed_types(tmp_path: Path, images: tuple[Images, str]) -> None:
+    """A JSON lines column holding a number in one row and text in another is written as
+    text, for both formats, instead of failing the shard."""
+    _, base = images
+    table = tmp_path / "t.jsonl"
+    rows = [{"url": f"{base}/img/{i}.jpg", "score": v} for i, v in enumerate([1, "high", None])]
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for fmt in ("webdataset", "parquet"):
+        out = tmp_path / fmt
+        cfg = shard_config(out, table, output_format=fmt, caption_col=None, keep_columns="score")
+        assert run_process(cfg).exit_code == 0
+        meta = pq.read_table(
+            out / ("00000.parquet" if fmt == "webdataset" else "00000_meta.parquet")
+        )
+        assert Counter(meta.column("score").to_pylist()) == Counter(["1", "high", None])
