@@ -542,8 +542,22 @@ def _sample(
     record = {
         "shard": shard,
         "key": s["key"],
-        "original": {"width": width, "height": height, "format": res.original_format},
-        "output": {"width": enc.width, "height": enc.height, "format": enc.format},
+        "original": {
+            "width": width,
+            "height": height,
+            "mode": res.original_mode,
+            "format": res.original_format,
+        },
+        # as a files record lists them, without a path (the sample is in the shard)
+        "outputs": [
+            {
+                "size": enc.label,
+                "width": enc.width,
+                "height": enc.height,
+                "format": enc.format,
+                "bytes": len(enc.data),
+            }
+        ],
         "sha256": origin.get("sha256"),
         "download": download,
         "stats": res.stats,

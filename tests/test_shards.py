@@ -206,6 +206,9 @@ def test_parquet_table_to_webdataset_shards(tmp_path: Path, images: tuple[Images
         where = rec["result"] if rec["status"] == "ok" else rec["meta"]
         assert where["key"] == key
         assert where["shard"].endswith(".tar")
+    csv_rows = (out / "stats.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("key,status,width,height,mode,format,out_width")
+    assert sum(",ok,86,60,RGB,jpeg,64,45," in line for line in csv_rows) == 1  # /img/6.jpg
     assert {recs[r["key"]]["error_type"] for r in failed.values()} == set(BAD.values())
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
     # a second run downloads nothing again, writes no new shard
