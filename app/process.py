@@ -149,17 +149,14 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
     once, so the shard always fills (its values are small records, the image bytes are in the
     shard by then)."""
     from stages.download import make_session
-    from stages.shards import (
-        Packed,
+    from stages.samples import (
         Rejected,
         SampleFilters,
         SampleSource,
-        commit,
         download_sample,
-        open_shards,
-        pack,
         render_sample,
     )
+    from stages.shards import Packed, commit, open_shards, pack
 
     assert cfg.download is not None
     w, per_shard = cfg.workers, cfg.samples_per_shard
@@ -208,7 +205,7 @@ def _url_inputs(cfg: ProcessConfig) -> Iterator[Item | Record]:
     lists (and, for ``files``, CSV/JSON lists) as URLs keyed by themselves."""
     for path in cfg.urls:
         if cfg.output_format != "files":
-            from stages.shards import sample_inputs
+            from stages.samples import sample_inputs
 
             yield from sample_inputs(
                 [path], url_col=cfg.url_col, caption_col=cfg.caption_col, keep=cfg.keep_columns
@@ -225,7 +222,7 @@ def _table_urls(cfg: ProcessConfig, path: str) -> Iterator[Item | Record]:
     """A table's rows as URL items for the ``files`` output (keyed by URL, as URL lists)."""
     from stages.download import url_to_relpath
     from stages.fetching import UrlSource
-    from stages.shards import sample_inputs
+    from stages.samples import sample_inputs
 
     rows = sample_inputs(
         [path], url_col=cfg.url_col, caption_col=cfg.caption_col, keep=cfg.keep_columns

@@ -1,8 +1,8 @@
 """Training-set outputs: WebDataset tar shards, each with a metadata table and a stats file.
 
-Data flow (``process --output-format webdataset``)::
+Data flow (``process --output-format webdataset``; the first three in :mod:`stages.samples`)::
 
-    sample_inputs (table rows, lazily) ─▶ download_sample (async) ─▶ render_sample (process)
+    sample_inputs (rows, lazily) ─▶ download_sample (async) ─▶ render_sample (process)
         ─▶ pack (async, one worker: owns the open shard) ─▶ commit (async, waits for the shard)
 
 * Every input that reaches ``pack`` is one row of its shard's metadata table: a sample
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -57,179 +56,30 @@ import tarfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from pipeline import AtomicFile, atomic_write_bytes
 
-from pipeline import AtomicFile, Item, Record, RemoteError, Skip, Status, atomic_write_bytes
-
-from .download import DownloadConfig, DownloadError, fetch, noai
-from .files import Loaded
-from .options import ImageError, ResizeOptions
-from .tables_in import iter_table
-from .thumbs import Rendered, render
+from .parquet_rows import RowGroupWriter, rows_table
+from .samples import Rejected
+from .thumbs import Rendered
 
 __all__ = [
     "Packed",
-    "Rejected",
-    "SampleFilters",
-    "SampleSource",
+    "ShardIndex",
     "ShardWriter",
     "commit",
-    "download_sample",
+    "open_shards",
     "pack",
-    "render_sample",
-    "sample_inputs",
     "shard_done",
 ]
 
 _SHARD_NAME = re.compile(r"^(\d{5,})\.(tar|parquet)$")
 _DATA_NAME = re.compile(r"^[0-9a-f]*-?\d{5,}\.(tar|parquet)$")  # what a record may name
 _EXTENSION = {"webdataset": "tar", "parquet": "parquet"}
-_ROW_DIGITS = 9  # keys as img2dataset's: 9 digits (its shard id + index in shard)
-
-
-@dataclass(frozen=True, slots=True)
-class SampleSource:
-    """A table row on its way to the download stage."""
-
-    url: str
-    key: str
-    caption: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self) -> dict[str, Any]:
-        return {"key": self.key, "url": self.url, "caption": self.caption, "extra": self.extra}
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """An input that will be no sample: its status (failed or skipped), where and why."""
-
-    sample: dict[str, Any]
-    status: str
-    stage: str
-    error_type: str
-    message: str
-    http_status: int | None = None
-
-    def error(self) -> BaseException:
-        """What ``commit`` raises, so that the record reads as if the stage had raised it."""
-        if self.status == "skipped":
-            return Skip(self.message)
-        return RemoteError(self.error_type, self.message)
-
-
-def sample_inputs(
-    tables: Sequence[str],
-    *,
-    url_col: str = "url",
-    caption_col: str | None = None,
-    keep: Sequence[str] = (),
-) -> Iterator[Item | Record]:
-    """One item per table row, keyed by its row number (``000000042``; with several tables
-    ``1_000000042`` for the second): stable from one run to the next. A row without a URL is a
-    ``failed`` record."""
-    for t, path in enumerate(tables):
-        prefix = f"{t}_" if t else ""
-        for row in iter_table(path, url_col=url_col, caption_col=caption_col, keep=keep):
-            key = f"{prefix}{row.row:0{_ROW_DIGITS}d}"
-            where = f"{path}:{row.row}"
-            if row.error is not None:
-                yield Record(
-                    key=key,
-                    status=Status.FAILED,
-                    source=where,
-                    stage="sources",
-                    error_type="BadTableRow",
-                    error=f"{row.error}: {row.url!r}"[:2048],
-                    attempts=1,
-                    meta={"url": row.url},
-                )
-                continue
-            value = SampleSource(row.url, key, row.caption, row.extra)
-            yield Item(key=key, value=value, source=where, meta={"url": row.url})
-
-
-async def download_sample(
-    value: SampleSource, config: DownloadConfig, *, session: aiohttp.ClientSession
-) -> Loaded | Rejected:
-    """A row's image bytes, with the row and the download in ``origin``; a download error is a
-    :class:`Rejected` value (it goes into the shard's metadata)."""
-    try:
-        got = await fetch(session, value.url, config)
-    except DownloadError as exc:
-        return Rejected(
-            value.describe(), "failed", "download", type(exc).__name__, str(exc), exc.status
-        )
-    directive = noai(got.robots) if config.respect_noai else None
-    if directive is not None:
-        why = f"X-Robots-Tag: {directive} (the site opts out of AI use; --ignore-noai)"
-        return Rejected(value.describe(), "skipped", "download", "Skip", why, got.status)
-    data = bytes(got.data)
-    origin = {
-        "sample": value.describe(),
-        "download": {
-            "final_url": got.final_url,
-            "http_status": got.status,
-            "content_type": got.content_type,
-            "attempts": got.attempts,
-            "bytes": len(data),
-        },
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-    return Loaded(value.key, data, origin)
-
-
-@dataclass(frozen=True, slots=True)
-class SampleFilters:
-    """Images left out of a training set (skipped with the reason): a smaller side below
-    ``min_side`` pixels, a longer side over ``max_ratio`` times the shorter (None: any)."""
-
-    min_side: int = 0
-    max_ratio: float | None = None
-
-    def why_not(self, width: int, height: int) -> str | None:
-        short, long = min(width, height), max(width, height)
-        if short < self.min_side:
-            return f"image {width}x{height} is smaller than --min-image-size {self.min_side}"
-        if self.max_ratio is not None and long > self.max_ratio * max(short, 1):
-            ratio = long / max(short, 1)
-            return f"image {width}x{height}: aspect ratio {ratio:.2f} over {self.max_ratio:g}"
-        return None
-
-
-def render_sample(
-    value: Loaded, options: ResizeOptions, filters: SampleFilters | None = None
-) -> Rendered | Rejected:
-    """Decode and resize (a process worker); an image error, or an image the filters leave out
-    (checked on the header's size, before decoding), is a :class:`Rejected` value."""
-    origin = value.origin or {}
-    status = origin.get("download", {}).get("http_status")
-    if filters is not None and (filters.min_side or filters.max_ratio is not None):
-        why = filters.why_not(*_header_size(bytes(value.data)))
-        if why is not None:
-            return Rejected(origin.get("sample", {}), "skipped", "resize", "Skip", why, status)
-    try:
-        return render(value, options)
-    except ImageError as exc:
-        return Rejected(
-            origin.get("sample", {}), "failed", "resize", type(exc).__name__, str(exc), status
-        )
-
-
-def _header_size(data: bytes) -> tuple[int, int]:
-    """The size an image's header declares (huge for what is not an image: the decode says why)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        return (10**9, 10**9)  # not for the filters to judge: the decode fails it
 
 
 @dataclass(slots=True)
@@ -254,12 +104,12 @@ class _Shard:
         self.data_name = f"{self.name}.tar" if fmt == "webdataset" else f"{self.name}.parquet"
         self.file = AtomicFile(folder / self.data_name, fsync=False)
         self.tar: tarfile.TarFile | None = None
-        self.table: _TableWriter | None = None
+        self.table: RowGroupWriter | None = None
         if fmt == "webdataset":
             # closed by finish() or discard(), which own the shard for its lifetime
             self.tar = tarfile.open(fileobj=self.file.file, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         else:
-            self.table = _TableWriter(self.file.file)
+            self.table = RowGroupWriter(self.file.file)
         self.rows: list[dict[str, Any]] = []
         self.bytes = 0
         self.started = time.time()
@@ -287,7 +137,7 @@ class _Shard:
         if self.table is not None:
             self.table.close()
         buf = io.BytesIO()
-        pq.write_table(_table(self.rows), buf)
+        pq.write_table(rows_table(self.rows), buf)
         meta = f"{self.name}.parquet" if self.fmt == "webdataset" else f"{self.name}_meta.parquet"
         atomic_write_bytes(self.folder / meta, buf.getvalue(), fsync=False)
         stats = _stats(self.rows, self.bytes, self.started)
@@ -305,102 +155,6 @@ class _Shard:
 
 
 #: Samples per row group of a Parquet shard: 256 images of a few tens of KB, a few MB.
-ROW_GROUP = 256
-
-
-class _TableWriter:
-    """A Parquet file written a row group at a time. Its schema is the first group's (a
-    column that is all null there is text); a later group's column of another type is cast to
-    it, or else written as text."""
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-        self.rows: list[dict[str, Any]] = []
-        self.writer: Any = None
-        self.schema: Any = None
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= ROW_GROUP:
-            self.flush()
-
-    def flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self.rows:
-            return
-        table = _table(self.rows)
-        self.rows = []
-        if self.writer is None:
-            fields = [
-                pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
-                for f in table.schema
-            ]
-            self.schema = pa.schema(fields)
-            self.writer = pq.ParquetWriter(self.sink, self.schema)
-        self.writer.write_table(_conform(table, self.schema))
-
-    def close(self) -> None:
-        self.flush()
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-def _table(rows: list[dict[str, Any]]) -> Any:
-    """A pyarrow table of ``rows``; a column whose values have several types (a JSON lines
-    table's ``1`` and ``"high"``) is written as text (JSON for numbers, lists and objects)."""
-    import pyarrow as pa
-
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
-    kinds: dict[str, set[type]] = {}
-    for row in rows:
-        for name, value in row.items():
-            if value is not None:
-                kind = (
-                    float
-                    if isinstance(value, int | float) and not isinstance(value, bool)
-                    else type(value)
-                )
-                kinds.setdefault(name, set()).add(kind)
-    mixed = {name for name, k in kinds.items() if len(k) > 1 or k & {list, dict}}
-    return pa.Table.from_pylist(
-        [{k: _text(v) if k in mixed else v for k, v in r.items()} for r in rows]
-    )
-
-
-def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.hex()
-    return json.dumps(value, default=str)
-
-
-def _conform(table: Any, schema: Any) -> Any:
-    """``table`` with the columns of ``schema`` (missing ones null, others cast or as text)."""
-    import pyarrow as pa
-
-    columns = []
-    for f in schema:
-        if f.name not in table.column_names:
-            columns.append(pa.nulls(len(table), f.type))
-            continue
-        col = table[f.name]
-        if col.type != f.type:
-            try:
-                col = col.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                if not pa.types.is_string(f.type):
-                    what = f"column {f.name!r}: {col.type} values in a {f.type} column"
-                    raise ValueError(what) from exc
-                col = pa.array([None if v is None else str(v) for v in col.to_pylist()], f.type)
-        columns.append(col)
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _stats(rows: Sequence[dict[str, Any]], size: int, started: float) -> dict[str, Any]:
