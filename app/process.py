@@ -143,23 +143,13 @@ def _write_stage(cfg: ProcessConfig) -> Stage:
 
 
 def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
-    """Rows to shards (:mod:`stages.shards`): download, resize, then ``write`` (one coroutine
-    owns the open shard) and ``commit``, where each input waits until its shard is renamed.
-    ``commit`` has a worker per input of a shard: every input of the open shard can wait at
-    once, so the shard always fills (its values are small records, the image bytes are in the
-    shard by then)."""
+    """Rows to shards (:mod:`stages.samples`, :mod:`stages.shards`): download and resize,
+    which turn a bad input into a ``Rejected`` value, then the shard stages."""
     from stages.download import make_session
-    from stages.samples import (
-        Rejected,
-        SampleFilters,
-        SampleSource,
-        download_sample,
-        render_sample,
-    )
-    from stages.shards import Packed, commit, open_shards, pack
+    from stages.samples import SampleFilters, SampleSource, download_sample, render_sample
 
     assert cfg.download is not None
-    w, per_shard = cfg.workers, cfg.samples_per_shard
+    w = cfg.workers
     return [
         stage(
             download_sample,
@@ -184,6 +174,23 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
             timeout=cfg.timeout,
             max_batch=4,
         ),
+        *_writing_shards(cfg),
+    ]
+
+
+def _writing_shards(cfg: ProcessConfig) -> list[Stage]:
+    """``write`` (one coroutine owns the open shard) and ``commit``, where each input waits
+    until its shard is renamed. ``commit`` has a worker per input of a shard: every input of
+    the open shard can wait at once, so the shard always fills (its values are small records,
+    the image bytes are in the shard by then)."""
+    from stages.samples import Rejected
+    from stages.shards import Packed, commit, open_shards, pack
+
+    per_shard = cfg.samples_per_shard
+    opener = functools.partial(
+        open_shards, str(cfg.output), per_shard, cfg.output_format, cfg.backend == "dask"
+    )
+    return [
         stage(
             pack,
             kind="async",
@@ -191,9 +198,7 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
             accepts=(Rendered, Rejected),
             workers=1,
             capacity=32,
-            context=functools.partial(
-                open_shards, str(cfg.output), per_shard, cfg.output_format, cfg.backend == "dask"
-            ),
+            context=opener,
             context_arg="shards",
         ),
         stage(commit, kind="async", name="commit", accepts=Packed, workers=per_shard + 1),

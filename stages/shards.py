@@ -293,9 +293,18 @@ def _sample(
     data_row = {**doc, "image": enc.data, "stats": json.dumps(res.stats, default=str)}
     for name in ("shard", "status"):
         data_row.pop(name)
-    record = {
+    record = _record(value, shard)
+    return str(s["key"]), _Sample(files, data_row), row, record
+
+
+def _record(value: Rendered, shard: str) -> dict[str, Any]:
+    """The record value of a sample: where it is, and what it is (as a files record)."""
+    origin = value.origin or {}
+    res, enc = value.result, value.result.outputs[0]
+    width, height = res.original_size
+    return {
         "shard": shard,
-        "key": s["key"],
+        "key": origin.get("sample", {}).get("key"),
         "original": {
             "width": width,
             "height": height,
@@ -313,10 +322,9 @@ def _sample(
             }
         ],
         "sha256": origin.get("sha256"),
-        "download": download,
+        "download": origin.get("download", {}),
         "stats": res.stats,
     }
-    return str(s["key"]), _Sample(files, data_row), row, record
 
 
 def _row(
