@@ -497,3 +497,14 @@ def test_kept_columns_of_mixed_types(tmp_path: Path, images: tuple[Images, str])
             out / ("00000.parquet" if fmt == "webdataset" else "00000_meta.parquet")
         )
         assert Counter(meta.column("score").to_pylist()) == Counter(["1", "high", None])
+
+
+def test_plain_url_list_to_shards(tmp_path: Path, images: tuple[Images, str]) -> None:
+    _, base = images
+    urls = tmp_path / "list.txt"
+    urls.write_text(f"# a list\n{base}/img/1.jpg\n\n{base}/img/2.jpg\n{base}/missing.jpg\n")
+    out = tmp_path / "out"
+    cfg = shard_config(out, urls, caption_col=None, keep_columns=[])
+    assert run_process(cfg).exit_code == 1
+    assert sorted(s["__key__"] for s in read_samples(out)) == ["000000000", "000000001"]
+    assert [r["status"] for r in metadata_rows(out) if r["key"] == "000000002"] == ["failed"]
