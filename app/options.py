@@ -179,6 +179,10 @@ class Number(Kind[float]):
     what = "seconds, > 0"
     metavar = "SECONDS"
 
+    def __init__(self, *, what: str | None = None) -> None:
+        if what is not None:  # a number that is not seconds: "a number > 0"
+            self.what = what
+
     def from_text(self, text: str) -> float:
         try:
             value = float(text.strip())
@@ -359,8 +363,9 @@ class Color(Kind[tuple[int, int, int]]):
 class Needs:
     """Where an option does something: only when the option named ``option`` (a field name)
     has ``value``, or, without a value, when any of ``options`` is given (has a value other
-    than its default: a list that is not empty). ``Needs("backend", value="dask")``,
-    ``Needs("include", "exclude")``."""
+    than its default: a list that is not empty). ``value`` may be a tuple: any of its values.
+    ``Needs("backend", value="dask")``, ``Needs("include", "exclude")``,
+    ``Needs("output_format", value=("webdataset", "parquet"))``."""
 
     def __init__(self, *options: str, value: object = None) -> None:
         if not options or (value is not None and len(options) > 1):
@@ -370,12 +375,16 @@ class Needs:
     def holds(self, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
         """Whether the options ``values`` (by field name, else ``defaults``) meet the need."""
         got = [values.get(o, defaults[o]) for o in self.options]
+        if isinstance(self.value, tuple):
+            return got[0] in self.value
         if self.value is not None:
             return bool(got[0] == self.value)
         return any(v != defaults[o] for o, v in zip(self.options, got, strict=True))
 
     def __str__(self) -> str:
         flags = " or ".join("--" + o.replace("_", "-") for o in self.options)
+        if isinstance(self.value, tuple):
+            return f"{flags} " + " or ".join(map(str, self.value))
         return flags if self.value is None else f"{flags} {self.value}"
 
 

@@ -96,6 +96,30 @@ EXAMPLES: dict[str, tuple[list[str], str]] = {
         ["--backend", "dask", "--shard-size", "8"],
         'backend = "dask"\nshard-size = 8',
     ),
+    "url_col": ([*_URLS_FLAGS, "--url-col", "link"], _URLS_LINE + 'url-col = "link"'),
+    "caption_col": ([*_URLS_FLAGS, "--caption-col", "text"], _URLS_LINE + 'caption-col = "text"'),
+    "keep_columns": (
+        [*_URLS_FLAGS, "--keep-columns", "a,b"],
+        _URLS_LINE + 'keep-columns = ["a", "b"]',
+    ),
+    # shards take URL inputs only: this example has no input folder (see the test)
+    "output_format": (
+        ["--urls", "{urls}", "--output-format", "webdataset"],
+        'urls = "{urls}"\noutput-format = "webdataset"',
+    ),
+    "samples_per_shard": (
+        ["--urls", "{urls}", "--output-format", "webdataset", "--samples-per-shard", "100"],
+        'urls = "{urls}"\noutput-format = "webdataset"\nsamples-per-shard = 100',
+    ),
+    "min_image_size": (
+        ["--urls", "{urls}", "--output-format", "parquet", "--min-image-size", "64"],
+        'urls = "{urls}"\noutput-format = "parquet"\nmin-image-size = 64',
+    ),
+    "max_aspect_ratio": (
+        ["--urls", "{urls}", "--output-format", "parquet", "--max-aspect-ratio", "2.5"],
+        'urls = "{urls}"\noutput-format = "parquet"\nmax-aspect-ratio = 2.5',
+    ),
+    "ignore_noai": ([*_URLS_FLAGS, "--ignore-noai"], _URLS_LINE + "ignore-noai = true"),
 }
 
 
@@ -130,8 +154,15 @@ def test_every_option_has_an_example() -> None:
 def test_a_flag_and_a_file_key_give_the_same_config(name: str, tmp: Path) -> None:
     flags = [_fill(f, tmp) for f in EXAMPLES[name][0]]
     lines = _fill(EXAMPLES[name][1], tmp)
-    base_flags = [] if name == "inputs" else [str(IMAGES)]
-    base_lines = "" if name == "inputs" else f'inputs = ["{IMAGES}"]\n'
+    alone = name in (
+        "inputs",
+        "output_format",
+        "samples_per_shard",
+        "min_image_size",
+        "max_aspect_ratio",
+    )
+    base_flags = [] if alone else [str(IMAGES)]
+    base_lines = "" if alone else f'inputs = ["{IMAGES}"]\n'
     if name != "output":
         base_flags += ["--output", str(tmp / "out")]
         base_lines += f'output = "{tmp / "out"}"\n'
@@ -361,6 +392,14 @@ def test_the_example_config_runs(tmp_path: Path) -> None:
         (["--no-allow-private-hosts"], "--allow-private-hosts does nothing without --urls"),
         (["--user-agent", "me/1"], "--user-agent does nothing without --urls"),
         (["--case-sensitive-globs"], "does nothing without --include or --exclude"),
+        (["--url-col", "link"], "--url-col does nothing without --urls"),
+        (["--ignore-noai"], "--ignore-noai does nothing without --urls"),
+        (
+            ["--samples-per-shard", "9"],
+            "does nothing without --output-format webdataset or parquet",
+        ),
+        (["--min-image-size", "64"], "does nothing without --output-format webdataset or parquet"),
+        (["--max-aspect-ratio", "2"], "does nothing without --output-format webdataset or parquet"),
     ],
 )
 def test_a_flag_that_does_nothing_here_is_a_usage_error(flags: list[str], message: str) -> None:

@@ -1,0 +1,401 @@
+"""Training-set outputs: WebDataset tar shards, each with a metadata table and a stats file.
+
+Data flow (``process --output-format webdataset``; the first three in :mod:`stages.samples`)::
+
+    sample_inputs (rows, lazily) ─▶ download_sample (async) ─▶ render_sample (process)
+        ─▶ pack (async, one worker: owns the open shard) ─▶ commit (async, waits for the shard)
+
+* Every input that reaches ``pack`` is one row of its shard's metadata table: a sample
+  (``Rendered``) or a :class:`Rejected` input (a download error, an image that does not decode,
+  a filter's skip). ``download_sample`` and ``render_sample`` return a :class:`Rejected` value
+  for those instead of raising, so that the shard sees them; ``commit`` raises them again, so
+  the manifest still says ``failed`` / ``skipped`` with the original error type.
+* A shard holds ``samples_per_shard`` inputs (failed ones included, as img2dataset's
+  ``number_sample_per_shard``). It is written under a temporary name beside its final one
+  (:class:`pipeline.AtomicFile`) and renamed when full, or when the stream ends (the ``pack``
+  stage's context closes the last one). Its metadata table and stats file are put in place
+  first, the tar last: the tar's name is the commit.
+* ``commit`` returns an input's record value only once its shard is renamed: a record says
+  ``ok`` only for a sample that sits in a complete shard. After Ctrl-C (or a crash) the inputs
+  of the open shard are ``cancelled`` (its temporary file is removed) and the next run redoes
+  them. Resume trusts an ``ok`` record only while its shard exists (:func:`shard_done`).
+* Shard numbers go on after the highest shard in the folder, so a resumed run never writes
+  over a shard and no input is in two shards.
+
+Names in the output folder, ``--output-format webdataset``: ``00000.tar`` (samples
+``KEY.jpg``/``.png``/``.webp``, ``KEY.json``, ``KEY.txt`` when there is a caption; keys are
+digits only: the WebDataset ``__key__``), ``00000.parquet`` (the metadata table: one row per
+input of the shard, failed ones with their status, error type and reason) and
+``00000_stats.json`` (counts by status and by error class, bytes, time), as img2dataset names
+them. ``--output-format parquet``: ``00000.parquet`` (one row per sample: key, image bytes,
+width, height, format, caption, url, sha256, original size, HTTP status, the kept columns,
+statistics as JSON text), and beside it ``00000_meta.parquet`` (the metadata table; a distinct
+name, since the data shard takes the plain one) and ``00000_stats.json``. Kept columns take the
+names they have in the table; a kept column named like one of the fields above is overwritten by
+that field.
+
+With ``--backend dask`` every task runs the stages on its worker, so each task's ``write``
+stage writes its own shards, named ``<token>-00000.tar`` (a random token per task: tasks run at
+once and never pick one name); the driver receives records only, never image bytes. A worker
+that dies after renaming a shard leaves that shard behind when Dask retries its task: the
+retry writes those samples again, and the manifest names the shard that counts.
+
+Inputs that fail in the engine itself (a worker crash, a per-item timeout) never reach the
+shard: they are in the manifest only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import re
+import tarfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import AtomicFile, atomic_write_bytes
+
+from .parquet_rows import RowGroupWriter, rows_table
+from .samples import Rejected
+from .thumbs import Rendered
+
+__all__ = [
+    "Packed",
+    "ShardIndex",
+    "ShardWriter",
+    "commit",
+    "open_shards",
+    "pack",
+    "shard_done",
+]
+
+_SHARD_NAME = re.compile(r"^(\d{5,})\.(tar|parquet)$")
+_DATA_NAME = re.compile(r"^[0-9a-f]*-?\d{5,}\.(tar|parquet)$")  # what a record may name
+_EXTENSION = {"webdataset": "tar", "parquet": "parquet"}
+
+
+@dataclass(slots=True)
+class Packed:
+    """An input written into the open shard: its record value, and the shard's commit."""
+
+    record: dict[str, Any]
+    committed: asyncio.Future[None] = field(repr=False)
+    rejected: Rejected | None = None
+
+
+class _Shard:
+    """One open shard: the data file being written and the metadata rows of its inputs.
+
+    ``webdataset``: a tar of the samples' files; ``parquet``: a Parquet file of one row per
+    sample, written a row group (:data:`ROW_GROUP`) at a time."""
+
+    def __init__(self, folder: Path, name: str, fmt: str) -> None:
+        self.name = name
+        self.fmt = fmt
+        self.folder = folder
+        self.data_name = f"{self.name}.tar" if fmt == "webdataset" else f"{self.name}.parquet"
+        self.file = AtomicFile(folder / self.data_name, fsync=False)
+        self.tar: tarfile.TarFile | None = None
+        self.table: RowGroupWriter | None = None
+        if fmt == "webdataset":
+            # closed by finish() or discard(), which own the shard for its lifetime
+            self.tar = tarfile.open(fileobj=self.file.file, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        else:
+            self.table = RowGroupWriter(self.file.file)
+        self.rows: list[dict[str, Any]] = []
+        self.bytes = 0
+        self.started = time.time()
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def add(self, key: str, sample: _Sample | None, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if sample is None:
+            return
+        if self.tar is not None:
+            for ext, data in sample.files:
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), int(self.started), 0o644
+                self.tar.addfile(info, io.BytesIO(data))
+        elif self.table is not None:
+            self.table.add(sample.row)
+        self.bytes += len(sample.files[0][1])
+
+    def finish(self) -> None:
+        """Metadata table and stats in place, then the data file (the commit)."""
+        import pyarrow.parquet as pq
+
+        if self.tar is not None:
+            self.tar.close()
+        if self.table is not None:
+            self.table.close()
+        buf = io.BytesIO()
+        pq.write_table(rows_table(self.rows), buf)
+        meta = f"{self.name}.parquet" if self.fmt == "webdataset" else f"{self.name}_meta.parquet"
+        atomic_write_bytes(self.folder / meta, buf.getvalue(), fsync=False)
+        stats = _stats(self.rows, self.bytes, self.started)
+        text = json.dumps({"shard": self.data_name, **stats}, indent=2)
+        atomic_write_bytes(self.folder / f"{self.name}_stats.json", text.encode(), fsync=False)
+        self.file.commit()
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):  # the file goes whatever state its writer is in
+            if self.tar is not None:
+                self.tar.close()
+            if self.table is not None:
+                self.table.close()
+        self.file.discard()
+
+
+#: Samples per row group of a Parquet shard: 256 images of a few tens of KB, a few MB.
+
+
+def _stats(rows: Sequence[dict[str, Any]], size: int, started: float) -> dict[str, Any]:
+    ended = time.time()
+    statuses = Counter(r["status"] for r in rows)
+    errors = Counter(r["error_type"] for r in rows if r["error_type"])
+    return {
+        "count": len(rows),
+        "successes": statuses.get("ok", 0),
+        "failed": statuses.get("failed", 0),
+        "skipped": statuses.get("skipped", 0),
+        "status_dict": dict(statuses),
+        "error_classes": dict(errors),
+        "bytes": size,
+        "start_time": started,
+        "end_time": ended,
+        "duration": round(ended - started, 3),
+    }
+
+
+class ShardWriter:
+    """The open shard of a run (the ``pack`` stage's context): rolls every ``per_shard``
+    inputs; on the stage's end commits the last one, on an error or Ctrl-C discards it."""
+
+    def __init__(
+        self, folder: str, per_shard: int, fmt: str = "webdataset", *, unique: bool = False
+    ) -> None:
+        self.folder = Path(folder)
+        self.per_shard = per_shard
+        self.fmt = fmt
+        # several writers at once (one per Dask task): numbers from 0 after a token of this
+        # writer's own, so that no two writers ever pick one name
+        self.prefix = f"{uuid.uuid4().hex[:12]}-" if unique else ""
+        self.next = 0 if unique else _next_number(self.folder, _EXTENSION[fmt])
+        self.open: _Shard | None = None
+
+    async def __aenter__(self) -> ShardWriter:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        shard, self.open = self.open, None
+        if shard is None:
+            return
+        if exc_type is None:
+            await self._finish(shard)
+        else:
+            shard.discard()
+            shard.committed.cancel()
+
+    async def add(self, value: Rendered | Rejected) -> Packed:
+        if self.open is None:
+            self.open = _Shard(self.folder, f"{self.prefix}{self.next:05d}", self.fmt)
+            self.next += 1
+        shard = self.open
+        key, sample, row, record = _sample(value, shard.data_name)
+        await asyncio.to_thread(shard.add, key, sample, row)
+        packed = Packed(record, shard.committed, value if isinstance(value, Rejected) else None)
+        if len(shard.rows) >= self.per_shard:
+            self.open = None
+            await self._finish(shard)
+        return packed
+
+    async def _finish(self, shard: _Shard) -> None:
+        try:
+            await asyncio.to_thread(shard.finish)
+        except BaseException as exc:
+            shard.discard()
+            if not shard.committed.done():
+                shard.committed.set_exception(exc)
+            raise
+        shard.committed.set_result(None)
+
+
+def _next_number(folder: Path, ext: str) -> int:
+    """One more than the highest shard number in ``folder`` (0 in a new one)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    matches = (_SHARD_NAME.match(n) for n in names)
+    numbers = [int(m.group(1)) for m in matches if m and m.group(2) == ext]
+    return max(numbers, default=-1) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """A sample as a tar holds it (``files``: extension, bytes; the image first) and as a row of
+    a Parquet shard."""
+
+    files: list[tuple[str, bytes]]
+    row: dict[str, Any]
+
+
+def _sample(
+    value: Rendered | Rejected, shard: str
+) -> tuple[str, _Sample | None, dict[str, Any], dict[str, Any]]:
+    """(key, the sample, its metadata row, its record value)."""
+    if isinstance(value, Rejected):
+        s = value.sample
+        row = _row(s, value.status, value.error_type, value.message, value.http_status)
+        return str(s.get("key")), None, row, {"shard": shard, "key": s.get("key")}
+    origin = value.origin or {}
+    s, download = origin.get("sample", {}), origin.get("download", {})
+    res = value.result
+    enc = res.outputs[0]
+    width, height = res.original_size
+    row = _row(s, "ok", None, None, download.get("http_status"))
+    row.update(
+        width=enc.width,
+        height=enc.height,
+        original_width=width,
+        original_height=height,
+        format=enc.format,
+        sha256=origin.get("sha256"),
+    )
+    doc = {
+        **{k: v for k, v in s.get("extra", {}).items()},
+        "key": s["key"],
+        "url": s["url"],
+        "caption": s.get("caption"),
+        "shard": shard,
+        "status": "ok",
+        "width": enc.width,
+        "height": enc.height,
+        "original_width": width,
+        "original_height": height,
+        "format": enc.format,
+        "sha256": origin.get("sha256"),
+        "http_status": download.get("http_status"),
+        "stats": res.stats,
+    }
+    files = [(enc.ext.lstrip("."), enc.data), ("json", json.dumps(doc, default=str).encode())]
+    if s.get("caption") is not None:
+        files.append(("txt", str(s["caption"]).encode()))
+    data_row = {**doc, "image": enc.data, "stats": json.dumps(res.stats, default=str)}
+    for name in ("shard", "status"):
+        data_row.pop(name)
+    record = _record(value, shard)
+    return str(s["key"]), _Sample(files, data_row), row, record
+
+
+def _record(value: Rendered, shard: str) -> dict[str, Any]:
+    """The record value of a sample: where it is, and what it is (as a files record)."""
+    origin = value.origin or {}
+    res, enc = value.result, value.result.outputs[0]
+    width, height = res.original_size
+    return {
+        "shard": shard,
+        "key": origin.get("sample", {}).get("key"),
+        "original": {
+            "width": width,
+            "height": height,
+            "mode": res.original_mode,
+            "format": res.original_format,
+        },
+        # as a files record lists them, without a path (the sample is in the shard)
+        "outputs": [
+            {
+                "size": enc.label,
+                "width": enc.width,
+                "height": enc.height,
+                "format": enc.format,
+                "bytes": len(enc.data),
+            }
+        ],
+        "sha256": origin.get("sha256"),
+        "download": origin.get("download", {}),
+        "stats": res.stats,
+    }
+
+
+def _row(
+    s: dict[str, Any],
+    status: str,
+    error_type: str | None,
+    message: str | None,
+    http_status: int | None,
+) -> dict[str, Any]:
+    return {
+        **s.get("extra", {}),
+        "key": s.get("key"),
+        "url": s.get("url"),
+        "caption": s.get("caption"),
+        "status": status,
+        "error_type": error_type,
+        "error_message": message,
+        "http_status": http_status,
+        "width": None,
+        "height": None,
+        "original_width": None,
+        "original_height": None,
+        "format": None,
+        "sha256": None,
+    }
+
+
+async def pack(value: Rendered | Rejected, *, shards: ShardWriter) -> Packed:
+    """Write an input into the open shard (a sample, or a metadata row for a rejected one)."""
+    return await shards.add(value)
+
+
+async def commit(value: Packed) -> dict[str, Any]:
+    """Wait until the input's shard is renamed; its record value (or its error raised)."""
+    await asyncio.shield(value.committed)
+    rejected = value.rejected
+    if rejected is not None:
+        exc = rejected.error()
+        # the engine adds an exception's ``details`` to the record's meta: where its row is
+        status = {"http_status": rejected.http_status} if rejected.http_status else {}
+        exc.details = {**value.record, "failed_in": rejected.stage, **status}  # type: ignore[attr-defined]
+        raise exc
+    return value.record
+
+
+@contextlib.asynccontextmanager
+async def open_shards(
+    folder: str, per_shard: int, fmt: str, unique: bool = False
+) -> AsyncIterator[ShardWriter]:
+    """The ``pack`` stage's context (a factory for ``stage(..., context=...)``); ``unique``:
+    shard names of this writer's own (see :class:`ShardWriter`)."""
+    async with ShardWriter(folder, per_shard, fmt, unique=unique) as writer:
+        yield writer
+
+
+class ShardIndex:
+    """Resume: whether the shard an ``ok`` record names is there (one ``stat`` per shard)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.seen: dict[str, bool] = {}
+
+    def __call__(self, value: Any) -> bool:
+        shard = value.get("shard") if isinstance(value, dict) else None
+        if not isinstance(shard, str) or not _DATA_NAME.match(shard):
+            return False
+        if shard not in self.seen:
+            self.seen[shard] = (self.folder / shard).is_file()
+        return self.seen[shard]
+
+
+def shard_done(folder: Path) -> ShardIndex:
+    """The ``is_done`` test of a shard run's records (see :class:`ShardIndex`)."""
+    return ShardIndex(folder)
