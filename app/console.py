@@ -4,19 +4,26 @@ The end-of-run summary goes to stderr (stdout stays free for a command's own out
 ``profile`` command's stage table and the ``failures`` command's list go to stdout, since they
 are those commands' results.
 
-The end of a ``process`` run reads, outcome first::
+The end of a ``process`` run reads, outcome first (the README's "Your first run" shows it
+whole, and a test compares)::
 
-    done: 14 inputs in 0.61 s (23.0 inputs/s): ok 12, reused 0, failed 2
+    done: 36 input(s) in 0.39 s (93.1 inputs/s): ok 18, reused 14, failed 2, skipped 2
+    reused: 14 done by an earlier run and unchanged: not processed again (--force redoes them)
     failed: 2
-      edge/truncated.jpg: TruncatedImage in resize: image file is truncated
-      ...                                   (at most 20; then "… and N more: <command>")
+      edge/truncated.jpg: TruncatedImage in resize: truncated image data: ...
+      edge/bomb.png: DecompressionBomb in resize: Image size (900000000 pixels) ...
       all of them, with whole messages: .venv/bin/python -m pipeline failures out
-    report:   out/report.html
-    manifest: out/manifest.jsonl
-    ...
-    <the stage table>
-    bottleneck: <its verdict>
+    skipped: 2 not processed; why: .venv/bin/python -m pipeline failures out --status skipped
+    images:   out/512/  (one per size, mirroring the input folders)
+    report:   out/report.html  (open it in a browser)
+    manifest: out/manifest.jsonl  (one line per input)
+    also:     stats.csv, stats.parquet, data_stats.csv, summary.json (in the same folder)
 
+    <the stage table>
+    bottleneck: <the bottleneck's verdict; every stage's is in report.html>
+
+At most 20 failures are listed (:class:`~app.collectors.FailureList` keeps them), then
+``… and N more: <command>``.
 Every name and message is printed with :func:`pipeline.printable` (undecodable bytes and
 control characters as ``\\xNN``): one line per input, whatever its file name holds.
 ``--quiet`` prints nothing after a run, except one line when inputs failed.
@@ -25,6 +32,7 @@ control characters as ``\\xNN``): one line per input, whatever its file name hol
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -55,6 +63,8 @@ LISTED = ("failed", "skipped", "cancelled")
 MESSAGE_WIDTH = 160
 #: files of the output folder named on the summary when they are there
 TABLES = ("stats.csv", "stats.parquet", "data_stats.csv", "summary.json")
+#: the output folders of the images: one per ``--size`` (``512``, ``640x480``, ``640x``, ``x480``)
+SIZE_FOLDER = re.compile(r"\d+|\d+x\d*|x\d+")
 
 
 def print_summary(result: RunResult, *, quiet: bool, elapsed: float | None = None) -> None:
@@ -149,6 +159,10 @@ def _failures(result: RunResult, cmd: str | None) -> list[str]:
 
 def _files(output: Path) -> list[str]:
     lines = []
+    sizes = sorted(d.name for d in _folders(output) if SIZE_FOLDER.fullmatch(d.name))
+    if sizes:
+        shown = ", ".join(_path(output / name) + os.sep for name in sizes)
+        lines.append(f"images:   {shown}  (one per size, mirroring the input folders)")
     if (output / "report.html").is_file():
         lines.append(f"report:   {_path(output / 'report.html')}  (open it in a browser)")
     lines.append(f"manifest: {_path(output / 'manifest.jsonl')}  (one line per input)")
@@ -156,6 +170,13 @@ def _files(output: Path) -> list[str]:
     if tables:
         lines.append(f"also:     {', '.join(tables)} (in the same folder)")
     return lines
+
+
+def _folders(output: Path) -> list[Path]:
+    try:
+        return [d for d in output.iterdir() if d.is_dir()]
+    except OSError:
+        return []
 
 
 def _path(path: Path) -> str:
