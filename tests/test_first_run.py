@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,10 +125,26 @@ def test_the_readme_first_run_is_what_the_command_prints(clone: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert first.stdout == ""
     assert normalise(first.stderr) == normalise(first_block), first.stderr
+    made = json.loads((clone / "out" / "summary.json").read_text())["collected"]
     again = _cli(clone, "process", *MAKE_PROCESS)
     assert again.returncode == 0, again.stderr
     assert normalise(again.stderr) == normalise(again_block), again.stderr
     _check_everything_reused(clone / "out", first.stderr)
+    # what is built from every record is built from the reused ones the same way
+    kept = json.loads((clone / "out" / "summary.json").read_text())["collected"]
+    for name in ("data_aggregate", "near_duplicates", "stats_table", "data_table"):
+        assert _unordered(kept[name]) == _unordered(made[name]), name
+    assert kept["failures"] == {"count": 0, "first": []}
+
+
+def _unordered(collected: dict[str, Any]) -> dict[str, Any]:
+    """A collector's result with its lists in a fixed order (records come in any order)."""
+    return {
+        k: sorted(json.dumps(v, sort_keys=True) for v in value)
+        if isinstance(value, list)
+        else value
+        for k, value in collected.items()
+    }
 
 
 def _check_everything_reused(out: Path, first_stderr: str) -> None:
