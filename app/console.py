@@ -212,23 +212,29 @@ def failures_command(output: Path) -> str:
 
 
 def _interpreter() -> str:
-    """``pixpipe`` when that script runs us; else this Python, named as short as it can be
-    while still being this one: relative to the current folder (``.venv/bin/python``), the
-    ``python3``/``python`` of the PATH when that is this interpreter, or its absolute path."""
-    if Path(sys.argv[0]).name == "pixpipe":
-        return "pixpipe"
+    """The ``pixpipe`` script when that runs us (by name when the PATH finds it, else by its
+    path); else this Python, named as short as it can be while still being this one: relative
+    to the current folder (``.venv/bin/python``), the ``python3``/``python`` of the PATH when
+    that is this interpreter, or its absolute path."""
+    script = Path(sys.argv[0])
+    if script.name == "pixpipe":
+        found = shutil.which("pixpipe")
+        on_path = found is not None and Path(found).resolve() == script.resolve()
+        return "pixpipe" if on_path else shlex.quote(_short(script))
     exe = Path(sys.executable)
-    try:
-        rel = exe.relative_to(Path.cwd())
-    except ValueError:
-        rel = None
-    if rel is not None:
-        return f"{shlex.quote(os.fspath(rel))} -m pipeline"
-    for name in ("python3", "python"):
-        found = shutil.which(name)
-        if found is not None and _same(Path(found), exe):
-            return f"{name} -m pipeline"
-    return f"{shlex.quote(os.fspath(exe))} -m pipeline"
+    if not exe.absolute().is_relative_to(Path.cwd()):
+        for name in ("python3", "python"):
+            found = shutil.which(name)
+            if found is not None and _same(Path(found), exe):
+                return f"{name} -m pipeline"
+    return f"{shlex.quote(_short(exe))} -m pipeline"
+
+
+def _short(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it, else absolute."""
+    path = path.absolute()
+    cwd = Path.cwd()
+    return os.fspath(path.relative_to(cwd) if path.is_relative_to(cwd) else path)
 
 
 def _same(a: Path, b: Path) -> bool:
