@@ -68,7 +68,8 @@ def _add_process(sub: Any) -> None:
         description="Process the first --sample inputs into a temporary folder (discarded) and "
         "print each stage's figures, the bottleneck and a verdict per stage: I/O-bound, "
         "CPU-bound in Python (use processes), CPU-bound in C that releases the GIL (threads "
-        "scale), or starved — with the workers that would balance the line.",
+        "scale), contended (the workers waited for a core: the CPUs are busy), or starved — "
+        "with the workers that would balance the line.",
     )
     _add_options(prof)
     prof.add_argument("--sample", type=int, default=100, help="inputs to run (default 100)")

@@ -10,7 +10,10 @@ table are derived from these fields by :mod:`app.options`:
 * :meth:`ProcessConfig.from_mapping` / :func:`load_config`: a mapping or a TOML file whose keys
   are the flags' names (``size = ["512", "128x128"]``, ``workers = {resize = 2, read = 4}``);
 * :func:`config_from_args`: the parsed command line over an optional ``--config`` file (flags
-  win; ``--workers`` adds to the file's ``workers``).
+  win; ``--workers`` adds to the file's ``workers``). An option declared with ``needs`` does
+  something only where its need is met (``--shard-size`` only with ``--backend dask``): a flag
+  given elsewhere is a usage error, a config-file key a warning (a file may hold settings
+  shared by runs of several kinds); Python callers are not checked.
 
 A frozen, keyword-only dataclass validated on creation (errors are
 :class:`~pipeline.ConfigError`, exit 2). The stages' own option objects (``ResizeOptions``,
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,10 +48,12 @@ from .options import (
     Flag,
     Integer,
     Kind,
+    Needs,
     Number,
     Text,
     TextList,
     declared,
+    inert,
     merge_values,
     option,
     values_from_args,
@@ -64,6 +70,8 @@ __all__ = [
     "config_from_args",
     "load_config",
 ]
+
+log = logging.getLogger("app")
 
 STAGE_NAMES = ("download", "read", "resize", "crunch", "write")
 
@@ -180,6 +188,10 @@ DOWNLOADS = "downloads (URL lists)"
 DATA = "numeric data files (.npy, .npz, .csv, .tsv)"
 BACKEND = "beyond one machine"
 
+# where options do something (see the module docstring)
+_URLS = Needs("urls")
+_DASK = Needs("backend", value="dask")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
@@ -208,6 +220,13 @@ class ProcessConfig:
         help="skip paths matching GLOB (repeatable)",
         group=FILES,
     )
+    case_sensitive_globs: bool = option(
+        False,
+        kind=Flag(),
+        help="--include / --exclude match the exact case (else *.jpg takes IMG_1.JPG too)",
+        group=FILES,
+        needs=Needs("include", "exclude"),
+    )
     max_file_size: int = option(
         DEFAULT_MAX_FILE_BYTES,
         kind=ByteSize(low=1),
@@ -235,6 +254,7 @@ class ProcessConfig:
         kind=Color(),
         help="the padding of --mode pad (transparent when the output keeps alpha)",
         group=IMAGES,
+        needs=Needs("mode", value="pad"),
     )
     upscale: bool = option(
         ResizeOptions.upscale,
@@ -245,14 +265,14 @@ class ProcessConfig:
     format: str = option(
         ResizeOptions.format,
         kind=Choice(get_args(OutputFormat)),
-        help="output format; keep: JPEG stays jpeg, PNG png, WebP webp, others png with "
-        "alpha, jpeg without",
+        help="output format; keep: JPEG stays jpeg, PNG png, WebP webp, AVIF avif, others "
+        "(HEIC, TIFF, GIF…) png with alpha, jpeg without",
         group=IMAGES,
     )
     quality: int = option(
         ResizeOptions.quality,
         kind=Integer(low=1, high=100),
-        help="JPEG/WebP quality",
+        help="JPEG/WebP/AVIF quality (AVIF's own scale: ~70 looks like JPEG 85)",
         group=IMAGES,
     )
     allow_truncated: bool = option(
@@ -265,6 +285,14 @@ class ProcessConfig:
         ResizeOptions.max_pixels,
         kind=Integer(low=1),
         help="refuse images whose header declares more pixels (decompression bombs)",
+        group=IMAGES,
+    )
+    max_output_pixels: int = option(
+        ResizeOptions.max_output_pixels,
+        kind=Integer(low=1),
+        help="refuse an image one of whose outputs would have more pixels (8192x8192: a "
+        "10000 box with --upscale is refused, a 61 MP photo passes at full size); a --size "
+        "that makes every output larger (--upscale or --mode pad) is a usage error",
         group=IMAGES,
     )
     # -- the run
@@ -305,30 +333,37 @@ class ProcessConfig:
         kind=Flag(),
         help="allow hosts on loopback/private/link-local addresses (local servers)",
         group=DOWNLOADS,
+        needs=_URLS,
     )
     connect_timeout: float = option(
-        10.0, kind=Number(), unit="s", help="DNS and each connect", group=DOWNLOADS
+        10.0, kind=Number(), unit="s", help="DNS and each connect", group=DOWNLOADS, needs=_URLS
     )
     read_timeout: float = option(
-        30.0, kind=Number(), unit="s", help="longest wait for the next bytes", group=DOWNLOADS
+        30.0,
+        kind=Number(),
+        unit="s",
+        help="longest wait for the next bytes",
+        group=DOWNLOADS,
+        needs=_URLS,
     )
     download_timeout: float = option(
-        120.0, kind=Number(), unit="s", help="one attempt in all", group=DOWNLOADS
+        120.0, kind=Number(), unit="s", help="one attempt in all", group=DOWNLOADS, needs=_URLS
     )
     download_retries: int = option(
-        3, kind=Integer(low=0), help="extra attempts after the first", group=DOWNLOADS
+        3, kind=Integer(low=0), help="extra attempts after the first", group=DOWNLOADS, needs=_URLS
     )
     max_download_size: int = option(
-        50 * 2**20, kind=ByteSize(low=1), help="byte cap per body", group=DOWNLOADS
+        50 * 2**20, kind=ByteSize(low=1), help="byte cap per body", group=DOWNLOADS, needs=_URLS
     )
     limit_per_host: int = option(
-        8, kind=Integer(low=1), help="connections per host", group=DOWNLOADS
+        8, kind=Integer(low=1), help="connections per host", group=DOWNLOADS, needs=_URLS
     )
     user_agent: str = option(
         "pixpipe/0.1 (+batch image pipeline)",
         kind=Text(),
         help="the User-Agent header",
         group=DOWNLOADS,
+        needs=_URLS,
     )
     # -- numeric data files
     chunk_size: int = option(
@@ -366,8 +401,11 @@ class ProcessConfig:
         help="Dask scheduler address (tcp://host:8786); without it --backend dask starts a "
         "LocalCluster sized to this machine",
         group=BACKEND,
+        needs=_DASK,
     )
-    shard_size: int = option(256, kind=Integer(low=1), help="inputs per Dask task", group=BACKEND)
+    shard_size: int = option(
+        256, kind=Integer(low=1), help="inputs per Dask task", group=BACKEND, needs=_DASK
+    )
     # -- not options: from Python only, or derived
     progress: bool | None = None  # None: progress bars when stderr is a terminal
     resize: ResizeOptions = field(init=False, repr=False)
@@ -389,8 +427,6 @@ class ProcessConfig:
         object.__setattr__(self, "workers", Workers(counts, self.workers.auto))
         if self.retry_failed and self.force:
             raise ConfigError("--retry-failed and --force exclude each other")
-        if self.scheduler is not None and self.backend != "dask":
-            raise ConfigError("--scheduler needs --backend dask")
         try:
             opts = ResizeOptions(
                 sizes=tuple(parse_size(s) for s in self.size),
@@ -400,6 +436,7 @@ class ProcessConfig:
                 quality=self.quality,
                 allow_truncated=self.allow_truncated,
                 max_pixels=self.max_pixels,
+                max_output_pixels=self.max_output_pixels,
                 pad_color=self.pad_color,
             )
         except ValueError as exc:
@@ -469,9 +506,17 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> ProcessConfig:
     """The command line's options over those of its ``--config`` file, if any."""
-    from_file = load_config(args.config) if getattr(args, "config", None) else {}
+    path = getattr(args, "config", None)
+    from_file = load_config(path) if path else {}
     from_flags = values_from_args(args, ProcessConfig)
-    return ProcessConfig(**merge_values(ProcessConfig, from_file, from_flags))
+    values = merge_values(ProcessConfig, from_file, from_flags)
+    for d, needs in inert(ProcessConfig, values):
+        if d.name in from_flags:
+            raise ConfigError(
+                f"{d.where} does nothing without {needs}: add {needs}, or leave {d.where} out"
+            )
+        log.warning("%s:%s does nothing without %s (ignored)", path, d.key, needs)
+    return ProcessConfig(**values)
 
 
 def _check_output_apart(inputs: Sequence[str], output: str) -> None:

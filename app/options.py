@@ -16,7 +16,11 @@ metavar and unit, and its group. From that one place come:
   ``run.toml:quality: expected an integer from 1 to 100, got "high" (text)``
   (:class:`~pipeline.ConfigError`: exit 2);
 * the README's option table (:func:`app.readme.option_table`; ``python -m app.readme`` writes
-  it, a test checks it is in step).
+  it, a test checks it is in step);
+* where an option does something (:class:`Needs`: ``--shard-size`` only with
+  ``--backend dask``), said in its help and the README, and checked by :func:`inert`: the
+  command line refuses such a flag given where it does nothing (exit 2), and a config file's
+  key only warns (a file may hold settings shared by runs of several kinds).
 
 Only the standard library and :mod:`pipeline.errors` are imported here: the command line is
 parsed before anything heavy is imported.
@@ -44,12 +48,14 @@ __all__ = [
     "Flag",
     "Integer",
     "Kind",
+    "Needs",
     "Number",
     "Option",
     "Text",
     "TextList",
     "add_arguments",
     "declared",
+    "inert",
     "merge_values",
     "option",
     "parse_bytes",
@@ -350,6 +356,29 @@ class Color(Kind[tuple[int, int, int]]):
 # --------------------------------------------------------------------------- declarations
 
 
+class Needs:
+    """Where an option does something: only when the option named ``option`` (a field name)
+    has ``value``, or, without a value, when any of ``options`` is given (has a value other
+    than its default: a list that is not empty). ``Needs("backend", value="dask")``,
+    ``Needs("include", "exclude")``."""
+
+    def __init__(self, *options: str, value: object = None) -> None:
+        if not options or (value is not None and len(options) > 1):
+            raise ValueError("Needs: one option with a value, or options to be given")
+        self.options, self.value = options, value
+
+    def holds(self, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
+        """Whether the options ``values`` (by field name, else ``defaults``) meet the need."""
+        got = [values.get(o, defaults[o]) for o in self.options]
+        if self.value is not None:
+            return bool(got[0] == self.value)
+        return any(v != defaults[o] for o, v in zip(self.options, got, strict=True))
+
+    def __str__(self) -> str:
+        flags = " or ".join("--" + o.replace("_", "-") for o in self.options)
+        return flags if self.value is None else f"{flags} {self.value}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Option:
     """What a field's declaration adds to its name, type and default."""
@@ -362,6 +391,7 @@ class Option:
     unit: str | None = None  # shown after the default: "120 s"
     positional: bool = False  # the command's arguments (INPUTS): a list; key of the same name
     shown_default: str | None = None  # a default computed at run time, in words
+    needs: Needs | None = None  # where it does something (else: everywhere)
 
 
 def option(
@@ -376,6 +406,7 @@ def option(
     unit: str | None = None,
     positional: bool = False,
     shown_default: str | None = None,
+    needs: Needs | None = None,
 ) -> Any:
     """Declare a config field as an option (a ``dataclasses.field`` with the declaration)."""
     spec = Option(
@@ -387,6 +418,7 @@ def option(
         unit=unit,
         positional=positional,
         shown_default=shown_default,
+        needs=needs,
     )
     metadata = {_METADATA_KEY: spec}
     if default_factory is not None:
@@ -418,6 +450,12 @@ class Declared:
     def where(self) -> str:
         """How a message names a value given on the command line."""
         return self.key.upper() if self.option.positional else "--" + self.key
+
+    @property
+    def meaning(self) -> str:
+        """The help, with where the option does something (the README's "meaning")."""
+        needs = self.option.needs
+        return self.option.help + (f" (only with {needs})" if needs is not None else "")
 
     def read(self, value: object, where: str) -> Any:
         """A value from a file or Python, checked; a :class:`ConfigError` names ``where``."""
@@ -477,7 +515,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for d in declared(cls):
         opt = d.option
         shown = "" if d.default is False else d.shown_default()  # --x alone says it is off
-        text = opt.help + (f" (default: {shown})" if shown else "")
+        text = d.meaning + (f" (default: {shown})" if shown else "")
         text = text.replace("%", "%%")
         metavar = opt.metavar or opt.kind.metavar
         if opt.positional:
@@ -546,6 +584,15 @@ def _unknown(key: str, by_key: Mapping[str, Declared], source: str | None) -> st
         f"{where} option {key!r}{hint}; the keys are the flags' names without the dashes "
         "(python -m pipeline process --help)"
     )
+
+
+def inert(cls: type, values: Mapping[str, Any]) -> Iterator[tuple[Declared, Needs]]:
+    """The options of ``values`` (by field name) that do nothing there, with what they need."""
+    defaults = {d.name: d.default for d in declared(cls)}
+    for d in declared(cls):
+        needs = d.option.needs
+        if needs is not None and d.name in values and not needs.holds(values, defaults):
+            yield d, needs
 
 
 def merge_values(cls: type, earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:

@@ -212,6 +212,7 @@ def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPas
             cfg.inputs,
             include=cfg.include,
             exclude=cfg.exclude,
+            case_sensitive_globs=cfg.case_sensitive_globs,
             data_extensions=DATA_EXTENSIONS,
             never=[out],
             verify_content=cfg.verify_content,

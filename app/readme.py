@@ -41,7 +41,7 @@ def option_table(cls: type) -> str:
             default = d.shown_default()
             if default and d.option.shown_default is None:
                 default = f"`{default}`"
-            cells = [flag, f"`{d.key}`", d.option.kind.what, default, d.option.help]
+            cells = [flag, f"`{d.key}`", d.option.kind.what, default, d.meaning]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -90,7 +90,7 @@ def write_report(folder: Path, sheet: ReportSheet | None = None) -> Path:
     title = f"<h1>Run report {_e(summary.get('run', ''))}</h1>"
     charts = _charts(summary.get("timeline") or {})
     body = [title, _totals(summary), sheet.contact_sheet(), sheet.data_table(), charts]
-    body += [_advice(summary), _duplicates(groups, thumbs)]
+    body += [_advice(summary), _duplicates(groups, thumbs, _dup_distance(summary))]
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e('pixpipe report ' + str(summary.get('run', '')))}</title>"
@@ -405,6 +405,7 @@ ADVICE_COLUMNS = (  # heading, stage figure, format
     ("outbox block s", "blocked_outbox", "{:.2f}"),
     ("cpu/busy", "cpu_per_busy", "{:.2f}"),
     ("cores", "parallelism", "{:.2f}"),
+    ("core wait", "core_wait", "{:.0%}"),
 )
 
 
@@ -424,8 +425,11 @@ def _advice(summary: Mapping[str, Any]) -> str:
         f"{cols}<th class=l>verdict</th><th class=l>reason</th><th class=l>suggestion</th></tr>"
     ]
     for adv in (a for a in summary.get("advice") or () if isinstance(a, dict)):
-        fig = figures.get(adv.get("stage"), {})
-        nums = "".join(f"<td>{f.format(_num(fig.get(k)))}</td>" for _, k, f in ADVICE_COLUMNS)
+        fig = adv.get("figures") or figures.get(adv.get("stage"), {})  # the verdict's own
+        nums = "".join(
+            f"<td>{f.format(_num(fig[k])) if fig.get(k) is not None else '-'}</td>"
+            for _, k, f in ADVICE_COLUMNS
+        )
         rows.append(
             f"<tr><td class=l>{_e(adv.get('stage'))}</td><td class=l>{_e(adv.get('stage_kind'))}"
             f"</td><td>{_e(adv.get('workers'))}</td>{nums}<td class=l>{_e(adv.get('kind'))}</td>"
@@ -435,10 +439,23 @@ def _advice(summary: Mapping[str, Any]) -> str:
     return head + "\n".join(rows) + "</table>"
 
 
-def _duplicates(groups: list[list[str]], thumbs: Mapping[str, Mapping[str, Any]]) -> str:
+def _dup_distance(summary: Mapping[str, Any]) -> int | None:
+    distance = ((summary.get("collected") or {}).get("near_duplicates") or {}).get("max_distance")
+    return distance if isinstance(distance, int) else None
+
+
+def _duplicates(
+    groups: list[list[str]], thumbs: Mapping[str, Mapping[str, Any]], distance: int | None
+) -> str:
     if not groups:
         return '<h2>Near-duplicates</h2><p id="duplicates">No near-duplicate groups.</p>'
-    parts = [f'<h2>Near-duplicates ({len(groups)} groups)</h2><div id="duplicates">']
+    parts = [f"<h2>Near-duplicates ({len(groups)} groups)</h2>"]
+    if distance is not None:
+        parts.append(
+            f'<p id="duplicates-rule">Every two images of a group have difference hashes within '
+            f"{distance} bits of each other (groups do not chain).</p>"
+        )
+    parts.append('<div id="duplicates">')
     for group in groups[:MAX_LISTED]:
         figs = (
             f"<figure>{_img(thumbs[k], k) if k in thumbs else ''}<figcaption>{_e(k)}"

@@ -9,10 +9,12 @@ import sys
 SUITES = {
     "engine": "bench.engine",
     "images": "bench.images",
+    "formats": "bench.formats",
     "downloads": "bench.downloads",
     "dask": "bench.dask_backend",
     "auto": "bench.auto",
     "numeric": "bench.numeric",
+    "dups": "bench.dups",
 }
 
 

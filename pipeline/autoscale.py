@@ -9,7 +9,9 @@ at the last interval's figures twice a second. It adds a worker to the busiest s
 * it stays within the stage's ``workers`` (the cap) and, for process stages, within the cores
   (all process workers together) and the memory budget (free memory above ``MEMORY_FLOOR``);
 * a thread stage is not held by the GIL (several threads busy yet at most one core used:
-  more threads would not help; the advice says to use processes).
+  more threads would not help; the advice says to use processes);
+* the stage's workers did not wait for a core ``CONTENDED_ABOVE`` of their busy time or more
+  (the run delay, :mod:`pipeline.runwait`): the CPUs are taken, more workers would only wait.
 
 Each decision is recorded with the figures behind it; the summary lists them.
 """
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .advice import CONTENDED_ABOVE
 from .channel import Channel
 from .control import Control
 from .metrics import StageMetrics
@@ -58,8 +61,14 @@ class GroupHandle:
     lanes: int = 0
     last_busy: float = 0.0
     last_cpu: float = 0.0
+    last_wait: float = 0.0
     done: bool = False
     history: list[tuple[float, int]] = field(default_factory=list)
+
+
+def _contended(d_busy: float, d_wait: float) -> str:
+    """ "contended" when the workers waited for a core much of their busy interval."""
+    return "contended" if d_busy > 0 and d_wait / d_busy >= CONTENDED_ABOVE else ""
 
 
 def _available_memory() -> int | None:
@@ -90,18 +99,19 @@ class Autoscaler:
         for h in self.handles:
             busy = sum(m.busy for m in h.metrics)
             cpu = sum(m.cpu for m in h.metrics)
-            d_busy, d_cpu = busy - h.last_busy, cpu - h.last_cpu
-            h.last_busy, h.last_cpu = busy, cpu
+            wait = sum(m.run_wait for m in h.metrics)
+            d_busy, d_cpu, d_wait = busy - h.last_busy, cpu - h.last_cpu, wait - h.last_wait
+            h.last_busy, h.last_cpu, h.last_wait = busy, cpu, wait
             if h.done or h.lanes >= h.cap or not len(h.inbox):
                 continue
             util = d_busy / (dt * max(h.lanes, 1))
             if util < BUSY_ABOVE:
                 continue
-            scored.append((util, h, d_busy, d_cpu))
+            scored.append((util, h, d_busy, d_cpu, d_wait))
         if not scored:
             return
-        util, h, d_busy, d_cpu = max(scored, key=lambda x: x[0])
-        why = self._blocked(h, d_busy, d_cpu, dt)
+        util, h, d_busy, d_cpu, d_wait = max(scored, key=lambda x: x[0])
+        why = self._blocked(h, d_busy, d_cpu, dt) or _contended(d_busy, d_wait)
         if why:
             return
         before = h.lanes

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RemoteError, Skip
+from .runwait import run_delay
 from .stage import Stage
 
 __all__ = [
@@ -91,6 +92,7 @@ class Outcome:
     busy: list[float]  # seconds spent inside each step's function
     cpu: float = 0.0  # CPU seconds of the worker (process kind) or its thread (thread kind)
     bypassed: int = 0  # bit j set: step j did not accept the value and was skipped
+    run_wait: float | None = None  # seconds runnable but waiting for a core; None: not measured
 
     @classmethod
     def success(
@@ -204,6 +206,7 @@ def run_batch(
 ) -> list[Outcome]:
     """Run a batch in a thread, appending to ``done`` as it goes (the watchdog reads it)."""
     slot[SLOT_SEQ] = seq
+    first, delay = len(done), run_delay()
     for index, value in enumerate(values):
         if abandoned():
             break
@@ -212,4 +215,24 @@ def run_batch(
         outcome = run_chain(steps, value, slot)
         outcome.cpu = time.thread_time() - cpu  # this thread's CPU: holding the GIL or in C
         done.append(outcome)
+    share_run_wait(done[first:], delay)  # and its wait for a core
     return done
+
+
+def share_run_wait(outcomes: Sequence[Outcome], since: float | None) -> float | None:
+    """Share the calling thread's run delay since the reading ``since`` among ``outcomes``,
+    in proportion to their busy time; return the new reading, to go on from. Read once per
+    batch (or per flush), not per item: a read is a system call, and one that releases the GIL.
+    """
+    now = run_delay()
+    if not outcomes:
+        return now
+    if now is None or since is None:
+        for outcome in outcomes:
+            outcome.run_wait = None
+        return now
+    busy = [sum(o.busy) for o in outcomes]
+    total, delay = sum(busy), max(0.0, now - since)
+    for outcome, b in zip(outcomes, busy, strict=True):
+        outcome.run_wait = delay * (b / total if total > 0 else 1 / len(outcomes))
+    return now

@@ -113,6 +113,7 @@ class GroupDriver:
         busy, ok, skipped, metrics = out.busy, out.ok, out.bypassed, self.metrics
         advance = self.advance
         total_busy = sum(busy) or 1e-12
+        metrics[0].entered += 1
         last = out.step if not ok else len(metrics) - 1
         for j in range(last + 1):
             if skipped and skipped >> j & 1:
@@ -121,6 +122,10 @@ class GroupDriver:
             m.items += 1
             m.busy += busy[j]
             m.cpu += out.cpu * (busy[j] / total_busy)
+            if out.run_wait is None:
+                m.run_wait_missing = True
+            else:
+                m.run_wait += out.run_wait * (busy[j] / total_busy)
             if j < last or ok:
                 m.ok += 1
             elif not _is_skip(out.value):

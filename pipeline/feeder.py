@@ -6,6 +6,8 @@ awaited. For each chunk the feeder asks the ledger which keys have an earlier re
 look-up per chunk), records the inputs that resume settles (``skipped``) and the
 :class:`~pipeline.records.Record` s a source settled itself, and sends the rest to the first
 group that takes them (:mod:`pipeline.routing`). A key seen twice is counted and ignored.
+After each chunk it tells the progress bars how many inputs it has taken so far, and once the
+source is exhausted that this number is the total (:meth:`~pipeline.progress.Progress.fed`).
 Its stream ends by closing the first group's inbox, also when it is cancelled (Ctrl-C).
 """
 
@@ -20,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .ledger import Ledger
+from .progress import Progress
 from .recorder import Recorder
 from .records import Item, Record, as_item
 from .resume import ResumePolicy
@@ -44,12 +47,14 @@ class Feeder:
         router: Router,
         ledger: Ledger | None,
         policy: ResumePolicy,
+        progress: Progress | None = None,
     ) -> None:
         self.inputs = inputs
         self.recorder = recorder
         self.router = router
         self.ledger = ledger
         self.policy = policy
+        self.progress = progress if progress is not None and progress.enabled else None
         self.seen = 0  # inputs taken from the source, duplicates included
         self.duplicates = 0
 
@@ -66,6 +71,10 @@ class Feeder:
                             items.append(as_item(obj, index))
                         index += 1
                     await self._admit(items)
+                    if self.progress is not None:
+                        self.progress.fed(self.seen - self.duplicates)
+            if self.progress is not None:  # exhausted (not cancelled): the total is final
+                self.progress.fed(self.seen - self.duplicates, final=True)
         finally:
             self.router.close_feed()
 

@@ -30,9 +30,11 @@ from .calls import (
     retry_delay,
     run_batch,
     run_chain,
+    share_run_wait,
 )
 from .errors import ItemTimeout
 from .records import Item
+from .runwait import run_delay
 from .threads import DaemonThreadPool
 
 __all__ = ["AsyncLane", "InlineLane", "Lane", "LaneResult", "ThreadLane", "watch"]
@@ -93,11 +95,13 @@ class InlineLane:
 
     async def run(self, batch: Sequence[Item]) -> LaneResult:
         done = []
+        delay = run_delay()
         for item in batch:
             cpu = time.thread_time()
             outcome = run_chain(self.steps, item.value)
             outcome.cpu = time.thread_time() - cpu
             done.append((item, outcome))
+        share_run_wait([outcome for _, outcome in done], delay)
         return done, []
 
     async def close(self, *, graceful: bool) -> None:

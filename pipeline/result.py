@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .advice import Verdict, advise, render_advice
+from .advice import Verdict, advise, render_advice, unmeasured_load
 from .metrics import StageSnapshot, bottleneck, render_table
 from .records import Record
 
@@ -48,7 +48,7 @@ class RunResult:
     @property
     def advice(self) -> list[Verdict]:
         """Per-stage verdicts (I/O- or CPU-bound, GIL, starved) and balancing worker counts."""
-        return advise(self.stages)
+        return advise(self.stages, load=unmeasured_load(self.stages))
 
     @property
     def ok(self) -> int:

@@ -215,7 +215,12 @@ class Run:
         joins = Joins(router, self.recorder)
         policy = ResumePolicy(self.opts, self.recorder.fingerprint)
         feeder = Feeder(
-            self.inputs, recorder=self.recorder, router=router, ledger=ledger, policy=policy
+            self.inputs,
+            recorder=self.recorder,
+            router=router,
+            ledger=ledger,
+            policy=policy,
+            progress=self.progress,
         )
         supervisors = [self._supervisor(i, router, joins) for i in range(len(self.groups))]
         inbox_of = [inboxes[i] for i, group in enumerate(self.groups) for _ in group]

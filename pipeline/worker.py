@@ -28,8 +28,17 @@ import types
 from collections.abc import MutableSequence, Sequence
 from typing import Any
 
-from .calls import SLOT_INDEX, SLOT_SEQ, Outcome, Step, portable_exception, run_chain
+from .calls import (
+    SLOT_INDEX,
+    SLOT_SEQ,
+    Outcome,
+    Step,
+    portable_exception,
+    run_chain,
+    share_run_wait,
+)
 from .errors import Unpicklable
+from .runwait import run_delay
 
 __all__ = [
     "FLUSH_INTERVAL",
@@ -225,7 +234,7 @@ def worker_main(
         seq, values = message
         slot[SLOT_SEQ] = seq
         pending: list[tuple[int, Outcome]] = []
-        last_flush = time.monotonic()
+        last_flush, delay = time.monotonic(), run_delay()
         for index, value in enumerate(values):
             slot[SLOT_INDEX] = index
             cpu = time.process_time()
@@ -236,6 +245,7 @@ def worker_main(
             pending.append((index, outcome))
             now = time.monotonic()
             if now - last_flush >= FLUSH_INTERVAL or index == len(values) - 1:
+                delay = share_run_wait([o for _, o in pending], delay)  # its wait for a core
                 conn.send_bytes(_pack_outcomes(seq, pending, steps))
                 pending = []
                 last_flush = now
@@ -256,13 +266,17 @@ def _pack_outcomes(seq: int, pending: list[tuple[int, Outcome]], steps: Sequence
                 f"the {what} of stage {steps[outcome.step].name!r} cannot be pickled "
                 f"to leave the worker process ({type(exc).__name__}: {exc})"
             )
-            outcome = Outcome.failure(
-                error,
-                step=outcome.step,
-                attempts=outcome.attempts,
-                busy=outcome.busy,
-                cpu=outcome.cpu,
-                bypassed=outcome.bypassed,
+            wait, outcome = (
+                outcome.run_wait,
+                Outcome.failure(
+                    error,
+                    step=outcome.step,
+                    attempts=outcome.attempts,
+                    busy=outcome.busy,
+                    cpu=outcome.cpu,
+                    bypassed=outcome.bypassed,
+                ),
             )
+            outcome.run_wait = wait
         safe.append((index, outcome))
     return pickle.dumps((seq, safe), protocol=5)

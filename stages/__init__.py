@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         DecodeError,
         DecompressionBomb,
         ImageError,
+        OutputTooLarge,
         TruncatedImage,
         UnsupportedImage,
     )
@@ -52,6 +53,7 @@ _WHERE = {
     "DecodeError": "options",
     "DecompressionBomb": "options",
     "ImageError": "options",
+    "OutputTooLarge": "options",
     "TruncatedImage": "options",
     "UnsupportedImage": "options",
 }
@@ -61,6 +63,7 @@ __all__ = [
     "DecompressionBomb",
     "ImageError",
     "Loaded",
+    "OutputTooLarge",
     "Rendered",
     "TruncatedImage",
     "UnsupportedImage",

@@ -8,7 +8,7 @@ is byte for byte what ``process --size 256 --format jpeg`` writes for ``data``.
 
 Options are keyword-only and checked before any work: an invalid one is a ``ValueError``. A bad
 input image raises an :class:`~stages.options.ImageError` (``DecodeError``, ``TruncatedImage``,
-``DecompressionBomb``, ``UnsupportedImage``).
+``DecompressionBomb``, ``OutputTooLarge``, ``UnsupportedImage``).
 
 This module imports neither numpy nor Pillow: the functions import them when first called, so
 ``import stages`` stays light (a process that only builds pipelines never loads them).
@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 __all__ = ["encode", "image_stats", "thumbnail"]
 
 _DEFAULTS = ResizeOptions()
-_FORMATS: dict[str, EncodedFormat] = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
+_FORMATS: dict[str, EncodedFormat] = {
+    "jpeg": "jpeg",
+    "jpg": "jpeg",
+    "png": "png",
+    "webp": "webp",
+    "avif": "avif",
+}
 
 
 def thumbnail(
@@ -39,6 +45,7 @@ def thumbnail(
     upscale: bool = False,
     allow_truncated: bool = False,
     max_pixels: int = _DEFAULTS.max_pixels,
+    max_output_pixels: int = _DEFAULTS.max_output_pixels,
     pad_color: tuple[int, int, int] = _DEFAULTS.pad_color,
 ) -> Image.Image:
     """An image file (a path, or its bytes) resized to ``size``, as a ``PIL.Image.Image``.
@@ -51,9 +58,10 @@ def thumbnail(
     The decode is the pipeline's: EXIF orientation applied, an embedded ICC profile converted
     to sRGB, CMYK, palette, 16-bit and 1-bit images converted, the first frame of an animation,
     the pixel count checked from the header before anything is decoded (``max_pixels``:
-    :class:`~stages.options.DecompressionBomb`), JPEGs decoded at a reduced scale when the
-    target is much smaller. The result is L, LA, RGB or RGBA (alpha kept; ``pad`` pads it with
-    transparency), without metadata. A truncated file raises
+    :class:`~stages.options.DecompressionBomb`), and the output's (``max_output_pixels``,
+    8192 x 8192 by default: :class:`~stages.options.OutputTooLarge`), JPEGs decoded at a reduced
+    scale when the target is much smaller. The result is L, LA, RGB or RGBA (alpha kept; ``pad``
+    pads it with transparency), without metadata. A truncated file raises
     :class:`~stages.options.TruncatedImage` unless ``allow_truncated``.
     """
     options = ResizeOptions(
@@ -62,6 +70,7 @@ def thumbnail(
         upscale=upscale,
         allow_truncated=allow_truncated,
         max_pixels=max_pixels,
+        max_output_pixels=max_output_pixels,
         pad_color=pad_color,
     )
     data = _read(source)
@@ -81,10 +90,10 @@ def _read(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> by
 
 
 def encode(image: Image.Image, format: str = "jpeg", *, quality: int = 85) -> bytes:
-    """``image`` encoded as ``format`` (``"jpeg"``/``"jpg"``, ``"png"``, ``"webp"``), as the
-    pipeline writes its outputs: alpha flattened onto white for JPEG, an embedded ICC profile
-    converted to sRGB, no metadata; ``quality`` (1..100) for JPEG and WebP. ``image`` is left
-    unchanged."""
+    """``image`` encoded as ``format`` (``"jpeg"``/``"jpg"``, ``"png"``, ``"webp"``, ``"avif"``),
+    as the pipeline writes its outputs: alpha flattened onto white for JPEG, an embedded ICC
+    profile converted to sRGB, no metadata; ``quality`` (1..100) for JPEG, WebP and AVIF.
+    ``image`` is left unchanged."""
     fmt = _FORMATS.get(format.lower()) if isinstance(format, str) else None
     if fmt is None:
         raise ValueError(f"format must be one of {sorted(_FORMATS)}, got {format!r}")

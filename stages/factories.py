@@ -93,6 +93,7 @@ def walk(
     exclude: str | Sequence[str] = (),
     output: str | os.PathLike[str] | None = None,
     verify_content: bool = False,
+    case_sensitive_globs: bool = False,
 ) -> Iterator[Item | Record]:
     """Every entry under the folders (and files) ``paths``, lazily, as ``Pipeline`` inputs.
 
@@ -101,8 +102,9 @@ def walk(
     outside symlinks ``skipped`` with the reason, an unreadable folder ``failed``. Items carry
     the file's size and ``mtime_ns``, so a re-run into the same output folder redoes changed
     files (``verify_content``: a SHA-256 too). ``include``/``exclude``: globs on the key or the
-    name (left-out files get no record). ``output``: a folder never walked (the run's output
-    folder, when it lies inside an input folder). The paths must exist (``ConfigError``).
+    name, in either case unless ``case_sensitive_globs`` (left-out files get no record).
+    ``output``: a folder never walked (the run's output folder, when it lies inside an input
+    folder). The paths must exist (``ConfigError``).
     """
     if not paths:
         raise ConfigError("walk needs at least one folder or file")
@@ -111,8 +113,10 @@ def walk(
             raise ConfigError(f"walk takes paths, got {path!r}")
         if not os.path.lexists(path):
             raise ConfigError(f"input {os.fspath(path)!r} does not exist")
-    if not isinstance(verify_content, bool):
-        raise ConfigError(f"verify_content must be a bool, got {verify_content!r}")
+    flags = {"verify_content": verify_content, "case_sensitive_globs": case_sensitive_globs}
+    for flag, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{flag} must be a bool, got {value!r}")
     if output is not None:
         _check_apart(paths, output)
     return walk_inputs(
@@ -121,6 +125,7 @@ def walk(
         exclude=_globs(exclude, "exclude"),
         never=() if output is None else (output,),
         verify_content=verify_content,
+        case_sensitive_globs=case_sensitive_globs,
     )
 
 
@@ -213,6 +218,7 @@ def resize_stage(
     quality: int = _DEFAULTS.quality,
     allow_truncated: bool = False,
     max_pixels: int = _DEFAULTS.max_pixels,
+    max_output_pixels: int = _DEFAULTS.max_output_pixels,
     pad_color: tuple[int, int, int] = _DEFAULTS.pad_color,
     workers: int | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
@@ -222,11 +228,12 @@ def resize_stage(
     per image in a worker process, so decoded pixels never cross a process boundary.
 
     ``size_or_sizes``: one size (``512``, ``"640x480"``, ``(640, 480)``) or a list of them.
-    ``mode``, ``upscale``, ``allow_truncated``, ``max_pixels``, ``pad_color``: as
-    :func:`stages.thumbnail`. ``format``: ``"keep"`` (JPEG, PNG and WebP inputs keep theirs,
-    others become PNG when they have alpha, else JPEG), ``"jpeg"``, ``"png"`` or ``"webp"``;
-    ``quality`` 1..100. Workers: one process per core by default. ``timeout``: seconds per
-    image, after which its worker is killed and replaced and the item fails.
+    ``mode``, ``upscale``, ``allow_truncated``, ``max_pixels``, ``max_output_pixels``,
+    ``pad_color``: as :func:`stages.thumbnail`. ``format``: ``"keep"`` (JPEG, PNG, WebP and
+    AVIF inputs keep theirs, others become PNG when they have alpha, else JPEG), ``"jpeg"``,
+    ``"png"``, ``"webp"`` or ``"avif"``; ``quality`` 1..100. Workers: one process per core by
+    default. ``timeout``: seconds per image, after which its worker is killed and replaced and
+    the item fails.
 
     A script that runs this stage must start its pipeline under ``if __name__ == "__main__":``
     (the worker processes import the script).
@@ -241,6 +248,7 @@ def resize_stage(
             quality=quality,
             allow_truncated=allow_truncated,
             max_pixels=max_pixels,
+            max_output_pixels=max_output_pixels,
             pad_color=pad_color,
         )
     except ValueError as exc:

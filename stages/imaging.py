@@ -12,6 +12,7 @@ Data flow inside :func:`process_image`::
     bytes ─▶ Image.open (header only; formats limited to ALLOWED_FORMATS)
           ─▶ pixel-count check from the header (DecompressionBomb, nothing decoded yet)
           ─▶ output geometry for every requested size, from the oriented original size
+             (OutputTooLarge when one would exceed max_output_pixels, nothing decoded yet)
           ─▶ JPEG: draft() = DCT-domain downscale by 1/2, 1/4 or 1/8, never below the largest
              size needed ─▶ load (decode)
           ─▶ normalise mode to L / LA / RGB / RGBA (1, P + transparency, 16-bit, CMYK, …)
@@ -29,6 +30,7 @@ Exception hierarchy (each takes a single message string, so all pickle round-tri
     ├── DecodeError                empty input, not an image, corrupt data
     ├── TruncatedImage             the data ends before the image does (allow_truncated=False)
     ├── DecompressionBomb          the header declares more than max_pixels pixels
+    ├── OutputTooLarge             an output would have more than max_output_pixels pixels
     └── UnsupportedImage           identified, but a codec/mode this module cannot render
 
 ``ValueError`` is raised for invalid options (:class:`Size`, :class:`ResizeOptions`), never for a
@@ -36,7 +38,7 @@ bad input image. The options, the result classes and the exceptions are defined 
 :mod:`stages.options` (no numpy, no Pillow, for the process that only builds and collects a run)
 and re-exported here.
 
-Process-global state - two pieces are involved, and neither is left changed after a call:
+Process-global state - three pieces are involved, and none is left changed after a call:
 
 * ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is read by Pillow while opening and decoding. A call
   with ``allow_truncated=True`` sets it for the duration of its decode only, holding the exclusive
@@ -49,12 +51,18 @@ Process-global state - two pieces are involved, and neither is left changed afte
   dubious metadata (corrupt EXIF, ...) are ignored, through two filter entries that are inserted
   by the first concurrent call and removed by the last one (``warnings.catch_warnings`` is not
   thread-safe before Python 3.14). While any call is decoding, those two Pillow warnings are
-  ignored process-wide. Images larger than ``2 x Image.MAX_IMAGE_PIXELS`` are refused by Pillow
-  itself; that is reported as :class:`DecompressionBomb` too.
+  ignored process-wide.
+* ``Image.MAX_IMAGE_PIXELS``: Pillow refuses images above twice this limit when it opens them,
+  whatever our ``max_pixels`` says. While calls decode, it is raised to the largest
+  ``max_pixels`` among them (never lowered; Pillow's ``None``, no limit, stays), so that our
+  check is the one that decides, and restored by the last one (reference-counted, as above).
+  Frames Pillow checks on its own (a GIF frame larger than its screen) above twice our
+  ``max_pixels`` are refused by Pillow; that is reported as :class:`DecompressionBomb` too.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import importlib
@@ -70,6 +78,7 @@ from typing import cast
 import numpy as np
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageFile, UnidentifiedImageError
 
+from stages import heif
 from stages.options import (
     DecodeError,
     DecompressionBomb,
@@ -78,6 +87,7 @@ from stages.options import (
     ImageError,
     ImageResult,
     OutputFormat,
+    OutputTooLarge,
     ResizeMode,
     ResizeOptions,
     Size,
@@ -85,6 +95,7 @@ from stages.options import (
     UnsupportedImage,
     parse_size,
 )
+from stages.sniff import HEAD_BYTES, image_format
 from stages.stats import image_stats
 
 __all__ = [
@@ -95,6 +106,7 @@ __all__ = [
     "ImageError",
     "ImageResult",
     "OutputFormat",
+    "OutputTooLarge",
     "ResizeMode",
     "ResizeOptions",
     "Size",
@@ -127,13 +139,25 @@ _WANTED_FORMATS = tuple(_PLUGIN_OF)
 for _plugin in (p for plugins in _PLUGIN_OF.values() for p in plugins):
     with contextlib.suppress(ImportError):  # a plugin this Pillow build lacks
         importlib.import_module(f"PIL.{_plugin}")
-ALLOWED_FORMATS: tuple[str, ...] = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
+_HEIF_MISSING = heif.register()  # HEIC/HEIF: the optional pillow-heif plugin (stages.heif)
+# HEIF last: for the generic container brands (mif1, msf1) both it and AVIF accept, Pillow's AVIF
+# plugin must be tried first (it declines a HEVC file; pillow-heif fails an AV1 one outright)
+ALLOWED_FORMATS: tuple[str, ...] = tuple(
+    f for f in (*_WANTED_FORMATS, heif.FORMAT) if f in Image.OPEN
+)
 """Pillow formats :func:`process_image` will open (those of ``_WANTED_FORMATS`` this Pillow build
-supports; ``JPEG`` includes MPO, the multi-picture JPEGs many phones write). Deliberately excludes
+supports; ``JPEG`` includes MPO, the multi-picture JPEGs many phones write; ``HEIF`` when the
+``heif`` extra is installed). Deliberately excludes
 formats that shell out (EPS -> Ghostscript) and formats without a reliable magic number (TGA),
 which would turn random bytes into garbage images instead of a :class:`DecodeError`. Only the
 plugins of these formats are imported (``Image.init()`` is never called): every format passed to
 ``Image.open`` is registered, so Pillow never falls back to importing the others."""
+
+AVIF_SPEED = 6
+"""libavif's encoder speed (0 slowest .. 10 fastest) for AVIF outputs: Pillow's default. A
+512 px photo thumbnail at quality 70 (one thread, ``python -m bench formats``): speed 6 takes
+50-80 ms and is ~2.6x smaller than JPEG at the same PSNR; speed 8 takes ~20 ms but loses most of
+that gain (~1.6x smaller). People choose AVIF for the bytes, so the bytes win."""
 
 PNG_COMPRESS_LEVEL = 2
 """zlib level for PNG outputs: low for speed (level 2 is ~3x faster than 6 for a few % size)."""
@@ -248,11 +272,48 @@ class _PillowWarningFilter:
 _PILLOW_WARNINGS = _PillowWarningFilter()
 
 
+class _PillowPixelLimit:
+    """``Image.MAX_IMAGE_PIXELS`` raised to the ``max_pixels`` of the calls decoding, and
+    restored by the last one (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: collections.Counter[int] = collections.Counter()
+        self._saved: int | None = None
+
+    @contextlib.contextmanager
+    def at_least(self, pixels: int) -> Iterator[None]:
+        with self._lock:
+            if not self._active:
+                self._saved = Image.MAX_IMAGE_PIXELS
+            self._active[pixels] += 1
+            self._apply()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active[pixels] -= 1
+                if not self._active[pixels]:
+                    del self._active[pixels]
+                self._apply()
+
+    def _apply(self) -> None:
+        saved = self._saved
+        if saved is None or not self._active:
+            Image.MAX_IMAGE_PIXELS = saved
+        else:
+            Image.MAX_IMAGE_PIXELS = max(saved, *self._active)
+
+
+_PILLOW_LIMIT = _PillowPixelLimit()
+
+
 @contextlib.contextmanager
-def _decode_guard(allow_truncated: bool) -> Iterator[None]:
-    """Scope Pillow's truncation flag and silence Pillow's advisory warnings (module docstring)."""
+def _decode_guard(allow_truncated: bool, max_pixels: int) -> Iterator[None]:
+    """Scope Pillow's truncation flag and pixel limit, silence Pillow's advisory warnings (see
+    the module docstring)."""
     lock = _TRUNCATION_LOCK.lenient() if allow_truncated else _TRUNCATION_LOCK.strict()
-    with lock, _PILLOW_WARNINGS.active():
+    with lock, _PILLOW_WARNINGS.active(), _PILLOW_LIMIT.at_least(max_pixels):
         yield
 
 
@@ -269,7 +330,8 @@ def _as_image_error(exc: Exception) -> ImageError:
             f"({', '.join(ALLOWED_FORMATS)})"
         )
     low = msg.lower()
-    if "truncated" in low or isinstance(exc, EOFError):
+    # "unexpected end of file": libheif's (pillow-heif) word for a HEIC cut short
+    if "truncated" in low or "end of file" in low or isinstance(exc, EOFError):
         return TruncatedImage(f"truncated image data: {msg or type(exc).__name__}")
     if "not available" in low or "unsupported" in low or "not supported" in low:
         return UnsupportedImage(f"cannot decode this image: {msg}")
@@ -372,8 +434,9 @@ _KEEP_FORMAT: dict[str, EncodedFormat] = {
     "MPO": "jpeg",
     "PNG": "png",
     "WEBP": "webp",
-}
-_EXT: dict[EncodedFormat, str] = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
+    "AVIF": "avif",
+}  # anything else (HEIF, TIFF, GIF, BMP, ...): png with alpha, jpeg without
+_EXT: dict[EncodedFormat, str] = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "avif": ".avif"}
 _WHITE = (255, 255, 255)  # what alpha is flattened onto for JPEG
 
 
@@ -544,6 +607,10 @@ def _encode(img: Image.Image, fmt: EncodedFormat, quality: int) -> bytes:
         img.save(buf, "JPEG", quality=quality, optimize=False, progressive=False)
     elif fmt == "png":
         img.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+    elif fmt == "avif":
+        # one encoder thread: the process workers already use every core (as decode_threads=1
+        # for HEIF, stages.heif); alpha is kept, L is written as 4:0:0 grey
+        img.save(buf, "AVIF", quality=quality, speed=AVIF_SPEED, max_threads=1)
     else:
         img.save(buf, "WEBP", quality=quality, method=4)
     return buf.getvalue()
@@ -606,10 +673,12 @@ def _decoded(data: bytes, options: ResizeOptions) -> Iterator[_Decoded]:
     image open while the caller renders from it, so the decoded pixels are never copied."""
     if not data:
         raise DecodeError("empty input (0 bytes)")
+    if _HEIF_MISSING and image_format(data[:HEAD_BYTES]) == heif.FORMAT:
+        raise UnsupportedImage(_HEIF_MISSING)
     with contextlib.ExitStack() as stack:
         # The guard covers only open + decode; the file image stays open (ExitStack) until the
         # outputs are rendered.
-        with _decode_guard(options.allow_truncated):
+        with _decode_guard(options.allow_truncated, options.max_pixels):
             try:
                 im = stack.enter_context(Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS))
                 decoded = _decode(im, options)
@@ -655,6 +724,7 @@ def _decode(im: ImageFile.ImageFile, options: ResizeOptions) -> _Decoded:
     swapped = orientation >= 5
     ow, oh = (h, w) if swapped else (w, h)
     geoms = [_geometry(ow, oh, s, options.mode, options.upscale) for s in options.sizes]
+    _check_output_pixels(geoms, options.max_output_pixels)
     need_w, need_h = _needed_resolution(ow, oh, geoms)
     scale = 1
     if is_jpeg:
@@ -678,6 +748,16 @@ def _decode(im: ImageFile.ImageFile, options: ResizeOptions) -> _Decoded:
         original_mode=original_mode,
         original_format=(im.format or "unknown").lower(),
     )
+
+
+def _check_output_pixels(geoms: list[_Geometry], limit: int) -> None:
+    for g in geoms:
+        w, h = g.canvas
+        if w * h > limit:
+            raise OutputTooLarge(
+                f"size {g.label} would make a {w}x{h} output = {w * h} pixels, more than "
+                f"max_output_pixels={limit}; not decoded"
+            )
 
 
 def _resample_filter(box_w: float, box_h: float, size: tuple[int, int]) -> Image.Resampling:

@@ -46,8 +46,8 @@ __all__ = [
 #: The longest file name (in bytes) the usual Linux, macOS and Windows file systems hold.
 NAME_MAX = 255
 
-#: Extensions an output can have (``stages.imaging`` writes JPEG, PNG and WebP).
-OUTPUT_EXTENSIONS = (".jpg", ".png", ".webp")
+#: Extensions an output can have (``stages.imaging`` writes JPEG, PNG, WebP and AVIF).
+OUTPUT_EXTENSIONS = (".jpg", ".png", ".webp", ".avif")
 
 _SAME = {".jpeg": ".jpg", ".jpe": ".jpg", ".tif": ".tiff"}
 

@@ -2,12 +2,17 @@
 
 :func:`image_format` answers with the Pillow format that :func:`stages.imaging.process_image`
 will open (``"JPEG"``, ``"PNG"``…), using the same tests as those formats' Pillow plugins
-(their ``_accept`` functions; ``tests/test_sniff.py`` checks that the two agree), so the read
+(their ``_accept`` functions; ``tests/test_names.py`` checks that the two agree), so the read
 stage can tell an image from anything else without importing Pillow into the parent process.
 :func:`describe` names what something else is, for the ``skipped`` record's reason.
 
 :data:`HEAD_BYTES` is how much of a file is looked at: every magic number here sits in the first
-16 bytes; the rest lets :func:`describe` tell text from binary data.
+16 bytes, except the compatible brands of an ISO media file (HEIF, AVIF), listed in its first
+box; the rest lets :func:`describe` tell text from binary data.
+
+HEIC/HEIF files (``"HEIF"``, opened by the optional ``pillow-heif`` plugin) are recognised
+whether or not that plugin is installed: a HEIC photo is an image, and the worker that cannot
+open it says which extra it needs (:mod:`stages.heif`) instead of "not an image".
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ NPY_MAGIC = b"\x93NUMPY"
 
 _TIFF = (b"MM\x00\x2a", b"II\x2a\x00", b"MM\x2a\x00", b"II\x00\x2a", b"MM\x00\x2b", b"II\x2b\x00")
 _JP2 = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  \x0d\x0a\x87\x0a")
-# the AVIF plugin's brands: coding brands and the HEIF container brands it tries
-_AVIF_BRANDS = (b"avif", b"avis", b"mif1", b"msf1")
 _WEBP_MODES = (b"VP8 ", b"VP8X", b"VP8L")
+# ISO media (ftyp) brands. AV1 coding brands: Pillow's AVIF plugin; HEVC coding brands: the
+# pillow-heif plugin; the generic HEIF container brands (mif1 images, msf1 sequences) are tried
+# by both plugins, so for them the compatible brands decide (HEVC brands and no AV1 one: HEIF)
+_AVIF_BRANDS = (b"avif", b"avis")
 _HEIC_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs")
+_CONTAINER_BRANDS = (b"mif1", b"msf1")
 
 
 def image_format(head: bytes) -> str | None:
@@ -44,11 +52,27 @@ def image_format(head: bytes) -> str | None:
         return "ICO"
     if len(head) >= 2 and head.startswith(b"P") and head[1] in b"0123456fy":
         return "PPM"  # PBM, PGM, PPM, PNM, PFM
-    if head[4:8] == b"ftyp" and head[8:12] in _AVIF_BRANDS:
-        return "AVIF"
+    if head[4:8] == b"ftyp":
+        return _iso_image_format(head)
     if head.startswith(_JP2):
         return "JPEG2000"
     return None
+
+
+def _iso_image_format(head: bytes) -> str | None:
+    """``"AVIF"``, ``"HEIF"`` or None for an ISO media file, from its ``ftyp`` box's brands."""
+    major = head[8:12]
+    if major in _AVIF_BRANDS:
+        return "AVIF"
+    if major in _HEIC_BRANDS:
+        return "HEIF"
+    if major not in _CONTAINER_BRANDS:
+        return None  # e.g. an MP4 video
+    box_end = min(int.from_bytes(head[:4], "big"), len(head))
+    compatible = {head[i : i + 4] for i in range(16, box_end - 3, 4)}
+    if compatible.intersection(_HEIC_BRANDS) and not compatible.intersection(_AVIF_BRANDS):
+        return "HEIF"
+    return "AVIF"  # Pillow's AVIF plugin is tried first; pillow-heif after it
 
 
 def is_zip(head: bytes) -> bool:
@@ -79,11 +103,9 @@ def describe(head: bytes, size: int) -> str:
         return "a zip archive"
     if head.startswith(NPY_MAGIC):
         return "a NumPy array (.npy)"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in _HEIC_BRANDS:
-            return "a HEIC/HEIF image: not a supported format"
-        return f"an ISO media file (brand {brand.decode('latin-1')!r}), not an image"
+    if head[4:8] == b"ftyp":  # HEIF and AVIF brands are images (image_format)
+        brand = head[8:12].decode("latin-1")
+        return f"an ISO media file (brand {brand!r}), not an image"
     for magic, what in _OTHER:
         if head.startswith(magic):
             return what

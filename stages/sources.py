@@ -27,7 +27,11 @@ or that now comes from another file (see :mod:`pipeline.runner`).
   read back as inputs.
 
 ``include`` / ``exclude`` globs leave files out before all this (no record, as with
-``rsync --exclude``).
+``rsync --exclude``). A glob matches a file's key or its name, in either case by default
+(``*.jpg`` takes ``IMG_0001.JPG``: cameras and phones write upper-case names), exactly with
+``case_sensitive_globs``. Case-blind matching is Python's ``re.IGNORECASE`` (simple case
+folding, one character for one, so ``?`` still stands for one character): any key matches
+without error, undecodable bytes (escaped as lone surrogates) included.
 
 The walk is a depth-first ``os.scandir`` with one folder's entries sorted at a time: memory
 is bounded by the widest folder and the depth, never by the number of files.
@@ -39,6 +43,7 @@ import errno
 import fnmatch
 import hashlib
 import os
+import re
 import stat
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -100,14 +105,19 @@ def walk_inputs(
     data_extensions: frozenset[str] = frozenset(),
     never: Sequence[str | os.PathLike[str]] = (),
     verify_content: bool = False,
+    case_sensitive_globs: bool = False,
 ) -> Iterator[Item | Record]:
     """Yield an :class:`~pipeline.Item` (value: :class:`SourceFile` or :class:`DataFile`) or a
     :class:`~pipeline.Record` for every entry under ``roots`` (see the module docstring).
 
     ``never``: folders not to walk (the output folder). ``verify_content``: add the SHA-256 of
-    each file to its identity (reads every file here, once).
+    each file to its identity (reads every file here, once). ``case_sensitive_globs``: the
+    globs match in the key's case only.
     """
-    walk = _Walk(include, exclude, data_extensions, never, verify_content)
+    flags = 0 if case_sensitive_globs else re.IGNORECASE
+    wanted = [re.compile(fnmatch.translate(p), flags) for p in include]
+    unwanted = [re.compile(fnmatch.translate(p), flags) for p in exclude]
+    walk = _Walk(wanted, unwanted, data_extensions, never, verify_content)
     for root in _plan(roots):
         if root.folder:
             yield from walk.folder(root)
@@ -150,8 +160,8 @@ def _plan(roots: Sequence[str | os.PathLike[str]]) -> list[_Root]:
 class _Walk:
     def __init__(
         self,
-        include: Sequence[str],
-        exclude: Sequence[str],
+        include: Sequence[re.Pattern[str]],
+        exclude: Sequence[re.Pattern[str]],
         data_extensions: frozenset[str],
         never: Sequence[str | os.PathLike[str]],
         verify_content: bool,
@@ -298,9 +308,9 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _matches(rel: str, patterns: Sequence[str]) -> bool:
+def _matches(rel: str, patterns: Sequence[re.Pattern[str]]) -> bool:
     name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+    return any(p.match(rel) or p.match(name) for p in patterns)
 
 
 def _skipped(key: str, path: str, reason: str) -> Record:

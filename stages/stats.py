@@ -6,9 +6,10 @@ Two independent parts, all plain functions over numpy:
   standard deviation, a 32-bin luminance histogram, a sharpness figure (variance of the Laplacian)
   and a 64-bit difference hash. The resize stage calls it on the largest *output* image, never on
   the full-resolution decode, so it costs a few milliseconds.
-* :func:`hamming` and :func:`near_duplicate_groups` compare difference hashes; the grouping uses
-  pigeonhole buckets so that 100k hashes are grouped in about a second instead of 5·10⁹ pair
-  comparisons (see the function's docstring for the complexity).
+* :func:`hamming` and :func:`near_duplicate_groups` compare difference hashes; the grouping
+  makes complete groups (every two members near, so groups never chain) and uses pigeonhole
+  buckets so that 200k hashes are grouped in a few seconds instead of 2·10¹⁰ pair comparisons
+  (see the function's docstring for the rule and the complexity).
 
 The per-channel mean and standard deviation come from each band's 256-level histogram through
 :func:`stages.arraystats.level_sums` (exact integer sums), the same sums from which
@@ -165,123 +166,146 @@ def hamming(a_hex: str, b_hex: str) -> int:
     return (_parse_hash(a_hex) ^ _parse_hash(b_hex)).bit_count()
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        parent = self.parent
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            # the smaller index becomes the root: keeps results independent of union order
-            if rb < ra:
-                ra, rb = rb, ra
-            self.parent[rb] = ra
-
-
 _PAIR_BLOCK = 1 << 22  # max elements of one broadcast comparison block (~32 MB of uint64)
 
 
-def _close_pairs_in_bucket(
-    members: npt.NDArray[np.intp], hashes: npt.NDArray[np.uint64], max_distance: int
-) -> Iterable[tuple[int, int]]:
-    """All pairs (i, j), i < j, of ``members`` whose hashes differ in ≤ max_distance bits."""
-    h = hashes[members]
-    b = len(members)
-    rows = max(1, _PAIR_BLOCK // b)
-    for start in range(0, b - 1, rows):
-        stop = min(b - 1, start + rows)
-        block = h[start:stop, None] ^ h[None, :]
-        close = np.bitwise_count(block) <= max_distance
-        # keep only the upper triangle (column index > row index)
-        cols = np.arange(b)[None, :]
-        rws = np.arange(start, stop)[:, None]
-        ri, ci = np.nonzero(close & (cols > rws))
-        for r, c in zip(ri.tolist(), ci.tolist(), strict=True):
-            yield int(members[start + r]), int(members[c])
-
-
-def near_duplicate_groups(
-    items: Iterable[tuple[str, str]], max_distance: int = 6
-) -> list[list[str]]:
-    """Group keys whose 64-bit hashes are within ``max_distance`` bits of each other.
-
-    ``items`` are ``(key, hex_hash)`` pairs (keys are expected to be unique). Two keys are linked
-    when ``hamming(h1, h2) <= max_distance``; the result is the connected components of size ≥ 2
-    (so grouping is transitive: a~b and b~c put a, b, c together even if a and c are further
-    apart). Order is deterministic: keys inside a group in input order, groups ordered by their
-    first key's input position.
-
-    Algorithm (pigeonhole / multi-index hashing): identical hashes are merged first; the 64 bits
-    are cut into ``max_distance + 1`` contiguous chunks, and two hashes within ``max_distance``
-    bits must agree exactly on at least one chunk. Each chunk's values are bucketed and only pairs
-    inside a bucket are compared, vectorised with numpy. For n distinct, well-spread hashes this
-    costs O(n log n + (d+1)·n²/2^(64/(d+1))) — for d = 6 about 7·n²/512 popcounts, roughly one
-    second for n = 100 000 — instead of n²/2. Clustered hashes (many near-identical images) make
-    buckets bigger; in the worst case (every hash shares every chunk) it degrades to O(n²).
-    ``max_distance`` ≥ 64 links everything.
-
-    Memory, besides the keys: about 50 bytes per hash at the peak (hashes, indices and the
-    union-find in flat arrays; a list only for the keys of each group found).
-    """
-    if max_distance < 0:
-        raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+def _read_hashes(items: Iterable[tuple[str, str]]) -> tuple[list[str], array[int]]:
+    """The keys, and their hashes as a flat array of 64-bit values (8 bytes a hash, not a
+    Python int's 36)."""
     keys: list[str] = []
-    values = array("Q")  # 8 bytes a hash, not a Python int's 36
+    values = array("Q")
     for key, hex_hash in items:
         value = _parse_hash(hex_hash)
         if value >= 1 << DHASH_BITS:
             raise ValueError(f"hash of {key!r} has more than {DHASH_BITS} bits: {hex_hash!r}")
         keys.append(key)
         values.append(value)
-    n = len(keys)
-    if n < 2:
-        return []
-    uf = _UnionFind(n)
-    hashes = np.frombuffer(values, dtype=np.uint64)
+    return keys, values
 
-    # 1. exact duplicates: one representative per distinct hash (its first index)
-    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    owner = first[inverse.reshape(-1)]
-    for i in np.flatnonzero(owner != np.arange(n)).tolist():
-        uf.union(int(owner[i]), i)
-    reps = np.sort(first)
 
+def _close_pairs_in_bucket(
+    members: npt.NDArray[np.intp], hashes: npt.NDArray[np.uint64], max_distance: int
+) -> Iterable[npt.NDArray[np.int64]]:
+    """The pairs (i, j), i < j, of ``members`` whose hashes differ in ≤ max_distance bits, as
+    blocks of codes ``i * len(hashes) + j``."""
+    h = hashes[members]
+    b, n = len(members), len(hashes)
+    rows = max(1, _PAIR_BLOCK // b)
+    cols = np.arange(b)[None, :]
+    for start in range(0, b - 1, rows):
+        stop = min(b - 1, start + rows)
+        close = np.bitwise_count(h[start:stop, None] ^ h[None, :]) <= max_distance
+        ri, ci = np.nonzero(close & (cols > np.arange(start, stop)[:, None]))  # upper triangle
+        if len(ri):
+            i, j = members[start + ri].astype(np.int64), members[ci].astype(np.int64)
+            yield np.minimum(i, j) * n + np.maximum(i, j)
+
+
+def _close_pairs(hashes: npt.NDArray[np.uint64], max_distance: int) -> npt.NDArray[np.int64]:
+    """Every pair of ``hashes`` (distinct) within ``max_distance`` bits, as sorted unique codes
+    ``i * n + j`` (i < j). Pigeonhole: the 64 bits are cut into ``max_distance + 1`` chunks, two
+    hashes that close agree exactly on at least one chunk, so only the pairs inside a bucket of
+    equal chunk values are compared."""
+    n_chunks = max_distance + 1
+    bounds = [DHASH_BITS * k // n_chunks for k in range(n_chunks + 1)]
+    found: list[npt.NDArray[np.int64]] = []
+    for lo, hi in itertools.pairwise(bounds):
+        chunk = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(chunk, kind="stable")
+        edges = np.flatnonzero(np.diff(chunk[order])) + 1
+        starts = np.concatenate(([0], edges)).tolist()
+        stops = np.concatenate((edges, [len(order)])).tolist()
+        for s, e in zip(starts, stops, strict=True):
+            if e - s > 1:
+                found.extend(_close_pairs_in_bucket(order[s:e], hashes, max_distance))
+        if found:  # a pair is found in every chunk the two agree on: keep it once
+            found = [np.unique(np.concatenate(found))]
+    return found[0] if found else np.zeros(0, dtype=np.int64)
+
+
+def _neighbours(
+    codes: npt.NDArray[np.int64], n: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Adjacency lists of the pairs ``codes`` over ``n`` hashes: node i's neighbours are
+    ``dst[start[i]:start[i + 1]]``, in ascending order."""
+    i, j = codes // n, codes % n
+    src, dst = np.concatenate((i, j)), np.concatenate((j, i))
+    order = np.lexsort((dst, src))
+    start = np.zeros(n + 1, dtype=np.intp)
+    np.cumsum(np.bincount(src, minlength=n), out=start[1:])
+    return start, dst[order].astype(np.intp)
+
+
+def _complete_groups(
+    hashes: npt.NDArray[np.uint64], counts: npt.NDArray[np.intp], max_distance: int
+) -> npt.NDArray[np.intp]:
+    """A group label for each of the distinct, ascending ``hashes`` (``counts`` items each):
+    the index of its group's seed. See :func:`near_duplicate_groups` for the rule."""
+    n = len(hashes)
+    label = np.arange(n, dtype=np.intp)
     if max_distance >= DHASH_BITS:
-        for i in reps.tolist():
-            uf.union(int(reps[0]), i)
-    elif max_distance > 0 and len(reps) > 1:
-        # 2. pigeonhole buckets over max_distance + 1 chunks of the 64 bits
-        n_chunks = max_distance + 1
-        bounds = [DHASH_BITS * k // n_chunks for k in range(n_chunks + 1)]
-        rep_hashes = hashes[reps]
-        for lo, hi in itertools.pairwise(bounds):
-            mask = np.uint64((1 << (hi - lo)) - 1)
-            chunk = (rep_hashes >> np.uint64(lo)) & mask
-            order = np.argsort(chunk, kind="stable")
-            sorted_chunk = chunk[order]
-            edges = np.flatnonzero(np.diff(sorted_chunk)) + 1
-            starts = np.concatenate(([0], edges))
-            stops = np.concatenate((edges, [len(order)]))
-            for s, e in zip(starts.tolist(), stops.tolist(), strict=True):
-                if e - s < 2:
-                    continue
-                members = reps[order[s:e]]
-                for i, j in _close_pairs_in_bucket(members, hashes, max_distance):
-                    uf.union(i, j)
+        return np.zeros(n, dtype=np.intp)
+    if max_distance == 0 or n < 2:
+        return label
+    start, dst = _neighbours(_close_pairs(hashes, max_distance), n)
+    src = np.repeat(np.arange(n), np.diff(start))
+    weight = counts + np.bincount(src, weights=counts[dst], minlength=n).astype(np.intp)
+    linked = np.flatnonzero(np.diff(start) > 0)
+    seeds = linked[np.lexsort((linked, -weight[linked]))].tolist()  # heaviest first, then hash
+    free = bytearray(b"\x01") * n
+    for seed in seeds:
+        if not free[seed]:
+            continue
+        free[seed] = 0
+        members = [int(hashes[seed])]
+        nbrs = [(int(hashes[c]), c) for c in dst[start[seed] : start[seed + 1]].tolist()]
+        nbrs.sort(key=lambda hc: ((hc[0] ^ members[0]).bit_count(), hc[0]))  # nearest first
+        for value, c in nbrs:
+            if free[c] and all((value ^ m).bit_count() <= max_distance for m in members):
+                members.append(value)
+                free[c] = 0
+                label[c] = seed
+    return label
 
-    roots = np.fromiter(map(uf.find, range(n)), dtype=np.intp, count=n)
-    grouped = np.flatnonzero(np.bincount(roots, minlength=n)[roots] >= 2)  # in input order
+
+def near_duplicate_groups(
+    items: Iterable[tuple[str, str]], max_distance: int = 6
+) -> list[list[str]]:
+    """Group keys whose 64-bit hashes are all within ``max_distance`` bits of each other.
+
+    ``items`` are ``(key, hex_hash)`` pairs (keys are expected to be unique). The groups are
+    *complete*: every two keys of a group are within ``max_distance`` bits, so groups do not
+    chain (a~b and b~c with a far from c never put a and c together). Only groups of two or
+    more keys are returned.
+
+    The rule, greedy over the distinct hashes: items with the same hash always share a group.
+    Each hash's *weight* is the number of items within ``max_distance`` bits of it (itself
+    included). Hashes with a near neighbour are taken as seeds in order of weight, heaviest
+    first (ties: the smaller hash value first); a seed not yet in a group opens one and takes
+    its free neighbours, nearest first (ties: smaller hash), each only if it is within
+    ``max_distance`` bits of every member already in. The groups depend on the hashes alone,
+    never on the input order. Output order: keys in a group in input order, groups by their
+    first key's input position. ``max_distance`` ≥ 64 puts everything in one group.
+
+    Cost (pigeonhole / multi-index hashing, see :func:`_close_pairs`): for n distinct,
+    well-spread hashes O(n log n + (d+1)·n²/2^(64/(d+1))) — for d = 6 about 7·n²/512 popcounts,
+    a few seconds for n = 200 000 — instead of n²/2; clustered hashes make the buckets
+    bigger, and the worst case (every hash sharing every chunk) is O(n²). Then a pass over the
+    hashes that have a near neighbour, each comparing its neighbours with its group's members.
+    Memory, besides the keys: about 90 bytes per hash at the peak (17 MB for 200 000 hashes,
+    ``python -m bench dups``), plus about 40 per near pair.
+    """
+    if max_distance < 0:
+        raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+    keys, values = _read_hashes(items)
+    if len(keys) < 2:
+        return []
+    hashes = np.frombuffer(values, dtype=np.uint64)
+    distinct, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    label = _complete_groups(distinct, counts, max_distance)
+    of_item = label[inverse.reshape(-1)]
+    grouped = np.flatnonzero(np.bincount(of_item, minlength=len(distinct))[of_item] >= 2)
     groups: dict[int, list[str]] = {}
-    for i in grouped.tolist():
-        groups.setdefault(int(roots[i]), []).append(keys[i])
-    # roots are the smallest index of each component, so dict order = first-key input order
+    for i in grouped.tolist():  # in input order: dict order = first key's input position
+        groups.setdefault(int(of_item[i]), []).append(keys[i])
     return list(groups.values())

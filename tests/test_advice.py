@@ -33,9 +33,10 @@ def test_python_spin_in_threads_is_gil_bound() -> None:
     """Two threads of pure Python never get beyond one core, and the verdict says ``cpu-python``
     when both were busy at once. On a machine busy with other work the event loop (which needs
     the GIL too) may not keep two threads busy at once; the verdict then says it cannot tell
-    (``cpu``), never ``cpu-c``. Up to three tries for the ``cpu-python`` case; every try checks
-    that the verdict follows what was measured."""
-    from pipeline.advice import GIL_RELEASED_ABOVE
+    (``cpu``), or that the threads waited for a core (``contended``), never ``cpu-c``. Up to
+    three tries for the ``cpu-python`` case; every try checks that the verdict follows what
+    was measured."""
+    from pipeline.advice import CONTENDED_ABOVE, GIL_RELEASED_ABOVE
 
     for _ in range(3):
         st = stage(fns.py_spin, 0.03, kind="thread", workers=2, name="s")
@@ -48,6 +49,10 @@ def test_python_spin_in_threads_is_gil_bound() -> None:
         if v.kind == "cpu-python":
             assert concurrent > 1.5
             return
+        if v.kind == "contended":  # other work held the cores: measured, so said
+            assert snap.core_wait is not None
+            assert snap.core_wait >= CONTENDED_ABOVE
+            continue
         assert v.kind == "cpu", v
         assert "too few threads ran at once" in v.reason, v
         assert concurrent <= 1.5
@@ -91,7 +96,9 @@ def _raw_thread_cores(fn: object) -> float:
 
 
 def test_spin_in_processes_is_cpu_bound() -> None:
-    assert verdict_of(fns.spin, 0.03, kind="process", workers=2, n=20) == "cpu"
+    """Computing: ``cpu``, or ``contended`` when other work holds the cores (then its workers
+    waited for a core, not for I/O); never an I/O verdict."""
+    assert verdict_of(fns.spin, 0.03, kind="process", workers=2, n=20) in ("cpu", "contended")
 
 
 def test_stage_after_the_bottleneck_is_starved_and_workers_balance() -> None:
@@ -104,7 +111,7 @@ def test_stage_after_the_bottleneck_is_starved_and_workers_balance() -> None:
     result = pipe.run(keyed(60), progress=False)
     got = {v.stage: v for v in result.advice}
     assert result.bottleneck == "crunch"
-    assert got["crunch"].kind == "cpu"
+    assert got["crunch"].kind in ("cpu", "contended")  # computing, on a machine shared or not
     assert got["crunch"].suggested_workers <= 2
     assert got["after"].kind == "starved"
     assert got["after"].suggested_workers <= 8

@@ -39,6 +39,7 @@ PUBLIC = {
     "DecodeError",
     "TruncatedImage",
     "DecompressionBomb",
+    "OutputTooLarge",
     "UnsupportedImage",
 }
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app.cli import build_parser
 from app.config import ProcessConfig, Workers, config_from_args
-from app.options import declared
+from app.options import Needs, declared
 from app.readme import BEGIN, END, updated
 from pipeline import ConfigError
 from tests.conftest import by_key
@@ -26,22 +26,33 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "sample_data" / "images"
 EDGE = ROOT / "sample_data" / "edge"
 
-#: option -> (flags, TOML lines), each giving the same value, not the default. ``{tmp}`` is the
-#: test's folder, ``{urls}`` a URL list in it; ``{images}`` / ``{edge}`` the sample folders.
+#: option -> (flags, TOML lines), each giving the same value, not the default (with what the
+#: option needs to do something: ``--pad-color`` with ``--mode pad``). ``{tmp}`` is the test's
+#: folder, ``{urls}`` a URL list in it; ``{images}`` / ``{edge}`` the sample folders.
+_URLS_FLAGS = ["--urls", "{urls}"]
+_URLS_LINE = 'urls = "{urls}"\n'
 EXAMPLES: dict[str, tuple[list[str], str]] = {
     "inputs": (["{images}", "{edge}"], 'inputs = ["{images}", "{edge}"]'),
     "output": (["-o", "{tmp}/elsewhere"], 'output = "{tmp}/elsewhere"'),
     "include": (["--include", "*.jpg", "--include", "*.png"], 'include = ["*.jpg", "*.png"]'),
     "exclude": (["--exclude", "a*"], 'exclude = "a*"'),
+    "case_sensitive_globs": (
+        ["--exclude", "a*", "--case-sensitive-globs"],
+        'exclude = "a*"\ncase-sensitive-globs = true',
+    ),
     "max_file_size": (["--max-file-size", "10MB"], "max-file-size = 10000000"),
     "size": (["--size", "256", "--size", "64x48"], 'size = ["256", "64x48"]'),
     "mode": (["--mode", "fill"], 'mode = "fill"'),
-    "pad_color": (["--pad-color", "#102030"], "pad-color = [16, 32, 48]"),
+    "pad_color": (
+        ["--mode", "pad", "--pad-color", "#102030"],
+        'mode = "pad"\npad-color = [16, 32, 48]',
+    ),
     "upscale": (["--upscale"], "upscale = true"),
     "format": (["--format", "webp"], 'format = "webp"'),
     "quality": (["--quality", "70"], "quality = 70"),
     "allow_truncated": (["--allow-truncated"], "allow_truncated = true"),  # _ spelling too
     "max_pixels": (["--max-pixels", "1000"], "max-pixels = 1000"),
+    "max_output_pixels": (["--max-output-pixels", "1000"], "max-output-pixels = 1000"),
     "workers": (["--workers", "3", "--workers", "read=4"], "workers = {resize = 3, read = 4}"),
     "timeout": (["--timeout", "7.5"], "timeout = 7.5"),
     "retry_failed": (["--retry-failed"], "retry-failed = true"),
@@ -49,14 +60,29 @@ EXAMPLES: dict[str, tuple[list[str], str]] = {
     "verify_content": (["--verify-content"], "verify-content = true"),
     "quiet": (["-q"], "quiet = true"),
     "urls": (["--urls", "{urls}"], 'urls = "{urls}"'),
-    "allow_private_hosts": (["--allow-private-hosts"], "allow-private-hosts = true"),
-    "connect_timeout": (["--connect-timeout", "2"], "connect-timeout = 2"),
-    "read_timeout": (["--read-timeout", "1.5"], "read-timeout = 1.5"),
-    "download_timeout": (["--download-timeout", "60"], "download-timeout = 60.0"),
-    "download_retries": (["--download-retries", "0"], "download-retries = 0"),
-    "max_download_size": (["--max-download-size", "1MiB"], "max-download-size = 1048576"),
-    "limit_per_host": (["--limit-per-host", "2"], "limit-per-host = 2"),
-    "user_agent": (["--user-agent", "me/1"], 'user-agent = "me/1"'),
+    "allow_private_hosts": (
+        [*_URLS_FLAGS, "--allow-private-hosts"],
+        _URLS_LINE + "allow-private-hosts = true",
+    ),
+    "connect_timeout": (
+        [*_URLS_FLAGS, "--connect-timeout", "2"],
+        _URLS_LINE + "connect-timeout = 2",
+    ),
+    "read_timeout": ([*_URLS_FLAGS, "--read-timeout", "1.5"], _URLS_LINE + "read-timeout = 1.5"),
+    "download_timeout": (
+        [*_URLS_FLAGS, "--download-timeout", "60"],
+        _URLS_LINE + "download-timeout = 60.0",
+    ),
+    "download_retries": (
+        [*_URLS_FLAGS, "--download-retries", "0"],
+        _URLS_LINE + "download-retries = 0",
+    ),
+    "max_download_size": (
+        [*_URLS_FLAGS, "--max-download-size", "1MiB"],
+        _URLS_LINE + "max-download-size = 1048576",
+    ),
+    "limit_per_host": ([*_URLS_FLAGS, "--limit-per-host", "2"], _URLS_LINE + "limit-per-host = 2"),
+    "user_agent": ([*_URLS_FLAGS, "--user-agent", "me/1"], _URLS_LINE + 'user-agent = "me/1"'),
     "chunk_size": (["--chunk-size", "0"], 'chunk-size = "0"'),
     "columns": (["--columns", "a,b", "--columns", "c"], 'columns = ["a", "b,c"]'),
     "delimiter": (["--delimiter", "tab"], 'delimiter = "\\t"'),
@@ -66,7 +92,10 @@ EXAMPLES: dict[str, tuple[list[str], str]] = {
         ["--backend", "dask", "--scheduler", "tcp://127.0.0.1:1"],
         'backend = "dask"\nscheduler = "tcp://127.0.0.1:1"',
     ),
-    "shard_size": (["--shard-size", "8"], "shard-size = 8"),
+    "shard_size": (
+        ["--backend", "dask", "--shard-size", "8"],
+        'backend = "dask"\nshard-size = 8',
+    ),
 }
 
 
@@ -157,15 +186,15 @@ def test_flags_win_over_the_file_and_workers_add_up(tmp: Path) -> None:
 
 
 def test_pad_color_reaches_the_resize_options(tmp: Path) -> None:
-    assert from_flags(str(IMAGES), "--pad-color", "black").resize.pad_color == (0, 0, 0)
-    assert from_flags(str(IMAGES), "--pad-color", "#abc").resize.pad_color == (170, 187, 204)
-    assert from_flags(str(IMAGES), "--pad-color", "1, 2,3").resize.pad_color == (1, 2, 3)
-    assert ProcessConfig(inputs=(str(IMAGES),)).fingerprint() == (
-        from_flags(str(IMAGES), "--pad-color", "white").fingerprint()
-    )
-    assert ProcessConfig(inputs=(str(IMAGES),)).fingerprint() != (
-        from_flags(str(IMAGES), "--pad-color", "grey").fingerprint()
-    )
+    def padded(color: str) -> ProcessConfig:
+        return from_flags(str(IMAGES), "--mode", "pad", "--pad-color", color)
+
+    assert padded("black").resize.pad_color == (0, 0, 0)
+    assert padded("#abc").resize.pad_color == (170, 187, 204)
+    assert padded("1, 2,3").resize.pad_color == (1, 2, 3)
+    default = ProcessConfig(inputs=(str(IMAGES),), mode="pad")
+    assert default.fingerprint() == padded("white").fingerprint()
+    assert default.fingerprint() != padded("grey").fingerprint()
 
 
 @pytest.mark.parametrize(
@@ -211,7 +240,7 @@ def test_a_bad_file_names_the_file_and_the_key(line: str, message: str, tmp: Pat
         (["--timeout", "0"], "--timeout: expected seconds, > 0, got '0'"),
         (["--chunk-size", "-1"], "--chunk-size: invalid size '-1'"),
         (["--retry-failed", "--force"], "--retry-failed and --force exclude each other"),
-        (["--scheduler", "tcp://x:1"], "--scheduler needs --backend dask"),
+        (["--scheduler", "tcp://x:1"], "--scheduler does nothing without --backend dask"),
     ],
 )
 def test_a_bad_flag_is_named(flags: list[str], message: str) -> None:
@@ -315,3 +344,80 @@ def test_the_example_config_runs(tmp_path: Path) -> None:
     workers = {s["name"]: s["workers"] for s in summary["stages"]}
     assert workers["read"] == said["workers"]["read"]
     assert workers["resize"] == said["workers"]["resize"]
+
+
+# --------------------------------------------------------------------------- where options apply
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--shard-size", "8"], "--shard-size does nothing without --backend dask"),
+        (["--scheduler", "tcp://x:1"], "--scheduler does nothing without --backend dask"),
+        (["--pad-color", "black"], "--pad-color does nothing without --mode pad"),
+        (["--mode", "fill", "--pad-color", "black"], "--pad-color does nothing without --mode"),
+        (["--connect-timeout", "2"], "--connect-timeout does nothing without --urls"),
+        (["--allow-private-hosts"], "--allow-private-hosts does nothing without --urls"),
+        (["--no-allow-private-hosts"], "--allow-private-hosts does nothing without --urls"),
+        (["--user-agent", "me/1"], "--user-agent does nothing without --urls"),
+        (["--case-sensitive-globs"], "does nothing without --include or --exclude"),
+    ],
+)
+def test_a_flag_that_does_nothing_here_is_a_usage_error(flags: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_flags(str(IMAGES), *flags)
+    assert message in str(info.value)
+    assert "leave" in str(info.value)
+
+
+def test_a_flag_whose_need_the_file_meets_is_fine(tmp: Path) -> None:
+    cfg = from_file(tmp, f'inputs = ["{IMAGES}"]\nbackend = "dask"\n', "--shard-size", "8")
+    assert cfg.shard_size == 8
+    cfg = from_file(tmp, f'inputs = ["{IMAGES}"]\nmode = "pad"\n', "--pad-color", "black")
+    assert cfg.pad_color == (0, 0, 0)
+    cfg = from_file(
+        tmp, f'inputs = ["{IMAGES}"]\nurls = "{tmp / "urls.txt"}"\n', "--read-timeout", "3"
+    )
+    assert cfg.download is not None
+    assert cfg.download.read_timeout == 3
+
+
+def test_where_an_option_applies_is_in_its_help_and_the_readme() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    helps = _cli("--help")
+    assert helps.returncode == 0, helps.stderr
+    shown = " ".join(helps.stdout.split())
+    needing = [d for d in declared(ProcessConfig) if d.option.needs is not None]
+    assert {d.name for d in needing} >= {"shard_size", "scheduler", "pad_color", "user_agent"}
+    for d in needing:
+        assert f"{d.option.help} (only with {d.option.needs})" in text
+        assert f"only with {d.option.needs}" in shown
+
+
+def test_inert_options_on_the_command_line_and_in_a_file(tmp: Path) -> None:
+    out = tmp / "out"
+    done = _cli(str(IMAGES), "-o", str(out), "--shard-size", "8", "--quiet")
+    assert done.returncode == 2, done.stderr
+    assert "--shard-size does nothing without --backend dask" in done.stderr
+    assert not out.exists()
+    # a config file may hold settings shared by runs of several kinds: a warning, and the run
+    conf = tmp / "shared.toml"
+    conf.write_text('shard-size = 8\npad-color = "black"\nconnect-timeout = 5\n')
+    done = _cli(str(IMAGES), "-o", str(out), "--config", str(conf), "--quiet")
+    assert done.returncode == 0, done.stderr
+    for key, need in [
+        ("shard-size", "--backend dask"),
+        ("pad-color", "--mode pad"),
+        ("connect-timeout", "--urls"),
+    ]:
+        assert f"{conf}:{key} does nothing without {need} (ignored)" in done.stderr
+    assert all(r["status"] == "ok" for r in by_key(out).values())
+
+
+def test_a_need_is_one_option_with_a_value_or_options_to_be_given() -> None:
+    assert str(Needs("backend", value="dask")) == "--backend dask"
+    assert str(Needs("include", "exclude")) == "--include or --exclude"
+    with pytest.raises(ValueError, match="one option with a value"):
+        Needs("include", "exclude", value="x")
+    with pytest.raises(ValueError, match="one option with a value"):
+        Needs()

@@ -200,6 +200,13 @@ def test_totals_bottleneck_and_advice(run_dir: Path, dom: Node) -> None:
     for tr, adv in zip(body, summary["advice"], strict=True):
         assert adv["kind"] in tr.all_text()
         assert adv["reason"] in tr.all_text()
+        # the figures shown are those the verdict was computed from (a fused row's, too)
+        cells = [td.all_text() for td in tr.iter("td")]
+        assert cells[3:6] == [
+            str(adv["figures"]["items"]),
+            str(adv["figures"]["failed"]),
+            f"{adv['figures']['items_per_s']:.1f}",
+        ]
     assert not [n for n in dom.iter("p") if "banner" in n.classes()]
 
 
@@ -211,6 +218,8 @@ def test_near_duplicate_groups_side_by_side(run_dir: Path, dom: Node) -> None:
     for div, keys in zip(rendered, groups["groups"], strict=True):
         assert len(div.iter("img")) == len(keys)
         assert all(k in div.all_text() for k in keys)
+    (rule,) = [n for n in dom.iter("p") if n.attrs.get("id") == "duplicates-rule"]
+    assert f"within {groups['max_distance']} bits of each other" in rule.all_text()
 
 
 def test_no_external_resources(html: str, dom: Node) -> None:

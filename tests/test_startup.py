@@ -200,7 +200,7 @@ for data in (os.urandom(4096), b"%!PS-Adobe-3.0 EPSF-3.0\\n" + os.urandom(64),
 out["errors"] = errors
 out["initialized_after_open"] = Image._initialized
 Image.init()  # what the module did before: every plugin, then the wanted formats it has
-out["allowed_with_init"] = [f for f in imaging._WANTED_FORMATS if f in Image.OPEN]
+out["allowed_with_init"] = [f for f in (*imaging._WANTED_FORMATS, "HEIF") if f in Image.OPEN]
 print(json.dumps(out))
 """
 

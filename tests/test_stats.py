@@ -110,22 +110,32 @@ def test_hamming() -> None:
 
 
 def _brute_groups(items: list[tuple[str, str]], d: int) -> list[list[str]]:
-    n = len(items)
-    parent = list(range(n))
+    """The documented rule, straight from its words, comparing every pair (O(n²))."""
+    count: dict[int, int] = {}
+    for _, h in items:
+        count[int(h, 16)] = count.get(int(h, 16), 0) + 1
+    hashes = sorted(count)
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
+    def near(a: int, b: int) -> bool:
+        return (a ^ b).bit_count() <= d
 
-    for i in range(n):
-        for j in range(i + 1, n):
-            if hamming(items[i][1], items[j][1]) <= d:
-                ri, rj = find(i), find(j)
-                parent[max(ri, rj)] = min(ri, rj)
+    nbrs = {h: [o for o in hashes if o != h and near(h, o)] for h in hashes}
+    weight = {h: count[h] + sum(count[o] for o in nbrs[h]) for h in hashes}
+    label = {h: h for h in hashes}
+    free = set(hashes)
+    for seed in sorted((h for h in hashes if nbrs[h]), key=lambda h: (-weight[h], h)):
+        if seed not in free:
+            continue
+        free.discard(seed)
+        members = [seed]
+        for o in sorted(nbrs[seed], key=lambda o: ((o ^ seed).bit_count(), o)):
+            if o in free and all(near(o, m) for m in members):
+                members.append(o)
+                free.discard(o)
+                label[o] = seed
     groups: dict[int, list[str]] = {}
-    for i, (key, _) in enumerate(items):
-        groups.setdefault(find(i), []).append(key)
+    for key, h in items:
+        groups.setdefault(label[int(h, 16)], []).append(key)
     return [g for g in groups.values() if len(g) > 1]
 
 
@@ -140,13 +150,31 @@ def test_near_duplicate_groups_small() -> None:
         ("g", "0000000000000000"),  # exact duplicate of a
     ]
     assert near_duplicate_groups(items, max_distance=2) == [["a", "c", "g"], ["b", "e"]]
-    assert near_duplicate_groups(items, max_distance=4) == [["a", "c", "d", "g"], ["b", "e"]]
+    # d is within 4 bits of c but 6 from a: it does not join a's group through c
+    assert near_duplicate_groups(items, max_distance=4) == [["a", "c", "g"], ["b", "e"]]
+    assert near_duplicate_groups(items, max_distance=6) == [["a", "c", "d", "g"], ["b", "e"]]
     assert near_duplicate_groups(items, max_distance=0) == [["a", "g"]]
     assert near_duplicate_groups(items, max_distance=64) == [["a", "b", "c", "d", "e", "f", "g"]]
     assert near_duplicate_groups([], 6) == []
     assert near_duplicate_groups(items[:1], 6) == []
     with pytest.raises(ValueError, match="hash of 'x' has more than 64 bits"):
         near_duplicate_groups([("x", "1" * 17)])
+    with pytest.raises(ValueError, match="max_distance must be >= 0"):
+        near_duplicate_groups(items, max_distance=-1)
+
+
+def test_a_chain_does_not_make_one_group() -> None:
+    """A~B (5 bits) and B~C (5 bits), A and C 10 bits apart: never one group. B is the seed
+    (two neighbours); A and C are equally near it, A's smaller hash goes first, and C, too far
+    from A, stays out; alone, it is no group."""
+    chain = [("A", "0000000000000000"), ("B", "000000000000001f"), ("C", "00000000000003ff")]
+    assert near_duplicate_groups(chain, max_distance=5) == [["A", "B"]]
+    assert near_duplicate_groups(chain[::-1], max_distance=5) == [["B", "A"]]
+    # a longer chain, each link 3 bits: groups of near images, never the whole chain
+    links = [(f"x{i}", f"{(1 << (3 * i)) - 1:016x}") for i in range(8)]
+    groups = near_duplicate_groups(links, max_distance=3)
+    assert groups
+    assert all(len(g) <= 2 for g in groups)
 
 
 def _clustered(n_clusters: int, per: int, flips: int, seed: int) -> list[tuple[str, str]]:
@@ -164,9 +192,41 @@ def _clustered(n_clusters: int, per: int, flips: int, seed: int) -> list[tuple[s
 
 
 @pytest.mark.parametrize("d", [0, 1, 3, 6, 9])
-def test_near_duplicate_groups_equal_brute_force(d: int) -> None:
+def test_near_duplicate_groups_follow_the_documented_rule(d: int) -> None:
     items = _clustered(n_clusters=60, per=5, flips=5, seed=d)
     assert near_duplicate_groups(items, max_distance=d) == _brute_groups(items, d)
+
+
+_HASHES = st.lists(
+    st.sampled_from([0, 1, 3, 7, 0x1F, 0x3FF, 0xFF00, 0xF0F0, 2**64 - 1, 2**63, 0x8000000F])
+    | st.integers(0, 2**64 - 1),
+    min_size=0,
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=_HASHES, d=st.integers(0, 12), seed=st.integers(0, 2**32 - 1))
+def test_groups_are_complete_and_do_not_depend_on_the_order(
+    values: list[int], d: int, seed: int
+) -> None:
+    items = [(f"k{i}", f"{v:016x}") for i, v in enumerate(values)]
+    groups = near_duplicate_groups(items, max_distance=d)
+    of = dict(items)
+    for g in groups:
+        assert len(g) >= 2
+        assert all(hamming(of[a], of[b]) <= d for a in g for b in g), g
+    keys = [k for g in groups for k in g]
+    assert len(keys) == len(set(keys))  # a key in one group at most
+    by_hash: dict[str, set[str]] = {}
+    for k, h in items:
+        by_hash.setdefault(h, set()).add(k)
+    for same in (s for s in by_hash.values() if len(s) > 1):  # equal hashes: one group
+        assert any(same <= set(g) for g in groups)
+    shuffled = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+    again = near_duplicate_groups(shuffled, max_distance=d)
+    assert {frozenset(g) for g in again} == {frozenset(g) for g in groups}
+    assert groups == _brute_groups(items, d)
 
 
 def test_near_duplicate_groups_scales() -> None:
