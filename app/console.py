@@ -20,7 +20,9 @@ whole, and a test compares)::
     also:     stats.csv, stats.parquet, data_stats.csv, summary.json (in the same folder)
 
     <the stage table>
-    bottleneck: <the bottleneck's verdict; every stage's is in report.html>
+    bottleneck: <stage>
+    advice:
+      <the verdict of each stage that is not only waiting for another (starved, idle)>
 
 At most 20 failures are listed (:class:`~app.collectors.FailureList` keeps them), then
 ``… and N more: <command>``.
@@ -63,6 +65,8 @@ LISTED = ("failed", "skipped", "cancelled")
 MESSAGE_WIDTH = 160
 #: files of the output folder named on the summary when they are there
 TABLES = ("stats.csv", "stats.parquet", "data_stats.csv", "summary.json")
+#: verdicts left out of the console's advice (in report.html and summary.json all the same)
+QUIET_VERDICTS = ("starved", "idle")
 #: the output folders of the images: one per ``--size`` (``512``, ``640x480``, ``640x``, ``x480``)
 SIZE_FOLDER = re.compile(r"\d+|\d+x\d*|x\d+")
 
@@ -92,9 +96,12 @@ def summary_lines(result: RunResult, elapsed: float | None = None) -> list[str]:
         lines += _files(result.output)
     if result.stages and any(s.items for s in result.stages):
         lines += ["", result.table()]
-        verdict = [v for v in result.advice if v.stage == result.bottleneck]
-        if verdict:  # the others' verdicts: report.html and summary.json
-            lines.append(f"bottleneck: {render_advice(verdict[:1]).strip()}")
+        if result.bottleneck:
+            lines.append(f"bottleneck: {result.bottleneck}")
+        # a stage only waiting for another says nothing new: its verdict is in the report
+        said = [v for v in result.advice if v.kind not in QUIET_VERDICTS]
+        if said:
+            lines += ["advice:", render_advice(said)]
     return lines
 
 

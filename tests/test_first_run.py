@@ -1,8 +1,8 @@
 """The first hour: what ``process`` prints at the end of a run, run as a real subprocess.
 
 * The README's "Your first run" blocks are what ``make process`` prints, a first time and again
-  (everything reused): compared line for line, only times, rates, the machine's worker counts
-  and which stage was the bottleneck (a matter of timing) left out.
+  (everything reused): compared line for line, only times, rates, the machine's worker counts,
+  which stage was the bottleneck and the verdicts (matters of timing) left out.
 * A run with failures lists them with their reasons, at most 20, then the command that lists
   them all; that command, run as printed, does.
 * A re-run shows everything ``reused``: on the console, in the manifest, ``stats.csv``,
@@ -66,18 +66,21 @@ _RATE = re.compile(r"\(\d+\.\d+ inputs/s\)")
 def normalise(text: str) -> list[str]:
     """``text``'s lines with times and rates masked; in the stage table only the stage, its
     kind, items and failures kept (workers depend on the machine's cores, the rest is timing);
-    the bottleneck's verdict masked (which stage it is depends on timing too)."""
+    the bottleneck and the verdicts masked (which stage, which verdicts: timing too)."""
     lines, in_table = [], False
     for line in text.strip("\n").splitlines():
         line = _RATE.sub("(R inputs/s)", _SECONDS.sub("T s", line.rstrip()))
         if line.startswith("stage ") and "items/s" in line:
             in_table = True
-        elif in_table and line and not line.startswith("-"):
-            if line.startswith("bottleneck: "):
-                line, in_table = "bottleneck: <verdict>", False
-            else:
-                name, kind, _workers, items, failed, *_ = line.split()
-                line = f"{name} {kind} W {items} {failed} <figures>"
+        elif in_table and line.startswith("bottleneck: "):
+            line = "bottleneck: <stage>"
+        elif in_table and line.startswith("  "):  # the verdicts: which, and what they say
+            line = "  <verdicts>"
+            if lines[-1] == line:
+                continue
+        elif in_table and line and not line.startswith("-") and line != "advice:":
+            name, kind, _workers, items, failed, *_ = line.split()
+            line = f"{name} {kind} W {items} {failed} <figures>"
         lines.append(line)
     return lines
 
@@ -87,14 +90,19 @@ def test_normalise_keeps_what_must_not_drift() -> None:
         "done: 3 input(s) in 0.52 s (5.8 inputs/s): ok 3\n"
         "stage   kind   wkrs   items failed   items/s\n-----\n"
         "read    thread    8       3      0      5.8   33%  <- bottleneck\n"
-        "bottleneck: read: io-bound: ...\n"
+        "bottleneck: read\n"
+        "advice:\n"
+        "  read: io-bound: ...\n"
+        "  write: cpu: ...\n"
     )
     assert normalise(text) == [
         "done: 3 input(s) in T s (R inputs/s): ok 3",
         "stage   kind   wkrs   items failed   items/s",
         "-----",
         "read thread W 3 0 <figures>",
-        "bottleneck: <verdict>",
+        "bottleneck: <stage>",
+        "advice:",
+        "  <verdicts>",
     ]
     assert normalise(text.replace("ok 3", "ok 2")) != normalise(text)
     assert normalise(text.replace("3      0", "3      1")) != normalise(text)
