@@ -1,4 +1,5 @@
-"""The command line: ``python -m pipeline {process,profile,demo} ...`` (and the ``pixpipe`` script).
+"""The command line: ``python -m pipeline {process,profile,failures,demo} ...`` (the ``pixpipe``
+script is the same).
 
 Exit codes: 0 all ok, 1 finished with item failures, 2 usage or definition error, 3 fatal run
 error, 130 interrupted. The commands themselves live in :mod:`app.commands`; this module builds

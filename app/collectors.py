@@ -8,6 +8,8 @@ run (:class:`pipeline.Collector`) and put their result into ``summary.json``.
   CSV files with the same numeric columns (:class:`stages.aggregate.DataGroups` does the exact
   merging).
 * :class:`DataTable` writes ``data_stats.csv``: one row per array or CSV column.
+* :class:`FailureList` counts this run's failed inputs and keeps the first few, for the lines
+  the command prints at the end (:mod:`app.console`).
 
 The tables hold every record of the output folder, this run's and the earlier ones: they are
 built from the manifest at the end of the run, as sinks of the one pass over it
@@ -22,14 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline import Record, Status
+from pipeline import Record, Status, shown
 from stages.aggregate import DataGroups
 from stages.parts import is_data_result
 
 from .endofrun import ManifestPass, data_result
 from .tables import CsvStream, ParquetStream
 
-__all__ = ["DataAggregate", "DataTable", "NearDuplicates", "StatsTable"]
+__all__ = ["DataAggregate", "DataTable", "FailureList", "NearDuplicates", "StatsTable"]
 
 
 class StatsTable:
@@ -139,9 +141,12 @@ class NearDuplicates:
 
 def _data_value(record: Record) -> dict[str, Any] | None:
     """A data record's statistics: this run's ``ok`` ones and, on resume, the earlier result of a
-    ``skipped`` one; None for anything else (images, failures)."""
+    ``reused`` one (or of a ``skipped`` one that kept it); None for anything else (images,
+    failures)."""
     v = record.value
-    ok = record.status is Status.OK or (record.status is Status.SKIPPED and v is not None)
+    ok = record.status in (Status.OK, Status.REUSED) or (
+        record.status is Status.SKIPPED and v is not None
+    )
     if ok and isinstance(v, dict) and v.get("kind") in ("array", "csv"):
         return v
     return None
@@ -204,3 +209,33 @@ class DataTable:
 
     def discard(self) -> None:
         self._csv.discard()
+
+
+class FailureList:
+    """This run's ``failed`` records: how many, and the first ``limit`` of them as the manifest
+    writes them (``key`` shown, ``stage``, ``error_type``, ``error``), for the end-of-run lines
+    on the console; in ``summary.json`` as ``collected.failures``. Memory: ``limit`` entries."""
+
+    name = "failures"
+
+    def __init__(self, limit: int = 20) -> None:
+        self.limit = limit
+        self.count = 0
+        self.first: list[dict[str, Any]] = []
+
+    def add(self, record: Record) -> None:
+        if record.status is not Status.FAILED:
+            return
+        self.count += 1
+        if len(self.first) < self.limit:
+            self.first.append(
+                {
+                    "key": shown(record.key),
+                    "stage": record.stage,
+                    "error_type": record.error_type,
+                    "error": shown(record.error or ""),
+                }
+            )
+
+    def result(self) -> dict[str, Any]:
+        return {"count": self.count, "first": self.first}

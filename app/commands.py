@@ -1,5 +1,6 @@
-"""The commands: ``process``, ``profile`` (a ``process`` run over a sample, stage figures only)
-and ``demo`` (the engine alone). :func:`add_commands` adds them to the parser of :mod:`app.cli`;
+"""The commands: ``process``, ``profile`` (a ``process`` run over a sample, stage figures only),
+``failures`` (the failed inputs of an output folder, from its manifest) and ``demo`` (the engine
+alone). :func:`add_commands` adds them to the parser of :mod:`app.cli`;
 each command is a function of the parsed arguments that returns the exit code.
 
 The options of ``process`` and ``profile`` are declared once, on
@@ -10,7 +11,7 @@ Only what is not an option of a run is declared here: ``--config``, ``--verbose`
 from __future__ import annotations
 
 import argparse
-import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,21 +22,16 @@ from .warmup import warm_up
 
 __all__ = ["COMMANDS", "add_commands"]
 
-log = logging.getLogger("app")
-
 
 def _process(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     warm_up(args.backend, args.config)
     from .console import print_summary
     from .process import run_process
 
     cfg = config_from_args(args)
     result = run_process(cfg)
-    print_summary(result, quiet=cfg.quiet)
-    if not cfg.quiet:
-        groups = result.collected.get("near_duplicates", {}).get("groups", [])
-        if groups:
-            log.info("near-duplicate groups: %d (listed in summary.json)", len(groups))
+    print_summary(result, quiet=cfg.quiet, elapsed=time.perf_counter() - started)
     return result.exit_code
 
 
@@ -115,10 +111,35 @@ def _add_demo(sub: Any) -> None:
     demo.set_defaults(func=_demo)
 
 
+def _failures(args: argparse.Namespace) -> int:
+    from .console import print_records
+
+    return print_records(args.output, args.status)
+
+
+def _add_failures(sub: Any) -> None:
+    from .console import LISTED
+
+    p: argparse.ArgumentParser = sub.add_parser(
+        "failures",
+        help="list the failed inputs of an output folder, with their errors",
+        description="Print one line per input of OUTPUT/manifest.jsonl whose latest record is "
+        "failed (KEY: ERROR_TYPE in STAGE: MESSAGE), or skipped / cancelled with --status "
+        "(KEY: REASON); the count goes to stderr. Names are shown with undecodable bytes and "
+        "control characters as \\xNN.",
+    )
+    p.add_argument("output", type=Path, metavar="OUTPUT", help="the output folder of a run")
+    p.add_argument(
+        "--status", choices=LISTED, default="failed", help="which records (default: failed)"
+    )
+    p.set_defaults(func=_failures)
+
+
 #: command name -> function adding it to the CLI's sub-parsers
 COMMANDS: dict[str, Callable[[Any], None]] = {
     "demo": _add_demo,
     "process": _add_process,  # adds "profile" too
+    "failures": _add_failures,
 }
 
 

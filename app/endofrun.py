@@ -138,10 +138,10 @@ class ManifestPass:
 
 def data_result(record: Mapping[str, Any]) -> dict[str, Any] | None:
     """A manifest record's data-file statistics, for the sinks that list them: those of an ``ok``
-    record, or the earlier result of a ``skipped`` one; None for anything else (images,
-    failures)."""
+    or ``reused`` record (or the kept result of a ``skipped`` one: input gone, not retried);
+    None for anything else (images, failures)."""
     v = record.get("result")
-    if record.get("status") in ("ok", "skipped") and is_data_result(v):
+    if record.get("status") in ("ok", "reused", "skipped") and is_data_result(v):
         assert isinstance(v, dict)
         return v
     return None

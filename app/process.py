@@ -42,7 +42,7 @@ from stages.parts import is_data_result
 from stages.sources import DATA_EXTENSIONS, DataFile, SourceFile, walk_inputs
 from stages.thumbs import Rendered, outputs_exist
 
-from .collectors import DataAggregate, DataTable, NearDuplicates, StatsTable
+from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
 from .config import ProcessConfig
 from .endofrun import ManifestPass
 from .report import ReportSheet, write_report
@@ -327,7 +327,13 @@ def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPas
         backend=backend,
         autoscale=cfg.auto_workers,
         output=out,
-        collectors=[table, NearDuplicates(table), DataAggregate(), DataTable(out, manifest)],
+        collectors=[
+            table,
+            NearDuplicates(table),
+            DataAggregate(),
+            DataTable(out, manifest),
+            FailureList(),
+        ],
         fingerprint=cfg.fingerprint(),  # items carry their own (see _fingerprinted)
         is_done=_is_done(cfg, out),
         retry_failed=cfg.retry_failed,

@@ -2,9 +2,11 @@
 
 What the page needs from the manifest, :class:`ReportSheet` gathers as a sink of the end of the
 run's one pass over it (:class:`app.endofrun.ManifestPass`): the contact sheet's first
-``MAX_TILES`` tiles and ``MAX_LISTED`` skipped entries, the data table's first ``MAX_TILES``
-rows, and the line offset of each ``ok`` image, from which the near-duplicate groups' thumbnails
-are read back once the groups are known (in ``summary.json``, written after that pass).
+``MAX_TILES`` tiles (``ok`` and ``reused`` images with their thumbnails, ``failed`` ones with
+their errors) and ``MAX_LISTED`` skipped entries, the data table's first ``MAX_TILES`` rows, and
+the line offset of each ``ok`` or ``reused`` image, from which the near-duplicate groups'
+thumbnails are read back once the groups are known (in ``summary.json``, written after that
+pass).
 :func:`write_report` without a sheet (or with one whose pass never ran) reads the manifest
 itself, once.
 
@@ -40,6 +42,8 @@ __all__ = ["MAX_TILES", "REPORT", "ReportSheet", "write_report"]
 REPORT = "report.html"
 MAX_TILES = 2000
 MAX_LISTED = 500  # skipped/cancelled entries, near-duplicate groups
+#: statuses whose records have outputs: processed by this run, or done earlier and reused
+DONE = ("ok", "reused")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 W, H, PAD = 720, 240, 40
 
@@ -51,6 +55,7 @@ svg.hist rect{fill:#4c78a8}
 figure{margin:0;width:168px;border:1px solid #ddd;padding:4px;overflow-wrap:anywhere;font-size:11px}
 figure img{max-width:160px;max-height:160px;width:auto;height:auto;display:block}
 figure.failed{background:#fff3f3;border-color:#d62728}
+figure.reused{border-style:dashed}figure.reused i{color:#777}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
 td.l,th.l{text-align:left}.legend span{margin-right:1em}svg.chart{background:#fafafa}"""
 
@@ -101,7 +106,8 @@ class ReportSheet:
     """The report's part of the manifest, gathered a record at a time (a sink of ``manifest``).
 
     Memory is bounded: at most ``MAX_TILES`` tiles and data rows and ``MAX_LISTED`` skipped
-    entries are kept as HTML, and, for each ``ok`` image, its key and the offset of its line.
+    entries are kept as HTML, and, for each ``ok`` or ``reused`` image, its key and the offset of
+    its line.
     """
 
     def __init__(self, manifest: ManifestPass) -> None:
@@ -120,11 +126,11 @@ class ReportSheet:
             self._data(record)  # in the data table, not on the sheet
             return
         status, key = record.get("status"), str(record.get("key", ""))
-        out = _smallest(record) if status == "ok" else None
+        out = _smallest(record) if status in DONE else None
         if out is not None:
             self._ok_keys.append(key)
             self._ok_offsets.append(offset)
-        if status in ("ok", "failed"):
+        if status in (*DONE, "failed"):
             if len(self.tiles) < MAX_TILES:
                 self.tiles.append(_tile(record, out))
             else:
@@ -142,8 +148,8 @@ class ReportSheet:
         return None
 
     def thumbs(self, wanted: set[str]) -> dict[str, Mapping[str, Any]]:
-        """The smallest output of each ``ok`` image among the ``wanted`` keys, read back from
-        the manifest (the lines of those images only)."""
+        """The smallest output of each ``ok`` or ``reused`` image among the ``wanted`` keys, read
+        back from the manifest (the lines of those images only)."""
         if not wanted:
             return {}
         picked = [
@@ -300,6 +306,11 @@ def _tile(rec: Mapping[str, Any], out: Mapping[str, Any] | None) -> str:
         )
     img = _img(out, key) if out is not None else "(no output)"
     dims = f" {int(_num(out.get('width')))}x{int(_num(out.get('height')))}" if out else ""
+    if rec.get("status") == "reused":  # made by an earlier run, unchanged since
+        return (
+            f'<figure class="reused">{img}<figcaption>{_e(key)}{dims} <i>reused</i>'
+            "</figcaption></figure>"
+        )
     return f'<figure class="ok">{img}<figcaption>{_e(key)}{dims}</figcaption></figure>'
 
 

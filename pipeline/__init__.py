@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .forkserver import shutdown
     from .ledger import Ledger, read_manifest, read_manifest_at, scan_manifest
     from .metrics import StageSnapshot
-    from .names import from_b64, shown
+    from .names import from_b64, printable, shown
     from .records import Item, Record, Status
     from .result import Collector, RunResult
     from .split import Split
@@ -81,6 +81,7 @@ _WHERE = {
     "scan_manifest": "ledger",
     "from_b64": "names",
     "shown": "names",
+    "printable": "names",
     "AtomicFile": "atomic",
     "atomic_write_bytes": "atomic",
     "atomic_write_text": "atomic",
@@ -128,6 +129,7 @@ __all__ = [
     "atomic_write_text",
     "from_b64",
     "hold_folder",
+    "printable",
     "read_manifest",
     "read_manifest_at",
     "run_stage",

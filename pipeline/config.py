@@ -33,10 +33,14 @@ class RunOptions:
 
     ``output``: the folder of the ledger (``manifest.jsonl``, ``summary.json``); None: no
     ledger, the records are only returned.
-    ``resume``: skip keys whose earlier record is ``ok`` (or skipped as already done), whose
-    ``fingerprint`` matches and for which ``is_done(record)`` holds (e.g. the outputs exist).
-    ``retry_failed``: redo only keys whose earlier record is ``failed``; everything else is
-    recorded ``skipped``. ``force``: redo everything.
+    ``resume``: do not process again keys whose earlier record is ``ok`` or ``reused``, whose
+    ``fingerprint`` matches, whose input is the same (``source``, ``identity``) and for which
+    ``is_done(record)`` holds (e.g. the outputs exist): they are recorded ``reused``, with the
+    earlier result. Every terminal record has one status: ``ok`` (processed), ``failed``,
+    ``skipped`` (not processed, ``reason`` says why), ``reused`` (done earlier, counts as done)
+    or ``cancelled`` (in flight when the run stopped).
+    ``retry_failed``: redo only keys whose earlier record is ``failed``; done ones are
+    ``reused``, everything else is recorded ``skipped``. ``force``: redo everything.
     ``progress``: progress bars on stderr (None: when stderr is a terminal).
     ``crash_budget``: worker crashes tolerated before the run stops with exit 3.
     ``grace``: seconds in-flight items get to finish after Ctrl-C before they are cancelled.

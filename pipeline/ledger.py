@@ -43,7 +43,7 @@ from .atomic import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
 from .errors import LedgerError
 from .folderlock import hold_folder
 from .names import is_clean, raw_b64, shown, text_safe
-from .records import Record
+from .records import LEGACY_DONE, Record, upgrade
 
 __all__ = [
     "Ledger",
@@ -60,10 +60,15 @@ REVISIT_CHUNK = 1000
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
 JOURNAL = ".pipeline/ledger.sqlite"
+#: The journal's ``PRAGMA user_version``: 1 once done keys say ``reused`` (0: an older journal,
+#: upgraded when opened).
+JOURNAL_VERSION = 1
 
 
 def read_manifest(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield the records of a ``manifest.jsonl`` (the README documents the fields)."""
+    """Yield the records of a ``manifest.jsonl`` (the README documents the fields); a line an
+    older version wrote is read as today's (:func:`~pipeline.records.upgrade`: ``skipped`` /
+    ``already done`` is ``reused``)."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
@@ -100,7 +105,9 @@ def _parse_line(path: Path, where: int | str, line: str) -> dict[str, Any]:
         record: dict[str, Any] = json.loads(line)
     except json.JSONDecodeError as exc:
         raise LedgerError(f"{path}:{where}: not a JSON record ({exc})") from exc
-    return record
+    if not isinstance(record, dict):
+        raise LedgerError(f"{path}:{where}: not a JSON record (a {type(record).__name__})")
+    return upgrade(record)
 
 
 class Ledger:
@@ -154,6 +161,8 @@ class Ledger:
             self._db = db
             if fresh and self.manifest_path.exists():
                 self._import_manifest()
+            if db.execute("PRAGMA user_version").fetchone()[0] < JOURNAL_VERSION:
+                self._upgrade_journal()
             row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
             self._seq = int(row[0])
         except (OSError, sqlite3.Error) as exc:
@@ -170,6 +179,29 @@ class Ledger:
                 batch = []
         if batch:
             self._upsert(batch)
+
+    def _upgrade_journal(self) -> None:
+        """Rows an older version journalled as ``skipped`` / ``already done`` become ``reused``
+        (:func:`~pipeline.records.upgrade`), so resume, the counts and the next manifest agree.
+        Once per journal: its ``user_version`` says it is done."""
+        assert self._db is not None
+        mark = json.dumps({"reason": LEGACY_DONE})[1:-1]  # as Record.to_line writes it
+        rows = self._db.execute(
+            "SELECT key, json FROM records WHERE status = 'skipped' AND instr(json, ?) > 0",
+            (mark,),
+        ).fetchall()
+        updates = []
+        for key, text in rows:
+            data = json.loads(text)
+            if upgrade(data).get("status") == "reused":
+                updates.append((json.dumps(data, ensure_ascii=False), key))
+        if updates:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE records SET status = 'reused', json = ? WHERE key = ?", updates
+            )
+            self._db.execute("COMMIT")
+        self._db.execute(f"PRAGMA user_version = {JOURNAL_VERSION}")
 
     def _upsert(self, records: Sequence[tuple[str, str, str]]) -> None:
         """Insert or replace ``(key, status, manifest line)`` rows in one transaction."""

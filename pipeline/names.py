@@ -10,7 +10,9 @@ as UTF-8 text. At the text boundary (manifest, journal, summary, tables, report,
 * :func:`raw_b64` gives the exact bytes, base64-encoded; the manifest stores it beside the
   shown form (``key_b64``, ``source_b64``, an output's ``path_b64``) only when the two differ,
   and :func:`from_b64` turns it back into the program's string
-  (``base64.b64decode(record["key_b64"])`` gives the original bytes to any other reader).
+  (``base64.b64decode(record["key_b64"])`` gives the original bytes to any other reader);
+* :func:`printable` gives a one-line form for a terminal: :func:`shown`, with control characters
+  (a newline, an escape sequence in a file name) written ``\\xNN`` too.
 
 Everything else (clean names, URLs) passes through untouched and costs one scan.
 """
@@ -22,9 +24,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["from_b64", "is_clean", "raw_b64", "shown", "text_safe", "with_raw"]
+__all__ = ["from_b64", "is_clean", "printable", "raw_b64", "shown", "text_safe", "with_raw"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def is_clean(text: str) -> bool:
@@ -44,6 +47,12 @@ def shown(text: str) -> str:
         return _raw(text).decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate that is not an escaped byte (from elsewhere)
         return text.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def printable(text: str) -> str:
+    """:func:`shown`, and each control character written ``\\xNN``: one line of valid UTF-8
+    that cannot move a terminal's cursor or change its colours (for console output)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", shown(text))
 
 
 def raw_b64(text: str) -> str:

@@ -47,9 +47,9 @@ class Recorder:
         """Hand ``record`` to the ledger writer; its key is no longer in flight."""
         record.run = self.run_id
         item = self.inflight.get(record.key)
-        if record.status is not Status.SKIPPED or record.stage is not None:
+        if record.status not in (Status.SKIPPED, Status.REUSED) or record.stage is not None:
             # processed (or declined by a stage): the record names the options and the input
-            # it was made from; a skip of a done item keeps the earlier record's (pipeline.resume)
+            # it was made from; a reused record keeps the earlier record's (pipeline.resume)
             if record.fingerprint is None:
                 record.fingerprint = self.fingerprint(record.key, item)
             if item is not None:

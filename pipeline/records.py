@@ -4,8 +4,9 @@ An :class:`Item` is the envelope a stage receives: a stable ``key`` (what the le
 by), a human ``source`` (a path or URL) and the ``value`` the stage functions transform. Stage
 functions only ever see and return ``value``; the envelope is the engine's.
 
-A :class:`Record` is the one terminal outcome of a key: ``ok``, ``failed``, ``skipped`` or
-``cancelled``. ``Record.to_json()`` is the manifest line (format in the README).
+A :class:`Record` is the one terminal outcome of a key (:class:`Status`): ``ok``, ``failed``,
+``skipped``, ``reused`` or ``cancelled``. ``Record.to_json()`` is the manifest line (format in the
+README); :meth:`Record.from_json` and :func:`upgrade` read older lines as today's.
 """
 
 from __future__ import annotations
@@ -21,14 +22,46 @@ from typing import Any
 
 from .names import from_b64, is_clean, text_safe, with_raw
 
-__all__ = ["Item", "Record", "Status", "as_item", "jsonable"]
+__all__ = ["LEGACY_DONE", "Item", "Record", "Status", "as_item", "jsonable", "upgrade"]
 
 
 class Status(StrEnum):
+    """The terminal statuses of a key; ``ok`` and ``reused`` count as done (exit code 0).
+
+    * ``ok`` — processed by this run; ``result`` is what it made.
+    * ``failed`` — processed and failed: ``stage``, ``error_type``, ``error``, ``attempts``.
+    * ``skipped`` — not processed, and ``reason`` says why (not an image, a special file, declined
+      by a stage, not retried, input gone).
+    * ``reused`` — done by an earlier run and unchanged (resume): not processed again; the record
+      keeps the earlier ``result`` (its outputs and statistics), options and input identity, so
+      it is as good as the ``ok`` record it continues, for the tables and for the next resume.
+    * ``cancelled`` — in flight when the run was stopped (``reason``).
+    """
+
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"
+    REUSED = "reused"
     CANCELLED = "cancelled"
+
+
+#: The ``reason`` of a ``skipped`` record that earlier versions wrote for a resumed, done key:
+#: such a record is read as ``reused`` (:func:`upgrade`).
+LEGACY_DONE = "already done"
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A manifest record as today's version writes it: an older ``skipped`` record with reason
+    ``already done`` (and no stage) becomes ``reused`` without a reason. Changed in place and
+    returned; anything else is returned untouched."""
+    if (
+        data.get("status") == "skipped"
+        and data.get("reason") == LEGACY_DONE
+        and data.get("stage") is None
+    ):
+        data["status"] = "reused"
+        del data["reason"]
+    return data
 
 
 @dataclass(slots=True)
@@ -169,6 +202,8 @@ class Record:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
+        """The record of a manifest line (an older one upgraded, see :func:`upgrade`)."""
+        data = upgrade(dict(data))
         key_b64, source_b64 = data.get("key_b64"), data.get("source_b64")
         identity = data.get("identity")
         return cls(

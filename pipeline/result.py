@@ -63,6 +63,11 @@ class RunResult:
         return self.counts.get("skipped", 0)
 
     @property
+    def reused(self) -> int:
+        """Keys done by an earlier run and unchanged (resume): done, not processed again."""
+        return self.counts.get("reused", 0)
+
+    @property
     def cancelled(self) -> int:
         return self.counts.get("cancelled", 0)
 
@@ -73,6 +78,8 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
+        """130 interrupted, 3 a fatal error, 1 item failures, else 0 (``ok``, ``reused`` and
+        ``skipped`` records are no failures)."""
         if self.interrupted:
             return 130
         if self.error is not None:

@@ -1,11 +1,14 @@
 """Resume: whether an input's earlier record settles it, or it is processed (again).
 
-Done means: an ``ok`` record (or a skip of a done item) made with the same options
-(fingerprint) from the same input (source and identity, when the source gives one), whose
-outputs are still there (``is_done``). A stage's earlier skip of the same input (same options
-and identity: a file that is not an image) settles it too. ``retry_failed`` redoes only
-failures; ``force`` redoes everything. The feeder asks :meth:`ResumePolicy.decide` for every
-input of a run with a ledger.
+Done means: an ``ok`` or ``reused`` record made with the same options (fingerprint) from the
+same input (source and identity, when the source gives one), whose outputs are still there
+(``is_done``). A done input is recorded ``reused``: the earlier result (outputs, statistics),
+options and identity carried over, so the new record is done in its turn. A stage's earlier
+skip of the same input (same options and identity: a file that is not an image) settles it too,
+``skipped`` again with the same reason. ``retry_failed`` redoes only failures; ``force`` redoes
+everything. The feeder asks :meth:`ResumePolicy.decide` for every input of a run with a ledger.
+(Older ledgers said ``skipped`` / ``already done`` for ``reused``: they are read as ``reused``,
+see :func:`pipeline.records.upgrade`.)
 """
 
 from __future__ import annotations
@@ -17,9 +20,8 @@ from .config import RunOptions
 from .names import shown
 from .records import Item, Record, Status
 
-__all__ = ["NOT_RETRIED", "REASON_DONE", "ResumePolicy"]
+__all__ = ["NOT_RETRIED", "ResumePolicy", "reused"]
 
-REASON_DONE = "already done"
 NOT_RETRIED = "not retried: no earlier failure (--retry-failed)"
 
 
@@ -46,10 +48,11 @@ class ResumePolicy:
         stale = self.stale(item, prev)
         if stale is None:
             if declined(prev):  # a stage declined this very input before: it would again
-                return skipped(item, prev.reason or REASON_DONE, prev, stage=prev.stage)
-            return skipped(item, REASON_DONE, prev)
+                return skipped(item, prev.reason or "declined by the stage", prev, stage=prev.stage)
+            return reused(item, prev)
         if opts.retry_failed and prev.status is not Status.FAILED:
-            return skipped(item, REASON_DONE if done(prev) else NOT_RETRIED, prev)
+            # not redone, whatever changed: only failures are; "reused" only when it is done
+            return skipped(item, NOT_RETRIED if not done(prev) else f"not retried: {stale}", prev)
         item.redo = stale
         return None
 
@@ -93,11 +96,23 @@ def skipped(
     )
 
 
-def done(prev: Record) -> bool:
-    """An earlier record that says the item was made: ``ok``, or skipped as already done."""
-    return prev.status is Status.OK or (
-        prev.status is Status.SKIPPED and prev.reason == REASON_DONE
+def reused(item: Item, prev: Record) -> Record:
+    """``item`` done by an earlier run (``prev``, ``ok`` or ``reused``) and unchanged: its result,
+    options and input identity carried over."""
+    return Record(
+        key=item.key,
+        status=Status.REUSED,
+        source=item.source,
+        value=prev.value,
+        meta=item.meta or prev.meta,
+        fingerprint=prev.fingerprint,
+        identity=prev.identity,
     )
+
+
+def done(prev: Record) -> bool:
+    """An earlier record that says the item was made: ``ok`` or ``reused``."""
+    return prev.status in (Status.OK, Status.REUSED)
 
 
 def declined(prev: Record) -> bool:

@@ -346,7 +346,12 @@ def test_a_user_pipeline_over_a_folder(photos: Path, tmp_path: Path) -> None:
     assert len(ok) == len(list(IMAGES.rglob("*.*"))) - 1  # every sample image but the GIF
 
     again = pipe.run(stages.walk(photos), output=out, progress=False)
-    assert again.counts.get("skipped") == len(recs)  # resume: nothing to redo
+    # resume: nothing to redo; what a stage declined (the GIF, the flat image, the notes) is
+    # skipped again, with the same reason
+    skipped = {k for k, r in recs.items() if r["status"] == "skipped"}
+    assert skipped == {"500x500_palette.gif", "flat.png", "notes.txt"}
+    assert again.counts == {"reused": len(recs) - len(skipped), "skipped": len(skipped)}
+    assert {k for k, r in by_key(out).items() if r["status"] == "skipped"} == skipped
 
 
 def test_walk_leaves_the_output_folder_out(photos: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -262,6 +263,48 @@ def test_process_matches_the_local_backend(cluster: str, tmp_path: Path) -> None
     assert summary["counts"] == json.loads((outs["local"] / "summary.json").read_text())["counts"]
     assert dask["data/a.npy"]["result"]["chunks"] == 5  # 320 kB in 64 kB parts
     assert dask["data/b.npz:y"]["result"]["stats"]["sum"] == 5.0
+
+
+@pytest.mark.timeout(180)
+def test_a_dask_rerun_reuses_what_is_done(cluster: str, tmp_path: Path) -> None:
+    """Resume is the driver's: a second run records every done input ``reused`` (as locally),
+    sends none of them to the workers, and the tables keep them."""
+    out = tmp_path / "out"
+    cfg = ProcessConfig.from_mapping(
+        {
+            "inputs": [str(IMAGES), str(EDGE)],
+            "output": str(out),
+            "quiet": True,
+            "backend": "dask",
+            "scheduler": cluster,
+            "shard_size": 8,
+        }
+    )
+    first = run_process(cfg)
+    assert first.error is None
+    made = by_key(out)
+    again = run_process(cfg)
+    assert again.error is None
+    assert again.exit_code == 1  # the edge cases that fail are tried again, and fail
+    recs = by_key(out)
+    ok = {k for k, r in made.items() if r["status"] == "ok"}
+    failed = {k for k, r in made.items() if r["status"] == "failed"}
+    assert ok
+    assert failed
+    assert {k for k, r in recs.items() if r["status"] == "reused"} == ok
+    assert {k for k, r in recs.items() if r["status"] == "failed"} == failed
+    assert again.counts == {
+        "reused": len(ok),
+        "failed": len(failed),
+        "skipped": first.counts["skipped"],  # declined by the read stage again, not redone
+    }
+    for key in ok:
+        assert recs[key]["result"] == made[key]["result"]
+    backend = json.loads((out / "summary.json").read_text())["collected"]["backend"]
+    assert backend["items"] == len(failed)  # only the failures went to the workers again
+    with open(out / "stats.csv", newline="") as fh:
+        rows = {row["key"]: row["status"] for row in csv.DictReader(fh)}
+    assert rows == {k: "reused" for k in ok}
 
 
 @pytest.mark.timeout(120)

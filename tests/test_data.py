@@ -327,7 +327,7 @@ def test_process_resume_redoes_only_what_changed(data_dir: Path, tmp_path: Path)
     inputs = (str(data_dir), str(images))
     run_process(ProcessConfig(inputs=inputs, output=str(out), quiet=True))
     again = run_process(ProcessConfig(inputs=inputs, output=str(out), quiet=True))
-    assert again.counts.get("ok", 0) == 0  # everything done is skipped
+    assert again.counts.get("ok", 0) == 0  # everything done is reused
     changed = run_process(ProcessConfig(inputs=inputs, output=str(out), bins=16, quiet=True))
     recs = by_key(out)
     data_keys = {k for k in recs if k.startswith("in/") and not k.endswith((".txt",))}

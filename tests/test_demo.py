@@ -60,7 +60,7 @@ def test_demo_redoes_what_changed_and_never_walks_its_output(inputs: Path) -> No
     recs = by_key(out)
     assert recs["a.bin"]["status"] == "ok"
     assert recs["a.bin"]["result"]["bytes"] == len(b"changed")
-    assert recs["sub/b.txt"]["status"] == "skipped"  # unchanged: already done
+    assert recs["sub/b.txt"]["status"] == "reused"  # unchanged: done by the first run
     assert recs["out/"]["status"] == "skipped"
     assert not [k for k in recs if k.startswith("out/") and k != "out/"]
 

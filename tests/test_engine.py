@@ -250,22 +250,24 @@ def test_resume_skips_done_and_redoes_the_rest(out: Path) -> None:
     first = pipe.run(keyed(20), output=out, progress=False)
     assert first.failed == 3
     second = pipe.run(keyed(25), output=out, progress=False)
-    # ok ones skipped, failed ones retried (and fail again), five new ones processed
-    assert second.counts == {"skipped": 17, "failed": 4, "ok": 4}
+    # ok ones reused, failed ones retried (and fail again), five new ones processed
+    assert second.counts == {"reused": 17, "failed": 4, "ok": 4}
+    assert (second.reused, second.skipped, second.exit_code) == (17, 0, 1)
     recs = by_key(out)
     assert len(recs) == 25
-    assert recs["k0001"]["status"] == "skipped"
-    assert recs["k0001"]["reason"] == "already done"
+    assert recs["k0001"]["status"] == "reused"
+    assert "reason" not in recs["k0001"]
     assert recs["k0001"]["result"] == 1  # the earlier result is carried over
-    third = pipe.run(keyed(25), output=out, progress=False)
-    assert third.counts == {"skipped": 21, "failed": 4}
+    third = pipe.run(keyed(25), output=out, progress=False)  # a reused record is done too
+    assert third.counts == {"reused": 21, "failed": 4}
+    assert by_key(out)["k0001"]["result"] == 1
 
 
 def test_retry_failed_redoes_only_failures(out: Path) -> None:
     pipe = Pipeline([stage(fns.fail_on_multiple_of_7, kind="thread")])
     pipe.run(keyed(15), output=out, progress=False)
     result = pipe.run(keyed(20), output=out, progress=False, retry_failed=True)
-    assert result.counts == {"skipped": 17, "failed": 3}
+    assert result.counts == {"reused": 12, "skipped": 5, "failed": 3}
     recs = by_key(out)
     assert recs["k0016"]["status"] == "skipped"
     assert "retry-failed" in recs["k0016"]["reason"]
@@ -276,7 +278,7 @@ def test_retry_failed_redoes_only_failures(out: Path) -> None:
 def test_fingerprint_change_redoes_items(out: Path) -> None:
     pipe = Pipeline([stage(fns.inc, kind="thread")])
     pipe.run(keyed(5), output=out, progress=False, fingerprint="a")
-    assert pipe.run(keyed(5), output=out, progress=False, fingerprint="a").skipped == 5
+    assert pipe.run(keyed(5), output=out, progress=False, fingerprint="a").reused == 5
     assert pipe.run(keyed(5), output=out, progress=False, fingerprint="b").ok == 5
 
 
@@ -362,7 +364,7 @@ def test_a_crashed_runs_journal_is_picked_up(out: Path) -> None:
     # simulate a run that died after journalling but before exporting the manifest
     (out / "manifest.jsonl").write_text("")
     result = pipe.run(keyed(12), output=out, progress=False)
-    assert result.counts == {"skipped": 10, "ok": 2}
+    assert result.counts == {"reused": 10, "ok": 2}
     assert len(by_key(out)) == 12
 
 

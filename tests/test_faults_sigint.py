@@ -210,5 +210,5 @@ def test_sigkilled_parent_loses_nothing_on_the_next_run(
     recs = by_key(out)
     assert len(recs) == 150
     statuses = {r["status"] for r in recs.values()}
-    assert statuses <= {"ok", "skipped"}
-    assert "skipped" in statuses  # the killed run's journalled work was not redone
+    assert statuses <= {"ok", "reused"}
+    assert "reused" in statuses  # the killed run's journalled work was not redone

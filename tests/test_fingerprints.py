@@ -32,7 +32,7 @@ def test_a_stage_fingerprint_redoes_items_when_it_changes(tmp_path: Path) -> Non
         return Pipeline([stage(inc, kind="inline", fingerprint=fp)])
 
     assert pipe("a").run([("x", 1)], output=out, progress=False).counts == {"ok": 1}
-    assert pipe("a").run([("x", 1)], output=out, progress=False).counts == {"skipped": 1}
+    assert pipe("a").run([("x", 1)], output=out, progress=False).counts == {"reused": 1}
     assert pipe("b").run([("x", 1)], output=out, progress=False).counts == {"ok": 1}
     rec = json.loads((out / "manifest.jsonl").read_text())
     assert rec["redo"] == "options changed"
@@ -40,7 +40,7 @@ def test_a_stage_fingerprint_redoes_items_when_it_changes(tmp_path: Path) -> Non
     run = pipe("c").run([("x", 1)], output=out, progress=False, fingerprint="mine")
     assert run.counts == {"ok": 1}
     run = pipe("d").run([("x", 1)], output=out, progress=False, fingerprint="mine")
-    assert run.counts == {"skipped": 1}
+    assert run.counts == {"reused": 1}
 
 
 def test_resize_stage_options_are_its_fingerprint(tmp_path: Path) -> None:
@@ -55,8 +55,8 @@ def test_resize_stage_options_are_its_fingerprint(tmp_path: Path) -> None:
         return pipe.run(stages.walk(photos), output=out, progress=False).counts
 
     assert run(64) == {"ok": 1}
-    assert run(64) == {"skipped": 1}
-    assert run(32) == {"ok": 1}  # another size: redone, not "already done"
+    assert run(64) == {"reused": 1}
+    assert run(32) == {"ok": 1}  # another size: redone, not reused
     with Image.open(out / "32" / "640x480_rgb.jpg") as im:
         assert max(im.size) == 32
     assert _statuses(out) == {"640x480_rgb.jpg": "ok"}

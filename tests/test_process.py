@@ -139,8 +139,8 @@ def test_resume_skips_done_redoes_missing_and_changed(out: Path) -> None:
     first = run([IMAGES], out)
     n = len(first)
     second = run([IMAGES], out)
-    assert {r["status"] for r in second.values()} == {"skipped"}
-    assert all(r["reason"] == "already done" and "stats" in r["result"] for r in second.values())
+    assert {r["status"] for r in second.values()} == {"reused"}
+    assert all("reason" not in r and "stats" in r["result"] for r in second.values())
     # an output deleted by hand is redone, the rest stay skipped
     victim = next(iter(first.values()))
     os.unlink(out / victim["result"]["outputs"][0]["path"])  # type: ignore[index]

@@ -105,6 +105,6 @@ def test_folders_and_url_lists_in_one_run_then_resume(tmp_path: Path) -> None:
             assert max(im.size) <= 512
         run_process(ProcessConfig.from_mapping(cfg))
         again = by_key(out)
-        assert [r["status"] for r in again.values()].count("skipped") == len(again) - 1
+        assert [r["status"] for r in again.values()].count("reused") == len(again) - 1
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["counts"] == {"skipped": len(again) - 1, "failed": 1}
+        assert summary["counts"] == {"reused": len(again) - 1, "failed": 1}

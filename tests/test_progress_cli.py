@@ -108,13 +108,13 @@ def test_the_cli_on_a_terminal_shows_total_percentage_rate_eta_and_the_end(
     # every bar fits the terminal; one without a size (0x0) gets 80 columns, not blank lines
     width = cols or FALLBACK_SIZE[0]
     assert all(len(line) <= width for line in bars), [len(line) for line in bars]
-    assert "run " in run.terminal  # the summary follows the bars
+    assert "done: " in run.terminal  # the summary follows the bars
 
 
 def test_no_bars_when_stderr_is_not_a_terminal_or_with_quiet(tmp_path: Path) -> None:
     logged = run_in_pty(_process(tmp_path / "a"), rows=30, cols=100, stderr_tty=False)
     assert logged.returncode == 0, logged.stderr
-    assert "run " in logged.stderr  # the summary, without bars
+    assert "done: " in logged.stderr  # the summary, without bars
     for text in (logged.stderr, logged.terminal):
         assert "it/s" not in text
         assert "%|" not in text

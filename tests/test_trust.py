@@ -66,8 +66,8 @@ def test_a_name_that_is_not_utf8_works_end_to_end(tmp_path: Path) -> None:
     # and a second run resumes them: the failure is tried again, the rest is done
     assert cli(src, "--output", out, "--quiet").returncode == 1
     again = records(out)
-    assert again[b"caf\xe9.jpg"]["reason"] == "already done"
-    assert again[b"sub\xff/b.jpg"]["reason"] == "already done"
+    assert again[b"caf\xe9.jpg"]["status"] == "reused"
+    assert again[b"sub\xff/b.jpg"]["status"] == "reused"
     assert again[b"\xfe.jpg"]["redo"] == "earlier record failed (TruncatedImage)"
 
 
@@ -182,7 +182,7 @@ def test_an_edited_file_is_redone_and_its_output_replaced(tmp_path: Path) -> Non
     assert recs[b"a.bmp"]["run"] == run_id(out)
     assert recs[b"a.bmp"]["redo"] == "input changed (mtime_ns)"
     assert looks(os.path.join(os.fsencode(out), thumb), "blue")
-    assert recs[b"b.bmp"]["reason"] == "already done"
+    assert recs[b"b.bmp"]["status"] == "reused"
     # a deleted output is made again, and the record says why
     os.unlink(os.path.join(os.fsencode(out), outputs(recs[b"b.bmp"])[0]))
     assert cli(src, "--output", out, "--quiet").returncode == 0
@@ -228,7 +228,7 @@ def test_an_input_that_is_gone_is_reported_and_its_outputs_kept(tmp_path: Path) 
     assert rec["status"] == "skipped"
     assert rec["reason"].startswith("input gone")
     assert os.path.exists(os.path.join(os.fsencode(out), outputs(rec)[0]))
-    assert records(out)[b"kept.jpg"]["reason"] == "already done"
+    assert records(out)[b"kept.jpg"]["status"] == "reused"
 
 
 # -- the output folder is never input ---------------------------------------------------------

@@ -290,7 +290,8 @@ def check_first_run(recs: dict[bytes, dict[str, Any]], files: dict[bytes, File])
 def check_nothing_redone(
     before: dict[bytes, dict[str, Any]], after: dict[bytes, dict[str, Any]], *, but: bytes | None
 ) -> None:
-    """Every key except ``but`` settled without work: ``skipped``, its earlier outcome kept.
+    """Every key except ``but`` settled without work: ``reused`` (or ``skipped`` again, for an
+    input a stage declined), its earlier outcome kept.
 
     A key that failed is redone on every run (resume redoes failures by design), and fails again.
     """
@@ -302,11 +303,12 @@ def check_nothing_redone(
         if prev["status"] == "failed":
             assert rec["status"] == "failed", (key, prev, rec)
             continue
-        assert rec["status"] == "skipped", (key, prev, rec)
         assert "redo" not in rec, (key, rec)
-        if prev["status"] == "ok":
-            assert rec["reason"] == "already done", (key, rec)
-        else:  # a stage's earlier skip of the same unchanged input is reused
+        if prev["status"] in ("ok", "reused"):
+            assert rec["status"] == "reused", (key, prev, rec)
+            assert "reason" not in rec, (key, rec)
+        else:  # a stage's earlier skip of the same unchanged input is skipped again
+            assert rec["status"] == "skipped", (key, prev, rec)
             assert rec["reason"] == prev["reason"], (key, prev, rec)
         assert outputs_of(rec) == outputs_of(prev), (key, prev, rec)
 

@@ -1,0 +1,124 @@
+"""The ``reused`` status: done by an earlier run and unchanged, distinct from ``skipped``.
+
+Resume records a done input ``reused`` (the earlier result, options and identity kept), and a
+``reused`` record is done for the next resume; ``skipped`` keeps meaning "not processed, here is
+why". Ledgers of earlier versions, which said ``skipped`` / ``already done``, are read as
+``reused``: from a manifest alone, and from a journal.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from pipeline import Pipeline, Record, Status, read_manifest, stage
+from pipeline.records import LEGACY_DONE, upgrade
+from tests import fns
+from tests.conftest import by_key
+from tests.conftest import read_manifest as manifest_lines
+
+
+def keyed(n: int) -> list[tuple[str, int]]:
+    return [(f"k{i:04d}", i) for i in range(n)]
+
+
+def _pipe() -> Pipeline:
+    return Pipeline([stage(fns.fail_on_multiple_of_7, kind="thread")])
+
+
+def _legacy(line: dict[str, object]) -> dict[str, object]:
+    """A done record as earlier versions wrote it on resume."""
+    if line["status"] in ("ok", "reused"):
+        return {**line, "status": "skipped", "reason": LEGACY_DONE}
+    return line
+
+
+def test_a_reused_record_is_done_and_keeps_the_earlier_result(out: Path) -> None:
+    first = _pipe().run(keyed(10), output=out, progress=False)
+    assert first.counts == {"ok": 8, "failed": 2}
+    made = by_key(out)
+    for n in (2, 3):  # a reused record is reused again
+        again = _pipe().run(keyed(10), output=out, progress=False)
+        assert again.counts == {"reused": 8, "failed": 2}, n
+        assert (again.reused, again.skipped, again.ok) == (8, 0, 0)
+        recs = by_key(out)
+        for key, rec in recs.items():
+            if made[key]["status"] == "ok":
+                assert rec["status"] == "reused"
+                assert rec["result"] == made[key]["result"]
+                assert rec["run"] == again.run_id
+                assert "reason" not in rec
+                assert "redo" not in rec
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folder_counts"] == {"reused": 8, "failed": 2}
+    assert summary["exit_code"] == 1  # the failures, not the reused ones
+
+
+def test_a_reused_input_that_changed_is_redone(out: Path) -> None:
+    _pipe().run(keyed(3), output=out, progress=False, fingerprint="a")
+    assert _pipe().run(keyed(3), output=out, progress=False, fingerprint="a").reused == 2
+    changed = _pipe().run(keyed(3), output=out, progress=False, fingerprint="b")
+    assert changed.counts == {"ok": 2, "failed": 1}
+    assert by_key(out)["k0001"]["redo"] == "options changed"
+
+
+def test_retry_failed_does_not_call_a_changed_input_reused(out: Path) -> None:
+    _pipe().run(keyed(3), output=out, progress=False, fingerprint="a")
+    retry = _pipe().run(keyed(3), output=out, progress=False, fingerprint="b", retry_failed=True)
+    assert retry.counts == {"skipped": 2, "failed": 1}
+    rec = by_key(out)["k0001"]
+    assert (rec["status"], rec["reason"]) == ("skipped", "not retried: options changed")
+    # not done: the next run redoes it
+    assert _pipe().run(keyed(3), output=out, progress=False, fingerprint="b").ok == 2
+
+
+def test_upgrade_reads_already_done_as_reused_and_leaves_real_skips() -> None:
+    old = {"key": "a", "status": "skipped", "reason": LEGACY_DONE, "result": 1}
+    assert upgrade(dict(old)) == {"key": "a", "status": "reused", "result": 1}
+    rec = Record.from_json(old)
+    assert (rec.status, rec.reason, rec.value) == (Status.REUSED, None, 1)
+    declined = {"key": "b", "status": "skipped", "stage": "read", "reason": LEGACY_DONE}
+    assert upgrade(dict(declined)) == declined  # a stage's own reason, whatever its words
+    other = {"key": "c", "status": "skipped", "reason": "a socket: not a regular file"}
+    assert Record.from_json(other).status is Status.SKIPPED
+
+
+def test_an_old_manifest_without_a_journal_is_read_as_reused(out: Path) -> None:
+    _pipe().run(keyed(10), output=out, progress=False)
+    lines = [_legacy(rec) for rec in manifest_lines(out)]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (out / ".pipeline" / "ledger.sqlite").unlink()
+    assert {r["status"] for r in read_manifest(out / "manifest.jsonl")} == {"reused", "failed"}
+    again = _pipe().run(keyed(10), output=out, progress=False)
+    assert again.counts == {"reused": 8, "failed": 2}
+    assert {r["status"] for r in manifest_lines(out)} == {"reused", "failed"}
+
+
+def test_an_old_journal_is_upgraded_once(out: Path) -> None:
+    _pipe().run(keyed(10), output=out, progress=False)
+    journal = out / ".pipeline" / "ledger.sqlite"
+    db = sqlite3.connect(journal)
+    try:
+        rows = db.execute("SELECT key, json FROM records").fetchall()
+        for key, text in rows:
+            rec = _legacy(json.loads(text))
+            db.execute(
+                "UPDATE records SET status = ?, json = ? WHERE key = ?",
+                (rec["status"], json.dumps(rec), key),
+            )
+        db.execute("PRAGMA user_version = 0")
+        db.commit()
+    finally:
+        db.close()
+    # a run that sees only some keys: the others come from the journal, upgraded too
+    again = _pipe().run(keyed(5), output=out, progress=False)
+    assert again.counts == {"reused": 4, "failed": 1}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folder_counts"] == {"reused": 8, "failed": 2}
+    assert {r["status"] for r in manifest_lines(out)} == {"reused", "failed"}
+    db = sqlite3.connect(journal)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    finally:
+        db.close()
