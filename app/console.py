@@ -170,6 +170,7 @@ def _files(output: Path) -> list[str]:
     if sizes:
         shown = ", ".join(_path(output / name) + os.sep for name in sizes)
         lines.append(f"images:   {shown}  (one per size, mirroring the input folders)")
+    lines += _shards(output)
     if (output / "report.html").is_file():
         lines.append(f"report:   {_path(output / 'report.html')}  (open it in a browser)")
     lines.append(f"manifest: {_path(output / 'manifest.jsonl')}  (one line per input)")
@@ -177,6 +178,19 @@ def _files(output: Path) -> list[str]:
     if tables:
         lines.append(f"also:     {', '.join(tables)} (in the same folder)")
     return lines
+
+
+def _shards(output: Path) -> list[str]:
+    """Training-set shards (stages.shards): ``*.tar`` (WebDataset, a metadata ``.parquet``
+    beside each) or Parquet shards (``*.parquet`` beside their ``*_meta.parquet``)."""
+    tars = sorted(output.glob("*.tar"))
+    metas = sorted(output.glob("*_meta.parquet"))
+    data = tars or [m.with_name(m.name.removesuffix("_meta.parquet") + ".parquet") for m in metas]
+    if not data:
+        return []
+    kind = "WebDataset tar" if tars else "Parquet"
+    first = _path(data[0]) + (" …" if len(data) > 1 else "")
+    return [f"shards:   {len(data)} {kind} shard(s): {first}  (metadata and stats beside each)"]
 
 
 def _folders(output: Path) -> list[Path]:

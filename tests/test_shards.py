@@ -215,7 +215,7 @@ def test_parquet_table_to_webdataset_shards(tmp_path: Path, images: tuple[Images
     # a second run downloads nothing again, writes no new shard
     before = sum(server.hits.values())
     again = run_process(shard_config(out, table))
-    assert again.counts.get("skipped", 0) == 20
+    assert again.counts.get("reused", 0) == 20
     fetched_again = sum(server.hits.values()) - before
     assert fetched_again == 3  # only the failures are retried (as for every resume)
     assert len(list(out.glob("*.tar"))) == 4  # the retried failures: one shard of 3 rows
@@ -414,7 +414,7 @@ def test_dask_workers_write_their_own_shards(tmp_path: Path, images: tuple[Image
         where = rec["result"] if rec["status"] == "ok" else rec["meta"]
         assert where["shard"] in tars
     again = run_process(cfg)  # resume: nothing in a shard is done again
-    assert again.counts.get("skipped", 0) == 20
+    assert again.counts.get("reused", 0) == 20
 
 
 def metadata_rows_any(out: Path) -> list[dict[str, Any]]:
@@ -433,7 +433,7 @@ def test_retry_failed_redoes_only_the_failures(tmp_path: Path, images: tuple[Ima
     assert run_process(shard_config(out, table)).exit_code == 1
     before = Counter(server.hits)
     again = run_process(shard_config(out, table, retry_failed=True))
-    assert again.counts == {"skipped": 6, "failed": 3}
+    assert again.counts == {"reused": 6, "failed": 3}
     assert server.hits - before == Counter(list(BAD))  # each failure once more, nothing else
     recs = by_key(out)
     assert [k for k, r in recs.items() if r["status"] == "failed"] == [
@@ -509,3 +509,23 @@ def test_plain_url_list_to_shards(tmp_path: Path, images: tuple[Images, str]) ->
     assert run_process(cfg).exit_code == 1
     assert sorted(s["__key__"] for s in read_samples(out)) == ["000000000", "000000001"]
     assert [r["status"] for r in metadata_rows(out) if r["key"] == "000000002"] == ["failed"]
+
+
+def test_the_end_of_run_names_the_shards(tmp_path: Path) -> None:
+    from app.console import _files
+
+    tars, parq = tmp_path / "w", tmp_path / "p"
+    tars.mkdir(), parq.mkdir()
+    for n in range(2):
+        (tars / f"{n:05d}.tar").write_bytes(b"")
+        (tars / f"{n:05d}.parquet").write_bytes(b"")
+        (parq / f"{n:05d}.parquet").write_bytes(b"")
+        (parq / f"{n:05d}_meta.parquet").write_bytes(b"")
+    (line,) = [s for s in _files(tars) if s.startswith("shards:")]
+    assert "2 WebDataset tar shard(s)" in line
+    assert line.endswith("(metadata and stats beside each)")
+    assert "00000.tar …" in line
+    (line,) = [s for s in _files(parq) if s.startswith("shards:")]
+    assert "2 Parquet shard(s)" in line
+    assert "00000.parquet …" in line
+    assert not [s for s in _files(tmp_path) if s.startswith("shards:")]

@@ -130,7 +130,7 @@ def test_sigint_half_way_then_resume(tmp_path: Path, gated: tuple[GatedImages, s
     assert new[: len(tars)] == tars
     assert new[len(tars)] == f"{len(tars):05d}.tar"
     recs = by_key(out)
-    assert {r["status"] for r in recs.values()} == {"ok", "skipped"}
+    assert {r["status"] for r in recs.values()} == {"ok", "reused"}
     shards = {(r.get("result") or {}).get("shard") for r in recs.values()}
     assert shards == set(new)
     stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
