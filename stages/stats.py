@@ -284,8 +284,9 @@ def near_duplicate_groups(
     first (ties: the smaller hash value first); a seed not yet in a group opens one and takes
     its free neighbours, nearest first (ties: smaller hash), each only if it is within
     ``max_distance`` bits of every member already in. The groups depend on the hashes alone,
-    never on the input order. Output order: keys in a group in input order, groups by their
-    first key's input position. ``max_distance`` ≥ 64 puts everything in one group.
+    never on the input order, and so does the output's order: keys sorted within a group,
+    groups sorted by their first key (a report or a table of them is the same from run to run,
+    whichever item finished first). ``max_distance`` ≥ 64 puts everything in one group.
 
     Cost (pigeonhole / multi-index hashing, see :func:`_close_pairs`): for n distinct,
     well-spread hashes O(n log n + (d+1)·n²/2^(64/(d+1))) — for d = 6 about 7·n²/512 popcounts,
@@ -306,6 +307,6 @@ def near_duplicate_groups(
     of_item = label[inverse.reshape(-1)]
     grouped = np.flatnonzero(np.bincount(of_item, minlength=len(distinct))[of_item] >= 2)
     groups: dict[int, list[str]] = {}
-    for i in grouped.tolist():  # in input order: dict order = first key's input position
+    for i in grouped.tolist():
         groups.setdefault(int(of_item[i]), []).append(keys[i])
-    return list(groups.values())
+    return sorted(sorted(g) for g in groups.values())
