@@ -69,6 +69,7 @@ import importlib
 import io
 import logging
 import math
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -684,11 +685,24 @@ def _decoded(data: bytes, options: ResizeOptions) -> Iterator[_Decoded]:
                 decoded = _decode(im, options)
             except ImageError:
                 raise
+            except Image.DecompressionBombError as exc:
+                raise _pillow_bomb(exc, options.max_pixels) from exc
             except _DECODE_EXCEPTIONS as exc:
                 raise _as_image_error(exc) from exc
             except Exception as exc:  # e.g. struct.error from a fuzzed header: still the input's
                 raise DecodeError(f"corrupt image data ({type(exc).__name__}: {exc})") from exc
         yield decoded
+
+
+def _pillow_bomb(exc: Image.DecompressionBombError, max_pixels: int) -> DecompressionBomb:
+    """Pillow refused the image when it opened it (over twice its limit, which we raised to
+    ``max_pixels``): say so with our limit, as our own check does, not Pillow's internal one."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    if found is None:  # a frame Pillow checks on its own, or a message we do not know
+        return DecompressionBomb(f"{exc} (max_pixels={max_pixels})")
+    return DecompressionBomb(
+        f"image declares {found.group(1)} pixels, more than max_pixels={max_pixels}; not decoded"
+    )
 
 
 @dataclass

@@ -162,3 +162,13 @@ def test_the_guards_in_the_python_api() -> None:
         ResizeOptions(max_output_pixels=0)
     with pytest.raises(stages.OutputTooLarge):  # the resize stage's worker refuses it too
         process_image(photo.read_bytes(), ResizeOptions(max_output_pixels=100_000))
+
+
+@pytest.mark.parametrize("limit", [100_000_000, 500_000_000])
+def test_a_bomb_far_above_the_limit_is_refused_naming_our_limit(limit: int) -> None:
+    """900 MP declared: Pillow refuses it when it opens it (above twice the limit), and the
+    message names the --max-pixels in force, not Pillow's own figure."""
+    data = (ROOT / "sample_data" / "edge" / "bomb.png").read_bytes()
+    said = f"^image declares (30000x30000 = )?900000000 pixels, more than max_pixels={limit}; "
+    with pytest.raises(stages.DecompressionBomb, match=said + "not decoded$"):
+        process_image(data, ResizeOptions(max_pixels=limit))
