@@ -46,6 +46,7 @@ from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, S
 from .config import ProcessConfig
 from .endofrun import ManifestPass
 from .report import ReportSheet, write_report
+from .shard_folder import check_shard_folder
 
 log = logging.getLogger("app")
 
@@ -289,6 +290,7 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
     """
     out = Path(cfg.output)
     with hold_folder(out):
+        check_shard_folder(out, cfg.output_format, cfg.fingerprint(), force=cfg.force)
         # the one reader of manifest.jsonl at the end of the run: the tables and the report
         # are its sinks (see app.endofrun)
         manifest = ManifestPass(out)

@@ -529,3 +529,58 @@ def test_the_end_of_run_names_the_shards(tmp_path: Path) -> None:
     assert "2 Parquet shard(s)" in line
     assert "00000.parquet …" in line
     assert not [s for s in _files(tmp_path) if s.startswith("shards:")]
+
+
+def test_a_folder_of_shards_takes_no_other_training_set(
+    tmp_path: Path, images: tuple[Images, str]
+) -> None:
+    """Other image options, --force or the other shard format into a folder of shards would
+    write every sample twice (or nothing): refused before anything starts, nothing changes."""
+    from pipeline import ConfigError
+
+    server, base = images
+    table = write_parquet(tmp_path / "t.parquet", table_rows(base, 6))
+    out = tmp_path / "out"
+    assert run_process(shard_config(out, table)).exit_code == 1
+    shards = sorted(p.name for p in out.iterdir())
+    hits = sum(server.hits.values())
+    refused = {
+        "other image options": {"size": ["32"]},
+        "--force would write": {"force": True},
+        "in --output-format webdataset: a parquet run": {"output_format": "parquet"},
+    }
+    for why, change in refused.items():
+        with pytest.raises(ConfigError, match=why):
+            run_process(shard_config(out, table, **change))
+    assert sorted(p.name for p in out.iterdir()) == shards
+    assert sum(server.hits.values()) == hits
+    # the same options resume, and a new folder takes the new options
+    assert run_process(shard_config(out, table)).counts.get("reused") == 6
+    assert run_process(shard_config(tmp_path / "new", table, size=["32"])).counts.get("ok") == 6
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "process",
+            "--urls",
+            str(table),
+            "--output",
+            str(out),
+            "--output-format",
+            "webdataset",
+            "--caption-col",
+            "caption",
+            "--size",
+            "64",
+            "--force",
+            "--allow-private-hosts",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--force would write every input again" in done.stderr
