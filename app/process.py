@@ -105,17 +105,7 @@ def _cpu_stages(cfg: ProcessConfig) -> list[Stage]:
     """resize (images) and crunch (data chunks): adjacent process stages, fused into one worker
     call. Their inboxes hold whole files (up to max_file_size each): 2 per worker."""
     w = cfg.workers
-    resize = stage(
-        steps.resize,
-        cfg.resize,
-        kind="process",
-        name="resize",
-        accepts=Loaded,
-        workers=w["resize"],
-        capacity=2 * w["resize"],
-        timeout=cfg.timeout,
-        max_batch=4,
-    )
+    resize = _resize_stage(cfg, steps.resize, cfg.resize)
     crunch = stage(
         steps.crunch,
         kind="process",
@@ -127,6 +117,23 @@ def _cpu_stages(cfg: ProcessConfig) -> list[Stage]:
         max_batch=4,
     )
     return [resize, crunch]
+
+
+def _resize_stage(cfg: ProcessConfig, fn: Callable[..., object], *args: object) -> Stage:
+    """The decode-and-resize stage, one per core (files and shards alike): ``fn(loaded,
+    *args)``. Its inbox holds whole files (up to max_file_size each): 2 per worker."""
+    workers = cfg.workers["resize"]
+    return stage(
+        fn,
+        *args,
+        kind="process",
+        name="resize",
+        accepts=Loaded,
+        workers=workers,
+        capacity=2 * workers,
+        timeout=cfg.timeout,
+        max_batch=4,
+    )
 
 
 def _write_stage(cfg: ProcessConfig) -> Stage:
@@ -163,17 +170,8 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
             context=functools.partial(make_session, cfg.download),
             context_arg="session",
         ),
-        stage(
-            render_sample,
-            cfg.resize,
-            SampleFilters(cfg.min_image_size, cfg.max_aspect_ratio),
-            kind="process",
-            name="resize",
-            accepts=Loaded,
-            workers=w["resize"],
-            capacity=2 * w["resize"],
-            timeout=cfg.timeout,
-            max_batch=4,
+        _resize_stage(
+            cfg, render_sample, cfg.resize, SampleFilters(cfg.min_image_size, cfg.max_aspect_ratio)
         ),
         *_writing_shards(cfg),
     ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import stages
 from pipeline import ConfigError
 from stages.sources import walk_inputs
 from tests.conftest import by_key
+from tests.trees import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEG = ROOT / "sample_data" / "images" / "640x480_rgb.jpg"
@@ -38,14 +38,7 @@ def photos(tmp_path: Path) -> Path:
 
 
 def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "process", *map(str, args), "--quiet"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    return cli(*args, "--quiet", timeout=90)
 
 
 def test_include_matches_any_case_by_default(photos: Path, tmp_path: Path) -> None:

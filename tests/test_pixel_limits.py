@@ -5,11 +5,9 @@ too large, and a ``--size`` whose every output would be is a usage error before 
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -20,20 +18,14 @@ import stages
 from stages.imaging import process_image
 from stages.options import ResizeOptions
 from tests.conftest import by_key
+from tests.trees import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "sample_data" / "images"
 
 
 def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "process", *map(str, args), "--quiet"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
+    return cli(*args, "--quiet", timeout=110)
 
 
 def write_bilevel_png(path: Path, width: int, height: int) -> None:
