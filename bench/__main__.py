@@ -13,6 +13,7 @@ SUITES = {
     "dask": "bench.dask_backend",
     "auto": "bench.auto",
     "numeric": "bench.numeric",
+    "datasets": "bench.datasets",
 }
 
 
