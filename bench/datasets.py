@@ -25,6 +25,9 @@ process tree measured by :mod:`bench.measure` (CPU seconds, peak of the summed R
   --output-format webdataset --samples-per-shard N/2 --size 256 --mode fit --format jpeg
   --quality 85 --workers CORES --limit-per-host 64 --allow-private-hosts --quiet --force``
   (left out with a message when this checkout's CLI has no ``--output-format``).
+* **pixpipe, files** (a reference, always available): today's ``process --urls LIST.txt`` with
+  the same size, mode, format, workers and connections, writing one JPEG file per URL (plus its
+  manifest, stats and report) instead of shards: what the shard writer is compared with.
 * **floor, download only**: bare aiohttp (``python -m bench.downloads client aiohttp 64``): one
   session, 64 coroutines, get + read, nothing else.
 * **floor, decode + resize + encode only**: the cached files read from the page cache by a
@@ -173,6 +176,19 @@ def count_shards(folder: Path) -> Output:
     return Output(samples, pixels / samples / 1000 if samples else float("nan"))
 
 
+def count_files(folder: Path) -> Output:
+    """Images written as files under ``folder/<SIZE>/`` (the ``files`` output), mean size."""
+    from PIL import Image
+
+    samples, pixels = 0, 0
+    for path in (folder / str(SIZE)).glob("**/*"):
+        if path.suffix.lower() in _IMAGE_SUFFIXES and path.is_file():
+            with Image.open(path) as im:
+                pixels += im.width * im.height
+            samples += 1
+    return Output(samples, pixels / samples / 1000 if samples else float("nan"))
+
+
 def count_reported(log: Path) -> Output:
     """A floor's own report: the last JSON line of its output (``ok``, optionally ``kpx``)."""
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("{")]
@@ -274,6 +290,34 @@ def _pixpipe(job: Job, out: Path) -> list[str]:
     ]
 
 
+def _pixpipe_files(job: Job, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "process",
+        "--urls",
+        str(job.url_file),
+        "--size",
+        str(SIZE),
+        "--mode",
+        "fit",
+        "--format",
+        "jpeg",
+        "--quality",
+        str(QUALITY),
+        "--workers",
+        str(job.cores),
+        "--limit-per-host",
+        str(THREADS),
+        "--allow-private-hosts",
+        "--quiet",
+        "--force",
+        "--output",
+        str(out),
+    ]
+
+
 def _floor_download(job: Job, out: Path) -> list[str]:
     client = ["-m", "bench.downloads", "client", "aiohttp"]
     return [sys.executable, *client, str(THREADS), str(job.url_file)]
@@ -343,6 +387,8 @@ def methods() -> tuple[list[Method], list[str]]:
             found.append(Method(mode, label, _img2dataset(mode), _shards, peer))
     if not ours_missing:
         found.append(Method("pixpipe", "pixpipe (fit)", _pixpipe, _shards, ours))
+    label = "pixpipe, plain URL list → files (reference: not shards)"
+    found.append(Method("files", label, _pixpipe_files, _files, ours))
     found.append(
         Method("dl", "floor: bare aiohttp download only", _floor_download, _reported, ours)
     )
@@ -352,6 +398,10 @@ def methods() -> tuple[list[Method], list[str]]:
 
 def _shards(out: Path, log: Path) -> Output:
     return count_shards(out)
+
+
+def _files(out: Path, log: Path) -> Output:
+    return count_files(out)
 
 
 def _reported(out: Path, log: Path) -> Output:
@@ -530,12 +580,12 @@ def render(
     walls = "; ".join(f"{m.key} " + "/".join(f"{r.wall:.1f}" for r, _ in m.runs) for m in found)
     lines += [
         "",
-        f"Items/s: samples in the output shards (floors: items they report) over the wall time of "
-        "the whole subprocess, start-up included. Peak RSS: the largest sum over the process "
-        "tree, sampled every 50 ms (shared pages counted in every process); peak PSS: the same "
-        "with shared pages split (every 0.25 s); processes: most alive at once. CPU: user + "
-        "system of the whole tree. keep_ratio makes the "
-        "shorter side 256 px, keep_ratio_largest and pixpipe's fit the longer one (output kpx). "
+        "Items/s: samples in the output shards (files row: image files; floors: items they "
+        "report) over the wall time of the whole subprocess, start-up included. Peak RSS: the "
+        "largest sum over the process tree, sampled every 50 ms (shared pages counted in every "
+        "process); peak PSS: the same with shared pages split (every 0.25 s); processes: most "
+        "alive at once. CPU: user + system of the whole tree. keep_ratio makes the shorter side "
+        "256 px, keep_ratio_largest and pixpipe's fit the longer one (output kpx). "
         f"Wall seconds per run: {walls}. Load average before/after: {load}.",
         "",
         *_goal(by, n),

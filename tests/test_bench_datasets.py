@@ -141,3 +141,14 @@ def test_the_goal_line_compares_rate_and_memory() -> None:
     x = datasets.X
     assert f"vs img2dataset keep_ratio: 2.00{x} items/s at 1.00{x} its peak RSS" in text
     assert "— met" in text
+
+
+def test_count_files_counts_images_under_the_size_folder(tmp_path: Path) -> None:
+    (tmp_path / "256" / "127.0.0.1" / "img").mkdir(parents=True)
+    (tmp_path / "256" / "127.0.0.1" / "img" / "a.jpg").write_bytes(_jpeg(256, 192))
+    (tmp_path / "256" / "b.jpg").write_bytes(_jpeg(100, 100))
+    (tmp_path / "report.html").write_text("<html></html>")
+    (tmp_path / "manifest.jsonl").write_text("{}\n")
+    got = datasets.count_files(tmp_path)
+    assert got.samples == 2
+    assert got.kpx == pytest.approx((256 * 192 + 100 * 100) / 2 / 1000)
