@@ -38,6 +38,10 @@ Rates are successful samples (images inside ``**/*.tar`` under the output folder
 the items they report) per wall second, median over the runs; methods alternate, their order
 rotating from run to run (the machine is shared). A method that does not deliver every sample
 shows the count instead of a rate.
+
+A second table gives each tool's fixed cost: the same command over the table's first
+:data:`FIXED_ROWS` rows (interpreter and worker start-up, imports, end-of-run files), and the rate
+of the rest of the table once that is taken out of the whole run's wall time.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ SIZE = 256
 QUALITY = 85  # of the outputs
 SOURCE_QUALITY = 80  # of the served JPEGs: 24-84 KB at 480-800 px, like web photos
 THREADS = 64  # img2dataset threads per process; pixpipe's connections to the one host
+FIXED_ROWS = 20  # the table's first rows: each tool's start-up and end-of-run cost
 TARGET = 1.5  # pixpipe items/s over img2dataset's, at no more peak RSS
 GENERATOR = "1"  # bump when the images change: the cache is then made again
 _SEED = 70_000
@@ -220,7 +225,9 @@ class Method:
     command: Callable[[Job, Path], list[str]]  # (job, output folder) -> argv
     count: Callable[[Path, Path], Output]  # (output folder, log) -> what it delivered
     env: Mapping[str, str] = field(default_factory=dict)
+    tool: bool = True  # a tool (its fixed cost is measured too), not a floor
     runs: list[tuple[Measured, Output]] = field(default_factory=list)
+    fixed: list[tuple[Measured, Output]] = field(default_factory=list)  # over FIXED_ROWS rows
 
     def median(self, value: Callable[[Measured, Output], float]) -> float:
         return statistics.median(value(m, o) for m, o in self.runs)
@@ -389,10 +396,11 @@ def methods() -> tuple[list[Method], list[str]]:
         found.append(Method("pixpipe", "pixpipe (fit)", _pixpipe, _shards, ours))
     label = "pixpipe, plain URL list → files (reference: not shards)"
     found.append(Method("files", label, _pixpipe_files, _files, ours))
-    found.append(
-        Method("dl", "floor: bare aiohttp download only", _floor_download, _reported, ours)
+    floors = (
+        ("dl", "floor: bare aiohttp download only", _floor_download),
+        ("cpu", "floor: decode+resize+encode only", _floor_cpu),
     )
-    found.append(Method("cpu", "floor: decode+resize+encode only", _floor_cpu, _reported, ours))
+    found += [Method(key, label, cmd, _reported, ours, tool=False) for key, label, cmd in floors]
     return found, skipped
 
 
@@ -461,6 +469,33 @@ def run_once(method: Method, job: Job) -> tuple[Measured, Output]:
     return got, counted
 
 
+def _job(work: Path, urls: Sequence[str], cores: int) -> Job:
+    """Write the table and the plain URL list of ``urls`` under ``work``."""
+    work.mkdir(parents=True, exist_ok=True)
+    job = Job(work / "urls.parquet", work / "urls.txt", len(urls), cores)
+    write_table(urls, job.table)
+    job.url_file.write_text("\n".join(urls) + "\n")
+    return job
+
+
+def _one_round(found: Sequence[Method], job: Job, small: Job, r: int, repeats: int) -> None:
+    """Every method once over the whole table, every tool once over its first rows; the order
+    rotates with ``r``."""
+    shift = r % len(found)
+    for method in [*found[shift:], *found[:shift]]:
+        method.runs.append(run_once(method, job))
+        m, o = method.runs[-1]
+        print(
+            f"bench.datasets: run {r + 1}/{repeats} {method.label}: {o.samples} in "
+            f"{m.wall:.1f} s, {m.cpu:.1f} CPU s, {m.peak_rss / 2**20:,.0f} MB RSS, "
+            f"{m.peak_pss / 2**20:,.0f} MB PSS, {m.peak_procs} processes {o.note}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if method.tool:
+            method.fixed.append(run_once(method, small))
+
+
 def main(*, quick: bool = False) -> str:
     from bench.downloads import _warm_up, server
 
@@ -472,21 +507,10 @@ def main(*, quick: bool = False) -> str:
     with _scratch() as work, server(IMAGES) as srv:
         urls = [f"http://127.0.0.1:{srv.port}/img/{p.name}" for p in paths]
         _warm_up(urls[:20])
-        job = Job(work / "urls.parquet", work / "urls.txt", n, cores)
-        write_table(urls, job.table)
-        job.url_file.write_text("\n".join(urls) + "\n")
+        job = _job(work / "all", urls, cores)
+        small = _job(work / "first", urls[:FIXED_ROWS], cores)
         for r in range(repeats):
-            shift = r % len(found)
-            for method in found[shift:] + found[:shift]:
-                method.runs.append(run_once(method, job))
-                m, o = method.runs[-1]
-                print(
-                    f"bench.datasets: run {r + 1}/{repeats} {method.label}: {o.samples} in "
-                    f"{m.wall:.1f} s, {m.cpu:.1f} CPU s, {m.peak_rss / 2**20:,.0f} MB RSS, "
-                    f"{m.peak_pss / 2**20:,.0f} MB PSS, {m.peak_procs} processes {o.note}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            _one_round(found, job, small, r, repeats)
     load = f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}"
     sources = sum(p.stat().st_size for p in paths)
     return render(found, skipped, n=n, repeats=repeats, cores=cores, load=load, sources=sources)
@@ -590,8 +614,35 @@ def render(
         "",
         *_goal(by, n),
         "",
+        *_fixed_table(found, n),
     ]
     return "\n".join(lines)
+
+
+def _fixed_table(found: Sequence[Method], n: int) -> list[str]:
+    """Each tool over the table's first rows (start-up, end-of-run work), and the rate of the
+    rest of the table once that is taken out of the whole run's wall time."""
+    tools = [m for m in found if m.fixed]
+    if not tools:
+        return []
+    lines = [
+        f"### Fixed cost: each tool over the first {FIXED_ROWS} rows of the same table",
+        "",
+        f"| method | wall s ({FIXED_ROWS} rows) | CPU s | peak RSS MB "
+        f"| items/s of the other {n - FIXED_ROWS:,} (wall minus fixed) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for m in tools:
+        fixed = statistics.median(r.wall for r, _ in m.fixed)
+        cpu = statistics.median(r.cpu for r, _ in m.fixed)
+        rss = statistics.median(r.peak_rss for r, _ in m.fixed) / 2**20
+        short = [o.samples for _, o in m.fixed if o.samples != FIXED_ROWS or o.note]
+        rest = m.median(lambda r, o: r.wall) - fixed
+        ok = _complete(m, n) and not short and rest > 0
+        rate = f"{(n - FIXED_ROWS) / rest:,.0f}" if ok else "—"
+        mark = f" ({min(short)}/{FIXED_ROWS} samples!)" if short else ""
+        lines.append(f"| {m.label}{mark} | {fixed:.2f} | {cpu:.1f} | {rss:,.0f} | {rate} |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

@@ -152,3 +152,23 @@ def test_count_files_counts_images_under_the_size_folder(tmp_path: Path) -> None
     got = datasets.count_files(tmp_path)
     assert got.samples == 2
     assert got.kpx == pytest.approx((256 * 192 + 100 * 100) / 2 / 1000)
+
+
+def _with_fixed(name: str, fixed_samples: tuple[int, ...]) -> datasets.Method:
+    method = _method(name, [120, 120, 120], wall=2.0)
+    for got in fixed_samples:
+        run = Measured(0, 1.0, 1.0, 100 * 2**20, 60 * 2**20, 3)
+        method.fixed.append((run, datasets.Output(got, 56.0)))
+    return method
+
+
+def test_the_fixed_cost_table_takes_the_fixed_cost_out() -> None:
+    found = [_with_fixed("full", (20, 20, 20)), _with_fixed("short", (20, 20, 19))]
+    found.append(_method("floor", [120]))
+    lines = datasets._fixed_table(found, n=120)
+    rows = [line for line in lines if line.startswith("| ") and "wall s" not in line]
+    # 100 more items in 2.0 - 1.0 s; a short fixed run is flagged, no rate; floors have no row
+    assert rows == [
+        "| full | 1.00 | 1.0 | 100 | 100 |",
+        "| short (19/20 samples!) | 1.00 | 1.0 | 100 | — |",
+    ]
