@@ -8,13 +8,14 @@ and cached under ``bench/.data/datasets/images``; served from memory by the aioh
 CPU is not counted against anyone). A Parquet table holds ``url`` and ``caption`` columns.
 
 Methods, each a subprocess timed from start to exit (interpreter start-up included) with its whole
-process tree measured by :mod:`bench.measure` (CPU seconds, peak of the summed RSS):
+process tree measured by :mod:`bench.measure` (CPU seconds, peaks of the summed RSS and PSS):
 
 * **img2dataset** (its CLI from the bench-only environment ``bench/.peers-venv``, made by
   ``make bench-peers`` from ``bench/requirements-img2dataset.txt``; never a dependency of pixpipe):
   ``--processes_count CORES --thread_count 64 --image_size 256 --encode_format jpg
-  --encode_quality 85 --output_format webdataset --number_sample_per_shard N/2`` (two shards, so
-  both processes work), ``--input_format parquet --url_col url --caption_col caption``, with
+  --encode_quality 85 --output_format webdataset --number_sample_per_shard S`` (S =
+  min(1000, N/2): at least two shards, so both processes work), ``--input_format parquet
+  --url_col url --caption_col caption``, with
   ``--resize_mode keep_ratio`` (the issue's reference: the *shorter* side becomes 256 px) and
   again with ``keep_ratio_largest`` (the longer side becomes 256 px: the geometry of pixpipe's
   ``--mode fit``, ~1.8x fewer output pixels). Its extras: ``--extract_exif False`` (pixpipe
@@ -22,7 +23,7 @@ process tree measured by :mod:`bench.measure` (CPU seconds, peak of the summed R
   ``X-Robots-Tag`` checks kept (pixpipe honours them too), ``--retries 0``, ``--timeout 10``,
   ``--enable_wandb False``; albumentations' update check and wandb are switched off by env.
 * **pixpipe**: ``python -m pipeline process --urls T.parquet --url-col url --caption-col caption
-  --output-format webdataset --samples-per-shard N/2 --size 256 --mode fit --format jpeg
+  --output-format webdataset --samples-per-shard S --size 256 --mode fit --format jpeg
   --quality 85 --workers CORES --limit-per-host 64 --allow-private-hosts --quiet --force``
   (left out with a message when this checkout's CLI has no ``--output-format``).
 * **pixpipe, files** (a reference, always available): today's ``process --urls LIST.txt`` with
@@ -42,6 +43,10 @@ shows the count instead of a rate.
 A second table gives each tool's fixed cost: the same command over the table's first
 :data:`FIXED_ROWS` rows (interpreter and worker start-up, imports, end-of-run files), and the rate
 of the rest of the table once that is taken out of the whole run's wall time.
+
+``python -m bench.datasets --rows 10000`` makes the table longer than the image set (the images
+again under ``/img/<copy>/<name>``: distinct URLs and keys, same bodies), to see the tools' steady
+state apart from their start-up.
 """
 
 from __future__ import annotations
@@ -215,7 +220,9 @@ class Job:
 
     @property
     def per_shard(self) -> int:
-        return max(1, self.n // 2)  # two shards: both of img2dataset's processes get one
+        # at least two shards, so that both of img2dataset's processes get one; 1,000 (the
+        # issue's setting) from 2,000 rows on
+        return max(1, min(1000, self.n // 2))
 
 
 @dataclass
@@ -438,7 +445,9 @@ def resize_one(path: str) -> int:
 
 
 def floor_cpu(folder: Path, n: int, cores: int) -> dict[str, float]:
-    paths = [str(p) for p in sorted(folder.glob("*.jpg"))[:n]]
+    """``n`` items over the folder's JPEGs (cycling through them when ``n`` is larger)."""
+    files = sorted(str(p) for p in folder.glob("*.jpg"))
+    paths = [files[i % len(files)] for i in range(n)]
     with multiprocessing.get_context("spawn").Pool(cores) as pool:
         pixels = pool.map(resize_one, paths, chunksize=16)
     return {"ok": len(pixels), "kpx": sum(pixels) / max(1, len(pixels)) / 1000}
@@ -496,24 +505,38 @@ def _one_round(found: Sequence[Method], job: Job, small: Job, r: int, repeats: i
             method.fixed.append(run_once(method, small))
 
 
-def main(*, quick: bool = False) -> str:
+def url_paths(paths: Sequence[Path], rows: int) -> list[str]:
+    """Server paths of ``rows`` table rows: the images in order, then again under /img/<copy>/
+    (distinct URLs and output names, same bodies) when the table is longer than the image set."""
+    out = []
+    for i in range(rows):
+        copy, name = divmod(i, len(paths))
+        out.append(f"/img/{paths[name].name}" if copy == 0 else f"/img/{copy}/{paths[name].name}")
+    return out
+
+
+def main(*, quick: bool = False, rows: int | None = None) -> str:
+    """The tables; ``rows`` (default: one per image) makes a longer table over the same images
+    (``python -m bench.datasets --rows 10000``), to see the tools' steady state."""
     from bench.downloads import _warm_up, server
 
-    n, repeats = (400, 1) if quick else (2_000, 3)
+    images, repeats = (400, 1) if quick else (2_000, 3)
+    n = rows or images
     cores = os.cpu_count() or 1
-    paths = ensure_images(n)
+    paths = ensure_images(images)
     found, skipped = methods()
     load_before = os.getloadavg()
     with _scratch() as work, server(IMAGES) as srv:
-        urls = [f"http://127.0.0.1:{srv.port}/img/{p.name}" for p in paths]
+        urls = [f"http://127.0.0.1:{srv.port}{path}" for path in url_paths(paths, n)]
         _warm_up(urls[:20])
         job = _job(work / "all", urls, cores)
         small = _job(work / "first", urls[:FIXED_ROWS], cores)
         for r in range(repeats):
             _one_round(found, job, small, r, repeats)
     load = f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}"
-    sources = sum(p.stat().st_size for p in paths)
-    return render(found, skipped, n=n, repeats=repeats, cores=cores, load=load, sources=sources)
+    sources = sum(p.stat().st_size for p in paths) // len(paths)
+    info = Info(n=n, images=images, repeats=repeats, cores=cores, load=load, mean_bytes=sources)
+    return render(found, skipped, info)
 
 
 # --------------------------------------------------------------------------- the report
@@ -575,22 +598,25 @@ def _goal(by: Mapping[str, Method], n: int) -> list[str]:
     return [f"Goal (≥ {TARGET:g}{X} img2dataset items/s at no more peak RSS): " + "; ".join(out)]
 
 
-def render(
-    found: Sequence[Method],
-    skipped: Sequence[str],
-    *,
-    n: int,
-    repeats: int,
-    cores: int,
-    load: str,
-    sources: int,
-) -> str:
+@dataclass(frozen=True)
+class Info:
+    n: int  # rows of the table
+    images: int  # distinct images behind them
+    repeats: int
+    cores: int
+    load: str  # load average before / after
+    mean_bytes: int  # of the source JPEGs
+
+
+def render(found: Sequence[Method], skipped: Sequence[str], info: Info) -> str:
     by = {m.key: m for m in found}
     bases = (by.get("keep_ratio"), by.get("keep_ratio_largest"))
+    n, repeats, load = info.n, info.repeats, info.load
+    rows = f"{n:,} rows over {info.images:,}" if n != info.images else f"{n:,}"
     lines = [
-        f"## URL table → WebDataset shards: {n:,} JPEGs of 480-800 px ({sources / n / 1000:.0f} "
-        f"KB mean) from loopback, {SIZE} px JPEG q{QUALITY}, {cores} cores, median of {repeats} "
-        f"run{'s' if repeats > 1 else ''}",
+        f"## URL table → WebDataset shards: {rows} JPEGs of 480-800 px "
+        f"({info.mean_bytes / 1000:.0f} KB mean) from loopback, {SIZE} px JPEG q{QUALITY}, "
+        f"{info.cores} cores, median of {repeats} run{'s' if repeats > 1 else ''}",
         "",
         f"| method | items/s | {X} img2dataset keep_ratio | {X} img2dataset keep_ratio_largest "
         f"| peak RSS MB | peak PSS MB | {X} RSS keep_ratio | CPU s | CPU ms/item | processes "
@@ -650,4 +676,5 @@ if __name__ == "__main__":
     if args[:1] == ["floor-cpu"]:
         print(json.dumps(floor_cpu(Path(args[1]), int(args[2]), int(args[3]))))
     else:
-        print(main(quick="--quick" in args))
+        rows = int(args[args.index("--rows") + 1]) if "--rows" in args else None
+        print(main(quick="--quick" in args, rows=rows))

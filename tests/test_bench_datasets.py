@@ -115,15 +115,8 @@ def _method(key: str, samples: list[int], wall: float = 2.0) -> datasets.Method:
 def test_a_short_output_shows_its_count_not_a_rate() -> None:
     base = _method("keep_ratio", [10, 10, 10], wall=2.0)
     ours = _method("pixpipe", [10, 9, 10], wall=1.0)
-    text = datasets.render(
-        [base, ours],
-        ["pixpipe webdataset output: not available here"],
-        n=10,
-        repeats=3,
-        cores=2,
-        load="1.00 / 1.00",
-        sources=500_000,
-    )
+    info = datasets.Info(n=10, images=10, repeats=3, cores=2, load="1 / 1", mean_bytes=50_000)
+    text = datasets.render([base, ours], ["pixpipe webdataset output: not available here"], info)
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
     assert "| keep_ratio | 5 | 1.00 |" in rows["| keep_ratio"]
     assert "— (9/10 samples!)" in rows["| pixpipe"]
@@ -135,9 +128,9 @@ def test_a_short_output_shows_its_count_not_a_rate() -> None:
 def test_the_goal_line_compares_rate_and_memory() -> None:
     base = _method("keep_ratio", [10, 10, 10], wall=2.0)
     ours = _method("pixpipe", [10, 10, 10], wall=1.0)
-    text = datasets.render(
-        [base, ours], [], n=10, repeats=3, cores=2, load="0 / 0", sources=500_000
-    )
+    info = datasets.Info(n=10, images=5, repeats=3, cores=2, load="0 / 0", mean_bytes=50_000)
+    text = datasets.render([base, ours], [], info)
+    assert "10 rows over 5 JPEGs" in text
     x = datasets.X
     assert f"vs img2dataset keep_ratio: 2.00{x} items/s at 1.00{x} its peak RSS" in text
     assert "— met" in text
@@ -171,4 +164,16 @@ def test_the_fixed_cost_table_takes_the_fixed_cost_out() -> None:
     assert rows == [
         "| full | 1.00 | 1.0 | 100 | 100 |",
         "| short (19/20 samples!) | 1.00 | 1.0 | 100 | — |",
+    ]
+
+
+def test_a_long_table_repeats_the_images_under_distinct_urls() -> None:
+    paths = [Path("a.jpg"), Path("b.jpg")]
+    assert datasets.url_paths(paths, 2) == ["/img/a.jpg", "/img/b.jpg"]
+    assert datasets.url_paths(paths, 5) == [
+        "/img/a.jpg",
+        "/img/b.jpg",
+        "/img/1/a.jpg",
+        "/img/1/b.jpg",
+        "/img/2/a.jpg",
     ]
