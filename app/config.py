@@ -177,6 +177,7 @@ FILES = "inputs and outputs"
 IMAGES = "images"
 RUN = "the run"
 DOWNLOADS = "downloads (URL lists)"
+SHARDS = "training sets (URL tables in, shards out)"
 DATA = "numeric data files (.npy, .npz, .csv, .tsv)"
 BACKEND = "beyond one machine"
 
@@ -324,11 +325,59 @@ class ProcessConfig:
     limit_per_host: int = option(
         8, kind=Integer(low=1), help="connections per host", group=DOWNLOADS
     )
+    ignore_noai: bool = option(
+        False,
+        kind=Flag(),
+        help="download images whose response says X-Robots-Tag: noai or noimageai (skipped "
+        "by default)",
+        group=DOWNLOADS,
+    )
     user_agent: str = option(
         "pixpipe/0.1 (+batch image pipeline)",
         kind=Text(),
         help="the User-Agent header",
         group=DOWNLOADS,
+    )
+    # -- training sets: URL tables in, WebDataset / Parquet shards out (stages.shards)
+    url_col: str = option(
+        "url",
+        kind=Text(what="column name", metavar="NAME"),
+        help="the URL column of --urls tables (.parquet, .csv, .tsv, .jsonl)",
+        group=SHARDS,
+    )
+    caption_col: str | None = option(
+        None,
+        kind=Text(what="column name", metavar="NAME"),
+        help="the caption column (KEY.txt in a sample; it must exist)",
+        group=SHARDS,
+    )
+    keep_columns: tuple[str, ...] = option(
+        (),
+        kind=TextList(Text(what="column name", metavar="A"), what="column names", commas=True),
+        help="table columns carried into each sample and record",
+        group=SHARDS,
+    )
+    output_format: str = option(
+        "files",
+        kind=Choice(("files", "webdataset", "parquet")),
+        help="files: a folder tree; webdataset: tar shards; parquet: Parquet shards",
+        group=SHARDS,
+    )
+    samples_per_shard: int = option(
+        10000, kind=Integer(low=1), help="inputs per shard (failed ones included)", group=SHARDS
+    )
+    min_image_size: int = option(
+        0,
+        kind=Integer(low=0),
+        help="shards: skip images whose smaller side is below N pixels (0: no minimum)",
+        group=SHARDS,
+    )
+    max_aspect_ratio: float | None = option(
+        None,
+        kind=Number(),
+        metavar="R",
+        help="shards: skip images whose longer side is over R times the shorter",
+        group=SHARDS,
     )
     # -- numeric data files
     chunk_size: int = option(
@@ -383,6 +432,7 @@ class ProcessConfig:
             if not Path(item).exists():
                 raise ConfigError(f"input {item!r} does not exist")
         _check_output_apart(self.inputs, self.output)
+        _check_tables(self)
         counts = {**_default_workers(), **self.workers.counts}
         if "crunch" not in self.workers.counts:
             counts["crunch"] = counts["resize"]
@@ -417,6 +467,16 @@ class ProcessConfig:
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "download", self._download_config() if self.urls else None)
 
+    def reads_table(self, path: str) -> bool:
+        """Whether ``--urls path`` is read as a table (:mod:`stages.tables_in`): Parquet always;
+        CSV/TSV/JSON lines when writing shards or given table options; else as a URL list
+        (:mod:`stages.urls`, as before tables)."""
+        from stages.tables_in import table_format
+
+        fmt = table_format(path)
+        given = self.url_col != "url" or self.caption_col is not None or bool(self.keep_columns)
+        return fmt == "parquet" or (fmt != "text" and (self.output_format != "files" or given))
+
     @property
     def auto_workers(self) -> bool:
         """``--workers auto``: the numbers of :attr:`workers` are caps."""
@@ -436,6 +496,7 @@ class ProcessConfig:
                 limit_per_host=self.limit_per_host,
                 allow_private_hosts=self.allow_private_hosts,
                 user_agent=self.user_agent,
+                respect_noai=not self.ignore_noai,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
@@ -491,6 +552,30 @@ def _check_output_apart(inputs: Sequence[str], output: str) -> None:
                 f"input {item!r} is the output folder of an earlier run (it holds .pipeline/); "
                 "give its size folders instead (e.g. its 512/ folder)"
             )
+
+
+def _check_tables(cfg: ProcessConfig) -> None:
+    """Shards take URL inputs only; the columns asked for must be in every table (exit 2)."""
+    from stages.tables_in import TableError, check_table
+
+    if cfg.output_format != "files" and cfg.inputs:
+        raise ConfigError(
+            f"--output-format {cfg.output_format} takes --urls lists or tables, not input folders"
+        )
+    filters = cfg.min_image_size or cfg.max_aspect_ratio is not None
+    if cfg.output_format == "files" and filters:
+        raise ConfigError("--min-image-size and --max-aspect-ratio apply to shard outputs only")
+    if cfg.output_format != "files" and cfg.workers.auto:
+        raise ConfigError(f"--output-format {cfg.output_format} does not take --workers auto yet")
+    for path in cfg.urls:
+        if not cfg.reads_table(path):
+            continue
+        try:
+            check_table(
+                path, url_col=cfg.url_col, caption_col=cfg.caption_col, keep=cfg.keep_columns
+            )
+        except TableError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
 def _digest(doc: Any) -> str:

@@ -55,6 +55,8 @@ __all__ = ["REASON_GONE", "build_pipeline", "mark_gone", "run_process"]
 def build_pipeline(cfg: ProcessConfig) -> Pipeline:
     """The ``process`` pipeline. Each stage takes its own kind of value (``accepts``): the engine
     routes URLs, image files and data files each through the stages that work on them."""
+    if cfg.output_format != "files":
+        return Pipeline(_shard_stages(cfg), name="process")
     downloading = [_download_stage(cfg)] if cfg.download is not None else []
     return Pipeline(
         [*downloading, _read_stage(cfg), *_cpu_stages(cfg), _write_stage(cfg)], name="process"
@@ -140,12 +142,103 @@ def _write_stage(cfg: ProcessConfig) -> Stage:
     )
 
 
-def _url_inputs(lists: Sequence[str]) -> Iterator[Item | Record]:
-    if not lists:
-        return iter(())
-    from stages.fetching import url_inputs
+def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
+    """Rows to shards (:mod:`stages.shards`): download, resize, then ``write`` (one coroutine
+    owns the open shard) and ``commit``, where each input waits until its shard is renamed.
+    ``commit`` has a worker per input of a shard: every input of the open shard can wait at
+    once, so the shard always fills (its values are small records, the image bytes are in the
+    shard by then)."""
+    from stages.download import make_session
+    from stages.shards import (
+        Packed,
+        Rejected,
+        SampleFilters,
+        SampleSource,
+        commit,
+        download_sample,
+        open_shards,
+        pack,
+        render_sample,
+    )
 
-    return url_inputs(lists)
+    assert cfg.download is not None
+    w, per_shard = cfg.workers, cfg.samples_per_shard
+    return [
+        stage(
+            download_sample,
+            cfg.download,
+            kind="async",
+            name="download",
+            accepts=SampleSource,
+            workers=w["download"],
+            capacity=64,
+            context=functools.partial(make_session, cfg.download),
+            context_arg="session",
+        ),
+        stage(
+            render_sample,
+            cfg.resize,
+            SampleFilters(cfg.min_image_size, cfg.max_aspect_ratio),
+            kind="process",
+            name="resize",
+            accepts=Loaded,
+            workers=w["resize"],
+            capacity=2 * w["resize"],
+            timeout=cfg.timeout,
+            max_batch=4,
+        ),
+        stage(
+            pack,
+            kind="async",
+            name="write",
+            accepts=(Rendered, Rejected),
+            workers=1,
+            capacity=32,
+            context=functools.partial(
+                open_shards, str(cfg.output), per_shard, cfg.output_format, cfg.backend == "dask"
+            ),
+            context_arg="shards",
+        ),
+        stage(commit, kind="async", name="commit", accepts=Packed, workers=per_shard + 1),
+    ]
+
+
+def _url_inputs(cfg: ProcessConfig) -> Iterator[Item | Record]:
+    """The ``--urls`` inputs: tables as rows keyed by row number when writing shards; URL
+    lists (and, for ``files``, CSV/JSON lists) as URLs keyed by themselves."""
+    for path in cfg.urls:
+        if cfg.output_format != "files":
+            from stages.shards import sample_inputs
+
+            yield from sample_inputs(
+                [path], url_col=cfg.url_col, caption_col=cfg.caption_col, keep=cfg.keep_columns
+            )
+        elif cfg.reads_table(path):
+            yield from _table_urls(cfg, path)
+        else:
+            from stages.fetching import url_inputs
+
+            yield from url_inputs([path])
+
+
+def _table_urls(cfg: ProcessConfig, path: str) -> Iterator[Item | Record]:
+    """A table's rows as URL items for the ``files`` output (keyed by URL, as URL lists)."""
+    from stages.download import url_to_relpath
+    from stages.fetching import UrlSource
+    from stages.shards import sample_inputs
+
+    rows = sample_inputs(
+        [path], url_col=cfg.url_col, caption_col=cfg.caption_col, keep=cfg.keep_columns
+    )
+    for obj in rows:
+        if isinstance(obj, Item):
+            src = obj.value
+            meta = {**src.extra, **({"caption": src.caption} if src.caption is not None else {})}
+            extra = {k: str(v) for k, v in meta.items()}
+            value = UrlSource(src.url, url_to_relpath(src.url), extra)
+            yield Item(key=src.url, value=value, source=obj.source, meta=meta)
+        else:
+            yield obj
 
 
 #: What the end of a run imports (``stats.parquet``: pyarrow and numpy, a tenth of a second or
@@ -216,7 +309,7 @@ def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPas
             never=[out],
             verify_content=cfg.verify_content,
         ),
-        _url_inputs(cfg.urls),
+        _url_inputs(cfg),
     )
     if limit is not None:
         inputs = itertools.islice(inputs, limit)
@@ -233,12 +326,22 @@ def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPas
         output=out,
         collectors=[table, NearDuplicates(table), DataAggregate(), DataTable(out, manifest)],
         fingerprint=cfg.fingerprint(),  # items carry their own (see _fingerprinted)
-        is_done=lambda rec: is_data_result(rec.value) or outputs_exist(out, rec.value),
+        is_done=_is_done(cfg, out),
         retry_failed=cfg.retry_failed,
         force=cfg.force,
         progress=False if cfg.quiet else cfg.progress,
         revisit=None if limit is not None else mark_gone,
     )
+
+
+def _is_done(cfg: ProcessConfig, out: Path) -> Callable[[Record], bool]:
+    """Resume's test of an ``ok`` record: its outputs (files), or its shard, still there."""
+    if cfg.output_format != "files":
+        from stages.shards import shard_done
+
+        in_shard = shard_done(out)
+        return lambda rec: in_shard(rec.value)
+    return lambda rec: is_data_result(rec.value) or outputs_exist(out, rec.value)
 
 
 def _fingerprinted(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[Item | Record]:

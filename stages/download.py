@@ -74,6 +74,7 @@ __all__ = [
     "fetch",
     "is_forbidden_address",
     "make_session",
+    "noai",
     "parse_retry_after",
     "url_to_relpath",
 ]
@@ -110,6 +111,9 @@ class DownloadConfig:
     # photos stay in memory, and `limit` downloads at once hold at most limit x 4 MiB.
     spool_above: int | None = 4 * 2**20
     spool_dir: str | None = None
+    # skip (pipeline.Skip) a response whose X-Robots-Tag says noai / noimageai (the caller of
+    # fetch decides: stages.fetching, stages.shards; see noai())
+    respect_noai: bool = True
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_timeout", "total_timeout"):
@@ -165,6 +169,7 @@ class Downloaded:
     data: bytes | SpooledBody = field(repr=False)
     attempts: int
     elapsed: float
+    robots: str = ""  # the X-Robots-Tag header(s), joined by ", " ("" when none)
 
 
 # --------------------------------------------------------------------------- exceptions
@@ -547,7 +552,7 @@ async def _read_streamed(
 
 async def _attempt(
     session: aiohttp.ClientSession, url: str, config: DownloadConfig, prep: _Prepared
-) -> tuple[str, int, str, bytes | SpooledBody]:
+) -> tuple[str, int, str, bytes | SpooledBody, str]:
     """One attempt: follow redirects by hand, so that every hop is checked; read the body.
 
     The attempt's time limit is aiohttp's own ``total`` timer (one timer per request, covering
@@ -594,7 +599,8 @@ async def _attempt(
                         retry_after=parse_retry_after(response.headers.get("Retry-After")),
                     )
                 data = await _read_body(response, config, url)
-                return str(response.url), status, _media_type(response), data
+                robots = ", ".join(response.headers.getall("X-Robots-Tag", ()))
+                return str(response.url), status, _media_type(response), data, robots
         raise TooManyRedirects(f"more than {config.max_redirects} redirects", url=url)
     except DownloadError as exc:
         if exc.status is None:
@@ -641,7 +647,9 @@ async def fetch(session: aiohttp.ClientSession, url: str, config: DownloadConfig
     while True:
         attempt += 1
         try:
-            final_url, status, content_type, data = await _attempt(session, url, config, prep)
+            final_url, status, content_type, data, robots = await _attempt(
+                session, url, config, prep
+            )
         except DownloadError as exc:
             last_status = exc.status if exc.status is not None else last_status
             if attempt > config.retries or not _is_retryable(exc):
@@ -660,7 +668,19 @@ async def fetch(session: aiohttp.ClientSession, url: str, config: DownloadConfig
             data=data,
             attempts=attempt,
             elapsed=time.monotonic() - started,
+            robots=robots,
         )
+
+
+_NOAI = re.compile(r"\b(noai|noimageai)\b", re.IGNORECASE)
+
+
+def noai(robots: str) -> str | None:
+    """The ``noai`` / ``noimageai`` directive of an ``X-Robots-Tag`` value, or None. A
+    directive for a named user agent (``otherbot: noai``) counts too: the tool cannot know
+    which crawler names stand for it, so it errs on the side of the site."""
+    m = _NOAI.search(robots)
+    return m.group(1).lower() if m else None
 
 
 # --------------------------------------------------------------------------- output names

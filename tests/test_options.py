@@ -67,6 +67,24 @@ EXAMPLES: dict[str, tuple[list[str], str]] = {
         'backend = "dask"\nscheduler = "tcp://127.0.0.1:1"',
     ),
     "shard_size": (["--shard-size", "8"], "shard-size = 8"),
+    "url_col": (["--url-col", "link"], 'url-col = "link"'),
+    "caption_col": (["--caption-col", "text"], 'caption-col = "text"'),
+    "keep_columns": (["--keep-columns", "a,b"], 'keep-columns = ["a", "b"]'),
+    # shards take URL inputs only: this example has no input folder (see the test)
+    "output_format": (
+        ["--urls", "{urls}", "--output-format", "webdataset"],
+        'urls = "{urls}"\noutput-format = "webdataset"',
+    ),
+    "samples_per_shard": (["--samples-per-shard", "100"], "samples-per-shard = 100"),
+    "min_image_size": (
+        ["--urls", "{urls}", "--output-format", "parquet", "--min-image-size", "64"],
+        'urls = "{urls}"\noutput-format = "parquet"\nmin-image-size = 64',
+    ),
+    "max_aspect_ratio": (
+        ["--urls", "{urls}", "--output-format", "parquet", "--max-aspect-ratio", "2.5"],
+        'urls = "{urls}"\noutput-format = "parquet"\nmax-aspect-ratio = 2.5',
+    ),
+    "ignore_noai": (["--ignore-noai"], "ignore-noai = true"),
 }
 
 
@@ -101,8 +119,9 @@ def test_every_option_has_an_example() -> None:
 def test_a_flag_and_a_file_key_give_the_same_config(name: str, tmp: Path) -> None:
     flags = [_fill(f, tmp) for f in EXAMPLES[name][0]]
     lines = _fill(EXAMPLES[name][1], tmp)
-    base_flags = [] if name == "inputs" else [str(IMAGES)]
-    base_lines = "" if name == "inputs" else f'inputs = ["{IMAGES}"]\n'
+    alone = name in ("inputs", "output_format", "min_image_size", "max_aspect_ratio")
+    base_flags = [] if alone else [str(IMAGES)]
+    base_lines = "" if alone else f'inputs = ["{IMAGES}"]\n'
     if name != "output":
         base_flags += ["--output", str(tmp / "out")]
         base_lines += f'output = "{tmp / "out"}"\n'

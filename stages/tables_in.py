@@ -1,0 +1,218 @@
+"""URL tables as input: Parquet, CSV/TSV, JSON lines and plain URL lists, read in batches.
+
+:func:`iter_table` yields one :class:`TableRow` per row of the table, lazily: a Parquet file
+through ``ParquetFile.iter_batches`` (only the columns asked for), CSV/TSV through
+``pyarrow.csv.open_csv`` (a streaming reader, every column read as text so that a column's
+type cannot change from one block to the next), JSON lines line by line, and any other file
+as a plain URL list (:func:`stages.urls.iter_url_list`). At most one batch
+(:data:`BATCH_ROWS` rows) is held at a time, so a table of 100 million rows never sits in
+memory.
+
+The format follows the extension: ``.parquet``, ``.csv``, ``.tsv``, ``.jsonl`` / ``.json`` /
+``.ndjson``; anything else is a URL list (one URL a line). ``row`` is the 0-based index of the
+row in the table (for a URL list: of its lines that hold a URL or a bad entry), so it is stable
+from one run to the next: sample keys derive from it.
+
+:func:`check_table` reads only the schema (or the header) and raises :class:`TableError` (a
+``ValueError``) for a missing URL, caption or kept column, before any row is read. A row whose
+URL is null or empty is yielded with ``error`` set, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .urls import iter_url_list
+
+__all__ = ["BATCH_ROWS", "TableError", "TableRow", "check_table", "iter_table", "table_format"]
+
+TableFormat = Literal["parquet", "csv", "tsv", "jsonl", "text"]
+
+#: Rows per batch read from a table: a few MB of URLs and captions at most.
+BATCH_ROWS = 4096
+#: Bytes per CSV block parsed at once (pyarrow's reader holds one block, plus one ahead).
+CSV_BLOCK_BYTES = 1 << 20
+
+_SUFFIXES: dict[str, TableFormat] = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+}
+
+
+class TableError(ValueError):
+    """The table as a whole cannot be used (a missing column, an unreadable header)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableRow:
+    """One row: its index, its URL, its caption and kept columns (JSON-able values)."""
+
+    row: int
+    url: str
+    caption: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def table_format(path: str | os.PathLike[str]) -> TableFormat:
+    """The format of a table by its extension (anything unknown: a URL list)."""
+    return _SUFFIXES.get(os.path.splitext(os.fspath(path).lower())[1], "text")
+
+
+def _columns(path: str, fmt: TableFormat) -> list[str]:
+    """The column names of a table, from its schema or header only."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    if fmt in ("csv", "tsv"):
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            header = fh.readline().rstrip("\r\n")
+        return [c.strip() for c in header.split("," if fmt == "csv" else "\t")]
+    with open(path, encoding="utf-8-sig") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    raise TableError(f"{path}: first line is not JSON: {exc}") from exc
+                return list(obj) if isinstance(obj, dict) else []
+    return []
+
+
+def check_table(
+    path: str | os.PathLike[str],
+    *,
+    url_col: str = "url",
+    caption_col: str | None = None,
+    keep: Sequence[str] = (),
+) -> None:
+    """Raise :class:`TableError` when a column asked for is not in the table (URL lists: never;
+    JSON lines: checked against the first object's fields)."""
+    name = os.fspath(path)
+    fmt = table_format(name)
+    if fmt == "text":
+        return
+    try:
+        have = _columns(name, fmt)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TableError(f"{name}: cannot read its columns: {exc}") from exc
+    except Exception as exc:  # pyarrow's ArrowInvalid for a file that is not Parquet
+        if type(exc).__module__.startswith("pyarrow"):
+            raise TableError(f"{name}: not a readable {fmt} table: {exc}") from exc
+        raise
+    wanted = [("URL", url_col), *((("caption", caption_col),) if caption_col else ())]
+    wanted += [("kept", c) for c in keep]
+    for what, col in wanted:
+        if col not in have:
+            raise TableError(f"{name}: no {what} column {col!r}; its columns are {have}")
+
+
+def iter_table(
+    path: str | os.PathLike[str],
+    *,
+    url_col: str = "url",
+    caption_col: str | None = None,
+    keep: Sequence[str] = (),
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[TableRow]:
+    """The rows of a table, lazily, one batch in memory at a time (see the module)."""
+    name = os.fspath(path)
+    fmt = table_format(name)
+    if fmt == "text":
+        yield from _text_rows(name)
+        return
+    cols = list(dict.fromkeys([url_col, *([caption_col] if caption_col else []), *keep]))
+    if fmt == "jsonl":
+        batches: Iterator[list[dict[str, Any]]] = _json_batches(name, batch_rows)
+    else:
+        batches = _arrow_batches(name, fmt, cols, batch_rows)
+    row = 0
+    for batch in batches:
+        for obj in batch:
+            yield _row(row, obj, url_col, caption_col, keep)
+            row += 1
+
+
+def _arrow_batches(
+    path: str, fmt: TableFormat, cols: list[str], batch_rows: int
+) -> Iterator[list[dict[str, Any]]]:
+    import pyarrow as pa
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(path) as pf:
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
+                yield batch.to_pylist()
+        return
+    import pyarrow.csv as pcsv
+
+    reader = pcsv.open_csv(
+        path,
+        read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+        parse_options=pcsv.ParseOptions(delimiter="," if fmt == "csv" else "\t"),
+        convert_options=pcsv.ConvertOptions(
+            include_columns=cols, column_types={c: pa.string() for c in cols}
+        ),
+    )
+    with reader:
+        for batch in reader:
+            yield batch.to_pylist()
+
+
+def _json_batches(path: str, batch_rows: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                obj = {"\0error": f"invalid JSON: {exc}", "\0text": line.strip()[:2048]}
+            batch.append(obj if isinstance(obj, dict) else {"\0error": "not a JSON object"})
+            if len(batch) >= batch_rows:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _row(
+    row: int, obj: dict[str, Any], url_col: str, caption_col: str | None, keep: Sequence[str]
+) -> TableRow:
+    if "\0error" in obj:
+        return TableRow(row, str(obj.get("\0text", "")), error=str(obj["\0error"]))
+    url = obj.get(url_col)
+    caption = obj.get(caption_col) if caption_col else None
+    extra = {c: _plain(obj.get(c)) for c in keep}
+    cap = None if caption is None else str(caption)
+    if not isinstance(url, str) or not url.strip():
+        why = f"no URL in column {url_col!r}" if url is None else f"bad URL {url!r}"
+        return TableRow(row, "" if url is None else str(url), cap, extra, error=why)
+    return TableRow(row, url.strip(), cap, extra)
+
+
+def _plain(value: Any) -> Any:
+    """A value JSON can hold (dates, decimals, bytes: as text)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def _text_rows(path: str) -> Iterator[TableRow]:
+    for row, entry in enumerate(iter_url_list(path, fmt="text")):
+        yield TableRow(row, entry.url, error=entry.error)

@@ -1,0 +1,437 @@
+"""URL tables in, WebDataset shards out: read back with the real `webdataset` and `pyarrow`."""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from aiohttp import web
+from PIL import Image
+
+from app.config import ProcessConfig
+from app.process import run_process
+from stages.tables_in import iter_table
+from tests.conftest import by_key
+from tests.http_server import serve
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {
+    "allow_private_hosts": True,
+    "connect_timeout": 2.0,
+    "read_timeout": 2.0,
+    "download_timeout": 5.0,
+    "download_retries": 0,
+    "quiet": True,
+}
+
+
+def jpeg(n: int) -> bytes:
+    """A JPEG of 80 + n by 60 pixels, its colour from n."""
+    buf = io.BytesIO()
+    Image.new("RGB", (80 + n, 60), (n * 7 % 256, 90, 160)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+class Images:
+    """A loopback image server that counts requests per path."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        self.agents: set[str] = set()
+
+    def routes(self) -> list[web.RouteDef]:
+        async def image(request: web.Request) -> web.Response:
+            self.hits[request.path] += 1
+            self.agents.add(request.headers.get("User-Agent", ""))
+            return web.Response(body=jpeg(int(request.match_info["n"])), content_type="image/jpeg")
+
+        async def html(request: web.Request) -> web.Response:
+            self.hits[request.path] += 1
+            return web.Response(text="<html>no image</html>", content_type="text/html")
+
+        async def truncated(request: web.Request) -> web.Response:
+            self.hits[request.path] += 1
+            return web.Response(body=jpeg(5)[:400], content_type="image/jpeg")
+
+        async def missing(request: web.Request) -> web.Response:
+            self.hits[request.path] += 1
+            return web.Response(status=404, text="gone")
+
+        async def sized(request: web.Request) -> web.Response:
+            w, h = int(request.match_info["w"]), int(request.match_info["h"])
+            buf = io.BytesIO()
+            Image.new("RGB", (w, h), (9, 9, 9)).save(buf, "JPEG")
+            return web.Response(body=buf.getvalue(), content_type="image/jpeg")
+
+        async def noai(request: web.Request) -> web.Response:
+            headers = {"X-Robots-Tag": request.query.get("tag", "noai")}
+            return web.Response(body=jpeg(1), content_type="image/jpeg", headers=headers)
+
+        return [
+            web.get("/img/{n}.jpg", image),
+            web.get("/sized/{w}x{h}.jpg", sized),
+            web.get("/noai.jpg", noai),
+            web.get("/html", html),
+            web.get("/truncated.jpg", truncated),
+            web.get("/missing.jpg", missing),
+        ]
+
+
+@pytest.fixture
+def images() -> Iterator[tuple[Images, str]]:
+    server = Images()
+    with serve(server.routes()) as base:
+        yield server, base
+
+
+BAD = {
+    "/missing.jpg": "HTTPStatusError",
+    "/html": "DecodeError",
+    "/truncated.jpg": "TruncatedImage",
+}
+
+
+def table_rows(base: str, good: int) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = [
+        {
+            "url": f"{base}/img/{i}.jpg",
+            "caption": f"picture {i}",
+            "license": f"cc-{i}",
+            "score": i / 2,
+        }
+        for i in range(good)
+    ]
+    for j, path in enumerate(BAD):  # bad rows in the middle of the table
+        rows.insert(3 + 2 * j, {"url": base + path, "caption": path, "license": "x", "score": -1.0})
+    return rows
+
+
+def write_parquet(path: Path, rows: list[dict[str, object]]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def shard_config(out: Path, table: Path, **kw: object) -> ProcessConfig:
+    return ProcessConfig.from_mapping(
+        {
+            "urls": [str(table)],
+            "output": str(out),
+            "output_format": "webdataset",
+            "caption_col": "caption",
+            "keep_columns": "license,score",
+            "samples_per_shard": 8,
+            "size": ["64"],
+            "format": "jpeg",
+            **FAST,
+            **kw,
+        }
+    )
+
+
+def read_samples(out: Path) -> list[dict[str, Any]]:
+    """Every sample of the shards, read by ``webdataset`` (whose file objects webdataset 1.0
+    leaves to the garbage collector: collected here, their ResourceWarning ignored)."""
+    tars = sorted(str(p) for p in out.glob("*.tar"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        samples = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False))
+        gc.collect()
+    return samples
+
+
+def metadata_rows(out: Path) -> list[dict[str, Any]]:
+    return [
+        r for p in sorted(out.glob("[0-9]*[0-9].parquet")) for r in pq.read_table(p).to_pylist()
+    ]
+
+
+def test_parquet_table_to_webdataset_shards(tmp_path: Path, images: tuple[Images, str]) -> None:
+    server, base = images
+    rows = table_rows(base, 20)
+    table = write_parquet(tmp_path / "table.parquet", rows)
+    out = tmp_path / "out"
+    result = run_process(shard_config(out, table))
+    assert result.exit_code == 1  # three failures
+    keys = [f"{i:09d}" for i in range(len(rows))]
+    samples = read_samples(out)
+    # every row is exactly one sample or one failed metadata row
+    meta = metadata_rows(out)
+    assert sorted(r["key"] for r in meta) == keys
+    failed = {r["url"].removeprefix(base): r for r in meta if r["status"] != "ok"}
+    assert {p: r["error_type"] for p, r in failed.items()} == BAD
+    assert all(r["status"] == "failed" and r["error_message"] for r in failed.values())
+    assert failed["/missing.jpg"]["http_status"] == 404
+    ok = {r["key"] for r in meta if r["status"] == "ok"}
+    assert sorted(s["__key__"] for s in samples) == sorted(ok)
+    assert len(ok) == 20
+    by_row = {f"{i:09d}": row for i, row in enumerate(rows)}
+    for s in samples:
+        row = by_row[str(s["__key__"])]
+        assert s["txt"].decode() == row["caption"]
+        doc = json.loads(s["json"])
+        assert (doc["license"], doc["score"], doc["url"]) == (
+            row["license"],
+            row["score"],
+            row["url"],
+        )
+        img = Image.open(io.BytesIO(s["jpg"]))
+        assert img.format == "JPEG"
+        assert max(img.size) == 64
+        assert (doc["width"], doc["height"]) == img.size
+        assert len(doc["sha256"]) == 64
+    # shards of 8 inputs each (failures count), named in order, each with its stats
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
+    stats = [json.loads((out / f"{n:05d}_stats.json").read_text()) for n in range(3)]
+    assert [s["count"] for s in stats] == [8, 8, 7]
+    assert sum(s["failed"] for s in stats) == 3
+    assert sum(s["successes"] for s in stats) == 20
+    assert Counter(k for s in stats for k in s["error_classes"]) == Counter(BAD.values())
+    # the manifest: one record per row, naming its shard and key
+    recs = by_key(out)
+    assert sorted(recs) == keys
+    for key, rec in recs.items():
+        where = rec["result"] if rec["status"] == "ok" else rec["meta"]
+        assert where["key"] == key
+        assert where["shard"].endswith(".tar")
+    assert {recs[r["key"]]["error_type"] for r in failed.values()} == set(BAD.values())
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    # a second run downloads nothing again, writes no new shard
+    before = sum(server.hits.values())
+    again = run_process(shard_config(out, table))
+    assert again.counts.get("skipped", 0) == 20
+    fetched_again = sum(server.hits.values()) - before
+    assert fetched_again == 3  # only the failures are retried (as for every resume)
+    assert len(list(out.glob("*.tar"))) == 4  # the retried failures: one shard of 3 rows
+    assert sorted(s["__key__"] for s in read_samples(out)) == sorted(ok)
+
+
+def test_tar_is_plain_tar(tmp_path: Path, images: tuple[Images, str]) -> None:
+    import tarfile
+
+    _, base = images
+    table = write_parquet(tmp_path / "t.parquet", table_rows(base, 3)[:3])
+    out = tmp_path / "out"
+    run_process(shard_config(out, table))
+    with tarfile.open(out / "00000.tar") as tar:
+        names = tar.getnames()
+    assert sorted(names) == [f"{i:09d}.{ext}" for i in range(3) for ext in ("jpg", "json", "txt")]
+    assert [n.split(".")[0] for n in names[::3]] == [n.split(".")[0] for n in names[2::3]]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_other_table_formats(tmp_path: Path, images: tuple[Images, str], suffix: str) -> None:
+    _, base = images
+    rows = [
+        {"url": f"{base}/img/{i}.jpg", "caption": f"c{i}", "license": f"l{i}"} for i in range(5)
+    ]
+    table = tmp_path / f"t{suffix}"
+    if suffix == ".jsonl":
+        table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        sep = "," if suffix == ".csv" else "\t"
+        lines = [sep.join(rows[0])] + [sep.join(str(v) for v in r.values()) for r in rows]
+        table.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    cfg = shard_config(out, table, keep_columns="license")
+    assert run_process(cfg).exit_code == 0
+    samples = read_samples(out)
+    assert sorted((s["__key__"], s["txt"].decode()) for s in samples) == [
+        (f"{i:09d}", f"c{i}") for i in range(5)
+    ]
+    assert {json.loads(s["json"])["license"] for s in samples} == {f"l{i}" for i in range(5)}
+
+
+def test_missing_url_column_is_a_usage_error(tmp_path: Path) -> None:
+    table = write_parquet(tmp_path / "t.parquet", [{"link": "http://x.example/a.jpg"}])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pipeline", "process", "--urls", str(table)]
+    cmd += ["--output-format", "webdataset", "-o", str(tmp_path / "out")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "no URL column 'url'" in done.stderr
+    assert "link" in done.stderr
+    cmd += ["--url-col", "link", "--caption-col", "nope"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "no caption column 'nope'" in done.stderr
+
+
+def test_table_is_read_in_batches(tmp_path: Path) -> None:
+    """The reader is lazy: the first rows come before the rest of the table is read."""
+    path = tmp_path / "big.parquet"
+    n = 50_000
+    table = pa.table({"url": [f"http://h.example/{i}.jpg" for i in range(n)], "c": list(range(n))})
+    pq.write_table(table, path, row_group_size=10_000)
+    rows = iter_table(path, keep=("c",), batch_rows=1000)
+    first = next(rows)
+    assert (first.row, first.url, first.extra) == (0, "http://h.example/0.jpg", {"c": 0})
+    frame = rows.gi_frame  # type: ignore[attr-defined]
+    assert frame is not None  # suspended inside one batch, not a list of the table
+    assert sum(1 for _ in rows) == n - 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"url": "http://a.example/1.jpg"}\nnot json\n{"url": ""}\n')
+    got = list(iter_table(bad))
+    assert [r.error is None for r in got] == [True, False, False]
+
+
+def test_parquet_table_to_parquet_shards(tmp_path: Path, images: tuple[Images, str]) -> None:
+    _, base = images
+    rows = table_rows(base, 12)
+    table = write_parquet(tmp_path / "table.parquet", rows)
+    out = tmp_path / "out"
+    assert run_process(shard_config(out, table, output_format="parquet")).exit_code == 1
+    data = sorted(p.name for p in out.glob("[0-9]*[0-9].parquet"))
+    assert data == ["00000.parquet", "00001.parquet"]  # 15 inputs, 8 a shard
+    samples = [r for name in data for r in pq.read_table(out / name).to_pylist()]
+    meta = [r for p in sorted(out.glob("*_meta.parquet")) for r in pq.read_table(p).to_pylist()]
+    keys = [f"{i:09d}" for i in range(len(rows))]
+    assert sorted(r["key"] for r in meta) == keys
+    assert sorted(r["key"] for r in samples) == sorted(
+        r["key"] for r in meta if r["status"] == "ok"
+    )
+    assert len(samples) == 12
+    by_row = {f"{i:09d}": row for i, row in enumerate(rows)}
+    for s in samples:
+        row = by_row[s["key"]]
+        assert (s["caption"], s["license"], s["score"]) == (
+            row["caption"],
+            row["license"],
+            row["score"],
+        )
+        img = Image.open(io.BytesIO(s["image"]))
+        assert (img.format, img.size) == ("JPEG", (s["width"], s["height"]))
+        assert max(img.size) == 64
+        assert s["format"] == "jpeg"
+        assert json.loads(s["stats"])["width"] == s["width"]
+    failed = {r["url"].removeprefix(base): r["error_type"] for r in meta if r["status"] != "ok"}
+    assert failed == BAD
+    stats = json.loads((out / "00000_stats.json").read_text())
+    assert stats["shard"] == "00000.parquet"
+    assert stats["count"] == 8
+
+
+def test_noai_and_size_filters_skip_with_reasons(
+    tmp_path: Path, images: tuple[Images, str]
+) -> None:
+    server, base = images
+    paths = ["/img/1.jpg", "/sized/20x20.jpg", "/sized/300x40.jpg", "/noai.jpg"]
+    paths += ["/noai.jpg?tag=googlebot:%20noimageai", "/noai.jpg?tag=noindex"]
+    table = write_parquet(tmp_path / "t.parquet", [{"url": base + p, "caption": p} for p in paths])
+    out = tmp_path / "out"
+    cfg = shard_config(out, table, min_image_size=30, max_aspect_ratio=3, keep_columns=[])
+    assert run_process(cfg).exit_code == 0  # skips are no failures
+    meta = {r["url"].removeprefix(base): r for r in metadata_rows(out)}
+    assert {p: r["status"] for p, r in meta.items()} == {
+        "/img/1.jpg": "ok",
+        "/sized/20x20.jpg": "skipped",
+        "/sized/300x40.jpg": "skipped",
+        "/noai.jpg": "skipped",
+        "/noai.jpg?tag=googlebot:%20noimageai": "skipped",
+        "/noai.jpg?tag=noindex": "ok",
+    }
+    assert "smaller than --min-image-size 30" in meta["/sized/20x20.jpg"]["error_message"]
+    assert "aspect ratio 7.50 over 3" in meta["/sized/300x40.jpg"]["error_message"]
+    assert "X-Robots-Tag: noai" in meta["/noai.jpg"]["error_message"]
+    recs = by_key(out)
+    assert recs["000000003"]["status"] == "skipped"
+    assert "noai" in recs["000000003"]["reason"]
+    assert all(agent.startswith("pixpipe/") for agent in server.agents)
+    # --ignore-noai downloads them
+    other = tmp_path / "other"
+    assert run_process(shard_config(other, table, ignore_noai=True, keep_columns=[])).ok == 6
+
+
+def test_noai_in_files_output(tmp_path: Path, images: tuple[Images, str]) -> None:
+    _, base = images
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{base}/noai.jpg\n{base}/img/2.jpg\n")
+    cfg = ProcessConfig.from_mapping({"urls": [str(urls)], "output": str(tmp_path / "o"), **FAST})
+    assert run_process(cfg).exit_code == 0
+    recs = by_key(tmp_path / "o")
+    assert recs[f"{base}/noai.jpg"]["status"] == "skipped"
+    assert recs[f"{base}/img/2.jpg"]["status"] == "ok"
+
+
+def test_shard_options_refused_where_they_cannot_work(tmp_path: Path) -> None:
+    from pipeline import ConfigError
+
+    urls = tmp_path / "u.txt"
+    urls.write_text("http://127.0.0.1:1/a.jpg\n")
+    base = {"urls": [str(urls)], "output": str(tmp_path / "o")}
+    with pytest.raises(ConfigError, match="apply to shard outputs only"):
+        ProcessConfig.from_mapping({**base, "min_image_size": 10})
+    with pytest.raises(ConfigError, match="does not take --workers auto"):
+        ProcessConfig.from_mapping({**base, "output_format": "parquet", "workers": "auto"})
+    with pytest.raises(ConfigError, match="not input folders"):
+        ProcessConfig.from_mapping(
+            {
+                **base,
+                "inputs": [str(tmp_path)],
+                "output": str(tmp_path / "x" / "o"),
+                "output_format": "webdataset",
+            }
+        )
+
+
+@pytest.mark.timeout(120)
+def test_dask_workers_write_their_own_shards(tmp_path: Path, images: tuple[Images, str]) -> None:
+    """``--backend dask``: each task writes its own shards (names of its own), the driver only
+    records; the same rows as with the local backend."""
+    _, base = images
+    rows = table_rows(base, 20)
+    table = write_parquet(tmp_path / "table.parquet", rows)
+    out = tmp_path / "out"
+    cfg = shard_config(out, table, backend="dask", shard_size=6, workers="resize=1")
+    result = run_process(cfg)
+    assert result.exit_code == 1
+    meta = metadata_rows_any(out)
+    assert sorted(r["key"] for r in meta) == [f"{i:09d}" for i in range(len(rows))]
+    samples = read_samples(out)
+    assert len(samples) == 20
+    assert len({s["__key__"] for s in samples}) == 20
+    tars = sorted(p.name for p in out.glob("*.tar"))
+    assert len(tars) == 4  # 23 inputs, 6 a task: one shard per task
+    assert len({t.split("-")[0] for t in tars}) == 4  # one writer per task
+    recs = by_key(out)
+    for rec in recs.values():
+        where = rec["result"] if rec["status"] == "ok" else rec["meta"]
+        assert where["shard"] in tars
+    again = run_process(cfg)  # resume: nothing in a shard is done again
+    assert again.counts.get("skipped", 0) == 20
+
+
+def metadata_rows_any(out: Path) -> list[dict[str, Any]]:
+    """The metadata tables beside tar shards, whatever the shards' names."""
+    return [
+        r
+        for t in sorted(out.glob("*.tar"))
+        for r in pq.read_table(t.with_suffix(".parquet")).to_pylist()
+    ]
+
+
+def test_retry_failed_redoes_only_the_failures(tmp_path: Path, images: tuple[Images, str]) -> None:
+    server, base = images
+    table = write_parquet(tmp_path / "t.parquet", table_rows(base, 6))
+    out = tmp_path / "out"
+    assert run_process(shard_config(out, table)).exit_code == 1
+    before = Counter(server.hits)
+    again = run_process(shard_config(out, table, retry_failed=True))
+    assert again.counts == {"skipped": 6, "failed": 3}
+    assert server.hits - before == Counter(list(BAD))  # each failure once more, nothing else
+    recs = by_key(out)
+    assert [k for k, r in recs.items() if r["status"] == "failed"] == [
+        k for k, r in recs.items() if r["meta"].get("shard") == "00002.tar"
+    ]
