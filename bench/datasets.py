@@ -400,7 +400,8 @@ def methods() -> tuple[list[Method], list[str]]:
             label = f"img2dataset {version} ({mode})"
             found.append(Method(mode, label, _img2dataset(mode), _shards, peer))
     if not ours_missing:
-        found.append(Method("pixpipe", "pixpipe (fit)", _pixpipe, _shards, ours))
+        label = "pixpipe, table → webdataset (fit)"
+        found.append(Method("pixpipe", label, _pixpipe, _shards, ours))
     label = "pixpipe, plain URL list → files (reference: not shards)"
     found.append(Method("files", label, _pixpipe_files, _files, ours))
     floors = (
