@@ -591,10 +591,11 @@ def _goal(by: Mapping[str, Method], n: int) -> list[str]:
         speed = ours.median(_rate) / base.median(_rate)
         rss = ours.median(_mb("peak_rss")) / base.median(_mb("peak_rss"))
         pss = ours.median(_mb("peak_pss")) / base.median(_mb("peak_pss"))
+        cpu = ours.median(lambda m, o: m.cpu) / base.median(lambda m, o: m.cpu)
         met = speed >= TARGET and rss <= 1.0
         out.append(
             f"vs img2dataset {key}: {speed:.2f}{X} items/s at {rss:.2f}{X} its peak RSS "
-            f"({pss:.2f}{X} its peak PSS) — {'met' if met else 'NOT met'}"
+            f"({pss:.2f}{X} its peak PSS, {cpu:.2f}{X} its CPU) — {'met' if met else 'NOT met'}"
         )
     return [f"Goal (≥ {TARGET:g}{X} img2dataset items/s at no more peak RSS): " + "; ".join(out)]
 

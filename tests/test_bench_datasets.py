@@ -133,6 +133,7 @@ def test_the_goal_line_compares_rate_and_memory() -> None:
     assert "10 rows over 5 JPEGs" in text
     x = datasets.X
     assert f"vs img2dataset keep_ratio: 2.00{x} items/s at 1.00{x} its peak RSS" in text
+    assert f"1.00{x} its CPU) — met" in text
     assert "— met" in text
 
 
