@@ -9,7 +9,7 @@ URLS ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install process demo-download test browser lint bench clean
+.PHONY: help install process demo-download test browser lint bench bench-peers clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,13 @@ lint: $(VENV)/.installed-dev ## ruff + mypy over app/, pipeline/ and stages/, an
 bench: $(VENV)/.installed-dev ## Run the benchmarks and print their tables (asserts nothing)
 	@$(PY) -m compileall -q app pipeline stages bench
 	$(PY) -m bench $(ARGS)
+
+PEERS_VENV := bench/.peers-venv
+
+bench-peers: ## Install img2dataset into its own venv, bench/.peers-venv (never into .venv), for `bench datasets`
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/requirements-img2dataset.txt
 
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,7 @@ SUITES = {
     "auto": "bench.auto",
     "numeric": "bench.numeric",
     "dups": "bench.dups",
+    "datasets": "bench.datasets",
 }
 
 

@@ -127,6 +127,8 @@ def _serve(conn: Connection, folder: str) -> None:
     async def run() -> None:
         app = web.Application()
         app.router.add_get("/img/{name}", handle)
+        # the same file under many URLs (bench datasets: tables longer than the image set)
+        app.router.add_get("/img/{copy}/{name}", handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         # a deep accept queue: 256 threads opening connections at once must not see SYN drops
