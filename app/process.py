@@ -154,7 +154,8 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
     """Rows to shards (:mod:`stages.samples`, :mod:`stages.shards`): download and resize,
     which turn a bad input into a ``Rejected`` value, then the shard stages."""
     from stages.download import make_session
-    from stages.samples import SampleFilters, SampleSource, download_sample, render_sample
+    from stages.sample_fetch import download_sample
+    from stages.samples import SampleFilters, SampleSource, render_sample
 
     assert cfg.download is not None
     w = cfg.workers

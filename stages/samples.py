@@ -2,25 +2,23 @@
 for one bad input, and the filters.
 
 :func:`sample_inputs` makes one item per row of a URL table (:mod:`stages.tables_in`), keyed by
-its row number. :func:`download_sample` and :func:`render_sample` are the download and resize
-stages of a shard run: for a bad input they return a :class:`Rejected` value instead of raising,
-so that the input reaches the shard writer and gets its row in the shard's metadata table
-(:mod:`stages.shards`, whose ``commit`` raises it again for the record).
+its row number. :func:`~stages.sample_fetch.download_sample` (in its own module, so that the
+process workers that run :func:`render_sample` never import aiohttp: ~14 MB each) and
+:func:`render_sample` are the download and resize stages of a shard run: for a bad input
+they return a :class:`Rejected` value instead of raising, so that the input reaches the shard
+writer and gets its row in the shard's metadata table (:mod:`stages.shards`, whose ``commit``
+raises it again for the record).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from pipeline import Item, Record, RemoteError, Skip, Status
 
-from .download import DownloadConfig, DownloadError, fetch, noai
 from .files import Loaded
 from .options import ImageError, ResizeOptions
 from .tables_in import iter_table
@@ -30,7 +28,6 @@ __all__ = [
     "Rejected",
     "SampleFilters",
     "SampleSource",
-    "download_sample",
     "render_sample",
     "sample_inputs",
 ]
@@ -98,36 +95,6 @@ def sample_inputs(
                 continue
             value = SampleSource(row.url, key, row.caption, row.extra)
             yield Item(key=key, value=value, source=where, meta={"url": row.url})
-
-
-async def download_sample(
-    value: SampleSource, config: DownloadConfig, *, session: aiohttp.ClientSession
-) -> Loaded | Rejected:
-    """A row's image bytes, with the row and the download in ``origin``; a download error is a
-    :class:`Rejected` value (it goes into the shard's metadata)."""
-    try:
-        got = await fetch(session, value.url, config)
-    except DownloadError as exc:
-        return Rejected(
-            value.describe(), "failed", "download", type(exc).__name__, str(exc), exc.status
-        )
-    directive = noai(got.robots) if config.respect_noai else None
-    if directive is not None:
-        why = f"X-Robots-Tag: {directive} (the site opts out of AI use; --ignore-noai)"
-        return Rejected(value.describe(), "skipped", "download", "Skip", why, got.status)
-    data = bytes(got.data)
-    origin = {
-        "sample": value.describe(),
-        "download": {
-            "final_url": got.final_url,
-            "http_status": got.status,
-            "content_type": got.content_type,
-            "attempts": got.attempts,
-            "bytes": len(data),
-        },
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-    return Loaded(value.key, data, origin)
 
 
 @dataclass(frozen=True, slots=True)

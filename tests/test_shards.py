@@ -584,3 +584,15 @@ def test_a_folder_of_shards_takes_no_other_training_set(
     )
     assert done.returncode == 2, done.stderr
     assert "--force would write every input again" in done.stderr
+
+
+def test_the_resize_workers_of_a_shard_run_do_not_import_aiohttp() -> None:
+    """render_sample's module (what the process workers import) leaves the download's aiohttp
+    out: ~14 MB in every worker and the forkserver."""
+    code = "import sys, stages.samples, stages.shards; print(sorted(sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(done.stdout.strip()[2:-2].split("', '"))
+    assert "stages.samples" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("aiohttp", "pyarrow")}
