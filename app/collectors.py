@@ -20,6 +20,7 @@ are imported only when there is something to write.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,35 @@ from .tables import CsvStream, ParquetStream
 __all__ = ["DataAggregate", "DataTable", "FailureList", "NearDuplicates", "StatsTable"]
 
 
-class StatsTable:
+class _ManifestTable(abc.ABC):
+    """A table written from the manifest at the end of the run: a collector whose result is
+    what its sink side (``take``/``finish``) put there, once the manifest pass has run."""
+
+    def __init__(self, folder: Path, manifest: ManifestPass | None) -> None:
+        self.folder = folder
+        self.manifest = manifest if manifest is not None else ManifestPass(folder)
+        self._result: dict[str, Any] = {}
+
+    # -- the collector: the engine asks for the result after exporting the manifest ------------
+    def add(self, record: Record) -> None:
+        return None
+
+    def result(self) -> dict[str, Any]:
+        self.manifest.check(self)
+        return self._result
+
+    # -- the sink (app.endofrun.Sink): each table's own -----------------------------------------
+    @abc.abstractmethod
+    def take(self, record: dict[str, Any], offset: int) -> None: ...
+
+    @abc.abstractmethod
+    def finish(self) -> None: ...
+
+    @abc.abstractmethod
+    def discard(self) -> None: ...
+
+
+class StatsTable(_ManifestTable):
     """Writes ``stats.csv`` and ``stats.parquet`` (when there are image rows) from the manifest,
     and keeps each row's (key, dhash) for :class:`NearDuplicates`, which needs them all."""
 
@@ -55,8 +84,7 @@ class StatsTable:
     )
 
     def __init__(self, folder: Path, manifest: ManifestPass | None = None) -> None:
-        self.folder = folder
-        self.manifest = manifest if manifest is not None else ManifestPass(folder)
+        super().__init__(folder, manifest)
         # the (key, dhash) of every row with a hash, as two lists (no tuple per row)
         self.keys: list[str] = []
         self.dhashes: list[Any] = []
@@ -64,16 +92,7 @@ class StatsTable:
         self._csv = CsvStream(
             folder / "stats.csv", self.COLUMNS, keep_empty=True, on_chunk=self._parquet.chunk
         )
-        self._result: dict[str, Any] = {}
         self.manifest.add(self)
-
-    # -- the collector: the engine asks for the result after exporting the manifest ------------
-    def add(self, record: Record) -> None:
-        return None
-
-    def result(self) -> dict[str, Any]:
-        self.manifest.check(self)
-        return self._result
 
     def hashes(self) -> Iterator[tuple[str, Any]]:
         """(key, dhash) of every image row, in manifest order."""
@@ -169,7 +188,7 @@ class DataAggregate:
         return self.groups.result()
 
 
-class DataTable:
+class DataTable(_ManifestTable):
     """``data_stats.csv``: one row per array or CSV column, from the manifest at the end of the
     run (as ``stats.csv``: written as it streams). No data rows, no file."""
 
@@ -177,18 +196,9 @@ class DataTable:
     COLUMNS = ("key", "column", "count", "missing", "mean", "std", "min", "max", "sum", "bad")
 
     def __init__(self, folder: Path, manifest: ManifestPass | None = None) -> None:
-        self.folder = folder
-        self.manifest = manifest if manifest is not None else ManifestPass(folder)
+        super().__init__(folder, manifest)
         self._csv = CsvStream(folder / "data_stats.csv", self.COLUMNS, keep_empty=False)
-        self._result: dict[str, Any] = {}
         self.manifest.add(self)
-
-    def add(self, record: Record) -> None:
-        return None
-
-    def result(self) -> dict[str, Any]:
-        self.manifest.check(self)
-        return self._result
 
     def take(self, record: dict[str, Any], offset: int) -> None:
         v = data_result(record)

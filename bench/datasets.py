@@ -269,66 +269,23 @@ def _img2dataset(mode: str) -> Callable[[Job, Path], list[str]]:
 
 
 def _pixpipe(job: Job, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "process",
-        "--urls",
-        str(job.table),
-        "--url-col",
-        "url",
-        "--caption-col",
-        "caption",
-        "--output-format",
-        "webdataset",
-        "--samples-per-shard",
-        str(job.per_shard),
-        "--size",
-        str(SIZE),
-        "--mode",
-        "fit",
-        "--format",
-        "jpeg",
-        "--quality",
-        str(QUALITY),
-        "--workers",
-        str(job.cores),
-        "--limit-per-host",
-        str(THREADS),
-        "--allow-private-hosts",
-        "--quiet",
-        "--force",
-        "--output",
-        str(out),
-    ]
+    table = ["--urls", str(job.table), "--url-col", "url", "--caption-col", "caption"]
+    shards = ["--output-format", "webdataset", "--samples-per-shard", str(job.per_shard)]
+    return _pixpipe_command(job, out, *table, *shards)
 
 
 def _pixpipe_files(job: Job, out: Path) -> list[str]:
+    return _pixpipe_command(job, out, "--urls", str(job.url_file))
+
+
+def _pixpipe_command(job: Job, out: Path, *inputs: str) -> list[str]:
+    """``process`` with ``inputs``, and what every pixpipe row shares: size, mode, format,
+    quality, workers, connections per host."""
+    image = ["--size", str(SIZE), "--mode", "fit", "--format", "jpeg", "--quality", str(QUALITY)]
+    run = ["--workers", str(job.cores), "--limit-per-host", str(THREADS)]
     return [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "process",
-        "--urls",
-        str(job.url_file),
-        "--size",
-        str(SIZE),
-        "--mode",
-        "fit",
-        "--format",
-        "jpeg",
-        "--quality",
-        str(QUALITY),
-        "--workers",
-        str(job.cores),
-        "--limit-per-host",
-        str(THREADS),
-        "--allow-private-hosts",
-        "--quiet",
-        "--force",
-        "--output",
-        str(out),
+        *(sys.executable, "-m", "pipeline", "process", *inputs, *image, *run),
+        *("--allow-private-hosts", "--quiet", "--force", "--output", str(out)),
     ]
 
 

@@ -75,6 +75,7 @@ __all__ = [
     "is_forbidden_address",
     "make_session",
     "noai",
+    "opted_out",
     "parse_retry_after",
     "url_to_relpath",
 ]
@@ -112,7 +113,7 @@ class DownloadConfig:
     spool_above: int | None = 4 * 2**20
     spool_dir: str | None = None
     # skip (pipeline.Skip) a response whose X-Robots-Tag says noai / noimageai (the caller of
-    # fetch decides: stages.fetching, stages.shards; see noai())
+    # fetch decides: stages.fetching, stages.sample_fetch; see opted_out())
     respect_noai: bool = True
 
     def __post_init__(self) -> None:
@@ -681,6 +682,15 @@ def noai(robots: str) -> str | None:
     which crawler names stand for it, so it errs on the side of the site."""
     m = _NOAI.search(robots)
     return m.group(1).lower() if m else None
+
+
+def opted_out(got: Downloaded, config: DownloadConfig) -> str | None:
+    """Why ``got`` is left out (skipped) under ``config.respect_noai``, or None: the one wording
+    of the files and the shard downloads."""
+    directive = noai(got.robots) if config.respect_noai else None
+    if directive is None:
+        return None
+    return f"X-Robots-Tag: {directive} (the site opts out of AI use; --ignore-noai)"
 
 
 # --------------------------------------------------------------------------- output names

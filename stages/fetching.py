@@ -22,7 +22,7 @@ import aiohttp
 
 from pipeline import Item, Record, Skip, Status
 
-from .download import DownloadConfig, fetch, make_session, noai, url_to_relpath
+from .download import DownloadConfig, fetch, make_session, opted_out, url_to_relpath
 from .files import Loaded
 from .urls import iter_url_list
 
@@ -84,9 +84,9 @@ async def download_url(
     elif not isinstance(value, UrlSource):
         raise TypeError(f"download_stage takes URL strings, got {type(value).__name__}")
     got = await fetch(session, value.url, config)
-    directive = noai(got.robots) if config.respect_noai else None
-    if directive is not None:
-        raise Skip(f"X-Robots-Tag: {directive} (the site opts out of AI use; --ignore-noai)")
+    why = opted_out(got, config)
+    if why is not None:
+        raise Skip(why)
     origin: dict[str, Any] = {
         "url": got.url,
         "final_url": got.final_url,

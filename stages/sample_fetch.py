@@ -4,11 +4,9 @@ process workers, which import that module for ``render_sample``, never import ai
 
 from __future__ import annotations
 
-import hashlib
-
 import aiohttp
 
-from .download import DownloadConfig, DownloadError, fetch, noai
+from .download import DownloadConfig, DownloadError, fetch, opted_out
 from .files import Loaded
 from .samples import Rejected, SampleSource
 
@@ -26,11 +24,10 @@ async def download_sample(
         return Rejected(
             value.describe(), "failed", "download", type(exc).__name__, str(exc), exc.status
         )
-    directive = noai(got.robots) if config.respect_noai else None
-    if directive is not None:
-        why = f"X-Robots-Tag: {directive} (the site opts out of AI use; --ignore-noai)"
+    why = opted_out(got, config)
+    if why is not None:
         return Rejected(value.describe(), "skipped", "download", "Skip", why, got.status)
-    data = bytes(got.data)
+    # the bytes as fetched (a big body stays spooled); the worker hashes them (render_sample)
     origin = {
         "sample": value.describe(),
         "download": {
@@ -38,8 +35,7 @@ async def download_sample(
             "http_status": got.status,
             "content_type": got.content_type,
             "attempts": got.attempts,
-            "bytes": len(data),
+            "bytes": len(got.data),
         },
-        "sha256": hashlib.sha256(data).hexdigest(),
     }
-    return Loaded(value.key, data, origin)
+    return Loaded(value.key, got.data, origin)

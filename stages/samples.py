@@ -12,6 +12,7 @@ raises it again for the record).
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -122,10 +123,13 @@ def render_sample(
     (checked on the header's size, before decoding), is a :class:`Rejected` value."""
     origin = value.origin or {}
     status = origin.get("download", {}).get("http_status")
+    data = bytes(value.data)  # bytes already in a worker (a spooled body arrives as bytes)
     if filters is not None and (filters.min_side or filters.max_ratio is not None):
-        why = filters.why_not(*_header_size(bytes(value.data)))
+        why = filters.why_not(*_header_size(data))
         if why is not None:
             return Rejected(origin.get("sample", {}), "skipped", "resize", "Skip", why, status)
+    # hashed here, in the worker, not on the parent's event loop
+    origin["sha256"] = hashlib.sha256(data).hexdigest()
     try:
         return render(value, options)
     except ImageError as exc:

@@ -272,7 +272,7 @@ def _sample(
         sha256=origin.get("sha256"),
     )
     doc = {
-        **{k: v for k, v in s.get("extra", {}).items()},
+        **s.get("extra", {}),
         "key": s["key"],
         "url": s["url"],
         "caption": s.get("caption"),
