@@ -1,8 +1,8 @@
 """The ``process`` command: folders in, thumbnails, statistics and a manifest out.
 
-    sources (walk, lazy) -> [download (async)] -> read (thread)
-        -> resize + crunch (process, fused: decode+resize+stats / data chunk statistics)
-        -> write (thread) -> ledger
+    sources (walk, lazy) -> [download (async)] -> read (thread: check a file, plan a data file)
+        -> resize + crunch + write (process, fused: read+decode+resize+stats+write an image /
+           data chunk statistics) -> ledger
 
 Numeric data files (``.npy``, ``.npz``, CSV/TSV) found among the inputs go through the same
 stages (see :mod:`stages.steps`): the read stage splits each into chunks that the process
@@ -84,8 +84,9 @@ def _download_stage(cfg: ProcessConfig) -> Stage:
 
 
 def _read_stage(cfg: ProcessConfig) -> Stage:
-    """Inbox of small path records; batches of reads go to the threads; data files are planned
-    here (header only) and split into chunks for the process workers."""
+    """Inbox of small path records; batches of checks go to the threads (an image's first
+    bytes and size: its worker reads it); data files are planned here (header only) and split
+    into chunks for the process workers."""
     return stage(
         steps.read,
         cfg.max_file_size,
@@ -103,9 +104,11 @@ def _read_stage(cfg: ProcessConfig) -> Stage:
 
 def _cpu_stages(cfg: ProcessConfig) -> list[Stage]:
     """resize (images) and crunch (data chunks): adjacent process stages, fused into one worker
-    call. Their inboxes hold whole files (up to max_file_size each): 2 per worker."""
+    call with write (:func:`_write_stage`)."""
     w = cfg.workers
-    resize = _resize_stage(cfg, steps.resize, cfg.resize)
+    resize = _resize_stage(
+        cfg, steps.resize, cfg.resize, cfg.max_file_size, accepts=steps.IMAGES, small=True
+    )
     crunch = stage(
         steps.crunch,
         kind="process",
@@ -119,33 +122,51 @@ def _cpu_stages(cfg: ProcessConfig) -> list[Stage]:
     return [resize, crunch]
 
 
-def _resize_stage(cfg: ProcessConfig, fn: Callable[..., object], *args: object) -> Stage:
-    """The decode-and-resize stage, one per core (files and shards alike): ``fn(loaded,
-    *args)``. Its inbox holds whole files (up to max_file_size each): 2 per worker."""
+#: Items per worker call of the resize group, at most: a local image's item is a path, so a
+#: worker takes several at once (the batcher aims at ~20 ms per call: 4-6 small images, one
+#: 12 MP photo), and the parent's cost per call (a message each way, a driver's turn on the
+#: loop) is shared by the batch. 2,000 web JPEGs -> 256 px: see bench/cost.py.
+RESIZE_BATCH = 16
+
+
+def _resize_stage(
+    cfg: ProcessConfig,
+    fn: Callable[..., object],
+    *args: object,
+    accepts: type | tuple[type, ...] = Loaded,
+    small: bool = False,
+) -> Stage:
+    """The decode-and-resize stage, one per core (files and shards alike): ``fn(value,
+    *args)``. Its inbox holds 2 items per worker when they are whole files (up to
+    max_file_size each: downloads, shard rows); ``small`` (local files, read by the worker
+    itself, unless the run downloads too): 2 batches per worker."""
     workers = cfg.workers["resize"]
+    per_worker = 2 * RESIZE_BATCH if small and cfg.download is None else 2
     return stage(
         fn,
         *args,
         kind="process",
         name="resize",
-        accepts=Loaded,
+        accepts=accepts,
         workers=workers,
-        capacity=2 * workers,
+        capacity=per_worker * workers,
         timeout=cfg.timeout,
-        max_batch=4,
+        max_batch=RESIZE_BATCH if small else 4,
     )
 
 
 def _write_stage(cfg: ProcessConfig) -> Stage:
-    """Atomic writes of the encoded thumbnails (small: a short inbox)."""
+    """Atomic writes of the encoded thumbnails, in the worker that made them: a process stage
+    next to resize, so the two are one worker call and the outputs' bytes never reach the
+    parent. It runs on the resize group's workers (a fused group has the most workers any of
+    its stages asks for): ``--workers write=N`` gives it no processes of its own."""
     return stage(
         steps.write,
         str(cfg.output),
-        kind="thread",
+        kind="process",
         name="write",
         accepts=Rendered,
-        workers=cfg.workers["write"],
-        capacity=32,
+        workers=cfg.workers["resize"],
         timeout=cfg.timeout,
     )
 

@@ -24,7 +24,13 @@ The parent's CPU is the root process's own user + system time (not its children'
 parent's CPU per image follows the ceiling of a bigger machine: one parent feeds at most
 1000 / (parent ms per image) images/s, however many cores its workers have.
 
-``python -m bench cost [--quick]``; ``python -m bench.cost [--quick] [small|12mp ...]``.
+``python -m bench cost [--quick]``; ``python -m bench.cost [--quick] [small|12mp ...]``. With
+``COST_BASELINE=<another checkout>`` in the environment, ``process`` from that checkout runs too,
+in the same rounds (a before/after on the same files, side by side).
+
+This module imports only the standard library at the top: the anchor scripts run as
+``python -m bench.cost bare|floor ...`` and their parent process should hold no more than a
+bare script's does (Pillow is imported in the pool workers).
 """
 
 from __future__ import annotations
@@ -43,11 +49,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import datasets, photos
-from bench.measure import _children_cpu, _Sampler
-
 REPO = Path(__file__).resolve().parent.parent
-_TMP = photos.DATA.parent / "tmp"
+_TMP = REPO / "bench" / ".data" / "tmp"
 QUALITY = 85
 X = "\N{MULTIPLICATION SIGN}"
 
@@ -116,13 +119,18 @@ def _own_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(cmd: Sequence[str], out: Path, log: Path) -> Run:
+def run(cmd: Sequence[str], out: Path, log: Path, extra_env: dict[str, str] | None = None) -> Run:
     """Run ``cmd``; measure its tree (see the module docstring); count the JPEGs under out."""
-    env = {**datasets.base_env(), "PYTHONPATH": str(REPO)}
+    from bench import datasets
+    from bench.measure import _children_cpu, _Sampler
+
+    env = {**datasets.base_env(), "PYTHONPATH": str(REPO), **(extra_env or {})}
     cpu_before = _children_cpu()
     with log.open("wb") as sink:
         started = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), cwd=REPO, env=env, stdout=sink, stderr=sink)
+        # python -m puts the working directory first on sys.path: it picks the checkout
+        cwd = Path(env["PYTHONPATH"])
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=sink, stderr=sink)
         sampler = _Sampler(proc.pid)
         sampler.start()
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
@@ -152,6 +160,7 @@ class Method:
     label: str
     command: Callable[[Path, int, int, Path], list[str]]  # (folder, size, cores, out)
     runs: list[Run] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def median(self, value: Callable[[Run], float]) -> float:
         return statistics.median(value(r) for r in self.runs)
@@ -187,12 +196,17 @@ def _script(what: str) -> Callable[[Path, int, int, Path], list[str]]:
 
 
 def methods() -> list[Method]:
-    return [
+    found = [
         Method("process", "`process` (everything it records)", _process(None)),
         Method("bare", "bare tuned `Pool` script", _script("bare")),
         Method("floor", "decode-only floor (draft + load)", _script("floor")),
         Method("process1", "`process --workers 1`", _process(1)),
     ]
+    baseline = os.environ.get("COST_BASELINE")
+    if baseline:
+        label = f"`process` of {Path(baseline).name} (COST_BASELINE)"
+        found.append(Method("baseline", label, _process(None), env={"PYTHONPATH": baseline}))
+    return found
 
 
 #: Files of the short runs from which the fixed cost of each command follows (start-up, pool,
@@ -221,7 +235,7 @@ def _run_method(
     with _scratch() as work:
         out = work / "out"
         out.mkdir()
-        got = run(method.command(folder, size, cores, out), out, work / "log.txt")
+        got = run(method.command(folder, size, cores, out), out, work / "log.txt", method.env)
         if got.code != 0:
             tail = (work / "log.txt").read_text(errors="replace")[-1500:]
             raise RuntimeError(f"{method.key} exited with {got.code}:\n{tail}")
@@ -313,6 +327,8 @@ def table(
 
 
 def _small_folder(n: int) -> Path:
+    from bench import datasets, photos
+
     paths = datasets.ensure_images(n)
     if n == len(list(datasets.IMAGES.glob("*.jpg"))):
         return datasets.IMAGES
@@ -320,6 +336,8 @@ def _small_folder(n: int) -> Path:
 
 
 def _photo_folder(n: int) -> Path:
+    from bench import photos
+
     paths = photos.ensure(["12mp"])["12mp"][:n]
     if n == photos.SETS["12mp"].count:
         return photos.SETS["12mp"].folder
@@ -341,7 +359,7 @@ def main(*, quick: bool = False, sets: Sequence[str] = ("small", "12mp")) -> str
         ms, fixed = run_set(_small_folder(n), n, 256, rounds, cores, short)
         lines += table(f"{n:,} web JPEGs of 480-800 px → 256 px", ms, fixed, n, small=True)
     if "12mp" in sets:
-        n = 20 if quick else photos.SETS["12mp"].count
+        n = 20 if quick else 100
         few = 5
         ms, fixed = run_set(_photo_folder(n), n, 512, rounds, cores, _photo_folder(few))
         lines += table(f"{n} photos of 12 MP → 512 px", ms, fixed, n, small=False, short_n=few)

@@ -1,15 +1,19 @@
 """Reading inputs and writing outputs.
 
-``read_file`` runs in the read stage's thread pool; ``write_outputs`` in the write stage's. All
+For a local image the parent only looks at it: the read stage's :func:`check_file` (a thread)
+opens it, reads its first bytes and its size, and passes on an :class:`ImageFile` (a path and a
+name: no image bytes cross a process boundary). The resize worker then reads it with
+``read_file`` and writes its outputs itself (``stages.thumbs.write_outputs``, the ``write`` step
+of the same worker call). Downloaded bytes (a :class:`Loaded`) reach the worker as they are. All
 output paths are checked to stay inside the output folder, and every file is written to a
 temporary name in its target folder and renamed (``os.replace``), so no reader ever sees half a
 file. Outputs are not fsynced (the ledger's ``is_done`` check re-verifies them on resume).
 
-``read_file`` recognises images by their first bytes (:mod:`stages.sniff`), whatever their name:
-a file that is not an image raises :class:`pipeline.Skip` with what it is (its record is
-``skipped``), before the rest of it is read or the size cap applies. It opens with
-``O_NONBLOCK`` and reads only regular files, so a file swapped for a named pipe after the walk
-cannot hang a read thread.
+Both recognise images by their first bytes (:mod:`stages.sniff`), whatever their name: a file
+that is not an image raises :class:`pipeline.Skip` with what it is (its record is ``skipped``),
+before the rest of it is read or the size cap applies. They open with ``O_NONBLOCK`` and read
+only regular files, so a file swapped for a named pipe after the walk cannot hang a reader;
+``read_file`` checks again what ``check_file`` checked (the file may change in between).
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FileTooLarge",
+    "ImageFile",
     "Loaded",
     "NumpyFile",
     "UnsafePath",
+    "check_file",
     "read_file",
     "read_head",
     "safe_join",
@@ -71,6 +77,17 @@ class Loaded:
     tag: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ImageFile:
+    """A local file whose first bytes say image, within the size cap when the parent looked
+    (:func:`check_file`): the resize worker reads it (:func:`read_file`). ``rel`` and ``tag``
+    as in :class:`Loaded`."""
+
+    path: str
+    rel: str
+    tag: str | None = None
+
+
 def _open_regular(path: str) -> int:
     """A descriptor of the regular file at ``path``; :class:`Skip` for anything else."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -90,32 +107,52 @@ def read_head(path: str) -> bytes:
         os.close(fd)
 
 
-def _not_an_image(src: SourceFile, head: bytes, size: int) -> Skip:
+def _not_an_image(src: SourceFile | ImageFile, head: bytes, size: int) -> Skip:
     name = src.path.rpartition(os.sep)[2]
     suffix = os.path.splitext(name)[1]
     named = f"named {suffix}" if suffix else "no extension"
     return Skip(f"not an image or data file: {describe(head, size)} ({named})")
 
 
-def read_file(src: SourceFile | Loaded, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Loaded:
+def _checked(fd: int, src: SourceFile | ImageFile, max_bytes: int) -> int:
+    """The size of the open file ``fd`` once its first bytes say image and it is within the cap;
+    :class:`Skip` (not an image), :class:`NumpyFile` or :class:`FileTooLarge` otherwise."""
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, HEAD_BYTES, 0)
+    if image_format(head) is None:
+        if head.startswith(NPY_MAGIC):
+            raise NumpyFile(src.path)
+        raise _not_an_image(src, head, size)
+    if size > max_bytes:
+        raise FileTooLarge(f"{size:,} bytes is over the {max_bytes:,}-byte cap")
+    return size
+
+
+def check_file(src: SourceFile, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> ImageFile:
+    """:func:`read_file`'s checks without reading the file: its first bytes and its size. The
+    parent's share of a local image; the worker reads it."""
+    fd = _open_regular(src.path)
+    try:
+        _checked(fd, src, max_bytes)
+    finally:
+        os.close(fd)
+    return ImageFile(src.path, src.rel, src.tag)
+
+
+def read_file(
+    src: SourceFile | ImageFile | Loaded, max_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> Loaded:
     """Read an image file's bytes, refusing files over ``max_bytes``; :class:`Skip` for a file
     that is not an image; :class:`NumpyFile` for an ``.npy`` array. Downloaded bytes pass
     through."""
     if isinstance(src, Loaded):
         return src
     with os.fdopen(_open_regular(src.path), "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        head = os.pread(fh.fileno(), HEAD_BYTES, 0)
-        if image_format(head) is None:
-            if head.startswith(NPY_MAGIC):
-                raise NumpyFile(src.path)
-            raise _not_an_image(src, head, size)
-        if size > max_bytes:
-            raise FileTooLarge(f"{size:,} bytes is over the {max_bytes:,}-byte cap")
+        size = _checked(fh.fileno(), src, max_bytes)
         # read(size + 1), not read(max_bytes + 1): CPython allocates the whole request first,
         # and a 200 MB request is a fresh mmap whose pages fault in one by one (650 faults and
-        # ~1 ms per 2.6 MB photo, in the parent that feeds the workers); a buffer of the file's
-        # size is recycled by malloc from one file to the next
+        # ~1 ms per 2.6 MB photo); a buffer of the file's size is recycled by malloc from one
+        # file to the next
         data = fh.read(size + 1)
         if len(data) > size:  # it grows while we read it: the rest, up to the cap
             data += fh.read(max_bytes + 1 - len(data))

@@ -4,20 +4,24 @@ Each stage of the command declares the values it takes (``stage(..., accepts=...
 engine routes every item only through the stages that take its value::
 
     download  UrlSource -> Loaded (bytes)                       URLs only
-    read      SourceFile -> Loaded (an image's bytes)           files only
+    read      SourceFile -> ImageFile (checked: first bytes, size) files only (thread)
               DataFile -> Split into parts (stages.data.plan)
-    resize    Loaded -> Rendered (decode + resize + statistics) images only
+    resize    ImageFile -> Rendered (read + decode + resize + statistics)
+              Loaded -> Rendered (decode + resize + statistics)
     crunch    a data part -> its partial statistics             data parts only
               ... the parts of a data file are merged after crunch ...
     write     Rendered -> files + the record's value            images only
 
-``resize`` and ``crunch`` are adjacent process stages, so the engine fuses them into one worker
-call (a worker runs the step that takes the value); an image's decoded pixels and a chunk's
-values never cross a process boundary, and each stage's metrics count its own work only.
+``resize``, ``crunch`` and ``write`` are adjacent process stages, so the engine fuses them into
+one worker call (a worker runs the steps that take the value): a local image's bytes, its
+decoded pixels, its encoded outputs and a chunk's values never cross a process boundary; the
+parent moves paths and the small records that come back. Each stage's metrics count its own
+work only.
 
-This module imports neither numpy nor Pillow: ``read`` and ``write`` run in the parent process,
-which needs them only for data files. The workers' modules are preloaded by the forkserver
-(``app.warmup.WORKER_MODULES``).
+``read`` runs in the parent's threads: it opens each file only to check what it is (an image, a
+data file by its content, something to skip) and how big; data files are planned there and
+their chunks spread over the workers. This module imports neither numpy nor Pillow. The
+workers' modules are preloaded by the forkserver (``app.warmup.WORKER_MODULES``).
 """
 
 from __future__ import annotations
@@ -26,14 +30,25 @@ from typing import Any
 
 from pipeline import Split
 
-from .files import DEFAULT_MAX_FILE_BYTES, Loaded, NumpyFile, read_file, read_head
+from .files import (
+    DEFAULT_MAX_FILE_BYTES,
+    ImageFile,
+    Loaded,
+    NumpyFile,
+    check_file,
+    read_file,
+    read_head,
+)
 from .options import ResizeOptions
 from .parts import ArrayPart, CsvPart, DataOptions, ZipMemberPart
 from .sniff import image_format
 from .sources import DataFile, SourceFile
 from .thumbs import Rendered, render, write_outputs
 
-__all__ = ["PARTS", "crunch", "read", "resize", "write"]
+__all__ = ["IMAGES", "PARTS", "crunch", "read", "resize", "write"]
+
+#: The values the ``resize`` stage takes: a checked local image file, or bytes (downloads).
+IMAGES = (ImageFile, Loaded)
 
 #: The values the ``crunch`` stage takes: the parts of a data file.
 PARTS = (ArrayPart, ZipMemberPart, CsvPart)
@@ -43,20 +58,20 @@ def read(
     src: SourceFile | DataFile,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     data: DataOptions | None = None,
-) -> Loaded | Split:
-    """An image's bytes (size-capped), or a data file's plan (a Split into chunks).
+) -> ImageFile | Split:
+    """An image file, checked (its first bytes and size: the resize worker reads it), or a data
+    file's plan (a Split into chunks).
 
-    By content first: a data file (by its extension) that holds an image is read as an image,
+    By content first: a data file (by its extension) that holds an image goes on as an image,
     an image-named file that holds an ``.npy`` array is planned as data.
     """
     if isinstance(src, DataFile):
         if src.member is None and image_format(read_head(src.path)) is not None:
-            return read_file(SourceFile(src.path, src.rel, src.tag), max_bytes)
+            return check_file(SourceFile(src.path, src.rel, src.tag), max_bytes)
         return _plan(src, data)
     try:
-        return read_file(src, max_bytes)
+        return check_file(src, max_bytes)
     except NumpyFile:
-        assert isinstance(src, SourceFile)
         return _plan(DataFile(src.path, src.rel), data)
 
 
@@ -68,9 +83,11 @@ def _plan(src: DataFile, data: DataOptions | None) -> Split:
     return Split(split.parts, split.merge, through="crunch")
 
 
-def resize(value: Loaded, options: ResizeOptions) -> Rendered:
-    """Decode, resize and measure an image."""
-    return render(value, options)
+def resize(
+    value: ImageFile | Loaded, options: ResizeOptions, max_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> Rendered:
+    """Read (a local file, up to ``max_bytes``), decode, resize and measure an image."""
+    return render(read_file(value, max_bytes), options)
 
 
 def crunch(value: ArrayPart | ZipMemberPart | CsvPart) -> Any:
@@ -81,5 +98,5 @@ def crunch(value: ArrayPart | ZipMemberPart | CsvPart) -> Any:
 
 
 def write(value: Rendered, root: str) -> dict[str, Any]:
-    """Write an image's outputs; the record's value."""
+    """Write an image's outputs (in the worker that made them); the record's value."""
     return write_outputs(value, root)
