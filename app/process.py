@@ -117,7 +117,9 @@ def _cpu_stages(cfg: ProcessConfig) -> list[Stage]:
         workers=w["crunch"],
         capacity=2 * w["crunch"],
         timeout=cfg.timeout,
-        max_batch=4,
+        # a fused group's batch is the least of its stages' max_batch: the batcher's ~20 ms
+        # per call keeps batches of big chunks short anyway
+        max_batch=RESIZE_BATCH,
     )
     return [resize, crunch]
 

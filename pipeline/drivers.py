@@ -73,7 +73,10 @@ class GroupDriver:
                     return
             started = perf()
             done, back = await lane.run(batch)
-            batcher.observe(perf() - started, len(done))
+            # the batch's time in the worker (its items' busy time), not the wall of the call,
+            # which also holds the wait behind a batch already in the worker and the trip there
+            work = sum([sum(out.busy) for _, out in done])
+            batcher.observe(work or perf() - started, len(done))
             head.batches += 1
             again.extend(back)
             for item, outcome in done:

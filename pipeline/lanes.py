@@ -62,21 +62,42 @@ async def watch(
 ) -> tuple[int, int] | None:
     """Wait for ``fut``; if the item in ``slot`` passes its deadline first, return (index, step).
 
-    Sleeps until the current item's deadline (never polls faster than ``floor``, the smallest
-    timeout of the chain); returns None when ``fut`` completes.
+    A timer checks the slot at the current item's deadline (never more often than ``floor``,
+    the smallest timeout of the chain); returns None when ``fut`` completes. One timer and one
+    callback per batch, no task: this runs for every batch a lane takes.
     """
     if floor is None:
         await asyncio.wait({fut})
         return None
-    while True:
-        deadline = slot[SLOT_DEADLINE] if slot[SLOT_SEQ] == seq else math.inf
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[tuple[int, int] | None] = loop.create_future()
+    timer: asyncio.TimerHandle | None = None
+
+    def done(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    def check() -> None:
+        nonlocal timer
+        if woken.done():
+            return
+        current = slot[SLOT_SEQ] == seq
+        deadline = slot[SLOT_DEADLINE] if current else math.inf
         now = time.monotonic()
+        if current and now > deadline:
+            woken.set_result((int(slot[SLOT_INDEX]), int(slot[SLOT_STEP])))
+            return
         wait = deadline - now if math.isfinite(deadline) else floor
-        done, _ = await asyncio.wait({fut}, timeout=max(wait, 0.0) + 0.001)
-        if done:
-            return None
-        if slot[SLOT_SEQ] == seq and time.monotonic() > slot[SLOT_DEADLINE]:
-            return int(slot[SLOT_INDEX]), int(slot[SLOT_STEP])
+        timer = loop.call_at(loop.time() + max(wait, 0.0) + 0.001, check)
+
+    fut.add_done_callback(done)
+    check()
+    try:
+        return await woken
+    finally:
+        fut.remove_done_callback(done)
+        if timer is not None:
+            timer.cancel()
 
 
 def timeout_outcome(steps: Sequence[Step], step: int, busy: float) -> Outcome:
