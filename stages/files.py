@@ -87,6 +87,11 @@ class ImageFile:
     rel: str
     tag: str | None = None
 
+    def __reduce__(self) -> tuple[type[ImageFile], tuple[str, str, str | None]]:
+        # a frozen slots dataclass pickles through dataclasses' __getstate__/__setstate__
+        # (fields() and an object.__setattr__ per field): one per image, in the parent
+        return ImageFile, (self.path, self.rel, self.tag)
+
 
 def _open_regular(path: str) -> int:
     """A descriptor of the regular file at ``path``; :class:`Skip` for anything else."""
