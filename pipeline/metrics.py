@@ -209,28 +209,29 @@ def render_table(stages: Sequence[StageSnapshot]) -> str:
     name joins its members' with ``+``); the bottleneck row is marked. ``core-wait`` is the
     share of busy time spent waiting for a core (``-``: not measured)."""
     top = bottleneck(stages)
+    rows = fuse(stages)
+    width = max([14, *(len(r.name) for r in rows)])  # a fused group's name whole
     head = (
-        f"{'stage':<14} {'kind':<8} {'wkrs':>4} {'items':>8} {'failed':>6} {'items/s':>9} "
+        f"{'stage':<{width}} {'kind':<8} {'wkrs':>4} {'items':>8} {'failed':>6} {'items/s':>9} "
         f"{'busy%':>6} {'inbox-wait s':>12} {'outbox-block s':>14} {'cpu/busy':>8} {'cores':>5} "
         f"{'core-wait':>9}"
     )
     lines = [head, "-" * len(head)]
-    rows = fuse(stages)
     members = {s.name for s in stages}
     for row in rows:
         if row.name not in members:  # a fused group: its members first, then its row
-            lines += [_row(s, None) for s in stages if s.name in row.fused_with]
-        lines.append(_row(row, top))
+            lines += [_row(s, None, width) for s in stages if s.name in row.fused_with]
+        lines.append(_row(row, top, width))
     return "\n".join(lines)
 
 
-def _row(s: StageSnapshot, top: StageSnapshot | None) -> str:
+def _row(s: StageSnapshot, top: StageSnapshot | None, width: int = 14) -> str:
     ratio = f"{s.cpu_per_busy:.2f}" if s.cpu_per_busy is not None else "-"
     cores = f"{s.parallelism:.2f}" if s.parallelism is not None else "-"
     wait = f"{100 * s.core_wait:.0f}%" if s.core_wait is not None else "-"
     mark = "  <- bottleneck" if top is not None and s.name == top.name else ""
     return (
-        f"{s.name[:14]:<14} {s.kind:<8} {s.workers:>4} {s.items:>8} {s.failed:>6} "
+        f"{s.name:<{width}} {s.kind:<8} {s.workers:>4} {s.items:>8} {s.failed:>6} "
         f"{s.items_per_s:>9.1f} {100 * s.utilisation:>5.0f}% {s.wait_inbox:>12.2f} "
         f"{s.blocked_outbox:>14.2f} {ratio:>8} {cores:>5} {wait:>9}{mark}"
     )
