@@ -14,8 +14,8 @@ Here every lane owns one process, so the parent always knows which items a dead 
 Workers start with ``forkserver`` (never ``fork`` from a parent that runs threads), ignore
 SIGINT (the parent owns shutdown) and are daemonic, so none outlives the parent. Items go to a
 worker in small batches and outcomes come back in batches flushed at least every
-``pipeline.worker.FLUSH_INTERVAL`` seconds, so an item a crash could lose is at most that much
-work old.
+``pipeline.worker.FLUSH_INTERVAL`` seconds and at the end of each batch, so an item a crash
+could lose (to be run again) is at most that much work old.
 
 Start-up: a lane created on a running event loop starts its worker at once (a task), so the
 worker is up before the first item arrives; without a running loop it starts at its first batch.
