@@ -24,6 +24,7 @@ from pipeline import Skip, atomic_write_bytes
 
 from .sniff import HEAD_BYTES, NPY_MAGIC, describe, image_format
 from .sources import SourceFile
+from .storage import is_url
 
 if TYPE_CHECKING:
     from .spool import SpooledBody
@@ -82,7 +83,11 @@ def _open_regular(path: str) -> int:
 
 
 def read_head(path: str) -> bytes:
-    """The first :data:`~stages.sniff.HEAD_BYTES` of a regular file."""
+    """The first :data:`~stages.sniff.HEAD_BYTES` of a regular file (or storage object)."""
+    if is_url(path):
+        from .storage import read_range
+
+        return read_range(path, 0, HEAD_BYTES)
     fd = _open_regular(path)
     try:
         return os.pread(fd, HEAD_BYTES, 0)
@@ -103,6 +108,8 @@ def read_file(src: SourceFile | Loaded, max_bytes: int = DEFAULT_MAX_FILE_BYTES)
     through."""
     if isinstance(src, Loaded):
         return src
+    if is_url(src.path):
+        return _read_object(src, max_bytes)
     with os.fdopen(_open_regular(src.path), "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         head = os.pread(fh.fileno(), HEAD_BYTES, 0)
@@ -121,6 +128,25 @@ def read_file(src: SourceFile | Loaded, max_bytes: int = DEFAULT_MAX_FILE_BYTES)
             data += fh.read(max_bytes + 1 - len(data))
     if len(data) > max_bytes:  # grew while we read it
         raise FileTooLarge(f"more than the {max_bytes:,}-byte cap")
+    return Loaded(src.rel, data, tag=src.tag)
+
+
+def _read_object(src: SourceFile, max_bytes: int) -> Loaded:
+    """An input at a storage URL (:mod:`stages.storage`), with the same checks as a file: its
+    size (one HEAD), then the whole object in one GET (only its head when over the cap)."""
+    from .storage import object_size, read_range
+
+    size = object_size(src.path)
+    if size is None:
+        raise FileNotFoundError(f"no object at {src.path}")
+    data = read_range(src.path, 0, HEAD_BYTES if size > max_bytes else max_bytes + 1)
+    head = data[:HEAD_BYTES]
+    if image_format(head) is None:
+        if head.startswith(NPY_MAGIC):
+            raise NumpyFile(src.path)
+        raise _not_an_image(src, head, size)
+    if size > max_bytes or len(data) > max_bytes:
+        raise FileTooLarge(f"{max(size, len(data)):,} bytes is over the {max_bytes:,}-byte cap")
     return Loaded(src.rel, data, tag=src.tag)
 
 
