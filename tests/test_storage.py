@@ -4,8 +4,10 @@ on 127.0.0.1 (moto), through the real command line in a subprocess."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,8 @@ def process(
     srv: S3, inputs: str, output: str, *more: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
     opts = ("--storage-options", srv.options_json)
-    return run(srv, inputs, "-o", output, *opts, "--size", "64", *more, **env)
+    sizes = () if "--size" in more else ("--size", "64")
+    return run(srv, inputs, "-o", output, *opts, *sizes, *more, **env)
 
 
 @pytest.mark.timeout(180)
@@ -132,3 +135,114 @@ def test_a_rerun_redoes_nothing_and_an_edited_object_is_redone(server: S3) -> No
     assert server.objects(out)[gone] > 0
     others = {k for k, r in recs.items() if r["status"] == "ok"}
     assert others == {"640x480_rgb.jpg", "300x300_small.png"}
+
+
+# -- the extra missing -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("module", "url", "says"),
+    [
+        ("s3fs", "s3://pix-in/photos/", "pip install 'pixpipe[s3]'"),
+        ("fsspec", "s3://pix-in/photos/", "pip install 'pixpipe[s3]'"),
+        (None, "gs://pix-in/photos/", "pip install gcsfs"),
+    ],
+)
+def test_a_url_without_its_package_is_a_usage_error_naming_the_extra(
+    tmp_path: Path, module: str | None, url: str, says: str
+) -> None:
+    """s3fs / fsspec made missing for the subprocess (a module on the path that fails to
+    import, as a missing one does); gcsfs is not installed at all."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    if module is not None:
+        (shadow / f"{module}.py").write_text(f'raise ImportError("No module named {module}")\n')
+    env = {**S3("http://127.0.0.1:1", tmp_path / "work").env()}
+    env["PYTHONPATH"] = f"{shadow}:{ROOT}"
+    for args in ([url, "-o", str(tmp_path / "out")], [str(IMAGES), "-o", url.replace("in", "out")]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "process", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert says in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------------
+def _wait(cond: Any, what: str, proc: subprocess.Popen[str], limit: float = 90) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} within {limit} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(240)
+def test_sigint_mid_run_leaves_no_partial_object_and_the_rerun_finishes(
+    server: S3, tmp_path: Path
+) -> None:
+    many = tmp_path / "many"
+    for i in range(16):
+        for img in sorted(IMAGES.glob("*.jpg")):
+            (many / f"d{i}").mkdir(parents=True, exist_ok=True)
+            (many / f"d{i}" / img.name).write_bytes(img.read_bytes())
+    server.bucket("pix-in")
+    total = server.put_tree(many, "s3://pix-in/many")
+    server.bucket("pix-out")
+    out = "s3://pix-out/cut"
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "process",
+        "s3://pix-in/many/",
+        "-o",
+        out,
+        "--storage-options",
+        server.options_json,
+        "--size",
+        "256",
+        "--size",
+        "64",
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait(lambda: len(server.objects(out)) >= 6, "outputs", proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    stored = server.objects(out)
+    run_files = {"manifest.jsonl", "summary.json", "report.html"}
+    outputs = {k: n for k, n in stored.items() if k.split("/")[0] in ("256", "64")}
+    assert 0 < len(outputs) < 2 * total
+    for key in outputs:  # every output object whole: it decodes to the end
+        decodes(server.read(f"{out}/{key}"))
+    uploads = server.fs().call_s3("list_multipart_uploads", Bucket="pix-out")
+    assert not uploads.get("Uploads"), "an unfinished multipart upload was left behind"
+    assert run_files <= set(stored)
+    recs = manifest(server, out)  # the inputs seen so far, each once (the rest never listed)
+    assert 0 < len(recs) <= total
+    assert json.loads(server.read(f"{out}/summary.json"))["inputs_seen"] == len(recs)
+    assert {r["status"] for r in recs.values()} <= {"ok", "cancelled"}
+    for r in recs.values():
+        if r["status"] == "ok":
+            assert all(o["path"] in outputs for o in r["result"]["outputs"])
+    again = process(server, "s3://pix-in/many/", out, "--size", "256", "--size", "64")
+    assert again.returncode == 0, again.stderr
+    recs = manifest(server, out)
+    assert len(recs) == total
+    assert {r["status"] for r in recs.values()} <= {"ok", "reused"}
+    assert sum(r["status"] == "reused" for r in recs.values()) > 0
