@@ -96,7 +96,7 @@ def main(*, quick: bool = False) -> str:
             opts = _options(endpoint)
             _upload(endpoint, folder)
             lines = _throughput(folder, opts, tmp, n, repeats)
-            lines += [""] + _driver_cost(folder, opts, tmp, n, repeats)
+            lines += ["", *_driver_cost(folder, opts, tmp, n, repeats)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return "\n".join(lines)
