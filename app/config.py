@@ -226,6 +226,14 @@ class ProcessConfig:
         group=FILES,
         secret=True,
     )
+    mirror_every: float = option(
+        30.0,
+        kind=Number(),
+        unit="s",
+        help="with a storage --output: seconds between uploads of the run's journal while it "
+        "goes (a crashed run resumes from the last one, from any machine)",
+        group=FILES,
+    )
     include: tuple[str, ...] = option(
         (),
         kind=TextList(Text(what="glob", metavar="GLOB"), what="globs"),

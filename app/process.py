@@ -314,7 +314,7 @@ def _output_folder(cfg: ProcessConfig) -> tuple[Path, contextlib.AbstractContext
 
     local = working_folder(cfg.output)
     local.mkdir(parents=True, exist_ok=True)
-    return local, mirrored(StorageURL(cfg.output, cfg.storage_options), local)
+    return local, mirrored(StorageURL(cfg.output, cfg.storage_options), local, cfg.mirror_every)
 
 
 def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPass) -> RunResult:

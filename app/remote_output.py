@@ -11,7 +11,7 @@ same names below the output URL:
   folder lock, so two runs into one output URL from the same machine exclude each other (from
   two machines they are not excluded: give each run its own output);
 * while the run goes, a consistent snapshot of the journal (SQLite's backup API) is uploaded
-  to ``<output>/.pipeline/ledger.sqlite`` every :data:`MIRROR_EVERY` seconds when it changed,
+  to ``<output>/.pipeline/ledger.sqlite`` every ``--mirror-every`` seconds when it changed,
   so a run that crashes (or a machine that is lost) can be resumed elsewhere;
 * when the run ends (finished, failed, interrupted), the journal snapshot and every file of the
   working folder's top level are uploaded, ``summary.json`` last;
@@ -49,10 +49,8 @@ from stages.storage import (
 
 log = logging.getLogger("app")
 
-__all__ = ["MIRROR_EVERY", "mirrored", "working_folder"]
+__all__ = ["mirrored", "working_folder"]
 
-#: Seconds between uploads of the journal while a run goes (a crashed run loses at most this).
-MIRROR_EVERY = 30.0
 JOURNAL = ".pipeline/ledger.sqlite"
 #: The ETag of the journal below the output that this working folder last sent or received.
 _SEEN = ".pipeline/remote-journal-etag"
@@ -70,12 +68,14 @@ def working_folder(url: str) -> Path:
 
 
 @contextlib.contextmanager
-def mirrored(url: StorageURL, local: Path) -> Iterator[None]:
-    """Mirror the working folder ``local`` to ``url`` for the ``with`` block (see above)."""
+def mirrored(url: StorageURL, local: Path, every: float) -> Iterator[None]:
+    """Mirror the working folder ``local`` to ``url`` for the ``with`` block, the journal
+    every ``every`` seconds (see above)."""
     mirror = _Mirror(url, local)
     mirror.fetch()
     stop = threading.Event()
-    thread = threading.Thread(target=mirror.every, args=(stop,), name="mirror", daemon=True)
+    args = (stop, every)
+    thread = threading.Thread(target=mirror.every, args=args, name="mirror", daemon=True)
     thread.start()
     try:
         yield
@@ -117,15 +117,15 @@ class _Mirror:
             log.info("resuming from the manifest of %s", self.url)
 
     # -- while the run goes ------------------------------------------------------------------
-    def every(self, stop: threading.Event) -> None:
-        while not stop.wait(MIRROR_EVERY):
+    def every(self, stop: threading.Event, period: float) -> None:
+        while not stop.wait(period):
             try:
                 self.upload_journal()
             except (OSError, sqlite3.Error, StorageError) as exc:
                 log.warning(
                     "could not upload the journal to %s (next try in %.0f s): %s",
                     self.url,
-                    MIRROR_EVERY,
+                    period,
                     exc,
                 )
 

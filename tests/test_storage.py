@@ -4,6 +4,7 @@ on 127.0.0.1 (moto), through the real command line in a subprocess."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -135,6 +136,14 @@ def test_a_rerun_redoes_nothing_and_an_edited_object_is_redone(server: S3) -> No
     assert server.objects(out)[gone] > 0
     others = {k for k, r in recs.items() if r["status"] == "ok"}
     assert others == {"640x480_rgb.jpg", "300x300_small.png"}
+    # an input object deleted: its record says so and keeps its outputs
+    server.fs().rm_file("pix-in/photos/900x600.webp")
+    fourth = process(server, src, out)
+    assert fourth.returncode == 0, fourth.stderr
+    gone_rec = manifest(server, out)["900x600.webp"]
+    assert gone_rec["status"] == "skipped"
+    assert gone_rec["reason"].startswith("input gone")
+    assert all(o["path"] in server.objects(out) for o in gone_rec["result"]["outputs"])
 
 
 # -- the extra missing -----------------------------------------------------------------------------
@@ -187,7 +196,7 @@ def test_sigint_mid_run_leaves_no_partial_object_and_the_rerun_finishes(
     server: S3, tmp_path: Path
 ) -> None:
     many = tmp_path / "many"
-    for i in range(16):
+    for i in range(30):
         for img in sorted(IMAGES.glob("*.jpg")):
             (many / f"d{i}").mkdir(parents=True, exist_ok=True)
             (many / f"d{i}" / img.name).write_bytes(img.read_bytes())
@@ -246,3 +255,79 @@ def test_sigint_mid_run_leaves_no_partial_object_and_the_rerun_finishes(
     assert len(recs) == total
     assert {r["status"] for r in recs.values()} <= {"ok", "reused"}
     assert sum(r["status"] == "reused" for r in recs.values()) > 0
+
+
+# -- a crash, resumed from another machine ---------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_a_killed_run_resumes_from_the_mirrored_journal_on_a_fresh_machine(
+    server: S3, tmp_path: Path
+) -> None:
+    many = tmp_path / "many"
+    for i in range(16):
+        for img in sorted(IMAGES.glob("*.jpg")):
+            (many / f"d{i}").mkdir(parents=True, exist_ok=True)
+            (many / f"d{i}" / img.name).write_bytes(img.read_bytes())
+    server.bucket("pix-in")
+    total = server.put_tree(many, "s3://pix-in/many")
+    server.bucket("pix-out")
+    out = "s3://pix-out/crash"
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "process",
+        "s3://pix-in/many/",
+        "-o",
+        out,
+        "--storage-options",
+        server.options_json,
+        "--size",
+        "256",
+        "--size",
+        "64",
+        "--workers",
+        "1",
+        "--mirror-every",
+        "0.5",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=server.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait(lambda: ".pipeline/ledger.sqlite" in server.objects(out), "journal upload", proc)
+        time.sleep(1.0)  # a few more records, and uploads
+        os.killpg(proc.pid, signal.SIGKILL)  # the machine is lost: nothing runs at the end
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    stored = server.objects(out)
+    assert "manifest.jsonl" not in stored  # the end of the run never came
+    done_before = {k for k in stored if k.startswith("256/")}
+    assert done_before
+    # another machine: a fresh working folder; it takes the journal from the output
+    again = process(
+        server,
+        "s3://pix-in/many/",
+        out,
+        "--size",
+        "256",
+        "--size",
+        "64",
+        PIXPIPE_WORK_DIR=str(tmp_path / "other-machine"),
+    )
+    assert again.returncode == 0, again.stderr
+    recs = manifest(server, out)
+    assert len(recs) == total
+    reused = [r for r in recs.values() if r["status"] == "reused"]
+    assert reused, "nothing of the killed run was reused"
+    assert {r["status"] for r in recs.values()} <= {"ok", "reused"}
+    for r in reused:  # what the journal held as done has its outputs in the store
+        assert all(o["path"] in stored for o in r["result"]["outputs"])
