@@ -331,3 +331,37 @@ def test_a_killed_run_resumes_from_the_mirrored_journal_on_a_fresh_machine(
     assert {r["status"] for r in recs.values()} <= {"ok", "reused"}
     for r in reused:  # what the journal held as done has its outputs in the store
         assert all(o["path"] in stored for o in r["result"]["outputs"])
+
+
+# -- mixed: one side local -------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["s3-to-folder", "folder-to-s3", "s3-to-file-url"])
+def test_one_side_local_the_other_a_url(server: S3, tmp_path: Path, case: str) -> None:
+    server.bucket("pix-in")
+    server.put_tree(IMAGES, "s3://pix-in/photos")
+    server.bucket("pix-out")
+    src, out = {
+        "s3-to-folder": ("s3://pix-in/photos/", str(tmp_path / "out")),
+        "folder-to-s3": (str(IMAGES), "s3://pix-out/mixed"),
+        "s3-to-file-url": ("s3://pix-in/photos/", f"file://{tmp_path}/out"),
+    }[case]
+    done = process(server, src, out)
+    assert done.returncode == 0, done.stderr
+    if out.startswith("s3://"):
+        recs = manifest(server, out)
+        stored = server.objects(out)
+    else:
+        folder = tmp_path / "out"
+        recs = {
+            r["key"]: r
+            for r in map(json.loads, (folder / "manifest.jsonl").read_text().splitlines())
+        }
+        stored = {
+            p.relative_to(folder).as_posix(): p.stat().st_size
+            for p in folder.rglob("*")
+            if p.is_file()
+        }
+    assert len(recs) == N_IMAGES
+    assert {r["status"] for r in recs.values()} == {"ok"}
+    for r in recs.values():
+        assert all(stored.get(o["path"]) == o["bytes"] for o in r["result"]["outputs"])
+    assert "summary.json" in stored
