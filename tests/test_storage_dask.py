@@ -167,3 +167,78 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
     assert again.returncode == 0, again.stderr
     recs = [json.loads(line) for line in server.read(f"{out}/manifest.jsonl").decode().splitlines()]
     assert {r["status"] for r in recs} == {"reused"}
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_killed_mid_run_loses_only_its_shard(
+    server: S3, cluster: str, tmp_path: Path
+) -> None:
+    server.bucket("pix-in")
+    n = sum(server.put_tree(IMAGES, f"s3://pix-in/photos/set{i}") for i in range(6))
+    server.bucket("pix-out")
+    out = "s3://pix-out/killed"
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "process",
+        "s3://pix-in/photos/",
+        "-o",
+        out,
+        "--storage-options",
+        server.options_json,
+        "--size",
+        "256",
+        "--backend",
+        "dask",
+        "--scheduler",
+        cluster,
+        "--shard-size",
+        "4",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=server.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(server.objects(out)) < 4:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no outputs within 120 s"
+            time.sleep(0.05)
+        victims = _worker_processes(tmp_path / "worker0")
+        assert victims, "no worker process found"
+        for v in victims:
+            v.kill()  # SIGKILL: the worker dies mid-shard; its nanny starts another
+        _, err = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    lines = server.read(f"{out}/manifest.jsonl").decode().splitlines()
+    recs = [json.loads(line) for line in lines]
+    assert len(recs) == n == len({r["key"] for r in recs})  # each input once
+    assert {r["status"] for r in recs} == {"ok"}
+    stored = server.objects(out)
+    for r in recs:
+        for o in r["result"]["outputs"]:
+            assert stored[o["path"]] == o["bytes"]
+    backend = json.loads(server.read(f"{out}/summary.json"))["collected"]["backend"]
+    # the killed worker's replacement joined (a third address) and took work
+    assert len(backend["workers"]) == 3
+
+
+def _worker_processes(folder: Path) -> list[psutil.Process]:
+    """The worker processes (not the nanny) whose working folder is ``folder``'s worker."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "dask" in cmd and "worker" in cmd and p.info["cwd"] == str(folder):
+                found.extend(p.children(recursive=True))
+    return [c for c in found if c.is_running()]
