@@ -62,7 +62,7 @@ from .options import (
     values_from_mapping,
 )
 from .storage_config import attach_storage_options as attach
-from .storage_config import check_storage_output, check_storage_url, check_url_lists
+from .storage_config import check_storage_output, check_storage_url
 
 if TYPE_CHECKING:  # aiohttp is imported only when a run has URL lists (start-up time)
     from stages.download import DownloadConfig
@@ -503,8 +503,8 @@ class ProcessConfig:
             raise ConfigError("nothing to process: give input folders and/or --urls lists")
         storage = self.storage_options  # URLs hold them (stages.storage.StorageURL)
         object.__setattr__(self, "inputs", tuple(attach(i, storage) for i in self.inputs))
+        object.__setattr__(self, "urls", tuple(attach(u, storage) for u in self.urls))
         object.__setattr__(self, "output", attach(self.output, storage))
-        check_url_lists(self.urls)
         for item in (*self.inputs, *self.urls):
             if not (check_storage_url(item) if is_url(item) else Path(item).exists()):
                 raise ConfigError(f"input {item!r} does not exist")

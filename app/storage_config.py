@@ -2,9 +2,10 @@
 :class:`~app.config.ProcessConfig` is made, so a run that cannot reach its storage fails
 before anything starts (exit 2).
 
-* Every URL among the inputs and the output becomes a :class:`~stages.storage.StorageURL`
-  holding ``--storage-options``: the options travel with the URL to whichever process reads
-  or writes (never shown: the config's ``repr`` and the records show the bare URL).
+* Every URL among the inputs, the ``--urls`` lists and the output becomes a
+  :class:`~stages.storage.StorageURL` holding ``--storage-options``: the options travel with
+  the URL to whichever process reads or writes (never shown: the config's ``repr`` and the
+  records show the bare URL).
 * A URL whose protocol needs a package that is not installed: the message names the extra
   (``pip install 'pixpipe[s3]'``).
 * An input URL that names nothing (no object, no object below it): "does not exist".
@@ -24,7 +25,6 @@ __all__ = [
     "attach_storage_options",
     "check_storage_output",
     "check_storage_url",
-    "check_url_lists",
     "shown_argv",
 ]
 
@@ -50,16 +50,6 @@ def shown_argv(argv: Sequence[str]) -> list[str]:
 def attach_storage_options(value: str, options: dict[str, Any]) -> str:
     """``value`` as a :class:`StorageURL` holding ``options`` when it is a URL, else itself."""
     return StorageURL(value, options) if is_url(value) else value
-
-
-def check_url_lists(urls: Sequence[str]) -> None:
-    """URL lists at storage URLs are refused (not supported yet)."""
-    for path in urls:
-        if is_url(path):
-            raise ConfigError(
-                f"--urls {path}: URL lists and tables are read from local files only (for "
-                "now); copy it here first"
-            )
 
 
 def check_storage_url(url: str) -> bool:

@@ -30,6 +30,7 @@ time, so resume redoes an object that was replaced.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Mapping
@@ -49,6 +50,8 @@ __all__ = [
     "join_url",
     "list_folder",
     "object_size",
+    "open_input",
+    "open_text",
     "options_of",
     "read_range",
     "use_options",
@@ -253,6 +256,21 @@ def read_range(url: str, start: int, end: int) -> bytes:
     """Bytes ``start:end`` of the object at ``url`` (fewer at its end)."""
     fs, path = filesystem(url)
     return bytes(fs.cat_file(path, start=start, end=end))
+
+
+def open_input(path: str) -> io.BufferedReader:
+    """``open(path, "rb")`` for a local path; for a storage URL the object, streamed in blocks
+    (buffered, with ``peek``), closed by the caller."""
+    if not is_url(path):
+        return open(path, "rb")
+    fs, inner = filesystem(path)
+    return io.BufferedReader(fs.open(inner, "rb"))
+
+
+def open_text(path: str, **text: Any) -> io.TextIOWrapper:
+    """``open(path, **text)`` (text: ``encoding``, ``errors``, ``newline``) for a local path or
+    a storage URL (see :func:`open_input`)."""
+    return io.TextIOWrapper(open_input(path), **text)
 
 
 def write_object(url: str, data: bytes) -> None:

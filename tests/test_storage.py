@@ -365,3 +365,45 @@ def test_one_side_local_the_other_a_url(server: S3, tmp_path: Path, case: str) -
     for r in recs.values():
         assert all(stored.get(o["path"]) == o["bytes"] for o in r["result"]["outputs"])
     assert "summary.json" in stored
+
+
+# -- URL lists and tables at storage URLs ----------------------------------------------------------
+def test_url_lists_and_tables_at_storage_urls(server: S3, tmp_path: Path) -> None:
+    """A text list and a Parquet table in the bucket, naming images the S3 server also serves
+    over plain HTTP (path-style URLs): downloaded, resized, written to the bucket."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    server.bucket("pix-in")
+    fs = server.fs()
+    names = sorted(p.name for p in IMAGES.glob("*.jpg"))
+    for n in names:  # readable without keys, as public images are
+        fs.pipe_file(f"pix-in/public/{n}", (IMAGES / n).read_bytes(), ACL="public-read")
+    urls = [f"{server.endpoint}/pix-in/public/{n}" for n in names]
+    fs.pipe_file("pix-in/lists/some.txt", "\n".join(urls[:3]).encode() + b"\n")
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"url": urls[3:], "caption": ["x"] * len(urls[3:])}), table)
+    fs.pipe_file("pix-in/lists/rest.parquet", table.read_bytes())
+    server.bucket("pix-out")
+    out = "s3://pix-out/fromlists"
+    done = run(
+        server,
+        "--urls",
+        "s3://pix-in/lists/some.txt",
+        "--urls",
+        "s3://pix-in/lists/rest.parquet",
+        "-o",
+        out,
+        "--storage-options",
+        server.options_json,
+        "--size",
+        "64",
+        "--allow-private-hosts",
+    )
+    assert done.returncode == 0, done.stderr
+    recs = manifest(server, out)
+    assert set(recs) == set(urls)
+    assert {r["status"] for r in recs.values()} == {"ok"}
+    stored = server.objects(out)
+    for r in recs.values():
+        assert all(stored.get(o["path"]) == o["bytes"] for o in r["result"]["outputs"])
