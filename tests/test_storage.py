@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.s3_server import ROOT, S3, SECRET, decodes, s3
+from tests.s3_server import KEY, ROOT, S3, SECRET, decodes, s3
 
 IMAGES = ROOT / "sample_data" / "images"
 DATA = ROOT / "sample_data" / "data"
@@ -99,6 +99,21 @@ def test_s3_to_s3_outputs_whole_manifest_complete_and_no_secret_anywhere(server:
     assert json.loads(server.read(f"{out}/summary.json"))["finished"] is True
     # the secret key: not in what the run printed, wrote locally or stored
     assert SECRET not in done.stdout + done.stderr
+    verbose = run(
+        server,
+        "--verbose",
+        src,
+        "-o",
+        out,
+        "--storage-options",
+        server.options_json,
+        "--size",
+        "64",
+    )
+    assert verbose.returncode == 0, verbose.stderr
+    assert "DEBUG" in verbose.stderr  # pixpipe's own debug lines, none of the clients'
+    assert SECRET not in verbose.stdout + verbose.stderr
+    assert KEY not in verbose.stdout + verbose.stderr
     for path in server.work.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
