@@ -422,3 +422,49 @@ def test_url_lists_and_tables_at_storage_urls(server: S3, tmp_path: Path) -> Non
     stored = server.objects(out)
     for r in recs.values():
         assert all(stored.get(o["path"]) == o["bytes"] for o in r["result"]["outputs"])
+
+
+# -- usage errors, and the output inside the input prefix --------------------------------------------
+def test_bad_storage_arguments_are_usage_errors(server: S3, tmp_path: Path) -> None:
+    server.bucket("pix-in")
+    server.put_tree(IMAGES, "s3://pix-in/photos")
+    opts = ["--storage-options", server.options_json]
+    cases = [
+        (["s3://pix-in/nothing-here/", "-o", str(tmp_path / "o1"), *opts], "does not exist"),
+        (
+            [
+                "s3://pix-in/photos/",
+                "-o",
+                "s3://pix-in/photos/out",
+                *opts,
+                "--output-format",
+                "parquet",
+            ],
+            "local folder only",
+        ),
+        (["s3://pix-in/photos/nested/", "-o", "s3://pix-in/photos/", *opts], "inside it"),
+        (
+            ["s3://pix-in/photos/", "-o", str(tmp_path / "o2"), "--storage-options", "{nope"],
+            "not a JSON object",
+        ),
+        (["nosuchproto://x/y", "-o", str(tmp_path / "o3")], "unknown storage protocol"),
+    ]
+    for args, says in cases:
+        done = run(server, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert says in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not [p for p in tmp_path.glob("o*")]
+
+
+def test_an_output_inside_the_input_prefix_is_never_read_back(server: S3) -> None:
+    server.bucket("pix-in")
+    server.put_tree(IMAGES, "s3://pix-in/photos")
+    assert process(server, "s3://pix-in/photos/", "s3://pix-in/photos/thumbs").returncode == 0
+    again = process(server, "s3://pix-in/photos/", "s3://pix-in/photos/thumbs")
+    assert again.returncode == 0, again.stderr
+    recs = manifest(server, "s3://pix-in/photos/thumbs")
+    assert recs["thumbs/"]["status"] == "skipped"
+    assert "output folder" in recs["thumbs/"]["reason"]
+    assert {k for k in recs if k.startswith("thumbs/") or k.startswith("64/")} == {"thumbs/"}
+    assert len(recs) == N_IMAGES + 1
