@@ -424,7 +424,7 @@ def test_url_lists_and_tables_at_storage_urls(server: S3, tmp_path: Path) -> Non
         assert all(stored.get(o["path"]) == o["bytes"] for o in r["result"]["outputs"])
 
 
-# -- usage errors, and the output inside the input prefix --------------------------------------------
+# -- usage errors, and the output inside the input prefix ----------------------------------------
 def test_bad_storage_arguments_are_usage_errors(server: S3, tmp_path: Path) -> None:
     server.bucket("pix-in")
     server.put_tree(IMAGES, "s3://pix-in/photos")
