@@ -88,28 +88,30 @@ def _run(args: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def main(*, quick: bool = False) -> str:
     n, repeats = (12, 1) if quick else (40, 3)
-    chosen = photos.ensure(["2mp"], verbose=False)["2mp"][:n]
+    sizes = (n, 3 * n)
+    every = photos.ensure(["2mp"], verbose=False)["2mp"]
     tmp = Path(tempfile.mkdtemp(prefix="pixpipe-bench-storage-"))
     try:
-        folder = photos.link_folder(tmp / "photos", chosen)
+        folders = {k: photos.link_folder(tmp / f"photos-{k}", every[:k]) for k in sizes}
         with _server() as endpoint:
             opts = _options(endpoint)
-            _upload(endpoint, folder)
-            lines = _throughput(folder, opts, tmp, n, repeats)
-            lines += ["", *_driver_cost(folder, opts, tmp, n, repeats)]
+            _upload(endpoint, folders)
+            lines = _throughput(folders[n], opts, tmp, n, repeats)
+            lines += ["", *_driver_cost(folders, opts, tmp, repeats)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return "\n".join(lines)
 
 
-def _upload(endpoint: str, folder: Path) -> None:
+def _upload(endpoint: str, folders: dict[int, Path]) -> None:
     import s3fs
 
     fs = s3fs.S3FileSystem(key=KEY, secret=SECRET, client_kwargs={"endpoint_url": endpoint})
     fs.mkdir("bench-in")
     fs.mkdir("bench-out")
-    for path in sorted(folder.iterdir()):
-        fs.pipe_file(f"bench-in/{path.name}", path.read_bytes())
+    for k, folder in folders.items():
+        for path in sorted(folder.iterdir()):
+            fs.pipe_file(f"bench-in/n{k}/{path.name}", path.read_bytes())
 
 
 def _throughput(folder: Path, opts: str, tmp: Path, n: int, repeats: int) -> list[str]:
@@ -178,31 +180,45 @@ def _cluster(tmp: Path, env: dict[str, str]) -> Iterator[str]:
                 p.wait()
 
 
-def _driver_cost(folder: Path, opts: str, tmp: Path, n: int, repeats: int) -> list[str]:
-    res: dict[str, list[tuple[float, float]]] = {"local": [], "s3": []}
+def _driver_cost(folders: dict[int, Path], opts: str, tmp: Path, repeats: int) -> list[str]:
+    """The driver's CPU for each input count and kind; per item: the total over the count, and
+    the marginal cost (the difference between the two counts over the difference in items),
+    which leaves out the fixed start-up and end of the run."""
+    res: dict[tuple[str, int], list[tuple[float, float]]] = {}
     with _cluster(tmp, _env(tmp / "work-cluster")) as address:
         dask = ["--backend", "dask", "--scheduler", address, "--shard-size", "8"]
         for r in range(repeats):
-            env = _env(tmp / f"work-dask-{r}")
-            local = [str(folder), "-o", str(tmp / f"dask-out-{r}"), *dask]
-            remote = ["s3://bench-in/", "-o", f"s3://bench-out/dask-{r}", "--storage-options"]
-            res["local"].append(_run(local, env))
-            res["s3"].append(_run([*remote, opts, *dask], env))
+            for k, folder in folders.items():
+                env = _env(tmp / f"work-dask-{r}-{k}")
+                local = [str(folder), "-o", str(tmp / f"dask-out-{r}-{k}"), *dask]
+                remote = [f"s3://bench-in/n{k}/", "-o", f"s3://bench-out/dask-{r}-{k}"]
+                res.setdefault(("local", k), []).append(_run(local, env))
+                res.setdefault(("s3", k), []).append(
+                    _run([*remote, "--storage-options", opts, *dask], env)
+                )
+    small, big = sorted(folders)
     lines = [
-        f"## The driver's CPU on the Dask backend: {n} photos, a scheduler and 2 one-thread "
-        f"workers on this machine, shard size 8, median of {repeats}",
+        f"## The driver's CPU on the Dask backend: {small} and {big} photos, a scheduler and 2 "
+        f"one-thread workers on this machine, shard size 8, median of {repeats}",
         "",
-        "| inputs -> output | wall s | driver CPU s | driver CPU ms / item |",
-        "|---|---:|---:|---:|",
+        "| inputs -> output | photos | wall s | driver CPU s | driver CPU ms / item "
+        "| marginal ms / item |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     labels = {"local": "local folder -> local folder", "s3": "s3:// -> s3:// (moto)"}
-    for kind, got in res.items():
-        wall = statistics.median(w for w, _ in got)
-        cpu = statistics.median(c for _, c in got)
-        lines.append(f"| {labels[kind]} | {wall:.2f} | {cpu:.2f} | {1000 * cpu / n:.1f} |")
+    for kind, label in labels.items():
+        cpu = {k: statistics.median(c for _, c in res[(kind, k)]) for k in (small, big)}
+        marginal = 1000 * (cpu[big] - cpu[small]) / (big - small)
+        for k in (small, big):
+            wall = statistics.median(w for w, _ in res[(kind, k)])
+            last = f"{marginal:.1f}" if k == big else ""
+            lines.append(
+                f"| {label} | {k} | {wall:.2f} | {cpu[k]:.2f} | {1000 * cpu[k] / k:.1f} | {last} |"
+            )
     lines.append("")
     lines.append(
         "Driver CPU includes its start-up (imports, connecting) and the end of the run "
-        "(manifest, tables, report; for s3 the uploads of the run's files)."
+        "(manifest, tables, report; for s3 the uploads of the run's files); the marginal cost "
+        "leaves those out."
     )
     return lines

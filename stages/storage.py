@@ -69,8 +69,11 @@ _ONE_PUT = 5 * 2**30 // 2
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 #: Packages of the protocols people use most, named in the message when one is missing.
-_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs"}
-_PACKAGES.update(abfs="adlfs", abfss="adlfs")
+_PACKAGES = {
+    **dict.fromkeys(("s3", "s3a"), "s3fs"),
+    **dict.fromkeys(("gs", "gcs"), "gcsfs"),
+    **dict.fromkeys(("az", "abfs", "abfss"), "adlfs"),
+}
 
 _defaults: dict[str, Any] = {}
 
