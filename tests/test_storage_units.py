@@ -71,8 +71,10 @@ def test_an_output_key_cannot_leave_its_prefix(rel: str) -> None:
 
 
 def test_what_is_a_url() -> None:
-    assert is_url("s3://b/k") and is_url("file:///tmp/x") and is_url("memory://x")
-    assert not is_url("/tmp/x") and not is_url("photos/") and not is_url("C:\\x")
+    for url in ("s3://b/k", "file:///tmp/x", "memory://x"):
+        assert is_url(url)
+    for path in ("/tmp/x", "photos/", "C:\\x"):
+        assert not is_url(path)
 
 
 @pytest.mark.timeout(60)
