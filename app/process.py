@@ -368,7 +368,8 @@ def _is_done(cfg: ProcessConfig, out: Path) -> Callable[[Record], bool]:
 
         in_shard = shard_done(out)
         return lambda rec: in_shard(rec.value)
-    root = cfg.output if is_url(cfg.output) else out
+    # a storage output: a root of this run's own, which keeps the folder listings it reads
+    root = StorageURL(cfg.output, cfg.storage_options) if is_url(cfg.output) else out
     return lambda rec: is_data_result(rec.value) or outputs_exist(root, rec.value)
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ __all__ = [
     "open_input",
     "open_text",
     "options_of",
+    "present_size",
     "read_range",
     "use_options",
     "write_object",
@@ -90,6 +92,7 @@ class StorageURL(str):
     """A URL (the string) with the file system options to reach it (never shown)."""
 
     options: Mapping[str, Any]
+    listings: OrderedDict[str, dict[str, int]]  # see present_size
 
     def __new__(cls, url: str, options: Mapping[str, Any] | None = None) -> StorageURL:
         self = super().__new__(cls, url)
@@ -244,6 +247,47 @@ def object_size(url: str) -> int | None:
     if info.get("type") == "directory":
         return None
     return int(info.get("size", 0) or 0)
+
+
+#: Folder listings a root keeps for :func:`present_size` (the resume checks of one run walk
+#: the inputs folder by folder, so their outputs come folder by folder too).
+LISTINGS_KEPT = 16
+
+
+def present_size(root: str, rel: str) -> int | None:
+    """The size of the object ``root/rel`` (None: not there), from a listing of its folder
+    kept on ``root`` (a :class:`StorageURL`; the ``LISTINGS_KEPT`` latest folders): a run's
+    resume checks send one LIST per output folder rather than one HEAD per output. The cache
+    lives as long as ``root`` (one run's check); a plain ``str`` root asks each time."""
+    url = join_url(root, rel)
+    cache: OrderedDict[str, dict[str, int]] | None = getattr(root, "listings", None)
+    if cache is None:
+        if not isinstance(root, StorageURL):
+            return object_size(url)
+        cache = root.listings = OrderedDict()
+    folder, _, name = str(url).rpartition("/")
+    listing = cache.get(folder)
+    if listing is None:
+        listing = _sizes(StorageURL(folder, options_of(root)))
+        cache[folder] = listing
+        if len(cache) > LISTINGS_KEPT:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(folder)
+    return listing.get(name)
+
+
+def _sizes(folder: str) -> dict[str, int]:
+    fs, path = filesystem(folder)
+    try:
+        found = fs.ls(path.rstrip("/"), detail=True, refresh=True)
+    except FileNotFoundError:
+        return {}
+    return {
+        str(i["name"]).rstrip("/").rpartition("/")[2]: int(i.get("size", 0) or 0)
+        for i in found
+        if i.get("type") != "directory"
+    }
 
 
 def object_info(url: str) -> dict[str, Any] | None:

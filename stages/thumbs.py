@@ -92,10 +92,10 @@ def outputs_exist(root: Path | str, result: Any) -> bool:
     if not isinstance(result, dict) or not isinstance(result.get("outputs"), list):
         return False
     if isinstance(root, str) and is_url(root):  # object storage: each object, size > 0
-        from .storage import StorageError, join_url, object_size
+        from .storage import StorageError, present_size
 
         try:
-            sizes = (object_size(join_url(root, output_path(o))) for o in result["outputs"])
+            sizes = (present_size(root, output_path(o)) for o in result["outputs"])
             return all((n or 0) > 0 for n in sizes)
         except (OSError, KeyError, TypeError, StorageError):
             return False

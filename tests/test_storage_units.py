@@ -13,7 +13,15 @@ import pytest
 from app.config import ProcessConfig
 from app.process import run_process
 from app.storage_config import shown_argv
-from stages.storage import StorageError, StorageURL, is_url, join_url, options_of, parse_options
+from stages.storage import (
+    StorageError,
+    StorageURL,
+    is_url,
+    join_url,
+    options_of,
+    parse_options,
+    present_size,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "sample_data" / "images"
@@ -107,3 +115,22 @@ def test_memory_urls_in_and_out_through_the_python_api(
         for root in ("/units-in", "/units-out"):
             if fs.exists(root):
                 fs.rm(root, recursive=True)
+
+
+def test_resume_checks_list_each_output_folder_once_per_run() -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/units-present/64/a.jpg", b"x" * 5)
+    fs.pipe_file("/units-present/64/b.jpg", b"")
+    try:
+        run_root = StorageURL("memory://units-present", {})
+        assert present_size(run_root, "64/a.jpg") == 5
+        assert present_size(run_root, "64/b.jpg") == 0
+        assert present_size(run_root, "64/c.jpg") is None
+        assert present_size(run_root, "128/a.jpg") is None  # no such folder
+        fs.rm_file("/units-present/64/a.jpg")
+        assert present_size(run_root, "64/a.jpg") == 5  # this run's listing of 64/
+        assert present_size(StorageURL("memory://units-present", {}), "64/a.jpg") is None
+    finally:
+        fs.rm("/units-present", recursive=True)
