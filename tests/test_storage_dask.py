@@ -21,6 +21,7 @@ from tests.s3_server import ROOT, S3, SECRET, decodes, s3
 pytest.importorskip("distributed")
 
 IMAGES = ROOT / "sample_data" / "images"
+DATA = ROOT / "sample_data" / "data"
 BIN = Path(sys.executable).parent
 
 
@@ -107,6 +108,8 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
     n = 0
     for i in range(3):
         n += server.put_tree(IMAGES, f"s3://pix-in/photos/set{i}")
+    # data objects: crunched on the worker from its own local copy (.npz: skipped)
+    n += server.put_tree(DATA, "s3://pix-in/photos/data")
     server.bucket("pix-out")
     out = "s3://pix-out/dask"
     argv = [
@@ -141,15 +144,20 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
     lines = server.read(f"{out}/manifest.jsonl").decode().splitlines()
     recs = [json.loads(line) for line in lines]
     assert len(recs) == n == len({r["key"] for r in recs})  # the ledger exact: each key once
-    assert {r["status"] for r in recs} == {"ok"}
+    by_key = {r["key"]: r for r in recs}
+    assert by_key.pop("data/arrays.npz")["status"] == "skipped"
+    assert {r["status"] for r in by_key.values()} == {"ok"}
+    assert by_key["data/sensors.csv"]["result"]["kind"] == "csv"
+    assert by_key["data/temperature_grid.npy"]["result"]["kind"] == "array"
     stored = server.objects(out)
-    for r in recs:
+    images = [r for k, r in by_key.items() if not k.startswith("data/")]
+    for r in images:
         for o in r["result"]["outputs"]:
             assert decodes(server.read(f"{out}/{o['path']}")) == (o["width"], o["height"])
             assert stored[o["path"]] == o["bytes"]
     summary = json.loads(server.read(f"{out}/summary.json"))
     workers = summary["collected"]["backend"]["workers"]
-    assert sum(w["items"] for w in workers.values()) == n
+    assert sum(w["items"] for w in workers.values()) == len(by_key)
     # nothing written in the workers' private folders but Dask's own; no secret anywhere
     for own in (tmp_path / "worker0", tmp_path / "worker1"):
         assert not [p for p in own.rglob("*") if p.suffix in (".jpg", ".png", ".webp")]
@@ -166,7 +174,7 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
     )
     assert again.returncode == 0, again.stderr
     recs = [json.loads(line) for line in server.read(f"{out}/manifest.jsonl").decode().splitlines()]
-    assert {r["status"] for r in recs} == {"reused"}
+    assert {r["status"] for r in recs if r["key"] != "data/arrays.npz"} == {"reused"}
 
 
 @pytest.mark.timeout(240)
