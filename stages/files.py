@@ -131,22 +131,29 @@ def read_file(src: SourceFile | Loaded, max_bytes: int = DEFAULT_MAX_FILE_BYTES)
     return Loaded(src.rel, data, tag=src.tag)
 
 
+#: The first request for a storage object asks for this much (or the cap, if smaller): most
+#: images are smaller, so one GET reads them whole; a larger object takes a second GET for the
+#: rest, and one that is no image costs no more than this before it is skipped.
+FIRST_GET_BYTES = 4 * 2**20
+
+
 def _read_object(src: SourceFile, max_bytes: int) -> Loaded:
-    """An input at a storage URL (:mod:`stages.storage`), with the same checks as a file: its
-    size (one HEAD), then the whole object in one GET (only its head when over the cap)."""
+    """An input at a storage URL (:mod:`stages.storage`), with the same checks as a file, in
+    one GET for most images (see :data:`FIRST_GET_BYTES`)."""
     from .storage import object_size, read_range
 
-    size = object_size(src.path)
-    if size is None:
-        raise FileNotFoundError(f"no object at {src.path}")
-    data = read_range(src.path, 0, HEAD_BYTES if size > max_bytes else max_bytes + 1)
+    ask = min(FIRST_GET_BYTES, max_bytes + 1)
+    data = read_range(src.path, 0, ask)
     head = data[:HEAD_BYTES]
     if image_format(head) is None:
         if head.startswith(NPY_MAGIC):
             raise NumpyFile(src.path)
+        size = len(data) if len(data) < ask else object_size(src.path) or len(data)
         raise _not_an_image(src, head, size)
-    if size > max_bytes or len(data) > max_bytes:
-        raise FileTooLarge(f"{max(size, len(data)):,} bytes is over the {max_bytes:,}-byte cap")
+    if len(data) == ask and ask <= max_bytes:  # more to read, up to the cap (+1: over it?)
+        data += read_range(src.path, ask, max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLarge(f"more than the {max_bytes:,}-byte cap")
     return Loaded(src.rel, data, tag=src.tag)
 
 

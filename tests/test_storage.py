@@ -3,6 +3,7 @@ on 127.0.0.1 (moto), through the real command line in a subprocess."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -468,3 +469,39 @@ def test_an_output_inside_the_input_prefix_is_never_read_back(server: S3) -> Non
     assert "output folder" in recs["thumbs/"]["reason"]
     assert {k for k in recs if k.startswith("thumbs/") or k.startswith("64/")} == {"thumbs/"}
     assert len(recs) == N_IMAGES + 1
+
+
+# -- reading objects: not an image, over the cap, over the first request ----------------------
+def _noise_png(side: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", compress_level=0)
+    return buf.getvalue()
+
+
+def test_objects_read_with_the_same_checks_as_files(server: S3) -> None:
+    from stages.files import FIRST_GET_BYTES
+
+    server.bucket("pix-in")
+    fs = server.fs()
+    mid, big = _noise_png(1250), _noise_png(1800)
+    assert FIRST_GET_BYTES < len(mid) < 6 * 2**20 < len(big)
+    fs.pipe_file("pix-in/mixed/mid.png", mid)  # two GETs: the first 4 MiB, then the rest
+    fs.pipe_file("pix-in/mixed/big.png", big)  # over the cap
+    fs.pipe_file("pix-in/mixed/notes.txt", b"shopping list\n" * 1000)
+    fs.pipe_file("pix-in/mixed/small.jpg", (IMAGES / "640x480_rgb.jpg").read_bytes())
+    server.bucket("pix-out")
+    out = "s3://pix-out/checks"
+    done = process(server, "s3://pix-in/mixed/", out, "--max-file-size", "6MiB")
+    assert done.returncode == 1, done.stderr  # big.png failed
+    recs = manifest(server, out)
+    assert recs["small.jpg"]["status"] == "ok"
+    assert recs["mid.png"]["status"] == "ok"
+    assert recs["mid.png"]["result"]["original"]["width"] == 1250
+    assert recs["notes.txt"]["status"] == "skipped"
+    assert "not an image" in recs["notes.txt"]["reason"]
+    assert recs["big.png"]["status"] == "failed"
+    assert recs["big.png"]["error_type"] == "FileTooLarge"
