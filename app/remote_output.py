@@ -83,6 +83,7 @@ def mirrored(url: StorageURL, local: Path, every: float) -> Iterator[None]:
         stop.set()
         thread.join()
         mirror.upload_all()
+        log.info("outputs, manifest, summary and report are in %s (working folder %s)", url, local)
 
 
 class _Mirror:

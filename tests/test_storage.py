@@ -365,6 +365,7 @@ def test_one_side_local_the_other_a_url(server: S3, tmp_path: Path, case: str) -
     if out.startswith("s3://"):
         recs = manifest(server, out)
         stored = server.objects(out)
+        assert f"manifest, summary and report are in {out}" in done.stderr
     else:
         folder = tmp_path / "out"
         recs = {
