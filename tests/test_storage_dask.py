@@ -222,6 +222,7 @@ def test_a_worker_killed_mid_run_loses_only_its_shard(
         assert victims, "no worker process found"
         for v in victims:
             v.kill()  # SIGKILL: the worker dies mid-shard; its nanny starts another
+        assert proc.poll() is None, "the run ended before the worker was killed"
         _, err = proc.communicate(timeout=200)
     finally:
         if proc.poll() is None:
@@ -237,8 +238,8 @@ def test_a_worker_killed_mid_run_loses_only_its_shard(
         for o in r["result"]["outputs"]:
             assert stored[o["path"]] == o["bytes"]
     backend = json.loads(server.read(f"{out}/summary.json"))["collected"]["backend"]
-    # the killed worker's replacement joined (a third address) and took work
-    assert len(backend["workers"]) == 3
+    # the killed worker had taken work (a replacement may join in time to take some too)
+    assert len(backend["workers"]) >= 2
 
 
 def _worker_processes(folder: Path) -> list[psutil.Process]:
