@@ -27,6 +27,14 @@ def setup_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # the storage clients' wire-level debug lines (signed request headers, with the access
+    # key's id) are not pixpipe's to show, --verbose included: their warnings only
+    for name in STORAGE_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+#: Loggers of the object storage clients (stages.storage): warnings and errors only.
+STORAGE_LOGGERS = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "adlfs", "azure")
 
 
 def build_parser() -> argparse.ArgumentParser:

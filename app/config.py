@@ -40,6 +40,7 @@ from stages.files import DEFAULT_MAX_FILE_BYTES
 from stages.options import OutputFormat, ResizeMode, ResizeOptions, parse_size
 from stages.parts import DEFAULT_CHUNK_BYTES, DataOptions
 from stages.sources import LEDGER_MARK
+from stages.storage import is_url, parse_options
 
 from .options import (
     ByteSize,
@@ -50,6 +51,7 @@ from .options import (
     Kind,
     Needs,
     Number,
+    Table,
     Text,
     TextList,
     declared,
@@ -59,6 +61,8 @@ from .options import (
     values_from_args,
     values_from_mapping,
 )
+from .storage_config import attach_storage_options as attach
+from .storage_config import check_storage_output, check_storage_url
 
 if TYPE_CHECKING:  # aiohttp is imported only when a run has URL lists (start-up time)
     from stages.download import DownloadConfig
@@ -208,7 +212,27 @@ class ProcessConfig:
         group=FILES,
     )
     output: str = option(
-        "out", kind=Text(what="path", metavar="DIR"), short="-o", help="output folder", group=FILES
+        "out",
+        kind=Text(what="path", metavar="DIR"),
+        short="-o",
+        help="output folder, or a storage URL (s3://bucket/prefix/)",
+        group=FILES,
+    )
+    storage_options: dict[str, Any] = option(
+        default_factory=dict,
+        kind=Table(parse_options),
+        help="options of the storage URLs' file system (fsspec): endpoint, profile, keys; "
+        "never written to the manifest, logs or report",
+        group=FILES,
+        secret=True,
+    )
+    mirror_every: float = option(
+        30.0,
+        kind=Number(),
+        unit="s",
+        help="with a storage --output: seconds between uploads of the run's journal while it "
+        "goes (a crashed run resumes from the last one, from any machine)",
+        group=FILES,
     )
     include: tuple[str, ...] = option(
         (),
@@ -477,10 +501,17 @@ class ProcessConfig:
             object.__setattr__(self, d.name, d.read(getattr(self, d.name), d.name))
         if not self.inputs and not self.urls:
             raise ConfigError("nothing to process: give input folders and/or --urls lists")
+        storage = self.storage_options  # URLs hold them (stages.storage.StorageURL)
+        object.__setattr__(self, "inputs", tuple(attach(i, storage) for i in self.inputs))
+        object.__setattr__(self, "urls", tuple(attach(u, storage) for u in self.urls))
+        object.__setattr__(self, "output", attach(self.output, storage))
         for item in (*self.inputs, *self.urls):
-            if not Path(item).exists():
+            if not (check_storage_url(item) if is_url(item) else Path(item).exists()):
                 raise ConfigError(f"input {item!r} does not exist")
-        _check_output_apart(self.inputs, self.output)
+        if is_url(self.output):
+            check_storage_output(self.output, self.output_format, self.inputs)
+        else:
+            _check_output_apart(self.inputs, self.output)
         _check_tables(self)
         counts = {**_default_workers(), **self.workers.counts}
         if "crunch" not in self.workers.counts:

@@ -51,6 +51,7 @@ __all__ = [
     "Needs",
     "Number",
     "Option",
+    "Table",
     "Text",
     "TextList",
     "add_arguments",
@@ -321,6 +322,27 @@ _COLOR_NAMES = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128,
 _COLOR_NAMES["gray"] = _COLOR_NAMES["grey"]
 
 
+class Table(Kind[dict[str, Any]]):
+    """A table of settings: a JSON object or TOML (``key = "value"`` lines) on the command
+    line, a TOML table in a file; ``parse`` reads the text (and raises ValueError)."""
+
+    what = "a JSON object or TOML table"
+    metavar = "JSON|TOML"
+
+    def __init__(self, parse: Callable[[str], dict[str, Any]]) -> None:
+        self.parse = parse
+
+    def from_value(self, value: object) -> dict[str, Any]:
+        if isinstance(value, str):
+            return self.parse(value)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected {self.what}, got {_got(value)}")
+        return {str(k): v for k, v in value.items()}
+
+    def show(self, value: dict[str, Any]) -> str:
+        return "" if not value else "(given)"
+
+
 class Color(Kind[tuple[int, int, int]]):
     """An RGB colour: ``#rrggbb``, ``#rgb``, ``r,g,b``, a name (white, black, grey), or in a file
     also a list of three integers 0..255."""
@@ -416,8 +438,10 @@ def option(
     positional: bool = False,
     shown_default: str | None = None,
     needs: Needs | None = None,
+    secret: bool = False,
 ) -> Any:
-    """Declare a config field as an option (a ``dataclasses.field`` with the declaration)."""
+    """Declare a config field as an option (a ``dataclasses.field`` with the declaration);
+    ``secret``: its value is left out of the config's ``repr`` (credentials)."""
     spec = Option(
         kind=kind,
         help=help,
@@ -431,8 +455,10 @@ def option(
     )
     metadata = {_METADATA_KEY: spec}
     if default_factory is not None:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(
+            default_factory=default_factory, metadata=metadata, repr=not secret
+        )
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,13 @@ The tables and the report are built from one pass over the manifest (:mod:`app.e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import itertools
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -40,6 +42,7 @@ from stages import steps
 from stages.files import Loaded
 from stages.parts import is_data_result
 from stages.sources import DATA_EXTENSIONS, DataFile, SourceFile, walk_inputs
+from stages.storage import StorageURL, is_url, use_options
 from stages.thumbs import Rendered, outputs_exist
 
 from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
@@ -47,6 +50,7 @@ from .config import ProcessConfig
 from .endofrun import ManifestPass
 from .report import ReportSheet, write_report
 from .shard_folder import check_shard_folder
+from .storage_config import shown_argv
 
 log = logging.getLogger("app")
 
@@ -143,7 +147,8 @@ def _resize_stage(
     max_file_size each: downloads, shard rows); ``small`` (local files, read by the worker
     itself, unless the run downloads too): 2 batches per worker."""
     workers = cfg.workers["resize"]
-    per_worker = 2 * RESIZE_BATCH if small and cfg.download is None else 2
+    paths_only = cfg.download is None and not any(is_url(i) for i in cfg.inputs)
+    per_worker = 2 * RESIZE_BATCH if small and paths_only else 2
     return stage(
         fn,
         *args,
@@ -164,7 +169,7 @@ def _write_stage(cfg: ProcessConfig) -> Stage:
     its stages asks for): ``--workers write=N`` gives it no processes of its own."""
     return stage(
         steps.write,
-        str(cfg.output),
+        cfg.output,  # a path, or a storage URL holding its options (stages.storage)
         kind="process",
         name="write",
         accepts=Rendered,
@@ -310,8 +315,9 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
     The output folder is held for the whole command (run, tables, report): a second command
     into it stops at once with :class:`~pipeline.FolderBusy` (exit 2).
     """
-    out = Path(cfg.output)
-    with hold_folder(out):
+    use_options(cfg.storage_options)  # for storage URLs held as plain strings (records' sources)
+    out, mirror = _output_folder(cfg)
+    with hold_folder(out, argv=shown_argv(sys.argv)), mirror:
         check_shard_folder(out, cfg.output_format, cfg.fingerprint(), force=cfg.force)
         # the one reader of manifest.jsonl at the end of the run: the tables and the report
         # are its sinks (see app.endofrun)
@@ -321,6 +327,18 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
             return _run(cfg, out, limit, manifest)
         finally:
             _write_report(out, sheet)
+
+
+def _output_folder(cfg: ProcessConfig) -> tuple[Path, contextlib.AbstractContextManager[None]]:
+    """The folder of the run's own files (ledger, manifest, tables, report): the output, or
+    for a storage URL a working folder mirrored to it (:mod:`app.remote_output`)."""
+    if not is_url(cfg.output):
+        return Path(cfg.output), contextlib.nullcontext()
+    from .remote_output import mirrored, working_folder
+
+    local = working_folder(cfg.output)
+    local.mkdir(parents=True, exist_ok=True)
+    return local, mirrored(StorageURL(cfg.output, cfg.storage_options), local, cfg.mirror_every)
 
 
 def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPass) -> RunResult:
@@ -333,7 +351,7 @@ def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPas
             exclude=cfg.exclude,
             case_sensitive_globs=cfg.case_sensitive_globs,
             data_extensions=DATA_EXTENSIONS,
-            never=[out],
+            never=[out, *([cfg.output] if is_url(cfg.output) else [])],
             verify_content=cfg.verify_content,
         ),
         _url_inputs(cfg),
@@ -374,7 +392,9 @@ def _is_done(cfg: ProcessConfig, out: Path) -> Callable[[Record], bool]:
 
         in_shard = shard_done(out)
         return lambda rec: in_shard(rec.value)
-    return lambda rec: is_data_result(rec.value) or outputs_exist(out, rec.value)
+    # a storage output: a root of this run's own, which keeps the folder listings it reads
+    root = StorageURL(cfg.output, cfg.storage_options) if is_url(cfg.output) else out
+    return lambda rec: is_data_result(rec.value) or outputs_exist(root, rec.value)
 
 
 def _fingerprinted(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[Item | Record]:
@@ -397,7 +417,7 @@ def mark_gone(rec: Record) -> Record | None:
     :data:`REASON_GONE` (its earlier result kept, so its outputs stay listed); others stay."""
     if rec.identity is None or rec.reason == REASON_GONE:  # not a file (a URL), or known gone
         return None
-    if os.path.lexists(rec.source):
+    if _input_exists(rec.source):
         return None
     return Record(
         key=rec.key,
@@ -409,6 +429,14 @@ def mark_gone(rec: Record) -> Record | None:
         fingerprint=rec.fingerprint,
         identity=rec.identity,
     )
+
+
+def _input_exists(source: str) -> bool:
+    if is_url(source):  # an object at a storage URL (stages.storage)
+        from stages.storage import object_size
+
+        return object_size(source) is not None
+    return os.path.lexists(source)
 
 
 def _write_report(out: Path, sheet: ReportSheet) -> None:

@@ -17,6 +17,7 @@ SUITES = {
     "dups": "bench.dups",
     "datasets": "bench.datasets",
     "cost": "bench.cost",
+    "storage": "bench.storage",
 }
 
 

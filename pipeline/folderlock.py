@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import FolderBusy, LedgerError
@@ -35,9 +35,12 @@ _guard = threading.Lock()
 
 
 @contextlib.contextmanager
-def hold_folder(folder: str | os.PathLike[str], *, run: str = "") -> Iterator[None]:
+def hold_folder(
+    folder: str | os.PathLike[str], *, run: str = "", argv: Sequence[str] | None = None
+) -> Iterator[None]:
     """Hold ``folder``'s lock for the ``with`` block; :class:`FolderBusy` if a live run has it,
-    :class:`LedgerError` if the folder cannot be written."""
+    :class:`LedgerError` if the folder cannot be written. ``argv``: the command line the lock
+    file shows (default ``sys.argv``; a caller passes it with secrets left out)."""
     path = Path(folder) / LOCK_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +50,7 @@ def hold_folder(folder: str | os.PathLike[str], *, run: str = "") -> Iterator[No
             if entry is not None:
                 entry[1] += 1
             else:
-                _held[real] = [_take(path, run), 1]
+                _held[real] = [_take(path, run, sys.argv if argv is None else argv), 1]
     except OSError as exc:
         raise LedgerError(f"cannot lock the output folder {folder}: {exc}") from exc
     try:
@@ -61,7 +64,7 @@ def hold_folder(folder: str | os.PathLike[str], *, run: str = "") -> Iterator[No
                 os.close(entry[0])  # releases the flock
 
 
-def _take(path: Path, run: str) -> int:
+def _take(path: Path, run: str, argv: Sequence[str]) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -80,7 +83,7 @@ def _take(path: Path, run: str) -> int:
         "host": socket.gethostname(),
         "run": run,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": [os.fsdecode(a) for a in sys.argv],
+        "argv": [os.fsdecode(a) for a in argv],
     }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info, ensure_ascii=True).encode() + b"\n", 0)

@@ -49,6 +49,7 @@ from .parts import (
     is_data_result,
 )
 from .sources import DATA_EXTENSIONS, DataFile
+from .storage import is_url
 
 __all__ = [
     "DATA_EXTENSIONS",
@@ -91,6 +92,10 @@ def plan(src: DataFile, opts: DataOptions) -> Split:
     An ``.npz`` member, a CSV/TSV file (by extension), else an ``.npy`` array: by extension, or
     recognised by its magic number whatever its name (the header check says when it is not).
     """
+    if is_url(src.path):  # an object in storage: planned from a local copy (stages.remote_data)
+        from .remote_data import plan_object
+
+        return plan_object(src, opts, plan)
     suffix = os.path.splitext(src.path)[1].lower()
     if src.member is not None or suffix == ".npz":
         return _plan_npz(src, opts)

@@ -54,6 +54,7 @@ from pipeline import Item, Record, Status
 
 from .naming import Folder, choose_tag, name_tag, tagged
 from .sniff import HEAD_BYTES, image_format
+from .storage import is_url
 
 __all__ = [
     "DATA_EXTENSIONS",
@@ -119,10 +120,24 @@ def walk_inputs(
     unwanted = [re.compile(fnmatch.translate(p), flags) for p in exclude]
     walk = _Walk(wanted, unwanted, data_extensions, never, verify_content)
     for root in _plan(roots):
-        if root.folder:
+        if is_url(root.path):
+            yield from _walk_remote(root, walk, data_extensions, never)
+        elif root.folder:
             yield from walk.folder(root)
         else:
             yield from walk.entry(root, root.path, root.prefix, root.tag, None)
+
+
+def _walk_remote(
+    root: _Root, walk: _Walk, data_extensions: frozenset[str], never: Sequence[object]
+) -> Iterator[Item | Record]:
+    from .remote_sources import RemoteWalk, walk_remote
+
+    def data(path: str, key: str, tag: str | None) -> DataFile:
+        return DataFile(path, key, tag=tag)
+
+    how = RemoteWalk(walk._wanted, data_extensions, never, SourceFile, data)
+    yield from walk_remote(how, root.path, root.folder, root.prefix, root.tag)
 
 
 def _plan(roots: Sequence[str | os.PathLike[str]]) -> list[_Root]:
@@ -130,6 +145,15 @@ def _plan(roots: Sequence[str | os.PathLike[str]]) -> list[_Root]:
     seen: set[str] = set()
     plain: list[tuple[str, str, bool]] = []
     for r in roots:
+        if isinstance(r, str) and is_url(r):  # a storage URL: a prefix or an object
+            from .remote_sources import is_prefix
+
+            path = real = r
+            if real.rstrip("/") in seen:
+                continue
+            seen.add(real.rstrip("/"))
+            plain.append((path, real, is_prefix(path)))
+            continue
         path = os.path.abspath(os.fspath(r))
         real = os.path.realpath(path)
         if real in seen:
@@ -138,7 +162,9 @@ def _plan(roots: Sequence[str | os.PathLike[str]]) -> list[_Root]:
         plain.append((path, real, os.path.isdir(path)))
     prefixed = len(plain) > 1
     names = [
-        (os.path.basename(real.rstrip(os.sep)) or "root") if is_dir else os.path.basename(path)
+        (os.path.basename(real.rstrip(os.sep).rstrip("/")) or "root")
+        if is_dir
+        else os.path.basename(path)
         for path, real, is_dir in plain
     ]
     lower = [n.lower() for n in names]

@@ -5,6 +5,7 @@ engine routes every item only through the stages that take its value::
 
     download  UrlSource -> Loaded (bytes)                       URLs only
     read      SourceFile -> ImageFile (checked: first bytes, size) files only (thread)
+              SourceFile at a storage URL -> Loaded (its bytes, read here)
               DataFile -> Split into parts (stages.data.plan)
     resize    ImageFile -> Rendered (read + decode + resize + statistics)
               Loaded -> Rendered (decode + resize + statistics)
@@ -43,6 +44,7 @@ from .options import ResizeOptions
 from .parts import ArrayPart, CsvPart, DataOptions, ZipMemberPart
 from .sniff import image_format
 from .sources import DataFile, SourceFile
+from .storage import is_url
 from .thumbs import Rendered, render, write_outputs
 
 __all__ = ["IMAGES", "PARTS", "crunch", "read", "resize", "write"]
@@ -58,7 +60,7 @@ def read(
     src: SourceFile | DataFile,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     data: DataOptions | None = None,
-) -> ImageFile | Split:
+) -> ImageFile | Loaded | Split:
     """An image file, checked (its first bytes and size: the resize worker reads it), or a data
     file's plan (a Split into chunks).
 
@@ -67,12 +69,20 @@ def read(
     """
     if isinstance(src, DataFile):
         if src.member is None and image_format(read_head(src.path)) is not None:
-            return check_file(SourceFile(src.path, src.rel, src.tag), max_bytes)
+            return _image(SourceFile(src.path, src.rel, src.tag), max_bytes)
         return _plan(src, data)
     try:
-        return check_file(src, max_bytes)
+        return _image(src, max_bytes)
     except NumpyFile:
         return _plan(DataFile(src.path, src.rel), data)
+
+
+def _image(src: SourceFile, max_bytes: int) -> ImageFile | Loaded:
+    """A local image checked, for the worker to read; an object at a storage URL read here
+    (the read threads wait on the network, the workers decode)."""
+    if is_url(src.path):
+        return read_file(src, max_bytes)
+    return check_file(src, max_bytes)
 
 
 def _plan(src: DataFile, data: DataOptions | None) -> Split:

@@ -20,12 +20,14 @@ URL is null or empty is yielded with ``error`` set, never dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .storage import is_url, open_input, open_text
 from .urls import iter_url_list
 
 __all__ = ["BATCH_ROWS", "TableError", "TableRow", "check_table", "iter_table", "table_format"]
@@ -72,12 +74,13 @@ def _columns(path: str, fmt: TableFormat) -> list[str]:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        return list(pq.ParquetFile(path).schema_arrow.names)
+        with _arrow_source(path) as src:
+            return list(pq.ParquetFile(src).schema_arrow.names)
     if fmt in ("csv", "tsv"):
-        with open(path, encoding="utf-8-sig", newline="") as fh:
+        with open_text(path, encoding="utf-8-sig", newline="") as fh:
             header = fh.readline().rstrip("\r\n")
         return [c.strip() for c in header.split("," if fmt == "csv" else "\t")]
-    with open(path, encoding="utf-8-sig") as fh:
+    with open_text(path, encoding="utf-8-sig") as fh:
         for line in fh:
             if line.strip():
                 try:
@@ -150,28 +153,40 @@ def _arrow_batches(
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        with pq.ParquetFile(path) as pf:
+        with _arrow_source(path) as src, pq.ParquetFile(src) as pf:
             for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
                 yield batch.to_pylist()
         return
     import pyarrow.csv as pcsv
 
-    reader = pcsv.open_csv(
-        path,
-        read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-        parse_options=pcsv.ParseOptions(delimiter="," if fmt == "csv" else "\t"),
-        convert_options=pcsv.ConvertOptions(
-            include_columns=cols, column_types={c: pa.string() for c in cols}
-        ),
-    )
-    with reader:
-        for batch in reader:
-            yield batch.to_pylist()
+    with _arrow_source(path) as src:
+        reader = pcsv.open_csv(
+            src,
+            read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            parse_options=pcsv.ParseOptions(delimiter="," if fmt == "csv" else "\t"),
+            convert_options=pcsv.ConvertOptions(
+                include_columns=cols, column_types={c: pa.string() for c in cols}
+            ),
+        )
+        with reader:
+            for batch in reader:
+                yield batch.to_pylist()
+
+
+@contextlib.contextmanager
+def _arrow_source(path: str) -> Iterator[Any]:
+    """What pyarrow reads: the path itself, or for a storage URL the object opened
+    (:func:`stages.storage.open_input`, streamed), closed at the end."""
+    if not is_url(path):
+        yield path
+        return
+    with open_input(path) as fh:
+        yield fh
 
 
 def _json_batches(path: str, batch_rows: int) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+    with open_text(path, encoding="utf-8-sig", errors="replace") as fh:
         for line in fh:
             if not line.strip():
                 continue

@@ -18,6 +18,7 @@ from pipeline.names import from_b64, with_raw
 from .files import Loaded, safe_join, write_atomic
 from .naming import output_rel
 from .options import ImageResult, ResizeOptions
+from .storage import is_url
 
 __all__ = ["Rendered", "output_path", "output_rel", "outputs_exist", "render", "write_outputs"]
 
@@ -53,7 +54,12 @@ def write_outputs(rendered: Rendered, root: str) -> dict[str, Any]:
     outputs = []
     for enc in res.outputs:
         rel = output_rel(rendered.rel, enc.label, enc.ext, rendered.tag)
-        write_atomic(safe_join(base, rel), enc.data)
+        if is_url(root):  # object storage: one whole object (stages.storage)
+            from .storage import join_url, write_object
+
+            write_object(join_url(root, rel), enc.data)
+        else:
+            write_atomic(safe_join(base, rel), enc.data)
         fields: dict[str, Any] = {}
         with_raw(fields, "path", rel)
         outputs.append(
@@ -81,10 +87,19 @@ def write_outputs(rendered: Rendered, root: str) -> dict[str, Any]:
     }
 
 
-def outputs_exist(root: Path, result: Any) -> bool:
+def outputs_exist(root: Path | str, result: Any) -> bool:
     """Resume check: every output an earlier ``ok`` record lists is still there and non-empty."""
     if not isinstance(result, dict) or not isinstance(result.get("outputs"), list):
         return False
+    if isinstance(root, str) and is_url(root):  # object storage: each object, size > 0
+        from .storage import StorageError, present_size
+
+        try:
+            sizes = (present_size(root, output_path(o)) for o in result["outputs"])
+            return all((n or 0) > 0 for n in sizes)
+        except (OSError, KeyError, TypeError, StorageError):
+            return False
+    root = Path(root)
     try:
         return all((root / output_path(o)).stat().st_size > 0 for o in result["outputs"])
     except (OSError, KeyError, TypeError):

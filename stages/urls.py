@@ -39,6 +39,8 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
+from .storage import open_input
+
 __all__ = ["MAX_LINE_BYTES", "Format", "UrlEntry", "UrlListError", "detect_format", "iter_url_list"]
 
 Format = Literal["text", "csv", "tsv", "jsonl"]
@@ -244,7 +246,7 @@ def iter_url_list(
     """
     name = os.fspath(path)
     kind = fmt or detect_format(name)
-    with open(name, "rb") as raw_file, contextlib.ExitStack() as stack:
+    with open_input(name) as raw_file, contextlib.ExitStack() as stack:
         stream: _ByteLines = raw_file
         if raw_file.peek(2)[:2] == _GZIP_MAGIC:
             stream = stack.enter_context(gzip.GzipFile(fileobj=raw_file, mode="rb"))

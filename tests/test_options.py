@@ -34,6 +34,11 @@ _URLS_LINE = 'urls = "{urls}"\n'
 EXAMPLES: dict[str, tuple[list[str], str]] = {
     "inputs": (["{images}", "{edge}"], 'inputs = ["{images}", "{edge}"]'),
     "output": (["-o", "{tmp}/elsewhere"], 'output = "{tmp}/elsewhere"'),
+    "mirror_every": (["--mirror-every", "5"], "mirror-every = 5"),
+    "storage_options": (
+        ["--storage-options", '{"anon": true, "client_kwargs": {"region_name": "eu-west-1"}}'],
+        'storage-options = {anon = true, client_kwargs = {region_name = "eu-west-1"}}',
+    ),
     "include": (["--include", "*.jpg", "--include", "*.png"], 'include = ["*.jpg", "*.png"]'),
     "exclude": (["--exclude", "a*"], 'exclude = "a*"'),
     "case_sensitive_globs": (
