@@ -3,10 +3,12 @@ on 127.0.0.1 (moto), through the real command line in a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -273,6 +275,16 @@ def test_sigint_mid_run_leaves_no_partial_object_and_the_rerun_finishes(
     assert sum(r["status"] == "reused" for r in recs.values()) > 0
 
 
+def _mirrored_done(server: S3, out: str, tmp_path: Path) -> int:
+    """Records in the journal uploaded to ``out`` (0 before the first upload)."""
+    if ".pipeline/ledger.sqlite" not in server.objects(out):
+        return 0
+    copy = tmp_path / "mirrored.sqlite"
+    copy.write_bytes(server.read(f"{out}/.pipeline/ledger.sqlite"))
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        return int(db.execute("SELECT count(*) FROM records WHERE status = 'ok'").fetchone()[0])
+
+
 # -- a crash, resumed from another machine ---------------------------------------------------------
 @pytest.mark.timeout(240)
 def test_a_killed_run_resumes_from_the_mirrored_journal_on_a_fresh_machine(
@@ -316,8 +328,9 @@ def test_a_killed_run_resumes_from_the_mirrored_journal_on_a_fresh_machine(
         start_new_session=True,
     )
     try:
-        _wait(lambda: ".pipeline/ledger.sqlite" in server.objects(out), "journal upload", proc)
-        time.sleep(1.0)  # a few more records, and uploads
+        # the mirrored journal holds done records (the outputs are written before their
+        # records reach the ledger, so an upload can come before any record)
+        _wait(lambda: _mirrored_done(server, out, tmp_path) > 0, "a journal with records", proc)
         os.killpg(proc.pid, signal.SIGKILL)  # the machine is lost: nothing runs at the end
         proc.communicate(timeout=30)
     finally:
