@@ -42,7 +42,7 @@ from stages import steps
 from stages.files import Loaded
 from stages.parts import is_data_result
 from stages.sources import DATA_EXTENSIONS, DataFile, SourceFile, walk_inputs
-from stages.storage import StorageURL, is_url, use_options
+from stages.storage import StorageURL, is_url, process_local, use_options
 from stages.thumbs import Rendered, outputs_exist
 
 from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
@@ -166,14 +166,19 @@ def _write_stage(cfg: ProcessConfig) -> Stage:
     """Atomic writes of the encoded thumbnails, in the worker that made them: a process stage
     next to resize, so the two are one worker call and the outputs' bytes never reach the
     parent. It runs on the resize group's workers (a fused group has the most workers any of
-    its stages asks for): ``--workers write=N`` gives it no processes of its own."""
+    its stages asks for): ``--workers write=N`` gives it no processes of its own.
+
+    An output in a store private to each process (``memory://``) is written by the parent's
+    threads instead (``--workers write=N`` of them): a worker's writes there would be lost."""
+    in_parent = process_local(cfg.output)
     return stage(
         steps.write,
         cfg.output,  # a path, or a storage URL holding its options (stages.storage)
-        kind="process",
+        kind="thread" if in_parent else "process",
         name="write",
         accepts=Rendered,
-        workers=cfg.workers["resize"],
+        workers=cfg.workers["write" if in_parent else "resize"],
+        capacity=32 if in_parent else None,
         timeout=cfg.timeout,
     )
 

@@ -176,6 +176,16 @@ def _protocol(url: str) -> str:
     return m.group(1).lower()
 
 
+#: Protocols whose store lives in the memory of one process: what a process worker writes
+#: there, the parent never sees.
+PROCESS_LOCAL = frozenset({"memory"})
+
+
+def process_local(path: object) -> bool:
+    """Whether ``path`` is a URL of a store private to each process (``memory://``)."""
+    return is_url(path) and _protocol(str(path)) in PROCESS_LOCAL
+
+
 def join_url(root: str, rel: str) -> StorageURL:
     """``root/rel`` with ``root``'s options; ``rel`` must be a plain relative path (no ``..``,
     no empty or ``.`` parts): an output key can never leave its prefix."""
