@@ -179,7 +179,7 @@ def read_file(
 FIRST_GET_BYTES = 4 * 2**20
 
 
-def _read_object(src: SourceFile, max_bytes: int) -> Loaded:
+def _read_object(src: SourceFile | ImageFile, max_bytes: int) -> Loaded:
     """An input at a storage URL (:mod:`stages.storage`), with the same checks as a file, in
     one GET for most images (see :data:`FIRST_GET_BYTES`)."""
     from .storage import object_size, read_range
