@@ -333,9 +333,16 @@ class _Conn(asyncio.Protocol):
         assert self.head is not None
         assert self.url is not None
         assert self.waiter is not None
+        url = self.url
         status, reason, headers, declared = self.head
+        # a kept connection holds nothing of the answer it delivered (the body lives as long
+        # as the item that holds it, not as long as the connection)
+        self.chunks = []
+        self.head = self.url = None
+        if len(self.buf) > 4096:
+            self.buf = bytearray()
         if not self.waiter.done():
-            self.waiter.set_result(Response(self.url, status, reason, headers, declared, body))
+            self.waiter.set_result(Response(url, status, reason, headers, declared, body))
 
     # -- one request
     def send(

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stages import http1
+from stages import download, http1
 from stages.download import (
     ConnectionFailed,
     DownloadConfig,
@@ -122,6 +122,11 @@ async def test_keep_alive_connection_is_reused() -> None:
             for i in range(5):
                 got = await fetch(session, f"{raw.url}/x{i}", config)
                 assert (got.data, got.attempts) == (b"abc", 1)
+            # the kept connection holds nothing of the answers it delivered
+            lean = download._SESSIONS[session].lean
+            assert lean is not None
+            (kept,) = [conn for conns in lean.idle.values() for conn in conns]
+            assert (kept.chunks, kept.head, kept.url, len(kept.buf)) == ([], None, None, 0)
         assert (raw.connections, raw.requests) == (1, 5)
 
 
