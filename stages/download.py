@@ -389,6 +389,11 @@ class _Connector(aiohttp.TCPConnector):
             self.lean.close()
         return super()._close(abort_ssl=abort_ssl)
 
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        await super().close(abort_ssl=abort_ssl)
+        if self.lean is not None:  # its sockets closed before the loop may close
+            await self.lean.wait_closed()
+
 
 def make_session(config: DownloadConfig) -> aiohttp.ClientSession:
     """One session per run; call it inside the running event loop and close it at the end

@@ -124,9 +124,13 @@ class Response:
 class _Conn(asyncio.Protocol):
     """One connection; parses the response to the request in flight as bytes arrive."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int], open_: set[_Conn]
+    ) -> None:
         self.loop = loop
         self.key = key
+        self.open = open_  # the client's connections not yet lost; this one joins on connect
+        self.gone: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiter: asyncio.Future[Response] | None = None
@@ -152,9 +156,13 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.open.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.open.discard(self)
+        if not self.gone.done():
+            self.gone.set_result(None)
         if self.waiter is not None and not self.waiter.done():
             if self.mode == 3 and self.head is not None and exc is None:
                 self._finish(b"".join(self.chunks))  # the body ends with the connection
@@ -203,6 +211,9 @@ class _Conn(asyncio.Protocol):
     def _parse_head(self) -> None:
         buf = self.buf
         end = buf.find(b"\r\n\r\n")
+        bare = buf.find(b"\n\n")  # never inside CRLF CRLF: lines ended by LF alone
+        if bare >= 0 and (end < 0 or bare < end):
+            raise Unsupported("a head with bare LF line ends")
         if end < 0:
             if len(buf) > _MAX_HEAD:
                 raise MalformedResponse(f"response head longer than {_MAX_HEAD} bytes")
@@ -468,7 +479,7 @@ class Http1Client:
         self.resolver = resolver
         self.slots = _Slots(limit, limit_per_host)
         self.idle: dict[tuple[str, str, int], list[_Conn]] = {}
-        self.busy: set[_Conn] = set()
+        self.open: set[_Conn] = set()
         self.keep = limit_per_host
         self.closed = False
         self._tls: ssl.SSLContext | None = None
@@ -477,12 +488,15 @@ class Http1Client:
     def close(self) -> None:
         """Drop every connection (idle and in use) at once."""
         self.closed = True
-        for conns in self.idle.values():
-            for conn in conns:
-                conn.close()
         self.idle.clear()
-        for conn in list(self.busy):
+        for conn in list(self.open):
             conn.close()
+
+    async def wait_closed(self) -> None:
+        """Wait (1 s at most) until the event loop has closed the sockets of :meth:`close`."""
+        gone = [conn.gone for conn in self.open]
+        if gone:
+            await asyncio.wait(gone, timeout=1.0)
 
     @contextlib.asynccontextmanager
     async def slot(self, url: URL) -> AsyncIterator[None]:
@@ -592,7 +606,7 @@ class Http1Client:
             try:
                 async with asyncio.timeout(limit):
                     _, conn = await self.loop.create_connection(
-                        lambda: _Conn(self.loop, key),
+                        lambda: _Conn(self.loop, key, self.open),
                         address,
                         where,
                         ssl=tls,
@@ -601,6 +615,9 @@ class Http1Client:
             except OSError as exc:  # TimeoutError too: try the next address
                 error = exc
                 continue
+            if self.closed:  # closed while this connection was being made
+                conn.close()
+                raise ConnectionResetError("client closed")
             return conn
         raise error or OSError(f"no address for {host}")
 
@@ -619,7 +636,6 @@ class Http1Client:
         read_timeout: float,
     ) -> Response:
         waiter: asyncio.Future[Response] = self.loop.create_future()
-        self.busy.add(conn)
         conn.send(request, url, waiter, limits, deadline, read_timeout)
         due = min(deadline, conn.last + read_timeout)
         conn.timer = self.loop.call_at(due, self._check, conn, waiter)
@@ -632,7 +648,6 @@ class Http1Client:
             if conn.timer is not None:
                 conn.timer.cancel()
                 conn.timer = None
-            self.busy.discard(conn)
             conn.waiter = None
         if conn.reusable and not conn.lost and not self.closed:
             conn.idle_since = self.loop.time()

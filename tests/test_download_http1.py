@@ -341,6 +341,21 @@ async def test_compressed_body_is_decoded_through_aiohttp(server: str) -> None:
 
 
 @pytest.mark.asyncio
+async def test_head_with_bare_lf_line_ends_goes_through_aiohttp() -> None:
+    async def handler(raw: Raw, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await raw.head(reader)
+        w.write(b"HTTP/1.1 200 OK\nContent-Length: 3\nConnection: close\n\nabc")
+        await w.drain()
+
+    async with raw_server(handler) as raw:
+        config = cfg()
+        async with make_session(config) as session:
+            got = await fetch(session, f"{raw.url}/a", config)
+    assert got.data == b"abc"
+    assert raw.requests == 2
+
+
+@pytest.mark.asyncio
 async def test_long_chunked_body_goes_through_aiohttp(server: str) -> None:
     size = 3 * 2**20  # over the lean client's 1 MiB for a body without a Content-Length
     config = cfg()
