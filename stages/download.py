@@ -1,12 +1,16 @@
 """Download stage: fetch one URL with per-phase timeouts, retries, a byte cap and an address policy.
 
 Data flow: one :func:`make_session` per run (its connector holds the global and per-host
-connection limits and the address-checking resolver); the stage calls :func:`fetch` once per URL
-and gets a :class:`Downloaded` record, or a :class:`DownloadError` that the engine turns into a
-``failed`` ledger record. :func:`url_to_relpath` names the output file for a URL. A body over
-``spool_above`` bytes is written to an unnamed temporary file as it arrives
-(:mod:`stages.spool`) instead of being held in memory: ``Downloaded.data`` is then a
-:class:`~stages.spool.SpooledBody` (``len()``, ``bytes()``; it pickles as the bytes).
+connection limits, the address-checking resolver and a lean HTTP/1.1 client,
+:mod:`stages.http1`, closed with the session); the stage calls :func:`fetch` once per URL and
+gets a :class:`Downloaded` record, or a :class:`DownloadError` that the engine turns into a
+``failed`` ledger record. Each hop goes through the lean client (a keep-alive GET with one timer,
+~1/3 of aiohttp's CPU per request), and through aiohttp when the lean client declines the
+answer (a ``Content-Encoding``, a body to spool: asked for again there).
+:func:`url_to_relpath` names the output file for a URL. A body over ``spool_above`` bytes is
+written to an unnamed temporary file as it arrives (:mod:`stages.spool`) instead of being held
+in memory: ``Downloaded.data`` is then a :class:`~stages.spool.SpooledBody` (``len()``,
+``bytes()``; it pickles as the bytes).
 
 One attempt = the request, every redirect hop and the whole body, bounded by ``total_timeout``.
 Attempts are repeated with exponential backoff and full jitter (or the server's ``Retry-After``)

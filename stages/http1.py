@@ -523,6 +523,8 @@ class Http1Client:
         :class:`Unsupported` otherwise."""
         if self.closed:
             raise ConnectionResetError("client closed")
+        if url.raw_fragment:  # never sent; the answer's URL is without it (as aiohttp's)
+            url = url.with_fragment(None)
         key = _key(url)
         try:
             request = self._request(url, key, user_agent)

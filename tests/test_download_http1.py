@@ -471,3 +471,21 @@ async def test_read_timeout_of_a_stalled_body() -> None:
             with pytest.raises(DownloadError, match=r"no data for 0\.3 s") as info:
                 await fetch(session, f"{raw.url}/a", config)
     assert type(info.value).__name__ == "DownloadTimeout"
+
+
+@pytest.mark.asyncio
+async def test_fragment_is_not_sent_nor_in_the_final_url() -> None:
+    heads: list[bytes] = []
+
+    async def handler(raw: Raw, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        heads.append(await raw.head(reader))
+        w.write(reply(b"abc"))
+        await w.drain()
+
+    async with raw_server(handler) as raw:
+        config = cfg()
+        async with make_session(config) as session:
+            got = await fetch(session, f"{raw.url}/a%20b?q=1#part", config)
+    assert heads[0].startswith(b"GET /a%20b?q=1 HTTP/1.1\r\n")
+    assert b"Accept-Encoding: identity\r\n" in heads[0]
+    assert (got.url, got.final_url) == (f"{raw.url}/a%20b?q=1#part", f"{raw.url}/a%20b?q=1")
