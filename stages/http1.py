@@ -478,9 +478,11 @@ class Http1Client:
         self.loop = asyncio.get_running_loop()
         self.resolver = resolver
         self.slots = _Slots(limit, limit_per_host)
-        self.idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self.idle: dict[tuple[str, str, int], list[_Conn]] = {}  # per host, newest last
+        self.lru: dict[_Conn, None] = {}  # every idle connection, oldest first
         self.open: set[_Conn] = set()
         self.keep = limit_per_host
+        self.keep_all = limit
         self.closed = False
         self._tls: ssl.SSLContext | None = None
         self._host_lines: dict[tuple[str, str, int], bytes] = {}
@@ -489,6 +491,7 @@ class Http1Client:
         """Drop every connection (idle and in use) at once."""
         self.closed = True
         self.idle.clear()
+        self.lru.clear()
         for conn in list(self.open):
             conn.close()
 
@@ -580,15 +583,48 @@ class Http1Client:
 
     def _take_idle(self, key: tuple[str, str, int]) -> _Conn | None:
         conns = self.idle.get(key)
+        if not conns:
+            return None
         now = self.loop.time()
+        found = None
         while conns:
             conn = conns.pop()
+            del self.lru[conn]
             closing = conn.transport is None or conn.transport.is_closing()
             if conn.lost or closing or now - conn.idle_since > _IDLE_SECONDS:
                 conn.close()
                 continue
-            return conn
-        return None
+            found = conn
+            break
+        if not conns:
+            del self.idle[key]
+        return found
+
+    def _keep_idle(self, conn: _Conn) -> None:
+        """Keep ``conn`` for the next request to its host. At most ``limit_per_host`` idle
+        connections per host and ``limit`` in all, none idle longer than ``_IDLE_SECONDS``:
+        the oldest go first (a run over a million hosts keeps no million sockets)."""
+        now = self.loop.time()
+        conn.idle_since = now
+        conns = self.idle.setdefault(conn.key, [])
+        conns.append(conn)
+        self.lru[conn] = None
+        if len(conns) > self.keep:
+            self._drop_idle(conns[0])
+        lru = self.lru
+        while lru:
+            oldest = next(iter(lru))
+            if len(lru) <= self.keep_all and now - oldest.idle_since <= _IDLE_SECONDS:
+                break
+            self._drop_idle(oldest)
+
+    def _drop_idle(self, conn: _Conn) -> None:
+        del self.lru[conn]
+        conns = self.idle[conn.key]
+        conns.remove(conn)
+        if not conns:
+            del self.idle[conn.key]
+        conn.close()
 
     async def _connect(self, url: URL, key: tuple[str, str, int], limit: float) -> _Conn:
         host = url.raw_host or ""
@@ -652,11 +688,7 @@ class Http1Client:
                 conn.timer = None
             conn.waiter = None
         if conn.reusable and not conn.lost and not self.closed:
-            conn.idle_since = self.loop.time()
-            conns = self.idle.setdefault(conn.key, [])
-            conns.append(conn)
-            if len(conns) > self.keep:
-                conns.pop(0).close()
+            self._keep_idle(conn)
         else:
             conn.close()
         return response

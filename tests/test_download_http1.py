@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from stages import download, http1
 from stages.download import (
@@ -489,3 +490,42 @@ async def test_fragment_is_not_sent_nor_in_the_final_url() -> None:
     assert heads[0].startswith(b"GET /a%20b?q=1 HTTP/1.1\r\n")
     assert b"Accept-Encoding: identity\r\n" in heads[0]
     assert (got.url, got.final_url) == (f"{raw.url}/a%20b?q=1#part", f"{raw.url}/a%20b?q=1")
+
+
+@pytest.mark.asyncio
+async def test_idle_connections_are_bounded_in_all_and_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hosts are many in a URL list: idle connections stay within ``limit`` in all (the oldest
+    go first) and none is kept past the idle time."""
+    closed = 0
+
+    async def handler(raw: Raw, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal closed
+        while True:
+            try:
+                await raw.head(reader)
+            except asyncio.IncompleteReadError:
+                closed += 1  # the client closed this kept connection
+                raise
+            w.write(reply(b"abc"))
+            await w.drain()
+
+    async with contextlib.AsyncExitStack() as stack:
+        raws = [await stack.enter_async_context(raw_server(handler)) for _ in range(4)]
+        config = cfg(limit=2, limit_per_host=2)
+        async with make_session(config) as session:
+            lean = download._SESSIONS[session].lean
+            assert lean is not None
+            for raw in raws:  # four hosts, one after the other
+                assert (await fetch(session, f"{raw.url}/a", config)).data == b"abc"
+            assert [len(conns) for conns in lean.idle.values()] == [1, 1]
+            assert set(lean.idle) == {http1._key(URL(raw.url)) for raw in raws[2:]}
+            assert len(lean.lru) == 2
+            await asyncio.sleep(0.1)
+            assert closed == 2  # the first two hosts' connections, evicted
+            monkeypatch.setattr(http1, "_IDLE_SECONDS", 0.05)
+            assert (await fetch(session, f"{raws[0].url}/b", config)).data == b"abc"
+            assert set(lean.idle) == {http1._key(URL(raws[0].url))}  # the older two expired
+            await asyncio.sleep(0.1)
+            assert closed == 4
