@@ -108,7 +108,7 @@ class Headers:
         return isinstance(name, str) and name.lower() in self._map
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Response:
     """A hop's answer. ``body`` is None when it was not read: a status other than 2xx (the
     connection is dropped), or a ``Content-Length`` over ``max_bytes`` (see ``declared``)."""
@@ -190,8 +190,11 @@ class _Conn(asyncio.Protocol):
             return
         try:
             if self.mode == 0:
-                self.buf += data
-                self._parse_head()
+                if self.buf:  # the rest of a head that came in pieces
+                    self.buf += data
+                    data = bytes(self.buf)
+                    self.buf.clear()
+                self._parse_head(data)
             elif self.mode == 1:
                 self._take_framed(data)
             else:
@@ -208,22 +211,22 @@ class _Conn(asyncio.Protocol):
                 self.waiter.set_exception(exc)
 
     # -- parsing
-    def _parse_head(self) -> None:
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n")
-        bare = buf.find(b"\n\n")  # never inside CRLF CRLF: lines ended by LF alone
-        if bare >= 0 and (end < 0 or bare < end):
+    def _parse_head(self, data: bytes) -> None:
+        """Parse the head at the start of ``data`` and go on with the body after it; keep an
+        incomplete head in ``buf`` for the next bytes."""
+        end = data.find(b"\r\n\r\n", 0, _MAX_HEAD + 4)
+        # never inside CRLF CRLF: lines ended by LF alone (searched in the head only)
+        if data.find(b"\n\n", 0, len(data) if end < 0 else end) >= 0:
             raise Unsupported("a head with bare LF line ends")
         if end < 0:
-            if len(buf) > _MAX_HEAD:
+            if len(data) > _MAX_HEAD:
                 raise MalformedResponse(f"response head longer than {_MAX_HEAD} bytes")
+            self.buf += data
             return
-        if end > _MAX_HEAD:
-            raise MalformedResponse(f"response head longer than {_MAX_HEAD} bytes")
-        lines = buf[:end].decode("latin-1").split("\r\n")
-        del buf[: end + 4]
-        version, _, rest = lines[0].partition(" ")
-        code, _, reason = rest.partition(" ")
+        lines = data[:end].decode("latin-1").split("\r\n")
+        rest = data[end + 4 :]
+        version, _, status_rest = lines[0].partition(" ")
+        code, _, reason = status_rest.partition(" ")
         if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
             raise MalformedResponse(f"bad status line {lines[0][:100]!r}")
         status = int(code)
@@ -234,13 +237,15 @@ class _Conn(asyncio.Protocol):
                 raise MalformedResponse(f"bad header line {line[:100]!r}")
             fields.setdefault(name.lower(), []).append(value.strip(" \t"))
         if 100 <= status <= 199:  # informational (100 Continue, 103 Early Hints): skip
-            if buf:
-                self._parse_head()
+            if rest:
+                self._parse_head(rest)
             return
-        headers = Headers(fields)
-        self._start_body(version, status, reason, headers)
+        self._start_body(version, status, reason, Headers(fields), rest)
 
-    def _start_body(self, version: str, status: int, reason: str, headers: Headers) -> None:
+    def _start_body(
+        self, version: str, status: int, reason: str, headers: Headers, rest: bytes
+    ) -> None:
+        """What frames the body, from the head; ``rest``: the bytes after the head."""
         declared = _content_length(headers)
         self.head = (status, reason, headers, declared)
         conn = ",".join(headers.getall("connection", ())).lower()
@@ -254,11 +259,13 @@ class _Conn(asyncio.Protocol):
             raise Unsupported(f"Content-Encoding {encoding}")
         coding = ",".join(headers.getall("transfer-encoding", ())).strip().lower()
         if status in _NO_BODY:
+            self.reusable = self.reusable and not rest
             self._finish(b"")
         elif coding:
             if coding != "chunked":
                 raise Unsupported(f"Transfer-Encoding {coding}")
             self.mode, self.need = 2, -1
+            self.buf += rest
             self._take_chunks()
         elif declared is not None:
             if declared > self.max_bytes:
@@ -268,11 +275,11 @@ class _Conn(asyncio.Protocol):
                 raise Unsupported("a body to spool")
             else:
                 self.mode, self.need = 1, declared
-                data, self.buf = bytes(self.buf), bytearray()
-                self._take_framed(data)
+                self._take_framed(rest)
         else:
             self.reusable = False
             self.mode = 3
+            self.buf += rest
             self._take_until_close()
 
     def _take_framed(self, data: bytes) -> None:
@@ -280,7 +287,8 @@ class _Conn(asyncio.Protocol):
         if len(data) > need:  # bytes past the body: never reuse the connection
             data = data[:need]
             self.reusable = False
-        self.chunks.append(data)
+        if data:
+            self.chunks.append(data)
         self.need = need - len(data)
         self.total += len(data)
         if self.need == 0:
