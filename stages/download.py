@@ -600,9 +600,12 @@ async def _read_streamed(
             await spool.discard()
 
 
+Answer = tuple[str, int, str, bytes | SpooledBody, str]  # final URL, status, type, body, robots
+
+
 async def _attempt(
     session: aiohttp.ClientSession, url: str, config: DownloadConfig, prep: _Prepared
-) -> tuple[str, int, str, bytes | SpooledBody, str]:
+) -> Answer:
     """One attempt: follow redirects by hand, so that every hop is checked; read the body.
 
     A hop goes through the session's lean client (:mod:`stages.http1`) when it has one, and
@@ -611,7 +614,7 @@ async def _attempt(
     ``total_timeout``, each redirect hop what is left of it (aiohttp: its own ``total`` timer;
     the lean client: the same deadline).
     """
-    status: int | None = None  # the last HTTP status seen, for errors that come after it
+    last: list[int | None] = [None]  # the last HTTP status seen, for errors that come after it
     try:
         target = _parse_url(url, url=url)
         timeout = prep.timeout
@@ -629,61 +632,78 @@ async def _attempt(
                 timeout = _client_timeout(config, left)
             if not config.allow_private_hosts:
                 _check_ip_literal(target, url=url)
-            lean = await _lean_hop(prep, target, deadline) if prep.lean is not None else None
-            if lean is not None:
-                status = lean.status
-                after = _redirect_or_raise(target, lean.status, lean.reason, lean.headers, url)
-                if after is not None:
-                    target = after
-                    continue
-                if lean.body is None:  # the Content-Length said too much
-                    raise TooLarge(
-                        f"Content-Length {lean.declared} exceeds max_bytes {config.max_bytes}",
-                        url=url,
-                        status=status,
+            lean = None
+            if prep.lean is not None:  # (inline, not a helper: one coroutine less per URL)
+                try:
+                    lean = await prep.lean.get(
+                        target,
+                        config.user_agent,
+                        deadline=deadline,
+                        timeouts=prep.timeouts,
+                        max_bytes=prep.limits[0],
+                        spool_above=prep.limits[1],
                     )
-                robots = ", ".join(lean.headers.getall("X-Robots-Tag", ()))
-                return str(lean.url), status, _media_type(lean.headers), lean.body, robots
-            async with (
-                _slot(prep, target),
-                session.get(
-                    target, allow_redirects=False, timeout=timeout, headers=prep.headers
-                ) as response,
-            ):
-                status = response.status
-                after = _redirect_or_raise(target, status, response.reason, response.headers, url)
-                if after is not None:
-                    target = after
-                    continue
-                data = await _read_body(response, config, url)
-                robots = ", ".join(response.headers.getall("X-Robots-Tag", ()))
-                return str(response.url), status, _media_type(response.headers), data, robots
+                except http1.Unsupported as exc:  # a body to decode or spool: aiohttp's job
+                    logger.debug("%s: through aiohttp (%s)", target, exc)
+            if lean is not None:
+                last[0] = lean.status
+                got = _lean_answer(lean, target, config, url)
+            else:
+                got = await _aiohttp_hop(session, prep, target, timeout, url, last)
+            if not isinstance(got, URL):
+                return got
+            target = got
         raise TooManyRedirects(f"more than {config.max_redirects} redirects", url=url)
     except DownloadError as exc:
         if exc.status is None:
-            exc.status = status
+            exc.status = last[0]
         raise
     except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
         error = _translate(exc, url)
-        error.status = exc.status if isinstance(exc, http1.HopError) and exc.status else status
+        error.status = exc.status if isinstance(exc, http1.HopError) and exc.status else last[0]
         raise error from exc
 
 
-async def _lean_hop(prep: _Prepared, target: URL, deadline: float) -> http1.Response | None:
-    """One hop through the session's lean client; None: it needs aiohttp (Unsupported)."""
-    assert prep.lean is not None
-    try:
-        return await prep.lean.get(
-            target,
-            prep.config.user_agent,
-            deadline=deadline,
-            timeouts=prep.timeouts,
-            max_bytes=prep.limits[0],
-            spool_above=prep.limits[1],
+def _lean_answer(
+    lean: http1.Response, target: URL, config: DownloadConfig, url: str
+) -> Answer | URL:
+    """The lean client's answer: the next hop's URL (a redirect), or the download."""
+    after = _redirect_or_raise(target, lean.status, lean.reason, lean.headers, url)
+    if after is not None:
+        return after
+    if lean.body is None:  # the Content-Length said too much
+        raise TooLarge(
+            f"Content-Length {lean.declared} exceeds max_bytes {config.max_bytes}",
+            url=url,
+            status=lean.status,
         )
-    except http1.Unsupported as exc:
-        logger.debug("%s: through aiohttp (%s)", target, exc)
-        return None
+    robots = ", ".join(lean.headers.getall("X-Robots-Tag", ()))
+    return str(lean.url), lean.status, _media_type(lean.headers), lean.body, robots
+
+
+async def _aiohttp_hop(
+    session: aiohttp.ClientSession,
+    prep: _Prepared,
+    target: URL,
+    client_timeout: aiohttp.ClientTimeout,
+    url: str,
+    last: list[int | None],
+) -> Answer | URL:
+    """One hop through aiohttp: the next hop's URL (a redirect), or the download (a body to
+    decode, or to spool: :func:`_read_body`)."""
+    async with (
+        _slot(prep, target),
+        session.get(
+            target, allow_redirects=False, timeout=client_timeout, headers=prep.headers
+        ) as resp,
+    ):
+        last[0] = status = resp.status
+        after = _redirect_or_raise(target, status, resp.reason, resp.headers, url)
+        if after is not None:
+            return after
+        data = await _read_body(resp, prep.config, url)
+        robots = ", ".join(resp.headers.getall("X-Robots-Tag", ()))
+        return str(resp.url), status, _media_type(resp.headers), data, robots
 
 
 def _slot(prep: _Prepared, target: URL) -> contextlib.AbstractAsyncContextManager[None]:
