@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
+import trustme
+from aiohttp import web
 from yarl import URL
 
 from stages import download, http1
@@ -529,3 +533,59 @@ async def test_idle_connections_are_bounded_in_all_and_in_time(
             assert set(lean.idle) == {http1._key(URL(raws[0].url))}  # the older two expired
             await asyncio.sleep(0.1)
             assert closed == 4
+
+
+# --- https ----------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tls_server(ca: trustme.CA) -> AsyncIterator[tuple[str, Counter[str]]]:
+    """An https server on 127.0.0.1 with a certificate of ``ca`` for that address."""
+    hits: Counter[str] = Counter()
+
+    async def image(request: web.Request) -> web.Response:
+        hits[request.path] += 1
+        return web.Response(body=b"over tls", content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/{name}", image)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    try:
+        await site.start()
+        yield f"https://127.0.0.1:{site.port}", hits
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_https_through_the_lean_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = trustme.CA()
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    monkeypatch.setattr(http1.Http1Client, "_tls_context", lambda self: trusting)
+    async with tls_server(ca) as (base, hits):
+        config = cfg()
+        async with make_session(config) as session:
+            for name in ("a", "b"):
+                got = await fetch(session, f"{base}/{name}", config)
+                assert (got.data, got.attempts, got.final_url) == (b"over tls", 1, f"{base}/{name}")
+            lean = download._SESSIONS[session].lean
+            assert lean is not None
+            assert sum(len(conns) for conns in lean.idle.values()) == 1  # kept and reused
+    assert hits == {"/a": 1, "/b": 1}  # each asked once: no second try through aiohttp
+
+
+@pytest.mark.asyncio
+async def test_https_with_an_untrusted_certificate_fails_without_retries() -> None:
+    async with tls_server(trustme.CA()) as (base, hits):
+        config = cfg(retries=2)
+        async with make_session(config) as session:
+            with pytest.raises(ConnectionFailed) as info:
+                await fetch(session, f"{base}/a", config)
+    assert info.value.attempts == 1  # a bad certificate stays bad
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+    assert not hits
