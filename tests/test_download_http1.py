@@ -589,3 +589,60 @@ async def test_https_with_an_untrusted_certificate_fails_without_retries() -> No
     assert info.value.attempts == 1  # a bad certificate stays bad
     assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
     assert not hits
+
+
+# --- connecting -----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_next_address_is_tried_when_one_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with two addresses: nothing listens on the first (127.0.0.2, same port), the
+    connection goes to the second; the Host header keeps the name."""
+    from tests.test_download import FakeResolver
+
+    heads: list[bytes] = []
+
+    async def handler(raw: Raw, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        heads.append(await raw.head(reader))
+        w.write(reply(b"abc"))
+        await w.drain()
+
+    async with raw_server(handler) as raw:
+        port = URL(raw.url).port
+        table = {"two.test": ["127.0.0.2", "127.0.0.1"]}
+        monkeypatch.setattr(download, "DefaultResolver", lambda: FakeResolver(table))
+        config = cfg()
+        async with make_session(config) as session:
+            got = await fetch(session, f"http://two.test:{port}/a", config)
+    assert (got.data, got.attempts) == (b"abc", 1)
+    assert f"Host: two.test:{port}\r\n".encode() in heads[0]
+
+
+@pytest.mark.asyncio
+async def test_a_user_agent_beyond_latin1_goes_through_aiohttp(server: str) -> None:
+    config = cfg(user_agent="pixpipe-☃/1")
+    async with make_session(config) as session:
+        got = await fetch(session, f"{server}/ok/ua", config)
+    assert got.status == 200
+    assert await hits(server, "/ok/ua") == 1  # the lean client sent nothing
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_slot_counts_against_the_total_timeout() -> None:
+    async def handler(raw: Raw, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await raw.head(reader)
+        await reader.read()  # holds the one slot of the host until the client hangs up
+
+    async with raw_server(handler) as raw:
+        patient = cfg(limit=1, limit_per_host=1, total_timeout=30.0, read_timeout=30.0)
+        hasty = cfg(limit=1, limit_per_host=1, total_timeout=0.3)
+        async with make_session(patient) as session:
+            first = asyncio.create_task(fetch(session, f"{raw.url}/first", patient))
+            await asyncio.sleep(0.05)
+            with pytest.raises(DownloadError, match="timed out") as info:
+                await fetch(session, f"{raw.url}/second", hasty)
+            assert type(info.value).__name__ == "DownloadTimeout"
+            assert raw.requests == 1  # the second never got a connection
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
