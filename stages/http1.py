@@ -5,6 +5,10 @@ request on the event loop (request objects, header merging, cookie filtering, a 
 socket read), which capped the download stage below a bare aiohttp loop (issue #19). This
 client does one GET on a pooled keep-alive connection with one timer per request, ~50 us.
 
+The response is parsed by llhttp (Node.js's HTTP parser, through MagicStack's ``httptools``)
+in its strict mode: status line, headers, Content-Length, chunked framing and trailers; this
+module only decides from the parsed head what to keep of the body, or to hand the hop over.
+
 It does only what the common case needs, and says :class:`Unsupported` (before any byte of the
 body is handed over) for everything else, so that :func:`stages.download.fetch` repeats the hop
 with aiohttp: a ``Content-Encoding`` to decode, a ``Transfer-Encoding`` other than ``chunked``,
@@ -27,7 +31,9 @@ Guarantees, as in the aiohttp path:
   requests aiohttp makes for this client's session: :meth:`Http1Client.slot`); at most
   ``limit_per_host`` idle connections kept per host, for ``_IDLE_SECONDS`` at most.
 * **failures**: a connection that breaks mid-body raises :class:`PayloadIncomplete`; a
-  malformed response :class:`MalformedResponse`; a reused keep-alive connection that the server
+  response llhttp refuses :class:`MalformedResponse` (its reason in the message), except a head
+  with lines ended by LF alone, which llhttp's strict mode refuses and aiohttp reads
+  (:class:`Unsupported`); a reused keep-alive connection that the server
   had closed is replaced once, transparently (nothing of the response was seen).
 
 Cancellation closes the request's connection (its state is unknown) and propagates.
@@ -44,6 +50,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httptools
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
@@ -121,8 +128,13 @@ class Response:
     body: bytes | None
 
 
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing: the answer was delivered already."""
+
+
 class _Conn(asyncio.Protocol):
-    """One connection; parses the response to the request in flight as bytes arrive."""
+    """One connection; feeds the response to the request in flight to llhttp (through
+    ``httptools``) as bytes arrive, and builds the :class:`Response` from its callbacks."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int], open_: set[_Conn]
@@ -132,7 +144,7 @@ class _Conn(asyncio.Protocol):
         self.open = open_  # the client's connections not yet lost; this one joins on connect
         self.gone: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.parser = httptools.HttpResponseParser(self)  # one per connection, kept alive
         self.waiter: asyncio.Future[Response] | None = None
         self.lost = False
         self.seen = False  # any byte of the current response
@@ -146,11 +158,14 @@ class _Conn(asyncio.Protocol):
         self.url: URL | None = None
         self.max_bytes = 0
         self.spool_above = 0
+        self.fields: dict[str, list[str]] = {}
+        self.reason = ""
         self.head: tuple[int, str, Headers, int | None] | None = None
-        self.mode = 0  # 0: head, 1: Content-Length, 2: chunked, 3: until close
-        self.need = 0  # bytes of body (mode 1) or of the current chunk (mode 2) still due
+        self.mode = 0  # 0: head, 1: Content-Length, 2: chunked, 3: until close, 4: delivered
+        self.cap = 0  # body bytes allowed before BodyOverLimit or Unsupported
         self.chunks: list[bytes] = []
-        self.total = 0
+        self.total = 0  # body bytes received
+        self.fed = 0  # bytes of this response fed to the parser
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -164,7 +179,7 @@ class _Conn(asyncio.Protocol):
         if not self.gone.done():
             self.gone.set_result(None)
         if self.waiter is not None and not self.waiter.done():
-            if self.mode == 3 and self.head is not None and exc is None:
+            if self.mode == 3 and exc is None:
                 self._finish(b"".join(self.chunks))  # the body ends with the connection
                 return
             if not self.seen:
@@ -188,165 +203,106 @@ class _Conn(asyncio.Protocol):
         if self.waiter is None or self.waiter.done():
             self.close()  # bytes nobody asked for: never reuse this connection
             return
+        self.fed += len(data)
         try:
-            if self.mode == 0:
-                if self.buf:  # the rest of a head that came in pieces
-                    self.buf += data
-                    data = bytes(self.buf)
-                    self.buf.clear()
-                self._parse_head(data)
-            elif self.mode == 1:
-                self._take_framed(data)
-            else:
-                self.buf += data
-                if self.mode == 2:
-                    self._take_chunks()
-                else:
-                    self._take_until_close()
-        except (OSError, Unsupported) as exc:
-            self.reusable = False
-            if isinstance(exc, HopError) and self.head is not None:
-                exc.status = self.head[0]
-            if not self.waiter.done():
-                self.waiter.set_exception(exc)
-
-    # -- parsing
-    def _parse_head(self, data: bytes) -> None:
-        """Parse the head at the start of ``data`` and go on with the body after it; keep an
-        incomplete head in ``buf`` for the next bytes."""
-        end = data.find(b"\r\n\r\n", 0, _MAX_HEAD + 4)
-        # never inside CRLF CRLF: lines ended by LF alone (searched in the head only)
-        if data.find(b"\n\n", 0, len(data) if end < 0 else end) >= 0:
-            raise Unsupported("a head with bare LF line ends")
-        if end < 0:
-            if len(data) > _MAX_HEAD:
+            self.parser.feed_data(data)
+            if self.mode == 0 and self.fed > _MAX_HEAD:
                 raise MalformedResponse(f"response head longer than {_MAX_HEAD} bytes")
-            self.buf += data
-            return
-        lines = data[:end].decode("latin-1").split("\r\n")
-        rest = data[end + 4 :]
-        version, _, status_rest = lines[0].partition(" ")
-        code, _, reason = status_rest.partition(" ")
-        if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
-            raise MalformedResponse(f"bad status line {lines[0][:100]!r}")
-        status = int(code)
-        fields: dict[str, list[str]] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip() or line[0] in " \t":
-                raise MalformedResponse(f"bad header line {line[:100]!r}")
-            fields.setdefault(name.lower(), []).append(value.strip(" \t"))
-        if 100 <= status <= 199:  # informational (100 Continue, 103 Early Hints): skip
-            if rest:
-                self._parse_head(rest)
-            return
-        self._start_body(version, status, reason, Headers(fields), rest)
+            if self.mode != 4 and self.fed - self.total > _MAX_HEAD * 2 + self.total * 8:
+                raise Unsupported("chunk sizes, extensions or trailers longer than the body")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(self._parse_error(exc))
+        except (OSError, Unsupported) as exc:
+            self._fail(exc)
 
-    def _start_body(
-        self, version: str, status: int, reason: str, headers: Headers, rest: bytes
-    ) -> None:
-        """What frames the body, from the head; ``rest``: the bytes after the head."""
-        declared = _content_length(headers)
-        self.head = (status, reason, headers, declared)
-        conn = ",".join(headers.getall("connection", ())).lower()
-        self.reusable = version == "HTTP/1.1" and "close" not in conn
-        if not 200 <= status <= 299:
-            self.reusable = False  # its body is not read: the connection goes
-            self._finish(None)
+    def _parse_error(self, exc: Exception) -> BaseException | None:
+        """What a parser exception means: the exception a callback raised, or llhttp's."""
+        if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__ is not None:
+            raised = exc.__context__  # httptools chains what the callback raised
+            return None if isinstance(raised, _Stop) else raised
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            return MalformedResponse("a protocol switch nobody asked for")
+        reason = str(exc)
+        if self.mode == 0 and reason.startswith("Missing expected CR"):
+            # lines ended by LF alone in the head: aiohttp's parser reads them (leniently)
+            return Unsupported(f"a head with bare LF line ends ({reason})")
+        return MalformedResponse(f"malformed response: {reason}")
+
+    def _fail(self, exc: BaseException | None) -> None:
+        self.reusable = False  # the parser stopped mid-stream: this connection goes
+        if exc is None or self.waiter is None or self.waiter.done():
             return
+        if isinstance(exc, HopError) and self.head is not None:
+            exc.status = self.head[0]
+        self.waiter.set_exception(exc)
+
+    # -- parser callbacks (httptools)
+    def on_message_begin(self) -> None:
+        if self.mode == 4:  # bytes past the answer: never reuse the connection
+            raise _Stop
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.mode == 0:  # trailers (after the chunks) are not kept
+            key = name.decode("latin-1").lower()
+            self.fields.setdefault(key, []).append(value.decode("latin-1").strip(" \t"))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status <= 199:  # informational (100 Continue, 103 Early Hints): skip
+            if status == 101:
+                raise MalformedResponse("101 Switching Protocols to a GET")
+            self.fields = {}
+            self.reason = ""
+            return
+        headers = Headers(self.fields)
+        declared = _content_length(headers)
+        self.head = (status, self.reason, headers, declared)
+        self.reusable = self.parser.should_keep_alive()
+        if not 200 <= status <= 299:
+            self._finish(None)  # its body is not read: the connection goes
+            raise _Stop
+        self._start_body(status, headers, declared)
+
+    def _start_body(self, status: int, headers: Headers, declared: int | None) -> None:
+        """What frames the body: llhttp does it; this decides what to keep of it, or that
+        aiohttp must do the hop."""
         encoding = headers.get("content-encoding", "identity") or "identity"
         if encoding.strip().lower() != "identity":
             raise Unsupported(f"Content-Encoding {encoding}")
         coding = ",".join(headers.getall("transfer-encoding", ())).strip().lower()
+        self.cap = min(self.max_bytes, self.spool_above, _STREAM_CAP)
         if status in _NO_BODY:
-            self.reusable = self.reusable and not rest
-            self._finish(b"")
+            self.mode = 1  # llhttp completes the message at once
         elif coding:
             if coding != "chunked":
                 raise Unsupported(f"Transfer-Encoding {coding}")
-            self.mode, self.need = 2, -1
-            self.buf += rest
-            self._take_chunks()
+            self.mode = 2
         elif declared is not None:
             if declared > self.max_bytes:
-                self.reusable = False
                 self._finish(None)
-            elif declared > self.spool_above:
+                raise _Stop
+            if declared > self.spool_above:
                 raise Unsupported("a body to spool")
-            else:
-                self.mode, self.need = 1, declared
-                self._take_framed(rest)
+            self.mode, self.cap = 1, declared
         else:
-            self.reusable = False
             self.mode = 3
-            self.buf += rest
-            self._take_until_close()
 
-    def _take_framed(self, data: bytes) -> None:
-        need = self.need
-        if len(data) > need:  # bytes past the body: never reuse the connection
-            data = data[:need]
-            self.reusable = False
-        if data:
-            self.chunks.append(data)
-        self.need = need - len(data)
-        self.total += len(data)
-        if self.need == 0:
-            chunks = self.chunks
-            self._finish(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-
-    def _count(self, n: int) -> None:
-        self.total += n
-        if self.total > self.max_bytes:
-            raise BodyOverLimit(f"body exceeds max_bytes {self.max_bytes}")
-        if self.total > self.spool_above or self.total > _STREAM_CAP:
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.total += len(body)
+        if self.total > self.cap:
+            if self.total > self.max_bytes:
+                raise BodyOverLimit(f"body exceeds max_bytes {self.max_bytes}")
             raise Unsupported("a long body without a Content-Length")
 
-    def _take_until_close(self) -> None:
-        if self.buf:
-            self._count(len(self.buf))
-            self.chunks.append(bytes(self.buf))
-            self.buf.clear()
-
-    def _take_chunks(self) -> None:
-        """``need``: -1 at a chunk-size line, -2 in the trailers, else the chunk's size."""
-        buf = self.buf
-        while True:
-            if self.need == -2:  # after the last chunk: trailer lines, then an empty one
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > _MAX_HEAD:
-                        raise MalformedResponse("trailers too long")
-                    return
-                empty = end == 0
-                del buf[: end + 2]
-                if empty:
-                    if buf:
-                        self.reusable = False
-                    self._finish(b"".join(self.chunks))
-                    return
-            elif self.need == -1:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > 1024:
-                        raise MalformedResponse("chunk-size line too long")
-                    return
-                size = bytes(buf[:end]).split(b";", 1)[0].strip()
-                if not size or size.strip(b"0123456789abcdefABCDEF"):
-                    raise MalformedResponse(f"bad chunk size {size[:20]!r}")
-                del buf[: end + 2]
-                self.need = int(size, 16) or -2
-                if self.need > 0:
-                    self._count(self.need)
-            else:
-                need = self.need
-                if len(buf) < need + 2:
-                    return
-                if buf[need : need + 2] != b"\r\n":
-                    raise MalformedResponse("chunk not followed by CRLF")
-                self.chunks.append(bytes(buf[:need]))
-                del buf[: need + 2]
-                self.need = -1
+    def on_message_complete(self) -> None:
+        if self.mode == 0:  # the end of an informational answer
+            return
+        chunks = self.chunks
+        self._finish(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _finish(self, body: bytes | None) -> None:
         assert self.head is not None
@@ -354,12 +310,14 @@ class _Conn(asyncio.Protocol):
         assert self.waiter is not None
         url = self.url
         status, reason, headers, declared = self.head
+        if body is None:
+            self.reusable = False  # the body is left unread
         # a kept connection holds nothing of the answer it delivered (the body lives as long
         # as the item that holds it, not as long as the connection)
         self.chunks = []
+        self.fields = {}
         self.head = self.url = None
-        if len(self.buf) > 4096:
-            self.buf = bytearray()
+        self.mode = 4
         if not self.waiter.done():
             self.waiter.set_result(Response(url, status, reason, headers, declared, body))
 
@@ -373,10 +331,11 @@ class _Conn(asyncio.Protocol):
         deadline: float,
         read_timeout: float,
     ) -> None:
-        self.buf.clear()
         self.chunks = []
+        self.fields = {}
+        self.reason = ""
         self.head = None
-        self.mode = self.total = 0
+        self.mode = self.total = self.fed = 0
         self.seen = False
         self.reusable = False
         self.url, self.waiter = url, waiter
@@ -394,16 +353,10 @@ class _Conn(asyncio.Protocol):
 
 
 def _content_length(headers: Headers) -> int | None:
+    """The Content-Length as a number: llhttp refused an answer with several, an empty one,
+    anything but digits, or one over 2**64."""
     values = headers.getall("content-length", ())
-    if not values:
-        return None
-    parts = {v.strip() for value in values for v in value.split(",")}
-    if len(parts) != 1:
-        raise MalformedResponse(f"conflicting Content-Length {values!r}")
-    (text,) = parts
-    if not text.isdigit() or not text.isascii():
-        raise MalformedResponse(f"bad Content-Length {text!r}")
-    return int(text)
+    return int(values[0]) if values else None
 
 
 class _Slots:

@@ -131,7 +131,7 @@ async def test_keep_alive_connection_is_reused() -> None:
             lean = download._SESSIONS[session].lean
             assert lean is not None
             (kept,) = [conn for conns in lean.idle.values() for conn in conns]
-            assert (kept.chunks, kept.head, kept.url, len(kept.buf)) == ([], None, None, 0)
+            assert (kept.chunks, kept.head, kept.url, kept.fields) == ([], None, None, {})
         assert (raw.connections, raw.requests) == (1, 5)
 
 
@@ -257,18 +257,34 @@ async def test_body_until_close_over_the_cap_is_too_large() -> None:
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (b"HTTP/2 200 OK\r\n\r\n", "bad status line"),
-        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "bad status line"),
-        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "bad header line"),
-        (b"HTTP/1.1 200 OK\r\n Folded: x\r\n\r\n", "bad header line"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "conflicting"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+        (b"HTTP/2 200 OK\r\n\r\n", "malformed response: Expected dot"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "malformed response: Expected HTTP/"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "Invalid header token"),
+        (b"HTTP/1.1 200 OK\r\n Folded: x\r\n\r\n", "Unexpected space after start line"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            "Duplicate Content-Length",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "Invalid character in Content-Length"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "Invalid character in chunk size",
+        ),
         (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY",
-            "not followed by CRLF",
+            "Expected LF after chunk data",
         ),
         (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000, "head longer than"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", "Duplicate"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "Content-Length can't be present with Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+            "Missing expected CR after chunk size",  # bare LF after the head: refused
+        ),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "101 Switching"),
     ],
 )
 @pytest.mark.asyncio
@@ -331,6 +347,38 @@ async def test_chunked_with_extensions_and_trailers() -> None:
         assert raw.connections == 1
 
 
+@pytest.mark.asyncio
+async def test_bytes_past_the_body_drop_the_connection() -> None:
+    async def handler(raw: Raw, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            await raw.head(reader)
+            w.write(reply(b"abc") + b"HTTP/1.1 200 OK\r\n")  # the start of an answer to nothing
+            await w.drain()
+
+    async with raw_server(handler) as raw:
+        config = cfg()
+        async with make_session(config) as session:
+            for i in range(2):
+                assert (await fetch(session, f"{raw.url}/{i}", config)).data == b"abc"
+        assert raw.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_chunked_body_over_the_cap_is_too_large() -> None:
+    async def handler(raw: Raw, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await raw.head(reader)
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        w.write(b"1000\r\n" + b"x" * 4096 + b"\r\n1\r\nx\r\n0\r\n\r\n")
+        await w.drain()
+        await reader.read()
+
+    async with raw_server(handler) as raw:
+        config = cfg(max_bytes=4096)
+        async with make_session(config) as session:
+            with pytest.raises(TooLarge, match="max_bytes 4096"):
+                await fetch(session, f"{raw.url}/a", config)
+
+
 # --- handed to aiohttp ----------------------------------------------------------------------------
 
 
@@ -357,6 +405,32 @@ async def test_head_with_bare_lf_line_ends_goes_through_aiohttp() -> None:
         async with make_session(config) as session:
             got = await fetch(session, f"{raw.url}/a", config)
     assert got.data == b"abc"
+    assert raw.requests == 2
+
+
+@pytest.mark.asyncio
+async def test_chunk_framing_longer_than_the_body_goes_through_aiohttp() -> None:
+    """Chunk extensions (not kept by llhttp, but bytes to read) many times the body: aiohttp
+    reads the answer; the lean client stops before they cost more than a bound."""
+    body = b"".join(
+        b"1;ext=" + b"e" * 100 + b"\r\n" + bytes([65 + i % 26]) + b"\r\n" for i in range(2000)
+    )
+
+    async def handler(raw: Raw, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await raw.head(reader)
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        for i in range(0, len(body), 50_000):  # in pieces: the bound is checked per read
+            w.write(body[i : i + 50_000])
+            await w.drain()
+            await asyncio.sleep(0.01)
+        w.write(b"0\r\n\r\n")
+        await w.drain()
+
+    async with raw_server(handler) as raw:
+        config = cfg()
+        async with make_session(config) as session:
+            got = await fetch(session, f"{raw.url}/a", config)
+    assert got.data == bytes(65 + i % 26 for i in range(2000))
     assert raw.requests == 2
 
 
