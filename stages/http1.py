@@ -65,7 +65,7 @@ __all__ = [
     "Unsupported",
 ]
 
-_MAX_HEAD = 64 * 1024  # status line + headers; aiohttp's limit is 8190 bytes per line
+_MAX_HEAD = 64 * 1024  # a head (status line + headers) not complete after this many bytes fails
 _IDLE_SECONDS = 15.0  # aiohttp's keepalive_timeout: older idle connections are not reused
 _NO_BODY = frozenset({204, 304})
 # A body without a Content-Length (chunked, or until the connection closes) is kept here up to
