@@ -17,21 +17,29 @@ Methods, each over the same URL list (every call reads the whole body):
   interpreter start-up is left out;
 * **(a) sequential urllib**: a plain ``urlopen(url).read()`` loop;
 * **(b) thread-pool urllib**: ``ThreadPoolExecutor(max_workers=C).map`` of the same call;
-* **(c) bare aiohttp**, a reference, not a competitor: one ``ClientSession`` with the same
+* **(c) bare aiohttp**, the anchor of issue #19: one ``ClientSession`` with the same
   connection limits as the stage, C coroutines doing ``session.get(url)`` + ``await
-  resp.read()`` and nothing else (no timeouts beyond aiohttp's defaults, no retries, no cap, no
-  address policy, no engine). It is the floor for the stage's CPU per download: what aiohttp
-  alone costs on this machine.
+  resp.read()`` and nothing else, on one event loop (no timeouts beyond aiohttp's defaults, no
+  retries, no cap, no address policy, no engine, no record).
 
 ``urllib`` goes through an opener without proxy handling (``ProxyHandler({})``), so an
 ``http_proxy`` in the environment can never send the traffic elsewhere; the aiohttp session
 already ignores the environment. Every client measurement runs in a fresh interpreter, with only
 the timed loop inside the timer; methods rotate order from run to run (the machine is shared).
 
-Two tables: downloads/s (median of the runs; the target is the download stage alone at
-concurrency 256 against the thread-pool script) and CPU per download of the client process (its
-timed section, all threads) and of the server process, which moves much less than wall-clock
-rates when other work shares the cores.
+Three tables. First, issue #19's: at concurrency 256, the product — the download stage alone
+(over every image twice, 4,000 URLs; 5 pairs) and the whole ``process`` command — against the
+bare single-loop aiohttp client (c), each product run next to an anchor run (the 4,000 URLs)
+(the order alternates from pair to pair), medians and ratios (of the medians, and the median of
+the ratios of the pairs: the steadier one when other work shares the cores),
+and the CPU per download of the parent process: the client's timed section for the stage and
+the anchor; for ``process``, its main process over the whole command (read from
+``/proc/<pid>/stat`` once it has exited, before it is reaped: its own threads, not its worker
+processes), and the same less an empty run's (start-up, imports, end of run). Then downloads/s
+of every method (the target there is the download stage alone at concurrency 256 against the
+thread-pool script) and CPU per download of the client process (its timed section, all
+threads) and of the server process, which moves much less than wall-clock rates when other work
+shares the cores.
 
 ``python -m bench.downloads profile [C]`` prints a cProfile of the client side of the download
 stage alone at concurrency C (default 256).
@@ -352,12 +360,13 @@ def _client(method: str, concurrency: int, url_file: Path) -> dict[str, float]:
 
 
 def _process(concurrency: int, url_file: Path, n: int) -> dict[str, float]:
-    """The whole ``process`` pipeline as a subprocess; rate over the run's own duration."""
+    """The whole ``process`` pipeline as a subprocess; rate over the run's own duration, and
+    the CPU seconds of its main process over the whole command (``parent_cpu``)."""
     _TMP.mkdir(parents=True, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix="process-", dir=_TMP))
     try:
         started = time.perf_counter()
-        proc = subprocess.run(
+        returncode, parent_cpu, stderr = _run_parent_cpu(
             [
                 sys.executable,
                 "-m",
@@ -374,24 +383,45 @@ def _process(concurrency: int, url_file: Path, n: int) -> dict[str, float]:
                 str(concurrency),
                 "--quiet",
                 "--force",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
+            ]
         )
         wall = time.perf_counter() - started
         summary_path = out_dir / "summary.json"
-        if proc.returncode not in (0, 1) or not summary_path.exists():
-            raise RuntimeError(
-                f"process x{concurrency} exited {proc.returncode}:\n{proc.stderr[-2000:]}"
-            )
+        if returncode not in (0, 1) or not summary_path.exists():
+            raise RuntimeError(f"process x{concurrency} exited {returncode}:\n{stderr[-2000:]}")
         summary = json.loads(summary_path.read_text())
         ok = int(summary["counts"].get("ok", 0))
         duration = float(summary["duration_s"])
-        return {"n": n, "ok": ok, "failed": n - ok, "wall": wall, "rate": n / duration}
+        return {
+            "n": n,
+            "ok": ok,
+            "failed": n - ok,
+            "wall": wall,
+            "rate": n / duration if n else math.nan,
+            "parent_cpu": parent_cpu,
+        }
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _run_parent_cpu(cmd: Sequence[str]) -> tuple[int, float, str]:
+    """Run ``cmd``; (exit code, CPU seconds of that process alone, stderr). The CPU is read from
+    ``/proc/<pid>/stat`` after it exits and before it is reaped (``waitid`` with ``WNOWAIT``):
+    all its threads, none of its children. NaN where that cannot be read."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        cpu = math.nan
+        try:
+            if hasattr(os, "waitid"):
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                cpu = _cpu_seconds(proc.pid)
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        return proc.returncode, cpu, err.read()
 
 
 # --------------------------------------------------------------------------- the report
@@ -418,8 +448,11 @@ LABELS = {
 
 def main(*, quick: bool = False) -> str:
     # the process pipeline is CPU-bound (decode, resize, write): in full mode it gets the first
-    # 1,000 of the URLs, which keeps the whole suite within about 5 minutes on 2 busy cores
+    # 1,000 of the URLs, which keeps the whole suite within about 6 minutes on 2 busy cores
     repeats, n, n_process = (1, 300, 300) if quick else (3, 2_000, 1_000)
+    # issue #19's table: medians of 5 pairs (3 in quick mode) over every image twice (under
+    # other work on the cores, a run of half a second mostly measures who else got them)
+    issue_repeats, copies = (3, 1) if quick else (5, 2)
     paths = ensure_images(n)
     expected_bytes = sum(p.stat().st_size for p in paths)
     plan = _plan()
@@ -435,6 +468,19 @@ def main(*, quick: bool = False) -> str:
             process_file = work / "urls-process.txt"
             process_file.write_text("\n".join(urls[:n_process]) + "\n")
             _warm_up(urls[:20])
+            empty_file = work / "urls-empty.txt"
+            empty_file.write_text("")
+            issue_file = work / "urls-issue.txt"
+            issue_file.write_text(
+                "".join(
+                    f"http://127.0.0.1:{srv.port}/img/{c}/{p.name}\n"
+                    for c in range(copies)
+                    for p in paths
+                )
+            )
+            issue = _issue_runs(
+                issue_file, process_file, empty_file, issue_repeats, expected_bytes * copies
+            )
             for r in range(repeats):
                 shift = r * len(plan) // max(repeats, 1)
                 for method, c in plan[shift:] + plan[:shift]:
@@ -450,7 +496,90 @@ def main(*, quick: bool = False) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = f"{before:.2f} / {os.getloadavg()[0]:.2f}"
-    return _render(runs, plan, n, n_process, repeats, load)
+    head = _render_issue(issue, n * copies, n_process, issue_repeats)
+    return head + "\n" + _render(runs, plan, n, n_process, repeats, load)
+
+
+ISSUE_C = 256  # issue #19: concurrency 256 on loopback
+Pair = tuple[dict[str, float], dict[str, float]]  # (product run, the anchor run beside it)
+
+
+def _issue_runs(
+    url_file: Path, process_file: Path, empty_file: Path, repeats: int, expected_bytes: int
+) -> dict[str, Any]:
+    """Issue #19's measurements: for each repeat, the stage and the whole ``process`` run,
+    each beside a bare aiohttp run (which of the two goes first alternates); one empty
+    ``process`` run for its start-up and end-of-run CPU."""
+    n = len(url_file.read_text().split())
+    pairs: dict[str, list[Pair]] = {"stage": [], "process": []}
+    turn = 0
+    for _ in range(repeats):
+        for product in ("stage", "process"):
+            got: dict[str, dict[str, float]] = {}
+            order = ("aiohttp", product) if turn % 2 == 0 else (product, "aiohttp")
+            turn += 1
+            for method in order:
+                if method == "process":
+                    got[method] = _process(ISSUE_C, process_file, int(_count_lines(process_file)))
+                else:
+                    got[method] = run = _client(method, ISSUE_C, url_file)
+                    if run["ok"] == n and run["bytes"] != expected_bytes:
+                        run["failed"] += 1  # short bodies would be a failure too
+            pairs[product].append((got[product], got["aiohttp"]))
+    empty = _process(ISSUE_C, empty_file, 0)
+    return {"pairs": pairs, "empty_cpu": empty["parent_cpu"]}
+
+
+def _count_lines(path: Path) -> int:
+    return len([line for line in path.read_text().splitlines() if line])
+
+
+def _render_issue(issue: dict[str, Any], n: int, n_process: int, repeats: int) -> str:
+    pairs: dict[str, list[Pair]] = issue["pairs"]
+    anchors = [a for ps in pairs.values() for _, a in ps]
+    anchor_rate = statistics.median(a["rate"] for a in anchors)
+    anchor_cpu = statistics.median(a["cpu"] / a["n"] * 1e6 for a in anchors)
+    lines = [
+        f"## Issue #19: downloads at concurrency {ISSUE_C} on loopback, product vs a bare "
+        f"single-loop aiohttp client ({repeats} pairs, medians, {os.cpu_count()} cores)",
+        "",
+        "| product | URLs | product downloads/s | bare aiohttp downloads/s | ratio (medians) "
+        "| ratio (median of pairs) | failed | parent CPU µs/download | bare aiohttp CPU "
+        "µs/download |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for product, label, count in (
+        ("stage", "download stage alone (all safeguards on)", n),
+        ("process", "whole `process --urls` run (download→read→resize→write)", n_process),
+    ):
+        ps = pairs[product]
+        rate = statistics.median(p["rate"] for p, _ in ps)
+        own = statistics.median(a["rate"] for _, a in ps)
+        paired = statistics.median(p["rate"] / a["rate"] for p, a in ps)
+        failed = int(sum(p["failed"] for p, _ in ps))
+        if product == "stage":
+            cpu = f"{statistics.median(p['cpu'] / p['n'] * 1e6 for p, _ in ps):,.0f}"
+        else:
+            whole = statistics.median(p["parent_cpu"] for p, _ in ps)
+            marginal = (whole - issue["empty_cpu"]) / count * 1e6
+            cpu = f"{whole / count * 1e6:,.0f} (less start-up and end: {marginal:,.0f})"
+        lines.append(
+            f"| {label} | {count:,} | {rate:,.0f} | {own:,.0f} | {rate / own:.2f}{X} "
+            f"| {paired:.2f}{X} | {failed} | {cpu} | {anchor_cpu:,.0f} |"
+        )
+    stage_ratio = statistics.median(p["rate"] / a["rate"] for p, a in pairs["stage"])
+    lines += [
+        "",
+        f"Bare aiohttp over all {len(anchors)} anchor runs: {anchor_rate:,.0f} downloads/s "
+        f"(median). Target: the download stage alone ≥ 1.0{X} the bare client: "
+        f"{stage_ratio:.2f}{X} — {'met' if stage_ratio >= 1.0 else 'NOT met'}. The `process` "
+        "run also decodes, resizes and writes every image (its rate is the resize workers', "
+        "not the downloads'); its parent CPU is its main process over the whole command "
+        f"(and less an empty run's, {issue['empty_cpu']:.2f} s: start-up, imports, end of "
+        "run). Stage and anchor: the client process's timed section.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -1,12 +1,16 @@
 """Download stage: fetch one URL with per-phase timeouts, retries, a byte cap and an address policy.
 
 Data flow: one :func:`make_session` per run (its connector holds the global and per-host
-connection limits and the address-checking resolver); the stage calls :func:`fetch` once per URL
-and gets a :class:`Downloaded` record, or a :class:`DownloadError` that the engine turns into a
-``failed`` ledger record. :func:`url_to_relpath` names the output file for a URL. A body over
-``spool_above`` bytes is written to an unnamed temporary file as it arrives
-(:mod:`stages.spool`) instead of being held in memory: ``Downloaded.data`` is then a
-:class:`~stages.spool.SpooledBody` (``len()``, ``bytes()``; it pickles as the bytes).
+connection limits, the address-checking resolver and a lean HTTP/1.1 client,
+:mod:`stages.http1`, closed with the session); the stage calls :func:`fetch` once per URL and
+gets a :class:`Downloaded` record, or a :class:`DownloadError` that the engine turns into a
+``failed`` ledger record. Each hop goes through the lean client (a keep-alive GET with one timer,
+~1/3 of aiohttp's CPU per request), and through aiohttp when the lean client declines the
+answer (a ``Content-Encoding``, a body to spool: asked for again there).
+:func:`url_to_relpath` names the output file for a URL. A body over ``spool_above`` bytes is
+written to an unnamed temporary file as it arrives (:mod:`stages.spool`) instead of being held
+in memory: ``Downloaded.data`` is then a :class:`~stages.spool.SpooledBody` (``len()``,
+``bytes()``; it pickles as the bytes).
 
 One attempt = the request, every redirect hop and the whole body, bounded by ``total_timeout``.
 Attempts are repeated with exponential backoff and full jitter (or the server's ``Retry-After``)
@@ -49,6 +53,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -57,6 +62,7 @@ from aiohttp.http_exceptions import ContentLengthError, TransferEncodingError
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from . import http1
 from .spool import WRITE_BYTES, Spool, SpooledBody
 
 __all__ = [
@@ -338,6 +344,9 @@ class _Prepared:
     config: DownloadConfig
     timeout: aiohttp.ClientTimeout
     headers: dict[str, str] | None  # None: the session already sends the configured User-Agent
+    lean: http1.Http1Client | None  # the session's lean client (None: aiohttp only)
+    timeouts: tuple[float, float]  # (connect, read), for the lean client
+    limits: tuple[int, int]  # (max_bytes, spool_above or max_bytes), for the lean client
 
 
 # Sessions made by make_session, with the config they were made from. fetch refuses to run a
@@ -356,7 +365,38 @@ def _prepare(config: DownloadConfig, made: _Prepared | None) -> _Prepared:
         )
     same_agent = made is not None and made.config.user_agent == config.user_agent
     headers = None if same_agent else {"User-Agent": config.user_agent}
-    return _Prepared(config, _client_timeout(config), headers)
+    return _prepared(config, headers, made.lean if made is not None else None)
+
+
+def _prepared(
+    config: DownloadConfig, headers: dict[str, str] | None, lean: http1.Http1Client | None
+) -> _Prepared:
+    spool = config.max_bytes if config.spool_above is None else config.spool_above
+    return _Prepared(
+        config,
+        _client_timeout(config),
+        headers,
+        lean,
+        (config.connect_timeout, config.read_timeout),
+        (config.max_bytes, min(spool, config.max_bytes)),
+    )
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, which also closes the session's lean client (the session closes
+    its connector): one ``async with make_session(...)`` owns both."""
+
+    lean: http1.Http1Client | None = None
+
+    def _close(self, *, abort_ssl: bool = False) -> list[Any]:
+        if self.lean is not None:
+            self.lean.close()
+        return super()._close(abort_ssl=abort_ssl)
+
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        await super().close(abort_ssl=abort_ssl)
+        if self.lean is not None:  # its sockets closed before the loop may close
+            await self.lean.wait_closed()
 
 
 def make_session(config: DownloadConfig) -> aiohttp.ClientSession:
@@ -367,8 +407,11 @@ def make_session(config: DownloadConfig) -> aiohttp.ClientSession:
         allow_private=config.allow_private_hosts,
         timeout=config.connect_timeout,
     )
-    connector = aiohttp.TCPConnector(
+    connector = _Connector(
         limit=config.limit, limit_per_host=config.limit_per_host, resolver=resolver
+    )
+    connector.lean = http1.Http1Client(
+        resolver, limit=config.limit, limit_per_host=config.limit_per_host
     )
     timeout = _client_timeout(config)
     session = aiohttp.ClientSession(
@@ -381,7 +424,7 @@ def make_session(config: DownloadConfig) -> aiohttp.ClientSession:
         # resolver and its address policy.
         trust_env=False,
     )
-    _SESSIONS[session] = _Prepared(config, timeout, None)
+    _SESSIONS[session] = _prepared(config, None, connector.lean)
     return session
 
 
@@ -457,8 +500,14 @@ def _check_ip_literal(target: URL, *, url: str) -> None:
         raise ForbiddenAddress(f"{host} is not a public address", url=url)
 
 
-def _media_type(response: aiohttp.ClientResponse) -> str:
-    header = response.headers.get("Content-Type", "")
+class _HeaderLookup(Protocol):
+    """What is read of a response's headers: aiohttp's and the lean client's alike."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+def _media_type(headers: _HeaderLookup) -> str:
+    header = headers.get("Content-Type") or ""
     return header.split(";", 1)[0].strip().lower()
 
 
@@ -551,23 +600,29 @@ async def _read_streamed(
             await spool.discard()
 
 
+Answer = tuple[str, int, str, bytes | SpooledBody, str]  # final URL, status, type, body, robots
+
+
 async def _attempt(
     session: aiohttp.ClientSession, url: str, config: DownloadConfig, prep: _Prepared
-) -> tuple[str, int, str, bytes | SpooledBody, str]:
+) -> Answer:
     """One attempt: follow redirects by hand, so that every hop is checked; read the body.
 
-    The attempt's time limit is aiohttp's own ``total`` timer (one timer per request, covering
-    the connection, the headers and the body): the first hop gets the prepared timeout, each
-    redirect hop what is left of ``total_timeout``.
+    A hop goes through the session's lean client (:mod:`stages.http1`) when it has one, and
+    through aiohttp when the lean client says :class:`~stages.http1.Unsupported` (a body to
+    decode or to spool) or the session has none. The attempt's time limit: the first hop gets
+    ``total_timeout``, each redirect hop what is left of it (aiohttp: its own ``total`` timer;
+    the lean client: the same deadline).
     """
-    status: int | None = None  # the last HTTP status seen, for errors that come after it
+    last: list[int | None] = [None]  # the last HTTP status seen, for errors that come after it
     try:
         target = _parse_url(url, url=url)
         timeout = prep.timeout
-        deadline = time.monotonic() + config.total_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.total_timeout
         for hop in range(config.max_redirects + 1):
             if hop:
-                left = deadline - time.monotonic()
+                left = deadline - loop.time()
                 if left <= 0:
                     raise DownloadTimeout(
                         f"timed out: total_timeout of {config.total_timeout:g} s used up by "
@@ -577,46 +632,120 @@ async def _attempt(
                 timeout = _client_timeout(config, left)
             if not config.allow_private_hosts:
                 _check_ip_literal(target, url=url)
-            async with session.get(
-                target, allow_redirects=False, timeout=timeout, headers=prep.headers
-            ) as response:
-                status = response.status
-                if status in _REDIRECT_STATUSES:
-                    location = response.headers.get("Location")
-                    if location is not None:
-                        try:
-                            joined = str(target.join(URL(location)))
-                        except (ValueError, TypeError) as exc:
-                            raise BadURL(
-                                f"bad redirect {location!r}", url=url, status=status
-                            ) from exc
-                        target = _parse_url(joined, url=url, status=status)
-                        continue
-                if not 200 <= status <= 299:
-                    raise HTTPStatusError(
-                        f"HTTP {status} {response.reason or ''}".rstrip(),
-                        url=url,
-                        status=status,
-                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            lean = None
+            if prep.lean is not None:  # (inline, not a helper: one coroutine less per URL)
+                try:
+                    lean = await prep.lean.get(
+                        target,
+                        config.user_agent,
+                        deadline=deadline,
+                        timeouts=prep.timeouts,
+                        max_bytes=prep.limits[0],
+                        spool_above=prep.limits[1],
                     )
-                data = await _read_body(response, config, url)
-                robots = ", ".join(response.headers.getall("X-Robots-Tag", ()))
-                return str(response.url), status, _media_type(response), data, robots
+                except http1.Unsupported as exc:  # a body to decode or spool: aiohttp's job
+                    logger.debug("%s: through aiohttp (%s)", target, exc)
+            if lean is not None:
+                last[0] = lean.status
+                got = _lean_answer(lean, target, config, url)
+            else:
+                got = await _aiohttp_hop(session, prep, target, timeout, url, last)
+            if not isinstance(got, URL):
+                return got
+            target = got
         raise TooManyRedirects(f"more than {config.max_redirects} redirects", url=url)
     except DownloadError as exc:
         if exc.status is None:
-            exc.status = status
+            exc.status = last[0]
         raise
     except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
         error = _translate(exc, url)
-        error.status = status
+        error.status = exc.status if isinstance(exc, http1.HopError) and exc.status else last[0]
         raise error from exc
+
+
+def _lean_answer(
+    lean: http1.Response, target: URL, config: DownloadConfig, url: str
+) -> Answer | URL:
+    """The lean client's answer: the next hop's URL (a redirect), or the download."""
+    after = _redirect_or_raise(target, lean.status, lean.reason, lean.headers, url)
+    if after is not None:
+        return after
+    if lean.body is None:  # the Content-Length said too much
+        raise TooLarge(
+            f"Content-Length {lean.declared} exceeds max_bytes {config.max_bytes}",
+            url=url,
+            status=lean.status,
+        )
+    robots = ", ".join(lean.headers.getall("X-Robots-Tag", ()))
+    return str(lean.url), lean.status, _media_type(lean.headers), lean.body, robots
+
+
+async def _aiohttp_hop(
+    session: aiohttp.ClientSession,
+    prep: _Prepared,
+    target: URL,
+    client_timeout: aiohttp.ClientTimeout,
+    url: str,
+    last: list[int | None],
+) -> Answer | URL:
+    """One hop through aiohttp: the next hop's URL (a redirect), or the download (a body to
+    decode, or to spool: :func:`_read_body`)."""
+    async with (
+        _slot(prep, target),
+        session.get(
+            target, allow_redirects=False, timeout=client_timeout, headers=prep.headers
+        ) as resp,
+    ):
+        last[0] = status = resp.status
+        after = _redirect_or_raise(target, status, resp.reason, resp.headers, url)
+        if after is not None:
+            return after
+        data = await _read_body(resp, prep.config, url)
+        robots = ", ".join(resp.headers.getall("X-Robots-Tag", ()))
+        return str(resp.url), status, _media_type(resp.headers), data, robots
+
+
+def _slot(prep: _Prepared, target: URL) -> contextlib.AbstractAsyncContextManager[None]:
+    """An aiohttp hop holds a request slot of the lean client too: the per-host limit counts
+    the requests of both."""
+    return prep.lean.slot(target) if prep.lean is not None else contextlib.nullcontext()
+
+
+def _redirect_or_raise(
+    target: URL, status: int, reason: str | None, headers: _HeaderLookup, url: str
+) -> URL | None:
+    """The next hop's URL for a redirect; None for a 2xx; HTTPStatusError for the rest."""
+    if status in _REDIRECT_STATUSES:
+        location = headers.get("Location")
+        if location is not None:
+            try:
+                joined = str(target.join(URL(location)))
+            except (ValueError, TypeError) as exc:
+                raise BadURL(f"bad redirect {location!r}", url=url, status=status) from exc
+            return _parse_url(joined, url=url, status=status)
+    if not 200 <= status <= 299:
+        raise HTTPStatusError(
+            f"HTTP {status} {reason or ''}".rstrip(),
+            url=url,
+            status=status,
+            retry_after=parse_retry_after(headers.get("Retry-After")),
+        )
+    return None
 
 
 def _translate(exc: Exception, url: str) -> DownloadError:
     """Map aiohttp/OS errors to our hierarchy (the original becomes __cause__ at the raise)."""
     if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it too
         return DownloadTimeout(f"timed out: {exc or type(exc).__name__}", url=url)
+    if isinstance(exc, _ForbiddenResolution):  # from the lean client's connect
+        return ForbiddenAddress(str(exc), url=url)
+    if isinstance(exc, http1.PayloadIncomplete):
+        return TruncatedBody(f"body incomplete: {exc}", url=url)
+    if isinstance(exc, http1.BodyOverLimit):
+        return TooLarge(f"{exc} (no or false Content-Length)", url=url)
+    if isinstance(exc, http1.MalformedResponse):
+        return ConnectionFailed(f"malformed response: {exc}", url=url)
     if isinstance(exc, aiohttp.ClientConnectorError):
         cause = exc.os_error if isinstance(exc.os_error, _ForbiddenResolution) else exc.__cause__
         if isinstance(cause, _ForbiddenResolution):
