@@ -12,49 +12,53 @@ run (:class:`pipeline.Collector`) and put their result into ``summary.json``.
   the command prints at the end (:mod:`app.console`).
 
 The tables hold every record of the output folder, this run's and the earlier ones: they are
-built from the manifest at the end of the run, as sinks of the one pass over it
-(:class:`app.endofrun.ManifestPass`; give both tables the same one), written as the rows stream
-(:mod:`app.tables`), so memory stays flat whatever the number of records; pyarrow and numpy
-are imported only when there is something to write.
+sinks of the run's one feed of records (:class:`app.endofrun.RecordFeed`; give both tables the
+same one), built while the run goes and written as the rows stream (:mod:`app.tables`), so
+memory stays flat whatever the number of records (8 bytes an image: its difference hash);
+pyarrow and numpy are imported only when there is something to write.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import json
+import tempfile
+from array import array
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pipeline import Record, Status, shown
 from stages.aggregate import DataGroups
 from stages.parts import is_data_result
 
-from .endofrun import ManifestPass, data_result
+from .endofrun import RecordFeed, data_result
+from .report import smallest_output
 from .tables import CsvStream, ParquetStream
 
 __all__ = ["DataAggregate", "DataTable", "FailureList", "NearDuplicates", "StatsTable"]
 
 
-class _ManifestTable(abc.ABC):
-    """A table written from the manifest at the end of the run: a collector whose result is
-    what its sink side (``take``/``finish``) put there, once the manifest pass has run."""
+class _FolderTable(abc.ABC):
+    """A table of every record of the folder: a collector whose result is what its sink side
+    (``take``/``finish``) put there, once the feed has ended."""
 
-    def __init__(self, folder: Path, manifest: ManifestPass | None) -> None:
+    def __init__(self, folder: Path, feed: RecordFeed | None) -> None:
         self.folder = folder
-        self.manifest = manifest if manifest is not None else ManifestPass(folder)
+        self.feed = feed if feed is not None else RecordFeed(folder)
         self._result: dict[str, Any] = {}
 
-    # -- the collector: the engine asks for the result after exporting the manifest ------------
+    # -- the collector: the feed hands it the records ------------------------------------------
     def add(self, record: Record) -> None:
         return None
 
     def result(self) -> dict[str, Any]:
-        self.manifest.check(self)
+        self.feed.check(self)
         return self._result
 
     # -- the sink (app.endofrun.Sink): each table's own -----------------------------------------
     @abc.abstractmethod
-    def take(self, record: dict[str, Any], offset: int) -> None: ...
+    def take(self, record: dict[str, Any]) -> None: ...
 
     @abc.abstractmethod
     def finish(self) -> None: ...
@@ -63,9 +67,11 @@ class _ManifestTable(abc.ABC):
     def discard(self) -> None: ...
 
 
-class StatsTable(_ManifestTable):
-    """Writes ``stats.csv`` and ``stats.parquet`` (when there are image rows) from the manifest,
-    and keeps each row's (key, dhash) for :class:`NearDuplicates`, which needs them all."""
+class StatsTable(_FolderTable):
+    """Writes ``stats.csv`` and ``stats.parquet`` (when there are image rows) as the records
+    come, and keeps each image's 64-bit difference hash for :class:`NearDuplicates`, which
+    needs them all: 8 bytes an image in memory, its key and smallest output in a temporary
+    file (read back for the images of the groups only)."""
 
     name = "stats_table"
     COLUMNS = (
@@ -83,24 +89,31 @@ class StatsTable(_ManifestTable):
         "dhash",
     )
 
-    def __init__(self, folder: Path, manifest: ManifestPass | None = None) -> None:
-        super().__init__(folder, manifest)
-        # the (key, dhash) of every row with a hash, as two lists (no tuple per row)
-        self.keys: list[str] = []
-        self.dhashes: list[Any] = []
+    def __init__(self, folder: Path, feed: RecordFeed | None = None) -> None:
+        super().__init__(folder, feed)
+        self.hashes = array("Q")  # the dhash of every row with one, in order
+        self._spill: IO[bytes] | None = None  # a line [key, smallest output] per hash
         self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS)
         self._csv = CsvStream(
             folder / "stats.csv", self.COLUMNS, keep_empty=True, on_chunk=self._parquet.chunk
         )
-        self.manifest.add(self)
+        self.feed.add_sink(self)
 
-    def hashes(self) -> Iterator[tuple[str, Any]]:
-        """(key, dhash) of every image row, in manifest order."""
-        self.manifest.check(self)
-        return zip(self.keys, self.dhashes, strict=True)
+    def hashed(self, wanted: set[int]) -> Iterator[tuple[int, str, Mapping[str, Any] | None]]:
+        """(position, key, smallest output) of the hashed rows at the ``wanted`` positions (in
+        :attr:`hashes`), in order: one read of the temporary file."""
+        self.feed.check(self)
+        if not wanted or self._spill is None:
+            return
+        self._spill.flush()
+        self._spill.seek(0)
+        for i, line in enumerate(self._spill):
+            if i in wanted:
+                key, out = json.loads(line)
+                yield i, key, out
 
-    # -- the sink: fed by the manifest pass ---------------------------------------------------
-    def take(self, record: dict[str, Any], offset: int) -> None:
+    # -- the sink: fed by the record feed -----------------------------------------------------
+    def take(self, record: dict[str, Any]) -> None:
         res = record.get("result")
         if not isinstance(res, dict) or "stats" not in res or is_data_result(res):
             return
@@ -124,8 +137,16 @@ class StatsTable(_ManifestTable):
             )
         )
         if dhash:
-            self.keys.append(record["key"])
-            self.dhashes.append(dhash)
+            self._hash(record, int(dhash, 16))
+
+    def _hash(self, record: dict[str, Any], value: int) -> None:
+        if not 0 <= value < 1 << 64:
+            raise ValueError(f"hash of {record['key']!r} has more than 64 bits: {value:x}")
+        if self._spill is None:  # no name on disk: gone when closed, or when the process ends
+            self._spill = tempfile.TemporaryFile(dir=self.folder)  # noqa: SIM115 — closed by close()
+        out = smallest_output(record) if record.get("status") in ("ok", "reused") else None
+        self._spill.write(json.dumps([record["key"], out], ensure_ascii=False).encode() + b"\n")
+        self.hashes.append(value)
 
     def finish(self) -> None:
         self._csv.commit()
@@ -137,24 +158,48 @@ class StatsTable(_ManifestTable):
     def discard(self) -> None:
         self._csv.discard()
         self._parquet.discard()
+        self.close()
+
+    def close(self) -> None:
+        """Remove the temporary file (once the groups are found)."""
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
 
 class NearDuplicates:
-    """Groups of images whose 64-bit difference hashes differ in at most ``max_distance`` bits."""
+    """Groups of images whose 64-bit difference hashes differ in at most ``max_distance`` bits.
+
+    Memory: :func:`stages.stats.near_duplicate_labels` over the table's array of hashes; the
+    keys (and thumbnails, :attr:`thumbs`, for the report) of the grouped images only."""
 
     name = "near_duplicates"
 
     def __init__(self, table: StatsTable, max_distance: int = 6) -> None:
         self.table = table
         self.max_distance = max_distance
+        self.thumbs: dict[str, Mapping[str, Any]] = {}
 
     def add(self, record: Record) -> None:
         return None
 
     def result(self) -> dict[str, Any]:
-        from stages.stats import near_duplicate_groups
+        import numpy as np
 
-        groups = near_duplicate_groups(self.table.hashes(), max_distance=self.max_distance)
+        from stages.stats import near_duplicate_labels
+
+        self.table.feed.check(self.table)
+        hashes = np.frombuffer(self.table.hashes, dtype=np.uint64)
+        labels = near_duplicate_labels(hashes, max_distance=self.max_distance)
+        grouped = np.flatnonzero(labels >= 0)
+        found: dict[int, list[str]] = {}
+        wanted = set(grouped.tolist())
+        for i, key, out in self.table.hashed(wanted):
+            found.setdefault(int(labels[i]), []).append(key)
+            if out is not None:
+                self.thumbs[key] = out
+        self.table.close()
+        groups = sorted(sorted(g) for g in found.values())
         return {"max_distance": self.max_distance, "groups": groups}
 
 
@@ -188,19 +233,19 @@ class DataAggregate:
         return self.groups.result()
 
 
-class DataTable(_ManifestTable):
-    """``data_stats.csv``: one row per array or CSV column, from the manifest at the end of the
-    run (as ``stats.csv``: written as it streams). No data rows, no file."""
+class DataTable(_FolderTable):
+    """``data_stats.csv``: one row per array or CSV column of every data record of the folder
+    (as ``stats.csv``: written as the records come). No data rows, no file."""
 
     name = "data_table"
     COLUMNS = ("key", "column", "count", "missing", "mean", "std", "min", "max", "sum", "bad")
 
-    def __init__(self, folder: Path, manifest: ManifestPass | None = None) -> None:
-        super().__init__(folder, manifest)
+    def __init__(self, folder: Path, feed: RecordFeed | None = None) -> None:
+        super().__init__(folder, feed)
         self._csv = CsvStream(folder / "data_stats.csv", self.COLUMNS, keep_empty=False)
-        self.manifest.add(self)
+        self.feed.add_sink(self)
 
-    def take(self, record: dict[str, Any], offset: int) -> None:
+    def take(self, record: dict[str, Any]) -> None:
         v = data_result(record)
         if v is None:
             return

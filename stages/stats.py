@@ -41,6 +41,7 @@ __all__ = [
     "hamming",
     "image_stats",
     "near_duplicate_groups",
+    "near_duplicate_labels",
 ]
 
 HISTOGRAM_BINS = 32
@@ -296,17 +297,29 @@ def near_duplicate_groups(
     Memory, besides the keys: about 90 bytes per hash at the peak (17 MB for 200 000 hashes,
     ``python -m bench dups``), plus about 40 per near pair.
     """
+    keys, values = _read_hashes(items)
+    of_item = near_duplicate_labels(np.frombuffer(values, dtype=np.uint64), max_distance)
+    groups: dict[int, list[str]] = {}
+    for i in np.flatnonzero(of_item >= 0).tolist():
+        groups.setdefault(int(of_item[i]), []).append(keys[i])
+    return sorted(sorted(g) for g in groups.values())
+
+
+def near_duplicate_labels(
+    hashes: npt.NDArray[np.uint64], max_distance: int = 6
+) -> npt.NDArray[np.intp]:
+    """The groups of :func:`near_duplicate_groups` for hashes alone: for each of ``hashes`` (64-bit
+    values, one per item, in any order) its group's label, or -1 when it is in no group of two
+    or more. Items with the same label form one group. For a caller that keeps 8 bytes per
+    item (the hashes in an array) rather than a key each: it finds the keys of the grouped
+    items afterwards, by their positions."""
     if max_distance < 0:
         raise ValueError(f"max_distance must be >= 0, got {max_distance}")
-    keys, values = _read_hashes(items)
-    if len(keys) < 2:
-        return []
-    hashes = np.frombuffer(values, dtype=np.uint64)
+    if len(hashes) < 2:
+        return np.full(len(hashes), -1, dtype=np.intp)
     distinct, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     label = _complete_groups(distinct, counts, max_distance)
     of_item = label[inverse.reshape(-1)]
-    grouped = np.flatnonzero(np.bincount(of_item, minlength=len(distinct))[of_item] >= 2)
-    groups: dict[int, list[str]] = {}
-    for i in grouped.tolist():
-        groups.setdefault(int(of_item[i]), []).append(keys[i])
-    return sorted(sorted(g) for g in groups.values())
+    alone = np.bincount(of_item, minlength=len(distinct))[of_item] < 2
+    of_item[alone] = -1
+    return of_item

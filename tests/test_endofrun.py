@@ -1,5 +1,6 @@
-"""The end of a run: one pass over the manifest feeds the tables and the report (app.endofrun),
-and tables written as they stream (app.tables)."""
+"""The end-of-run outputs: one feed of the records builds the tables and the report while the run
+goes, the manifest never read back (app.endofrun), and tables written as they stream
+(app.tables)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ import app.tables
 import pipeline.ledger
 from app.collectors import DataTable, NearDuplicates, StatsTable
 from app.config import ProcessConfig
-from app.endofrun import ManifestPass
+from app.endofrun import RecordFeed
 from app.process import run_process
 from app.report import ReportSheet, write_report
 from app.tables import CsvStream, ParquetStream
-from pipeline import LedgerError, read_manifest_at, scan_manifest
+from pipeline import LedgerError
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "sample_data" / "images"
@@ -59,53 +60,65 @@ def _temporaries(folder: Path) -> list[str]:
 
 
 # -- one pass -------------------------------------------------------------------------------------
-def test_a_process_run_reads_the_manifest_once(
+def test_a_process_run_never_reads_the_manifest_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The tables, the near-duplicate groups (with their thumbnails) and the report come from
+    the records as they are committed, and from the ledger's one pass over the records the
+    run did not write: a second run over part of the inputs still lists the whole folder."""
     inputs = tmp_path / "in"
     shutil.copytree(IMAGES, inputs / "images")
     shutil.copy(IMAGES / "640x480_rgb.jpg", inputs / "copy.jpg")  # a near-duplicate group
     shutil.copytree(DATA, inputs / "data")
-    passes: list[Path] = []
-    lookups: list[list[int]] = []
 
-    def scan(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-        passes.append(path)
-        return scan_manifest(path)
+    def no_read(path: Path, *args: Any) -> Iterator[dict[str, Any]]:
+        raise AssertionError(f"{path} read back")
 
-    def read_at(path: Path, offsets: Any) -> Iterator[dict[str, Any]]:
-        offsets = list(offsets)
-        lookups.append(offsets)
-        return read_manifest_at(path, offsets)
-
-    def whole_read(path: Path) -> Iterator[dict[str, Any]]:
-        raise AssertionError(f"{path} read again")
-
-    monkeypatch.setattr(app.endofrun, "scan_manifest", scan)
-    monkeypatch.setattr(app.endofrun, "read_manifest_at", read_at)
-    monkeypatch.setattr(pipeline.ledger, "read_manifest", whole_read)
+    monkeypatch.setattr(app.endofrun, "read_manifest", no_read)
+    monkeypatch.setattr(pipeline.ledger, "read_manifest", no_read)
     out = tmp_path / "out"
     cfg = {"inputs": [str(inputs)], "output": str(out), "quiet": True}
+    first = run_process(ProcessConfig.from_mapping(cfg))
+    assert first.collected["folder_records"] == {"this_run": first.seen, "earlier": 0}
+    shutil.rmtree(inputs / "data")  # the second run sees the images only
     result = run_process(ProcessConfig.from_mapping(cfg))
-    assert passes == [out / "manifest.jsonl"]
+    total = sum(first.counts.values())
+    assert result.collected["folder_records"] == {
+        "this_run": result.seen,
+        "earlier": total - result.seen,
+    }
     groups = result.collected["near_duplicates"]["groups"]
     assert ["copy.jpg", "images/640x480_rgb.jpg"] in groups
-    assert len(lookups) == 1  # the groups' thumbnails: their lines only
-    assert len(lookups[0]) == sum(len(g) for g in groups)
+    assert result.collected["stats_table"] == first.collected["stats_table"]
     assert result.collected["stats_table"]["files"] == ["stats.csv", "stats.parquet"]
-    assert result.collected["data_table"]["rows"] > 0
+    assert result.collected["data_table"]["rows"] == first.collected["data_table"]["rows"] > 0
     report = (out / "report.html").read_text(encoding="utf-8")
     assert 'src="512/copy.jpg"' in report  # the sheet's tile and the group's thumbnail
+    assert report.count('src="512/copy.jpg"') == 2
     assert '<table id="data">' in report
     assert _temporaries(out) == []
+
+
+def test_tables_list_every_record_of_the_folder_in_any_order(tmp_path: Path) -> None:
+    """The rows of a run's stats.csv are those of the manifest: the same set of keys, one row
+    each, whatever order the feed saw them in."""
+    out = tmp_path / "out"
+    cfg = {"inputs": [str(IMAGES)], "output": str(out), "quiet": True}
+    run_process(ProcessConfig.from_mapping(cfg))
+    with open(out / "stats.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    images = [r for r in manifest if "stats" in (r.get("result") or {})]
+    assert sorted(r["key"] for r in rows) == sorted(r["key"] for r in images)
+    assert len(rows) == len(images) > 0
 
 
 def test_a_table_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     folder = _folder(tmp_path, [_image("a.jpg", "00ff"), _image("b.jpg", "00fe"), _array("x")])
     (folder / "stats.csv").mkdir()  # stats.csv cannot be replaced
-    manifest = ManifestPass(folder)
-    sheet = ReportSheet(manifest)
-    table, data = StatsTable(folder, manifest), DataTable(folder, manifest)
+    feed = RecordFeed(folder)
+    sheet = ReportSheet(feed)
+    table, data = StatsTable(folder, feed), DataTable(folder, feed)
     with pytest.raises(IsADirectoryError):
         table.result()
     with pytest.raises(IsADirectoryError):
@@ -121,9 +134,9 @@ def test_a_manifest_that_cannot_be_read_fails_every_consumer(tmp_path: Path) -> 
     folder = _folder(tmp_path, [_image("a.jpg", "00ff")])
     with open(folder / "manifest.jsonl", "a", encoding="utf-8") as fh:
         fh.write("{not json\n")
-    manifest = ManifestPass(folder)
-    sheet = ReportSheet(manifest)
-    table, data = StatsTable(folder, manifest), DataTable(folder, manifest)
+    feed = RecordFeed(folder)
+    sheet = ReportSheet(feed)
+    table, data = StatsTable(folder, feed), DataTable(folder, feed)
     for consumer in (table, NearDuplicates(table), data):
         with pytest.raises(LedgerError, match=r"manifest\.jsonl:2"):
             consumer.result()
@@ -132,12 +145,12 @@ def test_a_manifest_that_cannot_be_read_fails_every_consumer(tmp_path: Path) -> 
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.jsonl"]
 
 
-def test_sinks_are_added_before_the_pass(tmp_path: Path) -> None:
-    manifest = ManifestPass(tmp_path)  # no manifest: an empty one
-    table = StatsTable(tmp_path, manifest)
+def test_sinks_are_added_before_the_feed_starts(tmp_path: Path) -> None:
+    feed = RecordFeed(tmp_path)  # never fed, no manifest: an empty one
+    table = StatsTable(tmp_path, feed)
     assert table.result() == {"rows": 0, "files": ["stats.csv"]}
     with pytest.raises(RuntimeError, match="add sinks before"):
-        DataTable(tmp_path, manifest)
+        DataTable(tmp_path, feed)
 
 
 # -- tables written as they stream ----------------------------------------------------------------
@@ -192,10 +205,9 @@ def test_stats_table_in_many_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for name, extra in (("colour", records[:1]), ("mixed", greys)):
         folder = _folder(tmp_path / name, records + extra)
         rows = len(records + extra)
-        assert StatsTable(folder).result() == {
-            "rows": rows,
-            "files": ["stats.csv", "stats.parquet"],
-        }
+        table = StatsTable(folder)
+        assert table.result() == {"rows": rows, "files": ["stats.csv", "stats.parquet"]}
+        table.close()
         expected = pacsv.read_csv(folder / "stats.csv")
         got = pq.read_table(folder / "stats.parquet")
         assert got.equals(expected)
