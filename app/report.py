@@ -128,9 +128,9 @@ class ReportSheet:
             self._data(record)  # in the data table, not on the sheet
             return
         status, key = record.get("status"), str(record.get("key", ""))
-        out = smallest_output(record) if status in DONE else None
         if status in (*DONE, "failed"):
             if len(self.tiles) < MAX_TILES:
+                out = smallest_output(record) if status in DONE else None
                 self.tiles.append(_tile(record, out))
             else:
                 self.left_tiles += 1
@@ -276,7 +276,9 @@ def smallest_output(rec: Mapping[str, Any]) -> Mapping[str, Any] | None:
     result = rec.get("result")
     outs = result.get("outputs") if isinstance(result, dict) else None
     good = [o for o in outs or () if isinstance(o, dict) and _safe_rel(o.get("path"))]
-    return min(good, key=lambda o: _num(o.get("width")) * _num(o.get("height"))) if good else None
+    if len(good) < 2:  # one output size (the usual case), or none
+        return good[0] if good else None
+    return min(good, key=lambda o: _num(o.get("width")) * _num(o.get("height")))
 
 
 def _safe_rel(path: Any) -> bool:

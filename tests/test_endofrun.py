@@ -113,6 +113,26 @@ def test_tables_list_every_record_of_the_folder_in_any_order(tmp_path: Path) -> 
     assert len(rows) == len(images) > 0
 
 
+def test_the_tables_show_the_records_the_run_did_not_write_as_revisit_left_them(
+    tmp_path: Path,
+) -> None:
+    """An input gone since the last run: its record, changed to ``skipped`` by the ledger's
+    end pass, is the one the tables list (fed from that pass, not from the manifest)."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("640x480_rgb.jpg", "600x400_gray.jpg"):
+        shutil.copy(IMAGES / name, inputs / name)
+    cfg = ProcessConfig.from_mapping({"inputs": [str(inputs)], "output": str(out), "quiet": True})
+    run_process(cfg)
+    (inputs / "600x400_gray.jpg").unlink()
+    result = run_process(cfg)
+    assert result.collected["folder_records"] == {"this_run": 1, "earlier": 1}
+    assert result.collected["revisited"] == 1
+    with open(out / "stats.csv", encoding="utf-8", newline="") as fh:
+        status = {row["key"]: row["status"] for row in csv.DictReader(fh)}
+    assert status == {"640x480_rgb.jpg": "reused", "600x400_gray.jpg": "skipped"}
+
+
 def test_a_table_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     folder = _folder(tmp_path, [_image("a.jpg", "00ff"), _image("b.jpg", "00fe"), _array("x")])
     (folder / "stats.csv").mkdir()  # stats.csv cannot be replaced
