@@ -21,7 +21,6 @@ pyarrow and numpy are imported only when there is something to write.
 from __future__ import annotations
 
 import abc
-import json
 import tempfile
 from array import array
 from collections.abc import Iterator, Mapping
@@ -107,9 +106,12 @@ class StatsTable(_FolderTable):
             return
         self._spill.flush()
         self._spill.seek(0)
-        for i, line in enumerate(self._spill):
+        for i, fields in enumerate(_spilled(self._spill)):
             if i in wanted:
-                key, out = json.loads(line)
+                key, path, raw, width, height = (f.decode("utf-8") for f in fields)
+                out = {"path": path, "width": int(width), "height": int(height)} if path else None
+                if out is not None and raw:
+                    out["path_b64"] = raw
                 yield i, key, out
 
     # -- the sink: fed by the record feed -----------------------------------------------------
@@ -145,7 +147,12 @@ class StatsTable(_FolderTable):
         if self._spill is None:  # no name on disk: gone when closed, or when the process ends
             self._spill = tempfile.TemporaryFile(dir=self.folder)  # noqa: SIM115 — closed by close()
         out = smallest_output(record) if record.get("status") in ("ok", "reused") else None
-        self._spill.write(json.dumps([record["key"], out], ensure_ascii=False).encode() + b"\n")
+        if out is None:
+            line = f"{record['key']}\0\0\0\0\0"
+        else:
+            size = f"{int(_num(out.get('width')))}\0{int(_num(out.get('height')))}"
+            line = f"{record['key']}\0{out['path']}\0{out.get('path_b64') or ''}\0{size}\0"
+        self._spill.write(line.encode("utf-8"))
         self.hashes.append(value)
 
     def finish(self) -> None:
@@ -165,6 +172,30 @@ class StatsTable(_FolderTable):
         if self._spill is not None:
             self._spill.close()
             self._spill = None
+
+
+#: Fields of a row of StatsTable's temporary file, each followed by a NUL (no key, path or
+#: number holds one: a file name cannot): key, smallest output's path, its path_b64, width,
+#: height (empty: no output).
+SPILL_FIELDS = 5
+
+
+def _spilled(fh: IO[bytes], size: int = 1 << 20) -> Iterator[list[bytes]]:
+    """The rows of a StatsTable's temporary file, read in blocks of ``size`` bytes from where
+    ``fh`` stands."""
+    rest = b""
+    while block := fh.read(size):
+        fields = (rest + block).split(b"\0")
+        rest = fields.pop()  # the part after the last NUL: the next block continues it
+        rows = len(fields) // SPILL_FIELDS
+        for r in range(rows):
+            yield fields[r * SPILL_FIELDS : (r + 1) * SPILL_FIELDS]
+        rest = b"\0".join([*fields[rows * SPILL_FIELDS :], rest])
+
+
+def _num(value: Any) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else 0.0
 
 
 class NearDuplicates:

@@ -16,6 +16,7 @@ SUITES = {
     "numeric": "bench.numeric",
     "dups": "bench.dups",
     "datasets": "bench.datasets",
+    "longrun": "bench.longrun",
 }
 
 

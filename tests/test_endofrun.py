@@ -173,6 +173,36 @@ def test_sinks_are_added_before_the_feed_starts(tmp_path: Path) -> None:
         DataTable(tmp_path, feed)
 
 
+def test_the_grouped_images_keys_and_thumbnails_are_read_back_whatever_the_blocks(
+    tmp_path: Path,
+) -> None:
+    """StatsTable keeps 8 bytes an image; the keys (any text, a newline included) and the
+    thumbnails of the grouped ones come back from its temporary file, read in blocks that cut
+    rows anywhere."""
+    import app.collectors
+
+    records = [_image(f"k\n{i}é.jpg", f"{i:016x}") for i in range(0, 64, 8)]  # 1 bit apart
+    records.append(_image("far.jpg", "f0f0f0f0f0f0f0f0"))
+    records.append(_image("failed.jpg", "0000000000000000", status="failed"))
+    folder = _folder(tmp_path, records)
+    table = StatsTable(folder)
+    dups = NearDuplicates(table)
+    assert table.result()["rows"] == len(records)
+    assert table._spill is not None
+    table._spill.seek(0)
+    whole = list(app.collectors._spilled(table._spill))
+    for size in (1, 3, 7, 100):
+        table._spill.seek(0)
+        assert list(app.collectors._spilled(table._spill, size)) == whole
+    assert len(whole) == len(records)
+    (group,) = dups.result()["groups"]
+    assert sorted(group) == sorted([r["key"] for r in records[:8]] + ["failed.jpg"])
+    assert dups.thumbs["k\n8é.jpg"] == {"path": "64/k\n8é.jpg", "width": 64, "height": 48}
+    assert "failed.jpg" not in dups.thumbs  # a failure has no output
+    assert table._spill is None  # closed once the groups are found
+    assert _temporaries(folder) == []
+
+
 # -- tables written as they stream ----------------------------------------------------------------
 COLUMNS = ("key", "value")
 MIXED = {  # a column's values, chunk after chunk (two rows a chunk)
