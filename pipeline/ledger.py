@@ -56,6 +56,8 @@ __all__ = [
 
 #: Records looked at per transaction by :meth:`Ledger.revisit`.
 REVISIT_CHUNK = 1000
+#: Manifest lines fetched from the journal and written at once by the export (a few MB).
+EXPORT_ROWS = 4096
 
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
@@ -287,11 +289,12 @@ class Ledger:
         n = 0
         try:
             os.fchmod(fd, _FILE_MODE)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                for (text,) in self._db.execute("SELECT json FROM records ORDER BY seq"):
-                    fh.write(text)
+            with os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 20) as fh:
+                rows = self._db.execute("SELECT json FROM records ORDER BY seq")
+                while batch := rows.fetchmany(EXPORT_ROWS):
+                    fh.write("\n".join([text for (text,) in batch]))
                     fh.write("\n")
-                    n += 1
+                    n += len(batch)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
