@@ -198,11 +198,37 @@ def _num(value: Any) -> float:
     return float(value) if ok else 0.0
 
 
+#: From this many images on, the hashes are grouped in a child process: the grouping's memory
+#: (some 120 bytes a hash at its peak) goes back to the system when it ends, and the parent's
+#: stays flat whatever the number of images (it sends the hashes, 8 bytes each, and gets back
+#: the few that are in groups). Below, a process start would cost more than it saves.
+CHILD_GROUPING = 100_000
+
+
+def _members(hashes: array[int], max_distance: int) -> tuple[Any, Any]:
+    """(positions, labels) of the hashes in a near-duplicate group
+    (:func:`stages.stats.near_duplicate_members`)."""
+    import numpy as np
+
+    from stages.stats import near_duplicate_members
+
+    values = np.frombuffer(hashes, dtype=np.uint64)
+    if len(values) < CHILD_GROUPING:
+        return near_duplicate_members(values, max_distance)
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.forkserver import mp_context
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp_context()) as pool:
+        return pool.submit(near_duplicate_members, values, max_distance).result()
+
+
 class NearDuplicates:
     """Groups of images whose 64-bit difference hashes differ in at most ``max_distance`` bits.
 
-    Memory: :func:`stages.stats.near_duplicate_labels` over the table's array of hashes; the
-    keys (and thumbnails, :attr:`thumbs`, for the report) of the grouped images only."""
+    Memory: the table's array of hashes (grouped in a child process from
+    :data:`CHILD_GROUPING` images on); the keys (and thumbnails, :attr:`thumbs`, for the
+    report) of the grouped images only."""
 
     name = "near_duplicates"
 
@@ -215,18 +241,12 @@ class NearDuplicates:
         return None
 
     def result(self) -> dict[str, Any]:
-        import numpy as np
-
-        from stages.stats import near_duplicate_labels
-
         self.table.feed.check(self.table)
-        hashes = np.frombuffer(self.table.hashes, dtype=np.uint64)
-        labels = near_duplicate_labels(hashes, max_distance=self.max_distance)
-        grouped = np.flatnonzero(labels >= 0)
+        members, labels = _members(self.table.hashes, self.max_distance)
+        of = dict(zip(members.tolist(), labels.tolist(), strict=True))
         found: dict[int, list[str]] = {}
-        wanted = set(grouped.tolist())
-        for i, key, out in self.table.hashed(wanted):
-            found.setdefault(int(labels[i]), []).append(key)
+        for i, key, out in self.table.hashed(set(of)):
+            found.setdefault(of[i], []).append(key)
             if out is not None:
                 self.thumbs[key] = out
         self.table.close()

@@ -42,6 +42,7 @@ __all__ = [
     "image_stats",
     "near_duplicate_groups",
     "near_duplicate_labels",
+    "near_duplicate_members",
 ]
 
 HISTOGRAM_BINS = 32
@@ -361,6 +362,17 @@ def near_duplicate_groups(
     for i in np.flatnonzero(of_item >= 0).tolist():
         groups.setdefault(int(of_item[i]), []).append(keys[i])
     return sorted(sorted(g) for g in groups.values())
+
+
+def near_duplicate_members(
+    hashes: npt.NDArray[np.uint64], max_distance: int = 6
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """The positions of the hashes that are in a group, and their labels
+    (:func:`near_duplicate_labels` without the items in no group: small to send back from a
+    process)."""
+    labels = near_duplicate_labels(hashes, max_distance)
+    members = np.flatnonzero(labels >= 0)
+    return members, labels[members]
 
 
 def near_duplicate_labels(

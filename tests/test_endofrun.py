@@ -203,6 +203,31 @@ def test_the_grouped_images_keys_and_thumbnails_are_read_back_whatever_the_block
     assert _temporaries(folder) == []
 
 
+def test_many_hashes_are_grouped_in_a_child_process_that_is_gone_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    import app.collectors
+
+    hashes = {"a.jpg": "0", "b.jpg": "1", "c.jpg": "f0f0f0f0f0f0f0f0", "d.jpg": "0f0f0f0f0f0f0f0f"}
+    records = [_image(key, value) for key, value in hashes.items()]
+    monkeypatch.setattr(app.collectors, "CHILD_GROUPING", 2)
+    started: list[int] = []
+    submit = concurrent.futures.ProcessPoolExecutor.submit
+
+    def spy(pool: Any, fn: Any, *args: Any) -> Any:
+        started.append(len(args[0]))
+        return submit(pool, fn, *args)
+
+    monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", spy)
+    table = StatsTable(_folder(tmp_path, records))
+    assert NearDuplicates(table).result()["groups"] == [["a.jpg", "b.jpg"]]
+    assert started == [4]  # the four hashes went to the child
+    assert multiprocessing.active_children() == []
+
+
 # -- tables written as they stream ----------------------------------------------------------------
 COLUMNS = ("key", "value")
 MIXED = {  # a column's values, chunk after chunk (two rows a chunk)
