@@ -28,7 +28,7 @@ Modules, each with one owner:
 * :mod:`app.collectors` — end-of-run tables of the command (``stats.csv``, near duplicates,
   data aggregates, ``data_stats.csv``).
 * :mod:`app.report` — ``report.html``.
-* :mod:`app.endofrun` — the one pass over ``manifest.jsonl`` at the end of a run, which feeds
+* :mod:`app.endofrun` — the one feed of the folder's records (while the run goes), which feeds
   the tables and the report; :mod:`app.tables` — tables written as their rows stream.
 * :mod:`app.console` — what the command prints (the only module here that prints).
 * :mod:`app.demo`, :mod:`app.demo_download` — the engine demo and ``make demo-download``.

@@ -12,49 +12,52 @@ run (:class:`pipeline.Collector`) and put their result into ``summary.json``.
   the command prints at the end (:mod:`app.console`).
 
 The tables hold every record of the output folder, this run's and the earlier ones: they are
-built from the manifest at the end of the run, as sinks of the one pass over it
-(:class:`app.endofrun.ManifestPass`; give both tables the same one), written as the rows stream
-(:mod:`app.tables`), so memory stays flat whatever the number of records; pyarrow and numpy
-are imported only when there is something to write.
+sinks of the run's one feed of records (:class:`app.endofrun.RecordFeed`; give both tables the
+same one), built while the run goes and written as the rows stream (:mod:`app.tables`), so
+memory stays flat whatever the number of records (8 bytes an image: its difference hash);
+pyarrow and numpy are imported only when there is something to write.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import tempfile
+from array import array
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pipeline import Record, Status, shown
 from stages.aggregate import DataGroups
 from stages.parts import is_data_result
 
-from .endofrun import ManifestPass, data_result
+from .endofrun import RecordFeed, data_result
+from .report import smallest_output
 from .tables import CsvStream, ParquetStream
 
 __all__ = ["DataAggregate", "DataTable", "FailureList", "NearDuplicates", "StatsTable"]
 
 
-class _ManifestTable(abc.ABC):
-    """A table written from the manifest at the end of the run: a collector whose result is
-    what its sink side (``take``/``finish``) put there, once the manifest pass has run."""
+class _FolderTable(abc.ABC):
+    """A table of every record of the folder: a collector whose result is what its sink side
+    (``take``/``finish``) put there, once the feed has ended."""
 
-    def __init__(self, folder: Path, manifest: ManifestPass | None) -> None:
+    def __init__(self, folder: Path, feed: RecordFeed | None) -> None:
         self.folder = folder
-        self.manifest = manifest if manifest is not None else ManifestPass(folder)
+        self.feed = feed if feed is not None else RecordFeed(folder)
         self._result: dict[str, Any] = {}
 
-    # -- the collector: the engine asks for the result after exporting the manifest ------------
+    # -- the collector: the feed hands it the records ------------------------------------------
     def add(self, record: Record) -> None:
         return None
 
     def result(self) -> dict[str, Any]:
-        self.manifest.check(self)
+        self.feed.check(self)
         return self._result
 
     # -- the sink (app.endofrun.Sink): each table's own -----------------------------------------
     @abc.abstractmethod
-    def take(self, record: dict[str, Any], offset: int) -> None: ...
+    def take(self, record: dict[str, Any]) -> None: ...
 
     @abc.abstractmethod
     def finish(self) -> None: ...
@@ -63,9 +66,11 @@ class _ManifestTable(abc.ABC):
     def discard(self) -> None: ...
 
 
-class StatsTable(_ManifestTable):
-    """Writes ``stats.csv`` and ``stats.parquet`` (when there are image rows) from the manifest,
-    and keeps each row's (key, dhash) for :class:`NearDuplicates`, which needs them all."""
+class StatsTable(_FolderTable):
+    """Writes ``stats.csv`` and ``stats.parquet`` (when there are image rows) as the records
+    come, and keeps each image's 64-bit difference hash for :class:`NearDuplicates`, which
+    needs them all: 8 bytes an image in memory, its key and smallest output in a temporary
+    file (read back for the images of the groups only)."""
 
     name = "stats_table"
     COLUMNS = (
@@ -83,24 +88,34 @@ class StatsTable(_ManifestTable):
         "dhash",
     )
 
-    def __init__(self, folder: Path, manifest: ManifestPass | None = None) -> None:
-        super().__init__(folder, manifest)
-        # the (key, dhash) of every row with a hash, as two lists (no tuple per row)
-        self.keys: list[str] = []
-        self.dhashes: list[Any] = []
+    def __init__(self, folder: Path, feed: RecordFeed | None = None) -> None:
+        super().__init__(folder, feed)
+        self.hashes = array("Q")  # the dhash of every row with one, in order
+        self._spill: IO[bytes] | None = None  # a line [key, smallest output] per hash
         self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS)
         self._csv = CsvStream(
             folder / "stats.csv", self.COLUMNS, keep_empty=True, on_chunk=self._parquet.chunk
         )
-        self.manifest.add(self)
+        self.feed.add_sink(self)
 
-    def hashes(self) -> Iterator[tuple[str, Any]]:
-        """(key, dhash) of every image row, in manifest order."""
-        self.manifest.check(self)
-        return zip(self.keys, self.dhashes, strict=True)
+    def hashed(self, wanted: set[int]) -> Iterator[tuple[int, str, Mapping[str, Any] | None]]:
+        """(position, key, smallest output) of the hashed rows at the ``wanted`` positions (in
+        :attr:`hashes`), in order: one read of the temporary file."""
+        self.feed.check(self)
+        if not wanted or self._spill is None:
+            return
+        self._spill.flush()
+        self._spill.seek(0)
+        for i, fields in enumerate(_spilled(self._spill)):
+            if i in wanted:
+                key, path, raw, width, height = (f.decode("utf-8") for f in fields)
+                out = {"path": path, "width": int(width), "height": int(height)} if path else None
+                if out is not None and raw:
+                    out["path_b64"] = raw
+                yield i, key, out
 
-    # -- the sink: fed by the manifest pass ---------------------------------------------------
-    def take(self, record: dict[str, Any], offset: int) -> None:
+    # -- the sink: fed by the record feed -----------------------------------------------------
+    def take(self, record: dict[str, Any]) -> None:
         res = record.get("result")
         if not isinstance(res, dict) or "stats" not in res or is_data_result(res):
             return
@@ -124,8 +139,21 @@ class StatsTable(_ManifestTable):
             )
         )
         if dhash:
-            self.keys.append(record["key"])
-            self.dhashes.append(dhash)
+            self._hash(record, int(dhash, 16))
+
+    def _hash(self, record: dict[str, Any], value: int) -> None:
+        if not 0 <= value < 1 << 64:
+            raise ValueError(f"hash of {record['key']!r} has more than 64 bits: {value:x}")
+        if self._spill is None:  # no name on disk: gone when closed, or when the process ends
+            self._spill = tempfile.TemporaryFile(dir=self.folder)  # noqa: SIM115 — closed by close()
+        out = smallest_output(record) if record.get("status") in ("ok", "reused") else None
+        if out is None:
+            line = f"{record['key']}\0\0\0\0\0"
+        else:
+            size = f"{int(_num(out.get('width')))}\0{int(_num(out.get('height')))}"
+            line = f"{record['key']}\0{out['path']}\0{out.get('path_b64') or ''}\0{size}\0"
+        self._spill.write(line.encode("utf-8"))
+        self.hashes.append(value)
 
     def finish(self) -> None:
         self._csv.commit()
@@ -137,24 +165,92 @@ class StatsTable(_ManifestTable):
     def discard(self) -> None:
         self._csv.discard()
         self._parquet.discard()
+        self.close()
+
+    def close(self) -> None:
+        """Remove the temporary file (once the groups are found)."""
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+
+#: Fields of a row of StatsTable's temporary file, each followed by a NUL (no key, path or
+#: number holds one: a file name cannot): key, smallest output's path, its path_b64, width,
+#: height (empty: no output).
+SPILL_FIELDS = 5
+
+
+def _spilled(fh: IO[bytes], size: int = 1 << 20) -> Iterator[list[bytes]]:
+    """The rows of a StatsTable's temporary file, read in blocks of ``size`` bytes from where
+    ``fh`` stands."""
+    rest = b""
+    while block := fh.read(size):
+        fields = (rest + block).split(b"\0")
+        rest = fields.pop()  # the part after the last NUL: the next block continues it
+        rows = len(fields) // SPILL_FIELDS
+        for r in range(rows):
+            yield fields[r * SPILL_FIELDS : (r + 1) * SPILL_FIELDS]
+        rest = b"\0".join([*fields[rows * SPILL_FIELDS :], rest])
+
+
+def _num(value: Any) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else 0.0
+
+
+#: From this many images on, the hashes are grouped in a child process: the grouping's memory
+#: (some 120 bytes a hash at its peak) goes back to the system when it ends, and the parent's
+#: stays flat whatever the number of images (it sends the hashes, 8 bytes each, and gets back
+#: the few that are in groups). Below, a process start would cost more than it saves.
+CHILD_GROUPING = 100_000
+
+
+def _members(hashes: array[int], max_distance: int) -> tuple[Any, Any]:
+    """(positions, labels) of the hashes in a near-duplicate group
+    (:func:`stages.stats.near_duplicate_members`)."""
+    import numpy as np
+
+    from stages.stats import near_duplicate_members
+
+    values = np.frombuffer(hashes, dtype=np.uint64)
+    if len(values) < CHILD_GROUPING:
+        return near_duplicate_members(values, max_distance)
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.forkserver import mp_context
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp_context()) as pool:
+        return pool.submit(near_duplicate_members, values, max_distance).result()
 
 
 class NearDuplicates:
-    """Groups of images whose 64-bit difference hashes differ in at most ``max_distance`` bits."""
+    """Groups of images whose 64-bit difference hashes differ in at most ``max_distance`` bits.
+
+    Memory: the table's array of hashes (grouped in a child process from
+    :data:`CHILD_GROUPING` images on); the keys (and thumbnails, :attr:`thumbs`, for the
+    report) of the grouped images only."""
 
     name = "near_duplicates"
 
     def __init__(self, table: StatsTable, max_distance: int = 6) -> None:
         self.table = table
         self.max_distance = max_distance
+        self.thumbs: dict[str, Mapping[str, Any]] = {}
 
     def add(self, record: Record) -> None:
         return None
 
     def result(self) -> dict[str, Any]:
-        from stages.stats import near_duplicate_groups
-
-        groups = near_duplicate_groups(self.table.hashes(), max_distance=self.max_distance)
+        self.table.feed.check(self.table)
+        members, labels = _members(self.table.hashes, self.max_distance)
+        of = dict(zip(members.tolist(), labels.tolist(), strict=True))
+        found: dict[int, list[str]] = {}
+        for i, key, out in self.table.hashed(set(of)):
+            found.setdefault(of[i], []).append(key)
+            if out is not None:
+                self.thumbs[key] = out
+        self.table.close()
+        groups = sorted(sorted(g) for g in found.values())
         return {"max_distance": self.max_distance, "groups": groups}
 
 
@@ -188,19 +284,19 @@ class DataAggregate:
         return self.groups.result()
 
 
-class DataTable(_ManifestTable):
-    """``data_stats.csv``: one row per array or CSV column, from the manifest at the end of the
-    run (as ``stats.csv``: written as it streams). No data rows, no file."""
+class DataTable(_FolderTable):
+    """``data_stats.csv``: one row per array or CSV column of every data record of the folder
+    (as ``stats.csv``: written as the records come). No data rows, no file."""
 
     name = "data_table"
     COLUMNS = ("key", "column", "count", "missing", "mean", "std", "min", "max", "sum", "bad")
 
-    def __init__(self, folder: Path, manifest: ManifestPass | None = None) -> None:
-        super().__init__(folder, manifest)
+    def __init__(self, folder: Path, feed: RecordFeed | None = None) -> None:
+        super().__init__(folder, feed)
         self._csv = CsvStream(folder / "data_stats.csv", self.COLUMNS, keep_empty=False)
-        self.manifest.add(self)
+        self.feed.add_sink(self)
 
-    def take(self, record: dict[str, Any], offset: int) -> None:
+    def take(self, record: dict[str, Any]) -> None:
         v = data_result(record)
         if v is None:
             return

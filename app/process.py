@@ -11,7 +11,8 @@ workers crunch in parallel, merged back into one record per array or file.
 :class:`~app.config.ProcessConfig` holds every option; :func:`build_pipeline` turns it into a
 :class:`~pipeline.Pipeline`; :func:`run_process` runs it with resume, the end-of-run tables
 (:mod:`app.collectors`), and writes ``report.html`` (:mod:`app.report`) at the end of every run.
-The tables and the report are built from one pass over the manifest (:mod:`app.endofrun`).
+The tables and the report are built while the run goes, from one feed of the records
+(:mod:`app.endofrun`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from pipeline import (
+    Collector,
     Item,
     LedgerError,
     Pipeline,
@@ -47,7 +49,7 @@ from stages.thumbs import Rendered, outputs_exist
 
 from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
 from .config import ProcessConfig
-from .endofrun import ManifestPass
+from .endofrun import RecordFeed
 from .report import ReportSheet, write_report
 from .shard_folder import check_shard_folder
 from .storage_config import shown_argv
@@ -324,14 +326,17 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
     out, mirror = _output_folder(cfg)
     with hold_folder(out, argv=shown_argv(sys.argv)), mirror:
         check_shard_folder(out, cfg.output_format, cfg.fingerprint(), force=cfg.force)
-        # the one reader of manifest.jsonl at the end of the run: the tables and the report
-        # are its sinks (see app.endofrun)
-        manifest = ManifestPass(out)
-        sheet = ReportSheet(manifest)
+        # the tables and the report: sinks of the one feed of the folder's records (see
+        # app.endofrun), built while the run goes
+        feed = RecordFeed(out)
+        sheet = ReportSheet(feed)
+        table = StatsTable(out, feed)
+        dups = NearDuplicates(table)
         try:
-            return _run(cfg, out, limit, manifest)
+            return _run(cfg, out, limit, [feed, table, dups, DataTable(out, feed)])
         finally:
-            _write_report(out, sheet)
+            table.close()
+            _write_report(out, sheet, dups)
 
 
 def _output_folder(cfg: ProcessConfig) -> tuple[Path, contextlib.AbstractContextManager[None]]:
@@ -346,8 +351,9 @@ def _output_folder(cfg: ProcessConfig) -> tuple[Path, contextlib.AbstractContext
     return local, mirrored(StorageURL(cfg.output, cfg.storage_options), local, cfg.mirror_every)
 
 
-def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPass) -> RunResult:
-    table = StatsTable(out, manifest)
+def _run(
+    cfg: ProcessConfig, out: Path, limit: int | None, tables: Sequence[Collector]
+) -> RunResult:
     pipe = build_pipeline(cfg)
     inputs: Iterator[Item | Record] = itertools.chain(
         walk_inputs(
@@ -374,13 +380,7 @@ def _run(cfg: ProcessConfig, out: Path, limit: int | None, manifest: ManifestPas
         backend=backend,
         autoscale=cfg.auto_workers,
         output=out,
-        collectors=[
-            table,
-            NearDuplicates(table),
-            DataAggregate(),
-            DataTable(out, manifest),
-            FailureList(),
-        ],
+        collectors=[*tables, DataAggregate(), FailureList()],
         fingerprint=cfg.fingerprint(),  # items carry their own (see _fingerprinted)
         is_done=_is_done(cfg, out),
         retry_failed=cfg.retry_failed,
@@ -444,14 +444,14 @@ def _input_exists(source: str) -> bool:
     return os.path.lexists(source)
 
 
-def _write_report(out: Path, sheet: ReportSheet) -> None:
+def _write_report(out: Path, sheet: ReportSheet, dups: NearDuplicates) -> None:
     """``report.html`` after every run (failed and interrupted ones too); never raises.
 
-    From ``sheet`` when the run got as far as the pass over the manifest, else from the
-    manifest as it is (read once, by :func:`~app.report.write_report`)."""
+    From ``sheet`` and the groups' thumbnails when the run got as far as its end, else from
+    the manifest as it is (by :func:`~app.report.write_report`)."""
     if not (out / "summary.json").exists():
         return  # the run never got as far as its output folder
     try:
-        write_report(out, sheet)
+        write_report(out, sheet, dups.thumbs)
     except (OSError, ValueError, LedgerError) as exc:
         log.warning("could not write %s: %s", out / "report.html", exc)

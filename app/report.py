@@ -1,14 +1,13 @@
 """``report.html``: one self-contained page per output folder, built from its summary and manifest.
 
-What the page needs from the manifest, :class:`ReportSheet` gathers as a sink of the end of the
-run's one pass over it (:class:`app.endofrun.ManifestPass`): the contact sheet's first
-``MAX_TILES`` tiles (``ok`` and ``reused`` images with their thumbnails, ``failed`` ones with
-their errors) and ``MAX_LISTED`` skipped entries, the data table's first ``MAX_TILES`` rows, and
-the line offset of each ``ok`` or ``reused`` image, from which the near-duplicate groups'
-thumbnails are read back once the groups are known (in ``summary.json``, written after that
-pass).
-:func:`write_report` without a sheet (or with one whose pass never ran) reads the manifest
-itself, once.
+What the page needs from the records, :class:`ReportSheet` gathers as a sink of the run's one
+feed of them (:class:`app.endofrun.RecordFeed`): the contact sheet's first ``MAX_TILES`` tiles
+(``ok`` and ``reused`` images with their thumbnails, ``failed`` ones with their errors) and
+``MAX_LISTED`` skipped entries, and the data table's first ``MAX_TILES`` rows. The
+near-duplicate groups (in ``summary.json``) come with their thumbnails from the run
+(:attr:`app.collectors.NearDuplicates.thumbs`).
+:func:`write_report` without a sheet (or with one whose feed never ended) reads the manifest
+itself: once, and once more for the thumbnails of the groups, if any.
 
 The page needs no server and makes no external request: thumbnails are ``<img>`` tags with paths
 relative to the folder (the report sits in it), charts are inline SVG drawn here, and the only
@@ -25,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import json
-from array import array
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
@@ -35,9 +33,9 @@ from urllib.parse import quote
 from pipeline import atomic_write_text
 from stages.parts import is_data_result
 
-from .endofrun import ManifestPass, data_result
+from .endofrun import RecordFeed, data_result
 
-__all__ = ["MAX_TILES", "REPORT", "ReportSheet", "write_report"]
+__all__ = ["MAX_TILES", "REPORT", "ReportSheet", "smallest_output", "write_report"]
 
 REPORT = "report.html"
 MAX_TILES = 2000
@@ -74,19 +72,26 @@ SCRIPT = """addEventListener("load", function () {
 });"""
 
 
-def write_report(folder: Path, sheet: ReportSheet | None = None) -> Path:
-    """Write ``folder/report.html`` (atomically) from its summary and manifest; return its path.
+def write_report(
+    folder: Path,
+    sheet: ReportSheet | None = None,
+    thumbs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write ``folder/report.html`` (atomically) from its summary and records; return its path.
 
-    ``sheet``: the manifest's records as gathered by the end of the run's pass over it; without
-    one, or if that pass never ran (the run stopped before it), the manifest is read here.
+    ``sheet``: the records as the run's feed gathered them, and ``thumbs`` the smallest output
+    of each image of the near-duplicate groups (by key); without a sheet, or with one whose
+    feed never ended (the run stopped before it), the manifest is read here.
     """
     folder = Path(folder)
     summary = _load_summary(folder / "summary.json")
     groups = _dup_groups(summary)
-    if sheet is None or not sheet.manifest.done:
-        sheet = ReportSheet(ManifestPass(folder))
-    sheet.manifest.check(sheet)
-    thumbs = sheet.thumbs({k for g in groups for k in g})
+    if sheet is None or not sheet.feed.done:
+        sheet, thumbs = ReportSheet(RecordFeed(folder)), None
+    sheet.feed.check(sheet)
+    wanted = {k for g in groups for k in g}
+    if thumbs is None:
+        thumbs = sheet.thumbs(wanted)
     title = f"<h1>Run report {_e(summary.get('run', ''))}</h1>"
     charts = _charts(summary.get("timeline") or {})
     body = [title, _totals(summary), sheet.contact_sheet(), sheet.data_table(), charts]
@@ -103,35 +108,29 @@ def write_report(folder: Path, sheet: ReportSheet | None = None) -> Path:
 
 
 class ReportSheet:
-    """The report's part of the manifest, gathered a record at a time (a sink of ``manifest``).
+    """The report's part of the records, gathered a record at a time (a sink of ``feed``).
 
     Memory is bounded: at most ``MAX_TILES`` tiles and data rows and ``MAX_LISTED`` skipped
-    entries are kept as HTML, and, for each ``ok`` or ``reused`` image, its key and the offset of
-    its line.
+    entries are kept as HTML.
     """
 
-    def __init__(self, manifest: ManifestPass) -> None:
-        self.manifest = manifest
+    def __init__(self, feed: RecordFeed) -> None:
+        self.feed = feed
         self.tiles: list[str] = []
         self.other: list[str] = []  # skipped / cancelled
         self.left_tiles = self.left_other = 0
         self.data_rows: list[str] = []
         self.data_left = 0
-        self._ok_keys: list[str] = []  # ok images with an output, and where their lines start
-        self._ok_offsets = array("q")
-        manifest.add(self)
+        feed.add_sink(self)
 
-    def take(self, record: dict[str, Any], offset: int) -> None:
+    def take(self, record: dict[str, Any]) -> None:
         if is_data_result(record.get("result")):
             self._data(record)  # in the data table, not on the sheet
             return
         status, key = record.get("status"), str(record.get("key", ""))
-        out = _smallest(record) if status in DONE else None
-        if out is not None:
-            self._ok_keys.append(key)
-            self._ok_offsets.append(offset)
         if status in (*DONE, "failed"):
             if len(self.tiles) < MAX_TILES:
+                out = smallest_output(record) if status in DONE else None
                 self.tiles.append(_tile(record, out))
             else:
                 self.left_tiles += 1
@@ -149,18 +148,14 @@ class ReportSheet:
 
     def thumbs(self, wanted: set[str]) -> dict[str, Mapping[str, Any]]:
         """The smallest output of each ``ok`` or ``reused`` image among the ``wanted`` keys, read
-        back from the manifest (the lines of those images only)."""
+        from the manifest (only when there are such keys)."""
         if not wanted:
             return {}
-        picked = [
-            (k, o) for k, o in zip(self._ok_keys, self._ok_offsets, strict=True) if k in wanted
-        ]
-        records = self.manifest.records_at(o for _, o in picked)
         thumbs: dict[str, Mapping[str, Any]] = {}
-        for (key, _), record in zip(picked, records, strict=True):
-            out = _smallest(record)
+        for record in self.feed.records_for(wanted):
+            out = smallest_output(record) if record.get("status") in DONE else None
             if out is not None:
-                thumbs[key] = out
+                thumbs[str(record["key"])] = out
         return thumbs
 
     def contact_sheet(self) -> str:
@@ -276,11 +271,14 @@ def _banner(summary: Mapping[str, Any]) -> str:
 
 
 # -- contact sheet -------------------------------------------------------------------------------
-def _smallest(rec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def smallest_output(rec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A record's smallest output (its thumbnail on the page), or None (no output)."""
     result = rec.get("result")
     outs = result.get("outputs") if isinstance(result, dict) else None
     good = [o for o in outs or () if isinstance(o, dict) and _safe_rel(o.get("path"))]
-    return min(good, key=lambda o: _num(o.get("width")) * _num(o.get("height"))) if good else None
+    if len(good) < 2:  # one output size (the usual case), or none
+        return good[0] if good else None
+    return min(good, key=lambda o: _num(o.get("width")) * _num(o.get("height")))
 
 
 def _safe_rel(path: Any) -> bool:

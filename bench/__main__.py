@@ -18,6 +18,7 @@ SUITES = {
     "datasets": "bench.datasets",
     "cost": "bench.cost",
     "storage": "bench.storage",
+    "longrun": "bench.longrun",
 }
 
 

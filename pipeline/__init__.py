@@ -42,10 +42,11 @@ if TYPE_CHECKING:
     from .forkserver import shutdown
     from .ledger import Ledger, read_manifest, read_manifest_at, scan_manifest
     from .metrics import StageSnapshot
-    from .names import from_b64, printable, shown
+    from .names import from_b64, printable, shown, text_safe
     from .records import Item, Record, Status
     from .result import Collector, RunResult
     from .split import Split
+    from .summary import FolderCollector
 
 # Eager: the submodule ``pipeline.stage`` would otherwise shadow the function ``stage`` (importing
 # a submodule sets the package attribute of its name, and then __getattr__ is never asked).
@@ -81,6 +82,7 @@ _WHERE = {
     "scan_manifest": "ledger",
     "from_b64": "names",
     "shown": "names",
+    "text_safe": "names",
     "printable": "names",
     "AtomicFile": "atomic",
     "atomic_write_bytes": "atomic",
@@ -90,6 +92,7 @@ _WHERE = {
     "Record": "records",
     "Status": "records",
     "Collector": "result",
+    "FolderCollector": "summary",
     "RunResult": "result",
     "Split": "split",
 }
@@ -104,6 +107,7 @@ __all__ = [
     "EndOfStream",
     "FatalRunError",
     "FolderBusy",
+    "FolderCollector",
     "Item",
     "ItemError",
     "ItemTimeout",
@@ -137,6 +141,7 @@ __all__ = [
     "shown",
     "shutdown",
     "stage",
+    "text_safe",
 ]
 
 

@@ -56,6 +56,8 @@ __all__ = [
 
 #: Records looked at per transaction by :meth:`Ledger.revisit`.
 REVISIT_CHUNK = 1000
+#: Manifest lines fetched from the journal and written at once by the export (a few MB).
+EXPORT_ROWS = 4096
 
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
@@ -240,8 +242,14 @@ class Ledger:
                 found[rec.key] = rec
         return found
 
-    def _revisit(self, run: str, fn: Callable[[Record], Record | None]) -> int:
-        """Offer every record that run ``run`` did not write to ``fn``; store what it returns."""
+    def _revisit(
+        self,
+        run: str,
+        fn: Callable[[Record], Record | None] | None,
+        each: Callable[[Record], None] | None,
+    ) -> int:
+        """Offer every record that run ``run`` did not write to ``fn`` and store what it returns;
+        then hand the record as it stands to ``each``. One pass over the journal, in order."""
         assert self._db is not None
         mark = json.dumps({"run": run})[1:-1]  # '"run": "<id>"', as Record.to_line writes it
         after, changed = 0, 0
@@ -256,10 +264,14 @@ class Ledger:
             after = rows[-1][0]
             updates = []
             for _seq, text in rows:
-                new = fn(Record.from_json(json.loads(text)))
+                rec = Record.from_json(json.loads(text))
+                new = fn(rec) if fn is not None else None
                 if new is not None:
                     new.run = run
                     updates.append((_column(new.key), str(new.status), new.to_line()))
+                    rec = new
+                if each is not None:
+                    each(rec)
             if updates:
                 self._db.execute("BEGIN")
                 self._db.executemany(
@@ -277,11 +289,12 @@ class Ledger:
         n = 0
         try:
             os.fchmod(fd, _FILE_MODE)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                for (text,) in self._db.execute("SELECT json FROM records ORDER BY seq"):
-                    fh.write(text)
+            with os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 20) as fh:
+                rows = self._db.execute("SELECT json FROM records ORDER BY seq")
+                while batch := rows.fetchmany(EXPORT_ROWS):
+                    fh.write("\n".join([text for (text,) in batch]))
                     fh.write("\n")
-                    n += 1
+                    n += len(batch)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -314,12 +327,20 @@ class Ledger:
         result: dict[str, Record] = await self._call(self._lookup, list(keys))
         return result
 
-    async def revisit(self, run: str, fn: Callable[[Record], Record | None]) -> int:
+    async def revisit(
+        self,
+        run: str,
+        fn: Callable[[Record], Record | None] | None,
+        each: Callable[[Record], None] | None = None,
+    ) -> int:
         """Pass each record not written by run ``run`` (keys this run did not see) to ``fn``,
         on the ledger's thread; a record it returns replaces the old one (same key). Returns
-        how many were replaced. For example: mark the inputs that are gone from disk."""
+        how many were replaced. For example: mark the inputs that are gone from disk.
+        ``each`` then sees each of those records as it stands (replaced or not), in the
+        journal's order: a reader of the whole folder gets the records the run did not write
+        from this one pass rather than from the manifest."""
         try:
-            changed: int = await self._call(self._revisit, run, fn)
+            changed: int = await self._call(self._revisit, run, fn, each)
         except sqlite3.Error as exc:
             raise LedgerError(
                 f"cannot update the ledger journal {self.journal_path}: {exc}"

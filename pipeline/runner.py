@@ -108,6 +108,7 @@ class Run:
         self.metrics = _metrics(self.stages, self.groups)
         self.total = known_length(inputs)
         self.crashes: list[str] = []
+        self.work_seconds: float | None = None
         self.counts: Counter[str] = Counter()
         self.seen = self.duplicates = 0
         self.control = Control()
@@ -148,6 +149,7 @@ class Run:
                     {"run": self.run_id, "finished": False, "started": started_at.isoformat()}
                 )
             ending = await self._run(ledger)
+            self.work_seconds = time.perf_counter() - started  # the last record is committed
             result = await self._conclude(ledger, ending, started, started_at)
         if ending.error is not None:
             if isinstance(ending.error, FatalRunError):
@@ -259,7 +261,9 @@ class Run:
         revisited, lines = None, None
         if ledger is not None:
             complete = ending.complete
-            revisited, lines = await finish_ledger(ledger, self.run_id, self.opts.revisit, complete)
+            revisited, lines = await finish_ledger(
+                ledger, self.run_id, self.opts.revisit, complete, self.collectors
+            )
         collected = await collect(self.collectors)
         if revisited is not None:
             collected["revisited"] = revisited
@@ -284,7 +288,7 @@ class Run:
             timeline=self.timeline.to_json(),
         )
         if ledger is not None:
-            await write_summary(ledger, result, started_at, lines)
+            await write_summary(ledger, result, started_at, lines, self.work_seconds)
         return result
 
 

@@ -29,7 +29,9 @@ LEDGER_CAPACITY = 512
 #: The ledger writer commits at most this often (seconds): records arriving one by one are
 #: gathered into one transaction (and one hop to its thread) instead of one each. A SIGKILL of
 #: the parent can lose at most this much of records, whose items a resume simply redoes.
-LEDGER_INTERVAL = 0.02
+#: 0.1 s: on tiny files (~2,000 items/s) a transaction of ~200 records rather than ~5 at
+#: 0.02 s, a fifth of the commits and hops; the stream's end is committed at once anyway.
+LEDGER_INTERVAL = 0.1
 
 
 @contextlib.asynccontextmanager

@@ -41,6 +41,8 @@ __all__ = [
     "hamming",
     "image_stats",
     "near_duplicate_groups",
+    "near_duplicate_labels",
+    "near_duplicate_members",
 ]
 
 HISTOGRAM_BINS = 32
@@ -167,6 +169,7 @@ def hamming(a_hex: str, b_hex: str) -> int:
 
 
 _PAIR_BLOCK = 1 << 22  # max elements of one broadcast comparison block (~32 MB of uint64)
+_SMALL_BUCKET = 64  # buckets up to this size are compared all together (_close_pairs_in_buckets)
 
 
 def _read_hashes(items: Iterable[tuple[str, str]]) -> tuple[list[str], array[int]]:
@@ -201,26 +204,83 @@ def _close_pairs_in_bucket(
             yield np.minimum(i, j) * n + np.maximum(i, j)
 
 
+def _close_pairs_in_buckets(
+    order: npt.NDArray[np.intp],
+    keys: npt.NDArray[np.uint64],
+    hashes: npt.NDArray[np.uint64],
+    max_distance: int,
+) -> Iterable[npt.NDArray[np.int64]]:
+    """The close pairs within the buckets of equal ``keys`` (sorted; ``order`` the hashes'
+    positions). Buckets of more than :data:`_SMALL_BUCKET` one at a time; all the small ones
+    at once, as the pairs (p, p + k) of sorted positions in the same bucket, for k = 1, 2, …
+    (a bucketing by many bits has a great many buckets of one, two or three hashes: a Python
+    call each would cost more than the comparisons)."""
+    n = len(order)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(keys)) + 1))
+    sizes = np.diff(np.concatenate((starts, [n])))
+    for b in np.flatnonzero(sizes > _SMALL_BUCKET).tolist():
+        s = int(starts[b])
+        yield from _close_pairs_in_bucket(order[s : s + int(sizes[b])], hashes, max_distance)
+    small = (sizes > 1) & (sizes <= _SMALL_BUCKET)
+    size_at = np.repeat(np.where(small, sizes, 0), sizes)
+    after = size_at - (np.arange(n) - np.repeat(starts, sizes)) - 1  # partners ahead of p
+    pos = np.flatnonzero(after > 0)
+    k = 1
+    while len(pos):
+        i, j = order[pos].astype(np.int64), order[pos + k].astype(np.int64)
+        close = np.bitwise_count(hashes[i] ^ hashes[j]) <= max_distance
+        if close.any():
+            i, j = i[close], j[close]
+            yield np.minimum(i, j) * n + np.maximum(i, j)
+        k += 1
+        pos = pos[after[pos] >= k]
+
+
 def _close_pairs(hashes: npt.NDArray[np.uint64], max_distance: int) -> npt.NDArray[np.int64]:
     """Every pair of ``hashes`` (distinct) within ``max_distance`` bits, as sorted unique codes
-    ``i * n + j`` (i < j). Pigeonhole: the 64 bits are cut into ``max_distance + 1`` chunks, two
-    hashes that close agree exactly on at least one chunk, so only the pairs inside a bucket of
-    equal chunk values are compared."""
-    n_chunks = max_distance + 1
-    bounds = [DHASH_BITS * k // n_chunks for k in range(n_chunks + 1)]
+    ``i * n + j`` (i < j). Pigeonhole: the 64 bits are cut into ``k`` chunks; two hashes that
+    close differ in at most ``max_distance`` chunks, so they agree exactly on at least
+    ``k - max_distance`` of them, and only the pairs inside a bucket of equal values of those
+    chunks are compared. ``k = max_distance + 1`` buckets by one chunk (64/(d+1) bits: for
+    d = 6, 9 bits, buckets of n/512); ``k = max_distance + 2`` by every two chunks (C(d+2, 2)
+    bucketings by 2·64/(d+2) bits: for d = 6, 28 of 16 bits, buckets of n/65536): more sorts,
+    far fewer pairs once n is large (:func:`_chunking` picks the cheaper)."""
     found: list[npt.NDArray[np.int64]] = []
-    for lo, hi in itertools.pairwise(bounds):
-        chunk = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-        order = np.argsort(chunk, kind="stable")
-        edges = np.flatnonzero(np.diff(chunk[order])) + 1
-        starts = np.concatenate(([0], edges)).tolist()
-        stops = np.concatenate((edges, [len(order)])).tolist()
-        for s, e in zip(starts, stops, strict=True):
-            if e - s > 1:
-                found.extend(_close_pairs_in_bucket(order[s:e], hashes, max_distance))
-        if found:  # a pair is found in every chunk the two agree on: keep it once
+    for chunks in _chunking(len(hashes), max_distance):
+        key = np.zeros(len(hashes), dtype=np.uint64)
+        for lo, hi in chunks:
+            part = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+            key = (key << np.uint64(hi - lo)) | part
+        order = np.argsort(key, kind="stable")
+        found.extend(_close_pairs_in_buckets(order, key[order], hashes, max_distance))
+        if found:  # a pair is found in every bucketing the two agree on: keep it once
             found = [np.unique(np.concatenate(found))]
     return found[0] if found else np.zeros(0, dtype=np.int64)
+
+
+def _chunking(n: int, max_distance: int) -> list[tuple[tuple[int, int], ...]]:
+    """The bucketings of :func:`_close_pairs`: each a tuple of (lo, hi) bit ranges whose values
+    together are the bucket key; the scheme (k = d + 1 or d + 2 chunks) with the smaller
+    expected cost for ``n`` well-spread hashes: a sort per bucketing, plus the pairs compared."""
+    schemes = []
+    for agree in (1, 2):
+        ways = _bucketings(max_distance, agree)
+        if not ways:
+            continue
+        bits = min(sum(hi - lo for lo, hi in way) for way in ways)
+        cost = len(ways) * (n * max(1.0, math.log2(max(n, 1))) + n * n / 2 ** min(bits, 62))
+        schemes.append((cost, ways))
+    return min(schemes, key=lambda cw: cw[0])[1]
+
+
+def _bucketings(max_distance: int, agree: int) -> list[tuple[tuple[int, int], ...]]:
+    """Every ``agree`` of the ``max_distance + agree`` chunks of the 64 bits (none when there
+    are more chunks than bits): two hashes within ``max_distance`` bits agree on one of them."""
+    k = max_distance + agree
+    if k > DHASH_BITS:
+        return []
+    bounds = [DHASH_BITS * m // k for m in range(k + 1)]
+    return list(itertools.combinations(itertools.pairwise(bounds), agree))
 
 
 def _neighbours(
@@ -296,17 +356,40 @@ def near_duplicate_groups(
     Memory, besides the keys: about 90 bytes per hash at the peak (17 MB for 200 000 hashes,
     ``python -m bench dups``), plus about 40 per near pair.
     """
+    keys, values = _read_hashes(items)
+    of_item = near_duplicate_labels(np.frombuffer(values, dtype=np.uint64), max_distance)
+    groups: dict[int, list[str]] = {}
+    for i in np.flatnonzero(of_item >= 0).tolist():
+        groups.setdefault(int(of_item[i]), []).append(keys[i])
+    return sorted(sorted(g) for g in groups.values())
+
+
+def near_duplicate_members(
+    hashes: npt.NDArray[np.uint64], max_distance: int = 6
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """The positions of the hashes that are in a group, and their labels
+    (:func:`near_duplicate_labels` without the items in no group: small to send back from a
+    process)."""
+    labels = near_duplicate_labels(hashes, max_distance)
+    members = np.flatnonzero(labels >= 0)
+    return members, labels[members]
+
+
+def near_duplicate_labels(
+    hashes: npt.NDArray[np.uint64], max_distance: int = 6
+) -> npt.NDArray[np.intp]:
+    """The groups of :func:`near_duplicate_groups` for hashes alone: for each of ``hashes`` (64-bit
+    values, one per item, in any order) its group's label, or -1 when it is in no group of two
+    or more. Items with the same label form one group. For a caller that keeps 8 bytes per
+    item (the hashes in an array) rather than a key each: it finds the keys of the grouped
+    items afterwards, by their positions."""
     if max_distance < 0:
         raise ValueError(f"max_distance must be >= 0, got {max_distance}")
-    keys, values = _read_hashes(items)
-    if len(keys) < 2:
-        return []
-    hashes = np.frombuffer(values, dtype=np.uint64)
+    if len(hashes) < 2:
+        return np.full(len(hashes), -1, dtype=np.intp)
     distinct, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     label = _complete_groups(distinct, counts, max_distance)
     of_item = label[inverse.reshape(-1)]
-    grouped = np.flatnonzero(np.bincount(of_item, minlength=len(distinct))[of_item] >= 2)
-    groups: dict[int, list[str]] = {}
-    for i in grouped.tolist():
-        groups.setdefault(int(of_item[i]), []).append(keys[i])
-    return sorted(sorted(g) for g in groups.values())
+    alone = np.bincount(of_item, minlength=len(distinct))[of_item] < 2
+    of_item[alone] = -1
+    return of_item

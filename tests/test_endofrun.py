@@ -1,5 +1,6 @@
-"""The end of a run: one pass over the manifest feeds the tables and the report (app.endofrun),
-and tables written as they stream (app.tables)."""
+"""The end-of-run outputs: one feed of the records builds the tables and the report while the run
+goes, the manifest never read back (app.endofrun), and tables written as they stream
+(app.tables)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ import app.tables
 import pipeline.ledger
 from app.collectors import DataTable, NearDuplicates, StatsTable
 from app.config import ProcessConfig
-from app.endofrun import ManifestPass
+from app.endofrun import RecordFeed
 from app.process import run_process
 from app.report import ReportSheet, write_report
 from app.tables import CsvStream, ParquetStream
-from pipeline import LedgerError, read_manifest_at, scan_manifest
+from pipeline import LedgerError
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "sample_data" / "images"
@@ -59,53 +60,85 @@ def _temporaries(folder: Path) -> list[str]:
 
 
 # -- one pass -------------------------------------------------------------------------------------
-def test_a_process_run_reads_the_manifest_once(
+def test_a_process_run_never_reads_the_manifest_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The tables, the near-duplicate groups (with their thumbnails) and the report come from
+    the records as they are committed, and from the ledger's one pass over the records the
+    run did not write: a second run over part of the inputs still lists the whole folder."""
     inputs = tmp_path / "in"
     shutil.copytree(IMAGES, inputs / "images")
     shutil.copy(IMAGES / "640x480_rgb.jpg", inputs / "copy.jpg")  # a near-duplicate group
     shutil.copytree(DATA, inputs / "data")
-    passes: list[Path] = []
-    lookups: list[list[int]] = []
 
-    def scan(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-        passes.append(path)
-        return scan_manifest(path)
+    def no_read(path: Path, *args: Any) -> Iterator[dict[str, Any]]:
+        raise AssertionError(f"{path} read back")
 
-    def read_at(path: Path, offsets: Any) -> Iterator[dict[str, Any]]:
-        offsets = list(offsets)
-        lookups.append(offsets)
-        return read_manifest_at(path, offsets)
-
-    def whole_read(path: Path) -> Iterator[dict[str, Any]]:
-        raise AssertionError(f"{path} read again")
-
-    monkeypatch.setattr(app.endofrun, "scan_manifest", scan)
-    monkeypatch.setattr(app.endofrun, "read_manifest_at", read_at)
-    monkeypatch.setattr(pipeline.ledger, "read_manifest", whole_read)
+    monkeypatch.setattr(app.endofrun, "read_manifest", no_read)
+    monkeypatch.setattr(pipeline.ledger, "read_manifest", no_read)
     out = tmp_path / "out"
     cfg = {"inputs": [str(inputs)], "output": str(out), "quiet": True}
+    first = run_process(ProcessConfig.from_mapping(cfg))
+    assert first.collected["folder_records"] == {"this_run": first.seen, "earlier": 0}
+    shutil.rmtree(inputs / "data")  # the second run sees the images only
     result = run_process(ProcessConfig.from_mapping(cfg))
-    assert passes == [out / "manifest.jsonl"]
+    total = sum(first.counts.values())
+    assert result.collected["folder_records"] == {
+        "this_run": result.seen,
+        "earlier": total - result.seen,
+    }
     groups = result.collected["near_duplicates"]["groups"]
     assert ["copy.jpg", "images/640x480_rgb.jpg"] in groups
-    assert len(lookups) == 1  # the groups' thumbnails: their lines only
-    assert len(lookups[0]) == sum(len(g) for g in groups)
+    assert result.collected["stats_table"] == first.collected["stats_table"]
     assert result.collected["stats_table"]["files"] == ["stats.csv", "stats.parquet"]
-    assert result.collected["data_table"]["rows"] > 0
+    assert result.collected["data_table"]["rows"] == first.collected["data_table"]["rows"] > 0
     report = (out / "report.html").read_text(encoding="utf-8")
     assert 'src="512/copy.jpg"' in report  # the sheet's tile and the group's thumbnail
+    assert report.count('src="512/copy.jpg"') == 2
     assert '<table id="data">' in report
     assert _temporaries(out) == []
+
+
+def test_tables_list_every_record_of_the_folder_in_any_order(tmp_path: Path) -> None:
+    """The rows of a run's stats.csv are those of the manifest: the same set of keys, one row
+    each, whatever order the feed saw them in."""
+    out = tmp_path / "out"
+    cfg = {"inputs": [str(IMAGES)], "output": str(out), "quiet": True}
+    run_process(ProcessConfig.from_mapping(cfg))
+    with open(out / "stats.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    images = [r for r in manifest if "stats" in (r.get("result") or {})]
+    assert sorted(r["key"] for r in rows) == sorted(r["key"] for r in images)
+    assert len(rows) == len(images) > 0
+
+
+def test_the_tables_show_the_records_the_run_did_not_write_as_revisit_left_them(
+    tmp_path: Path,
+) -> None:
+    """An input gone since the last run: its record, changed to ``skipped`` by the ledger's
+    end pass, is the one the tables list (fed from that pass, not from the manifest)."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("640x480_rgb.jpg", "600x400_gray.jpg"):
+        shutil.copy(IMAGES / name, inputs / name)
+    cfg = ProcessConfig.from_mapping({"inputs": [str(inputs)], "output": str(out), "quiet": True})
+    run_process(cfg)
+    (inputs / "600x400_gray.jpg").unlink()
+    result = run_process(cfg)
+    assert result.collected["folder_records"] == {"this_run": 1, "earlier": 1}
+    assert result.collected["revisited"] == 1
+    with open(out / "stats.csv", encoding="utf-8", newline="") as fh:
+        status = {row["key"]: row["status"] for row in csv.DictReader(fh)}
+    assert status == {"640x480_rgb.jpg": "reused", "600x400_gray.jpg": "skipped"}
 
 
 def test_a_table_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     folder = _folder(tmp_path, [_image("a.jpg", "00ff"), _image("b.jpg", "00fe"), _array("x")])
     (folder / "stats.csv").mkdir()  # stats.csv cannot be replaced
-    manifest = ManifestPass(folder)
-    sheet = ReportSheet(manifest)
-    table, data = StatsTable(folder, manifest), DataTable(folder, manifest)
+    feed = RecordFeed(folder)
+    sheet = ReportSheet(feed)
+    table, data = StatsTable(folder, feed), DataTable(folder, feed)
     with pytest.raises(IsADirectoryError):
         table.result()
     with pytest.raises(IsADirectoryError):
@@ -121,9 +154,9 @@ def test_a_manifest_that_cannot_be_read_fails_every_consumer(tmp_path: Path) -> 
     folder = _folder(tmp_path, [_image("a.jpg", "00ff")])
     with open(folder / "manifest.jsonl", "a", encoding="utf-8") as fh:
         fh.write("{not json\n")
-    manifest = ManifestPass(folder)
-    sheet = ReportSheet(manifest)
-    table, data = StatsTable(folder, manifest), DataTable(folder, manifest)
+    feed = RecordFeed(folder)
+    sheet = ReportSheet(feed)
+    table, data = StatsTable(folder, feed), DataTable(folder, feed)
     for consumer in (table, NearDuplicates(table), data):
         with pytest.raises(LedgerError, match=r"manifest\.jsonl:2"):
             consumer.result()
@@ -132,12 +165,67 @@ def test_a_manifest_that_cannot_be_read_fails_every_consumer(tmp_path: Path) -> 
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.jsonl"]
 
 
-def test_sinks_are_added_before_the_pass(tmp_path: Path) -> None:
-    manifest = ManifestPass(tmp_path)  # no manifest: an empty one
-    table = StatsTable(tmp_path, manifest)
+def test_sinks_are_added_before_the_feed_starts(tmp_path: Path) -> None:
+    feed = RecordFeed(tmp_path)  # never fed, no manifest: an empty one
+    table = StatsTable(tmp_path, feed)
     assert table.result() == {"rows": 0, "files": ["stats.csv"]}
     with pytest.raises(RuntimeError, match="add sinks before"):
-        DataTable(tmp_path, manifest)
+        DataTable(tmp_path, feed)
+
+
+def test_the_grouped_images_keys_and_thumbnails_are_read_back_whatever_the_blocks(
+    tmp_path: Path,
+) -> None:
+    """StatsTable keeps 8 bytes an image; the keys (any text, a newline included) and the
+    thumbnails of the grouped ones come back from its temporary file, read in blocks that cut
+    rows anywhere."""
+    import app.collectors
+
+    records = [_image(f"k\n{i}é.jpg", f"{i:016x}") for i in range(0, 64, 8)]  # 1 bit apart
+    records.append(_image("far.jpg", "f0f0f0f0f0f0f0f0"))
+    records.append(_image("failed.jpg", "0000000000000000", status="failed"))
+    folder = _folder(tmp_path, records)
+    table = StatsTable(folder)
+    dups = NearDuplicates(table)
+    assert table.result()["rows"] == len(records)
+    assert table._spill is not None
+    table._spill.seek(0)
+    whole = list(app.collectors._spilled(table._spill))
+    for size in (1, 3, 7, 100):
+        table._spill.seek(0)
+        assert list(app.collectors._spilled(table._spill, size)) == whole
+    assert len(whole) == len(records)
+    (group,) = dups.result()["groups"]
+    assert sorted(group) == sorted([r["key"] for r in records[:8]] + ["failed.jpg"])
+    assert dups.thumbs["k\n8é.jpg"] == {"path": "64/k\n8é.jpg", "width": 64, "height": 48}
+    assert "failed.jpg" not in dups.thumbs  # a failure has no output
+    assert table._spill is None  # closed once the groups are found
+    assert _temporaries(folder) == []
+
+
+def test_many_hashes_are_grouped_in_a_child_process_that_is_gone_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    import app.collectors
+
+    hashes = {"a.jpg": "0", "b.jpg": "1", "c.jpg": "f0f0f0f0f0f0f0f0", "d.jpg": "0f0f0f0f0f0f0f0f"}
+    records = [_image(key, value) for key, value in hashes.items()]
+    monkeypatch.setattr(app.collectors, "CHILD_GROUPING", 2)
+    started: list[int] = []
+    submit = concurrent.futures.ProcessPoolExecutor.submit
+
+    def spy(pool: Any, fn: Any, *args: Any) -> Any:
+        started.append(len(args[0]))
+        return submit(pool, fn, *args)
+
+    monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", spy)
+    table = StatsTable(_folder(tmp_path, records))
+    assert NearDuplicates(table).result()["groups"] == [["a.jpg", "b.jpg"]]
+    assert started == [4]  # the four hashes went to the child
+    assert multiprocessing.active_children() == []
 
 
 # -- tables written as they stream ----------------------------------------------------------------
@@ -192,10 +280,9 @@ def test_stats_table_in_many_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for name, extra in (("colour", records[:1]), ("mixed", greys)):
         folder = _folder(tmp_path / name, records + extra)
         rows = len(records + extra)
-        assert StatsTable(folder).result() == {
-            "rows": rows,
-            "files": ["stats.csv", "stats.parquet"],
-        }
+        table = StatsTable(folder)
+        assert table.result() == {"rows": rows, "files": ["stats.csv", "stats.parquet"]}
+        table.close()
         expected = pacsv.read_csv(folder / "stats.csv")
         got = pq.read_table(folder / "stats.parquet")
         assert got.equals(expected)

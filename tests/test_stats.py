@@ -229,6 +229,36 @@ def test_groups_are_complete_and_do_not_depend_on_the_order(
     assert groups == _brute_groups(items, d)
 
 
+@pytest.mark.parametrize("small", [1, 64])
+@pytest.mark.parametrize("agree", [1, 2])
+@pytest.mark.parametrize("d", [1, 3, 6, 10])
+def test_both_bucketings_find_every_close_pair(
+    d: int, agree: int, small: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bucketing by one chunk of d + 1 or by every two of d + 2 (the latter chosen for large
+    sets), buckets compared one by one or the small ones all at once: the same pairs as
+    comparing every two hashes, on clustered hashes."""
+    import stages.stats
+
+    monkeypatch.setattr(stages.stats, "_SMALL_BUCKET", small)
+    rng = np.random.default_rng(d * 10 + agree)
+    seeds = rng.integers(0, 2**63, 12, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    items = []
+    for _ in range(300):  # a seed with up to d + 1 of its bits flipped
+        bits = rng.integers(0, 64, rng.integers(0, d + 2)).astype(np.uint64)
+        items.append(seeds[rng.integers(12)] ^ np.bitwise_or.reduce(np.uint64(1) << bits))
+    hashes = np.unique(np.array(items, dtype=np.uint64))
+    monkeypatch.setattr(
+        stages.stats, "_chunking", lambda n, dist: stages.stats._bucketings(dist, agree)
+    )
+    got = stages.stats._close_pairs(hashes, d)
+    n = len(hashes)
+    close = np.bitwise_count(hashes[:, None] ^ hashes[None, :]) <= d
+    i, j = np.nonzero(np.triu(close, 1))
+    assert got.tolist() == sorted((i * n + j).tolist())
+    assert len(got) > 0
+
+
 def test_near_duplicate_groups_scales() -> None:
     rng = np.random.default_rng(7)
     n = 50_000

@@ -1,0 +1,248 @@
+"""Long runs: ``process`` over 10k, 100k and 1M tiny images (``--quick``: 2k, 10k, 20k).
+
+Each size runs through the real CLI (``python -m pipeline process <tree> --output <out>
+--quiet``, a fresh output folder each time) and the table shows, per size:
+
+* **wall per item** (µs): the subprocess's wall time over the number of files;
+* **parent peak RSS** (MiB): the parent's ``VmHWM`` (its peak resident set) read from
+  ``/proc/<pid>/status`` every :data:`POLL` seconds until it exits (the workers and the
+  forkserver are not counted: they are bounded by construction);
+* **parent CPU per item** (µs): the parent's user + system time (``/proc/<pid>/stat``, its last
+  sample before the exit) over the number of files;
+* **end of run** (% of the wall time): from the end of the run's last item (the latest
+  ``finished`` time in ``manifest.jsonl``) to the exit of the process: the ledger's last
+  commit, the manifest, the tables, the summary, the report, the shutdown;
+
+and the ratios of each size's figures to the smallest size's (linear: wall per item ratio near
+1.00; flat: RSS ratio near 1.00).
+
+The inputs: 64x64 JPEGs, every one distinct (a random 9x8 grid of grey levels per channel,
+scaled up: distinct difference hashes, so no near-duplicate groups that a real set would not
+have), generated once into ``bench/.data/longrun/pool`` (folders of 1,000 files) and cached;
+each size's tree is hard links to the first files of the pool. Generating 1M files takes a few
+minutes and 4 GB of disk (another 4 GB for the outputs while a run goes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "bench" / ".data" / "longrun"
+POOL = DATA / "pool"
+PER_DIR = 1000
+SIDE = 64
+POLL = 0.1  # s between two reads of the parent's VmHWM
+SIZES = (10_000, 100_000, 1_000_000)
+QUICK_SIZES = (2_000, 10_000, 20_000)
+X = "\N{MULTIPLICATION SIGN}"  # of the ratio columns
+
+
+def _encode(rng: object, n: int) -> list[bytes]:
+    import numpy as np
+    from PIL import Image
+
+    assert isinstance(rng, np.random.Generator)
+    out = []
+    for _ in range(n):
+        grid = rng.integers(0, 256, (3, 8, 9), dtype=np.uint8)
+        im = Image.fromarray(np.moveaxis(grid, 0, -1), "RGB").resize((SIDE, SIDE), Image.BILINEAR)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+def _pool_dir(i: int) -> Path:
+    return POOL / f"d{i // PER_DIR:04d}"
+
+
+def ensure_pool(n: int) -> None:
+    """At least ``n`` distinct files in the pool (folders are filled whole, in order)."""
+    import numpy as np
+
+    dirs = (n + PER_DIR - 1) // PER_DIR
+    for d in range(dirs):
+        folder = POOL / f"d{d:04d}"
+        done = folder / ".complete"
+        if done.exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(d)
+        for j, data in enumerate(_encode(rng, PER_DIR)):
+            (folder / f"{d * PER_DIR + j:07d}.jpg").write_bytes(data)
+        done.touch()
+
+
+def ensure_tree(n: int) -> Path:
+    """``DATA/n<n>``: hard links to the first ``n`` files of the pool, in folders of 1,000."""
+    tree = DATA / f"n{n}"
+    marker = DATA / f".n{n}.complete"
+    if marker.exists():
+        return tree
+    ensure_pool(n)
+    for i in range(0, n, PER_DIR):
+        src, dst = _pool_dir(i), tree / f"d{i // PER_DIR:04d}"
+        dst.mkdir(parents=True, exist_ok=True)
+        for j in range(i, min(n, i + PER_DIR)):
+            name = f"{j:07d}.jpg"
+            if not (dst / name).exists():
+                os.link(src / name, dst / name)
+    marker.touch()
+    return tree
+
+
+@dataclass(frozen=True)
+class Point:
+    n: int
+    wall: float  # s
+    peak_rss: int  # bytes, the parent's VmHWM
+    end: float  # s, from the last record's commit to the exit
+    exit_code: int
+    parent_cpu: float = 0.0  # s, user + system of the parent (its last sample)
+
+    @property
+    def per_item(self) -> float:
+        return self.wall / self.n
+
+    @property
+    def end_share(self) -> float:
+        return self.end / self.wall
+
+
+def _cpu(pid: int) -> float:
+    """User + system seconds of ``pid`` so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _last_finished(manifest: Path) -> float:
+    """The latest ``finished`` time of the manifest's records: when the run's last item ended
+    (the same for any version of the product, unlike a timing the product reports)."""
+    latest = 0.0
+    mark = b'"finished": '
+    with open(manifest, "rb") as fh:
+        for line in fh:
+            at = line.find(mark)
+            if at >= 0:
+                end = line.find(b",", at)
+                latest = max(latest, float(line[at + len(mark) : end if end >= 0 else -2]))
+    return latest
+
+
+def command(tree: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "process", str(tree), "--output", str(out), "--quiet"]
+
+
+def run_once(n: int, repo: Path = REPO) -> Point:
+    """One run of ``process`` (the code in ``repo``) over the ``n``-file tree into a fresh
+    output folder."""
+    tree = ensure_tree(n)
+    out = DATA / f"out-{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        command(tree, out),
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    peak, cpu = [0], [0.0]
+
+    def watch() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _hwm(proc.pid))
+            cpu[0] = max(cpu[0], _cpu(proc.pid))
+            time.sleep(POLL)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - started
+    exited = dt.datetime.now(dt.UTC)
+    watcher.join()
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(
+            f"process exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}"
+        )
+    last = dt.datetime.fromtimestamp(_last_finished(out / "manifest.jsonl"), dt.UTC)
+    end = (exited - last).total_seconds()
+    shutil.rmtree(out, ignore_errors=True)
+    return Point(n, wall, peak[0], end, proc.returncode, cpu[0])
+
+
+def table(points: list[Point]) -> list[str]:
+    base = points[0]
+    rows = [
+        "| files | wall | wall/item | ratio | parent peak RSS | ratio | end of run | % of run "
+        "| parent CPU/item |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        rows.append(
+            f"| {p.n:,} | {p.wall:.1f} s | {p.per_item * 1e6:.0f} µs "
+            f"| {p.per_item / base.per_item:.2f}{X} | {p.peak_rss / 2**20:.0f} MiB "
+            f"| {p.peak_rss / base.peak_rss:.2f}{X} | {p.end:.2f} s | {100 * p.end_share:.1f}% "
+            f"| {p.parent_cpu / p.n * 1e6:.0f} µs |"
+        )
+    return rows
+
+
+def main(*, quick: bool = False, sizes: tuple[int, ...] | None = None) -> str:
+    sizes = sizes or (QUICK_SIZES if quick else SIZES)
+    for n in sizes:
+        ensure_tree(n)
+    runs = 1 if not quick else 3
+    points = []
+    for n in sizes:
+        got = [run_once(n) for _ in range(runs if n <= 100_000 else 1)]
+        points.append(
+            Point(
+                n,
+                statistics.median(p.wall for p in got),
+                int(statistics.median(p.peak_rss for p in got)),
+                statistics.median(p.end for p in got),
+                max(p.exit_code for p in got),
+                statistics.median(p.parent_cpu for p in got),
+            )
+        )
+    head = [
+        f"## longrun: `process` over tiny 64x64 JPEGs ({', '.join(f'{n:,}' for n in sizes)}), "
+        f"median of {runs} (1M: one run); `{' '.join(command(Path('<tree>'), Path('<out>'))[1:])}`",
+        "",
+    ]
+    return "\n".join([*head, *table(points), ""])
+
+
+if __name__ == "__main__":  # python -m bench.longrun [--repo DIR] [SIZE ...]: one run each
+    argv = sys.argv[1:]
+    code = Path(argv[1]) if argv[:1] == ["--repo"] else REPO
+    sizes = [int(a) for a in (argv[2:] if argv[:1] == ["--repo"] else argv)]
+    print("\n".join(table([run_once(n, code) for n in sizes])))
