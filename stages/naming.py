@@ -29,18 +29,21 @@ output's path, so a tag never has to be guessed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
+from typing import Protocol
 
 __all__ = [
     "NAME_MAX",
     "OUTPUT_EXTENSIONS",
     "Folder",
+    "Siblings",
     "choose_tag",
     "name_tag",
     "needs_tag",
     "output_name",
     "output_rel",
     "tagged",
+    "taken_by",
 ]
 
 #: The longest file name (in bytes) the usual Linux, macOS and Windows file systems hold.
@@ -68,25 +71,56 @@ def needs_tag(name: str, siblings_lower: Collection[str]) -> bool:
     return any(low + ext in siblings_lower for ext in OUTPUT_EXTENSIONS)
 
 
+class Siblings(Protocol):
+    """What :func:`choose_tag` asks of a folder's names (all lower-cased): :class:`Folder`
+    holds them in memory; a disk-backed set can answer the same (``stages.remote_sources``)."""
+
+    def is_name(self, lower: str) -> bool:
+        """Whether ``lower`` is the name of an entry of the folder."""
+        ...
+
+    def is_taken(self, lower: str) -> bool:
+        """Whether rules 1 or 2 can give the name ``lower`` here: an entry's name, or an
+        entry's name plus an output extension (see :func:`taken_by`)."""
+        ...
+
+
+def taken_by(lower: str, is_name: Callable[[str], bool]) -> bool:
+    """:meth:`Siblings.is_taken` from :meth:`Siblings.is_name` alone: ``lower`` is a name, or
+    a name followed by one of ``OUTPUT_EXTENSIONS``."""
+    if is_name(lower):
+        return True
+    return any(lower.endswith(ext) and is_name(lower[: -len(ext)]) for ext in OUTPUT_EXTENSIONS)
+
+
 class Folder:
-    """The names of one folder's entries, to choose its files' tags (:func:`choose_tag`)."""
+    """The names of one folder's entries, in memory, to choose its files' tags
+    (:func:`choose_tag`; a :class:`Siblings`)."""
 
     def __init__(self, names: Iterable[str]) -> None:
         self.lower = {n.lower() for n in names}
         # every name rules 1 and 2 can give here: a tagged name must be none of them
         self.taken = self.lower | {n + ext for n in self.lower for ext in OUTPUT_EXTENSIONS}
 
+    def is_name(self, lower: str) -> bool:
+        return lower in self.lower
 
-def choose_tag(name: str, folder: Folder, seed: str | None = None) -> str | None:
+    def is_taken(self, lower: str) -> bool:
+        return lower in self.taken
+
+
+def choose_tag(name: str, folder: Siblings, seed: str | None = None) -> str | None:
     """The tag ``name``'s outputs take in ``folder`` (None: rules 1 and 2 do). ``seed``: what
     the tag is a hash of (default: the name)."""
     appended = [name + ext for ext in OUTPUT_EXTENSIONS if _extension(name) != ext]
-    if not needs_tag(name, folder.lower) and all(len(_bytes(a)) <= NAME_MAX for a in appended):
+    low = name.lower()
+    collides = any(folder.is_name(low + ext) for ext in OUTPUT_EXTENSIONS)  # needs_tag
+    if not collides and all(len(_bytes(a)) <= NAME_MAX for a in appended):
         return None
     for digits in (8, 16, 40):
         tag = name_tag(seed if seed is not None else name, digits)
         names = (output_name(name, ext, tag).lower() for ext in OUTPUT_EXTENSIONS)
-        if not any(n in folder.taken for n in names):
+        if not any(folder.is_taken(n) for n in names):
             break
     return tag
 
