@@ -7,25 +7,43 @@ object, with the same keys and output names as a local folder (:mod:`stages.sour
 * ``identity``: ``{"size", "etag"}`` (or ``{"size", "mtime"}`` where the store has no ETag),
   from the listing itself: no request per object. ``--verify-content`` adds nothing here: the
   ETag of a single-request upload already is a content hash.
-* The walk is depth-first with one folder's listing at a time (see
-  :func:`stages.storage.list_folder`). The output prefix and any ``.pipeline/`` folder (another
-  run's ledger) are never walked; each is ``skipped`` as one entry when met.
+* The walk is depth-first in the store's key order (:func:`stages.storage.iter_folder`: on S3
+  page by page): a subfolder is walked when its listing meets it, so the walk holds one
+  listing cursor per level of the tree, never a folder's list of subfolders. The output prefix
+  and any ``.pipeline/`` folder (another run's ledger) are never walked; each is ``skipped`` as
+  one entry when met.
+* Tags (:mod:`stages.naming`, rule 3) need every name of a folder before its first file: a
+  first pass over the folder's listing collects them. Up to ``SPILL_NAMES`` entries, the
+  entries themselves are kept and walked from memory; above, the lower-cased names go to a
+  temporary SQLite file (:class:`SpilledNames`, in the temporary folder, removed when the folder
+  is done) and the folder is listed a second time for the walk. So memory holds at most
+  ``SPILL_NAMES`` entries per level of the tree, whatever a folder holds, with the same tags
+  as the in-memory :class:`~stages.naming.Folder`.
 * An ``.npz`` object is ``skipped``: its arrays are planned from the zip directory, which a
   storage input does not offer yet (``.npy``, CSV and TSV objects are data inputs as usual).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pipeline import Item, Record, Status
 
-from .naming import Folder, choose_tag
-from .storage import ObjectInfo, StorageURL, identity, is_url, list_folder, object_info, options_of
+from .naming import Folder, Siblings, choose_tag, taken_by
+from .storage import ObjectInfo, StorageURL, identity, is_url, iter_folder, object_info, options_of
 
-__all__ = ["is_prefix", "walk_remote"]
+__all__ = ["SPILL_NAMES", "SpilledNames", "is_prefix", "walk_remote"]
+
+#: Entries of one folder walked from memory; a larger folder's names spill to disk.
+SPILL_NAMES = 50_000
+
+#: Names written to the spill file per statement.
+_BATCH = 5_000
 
 
 def is_prefix(url: str) -> bool:
@@ -62,23 +80,95 @@ def walk_remote(
         yield from _entry(walk, obj, prefix, tag)
         return
     skip = {str(n).rstrip("/") for n in walk.never if is_url(n)}
-    stack: list[tuple[str, str]] = [(url, "")]
-    while stack:
-        where, rel = stack.pop()
-        files, folders = list_folder(where)
-        subnames = [f.rstrip("/").rpartition("/")[2] for f in folders]
-        names = Folder([o.rel for o in files] + subnames)
-        subdirs: list[tuple[str, str]] = []
-        for sub, name in zip(folders, subnames, strict=True):
-            key = prefix + rel + name
-            why = _not_walked(sub, name, skip)
+    yield from _folder(walk, StorageURL(url, options_of(url)), prefix, "", skip)
+
+
+def _folder(
+    walk: RemoteWalk, where: StorageURL, prefix: str, rel: str, skip: set[str]
+) -> Iterator[Item | Record]:
+    """The folder ``where`` (keys ``prefix + rel + name``), its subfolders walked as met."""
+    names, held = _first_pass(where)
+    try:
+        for entry in held if held is not None else iter_folder(where):
+            if isinstance(entry, ObjectInfo):
+                tag = choose_tag(entry.rel, names)
+                yield from _entry(walk, entry, prefix + rel + entry.rel, tag)
+                continue
+            name = _name(entry)
+            why = _not_walked(entry, name, skip)
             if why is None:
-                subdirs.append((sub, rel + name + "/"))
-            elif walk.wanted(key):
-                yield _skipped(key + "/", str(sub), why)
-        for obj in files:
-            yield from _entry(walk, obj, prefix + rel + obj.rel, choose_tag(obj.rel, names))
-        stack.extend(reversed(subdirs))
+                yield from _folder(walk, entry, prefix, rel + name + "/", skip)
+            elif walk.wanted(prefix + rel + name):
+                yield _skipped(prefix + rel + name + "/", str(entry), why)
+    finally:
+        if isinstance(names, SpilledNames):
+            names.close()
+
+
+def _name(entry: ObjectInfo | StorageURL) -> str:
+    return entry.rel if isinstance(entry, ObjectInfo) else entry.rstrip("/").rpartition("/")[2]
+
+
+def _first_pass(where: StorageURL) -> tuple[Siblings, list[ObjectInfo | StorageURL] | None]:
+    """The folder's names, and its entries when there are at most ``SPILL_NAMES`` (else None:
+    the names are on disk and the folder is to be listed again)."""
+    held: list[ObjectInfo | StorageURL] = []
+    listing = iter_folder(where)
+    for entry in listing:
+        held.append(entry)
+        if len(held) > SPILL_NAMES:
+            spilled = SpilledNames()
+            try:
+                spilled.add(_name(e) for e in held)
+                held.clear()
+                spilled.add(_name(e) for e in listing)
+            except BaseException:
+                spilled.close()
+                raise
+            return spilled, None
+    return Folder(_name(e) for e in held), held
+
+
+class SpilledNames:
+    """A folder's lower-cased names in a temporary SQLite file (a
+    :class:`~stages.naming.Siblings`): memory holds SQLite's page cache, not the names."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="pixpipe-names-", suffix=".sqlite")
+        os.close(fd)
+        self._db = sqlite3.connect(self.path)
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.execute("CREATE TABLE names (name BLOB PRIMARY KEY) WITHOUT ROWID")
+
+    def add(self, names: Iterable[str]) -> None:
+        batch: list[tuple[bytes]] = []
+        for name in names:
+            batch.append((_key(name.lower()),))
+            if len(batch) >= _BATCH:
+                self._insert(batch)
+        self._insert(batch)
+        self._db.commit()
+
+    def _insert(self, batch: list[tuple[bytes]]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO names VALUES (?)", batch)
+        batch.clear()
+
+    def is_name(self, lower: str) -> bool:
+        found = self._db.execute("SELECT 1 FROM names WHERE name = ?", (_key(lower),))
+        return found.fetchone() is not None
+
+    def is_taken(self, lower: str) -> bool:
+        return taken_by(lower, self.is_name)
+
+    def close(self) -> None:
+        self._db.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _key(lower: str) -> bytes:
+    return lower.encode("utf-8", "surrogatepass")
 
 
 def _not_walked(sub: str, name: str, skip: set[str]) -> str | None:

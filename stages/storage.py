@@ -21,8 +21,11 @@ shows the object once all of it has arrived, so a failure or a Ctrl-C mid-write 
 partial object and no unfinished upload behind. ``file://`` URLs are written like local outputs
 (temporary file, then rename).
 
-**Listing goes folder by folder** (:func:`list_folder`, S3 prefixes delimited by ``/``), as
-the local walk does: memory holds one folder's names at a time, never a whole tree.
+**Listing goes folder by folder and, on S3, page by page** (:func:`iter_folder`: one
+``ListObjectsV2`` request of ``PAGE_KEYS`` keys at a time, delimited by ``/``, its objects and
+subfolders handed on as each page arrives): memory holds one page, never a whole folder or
+tree. Other protocols (``gs://``, ``az://``, ``file://``, ``memory://``) list one folder whole
+with ``fs.ls`` (:func:`list_folder`); gcsfs and adlfs have page tokens too and could follow.
 
 **Identity** of an object: its size and ETag (S3, GCS, Azure), else its size and modification
 time, so resume redoes an object that was replaced.
@@ -34,7 +37,7 @@ import io
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +51,7 @@ __all__ = [
     "StorageURL",
     "StorageUnavailable",
     "is_url",
+    "iter_folder",
     "join_url",
     "list_folder",
     "object_size",
@@ -223,9 +227,9 @@ def identity(info: Mapping[str, Any]) -> dict[str, Any]:
 
 def list_folder(prefix: str) -> tuple[list[ObjectInfo], list[StorageURL]]:
     """The objects directly in the "folder" ``prefix`` (sorted by name; ``rel``: the name) and
-    its subfolders' URLs (sorted). Folder markers (keys ending in ``/``) are left out. One
-    folder's listing at a time (S3: pages of 1,000 keys, delimited by ``/``), as the local
-    walk holds one folder's entries: a prefix's whole tree never sits in memory at once."""
+    its subfolders' URLs (sorted). Folder markers (keys ending in ``/``) are left out. The
+    whole folder at once (``fs.ls``): what :func:`iter_folder` uses for the protocols it does
+    not page."""
     fs, path = filesystem(prefix)
     base = path.rstrip("/")
     root = str(prefix).rstrip("/")
@@ -245,6 +249,62 @@ def list_folder(prefix: str) -> tuple[list[ObjectInfo], list[StorageURL]]:
     files.sort(key=lambda o: o.rel)
     folders.sort()
     return files, folders
+
+
+#: Keys (objects and subfolders) per page of an S3 listing (``MaxKeys``; S3 sends 1,000 at most).
+PAGE_KEYS = 1000
+
+
+def iter_folder(prefix: str) -> Iterator[ObjectInfo | StorageURL]:
+    """The objects (``rel``: the name) and subfolders' URLs directly in the "folder" ``prefix``,
+    in the store's key order (a subfolder ``x/`` sorts as ``x/``), without folder markers.
+    S3: page by page as they arrive (memory holds one page, the listing's cursor is its
+    continuation token), with the same identities as :func:`list_folder`; other protocols:
+    :func:`list_folder`'s whole listing, merged."""
+    fs, path = filesystem(prefix)
+    if _protocol(prefix) in ("s3", "s3a"):
+        return _s3_folder(fs, path, prefix)
+    files, folders = list_folder(prefix)
+    entries: list[ObjectInfo | StorageURL] = [*files, *folders]
+    entries.sort(key=lambda e: e.rel if isinstance(e, ObjectInfo) else _leaf(e) + "/")
+    return iter(entries)
+
+
+def _leaf(url: str) -> str:
+    return url.rstrip("/").rpartition("/")[2]
+
+
+def _s3_folder(fs: Any, path: str, prefix: str) -> Iterator[ObjectInfo | StorageURL]:
+    bucket, key, _ = fs.split_path(path.rstrip("/"))
+    base = f"{key}/" if key else ""
+    root = str(prefix).rstrip("/")
+    opts = options_of(prefix)
+    request: dict[str, Any] = {"Bucket": bucket, "Prefix": base, "Delimiter": "/"}
+    request.update(getattr(fs, "req_kw", {}))
+    while True:
+        page = _list_page(fs, {**request, "MaxKeys": PAGE_KEYS})
+        found: list[tuple[str, ObjectInfo | StorageURL]] = []
+        for obj in page.get("Contents", ()):
+            leaf = str(obj["Key"])[len(base) :]
+            if leaf and "/" not in leaf:  # not the folder's own marker
+                url = StorageURL(f"{root}/{leaf}", opts)
+                found.append((leaf, ObjectInfo(url, leaf, int(obj.get("Size", 0)), identity(obj))))
+        for sub in page.get("CommonPrefixes", ()):
+            leaf = str(sub["Prefix"])[len(base) :]
+            if leaf.rstrip("/"):
+                found.append((leaf, StorageURL(f"{root}/{leaf.rstrip('/')}", opts)))
+        found.sort(key=lambda f: f[0])  # each list is in key order: merge them
+        yield from (entry for _, entry in found)
+        if not page.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def _list_page(fs: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """One ``ListObjectsV2`` request through s3fs (its retries, its error translation)."""
+    from fsspec.asyn import sync
+
+    return dict(sync(fs.loop, fs._call_s3, "list_objects_v2", **request))
 
 
 def object_size(url: str) -> int | None:
