@@ -15,7 +15,7 @@ from fsspec.asyn import sync
 import stages.remote_sources as remote
 import stages.storage as storage
 from pipeline import Item, Record
-from stages.naming import name_tag
+from stages.naming import Folder, choose_tag, name_tag
 from stages.sources import walk_inputs
 from stages.storage import ObjectInfo, StorageURL, iter_folder, list_folder
 from tests.s3_server import S3, s3
@@ -157,3 +157,45 @@ def test_a_skipped_record_is_still_a_record(server: S3) -> None:
     url = put(server, "s3://pix-list/led", ["x.png", ".pipeline/m.jsonl"])
     out = list(walk_inputs([url]))
     assert [type(o) for o in out] == [Record, Item]
+
+
+def test_a_listing_that_fails_midway_raises_and_leaves_no_spill_file(
+    server: S3, calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url = put(server, "s3://pix-gone/flat", [f"f{i:03}.png" for i in range(120)])
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(remote.tempfile, "tempdir", str(spill))
+    monkeypatch.setattr(remote, "SPILL_NAMES", 10)
+    listing = storage._list_page
+
+    def bucket_gone_after_one_page(fs: Any, request: dict[str, Any]) -> dict[str, Any]:
+        if "ContinuationToken" in request:  # the store loses the bucket mid-listing
+            gone = server.fs()
+            gone.rm("pix-gone", recursive=True)
+        return listing(fs, request)
+
+    monkeypatch.setattr(storage, "_list_page", bucket_gone_after_one_page)
+    with pytest.raises(FileNotFoundError):
+        list(walk_inputs([url]))
+    assert list(spill.iterdir()) == []
+
+
+def test_the_spilled_names_answer_as_the_folder_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = ["a.gif", "A.GIF.JPG", "Ünï.PNG", "ünï.png.webp", "x", "x.avif.png", "dir.jpg"]
+    monkeypatch.setattr(remote.tempfile, "tempdir", str(tmp_path))
+    spilled = remote.SpilledNames()
+    try:
+        spilled.add(iter(names))
+        memory = Folder(names)
+        probes = {p for n in memory.taken for p in (n, n + ".jpg", n.upper(), n[:-1])}
+        for probe in sorted(probes | {"", ".jpg", "nothing"}):
+            assert spilled.is_name(probe) == memory.is_name(probe), probe
+            assert spilled.is_taken(probe) == memory.is_taken(probe), probe
+        for name in names:
+            assert choose_tag(name, spilled) == choose_tag(name, memory), name
+    finally:
+        spilled.close()
+    assert list(tmp_path.iterdir()) == []
