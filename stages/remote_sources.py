@@ -18,7 +18,8 @@ object, with the same keys and output names as a local folder (:mod:`stages.sour
   temporary SQLite file (:class:`SpilledNames`, in the temporary folder, removed when the folder
   is done) and the folder is listed a second time for the walk. So memory holds at most
   ``SPILL_NAMES`` entries per level of the tree, whatever a folder holds, with the same tags
-  as the in-memory :class:`~stages.naming.Folder`.
+  as the in-memory :class:`~stages.naming.Folder`. (An object that appears between the two
+  passes is walked, its tag chosen among the first pass's names.)
 * An ``.npz`` object is ``skipped``: its arrays are planned from the zip directory, which a
   storage input does not offer yet (``.npy``, CSV and TSV objects are data inputs as usual).
 """
