@@ -326,7 +326,9 @@ class ProcessConfig:
         default_factory=Workers,
         kind=WorkersKind(),
         help="N (resize processes), stage=N[,stage=N] for download, read, resize, crunch, "
-        "write, or auto: start small and size each stage from measurements (numbers become caps)",
+        "write, or auto: start small and size each stage from measurements (numbers become caps); "
+        "images are written by the resize processes, so write=N sets threads for memory:// "
+        "outputs only",
         shown_default="download=64, read=max(2, cores), resize=cores, crunch=resize, "
         "write=max(1, cores // 2)",
         group=RUN,
