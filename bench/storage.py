@@ -123,14 +123,16 @@ def _throughput(folder: Path, opts: str, tmp: Path, n: int, repeats: int) -> lis
                 args = [str(folder), "-o", str(tmp / f"out-{r}")]
             else:
                 args = [
-                    "s3://bench-in/",
+                    f"s3://bench-in/n{n}/",
                     "-o",
                     f"s3://bench-out/run-{r}",
                     "--storage-options",
                     opts,
                 ]
             runs[kind].append(_run(args, env)[0])
+        runs.setdefault("floor", []).append(_s3_floor(opts, n, r))
     local, s3 = statistics.median(runs["local"]), statistics.median(runs["s3"])
+    floor = statistics.median(runs["floor"])
     return [
         f"## Object storage: {n} photos of 2 MP, {SIZE} px thumbnails, local S3 server (moto) "
         f"vs local files, {os.cpu_count()} cores, median of {repeats}",
@@ -140,7 +142,47 @@ def _throughput(folder: Path, opts: str, tmp: Path, n: int, repeats: int) -> lis
         f"| local folder -> local folder | {local:.2f} | {n / local:.1f} | 1.00x |",
         f"| s3:// -> s3:// (moto on 127.0.0.1) | {s3:.2f} | {n / s3:.1f} | "
         f"{(n / s3) / (n / local):.2f}x |",
+        f"| floor: bare s3fs, {FLOOR_THREADS} threads, GET each photo + PUT one 20 KB object "
+        f"(no decode) | {floor:.2f} | {n / floor:.1f} | {(n / floor) / (n / local):.2f}x |",
+        "",
+        f"`process` s3 -> s3 reaches {(n / s3) / (n / floor):.2f}x the floor's rate. The floor "
+        "is what this server allows with no decoding at all (moto answers every request in "
+        "Python, on the same two cores): the gap from local files down to the floor is the "
+        "server's, the gap below the floor is ours (decode and resize, and the run's own "
+        "uploads: journal, manifest, tables, report).",
     ]
+
+
+#: Threads of the floor client (the read stage's default on 2 cores is 2-8).
+FLOOR_THREADS = 8
+
+
+def _s3_floor(opts: str, n: int, r: int) -> float:
+    """Seconds for a bare s3fs client to GET the ``n`` photos and PUT an object of 20 KB for
+    each (what ``process`` asks of the server at the least, with no decoding), in threads,
+    interpreter start-up and s3fs import included as for ``process``."""
+    script = (
+        "import json, sys, s3fs\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "o = json.loads(sys.argv[1])\n"
+        "fs = s3fs.S3FileSystem(key=o['key'], secret=o['secret'],\n"
+        "                       client_kwargs=o['client_kwargs'])\n"
+        "keys = sorted(fs.find(sys.argv[2]))\n"
+        "def one(k):\n"
+        "    fs.cat_file(k)\n"
+        "    fs.pipe_file(sys.argv[3] + k.rpartition('/')[2], bytes(20_000))\n"
+        f"with ThreadPoolExecutor({FLOOR_THREADS}) as pool:\n"
+        "    list(pool.map(one, keys))\n"
+    )
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", script, opts, f"bench-in/n{n}/", f"bench-out/floor-{r}/"],
+        cwd=REPO,
+        env=_env(Path(tempfile.gettempdir())),
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
 
 
 @contextlib.contextmanager
