@@ -209,20 +209,23 @@ def _wait(cond: Any, what: str, proc: subprocess.Popen[str], limit: float = 90) 
         time.sleep(0.05)
 
 
-@pytest.mark.timeout(240)
-def test_sigint_mid_run_leaves_no_partial_object_and_the_rerun_finishes(
-    server: S3, tmp_path: Path
-) -> None:
+def _many_in_bucket(server: S3, tmp_path: Path, copies: int, name: str) -> tuple[int, str]:
+    """``copies`` folders of the sample images in ``s3://pix-in/many/``; the number of objects
+    and an output URL ``s3://pix-out/<name>``."""
     many = tmp_path / "many"
-    for i in range(30):
+    for i in range(copies):
+        (many / f"d{i}").mkdir(parents=True, exist_ok=True)
         for img in sorted(IMAGES.glob("*.jpg")):
-            (many / f"d{i}").mkdir(parents=True, exist_ok=True)
             (many / f"d{i}" / img.name).write_bytes(img.read_bytes())
     server.bucket("pix-in")
     total = server.put_tree(many, "s3://pix-in/many")
     server.bucket("pix-out")
-    out = "s3://pix-out/cut"
-    argv = [
+    return total, f"s3://pix-out/{name}"
+
+
+def _slow_run(server: S3, out: str) -> list[str]:
+    """The command of a run s3://pix-in/many/ -> ``out`` with one worker and two sizes."""
+    return [
         sys.executable,
         "-m",
         "pipeline",
@@ -232,13 +235,16 @@ def test_sigint_mid_run_leaves_no_partial_object_and_the_rerun_finishes(
         out,
         "--storage-options",
         server.options_json,
-        "--size",
-        "256",
-        "--size",
-        "64",
-        "--workers",
-        "1",
+        *("--size", "256", "--size", "64", "--workers", "1"),
     ]
+
+
+@pytest.mark.timeout(240)
+def test_sigint_mid_run_leaves_no_partial_object_and_the_rerun_finishes(
+    server: S3, tmp_path: Path
+) -> None:
+    total, out = _many_in_bucket(server, tmp_path, 30, "cut")
+    argv = _slow_run(server, out)
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -290,34 +296,8 @@ def _mirrored_done(server: S3, out: str, tmp_path: Path) -> int:
 def test_a_killed_run_resumes_from_the_mirrored_journal_on_a_fresh_machine(
     server: S3, tmp_path: Path
 ) -> None:
-    many = tmp_path / "many"
-    for i in range(16):
-        for img in sorted(IMAGES.glob("*.jpg")):
-            (many / f"d{i}").mkdir(parents=True, exist_ok=True)
-            (many / f"d{i}" / img.name).write_bytes(img.read_bytes())
-    server.bucket("pix-in")
-    total = server.put_tree(many, "s3://pix-in/many")
-    server.bucket("pix-out")
-    out = "s3://pix-out/crash"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "process",
-        "s3://pix-in/many/",
-        "-o",
-        out,
-        "--storage-options",
-        server.options_json,
-        "--size",
-        "256",
-        "--size",
-        "64",
-        "--workers",
-        "1",
-        "--mirror-every",
-        "0.5",
-    ]
+    total, out = _many_in_bucket(server, tmp_path, 16, "crash")
+    argv = [*_slow_run(server, out), "--mirror-every", "0.5"]
     proc = subprocess.Popen(
         argv,
         cwd=ROOT,
