@@ -26,12 +26,17 @@ __all__ = ["COMMANDS", "add_commands"]
 def _process(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     warm_up(args.backend, args.config)
+    from stages.storage import is_url
+
     from .console import print_summary
     from .process import run_process
 
     cfg = config_from_args(args)
     result = run_process(cfg)
-    print_summary(result, quiet=cfg.quiet, elapsed=time.perf_counter() - started)
+    stored_at = cfg.output if is_url(cfg.output) else None
+    print_summary(
+        result, quiet=cfg.quiet, elapsed=time.perf_counter() - started, stored_at=stored_at
+    )
     return result.exit_code
 
 

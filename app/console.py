@@ -71,10 +71,13 @@ QUIET_VERDICTS = ("starved", "idle")
 SIZE_FOLDER = re.compile(r"\d+|\d+x\d*|x\d+")
 
 
-def print_summary(result: RunResult, *, quiet: bool, elapsed: float | None = None) -> None:
+def print_summary(
+    result: RunResult, *, quiet: bool, elapsed: float | None = None, stored_at: str | None = None
+) -> None:
     """The end-of-run summary on stderr (:func:`summary_lines`); with ``quiet``, only a line
     naming the failures, when there are some. ``elapsed``: the command's seconds (default: the
-    run's)."""
+    run's); ``stored_at``: the storage URL of the output, when it is one (the run's files
+    named then are its local working copies)."""
     if quiet:
         if result.failed and result.output is not None:
             print(
@@ -82,16 +85,22 @@ def print_summary(result: RunResult, *, quiet: bool, elapsed: float | None = Non
                 file=sys.stderr,
             )
         return
-    print("\n".join(summary_lines(result, elapsed)), file=sys.stderr)
+    print("\n".join(summary_lines(result, elapsed, stored_at)), file=sys.stderr)
 
 
-def summary_lines(result: RunResult, elapsed: float | None = None) -> list[str]:
+def summary_lines(
+    result: RunResult, elapsed: float | None = None, stored_at: str | None = None
+) -> list[str]:
     """The outcome (counts, failures, what was reused, the files to open), then the stages."""
     from pipeline.advice import render_advice
 
     seconds = result.duration if elapsed is None else elapsed
     lines = ["", _headline(result, seconds)]
     lines += _outcome(result)
+    if stored_at is not None:
+        url = stored_at.rstrip("/") + "/"
+        lines.append(f"stored:   {url}  (the images, one folder per size, and the run's files)")
+        lines.append("          below: the run's files' local working copies")
     if result.output is not None:
         lines += _files(result.output)
     if result.stages and any(s.items for s in result.stages):

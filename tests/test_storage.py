@@ -74,6 +74,8 @@ def test_s3_to_s3_outputs_whole_manifest_complete_and_no_secret_anywhere(server:
     out = "s3://pix-out/run1"
     done = process(server, src, out)
     assert done.returncode == 0, done.stderr
+    # the end of the run names where everything went: the URL, then the local working copies
+    assert f"stored:   {out}/  (the images" in done.stderr
     recs = manifest(server, out)
     inputs = {k for k in server.objects(src)}
     # every object one record: images ok, the .npy and .csv ok (data), the .npz skipped
