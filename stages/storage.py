@@ -96,7 +96,7 @@ class StorageURL(str):
     """A URL (the string) with the file system options to reach it (never shown)."""
 
     options: Mapping[str, Any]
-    listings: OrderedDict[str, dict[str, int]]  # see present_size
+    listings: OrderedDict[str, dict[str, int] | None]  # see present_size
 
     def __new__(cls, url: str, options: Mapping[str, Any] | None = None) -> StorageURL:
         self = super().__new__(cls, url)
@@ -324,40 +324,47 @@ def object_size(url: str) -> int | None:
 LISTINGS_KEPT = 16
 
 
+#: The most objects a kept listing holds: the outputs of a bigger folder are looked up one
+#: request each (so at most ``LISTINGS_KEPT * LISTING_MAX`` names are held, whatever the size of
+#: the output folders).
+LISTING_MAX = 20_000
+
+
 def present_size(root: str, rel: str) -> int | None:
     """The size of the object ``root/rel`` (None: not there), from a listing of its folder
     kept on ``root`` (a :class:`StorageURL`; the ``LISTINGS_KEPT`` latest folders): a run's
-    resume checks send one LIST per output folder rather than one HEAD per output. The cache
-    lives as long as ``root`` (one run's check); a plain ``str`` root asks each time."""
+    resume checks send one LIST per output folder rather than one HEAD per output. A folder of
+    more than ``LISTING_MAX`` objects is not kept: its outputs are asked for one by one. The
+    cache lives as long as ``root`` (one run's check); a plain ``str`` root asks each time."""
     url = join_url(root, rel)
-    cache: OrderedDict[str, dict[str, int]] | None = getattr(root, "listings", None)
+    cache: OrderedDict[str, dict[str, int] | None] | None = getattr(root, "listings", None)
     if cache is None:
         if not isinstance(root, StorageURL):
             return object_size(url)
         cache = root.listings = OrderedDict()
     folder, _, name = str(url).rpartition("/")
-    listing = cache.get(folder)
-    if listing is None:
-        listing = _sizes(StorageURL(folder, options_of(root)))
-        cache[folder] = listing
+    if folder in cache:
+        cache.move_to_end(folder)
+        listing = cache[folder]
+    else:
+        listing = cache[folder] = _sizes(StorageURL(folder, options_of(root)))
         if len(cache) > LISTINGS_KEPT:
             cache.popitem(last=False)
-    else:
-        cache.move_to_end(folder)
-    return listing.get(name)
+    return object_size(url) if listing is None else listing.get(name)
 
 
-def _sizes(folder: str) -> dict[str, int]:
-    fs, path = filesystem(folder)
+def _sizes(folder: str) -> dict[str, int] | None:
+    """Name -> size of the objects in ``folder`` (paged on S3); None past ``LISTING_MAX``."""
+    sizes: dict[str, int] = {}
     try:
-        found = fs.ls(path.rstrip("/"), detail=True, refresh=True)
+        for entry in iter_folder(folder):
+            if isinstance(entry, ObjectInfo):
+                sizes[entry.rel] = entry.size
+                if len(sizes) > LISTING_MAX:
+                    return None
     except FileNotFoundError:
         return {}
-    return {
-        str(i["name"]).rstrip("/").rpartition("/")[2]: int(i.get("size", 0) or 0)
-        for i in found
-        if i.get("type") != "directory"
-    }
+    return sizes
 
 
 def object_info(url: str) -> dict[str, Any] | None:

@@ -134,3 +134,32 @@ def test_resume_checks_list_each_output_folder_once_per_run() -> None:
         assert present_size(StorageURL("memory://units-present", {}), "64/a.jpg") is None
     finally:
         fs.rm("/units-present", recursive=True)
+
+
+def test_a_folder_over_the_listing_cap_is_asked_object_by_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resume checks of an output folder bigger than LISTING_MAX keep no listing of it (memory
+    stays bounded whatever the folder's size): each output is asked for by itself."""
+    import fsspec
+
+    import stages.storage as storage
+
+    monkeypatch.setattr(storage, "LISTING_MAX", 3)
+    fs = fsspec.filesystem("memory")
+    for i in range(5):
+        fs.pipe_file(f"/units-big/64/{i}.jpg", b"x" * (i + 1))
+    fs.pipe_file("/units-big/32/a.jpg", b"xy")
+    try:
+        run_root = StorageURL("memory://units-big", {})
+        assert [present_size(run_root, f"64/{i}.jpg") for i in range(5)] == [1, 2, 3, 4, 5]
+        assert present_size(run_root, "64/9.jpg") is None
+        assert present_size(run_root, "32/a.jpg") == 2
+        assert run_root.listings == {
+            "memory://units-big/64": None,
+            "memory://units-big/32": {"a.jpg": 2},
+        }
+        fs.rm_file("/units-big/64/0.jpg")  # asked again: the big folder's answers are live
+        assert present_size(run_root, "64/0.jpg") is None
+    finally:
+        fs.rm("/units-big", recursive=True)
