@@ -20,8 +20,10 @@ object, with the same keys and output names as a local folder (:mod:`stages.sour
   ``SPILL_NAMES`` entries per level of the tree, whatever a folder holds, with the same tags
   as the in-memory :class:`~stages.naming.Folder`. (An object that appears between the two
   passes is walked, its tag chosen among the first pass's names.)
-* An ``.npz`` object is ``skipped``: its arrays are planned from the zip directory, which a
-  storage input does not offer yet (``.npy``, CSV and TSV objects are data inputs as usual).
+* An ``.npz`` object is one item per array (``key:name``), as a local ``.npz``: its zip
+  directory is read with range requests at the walk, and each array is planned from a local
+  copy of the object (:mod:`stages.remote_data`; one copy per array). ``.npy``, CSV and TSV
+  objects are data inputs as usual.
 """
 
 from __future__ import annotations
@@ -30,13 +32,24 @@ import contextlib
 import os
 import sqlite3
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pipeline import Item, Record, Status
 
 from .naming import Folder, Siblings, choose_tag, taken_by
-from .storage import ObjectInfo, StorageURL, identity, is_url, iter_folder, object_info, options_of
+from .sniff import HEAD_BYTES, image_format
+from .storage import (
+    ObjectInfo,
+    StorageURL,
+    identity,
+    is_url,
+    iter_folder,
+    object_info,
+    open_input,
+    options_of,
+)
 
 __all__ = ["SPILL_NAMES", "SpilledNames", "is_prefix", "walk_remote"]
 
@@ -67,6 +80,7 @@ class RemoteWalk:
     never: Sequence[object]
     image: Callable[[str, str, str | None], object]
     data: Callable[[str, str, str | None], object]
+    member: Callable[[str, str, str], object]  # (path, rel, member): an array of an .npz
 
 
 def walk_remote(
@@ -186,10 +200,45 @@ def _entry(walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None) -> Iter
     source = str(obj.url)
     suffix = os.path.splitext(obj.rel.rpartition("/")[2])[1].lower()
     if suffix == ".npz" and suffix in walk.data_extensions:
-        yield _skipped(key, source, "an .npz object at a storage URL is not supported yet")
+        yield from _npz(walk, obj, key, tag)
         return
     make = walk.data if suffix in walk.data_extensions else walk.image
     yield Item(key=key, value=make(obj.url, key, tag), source=source, identity=obj.identity)
+
+
+def _npz(walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None) -> Iterator[Item | Record]:
+    """An ``.npz`` object: one item per array (``key:name``), from its zip directory (read with
+    range requests: the end of the object, not all of it), as for a local ``.npz``; an image
+    so named is an image."""
+    source = str(obj.url)
+    try:
+        with open_input(obj.url) as fh:
+            if image_format(fh.peek(HEAD_BYTES)[:HEAD_BYTES]) is not None:
+                value = walk.image(obj.url, key, tag)
+                yield Item(key=key, value=value, source=source, identity=obj.identity)
+                return
+            with zipfile.ZipFile(fh) as zf:
+                members = [n for n in zf.namelist() if n.endswith(".npy")]
+    except (OSError, zipfile.BadZipFile) as exc:
+        yield Record(
+            key=key,
+            status=Status.FAILED,
+            source=source,
+            stage="sources",
+            error_type=type(exc).__name__,
+            error=f"not a readable .npz (zip) file: {exc}",
+            attempts=1,
+        )
+        return
+    if not members:
+        yield _skipped(key, source, "no arrays in .npz")
+    for member in members:
+        yield Item(
+            key=f"{key}:{member.removesuffix('.npy')}",
+            value=walk.member(obj.url, key, member),
+            source=source,
+            identity=obj.identity,
+        )
 
 
 def _skipped(key: str, source: str, reason: str) -> Record:

@@ -136,7 +136,10 @@ def _walk_remote(
     def data(path: str, key: str, tag: str | None) -> DataFile:
         return DataFile(path, key, tag=tag)
 
-    how = RemoteWalk(walk._wanted, data_extensions, never, SourceFile, data)
+    def member(path: str, key: str, name: str) -> DataFile:
+        return DataFile(path, key, name)
+
+    how = RemoteWalk(walk._wanted, data_extensions, never, SourceFile, data, member)
     yield from walk_remote(how, root.path, root.folder, root.prefix, root.tag)
 
 

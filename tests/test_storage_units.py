@@ -13,6 +13,7 @@ import pytest
 from app.config import ProcessConfig
 from app.process import run_process
 from app.storage_config import shown_argv
+from pipeline import Item, Record, Status
 from stages.storage import (
     StorageError,
     StorageURL,
@@ -163,3 +164,39 @@ def test_a_folder_over_the_listing_cap_is_asked_object_by_object(
         assert present_size(run_root, "64/0.jpg") is None
     finally:
         fs.rm("/units-big", recursive=True)
+
+
+def test_npz_objects_walk_as_one_item_per_array_and_a_broken_one_fails() -> None:
+    """An .npz object is walked as a local one: one item per array from its zip directory; an
+    object that is no zip is a failed record naming why; an image named .npz is an image."""
+    import fsspec
+
+    from stages.sources import DATA_EXTENSIONS, DataFile, SourceFile, walk_inputs
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/units-npz/arrays.npz", (ROOT / "sample_data/data/arrays.npz").read_bytes())
+    fs.pipe_file("/units-npz/broken.npz", b"not a zip at all")
+    jpeg = next((ROOT / "sample_data/images").glob("*.jpg")).read_bytes()
+    fs.pipe_file("/units-npz/photo.npz", jpeg)
+    try:
+        found = list(walk_inputs(["memory://units-npz/"], data_extensions=DATA_EXTENSIONS))
+        by_key = {x.key: x for x in found}
+        assert sorted(by_key) == [
+            "arrays.npz:counts",
+            "arrays.npz:weights",
+            "broken.npz",
+            "photo.npz",
+        ]
+        counts = by_key["arrays.npz:counts"]
+        assert isinstance(counts, Item)
+        assert isinstance(counts.value, DataFile)
+        assert counts.value.member == "counts.npy"
+        broken = by_key["broken.npz"]
+        assert isinstance(broken, Record)
+        assert broken.status is Status.FAILED
+        assert "not a readable .npz" in (broken.error or "")
+        photo = by_key["photo.npz"]
+        assert isinstance(photo, Item)
+        assert isinstance(photo.value, SourceFile)
+    finally:
+        fs.rm("/units-npz", recursive=True)
