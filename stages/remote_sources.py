@@ -32,14 +32,13 @@ import contextlib
 import os
 import sqlite3
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pipeline import Item, Record, Status
 
 from .naming import Folder, Siblings, choose_tag, taken_by
-from .sniff import HEAD_BYTES, image_format
+from .npz_items import npz_items
 from .storage import (
     ObjectInfo,
     StorageURL,
@@ -207,38 +206,16 @@ def _entry(walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None) -> Iter
 
 
 def _npz(walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None) -> Iterator[Item | Record]:
-    """An ``.npz`` object: one item per array (``key:name``), from its zip directory (read with
-    range requests: the end of the object, not all of it), as for a local ``.npz``; an image
-    so named is an image."""
-    source = str(obj.url)
-    try:
-        with open_input(obj.url) as fh:
-            if image_format(fh.peek(HEAD_BYTES)[:HEAD_BYTES]) is not None:
-                value = walk.image(obj.url, key, tag)
-                yield Item(key=key, value=value, source=source, identity=obj.identity)
-                return
-            with zipfile.ZipFile(fh) as zf:
-                members = [n for n in zf.namelist() if n.endswith(".npy")]
-    except (OSError, zipfile.BadZipFile) as exc:
-        yield Record(
-            key=key,
-            status=Status.FAILED,
-            source=source,
-            stage="sources",
-            error_type=type(exc).__name__,
-            error=f"not a readable .npz (zip) file: {exc}",
-            attempts=1,
-        )
-        return
-    if not members:
-        yield _skipped(key, source, "no arrays in .npz")
-    for member in members:
-        yield Item(
-            key=f"{key}:{member.removesuffix('.npy')}",
-            value=walk.member(obj.url, key, member),
-            source=source,
-            identity=obj.identity,
-        )
+    """An ``.npz`` object, as a local one (:func:`~stages.npz_items.npz_items`): its zip
+    directory is read with range requests (the end of the object, not all of it)."""
+    return npz_items(
+        key,
+        str(obj.url),
+        obj.identity,
+        lambda: open_input(obj.url),
+        lambda: walk.image(obj.url, key, tag),
+        lambda member: walk.member(obj.url, key, member),
+    )
 
 
 def _skipped(key: str, source: str, reason: str) -> Record:

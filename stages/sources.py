@@ -45,7 +45,6 @@ import hashlib
 import os
 import re
 import stat
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,8 +52,8 @@ from typing import Any
 from pipeline import Item, Record, Status
 
 from .naming import Folder, choose_tag, name_tag, tagged
-from .sniff import HEAD_BYTES, image_format
-from .storage import is_url
+from .npz_items import npz_items
+from .storage import is_url, open_input
 
 __all__ = [
     "DATA_EXTENSIONS",
@@ -364,27 +363,11 @@ def _data(
     if suffix != ".npz":
         yield Item(key=key, value=DataFile(path, key, tag=tag), source=path, identity=identity)
         return
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(HEAD_BYTES)
-        if image_format(head) is not None:  # an image, whatever its name
-            yield Item(key=key, value=SourceFile(path, key, tag), source=path, identity=identity)
-            return
-        with zipfile.ZipFile(path) as zf:
-            members = [n for n in zf.namelist() if n.endswith(".npy")]
-    except (OSError, zipfile.BadZipFile) as exc:
-        yield Record(
-            key=key,
-            status=Status.FAILED,
-            source=path,
-            stage="sources",
-            error_type=type(exc).__name__,
-            error=f"not a readable .npz (zip) file: {exc}",
-            attempts=1,
-        )
-        return
-    if not members:
-        yield _skipped(key, path, "no arrays in .npz")
-    for member in members:
-        name = f"{key}:{member.removesuffix('.npy')}"
-        yield Item(key=name, value=DataFile(path, key, member), source=path, identity=identity)
+    yield from npz_items(
+        key,
+        path,
+        identity,
+        lambda: open_input(path),
+        lambda: SourceFile(path, key, tag),
+        lambda member: DataFile(path, key, member),
+    )
