@@ -32,7 +32,7 @@ from stages.aggregate import DataGroups
 from stages.parts import is_data_result
 
 from .endofrun import RecordFeed, data_result
-from .report import smallest_output
+from .report import as_number, smallest_output
 from .tables import CsvStream, ParquetStream
 
 __all__ = ["DataAggregate", "DataTable", "FailureList", "NearDuplicates", "StatsTable"]
@@ -150,7 +150,7 @@ class StatsTable(_FolderTable):
         if out is None:
             line = f"{record['key']}\0\0\0\0\0"
         else:
-            size = f"{int(_num(out.get('width')))}\0{int(_num(out.get('height')))}"
+            size = f"{int(as_number(out.get('width')))}\0{int(as_number(out.get('height')))}"
             line = f"{record['key']}\0{out['path']}\0{out.get('path_b64') or ''}\0{size}\0"
         self._spill.write(line.encode("utf-8"))
         self.hashes.append(value)
@@ -191,11 +191,6 @@ def _spilled(fh: IO[bytes], size: int = 1 << 20) -> Iterator[list[bytes]]:
         for r in range(rows):
             yield fields[r * SPILL_FIELDS : (r + 1) * SPILL_FIELDS]
         rest = b"\0".join([*fields[rows * SPILL_FIELDS :], rest])
-
-
-def _num(value: Any) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return float(value) if ok else 0.0
 
 
 #: From this many images on, the hashes are grouped in a child process: the grouping's memory

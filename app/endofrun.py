@@ -102,13 +102,14 @@ class RecordFeed:
 
     # -- the collector (pipeline.FolderCollector) ----------------------------------------------
     def add(self, record: Record) -> None:
-        self.live = True
-        self.fed["this_run"] += 1
-        self._take(manifest_form(record))
+        self._feed(record, "this_run")
 
     def add_earlier(self, record: Record) -> None:
+        self._feed(record, "earlier")
+
+    def _feed(self, record: Record, which: str) -> None:
         self.live = True
-        self.fed["earlier"] += 1
+        self.fed[which] += 1
         self._take(manifest_form(record))
 
     def result(self) -> dict[str, int]:

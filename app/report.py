@@ -35,7 +35,7 @@ from stages.parts import is_data_result
 
 from .endofrun import RecordFeed, data_result
 
-__all__ = ["MAX_TILES", "REPORT", "ReportSheet", "smallest_output", "write_report"]
+__all__ = ["MAX_TILES", "REPORT", "ReportSheet", "as_number", "smallest_output", "write_report"]
 
 REPORT = "report.html"
 MAX_TILES = 2000
@@ -217,7 +217,8 @@ def _e(value: Any) -> str:
     return escape(str(value), quote=True)
 
 
-def _num(value: Any, default: float = 0.0) -> float:
+def as_number(value: Any, default: float = 0.0) -> float:
+    """``value`` as a float when it is a number (not a bool), else ``default``."""
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     return float(value) if ok else default
 
@@ -238,8 +239,8 @@ def _dup_groups(summary: Mapping[str, Any]) -> list[list[str]]:
 # -- totals --------------------------------------------------------------------------------------
 def _totals(summary: Mapping[str, Any]) -> str:
     counts = summary.get("counts") or {}
-    duration = _num(summary.get("duration_s"))
-    seen = _num(summary.get("inputs_seen"))
+    duration = as_number(summary.get("duration_s"))
+    seen = as_number(summary.get("inputs_seen"))
     rate = f"{seen / duration:.1f}" if duration > 0 else "-"
     cells = "".join(f"<tr><th class=l>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in counts.items())
     folder = summary.get("folder_counts") or {}
@@ -278,7 +279,7 @@ def smallest_output(rec: Mapping[str, Any]) -> Mapping[str, Any] | None:
     good = [o for o in outs or () if isinstance(o, dict) and _safe_rel(o.get("path"))]
     if len(good) < 2:  # one output size (the usual case), or none
         return good[0] if good else None
-    return min(good, key=lambda o: _num(o.get("width")) * _num(o.get("height")))
+    return min(good, key=lambda o: as_number(o.get("width")) * as_number(o.get("height")))
 
 
 def _safe_rel(path: Any) -> bool:
@@ -289,7 +290,7 @@ def _safe_rel(path: Any) -> bool:
 def _img(out: Mapping[str, Any], key: str) -> str:
     raw = out.get("path_b64")  # a name that is not UTF-8: its exact bytes, percent-encoded
     src = quote(base64.b64decode(raw) if isinstance(raw, str) else str(out["path"]), safe="/")
-    w, h = int(_num(out.get("width"))), int(_num(out.get("height")))
+    w, h = int(as_number(out.get("width"))), int(as_number(out.get("height")))
     size = f' width="{w}" height="{h}"' if w > 0 and h > 0 else ""
     return f'<img src="{_e(src)}" loading="lazy"{size} alt="{_e(key)}">'
 
@@ -303,7 +304,7 @@ def _tile(rec: Mapping[str, Any], out: Mapping[str, Any] | None) -> str:
             f"{_e(rec.get('error', ''))}</figcaption></figure>"
         )
     img = _img(out, key) if out is not None else "(no output)"
-    dims = f" {int(_num(out.get('width')))}x{int(_num(out.get('height')))}" if out else ""
+    dims = f" {int(as_number(out.get('width')))}x{int(as_number(out.get('height')))}" if out else ""
     if rec.get("status") == "reused":  # made by an earlier run, unchanged since
         return (
             f'<figure class="reused">{img}<figcaption>{_e(key)}{dims} <i>reused</i>'
@@ -323,7 +324,7 @@ def _bars(hist: Any) -> str:
     """A small inline SVG of a histogram's counts (the bin edges in its title)."""
     if not isinstance(hist, dict) or not hist.get("counts"):
         return ""
-    counts = [_num(c) for c in hist["counts"]]
+    counts = [as_number(c) for c in hist["counts"]]
     top = max(counts) or 1.0
     w = 2.0
     bars = "".join(
@@ -331,7 +332,7 @@ def _bars(hist: Any) -> str:
         f'height="{20 * c / top:.1f}"/>'
         for i, c in enumerate(counts)
     )
-    low, width = _num(hist.get("low")), _num(hist.get("width"))
+    low, width = as_number(hist.get("low")), as_number(hist.get("width"))
     title = f"{len(counts)} bins of {width:g} from {low:g}"
     return (
         f'<svg class="hist" width="{len(counts) * w:.0f}" height="20" role="img">'
@@ -350,10 +351,12 @@ def _rates(t: Sequence[float], done: Sequence[float]) -> list[float]:
 
 
 def _charts(timeline: Mapping[str, Any]) -> str:
-    t = [_num(v) for v in timeline.get("t") or ()]
+    t = [as_number(v) for v in timeline.get("t") or ()]
     stages = timeline.get("stages") or {}
-    throughput = {n: _rates(t, [_num(v) for v in s.get("done") or ()]) for n, s in stages.items()}
-    inbox = {n: [_num(v) for v in s.get("inbox") or ()] for n, s in stages.items()}
+    throughput = {
+        n: _rates(t, [as_number(v) for v in s.get("done") or ()]) for n, s in stages.items()
+    }
+    inbox = {n: [as_number(v) for v in s.get("inbox") or ()] for n, s in stages.items()}
     head = "<h2>Throughput per stage (items/s)</h2>\n"
     queues = "\n<h2>Queue fill per stage (items waiting in the inbox)</h2>\n"
     return (
@@ -414,8 +417,8 @@ def _advice(summary: Mapping[str, Any]) -> str:
     if isinstance(top, dict):
         head += (
             f'<p id="bottleneck">Bottleneck: <b>{_e(top.get("name"))}</b> ({_e(top.get("kind"))}, '
-            f"{_e(top.get('workers'))} workers, busy {_num(top.get('utilisation')):.0%}, "
-            f"{_num(top.get('items_per_s')):.1f} items/s)</p>"
+            f"{_e(top.get('workers'))} workers, busy {as_number(top.get('utilisation')):.0%}, "
+            f"{as_number(top.get('items_per_s')):.1f} items/s)</p>"
         )
     cols = "".join(f"<th>{_e(c[0])}</th>" for c in ADVICE_COLUMNS)
     rows = [
@@ -425,7 +428,7 @@ def _advice(summary: Mapping[str, Any]) -> str:
     for adv in (a for a in summary.get("advice") or () if isinstance(a, dict)):
         fig = adv.get("figures") or figures.get(adv.get("stage"), {})  # the verdict's own
         nums = "".join(
-            f"<td>{f.format(_num(fig[k])) if fig.get(k) is not None else '-'}</td>"
+            f"<td>{f.format(as_number(fig[k])) if fig.get(k) is not None else '-'}</td>"
             for _, k, f in ADVICE_COLUMNS
         )
         rows.append(
