@@ -26,6 +26,7 @@ from stages import download, http1
 from stages.download import (
     ConnectionFailed,
     DownloadConfig,
+    Downloaded,
     DownloadError,
     TooLarge,
     TruncatedBody,
@@ -110,6 +111,19 @@ async def hits(base: str, path: str) -> int:
     return counts.get(path, 0)
 
 
+async def fetch_from(
+    handler: Callable[[Raw, asyncio.StreamReader, asyncio.StreamWriter], Any],
+    *paths: str,
+    **overrides: Any,
+) -> tuple[list[Downloaded], Raw]:
+    """Fetch each of ``paths`` in turn on one session from a raw server running ``handler``."""
+    async with raw_server(handler) as raw:
+        config = cfg(**overrides)
+        async with make_session(config) as session:
+            got = [await fetch(session, f"{raw.url}{path}", config) for path in paths]
+    return got, raw
+
+
 # --- keep-alive -----------------------------------------------------------------------------------
 
 
@@ -169,12 +183,9 @@ async def test_http10_and_connection_close_are_not_reused() -> None:
         await w.drain()
         await reader.read()  # keep the connection open: the client must not reuse it
 
-    async with raw_server(handler) as raw:
-        config = cfg()
-        async with make_session(config) as session:
-            bodies = [(await fetch(session, f"{raw.url}/{i}", config)).data for i in range(3)]
-        assert bodies == [b"a", b"b", b"c"]
-        assert raw.connections == 3
+    got, raw = await fetch_from(handler, "/0", "/1", "/2")
+    assert [g.data for g in got] == [b"a", b"b", b"c"]
+    assert raw.connections == 3
 
 
 @pytest.mark.asyncio
@@ -210,10 +221,7 @@ async def test_informational_head_before_the_answer_is_skipped() -> None:
         w.write(reply(b"abc", "X-Robots-Tag: noai"))
         await w.drain()
 
-    async with raw_server(handler) as raw:
-        config = cfg()
-        async with make_session(config) as session:
-            got = await fetch(session, f"{raw.url}/a", config)
+    (got,), _ = await fetch_from(handler, "/a")
     assert (got.status, got.data, got.content_type, got.robots) == (
         200,
         b"abc",
@@ -232,10 +240,7 @@ async def test_body_until_the_connection_closes() -> None:
             await w.drain()
             await asyncio.sleep(0.01)
 
-    async with raw_server(handler) as raw:
-        config = cfg()
-        async with make_session(config) as session:
-            got = await fetch(session, f"{raw.url}/a", config)
+    (got,), _ = await fetch_from(handler, "/a")
     assert got.data == b"x" * 4000
 
 
@@ -247,11 +252,8 @@ async def test_body_until_close_over_the_cap_is_too_large() -> None:
         await w.drain()
         await reader.read()
 
-    async with raw_server(handler) as raw:
-        config = cfg(max_bytes=4096)
-        async with make_session(config) as session:
-            with pytest.raises(TooLarge, match="max_bytes 4096"):
-                await fetch(session, f"{raw.url}/a", config)
+    with pytest.raises(TooLarge, match="max_bytes 4096"):
+        await fetch_from(handler, "/a", max_bytes=4096)
 
 
 @pytest.mark.parametrize(
@@ -295,11 +297,8 @@ async def test_malformed_answers_fail_as_connection_errors(answer: bytes, messag
         await w.drain()
         await reader.read()
 
-    async with raw_server(handler) as raw:
-        config = cfg()
-        async with make_session(config) as session:
-            with pytest.raises(ConnectionFailed, match=message):
-                await fetch(session, f"{raw.url}/a", config)
+    with pytest.raises(ConnectionFailed, match=message):
+        await fetch_from(handler, "/a")
 
 
 @pytest.mark.asyncio
@@ -339,12 +338,9 @@ async def test_chunked_with_extensions_and_trailers() -> None:
                 await w.drain()
                 await asyncio.sleep(0.001)
 
-    async with raw_server(handler) as raw:
-        config = cfg()
-        async with make_session(config) as session:
-            for i in range(2):
-                assert (await fetch(session, f"{raw.url}/{i}", config)).data == b"abcde"
-        assert raw.connections == 1
+    got, raw = await fetch_from(handler, "/0", "/1")
+    assert [g.data for g in got] == [b"abcde"] * 2
+    assert raw.connections == 1
 
 
 @pytest.mark.asyncio
@@ -355,12 +351,9 @@ async def test_bytes_past_the_body_drop_the_connection() -> None:
             w.write(reply(b"abc") + b"HTTP/1.1 200 OK\r\n")  # the start of an answer to nothing
             await w.drain()
 
-    async with raw_server(handler) as raw:
-        config = cfg()
-        async with make_session(config) as session:
-            for i in range(2):
-                assert (await fetch(session, f"{raw.url}/{i}", config)).data == b"abc"
-        assert raw.connections == 2
+    got, raw = await fetch_from(handler, "/0", "/1")
+    assert [g.data for g in got] == [b"abc"] * 2
+    assert raw.connections == 2
 
 
 @pytest.mark.asyncio
@@ -372,11 +365,8 @@ async def test_chunked_body_over_the_cap_is_too_large() -> None:
         await w.drain()
         await reader.read()
 
-    async with raw_server(handler) as raw:
-        config = cfg(max_bytes=4096)
-        async with make_session(config) as session:
-            with pytest.raises(TooLarge, match="max_bytes 4096"):
-                await fetch(session, f"{raw.url}/a", config)
+    with pytest.raises(TooLarge, match="max_bytes 4096"):
+        await fetch_from(handler, "/a", max_bytes=4096)
 
 
 # --- handed to aiohttp ----------------------------------------------------------------------------
@@ -400,10 +390,7 @@ async def test_head_with_bare_lf_line_ends_goes_through_aiohttp() -> None:
         w.write(b"HTTP/1.1 200 OK\nContent-Length: 3\nConnection: close\n\nabc")
         await w.drain()
 
-    async with raw_server(handler) as raw:
-        config = cfg()
-        async with make_session(config) as session:
-            got = await fetch(session, f"{raw.url}/a", config)
+    (got,), raw = await fetch_from(handler, "/a")
     assert got.data == b"abc"
     assert raw.requests == 2
 
@@ -426,10 +413,7 @@ async def test_chunk_framing_longer_than_the_body_goes_through_aiohttp() -> None
         w.write(b"0\r\n\r\n")
         await w.drain()
 
-    async with raw_server(handler) as raw:
-        config = cfg()
-        async with make_session(config) as session:
-            got = await fetch(session, f"{raw.url}/a", config)
+    (got,), raw = await fetch_from(handler, "/a")
     assert got.data == bytes(65 + i % 26 for i in range(2000))
     assert raw.requests == 2
 
@@ -544,11 +528,8 @@ async def test_read_timeout_of_a_stalled_body() -> None:
         await w.drain()
         await reader.read()
 
-    async with raw_server(handler) as raw:
-        config = cfg(read_timeout=0.3)
-        async with make_session(config) as session:
-            with pytest.raises(DownloadError, match=r"no data for 0\.3 s") as info:
-                await fetch(session, f"{raw.url}/a", config)
+    with pytest.raises(DownloadError, match=r"no data for 0\.3 s") as info:
+        await fetch_from(handler, "/a", read_timeout=0.3)
     assert type(info.value).__name__ == "DownloadTimeout"
 
 
@@ -561,10 +542,7 @@ async def test_fragment_is_not_sent_nor_in_the_final_url() -> None:
         w.write(reply(b"abc"))
         await w.drain()
 
-    async with raw_server(handler) as raw:
-        config = cfg()
-        async with make_session(config) as session:
-            got = await fetch(session, f"{raw.url}/a%20b?q=1#part", config)
+    (got,), raw = await fetch_from(handler, "/a%20b?q=1#part")
     assert heads[0].startswith(b"GET /a%20b?q=1 HTTP/1.1\r\n")
     assert b"Accept-Encoding: identity\r\n" in heads[0]
     assert (got.url, got.final_url) == (f"{raw.url}/a%20b?q=1#part", f"{raw.url}/a%20b?q=1")
