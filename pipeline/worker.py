@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import io
 import logging
@@ -270,17 +271,7 @@ def _pack_outcomes(seq: int, pending: list[tuple[int, Outcome]], steps: Sequence
                 f"the {what} of stage {steps[outcome.step].name!r} cannot be pickled "
                 f"to leave the worker process ({type(exc).__name__}: {exc})"
             )
-            wait, outcome = (
-                outcome.run_wait,
-                Outcome.failure(
-                    error,
-                    step=outcome.step,
-                    attempts=outcome.attempts,
-                    busy=outcome.busy,
-                    cpu=outcome.cpu,
-                    bypassed=outcome.bypassed,
-                ),
-            )
-            outcome.run_wait = wait
+            # the same step, attempts and timings (busy, cpu, run_wait), now failed
+            outcome = dataclasses.replace(outcome, ok=False, value=error)
         safe.append((index, outcome))
     return pickle.dumps((seq, safe), protocol=5)

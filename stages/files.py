@@ -18,6 +18,7 @@ only regular files, so a file swapped for a named pipe after the walk cannot han
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass, field
@@ -94,14 +95,15 @@ class ImageFile:
         return ImageFile, (self.path, self.rel, self.tag)
 
 
-def _open_regular(path: str) -> int:
-    """A descriptor of the regular file at ``path``; :class:`Skip` for anything else."""
+def _open_regular(path: str) -> tuple[int, int]:
+    """A descriptor of the regular file at ``path`` and its size (one ``fstat``);
+    :class:`Skip` for anything else."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise Skip("not a regular file (it changed since the folder was listed); never read")
-    return fd
+    return fd, st.st_size
 
 
 def read_head(path: str) -> bytes:
@@ -110,7 +112,7 @@ def read_head(path: str) -> bytes:
         from .storage import read_range
 
         return read_range(path, 0, HEAD_BYTES)
-    fd = _open_regular(path)
+    fd, _ = _open_regular(path)
     try:
         return os.pread(fd, HEAD_BYTES, 0)
     finally:
@@ -124,10 +126,10 @@ def _not_an_image(src: SourceFile | ImageFile, head: bytes, size: int) -> Skip:
     return Skip(f"not an image or data file: {describe(head, size)} ({named})")
 
 
-def _checked(fd: int, src: SourceFile | ImageFile, max_bytes: int) -> int:
-    """The size of the open file ``fd`` once its first bytes say image and it is within the cap;
-    :class:`Skip` (not an image), :class:`NumpyFile` or :class:`FileTooLarge` otherwise."""
-    size = os.fstat(fd).st_size
+def _check(fd: int, size: int, src: SourceFile | ImageFile, max_bytes: int) -> None:
+    """Pass when the first bytes of the open file ``fd`` (of ``size`` bytes, from
+    :func:`_open_regular`) say image and it is within the cap; :class:`Skip` (not an image),
+    :class:`NumpyFile` or :class:`FileTooLarge` otherwise."""
     head = os.pread(fd, HEAD_BYTES, 0)
     if image_format(head) is None:
         if head.startswith(NPY_MAGIC):
@@ -135,15 +137,14 @@ def _checked(fd: int, src: SourceFile | ImageFile, max_bytes: int) -> int:
         raise _not_an_image(src, head, size)
     if size > max_bytes:
         raise FileTooLarge(f"{size:,} bytes is over the {max_bytes:,}-byte cap")
-    return size
 
 
 def check_file(src: SourceFile, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> ImageFile:
     """:func:`read_file`'s checks without reading the file: its first bytes and its size. The
     parent's share of a local image; the worker reads it."""
-    fd = _open_regular(src.path)
+    fd, size = _open_regular(src.path)
     try:
-        _checked(fd, src, max_bytes)
+        _check(fd, size, src, max_bytes)
     finally:
         os.close(fd)
     return ImageFile(src.path, src.rel, src.tag)
@@ -159,8 +160,9 @@ def read_file(
         return src
     if is_url(src.path):
         return _read_object(src, max_bytes)
-    with os.fdopen(_open_regular(src.path), "rb") as fh:
-        size = _checked(fh.fileno(), src, max_bytes)
+    fd, size = _open_regular(src.path)
+    with os.fdopen(fd, "rb") as fh:
+        _check(fd, size, src, max_bytes)
         # read(size + 1), not read(max_bytes + 1): CPython allocates the whole request first,
         # and a 200 MB request is a fresh mmap whose pages fault in one by one (650 faults and
         # ~1 ms per 2.6 MB photo); a buffer of the file's size is recycled by malloc from one
@@ -199,6 +201,13 @@ def _read_object(src: SourceFile | ImageFile, max_bytes: int) -> Loaded:
     return Loaded(src.rel, data, tag=src.tag)
 
 
+@functools.lru_cache(maxsize=16)
+def _resolved_root(root: str, cwd: str) -> Path:
+    """``root`` resolved, once per output root (and working folder, for a relative root):
+    resolving it on every write was about a quarter of the write stage's CPU."""
+    return Path(root).resolve()
+
+
 def safe_join(root: Path, rel: str) -> Path:
     """``root / rel``, refusing absolute paths, ``..`` and anything resolving outside root.
 
@@ -209,8 +218,7 @@ def safe_join(root: Path, rel: str) -> Path:
     if rel.startswith("/") or any(p in ("..", ".", "") for p in parts):
         raise UnsafePath(f"output path {rel!r} is not a plain relative path")
     target = root.joinpath(*parts)
-    real_root = root.resolve()
-    if not target.resolve().is_relative_to(real_root):
+    if not target.resolve().is_relative_to(_resolved_root(str(root), os.getcwd())):
         raise UnsafePath(f"output path {rel!r} resolves outside {root}")
     return target
 
