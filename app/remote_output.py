@@ -36,6 +36,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pipeline import FatalRunError
 from stages.storage import (
@@ -101,7 +102,7 @@ class _Mirror:
             if not journal.exists():
                 self._fetch_manifest()
             return
-        etag = str(remote.get("ETag") or remote.get("etag") or remote.get("size"))
+        etag = _etag(remote)
         if journal.exists() and seen.exists() and seen.read_text() == etag:
             return
         journal.parent.mkdir(parents=True, exist_ok=True)
@@ -153,10 +154,7 @@ class _Mirror:
                 src.close()
                 dst.close()
             put_file(snap, join_url(self.url, JOURNAL))
-        info = object_info(join_url(self.url, JOURNAL)) or {}
-        (self.local / _SEEN).write_text(
-            str(info.get("ETag") or info.get("etag") or info.get("size"))
-        )
+        (self.local / _SEEN).write_text(_etag(object_info(join_url(self.url, JOURNAL)) or {}))
         self.sent_state = state
 
     # -- end -----------------------------------------------------------------------------------
@@ -172,6 +170,11 @@ class _Mirror:
                 f"the run's records could not be uploaded to {self.url} (they are in "
                 f"{self.local}): {exc}"
             ) from exc
+
+
+def _etag(info: dict[str, Any]) -> str:
+    """What tells one upload of the journal from another: its ETag (else its size)."""
+    return str(info.get("ETag") or info.get("etag") or info.get("size"))
 
 
 def _stat(path: Path) -> os.stat_result | None:

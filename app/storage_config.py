@@ -55,23 +55,22 @@ def attach_storage_options(value: str, options: dict[str, Any]) -> str:
 def check_storage_url(url: str) -> bool:
     """Whether something (an object, or objects below it) is at ``url``; ConfigError when the
     URL cannot be used at all (its package is missing, the store refuses)."""
+    return _info(url, url) is not None
+
+
+def _info(url: str, shown: str) -> dict[str, Any] | None:
+    """:func:`object_info` of ``url``, its errors as ConfigError (``shown``: the URL named)."""
     try:
-        info = object_info(url)
+        return object_info(url)
     except StorageError as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
-        raise ConfigError(f"cannot reach {url}: {exc}") from None
-    return info is not None
+        raise ConfigError(f"cannot reach {shown}: {exc}") from None
 
 
 def check_storage_output(output: str, output_format: str, inputs: Sequence[str]) -> None:
     """A storage output: its file system usable, the ``files`` format, no input below it."""
-    try:
-        object_info(output)
-    except StorageError as exc:
-        raise ConfigError(str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot reach --output {output}: {exc}") from None
+    _info(output, f"--output {output}")
     if output_format != "files":
         raise ConfigError(
             f"--output-format {output_format} writes to a local folder only (for now), "

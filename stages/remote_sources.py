@@ -42,7 +42,6 @@ from .npz_items import npz_items
 from .storage import (
     ObjectInfo,
     StorageURL,
-    identity,
     is_url,
     iter_folder,
     object_info,
@@ -89,8 +88,7 @@ def walk_remote(
     object ``url`` itself (keyed ``prefix``, its name)."""
     if not folder:
         info = object_info(url) or {}
-        size = int(info.get("size", 0) or 0)
-        obj = ObjectInfo(StorageURL(url, options_of(url)), prefix, size, identity(info))
+        obj = ObjectInfo.of(StorageURL(url, options_of(url)), prefix, info)
         yield from _entry(walk, obj, prefix, tag)
         return
     skip = {str(n).rstrip("/") for n in walk.never if is_url(n)}

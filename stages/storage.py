@@ -209,6 +209,12 @@ class ObjectInfo:
     size: int
     identity: dict[str, Any]
 
+    @classmethod
+    def of(cls, url: StorageURL, rel: str, info: Mapping[str, Any]) -> ObjectInfo:
+        """The object whose listing or ``info`` entry is ``info`` (its size: the identity's)."""
+        ident = identity(info)
+        return cls(url, rel, ident["size"], ident)
+
 
 def identity(info: Mapping[str, Any]) -> dict[str, Any]:
     """Size plus ETag (or, without one, the modification time) of an object's info."""
@@ -245,7 +251,7 @@ def list_folder(prefix: str) -> tuple[list[ObjectInfo], list[StorageURL]]:
         if info.get("type") == "directory":
             folders.append(url)
         elif not str(info.get("name", "")).endswith("/"):
-            files.append(ObjectInfo(url, leaf, int(info.get("size", 0) or 0), identity(info)))
+            files.append(ObjectInfo.of(url, leaf, info))
     files.sort(key=lambda o: o.rel)
     folders.sort()
     return files, folders
@@ -288,7 +294,7 @@ def _s3_folder(fs: Any, path: str, prefix: str) -> Iterator[ObjectInfo | Storage
             leaf = str(obj["Key"])[len(base) :]
             if leaf and "/" not in leaf:  # not the folder's own marker
                 url = StorageURL(f"{root}/{leaf}", opts)
-                found.append((leaf, ObjectInfo(url, leaf, int(obj.get("Size", 0)), identity(obj))))
+                found.append((leaf, ObjectInfo.of(url, leaf, obj)))
         for sub in page.get("CommonPrefixes", ()):
             leaf = str(sub["Prefix"])[len(base) :]
             if leaf.rstrip("/"):

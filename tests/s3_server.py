@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,6 +85,19 @@ class S3:
 
     def read(self, url: str) -> bytes:
         return bytes(self.fs().cat_file(url))
+
+    def records(self, url: str) -> list[dict[str, Any]]:
+        """The records of the manifest the run at ``url`` wrote, in order."""
+        lines = self.read(f"{url}/manifest.jsonl").decode().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def argv(self, inputs: str, output: str, *more: str) -> list[str]:
+        """The command of a run ``inputs`` -> ``output`` with these storage options."""
+        return [
+            sys.executable,
+            *("-m", "pipeline", "process", inputs, "-o", output),
+            *("--storage-options", self.options_json, *more),
+        ]
 
 
 @contextlib.contextmanager

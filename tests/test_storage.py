@@ -45,8 +45,7 @@ def run(srv: S3, *args: str, timeout: float = 120, **env: str) -> subprocess.Com
 
 
 def manifest(srv: S3, url: str) -> dict[str, dict[str, Any]]:
-    lines = srv.read(f"{url}/manifest.jsonl").decode().splitlines()
-    recs = [json.loads(line) for line in lines if line.strip()]
+    recs = srv.records(url)
     keys = [r["key"] for r in recs]
     assert len(keys) == len(set(keys)), "a key twice in the manifest"
     return {r["key"]: r for r in recs}
@@ -229,18 +228,9 @@ def _many_in_bucket(server: S3, tmp_path: Path, copies: int, name: str) -> tuple
 
 def _slow_run(server: S3, out: str) -> list[str]:
     """The command of a run s3://pix-in/many/ -> ``out`` with one worker and two sizes."""
-    return [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "process",
-        "s3://pix-in/many/",
-        "-o",
-        out,
-        "--storage-options",
-        server.options_json,
-        *("--size", "256", "--size", "64", "--workers", "1"),
-    ]
+    return server.argv(
+        "s3://pix-in/many/", out, *("--size", "256", "--size", "64", "--workers", "1")
+    )
 
 
 @pytest.mark.timeout(240)

@@ -112,25 +112,11 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
     n += server.put_tree(DATA, "s3://pix-in/photos/data") + 1  # arrays.npz holds two arrays
     server.bucket("pix-out")
     out = "s3://pix-out/dask"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "process",
+    argv = server.argv(
         "s3://pix-in/photos/",
-        "-o",
         out,
-        "--storage-options",
-        server.options_json,
-        "--size",
-        "64",
-        "--backend",
-        "dask",
-        "--scheduler",
-        cluster,
-        "--shard-size",
-        "4",
-    ]
+        *("--size", "64", "--backend", "dask", "--scheduler", cluster, "--shard-size", "4"),
+    )
     done = subprocess.run(
         argv,
         cwd=tmp_path,
@@ -141,8 +127,7 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    lines = server.read(f"{out}/manifest.jsonl").decode().splitlines()
-    recs = [json.loads(line) for line in lines]
+    recs = server.records(out)
     assert len(recs) == n == len({r["key"] for r in recs})  # the ledger exact: each key once
     by_key = {r["key"]: r for r in recs}
     assert by_key["data/arrays.npz:counts"]["result"]["format"] == "npz"
@@ -173,7 +158,7 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
         check=False,
     )
     assert again.returncode == 0, again.stderr
-    recs = [json.loads(line) for line in server.read(f"{out}/manifest.jsonl").decode().splitlines()]
+    recs = server.records(out)
     assert {r["status"] for r in recs} == {"reused"}
 
 
@@ -185,25 +170,11 @@ def test_a_worker_killed_mid_run_loses_only_its_shard(
     n = sum(server.put_tree(IMAGES, f"s3://pix-in/photos/set{i}") for i in range(6))
     server.bucket("pix-out")
     out = "s3://pix-out/killed"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "process",
+    argv = server.argv(
         "s3://pix-in/photos/",
-        "-o",
         out,
-        "--storage-options",
-        server.options_json,
-        "--size",
-        "256",
-        "--backend",
-        "dask",
-        "--scheduler",
-        cluster,
-        "--shard-size",
-        "4",
-    ]
+        *("--size", "256", "--backend", "dask", "--scheduler", cluster, "--shard-size", "4"),
+    )
     proc = subprocess.Popen(
         argv,
         cwd=tmp_path,
@@ -229,8 +200,7 @@ def test_a_worker_killed_mid_run_loses_only_its_shard(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    lines = server.read(f"{out}/manifest.jsonl").decode().splitlines()
-    recs = [json.loads(line) for line in lines]
+    recs = server.records(out)
     assert len(recs) == n == len({r["key"] for r in recs})  # each input once
     assert {r["status"] for r in recs} == {"ok"}
     stored = server.objects(out)

@@ -57,6 +57,16 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return made
 
 
+@pytest.fixture
+def spill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The folder the spill files go to; a folder's names spill above 10."""
+    folder = tmp_path / "spill"
+    folder.mkdir()
+    monkeypatch.setattr(remote.tempfile, "tempdir", str(folder))
+    monkeypatch.setattr(remote, "SPILL_NAMES", 10)
+    return folder
+
+
 def put(server: S3, url: str, rels: list[str]) -> StorageURL:
     server.bucket(url.removeprefix("s3://").partition("/")[0])
     server.fs().pipe({f"{url}/{rel}": rel.encode() * 3 for rel in rels})
@@ -95,13 +105,9 @@ def test_a_paged_listing_gives_what_ls_gives(server: S3, calls: list[dict[str, A
 
 
 def test_the_walk_yields_before_the_listing_is_done(
-    server: S3, calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    server: S3, calls: list[dict[str, Any]], spill: Path
 ) -> None:
     url = put(server, "s3://pix-list/flat", [f"f{i:03}.png" for i in range(120)])
-    spill = tmp_path / "spill"
-    spill.mkdir()
-    monkeypatch.setattr(remote.tempfile, "tempdir", str(spill))
-    monkeypatch.setattr(remote, "SPILL_NAMES", 10)
     items = walk_inputs([url])
     first = next(items)
     assert first.key == "f000.png"
@@ -160,13 +166,9 @@ def test_a_skipped_record_is_still_a_record(server: S3) -> None:
 
 
 def test_a_listing_that_fails_midway_raises_and_leaves_no_spill_file(
-    server: S3, calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    server: S3, calls: list[dict[str, Any]], spill: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = put(server, "s3://pix-gone/flat", [f"f{i:03}.png" for i in range(120)])
-    spill = tmp_path / "spill"
-    spill.mkdir()
-    monkeypatch.setattr(remote.tempfile, "tempdir", str(spill))
-    monkeypatch.setattr(remote, "SPILL_NAMES", 10)
     listing = storage._list_page
 
     def bucket_gone_after_one_page(fs: Any, request: dict[str, Any]) -> dict[str, Any]:
