@@ -64,11 +64,12 @@ def name_tag(text: str, digits: int = 8) -> str:
     return hashlib.sha1(_bytes(text)).hexdigest()[:digits]
 
 
-def needs_tag(name: str, siblings_lower: Collection[str]) -> bool:
+def needs_tag(name: str, siblings_lower: Collection[str] | Callable[[str], bool]) -> bool:
     """Whether ``<name><ext>`` could be a sibling's own name (``siblings_lower``: lower-cased
-    names of every entry in the folder)."""
+    names of every entry in the folder, or a test of one: :meth:`Siblings.is_name`)."""
+    is_name = siblings_lower if callable(siblings_lower) else siblings_lower.__contains__
     low = name.lower()
-    return any(low + ext in siblings_lower for ext in OUTPUT_EXTENSIONS)
+    return any(is_name(low + ext) for ext in OUTPUT_EXTENSIONS)
 
 
 class Siblings(Protocol):
@@ -113,9 +114,7 @@ def choose_tag(name: str, folder: Siblings, seed: str | None = None) -> str | No
     """The tag ``name``'s outputs take in ``folder`` (None: rules 1 and 2 do). ``seed``: what
     the tag is a hash of (default: the name)."""
     appended = [name + ext for ext in OUTPUT_EXTENSIONS if _extension(name) != ext]
-    low = name.lower()
-    collides = any(folder.is_name(low + ext) for ext in OUTPUT_EXTENSIONS)  # needs_tag
-    if not collides and all(len(_bytes(a)) <= NAME_MAX for a in appended):
+    if not needs_tag(name, folder.is_name) and all(len(_bytes(a)) <= NAME_MAX for a in appended):
         return None
     for digits in (8, 16, 40):
         tag = name_tag(seed if seed is not None else name, digits)
