@@ -64,7 +64,10 @@ def _info(url: str, shown: str) -> dict[str, Any] | None:
         return object_info(url)
     except StorageError as exc:
         raise ConfigError(str(exc)) from None
-    except OSError as exc:
+    # Broad by design: before the run, anything the client library raises means the URL
+    # cannot be used; botocore's own errors (an endpoint that refuses connections) are no
+    # OSError, and escaped as a traceback.
+    except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"cannot reach {shown}: {exc}") from None
 
 

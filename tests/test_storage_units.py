@@ -200,3 +200,45 @@ def test_npz_objects_walk_as_one_item_per_array_and_a_broken_one_fails() -> None
         assert isinstance(photo.value, SourceFile)
     finally:
         fs.rm("/units-npz", recursive=True)
+
+
+@pytest.mark.timeout(60)
+def test_an_unreachable_endpoint_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port on this machine where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    opts = {
+        "key": "k",
+        "secret": "s",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+        "config_kwargs": {"retries": {"max_attempts": 1}},
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "process",
+            "s3://nowhere/in/",
+            "-o",
+            str(tmp_path),
+            "--storage-options",
+            json.dumps(opts),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot reach s3://nowhere/in/" in done.stderr
+    assert "Traceback" not in done.stderr
