@@ -67,10 +67,10 @@ class _FolderTable(abc.ABC):
 
 
 class StatsTable(_FolderTable):
-    """Writes ``stats.csv`` and ``stats.parquet`` (when there are image rows) as the records
-    come, and keeps each image's 64-bit difference hash for :class:`NearDuplicates`, which
-    needs them all: 8 bytes an image in memory, its key and smallest output in a temporary
-    file (read back for the images of the groups only)."""
+    """Writes ``stats.csv`` as the records come and, from it at the end, ``stats.parquet``
+    (when there are image rows); keeps each image's 64-bit difference hash for
+    :class:`NearDuplicates`, which needs them all: 8 bytes an image in memory, its key and
+    smallest output in a temporary file (read back for the images of the groups only)."""
 
     name = "stats_table"
     COLUMNS = (
@@ -93,9 +93,7 @@ class StatsTable(_FolderTable):
         self.hashes = array("Q")  # the dhash of every row with one, in order
         self._spill: IO[bytes] | None = None  # a line [key, smallest output] per hash
         self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS)
-        self._csv = CsvStream(
-            folder / "stats.csv", self.COLUMNS, keep_empty=True, on_chunk=self._parquet.chunk
-        )
+        self._csv = CsvStream(folder / "stats.csv", self.COLUMNS, keep_empty=True)
         self.feed.add_sink(self)
 
     def hashed(self, wanted: set[int]) -> Iterator[tuple[int, str, Mapping[str, Any] | None]]:
@@ -158,7 +156,7 @@ class StatsTable(_FolderTable):
     def finish(self) -> None:
         self._csv.commit()
         files = ["stats.csv"]
-        if self._parquet.commit(self.folder / "stats.csv"):
+        if self._parquet.write_from(self._csv):
             files.append("stats.parquet")
         self._result = {"rows": self._csv.rows, "files": files}
 

@@ -32,7 +32,7 @@ def _process(args: argparse.Namespace) -> int:
     from .process import run_process
 
     cfg = config_from_args(args)
-    result = run_process(cfg)
+    result = run_process(cfg, stop_helpers=True)  # one run in this process
     stored_at = cfg.output if is_url(cfg.output) else None
     print_summary(
         result, quiet=cfg.quiet, elapsed=time.perf_counter() - started, stored_at=stored_at
@@ -51,7 +51,7 @@ def _profile(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     with tempfile.TemporaryDirectory(prefix="pixpipe-profile-") as tmp:
         cfg = dataclasses.replace(cfg, output=tmp, force=True, retry_failed=False)
-        result = run_process(cfg, limit=args.sample)
+        result = run_process(cfg, limit=args.sample, stop_helpers=True)
     print_profile(result)
     return 0 if result.error is None else 3
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import itertools
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -278,46 +276,13 @@ def _table_urls(cfg: ProcessConfig, path: str) -> Iterator[Item | Record]:
             yield obj
 
 
-#: What the end of a run imports (``stats.parquet``: pyarrow and numpy, a tenth of a second or
-#: more; near-duplicate groups: numpy), imported ahead in a thread from the run's first input
-#: on, while the parent mostly waits for its workers.
-END_OF_RUN_MODULES = ("pyarrow.csv", "pyarrow.parquet", "stages.stats")
-
-
-@functools.cache
-def _prefetch_end_of_run() -> None:
-    """Start importing :data:`END_OF_RUN_MODULES` in a thread, once per process.
-
-    Not a daemon: interpreter shutdown waits for it rather than cutting an import short.
-    """
-    threading.Thread(target=_import_all, args=(END_OF_RUN_MODULES,), name="prefetch").start()
-
-
-def _import_all(names: Sequence[str]) -> None:
-    for name in names:
-        try:
-            importlib.import_module(name)
-        # Broad by design: a head start only. Whatever the import raises (ImportError, or an
-        # OSError / AttributeError from a broken binary package), the collector that needs the
-        # module imports it again in the run and reports it there; escaping here, it would only
-        # print a second traceback from a helper thread.
-        except Exception as exc:  # noqa: BLE001
-            log.debug("prefetching %s failed: %s", name, exc)
-            return
-
-
-def _first_calls(
-    inputs: Iterable[Item | Record], action: Callable[[], None]
-) -> Iterator[Item | Record]:
-    """``inputs`` unchanged; ``action()`` runs just before the first one is taken."""
-    for i, value in enumerate(inputs):
-        if i == 0:
-            action()
-        yield value
-
-
-def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
+def run_process(
+    cfg: ProcessConfig, *, limit: int | None = None, stop_helpers: bool = False
+) -> RunResult:
     """Run ``process``; ``limit`` takes only the first inputs (``profile`` samples that way).
+    ``stop_helpers``: stop the workers' forkserver and the resource tracker as soon as the
+    workers are gone, before the end-of-run work (``Pipeline.run``'s option; the command line
+    runs one pipeline per process).
 
     The output folder is held for the whole command (run, tables, report): a second command
     into it stops at once with :class:`~pipeline.FolderBusy` (exit 2).
@@ -333,7 +298,8 @@ def run_process(cfg: ProcessConfig, *, limit: int | None = None) -> RunResult:
         table = StatsTable(out, feed)
         dups = NearDuplicates(table)
         try:
-            return _run(cfg, out, limit, [feed, table, dups, DataTable(out, feed)])
+            tables: list[Collector] = [feed, table, dups, DataTable(out, feed)]
+            return _run(cfg, out, limit, tables, stop_helpers=stop_helpers)
         finally:
             table.close()
             _write_report(out, sheet, dups)
@@ -352,7 +318,12 @@ def _output_folder(cfg: ProcessConfig) -> tuple[Path, contextlib.AbstractContext
 
 
 def _run(
-    cfg: ProcessConfig, out: Path, limit: int | None, tables: Sequence[Collector]
+    cfg: ProcessConfig,
+    out: Path,
+    limit: int | None,
+    tables: Sequence[Collector],
+    *,
+    stop_helpers: bool,
 ) -> RunResult:
     pipe = build_pipeline(cfg)
     inputs: Iterator[Item | Record] = itertools.chain(
@@ -369,7 +340,7 @@ def _run(
     )
     if limit is not None:
         inputs = itertools.islice(inputs, limit)
-    inputs = _first_calls(_fingerprinted(inputs, cfg), _prefetch_end_of_run)
+    inputs = _fingerprinted(inputs, cfg)
     backend = None
     if cfg.backend == "dask":
         from pipeline.backends.dask import DaskBackend
@@ -387,6 +358,7 @@ def _run(
         force=cfg.force,
         progress=False if cfg.quiet else cfg.progress,
         revisit=None if limit is not None else mark_gone,
+        stop_helpers=stop_helpers,
     )
 
 

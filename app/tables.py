@@ -3,21 +3,24 @@
 * :class:`CsvStream` writes rows with :func:`csv.writer` (header first, ``\\r\\n`` line ends,
   UTF-8: what :class:`csv.DictWriter` writes), a chunk of :data:`CHUNK_ROWS` rows at a time,
   into a temporary file that :meth:`~CsvStream.commit` renames into place
-  (:class:`pipeline.AtomicFile`). Its bytes are those of the whole table written at once.
-* :class:`ParquetStream` turns the same chunks, as they are written, into a Parquet file whose
-  columns have the types :func:`pyarrow.csv.read_csv` infers for the whole CSV file — what the
-  table had when it was read whole into memory: pyarrow's CSV inference takes, for each column,
-  the first of null, int64, bool, date32, time32, timestamp, double, string, binary that reads
-  *every* value (a column of integers with one ``1.5`` is double; grey images' single-channel
-  ``mean`` beside colour images' ``"r g b"`` is string). Each chunk's table (its own inference)
-  is appended as it comes; when a later chunk's types differ, the file is rewritten from the
-  CSV at the end with the types of the whole: the latest type in that order among the chunks'
-  if it reads every chunk (it is then what the whole file infers), else — a case no table of
-  this program produces — with the whole CSV read into memory, as before.
+  (:class:`pipeline.AtomicFile`). Its bytes are those of the whole table written at once. It
+  keeps the size of each chunk (:attr:`~CsvStream.chunks`).
+* :class:`ParquetStream` turns the CSV, once it is in place, into a Parquet file, one chunk at
+  a time (:meth:`~ParquetStream.write_from`), whose columns have the types
+  :func:`pyarrow.csv.read_csv` infers for the whole CSV file — what the table had when it was
+  read whole into memory: pyarrow's CSV inference takes, for each column, the first of null,
+  int64, bool, date32, time32, timestamp, double, string, binary that reads *every* value (a
+  column of integers with one ``1.5`` is double; grey images' single-channel ``mean`` beside
+  colour images' ``"r g b"`` is string). Each chunk's table (its own inference) is appended
+  as it comes; when a later chunk's types differ, the file is rewritten from the CSV with the
+  types of the whole: the latest type in that order among the chunks' if it reads every chunk
+  (it is then what the whole file infers), else — a case no table of this program produces —
+  with the whole CSV read into memory, as before.
 
 Memory: a chunk of rows (a few MB), whatever the number of rows. Row groups hold
 :data:`CHUNK_ROWS` rows (the content is what one table written whole would hold; only the
-layout of the file differs). pyarrow is imported when the first chunk is written.
+layout of the file differs). pyarrow (some 50 MB) is imported by :meth:`ParquetStream.write_from`
+only, at the end of a run: while the run goes, the parent holds none of it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,6 @@ CHUNK_ROWS = 16_384
 class CsvStream:
     """``path`` as a CSV table of ``columns``, written a chunk at a time (module docstring).
 
-    ``on_chunk`` gets each chunk's bytes (rows only, no header) after they are written.
     ``keep_empty``: write the file (a header only) when there are no rows; otherwise a table
     without rows leaves ``path`` as it was. ``chunk_rows``: :data:`CHUNK_ROWS` by default.
     """
@@ -53,18 +55,18 @@ class CsvStream:
         columns: Sequence[str],
         *,
         keep_empty: bool,
-        on_chunk: Callable[[bytes], None] | None = None,
         chunk_rows: int | None = None,
     ) -> None:
         self.path = path
         self.keep_empty = keep_empty
-        self.on_chunk = on_chunk
         self.chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
         self.rows = 0
         self._buf = io.StringIO()
         self._writer = csv.writer(self._buf)
         self._writer.writerow(columns)
         self._header = self._take()
+        #: The size in bytes of each chunk of rows written so far, in order (after the header).
+        self.chunks: list[int] = []
         self._pending = 0
         self._file: AtomicFile | None = None
 
@@ -107,8 +109,12 @@ class CsvStream:
         self._pending = 0
         out = self._file if self._file is not None else self._open()
         out.file.write(data)
-        if self.on_chunk is not None:
-            self.on_chunk(data)
+        self.chunks.append(len(data))
+
+    @property
+    def header_size(self) -> int:
+        """The size in bytes of the header line, before the first chunk."""
+        return len(self._header)
 
 
 class ParquetStream:
@@ -125,6 +131,15 @@ class ParquetStream:
         self._writer: Any = None  # pyarrow.parquet.ParquetWriter
         self._mixed = False  # a chunk's types differed from the first's
 
+    def write_from(self, csv: CsvStream) -> bool:
+        """Write the file from ``csv``'s table, now in place, a chunk at a time, and put it in
+        place; returns whether a file was written (no rows, no file)."""
+        with csv.path.open("rb") as fh:
+            fh.seek(csv.header_size)
+            for size in csv.chunks:
+                self.chunk(fh.read(size))
+        return self.commit(csv.path)
+
     def chunk(self, data: bytes) -> None:
         """The next rows of the CSV (no header)."""
         import pyarrow as pa
@@ -134,7 +149,7 @@ class ParquetStream:
         # installed), half a second for nothing, and infer other types. One thread: a chunk is
         # small, and the reader's threads would each keep memory of their own.
         opts = pacsv.ReadOptions(column_names=self.columns, use_threads=False)
-        table = pacsv.read_csv(pa.BufferReader(data), read_options=opts)
+        table = pacsv.read_csv(pa.BufferReader(data), read_options=opts, memory_pool=_pool())
         self._schemas.append(table.schema)
         if self._mixed:
             return
@@ -169,7 +184,7 @@ class ParquetStream:
         import pyarrow.parquet as pq
 
         self._file = AtomicFile(self.path)
-        return pq.ParquetWriter(self._file.file, schema)
+        return pq.ParquetWriter(self._file.file, schema, memory_pool=_pool())
 
     def _close(self) -> None:
         writer, self._writer = self._writer, None
@@ -187,7 +202,7 @@ class ParquetStream:
                 return
             except pa.ArrowInvalid:  # a chunk that the type does not read: not the whole's
                 self.discard()
-        table = pacsv.read_csv(csv_path)
+        table = pacsv.read_csv(csv_path, memory_pool=_pool())
         self._writer = self._open(table.schema)
         self._write(table)
         self._commit()
@@ -198,7 +213,7 @@ class ParquetStream:
         import pyarrow.csv as pacsv
 
         types = pacsv.ConvertOptions(column_types=schema)
-        with pacsv.open_csv(csv_path, convert_options=types) as reader:
+        with pacsv.open_csv(csv_path, convert_options=types, memory_pool=_pool()) as reader:
             self._writer = self._open(schema)
             batches: list[Any] = []
             rows = 0
@@ -219,6 +234,14 @@ class ParquetStream:
         self._close()
         assert self._file is not None
         self._file.commit()
+
+
+def _pool() -> Any:
+    """The memory pool of the tables' pyarrow work: the system allocator's, which gives freed
+    memory back (pyarrow's default, mimalloc, keeps some 7 MB more for the rest of the run)."""
+    import pyarrow as pa
+
+    return pa.system_memory_pool()
 
 
 def _whole_file_schema(schemas: Sequence[Any]) -> Any:

@@ -48,6 +48,12 @@ class RunOptions:
     different kinds depend on different options (changing an image option redoes images only).
     ``is_done(record)``: whether an earlier ``ok`` record's outputs are still there.
     ``handle_signals``: ``Pipeline.run`` in the main thread owns SIGINT (Ctrl-C, above).
+    ``stop_helpers``: ``Pipeline.run`` stops the process workers' forkserver and
+    multiprocessing's resource tracker (:func:`pipeline.forkserver.shutdown`) once the run's
+    workers are gone, before its end-of-run work (the collectors' results, the summary): their
+    memory is freed that much sooner. For a program that runs one pipeline (``python -m
+    pipeline``); a later run in the process starts new ones. Local backend only (a Dask
+    cluster's processes may share the resource tracker).
     ``backend``: where the stage functions run (see :mod:`pipeline.backends`); None: this
     machine (:class:`~pipeline.backends.local.LocalBackend`).
     ``autoscale``: ``--workers auto``: every stage starts small and grows from measurements
@@ -67,6 +73,7 @@ class RunOptions:
     fingerprint: Fingerprint = None
     is_done: Callable[[Record], bool] | None = None
     handle_signals: bool = True
+    stop_helpers: bool = False
     backend: Backend | None = None
     autoscale: bool = False
     revisit: Callable[[Record], Record | None] | None = None

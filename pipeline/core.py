@@ -94,6 +94,7 @@ class Pipeline:
         revisit: Callable[[Record], Record | None] | None = None,
         handle_signals: bool = True,
         collectors: Sequence[Collector] = (),
+        stop_helpers: bool = False,
     ) -> RunResult:
         """Run over ``inputs`` (consumed lazily) and return counts, timings and metrics.
 
@@ -116,6 +117,7 @@ class Pipeline:
             autoscale=autoscale,
             revisit=revisit,
             handle_signals=handle_signals,
+            stop_helpers=stop_helpers,
         )
         signals = opts.handle_signals and threading.current_thread() is threading.main_thread()
         return asyncio.run(

@@ -57,6 +57,7 @@ from .control import Control, Interrupted
 from .drivers import GroupDriver
 from .errors import CrashBudgetExceeded, FatalRunError
 from .feeder import Feeder, known_length
+from .forkserver import shutdown
 from .joins import Joins
 from .ledger import Ledger
 from .metrics import StageMetrics, Timeline
@@ -150,6 +151,8 @@ class Run:
                 )
             ending = await self._run(ledger)
             self.work_seconds = time.perf_counter() - started  # the last record is committed
+            if self.opts.stop_helpers and isinstance(self.backend, LocalBackend):
+                await asyncio.to_thread(shutdown)  # the run's workers are gone: see RunOptions
             result = await self._conclude(ledger, ending, started, started_at)
         if ending.error is not None:
             if isinstance(ending.error, FatalRunError):

@@ -435,3 +435,64 @@ def test_only_the_forkserver_freezes_its_gc_at_exit(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(atexit, "register", registered.append)
     worker._freeze_at_exit_in_forkserver()
     assert registered == []
+
+
+_STOPPED_BEFORE_THE_END = """
+import multiprocessing.forkserver as fs
+import multiprocessing.resource_tracker as rt
+import os
+from pipeline import Pipeline, stage
+from tests.fns import double
+
+def helpers():
+    return fs._forkserver._forkserver_pid, rt._resource_tracker._pid
+
+class Seen:
+    # the helpers while the run goes (at its first record) and in its end-of-run work
+    name = "seen"
+    def __init__(self):
+        self.during = None
+    def add(self, record):
+        if self.during is None:
+            self.during = helpers()
+    def result(self):
+        return {"during": self.during, "at_end": helpers()}
+
+def run(stop):
+    result = Pipeline([stage(double, kind="process", workers=2)]).run(
+        range(8), progress=False, output=os.environ["OUT"] + str(stop), collectors=[Seen()],
+        stop_helpers=stop,
+    )
+    assert result.counts == {"ok": 8}, result.counts
+    return result.collected["seen"]
+
+kept = run(False)
+assert None not in kept["during"] and kept["at_end"] == kept["during"], kept
+stopped = run(True)
+assert stopped["during"] == kept["during"], stopped  # the run reused them
+assert stopped["at_end"] == (None, None), stopped
+for pid in kept["during"]:  # stopped and reaped before the end-of-run work
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    else:
+        raise AssertionError(f"pid {pid} was not reaped")
+print("OK", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_stop_helpers_stops_them_before_the_end_of_run_work(tmp_path: Path) -> None:
+    """``Pipeline.run(stop_helpers=True)`` (what ``python -m pipeline`` asks): the forkserver
+    and the resource tracker are gone, and reaped, when the collectors' results are built."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _STOPPED_BEFORE_THE_END],
+        cwd=ROOT,
+        env={**os.environ, "OUT": str(tmp_path / "out")},
+        capture_output=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().strip() == "OK", proc.stderr.decode()

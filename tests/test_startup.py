@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 import app.warmup as warmup
-from app.process import _first_calls
 from tests.conftest import by_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,15 +171,41 @@ def test_building_a_run_imports_neither_numpy_nor_pillow() -> None:
     assert _imported_by(code, ("numpy", "PIL", "pyarrow")) == []
 
 
-def test_first_calls_runs_the_action_once_before_the_first_input() -> None:
-    seen: list[str] = []
-    wrapped = _first_calls(iter(["a", "b"]), lambda: seen.append("action"))  # type: ignore[arg-type]
-    assert seen == []
-    for value in wrapped:
-        seen.append(str(value))
-    assert seen == ["action", "a", "b"]
-    list(_first_calls(iter([]), lambda: seen.append("never")))
-    assert "never" not in seen
+_NO_PYARROW_DURING_THE_RUN = """
+import sys
+from pathlib import Path
+import app.collectors as collectors
+from app.config import ProcessConfig
+from app.process import run_process
+
+seen = []
+take = collectors.StatsTable.take
+def spy(self, record):
+    seen.append("pyarrow" in sys.modules)
+    take(self, record)
+collectors.StatsTable.take = spy
+out = Path(sys.argv[1])
+result = run_process(ProcessConfig(inputs=("sample_data/images",), output=str(out), quiet=True))
+assert result.counts.get("ok"), result.counts
+assert seen and not any(seen), seen
+assert "pyarrow" in sys.modules and (out / "stats.parquet").stat().st_size > 0
+print("OK")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_parent_imports_pyarrow_only_at_the_end(tmp_path: Path) -> None:
+    """While the run goes the parent holds no pyarrow (some 50 MB): stats.parquet is written
+    from stats.csv at the end."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_PYARROW_DURING_THE_RUN, str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().strip() == "OK", proc.stderr.decode()
 
 
 # -- Pillow plugins --------------------------------------------------------------------------------
