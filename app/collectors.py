@@ -92,6 +92,7 @@ class StatsTable(_FolderTable):
         super().__init__(folder, feed)
         self.hashes = array("Q")  # the dhash of every row with one, in order
         self._spill: IO[bytes] | None = None  # a line [key, smallest output] per hash
+        self._spilling: list[str] = []  # its next lines, written SPILL_ROWS at a time
         self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS)
         self._csv = CsvStream(folder / "stats.csv", self.COLUMNS, keep_empty=True)
         self.feed.add_sink(self)
@@ -102,6 +103,7 @@ class StatsTable(_FolderTable):
         self.feed.check(self)
         if not wanted or self._spill is None:
             return
+        self._flush_spill()
         self._spill.flush()
         self._spill.seek(0)
         for i, fields in enumerate(_spilled(self._spill)):
@@ -130,8 +132,8 @@ class StatsTable(_FolderTable):
                 orig.get("format"),
                 outs[0].get("width"),
                 outs[0].get("height"),
-                " ".join(f"{v:.3f}" for v in st.get("mean", [])),
-                " ".join(f"{v:.3f}" for v in st.get("std", [])),
+                " ".join([f"{v:.3f}" for v in st.get("mean", ())]),
+                " ".join([f"{v:.3f}" for v in st.get("std", ())]),
                 st.get("sharpness"),
                 dhash,
             )
@@ -150,10 +152,19 @@ class StatsTable(_FolderTable):
         else:
             size = f"{int(as_number(out.get('width')))}\0{int(as_number(out.get('height')))}"
             line = f"{record['key']}\0{out['path']}\0{out.get('path_b64') or ''}\0{size}\0"
-        self._spill.write(line.encode("utf-8"))
+        self._spilling.append(line)
+        if len(self._spilling) >= SPILL_ROWS:
+            self._flush_spill()
         self.hashes.append(value)
 
+    def _flush_spill(self) -> None:
+        """Write the rows gathered for the temporary file (one write per :data:`SPILL_ROWS`)."""
+        if self._spill is not None and self._spilling:
+            self._spill.write("".join(self._spilling).encode("utf-8"))
+        self._spilling.clear()
+
     def finish(self) -> None:
+        self._flush_spill()  # the temporary file is whole once the feed has ended
         self._csv.commit()
         files = ["stats.csv"]
         if self._parquet.write_from(self._csv):
@@ -167,10 +178,14 @@ class StatsTable(_FolderTable):
 
     def close(self) -> None:
         """Remove the temporary file (once the groups are found)."""
+        self._spilling.clear()
         if self._spill is not None:
             self._spill.close()
             self._spill = None
 
+
+#: Rows of StatsTable's temporary file gathered in memory before one write (a few dozen kB).
+SPILL_ROWS = 512
 
 #: Fields of a row of StatsTable's temporary file, each followed by a NUL (no key, path or
 #: number holds one: a file name cannot): key, smallest output's path, its path_b64, width,

@@ -32,7 +32,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 def is_clean(text: str) -> bool:
     """True when ``text`` can be written as UTF-8 as it is (no lone surrogates)."""
-    return _SURROGATE.search(text) is None
+    # ASCII (most keys, paths and manifest lines) is clean: a C scan, without the regex
+    return text.isascii() or _SURROGATE.search(text) is None
 
 
 def _raw(text: str) -> bytes:

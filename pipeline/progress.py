@@ -28,8 +28,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from tqdm import tqdm
-
 __all__ = ["FALLBACK_SIZE", "REFRESH_INTERVAL", "Progress"]
 
 #: Seconds between two redraws of every bar (see the module docstring).
@@ -68,6 +66,10 @@ class Progress:
         self._bars: list[Any] = []
         if not enabled:
             return
+        # imported with the first bars: a run without them (--quiet, no terminal) never pays
+        # for tqdm's import (tens of ms at start-up: it reads its package metadata)
+        from tqdm import tqdm
+
         width = max([len(n) for n in names] + [5])
         sized = _sized(stream)
         self._bars.append(

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -149,7 +149,7 @@ class Record:
         built again with those fields checked one by one, as :meth:`to_json` does.
         """
         try:
-            line = json.dumps(self.to_json(checked=False), ensure_ascii=False, allow_nan=False)
+            line = _dumps_line(self.to_json(checked=False))
         except (TypeError, ValueError):
             line = json.dumps(self.to_json(), ensure_ascii=False, allow_nan=False)
         if is_clean(line):
@@ -226,3 +226,34 @@ class Record:
             identity=identity if isinstance(identity, dict) else None,
             redo=data.get("redo"),
         )
+
+
+def _no_default(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+#: ``json.dumps(obj, ensure_ascii=False, allow_nan=False)``'s encoder, made once rather than per
+#: line (json.dumps with options builds a JSONEncoder and its C encoder on every call: ~20% of
+#: a manifest line's serialisation). None where the C accelerator is missing.
+_make_encoder: Callable[..., Callable[[Any, int], list[str]]] | None = getattr(
+    json.encoder, "c_make_encoder", None
+)
+_LINE_ENCODER = (
+    _make_encoder(
+        None, _no_default, json.encoder.encode_basestring, None, ": ", ", ", False, False, False
+    )
+    if _make_encoder is not None
+    else None
+)
+
+
+def _dumps_line(obj: dict[str, Any]) -> str:
+    """``json.dumps(obj, ensure_ascii=False, allow_nan=False)``, the same text and errors
+    (TypeError for what JSON cannot hold, ValueError for NaN, infinities and a circular
+    reference), faster."""
+    if _LINE_ENCODER is None:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    try:
+        return "".join(_LINE_ENCODER(obj, 0))
+    except RecursionError as exc:  # no markers (as check_circular=False): json.dumps says so
+        raise ValueError("Circular reference detected") from exc

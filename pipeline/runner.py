@@ -41,8 +41,8 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -105,7 +105,8 @@ class Run:
         self.on_record = on_record
         self.backend: Backend = opts.backend if opts.backend is not None else LocalBackend()
         self.groups = self.backend.groups(self.stages)
-        self.run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        # 6 random hex digits, as uuid4().hex[:6] gave (uuid imports platform: ~2 ms at start-up)
+        self.run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(3).hex()
         self.metrics = _metrics(self.stages, self.groups)
         self.total = known_length(inputs)
         self.crashes: list[str] = []

@@ -113,8 +113,7 @@ class Folder:
 def choose_tag(name: str, folder: Siblings, seed: str | None = None) -> str | None:
     """The tag ``name``'s outputs take in ``folder`` (None: rules 1 and 2 do). ``seed``: what
     the tag is a hash of (default: the name)."""
-    appended = [name + ext for ext in OUTPUT_EXTENSIONS if _extension(name) != ext]
-    if not needs_tag(name, folder.is_name) and all(len(_bytes(a)) <= NAME_MAX for a in appended):
+    if not needs_tag(name, folder.is_name) and _appended_fit(name):
         return None
     for digits in (8, 16, 40):
         tag = name_tag(seed if seed is not None else name, digits)
@@ -122,6 +121,19 @@ def choose_tag(name: str, folder: Siblings, seed: str | None = None) -> str | No
         if not any(folder.is_taken(n) for n in names):
             break
     return tag
+
+
+#: The longest of ``OUTPUT_EXTENSIONS``, in bytes.
+_LONGEST_EXT = max(len(e) for e in OUTPUT_EXTENSIONS)
+
+
+def _appended_fit(name: str) -> bool:
+    """Whether every rule-2 name of ``name`` (``<name><ext>``, for each output extension but
+    its own) fits in :data:`NAME_MAX` bytes."""
+    if 4 * len(name) + _LONGEST_EXT <= NAME_MAX:  # a character is at most 4 bytes: no encoding
+        return True
+    own = _extension(name)
+    return all(len(_bytes(name + e)) <= NAME_MAX for e in OUTPUT_EXTENSIONS if e != own)
 
 
 def _extension(name: str) -> str:

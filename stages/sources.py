@@ -52,7 +52,6 @@ from typing import Any
 from pipeline import Item, Record, Status
 
 from .naming import Folder, choose_tag, name_tag, tagged
-from .npz_items import npz_items
 from .storage import is_url, open_input
 
 __all__ = [
@@ -363,6 +362,8 @@ def _data(
     if suffix != ".npz":
         yield Item(key=key, value=DataFile(path, key, tag=tag), source=path, identity=identity)
         return
+    from .npz_items import npz_items  # and zipfile: only a walk that meets an .npz pays for it
+
     yield from npz_items(
         key,
         path,
