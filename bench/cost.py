@@ -344,7 +344,28 @@ def _photo_folder(n: int) -> Path:
     return photos.link_folder(photos.DATA / f"12mp-first{n}", paths)
 
 
+#: The packages of a checkout that ``process`` imports: compiled before the rounds.
+PACKAGES = ("app", "pipeline", "stages")
+
+
+def compile_checkouts() -> None:
+    """Byte-compile the measured checkouts (this one and ``COST_BASELINE``), as ``pip install``
+    does: with ``PYTHONDONTWRITEBYTECODE`` set (or a read-only tree) Python would otherwise
+    compile every module of the command on every run, some 0.07 s of the parent's CPU and as
+    much on the forkserver's start — a cost no installed copy has. Stale ``.pyc`` files of a
+    working tree are rewritten too."""
+    import compileall
+
+    baseline = os.environ.get("COST_BASELINE")
+    trees = [REPO, *([Path(baseline)] if baseline else [])]
+    for tree in trees:
+        for package in PACKAGES:
+            if (tree / package).is_dir():
+                compileall.compile_dir(tree / package, quiet=1, workers=0)
+
+
 def main(*, quick: bool = False, sets: Sequence[str] = ("small", "12mp")) -> str:
+    compile_checkouts()
     rounds = 2 if quick else 3
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()[0]
