@@ -51,9 +51,10 @@ class RunOptions:
     ``stop_helpers``: ``Pipeline.run`` stops the process workers' forkserver and
     multiprocessing's resource tracker (:func:`pipeline.forkserver.shutdown`) once the run's
     workers are gone, before its end-of-run work (the collectors' results, the summary): their
-    memory is freed that much sooner. For a program that runs one pipeline (``python -m
-    pipeline``); a later run in the process starts new ones. Local backend only (a Dask
-    cluster's processes may share the resource tracker).
+    memory is freed that much sooner. They are told to exit and not waited for: the next
+    ``shutdown()`` reaps them (``python -m pipeline`` calls it at its exit). For a program that
+    runs one pipeline (``python -m pipeline``); a later run in the process starts new ones.
+    Local backend only (a Dask cluster's processes may share the resource tracker).
     ``backend``: where the stage functions run (see :mod:`pipeline.backends`); None: this
     machine (:class:`~pipeline.backends.local.LocalBackend`).
     ``autoscale``: ``--workers auto``: every stage starts small and grows from measurements

@@ -198,7 +198,7 @@ def spawn(proc: Any) -> None:
 # -- stopping the helpers ----------------------------------------------------------------------
 
 
-def shutdown(timeout: float = SHUTDOWN_TIMEOUT) -> None:
+def shutdown(timeout: float = SHUTDOWN_TIMEOUT, *, wait: bool = True) -> None:
     """Stop the helper processes of this process's workers and wait for them: the forkserver
     (if this process started it) and multiprocessing's resource tracker (idem).
 
@@ -218,10 +218,15 @@ def shutdown(timeout: float = SHUTDOWN_TIMEOUT) -> None:
     this process started with ``forkserver`` or ``spawn`` still holds its pipe) is killed.
     Idempotent; does nothing when the helpers never started; never raises because a helper
     is gone already.
+
+    ``wait=False``: tell them and return at once (they exit in tens of ms, while the caller
+    goes on); the next ``shutdown()`` waits for them (and kills one still there after
+    ``timeout`` seconds from then). ``python -m pipeline`` does so after a run, and waits at
+    its exit.
     """
     _stop_workers(timeout)
     deadline = time.monotonic() + timeout
-    waiting: dict[int, str] = {}
+    waiting = _stopping  # those told by an earlier shutdown(wait=False) too
     # both are told first, then waited for: they exit side by side
     server: Any = mp_forkserver._forkserver  # private attributes: typeshed knows none
     with server._lock:  # no worker start meanwhile (one would start a new forkserver)
@@ -233,7 +238,12 @@ def shutdown(timeout: float = SHUTDOWN_TIMEOUT) -> None:
             pid = _close_resource_tracker(tracker)
             if pid is not None:
                 waiting[pid] = "resource tracker"
-            _wait_exited(waiting, deadline)
+            if wait:
+                _wait_exited(waiting, deadline)
+
+
+#: Helpers told to exit and not yet waited for (pid -> what it is): see ``shutdown(wait=False)``.
+_stopping: dict[int, str] = {}
 
 
 def _stop_workers(timeout: float) -> None:
@@ -312,3 +322,4 @@ def _wait_exited(pids: dict[int, str], deadline: float) -> None:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):  # it exited meanwhile
             pass
+    pids.clear()

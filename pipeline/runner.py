@@ -153,7 +153,8 @@ class Run:
             ending = await self._run(ledger)
             self.work_seconds = time.perf_counter() - started  # the last record is committed
             if self.opts.stop_helpers and isinstance(self.backend, LocalBackend):
-                await asyncio.to_thread(shutdown)  # the run's workers are gone: see RunOptions
+                # the run's workers are gone (see RunOptions): told to exit, waited for later
+                shutdown(wait=False)
             result = await self._conclude(ledger, ending, started, started_at)
         if ending.error is not None:
             if isinstance(ending.error, FatalRunError):

@@ -440,8 +440,8 @@ def test_only_the_forkserver_freezes_its_gc_at_exit(monkeypatch: pytest.MonkeyPa
 _STOPPED_BEFORE_THE_END = """
 import multiprocessing.forkserver as fs
 import multiprocessing.resource_tracker as rt
-import os
-from pipeline import Pipeline, stage
+import os, time
+from pipeline import Pipeline, shutdown, stage
 from tests.fns import double
 
 def helpers():
@@ -470,8 +470,18 @@ kept = run(False)
 assert None not in kept["during"] and kept["at_end"] == kept["during"], kept
 stopped = run(True)
 assert stopped["during"] == kept["during"], stopped  # the run reused them
-assert stopped["at_end"] == (None, None), stopped
-for pid in kept["during"]:  # stopped and reaped before the end-of-run work
+assert stopped["at_end"] == (None, None), stopped  # forgotten: a new run starts new ones
+
+def exited(pid):  # a zombie now: it exited, and waits to be reaped by the next shutdown()
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+deadline = time.monotonic() + 10
+while not all(exited(pid) for pid in kept["during"]):
+    assert time.monotonic() < deadline, "the helpers were not told to exit"
+    time.sleep(0.01)
+shutdown()
+for pid in kept["during"]:  # reaped now
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -485,7 +495,8 @@ print("OK", flush=True)
 @pytest.mark.timeout(60)
 def test_stop_helpers_stops_them_before_the_end_of_run_work(tmp_path: Path) -> None:
     """``Pipeline.run(stop_helpers=True)`` (what ``python -m pipeline`` asks): the forkserver
-    and the resource tracker are gone, and reaped, when the collectors' results are built."""
+    and the resource tracker are told to exit before the collectors' results are built; they
+    exit, and the next ``shutdown()`` reaps them."""
     proc = subprocess.run(
         [sys.executable, "-c", _STOPPED_BEFORE_THE_END],
         cwd=ROOT,
