@@ -198,11 +198,11 @@ class StatsTable(_FolderTable):
         if self._spill is not None:
             self._spill.close()
             self._spill = None
-        if self._hash_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._hash_path.unlink()
-            self._hash_path = None
         del self.hashes[:]
+        path, self._hash_path = self._hash_path, None
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 #: Hashes StatsTable holds before it appends them to its hash file (32 KB).

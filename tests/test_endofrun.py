@@ -27,7 +27,7 @@ from app.endofrun import RecordFeed
 from app.process import run_process
 from app.report import ReportSheet, write_report
 from app.tables import CsvStream, ParquetStream
-from pipeline import LedgerError
+from pipeline import LedgerError, Record
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "sample_data" / "images"
@@ -148,6 +148,34 @@ def test_a_table_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     assert "b.jpg" in (folder / "report.html").read_text(encoding="utf-8")
     assert not (folder / "stats.parquet").exists()
     assert _temporaries(folder) == []
+
+
+def test_a_hash_file_that_cannot_be_written_fails_its_table_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hashes go to a temporary file as the records come (one at a time here): when it
+    cannot be written, the table and the groups fail with the error; the data table goes on."""
+    import app.collectors
+
+    monkeypatch.setattr(app.collectors, "HASH_BUFFER", 1)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    feed = RecordFeed(folder)
+    table, data = StatsTable(folder, feed), DataTable(folder, feed)
+    feed.add(Record.from_json(_image("a.jpg", "00ff")))
+    (hashes,) = (folder / name for name in _temporaries(folder))
+    hashes.unlink()
+    hashes.mkdir()  # where the next hash goes: a folder, not the file
+    feed.add(Record.from_json(_image("b.jpg", "00fe")))
+    feed.add(Record.from_json(_array("x")))
+    with pytest.raises(IsADirectoryError):
+        table.result()
+    with pytest.raises(IsADirectoryError):
+        NearDuplicates(table).result()
+    assert data.result() == {"rows": 1, "files": ["data_stats.csv"]}
+    assert not (folder / "stats.csv").exists()
+    hashes.rmdir()
+    assert _temporaries(folder) == []  # the table's own temporary files are gone
 
 
 def test_a_manifest_that_cannot_be_read_fails_every_consumer(tmp_path: Path) -> None:
