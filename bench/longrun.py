@@ -7,6 +7,9 @@ Each size runs through the real CLI (``python -m pipeline process <tree> --outpu
 * **parent peak RSS** (MiB): the parent's ``VmHWM`` (its peak resident set) read from
   ``/proc/<pid>/status`` every :data:`POLL` seconds until it exits (the workers and the
   forkserver are not counted: they are bounded by construction);
+* **RSS at the last item** (MiB): the parent's peak RSS up to the end of the run's last item
+  (the latest ``finished`` time of the manifest): the run itself, before the end-of-run work
+  (manifest, tables, near duplicates, report) adds its own;
 * **parent CPU per item** (µs): the parent's user + system time (``/proc/<pid>/stat``, its last
   sample before the exit) over the number of files;
 * **end of run** (% of the wall time): from the end of the run's last item (the latest
@@ -20,7 +23,9 @@ The inputs: 64x64 JPEGs, every one distinct (a random 9x8 grid of grey levels pe
 scaled up: distinct difference hashes, so no near-duplicate groups that a real set would not
 have), generated once into ``bench/.data/longrun/pool`` (folders of 1,000 files) and cached;
 each size's tree is hard links to the first files of the pool. Generating 1M files takes a few
-minutes and 4 GB of disk (another 4 GB for the outputs while a run goes).
+minutes and 4 GB of disk (another 4 GB for the outputs while a run goes). In a git worktree,
+the pool is the main checkout's (:func:`pool_folder`): generated once for every worktree;
+``LONGRUN_POOL`` in the environment names another folder.
 """
 
 from __future__ import annotations
@@ -39,7 +44,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "bench" / ".data" / "longrun"
-POOL = DATA / "pool"
+
+
+def pool_folder(repo: Path = REPO) -> Path:
+    """``LONGRUN_POOL``, else the pool of the main checkout when ``repo`` is a git worktree
+    (its ``.git`` is a file, ``gitdir: <main>/.git/worktrees/<name>``), else ``DATA/pool``."""
+    if os.environ.get("LONGRUN_POOL"):
+        return Path(os.environ["LONGRUN_POOL"])
+    git = repo / ".git"
+    if git.is_file():
+        head, _, gitdir = git.read_text(encoding="utf-8").partition(":")
+        common = Path(gitdir.strip()).parent.parent  # <main>/.git
+        if head.strip() == "gitdir" and common.name == ".git":
+            return common.parent / DATA.relative_to(REPO) / "pool"
+    return DATA / "pool"
+
+
+POOL = pool_folder()
 PER_DIR = 1000
 SIDE = 64
 POLL = 0.1  # s between two reads of the parent's VmHWM
@@ -110,6 +131,7 @@ class Point:
     end: float  # s, from the last record's commit to the exit
     exit_code: int
     parent_cpu: float = 0.0  # s, user + system of the parent (its last sample)
+    run_rss: int = 0  # bytes, the parent's VmHWM at the end of the last item
 
     @property
     def per_item(self) -> float:
@@ -175,10 +197,12 @@ def run_once(n: int, repo: Path = REPO) -> Point:
         stderr=subprocess.PIPE,
     )
     peak, cpu = [0], [0.0]
+    samples: list[tuple[float, int]] = []  # (time, VmHWM so far)
 
     def watch() -> None:
         while proc.poll() is None:
             peak[0] = max(peak[0], _hwm(proc.pid))
+            samples.append((time.time(), peak[0]))
             cpu[0] = max(cpu[0], _cpu(proc.pid))
             time.sleep(POLL)
 
@@ -192,25 +216,27 @@ def run_once(n: int, repo: Path = REPO) -> Point:
         raise RuntimeError(
             f"process exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}"
         )
-    last = dt.datetime.fromtimestamp(_last_finished(out / "manifest.jsonl"), dt.UTC)
-    end = (exited - last).total_seconds()
+    finished = _last_finished(out / "manifest.jsonl")
+    end = (exited - dt.datetime.fromtimestamp(finished, dt.UTC)).total_seconds()
+    run_rss = max((hwm for at, hwm in samples if at <= finished), default=0)
     shutil.rmtree(out, ignore_errors=True)
-    return Point(n, wall, peak[0], end, proc.returncode, cpu[0])
+    return Point(n, wall, peak[0], end, proc.returncode, cpu[0], run_rss)
 
 
 def table(points: list[Point]) -> list[str]:
     base = points[0]
     rows = [
-        "| files | wall | wall/item | ratio | parent peak RSS | ratio | end of run | % of run "
-        "| parent CPU/item |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| files | wall | wall/item | ratio | parent peak RSS | ratio | RSS at last item "
+        "| ratio | end of run | % of run | parent CPU/item |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         rows.append(
             f"| {p.n:,} | {p.wall:.1f} s | {p.per_item * 1e6:.0f} µs "
             f"| {p.per_item / base.per_item:.2f}{X} | {p.peak_rss / 2**20:.0f} MiB "
-            f"| {p.peak_rss / base.peak_rss:.2f}{X} | {p.end:.2f} s | {100 * p.end_share:.1f}% "
-            f"| {p.parent_cpu / p.n * 1e6:.0f} µs |"
+            f"| {p.peak_rss / base.peak_rss:.2f}{X} | {p.run_rss / 2**20:.0f} MiB "
+            f"| {p.run_rss / max(base.run_rss, 1):.2f}{X} | {p.end:.2f} s "
+            f"| {100 * p.end_share:.1f}% | {p.parent_cpu / p.n * 1e6:.0f} µs |"
         )
     return rows
 
@@ -231,6 +257,7 @@ def main(*, quick: bool = False, sizes: tuple[int, ...] | None = None) -> str:
                 statistics.median(p.end for p in got),
                 max(p.exit_code for p in got),
                 statistics.median(p.parent_cpu for p in got),
+                int(statistics.median(p.run_rss for p in got)),
             )
         )
     head = [

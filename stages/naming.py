@@ -96,18 +96,18 @@ def taken_by(lower: str, is_name: Callable[[str], bool]) -> bool:
 
 class Folder:
     """The names of one folder's entries, in memory, to choose its files' tags
-    (:func:`choose_tag`; a :class:`Siblings`)."""
+    (:func:`choose_tag`; a :class:`Siblings`). One lower-cased string a name: the names rules 1
+    and 2 can give are tested from them (:func:`taken_by`), not kept too (five times the
+    memory, for the few names that need a tag)."""
 
     def __init__(self, names: Iterable[str]) -> None:
         self.lower = {n.lower() for n in names}
-        # every name rules 1 and 2 can give here: a tagged name must be none of them
-        self.taken = self.lower | {n + ext for n in self.lower for ext in OUTPUT_EXTENSIONS}
 
     def is_name(self, lower: str) -> bool:
         return lower in self.lower
 
     def is_taken(self, lower: str) -> bool:
-        return lower in self.taken
+        return taken_by(lower, self.is_name)
 
 
 def choose_tag(name: str, folder: Siblings, seed: str | None = None) -> str | None:

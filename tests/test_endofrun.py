@@ -27,7 +27,7 @@ from app.endofrun import RecordFeed
 from app.process import run_process
 from app.report import ReportSheet, write_report
 from app.tables import CsvStream, ParquetStream
-from pipeline import LedgerError
+from pipeline import LedgerError, Record
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "sample_data" / "images"
@@ -150,6 +150,34 @@ def test_a_table_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     assert _temporaries(folder) == []
 
 
+def test_a_hash_file_that_cannot_be_written_fails_its_table_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hashes go to a temporary file as the records come (one at a time here): when it
+    cannot be written, the table and the groups fail with the error; the data table goes on."""
+    import app.collectors
+
+    monkeypatch.setattr(app.collectors, "HASH_BUFFER", 1)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    feed = RecordFeed(folder)
+    table, data = StatsTable(folder, feed), DataTable(folder, feed)
+    feed.add(Record.from_json(_image("a.jpg", "00ff")))
+    (hashes,) = (folder / name for name in _temporaries(folder))
+    hashes.unlink()
+    hashes.mkdir()  # where the next hash goes: a folder, not the file
+    feed.add(Record.from_json(_image("b.jpg", "00fe")))
+    feed.add(Record.from_json(_array("x")))
+    with pytest.raises(IsADirectoryError):
+        table.result()
+    with pytest.raises(IsADirectoryError):
+        NearDuplicates(table).result()
+    assert data.result() == {"rows": 1, "files": ["data_stats.csv"]}
+    assert not (folder / "stats.csv").exists()
+    hashes.rmdir()
+    assert _temporaries(folder) == []  # the table's own temporary files are gone
+
+
 def test_a_manifest_that_cannot_be_read_fails_every_consumer(tmp_path: Path) -> None:
     folder = _folder(tmp_path, [_image("a.jpg", "00ff")])
     with open(folder / "manifest.jsonl", "a", encoding="utf-8") as fh:
@@ -174,13 +202,14 @@ def test_sinks_are_added_before_the_feed_starts(tmp_path: Path) -> None:
 
 
 def test_the_grouped_images_keys_and_thumbnails_are_read_back_whatever_the_blocks(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """StatsTable keeps 8 bytes an image; the keys (any text, a newline included) and the
-    thumbnails of the grouped ones come back from its temporary file, read in blocks that cut
-    rows anywhere."""
+    """StatsTable keeps 8 bytes an image in a temporary file (written 3 at a time here); the
+    keys (any text, a newline included) and the thumbnails of the grouped ones come back from
+    another, read in blocks that cut rows anywhere."""
     import app.collectors
 
+    monkeypatch.setattr(app.collectors, "HASH_BUFFER", 3)
     records = [_image(f"k\n{i}é.jpg", f"{i:016x}") for i in range(0, 64, 8)]  # 1 bit apart
     records.append(_image("far.jpg", "f0f0f0f0f0f0f0f0"))
     records.append(_image("failed.jpg", "0000000000000000", status="failed"))
@@ -195,6 +224,8 @@ def test_the_grouped_images_keys_and_thumbnails_are_read_back_whatever_the_block
         table._spill.seek(0)
         assert list(app.collectors._spilled(table._spill, size)) == whole
     assert len(whole) == len(records)
+    assert table.hash_count == len(records)
+    assert len(table.hashes) == len(records) % 3  # the rest is in the hash file
     (group,) = dups.result()["groups"]
     assert sorted(group) == sorted([r["key"] for r in records[:8]] + ["failed.jpg"])
     assert dups.thumbs["k\n8é.jpg"] == {"path": "64/k\n8é.jpg", "width": 64, "height": 48}
@@ -218,14 +249,16 @@ def test_many_hashes_are_grouped_in_a_child_process_that_is_gone_after(
     submit = concurrent.futures.ProcessPoolExecutor.submit
 
     def spy(pool: Any, fn: Any, *args: Any) -> Any:
-        started.append(len(args[0]))
+        started.append(len(args[0].read_bytes()) // 8)  # the table's hash file, by its path
         return submit(pool, fn, *args)
 
     monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", spy)
-    table = StatsTable(_folder(tmp_path, records))
+    folder = _folder(tmp_path, records)
+    table = StatsTable(folder)
     assert NearDuplicates(table).result()["groups"] == [["a.jpg", "b.jpg"]]
     assert started == [4]  # the four hashes went to the child
     assert multiprocessing.active_children() == []
+    assert _temporaries(folder) == []  # the hash file is gone
 
 
 # -- tables written as they stream ----------------------------------------------------------------

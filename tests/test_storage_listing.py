@@ -15,7 +15,7 @@ from fsspec.asyn import sync
 import stages.remote_sources as remote
 import stages.storage as storage
 from pipeline import Item, Record
-from stages.naming import Folder, choose_tag, name_tag
+from stages.naming import OUTPUT_EXTENSIONS, Folder, choose_tag, name_tag
 from stages.sources import walk_inputs
 from stages.storage import ObjectInfo, StorageURL, iter_folder, list_folder
 from tests.s3_server import S3, s3
@@ -192,7 +192,8 @@ def test_the_spilled_names_answer_as_the_folder_does(
     try:
         spilled.add(iter(names))
         memory = Folder(names)
-        probes = {p for n in memory.taken for p in (n, n + ".jpg", n.upper(), n[:-1])}
+        taken = {n.lower() + ext for n in names for ext in ("", *OUTPUT_EXTENSIONS)}
+        probes = {p for n in taken for p in (n, n + ".jpg", n.upper(), n[:-1])}
         for probe in sorted(probes | {"", ".jpg", "nothing"}):
             assert spilled.is_name(probe) == memory.is_name(probe), probe
             assert spilled.is_taken(probe) == memory.is_taken(probe), probe
