@@ -1,10 +1,10 @@
 """Tables written as their rows stream in: the end of a run's CSV files and ``stats.parquet``.
 
 * :class:`CsvStream` writes rows with :func:`csv.writer` (header first, ``\\r\\n`` line ends,
-  UTF-8: what :class:`csv.DictWriter` writes), a chunk of :data:`CHUNK_ROWS` rows at a time,
-  into a temporary file that :meth:`~CsvStream.commit` renames into place
+  UTF-8: what :class:`csv.DictWriter` writes), :data:`FLUSH_ROWS` rows at a time, into a
+  temporary file that :meth:`~CsvStream.commit` renames into place
   (:class:`pipeline.AtomicFile`). Its bytes are those of the whole table written at once. It
-  keeps the size of each chunk (:attr:`~CsvStream.chunks`).
+  keeps the size of each chunk of :data:`CHUNK_ROWS` rows (:attr:`~CsvStream.chunks`).
 * :class:`ParquetStream` turns the CSV, once it is in place, into a Parquet file, one chunk at
   a time (:meth:`~ParquetStream.write_from`), whose columns have the types
   :func:`pyarrow.csv.read_csv` infers for the whole CSV file — what the table had when it was
@@ -17,7 +17,8 @@
   (it is then what the whole file infers), else — a case no table of this program produces —
   with the whole CSV read into memory, as before.
 
-Memory: a chunk of rows (a few MB), whatever the number of rows. Row groups hold
+Memory, whatever the number of rows: :data:`FLUSH_ROWS` rows of CSV text while a run goes; a
+chunk of rows (a few MB) while the Parquet file is written. Row groups hold
 :data:`CHUNK_ROWS` rows (the content is what one table written whole would hold; only the
 layout of the file differs). pyarrow (some 50 MB) is imported by :meth:`ParquetStream.write_from`
 only, at the end of a run: while the run goes, the parent holds none of it.
@@ -38,8 +39,12 @@ __all__ = ["CHUNK_ROWS", "CsvStream", "ParquetStream"]
 
 log = logging.getLogger("app")
 
-#: Rows per chunk: what is held in memory at once (about 2 MB of CSV), and the Parquet row groups.
+#: Rows per chunk: the unit of the Parquet file's type inference and its row groups.
 CHUNK_ROWS = 16_384
+
+#: Rows of CSV text held in memory before they are written (a few hundred kB): the parent's
+#: memory while a run goes, whatever its number of rows.
+FLUSH_ROWS = 2_048
 
 
 class CsvStream:
@@ -65,9 +70,12 @@ class CsvStream:
         self._writer = csv.writer(self._buf)
         self._writer.writerow(columns)
         self._header = self._take()
-        #: The size in bytes of each chunk of rows written so far, in order (after the header).
+        #: The size in bytes of each whole chunk of ``chunk_rows`` rows written so far (the last
+        #: one may be shorter once committed), in order, after the header.
         self.chunks: list[int] = []
-        self._pending = 0
+        self._pending = 0  # rows in the buffer
+        self._in_chunk = 0  # rows of the current chunk, written or in the buffer
+        self._chunk_bytes = 0  # bytes of the current chunk written so far
         self._file: AtomicFile | None = None
 
     def write(self, row: Sequence[Any]) -> None:
@@ -75,13 +83,19 @@ class CsvStream:
         self._writer.writerow(row)
         self.rows += 1
         self._pending += 1
-        if self._pending >= self.chunk_rows:
+        self._in_chunk += 1
+        if self._in_chunk >= self.chunk_rows:
+            self._flush()
+            self._end_chunk()
+        elif self._pending >= FLUSH_ROWS:
             self._flush()
 
     def commit(self) -> bool:
         """Put the table in place; returns whether a file was written."""
         if self._pending:
             self._flush()
+        if self._in_chunk:
+            self._end_chunk()
         if self._file is None and self.keep_empty:
             self._open()
         if self._file is None:
@@ -109,7 +123,11 @@ class CsvStream:
         self._pending = 0
         out = self._file if self._file is not None else self._open()
         out.file.write(data)
-        self.chunks.append(len(data))
+        self._chunk_bytes += len(data)
+
+    def _end_chunk(self) -> None:
+        self.chunks.append(self._chunk_bytes)
+        self._chunk_bytes = self._in_chunk = 0
 
     @property
     def header_size(self) -> int:

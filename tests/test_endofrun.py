@@ -300,6 +300,29 @@ def test_chunked_tables_equal_the_whole_table(tmp_path: Path, case: str) -> None
     assert sorted(os.listdir(tmp_path)) == ["t.csv", "t.parquet"]
 
 
+def test_csv_chunks_are_whole_rows_whatever_the_flushes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSV text is written every FLUSH_ROWS rows (the memory of a run), and the chunks it
+    records for the Parquet file still hold chunk_rows whole rows each (the last: the rest)."""
+    monkeypatch.setattr(app.tables, "FLUSH_ROWS", 2)
+    path = tmp_path / "t.csv"
+    table = CsvStream(path, COLUMNS, keep_empty=True, chunk_rows=5)
+    for i in range(12):
+        table.write([f"k{i}", i])
+        assert table._pending < 2  # flushed every 2 rows
+    assert table.commit()
+    data = path.read_bytes()
+    assert table.header_size + sum(table.chunks) == len(data)
+    at, rows = table.header_size, []
+    for size in table.chunks:
+        rows.append(data[at : at + size].decode().splitlines())
+        at += size
+    assert [len(r) for r in rows] == [5, 5, 2]
+    assert rows[1][0] == "k5,5"
+    assert rows[2][-1] == "k11,11"
+
+
 def test_stats_table_in_many_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app.tables, "CHUNK_ROWS", 3)
     records = [_image(f"{i}.jpg", f"{i:04x}") for i in range(9)]
