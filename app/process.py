@@ -38,6 +38,7 @@ from pipeline import (
     hold_folder,
     stage,
 )
+from pipeline.atomic import TEMP_PREFIX
 from stages import steps
 from stages.files import Loaded
 from stages.parts import is_data_result
@@ -290,6 +291,7 @@ def run_process(
     use_options(cfg.storage_options)  # for storage URLs held as plain strings (records' sources)
     out, mirror = _output_folder(cfg)
     with hold_folder(out, argv=shown_argv(sys.argv)), mirror:
+        remove_stale_temps(out)
         check_shard_folder(out, cfg.output_format, cfg.fingerprint(), force=cfg.force)
         # the tables and the report: sinks of the one feed of the folder's records (see
         # app.endofrun), built while the run goes
@@ -303,6 +305,30 @@ def run_process(
         finally:
             table.close()
             _write_report(out, sheet, dups)
+
+
+def remove_stale_temps(folder: Path) -> list[str]:
+    """Remove the temporary files (``.pp-*.tmp``) a run killed outright left at the top of its
+    output folder (its tables, its ledger's export, the near-duplicate hashes); the names
+    removed. Called while the folder is held: no other run can be writing them."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if (
+            name.startswith(TEMP_PREFIX)
+            and name.endswith(".tmp")
+            and entry.is_file(follow_symlinks=False)
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(name)
+    if removed:
+        log.info("removed %d temporary file(s) of an earlier run in %s", len(removed), folder)
+    return removed
 
 
 def _output_folder(cfg: ProcessConfig) -> tuple[Path, contextlib.AbstractContextManager[None]]:

@@ -262,3 +262,21 @@ def test_each_stage_counts_only_the_inputs_it_works_on(out: Path) -> None:
     assert stages["read"]["items"] == len(by_key(out))  # every input (an .npz: one per array)
     assert stages["resize"]["items"] == stages["write"]["items"] == images
     assert stages["crunch"]["items"] == data_records  # --chunk-size 0: one part each
+
+
+def test_a_run_removes_the_temporary_files_a_killed_run_left(out: Path) -> None:
+    """A run killed outright (SIGKILL, power cut) leaves its open temporary files (``.pp-*.tmp``:
+    a table, the ledger's export, the near-duplicate hashes) at the top of the output folder;
+    the next run into it, holding the folder, removes them and nothing else."""
+    out.mkdir(parents=True)
+    (out / ".pp-abc123.tmp").write_bytes(b"half a table")
+    (out / ".pp-hashes.tmp").write_bytes(b"\0" * 64)
+    keep = [out / ".pp-notes.txt", out / "mine.tmp", out / ".pp-folder.tmp" / "x"]
+    for path in keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("the user's")
+    done = cli(str(IMAGES), "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.glob(".pp-*.tmp")) == [".pp-folder.tmp"]  # a folder: kept
+    for path in keep:
+        assert path.read_text() == "the user's"
