@@ -27,9 +27,12 @@ only, at the end of a run: while the run goes, the parent holds none of it.
 from __future__ import annotations
 
 import csv
+import ctypes
+import functools
 import io
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +159,7 @@ class ParquetStream:
             fh.seek(csv.header_size)
             for size in csv.chunks:
                 self.chunk(fh.read(size))
+                release_freed()
         return self.commit(csv.path)
 
     def chunk(self, data: bytes) -> None:
@@ -252,6 +256,27 @@ class ParquetStream:
         self._close()
         assert self._file is not None
         self._file.commit()
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+def release_freed() -> None:
+    """Give the memory freed so far back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). glibc keeps freed blocks of a few MB in its arenas: over the chunks of a long
+    table the process's RSS grew ~0.6 MB a chunk (112 -> 150 MB over 61 chunks of 16,384
+    rows), and stayed at 116 MB with a trim after each (a millisecond or two)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _pool() -> Any:
