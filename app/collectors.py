@@ -257,11 +257,14 @@ def _members(table: StatsTable, max_distance: int) -> tuple[Any, Any]:
     path = table.hash_file()
     if table.hash_count < CHILD_GROUPING:
         return members_in_file(path, max_distance)
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.forkserver import mp_context
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp_context()) as pool:
+    # spawn, not the workers' forkserver: the command has stopped it by now (Pipeline.run's
+    # stop_helpers), and starting it again would preload every worker module (Pillow, the
+    # stages) for a child that needs numpy alone
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
         return pool.submit(members_in_file, path, max_distance).result()
 
 
