@@ -357,10 +357,29 @@ def test_a_dask_run_leaves_no_process(start: Callable[..., Run]) -> None:
 
 
 # -- pipeline.forkserver.shutdown, for programs that embed the engine ----------------------------
-_EMBEDDED = """
-import os, signal, sys
+#: What the embedded programs below share: the helpers' pids, and the check that pids were reaped.
+_HELPERS = """
+import os
 import multiprocessing.forkserver as fs
 import multiprocessing.resource_tracker as rt
+
+def helpers():
+    return fs._forkserver._forkserver_pid, rt._resource_tracker._pid
+
+def assert_reaped(pids):  # not even a zombie
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        else:
+            raise AssertionError(f"pid {pid} was not reaped")
+"""
+
+_EMBEDDED = (
+    _HELPERS
+    + """
+import os, signal, sys
 from pipeline import Pipeline, stage
 from pipeline.forkserver import shutdown
 from tests.fns import double
@@ -368,9 +387,6 @@ from tests.fns import double
 def run():
     result = Pipeline([stage(double, kind="process", workers=2)]).run(range(8), progress=False)
     assert result.counts == {"ok": 8}, result.counts
-
-def helpers():
-    return fs._forkserver._forkserver_pid, rt._resource_tracker._pid
 
 shutdown()  # never started: nothing to do
 run()
@@ -381,13 +397,7 @@ assert helpers() == first  # runs reuse the forkserver
 shutdown()
 shutdown()  # idempotent
 assert helpers() == (None, None)
-for pid in first:  # reaped: not even a zombie
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    else:
-        raise AssertionError(f"pid {pid} was not reaped")
+assert_reaped(first)
 run()  # a run after shutdown starts new helpers
 second = helpers()
 assert None not in second and set(second).isdisjoint(first)
@@ -397,6 +407,7 @@ shutdown()
 assert helpers() == (None, None)
 print("OK", flush=True)
 """
+)
 
 
 @pytest.mark.timeout(60)
@@ -437,15 +448,12 @@ def test_only_the_forkserver_freezes_its_gc_at_exit(monkeypatch: pytest.MonkeyPa
     assert registered == []
 
 
-_STOPPED_BEFORE_THE_END = """
-import multiprocessing.forkserver as fs
-import multiprocessing.resource_tracker as rt
-import os, time
+_STOPPED_BEFORE_THE_END = (
+    _HELPERS
+    + """
+import time
 from pipeline import Pipeline, shutdown, stage
 from tests.fns import double
-
-def helpers():
-    return fs._forkserver._forkserver_pid, rt._resource_tracker._pid
 
 class Seen:
     # the helpers while the run goes (at its first record) and in its end-of-run work
@@ -481,15 +489,10 @@ while not all(exited(pid) for pid in kept["during"]):
     assert time.monotonic() < deadline, "the helpers were not told to exit"
     time.sleep(0.01)
 shutdown()
-for pid in kept["during"]:  # reaped now
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    else:
-        raise AssertionError(f"pid {pid} was not reaped")
+assert_reaped(kept["during"])
 print("OK", flush=True)
 """
+)
 
 
 @pytest.mark.timeout(60)
