@@ -323,8 +323,10 @@ def test_the_run_methods_take_the_run_options_by_name() -> None:
         params = inspect.signature(method).parameters
         named = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        # every option but handle_signals (run's own: run_async and iter never own SIGINT)
-        assert named - where == (fields if method is Pipeline.run else fields - {"handle_signals"})
+        # every option but handle_signals and stop_helpers: run's own (run_async and iter never
+        # own SIGINT, and are not a program's one run)
+        own = {"handle_signals", "stop_helpers"}
+        assert named - where == (fields if method is Pipeline.run else fields - own)
         assert named & where == extra
         for name in named - where:  # the same defaults as RunOptions (iter: no progress bars)
             default = next(f for f in dataclasses.fields(RunOptions) if f.name == name).default
