@@ -8,7 +8,7 @@ the folder's records that the run did not write, from the ledger's one pass over
 manifest is never read back::
 
     ledger writer ─▶ RecordFeed.add ──────┬─▶ StatsTable   stats.csv (streamed), stats.parquet,
-    (as records commit)                   │                each image's 64-bit dhash (8 bytes)
+    (as records commit)                   │                each image's 64-bit dhash (to a file)
     ledger's end pass ─▶ .add_earlier ────┼─▶ DataTable    data_stats.csv (streamed)
     (records the run did not write)       └─▶ ReportSheet  the contact sheet's first tiles, the
                                                            data table's first rows
@@ -20,8 +20,8 @@ manifest is never read back::
 
 Memory is bounded whatever the number of records: tables are written as they stream
 (:mod:`app.tables`), the report keeps at most ``MAX_TILES`` tiles and rows; only what needs
-every row is kept whole — each image's 64-bit difference hash, in an array (its key and
-thumbnail go to a temporary file, read back only for the images that are in a group).
+every row is kept — each image's 64-bit difference hash, in a temporary file (its key and
+thumbnail in another, read back only for the images that are in a group).
 
 Without the engine (:func:`~app.report.write_report` on a folder, a run stopped before its end),
 a feed that was never fed reads ``manifest.jsonl`` once instead (:meth:`RecordFeed.run`).

@@ -312,11 +312,7 @@ def remove_stale_temps(folder: Path) -> list[str]:
     output folder (its tables, its ledger's export, the near-duplicate hashes); the names
     removed. Called while the folder is held: no other run can be writing them."""
     removed: list[str] = []
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
+    for entry in list(os.scandir(folder)):  # the held folder exists (its lock file is in it)
         name = entry.name
         if (
             name.startswith(TEMP_PREFIX)

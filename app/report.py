@@ -286,9 +286,6 @@ def smallest_output(rec: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """A record's smallest output (its thumbnail on the page), or None (no output)."""
     result = rec.get("result")
     outs = result.get("outputs") if isinstance(result, dict) else None
-    if type(outs) is list and len(outs) == 1:  # one output size: the usual case, no list built
-        only = outs[0]
-        return only if isinstance(only, dict) and _safe_rel(only.get("path")) else None
     good = [o for o in outs or () if isinstance(o, dict) and _safe_rel(o.get("path"))]
     if len(good) < 2:  # one output size (the usual case), or none
         return good[0] if good else None

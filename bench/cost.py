@@ -35,22 +35,18 @@ bare script's does (Pillow is imported in the pool workers).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import multiprocessing
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-_TMP = REPO / "bench" / ".data" / "tmp"
 QUALITY = 85
 X = "\N{MULTIPLICATION SIGN}"
 
@@ -144,16 +140,6 @@ def run(cmd: Sequence[str], out: Path, log: Path, extra_env: dict[str, str] | No
     return Run(code, wall, cpu, parent, sampler.peak_pss, sampler.peak, outputs)
 
 
-@contextlib.contextmanager
-def _scratch() -> Iterator[Path]:
-    _TMP.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="cost-", dir=_TMP))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @dataclass
 class Method:
     key: str
@@ -232,7 +218,9 @@ def run_set(
 def _run_method(
     method: Method, folder: Path, n: int, size: int, cores: int, r: int, rounds: int
 ) -> None:
-    with _scratch() as work:
+    from bench.datasets import scratch  # here: the anchor scripts import the standard library only
+
+    with scratch("cost-") as work:
         out = work / "out"
         out.mkdir()
         got = run(method.command(folder, size, cores, out), out, work / "log.txt", method.env)

@@ -415,9 +415,10 @@ def floor_cpu(folder: Path, n: int, cores: int) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _scratch() -> Iterator[Path]:
+def scratch(prefix: str = "run-") -> Iterator[Path]:
+    """A fresh folder under ``bench/.data/tmp`` (the disk the data sets are on), removed after."""
     _TMP.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="run-", dir=_TMP))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=_TMP))
     try:
         yield path
     finally:
@@ -425,7 +426,7 @@ def _scratch() -> Iterator[Path]:
 
 
 def run_once(method: Method, job: Job) -> tuple[Measured, Output]:
-    with _scratch() as work:
+    with scratch() as work:
         out, log = work / "out", work / "log.txt"
         out.mkdir()
         got = measure(method.command(job, out), cwd=REPO, env=method.env, log=log)
@@ -484,7 +485,7 @@ def main(*, quick: bool = False, rows: int | None = None) -> str:
     paths = ensure_images(images)
     found, skipped = methods()
     load_before = os.getloadavg()
-    with _scratch() as work, server(IMAGES) as srv:
+    with scratch() as work, server(IMAGES) as srv:
         urls = [f"http://127.0.0.1:{srv.port}{path}" for path in url_paths(paths, n)]
         _warm_up(urls[:20])
         job = _job(work / "all", urls, cores)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,15 +127,20 @@ def _not_an_image(src: SourceFile | ImageFile, head: bytes, size: int) -> Skip:
     return Skip(f"not an image or data file: {describe(head, size)} ({named})")
 
 
+def _check_head(head: bytes, src: SourceFile | ImageFile, size: Callable[[], int]) -> None:
+    """Pass when an input's first bytes say image; :class:`NumpyFile` for an ``.npy`` array,
+    :class:`Skip` (what it is, and ``size()`` bytes) for anything else."""
+    if image_format(head) is None:
+        if head.startswith(NPY_MAGIC):
+            raise NumpyFile(src.path)
+        raise _not_an_image(src, head, size())
+
+
 def _check(fd: int, size: int, src: SourceFile | ImageFile, max_bytes: int) -> None:
     """Pass when the first bytes of the open file ``fd`` (of ``size`` bytes, from
     :func:`_open_regular`) say image and it is within the cap; :class:`Skip` (not an image),
     :class:`NumpyFile` or :class:`FileTooLarge` otherwise."""
-    head = os.pread(fd, HEAD_BYTES, 0)
-    if image_format(head) is None:
-        if head.startswith(NPY_MAGIC):
-            raise NumpyFile(src.path)
-        raise _not_an_image(src, head, size)
+    _check_head(os.pread(fd, HEAD_BYTES, 0), src, lambda: size)
     if size > max_bytes:
         raise FileTooLarge(f"{size:,} bytes is over the {max_bytes:,}-byte cap")
 
@@ -188,12 +194,10 @@ def _read_object(src: SourceFile | ImageFile, max_bytes: int) -> Loaded:
 
     ask = min(FIRST_GET_BYTES, max_bytes + 1)
     data = read_range(src.path, 0, ask)
-    head = data[:HEAD_BYTES]
-    if image_format(head) is None:
-        if head.startswith(NPY_MAGIC):
-            raise NumpyFile(src.path)
-        size = len(data) if len(data) < ask else object_size(src.path) or len(data)
-        raise _not_an_image(src, head, size)
+    whole = len(data) < ask  # the size is known without asking the store
+    _check_head(
+        data[:HEAD_BYTES], src, lambda: len(data) if whole else object_size(src.path) or len(data)
+    )
     if len(data) == ask and ask <= max_bytes:  # more to read, up to the cap (+1: over it?)
         data += read_range(src.path, ask, max_bytes + 1)
     if len(data) > max_bytes:

@@ -112,11 +112,7 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
     n += server.put_tree(DATA, "s3://pix-in/photos/data") + 1  # arrays.npz holds two arrays
     server.bucket("pix-out")
     out = "s3://pix-out/dask"
-    argv = server.argv(
-        "s3://pix-in/photos/",
-        out,
-        *("--size", "64", "--backend", "dask", "--scheduler", cluster, "--shard-size", "4"),
-    )
+    argv = _dask_argv(server, out, cluster, "64")
     done = subprocess.run(
         argv,
         cwd=tmp_path,
@@ -162,6 +158,12 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
     assert {r["status"] for r in recs} == {"reused"}
 
 
+def _dask_argv(server: S3, out: str, cluster: str, size: str) -> list[str]:
+    """``process s3://pix-in/photos/ -o out`` on the cluster, in shards of 4 inputs."""
+    dask = ("--backend", "dask", "--scheduler", cluster, "--shard-size", "4")
+    return server.argv("s3://pix-in/photos/", out, "--size", size, *dask)
+
+
 @pytest.mark.timeout(240)
 def test_a_worker_killed_mid_run_loses_only_its_shard(
     server: S3, cluster: str, tmp_path: Path
@@ -170,11 +172,7 @@ def test_a_worker_killed_mid_run_loses_only_its_shard(
     n = sum(server.put_tree(IMAGES, f"s3://pix-in/photos/set{i}") for i in range(6))
     server.bucket("pix-out")
     out = "s3://pix-out/killed"
-    argv = server.argv(
-        "s3://pix-in/photos/",
-        out,
-        *("--size", "256", "--backend", "dask", "--scheduler", cluster, "--shard-size", "4"),
-    )
+    argv = _dask_argv(server, out, cluster, "256")
     proc = subprocess.Popen(
         argv,
         cwd=tmp_path,
