@@ -113,15 +113,19 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
     server.bucket("pix-out")
     out = "s3://pix-out/dask"
     argv = _dask_argv(server, out, cluster, "64")
-    done = subprocess.run(
-        argv,
-        cwd=tmp_path,
-        env=server.env(),
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
-    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv,
+            cwd=tmp_path,
+            env=server.env(),
+            capture_output=True,
+            text=True,
+            timeout=200,
+            check=False,
+        )
+
+    done = run()
     assert done.returncode == 0, done.stderr
     recs = server.records(out)
     assert len(recs) == n == len({r["key"] for r in recs})  # the ledger exact: each key once
@@ -144,15 +148,7 @@ def test_s3_to_s3_on_a_dask_cluster_without_a_shared_folder(
         assert not [p for p in own.rglob("*") if p.suffix in (".jpg", ".png", ".webp")]
     assert SECRET not in done.stdout + done.stderr
     # a rerun on the cluster reuses everything
-    again = subprocess.run(
-        argv,
-        cwd=tmp_path,
-        env=server.env(),
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
-    )
+    again = run()
     assert again.returncode == 0, again.stderr
     recs = server.records(out)
     assert {r["status"] for r in recs} == {"reused"}
