@@ -1,8 +1,9 @@
 """The ``process`` command: folders in, thumbnails, statistics and a manifest out.
 
-    sources (walk, lazy) -> [download (async)] -> read (thread: check a file, plan a data file)
-        -> resize + crunch + write (process, fused: read+decode+resize+stats+write an image /
-           data chunk statistics) -> ledger
+    sources (walk, lazy) -> [download (async)] -> read (thread: plan a data file, read an
+        object in storage) -> resize + crunch + write (process, fused: check+read+decode+
+        resize+stats+write a local image file, which skips read / data chunk statistics)
+        -> ledger
 
 Numeric data files (``.npy``, ``.npz``, CSV/TSV) found among the inputs go through the same
 stages (see :mod:`stages.steps`): the read stage splits each into chunks that the process
@@ -112,7 +113,13 @@ def _cpu_stages(cfg: ProcessConfig) -> list[Stage]:
     call with write (:func:`_write_stage`)."""
     w = cfg.workers
     resize = _resize_stage(
-        cfg, steps.resize, cfg.resize, cfg.max_file_size, accepts=steps.IMAGES, small=True
+        cfg,
+        steps.resize,
+        cfg.resize,
+        cfg.max_file_size,
+        cfg.data,
+        accepts=steps.IMAGES,
+        small=True,
     )
     crunch = stage(
         steps.crunch,
@@ -399,11 +406,17 @@ def _is_done(cfg: ProcessConfig, out: Path) -> Callable[[Record], bool]:
 def _fingerprinted(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[Item | Record]:
     """Each item with the fingerprint of the options its kind depends on (data files: the data
     options; images: the image options), known from the source rather than guessed from the
-    key (a key may hold ``.npz:`` and still be an image)."""
+    key (a key may hold ``.npz:`` and still be an image); a local file named as an image goes
+    to the resize workers unopened (:func:`stages.steps.to_worker`)."""
     image, data = cfg.fingerprint(), cfg.data_fingerprint()
+    to_worker = steps.to_worker
     for obj in inputs:
         if isinstance(obj, Item):
-            obj.fingerprint = data if isinstance(obj.value, DataFile) else image
+            if isinstance(obj.value, DataFile):
+                obj.fingerprint = data
+            else:
+                obj.fingerprint = image
+                obj.value = to_worker(obj.value)
         yield obj
 
 

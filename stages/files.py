@@ -1,19 +1,20 @@
 """Reading inputs and writing outputs.
 
-For a local image the parent only looks at it: the read stage's :func:`check_file` (a thread)
-opens it, reads its first bytes and its size, and passes on an :class:`ImageFile` (a path and a
-name: no image bytes cross a process boundary). The resize worker then reads it with
-``read_file`` and writes its outputs itself (``stages.thumbs.write_outputs``, the ``write`` step
-of the same worker call). Downloaded bytes (a :class:`Loaded`) reach the worker as they are. All
-output paths are checked to stay inside the output folder, and every file is written to a
-temporary name in its target folder and renamed (``os.replace``), so no reader ever sees half a
-file. Outputs are not fsynced (the ledger's ``is_done`` check re-verifies them on resume).
+A local image is not opened by the parent: it reaches a resize worker as an :class:`ImageFile`
+(a path and a name: no image bytes cross a process boundary), and the worker checks and reads
+it with ``read_file`` in one open, then writes its outputs itself
+(``stages.thumbs.write_outputs``, the ``write`` step of the same worker call). Downloaded
+bytes (a :class:`Loaded`) reach the worker as they are. All output paths are checked to stay
+inside the output folder, and every file is written to a temporary name in its target folder
+and renamed (``os.replace``), so no reader ever sees half a file. Outputs are not fsynced (the
+ledger's ``is_done`` check re-verifies them on resume).
 
 Both recognise images by their first bytes (:mod:`stages.sniff`), whatever their name: a file
 that is not an image raises :class:`pipeline.Skip` with what it is (its record is ``skipped``),
 before the rest of it is read or the size cap applies. They open with ``O_NONBLOCK`` and read
-only regular files, so a file swapped for a named pipe after the walk cannot hang a reader;
-``read_file`` checks again what ``check_file`` checked (the file may change in between).
+only regular files, so a file swapped for a named pipe after the walk cannot hang a reader.
+:func:`check_file` (the read stage's threads, for a data file that holds an image) checks
+without reading; ``read_file`` checks again (the file may change in between).
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ class Loaded:
 
 @dataclass(frozen=True, slots=True)
 class ImageFile:
-    """A local file whose first bytes say image, within the size cap when the parent looked
-    (:func:`check_file`): the resize worker reads it (:func:`read_file`). ``rel`` and ``tag``
-    as in :class:`Loaded`."""
+    """A local file for a resize worker to check and read (:func:`read_file`: its first bytes,
+    its size, its bytes); checked already when it came through :func:`check_file`. ``rel``
+    and ``tag`` as in :class:`Loaded`."""
 
     path: str
     rel: str

@@ -371,3 +371,28 @@ def test_sample_data_becomes_what_its_readme_says(tmp_path: Path) -> None:
     assert sensors["bad_cells"] == {"temp_c": 1}
     assert sensors["first_bad"]["line"] == 501
     assert sensors["non_numeric"] == {"station": 1000, "note": 1000}
+
+
+def test_an_array_under_an_image_name_gets_the_statistics_of_a_data_file(tmp_path: Path) -> None:
+    """A local file goes to a resize worker unopened; when its first bytes say ``.npy`` the
+    worker makes its statistics there, part after part, the same as for an ``.npy`` name (read
+    -> crunch workers -> merge): same plan, same chunks, same merged values."""
+    src = tmp_path / "in"
+    src.mkdir()
+    values = np.random.default_rng(7).normal(size=60_000)
+    values[::97] = np.nan
+    np.save(src / "named.npy", values)
+    (src / "hidden.jpg").write_bytes((src / "named.npy").read_bytes())
+    out = tmp_path / "out"
+    cfg = ProcessConfig(inputs=(str(src),), output=str(out), chunk_size=100_000, quiet=True)
+    result = run_process(cfg)
+    assert result.counts == {"ok": 2}
+    recs = by_key(out)
+    named, hidden = recs["named.npy"]["result"], recs["hidden.jpg"]["result"]
+    assert hidden["chunks"] == named["chunks"] == 5  # 480 kB of float64 in 100 kB parts
+    assert hidden == named
+    check_against_numpy(hidden["stats"], values)
+    assert not (out / "512").exists()  # no thumbnail: it is not an image
+    stages = {s.name: s.items for s in result.stages}
+    assert stages["read"] == 1  # the .npy name: planned in the parent's read threads
+    assert stages["crunch"] == 5  # its parts; the other one's ran inside its resize call

@@ -1,11 +1,14 @@
-"""Local images: the read stage only checks a file (its first bytes and size) and the resize
-worker reads it, so the checks must hold in both places and data files are still planned in the
-read stage."""
+"""Local images: a file named as an image goes to its resize worker unopened (the worker checks
+and reads it); the read stage checks any other file (its first bytes and size) and plans data
+files, so the checks must hold in both places."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +96,62 @@ def test_the_worker_reads_the_file_and_checks_it_again(tmp_path: Path) -> None:
     os.unlink(path)
     with pytest.raises(FileNotFoundError):
         steps.resize(checked, options)
+
+
+def test_files_named_as_images_go_to_the_worker_unopened(tmp_path: Path) -> None:
+    src = SourceFile(str(tmp_path / "a.JPG"), "a.JPG", "t")
+    assert steps.to_worker(src) == ImageFile(src.path, "a.JPG", "t")
+    for other in (
+        SourceFile(str(tmp_path / "notes.txt"), "notes.txt"),  # another name: read looks
+        SourceFile(str(tmp_path / "jpg"), "jpg"),
+        SourceFile("s3://bucket/a.jpg", "a.jpg"),  # storage: read in the parent's threads
+        DataFile(str(tmp_path / "a.npy"), "a.npy"),
+    ):
+        assert steps.to_worker(other) is other
+
+
+#: Runs ``process`` with an audit hook that lists the input files the parent opens.
+_WATCH_OPENS = """
+import json, os, sys
+opened = []
+root = os.path.realpath(sys.argv[1])
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].startswith(root):
+        opened.append(os.path.basename(args[0]))
+sys.addaudithook(hook)
+from app.config import ProcessConfig
+from app.process import run_process
+run_process(ProcessConfig(inputs=(root,), output=sys.argv[2], quiet=True))
+print(json.dumps(sorted(set(opened))))
+"""
+
+
+def test_the_parent_opens_no_file_named_as_an_image(tmp_path: Path) -> None:
+    """The parent's share of a local image is its directory entry: the resize worker opens it
+    (in a real run, watched by an audit hook); a file of another name is opened by the read
+    stage, in the parent, and still recognised by its content."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _jpeg(src / "a.jpg")
+    _jpeg(src / "b.PNG")  # a JPEG named .PNG: by content, in the worker
+    (src / "c.jpg").write_text("not an image")
+    _jpeg(src / "photo")  # no extension: read looks at it
+    (src / "notes.txt").write_text("hello")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", _WATCH_OPENS, str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == ["notes.txt", "photo"]
+    recs = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert {k: (r["status"], r.get("stage")) for k, r in recs.items()} == {
+        "a.jpg": ("ok", None),
+        "b.PNG": ("ok", None),
+        "c.jpg": ("skipped", "resize"),
+        "photo": ("ok", None),
+        "notes.txt": ("skipped", "read"),
+    }

@@ -107,7 +107,7 @@ def test_edge_cases_each_get_their_expected_record(out: Path) -> None:
             assert not list(out.glob(f"*/{name}*")), "a failed input left an output"
         elif name in EXPECTED_SKIPS:
             assert rec["status"] == "skipped", rec
-            assert rec["stage"] == "read", rec
+            assert rec["stage"] == "resize", rec  # the resize worker opens a local file
             assert rec["reason"] == EXPECTED_SKIPS[name]
         elif name.endswith(".md"):
             assert rec["status"] == "skipped"
@@ -251,15 +251,17 @@ def test_near_duplicates_reuse_the_stats_tables_pass_over_the_manifest(tmp_path:
 
 
 def test_each_stage_counts_only_the_inputs_it_works_on(out: Path) -> None:
-    """Routing by type: images go read -> resize -> write, data files read -> crunch; no stage
-    sees (or counts) an item that is not its kind."""
+    """Routing by type: local images go straight to resize -> write (the resize worker opens
+    them: the parent does not), data files read -> crunch; no stage sees (or counts) an item
+    that is not its kind."""
     data = ROOT / "sample_data" / "data"
     done = cli(str(IMAGES), str(data), "--output", str(out), "--quiet", "--chunk-size", "0")
     assert done.returncode == 0, done.stderr
     images = sum(1 for p in IMAGES.rglob("*") if p.is_file())
     data_records = sum(1 for r in by_key(out).values() if is_data_result(r.get("result")))
     stages = {s["name"]: s for s in json.loads((out / "summary.json").read_text())["stages"]}
-    assert stages["read"]["items"] == len(by_key(out))  # every input (an .npz: one per array)
+    assert data_records + images == len(by_key(out))
+    assert stages["read"]["items"] == data_records  # every data input (an .npz: one per array)
     assert stages["resize"]["items"] == stages["write"]["items"] == images
     assert stages["crunch"]["items"] == data_records  # --chunk-size 0: one part each
 

@@ -389,7 +389,7 @@ def test_unreadable_files_and_folders_fail_with_their_reason(tmp_path: Path) -> 
     secret = recs[b"secret.jpg"]
     assert secret["status"] == "failed"
     assert secret["error_type"] == "PermissionError"
-    assert secret["stage"] == "read"
+    assert secret["stage"] == "resize"  # the resize worker opens a local file
     locked = recs[b"locked/"]
     assert locked["status"] == "failed"
     assert locked["error_type"] == "UnreadableFolder"

@@ -32,6 +32,7 @@ from app.config import ProcessConfig
 from app.process import run_process
 from stages.naming import name_tag, output_name
 from stages.sources import DATA_EXTENSIONS
+from stages.steps import IMAGE_NAMES
 from tests.trees import (
     PALETTE,
     files_below,
@@ -205,6 +206,13 @@ def run(root: bytes, out: Path, fmt: str) -> tuple[str, dict[bytes, dict[str, An
     return str(summary["run"]), records_by_bytes(out)
 
 
+def is_image_name(rel: bytes) -> bool:
+    """Named as an image (``stages.steps.IMAGE_NAMES``): such a file goes to a resize worker
+    unopened, and is skipped there when it holds no image."""
+    name = os.fsdecode(rel.rpartition(b"/")[2])
+    return os.path.splitext(name)[1].lower() in IMAGE_NAMES
+
+
 def is_data_name(rel: bytes) -> bool:
     """Named as a numeric data file (``stages.sources``: such a file is read as data unless its
     content is an image, and may then be ``ok``, ``skipped`` or ``failed``)."""
@@ -283,7 +291,8 @@ def check_first_run(recs: dict[bytes, dict[str, Any]], files: dict[bytes, File])
             continue  # read as data: ok, skipped or failed, all recorded
         else:
             assert status == "skipped", rec
-            assert rec.get("stage") == "read", rec
+            # a file named as an image is opened first by its resize worker, any other by read
+            assert rec.get("stage") == ("resize" if is_image_name(key) else "read"), rec
             assert str(rec["reason"]).startswith("not an image or data file"), rec
 
 
