@@ -39,7 +39,6 @@ from pipeline import (
     hold_folder,
     stage,
 )
-from pipeline.atomic import TEMP_PREFIX
 from stages import steps
 from stages.files import Loaded
 from stages.parts import is_data_result
@@ -50,6 +49,7 @@ from stages.thumbs import Rendered, outputs_exist
 from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
 from .config import ProcessConfig
 from .endofrun import RecordFeed
+from .leftovers import after_run, remove_stale_temps, unfinished
 from .report import ReportSheet, write_report
 from .shard_folder import check_shard_folder
 from .storage_config import shown_argv
@@ -298,7 +298,7 @@ def run_process(
     use_options(cfg.storage_options)  # for storage URLs held as plain strings (records' sources)
     out, mirror = _output_folder(cfg)
     with hold_folder(out, argv=shown_argv(sys.argv)), mirror:
-        remove_stale_temps(out)
+        remove_stale_temps(out, below=unfinished(out))
         check_shard_folder(out, cfg.output_format, cfg.fingerprint(), force=cfg.force)
         # the tables and the report: sinks of the one feed of the folder's records (see
         # app.endofrun), built while the run goes
@@ -308,30 +308,12 @@ def run_process(
         dups = NearDuplicates(table)
         try:
             tables: list[Collector] = [feed, table, dups, DataTable(out, feed)]
-            return _run(cfg, out, limit, tables, stop_helpers=stop_helpers)
+            result = _run(cfg, out, limit, tables, stop_helpers=stop_helpers)
         finally:
             table.close()
             _write_report(out, sheet, dups)
-
-
-def remove_stale_temps(folder: Path) -> list[str]:
-    """Remove the temporary files (``.pp-*.tmp``) a run killed outright left at the top of its
-    output folder (its tables, its ledger's export, the near-duplicate hashes); the names
-    removed. Called while the folder is held: no other run can be writing them."""
-    removed: list[str] = []
-    for entry in list(os.scandir(folder)):  # the held folder exists (its lock file is in it)
-        name = entry.name
-        if (
-            name.startswith(TEMP_PREFIX)
-            and name.endswith(".tmp")
-            and entry.is_file(follow_symlinks=False)
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed.append(name)
-    if removed:
-        log.info("removed %d temporary file(s) of an earlier run in %s", len(removed), folder)
-    return removed
+        after_run(out, result)
+        return result
 
 
 def _output_folder(cfg: ProcessConfig) -> tuple[Path, contextlib.AbstractContextManager[None]]:

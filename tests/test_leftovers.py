@@ -310,11 +310,19 @@ def test_a_killed_worker_leaves_nothing(
     n = 12
     run = start(_slow_inputs(slow_image, tmp_path / "in", n))
     _wait_for_work(run)
+    # what a worker killed while writing a thumbnail leaves beside it (the victim may leave one
+    # too, or be decoding): the run, whose worker died, sweeps its output tree at the end
+    (size,) = {p.parent for p in run.out.glob("*/*.png")}
+    half = [size / ".pp-0123abcd.tmp", size / "deep" / "er" / ".pp-4567ef01.tmp"]
+    for path in half:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a thumbnail")
     victim = _busy_worker(run)
     assert victim is not None, f"the run ended first:\n{run.errors()}"
     victim.kill()
     assert run.wait() == 1, run.errors()  # the run went on without it
     assert_nothing_left(run)
+    assert list(run.out.rglob(".pp-*")) == []
     statuses = _statuses(run.out)
     assert len(statuses["WorkerCrashed"]) == 1, statuses
     assert len(statuses["ok"]) == n - 1, statuses

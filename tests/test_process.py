@@ -277,8 +277,34 @@ def test_a_run_removes_the_temporary_files_a_killed_run_left(out: Path) -> None:
     for path in keep:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("the user's")
+    beside = out / "512" / "sub" / ".pp-0123abcd.tmp"  # a thumbnail's, below: see the next test
+    beside.parent.mkdir(parents=True)
+    beside.write_bytes(b"half a thumbnail")
     done = cli(str(IMAGES), "--output", str(out), "--quiet")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.glob(".pp-*.tmp")) == [".pp-folder.tmp"]  # a folder: kept
     for path in keep:
         assert path.read_text() == "the user's"
+    # the last run finished (no summary says otherwise): its tree is not walked at the start
+    assert beside.exists()
+
+
+def test_a_run_after_one_killed_outright_sweeps_the_whole_output_tree(out: Path) -> None:
+    """A worker killed with its run (the parent SIGKILLed, a power cut) leaves a thumbnail's
+    temporary file beside the thumbnail, anywhere below the output folder; the run's summary
+    still says ``"finished": false``, so the next run sweeps the tree (the ledger's own folder
+    and every other name left alone)."""
+    done = cli(str(IMAGES), "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({"run": summary["run"], "finished": False}))
+    half = [out / "512" / ".pp-0123abcd.tmp", out / "512" / "a" / "b" / ".pp-4567ef01.tmp"]
+    keep = [out / "512" / "a" / "mine.tmp", out / ".pipeline" / ".pp-89abcdef.tmp"]
+    for path in [*half, *keep]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    done = cli(str(IMAGES), "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert not any(p.exists() for p in half)
+    assert all(p.read_bytes() == b"half a file" for p in keep)
+    assert json.loads((out / "summary.json").read_text())["finished"] is True
