@@ -289,11 +289,14 @@ def table(
         f"summed peak PSS {mem:.2f}{X} bare (target ≤ {TARGETS['pss']:.0f}{X}) — "
         + ("met" if mem <= TARGETS["pss"] else "NOT met"),
     ]
-    if small:
+    if small:  # what caps the feed on more cores is the margin; the whole run is shown too
+        limit = TARGETS["parent_ms"]
         goals.append(
-            f"parent CPU {parent['process']:.2f} ms/img (target ≤ {TARGETS['parent_ms']} ms; "
-            f"bare script's parent {parent['bare']:.2f}) — "
-            + ("met" if parent["process"] <= TARGETS["parent_ms"] else "NOT met")
+            f"parent CPU per image (target ≤ {limit} ms; bare script's parent "
+            f"{parent['bare']:.2f}): at the margin {margin['process']:.2f} — "
+            + ("met" if margin["process"] <= limit else "NOT met")
+            + f"; over the whole run of {n:,} files, start-up and end of run included, "
+            f"{parent['process']:.2f} — " + ("met" if parent["process"] <= limit else "NOT met")
         )
     goals.append(
         f"parent CPU at the margin (start-up and end of run left out: the run over "
