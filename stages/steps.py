@@ -58,7 +58,8 @@ from .thumbs import Rendered, render, write_outputs
 
 __all__ = ["IMAGES", "PARTS", "crunch", "read", "resize", "to_worker", "write"]
 
-#: The values the ``resize`` stage takes: a checked local image file, or bytes (downloads).
+#: The values the ``resize`` stage takes: a local image file (its worker checks and reads it), or
+#: bytes (downloads, objects in storage).
 IMAGES = (ImageFile, Loaded)
 
 #: The values the ``crunch`` stage takes: the parts of a data file.
