@@ -26,7 +26,8 @@ parent's CPU per image follows the ceiling of a bigger machine: one parent feeds
 
 ``python -m bench cost [--quick]``; ``python -m bench.cost [--quick] [small|12mp ...]``. With
 ``COST_BASELINE=<another checkout>`` in the environment, ``process`` from that checkout runs too,
-in the same rounds (a before/after on the same files, side by side).
+in the same rounds (a before/after on the same files, side by side); ``COST_ROUNDS=N`` runs N
+rounds instead of 3 (2 with ``--quick``): the medians of a noisy machine settle with more.
 
 This module imports only the standard library at the top: the anchor scripts run as
 ``python -m bench.cost bare|floor ...`` and their parent process should hold no more than a
@@ -357,7 +358,7 @@ def compile_checkouts() -> None:
 
 def main(*, quick: bool = False, sets: Sequence[str] = ("small", "12mp")) -> str:
     compile_checkouts()
-    rounds = 2 if quick else 3
+    rounds = int(os.environ.get("COST_ROUNDS") or (2 if quick else 3))
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
