@@ -91,6 +91,9 @@ class StatsTable(_FolderTable):
         "sharpness",
         "dhash",
     )
+    #: The columns of few distinct values: dictionary-encoded in ``stats.parquet`` (the others,
+    #: all different from row to row, plain: see :mod:`app.tables`).
+    REPEATED = ("status", "width", "height", "mode", "format", "out_width", "out_height")
 
     def __init__(self, folder: Path, feed: RecordFeed | None = None) -> None:
         super().__init__(folder, feed)
@@ -99,7 +102,7 @@ class StatsTable(_FolderTable):
         self._hash_path: Path | None = None  # 8 bytes a hashed row, in order (hash_file)
         self._spill: IO[bytes] | None = None  # a line [key, smallest output] per hash
         self._spilling: list[str] = []  # its next lines, written SPILL_ROWS at a time
-        self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS)
+        self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS, self.REPEATED)
         self._csv = CsvStream(folder / "stats.csv", self.COLUMNS, keep_empty=True)
         self.feed.add_sink(self)
 

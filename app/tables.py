@@ -21,7 +21,11 @@ Memory, whatever the number of rows: :data:`FLUSH_ROWS` rows of CSV text while a
 chunk of rows (a few MB) while the Parquet file is written. Row groups hold
 :data:`CHUNK_ROWS` rows (the content is what one table written whole would hold; only the
 layout of the file differs). pyarrow (some 50 MB) is imported by :meth:`ParquetStream.write_from`
-only, at the end of a run: while the run goes, the parent holds none of it.
+only, at the end of a run: while the run goes, the parent holds none of it. Only the columns
+named ``dictionary`` are dictionary-encoded (pyarrow's default is every column): a column of
+values that are all different (keys, hashes, means) gains nothing from a dictionary, and its
+dictionary builder kept some 9 MB more after the first chunk (107 against 98 MB at the peak of a
+100,000-row table), in a larger file (6.7 against 5.8 MB).
 """
 
 from __future__ import annotations
@@ -144,9 +148,10 @@ class ParquetStream:
     No chunk, no file (``path`` is left as it was).
     """
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+    def __init__(self, path: Path, columns: Sequence[str], dictionary: Sequence[str] = ()) -> None:
         self.path = path
         self.columns = list(columns)
+        self.dictionary = [c for c in dictionary if c in self.columns]  # few distinct values
         self._schemas: list[Any] = []  # each chunk's inferred pyarrow schema
         self._file: AtomicFile | None = None
         self._writer: Any = None  # pyarrow.parquet.ParquetWriter
@@ -206,7 +211,12 @@ class ParquetStream:
         import pyarrow.parquet as pq
 
         self._file = AtomicFile(self.path)
-        return pq.ParquetWriter(self._file.file, schema, memory_pool=_pool())
+        return pq.ParquetWriter(
+            self._file.file,
+            schema,
+            memory_pool=_pool(),
+            use_dictionary=self.dictionary or False,
+        )
 
     def _close(self) -> None:
         writer, self._writer = self._writer, None

@@ -300,6 +300,39 @@ def test_chunked_tables_equal_the_whole_table(tmp_path: Path, case: str) -> None
     assert sorted(os.listdir(tmp_path)) == ["t.csv", "t.parquet"]
 
 
+def test_only_the_columns_named_are_dictionary_encoded(tmp_path: Path) -> None:
+    """A column of few values gets a dictionary; one whose values all differ is written plain
+    (a dictionary there only costs memory and bytes); the table read back is the CSV's."""
+    columns = ["key", "status"]
+    table = CsvStream(tmp_path / "t.csv", columns, keep_empty=True, chunk_rows=3)
+    for i in range(10):
+        table.write([f"k{i}", "ok" if i % 3 else "failed"])
+    assert table.commit()
+    parquet = ParquetStream(tmp_path / "t.parquet", columns, dictionary=["status", "absent"])
+    assert parquet.write_from(table)
+    meta = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    assert meta.num_row_groups == 4
+    for group in range(meta.num_row_groups):
+        key, status = (meta.row_group(group).column(i).encodings for i in range(2))
+        assert not any("DICTIONARY" in e for e in key), key
+        assert any("DICTIONARY" in e for e in status), status
+    expected = pacsv.read_csv(tmp_path / "t.csv")
+    assert pq.read_table(tmp_path / "t.parquet").equals(expected)
+
+
+def test_a_runs_stats_parquet_has_dictionaries_for_its_repeated_columns(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_process(ProcessConfig(inputs=(str(IMAGES),), output=str(out), quiet=True))
+    pf = pq.ParquetFile(out / "stats.parquet")
+    group = pf.metadata.row_group(0)
+    encoded = {
+        group.column(i).path_in_schema: any("DICTIONARY" in e for e in group.column(i).encodings)
+        for i in range(group.num_columns)
+    }
+    assert {c for c, d in encoded.items() if d} == set(StatsTable.REPEATED)
+    assert pf.read().num_rows == sum(1 for p in IMAGES.rglob("*") if p.is_file())
+
+
 def test_csv_chunks_are_whole_rows_whatever_the_flushes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
