@@ -5,10 +5,11 @@ Each size runs through the real CLI (``python -m pipeline process <tree> --outpu
 
 * **wall per item** (µs): the subprocess's wall time over the number of files;
 * **parent peak RSS** (MiB): the parent's ``VmHWM`` (its peak resident set) read from
-  ``/proc/<pid>/status`` every :data:`POLL` seconds until it exits, and at its exit the
-  kernel's ``ru_maxrss`` of :func:`os.wait4` (the polls alone missed a peak in the last tenth
-  of a second: the end of a 10k run is 0.2 s; that figure is the largest of the parent's and
-  of the children it reaped, which are smaller here: workers of 64x64 images, the forkserver);
+  ``/proc/<pid>/status`` every :data:`POLL` seconds until it exits (a high-water mark: one read
+  between the peak and the exit is enough; at 0.1 s the reads missed the end-of-run peak of a
+  10k run, whose end lasts 0.2 s. ``ru_maxrss`` of :func:`os.wait4` is no substitute: it is
+  the largest of the parent's and its reaped children's, and the near-duplicate grouping of a
+  1M run, a child, peaks higher than the parent);
 * **RSS at the last item** (MiB): the parent's peak RSS up to the end of the run's last item
   (the latest ``finished`` time of the manifest): the run itself, before the end-of-run work
   (manifest, tables, near duplicates, report) adds its own;
@@ -65,7 +66,7 @@ def pool_folder(repo: Path = REPO) -> Path:
 POOL = pool_folder()
 PER_DIR = 1000
 SIDE = 64
-POLL = 0.1  # s between two reads of the parent's VmHWM
+POLL = 0.01  # s between two reads of the parent's VmHWM (and CPU): ~0.3% of a core
 SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (2_000, 10_000, 20_000)
 X = "\N{MULTIPLICATION SIGN}"  # of the ratio columns
@@ -201,7 +202,7 @@ def run_once(n: int, repo: Path = REPO) -> Point:
     peak, cpu = [0], [0.0]
     samples: list[tuple[float, int]] = []  # (time, VmHWM so far)
 
-    exited_now = threading.Event()  # not proc.poll(): it would reap the process before wait4
+    exited_now = threading.Event()  # not proc.poll(): it would reap the exited process
 
     def watch() -> None:
         while not exited_now.is_set():
@@ -221,11 +222,10 @@ def run_once(n: int, repo: Path = REPO) -> Point:
     exited_now.set()
     wall = time.perf_counter() - started
     exited = dt.datetime.now(dt.UTC)
-    cpu[0] = max(cpu[0], _cpu(proc.pid))
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    peak[0] = max(peak[0], usage.ru_maxrss * 1024)
     watcher.join()
+    cpu[0] = max(cpu[0], _cpu(proc.pid))
+    _, status = os.waitpid(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     reader.join()
     stderr.close()
     err = b"".join(errors)
