@@ -47,6 +47,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.procstat import own_cpu
+
 REPO = Path(__file__).resolve().parent.parent
 QUALITY = 85
 X = "\N{MULTIPLICATION SIGN}"
@@ -110,12 +112,6 @@ class Run:
     outputs: int
 
 
-def _own_cpu(pid: int) -> float:
-    """User + system seconds of ``pid`` alone (also of a zombie not yet reaped)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(cmd: Sequence[str], out: Path, log: Path, extra_env: dict[str, str] | None = None) -> Run:
     """Run ``cmd``; measure its tree (see the module docstring); count the JPEGs under out."""
     from bench import datasets
@@ -132,7 +128,7 @@ def run(cmd: Sequence[str], out: Path, log: Path, extra_env: dict[str, str] | No
         sampler.start()
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         wall = time.perf_counter() - started
-        parent = _own_cpu(proc.pid)
+        parent = own_cpu(proc.pid)
         code = proc.wait()
         sampler.stop.set()
         sampler.join()

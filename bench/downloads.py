@@ -67,6 +67,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from bench.procstat import own_cpu
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / ".data" / "downloads"
 IMAGES = DATA / "images"
@@ -414,7 +416,7 @@ def _run_parent_cpu(cmd: Sequence[str]) -> tuple[int, float, str]:
         try:
             if hasattr(os, "waitid"):
                 os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-                cpu = _cpu_seconds(proc.pid)
+                cpu = own_cpu(proc.pid, math.nan)
             proc.wait(timeout=600)
         finally:
             if proc.poll() is None:
@@ -484,14 +486,14 @@ def main(*, quick: bool = False) -> str:
             for r in range(repeats):
                 shift = r * len(plan) // max(repeats, 1)
                 for method, c in plan[shift:] + plan[:shift]:
-                    server_cpu = _cpu_seconds(srv.pid)
+                    server_cpu = own_cpu(srv.pid, math.nan)
                     if method == "process":
                         got = _process(c, process_file, n_process)
                     else:
                         got = _client(method, c, url_file)
                         if got["ok"] == n and got["bytes"] != expected_bytes:
                             got["failed"] += 1  # short bodies would be a failure too
-                    got["server_cpu"] = _cpu_seconds(srv.pid) - server_cpu
+                    got["server_cpu"] = own_cpu(srv.pid, math.nan) - server_cpu
                     runs[(method, c)].append(got)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -580,15 +582,6 @@ def _render_issue(issue: dict[str, Any], n: int, n_process: int, repeats: int) -
         "",
     ]
     return "\n".join(lines)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _warm_up(urls: Sequence[str]) -> None:

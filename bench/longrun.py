@@ -13,8 +13,8 @@ Each size runs through the real CLI (``python -m pipeline process <tree> --outpu
 * **RSS at the last item** (MiB): the parent's peak RSS up to the end of the run's last item
   (the latest ``finished`` time of the manifest): the run itself, before the end-of-run work
   (manifest, tables, near duplicates, report) adds its own;
-* **parent CPU per item** (µs): the parent's user + system time (``/proc/<pid>/stat``, its last
-  sample before the exit) over the number of files;
+* **parent CPU per item** (µs): the parent's user + system time (``/proc/<pid>/stat``, read once
+  it has exited, before it is reaped: :func:`bench.procstat.own_cpu`) over the number of files;
 * **end of run** (% of the wall time): from the end of the run's last item (the latest
   ``finished`` time in ``manifest.jsonl``) to the exit of the process: the ledger's last
   commit, the manifest, the tables, the summary, the report, the shutdown;
@@ -40,10 +40,13 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.procstat import own_cpu
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "bench" / ".data" / "longrun"
@@ -133,7 +136,7 @@ class Point:
     peak_rss: int  # bytes, the parent's VmHWM
     end: float  # s, from the last record's commit to the exit
     exit_code: int
-    parent_cpu: float = 0.0  # s, user + system of the parent (its last sample)
+    parent_cpu: float = 0.0  # s, user + system of the parent, its whole life
     run_rss: int = 0  # bytes, the parent's VmHWM at the end of the last item
 
     @property
@@ -143,16 +146,6 @@ class Point:
     @property
     def end_share(self) -> float:
         return self.end / self.wall
-
-
-def _cpu(pid: int) -> float:
-    """User + system seconds of ``pid`` so far (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _hwm(pid: int) -> int:
@@ -192,43 +185,31 @@ def run_once(n: int, repo: Path = REPO) -> Point:
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(repo)}
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        command(tree, out),
-        cwd=repo,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    peak, cpu = [0], [0.0]
-    samples: list[tuple[float, int]] = []  # (time, VmHWM so far)
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            command(tree, out), cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=errors
+        )
+        peak = [0]
+        samples: list[tuple[float, int]] = []  # (time, VmHWM so far)
+        exited_now = threading.Event()  # not proc.poll(): it would reap the exited process
 
-    exited_now = threading.Event()  # not proc.poll(): it would reap the exited process
+        def watch() -> None:
+            while not exited_now.is_set():
+                peak[0] = max(peak[0], _hwm(proc.pid))
+                samples.append((time.time(), peak[0]))
+                time.sleep(POLL)
 
-    def watch() -> None:
-        while not exited_now.is_set():
-            peak[0] = max(peak[0], _hwm(proc.pid))
-            samples.append((time.time(), peak[0]))
-            cpu[0] = max(cpu[0], _cpu(proc.pid))
-            time.sleep(POLL)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    assert proc.stderr is not None
-    stderr = proc.stderr
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
-    reader.start()
-    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: its stat
-    exited_now.set()
-    wall = time.perf_counter() - started
-    exited = dt.datetime.now(dt.UTC)
-    watcher.join()
-    cpu[0] = max(cpu[0], _cpu(proc.pid))
-    _, status = os.waitpid(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    reader.join()
-    stderr.close()
-    err = b"".join(errors)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped yet
+        exited_now.set()
+        wall = time.perf_counter() - started
+        exited = dt.datetime.now(dt.UTC)
+        cpu = own_cpu(proc.pid)  # its whole life, read before it is reaped
+        proc.wait()
+        watcher.join()
+        errors.seek(0)
+        err = errors.read()
     if proc.returncode not in (0, 1):
         raise RuntimeError(
             f"process exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}"
@@ -237,7 +218,7 @@ def run_once(n: int, repo: Path = REPO) -> Point:
     end = (exited - dt.datetime.fromtimestamp(finished, dt.UTC)).total_seconds()
     run_rss = max((hwm for at, hwm in samples if at <= finished), default=0)
     shutil.rmtree(out, ignore_errors=True)
-    return Point(n, wall, peak[0], end, proc.returncode, cpu[0], run_rss)
+    return Point(n, wall, peak[0], end, proc.returncode, cpu, run_rss)
 
 
 def table(points: list[Point]) -> list[str]:
