@@ -182,7 +182,7 @@ class StatsTable(_FolderTable):
         """The file of every hash so far (native 64-bit integers, in row order), or None
         when no row has one; removed by :meth:`close`."""
         self.feed.check(self)
-        if self.hash_count and (self.hashes or self._hash_path is None):
+        if self.hashes:  # rows with a hash and no file yet have them all here
             self._flush_hashes()
         return self._hash_path
 

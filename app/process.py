@@ -351,7 +351,7 @@ def _run(
     )
     if limit is not None:
         inputs = itertools.islice(inputs, limit)
-    inputs = _fingerprinted(inputs, cfg)
+    inputs = _prepared(inputs, cfg)
     backend = None
     if cfg.backend == "dask":
         from pipeline.backends.dask import DaskBackend
@@ -363,7 +363,7 @@ def _run(
         autoscale=cfg.auto_workers,
         output=out,
         collectors=[*tables, DataAggregate(), FailureList()],
-        fingerprint=cfg.fingerprint(),  # items carry their own (see _fingerprinted)
+        fingerprint=cfg.fingerprint(),  # items carry their own (see _prepared)
         is_done=_is_done(cfg, out),
         retry_failed=cfg.retry_failed,
         force=cfg.force,
@@ -385,7 +385,7 @@ def _is_done(cfg: ProcessConfig, out: Path) -> Callable[[Record], bool]:
     return lambda rec: is_data_result(rec.value) or outputs_exist(root, rec.value)
 
 
-def _fingerprinted(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[Item | Record]:
+def _prepared(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[Item | Record]:
     """Each item with the fingerprint of the options its kind depends on (data files: the data
     options; images: the image options), known from the source rather than guessed from the
     key (a key may hold ``.npz:`` and still be an image); a local file named as an image goes

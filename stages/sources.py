@@ -16,9 +16,9 @@ or that now comes from another file (see :mod:`pipeline.runner`).
 * a regular file becomes an :class:`~pipeline.Item` — a :class:`DataFile` when its extension is
   a data extension (an ``.npz`` that is a zip: one item per array, ``file.npz:name``), else a
   :class:`SourceFile`. Whether it is an image is decided by its content where it is first
-  opened (the ``process`` command: a local file in its resize worker, a data file or an
-  object in storage in the read stage, :mod:`stages.steps`); anything else is ``skipped``
-  there with what it is;
+  opened (the ``process`` command: a file named as an image in its resize worker, any other
+  file and an object in storage in the read stage, :mod:`stages.steps`); anything else is
+  ``skipped`` there with what it is;
 * a named pipe, socket or device is ``skipped`` with what it is, and never opened (no hang);
 * a symlink is followed to a file inside its input root; a dangling one, a loop and one that
   leads outside the root are ``skipped``, each with its reason; one to a folder inside the root
