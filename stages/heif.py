@@ -6,12 +6,15 @@ bundle libheif with HEVC codecs (libde265, x265: LGPL/GPL code, under HEVC paten
 countries; about 26 MB installed), which a user who never meets a HEIC file should not have to
 carry. AVIF needs no plugin: Pillow (>= 11.3) reads and writes it.
 
-:func:`register` is called when :mod:`stages.imaging` is imported, which happens in each process
-that decodes images (the process workers, which the forkserver preloads with it, a Dask worker, a
-script's own process), never in the process that only builds and records a run. It costs about
-10 ms once per process. Without the package, :data:`NEEDS_EXTRA` is what a HEIC input's record
-says (:class:`~stages.options.UnsupportedImage`): the file is recognised as an image by its
-content (:mod:`stages.sniff`), so it is never reported as "not an image".
+The plugin is registered on demand (:func:`register_for`), by the first input of a process
+whose head is an ISO media file of a brand pillow-heif's opener accepts (HEVC coding brands, and
+the generic ``mif1`` / ``msf1``): no other input can be opened by it. Importing it costs 20-25 ms
+and about 6 MB of libraries (libheif, x265, libstdc++) per process. Paid at import, by the
+forkserver every run preloads, it delayed the first worker of every run and stayed in memory for
+the whole run, for nothing on a run without HEIC files. :func:`installed` tells whether it can
+be registered, without importing it. Without the package, :data:`NEEDS_EXTRA` is what a HEIC
+input's record says (:class:`~stages.options.UnsupportedImage`): the file is recognised as an
+image by its content (:mod:`stages.sniff`), so it is never reported as "not an image".
 
 Options given to the plugin (process-wide, as any Pillow plugin registration is):
 
@@ -29,11 +32,15 @@ twice. A script that registered the plugin itself keeps its own registration and
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
+import threading
 
 from PIL import Image
 
-__all__ = ["FORMAT", "NEEDS_EXTRA", "register"]
+from .sniff import may_be_heif
+
+__all__ = ["FORMAT", "NEEDS_EXTRA", "installed", "register", "register_for"]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +51,39 @@ FORMAT = "HEIF"
 NEEDS_EXTRA = "HEIC/HEIF input needs the pillow-heif package: pip install 'pixpipe[heif]'"
 
 
+_lock = threading.Lock()  # a process decoding in threads imports and registers it once
+
+
+@functools.cache
+def installed() -> bool:
+    """Whether pillow-heif is installed (found on the path, not imported), or registered."""
+    if FORMAT in Image.OPEN:
+        return True
+    try:
+        return importlib.util.find_spec("pillow_heif") is not None
+    except (ImportError, ValueError):  # a broken package, or a module without a spec
+        return False
+
+
+def register_for(head: bytes) -> str | None:
+    """Before Pillow opens a file that starts with ``head``: register pillow-heif's opener if
+    the file may be one it opens (:func:`stages.sniff.may_be_heif`) and it is not registered
+    yet. None when nothing stands in the way, else why HEIF images cannot be opened (see
+    :func:`register`)."""
+    if not may_be_heif(head):
+        return None  # pillow-heif's opener would decline it: nothing to register for
+    return register()
+
+
 @functools.cache
 def register() -> str | None:
     """Register pillow-heif's opener with Pillow, once per process: None when HEIF images can
     be opened, else why not (:data:`NEEDS_EXTRA` and the import error)."""
+    with _lock:
+        return _register()
+
+
+def _register() -> str | None:
     if FORMAT in Image.OPEN:
         return None  # registered already (a script's own register_heif_opener)
     try:

@@ -140,15 +140,16 @@ _WANTED_FORMATS = tuple(_PLUGIN_OF)
 for _plugin in (p for plugins in _PLUGIN_OF.values() for p in plugins):
     with contextlib.suppress(ImportError):  # a plugin this Pillow build lacks
         importlib.import_module(f"PIL.{_plugin}")
-_HEIF_MISSING = heif.register()  # HEIC/HEIF: the optional pillow-heif plugin (stages.heif)
-# HEIF last: for the generic container brands (mif1, msf1) both it and AVIF accept, Pillow's AVIF
-# plugin must be tried first (it declines a HEVC file; pillow-heif fails an AV1 one outright)
-ALLOWED_FORMATS: tuple[str, ...] = tuple(
-    f for f in (*_WANTED_FORMATS, heif.FORMAT) if f in Image.OPEN
-)
+# HEIC/HEIF: the optional pillow-heif plugin, registered by the first file that may be one
+# (stages.heif.register_for). HEIF last: for the generic container brands (mif1, msf1) both it
+# and AVIF accept, Pillow's AVIF plugin must be tried first (it declines a HEVC file;
+# pillow-heif fails an AV1 one outright)
+_WITHOUT_HEIF: tuple[str, ...] = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
+ALLOWED_FORMATS: tuple[str, ...] = _WITHOUT_HEIF + ((heif.FORMAT,) if heif.installed() else ())
 """Pillow formats :func:`process_image` will open (those of ``_WANTED_FORMATS`` this Pillow build
 supports; ``JPEG`` includes MPO, the multi-picture JPEGs many phones write; ``HEIF`` when the
-``heif`` extra is installed). Deliberately excludes
+``heif`` extra is installed: its plugin is imported by the first file that may be HEIF).
+Deliberately excludes
 formats that shell out (EPS -> Ghostscript) and formats without a reliable magic number (TGA),
 which would turn random bytes into garbage images instead of a :class:`DecodeError`. Only the
 plugins of these formats are imported (``Image.init()`` is never called): every format passed to
@@ -674,14 +675,17 @@ def _decoded(data: bytes, options: ResizeOptions) -> Iterator[_Decoded]:
     image open while the caller renders from it, so the decoded pixels are never copied."""
     if not data:
         raise DecodeError("empty input (0 bytes)")
-    if _HEIF_MISSING and image_format(data[:HEAD_BYTES]) == heif.FORMAT:
-        raise UnsupportedImage(_HEIF_MISSING)
+    heif_missing = heif.register_for(data[:12])
+    if heif_missing and image_format(data[:HEAD_BYTES]) == heif.FORMAT:
+        raise UnsupportedImage(heif_missing)
+    # only registered formats: one that is not would make Pillow import all its plugins
+    formats = ALLOWED_FORMATS if heif.FORMAT in Image.OPEN else _WITHOUT_HEIF
     with contextlib.ExitStack() as stack:
         # The guard covers only open + decode; the file image stays open (ExitStack) until the
         # outputs are rendered.
         with _decode_guard(options.allow_truncated, options.max_pixels):
             try:
-                im = stack.enter_context(Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS))
+                im = stack.enter_context(Image.open(io.BytesIO(data), formats=formats))
                 decoded = _decode(im, options)
             except ImageError:
                 raise

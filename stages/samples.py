@@ -142,6 +142,9 @@ def _header_size(data: bytes) -> tuple[int, int]:
     """The size an image's header declares (huge for what is not an image: the decode says why)."""
     from PIL import Image, UnidentifiedImageError
 
+    from . import heif
+
+    heif.register_for(data[:12])  # a HEIC's header is read by its plugin, as its decode is
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.size

@@ -17,7 +17,7 @@ open it says which extra it needs (:mod:`stages.heif`) instead of "not an image"
 
 from __future__ import annotations
 
-__all__ = ["HEAD_BYTES", "NPY_MAGIC", "describe", "image_format", "is_zip"]
+__all__ = ["HEAD_BYTES", "NPY_MAGIC", "describe", "image_format", "is_zip", "may_be_heif"]
 
 HEAD_BYTES = 512
 
@@ -73,6 +73,13 @@ def _iso_image_format(head: bytes) -> str | None:
     if compatible.intersection(_HEIC_BRANDS) and not compatible.intersection(_AVIF_BRANDS):
         return "HEIF"
     return "AVIF"  # Pillow's AVIF plugin is tried first; pillow-heif after it
+
+
+def may_be_heif(head: bytes) -> bool:
+    """An ISO media file of a major brand the HEIF plugin (pillow-heif) accepts: a HEVC coding
+    brand or a generic container one (a generic one may hold AV1 too: Pillow's AVIF plugin is
+    tried first). Needs the first 12 bytes."""
+    return head[4:8] == b"ftyp" and head[8:12] in (*_HEIC_BRANDS, *_CONTAINER_BRANDS)
 
 
 def is_zip(head: bytes) -> bool:

@@ -122,6 +122,8 @@ def phone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 )
 def test_iso_media_brands(head: bytes, expected: str | None) -> None:
     assert sniff.image_format(head) == expected
+    # the HEIF plugin is imported for what it may open: every major brand but AV1's and video's
+    assert sniff.may_be_heif(head) == (head[8:12] not in (b"avif", b"isom"))
     if expected is None:
         assert sniff.describe(head, 1000) == "an ISO media file (brand 'isom'), not an image"
 
@@ -131,6 +133,50 @@ def test_heic_and_avif_files_are_recognised_by_content(phone: Path) -> None:
         assert sniff.image_format(path.read_bytes()[: sniff.HEAD_BYTES]) == "HEIF", path.name
     avif = encode(photo_like(64, 48), "avif")
     assert sniff.image_format(avif[: sniff.HEAD_BYTES]) == "AVIF"
+
+
+_LAZY_PLUGIN = """
+import sys
+from pathlib import Path
+import stages.imaging as imaging
+from stages import samples
+from PIL import Image
+
+seen = ["pillow_heif" in sys.modules]
+for path in sorted(Path(sys.argv[1]).iterdir()):  # JPEG, PNG, AVIF...: the plugin stays out
+    imaging.process_image(path.read_bytes(), imaging.ResizeOptions())
+seen.append("pillow_heif" in sys.modules)
+data = Path(sys.argv[2]).read_bytes()
+seen.append(samples._header_size(data))  # a shard filter reads a HEIC's header first
+seen.append(imaging.process_image(data, imaging.ResizeOptions()).original_size)
+print(seen)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_heif_plugin_is_imported_by_the_first_iso_media_file(
+    phone: Path, tmp_path: Path
+) -> None:
+    """A process that decodes no HEIC never imports pillow-heif (some 6 MB, 20 ms); the first
+    file that may be one registers it, for its header as for its decode."""
+    others = tmp_path / "others"
+    others.mkdir()
+    im = photo_like(120, 90)
+    for fmt in ("jpeg", "png", "avif"):
+        (others / f"a.{fmt}").write_bytes(encode(im, fmt))
+    first = phone / "generic.hif"  # major brand mif1: AVIF's plugin is tried first, and declines
+    with Image.open(first) as probe:  # the test process has the plugin registered
+        size = probe.size
+    done = subprocess.run(
+        [sys.executable, "-c", _LAZY_PLUGIN, str(others), str(first)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([False, False, size, size])
 
 
 # -- decode (in process) ------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def test_the_parent_imports_pyarrow_only_at_the_end(tmp_path: Path) -> None:
 
 # -- Pillow plugins --------------------------------------------------------------------------------
 _PLUGINS_CHECK = """
-import json, os
+import json, os, sys
 from PIL import Image
 import stages.imaging as imaging
 
@@ -224,7 +224,10 @@ for data in (os.urandom(4096), b"%!PS-Adobe-3.0 EPSF-3.0\\n" + os.urandom(64),
         errors.append(str(exc))
 out["errors"] = errors
 out["initialized_after_open"] = Image._initialized
+out["heif_imported"] = "pillow_heif" in sys.modules  # imported by the first ISO media file only
 Image.init()  # what the module did before: every plugin, then the wanted formats it has
+from stages import heif
+heif.register()  # as it did too, at import
 out["allowed_with_init"] = [f for f in (*imaging._WANTED_FORMATS, "HEIF") if f in Image.OPEN]
 print(json.dumps(out))
 """
@@ -241,6 +244,8 @@ def test_only_the_wanted_plugins_and_allowed_formats_unchanged() -> None:
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen["initialized_after_import"] < 2  # Image.init() was not called
+    assert seen["initialized_after_open"] < 2
+    assert not seen["heif_imported"]  # pillow-heif (~6 MB) waits for a file that may be HEIF
     assert seen["allowed"] == seen["allowed_with_init"]
     assert {"JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"} <= set(seen["allowed"])
     expected = (
