@@ -40,7 +40,9 @@ def start_forkserver() -> None:
 
 def warm_up_argv(argv: Sequence[str]) -> bool:
     """``python -m pipeline``: start the forkserver before the command line is even parsed, when
-    ``argv`` is a ``process`` or ``profile`` run on the local backend; True if it did.
+    ``argv`` is a ``process`` or ``profile`` run on the local backend; True if it did. For
+    ``python -m pipeline`` only: the process is the command's, and it starts no resource
+    tracker (its ``shutdown`` at the exit puts that back).
 
     A guess from the raw arguments, on the safe side: no help, nothing that mentions Dask (which
     covers ``--backend dask`` in any spelling) and no ``--config`` (its file may choose Dask).
@@ -52,6 +54,11 @@ def warm_up_argv(argv: Sequence[str]) -> bool:
     for arg in argv[1:]:
         if arg in ("-h", "--help") or "dask" in arg or arg.startswith("--con"):
             return False
+    # the process is the command's: its workers create nothing the resource tracker would
+    # have to clean up, so none is started (pipeline.forkserver.without_resource_tracker)
+    from pipeline.forkserver import without_resource_tracker
+
+    without_resource_tracker()
     start_forkserver()
     return True
 

@@ -13,7 +13,8 @@ the lane then starts its worker again with the preload list as it was before (se
 :func:`spawn`).
 
 The forkserver, and the resource tracker multiprocessing starts with it, are helper processes
-that stay up for the life of the process (a pipeline run reuses the forkserver of the one
+that stay up for the life of the process (``python -m pipeline`` starts no resource tracker: see
+:func:`without_resource_tracker`) (a pipeline run reuses the forkserver of the one
 before). Nothing stops them on its own: when their parent exits, they notice the end of their
 pipes and exit *after* it, orphaned. :func:`shutdown` stops and waits for them; ``python -m
 pipeline`` calls it before it exits.
@@ -48,6 +49,7 @@ __all__ = [
     "shutdown",
     "spawn",
     "warm_up",
+    "without_resource_tracker",
 ]
 
 log = logging.getLogger("pipeline.procpool")
@@ -195,6 +197,40 @@ def spawn(proc: Any) -> None:
             time.sleep(0.05)
 
 
+# -- the resource tracker ----------------------------------------------------------------------
+
+_no_tracker_fd: int | None = None  # what the tracker's pipe is, under without_resource_tracker()
+
+
+def without_resource_tracker() -> bool:
+    """Let this process's forkserver and workers start without multiprocessing's resource
+    tracker; True if it will (none is running yet).
+
+    For a process that is the command's own (``python -m pipeline``), not for a program that
+    embeds the engine. The tracker is a Python process of its own (~7.5 MB, and ~30 ms of CPU
+    to start, beside the forkserver, at the start of every run) whose only job is to remove
+    the *named* resources (semaphores, shared memory) that processes which die leave behind.
+    The engine's workers create none: they talk through pipes, and their progress slots are
+    anonymous shared memory (``RawArray``: a file unlinked at once). A program of its own may:
+    its ``multiprocessing`` locks and queues need the tracker, so it keeps it.
+
+    multiprocessing has no switch for it: the forkserver always hands each worker the
+    tracker's pipe. Here that pipe is ``/dev/null`` (multiprocessing takes a pipe it can write
+    to for a live tracker): registrations, of which the engine makes none, go nowhere.
+    :func:`shutdown` closes it, so a process started after it (the spawned near-duplicate
+    grouping of a very large run, whose queues are named semaphores) starts a real tracker.
+    """
+    global _no_tracker_fd
+    tracker: Any = mp_resource_tracker._resource_tracker  # private: no public switch
+    if not hasattr(tracker, "_fd") or not hasattr(tracker, "_lock"):
+        return False  # another Python's multiprocessing: keep its tracker
+    with tracker._lock:
+        if tracker._fd is not None:  # running already (or inherited): keep it
+            return False
+        _no_tracker_fd = tracker._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    return True
+
+
 # -- stopping the helpers ----------------------------------------------------------------------
 
 
@@ -282,8 +318,15 @@ def _close_forkserver(server: Any) -> int | None:
 
 def _close_resource_tracker(tracker: Any) -> int | None:
     """Close our end of the resource tracker's pipe (it exits at EOF) if we started it; its
-    pid to wait for. One inherited from a parent (``_pid`` None) is the parent's to stop."""
+    pid to wait for. One inherited from a parent (``_pid`` None) is the parent's to stop;
+    the ``/dev/null`` of :func:`without_resource_tracker` is closed (no process to wait for),
+    and whatever starts next gets a real tracker."""
+    global _no_tracker_fd
     fd, pid = tracker._fd, tracker._pid
+    if fd is not None and fd == _no_tracker_fd:
+        tracker._fd = _no_tracker_fd = None
+        _close(fd)
+        return None
     if fd is None or pid is None:
         return None
     tracker._fd = tracker._pid = None

@@ -245,7 +245,7 @@ def _wait_for_work(run: Run) -> None:
     forkserver, tracker = run.helpers()
     # what must not outlive the run
     assert forkserver is not None
-    assert tracker is not None
+    assert tracker is None  # python -m pipeline starts none (without_resource_tracker)
 
 
 def _busy_worker(run: Run) -> psutil.Process | None:
@@ -442,6 +442,57 @@ def test_shutdown_stops_and_reaps_the_helpers_of_an_embedding_program(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+_WITHOUT_TRACKER = (
+    _HELPERS
+    + """
+import multiprocessing, os, signal, sys
+from pipeline import Pipeline, stage
+from pipeline.forkserver import shutdown, without_resource_tracker
+from tests.fns import double
+
+assert without_resource_tracker()
+assert not without_resource_tracker()  # once
+result = Pipeline([stage(double, kind="process", workers=2)]).run(range(8), progress=False)
+assert result.counts == {"ok": 8}, result.counts
+server, tracker = helpers()
+assert server is not None and tracker is None  # workers, and no tracker process
+assert rt._resource_tracker._fd is not None  # what the forkserver handed them: /dev/null
+shutdown()
+assert helpers() == (None, None) and rt._resource_tracker._fd is None
+assert_reaped([server])
+# what starts after it gets a real tracker: named semaphores are cleaned up if it dies
+lock = multiprocessing.get_context("spawn").Lock()
+tracker = rt._resource_tracker._pid
+assert tracker is not None
+os.kill(tracker, 0)
+del lock
+shutdown()
+assert_reaped([tracker])
+print("OK", flush=True)
+"""
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_process_of_its_own_runs_without_a_resource_tracker(
+    adopt: None, private_tmp: Callable[[], Path]
+) -> None:
+    """``without_resource_tracker()`` (what ``python -m pipeline`` does): the workers run, no
+    tracker process starts, and after ``shutdown()`` a spawned child gets a real one."""
+    tmp = private_tmp()
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TRACKER],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        capture_output=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().strip() == "OK", proc.stderr.decode()
+    assert list(tmp.iterdir()) == []
 
 
 @pytest.mark.timeout(10)
