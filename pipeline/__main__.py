@@ -7,8 +7,9 @@ First thing here (``-m`` has imported the package itself already), a ``process``
 run on the local backend starts the process workers' forkserver
 (``app.warmup.warm_up_argv``): it imports the worker modules on another core while this
 process parses the command line and imports the rest. Before that, ``OPENBLAS_NUM_THREADS``
-defaults to 1 (see below). Last thing, whatever the exit (an error, Ctrl-C, ``SystemExit``),
-the forkserver and multiprocessing's resource tracker are stopped and waited for
+defaults to 1 and ``ARROW_DEFAULT_MEMORY_POOL`` to ``system`` (see below). Last thing, whatever
+the exit (an error, Ctrl-C, ``SystemExit``), the forkserver and multiprocessing's resource
+tracker (if one started: a ``process`` run starts none) are stopped and waited for
 (:func:`pipeline.forkserver.shutdown`): no process of the run outlives it.
 """
 
@@ -49,6 +50,13 @@ def run() -> None:
     # and in the forkserver, and they spin on the cores the workers need (~3% of a 12 MP run's
     # wall time). Set before anything imports numpy; inherited by the forkserver and workers.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # pyarrow's memory from the system allocator (glibc's malloc), unless the user says
+    # otherwise: its default, mimalloc, takes ~8 MB more (measured) to write the few thousand
+    # rows of stats.parquet at the end of a run, when this process holds pyarrow and numpy
+    # alone and peaks (the tables already pass the system pool where pyarrow takes one, but
+    # the Parquet writer allocates some of its buffers from the default pool). Read once,
+    # when pyarrow first allocates; inherited by the workers (Parquet and CSV data files).
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     try:
         _warm_up(sys.argv[1:])
         # This process keeps glibc's malloc defaults (the process workers tune theirs, see
