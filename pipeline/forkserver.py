@@ -13,9 +13,9 @@ the lane then starts its worker again with the preload list as it was before (se
 :func:`spawn`).
 
 The forkserver, and the resource tracker multiprocessing starts with it, are helper processes
-that stay up for the life of the process (``python -m pipeline`` starts no resource tracker: see
-:func:`without_resource_tracker`) (a pipeline run reuses the forkserver of the one
-before). Nothing stops them on its own: when their parent exits, they notice the end of their
+that stay up for the life of the process (a pipeline run reuses the forkserver of the one
+before; ``python -m pipeline`` starts no tracker: :func:`without_resource_tracker`). Nothing
+stops them on its own: when their parent exits, they notice the end of their
 pipes and exit *after* it, orphaned. :func:`shutdown` stops and waits for them; ``python -m
 pipeline`` calls it before it exits.
 """

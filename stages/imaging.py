@@ -149,11 +149,11 @@ ALLOWED_FORMATS: tuple[str, ...] = _WITHOUT_HEIF + ((heif.FORMAT,) if heif.insta
 """Pillow formats :func:`process_image` will open (those of ``_WANTED_FORMATS`` this Pillow build
 supports; ``JPEG`` includes MPO, the multi-picture JPEGs many phones write; ``HEIF`` when the
 ``heif`` extra is installed: its plugin is imported by the first file that may be HEIF).
-Deliberately excludes
-formats that shell out (EPS -> Ghostscript) and formats without a reliable magic number (TGA),
-which would turn random bytes into garbage images instead of a :class:`DecodeError`. Only the
-plugins of these formats are imported (``Image.init()`` is never called): every format passed to
-``Image.open`` is registered, so Pillow never falls back to importing the others."""
+Deliberately excludes formats that shell out (EPS -> Ghostscript) and formats without a reliable
+magic number (TGA), which would turn random bytes into garbage images instead of a
+:class:`DecodeError`. Only the plugins of these formats are imported (``Image.init()`` is never
+called): every format passed to ``Image.open`` is registered, so Pillow never falls back to
+importing the others."""
 
 AVIF_SPEED = 6
 """libavif's encoder speed (0 slowest .. 10 fastest) for AVIF outputs: Pillow's default. A
