@@ -447,7 +447,7 @@ def test_shutdown_stops_and_reaps_the_helpers_of_an_embedding_program(
 _WITHOUT_TRACKER = (
     _HELPERS
     + """
-import multiprocessing, os, signal, sys
+import multiprocessing, os
 from pipeline import Pipeline, stage
 from pipeline.forkserver import shutdown, without_resource_tracker
 from tests.fns import double
@@ -493,6 +493,53 @@ def test_a_process_of_its_own_runs_without_a_resource_tracker(
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip() == "OK", proc.stderr.decode()
     assert list(tmp.iterdir()) == []
+
+
+# python -m pipeline with the near-duplicate grouping in its spawned child from 2 images on
+_GROUPING_IN_A_CHILD = """
+import runpy, sys
+import multiprocessing.resource_tracker as rt
+import app.collectors as collectors
+
+collectors.CHILD_GROUPING = 2
+_members = collectors._members
+
+def _spy(*args):
+    found = _members(*args)
+    print("TRACKER", rt._resource_tracker._pid, flush=True)  # the spawned child's
+    return found
+
+collectors._members = _spy
+sys.argv = ["pipeline", "process", *sys.argv[1:]]
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_child_after_a_run_without_a_tracker_gets_one_and_nothing_is_left(
+    adopt: None, tmp_path: Path
+) -> None:
+    """The command's run starts no resource tracker; the near-duplicate grouping's spawned
+    child (a very large run's, here from 2 images on), whose queues are named semaphores, gets
+    a real one, and the command stops it before it exits."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _GROUPING_IN_A_CHILD, str(IMAGES), "--output", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, err.decode()
+        said = out.decode()
+        trackers = [line.split()[1] for line in said.splitlines() if line.startswith("TRACKER")]
+        assert len(trackers) == 1, said + err.decode()  # one grouping
+        assert trackers[0] != "None", said  # a real tracker process
+        assert _session(proc.pid) == []  # the forkserver, the child and its tracker: gone
+        assert (tmp_path / "stats.parquet").exists()
+    finally:
+        _kill_session(proc.pid)
 
 
 @pytest.mark.timeout(10)
