@@ -320,6 +320,42 @@ def test_only_the_columns_named_are_dictionary_encoded(tmp_path: Path) -> None:
     assert pq.read_table(tmp_path / "t.parquet").equals(expected)
 
 
+class _FakeGlibc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def mallopt(self, param: Any, value: Any) -> int:
+        self.calls.append(("mallopt", (param.value, value.value)))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", (pad,)))
+        return 1
+
+
+@pytest.mark.parametrize("user_threshold", [None, "65536"])
+def test_parquet_is_written_with_large_blocks_mapped_unless_the_user_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_threshold: str | None
+) -> None:
+    """Before its first chunk, ParquetStream keeps glibc's mmap threshold at 128 KiB (glibc
+    raises it as large blocks are freed, and the later chunks' buffers then fragmented the
+    heap: the peak grew with the chunks); a threshold in the environment is the user's."""
+    fake = _FakeGlibc()
+    monkeypatch.setattr(app.tables, "_glibc", lambda: fake)
+    if user_threshold is None:
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", user_threshold)
+    table = CsvStream(tmp_path / "t.csv", ["key"], keep_empty=True, chunk_rows=2)
+    for i in range(5):
+        table.write([f"k{i}"])
+    assert table.commit()
+    assert ParquetStream(tmp_path / "t.parquet", ["key"]).write_from(table)
+    mapped = [("mallopt", (-3, 128 * 1024))] if user_threshold is None else []
+    assert fake.calls == mapped + [("malloc_trim", (0,))] * 3  # then a trim after each chunk
+    assert pq.read_table(tmp_path / "t.parquet").num_rows == 5
+
+
 def test_a_runs_stats_parquet_has_dictionaries_for_its_repeated_columns(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_process(ProcessConfig(inputs=(str(IMAGES),), output=str(out), quiet=True))
