@@ -364,6 +364,29 @@ def test_a_dask_run_leaves_no_process(start: Callable[..., Run]) -> None:
     assert list(run.tmp.iterdir()) == []
 
 
+def _script_in_session(
+    script: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str, list[str]]:
+    """``python -c script args`` in a session of its own: its exit code, stdout, stderr, and
+    what is left of its session once it has exited (killed then)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=DEADLINE)
+        return proc.returncode, out.decode(), err.decode(), _session(proc.pid)
+    finally:
+        _kill_session(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 # -- pipeline.forkserver.shutdown, for programs that embed the engine ----------------------------
 #: What the embedded programs below share: the helpers' pids, and the check that pids were reaped.
 _HELPERS = """
@@ -423,25 +446,11 @@ def test_shutdown_stops_and_reaps_the_helpers_of_an_embedding_program(
     adopt: None, private_tmp: Callable[[], Path]
 ) -> None:
     tmp = private_tmp()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _EMBEDDED],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=DEADLINE)
-        assert proc.returncode == 0, err.decode()
-        assert out.decode().strip() == "OK", err.decode()
-        assert _session(proc.pid) == []
-        assert list(tmp.iterdir()) == []
-    finally:
-        _kill_session(proc.pid)
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    code, out, err, left = _script_in_session(_EMBEDDED, env={**os.environ, "TMPDIR": str(tmp)})
+    assert code == 0, err
+    assert out.strip() == "OK", err
+    assert left == []
+    assert list(tmp.iterdir()) == []
 
 
 _WITHOUT_TRACKER = (
@@ -522,24 +531,15 @@ def test_a_child_after_a_run_without_a_tracker_gets_one_and_nothing_is_left(
     """The command's run starts no resource tracker; the near-duplicate grouping's spawned
     child (a very large run's, here from 2 images on), whose queues are named semaphores, gets
     a real one, and the command stops it before it exits."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _GROUPING_IN_A_CHILD, str(IMAGES), "--output", str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+    code, out, err, left = _script_in_session(
+        _GROUPING_IN_A_CHILD, str(IMAGES), "--output", str(tmp_path)
     )
-    try:
-        out, err = proc.communicate(timeout=DEADLINE)
-        assert proc.returncode == 0, err.decode()
-        said = out.decode()
-        trackers = [line.split()[1] for line in said.splitlines() if line.startswith("TRACKER")]
-        assert len(trackers) == 1, said + err.decode()  # one grouping
-        assert trackers[0] != "None", said  # a real tracker process
-        assert _session(proc.pid) == []  # the forkserver, the child and its tracker: gone
-        assert (tmp_path / "stats.parquet").exists()
-    finally:
-        _kill_session(proc.pid)
+    assert code == 0, err
+    trackers = [line.split()[1] for line in out.splitlines() if line.startswith("TRACKER")]
+    assert len(trackers) == 1, out + err  # one grouping
+    assert trackers[0] != "None", out  # a real tracker process
+    assert left == []  # the forkserver, the child and its tracker: gone
+    assert (tmp_path / "stats.parquet").exists()
 
 
 @pytest.mark.timeout(10)

@@ -140,33 +140,29 @@ def test_local_run_preloads_the_worker_modules_and_the_parent_never_imports_pill
     assert (out / "stats.parquet").exists()
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("3", "3")])
-def test_one_blas_thread_per_process_unless_the_user_says_otherwise(
-    given: str | None, expected: str, one_image: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("name", "seen_as", "given", "expected"),
+    [
+        # one BLAS thread per process: there is a worker per core already
+        ("OPENBLAS_NUM_THREADS", "blas_threads", None, "1"),
+        ("OPENBLAS_NUM_THREADS", "blas_threads", "3", "3"),
+        # pyarrow on glibc's malloc, not mimalloc: ~8 MB less at the end of a run, when the
+        # parent writes stats.parquet and peaks
+        ("ARROW_DEFAULT_MEMORY_POOL", "arrow_pool", None, "system"),
+        ("ARROW_DEFAULT_MEMORY_POOL", "arrow_pool", "mimalloc", "mimalloc"),
+    ],
+)
+def test_the_commands_defaults_unless_the_user_says_otherwise(
+    name: str, seen_as: str, given: str | None, expected: str, one_image: Path, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k != name}
     if given is not None:
-        env["OPENBLAS_NUM_THREADS"] = given
-    out = tmp_path / "out"
-    code, seen, err = _run_cli("process", str(one_image), "--output", str(out), "-q", env=env)
-    assert code == 0, err
-    assert seen["blas_threads"] == expected
-
-
-@pytest.mark.parametrize(("given", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
-def test_pyarrow_allocates_from_the_system_unless_the_user_says_otherwise(
-    given: str | None, expected: str, one_image: Path, tmp_path: Path
-) -> None:
-    """stats.parquet is written with glibc's malloc, not mimalloc (~8 MB less at the end of a
-    run, when the parent peaks)."""
-    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    if given is not None:
-        env["ARROW_DEFAULT_MEMORY_POOL"] = given
+        env[name] = given
     out = tmp_path / "out"
     code, seen, err = _run_cli("process", str(one_image), "--output", str(out), "-q", env=env)
     assert code == 0, err
     assert (out / "stats.parquet").exists()
-    assert seen["arrow_pool"] == expected
+    assert seen[seen_as] == expected
 
 
 def test_dask_run_starts_no_local_forkserver(one_image: Path, tmp_path: Path) -> None:
