@@ -31,17 +31,13 @@ dictionary builder kept some 9 MB more after the first chunk (107 against 98 MB 
 from __future__ import annotations
 
 import csv
-import ctypes
-import functools
 import io
 import logging
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import AtomicFile
+from pipeline import AtomicFile, malloc
 
 __all__ = ["CHUNK_ROWS", "CsvStream", "ParquetStream"]
 
@@ -270,26 +266,14 @@ class ParquetStream:
         self._file.commit()
 
 
-@functools.cache
-def _glibc() -> Any:
-    """The C library's functions, when it is glibc (``malloc_trim``, ``mallopt``); else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None)
-    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-
-
 def release_freed() -> None:
     """Give the memory freed so far back to the system (glibc's ``malloc_trim``; nothing
     elsewhere). glibc keeps freed blocks of a few MB in its arenas: over the chunks of a long
     table the process's RSS grew ~0.6 MB a chunk (112 -> 150 MB over 61 chunks of 16,384
     rows), and stayed at 116 MB with a trim after each (a millisecond or two)."""
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    malloc.trim()
 
 
-_M_MMAP_THRESHOLD = -3  # mallopt(3), from glibc's malloc.h
 #: Blocks from this size on get pages of their own (mmap), given back when freed.
 MMAP_THRESHOLD = 128 * 1024
 
@@ -302,9 +286,7 @@ def map_large_blocks() -> None:
     heap among smaller blocks, and the peak RSS of writing stats.parquet grew with the number
     of chunks (+9 MB from 1 to 61 chunks: 77 -> 86 MB; +3 MB with the threshold kept). Setting
     it keeps it. For the end of a run (this process's items are done): process-wide."""
-    libc = _glibc()
-    if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        libc.mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(MMAP_THRESHOLD))
+    malloc.mallopt_unless_set(malloc.M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def _pool() -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import dataclasses
 import gc
 import io
@@ -29,6 +28,7 @@ import types
 from collections.abc import MutableSequence, Sequence
 from typing import Any
 
+from . import malloc
 from .calls import (
     SLOT_INDEX,
     SLOT_SEQ,
@@ -73,26 +73,13 @@ OUT_OF_BAND_BYTES = 64 * 1024
 #: most the trim threshold of free heap stays with an idle worker.
 MALLOC_MMAP_THRESHOLD = 32 * 2**20
 MALLOC_TRIM_THRESHOLD = 64 * 2**20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters, from glibc's malloc.h
 
 
 def tune_malloc() -> bool:
     """Apply :data:`MALLOC_MMAP_THRESHOLD` and :data:`MALLOC_TRIM_THRESHOLD` to this process
     (glibc only; settings given in the environment win). True when anything was set."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    changed = False
-    for name, param, value in (
-        ("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD),
-        ("MALLOC_TRIM_THRESHOLD_", _M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD),
-    ):
-        if name not in os.environ:
-            changed = bool(mallopt(ctypes.c_int(param), ctypes.c_int(value))) or changed
-    return changed
+    mmap = malloc.mallopt_unless_set(malloc.M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+    return malloc.mallopt_unless_set(malloc.M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD) or mmap
 
 
 def _preloaded_by_forkserver() -> bool:

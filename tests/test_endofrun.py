@@ -21,6 +21,7 @@ import pytest
 import app.endofrun
 import app.tables
 import pipeline.ledger
+import pipeline.malloc
 from app.collectors import DataTable, NearDuplicates, StatsTable
 from app.config import ProcessConfig
 from app.endofrun import RecordFeed
@@ -341,7 +342,7 @@ def test_parquet_is_written_with_large_blocks_mapped_unless_the_user_says(
     raises it as large blocks are freed, and the later chunks' buffers then fragmented the
     heap: the peak grew with the chunks); a threshold in the environment is the user's."""
     fake = _FakeGlibc()
-    monkeypatch.setattr(app.tables, "_glibc", lambda: fake)
+    monkeypatch.setattr(pipeline.malloc, "glibc", lambda: fake)
     if user_threshold is None:
         monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     else:
