@@ -32,6 +32,7 @@ from typing import IO, Any
 from pipeline import Record, Status, shown
 from pipeline.atomic import TEMP_PREFIX
 from stages.aggregate import DataGroups
+from stages.hashgroups import FEW, few_members
 from stages.parts import is_data_result
 
 from .endofrun import RecordFeed, data_result
@@ -261,10 +262,17 @@ def _spilled(fh: IO[bytes], size: int = SPILL_BLOCK) -> Iterator[list[bytes]]:
 CHILD_GROUPING = 50_000
 
 
-def _members(table: StatsTable, max_distance: int) -> tuple[Any, Any]:
+def _members(table: StatsTable, max_distance: int) -> tuple[list[int], list[int]]:
     """(positions, labels) of the table's hashes in a near-duplicate group
-    (:func:`stages.stats.near_duplicate_members`)."""
+    (:func:`stages.neardups.near_duplicate_members`): up to :data:`stages.hashgroups.FEW`
+    hashes in pure Python (this process never imports numpy for them), then numpy here, then
+    from :data:`CHILD_GROUPING` on in a child process."""
     path = table.hash_file()
+    if table.hash_count <= FEW:
+        values = array("Q")
+        if path is not None:
+            values.frombytes(path.read_bytes())
+        return few_members(values, max_distance)
     if table.hash_count < CHILD_GROUPING:
         return members_in_file(path, max_distance)
     import multiprocessing
@@ -278,15 +286,16 @@ def _members(table: StatsTable, max_distance: int) -> tuple[Any, Any]:
         return pool.submit(members_in_file, path, max_distance).result()
 
 
-def members_in_file(path: Path | None, max_distance: int) -> tuple[Any, Any]:
-    """:func:`stages.stats.near_duplicate_members` of the hashes in file ``path`` (None: no
-    hash)."""
+def members_in_file(path: Path | None, max_distance: int) -> tuple[list[int], list[int]]:
+    """:func:`stages.neardups.near_duplicate_members` of the hashes in file ``path`` (None: no
+    hash), as lists: a process that unpickles them needs no numpy."""
     import numpy as np
 
-    from stages.stats import near_duplicate_members
+    from stages.neardups import near_duplicate_members
 
     values = np.fromfile(path, dtype=np.uint64) if path is not None else np.zeros(0, np.uint64)
-    return near_duplicate_members(values, max_distance)
+    members, labels = near_duplicate_members(values, max_distance)
+    return members.tolist(), labels.tolist()
 
 
 class NearDuplicates:
@@ -309,7 +318,7 @@ class NearDuplicates:
     def result(self) -> dict[str, Any]:
         self.table.feed.check(self.table)
         members, labels = _members(self.table, self.max_distance)
-        of = dict(zip(members.tolist(), labels.tolist(), strict=True))
+        of = dict(zip(members, labels, strict=True))
         found: dict[int, list[str]] = {}
         for i, key, out in self.table.hashed(set(of)):
             found.setdefault(of[i], []).append(key)

@@ -33,15 +33,45 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline import AtomicFile, malloc
 
-__all__ = ["CHUNK_ROWS", "CsvStream", "ParquetStream"]
+__all__ = ["CHUNK_ROWS", "CsvStream", "ParquetStream", "pyarrow_without_numpy"]
 
 log = logging.getLogger("app")
+
+_without_numpy = False  # pyarrow_without_numpy() was called
+
+
+def pyarrow_without_numpy() -> None:
+    """From now on, pyarrow is imported without numpy when this process has imported neither.
+
+    For a process that is the command's alone (``python -m pipeline`` calls it): pyarrow then
+    goes without numpy for the rest of the process (a supported mode since pyarrow 16), so
+    nothing else in it may want pyarrow's numpy conversions. A run of images never imports
+    numpy otherwise (not even for its near-duplicate groups, see :mod:`stages.hashgroups`),
+    and pyarrow would import it only to have it: 15 MiB and 65 ms at the end of the run, when
+    this process writes ``stats.parquet`` and peaks. An embedding program keeps pyarrow as
+    it is."""
+    global _without_numpy
+    _without_numpy = True
+
+
+def _import_pyarrow() -> None:
+    """Import the pyarrow modules the tables use (see :func:`pyarrow_without_numpy`)."""
+    if not _without_numpy or "pyarrow" in sys.modules or "numpy" in sys.modules:
+        return
+    sys.modules["numpy"] = None  # type: ignore[assignment]  # its import fails: pyarrow's try
+    try:
+        import pyarrow.csv
+        import pyarrow.parquet  # noqa: F401
+    finally:
+        del sys.modules["numpy"]
+
 
 #: Rows per chunk: the unit of the Parquet file's type inference and its row groups.
 CHUNK_ROWS = 16_384
@@ -167,6 +197,7 @@ class ParquetStream:
 
     def chunk(self, data: bytes) -> None:
         """The next rows of the CSV (no header)."""
+        _import_pyarrow()
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
@@ -222,6 +253,7 @@ class ParquetStream:
             writer.close()
 
     def _rewrite(self, csv_path: Path) -> None:
+        _import_pyarrow()
         import pyarrow as pa
         import pyarrow.csv as pacsv
 

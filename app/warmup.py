@@ -11,18 +11,26 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-__all__ = ["WORKER_MODULES", "start_forkserver", "warm_up", "warm_up_argv"]
+__all__ = [
+    "WORKER_MODULES",
+    "start_forkserver",
+    "the_commands_process",
+    "warm_up",
+    "warm_up_argv",
+]
 
-#: What the ``process`` command's workers run: the forkserver preloads these, so a worker never
-#: imports them on its first item. Named one by one: ``stages.steps`` itself imports neither
-#: numpy nor Pillow (the parent process runs its thread stages), the others bring both.
+#: What the ``process`` command's workers run on images: the forkserver preloads these, so a
+#: worker never imports them on its first image. Named one by one: ``stages.steps`` itself
+#: imports neither numpy nor Pillow (the parent process runs its thread stages), the others
+#: bring Pillow. Not numpy: the images' path does without it (:mod:`stages.stats`), and
+#: preloaded it would cost ~11 MiB over the processes of every run (the forkserver's own copy
+#: of what each worker touches, numpy's libraries). A worker imports it (``stages.data``) at
+#: its first numeric data file, ~0.1 s once.
 WORKER_MODULES = (
     "stages.steps",
     "stages.imaging",
     "stages.thumbs",
     "stages.stats",
-    "stages.data",
-    "stages.arraystats",
 )
 
 
@@ -36,6 +44,15 @@ def start_forkserver() -> None:
     from pipeline.forkserver import warm_up as start
 
     start(WORKER_MODULES)
+
+
+def the_commands_process() -> None:
+    """``python -m pipeline``, before the command runs: choices for a process that is the
+    command's alone, which an embedding program would not want made for it — pyarrow without
+    numpy (:func:`app.tables.pyarrow_without_numpy`)."""
+    from .tables import pyarrow_without_numpy
+
+    pyarrow_without_numpy()
 
 
 def warm_up_argv(argv: Sequence[str]) -> bool:

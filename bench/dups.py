@@ -1,5 +1,5 @@
-"""Near-duplicate grouping (:func:`stages.stats.near_duplicate_groups`) over many hashes: time and
-peak memory.
+"""Near-duplicate grouping (:func:`stages.neardups.near_duplicate_groups`) over many hashes:
+time and peak memory.
 
 Inputs, made from a fixed seed: ``n`` random 64-bit hashes (well spread: almost no pair is near)
 plus clusters planted among them — one cluster per 200 hashes, each a *chain* of 6 hashes where
@@ -42,7 +42,7 @@ def make_items(n: int, seed: int = 20) -> list[tuple[str, str]]:
 def measure(n: int) -> dict[str, Any]:
     import resource
 
-    from stages.stats import near_duplicate_groups
+    from stages.neardups import near_duplicate_groups
 
     items = make_items(n)
     tracemalloc.start()

@@ -76,7 +76,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
-import numpy as np
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageFile, UnidentifiedImageError
 
 from stages import heif
@@ -513,8 +512,11 @@ def _to_8bit_grey(im: Image.Image) -> Image.Image:
 
     I;16* and I are taken as 0..65535 (what 16-bit PNG/TIFF hold) and scaled by 255/65535 with
     rounding; F is taken as 0..1 when its maximum is ≤ 1, else as 0..255. A tRNS grey level in
-    16-bit PNGs becomes an alpha channel (LA).
+    16-bit PNGs becomes an alpha channel (LA). numpy, imported here: the only use of it on an
+    image's path, for these rare modes (see :mod:`stages.stats`).
     """
+    import numpy as np
+
     arr = np.asarray(im)
     if im.mode == "F":
         a = np.nan_to_num(arr.astype(np.float64), nan=0.0)

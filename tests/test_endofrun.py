@@ -235,9 +235,14 @@ def test_the_grouped_images_keys_and_thumbnails_are_read_back_whatever_the_block
     assert _temporaries(folder) == []
 
 
-def test_many_hashes_are_grouped_in_a_child_process_that_is_gone_after(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("way", "few", "child"), [("pure Python", 100, 100), ("numpy", 1, 100), ("child", 1, 2)]
+)
+def test_the_three_ways_of_grouping_find_the_same_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str, few: int, child: int
 ) -> None:
+    """Up to FEW hashes in pure Python, then numpy here, then (CHILD_GROUPING and more) in a
+    child process that is gone after."""
     import concurrent.futures
     import multiprocessing
 
@@ -245,7 +250,8 @@ def test_many_hashes_are_grouped_in_a_child_process_that_is_gone_after(
 
     hashes = {"a.jpg": "0", "b.jpg": "1", "c.jpg": "f0f0f0f0f0f0f0f0", "d.jpg": "0f0f0f0f0f0f0f0f"}
     records = [_image(key, value) for key, value in hashes.items()]
-    monkeypatch.setattr(app.collectors, "CHILD_GROUPING", 2)
+    monkeypatch.setattr(app.collectors, "FEW", few)
+    monkeypatch.setattr(app.collectors, "CHILD_GROUPING", child)
     started: list[int] = []
     submit = concurrent.futures.ProcessPoolExecutor.submit
 
@@ -257,7 +263,7 @@ def test_many_hashes_are_grouped_in_a_child_process_that_is_gone_after(
     folder = _folder(tmp_path, records)
     table = StatsTable(folder)
     assert NearDuplicates(table).result()["groups"] == [["a.jpg", "b.jpg"]]
-    assert started == [4]  # the four hashes went to the child
+    assert started == ([4] if way == "child" else [])  # the four hashes went to the child
     assert multiprocessing.active_children() == []
     assert _temporaries(folder) == []  # the hash file is gone
 

@@ -510,6 +510,7 @@ import runpy, sys
 import multiprocessing.resource_tracker as rt
 import app.collectors as collectors
 
+collectors.FEW = 1
 collectors.CHILD_GROUPING = 2
 _members = collectors._members
 

@@ -135,7 +135,9 @@ def test_local_run_preloads_the_worker_modules_and_the_parent_never_imports_pill
     preload = seen["preload"]
     assert preload[:2] == ["__main__", "pipeline.worker"]
     assert set(warmup.WORKER_MODULES) <= set(preload)
-    assert "PIL" not in seen["modules"]  # numpy and pyarrow: stats.parquet, at the end
+    # pyarrow for stats.parquet, at the end, without numpy (app.tables.pyarrow_without_numpy):
+    # the near-duplicate groups of a few images are found in pure Python
+    assert seen["modules"] == ["pyarrow"]
     assert by_key(out)["640x480_rgb.jpg"]["status"] == "ok"
     assert (out / "stats.parquet").exists()
 
@@ -274,6 +276,19 @@ def test_the_worker_side_imports_no_asyncio_ledger_or_tqdm() -> None:
     # what the forkserver preloads for process: the sooner it is ready, the sooner workers start
     code = "import " + ", ".join(["pipeline.worker", *warmup.WORKER_MODULES])
     assert _imported_by(code, ("asyncio", "tqdm", "sqlite3", "pipeline.runner")) == []
+
+
+def test_the_images_path_never_imports_numpy() -> None:
+    """A worker's whole work on an image (check, decode, resize, statistics, encode) is Pillow
+    alone: numpy (some 11 MiB over the processes of a run) waits for a numeric data file."""
+    image = next(IMAGES.glob("*.jpg"))
+    code = (
+        "import " + ", ".join(["pipeline.worker", *warmup.WORKER_MODULES]) + "\n"
+        "from stages.imaging import process_image, ResizeOptions\n"
+        f"r = process_image(open({str(image)!r}, 'rb').read(), ResizeOptions())\n"
+        "assert r.stats['dhash'] and r.stats['sharpness'] > 0, r.stats\n"
+    )
+    assert _imported_by(code, ("numpy",)) == []
 
 
 def _imported_by(code: str, modules: tuple[str, ...]) -> list[str]:

@@ -1,4 +1,5 @@
-"""stages.stats: image statistics against hand-computed numpy, hashes, grouping, chunk merges."""
+"""stages.stats and stages.neardups: image statistics against hand-computed numpy, hashes,
+grouping, chunk merges."""
 
 from __future__ import annotations
 
@@ -14,12 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFilter
 
-from stages.stats import (
-    dhash,
-    hamming,
-    image_stats,
-    near_duplicate_groups,
-)
+from stages.hashgroups import few_members
+from stages.neardups import hamming, near_duplicate_groups, near_duplicate_members
+from stages.stats import dhash, image_stats
 from tests.images import IMAGES, decode, encode, photo_like
 
 # --------------------------------------------------------------------------- image_stats
@@ -57,6 +55,21 @@ def test_image_stats_excludes_alpha() -> None:
     for key in ("mean", "std", "histogram", "sharpness", "dhash"):
         assert s_rgba[key] == s_rgb[key], key
     assert s_rgba["mode"] == "RGBA"
+
+
+def test_sharpness_is_exact_over_the_whole_range_of_the_laplacian() -> None:
+    """A 0/255 checkerboard with a flat patch: Laplacian values from -1020 to 1020 (every
+    256-level window of its histogram) and 0; the variance equals the integer computation's."""
+    rng = np.random.default_rng(3)
+    px = ((np.indices((40, 53)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    px[5:15, 5:20] = 128
+    px[20:30, 30:50] = rng.integers(0, 256, (10, 20))
+    lap = (px[:-2, 1:-1].astype(np.int64) + px[2:, 1:-1] + px[1:-1, :-2] + px[1:-1, 2:]) - 4 * (
+        px[1:-1, 1:-1].astype(np.int64)
+    )
+    assert (lap.min(), lap.max()) == (-1020, 1020)
+    n, s1, s2 = lap.size, int(lap.sum()), int((lap * lap).sum())
+    assert image_stats(Image.fromarray(px))["sharpness"] == (n * s2 - s1 * s1) / (n * n)
 
 
 def test_sharpness_orders_blur() -> None:
@@ -197,6 +210,29 @@ def test_near_duplicate_groups_follow_the_documented_rule(d: int) -> None:
     assert near_duplicate_groups(items, max_distance=d) == _brute_groups(items, d)
 
 
+def _partition(members: Any, labels: Any) -> list[list[int]]:
+    """The groups (positions) of a (members, labels) pair, in one canonical order."""
+    groups: dict[int, list[int]] = {}
+    for i, g in zip(list(members), list(labels), strict=True):
+        groups.setdefault(int(g), []).append(int(i))
+    return sorted(sorted(g) for g in groups.values())
+
+
+@pytest.mark.parametrize("d", [0, 1, 3, 6, 9, 64])
+def test_the_pure_python_path_makes_numpys_groups(d: int) -> None:
+    """few_members (the end of a small run, no numpy) and near_duplicate_members (numpy) agree:
+    clustered hashes, equal ones among them, in any order."""
+    items = _clustered(n_clusters=60, per=5, flips=5, seed=d)
+    values = [int(h, 16) for _, h in items] + [int(items[0][1], 16)] * 2
+    few = few_members(values, d)
+    members, labels = near_duplicate_members(np.array(values, dtype=np.uint64), d)
+    assert _partition(*few) == _partition(members, labels)
+    assert few_members([], d) == ([], [])
+    assert few_members(values[:1], d) == ([], [])
+    with pytest.raises(ValueError, match="max_distance"):
+        few_members(values, -1)
+
+
 _HASHES = st.lists(
     st.sampled_from([0, 1, 3, 7, 0x1F, 0x3FF, 0xFF00, 0xF0F0, 2**64 - 1, 2**63, 0x8000000F])
     | st.integers(0, 2**64 - 1),
@@ -223,6 +259,8 @@ def test_groups_are_complete_and_do_not_depend_on_the_order(
         by_hash.setdefault(h, set()).add(k)
     for same in (s for s in by_hash.values() if len(s) > 1):  # equal hashes: one group
         assert any(same <= set(g) for g in groups)
+    few = few_members(values, d)
+    assert sorted(sorted(f"k{i}" for i in g) for g in _partition(*few)) == groups
     shuffled = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
     again = near_duplicate_groups(shuffled, max_distance=d)
     assert again == groups  # the same groups, in the same order
@@ -238,9 +276,10 @@ def test_both_bucketings_find_every_close_pair(
     """Bucketing by one chunk of d + 1 or by every two of d + 2 (the latter chosen for large
     sets), buckets compared one by one or the small ones all at once: the same pairs as
     comparing every two hashes, on clustered hashes."""
-    import stages.stats
+    import stages.hashgroups
+    import stages.neardups
 
-    monkeypatch.setattr(stages.stats, "_SMALL_BUCKET", small)
+    monkeypatch.setattr(stages.neardups, "_SMALL_BUCKET", small)
     rng = np.random.default_rng(d * 10 + agree)
     seeds = rng.integers(0, 2**63, 12, dtype=np.int64).astype(np.uint64) * np.uint64(2)
     items = []
@@ -249,9 +288,9 @@ def test_both_bucketings_find_every_close_pair(
         items.append(seeds[rng.integers(12)] ^ np.bitwise_or.reduce(np.uint64(1) << bits))
     hashes = np.unique(np.array(items, dtype=np.uint64))
     monkeypatch.setattr(
-        stages.stats, "_chunking", lambda n, dist: stages.stats._bucketings(dist, agree)
+        stages.neardups, "_chunking", lambda n, dist: stages.hashgroups.bucketings(dist, agree)
     )
-    got = stages.stats._close_pairs(hashes, d)
+    got = stages.neardups._close_pairs(hashes, d)
     n = len(hashes)
     close = np.bitwise_count(hashes[:, None] ^ hashes[None, :]) <= d
     i, j = np.nonzero(np.triu(close, 1))
