@@ -74,10 +74,10 @@ def _sharpness(lum: Image.Image) -> float:
     """Variance of the 4-neighbour Laplacian of 8-bit ``lum`` over its interior pixels (0.0
     below 3x3).
 
-    Exact: the Laplacian is an ``I`` image (Pillow's kernel filter, whose edge pixels are left
-    out), and its sums come from its histogram, which Pillow counts for an ``I`` image over
-    256 levels between given extrema: one count per 256 levels between its extrema (two or
-    three for a photo), each turned into exact integer sums.
+    Exact: the Laplacian is an ``I`` image (Pillow's kernel filter; its edge pixels, which the
+    filter copies, are cropped off). Pillow counts an ``I`` image's histogram over the 256
+    levels from a given low one, so one count per 256 levels that the Laplacian spans (two to
+    four for a photo) gives every level's count, and the sums are exact integers.
     """
     from PIL import ImageFilter
 
