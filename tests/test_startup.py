@@ -139,7 +139,12 @@ def test_local_run_preloads_the_worker_modules_and_the_parent_never_imports_pill
     # the near-duplicate groups of a few images are found in pure Python
     assert seen["modules"] == ["pyarrow"]
     assert by_key(out)["640x480_rgb.jpg"]["status"] == "ok"
-    assert (out / "stats.parquet").exists()
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "stats.parquet")  # written by that pyarrow: whole and typed
+    assert table.column("key").to_pylist() == ["640x480_rgb.jpg"]
+    assert table.column("width").to_pylist() == [640]
+    assert len(table.column("dhash").to_pylist()[0]) == 16
 
 
 @pytest.mark.parametrize(
