@@ -16,10 +16,9 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, MutableSequence, Sequence
 
-__all__ = ["DHASH_BITS", "FEW", "bucketings", "few_members", "take_groups"]
+from .stats import DHASH_BITS
 
-DHASH_BITS = 64
-"""Bits in a difference hash (8 rows x 8 comparisons); rendered as 16 hex digits."""
+__all__ = ["FEW", "bucketings", "few_members", "take_groups"]
 
 #: Up to this many hashes the end of a run groups them with :func:`few_members`. Measured
 #: against importing numpy and grouping there (0.09 s + 0.02 s for 10,000): quicker up to about

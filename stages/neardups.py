@@ -19,10 +19,10 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
-from .hashgroups import DHASH_BITS, bucketings, take_groups
+from .hashgroups import bucketings, take_groups
+from .stats import DHASH_BITS
 
 __all__ = [
-    "DHASH_BITS",
     "hamming",
     "near_duplicate_groups",
     "near_duplicate_labels",
