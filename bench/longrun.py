@@ -239,35 +239,49 @@ def table(points: list[Point]) -> list[str]:
     return rows
 
 
+#: Sizes up to this many files run :data:`REPEATS` times and the table shows their medians: a
+#: run of 10,000 files lasts 6-8 s, and one such run on this shared machine varied by 30% from
+#: run to run (613-782 µs an item in five runs), while every other size's ratios are taken to
+#: it. Larger sizes run once (100,000 files: about a minute; 1M: ten).
+REPEATED_UP_TO = 20_000
+REPEATS = 3
+
+
+def measure(n: int, repo: Path = REPO, runs: int | None = None) -> Point:
+    """``n`` files' figures: the median of ``runs`` runs (default: :data:`REPEATS` up to
+    :data:`REPEATED_UP_TO` files, else one)."""
+    if runs is None:
+        runs = REPEATS if n <= REPEATED_UP_TO else 1
+    got = [run_once(n, repo) for _ in range(runs)]
+    return Point(
+        n,
+        statistics.median(p.wall for p in got),
+        int(statistics.median(p.peak_rss for p in got)),
+        statistics.median(p.end for p in got),
+        max(p.exit_code for p in got),
+        statistics.median(p.parent_cpu for p in got),
+        int(statistics.median(p.run_rss for p in got)),
+    )
+
+
 def main(*, quick: bool = False, sizes: tuple[int, ...] | None = None) -> str:
     sizes = sizes or (QUICK_SIZES if quick else SIZES)
     for n in sizes:
         ensure_tree(n)
-    runs = 1 if not quick else 3
-    points = []
-    for n in sizes:
-        got = [run_once(n) for _ in range(runs if n <= 100_000 else 1)]
-        points.append(
-            Point(
-                n,
-                statistics.median(p.wall for p in got),
-                int(statistics.median(p.peak_rss for p in got)),
-                statistics.median(p.end for p in got),
-                max(p.exit_code for p in got),
-                statistics.median(p.parent_cpu for p in got),
-                int(statistics.median(p.run_rss for p in got)),
-            )
-        )
+    points = [measure(n, runs=REPEATS if quick else None) for n in sizes]
     head = [
         f"## longrun: `process` over tiny 64x64 JPEGs ({', '.join(f'{n:,}' for n in sizes)}), "
-        f"median of {runs} (1M: one run); `{' '.join(command(Path('<tree>'), Path('<out>'))[1:])}`",
+        f"median of {REPEATS} runs up to {REPEATED_UP_TO:,} files (all, with --quick), else one; "
+        f"`{' '.join(command(Path('<tree>'), Path('<out>'))[1:])}`",
         "",
     ]
     return "\n".join([*head, *table(points), ""])
 
 
-if __name__ == "__main__":  # python -m bench.longrun [--repo DIR] [SIZE ...]: one run each
+if __name__ == "__main__":  # python -m bench.longrun [--repo DIR] [SIZE ...]: as main() does
     argv = sys.argv[1:]
     code = Path(argv[1]) if argv[:1] == ["--repo"] else REPO
     sizes = [int(a) for a in (argv[2:] if argv[:1] == ["--repo"] else argv)]
-    print("\n".join(table([run_once(n, code) for n in sizes])))
+    for n in sizes:
+        ensure_tree(n)
+    print("\n".join(table([measure(n, code) for n in sizes])))
