@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, MutableSequence, Sequence
 
 from .stats import DHASH_BITS
 
-__all__ = ["FEW", "bucketings", "few_members", "take_groups"]
+__all__ = ["FEW", "bucketings", "check_distance", "few_members", "take_groups"]
 
 #: Up to this many hashes the end of a run groups them with :func:`few_members`: against
 #: importing numpy and grouping there (0.09 s + 0.02 s for 10,000), as quick at 10,000 and
@@ -37,19 +37,28 @@ def bucketings(max_distance: int, agree: int) -> list[tuple[tuple[int, int], ...
     return list(itertools.combinations(itertools.pairwise(bounds), agree))
 
 
+def check_distance(max_distance: int) -> None:
+    """``ValueError`` for a negative ``max_distance``."""
+    if max_distance < 0:
+        raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+
+
 def take_groups(
-    seeds: Iterable[int],
+    linked: Iterable[int],
+    weight: Sequence[int],
     value: Callable[[int], int],
     neighbours: Callable[[int], list[int]],
     label: MutableSequence[int],
     max_distance: int,
 ) -> None:
-    """The greedy pass of the rule over distinct hashes: each seed (heaviest first) not yet in a
-    group opens one and takes its free ``neighbours``, nearest first (ties: smaller hash), each
-    only if within ``max_distance`` bits of every member already in; ``label[c]`` becomes the
-    seed of the group ``c`` joins (a seed keeps its own)."""
+    """The greedy pass of the rule over distinct hashes. The ``linked`` ones (those with a near
+    neighbour) are seeds in order of ``weight``, heaviest first (ties: the smaller hash, whose
+    position is smaller); a seed not yet in a group opens one and takes its free
+    ``neighbours``, nearest first (ties: smaller hash), each only if within ``max_distance``
+    bits of every member already in; ``label[c]`` becomes the seed of the group ``c`` joins
+    (a seed keeps its own)."""
     free = bytearray(b"\x01") * len(label)
-    for seed in seeds:
+    for seed in sorted(linked, key=lambda i: (-weight[i], i)):
         if not free[seed]:
             continue
         free[seed] = 0
@@ -67,8 +76,7 @@ def few_members(values: Sequence[int], max_distance: int = 6) -> tuple[list[int]
     """:func:`stages.neardups.near_duplicate_members` of ``values`` (64-bit hashes, one per item,
     in any order) without numpy: the positions of the items in a group and their groups'
     labels (equal labels, one group; the label values themselves may differ from numpy's)."""
-    if max_distance < 0:
-        raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+    check_distance(max_distance)
     counts = Counter(values)
     distinct = sorted(counts)
     n = len(distinct)
@@ -78,8 +86,8 @@ def few_members(values: Sequence[int], max_distance: int = 6) -> tuple[list[int]
     elif n > 1 and max_distance > 0:
         nbrs = _close(distinct, max_distance)
         weight = [counts[distinct[i]] + sum(counts[distinct[j]] for j in nbrs[i]) for i in range(n)]
-        seeds = sorted((i for i in range(n) if nbrs[i]), key=lambda i: (-weight[i], i))
-        take_groups(seeds, distinct.__getitem__, nbrs.__getitem__, label, max_distance)
+        linked = (i for i in range(n) if nbrs[i])
+        take_groups(linked, weight, distinct.__getitem__, nbrs.__getitem__, label, max_distance)
     of_value = dict(zip(distinct, label, strict=True))
     of_item = [of_value[v] for v in values]
     size = Counter(of_item)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable, MutableSequence
+from collections.abc import Iterable, MutableSequence, Sequence
 from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
-from .hashgroups import bucketings, take_groups
+from .hashgroups import bucketings, check_distance, take_groups
 from .stats import DHASH_BITS
 
 __all__ = [
@@ -177,10 +177,9 @@ def _complete_groups(
     start, dst = _neighbours(_close_pairs(hashes, max_distance), n)
     src = np.repeat(np.arange(n), np.diff(start))
     weight = counts + np.bincount(src, weights=counts[dst], minlength=n).astype(np.intp)
-    linked = np.flatnonzero(np.diff(start) > 0)
-    seeds = linked[np.lexsort((linked, -weight[linked]))].tolist()  # heaviest first, then hash
     take_groups(
-        seeds,
+        np.flatnonzero(np.diff(start) > 0).tolist(),  # the hashes with a near neighbour
+        cast("Sequence[int]", weight),  # indexed for the linked ones only: no list of n
         lambda i: int(hashes[i]),
         lambda s: dst[start[s] : start[s + 1]].tolist(),
         cast("MutableSequence[int]", label),  # an array of ints: indexed and set alike
@@ -244,8 +243,7 @@ def near_duplicate_labels(
     or more. Items with the same label form one group. For a caller that keeps 8 bytes per
     item (the hashes in an array) rather than a key each: it finds the keys of the grouped
     items afterwards, by their positions."""
-    if max_distance < 0:
-        raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+    check_distance(max_distance)
     if len(hashes) < 2:
         return np.full(len(hashes), -1, dtype=np.intp)
     distinct, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)

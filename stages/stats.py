@@ -140,9 +140,12 @@ def image_stats(im: Image.Image) -> dict[str, object]:
     else:
         colour = im
     bands = len(colour.getbands())
-    means, stds = _moments(colour.histogram(), bands)
+    colour_hist = colour.histogram()
+    means, stds = _moments(colour_hist, bands)
     lum_im = _luminance(colour)
-    lum_hist = lum_im.histogram()
+    lum_hist = (
+        colour_hist if lum_im is colour else lum_im.histogram()
+    )  # a grey image's: counted once
     width = 256 // HISTOGRAM_BINS
     histogram = [sum(lum_hist[i : i + width]) for i in range(0, 256, width)]
     return {
