@@ -25,17 +25,19 @@ import contextlib
 import os
 import tempfile
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from pipeline import Record, Status, shown
 from pipeline.atomic import TEMP_PREFIX
 from stages.aggregate import DataGroups
-from stages.hashgroups import FEW, few_members
+from stages.groupfile import members_of_file
+from stages.hashgroups import check_distance
 from stages.parts import is_data_result
 
 from .endofrun import RecordFeed, data_result
+from .grouping import GroupingChild, GroupingFailed
 from .report import as_number, smallest_output
 from .tables import CsvStream, ParquetStream
 
@@ -105,7 +107,16 @@ class StatsTable(_FolderTable):
         self._spilling: list[str] = []  # its next lines, written SPILL_ROWS at a time
         self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS, self.REPEATED)
         self._csv = CsvStream(folder / "stats.csv", self.COLUMNS, keep_empty=True)
+        self._when_complete: list[Callable[[], None]] | None = []  # None: complete
         self.feed.add_sink(self)
+
+    def when_complete(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the feed has ended, the hashes all in, before the tables are
+        written (:class:`NearDuplicates` starts its child then); now if that time has passed."""
+        if self._when_complete is None:
+            fn()
+        else:
+            self._when_complete.append(fn)
 
     def hashed(self, wanted: set[int]) -> Iterator[tuple[int, str, Mapping[str, Any] | None]]:
         """(position, key, smallest output) of the hashed rows at the ``wanted`` positions (in
@@ -195,6 +206,9 @@ class StatsTable(_FolderTable):
 
     def finish(self) -> None:
         self._flush_spill()  # the temporary file is whole once the feed has ended
+        calls, self._when_complete = self._when_complete or [], None
+        for fn in calls:
+            fn()
         self._csv.commit()
         files = ["stats.csv"]
         if self._parquet.write_from(self._csv):
@@ -252,81 +266,81 @@ def _spilled(fh: IO[bytes], size: int = SPILL_BLOCK) -> Iterator[list[bytes]]:
         rest = b"\0".join([*fields[rows * SPILL_FIELDS :], rest])
 
 
-#: From this many images on, the hashes are grouped in a child process that reads them from
-#: StatsTable's hash file: the grouping's memory (some 120 bytes a hash at its peak) goes back
-#: to the system when it ends, and the parent's stays flat whatever the number of images (it
-#: sends a path and gets back the few hashes that are in groups). Below, the child's start and
-#: imports (~0.5 s) would weigh more than the memory: at most ~6 MB here (measured: +3 MiB of
-#: peak RSS for 20,000 hashes, +6 for 50,000, +13 for 100,000, the old threshold: a quarter of
-#: the parent's RSS while a run of small images goes).
-CHILD_GROUPING = 50_000
-
-
-def _members(table: StatsTable, max_distance: int) -> tuple[list[int], list[int]]:
-    """(positions, labels) of the table's hashes in a near-duplicate group
-    (:func:`stages.neardups.near_duplicate_members`): up to :data:`stages.hashgroups.FEW`
-    hashes in pure Python (this process never imports numpy for them), then numpy here, then
-    from :data:`CHILD_GROUPING` on in a child process."""
-    path = table.hash_file()
-    if table.hash_count <= FEW:
-        values = array("Q")
-        if path is not None:
-            values.frombytes(path.read_bytes())
-        return few_members(values, max_distance)
-    if table.hash_count < CHILD_GROUPING:
-        return members_in_file(path, max_distance)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn, not the workers' forkserver: the command has stopped it by now (Pipeline.run's
-    # stop_helpers), and starting it again would preload every worker module (Pillow, the
-    # stages) for a child that needs numpy alone
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(members_in_file, path, max_distance).result()
-
-
-def members_in_file(path: Path | None, max_distance: int) -> tuple[list[int], list[int]]:
-    """:func:`stages.neardups.near_duplicate_members` of the hashes in file ``path`` (None: no
-    hash), as lists: a process that unpickles them needs no numpy."""
-    import numpy as np
-
-    from stages.neardups import near_duplicate_members
-
-    values = np.fromfile(path, dtype=np.uint64) if path is not None else np.zeros(0, np.uint64)
-    members, labels = near_duplicate_members(values, max_distance)
-    return members.tolist(), labels.tolist()
+#: Up to this many images the parent groups the hashes itself (:func:`few_members`, ~0.03 s for
+#: 5,000 well-spread hashes, quicker than a child's start); from the next one on a child groups
+#: them (:class:`app.grouping.GroupingChild`) while the parent writes ``stats.parquet``. Above
+#: the 2,000 images of ``make bench``'s small set: the child's few MiB would count at the end of
+#: a run whose processes' summed memory is measured.
+IN_PARENT = 5_000
 
 
 class NearDuplicates:
     """Groups of images whose 64-bit difference hashes differ in at most ``max_distance`` bits.
 
-    Memory: the table's hashes, read from its file (grouped in a child process from
-    :data:`CHILD_GROUPING` images on); the keys (and thumbnails, :attr:`thumbs`, for the
-    report) of the grouped images only."""
+    Memory: the table's hashes, read from its file here up to :data:`IN_PARENT` of them, else by
+    a child process started as soon as they are all in (:class:`app.grouping.GroupingChild`,
+    while the table writes ``stats.parquet``); the keys (and thumbnails, :attr:`thumbs`, for
+    the report) of the grouped images only. :meth:`close` (also after :meth:`result`) stops the
+    child and removes the table's temporary files."""
 
     name = "near_duplicates"
 
     def __init__(self, table: StatsTable, max_distance: int = 6) -> None:
+        check_distance(max_distance)
         self.table = table
         self.max_distance = max_distance
         self.thumbs: dict[str, Mapping[str, Any]] = {}
+        self._child: GroupingChild | None = None
+        self._child_error: OSError | None = None
+        table.when_complete(self._start)
 
     def add(self, record: Record) -> None:
         return None
 
+    def _start(self) -> None:
+        """The table has every hash: a child groups a large set from now on (a child that
+        cannot start fails the groups, not the table)."""
+        if self.table.hash_count > IN_PARENT:
+            path = self.table.hash_file()
+            assert path is not None  # more hashes than a buffer holds: they are in the file
+            try:
+                self._child = GroupingChild(path, self.max_distance)
+            except OSError as exc:
+                self._child_error = exc
+
+    def _members(self) -> tuple[list[int], list[int]]:
+        if self._child is not None:
+            return self._child.result()
+        if self._child_error is not None:
+            raise GroupingFailed(
+                f"the near-duplicate grouping's child process could not start: {self._child_error}"
+            ) from self._child_error
+        path = self.table.hash_file()
+        return members_of_file(str(path) if path is not None else None, self.max_distance)
+
     def result(self) -> dict[str, Any]:
-        self.table.feed.check(self.table)
-        members, labels = _members(self.table, self.max_distance)
+        try:
+            self.table.feed.check(self.table)
+            members, labels = self._members()
+        except BaseException:
+            self.close()
+            raise
         of = dict(zip(members, labels, strict=True))
         found: dict[int, list[str]] = {}
         for i, key, out in self.table.hashed(set(of)):
             found.setdefault(of[i], []).append(key)
             if out is not None:
                 self.thumbs[key] = out
-        self.table.close()
+        self.close()
         groups = sorted(sorted(g) for g in found.values())
         return {"max_distance": self.max_distance, "groups": groups}
+
+    def close(self) -> None:
+        """Stop the child, if one runs; remove the table's temporary files."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
+        self.table.close()
 
 
 def _data_value(record: Record) -> dict[str, Any] | None:

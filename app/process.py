@@ -310,7 +310,7 @@ def run_process(
             tables: list[Collector] = [feed, table, dups, DataTable(out, feed)]
             result = _run(cfg, out, limit, tables, stop_helpers=stop_helpers)
         finally:
-            table.close()
+            dups.close()  # its child, if one still runs; the table's temporary files
             _write_report(out, sheet, dups)
         after_run(out, result)
         return result

@@ -2,12 +2,11 @@
 that :mod:`stages.neardups` (numpy, for any number of hashes) shares with it.
 
 The rule is :func:`stages.neardups.near_duplicate_groups`'s; both paths give the same groups.
-This one exists for the end of a ``process`` run: below :data:`FEW` images the parent groups
-the hashes itself without importing numpy (~15 MiB and ~65 ms, at the moment the parent peaks
-with pyarrow loaded to write ``stats.parquet``). Pairs are found with the pigeonhole bucketing by
-one chunk of ``64 / (d + 1)`` bits (for d = 6, 512 buckets: O(n) memory whatever n), about
-``(d + 1)·n²/2^(64/(d+1))`` comparisons: 9 ms for 2,000 well-spread hashes, 0.09 s for
-10,000.
+This one exists for the end of a ``process`` run: it groups up to :data:`FEW` hashes without
+importing numpy (~15 MiB and ~65 ms); :mod:`stages.groupfile` chooses between the two. Pairs
+are found with the pigeonhole bucketing by one chunk of ``64 / (d + 1)`` bits (for d = 6, 512
+buckets: O(n) memory whatever n), about ``(d + 1)·n²/2^(64/(d+1))`` comparisons: 9 ms for
+2,000 well-spread hashes, 0.09 s for 10,000.
 """
 
 from __future__ import annotations
@@ -20,10 +19,9 @@ from .stats import DHASH_BITS
 
 __all__ = ["FEW", "bucketings", "check_distance", "few_members", "take_groups"]
 
-#: Up to this many hashes the end of a run groups them with :func:`few_members`: against
-#: importing numpy and grouping there (0.09 s + 0.02 s for 10,000), as quick at 10,000 and
-#: quicker below, and never the 15 MiB of numpy in the parent (a 10,000-image run's end-of-run
-#: peak would stand 15 MiB above a 100,000-image one's, whose grouping is a child's).
+#: Up to this many hashes :func:`stages.groupfile.members_of_file` groups them with
+#: :func:`few_members`: against importing numpy and grouping there (0.09 s + 0.02 s for
+#: 10,000), as quick at 10,000 and quicker below, and never numpy's 15 MiB.
 FEW = 10_000
 
 

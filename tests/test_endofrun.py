@@ -235,37 +235,120 @@ def test_the_grouped_images_keys_and_thumbnails_are_read_back_whatever_the_block
     assert _temporaries(folder) == []
 
 
-@pytest.mark.parametrize(
-    ("way", "few", "child"), [("pure Python", 100, 100), ("numpy", 1, 100), ("child", 1, 2)]
-)
-def test_the_three_ways_of_grouping_find_the_same_groups(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str, few: int, child: int
-) -> None:
-    """Up to FEW hashes in pure Python, then numpy here, then (CHILD_GROUPING and more) in a
-    child process that is gone after."""
-    import concurrent.futures
-    import multiprocessing
+def _children() -> set[int]:
+    """This process's children (a run earlier in the session may have left its forkserver)."""
+    import psutil
 
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.mark.parametrize(("way", "in_parent"), [("in the parent", 100), ("in a child", 3)])
+def test_both_ways_of_grouping_find_the_same_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str, in_parent: int
+) -> None:
+    """Up to IN_PARENT hashes the parent groups them; more, a child process started as soon as
+    the table has them all (before it writes stats.parquet), gone after."""
     import app.collectors
+    import app.grouping
 
     hashes = {"a.jpg": "0", "b.jpg": "1", "c.jpg": "f0f0f0f0f0f0f0f0", "d.jpg": "0f0f0f0f0f0f0f0f"}
     records = [_image(key, value) for key, value in hashes.items()]
-    monkeypatch.setattr(app.collectors, "FEW", few)
-    monkeypatch.setattr(app.collectors, "CHILD_GROUPING", child)
-    started: list[int] = []
-    submit = concurrent.futures.ProcessPoolExecutor.submit
+    monkeypatch.setattr(app.collectors, "IN_PARENT", in_parent)
+    order: list[str] = []  # what happened, in order
+    start = app.grouping.GroupingChild.__init__
+    write_from = app.tables.ParquetStream.write_from
 
-    def spy(pool: Any, fn: Any, *args: Any) -> Any:
-        started.append(len(args[0].read_bytes()) // 8)  # the table's hash file, by its path
-        return submit(pool, fn, *args)
+    def spy(child: Any, path: Path, max_distance: int) -> None:
+        order.append(f"child of {len(path.read_bytes()) // 8} hashes")
+        start(child, path, max_distance)
 
-    monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", spy)
+    def parquet(stream: Any, source: Any) -> bool:
+        order.append("stats.parquet")
+        return write_from(stream, source)
+
+    monkeypatch.setattr(app.grouping.GroupingChild, "__init__", spy)
+    monkeypatch.setattr(app.tables.ParquetStream, "write_from", parquet)
+    before = _children()
     folder = _folder(tmp_path, records)
     table = StatsTable(folder)
-    assert NearDuplicates(table).result()["groups"] == [["a.jpg", "b.jpg"]]
-    assert started == ([4] if way == "child" else [])  # the four hashes went to the child
-    assert multiprocessing.active_children() == []
+    dups = NearDuplicates(table)
+    assert table.result()["files"] == ["stats.csv", "stats.parquet"]
+    child = ["child of 4 hashes"] if way == "in a child" else []
+    assert order == [*child, "stats.parquet"]  # the child runs while the table is written
+    assert dups.result()["groups"] == [["a.jpg", "b.jpg"]]
+    assert _children() == before  # the child was waited for
+    assert not app.grouping._LIVE
     assert _temporaries(folder) == []  # the hash file is gone
+
+
+def _large_run_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StatsTable:
+    import app.collectors
+
+    monkeypatch.setattr(app.collectors, "IN_PARENT", 1)
+    return StatsTable(_folder(tmp_path, [_image("a.jpg", "0"), _image("b.jpg", "1")]))
+
+
+def test_a_grouping_child_killed_fails_the_groups_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that dies (SIGKILL, as the kernel's out-of-memory killer does) fails the groups
+    with how it ended; the tables stand, nothing is left behind."""
+    import app.grouping
+
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    monkeypatch.setattr(app.grouping, "_PROGRAM", kill)
+    before = _children()
+    table = _large_run_table(tmp_path, monkeypatch)
+    dups = NearDuplicates(table)
+    assert table.result()["rows"] == 2
+    with pytest.raises(app.grouping.GroupingFailed, match="killed by signal 9"):
+        dups.result()
+    assert _children() == before
+    assert not app.grouping._LIVE
+    assert _temporaries(table.folder) == []
+
+
+def test_a_grouping_child_that_fails_or_cannot_start_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    import app.grouping
+
+    monkeypatch.setattr(app.grouping, "_PROGRAM", "raise SystemExit('no memory for the buckets')")
+    table = _large_run_table(tmp_path / "a", monkeypatch)
+    with pytest.raises(app.grouping.GroupingFailed, match="code 1: no memory for the buckets"):
+        NearDuplicates(table).result()
+
+    def no_fork(*args: Any, **kwargs: Any) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "Popen", no_fork)
+    table = _large_run_table(tmp_path / "b", monkeypatch)
+    dups = NearDuplicates(table)
+    assert table.result()["files"] == ["stats.csv", "stats.parquet"]  # the table is written
+    with pytest.raises(app.grouping.GroupingFailed, match=r"could not start: .*unavailable"):
+        dups.result()
+    assert _temporaries(table.folder) == []
+
+
+def test_a_grouping_child_still_running_is_stopped_by_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run stopped (an error, Ctrl-C) between the child's start and its answer:
+    process.run_process closes the groups, which kills and waits for the child."""
+    import app.grouping
+
+    monkeypatch.setattr(app.grouping, "_PROGRAM", "import time; time.sleep(60)")
+    before = _children()
+    table = _large_run_table(tmp_path, monkeypatch)
+    dups = NearDuplicates(table)
+    table.result()
+    assert len(_children() - before) == 1
+    dups.close()
+    assert _children() == before
+    assert not app.grouping._LIVE
+    assert _temporaries(table.folder) == []
 
 
 # -- tables written as they stream ----------------------------------------------------------------

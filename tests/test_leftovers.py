@@ -504,43 +504,47 @@ def test_a_process_of_its_own_runs_without_a_resource_tracker(
     assert list(tmp.iterdir()) == []
 
 
-# python -m pipeline with the near-duplicate grouping in its spawned child from 2 images on
+# python -m pipeline with the near-duplicate grouping in its child process from 2 images on
 _GROUPING_IN_A_CHILD = """
 import runpy, sys
 import multiprocessing.resource_tracker as rt
 import app.collectors as collectors
+import app.grouping as grouping
 
-collectors.FEW = 1
-collectors.CHILD_GROUPING = 2
-_members = collectors._members
+collectors.IN_PARENT = 1
+_start = grouping.GroupingChild.__init__
 
-def _spy(*args):
-    found = _members(*args)
-    print("TRACKER", rt._resource_tracker._pid, flush=True)  # the spawned child's
-    return found
+def _spy(child, *args):
+    _start(child, *args)
+    print("CHILD", child._proc.pid, flush=True)
 
-collectors._members = _spy
+grouping.GroupingChild.__init__ = _spy
 sys.argv = ["pipeline", "process", *sys.argv[1:]]
-runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+try:
+    runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+finally:
+    print("TRACKER", rt._resource_tracker._pid, flush=True)
 """
 
 
 @pytest.mark.timeout(60)
-def test_a_child_after_a_run_without_a_tracker_gets_one_and_nothing_is_left(
+def test_the_grouping_child_of_a_large_run_is_gone_when_the_command_exits(
     adopt: None, tmp_path: Path
 ) -> None:
-    """The command's run starts no resource tracker; the near-duplicate grouping's spawned
-    child (a very large run's, here from 2 images on), whose queues are named semaphores, gets
-    a real one, and the command stops it before it exits."""
+    """A large run's near-duplicate grouping (here from 2 images on) goes to a child process: a
+    plain interpreter, which needs no resource tracker (none starts); the child is waited for
+    and nothing is left when the command exits."""
     code, out, err, left = _script_in_session(
         _GROUPING_IN_A_CHILD, str(IMAGES), "--output", str(tmp_path)
     )
     assert code == 0, err
-    trackers = [line.split()[1] for line in out.splitlines() if line.startswith("TRACKER")]
-    assert len(trackers) == 1, out + err  # one grouping
-    assert trackers[0] != "None", out  # a real tracker process
-    assert left == []  # the forkserver, the child and its tracker: gone
+    children = [line.split()[1] for line in out.splitlines() if line.startswith("CHILD")]
+    assert len(children) == 1, out + err  # one grouping
+    assert "TRACKER None" in out  # no resource tracker started
+    assert left == []  # the forkserver and the child: gone
     assert (tmp_path / "stats.parquet").exists()
+    summary = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert summary["collected"]["near_duplicates"]["max_distance"] == 6
 
 
 @pytest.mark.timeout(10)

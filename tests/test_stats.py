@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
 from typing import Any
 
 import numpy as np
@@ -231,6 +232,26 @@ def test_the_pure_python_path_makes_numpys_groups(d: int) -> None:
     assert few_members(values[:1], d) == ([], [])
     with pytest.raises(ValueError, match="max_distance"):
         few_members(values, -1)
+
+
+def test_a_grouping_child_makes_the_same_groups_both_ways(tmp_path: pathlib.Path) -> None:
+    """``python -m stages.groupfile`` (app.grouping's child) over a hash file: pure Python up
+    to FEW hashes, numpy above; the groups are few_members' either way."""
+    from array import array
+
+    from app.grouping import GroupingChild
+    from stages.hashgroups import FEW
+
+    items = _clustered(n_clusters=(FEW + 200) // 5, per=5, flips=5, seed=7)
+    values = array("Q", [int(h, 16) for _, h in items])
+    expected = _partition(*few_members(values, 6))
+    assert len(expected) > 100
+    for n, name in ((len(values) // 10, "pure"), (len(values), "numpy")):
+        path = tmp_path / name
+        path.write_bytes(values[:n].tobytes())
+        got = GroupingChild(path, 6).result()
+        assert _partition(*got) == _partition(*few_members(values[:n], 6)), name
+    assert len(values) > FEW  # the second went the numpy way
 
 
 _HASHES = st.lists(
