@@ -547,6 +547,48 @@ def test_the_grouping_child_of_a_large_run_is_gone_when_the_command_exits(
     assert summary["collected"]["near_duplicates"]["max_distance"] == 6
 
 
+# the same, with a grouping child that takes its time (a very large run's)
+_SLOW = "grouping._PROGRAM = 'import time; time.sleep(3); ' + grouping._PROGRAM"
+_SLOW_GROUPING_CHILD = _GROUPING_IN_A_CHILD.replace(
+    "collectors.IN_PARENT = 1", f"collectors.IN_PARENT = 1; {_SLOW}"
+)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_the_grouping_child_runs_leaves_nothing(adopt: None, tmp_path: Path) -> None:
+    """A Ctrl-C to the command (to it alone, as ``kill -INT`` sends it) once every item is
+    done, while the end of the run waits for its grouping child (3 s here): the end of the run
+    is not cut short (as for the tables), the groups come from the child, which is waited for;
+    the run's items all done, the exit is 0, and nothing is left."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_GROUPING_CHILD, str(IMAGES), "--output", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        line = proc.stdout.readline().decode()  # the child has started
+        assert line.startswith("CHILD"), line + proc.stderr.read().decode()
+        child = int(line.split()[1])
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, err.decode()
+        assert "Ctrl-C: stopping" in err.decode()
+        assert not psutil.pid_exists(child)  # reaped
+        assert _session(proc.pid) == []  # the forkserver and the child: gone
+    finally:
+        _kill_session(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    summary = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert summary["counts"] == {"ok": sum(1 for p in IMAGES.rglob("*") if p.is_file())}
+    assert "groups" in summary["collected"]["near_duplicates"]  # not an error
+
+
 @pytest.mark.timeout(10)
 def test_only_the_forkserver_freezes_its_gc_at_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     """``pipeline.worker`` makes the forkserver's exit quick (``gc.freeze`` at exit); a program
