@@ -267,7 +267,7 @@ def _spilled(fh: IO[bytes], size: int = SPILL_BLOCK) -> Iterator[list[bytes]]:
 
 
 #: Up to this many images the parent groups the hashes itself (:func:`few_members`, ~0.03 s for
-#: 5,000 well-spread hashes, quicker than a child's start); from the next one on a child groups
+#: 5,000 well-spread hashes: about what a child's start costs); from the next one on a child groups
 #: them (:class:`app.grouping.GroupingChild`) while the parent writes ``stats.parquet``. Above
 #: the 2,000 images of ``make bench``'s small set: the child's few MiB would count at the end of
 #: a run whose processes' summed memory is measured.
@@ -302,7 +302,7 @@ class NearDuplicates:
         cannot start fails the groups, not the table)."""
         if self.table.hash_count > IN_PARENT:
             path = self.table.hash_file()
-            assert path is not None  # more hashes than a buffer holds: they are in the file
+            assert path is not None  # hash_file() writes out what the buffer holds
             try:
                 self._child = GroupingChild(path, self.max_distance)
             except OSError as exc:
