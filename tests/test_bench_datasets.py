@@ -178,3 +178,25 @@ def test_a_long_table_repeats_the_images_under_distinct_urls() -> None:
         "/img/1/b.jpg",
         "/img/2/a.jpg",
     ]
+
+
+def test_longrun_spreads_the_repeated_sizes_over_the_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base size's runs go before, between and after the large sizes (a drifting machine
+    weighs on every size alike); each size's figures are the median of its runs."""
+    import bench.longrun as longrun
+
+    ran: list[int] = []
+
+    def run_once(n: int, repo: Path = longrun.REPO) -> longrun.Point:
+        ran.append(n)
+        wall = n / 1000 * (1 + ran.count(n))  # each run of a size slower than the last
+        return longrun.Point(n, wall, len(ran), 0.1, 0, 0.01 * n, 1)
+
+    monkeypatch.setattr(longrun, "run_once", run_once)
+    points = longrun.measure_all([10_000, 100_000, 1_000_000])
+    assert ran == [10_000, 100_000, 10_000, 1_000_000, 10_000]
+    assert [p.wall for p in points] == [30.0, 200.0, 2000.0]  # 10k: the median of 20, 30, 40
+    assert points[0].peak_rss == 3  # the median of the 1st, 3rd and 5th runs' figures
+    ran.clear()
+    longrun.measure_all([2_000, 10_000], runs=2)  # all repeated: round after round
+    assert ran == [2_000, 10_000, 2_000, 10_000]
