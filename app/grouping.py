@@ -9,10 +9,10 @@ write): the two overlap, the grouping's memory is the child's (it goes back to t
 the child ends, and numpy, from :data:`stages.hashgroups.FEW` hashes on, is never imported
 here), and the parent reads back the few hashes that are in groups.
 
-The child is a plain interpreter (``-I -S``: no site, ~10 ms to start; ``-I`` ignores the
-``PYTHON*`` variables, it inherits the rest of the environment) given this process's
-``sys.path``, not a ``multiprocessing`` one (~0.5 s: it would import the
-command's own modules, and start a resource tracker). It is stopped and waited for on every
+The child is a plain interpreter given this process's ``sys.path`` (``-I -S``: no site, ~10 ms
+to start; ``-I`` ignores the ``PYTHON*`` variables, the rest of the environment is inherited),
+not a ``multiprocessing`` one (~0.5 s: it would import the command's own modules, and start a
+resource tracker). It is stopped and waited for on every
 path: :meth:`GroupingChild.stop` (after its answer, on an error, at the folder's close), and at
 the interpreter's exit for one left over. A child that fails (killed, out of memory) fails the
 groups with :class:`GroupingFailed`, which names how it ended: the run's other results stand.
@@ -59,7 +59,8 @@ class GroupingChild:
         _LIVE.add(self._proc)
 
     def result(self) -> tuple[list[int], list[int]]:
-        """(positions, labels) of the hashes in a group, as :func:`few_members` gives them."""
+        """(positions, labels) of the hashes in a group, as
+        :func:`stages.hashgroups.few_members` gives them."""
         try:
             out, err = self._proc.communicate()
         finally:
@@ -71,7 +72,10 @@ class GroupingChild:
             if values and len(values) == 1 + 2 * values[0]:
                 n = values[0]
                 return values[1 : 1 + n].tolist(), values[1 + n :].tolist()
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if code == 0:
+            how = f"answered {len(out)} bytes that are not its result"
+        else:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
         raise GroupingFailed(f"the near-duplicate grouping's child process {how}: {last[0]}")
 

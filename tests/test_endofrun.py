@@ -319,6 +319,10 @@ def test_a_grouping_child_that_fails_or_cannot_start_says_why(
     table = _large_run_table(tmp_path / "a", monkeypatch)
     with pytest.raises(app.grouping.GroupingFailed, match="code 1: no memory for the buckets"):
         NearDuplicates(table).result()
+    monkeypatch.setattr(app.grouping, "_PROGRAM", "print('hello')")
+    table = _large_run_table(tmp_path / "c", monkeypatch)
+    with pytest.raises(app.grouping.GroupingFailed, match="answered 6 bytes that are not its"):
+        NearDuplicates(table).result()
 
     def no_fork(*args: Any, **kwargs: Any) -> None:
         raise BlockingIOError(11, "Resource temporarily unavailable")
