@@ -291,30 +291,31 @@ class NearDuplicates:
         self.max_distance = max_distance
         self.thumbs: dict[str, Mapping[str, Any]] = {}
         self._child: GroupingChild | None = None
-        self._child_error: OSError | None = None
+        self._start_error: OSError | None = None
         table.when_complete(self._start)
 
     def add(self, record: Record) -> None:
         return None
 
     def _start(self) -> None:
-        """The table has every hash: a child groups a large set from now on (a child that
-        cannot start fails the groups, not the table)."""
+        """The table has every hash: a child groups a large set from now on. A hash file that
+        cannot be written, or a child that cannot start, fails the groups (at :meth:`result`),
+        not the table."""
         if self.table.hash_count > IN_PARENT:
-            path = self.table.hash_file()
-            assert path is not None  # hash_file() writes out what the buffer holds
             try:
+                path = self.table.hash_file()
+                assert path is not None  # hash_file() writes out what the buffer holds
                 self._child = GroupingChild(path, self.max_distance)
             except OSError as exc:
-                self._child_error = exc
+                self._start_error = exc
 
     def _members(self) -> tuple[list[int], list[int]]:
         if self._child is not None:
             return self._child.result()
-        if self._child_error is not None:
+        if self._start_error is not None:
             raise GroupingFailed(
-                f"the near-duplicate grouping's child process could not start: {self._child_error}"
-            ) from self._child_error
+                f"the near-duplicate grouping could not start: {self._start_error}"
+            ) from self._start_error
         path = self.table.hash_file()
         return members_of_file(str(path) if path is not None else None, self.max_distance)
 
@@ -323,7 +324,8 @@ class NearDuplicates:
             self.table.feed.check(self.table)
             members, labels = self._members()
         except BaseException:
-            self.close()
+            with contextlib.suppress(OSError):  # the first error is the one that matters
+                self.close()
             raise
         of = dict(zip(members, labels, strict=True))
         found: dict[int, list[str]] = {}

@@ -336,6 +336,33 @@ def test_a_grouping_child_that_fails_or_cannot_start_says_why(
     assert _temporaries(table.folder) == []
 
 
+def test_a_hash_file_that_cannot_be_written_at_the_end_fails_the_groups_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large run's last hashes go to the hash file when the table completes, for the child:
+    when that write fails, the groups fail with the error and the tables are written."""
+    import app.collectors
+    import app.grouping
+
+    monkeypatch.setattr(app.collectors, "HASH_BUFFER", 3)
+    monkeypatch.setattr(app.collectors, "IN_PARENT", 1)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    feed = RecordFeed(folder)
+    table = StatsTable(folder, feed)
+    dups = NearDuplicates(table)
+    for i in range(4):  # three in the file, the fourth in the buffer
+        feed.add(Record.from_json(_image(f"{i}.jpg", f"{i:x}")))
+    (hashes,) = (folder / name for name in _temporaries(folder))
+    hashes.unlink()
+    hashes.mkdir()  # where the last hash goes: a folder, not the file
+    assert table.result() == {"rows": 4, "files": ["stats.csv", "stats.parquet"]}
+    with pytest.raises(app.grouping.GroupingFailed, match=r"could not start: .*Is a directory"):
+        dups.result()
+    hashes.rmdir()
+    assert _temporaries(folder) == []
+
+
 def test_a_grouping_child_still_running_is_stopped_by_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
