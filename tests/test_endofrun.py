@@ -311,6 +311,8 @@ def test_a_grouping_child_killed_fails_the_groups_alone(
 def test_a_grouping_child_that_fails_or_cannot_start_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A child that exits with an error, one that answers something else than its result, and
+    one that cannot start (no process left to fork): the groups fail, saying which."""
     import subprocess
 
     import app.grouping
@@ -320,7 +322,7 @@ def test_a_grouping_child_that_fails_or_cannot_start_says_why(
     with pytest.raises(app.grouping.GroupingFailed, match="code 1: no memory for the buckets"):
         NearDuplicates(table).result()
     monkeypatch.setattr(app.grouping, "_PROGRAM", "print('hello')")
-    table = _large_run_table(tmp_path / "c", monkeypatch)
+    table = _large_run_table(tmp_path / "b", monkeypatch)
     with pytest.raises(app.grouping.GroupingFailed, match="answered 6 bytes that are not its"):
         NearDuplicates(table).result()
 
@@ -328,7 +330,7 @@ def test_a_grouping_child_that_fails_or_cannot_start_says_why(
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(subprocess, "Popen", no_fork)
-    table = _large_run_table(tmp_path / "b", monkeypatch)
+    table = _large_run_table(tmp_path / "c", monkeypatch)
     dups = NearDuplicates(table)
     assert table.result()["files"] == ["stats.csv", "stats.parquet"]  # the table is written
     with pytest.raises(app.grouping.GroupingFailed, match=r"could not start: .*unavailable"):
