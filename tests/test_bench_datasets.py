@@ -200,3 +200,20 @@ def test_longrun_spreads_the_repeated_sizes_over_the_bench(monkeypatch: pytest.M
     ran.clear()
     longrun.measure_all([2_000, 10_000], runs=2)  # all repeated: round after round
     assert ran == [2_000, 10_000, 2_000, 10_000]
+
+
+def test_cost_rounds_do_not_always_run_one_method_right_after_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every method once a round; rotated, and backwards every other round: the baseline is
+    not right before ``process`` round after round (as the rotation alone had it)."""
+    import bench.cost as cost
+
+    monkeypatch.setenv("COST_BASELINE", str(tmp_path))
+    found = cost.methods()
+    orders = [[m.key for m in cost._order(found, r)] for r in range(5)]
+    assert all(sorted(o) == sorted(m.key for m in found) for o in orders)
+    before = sum(o.index("baseline") + 1 == o.index("process") for o in orders)
+    after = sum(o.index("process") + 1 == o.index("baseline") for o in orders)
+    assert before <= 2
+    assert after <= 2
