@@ -24,6 +24,7 @@ import atexit
 import subprocess
 import sys
 from array import array
+from multiprocessing import spawn
 from pathlib import Path
 
 import stages
@@ -52,7 +53,10 @@ class GroupingChild:
     def __init__(self, path: Path, max_distance: int) -> None:
         root = str(Path(next(iter(stages.__path__))).parent)
         paths = [root, *(p for p in sys.path if isinstance(p, str) and p)]
-        cmd = [sys.executable, "-I", "-S", "-c", _PROGRAM, str(path), str(max_distance), *paths]
+        # the interpreter the process workers' forkserver runs (multiprocessing.set_executable,
+        # for a program that embeds Python; else sys.executable)
+        python = spawn.get_executable() or sys.executable
+        cmd = [python, "-I", "-S", "-c", _PROGRAM, str(path), str(max_distance), *paths]
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )

@@ -365,6 +365,28 @@ def test_a_hash_file_that_cannot_be_written_at_the_end_fails_the_groups_alone(
     assert _temporaries(folder) == []
 
 
+def test_the_grouping_child_runs_the_interpreter_multiprocessing_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program that embeds Python names its interpreter with ``multiprocessing.set_executable``
+    (the process workers' forkserver runs it): the grouping child runs it too."""
+    import sys
+    from multiprocessing import spawn
+
+    import app.collectors
+    import app.grouping
+
+    used = tmp_path / "used"
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\ntouch "{used}"\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.setattr(spawn, "_python_exe", str(python))  # what set_executable sets
+    monkeypatch.setattr(app.collectors, "IN_PARENT", 1)
+    table = StatsTable(_folder(tmp_path, [_image("a.jpg", "0"), _image("b.jpg", "1")]))
+    assert NearDuplicates(table).result()["groups"] == [["a.jpg", "b.jpg"]]
+    assert used.exists()
+
+
 def test_a_grouping_child_still_running_is_stopped_by_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
