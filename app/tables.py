@@ -53,7 +53,8 @@ def pyarrow_without_numpy() -> None:
     For a process that is the command's alone (``python -m pipeline`` calls it): pyarrow then
     goes without numpy for the rest of the process (a supported mode since pyarrow 16), so
     nothing else in it may want pyarrow's numpy conversions. A run of images never imports
-    numpy otherwise (not even for its near-duplicate groups, see :mod:`stages.hashgroups`),
+    numpy otherwise (not even for its near-duplicate groups: :mod:`stages.hashgroups` in this
+    process up to a few thousand images, a child process above, :mod:`app.grouping`),
     and pyarrow would import it only to have it: 15 MiB and 65 ms at the end of the run, when
     this process writes ``stats.parquet`` and peaks. An embedding program keeps pyarrow as
     it is."""

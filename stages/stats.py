@@ -35,7 +35,9 @@ DHASH_BITS = 64
 _LEVELS = range(256)
 _SQUARES = [v * v for v in _LEVELS]
 
-_COLOUR_MODES = {"L": "L", "LA": "L", "La": "L", "RGB": "RGB", "RGBA": "RGB", "RGBa": "RGB"}
+#: The colour bands of the other modes with an alpha: for LA the grey band alone is counted more
+#: quickly than both, and the premultiplied modes' conversion undoes the premultiplication.
+_COLOURS_OF = {"LA": "L", "La": "L", "RGBa": "RGB"}
 
 
 # --------------------------------------------------------------------------- image statistics
@@ -131,21 +133,21 @@ def image_stats(im: Image.Image) -> dict[str, object]:
     CMYK, I;16, ...) are converted with Pillow's default conversion first; callers in this package
     pass L, LA, RGB or RGBA.
     """
-    colour_mode = _COLOUR_MODES.get(im.mode)
-    if colour_mode is None:
+    if im.mode in ("L", "RGB", "RGBA"):
+        # as it is: RGBA's alpha histogram comes last (not read below), and its luminance leaves
+        # the alpha out; a copy of the colour bands alone costs ~0.25 ms on a 512 px image
+        colour = im
+    elif im.mode in _COLOURS_OF:
+        colour = im.convert(_COLOURS_OF[im.mode])
+    else:
         grey = im.mode in ("1", "I", "F") or im.mode.startswith("I;16")
         colour = im.convert("L" if grey else "RGB")
-    elif colour_mode != im.mode:
-        colour = im.convert(colour_mode)
-    else:
-        colour = im
-    bands = len(colour.getbands())
+    bands = 1 if colour.mode == "L" else 3
     colour_hist = colour.histogram()
     means, stds = _moments(colour_hist, bands)
     lum_im = _luminance(colour)
-    lum_hist = (
-        colour_hist if lum_im is colour else lum_im.histogram()
-    )  # a grey image's: counted once
+    # a grey image is its own luminance: its histogram is counted once
+    lum_hist = colour_hist if bands == 1 else lum_im.histogram()
     width = 256 // HISTOGRAM_BINS
     histogram = [sum(lum_hist[i : i + width]) for i in range(0, 256, width)]
     return {
