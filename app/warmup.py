@@ -2,8 +2,9 @@
 
 ``python -m pipeline`` calls :func:`warm_up_argv` first thing, before it parses the command line
 or imports the rest: the forkserver imports the worker modules on another core meanwhile (about
-half a second saved per run). This module imports nothing but the standard library at import
-time, so that call costs next to nothing.
+half a second saved per run). The process has no other thread then, so the forkserver is a fork
+of it (:func:`pipeline.forkserver.warm_up`). This module imports nothing but the standard library
+at import time, so that call costs next to nothing.
 """
 
 from __future__ import annotations
@@ -34,16 +35,17 @@ WORKER_MODULES = (
 )
 
 
-def start_forkserver() -> None:
+def start_forkserver(*, fork: bool = False) -> None:
     """Process workers' forkserver starts importing the worker modules now, on another core,
-    while this process goes on with its own imports. Harmless when it is already running."""
+    while this process goes on with its own imports. Harmless when it is already running.
+    ``fork``: see :func:`pipeline.forkserver.warm_up`."""
     # The forkserver preloads a module only when it would find the same file as this process
     # (pipeline.forkserver._same_file_in_forkserver), which it tells from the package this
     # process has imported: the package itself, not its modules (those are the forkserver's job).
     import stages  # noqa: F401
     from pipeline.forkserver import warm_up as start
 
-    start(WORKER_MODULES)
+    start(WORKER_MODULES, fork=fork)
 
 
 def the_commands_process() -> None:
@@ -76,7 +78,7 @@ def warm_up_argv(argv: Sequence[str]) -> bool:
     from pipeline.forkserver import without_resource_tracker
 
     without_resource_tracker()
-    start_forkserver()
+    start_forkserver(fork=True)
     return True
 
 

@@ -603,6 +603,55 @@ def test_warm_up_starts_the_forkserver_with_the_modules_before_any_stage() -> No
         assert imported != worker  # imported in the warmed-up forkserver
 
 
+#: How a warmed-up forkserver was started: "fork" (a fork of the script, whose command line it
+#: keeps) or "exec" (a new interpreter); printed by the script before its run's records.
+_HOW_STARTED = (
+    "import psutil; fs_pid = fs._forkserver._forkserver_pid; "
+    "me = psutil.Process(); server = psutil.Process(fs_pid); "
+    "print('fork' if server.cmdline() == me.cmdline() else 'exec'); "
+)
+
+
+@pytest.mark.parametrize(("thread", "how"), [(False, "fork"), (True, "exec")])
+def test_warm_up_forks_the_forkserver_of_a_process_without_threads(thread: bool, how: str) -> None:
+    # warm_up(fork=True), as python -m pipeline calls it first thing: a fork of the process,
+    # not a new interpreter, unless another thread runs (a fork would copy its locks held)
+    imports = (
+        "import threading, time; import tests; from pipeline.procpool import warm_up; "
+        "import multiprocessing.forkserver as fs; "
+        + ("threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); " * thread)
+        + "warm_up(['tests.test_engine'], fork=True); "
+        + _HOW_STARTED
+        + "from tests.test_engine import imported_in"
+    )
+    done = _run_script(_ROOT, imports, "imported_in")
+    assert done.returncode == 0, done.stderr
+    started, records = done.stdout.splitlines()
+    assert started == how
+    for status, (imported, worker) in json.loads(records):
+        assert status == "ok"
+        assert imported != worker  # imported in the warmed-up forkserver, whichever it is
+
+
+def test_a_forked_forkserver_broken_by_its_preload_breaks_nothing(tmp_path: Path) -> None:
+    # the fork imports what the process had not imported yet; one that raises there kills it,
+    # with the traceback a new interpreter would print, and the first worker start goes on
+    # without the preload list (pipeline.forkserver.spawn)
+    (tmp_path / "touchy").mkdir()
+    (tmp_path / "touchy" / "__init__.py").write_text("")
+    (tmp_path / "touchy" / "mod.py").write_text(_TOUCHY)
+    imports = (
+        "import os, touchy; from pipeline.procpool import warm_up; "
+        "warm_up(['touchy.mod'], fork=True); "  # no other thread: a fork (test above)
+        "os.environ['TOUCHY_PARENT'] = str(os.getpid()); import touchy.mod"
+    )
+    done = _run_script(tmp_path, imports, "touchy.mod.triple")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["ok", 3], ["ok", 6]]
+    assert "touchy refuses to be preloaded" in done.stderr  # the forked forkserver's traceback
+    assert "starting without them" in done.stderr  # and the lane's warning
+
+
 # -- big payloads: the lane's shared-memory arena and the socket ---------------------------------
 
 

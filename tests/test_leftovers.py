@@ -67,14 +67,22 @@ class Run:
         return self.stderr.read_text(errors="replace")
 
     def helpers(self) -> tuple[psutil.Process | None, psutil.Process | None]:
-        """The forkserver and the resource tracker while the run is alive (None: not yet)."""
+        """The forkserver and the resource tracker while the run is alive (None: not yet).
+
+        ``python -m pipeline`` forks its forkserver (``pipeline.forkserver._fork_server``): a
+        child with the command's own command line; a new interpreter's says what it runs.
+        """
         found: dict[str, psutil.Process] = {}
         with _suppress_gone():
-            for child in psutil.Process(self.proc.pid).children():
+            parent = psutil.Process(self.proc.pid)
+            command = parent.cmdline()
+            for child in parent.children():
                 with _suppress_gone():
-                    cmdline = " ".join(child.cmdline())
+                    cmdline = child.cmdline()
+                    if cmdline == command:
+                        found["forkserver"] = child
                     for name in ("forkserver", "resource_tracker"):
-                        if f"multiprocessing.{name} import main" in cmdline:
+                        if f"multiprocessing.{name} import main" in " ".join(cmdline):
                             found[name] = child
         return found.get("forkserver"), found.get("resource_tracker")
 
@@ -328,6 +336,27 @@ def test_a_killed_worker_leaves_nothing(
     assert len(statuses["ok"]) == n - 1, statuses
     (crashed,) = statuses["WorkerCrashed"]
     assert f"pid {victim.pid} was killed by SIGKILL" in by_key(run.out)[crashed]["error"]
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_command_leaves_nothing_once_its_workers_end(
+    start: Callable[..., Run], slow_image: Path, tmp_path: Path, adopt: None
+) -> None:
+    """SIGKILL to the command: no exit of its own, nobody to stop the helpers. Its workers end at
+    the end of their pipes, and its forkserver (a fork of the command) at the end of its "alive"
+    pipe, whose write ends the command and the workers held and it never did."""
+    run = start(_slow_inputs(slow_image, tmp_path / "in", 60))
+    _wait_for_work(run)
+    forkserver, _ = run.helpers()
+    assert forkserver is not None
+    assert forkserver.cmdline() == psutil.Process(run.proc.pid).cmdline()  # forked
+    workers = run.workers()
+    run.proc.kill()
+    assert run.wait() == -signal.SIGKILL
+    # they are handed to this process (adopt), which reaps them as they exit
+    _, alive = psutil.wait_procs([forkserver, *workers], timeout=DEADLINE)
+    assert alive == []
+    assert _session(run.sid) == []  # (its TMPDIR keeps what a killed process could not remove)
 
 
 @pytest.mark.timeout(60)
