@@ -4,13 +4,15 @@ The command line itself is the application's (``app.cli``): this is the one engi
 imports ``app`` (an import-linter contract in ``pyproject.toml`` names it as the exception).
 
 First thing here (``-m`` has imported the package itself already), a ``process`` / ``profile``
-run on the local backend starts the process workers' forkserver
+run on the local backend starts the process workers' forkserver, a fork of this process
 (``app.warmup.warm_up_argv``): it imports the worker modules on another core while this
 process parses the command line and imports the rest. Before that, ``OPENBLAS_NUM_THREADS``
 defaults to 1 and ``ARROW_DEFAULT_MEMORY_POOL`` to ``system`` (see below). Last thing, whatever
 the exit (an error, Ctrl-C, ``SystemExit``), the forkserver and multiprocessing's resource
 tracker (if one started: a ``process`` run starts none) are stopped and waited for
-(:func:`pipeline.forkserver.shutdown`): no process of the run outlives it.
+(:func:`pipeline.forkserver.shutdown`): no process of the run outlives it. A Ctrl-C while the
+command is still starting (its imports: a tenth of a second) exits 130, as one during the run
+does, without a traceback.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ def run() -> None:
 
         the_commands_process()
         code = main()
-    finally:  # also on SystemExit (usage errors, --help) and a Ctrl-C outside the run
+    except KeyboardInterrupt:  # a Ctrl-C while the command starts (main() has its own)
+        code = 130
+    finally:  # also on SystemExit (usage errors, --help)
         _stop_helpers()
     # Interpreter shutdown garbage-collects every object of the imported libraries (numpy,
     # pyarrow, asyncio, ...) several times: ~0.1 s. Frozen objects are skipped; only their

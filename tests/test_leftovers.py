@@ -359,6 +359,45 @@ def test_a_killed_command_leaves_nothing_once_its_workers_end(
     assert _session(run.sid) == []  # (its TMPDIR keeps what a killed process could not remove)
 
 
+_INTERRUPTED_AT_START = """
+import sys
+import app.warmup
+
+def interrupted():  # what a Ctrl-C does while the command imports the rest of itself
+    raise KeyboardInterrupt
+
+app.warmup.the_commands_process = interrupted
+sys.argv = ["pixpipe", "process", sys.argv[1], "--output", sys.argv[2], "--quiet"]
+from pipeline.__main__ import run
+run()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_the_command_starts_exits_130_and_leaves_nothing(
+    tmp_path: Path, adopt: None, private_tmp: Callable[[], Path]
+) -> None:
+    """After the forkserver has started (a fork, first thing), before the run: exit 130, as a
+    Ctrl-C during the run exits, no traceback, no process left, nothing done."""
+    tmp, out = private_tmp(), tmp_path / "out"
+    with subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_AT_START, str(IMAGES), str(out)],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        _, errors = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 130, errors
+    assert "Traceback" not in errors, errors
+    assert _session(proc.pid) == []  # the forkserver was stopped and reaped before the exit
+    assert sorted(p.name for p in tmp.iterdir()) == []
+    assert not out.exists()
+
+
 @pytest.mark.timeout(60)
 def test_a_run_past_its_crash_budget_leaves_nothing(
     start: Callable[..., Run], slow_image: Path, tmp_path: Path
