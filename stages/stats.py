@@ -35,9 +35,10 @@ DHASH_BITS = 64
 _LEVELS = range(256)
 _SQUARES = [v * v for v in _LEVELS]
 
-#: The colour bands of the other modes with an alpha: for LA the grey band alone is counted more
-#: quickly than both, and the premultiplied modes' conversion undoes the premultiplication.
-_COLOURS_OF = {"LA": "L", "La": "L", "RGBa": "RGB"}
+#: The colour bands of the other modes with an alpha, as the conversions that make them: for LA
+#: the grey band alone is counted more quickly than both; the premultiplied modes' conversion
+#: undoes the premultiplication (Pillow converts La to LA only, hence two steps).
+_COLOURS_OF = {"LA": ("L",), "La": ("LA", "L"), "RGBa": ("RGB",)}
 
 
 # --------------------------------------------------------------------------- image statistics
@@ -138,7 +139,9 @@ def image_stats(im: Image.Image) -> dict[str, object]:
         # the alpha out; a copy of the colour bands alone costs ~0.25 ms on a 512 px image
         colour = im
     elif im.mode in _COLOURS_OF:
-        colour = im.convert(_COLOURS_OF[im.mode])
+        colour = im
+        for mode in _COLOURS_OF[im.mode]:
+            colour = colour.convert(mode)
     else:
         grey = im.mode in ("1", "I", "F") or im.mode.startswith("I;16")
         colour = im.convert("L" if grey else "RGB")

@@ -58,6 +58,24 @@ def test_image_stats_excludes_alpha() -> None:
     assert s_rgba["mode"] == "RGBA"
 
 
+@pytest.mark.parametrize(
+    ("mode", "colours"), [("LA", "L"), ("La", "L"), ("RGBA", "RGB"), ("RGBa", "RGB")]
+)
+def test_image_stats_of_every_mode_with_alpha_are_those_of_its_colours(
+    mode: str, colours: str
+) -> None:
+    # the premultiplied modes (La, RGBa) through their straight alpha form, as Pillow converts
+    # them: the statistics of the colours the image shows, whatever the alpha
+    rgba = photo_like(50, 40, seed=3)
+    rgba.putalpha(Image.fromarray(np.random.default_rng(1).integers(1, 256, (40, 50), np.uint8)))
+    im = rgba.convert("LA" if colours == "L" else "RGBA").convert(mode)
+    straight = im.convert("LA" if colours == "L" else "RGBA")  # La, RGBa: unpremultiplied
+    s, expected = image_stats(im), image_stats(straight.convert(colours))
+    assert s["mode"] == mode
+    for key in ("mean", "std", "histogram", "sharpness", "dhash"):
+        assert s[key] == expected[key], key
+
+
 def test_sharpness_is_exact_over_the_whole_range_of_the_laplacian() -> None:
     """A 0/255 checkerboard with a flat patch: Laplacian values from -1020 to 1020 (every
     256-level window of its histogram) and 0; the variance equals the integer computation's."""
