@@ -343,8 +343,9 @@ def test_a_killed_command_leaves_nothing_once_its_workers_end(
     start: Callable[..., Run], slow_image: Path, tmp_path: Path, adopt: None
 ) -> None:
     """SIGKILL to the command: no exit of its own, nobody to stop the helpers. Its workers end at
-    the end of their pipes, and its forkserver (a fork of the command) at the end of its "alive"
-    pipe, whose write ends the command and the workers held and it never did."""
+    the end of their pipes; its forkserver, a fork of the command, at the end of its "alive" pipe,
+    once the command and the workers are gone (they held its write end; the fork closed its own
+    copy first thing)."""
     run = start(_slow_inputs(slow_image, tmp_path / "in", 60))
     _wait_for_work(run)
     forkserver, _ = run.helpers()
