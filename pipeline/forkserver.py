@@ -124,11 +124,9 @@ def warm_up(modules: Sequence[str], *, fork: bool = False) -> None:
     """
     names = [n for n in modules if _same_file_in_forkserver(n)]
     _request_preload([WORKER_MODULE, *names])
+    starting = _forking_server() if fork and _may_fork() else contextlib.nullcontext()
     try:
-        if fork and _may_fork():
-            with _forking_server():
-                mp_forkserver.ensure_running()
-        else:
+        with starting:
             mp_forkserver.ensure_running()
     except OSError as exc:  # the first worker start will try again, and report
         log.debug("forkserver warm-up failed: %s", exc)
@@ -190,11 +188,9 @@ def _fork_server(path: str, args: Sequence[str], passfds: Sequence[int]) -> int:
 
 
 def _close_fds_except(keep: set[int]) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
+    for fd in map(int, os.listdir("/proc/self/fd")):
         if fd not in keep:
-            with contextlib.suppress(OSError):  # the listing's own descriptor, closed already
-                os.close(fd)
+            _close(fd)  # the listing's own descriptor is closed already: ignored
 
 
 def _same_file_in_forkserver(name: str) -> bool:
