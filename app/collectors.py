@@ -39,7 +39,7 @@ from stages.parts import is_data_result
 from .endofrun import RecordFeed, data_result
 from .grouping import GroupingChild, GroupingFailed
 from .report import as_number, smallest_output
-from .tables import CsvStream, ParquetStream, import_pyarrow_ahead
+from .tables import CsvStream, ParquetStream
 
 __all__ = ["DataAggregate", "DataTable", "FailureList", "NearDuplicates", "StatsTable"]
 
@@ -108,18 +108,7 @@ class StatsTable(_FolderTable):
         self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS, self.REPEATED)
         self._csv = CsvStream(folder / "stats.csv", self.COLUMNS, keep_empty=True)
         self._when_complete: list[Callable[[], None]] | None = []  # None: complete
-        self._ahead = False  # import pyarrow ahead at the next image row (near_end)
         self.feed.add_sink(self)
-
-    def near_end(self) -> None:
-        """Every input is listed: the end of the run is near. pyarrow, which the end wants for
-        ``stats.parquet``, is imported ahead (:func:`~app.tables.import_pyarrow_ahead`) once
-        the table has an image row: now, or at the next one (a run without any writes no
-        Parquet file; and not before the first item is back, so that it does not slow the start)."""
-        if self._csv.rows:
-            import_pyarrow_ahead()
-        else:
-            self._ahead = True
 
     def when_complete(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` once the feed has ended, the hashes all in, before the tables are
@@ -170,9 +159,6 @@ class StatsTable(_FolderTable):
                 dhash,
             )
         )
-        if self._ahead:
-            self._ahead = False
-            import_pyarrow_ahead()
         if dhash:
             self._hash(record, int(dhash, 16))
 

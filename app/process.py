@@ -308,7 +308,7 @@ def run_process(
         dups = NearDuplicates(table)
         try:
             tables: list[Collector] = [feed, table, dups, DataTable(out, feed)]
-            result = _run(cfg, out, limit, tables, stop_helpers=stop_helpers, listed=table.near_end)
+            result = _run(cfg, out, limit, tables, stop_helpers=stop_helpers)
         finally:
             dups.close()  # its child, if one still runs; the table's temporary files
             _write_report(out, sheet, dups)
@@ -335,9 +335,7 @@ def _run(
     tables: Sequence[Collector],
     *,
     stop_helpers: bool,
-    listed: Callable[[], None],
 ) -> RunResult:
-    """The engine's run of the inputs; ``listed`` is called once every input is listed."""
     pipe = build_pipeline(cfg)
     inputs: Iterator[Item | Record] = itertools.chain(
         walk_inputs(
@@ -353,7 +351,7 @@ def _run(
     )
     if limit is not None:
         inputs = itertools.islice(inputs, limit)
-    inputs = _then(_prepared(inputs, cfg), listed)
+    inputs = _prepared(inputs, cfg)
     backend = None
     if cfg.backend == "dask":
         from pipeline.backends.dask import DaskBackend
@@ -402,12 +400,6 @@ def _prepared(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[I
                 obj.fingerprint = image
                 obj.value = to_worker(obj.value)
         yield obj
-
-
-def _then(inputs: Iterable[Item | Record], listed: Callable[[], None]) -> Iterator[Item | Record]:
-    """``inputs``, then a call of ``listed`` when they end."""
-    yield from inputs
-    listed()
 
 
 #: The ``skipped`` reason of a key whose input file is no longer there.

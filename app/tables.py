@@ -34,20 +34,13 @@ import csv
 import io
 import logging
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline import AtomicFile, malloc
 
-__all__ = [
-    "CHUNK_ROWS",
-    "CsvStream",
-    "ParquetStream",
-    "import_pyarrow_ahead",
-    "pyarrow_without_numpy",
-]
+__all__ = ["CHUNK_ROWS", "CsvStream", "ParquetStream", "pyarrow_without_numpy"]
 
 log = logging.getLogger("app")
 
@@ -69,59 +62,16 @@ def pyarrow_without_numpy() -> None:
     _without_numpy = True
 
 
-class _NoNumpyInThisThread:
-    """A finder that fails ``import numpy`` in the thread that made it alone: other threads
-    import as usual meanwhile (a data file's statistics in this process want numpy)."""
-
-    def __init__(self) -> None:
-        self.thread = threading.get_ident()
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name.partition(".")[0] == "numpy" and threading.get_ident() == self.thread:
-            raise ModuleNotFoundError(f"No module named {name!r} (pyarrow without numpy)")
-        return None  # not this finder's: the next one looks
-
-
-_ahead: threading.Thread | None = None  # import_pyarrow_ahead()'s import
-
-
-def import_pyarrow_ahead() -> None:
-    """Import pyarrow in a thread of its own now, for a process that is the command's (see
-    :func:`pyarrow_without_numpy`) and has not imported it: the end of the run then finds it
-    there (an import of some 40 ms less between the last item and the exit). Once a process;
-    a failure is the end of the run's own import's to report."""
-    global _ahead
-    if _ahead is not None or not _without_numpy or "pyarrow" in sys.modules:
-        return
-    _ahead = threading.Thread(target=_import_ahead, name="pixpipe-pyarrow", daemon=True)
-    _ahead.start()
-
-
-def _import_ahead() -> None:
-    try:
-        _import_here()
-    except Exception as exc:  # noqa: BLE001 — imported again, and reported, where it is used
-        log.debug("importing pyarrow ahead: %s: %s", type(exc).__name__, exc)
-
-
 def _import_pyarrow() -> None:
-    """Import the pyarrow modules the tables use (see :func:`pyarrow_without_numpy`), or wait
-    for :func:`import_pyarrow_ahead`'s import to end."""
-    if _ahead is not None:
-        _ahead.join()
-    _import_here()
-
-
-def _import_here() -> None:
+    """Import the pyarrow modules the tables use (see :func:`pyarrow_without_numpy`)."""
     if not _without_numpy or "pyarrow" in sys.modules or "numpy" in sys.modules:
         return
-    hide = _NoNumpyInThisThread()  # its import fails in pyarrow's try
-    sys.meta_path.insert(0, hide)
+    sys.modules["numpy"] = None  # type: ignore[assignment]  # its import fails: pyarrow's try
     try:
         import pyarrow.csv
         import pyarrow.parquet  # noqa: F401
     finally:
-        sys.meta_path.remove(hide)
+        del sys.modules["numpy"]
 
 
 #: Rows per chunk: the unit of the Parquet file's type inference and its row groups.

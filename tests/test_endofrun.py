@@ -9,8 +9,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -406,58 +404,6 @@ def test_a_grouping_child_still_running_is_stopped_by_close(
     assert _children() == before
     assert not app.grouping._LIVE
     assert _temporaries(table.folder) == []
-
-
-# -- pyarrow imported ahead ----------------------------------------------------------------------
-# In a process of its own (this one has pyarrow imported already): the thread that imports pyarrow
-# ahead is held inside that import, its numpy hidden, while the main thread imports numpy.
-_AHEAD = """
-import importlib.machinery, sys, threading
-from app import tables
-
-inside, numpy_in = threading.Event(), threading.Event()
-
-class Hold:  # holds the import ahead in pyarrow.csv's code (pyarrow is in, without numpy) until
-    # numpy is in: in its loader, as a finder runs under the import system's global lock
-    def find_spec(self, name, path=None, target=None):
-        if name != "pyarrow.csv" or threading.current_thread().name != "pixpipe-pyarrow":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
-        real = spec.loader
-
-        class Held:
-            def create_module(self, spec):
-                return real.create_module(spec)
-
-            def exec_module(self, module):
-                inside.set()
-                numpy_in.wait(60)
-                real.exec_module(module)
-
-        spec.loader = Held()
-        return spec
-
-sys.meta_path.insert(0, Hold())
-tables.pyarrow_without_numpy()
-tables.import_pyarrow_ahead()
-assert inside.wait(60)
-import numpy  # this thread's import, while the other's has numpy hidden
-numpy_in.set()
-tables._import_pyarrow()  # waits for the import ahead
-import pyarrow as pa
-print("OK", numpy.asarray([1, 2]).sum(), pa.array([1, 2]).to_pylist(),
-      "pyarrow.parquet" in sys.modules)
-"""
-
-
-def test_pyarrow_imported_ahead_hides_numpy_from_its_own_thread_alone() -> None:
-    """:func:`app.tables.import_pyarrow_ahead` imports pyarrow without numpy in a thread of its
-    own; another thread that imports numpy meanwhile (a data file's statistics) gets it."""
-    done = subprocess.run(
-        [sys.executable, "-c", _AHEAD], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["OK", "3", "[1,", "2]", "True"]
 
 
 # -- tables written as they stream ----------------------------------------------------------------

@@ -44,7 +44,6 @@ def _report():
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "arrow_pool": (sys.modules["pyarrow"].default_memory_pool().backend_name
                        if "pyarrow" in sys.modules else None),
-        "pyarrow_ahead": getattr(sys.modules.get("app.tables"), "_ahead", None) is not None,
     }), flush=True)
 
 atexit.register(_report)
@@ -137,11 +136,9 @@ def test_local_run_preloads_the_worker_modules_and_the_parent_never_imports_pill
     preload = seen["preload"]
     assert preload[:2] == ["__main__", "pipeline.worker"]
     assert set(warmup.WORKER_MODULES) <= set(preload)
-    # pyarrow for stats.parquet, without numpy (app.tables.pyarrow_without_numpy), imported
-    # ahead once the inputs were listed and the first image row was in (app.tables.
-    # import_pyarrow_ahead); the near-duplicate groups of a few images are found in pure Python
+    # pyarrow for stats.parquet, at the end, without numpy (app.tables.pyarrow_without_numpy):
+    # the near-duplicate groups of a few images are found in pure Python
     assert seen["modules"] == ["pyarrow"]
-    assert seen["pyarrow_ahead"]
     assert by_key(out)["640x480_rgb.jpg"]["status"] == "ok"
     import pyarrow.parquet as pq
 
@@ -149,20 +146,6 @@ def test_local_run_preloads_the_worker_modules_and_the_parent_never_imports_pill
     assert table.column("key").to_pylist() == ["640x480_rgb.jpg"]
     assert table.column("width").to_pylist() == [640]
     assert len(table.column("dhash").to_pylist()[0]) == 16
-
-
-def test_a_run_without_an_image_row_imports_no_pyarrow(tmp_path: Path) -> None:
-    """No image row, no ``stats.parquet``: pyarrow is neither imported ahead nor at the end."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "broken.jpg").write_bytes((IMAGES / "640x480_rgb.jpg").read_bytes()[:300])
-    out = tmp_path / "out"
-    code, seen, err = _run_cli("process", str(folder), "--output", str(out), "--quiet")
-    assert code == 1, err  # the one input failed
-    assert by_key(out)["broken.jpg"]["status"] == "failed"
-    assert not seen["pyarrow_ahead"]
-    assert seen["modules"] == []
-    assert not (out / "stats.parquet").exists()
 
 
 @pytest.mark.parametrize(
