@@ -153,9 +153,11 @@ def test_names_in_one_folder_never_share_an_output(raws: list[bytes], ext: str) 
 
 # -- stages.sniff -----------------------------------------------------------------------------
 def _pillow_accepts() -> dict[str, object]:
+    from stages import heif
     from stages.imaging import ALLOWED_FORMATS  # imports exactly the plugins the workers use
 
     Image.preinit()
+    heif.register()  # as a worker's first file that may be HEIF does (whatever ran before)
     return {fmt: Image.OPEN[fmt][1] for fmt in ALLOWED_FORMATS}
 
 
