@@ -10,6 +10,8 @@ import re
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +96,25 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_the_temporary_file_has_no_name_and_the_target_the_usual_mode(tmp_path: Path) -> None:
+@pytest.fixture
+def unnamed_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder whose file system makes unnamed files: the test's own, else one in /dev/shm
+    (tmpfs; a container's overlay file system may make none)."""
+    if _unnamed_here(tmp_path):
+        yield tmp_path
+        return
+    if not os.path.isdir("/dev/shm") or not _unnamed_here(Path("/dev/shm")):
+        pytest.fail("no folder that makes unnamed files (O_TMPFILE): Linux with /proc expected")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+        yield Path(folder)
+
+
+def test_the_temporary_file_has_no_name_and_the_target_the_usual_mode(
+    unnamed_folder: Path,
+) -> None:
     """Nothing shows in the folder while the file is written; a new target, and folders for it,
     appear at the commit with the mode of any new file (0666 less the umask)."""
-    if not _unnamed_here(tmp_path):
-        pytest.fail(f"{tmp_path}: no O_TMPFILE here (Linux with /proc expected)")
+    tmp_path = unnamed_folder
     target = tmp_path / "deep" / "er" / "t.jpg"
     with AtomicFile(target, fsync=False) as out:
         out.file.write(b"thumbnail")
