@@ -222,10 +222,27 @@ def safe_join(root: Path, rel: str) -> Path:
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("..", ".", "") for p in parts):
         raise UnsafePath(f"output path {rel!r} is not a plain relative path")
-    target = root.joinpath(*parts)
-    if not target.resolve().is_relative_to(_resolved_root(str(root), os.getcwd())):
+    resolved = _resolved_root(str(root), os.getcwd())
+    if _escapes(resolved, parts):
         raise UnsafePath(f"output path {rel!r} resolves outside {root}")
-    return target
+    return root.joinpath(*parts)
+
+
+def _escapes(resolved: Path, parts: list[str]) -> bool:
+    """Whether ``resolved / parts`` (plain names) resolves outside ``resolved``: only through
+    a symbolic link among its existing components, so those alone are looked at (one lstat
+    each, up to the first that does not exist), not every folder above the root as
+    ``Path.resolve`` does on each call."""
+    current = str(resolved)
+    for i, part in enumerate(parts):
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except OSError:  # not there (or not under a folder): nothing below it can be a link
+            return False
+        if stat.S_ISLNK(mode):
+            return not Path(current, *parts[i + 1 :]).resolve().is_relative_to(resolved)
+    return False
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -211,6 +211,29 @@ def test_output_names_never_escape_or_collide(tmp_path: Path) -> None:
         safe_join(tmp_path, "evil/x.jpg")
 
 
+def test_an_output_path_through_a_link_is_judged_by_where_it_leads(tmp_path: Path) -> None:
+    """Only links among the existing folders under the root can take a path out of it: each is
+    followed, wherever it is, and a path is refused only if it ends outside."""
+    root = tmp_path / "out"
+    (root / "512" / "a").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "512" / "a" / "up").symlink_to(outside)  # deep, to a real folder outside
+    (root / "512" / "gone").symlink_to(tmp_path / "missing")  # dangling, outside
+    (root / "same").symlink_to(root / "512")  # inside: allowed
+    (root / "512" / "a" / "loop").symlink_to(root / "same" / "a" / "up")  # inside, then out
+    (root / "file").write_bytes(b"")  # a file where a folder should be: the write fails later
+    for bad in ("512/a/up/x.jpg", "512/gone/x.jpg", "512/a/loop/x.jpg", "same/a/up/x.jpg"):
+        with pytest.raises(UnsafePath, match="resolves outside"):
+            safe_join(root, bad)
+    for good in ("512/a/x.jpg", "same/a/x.jpg", "512/new/deeper/x.jpg", "file/x.jpg"):
+        assert safe_join(root, good) == root.joinpath(*good.split("/"))
+    relative = Path(os.path.relpath(root))  # a relative root: the same answers
+    with pytest.raises(UnsafePath):
+        safe_join(relative, "512/a/up/x.jpg")
+    assert safe_join(relative, "same/a/x.jpg") == relative / "same" / "a" / "x.jpg"
+
+
 def test_toml_config_and_flags_override(tmp_path: Path) -> None:
     out = tmp_path / "out"
     conf = tmp_path / "run.toml"
