@@ -246,5 +246,6 @@ def _escapes(resolved: Path, parts: list[str]) -> bool:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Temporary file in the target folder, then ``os.replace`` (not fsynced: see above)."""
+    """A temporary file in the target folder, then put in place (:mod:`pipeline.atomic`: unnamed
+    until then where it can be); not fsynced: see above."""
     atomic_write_bytes(path, data, fsync=False)
