@@ -35,10 +35,19 @@ DHASH_BITS = 64
 _LEVELS = range(256)
 _SQUARES = [v * v for v in _LEVELS]
 
-#: The colour bands of the other modes with an alpha, as the conversions that make them: for LA
-#: the grey band alone is counted more quickly than both; the premultiplied modes' conversion
-#: undoes the premultiplication (Pillow converts La to LA only, hence two steps).
-_COLOURS_OF = {"LA": ("L",), "La": ("LA", "L"), "RGBa": ("RGB",)}
+#: The conversions that give each mode's colour bands; none for L, RGB and RGBA, taken as they
+#: are: RGBA's alpha histogram comes last (not read), and its luminance leaves the alpha out (a
+#: copy of the colour bands alone costs ~0.25 ms on a 512 px image). For LA the grey band alone
+#: is counted more quickly than both; the premultiplied modes' conversion undoes the
+#: premultiplication (Pillow converts La to LA only, hence two steps).
+_COLOURS_OF: dict[str, tuple[str, ...]] = {
+    "L": (),
+    "RGB": (),
+    "RGBA": (),
+    "LA": ("L",),
+    "La": ("LA", "L"),
+    "RGBa": ("RGB",),
+}
 
 
 # --------------------------------------------------------------------------- image statistics
@@ -134,13 +143,10 @@ def image_stats(im: Image.Image) -> dict[str, object]:
     CMYK, I;16, ...) are converted with Pillow's default conversion first; callers in this package
     pass L, LA, RGB or RGBA.
     """
-    if im.mode in ("L", "RGB", "RGBA"):
-        # as it is: RGBA's alpha histogram comes last (not read below), and its luminance leaves
-        # the alpha out; a copy of the colour bands alone costs ~0.25 ms on a 512 px image
+    conversions = _COLOURS_OF.get(im.mode)
+    if conversions is not None:
         colour = im
-    elif im.mode in _COLOURS_OF:
-        colour = im
-        for mode in _COLOURS_OF[im.mode]:
+        for mode in conversions:
             colour = colour.convert(mode)
     else:
         grey = im.mode in ("1", "I", "F") or im.mode.startswith("I;16")
