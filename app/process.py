@@ -42,13 +42,21 @@ from pipeline import (
 from stages import steps
 from stages.files import Loaded
 from stages.parts import is_data_result
-from stages.sources import DATA_EXTENSIONS, DataFile, SourceFile, walk_inputs
+from stages.sources import (
+    DATA_EXTENSIONS,
+    DataFile,
+    InputPlan,
+    SourceFile,
+    plan_inputs,
+    walk_inputs,
+)
 from stages.storage import StorageURL, is_url, process_local, use_options
 from stages.thumbs import Rendered, outputs_exist
 
 from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
 from .config import ProcessConfig
 from .endofrun import RecordFeed
+from .input_keys import earlier_inputs, remember_inputs
 from .leftovers import after_run, remove_stale_temps, unfinished
 from .report import ReportSheet, write_report
 from .shard_folder import check_shard_folder
@@ -300,6 +308,9 @@ def run_process(
     with hold_folder(out, argv=shown_argv(sys.argv)), mirror:
         remove_stale_temps(out, below=unfinished(out))
         check_shard_folder(out, cfg.output_format, cfg.fingerprint(), force=cfg.force)
+        earlier = earlier_inputs(out)  # the keys the folder's files have: kept (app.input_keys)
+        plan = plan_inputs(cfg.inputs, earlier)
+        remember_inputs(out, plan, earlier)
         # the tables and the report: sinks of the one feed of the folder's records (see
         # app.endofrun), built while the run goes
         feed = RecordFeed(out)
@@ -308,7 +319,7 @@ def run_process(
         dups = NearDuplicates(table)
         try:
             tables: list[Collector] = [feed, table, dups, DataTable(out, feed)]
-            result = _run(cfg, out, limit, tables, stop_helpers=stop_helpers)
+            result = _run(cfg, out, plan, limit, tables, stop_helpers=stop_helpers)
         finally:
             dups.close()  # its child, if one still runs; the table's temporary files
             _write_report(out, sheet, dups)
@@ -331,6 +342,7 @@ def _output_folder(cfg: ProcessConfig) -> tuple[Path, contextlib.AbstractContext
 def _run(
     cfg: ProcessConfig,
     out: Path,
+    plan: InputPlan,
     limit: int | None,
     tables: Sequence[Collector],
     *,
@@ -339,7 +351,7 @@ def _run(
     pipe = build_pipeline(cfg)
     inputs: Iterator[Item | Record] = itertools.chain(
         walk_inputs(
-            cfg.inputs,
+            plan,
             include=cfg.include,
             exclude=cfg.exclude,
             case_sensitive_globs=cfg.case_sensitive_globs,

@@ -48,6 +48,8 @@ from stages.storage import (
     put_file,
 )
 
+from .input_keys import INPUTS_FILE
+
 log = logging.getLogger("app")
 
 __all__ = ["mirrored", "working_folder"]
@@ -109,8 +111,16 @@ class _Mirror:
         for extra in ("-wal", "-shm"):
             Path(f"{journal}{extra}").unlink(missing_ok=True)
         get_file(join_url(self.url, JOURNAL), str(journal))
+        self._fetch_inputs()
         seen.write_text(etag)
         log.info("resuming from the journal of %s", self.url)
+
+    def _fetch_inputs(self) -> None:
+        """The inputs the output's runs knew, which go with its journal (:mod:`app.input_keys`):
+        the output's, or none (this folder's would be another run's)."""
+        local = self.local / INPUTS_FILE
+        local.unlink(missing_ok=True)
+        get_file(join_url(self.url, INPUTS_FILE.as_posix()), str(local))
 
     def _fetch_manifest(self) -> None:
         """An output written before journals were mirrored: its manifest (the ledger adopts a
@@ -159,9 +169,12 @@ class _Mirror:
 
     # -- end -----------------------------------------------------------------------------------
     def upload_all(self) -> None:
-        """The journal, then the top-level files of the working folder, ``summary.json`` last."""
+        """The journal and the inputs file, then the top-level files of the working folder,
+        ``summary.json`` last."""
         try:
             self.upload_journal()
+            if (self.local / INPUTS_FILE).exists():
+                put_file(str(self.local / INPUTS_FILE), join_url(self.url, INPUTS_FILE.as_posix()))
             files = sorted(p for p in self.local.iterdir() if p.is_file())
             for path in sorted(files, key=lambda p: p.name == _LAST):
                 put_file(str(path), join_url(self.url, path.name))

@@ -5,7 +5,9 @@ prefixed by the folder's name when the command line names several inputs (two fo
 same name get a tag: ``photos~1f0c9a2b/``, from their real paths). A file given by itself is
 keyed by its name, flat at the top (two with the same name: ``x~<tag>.jpg``, see
 :mod:`stages.naming`). Keys are the program's strings for the bytes the file system holds
-(``os.fsdecode``): any name works, non-UTF-8 ones included.
+(``os.fsdecode``): any name works, non-UTF-8 ones included. In an output folder that earlier runs
+filled, an input they knew keeps its key (:func:`plan_inputs`, given what the folder remembers:
+``app.input_keys``).
 
 **Identity.** Each file's item carries ``identity = {"size", "mtime_ns"}`` (plus ``sha256`` with
 ``verify_content``) and its absolute path as ``source``: resume redoes a key whose file changed,
@@ -60,7 +62,11 @@ __all__ = [
     "DATA_EXTENSIONS",
     "LEDGER_MARK",
     "DataFile",
+    "InputKey",
+    "InputPlan",
+    "InputRoot",
     "SourceFile",
+    "plan_inputs",
     "walk_inputs",
 ]
 
@@ -90,7 +96,7 @@ class DataFile:
 
 
 @dataclass(frozen=True, slots=True)
-class _Root:
+class InputRoot:
     path: str  # absolute
     real: str  # symlinks resolved
     folder: bool
@@ -99,7 +105,7 @@ class _Root:
 
 
 def walk_inputs(
-    roots: Sequence[str | os.PathLike[str]],
+    roots: Sequence[str | os.PathLike[str]] | InputPlan,
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -109,7 +115,8 @@ def walk_inputs(
     case_sensitive_globs: bool = False,
 ) -> Iterator[Item | Record]:
     """Yield an :class:`~pipeline.Item` (value: :class:`SourceFile` or :class:`DataFile`) or a
-    :class:`~pipeline.Record` for every entry under ``roots`` (see the module docstring).
+    :class:`~pipeline.Record` for every entry under ``roots`` (see the module docstring), or
+    under the inputs of a plan (:func:`plan_inputs`: keys an output folder's earlier runs gave).
 
     ``never``: folders not to walk (the output folder). ``verify_content``: add the SHA-256 of
     each file to its identity (reads every file here, once). ``case_sensitive_globs``: the
@@ -119,7 +126,8 @@ def walk_inputs(
     wanted = [re.compile(fnmatch.translate(p), flags) for p in include]
     unwanted = [re.compile(fnmatch.translate(p), flags) for p in exclude]
     walk = _Walk(wanted, unwanted, data_extensions, never, verify_content)
-    for root in _plan(roots):
+    plan = roots if isinstance(roots, InputPlan) else plan_inputs(roots)
+    for root in plan.roots:
         if is_url(root.path):
             yield from _walk_remote(root, walk, data_extensions, never)
         elif root.folder:
@@ -129,7 +137,7 @@ def walk_inputs(
 
 
 def _walk_remote(
-    root: _Root, walk: _Walk, data_extensions: frozenset[str], never: Sequence[object]
+    root: InputRoot, walk: _Walk, data_extensions: frozenset[str], never: Sequence[object]
 ) -> Iterator[Item | Record]:
     from .remote_sources import RemoteWalk, walk_remote
 
@@ -143,8 +151,73 @@ def _walk_remote(
     yield from walk_remote(how, root.path, root.folder, root.prefix, root.tag)
 
 
-def _plan(roots: Sequence[str | os.PathLike[str]]) -> list[_Root]:
-    """Keys and tags of the command line's inputs: the same whatever their order."""
+@dataclass(frozen=True, slots=True)
+class InputKey:
+    """What an input was known by in an output folder: its real path (or URL), whether it is a
+    folder, and its key (a folder's key prefix, ``""`` or ``"name/"``; a file's key)."""
+
+    real: str
+    folder: bool
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputPlan:
+    """The keys of a run's inputs (:func:`plan_inputs`): ``roots`` to walk, and ``known``, what
+    the output folder should remember for its next runs (these inputs, and the earlier ones
+    that are still there)."""
+
+    roots: tuple[InputRoot, ...]
+    known: tuple[InputKey, ...]
+    #: The inputs whose key is not the one the command line alone gives them: (input, key it
+    #: keeps or takes, key the command line alone would give).
+    changed: tuple[tuple[InputRoot, str, str], ...] = ()
+
+
+def plan_inputs(
+    roots: Sequence[str | os.PathLike[str]], earlier: Sequence[InputKey] = ()
+) -> InputPlan:
+    """Keys and tags of the command line's inputs, the same whatever their order (module
+    docstring), in an output folder whose earlier runs knew the inputs ``earlier``.
+
+    An input that an earlier run knew keeps its key, so that a run with other inputs beside it
+    finds its files done rather than keying them anew (with several inputs a folder's name
+    comes first: ``process a`` then ``process a b`` would otherwise key ``a``'s files again as
+    ``a/...`` and write their outputs a second time). The earlier inputs that are still there
+    count as inputs: a new input beside them is prefixed by its name, which takes its tag
+    (``b~<tag>/``) when an earlier input holds it, or when one holding the unprefixed keys (it
+    was the only input) has an entry of that name (``a/b/``: its keys ``b/...``). An earlier
+    input no longer there is forgotten (a folder moved elsewhere is keyed as if new)."""
+    plain = _distinct(roots)
+    alive = [k for k in earlier if _still_there(k)]
+    held = {_same(k.real): k for k in alive}
+    now = {_same(real) for _, real, _ in plain}
+    kept = {
+        r: held[_same(r)]
+        for _, r, is_dir in plain
+        if _same(r) in held and held[_same(r)].folder == is_dir
+    }
+    others = [k for k in alive if _same(k.real) not in now]
+    new = [(path, real, is_dir) for path, real, is_dir in plain if real not in kept]
+    earlier_here = [*kept.values(), *others]
+    owners = [k.real for k in earlier_here if k.folder and not k.key]
+    names = _names(new, taken=[k.key.rstrip("/").lower() for k in earlier_here], owners=owners)
+    prefixed = len(plain) + len(others) > 1
+    top = Folder([*names.values(), *(k.key.rstrip("/") for k in earlier_here)])
+    out: list[InputRoot] = []
+    for path, real, is_dir in plain:
+        key = kept[real].key if real in kept else _key(names[real], is_dir, prefixed)
+        out.append(InputRoot(path, real, is_dir, key, None if is_dir else choose_tag(key, top)))
+    alone = {r.real: r.prefix for r in _plan_alone(plain)} if kept or others else {}
+    changed = tuple(
+        (r, r.prefix, alone[r.real]) for r in out if alone and alone[r.real] != r.prefix
+    )
+    mine = tuple(InputKey(r.real, r.folder, r.prefix) for r in out)
+    return InputPlan(tuple(out), (*mine, *others), changed)
+
+
+def _distinct(roots: Sequence[str | os.PathLike[str]]) -> list[tuple[str, str, bool]]:
+    """(path, real path, is a folder) of each input, the same one given twice once."""
     seen: set[str] = set()
     plain: list[tuple[str, str, bool]] = []
     for r in roots:
@@ -163,7 +236,27 @@ def _plan(roots: Sequence[str | os.PathLike[str]]) -> list[_Root]:
             continue  # the same input twice
         seen.add(real)
         plain.append((path, real, os.path.isdir(path)))
-    prefixed = len(plain) > 1
+    return plain
+
+
+def _same(real: str) -> str:
+    """What tells two inputs apart: the real path, or the URL without its trailing slashes."""
+    return real.rstrip("/") if is_url(real) else real
+
+
+def _still_there(known: InputKey) -> bool:
+    """Whether an earlier run's input is still there (one in storage is taken to be)."""
+    if is_url(known.real):
+        return True
+    return os.path.isdir(known.real) if known.folder else os.path.lexists(known.real)
+
+
+def _names(
+    plain: Sequence[tuple[str, str, bool]], taken: Sequence[str] = (), owners: Sequence[str] = ()
+) -> dict[str, str]:
+    """The name each input (by real path) is known by, that no earlier run knew. ``taken``:
+    the names (lower-cased) that earlier inputs hold; ``owners``: the earlier input folders
+    that hold the unprefixed keys."""
     names = [
         (os.path.basename(real.rstrip(os.sep).rstrip("/")) or "root")
         if is_dir
@@ -171,19 +264,34 @@ def _plan(roots: Sequence[str | os.PathLike[str]]) -> list[_Root]:
         for path, real, is_dir in plain
     ]
     lower = [n.lower() for n in names]
-    # two inputs of one name: each is known by its name tagged with a hash of its path
-    names = [
-        tagged(n, name_tag(real if is_dir else path)) if lower.count(n.lower()) > 1 else n
+    # two inputs of one name, a name an earlier input holds, or a name that is an entry of an
+    # earlier input holding the unprefixed keys: the name tagged with a hash of its path
+    return {
+        real: tagged(n, name_tag(real if is_dir else path))
+        if lower.count(n.lower()) > 1 or n.lower() in taken or _held_by(n, owners)
+        else n
         for n, (path, real, is_dir) in zip(names, plain, strict=True)
-    ]
-    top = Folder(names)
-    out: list[_Root] = []
-    for (path, real, is_dir), name in zip(plain, names, strict=True):
-        if is_dir:
-            out.append(_Root(path, real, True, f"{name}/" if prefixed else ""))
-        else:
-            out.append(_Root(path, real, False, name, choose_tag(name, top)))
-    return out
+    }
+
+
+def _held_by(name: str, owners: Sequence[str]) -> bool:
+    """Whether keys below ``name`` can be those of an input folder keyed without a prefix: it
+    has an entry of that name (one in storage is taken to have)."""
+    return any(is_url(o) or os.path.lexists(os.path.join(o, name)) for o in owners)
+
+
+def _key(name: str, is_dir: bool, prefixed: bool) -> str:
+    """A folder's key prefix or a file's key, from the name it is known by."""
+    if is_dir:
+        return f"{name}/" if prefixed else ""
+    return name
+
+
+def _plan_alone(plain: Sequence[tuple[str, str, bool]]) -> list[InputRoot]:
+    """The keys the command line alone gives (no earlier input)."""
+    names = _names(plain)
+    prefixed = len(plain) > 1
+    return [InputRoot(p, r, d, _key(names[r], d, prefixed)) for p, r, d in plain]
 
 
 class _Walk:
@@ -207,7 +315,7 @@ class _Walk:
             self.never.add((st.st_dev, st.st_ino))
 
     # -- folders -------------------------------------------------------------------------------
-    def folder(self, root: _Root) -> Iterator[Item | Record]:
+    def folder(self, root: InputRoot) -> Iterator[Item | Record]:
         stack: list[tuple[str, str]] = [(root.path, "")]
         while stack:
             folder, rel = stack.pop()
@@ -245,7 +353,7 @@ class _Walk:
 
     # -- one entry -----------------------------------------------------------------------------
     def entry(
-        self, root: _Root, path: str, rel: str, tag: str | None, entry: os.DirEntry[str] | None
+        self, root: InputRoot, path: str, rel: str, tag: str | None, entry: os.DirEntry[str] | None
     ) -> Iterator[Item | Record]:
         """One entry: ``rel`` is its path below the root (a file argument: its name)."""
         key = root.prefix + rel if root.folder else root.prefix

@@ -211,10 +211,21 @@ def test_the_same_path_under_another_root_is_not_taken_for_done(tmp_path: Path) 
     write(tmp_path / "two", "x.jpg", image_bytes("blue"))
     assert cli(tmp_path / "one", "--output", out, "--quiet").returncode == 0
     assert cli(tmp_path / "two", "--output", out, "--quiet").returncode == 0
-    rec = records(out)[b"x.jpg"]
+    # one is still there: the folder keeps its keys, and two is keyed beside it
+    recs = records(out)
+    assert set(recs) == {b"x.jpg", b"two/x.jpg"}
+    assert looks(os.path.join(os.fsencode(out), outputs(recs[b"x.jpg"])[0]), "red")
+    assert recs[b"two/x.jpg"]["status"] == "ok"
+    assert looks(os.path.join(os.fsencode(out), outputs(recs[b"two/x.jpg"])[0]), "blue")
+    # one gone: two alone holds the folder's keys, as a first run would give them
+    (tmp_path / "out2").mkdir()
+    assert cli(tmp_path / "one", "--output", tmp_path / "out2", "--quiet").returncode == 0
+    os.rename(tmp_path / "one", tmp_path / "gone")
+    assert cli(tmp_path / "two", "--output", tmp_path / "out2", "--quiet").returncode == 0
+    rec = records(tmp_path / "out2")[b"x.jpg"]
     assert rec["status"] == "ok"
     assert rec["redo"].startswith("another input under this key")
-    assert looks(os.path.join(os.fsencode(out), outputs(rec)[0]), "blue")
+    assert looks(os.path.join(os.fsencode(tmp_path / "out2"), outputs(rec)[0]), "blue")
 
 
 def test_an_input_that_is_gone_is_reported_and_its_outputs_kept(tmp_path: Path) -> None:
