@@ -52,10 +52,10 @@ def image_format(head: bytes) -> str | None:
         return "ICO"
     if len(head) >= 2 and head.startswith(b"P") and head[1] in b"0123456fy":
         return "PPM"  # PBM, PGM, PPM, PNM, PFM
+    if head.startswith(_JP2):  # first: a codestream's bytes 4:8 (its Lsiz, Rsiz) may read ftyp
+        return "JPEG2000"
     if head[4:8] == b"ftyp":
         return _iso_image_format(head)
-    if head.startswith(_JP2):
-        return "JPEG2000"
     return None
 
 

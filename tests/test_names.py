@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -189,6 +189,7 @@ MAGICS = [
 
 @settings(max_examples=400)
 @given(st.sampled_from([b"", *MAGICS]), st.binary(max_size=40))
+@example(b"\xff\x4f\xff\x51", b"ftyp")  # a codestream whose Lsiz and Rsiz read "ftyp"
 def test_sniffing_agrees_with_the_pillow_plugins_the_workers_open(
     magic: bytes, rest: bytes
 ) -> None:
