@@ -30,6 +30,9 @@ or that now comes from another file (see :mod:`pipeline.runner`).
   walked; so is any folder holding another run's ledger (``.pipeline/``): outputs are never
   read back as inputs.
 
+An input given twice, or inside another input folder of the command line, is walked once (as
+part of that folder: ``process a a/sub`` keys ``a``'s files alone, each once).
+
 ``include`` / ``exclude`` globs leave files out before all this (no record, as with
 ``rsync --exclude``). A glob matches a file's key or its name, in either case by default
 (``*.jpg`` takes ``IMG_0001.JPG``: cameras and phones write upper-case names), exactly with
@@ -184,10 +187,12 @@ def plan_inputs(
     finds its files done rather than keying them anew (with several inputs a folder's name
     comes first: ``process a`` then ``process a b`` would otherwise key ``a``'s files again as
     ``a/...`` and write their outputs a second time). The earlier inputs that are still there
-    count as inputs: a new input beside them is prefixed by its name, which takes its tag
-    (``b~<tag>/``) when an earlier input holds it, or when one holding the unprefixed keys (it
-    was the only input) has an entry of that name (``a/b/``: its keys ``b/...``). An earlier
-    input no longer there is forgotten (a folder moved elsewhere is keyed as if new)."""
+    count as inputs. A folder inside one of them is keyed as its files were there
+    (``process a/sub`` after ``process a``: ``sub/...``). A new input beside them is prefixed
+    by its name, which takes its tag (``b~<tag>/``) when an earlier input holds it, or when one
+    holding the unprefixed keys (it was the only input) has an entry of that name (``a/b/``:
+    its keys ``b/...``). An earlier input no longer there is forgotten (a folder moved
+    elsewhere is keyed as if new)."""
     plain = _distinct(roots)
     alive = [k for k in earlier if _still_there(k)]
     held = {_same(k.real): k for k in alive}
@@ -198,6 +203,10 @@ def plan_inputs(
         if _same(r) in held and held[_same(r)].folder == is_dir
     }
     others = [k for k in alive if _same(k.real) not in now]
+    for _, real, is_dir in plain:  # a folder inside one the folder knew: keyed as it was there
+        below = _inside(real, alive) if is_dir and real not in kept else None
+        if below is not None:
+            kept[real] = below
     new = [(path, real, is_dir) for path, real, is_dir in plain if real not in kept]
     earlier_here = [*kept.values(), *others]
     owners = [k.real for k in earlier_here if k.folder and not k.key]
@@ -217,7 +226,8 @@ def plan_inputs(
 
 
 def _distinct(roots: Sequence[str | os.PathLike[str]]) -> list[tuple[str, str, bool]]:
-    """(path, real path, is a folder) of each input, the same one given twice once."""
+    """(path, real path, is a folder) of each input: the same one given twice once, and none
+    inside another input folder (its files are that folder's)."""
     seen: set[str] = set()
     plain: list[tuple[str, str, bool]] = []
     for r in roots:
@@ -236,12 +246,32 @@ def _distinct(roots: Sequence[str | os.PathLike[str]]) -> list[tuple[str, str, b
             continue  # the same input twice
         seen.add(real)
         plain.append((path, real, os.path.isdir(path)))
-    return plain
+    # an input inside another input folder is walked once, as part of that folder
+    folders = [real for _, real, is_dir in plain if is_dir and not is_url(real)]
+    return [p for p in plain if not any(_below(p[1], f) for f in folders)]
+
+
+def _below(real: str, folder: str) -> bool:
+    """Whether the local path ``real`` lies inside ``folder`` (both real paths)."""
+    return not is_url(real) and real.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _same(real: str) -> str:
     """What tells two inputs apart: the real path, or the URL without its trailing slashes."""
     return real.rstrip("/") if is_url(real) else real
+
+
+def _inside(real: str, known: Sequence[InputKey]) -> InputKey | None:
+    """A local folder inside an input folder an earlier run knew (the deepest such), keyed as
+    its files were there: that folder's prefix, then the path between them."""
+    if is_url(real):
+        return None
+    holders = [k for k in known if k.folder and not is_url(k.real) and _below(real, k.real)]
+    if not holders:
+        return None
+    holder = max(holders, key=lambda k: len(k.real))
+    rel = os.path.relpath(real, holder.real).replace(os.sep, "/")
+    return InputKey(real, True, f"{holder.key}{rel}/")
 
 
 def _still_there(known: InputKey) -> bool:

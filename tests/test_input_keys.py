@@ -103,6 +103,33 @@ def test_a_new_input_never_takes_keys_an_earlier_input_holds(tmp_path: Path) -> 
     assert looks(os.fsencode(out / "512" / new), "blue")
 
 
+def test_a_folder_inside_a_known_input_is_keyed_as_it_was_there(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    write(a / "2024" / "day", "x.jpg", image_bytes("red"))
+    write(a, "top.jpg", image_bytes("green"))
+    out = tmp_path / "out"
+    assert set(run(out, a)) == {"2024/day/x.jpg", "top.jpg"}
+    write(a / "2024", "new.jpg", image_bytes("blue"))
+    recs = run(out, a / "2024")
+    assert {k: r["status"] for k, r in recs.items()} == {
+        "2024/day/x.jpg": "reused",
+        "2024/new.jpg": "ok",
+        "top.jpg": "ok",  # not in this run: as it was
+    }
+    assert images_below(out) == ["512/2024/day/x.jpg", "512/2024/new.jpg", "512/top.jpg"]
+    assert looks(os.fsencode(out / "512" / "2024" / "new.jpg"), "blue")
+
+
+def test_an_input_inside_another_of_the_same_run_is_walked_once(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    write(a / "sub", "x.jpg", image_bytes("red"))
+    write(a, "y.jpg", image_bytes("green"))
+    out = tmp_path / "out"
+    recs = run(out, a / "sub", a, a / "sub" / "x.jpg")  # before: x.jpg under three keys
+    assert set(recs) == {"sub/x.jpg", "y.jpg"}
+    assert images_below(out) == ["512/sub/x.jpg", "512/y.jpg"]
+
+
 def test_keys_do_not_depend_on_the_order_of_the_inputs(tmp_path: Path) -> None:
     a, b, c = (tmp_path / n for n in ("a", "b", "c"))
     for folder in (a, b, c):
