@@ -50,10 +50,13 @@ def earlier_inputs(folder: Path) -> list[InputKey]:
         raise LedgerError(f"cannot read {path}: {exc}") from exc
     try:
         doc = json.loads(text)
-        return [_entry(e) for e in doc["inputs"]] if doc.get("version") == _VERSION else []
+        version = doc.get("version")
+        if version != _VERSION:
+            raise ValueError(f"version {version!r}, this program reads version {_VERSION}")
+        return [_entry(e) for e in doc["inputs"]]
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise LedgerError(
-            f"{path} is damaged ({type(exc).__name__}: {exc}): it says which key each earlier "
+            f"{path} cannot be read ({type(exc).__name__}: {exc}): it says which key each earlier "
             "input's files have in this folder; delete it to key the inputs from this command "
             "line alone (files whose key changes are processed again)"
         ) from exc

@@ -190,10 +190,14 @@ def test_a_damaged_inputs_file_stops_the_run_before_any_work(
     before = (out / "manifest.jsonl").read_bytes()
     proc = cli(a, b, "-o", out)
     assert proc.returncode == 3
-    assert "inputs.json is damaged" in proc.stderr
+    assert "inputs.json cannot be read" in proc.stderr
     assert "delete it" in proc.stderr
     assert (out / "manifest.jsonl").read_bytes() == before
     assert images_below(out) == ["512/x.jpg", "512/y.jpg"]
+    (out / INPUTS_FILE).write_text('{"version": 2, "inputs": []}')  # a newer program's
+    proc = cli(a, b, "-o", out)
+    assert proc.returncode == 3
+    assert "version 2, this program reads version 1" in proc.stderr
     (out / INPUTS_FILE).unlink()  # what the message says to do: keys from the command line
     assert set(run(out, a, b)) >= {"a/x.jpg", "b/x.jpg"}
 
