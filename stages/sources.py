@@ -54,7 +54,7 @@ import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline import Item, Record, Status
 
@@ -154,18 +154,18 @@ def _walk_remote(
     yield from walk_remote(how, root.path, root.folder, root.prefix, root.tag)
 
 
-@dataclass(frozen=True, slots=True)
-class InputKey:
+class InputKey(NamedTuple):
     """What an input was known by in an output folder: its real path (or URL), whether it is a
-    folder, and its key (a folder's key prefix, ``""`` or ``"name/"``; a file's key)."""
+    folder, and its key (a folder's key prefix, ``""`` or ``"name/"``; a file's key). A named
+    tuple, as :class:`InputPlan`: a seventh of a frozen dataclass's cost to define, which every
+    command pays at its start."""
 
     real: str
     folder: bool
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class InputPlan:
+class InputPlan(NamedTuple):
     """The keys of a run's inputs (:func:`plan_inputs`): ``roots`` to walk, and ``known``, what
     the output folder should remember for its next runs (these inputs, and the earlier ones
     that are still there)."""
