@@ -76,12 +76,12 @@ def remember_inputs(folder: Path, plan: InputPlan, earlier: Sequence[InputKey]) 
         return
     knew = {k.real for k in earlier}
     for root, key, alone in plan.changed:
-        how = "keeps the key %s it has" if root.real in knew else "takes the key %s"
         log.warning(
-            f"input %s {how} in this output folder (this command line alone would give "
-            "%s): a folder's inputs keep their keys from run to run; see README, 'Keys'",
+            "input %s %s %s in this output folder (this command line alone would give %s): a "
+            "folder's inputs keep their keys from run to run; see README, 'Keys'",
             shown(root.path),
-            _shown_key(key),
+            "keeps the key" if root.real in knew else "takes the key",
+            _shown_key(key) + (" it has" if root.real in knew else ""),
             _shown_key(alone),
         )
     entries = [{"real": k.real, "folder": k.folder, "key": k.key} for k in plan.known]

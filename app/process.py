@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pipeline import (
     Collector,
+    ConfigError,
     Item,
     LedgerError,
     Pipeline,
@@ -50,7 +51,7 @@ from stages.sources import (
     plan_inputs,
     walk_inputs,
 )
-from stages.storage import StorageURL, is_url, process_local, use_options
+from stages.storage import StorageError, StorageURL, is_url, process_local, use_options
 from stages.thumbs import Rendered, outputs_exist
 
 from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
@@ -309,7 +310,10 @@ def run_process(
         remove_stale_temps(out, below=unfinished(out))
         check_shard_folder(out, cfg.output_format, cfg.fingerprint(), force=cfg.force)
         earlier = earlier_inputs(out)  # the keys the folder's files have: kept (app.input_keys)
-        plan = plan_inputs(cfg.inputs, earlier)
+        try:
+            plan = plan_inputs(cfg.inputs, earlier)
+        except (OSError, StorageError) as exc:  # an input in storage that stopped answering
+            raise ConfigError(f"cannot look at the inputs: {exc}") from exc
         remember_inputs(out, plan, earlier)
         # the tables and the report: sinks of the one feed of the folder's records (see
         # app.endofrun), built while the run goes

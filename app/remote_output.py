@@ -93,6 +93,7 @@ class _Mirror:
     def __init__(self, url: StorageURL, local: Path) -> None:
         self.url, self.local = url, local
         self.sent_state: tuple[int, ...] | None = None
+        self.sent_inputs: tuple[int, int] | None = None  # the inputs file's, when last sent
 
     # -- start -------------------------------------------------------------------------------
     def fetch(self) -> None:
@@ -166,6 +167,17 @@ class _Mirror:
             put_file(snap, join_url(self.url, JOURNAL))
         (self.local / _SEEN).write_text(_etag(object_info(join_url(self.url, JOURNAL)) or {}))
         self.sent_state = state
+        self.upload_inputs()
+
+    def upload_inputs(self) -> None:
+        """The inputs file (:mod:`app.input_keys`), when it changed since the last upload: the
+        journal's keys need it to be resumed from another machine."""
+        st = _stat(self.local / INPUTS_FILE)
+        state = None if st is None else (st.st_mtime_ns, st.st_size)
+        if state is None or state == self.sent_inputs:
+            return
+        put_file(str(self.local / INPUTS_FILE), join_url(self.url, INPUTS_FILE.as_posix()))
+        self.sent_inputs = state
 
     # -- end -----------------------------------------------------------------------------------
     def upload_all(self) -> None:
@@ -173,8 +185,7 @@ class _Mirror:
         ``summary.json`` last."""
         try:
             self.upload_journal()
-            if (self.local / INPUTS_FILE).exists():
-                put_file(str(self.local / INPUTS_FILE), join_url(self.url, INPUTS_FILE.as_posix()))
+            self.upload_inputs()
             files = sorted(p for p in self.local.iterdir() if p.is_file())
             for path in sorted(files, key=lambda p: p.name == _LAST):
                 put_file(str(path), join_url(self.url, path.name))

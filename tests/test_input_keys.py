@@ -14,6 +14,7 @@ import pytest
 from app.config import ProcessConfig
 from app.input_keys import INPUTS_FILE
 from app.process import run_process
+from pipeline import ConfigError
 from stages.sources import InputKey, plan_inputs
 from tests.conftest import by_key
 from tests.s3_server import s3
@@ -244,3 +245,20 @@ def test_a_storage_output_keeps_the_keys_on_a_fresh_machine(
             "64/x.jpg",
             "64/y.jpg",
         ]
+
+
+def test_inputs_that_stop_answering_before_the_walk_are_a_clear_error(
+    tmp_path: Path, ab: tuple[Path, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys are planned before the run (an input in storage is asked whether it is a
+    folder): an input that stopped answering since the options were checked stops the command
+    with ConfigError (exit 2), before any record."""
+    import app.process
+
+    def unreachable(*args: object) -> object:
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(app.process, "plan_inputs", unreachable)
+    with pytest.raises(ConfigError, match="cannot look at the inputs: connection reset"):
+        run(tmp_path / "out", ab[0])
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()

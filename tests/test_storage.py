@@ -304,7 +304,14 @@ def test_a_killed_run_resumes_from_the_mirrored_journal_on_a_fresh_machine(
     try:
         # the mirrored journal holds done records (the outputs are written before their
         # records reach the ledger, so an upload can come before any record)
-        _wait(lambda: _mirrored_done(server, out, tmp_path) > 0, "a journal with records", proc)
+        _wait(
+            lambda: (
+                _mirrored_done(server, out, tmp_path) > 0
+                and ".pipeline/inputs.json" in server.objects(out)
+            ),  # sent after the journal
+            "a journal with records, and the inputs file",
+            proc,
+        )
         os.killpg(proc.pid, signal.SIGKILL)  # the machine is lost: nothing runs at the end
         proc.communicate(timeout=30)
     finally:
