@@ -12,13 +12,15 @@ same names below the output URL:
   two machines they are not excluded: give each run its own output);
 * while the run goes, a consistent snapshot of the journal (SQLite's backup API) is uploaded
   to ``<output>/.pipeline/ledger.sqlite`` every ``--mirror-every`` seconds when it changed,
-  so a run that crashes (or a machine that is lost) can be resumed elsewhere;
+  followed by ``.pipeline/inputs.json`` when that changed (the keys the journal's records
+  have, :mod:`app.input_keys`), so a run that crashes (or a machine that is lost) can be
+  resumed elsewhere;
 * when the run ends (finished, failed, interrupted), the journal snapshot and every file of the
   working folder's top level are uploaded, ``summary.json`` last;
-* when a run starts, the journal is downloaded from the output when the working folder has
-  none, or when the one below the output is not the one this folder last uploaded or
-  downloaded (another machine ran since): resume works from a fresh machine, against what the
-  output holds.
+* when a run starts, the journal (and the inputs file beside it) is downloaded from the
+  output when the working folder has none, or when the one below the output is not the one
+  this folder last uploaded or downloaded (another machine ran since): resume works from a
+  fresh machine, against what the output holds.
 
 Uploads go through :func:`stages.storage.write_object` (one whole object each). Failing
 uploads while the run goes are logged and tried again at the next period; at the end they
