@@ -52,8 +52,8 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from pipeline import Item, Record, Status
@@ -105,6 +105,9 @@ class InputRoot:
     folder: bool
     prefix: str  # a folder's key prefix ("" or "label/"); a file's key
     tag: str | None = None  # a file argument's output-name tag
+    #: Folders inside this one that the output folder knew as inputs of their own, by
+    #: (st_dev, st_ino): their files keep those keys (prefix of each), as they were.
+    nested: Mapping[tuple[int, int], str] = field(default_factory=dict, compare=False)
 
 
 def walk_inputs(
@@ -188,11 +191,13 @@ def plan_inputs(
     comes first: ``process a`` then ``process a b`` would otherwise key ``a``'s files again as
     ``a/...`` and write their outputs a second time). The earlier inputs that are still there
     count as inputs. A folder inside one of them is keyed as its files were there
-    (``process a/sub`` after ``process a``: ``sub/...``). A new input beside them is prefixed
-    by its name, which takes its tag (``b~<tag>/``) when an earlier input holds it, or when one
-    holding the unprefixed keys (it was the only input) has an entry of that name (``a/b/``:
-    its keys ``b/...``). An earlier input no longer there is forgotten (a folder moved
-    elsewhere is keyed as if new)."""
+    (``process a/sub`` after ``process a``: ``sub/...``), and a folder holding one of them
+    keeps that one's keys for its files (``process a`` after ``process a/sub``: the walk of
+    ``a`` gives ``sub``'s files the keys they had, :attr:`InputRoot.nested`). A new input
+    beside them is prefixed by its name, which takes its tag (``b~<tag>/``) when an earlier
+    input holds it, or when one holding the unprefixed keys (it was the only input) has an
+    entry of that name (``a/b/``: its keys ``b/...``). An earlier input no longer there is
+    forgotten (a folder moved elsewhere is keyed as if new)."""
     plain = _distinct(roots)
     alive = [k for k in earlier if _still_there(k)]
     held = {_same(k.real): k for k in alive}
@@ -216,7 +221,8 @@ def plan_inputs(
     out: list[InputRoot] = []
     for path, real, is_dir in plain:
         key = kept[real].key if real in kept else _key(names[real], is_dir, prefixed)
-        out.append(InputRoot(path, real, is_dir, key, None if is_dir else choose_tag(key, top)))
+        tag = None if is_dir else choose_tag(key, top)
+        out.append(InputRoot(path, real, is_dir, key, tag, _nested(real, alive) if is_dir else {}))
     alone = {r.real: r.prefix for r in _plan_alone(plain)} if kept or others else {}
     changed = tuple(
         (r, r.prefix, alone[r.real]) for r in out if alone and alone[r.real] != r.prefix
@@ -272,6 +278,20 @@ def _inside(real: str, known: Sequence[InputKey]) -> InputKey | None:
     holder = max(holders, key=lambda k: len(k.real))
     rel = os.path.relpath(real, holder.real).replace(os.sep, "/")
     return InputKey(real, True, f"{holder.key}{rel}/")
+
+
+def _nested(real: str, known: Sequence[InputKey]) -> dict[tuple[int, int], str]:
+    """The input folders the output folder knew inside the local folder ``real``: their keys'
+    prefixes, by (st_dev, st_ino) (``process a`` after ``process a/sub`` keeps ``sub``'s)."""
+    nested: dict[tuple[int, int], str] = {}
+    for k in known:
+        if k.folder and not is_url(real) and _below(k.real, real):
+            try:
+                st = os.stat(k.real)
+            except OSError:
+                continue  # gone since: walked as any folder
+            nested[(st.st_dev, st.st_ino)] = k.key
+    return nested
 
 
 def _still_there(known: InputKey) -> bool:
@@ -346,29 +366,47 @@ class _Walk:
 
     # -- folders -------------------------------------------------------------------------------
     def folder(self, root: InputRoot) -> Iterator[Item | Record]:
-        stack: list[tuple[str, str]] = [(root.path, "")]
+        # (folder, key prefix of its subtree, its path below that): a folder the output folder
+        # knew as an input of its own keeps its keys (root.nested)
+        stack: list[tuple[str, str, str]] = [(root.path, root.prefix, "")]
         while stack:
-            folder, rel = stack.pop()
+            folder, prefix, rel = stack.pop()
             try:
                 with os.scandir(folder) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:  # an unreadable folder is recorded, not silently dropped
-                yield _failed(root.prefix + (rel or "."), folder, "UnreadableFolder", exc)
+                yield _failed(prefix + (rel or "."), folder, "UnreadableFolder", exc)
                 continue
             names = Folder(e.name for e in entries)
-            subdirs: list[tuple[str, str]] = []
+            subdirs: list[tuple[str, str, str]] = []
             for entry in entries:
                 key_rel = rel + entry.name
                 if _is_dir(entry):
                     why = self._not_walked(entry)
                     if why is None:
-                        subdirs.append((entry.path, key_rel + "/"))
-                    elif self._wanted(root.prefix + key_rel):
-                        yield _skipped(root.prefix + key_rel + "/", entry.path, why)
+                        subdirs.append(self._subtree(root, entry, prefix, key_rel))
+                    elif self._wanted(prefix + key_rel):
+                        yield _skipped(prefix + key_rel + "/", entry.path, why)
                     continue
                 tag = choose_tag(entry.name, names)
-                yield from self.entry(root, entry.path, key_rel, tag, entry)
+                yield from self.entry(root, entry.path, prefix + key_rel, tag, entry)
             stack.extend(reversed(subdirs))  # depth-first, in sorted order
+
+    @staticmethod
+    def _subtree(
+        root: InputRoot, entry: os.DirEntry[str], prefix: str, key_rel: str
+    ) -> tuple[str, str, str]:
+        """A subfolder's place on the walk's stack: below its parent, or, if the output folder
+        knew it as an input of its own, under that input's prefix."""
+        if root.nested:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                st = None
+            known = None if st is None else root.nested.get((st.st_dev, st.st_ino))
+            if known is not None:
+                return entry.path, known, ""
+        return entry.path, prefix, key_rel + "/"
 
     def _not_walked(self, entry: os.DirEntry[str]) -> str | None:
         try:
@@ -385,8 +423,9 @@ class _Walk:
     def entry(
         self, root: InputRoot, path: str, rel: str, tag: str | None, entry: os.DirEntry[str] | None
     ) -> Iterator[Item | Record]:
-        """One entry: ``rel`` is its path below the root (a file argument: its name)."""
-        key = root.prefix + rel if root.folder else root.prefix
+        """One entry: ``rel`` is its key (in a folder: the prefix and its path below; a file
+        argument: its name)."""
+        key = rel if root.folder else root.prefix
         if not self._wanted(key):
             return
         try:
@@ -416,7 +455,7 @@ class _Walk:
         if suffix in self.data_extensions:
             yield from _data(path, key, suffix, identity, tag)
             return
-        value = SourceFile(path, root.prefix + rel if root.folder else rel, tag)
+        value = SourceFile(path, rel, tag)
         yield Item(key=key, value=value, source=path, identity=identity)
 
     def _wanted(self, key: str) -> bool:

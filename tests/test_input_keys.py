@@ -121,6 +121,23 @@ def test_a_folder_inside_a_known_input_is_keyed_as_it_was_there(tmp_path: Path) 
     assert looks(os.fsencode(out / "512" / "2024" / "new.jpg"), "blue")
 
 
+def test_a_folder_holding_a_known_input_keeps_that_inputs_keys(tmp_path: Path) -> None:
+    """A trial run on one subfolder, then the whole folder: the subfolder's files keep the keys
+    (and thumbnails) of the trial run, reused; the rest is keyed beside them."""
+    photos = tmp_path / "photos"
+    write(photos / "2024" / "day", "x.jpg", image_bytes("red"))
+    write(photos / "2023", "y.jpg", image_bytes("green"))
+    out = tmp_path / "out"
+    assert set(run(out, photos / "2024")) == {"day/x.jpg"}
+    for _ in range(2):  # and the next run of the whole, the same
+        recs = run(out, photos)
+        assert set(recs) == {"day/x.jpg", "photos/2023/y.jpg"}
+        assert recs["day/x.jpg"]["status"] == "reused"
+    assert recs["photos/2023/y.jpg"]["status"] == "reused"
+    assert images_below(out) == ["512/day/x.jpg", "512/photos/2023/y.jpg"]
+    assert looks(os.fsencode(out / "512" / "photos" / "2023" / "y.jpg"), "green")
+
+
 def test_an_input_inside_another_of_the_same_run_is_walked_once(tmp_path: Path) -> None:
     a = tmp_path / "a"
     write(a / "sub", "x.jpg", image_bytes("red"))
