@@ -86,7 +86,6 @@ def remember_inputs(folder: Path, plan: InputPlan, earlier: Sequence[InputKey]) 
         )
     entries = [{"real": k.real, "folder": k.folder, "key": k.key} for k in plan.known]
     text = json.dumps({"version": _VERSION, "inputs": entries}, indent=1) + "\n"
-    (folder / INPUTS_FILE).parent.mkdir(parents=True, exist_ok=True)
     # ensure_ascii (json's default) writes an undecodable byte of a name as its \udcXX escape
     atomic_write_text(folder / INPUTS_FILE, text)
 

@@ -43,7 +43,8 @@ FILE_MODE = 0o666 & ~_read_umask()
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
+    """Write ``data`` to a temporary file beside ``path`` (its folder made if need be), then
+    put it in place as ``path`` (:class:`AtomicFile`).
 
     Readers see the old file or the new one, never half of one. ``fsync`` also makes the new
     content durable across a power loss (the ledger wants that; bulk outputs may skip it).

@@ -202,11 +202,7 @@ def plan_inputs(
     alive = [k for k in earlier if _still_there(k)]
     held = {_same(k.real): k for k in alive}
     now = {_same(real) for _, real, _ in plain}
-    kept = {
-        r: held[_same(r)]
-        for _, r, is_dir in plain
-        if _same(r) in held and held[_same(r)].folder == is_dir
-    }
+    kept = {r: k for _, r, is_dir in plain if (k := held.get(_same(r))) and k.folder == is_dir}
     others = [k for k in alive if _same(k.real) not in now]
     for _, real, is_dir in plain:  # a folder inside one the folder knew: keyed as it was there
         below = _inside(real, alive) if is_dir and real not in kept else None
