@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from .stage import Stage
 
-__all__ = ["BATCH_SECONDS", "Batcher", "fuse"]
+__all__ = ["BATCH_BYTES", "BATCH_SECONDS", "Batcher", "fuse"]
 
 #: Target time of one worker call, the busy time of its items (what the driver observes): long
 #: enough to amortise the per-call overhead (tens of microseconds for threads; for processes
@@ -17,15 +17,24 @@ __all__ = ["BATCH_SECONDS", "Batcher", "fuse"]
 #: took ~2,000 worker calls and ~7,000 turns of the parent's loop.
 BATCH_SECONDS = 0.05
 
+#: Bytes one call to a worker process carries at most (what its items pickle to), unless one item
+#: alone is bigger. A process lane holds ``DEPTH`` batches at once in its shared-memory arena, and
+#: the parent reads a spooled download whole while its batch is packed: items that are big but
+#: quick to run (bodies of 8 MB, mostly not image) would otherwise go 4 to a batch by time and
+#: keep ~130 MB of the parent's memory in flight on two lanes; capped, ~40 MB.
+BATCH_BYTES = 8 * 2**20
+
 
 class Batcher:
-    """Sizes batches so one worker call lasts about ``BATCH_SECONDS``."""
+    """Sizes batches so one worker call lasts about ``BATCH_SECONDS`` and, to a worker
+    process, carries about ``BATCH_BYTES`` at most (the lane tells :meth:`carried`)."""
 
     def __init__(self, *, max_batch: int, share: int, fixed: int | None = None) -> None:
         self.max_batch = max(1, max_batch)
         self.share = max(1, share)  # never take more than inbox capacity / workers at once
         self.fixed = fixed  # backends ship shards of a fixed size
         self.per_item: float | None = None
+        self.bytes_per_item = 0.0
 
     def size(self) -> int:
         if self.fixed is not None:
@@ -33,12 +42,22 @@ class Batcher:
         if self.per_item is None:
             return 1
         want = int(BATCH_SECONDS / max(self.per_item, 1e-7))
+        if self.bytes_per_item:
+            want = min(want, int(BATCH_BYTES / self.bytes_per_item))
         return max(1, min(want, self.max_batch, self.share))
 
     def observe(self, seconds: float, n: int) -> None:
         if n:
             sample = seconds / n
             self.per_item = sample if self.per_item is None else 0.8 * self.per_item + 0.2 * sample
+
+    def carried(self, nbytes: int, n: int) -> None:
+        """A batch of ``n`` items went to a worker process as ``nbytes`` of messages and copies."""
+        if n:
+            sample = nbytes / n
+            self.bytes_per_item = (
+                sample if not self.bytes_per_item else 0.8 * self.bytes_per_item + 0.2 * sample
+            )
 
 
 def fuse(stages: Sequence[Stage]) -> list[list[Stage]]:

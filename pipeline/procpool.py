@@ -58,6 +58,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .batching import Batcher
 from .calls import SLOT_DEADLINE, SLOT_INDEX, SLOT_SEQ, SLOT_SIZE, SLOT_STEP, Outcome, Step
 from .errors import Unpicklable, WorkerCrashed
 from .forkserver import (
@@ -132,6 +133,9 @@ class _Outgoing:
     copies: list[tuple[int, bytes]]
     start: int  # of the batch's arena region
 
+    def size(self) -> int:
+        return sum(map(len, self.messages)) + sum(len(data) for _, data in self.copies)
+
 
 def _dumps_values(values: Any, region: tuple[int, int]) -> tuple[bytes, _OutOfBandPickler]:
     """Pickle ``values``; big bytes go into the arena ``region`` (start, end) while they fit."""
@@ -199,8 +203,15 @@ class ProcessLane:
 
     depth = DEPTH  # a driver per batch in flight
 
-    def __init__(self, steps: Sequence[Step], *, on_crash: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        steps: Sequence[Step],
+        *,
+        on_crash: Callable[[str], None],
+        batcher: Batcher | None = None,
+    ) -> None:
         self.steps = tuple(steps)
+        self._batcher = batcher  # told what each batch carried (it caps batches by bytes)
         self.floor = min_timeout(self.steps)
         self._on_crash = on_crash
         self._ctx = mp_context()
@@ -403,6 +414,8 @@ class ProcessLane:
             done = [(batch[i], out) for i, out in bad.items()]
             again = [it for i, it in enumerate(batch) if i not in bad]
             return done, again
+        if self._batcher is not None:
+            self._batcher.carried(outgoing.size(), len(batch))
         loop = asyncio.get_running_loop()
         call = _Call(seq, len(batch), loop.create_future(), region)
         late: tuple[int, int] | None = None
@@ -433,6 +446,9 @@ class ProcessLane:
                 except OSError:
                     self._dead = True
                     self._wake_all()
+                # the bytes are in the arena and the socket now: not held until the batch returns
+                outgoing.copies.clear()
+                outgoing.messages.clear()
             late = await watch(call.waiter, self._slot, seq, self.floor)
             if late is not None:
                 self._kill()

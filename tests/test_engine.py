@@ -414,6 +414,29 @@ def test_the_last_records_are_written_when_the_run_ends_not_an_interval_later(
     assert len(by_key(out)) == 20
 
 
+@pytest.mark.timeout(60)
+def test_batches_to_a_worker_process_are_capped_by_bytes_as_well_as_by_time() -> None:
+    from pipeline.batching import BATCH_BYTES
+
+    # quick items of 3 MB: by time alone they would go max_batch (8) at once, 24 MB a batch;
+    # the lane tells the batcher what each batch carried, and batches stay near BATCH_BYTES
+    big = BATCH_BYTES * 3 // 8
+    items = [(f"k{i}", bytes([i]) * big) for i in range(16)]
+    run = Pipeline([stage(fns.size_of, kind="process", workers=1, max_batch=8)]).run(
+        items, progress=False
+    )
+    assert run.ok == 16
+    (snap,) = run.stages
+    assert snap.mean_batch <= 2.0, snap
+    # small items still go by time: many to a batch
+    small = [(f"k{i}", bytes(1000)) for i in range(400)]
+    run = Pipeline([stage(fns.size_of, kind="process", workers=1, max_batch=8)]).run(
+        small, progress=False
+    )
+    (snap,) = run.stages
+    assert snap.mean_batch > 4.0, snap
+
+
 def test_process_cpu_time_is_measured() -> None:
     result = Pipeline([stage(fns.spin, 0.05, kind="process", workers=2)]).run(
         keyed(8), progress=False

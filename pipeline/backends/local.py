@@ -56,7 +56,9 @@ class LocalBackend:
             if head.context is not None:
                 extra[head.context_arg] = await stack.enter_async_context(head.context())
             made: list[Lane] = []
-            new_lane = _lane_factory(kind, steps_of(group, extra), env, start, head.name, stack)
+            new_lane = _lane_factory(
+                kind, steps_of(group, extra), env, start, head.name, stack, batcher
+            )
 
             def lane() -> Lane:
                 made.append(new_lane())
@@ -82,10 +84,11 @@ def _lane_factory(
     threads: int,
     name: str,
     stack: contextlib.AsyncExitStack,
+    batcher: Batcher,
 ) -> Callable[[], Lane]:
     """How to make one more lane of ``kind`` (a thread lane grows its pool by one thread)."""
     if kind == "process":
-        return lambda: ProcessLane(steps, on_crash=env.on_crash)
+        return lambda: ProcessLane(steps, on_crash=env.on_crash, batcher=batcher)
     if kind == "thread":
         pool = DaemonThreadPool(threads, name=name)
         stack.callback(pool.shutdown)
