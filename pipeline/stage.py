@@ -143,7 +143,8 @@ def stage(
     ``capacity`` is the size of the stage's inbox. The default, 128 items, lets small items move
     in batches of up to ``max_batch``; stages whose items are large (image bytes) should pass a
     smaller one, since peak memory is the sum over stages of (capacity + workers x batch) items
-    (x 2 for process stages, which keep a second batch in flight per worker).
+    (x 2 for process stages, which keep a second batch in flight per worker). A batch to a
+    process stage also stops near ``pipeline.batching.BATCH_BYTES`` (8 MiB) of pickled items.
 
     ``context`` is an async context manager factory entered once when the stage starts and
     exited when it ends (an ``aiohttp.ClientSession``, a database pool); its value is passed to
