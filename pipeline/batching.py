@@ -20,8 +20,9 @@ BATCH_SECONDS = 0.05
 #: Bytes one call to a worker process carries at most (what its items pickle to), unless one item
 #: alone is bigger. A process lane holds ``DEPTH`` batches at once in its shared-memory arena, and
 #: the parent reads a spooled download whole while its batch is packed: items that are big but
-#: quick to run (bodies of 8 MB, mostly not image) would otherwise go 4 to a batch by time and
-#: keep ~130 MB of the parent's memory in flight on two lanes; capped, ~40 MB.
+#: quick to run (spooled bodies of 8 MB that are mostly not image) would otherwise go 4 to a
+#: batch by time: 20 such downloads raised the parent's peak RSS by 126-142 MB, capped by 76-84
+#: (``tests/test_spool.py``; 32 MB of it the arena: 2 lanes x 2 batches of one body).
 BATCH_BYTES = 8 * 2**20
 
 
