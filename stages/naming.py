@@ -17,6 +17,13 @@ by itself sits at the top) and the output name is:
    tagged name is itself a sibling's name or rule-2 name: the same inputs give the same names,
    in any order.
 
+Names that differ only in case or Unicode normalization (``a.jpg`` and ``A.JPG``; ``café.jpg``
+composed and decomposed) are one file on the file systems of macOS and Windows (and exFAT, SMB
+shares), where their outputs would overwrite each other: such *twins* are each written under
+their tagged name, ``tagged(<name>, <tag>)`` (:func:`twin_name`: ``A~<tag>.JPG``, then the rules
+above; twin folders too, ``Photos~<tag>/``: :func:`twin_folder`), so no two outputs differ only
+so, on any file system the output folder is copied to. Their keys stay their paths.
+
 Rule 1 names are the input's own name, unique in its folder; rule 2 names are longer than their
 input's name, so they can only meet a sibling named exactly so, which rule 3 avoids; rule 3 names
 are chosen to be none of the names rules 1 and 2 give in the folder (:func:`choose_tag`). Two files
@@ -29,6 +36,7 @@ output's path, so a tag never has to be guessed.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
 
@@ -38,12 +46,16 @@ __all__ = [
     "Folder",
     "Siblings",
     "choose_tag",
+    "fold",
     "name_tag",
     "needs_tag",
     "output_name",
     "output_rel",
     "tagged",
     "taken_by",
+    "twin_folder",
+    "twin_name",
+    "written_as",
 ]
 
 #: The longest file name (in bytes) the usual Linux, macOS and Windows file systems hold.
@@ -72,12 +84,22 @@ def needs_tag(name: str, siblings_lower: Collection[str] | Callable[[str], bool]
     return any(is_name(low + ext) for ext in OUTPUT_EXTENSIONS)
 
 
+def fold(name: str) -> str:
+    """``name`` as a case- and normalization-insensitive file system compares it (twins, in
+    the module docstring, fold to the same string)."""
+    return name.lower() if name.isascii() else unicodedata.normalize("NFC", name).lower()
+
+
 class Siblings(Protocol):
     """What :func:`choose_tag` asks of a folder's names (all lower-cased): :class:`Folder`
     holds them in memory; a disk-backed set can answer the same (``stages.remote_sources``)."""
 
     def is_name(self, lower: str) -> bool:
         """Whether ``lower`` is the name of an entry of the folder."""
+        ...
+
+    def is_twin(self, name: str) -> bool:
+        """Whether another entry's name folds (:func:`fold`) to the same as ``name``."""
         ...
 
     def is_taken(self, lower: str) -> bool:
@@ -101,10 +123,23 @@ class Folder:
     memory, for the few names that need a tag)."""
 
     def __init__(self, names: Iterable[str]) -> None:
-        self.lower = {n.lower() for n in names}
+        self.lower: set[str] = set()
+        folded: set[str] = set()
+        self.twins: set[str] = set()  # folded names held by more than one entry (few, mostly none)
+        for name in names:
+            low = name.lower()
+            self.lower.add(low)
+            f = low if name.isascii() else fold(name)
+            if f in folded:
+                self.twins.add(f)
+            else:
+                folded.add(f)
 
     def is_name(self, lower: str) -> bool:
         return lower in self.lower
+
+    def is_twin(self, name: str) -> bool:
+        return bool(self.twins) and fold(name) in self.twins
 
     def is_taken(self, lower: str) -> bool:
         return taken_by(lower, self.is_name)
@@ -121,6 +156,34 @@ def choose_tag(name: str, folder: Siblings, seed: str | None = None) -> str | No
         if not any(folder.is_taken(n) for n in names):
             break
     return tag
+
+
+def twin_name(name: str, folder: Siblings) -> str:
+    """The name a twin (:meth:`Siblings.is_twin`) is written under: ``tagged(name, tag)``, with
+    the tag of its own name (longer in the unlikely case that this name, or it plus an output
+    extension, is a sibling's name or one that rules 1 and 2 give)."""
+    for digits in (8, 16, 40):
+        candidate = tagged(name, name_tag(name, digits))
+        low = candidate.lower()
+        if not folder.is_taken(low) and not any(
+            folder.is_taken(low + e) for e in OUTPUT_EXTENSIONS
+        ):
+            break
+    return candidate
+
+
+def twin_folder(name: str, folder: Siblings) -> str:
+    """The place of the subfolder ``name`` of ``folder`` in the output, with its slash: its
+    name, or a twin's tagged name (``Photos/`` beside ``photos/``: ``Photos~<tag>/``)."""
+    return (twin_name(name, folder) if folder.is_twin(name) else name) + "/"
+
+
+def written_as(name: str, folder: Siblings) -> tuple[str, str | None]:
+    """What the outputs of the input ``name`` in ``folder`` are named from, and their tag: a
+    twin's tagged name and no tag (:func:`twin_name`), else its own and :func:`choose_tag`'s."""
+    if folder.is_twin(name):
+        return twin_name(name, folder), None
+    return name, choose_tag(name, folder)
 
 
 #: The longest of ``OUTPUT_EXTENSIONS``, in bytes.

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from pipeline import Item, Record, Status
 
-from .naming import Folder, Siblings, choose_tag, taken_by
+from .naming import Folder, Siblings, fold, taken_by, twin_folder, written_as
 from .npz_items import npz_items
 from .storage import (
     ObjectInfo,
@@ -96,20 +96,24 @@ def walk_remote(
 
 
 def _folder(
-    walk: RemoteWalk, where: StorageURL, prefix: str, rel: str, skip: set[str]
+    walk: RemoteWalk, where: StorageURL, prefix: str, rel: str, skip: set[str], place: str = ""
 ) -> Iterator[Item | Record]:
-    """The folder ``where`` (keys ``prefix + rel + name``), its subfolders walked as met."""
+    """The folder ``where`` (keys ``prefix + rel + name``; ``place``: ``rel`` with twins'
+    names tagged, its place in the output), its subfolders walked as met."""
     names, held = _first_pass(where)
     try:
         for entry in held if held is not None else iter_folder(where):
             if isinstance(entry, ObjectInfo):
-                tag = choose_tag(entry.rel, names)
-                yield from _entry(walk, entry, prefix + rel + entry.rel, tag)
+                key = prefix + rel + entry.rel
+                written, tag = written_as(entry.rel, names)  # A.JPG beside a.jpg: A~<tag>.JPG
+                out = prefix + place + written
+                yield from _entry(walk, entry, key, tag, None if out == key else out)
                 continue
             name = _name(entry)
             why = _not_walked(entry, name, skip)
             if why is None:
-                yield from _folder(walk, entry, prefix, rel + name + "/", skip)
+                sub = place + twin_folder(name, names)
+                yield from _folder(walk, entry, prefix, rel + name + "/", skip, sub)
             elif walk.wanted(prefix + rel + name):
                 yield _skipped(prefix + rel + name + "/", str(entry), why)
     finally:
@@ -152,23 +156,34 @@ class SpilledNames:
         self._db.execute("PRAGMA journal_mode = OFF")
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute("CREATE TABLE names (name BLOB PRIMARY KEY) WITHOUT ROWID")
+        # folded names (stages.naming.fold) and how many entries have each: twins have 2+
+        self._db.execute("CREATE TABLE folds (name BLOB PRIMARY KEY, n INTEGER) WITHOUT ROWID")
 
     def add(self, names: Iterable[str]) -> None:
-        batch: list[tuple[bytes]] = []
+        batch: list[tuple[bytes, bytes]] = []
         for name in names:
-            batch.append((_key(name.lower()),))
+            batch.append((_key(name.lower()), _key(fold(name))))
             if len(batch) >= _BATCH:
                 self._insert(batch)
         self._insert(batch)
         self._db.commit()
 
-    def _insert(self, batch: list[tuple[bytes]]) -> None:
-        self._db.executemany("INSERT OR IGNORE INTO names VALUES (?)", batch)
+    def _insert(self, batch: list[tuple[bytes, bytes]]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO names VALUES (?)", [(n,) for n, _ in batch])
+        self._db.executemany(
+            "INSERT INTO folds VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET n = n + 1",
+            [(f,) for _, f in batch],
+        )
         batch.clear()
 
     def is_name(self, lower: str) -> bool:
         found = self._db.execute("SELECT 1 FROM names WHERE name = ?", (_key(lower),))
         return found.fetchone() is not None
+
+    def is_twin(self, name: str) -> bool:
+        found = self._db.execute("SELECT n FROM folds WHERE name = ?", (_key(fold(name)),))
+        row = found.fetchone()
+        return row is not None and int(row[0]) > 1
 
     def is_taken(self, lower: str) -> bool:
         return taken_by(lower, self.is_name)
@@ -191,7 +206,11 @@ def _not_walked(sub: str, name: str, skip: set[str]) -> str | None:
     return None
 
 
-def _entry(walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None) -> Iterator[Item | Record]:
+def _entry(
+    walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None, out: str | None = None
+) -> Iterator[Item | Record]:
+    """One object; ``out``: an image's place below the size folders, when not ``key`` (a
+    twin's, :func:`stages.naming.twin_name`)."""
     if not walk.wanted(key):
         return
     source = str(obj.url)
@@ -199,8 +218,11 @@ def _entry(walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None) -> Iter
     if suffix == ".npz" and suffix in walk.data_extensions:
         yield from _npz(walk, obj, key, tag)
         return
-    make = walk.data if suffix in walk.data_extensions else walk.image
-    yield Item(key=key, value=make(obj.url, key, tag), source=source, identity=obj.identity)
+    if suffix in walk.data_extensions:
+        value = walk.data(obj.url, key, tag)
+    else:
+        value = walk.image(obj.url, key if out is None else out, tag)
+    yield Item(key=key, value=value, source=source, identity=obj.identity)
 
 
 def _npz(walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None) -> Iterator[Item | Record]:

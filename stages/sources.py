@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 from pipeline import Item, Record, Status
 
-from .naming import Folder, choose_tag, name_tag, tagged
+from .naming import Folder, choose_tag, fold, name_tag, tagged, twin_folder, written_as
 from .storage import is_url, open_input
 
 __all__ = [
@@ -309,12 +309,12 @@ def _names(
         else os.path.basename(path)
         for path, real, is_dir in plain
     ]
-    lower = [n.lower() for n in names]
+    folded = [fold(n) for n in names]  # Photos and photos: one folder where case is ignored
     # two inputs of one name, a name an earlier input holds, or a name that is an entry of an
     # earlier input holding the unprefixed keys: the name tagged with a hash of its path
     return {
         real: tagged(n, name_tag(real if is_dir else path))
-        if lower.count(n.lower()) > 1 or n.lower() in taken or _held_by(n, owners)
+        if folded.count(fold(n)) > 1 or n.lower() in taken or _held_by(n, owners)
         else n
         for n, (path, real, is_dir) in zip(names, plain, strict=True)
     }
@@ -362,11 +362,12 @@ class _Walk:
 
     # -- folders -------------------------------------------------------------------------------
     def folder(self, root: InputRoot) -> Iterator[Item | Record]:
-        # (folder, key prefix of its subtree, its path below that): a folder the output folder
-        # knew as an input of its own keeps its keys (root.nested)
-        stack: list[tuple[str, str, str]] = [(root.path, root.prefix, "")]
+        # (folder, key prefix of its subtree, its path below that, its place below the prefix
+        # in the output: that path with twins' names tagged): a folder the output folder knew
+        # as an input of its own keeps its keys (root.nested)
+        stack: list[tuple[str, str, str, str]] = [(root.path, root.prefix, "", "")]
         while stack:
-            folder, prefix, rel = stack.pop()
+            folder, prefix, rel, place = stack.pop()
             try:
                 with os.scandir(folder) as it:
                     entries = sorted(it, key=lambda e: e.name)
@@ -374,18 +375,22 @@ class _Walk:
                 yield _failed(prefix + (rel or "."), folder, "UnreadableFolder", exc)
                 continue
             names = Folder(e.name for e in entries)
-            subdirs: list[tuple[str, str, str]] = []
+            subdirs: list[tuple[str, str, str, str]] = []
             for entry in entries:
                 key_rel = rel + entry.name
                 if _is_dir(entry):
                     why = self._not_walked(entry)
                     if why is None:
-                        subdirs.append(self._subtree(root, entry, prefix, key_rel))
+                        path, sub_prefix, sub_rel = self._subtree(root, entry, prefix, key_rel)
+                        sub_place = place + twin_folder(entry.name, names) if sub_rel else ""
+                        subdirs.append((path, sub_prefix, sub_rel, sub_place))
                     elif self._wanted(prefix + key_rel):
                         yield _skipped(prefix + key_rel + "/", entry.path, why)
                     continue
-                tag = choose_tag(entry.name, names)
-                yield from self.entry(root, entry.path, prefix + key_rel, tag, entry)
+                written, tag = written_as(entry.name, names)  # A.JPG beside a.jpg: A~<tag>.JPG
+                out = prefix + place + written
+                out_rel = None if out == prefix + key_rel else out
+                yield from self.entry(root, entry.path, prefix + key_rel, tag, entry, out_rel)
             stack.extend(reversed(subdirs))  # depth-first, in sorted order
 
     @staticmethod
@@ -417,10 +422,17 @@ class _Walk:
 
     # -- one entry -----------------------------------------------------------------------------
     def entry(
-        self, root: InputRoot, path: str, rel: str, tag: str | None, entry: os.DirEntry[str] | None
+        self,
+        root: InputRoot,
+        path: str,
+        rel: str,
+        tag: str | None,
+        entry: os.DirEntry[str] | None,
+        out: str | None = None,
     ) -> Iterator[Item | Record]:
         """One entry: ``rel`` is its key (in a folder: the prefix and its path below; a file
-        argument: its name)."""
+        argument: its name); ``out`` its place below the size folders, when that is not ``rel``
+        (a twin's tagged name, :func:`stages.naming.twin_name`)."""
         key = rel if root.folder else root.prefix
         if not self._wanted(key):
             return
@@ -451,7 +463,7 @@ class _Walk:
         if suffix in self.data_extensions:
             yield from _data(path, key, suffix, identity, tag)
             return
-        value = SourceFile(path, rel, tag)
+        value = SourceFile(path, rel if out is None else out, tag)
         yield Item(key=key, value=value, source=path, identity=identity)
 
     def _wanted(self, key: str) -> bool:

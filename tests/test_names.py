@@ -22,10 +22,11 @@ from stages.naming import (
     NAME_MAX,
     OUTPUT_EXTENSIONS,
     Folder,
-    choose_tag,
+    fold,
     name_tag,
     needs_tag,
     output_name,
+    written_as,
 )
 
 names_as_bytes = st.binary(min_size=1, max_size=255).filter(
@@ -115,8 +116,31 @@ def test_the_naming_rules() -> None:
     assert not needs_tag("a.gif", {"a.gif", "a.gif.jpeg"})  # .jpeg keeps its own name
 
 
+def test_names_that_differ_only_in_case_or_normalization_are_twins() -> None:
+    nfc, nfd = "caf\u00e9.jpg", "cafe\u0301.jpg"
+    folder = Folder(["a.jpg", "A.JPG", "b.jpg", nfc, nfd, "c.png"])
+    assert fold("A.JPG") == fold("a.jpg")
+    assert fold(nfc) == fold(nfd)
+    assert [folder.is_twin(n) for n in ("a.jpg", "A.JPG", nfd, "b.jpg", "c.png")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    # each twin is written under its own tagged name; the others keep the rules
+    a, a_tag = written_as("a.jpg", folder)
+    big_a, _ = written_as("A.JPG", folder)
+    assert (a, a_tag) == (f"a~{name_tag('a.jpg')}.jpg", None)
+    assert big_a == f"A~{name_tag('A.JPG')}.JPG"
+    assert written_as("b.jpg", folder) == ("b.jpg", None)
+    outs = [output_name(written_as(n, folder)[0], ".jpg") for n in ["a.jpg", "A.JPG", nfc, nfd]]
+    assert len({fold(o) for o in outs}) == 4
+
+
 CLASHING = [
     *(b"a", b"a.gif", b"a.gif.jpg", b"A.GIF.JPG", b"a.jpg", b"a.png", b"-", b"-.jpg"),
+    *(b"A", b"A.JPG", b"A.GIF", b"caf\xc3\xa9.jpg", b"cafe\xcc\x81.jpg"),  # twins
     b"a.gif~" + name_tag("a.gif").encode() + b".jpg",  # a sibling named like a tagged output
     b"-~3bc15c8a.jpg",
 ]
@@ -140,12 +164,10 @@ CLASHING = [
 )
 def test_names_in_one_folder_never_share_an_output(raws: list[bytes], ext: str) -> None:
     names = [os.fsdecode(r) for r in raws]
-    lower = {n.lower() for n in names}
-    if len(lower) < len(names):  # a case-insensitive disk could not hold them anyway
-        names = list({n.lower(): n for n in names}.values())
     folder = Folder(names)
-    outs = [output_name(n, ext, choose_tag(n, folder)) for n in names]
-    assert len({o.lower() for o in outs}) == len(outs)
+    outs = [output_name(w, ext, tag) for w, tag in (written_as(n, folder) for n in names)]
+    # distinct on any disk: one that ignores case and Unicode normalization too (macOS)
+    assert len({fold(o) for o in outs}) == len(outs)
     for o in outs:
         assert len(os.fsencode(o)) <= NAME_MAX
         assert o.lower().endswith(ext)

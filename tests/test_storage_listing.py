@@ -15,7 +15,7 @@ from fsspec.asyn import sync
 import stages.remote_sources as remote
 import stages.storage as storage
 from pipeline import Item, Record
-from stages.naming import OUTPUT_EXTENSIONS, Folder, choose_tag, name_tag
+from stages.naming import OUTPUT_EXTENSIONS, Folder, choose_tag, name_tag, written_as
 from stages.sources import walk_inputs
 from stages.storage import ObjectInfo, StorageURL, iter_folder, list_folder
 from tests.s3_server import S3, s3
@@ -31,6 +31,7 @@ TREE = [
     *(f"d{i:03}/x.png" for i in range(60)),
     "d000/deep/a.gif",
     "d000/deep/A.GIF.WEBP",
+    *("t.jpg", "T.JPG", "P/x.png", "p/x.png"),  # twins: one where case is ignored
     ".pipeline/manifest.jsonl",
 ]
 PAGE = 50
@@ -82,6 +83,11 @@ def walk(root: str | Path) -> tuple[dict[str, str | None], list[str]]:
         if isinstance(out, Item):
             tags[out.key] = out.value.tag  # type: ignore[attr-defined]
     return tags, order
+
+
+def places(root: str | Path) -> dict[str, str]:
+    """Key -> the item's place below the size folders."""
+    return {o.key: o.value.rel for o in walk_inputs([root]) if isinstance(o, Item)}
 
 
 def identities(root: str) -> dict[str, dict[str, Any]]:
@@ -149,6 +155,14 @@ def test_keys_tags_and_identities_are_the_same_in_memory_spilled_and_local(
         assert name_tag(name.rpartition("/")[2], 40).startswith(tag), name
     for name in ("a.gif.jpg", "b.png.jpg", "c.png", "f000.png", "d000/deep/A.GIF.WEBP"):
         assert tags[name] is None, name
+    where = places(url)
+    assert where == places(local)
+    assert where["t.jpg"] == f"t~{name_tag('t.jpg')}.jpg"  # twins: each under its tagged name
+    assert where["T.JPG"] == f"T~{name_tag('T.JPG')}.JPG"
+    assert where["f000.png"] == "f000.png"
+    assert where["P/x.png"] == f"P~{name_tag('P')}/x.png"
+    assert where["p/x.png"] == f"p~{name_tag('p')}/x.png"
+    assert where["d000/x.png"] == "d000/x.png"
     monkeypatch.setattr(remote, "SPILL_NAMES", 10_000)
     in_memory = identities(url)
     monkeypatch.setattr(remote, "SPILL_NAMES", spill_at)
@@ -187,6 +201,7 @@ def test_the_spilled_names_answer_as_the_folder_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     names = ["a.gif", "A.GIF.JPG", "Ünï.PNG", "ünï.png.webp", "x", "x.avif.png", "dir.jpg"]
+    names += ["A.GIF", "Ünï.png"]  # twins of names above
     monkeypatch.setattr(remote.tempfile, "tempdir", str(tmp_path))
     spilled = remote.SpilledNames()
     try:
@@ -199,6 +214,9 @@ def test_the_spilled_names_answer_as_the_folder_does(
             assert spilled.is_taken(probe) == memory.is_taken(probe), probe
         for name in names:
             assert choose_tag(name, spilled) == choose_tag(name, memory), name
+            assert written_as(name, spilled) == written_as(name, memory), name
+        assert [n for n in names if spilled.is_twin(n)] == ["a.gif", "Ünï.PNG", "A.GIF", "Ünï.png"]
+        assert not spilled.is_twin("nothing")
     finally:
         spilled.close()
     assert list(tmp_path.iterdir()) == []
