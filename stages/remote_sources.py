@@ -77,7 +77,7 @@ class RemoteWalk:
     data_extensions: frozenset[str]
     never: Sequence[object]
     image: Callable[[str, str, str | None], object]
-    data: Callable[[str, str, str | None], object]
+    data: Callable[[str, str, str | None, str | None], object]  # (path, key, tag, place)
     member: Callable[[str, str, str], object]  # (path, rel, member): an array of an .npz
 
 
@@ -209,23 +209,25 @@ def _not_walked(sub: str, name: str, skip: set[str]) -> str | None:
 def _entry(
     walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None, out: str | None = None
 ) -> Iterator[Item | Record]:
-    """One object; ``out``: an image's place below the size folders, when not ``key`` (a
-    twin's, :func:`stages.naming.twin_name`)."""
+    """One object; ``out``: its place below the size folders, when not ``key`` (a twin's,
+    :func:`stages.naming.twin_name`)."""
     if not walk.wanted(key):
         return
     source = str(obj.url)
     suffix = os.path.splitext(obj.rel.rpartition("/")[2])[1].lower()
     if suffix == ".npz" and suffix in walk.data_extensions:
-        yield from _npz(walk, obj, key, tag)
+        yield from _npz(walk, obj, key, tag, key if out is None else out)
         return
     if suffix in walk.data_extensions:
-        value = walk.data(obj.url, key, tag)
+        value = walk.data(obj.url, key, tag, out)
     else:
         value = walk.image(obj.url, key if out is None else out, tag)
     yield Item(key=key, value=value, source=source, identity=obj.identity)
 
 
-def _npz(walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None) -> Iterator[Item | Record]:
+def _npz(
+    walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None, place: str
+) -> Iterator[Item | Record]:
     """An ``.npz`` object, as a local one (:func:`~stages.npz_items.npz_items`): its zip
     directory is read with range requests (the end of the object, not all of it)."""
     return npz_items(
@@ -233,7 +235,7 @@ def _npz(walk: RemoteWalk, obj: ObjectInfo, key: str, tag: str | None) -> Iterat
         str(obj.url),
         obj.identity,
         lambda: open_input(obj.url),
-        lambda: walk.image(obj.url, key, tag),
+        lambda: walk.image(obj.url, place, tag),
         lambda member: walk.member(obj.url, key, member),
     )
 

@@ -96,6 +96,7 @@ class DataFile:
     rel: str
     member: str | None = None
     tag: str | None = None  # for a data file that turns out to hold an image
+    place: str | None = None  # and its place below the size folders, when not rel (a twin's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +148,8 @@ def _walk_remote(
 ) -> Iterator[Item | Record]:
     from .remote_sources import RemoteWalk, walk_remote
 
-    def data(path: str, key: str, tag: str | None) -> DataFile:
-        return DataFile(path, key, tag=tag)
+    def data(path: str, key: str, tag: str | None, place: str | None) -> DataFile:
+        return DataFile(path, key, tag=tag, place=place)
 
     def member(path: str, key: str, name: str) -> DataFile:
         return DataFile(path, key, name)
@@ -461,7 +462,7 @@ class _Walk:
         name = path.rpartition(os.sep)[2]
         suffix = os.path.splitext(name)[1].lower()
         if suffix in self.data_extensions:
-            yield from _data(path, key, suffix, identity, tag)
+            yield from _data(path, key, suffix, identity, tag, out)
             return
         value = SourceFile(path, rel if out is None else out, tag)
         yield Item(key=key, value=value, source=path, identity=identity)
@@ -544,10 +545,16 @@ def _failed(key: str, path: str, error_type: str, exc: OSError) -> Record:
 
 
 def _data(
-    path: str, key: str, suffix: str, identity: dict[str, Any], tag: str | None
+    path: str,
+    key: str,
+    suffix: str,
+    identity: dict[str, Any],
+    tag: str | None,
+    place: str | None = None,
 ) -> Iterator[Item | Record]:
     if suffix != ".npz":
-        yield Item(key=key, value=DataFile(path, key, tag=tag), source=path, identity=identity)
+        value = DataFile(path, key, tag=tag, place=place)
+        yield Item(key=key, value=value, source=path, identity=identity)
         return
     from .npz_items import npz_items  # and zipfile: only a walk that meets an .npz pays for it
 
@@ -556,6 +563,6 @@ def _data(
         path,
         identity,
         lambda: open_input(path),
-        lambda: SourceFile(path, key, tag),
+        lambda: SourceFile(path, key if place is None else place, tag),
         lambda member: DataFile(path, key, member),
     )

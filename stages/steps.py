@@ -80,7 +80,8 @@ def read(
     """
     if isinstance(src, DataFile):
         if src.member is None and image_format(read_head(src.path)) is not None:
-            return _image(SourceFile(src.path, src.rel, src.tag), max_bytes)
+            place = src.rel if src.place is None else src.place
+            return _image(SourceFile(src.path, place, src.tag), max_bytes)
         return _plan(src, data)
     try:
         return _image(src, max_bytes)

@@ -99,14 +99,18 @@ def test_names_that_differ_only_in_case_never_share_an_output(tmp_path: Path, fm
     write(src, "c.jpg", image_bytes("red"))  # no twin: its own name
     write(src, "Sub/x.jpg", image_bytes("green"))  # twin folders
     write(src, "sub/x.jpg", image_bytes("blue"))
+    write(src, "d.npy", image_bytes("green"))  # data names that hold images
+    write(src, "D.NPY", image_bytes("yellow"))
     done = cli(src, "--output", out, "--format", fmt, "--quiet")
     assert done.returncode == 0, done.stderr
     recs = records(out)
     ext = ".png" if fmt == "png" else ""
-    keys = [b"A.JPG", b"B.PNG", b"Sub/x.jpg", b"a.jpg", b"b.png", b"c.jpg", b"sub/x.jpg"]
-    assert sorted(recs) == keys  # keys: the names
+    keys = [b"A.JPG", b"B.PNG", b"D.NPY", b"Sub/x.jpg", b"a.jpg", b"b.png", b"c.jpg", b"d.npy"]
+    assert sorted(recs) == [*keys, b"sub/x.jpg"]  # keys: the names
     paths = [p.decode() for r in recs.values() for p in outputs(r)]
-    assert len({fold(p) for p in paths}) == 7
+    assert len({fold(p) for p in paths}) == 9
+    assert looks(os.path.join(os.fsencode(out), outputs(recs[b"D.NPY"])[0]), "yellow")
+    assert looks(os.path.join(os.fsencode(out), outputs(recs[b"d.npy"])[0]), "green")
     assert outputs(recs[b"Sub/x.jpg"]) == [f"512/Sub~{name_tag('Sub')}/x.jpg{ext}".encode()]
     assert looks(os.path.join(os.fsencode(out), outputs(recs[b"sub/x.jpg"])[0]), "blue")
     assert outputs(recs[b"c.jpg"]) == [f"512/c.jpg{ext}".encode()]
