@@ -376,6 +376,7 @@ class _Walk:
                 yield _failed(prefix + (rel or "."), folder, "UnreadableFolder", exc)
                 continue
             names = Folder(e.name for e in entries)
+            moved = place != rel  # below a twin folder: every file's place differs from its key
             subdirs: list[tuple[str, str, str, str]] = []
             for entry in entries:
                 key_rel = rel + entry.name
@@ -389,9 +390,8 @@ class _Walk:
                         yield _skipped(prefix + key_rel + "/", entry.path, why)
                     continue
                 written, tag = written_as(entry.name, names)  # A.JPG beside a.jpg: A~<tag>.JPG
-                out = prefix + place + written
-                out_rel = None if out == prefix + key_rel else out
-                yield from self.entry(root, entry.path, prefix + key_rel, tag, entry, out_rel)
+                out = prefix + place + written if moved or written != entry.name else None
+                yield from self.entry(root, entry.path, prefix + key_rel, tag, entry, out)
             stack.extend(reversed(subdirs))  # depth-first, in sorted order
 
     @staticmethod
