@@ -101,14 +101,18 @@ def test_names_that_differ_only_in_case_never_share_an_output(tmp_path: Path, fm
     write(src, "sub/x.jpg", image_bytes("blue"))
     write(src, "d.npy", image_bytes("green"))  # data names that hold images
     write(src, "D.NPY", image_bytes("yellow"))
+    write(src, "e.npz", image_bytes("red"))
+    write(src, "E.NPZ", image_bytes("blue"))
     done = cli(src, "--output", out, "--format", fmt, "--quiet")
     assert done.returncode == 0, done.stderr
     recs = records(out)
     ext = ".png" if fmt == "png" else ""
-    keys = [b"A.JPG", b"B.PNG", b"D.NPY", b"Sub/x.jpg", b"a.jpg", b"b.png", b"c.jpg", b"d.npy"]
-    assert sorted(recs) == [*keys, b"sub/x.jpg"]  # keys: the names
+    keys = [b"A.JPG", b"B.PNG", b"D.NPY", b"E.NPZ", b"Sub/x.jpg", b"a.jpg", b"b.png", b"c.jpg"]
+    assert sorted(recs) == [*keys, b"d.npy", b"e.npz", b"sub/x.jpg"]  # keys: the names
     paths = [p.decode() for r in recs.values() for p in outputs(r)]
-    assert len({fold(p) for p in paths}) == 9
+    assert len({fold(p) for p in paths}) == 11
+    assert looks(os.path.join(os.fsencode(out), outputs(recs[b"E.NPZ"])[0]), "blue")
+    assert looks(os.path.join(os.fsencode(out), outputs(recs[b"e.npz"])[0]), "red")
     assert looks(os.path.join(os.fsencode(out), outputs(recs[b"D.NPY"])[0]), "yellow")
     assert looks(os.path.join(os.fsencode(out), outputs(recs[b"d.npy"])[0]), "green")
     assert outputs(recs[b"Sub/x.jpg"]) == [f"512/Sub~{name_tag('Sub')}/x.jpg{ext}".encode()]
