@@ -19,6 +19,7 @@ SUITES = {
     "cost": "bench.cost",
     "storage": "bench.storage",
     "longrun": "bench.longrun",
+    "spool": "bench.spool",
 }
 
 
