@@ -26,7 +26,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 BODIES, BODY_BYTES = 20, 8 * 2**20
 
-_CLIENT = """
+#: The run measured: a fresh process, peak RSS from after the engine's start-up (also
+#: ``tests/test_spool.py``'s).
+CLIENT = """
 import json, sys
 from pipeline import Pipeline
 from stages import download_stage, resize_stage, write_stage
@@ -53,19 +55,19 @@ if __name__ == "__main__":
 """
 
 
-def _body() -> bytes:
-    """A small JPEG and zeros after its end: 8 MB that decode quickly."""
+def body(size: int = BODY_BYTES) -> bytes:
+    """A small JPEG and zeros after its end: ``size`` bytes that decode quickly."""
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 90)).save(buf, "JPEG")
-    return buf.getvalue() + b"\0" * (BODY_BYTES - buf.tell())
+    return buf.getvalue() + b"\0" * (size - buf.tell())
 
 
 @contextmanager
 def _server() -> Iterator[str]:
-    body = _body()
+    payload = body()
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="image/jpeg")
+        return web.Response(body=payload, content_type="image/jpeg")
 
     loop = asyncio.new_event_loop()
     app = web.Application()
@@ -89,7 +91,7 @@ def _server() -> Iterator[str]:
 def _peak_mb(base: str, spool: str) -> float:
     with tempfile.TemporaryDirectory(prefix="bench-spool-") as tmp:
         script = Path(tmp) / "client.py"
-        script.write_text(_CLIENT)
+        script.write_text(CLIENT)
         env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": tmp}
         done = subprocess.run(
             [sys.executable, str(script), base, str(Path(tmp) / "out"), str(BODIES), spool],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import json
 import os
 import pickle
@@ -18,8 +17,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from PIL import Image
 
+from bench.spool import BODIES, BODY_BYTES, CLIENT
+from bench.spool import body as body_of
 from stages.download import DownloadConfig, Downloaded, TooLarge, TruncatedBody, fetch, make_session
 from stages.spool import Spool, SpooledBody
 from tests.http_server import serve
@@ -174,45 +174,10 @@ def test_spool_options_are_checked(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- memory
 
-BODIES, BODY_BYTES = 20, 8 * 2**20
-
-_CLIENT = """
-import json, sys
-from pipeline import Pipeline
-from stages import download_stage, resize_stage, write_stage
-
-
-def kb(field):
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
-
-
-if __name__ == "__main__":
-    base, out, n, spool = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    download = download_stage(
-        workers=n, limit_per_host=n, allow_private_hosts=True,
-        spool_above=None if spool == "off" else 4 * 2**20,
-    )
-    pipe = Pipeline([download, resize_stage(64, workers=2), write_stage(out)])
-    Pipeline([resize_stage(64, workers=2)]).run([], progress=False)  # engine imports, forkserver
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # peak RSS from here on
-    before = kb("VmRSS")
-    result = pipe.run([f"{base}/body/{i}" for i in range(n)], output=out, progress=False)
-    print(json.dumps({"ok": result.ok, "peak_mb": (kb("VmHWM") - before) / 1024}))
-"""
-
-
-def _jpeg_of(size: int) -> bytes:
-    """A small JPEG and zeros after its end: ``size`` bytes that decode quickly."""
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 30, 90)).save(buf, "JPEG")
-    return buf.getvalue() + b"\0" * (size - buf.tell())
-
 
 def _peak_mb(base: str, tmp_path: Path, spool: str) -> float:
     script = tmp_path / "client.py"
-    script.write_text(_CLIENT)
+    script.write_text(CLIENT)
     out = tmp_path / f"out-{spool}"
     done = subprocess.run(
         [sys.executable, str(script), base, str(out), str(BODIES), spool],
@@ -231,10 +196,10 @@ def _peak_mb(base: str, tmp_path: Path, spool: str) -> float:
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 @pytest.mark.timeout(240)
 def test_spooling_keeps_the_parents_peak_memory_down(tmp_path: Path) -> None:
-    body = _jpeg_of(BODY_BYTES)
+    payload = body_of()
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="image/jpeg")
+        return web.Response(body=payload, content_type="image/jpeg")
 
     with serve([web.get("/body/{n}", handler)]) as base:
         in_memory = _peak_mb(base, tmp_path, "off")
