@@ -101,13 +101,13 @@ def _folder(
     """The folder ``where`` (keys ``prefix + rel + name``; ``place``: ``rel`` with twins'
     names tagged, its place in the output), its subfolders walked as met."""
     names, held = _first_pass(where)
+    moved = place != rel  # below a twin folder: every object's place differs from its key
     try:
         for entry in held if held is not None else iter_folder(where):
             if isinstance(entry, ObjectInfo):
-                key = prefix + rel + entry.rel
                 written, tag = written_as(entry.rel, names)  # A.JPG beside a.jpg: A~<tag>.JPG
-                out = prefix + place + written
-                yield from _entry(walk, entry, key, tag, None if out == key else out)
+                out = prefix + place + written if moved or written != entry.rel else None
+                yield from _entry(walk, entry, prefix + rel + entry.rel, tag, out)
                 continue
             name = _name(entry)
             why = _not_walked(entry, name, skip)

@@ -269,7 +269,7 @@ def _inside(real: str, known: Sequence[InputKey]) -> InputKey | None:
     its files were there: that folder's prefix, then the path between them."""
     if is_url(real):
         return None
-    holders = [k for k in known if k.folder and not is_url(k.real) and _below(real, k.real)]
+    holders = [k for k in known if k.folder and _below(real, k.real)]
     if not holders:
         return None
     holder = max(holders, key=lambda k: len(k.real))
@@ -281,8 +281,10 @@ def _nested(real: str, known: Sequence[InputKey]) -> dict[tuple[int, int], str]:
     """The input folders the output folder knew inside the local folder ``real``: their keys'
     prefixes, by (st_dev, st_ino) (``process a`` after ``process a/sub`` keeps ``sub``'s)."""
     nested: dict[tuple[int, int], str] = {}
+    if is_url(real):
+        return nested
     for k in known:
-        if k.folder and not is_url(real) and _below(k.real, real):
+        if k.folder and _below(k.real, real):
             try:
                 st = os.stat(k.real)
             except OSError:
