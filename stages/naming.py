@@ -150,9 +150,10 @@ def choose_tag(name: str, folder: Siblings, seed: str | None = None) -> str | No
     the tag is a hash of (default: the name)."""
     if not needs_tag(name, folder.is_name) and _appended_fit(name):
         return None
+    own = _extension(name)  # written under its own name in that format (rule 1): not a tag's
     for digits in (8, 16, 40):
         tag = name_tag(seed if seed is not None else name, digits)
-        names = (output_name(name, ext, tag).lower() for ext in OUTPUT_EXTENSIONS)
+        names = (output_name(name, ext, tag).lower() for ext in OUTPUT_EXTENSIONS if ext != own)
         if not any(folder.is_taken(n) for n in names):
             break
     return tag

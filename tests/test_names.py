@@ -22,6 +22,7 @@ from stages.naming import (
     NAME_MAX,
     OUTPUT_EXTENSIONS,
     Folder,
+    choose_tag,
     fold,
     name_tag,
     needs_tag,
@@ -114,6 +115,11 @@ def test_the_naming_rules() -> None:
     assert needs_tag("a.gif", {"a.gif", "a.gif.jpg"})
     assert needs_tag("A.GIF", {"a.gif", "a.gif.webp"})  # siblings given lower-cased
     assert not needs_tag("a.gif", {"a.gif", "a.gif.jpeg"})  # .jpeg keeps its own name
+    # the tag has 8 digits, also for a name written under itself in one output format (a PNG
+    # beside x.png.jpg: its PNG output is x.png, its own name, which never asks for a longer tag)
+    for name in ("a.gif", "x.png", "y.webp", "z.jpg"):
+        folder = Folder([name, f"{name}.jpg", f"{name}.png"])
+        assert choose_tag(name, folder) == name_tag(name), name
 
 
 def test_names_that_differ_only_in_case_or_normalization_are_twins() -> None:
