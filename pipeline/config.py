@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .records import Record
+from .records import Item, Record
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -47,6 +47,9 @@ class RunOptions:
     ``fingerprint`` is a string for the whole run, or a function of the key when inputs of
     different kinds depend on different options (changing an image option redoes images only).
     ``is_done(record)``: whether an earlier ``ok`` record's outputs are still there.
+    ``outdated(item, record)``: why an earlier done ``record`` does not settle ``item`` although
+    the tests above pass (say its outputs are named otherwise than this run names them), or
+    None; the item is redone, and its new record says why (``redo``).
     ``handle_signals``: ``Pipeline.run`` in the main thread owns SIGINT (Ctrl-C, above).
     ``stop_helpers``: ``Pipeline.run`` stops the process workers' forkserver and
     multiprocessing's resource tracker (:func:`pipeline.forkserver.shutdown`) once the run's
@@ -73,6 +76,7 @@ class RunOptions:
     grace: float = 2.0
     fingerprint: Fingerprint = None
     is_done: Callable[[Record], bool] | None = None
+    outdated: Callable[[Item, Record], str | None] | None = None
     handle_signals: bool = True
     stop_helpers: bool = False
     backend: Backend | None = None

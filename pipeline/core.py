@@ -19,7 +19,7 @@ from .config import Fingerprint, RunOptions
 from .entry import execute, iterate
 from .errors import DefinitionError
 from .procpool import DEPTH
-from .records import Record
+from .records import Item, Record
 from .result import Collector, RunResult
 from .stage import Stage
 
@@ -89,6 +89,7 @@ class Pipeline:
         grace: float = 2.0,
         fingerprint: Fingerprint = None,
         is_done: Callable[[Record], bool] | None = None,
+        outdated: Callable[[Item, Record], str | None] | None = None,
         backend: Backend | None = None,
         autoscale: bool = False,
         revisit: Callable[[Record], Record | None] | None = None,
@@ -113,6 +114,7 @@ class Pipeline:
             grace=grace,
             fingerprint=fingerprint,
             is_done=is_done,
+            outdated=outdated,
             backend=backend,
             autoscale=autoscale,
             revisit=revisit,
@@ -137,6 +139,7 @@ class Pipeline:
         grace: float = 2.0,
         fingerprint: Fingerprint = None,
         is_done: Callable[[Record], bool] | None = None,
+        outdated: Callable[[Item, Record], str | None] | None = None,
         backend: Backend | None = None,
         autoscale: bool = False,
         revisit: Callable[[Record], Record | None] | None = None,
@@ -155,6 +158,7 @@ class Pipeline:
             grace=grace,
             fingerprint=fingerprint,
             is_done=is_done,
+            outdated=outdated,
             backend=backend,
             autoscale=autoscale,
             revisit=revisit,
@@ -175,6 +179,7 @@ class Pipeline:
         grace: float = 2.0,
         fingerprint: Fingerprint = None,
         is_done: Callable[[Record], bool] | None = None,
+        outdated: Callable[[Item, Record], str | None] | None = None,
         backend: Backend | None = None,
         autoscale: bool = False,
         revisit: Callable[[Record], Record | None] | None = None,
@@ -195,6 +200,7 @@ class Pipeline:
             grace=grace,
             fingerprint=fingerprint,
             is_done=is_done,
+            outdated=outdated,
             backend=backend,
             autoscale=autoscale,
             revisit=revisit,
@@ -216,6 +222,7 @@ def run_stage(
     grace: float = 2.0,
     fingerprint: Fingerprint = None,
     is_done: Callable[[Record], bool] | None = None,
+    outdated: Callable[[Item, Record], str | None] | None = None,
     backend: Backend | None = None,
     autoscale: bool = False,
     revisit: Callable[[Record], Record | None] | None = None,
@@ -234,6 +241,7 @@ def run_stage(
         grace=grace,
         fingerprint=fingerprint,
         is_done=is_done,
+        outdated=outdated,
         backend=backend,
         autoscale=autoscale,
         revisit=revisit,

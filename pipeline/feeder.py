@@ -100,6 +100,8 @@ class Feeder:
             if decided is not None:
                 await recorder.emit(decided)
                 continue
+            if prev is not None:
+                recorder.redo(item, prev)
             item.born = time.perf_counter()
             if first is not None:
                 await first.send(item)

@@ -27,6 +27,8 @@ class Recorder:
         self.run_id = run_id
         self.channel = channel
         self.inflight: dict[str, Item] = {}
+        #: the earlier records of the keys in flight that are being redone (Record.earlier)
+        self.replacing: dict[str, Record] = {}
         self._fingerprint = fingerprint
 
     def fingerprint(self, key: str, item: Item | None = None) -> str | None:
@@ -43,10 +45,16 @@ class Recorder:
         self.inflight[item.key] = item
         return True
 
+    def redo(self, item: Item, earlier: Record) -> None:
+        """``item``, in flight, is processed again: its record will carry ``earlier``."""
+        self.replacing[item.key] = earlier
+
     async def emit(self, record: Record) -> None:
         """Hand ``record`` to the ledger writer; its key is no longer in flight."""
         record.run = self.run_id
         item = self.inflight.get(record.key)
+        if self.replacing:
+            record.earlier = self.replacing.pop(record.key, None)
         if record.status not in (Status.SKIPPED, Status.REUSED) or record.stage is not None:
             # processed (or declined by a stage): the record names the options and the input
             # it was made from; a reused record keeps the earlier record's (pipeline.resume)
@@ -127,10 +135,12 @@ class Recorder:
                 fingerprint=self.fingerprint(item.key, item),
                 identity=item.identity,
                 redo=item.redo,
+                earlier=self.replacing.get(item.key),
             )
             for item in self.inflight.values()
         ]
         self.inflight.clear()
+        self.replacing.clear()
         return records
 
 

@@ -137,6 +137,9 @@ class Record:
     fingerprint: str | None = None
     identity: dict[str, Any] | None = None
     redo: str | None = None
+    #: For a key this run redid: the earlier record it replaces, as the ledger held it (not in
+    #: the manifest; for collectors, say to remove earlier outputs the new record does not list).
+    earlier: Record | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

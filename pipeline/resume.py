@@ -2,8 +2,10 @@
 
 Done means: an ``ok`` or ``reused`` record made with the same options (fingerprint) from the
 same input (source and identity, when the source gives one), whose outputs are still there
-(``is_done``). A done input is recorded ``reused``: the earlier result (outputs, statistics),
-options and identity carried over, so the new record is done in its turn. A stage's earlier
+(``is_done``), under the names this run gives them (``outdated``). A done input is recorded
+``reused``: the earlier result (outputs, statistics), options and identity carried over, so the
+new record is done in its turn. A redone input's new record carries the one it replaces
+(``Record.earlier``, for the collectors). A stage's earlier
 skip of the same input (same options and identity: a file that is not an image) settles it too,
 ``skipped`` again with the same reason. ``retry_failed`` redoes only failures; ``force`` redoes
 everything. The feeder asks :meth:`ResumePolicy.decide` for every input of a run with a ledger.
@@ -74,7 +76,13 @@ class ResumePolicy:
                 return f"another input under this key (was {shown(prev.source)})"
             if prev.identity != item.identity:
                 return changed(prev.identity, item.identity)
-        if opts.is_done is not None and not declined(prev) and not opts.is_done(prev):
+        if declined(prev):
+            return None
+        if opts.outdated is not None:
+            why = opts.outdated(item, prev)
+            if why is not None:
+                return why
+        if opts.is_done is not None and not opts.is_done(prev):
             return "earlier outputs missing"
         return None
 

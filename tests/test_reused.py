@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from pipeline import Pipeline, Record, Status, read_manifest, stage
 from pipeline.records import LEGACY_DONE, upgrade
@@ -122,3 +123,38 @@ def test_an_old_journal_is_upgraded_once(out: Path) -> None:
         assert db.execute("PRAGMA user_version").fetchone() == (1,)
     finally:
         db.close()
+
+
+class Earlier:
+    name = "earlier"
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+
+    def add(self, record: Record) -> None:
+        self.seen[record.key] = None if record.earlier is None else record.earlier.value
+
+    def result(self) -> None:
+        return None
+
+
+def test_a_redone_keys_record_carries_the_one_it_replaces(out: Path) -> None:
+    pipe = Pipeline([stage(fns.double, kind="thread")])
+    pipe.run([("a", 1), ("b", 2)], output=out, progress=False, fingerprint="v1")
+    seen = Earlier()
+    # b's earlier result is "outdated": redone with the reason given, and its record knows it
+    again = pipe.run(
+        [("a", 1), ("b", 5), ("c", 3)],
+        output=out,
+        progress=False,
+        fingerprint="v1",
+        outdated=lambda item, rec: "moved" if item.key == "b" else None,
+        collectors=[seen],
+    )
+    assert again.counts == {"reused": 1, "ok": 2}
+    assert seen.seen == {"a": None, "b": 4, "c": None}
+    manifest = by_key(out)
+    assert manifest["b"]["redo"] == "moved"
+    assert manifest["b"]["result"] == 10
+    assert "earlier" not in manifest["b"]
+    assert Status(manifest["a"]["status"]) is Status.REUSED
