@@ -151,6 +151,14 @@ def _outcome(result: RunResult) -> list[str]:
         lines.append(f"cancelled: {result.cancelled} in flight when the run stopped")
     if result.not_started:
         lines.append(f"not started: {result.not_started}")
+    stale = result.collected.get("stale_outputs") or {}
+    if stale.get("removed"):
+        lines.append(
+            f"removed: {stale['removed']} earlier output(s) of redone inputs that no record "
+            "lists any more (other names, format or sizes; or the input changed and failed)"
+        )
+    if stale.get("failed"):
+        lines.append(f"not removed: {stale['failed']} stale output(s) (summary.json says why)")
     groups = (result.collected.get("near_duplicates") or {}).get("groups") or []
     if groups:
         lines.append(f"near-duplicates: {len(groups)} group(s) of similar images (in the report)")

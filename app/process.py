@@ -38,6 +38,7 @@ from pipeline import (
     Stage,
     Status,
     hold_folder,
+    shown,
     stage,
 )
 from stages import steps
@@ -52,7 +53,7 @@ from stages.sources import (
     walk_inputs,
 )
 from stages.storage import StorageError, StorageURL, is_url, process_local, use_options
-from stages.thumbs import Rendered, outputs_exist
+from stages.thumbs import Rendered, outputs_exist, renamed_output, without_outputs
 
 from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
 from .config import ProcessConfig
@@ -61,6 +62,7 @@ from .input_keys import earlier_inputs, remember_inputs
 from .leftovers import after_run, remove_stale_temps, unfinished
 from .report import ReportSheet, write_report
 from .shard_folder import check_shard_folder
+from .stale import StaleOutputs
 from .storage_config import shown_argv
 
 log = logging.getLogger("app")
@@ -321,9 +323,12 @@ def run_process(
         sheet = ReportSheet(feed)
         table = StatsTable(out, feed)
         dups = NearDuplicates(table)
+        files = cfg.output_format == "files"
+        stale = [StaleOutputs(_output_root(cfg, out), out, feed)] if files else []
         try:
-            tables: list[Collector] = [feed, table, dups, DataTable(out, feed)]
-            result = _run(cfg, out, plan, limit, tables, stop_helpers=stop_helpers)
+            tables: list[Collector] = [feed, table, dups, DataTable(out, feed), *stale]
+            rewritten = stale[0].rewritten if stale else None
+            result = _run(cfg, out, plan, limit, tables, rewritten, stop_helpers=stop_helpers)
         finally:
             dups.close()  # its child, if one still runs; the table's temporary files
             _write_report(out, sheet, dups)
@@ -349,6 +354,7 @@ def _run(
     plan: InputPlan,
     limit: int | None,
     tables: Sequence[Collector],
+    rewritten: Callable[[str], bool] | None,
     *,
     stop_helpers: bool,
 ) -> RunResult:
@@ -381,10 +387,11 @@ def _run(
         collectors=[*tables, DataAggregate(), FailureList()],
         fingerprint=cfg.fingerprint(),  # items carry their own (see _prepared)
         is_done=_is_done(cfg, out),
+        outdated=_renamed if cfg.output_format == "files" else None,
         retry_failed=cfg.retry_failed,
         force=cfg.force,
         progress=False if cfg.quiet else cfg.progress,
-        revisit=None if limit is not None else mark_gone,
+        revisit=None if limit is not None else functools.partial(mark_gone, rewritten=rewritten),
         stop_helpers=stop_helpers,
     )
 
@@ -396,9 +403,23 @@ def _is_done(cfg: ProcessConfig, out: Path) -> Callable[[Record], bool]:
 
         in_shard = shard_done(out)
         return lambda rec: in_shard(rec.value)
-    # a storage output: a root of this run's own, which keeps the folder listings it reads
-    root = StorageURL(cfg.output, cfg.storage_options) if is_url(cfg.output) else out
+    root = _output_root(cfg, out)
     return lambda rec: is_data_result(rec.value) or outputs_exist(root, rec.value)
+
+
+def _output_root(cfg: ProcessConfig, out: Path) -> str:
+    """Where the outputs are: the output folder, or a storage URL of this run's own, which
+    keeps its options and the folder listings it reads."""
+    return StorageURL(cfg.output, cfg.storage_options) if is_url(cfg.output) else str(out)
+
+
+def _renamed(item: Item, rec: Record) -> str | None:
+    """Resume's test of a done record's output names: an input whose outputs this run would
+    write elsewhere (its tag changed: a sibling named like one of its outputs came or went;
+    a twin appeared) is redone under today's names, so no two records ever list one file."""
+    place = steps.output_place(item.value)
+    moved = None if place is None else renamed_output(*place, rec.value)
+    return None if moved is None else f"output names changed (was {shown(moved)})"
 
 
 def _prepared(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[Item | Record]:
@@ -422,19 +443,25 @@ def _prepared(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[I
 REASON_GONE = "input gone: the file no longer exists (its outputs are kept)"
 
 
-def mark_gone(rec: Record) -> Record | None:
+def mark_gone(rec: Record, rewritten: Callable[[str], bool] | None = None) -> Record | None:
     """For keys a run did not see: a record whose input file is gone becomes ``skipped`` with
-    :data:`REASON_GONE` (its earlier result kept, so its outputs stay listed); others stay."""
-    if rec.identity is None or rec.reason == REASON_GONE:  # not a file (a URL), or known gone
+    :data:`REASON_GONE` (its earlier result kept, so its outputs stay listed); others stay.
+    ``rewritten(path)``: whether this run wrote that output for another input (a current
+    input took the gone one's output name): the gone record stops listing it."""
+    if rec.identity is None:  # not a file (a URL)
         return None
-    if _input_exists(rec.source):
+    known = rec.reason == REASON_GONE
+    if not known and _input_exists(rec.source):
+        return None
+    value = rec.value if rewritten is None else without_outputs(rec.value, rewritten)
+    if known and value is rec.value:
         return None
     return Record(
         key=rec.key,
         status=Status.SKIPPED,
         source=rec.source,
         reason=REASON_GONE,
-        value=rec.value,
+        value=value,
         meta=rec.meta,
         fingerprint=rec.fingerprint,
         identity=rec.identity,

@@ -56,7 +56,7 @@ from .sources import DataFile, SourceFile
 from .storage import is_url
 from .thumbs import Rendered, render, write_outputs
 
-__all__ = ["IMAGES", "PARTS", "crunch", "read", "resize", "to_worker", "write"]
+__all__ = ["IMAGES", "PARTS", "crunch", "output_place", "read", "resize", "to_worker", "write"]
 
 #: The values the ``resize`` stage takes: a local image file (its worker checks and reads it), or
 #: bytes (downloads, objects in storage).
@@ -130,6 +130,17 @@ def to_worker(src: SourceFile | DataFile) -> SourceFile | DataFile | ImageFile:
     ):
         return ImageFile(src.path, src.rel, src.tag)
     return src
+
+
+def output_place(value: object) -> tuple[str, str | None] | None:
+    """Where this run writes an input's outputs below the size folders, and their tag
+    (:mod:`stages.naming`): a local or stored file's, as the walk placed it; None for a URL
+    (its place comes from the URL alone, the same in every run) and anything else."""
+    if isinstance(value, ImageFile | SourceFile):
+        return value.rel, value.tag
+    if isinstance(value, DataFile):  # one that holds an image is written at its place
+        return value.rel if value.place is None else value.place, value.tag
+    return None
 
 
 def resize(

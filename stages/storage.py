@@ -60,6 +60,7 @@ __all__ = [
     "options_of",
     "present_size",
     "read_range",
+    "remove_object",
     "use_options",
     "write_object",
 ]
@@ -420,6 +421,16 @@ def write_object(url: str, data: bytes) -> None:
         fs.pipe_file(path, data, chunksize=_ONE_PUT)
     else:
         fs.pipe_file(path, data)
+
+
+def remove_object(url: str) -> bool:
+    """Remove the object at ``url``; False when there is none."""
+    fs, path = filesystem(url)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def put_file(local: str, url: str) -> None:

@@ -9,6 +9,9 @@ an input name) is recorded shown escaped as ``path`` and exactly as ``path_b64``
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,22 @@ from typing import Any
 from pipeline.names import from_b64, with_raw
 
 from .files import Loaded, safe_join, write_atomic
-from .naming import output_rel
+from .naming import OUTPUT_EXTENSIONS, output_rel
 from .options import ImageResult, ResizeOptions
 from .storage import is_url
 
-__all__ = ["Rendered", "output_path", "output_rel", "outputs_exist", "render", "write_outputs"]
+__all__ = [
+    "Rendered",
+    "output_path",
+    "output_paths",
+    "output_rel",
+    "outputs_exist",
+    "remove_output",
+    "renamed_output",
+    "render",
+    "without_outputs",
+    "write_outputs",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,4 +117,77 @@ def outputs_exist(root: Path | str, result: Any) -> bool:
     try:
         return all((root / output_path(o)).stat().st_size > 0 for o in result["outputs"])
     except (OSError, KeyError, TypeError):
+        return False
+
+
+def renamed_output(rel: str, tag: str | None, result: Any) -> str | None:
+    """Resume check: the first output an earlier record lists that this run would name
+    otherwise, now that the input's place is ``rel`` and its tag ``tag`` (a sibling that came
+    or went since changes a name: :mod:`stages.naming`); None when every name still holds.
+    Compared for the output's size label and any output extension: the options (the format)
+    are compared by the fingerprint."""
+    outputs = result.get("outputs") if isinstance(result, dict) else None
+    if not isinstance(outputs, list):
+        return None
+    for out in outputs:
+        try:
+            path, label = output_path(out), str(out["size"])
+        except (KeyError, TypeError):
+            continue  # not a record this version wrote: outputs_exist() judges it
+        if not any(output_rel(rel, label, ext, tag) == path for ext in OUTPUT_EXTENSIONS):
+            return path
+    return None
+
+
+def output_paths(result: Any) -> Iterator[str]:
+    """The paths of the outputs a record's ``result`` lists (exactly: :func:`output_path`)."""
+    outputs = result.get("outputs") if isinstance(result, dict) else None
+    if not isinstance(outputs, list):
+        return
+    for out in outputs:
+        try:
+            yield output_path(out)
+        except (KeyError, TypeError, ValueError):
+            continue
+
+
+def remove_output(root: str, rel: str, before_ns: int) -> bool:
+    """Remove the output ``rel`` of the output folder ``root``; False when there is none.
+    A local file is removed only if it is a regular file last written before ``before_ns``
+    (``time.time_ns()``; a later one was written by the run that asks) and inside ``root``:
+    ``UnsafePath``, ``FileExistsError`` (not a file, or newer) otherwise."""
+    if is_url(root):
+        from .storage import join_url, remove_object
+
+        return remove_object(join_url(root, rel))
+    path = safe_join(Path(root), rel)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise FileExistsError(f"{rel} is not a file")
+    if st.st_mtime_ns >= before_ns:
+        raise FileExistsError(f"{rel} was written by this run")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def without_outputs(result: Any, drop: Callable[[str], bool]) -> Any:
+    """``result`` without the outputs whose path ``drop`` picks: a copy, or ``result`` itself
+    when it lists none of them."""
+    outputs = result.get("outputs") if isinstance(result, dict) else None
+    if not isinstance(outputs, list):
+        return result
+    kept = [o for o in outputs if not _picked(o, drop)]
+    return result if len(kept) == len(outputs) else {**result, "outputs": kept}
+
+
+def _picked(out: Any, drop: Callable[[str], bool]) -> bool:
+    try:
+        return drop(output_path(out))
+    except (KeyError, TypeError, ValueError):
         return False

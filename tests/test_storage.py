@@ -165,6 +165,18 @@ def test_a_rerun_redoes_nothing_and_an_edited_object_is_redone(server: S3) -> No
     assert gone_rec["status"] == "skipped"
     assert gone_rec["reason"].startswith("input gone")
     assert all(o["path"] in server.objects(out) for o in gone_rec["result"]["outputs"])
+    # another format: the objects it replaces are removed from the store (the gone input's
+    # are kept); every image object is one a record lists
+    fifth = process(server, src, out, "--format", "png")
+    assert fifth.returncode == 0, fifth.stderr
+    assert "removed: " in fifth.stderr
+    recs = manifest(server, out)
+    paths = {
+        k: [o["path"] for o in (r.get("result") or {}).get("outputs", [])] for k, r in recs.items()
+    }
+    stored = {k for k in server.objects(out) if k.startswith("64/")}
+    assert stored == {p for listed in paths.values() for p in listed}
+    assert all(p.endswith(".png") for k, ps in paths.items() if k != "900x600.webp" for p in ps)
 
 
 # -- the extra missing -----------------------------------------------------------------------------

@@ -1,0 +1,217 @@
+"""Earlier outputs that no record lists any more: removed at the end of a run.
+
+A run that redoes an input may list other outputs for it than the earlier run did: another
+format or other sizes (``512/x.jpg`` became ``512/x.jpg.png``), other names (a twin or a
+sibling named like an output came or went, :mod:`stages.naming`). Or the input changed and is
+now unreadable: its earlier thumbnail shows a picture that is no longer there. Left in place,
+such files look current to whatever reads the folder (a data loader, a web page, a copy).
+:class:`StaleOutputs` removes them once every record of the folder has streamed by.
+
+For a key this run redid (its earlier record: :attr:`pipeline.Record.earlier`), the files the
+earlier record listed are removed when
+
+* the new record is ``ok``: those it does not list (the others were written again);
+* the new record is ``failed`` or ``skipped`` and the input changed (its ``source`` or
+  ``identity``): all of them — they show content that is gone.
+
+They are kept when the redo failed on the same input (``--force``, other options, a server
+that did not answer): still a true picture of the input, perhaps its only one; and when the
+run cancelled the key (nothing was decided). A file is never removed when any record of the
+folder lists it (this run's or an earlier one's, in any order: every listed path goes through
+a fixed-size Bloom filter, :class:`Listed`, whose rare false positive keeps a file, never
+removes one), when it was written since the run started (a local file's ``mtime``), when it
+is not a regular file, or outside the output folder. Emptied folders below the output folder
+go too. ``summary.json`` says what was removed (``collected.stale_outputs``), and so does the
+console.
+
+Memory: the Bloom filter (1 MiB, only in a folder that had records before the run) and the
+paths to remove, in a temporary file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline import Record, Status, shown
+from pipeline.ledger import JOURNAL
+from stages.files import UnsafePath
+from stages.storage import StorageError, is_url
+from stages.thumbs import output_paths, remove_output
+
+from .endofrun import MANIFEST, RecordFeed
+
+__all__ = ["Listed", "StaleOutputs"]
+
+log = logging.getLogger("app")
+
+#: Removal errors kept for ``summary.json`` (the count has them all).
+MAX_ERRORS = 20
+
+
+class Listed:
+    """A Bloom filter of output paths: ``maybe(path)`` is True for every path added (and, for a
+    few in a hundred at a million paths, for one never added). 2**23 bits, 3 probes."""
+
+    BITS = 1 << 23
+    _MASK = BITS - 1
+    _MIX = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: the second hash, from the first
+
+    def __init__(self) -> None:
+        self.bits = bytearray(self.BITS // 8)
+
+    def _probes(self, path: str) -> tuple[int, int, int]:
+        h1 = hash(path) & 0xFFFFFFFFFFFFFFFF
+        h2 = ((h1 * self._MIX) & 0xFFFFFFFFFFFFFFFF) >> 40 | 1
+        mask = self._MASK
+        return h1 & mask, (h1 + h2) & mask, (h1 + 2 * h2) & mask
+
+    def add(self, path: str) -> None:
+        bits = self.bits
+        for i in self._probes(path):
+            bits[i >> 3] |= 1 << (i & 7)
+
+    def maybe(self, path: str) -> bool:
+        bits = self.bits
+        return all(bits[i >> 3] & (1 << (i & 7)) for i in self._probes(path))
+
+
+class StaleOutputs:
+    """A collector (this run's records: which earlier outputs to remove) and a sink of the
+    feed (every record of the folder: which paths are listed); see the module docstring.
+
+    ``root``: the output folder (a path or a storage URL); ``ledger``: the folder of the run's
+    ledger (the same, or a storage output's working folder). A folder without records before
+    the run redoes nothing: no filter then, no cost per record."""
+
+    name = "stale_outputs"
+
+    def __init__(self, root: str, ledger: Path, feed: RecordFeed) -> None:
+        self.root = root
+        self.feed = feed
+        self.started = time.time_ns()
+        active = any((ledger / name).exists() for name in (MANIFEST, JOURNAL))
+        self.listed = Listed() if active else None
+        self._doomed: IO[bytes] | None = None  # the paths to remove, NUL-separated
+        self.counts = {"removed": 0, "listed": 0, "newer": 0, "missing": 0, "failed": 0}
+        self.errors: list[str] = []
+        if active:
+            feed.add_sink(self)
+
+    # -- the collector: this run's records ------------------------------------------------------
+    def add(self, record: Record) -> None:
+        earlier = record.earlier
+        if earlier is None or earlier.value is None:
+            return
+        for path in _superseded(record, earlier):
+            if self._doomed is None:  # closed by discard(), whatever happens
+                self._doomed = tempfile.TemporaryFile(prefix="pixpipe-stale-")  # noqa: SIM115
+            self._doomed.write(os.fsencode(path) + b"\0")
+
+    def result(self) -> dict[str, Any]:
+        """Remove what is stale and say so. The engine asks after the ledger's pass over the
+        records the run did not write (:func:`pipeline.summary.collect`): only then has every
+        listed path gone through the filter. A feed that failed (a manifest that cannot be
+        read) raises its error here, and nothing is removed."""
+        if self.listed is not None:
+            self.feed.check(self)
+            self._sweep()
+        return {**self.counts, "errors": self.errors}
+
+    def rewritten(self, rel: str) -> bool:
+        """Whether this run wrote the output ``rel`` for a record of its own, asked once its
+        records are all in (a record it did not write may list ``rel`` from before: an input
+        now gone, whose output name a current input took). Exact for a local folder (listed,
+        and written since the run started); in storage, listed is taken for written."""
+        if self.listed is None or not self.listed.maybe(rel):
+            return False
+        if is_url(self.root):
+            return True
+        try:
+            return os.stat(os.path.join(self.root, rel)).st_mtime_ns >= self.started
+        except OSError:
+            return False
+
+    # -- the sink: every record of the folder ---------------------------------------------------
+    def take(self, record: dict[str, Any]) -> None:
+        assert self.listed is not None
+        for path in output_paths(record.get("result")):
+            self.listed.add(path)
+
+    def finish(self) -> None:
+        return None  # the feed has ended; result() removes, once the engine is done too
+
+    def discard(self) -> None:
+        if self._doomed is not None:
+            self._doomed.close()
+            self._doomed = None
+
+    def _sweep(self) -> None:
+        emptied: set[str] = set()  # the folders of removed files (few: the size folders' own)
+        for rel in self._paths():
+            what = self._remove(rel)
+            self.counts[what] += 1
+            if what == "removed":
+                emptied.add(rel.rpartition("/")[0])
+        if emptied and not is_url(self.root):
+            _prune(Path(self.root), emptied)
+        if self.counts["removed"]:
+            log.debug("removed %d earlier output(s) that no record lists", self.counts["removed"])
+        self.discard()
+
+    def _paths(self) -> Iterator[str]:
+        if self._doomed is None:
+            return
+        self._doomed.seek(0)
+        rest = b""
+        while chunk := self._doomed.read(1 << 16):
+            *whole, rest = (rest + chunk).split(b"\0")
+            for raw in whole:
+                yield os.fsdecode(raw)
+
+    def _remove(self, rel: str) -> str:
+        assert self.listed is not None
+        if self.listed.maybe(rel):
+            return "listed"
+        try:
+            return "removed" if remove_output(self.root, rel, self.started) else "missing"
+        except FileExistsError:
+            return "newer"
+        except (OSError, UnsafePath, StorageError) as exc:
+            if len(self.errors) < MAX_ERRORS:
+                self.errors.append(f"{shown(rel)}: {exc}")
+            return "failed"
+
+
+def _superseded(record: Record, earlier: Record) -> list[str]:
+    """The earlier record's outputs that the new ``record`` makes stale (module docstring)."""
+    if record.status is Status.OK:
+        keep = set(output_paths(record.value))
+        return [p for p in output_paths(earlier.value) if p not in keep]
+    if record.status in (Status.FAILED, Status.SKIPPED) and _input_changed(record, earlier):
+        return list(output_paths(earlier.value))
+    return []
+
+
+def _input_changed(record: Record, earlier: Record) -> bool:
+    if record.source != earlier.source:
+        return True
+    return None not in (record.identity, earlier.identity) and record.identity != earlier.identity
+
+
+def _prune(root: Path, folders: set[str]) -> None:
+    """Remove ``folders`` (``/``-separated, below ``root``) and their parents below ``root``
+    when removing files left them empty; the deepest first."""
+    for rel in sorted(folders - {""}, key=lambda f: -f.count("/")):
+        parts = rel.split("/")
+        while parts:
+            try:
+                root.joinpath(*parts).rmdir()
+            except OSError:  # not empty (or gone): its parents are not either
+                break
+            parts.pop()

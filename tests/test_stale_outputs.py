@@ -1,0 +1,215 @@
+"""Outputs on resume: one file per record, none that no record lists, never another's picture.
+
+A redo may name an input's outputs otherwise (another format or size, a sibling or a twin that
+came or went); a changed input may now fail. The earlier files must not stay behind looking
+current, and no file may be listed by two records (the second one's picture under the first
+one's name): :mod:`app.stale`, and resume's ``outdated`` test in :mod:`app.process`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.stale import Listed, StaleOutputs
+from stages.naming import name_tag
+from stages.thumbs import remove_output
+from tests.trees import cli, files_below, image_bytes, looks, write
+from tests.trees import output_paths as outputs
+from tests.trees import records_by_bytes as records
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def listed(out: Path) -> dict[bytes, bytes]:
+    """Every output path the manifest lists -> the key listing it (no path listed twice)."""
+    found: dict[bytes, bytes] = {}
+    for key, rec in records(out).items():
+        for path in outputs(rec):
+            assert path not in found, f"{path!r} listed by {found[path]!r} and {key!r}"
+            found[path] = key
+    return found
+
+
+def images_below(out: Path) -> set[bytes]:
+    """The image files in the output folder (its own files left out)."""
+    return {p for p in files_below(os.fsencode(out)) if b"/" in p and not p.startswith(b".")}
+
+
+def stale_counts(out: Path) -> dict[str, Any]:
+    counts: dict[str, Any] = json.loads((out / "summary.json").read_text())["collected"][
+        "stale_outputs"
+    ]
+    return counts
+
+
+def shows(out: Path, path: bytes, colour: str) -> bool:
+    return looks(os.path.join(os.fsencode(out), path), colour)
+
+
+def test_a_sibling_named_like_a_done_inputs_output_never_takes_its_thumbnail(
+    tmp_path: Path,
+) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write(src, "x.png", image_bytes("red", "PNG"))
+    jpeg = ("--output", out, "--format", "jpeg", "--quiet")
+    assert cli(src, *jpeg).returncode == 0
+    assert outputs(records(out)[b"x.png"]) == [b"512/x.png.jpg"]
+    # a JPEG whose own name is x.png's output name: it writes there, so x.png moves away
+    sibling = write(src, "x.png.jpg", image_bytes("blue"))
+    assert cli(src, *jpeg).returncode == 0
+    recs = records(out)
+    assert recs[b"x.png"]["redo"] == "output names changed (was 512/x.png.jpg)"
+    tagged = f"512/x.png~{name_tag('x.png')}.jpg".encode()
+    assert outputs(recs[b"x.png"]) == [tagged]
+    assert outputs(recs[b"x.png.jpg"]) == [b"512/x.png.jpg"]
+    assert shows(out, tagged, "red")
+    assert shows(out, b"512/x.png.jpg", "blue")
+    assert images_below(out) == set(listed(out))
+    # x.png's earlier path is the sibling's now: listed, so never removed
+    assert stale_counts(out)["removed"] == 0
+    assert stale_counts(out)["listed"] + stale_counts(out)["newer"] == 1
+    # the sibling gone: x.png takes its plain name back; the gone record stops listing the
+    # file that now holds x.png's picture, and the tagged file goes
+    os.unlink(sibling)
+    assert cli(src, *jpeg).returncode == 0
+    recs = records(out)
+    assert recs[b"x.png"]["redo"].startswith("output names changed")
+    assert outputs(recs[b"x.png"]) == [b"512/x.png.jpg"]
+    assert shows(out, b"512/x.png.jpg", "red")
+    gone = recs[b"x.png.jpg"]
+    assert gone["status"] == "skipped"
+    assert gone["reason"].startswith("input gone")
+    assert outputs(gone) == []
+    assert images_below(out) == set(listed(out)) == {b"512/x.png.jpg"}
+    assert stale_counts(out)["removed"] == 1
+    # and then nothing moves any more
+    assert cli(src, *jpeg).returncode == 0
+    assert records(out)[b"x.png"]["status"] == "reused"
+
+
+def test_a_twin_that_appears_renames_the_done_inputs_outputs(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write(src, "a.jpg", image_bytes("red"))
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    assert outputs(records(out)[b"a.jpg"]) == [b"512/a.jpg"]
+    write(src, "A.JPG", image_bytes("blue"))
+    done = cli(src, "--output", out)
+    assert done.returncode == 0, done.stderr
+    recs = records(out)
+    assert recs[b"a.jpg"]["redo"] == "output names changed (was 512/a.jpg)"
+    paths = listed(out)
+    assert len(paths) == 2
+    assert {p.lower() for p in paths} == {p.lower() for p in images_below(out)}
+    assert len({p.lower() for p in paths}) == 2  # no two differ only in case
+    (a,), (b,) = outputs(recs[b"a.jpg"]), outputs(recs[b"A.JPG"])
+    assert shows(out, a, "red")
+    assert shows(out, b, "blue")
+    assert not (out / "512" / "a.jpg").exists()
+    assert "removed: 1 earlier output(s) of redone inputs" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("then", "expect"),
+    [
+        (("--format", "png"), {b"512/a.jpg.png", b"512/b.jpg.png"}),
+        (("--size", "64"), {b"64/a.jpg", b"64/b.jpg"}),
+    ],
+    ids=["format", "size"],
+)
+def test_a_redo_with_other_options_removes_the_outputs_it_replaced(
+    tmp_path: Path, then: tuple[str, ...], expect: set[bytes]
+) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write(src, "a.jpg", image_bytes("red"))
+    write(src / "sub", "b.jpg", image_bytes("blue"))
+    expect = {p.replace(b"/b.", b"/sub/b.") for p in expect}
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    assert images_below(out) == {b"512/a.jpg", b"512/sub/b.jpg"}
+    done = cli(src, "--output", out, *then)
+    assert done.returncode == 0, done.stderr
+    assert "removed: 2 earlier output(s)" in done.stderr
+    assert images_below(out) == set(listed(out)) == expect
+    assert not (out / "512").exists() or then[0] == "--format"  # emptied folders go too
+    assert stale_counts(out) == {
+        "removed": 2,
+        "listed": 0,
+        "newer": 0,
+        "missing": 0,
+        "failed": 0,
+        "errors": [],
+    }
+    assert all(r["redo"] == "options changed" for r in records(out).values())
+
+
+def test_a_changed_input_that_now_fails_loses_its_old_thumbnail(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    path = write(src, "a.jpg", image_bytes("red"))
+    write(src, "b.jpg", image_bytes("blue"))
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    whole = image_bytes("green", size=(400, 300))
+    with open(path, "wb") as fh:  # edited, then cut short by a failed copy
+        fh.write(whole[: len(whole) // 2])
+    done = cli(src, "--output", out)
+    assert done.returncode == 1
+    rec = records(out)[b"a.jpg"]
+    assert rec["status"] == "failed"
+    assert not (out / "512" / "a.jpg").exists()  # no red thumbnail for a green, broken file
+    assert images_below(out) == {b"512/b.jpg"}
+    assert stale_counts(out)["removed"] == 1
+
+
+def test_a_redo_that_fails_on_the_same_input_keeps_its_earlier_outputs(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write(src, "a.jpg", image_bytes("red", size=(400, 300)))
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    # redone, the same file over a new size limit: not processed, and still a true thumbnail
+    done = cli(src, "--output", out, "--force", "--max-file-size", "100", "--quiet")
+    rec = records(out)[b"a.jpg"]
+    assert rec["status"] in ("skipped", "failed"), done.stderr
+    assert rec["redo"] == "force"
+    assert shows(out, b"512/a.jpg", "red")
+    assert stale_counts(out)["removed"] == 0
+
+
+def test_a_run_into_a_fresh_folder_keeps_no_filter() -> None:
+    from app.endofrun import RecordFeed
+
+    fresh = Path("/nonexistent-folder-for-this-test")
+    stale = StaleOutputs(str(fresh), fresh, RecordFeed(fresh))
+    assert stale.listed is None
+    assert stale.result()["removed"] == 0
+
+
+def test_the_filter_never_forgets_a_path_and_rarely_invents_one() -> None:
+    seen = Listed()
+    paths = [f"512/folder{i % 97}/image_{i:06d}.jpg" for i in range(50_000)]
+    for p in paths:
+        seen.add(p)
+    assert all(seen.maybe(p) for p in paths)
+    others = [f"256/other{i % 89}/picture_{i:06d}.png" for i in range(50_000)]
+    false = sum(seen.maybe(p) for p in others)
+    assert false < 50  # ~0.01 % expected at 50,000 paths
+
+
+def test_an_output_written_since_the_run_started_is_never_removed(tmp_path: Path) -> None:
+    (tmp_path / "512").mkdir()
+    old, new = tmp_path / "512" / "old.jpg", tmp_path / "512" / "new.jpg"
+    old.write_bytes(b"x")
+    started = time.time_ns()
+    os.utime(old, ns=(started - 10**9, started - 10**9))
+    new.write_bytes(b"y")
+    os.utime(new, ns=(started + 1, started + 1))
+    with pytest.raises(FileExistsError):
+        remove_output(str(tmp_path), "512/new.jpg", started)
+    with pytest.raises(FileExistsError):
+        remove_output(str(tmp_path), "512", started)  # not a file
+    assert remove_output(str(tmp_path), "512/old.jpg", started)
+    assert not remove_output(str(tmp_path), "512/old.jpg", started)
+    assert new.exists()
+    assert not old.exists()
