@@ -50,8 +50,8 @@ __all__ = ["Listed", "StaleOutputs"]
 
 log = logging.getLogger("app")
 
-#: Removal errors kept for ``summary.json`` (the count has them all).
-MAX_ERRORS = 20
+#: Paths removed, and removal errors, kept for ``summary.json`` (the counts have them all).
+MAX_LISTED = 20
 
 
 class Listed:
@@ -100,6 +100,7 @@ class StaleOutputs:
         self._doomed: IO[bytes] | None = None  # the paths to remove, NUL-separated
         self.counts = {"removed": 0, "listed": 0, "newer": 0, "missing": 0, "failed": 0}
         self.errors: list[str] = []
+        self.first: list[str] = []  # the first paths removed, shown
         if active:
             feed.add_sink(self)
 
@@ -121,7 +122,7 @@ class StaleOutputs:
         if self.listed is not None:
             self.feed.check(self)
             self._sweep()
-        return {**self.counts, "errors": self.errors}
+        return {**self.counts, "first": self.first, "errors": self.errors}
 
     def rewritten(self, rel: str) -> bool:
         """Whether this run wrote the output ``rel`` for a record of its own, asked once its
@@ -158,6 +159,8 @@ class StaleOutputs:
             self.counts[what] += 1
             if what == "removed":
                 emptied.add(rel.rpartition("/")[0])
+                if len(self.first) < MAX_LISTED:
+                    self.first.append(shown(rel))
         if emptied and not is_url(self.root):
             _prune(Path(self.root), emptied)
         if self.counts["removed"]:
@@ -183,7 +186,7 @@ class StaleOutputs:
         except FileExistsError:
             return "newer"
         except (OSError, UnsafePath, StorageError) as exc:
-            if len(self.errors) < MAX_ERRORS:
+            if len(self.errors) < MAX_LISTED:
                 self.errors.append(f"{shown(rel)}: {exc}")
             return "failed"
 
