@@ -37,13 +37,20 @@ def npz_items(
             error_type=type(exc).__name__,
             error=f"not a readable .npz (zip) file: {exc}",
             attempts=1,
+            identity=identity,  # the file it was, so a later run knows when it is gone
         )
         return
     if is_image:
         yield Item(key=key, value=image(), source=source, identity=identity)
         return
     if not members:
-        yield Record(key=key, status=Status.SKIPPED, source=source, reason="no arrays in .npz")
+        yield Record(
+            key=key,
+            status=Status.SKIPPED,
+            source=source,
+            reason="no arrays in .npz",
+            identity=identity,
+        )
     for member in members:
         name = f"{key}:{member.removesuffix('.npy')}"
         yield Item(key=name, value=array(member), source=source, identity=identity)

@@ -285,6 +285,19 @@ def test_an_input_that_is_gone_is_reported_and_its_outputs_kept(tmp_path: Path) 
     assert records(out)[b"kept.jpg"]["status"] == "reused"
 
 
+def test_a_failed_input_that_is_gone_is_reported_gone_too(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    bad = write(src, "a.npz", b"not a zip at all\n")  # fails as the walk lists it
+    write(src, "b.jpg", image_bytes("blue"))
+    assert cli(src, "--output", out, "--quiet").returncode == 1
+    assert records(out)[b"a.npz"]["status"] == "failed"
+    os.unlink(bad)
+    assert cli(src, "--output", out, "--quiet").returncode == 0  # no failure left to report
+    rec = records(out)[b"a.npz"]
+    assert rec["status"] == "skipped"
+    assert rec["reason"].startswith("input gone")
+
+
 # -- the output folder is never input ---------------------------------------------------------
 def test_an_output_folder_inside_the_input_is_never_walked(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
