@@ -6,7 +6,11 @@ keeps its promises (stages.sources, stages.naming, pipeline.names, pipeline.runn
 2. no two outputs share a path (nor would on a case-insensitive disk), every listed output is
    there, decodes, and shows the colour of its own input; nothing else is left in the tree;
 3. a second run redoes nothing and touches no output;
-4. after one file changes, a third run redoes exactly that key, with ``redo: input changed``.
+4. after one file changes, a third run redoes exactly that key, with ``redo: input changed``;
+5. after the tree or the options change (a file gone, a twin or a sibling named like another
+   input's output added, another format), promise 2 still holds — no stale output is left, no
+   path is listed twice, no output shows another input's picture — and the run after that
+   redoes nothing.
 
 Names mix random bytes, non-UTF-8 bytes, names up to 255 bytes, and deliberate clashes
 (``a.gif`` beside ``a.gif.jpg``, ``a.png`` beside ``A.PNG.jpg``, ``x`` beside ``x.jpg``, a
@@ -322,7 +326,63 @@ def check_nothing_redone(
         assert outputs_of(rec) == outputs_of(prev), (key, prev, rec)
 
 
-def check_tree(tree: Tree, fmt: str, pick: int, rewrite: bool) -> None:
+#: What changes before the fourth run (promise 5).
+CHANGES = ("gone", "twin", "clash", "format")
+
+
+def change_tree(root: bytes, files: dict[bytes, File], change: str, pick: int) -> bytes | None:
+    """Make ``change`` to the tree (not ``format``): remove a file, or add a file named as an
+    existing one's twin or as its output (``files`` gets it, in a colour no file has). Returns
+    the key that came or went (None: nothing to change)."""
+    names = sorted(files)
+    base = files[names[pick % len(names)]]
+    if change == "gone":
+        os.unlink(os.path.join(root, base.rel))
+        return base.rel
+    folder, slash, name = base.rel.rpartition(b"/")
+    new = name.swapcase() if change == "twin" else name + (b".jpg", b".PNG")[pick % 2]
+    rel = folder + slash + new
+    if new == name or len(new) > NAME_MAX or os.path.lexists(os.path.join(root, rel)):
+        return None
+    added = File(rel, "JPEG", 12, len(PALETTE) - 2)  # never taken: len(files) <= MAX_FILES
+    with open(os.path.join(root, rel), "wb") as fh:
+        fh.write(added.content())
+    files[rel] = added
+    return rel
+
+
+def check_change(
+    root: bytes,
+    out: Path,
+    files: dict[bytes, File],
+    colours: dict[bytes, int],
+    fmt: str,
+    change: str,
+    pick: int,
+) -> None:
+    """Promise 5: after ``change``, every output its record's and its input's; then stable.
+    ``colours``: each key's colour now (a rewritten file's is not its ``File``'s)."""
+    changed = None
+    if change == "format":
+        fmt = "png" if fmt != "png" else "jpeg"
+    else:
+        changed = change_tree(root, files, change, pick)
+        if changed is None:
+            return
+        colours.setdefault(changed, files[changed].colour)
+    _run4, recs4 = run(root, out, fmt)
+    check_outputs(out, recs4, files, colours)
+    if changed is not None and change == "gone":
+        assert str(recs4[changed]["reason"]).startswith("input gone"), recs4[changed]
+    elif changed is not None and files[changed].kind in IMAGE_KINDS:
+        assert recs4[changed]["status"] == "ok", recs4[changed]
+    mtimes4 = output_tree(out)
+    _run5, recs5 = run(root, out, fmt)
+    check_nothing_redone(recs4, recs5, but=None)
+    assert output_tree(out) == mtimes4, "a run with nothing to do rewrote outputs"
+
+
+def check_tree(tree: Tree, fmt: str, pick: int, rewrite: bool, change: str | None = None) -> None:
     tmp = tempfile.mkdtemp(prefix="trust-")
     try:
         root = os.path.join(os.fsencode(tmp), b"in")
@@ -368,6 +428,8 @@ def check_tree(tree: Tree, fmt: str, pick: int, rewrite: bool) -> None:
         for p, ns in mtimes1.items():
             if p not in redone:
                 assert mtimes3.get(p) == ns, f"output {p!r} of another key was rewritten"
+        if change is not None:
+            check_change(root, out, files, colours, fmt, change, pick)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -429,15 +491,21 @@ _TAG_LOOKALIKE = Tree(
         HealthCheck.filter_too_much,
     ],
 )
-@given(tree=trees(), pick=st.integers(0, 50), rewrite=st.booleans())
-@example(tree=_CLASHES, pick=0, rewrite=True)
-@example(tree=_DATA_NAMED_IMAGE, pick=0, rewrite=False)
-@example(tree=_TAG_LOOKALIKE, pick=0, rewrite=False)
-@example(tree=_BACKSLASH, pick=0, rewrite=False)
+@given(
+    tree=trees(),
+    pick=st.integers(0, 50),
+    rewrite=st.booleans(),
+    change=st.sampled_from(CHANGES),
+)
+@example(tree=_CLASHES, pick=0, rewrite=True, change="clash")
+@example(tree=_CLASHES, pick=3, rewrite=False, change="gone")
+@example(tree=_DATA_NAMED_IMAGE, pick=0, rewrite=False, change="twin")
+@example(tree=_TAG_LOOKALIKE, pick=0, rewrite=False, change="format")
+@example(tree=_BACKSLASH, pick=0, rewrite=False, change="twin")
 def test_every_name_gets_one_record_its_own_output_and_no_redo(
-    fmt: str, tree: Tree, pick: int, rewrite: bool
+    fmt: str, tree: Tree, pick: int, rewrite: bool, change: str
 ) -> None:
-    check_tree(tree, fmt, pick, rewrite)
+    check_tree(tree, fmt, pick, rewrite, change)
 
 
 def test_the_tree_strategy_makes_clashes_and_wild_names() -> None:
