@@ -327,8 +327,8 @@ def run_process(
         stale = [StaleOutputs(_output_root(cfg, out), out, feed)] if files else []
         try:
             tables: list[Collector] = [feed, table, dups, DataTable(out, feed), *stale]
-            rewritten = stale[0].rewritten if stale else None
-            result = _run(cfg, out, plan, limit, tables, rewritten, stop_helpers=stop_helpers)
+            taken = stale[0].taken if stale else None
+            result = _run(cfg, out, plan, limit, tables, taken, stop_helpers=stop_helpers)
         finally:
             dups.close()  # its child, if one still runs; the table's temporary files
             _write_report(out, sheet, dups)
@@ -354,7 +354,7 @@ def _run(
     plan: InputPlan,
     limit: int | None,
     tables: Sequence[Collector],
-    rewritten: Callable[[str], bool] | None,
+    taken: Callable[[str], bool] | None,
     *,
     stop_helpers: bool,
 ) -> RunResult:
@@ -391,7 +391,7 @@ def _run(
         retry_failed=cfg.retry_failed,
         force=cfg.force,
         progress=False if cfg.quiet else cfg.progress,
-        revisit=None if limit is not None else functools.partial(mark_gone, rewritten=rewritten),
+        revisit=None if limit is not None else functools.partial(mark_gone, taken=taken),
         stop_helpers=stop_helpers,
     )
 
@@ -443,17 +443,17 @@ def _prepared(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[I
 REASON_GONE = "input gone: the file no longer exists (its outputs are kept)"
 
 
-def mark_gone(rec: Record, rewritten: Callable[[str], bool] | None = None) -> Record | None:
+def mark_gone(rec: Record, taken: Callable[[str], bool] | None = None) -> Record | None:
     """For keys a run did not see: a record whose input file is gone becomes ``skipped`` with
     :data:`REASON_GONE` (its earlier result kept, so its outputs stay listed); others stay.
-    ``rewritten(path)``: whether this run wrote that output for another input (a current
-    input took the gone one's output name): the gone record stops listing it."""
+    ``taken(path)``: whether a current input's output now has that name (or one that differs
+    only in case: :meth:`app.stale.StaleOutputs.taken`): the gone record stops listing it."""
     if rec.identity is None:  # not a file (a URL)
         return None
     known = rec.reason == REASON_GONE
     if not known and _input_exists(rec.source):
         return None
-    value = rec.value if rewritten is None else without_outputs(rec.value, rewritten)
+    value = rec.value if taken is None else without_outputs(rec.value, taken)
     if known and value is rec.value:
         return None
     return Record(

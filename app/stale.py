@@ -41,6 +41,7 @@ from typing import IO, Any
 from pipeline import Record, Status, shown
 from pipeline.ledger import JOURNAL
 from stages.files import UnsafePath
+from stages.naming import fold
 from stages.storage import StorageError, is_url
 from stages.thumbs import output_paths, remove_output
 
@@ -96,7 +97,8 @@ class StaleOutputs:
         self.feed = feed
         self.started = time.time_ns()
         active = any((ledger / name).exists() for name in (MANIFEST, JOURNAL))
-        self.listed = Listed() if active else None
+        self.listed = Listed() if active else None  # every record's outputs
+        self.current = Listed() if active else None  # this run's new outputs, folded
         self._doomed: IO[bytes] | None = None  # the paths to remove, NUL-separated
         self.counts = {"removed": 0, "listed": 0, "newer": 0, "missing": 0, "failed": 0}
         self.errors: list[str] = []
@@ -106,13 +108,20 @@ class StaleOutputs:
 
     # -- the collector: this run's records ------------------------------------------------------
     def add(self, record: Record) -> None:
+        if self.current is not None and record.status is Status.OK:
+            for path in output_paths(record.value):
+                self.current.add(fold(path))
         earlier = record.earlier
         if earlier is None or earlier.value is None:
             return
         for path in _superseded(record, earlier):
-            if self._doomed is None:  # closed by discard(), whatever happens
-                self._doomed = tempfile.TemporaryFile(prefix="pixpipe-stale-")  # noqa: SIM115
-            self._doomed.write(os.fsencode(path) + b"\0")
+            self._doom(path)
+
+    def _doom(self, path: str) -> None:
+        """``path`` is to be removed at the end, unless a record lists it then."""
+        if self._doomed is None:  # closed by discard(), whatever happens
+            self._doomed = tempfile.TemporaryFile(prefix="pixpipe-stale-")  # noqa: SIM115
+        self._doomed.write(os.fsencode(path) + b"\0")
 
     def result(self) -> dict[str, Any]:
         """Remove what is stale and say so. The engine asks after the ledger's pass over the
@@ -124,19 +133,25 @@ class StaleOutputs:
             self._sweep()
         return {**self.counts, "first": self.first, "errors": self.errors}
 
-    def rewritten(self, rel: str) -> bool:
-        """Whether this run wrote the output ``rel`` for a record of its own, asked once its
-        records are all in (a record it did not write may list ``rel`` from before: an input
-        now gone, whose output name a current input took). Exact for a local folder (listed,
-        and written since the run started); in storage, listed is taken for written."""
-        if self.listed is None or not self.listed.maybe(rel):
+    def taken(self, rel: str) -> bool:
+        """Whether an output this run wrote now has the name ``rel``, exactly or but for case
+        and normalization (:func:`stages.naming.fold`); asked once the run's records are all
+        in, for the outputs of an input gone, whose names the naming rules no longer keep
+        free. Such an output is no longer the gone input's; a file ``rel`` other than this
+        run's output is removed at the end (on a disk that ignores case, the two would be
+        one). Local: names compared on disk, a file written since the run started; storage:
+        exact names, through the filters."""
+        if self.current is None or not self.current.maybe(fold(rel)):
             return False
         if is_url(self.root):
-            return True
-        try:
-            return os.stat(os.path.join(self.root, rel)).st_mtime_ns >= self.started
-        except OSError:
+            return self.listed is not None and self.listed.maybe(rel)
+        root = Path(self.root)
+        written = [p for p in _spellings(root, rel) if _newer(root / p, self.started)]
+        if not written:
             return False
+        if rel not in written:
+            self._doom(rel)
+        return True
 
     # -- the sink: every record of the folder ---------------------------------------------------
     def take(self, record: dict[str, Any]) -> None:
@@ -205,6 +220,31 @@ def _input_changed(record: Record, earlier: Record) -> bool:
     if record.source != earlier.source:
         return True
     return None not in (record.identity, earlier.identity) and record.identity != earlier.identity
+
+
+def _spellings(root: Path, rel: str) -> list[str]:
+    """The paths below ``root`` that are ``rel`` but for case and normalization (``rel`` among
+    them when it is there), found folder by folder."""
+    found = [""]
+    for part in rel.split("/"):
+        want = fold(part)
+        deeper: list[str] = []
+        for base in found:
+            try:
+                with os.scandir(root / base if base else root) as entries:
+                    names = [e.name for e in entries if fold(e.name) == want]
+            except OSError:
+                continue
+            deeper += [f"{base}/{n}" if base else n for n in names]
+        found = deeper
+    return found
+
+
+def _newer(path: Path, started_ns: int) -> bool:
+    try:
+        return os.lstat(path).st_mtime_ns >= started_ns
+    except OSError:
+        return False
 
 
 def _prune(root: Path, folders: set[str]) -> None:

@@ -116,7 +116,7 @@ def outputs_exist(root: Path | str, result: Any) -> bool:
     root = Path(root)
     try:
         return all((root / output_path(o)).stat().st_size > 0 for o in result["outputs"])
-    except (OSError, KeyError, TypeError):
+    except (OSError, KeyError, TypeError, ValueError):  # ValueError: bad base64 in a path_b64
         return False
 
 
@@ -132,7 +132,7 @@ def renamed_output(rel: str, tag: str | None, result: Any) -> str | None:
     for out in outputs:
         try:
             path, label = output_path(out), str(out["size"])
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             continue  # not a record this version wrote: outputs_exist() judges it
         if not any(output_rel(rel, label, ext, tag) == path for ext in OUTPUT_EXTENSIONS):
             return path

@@ -93,6 +93,27 @@ def test_a_sibling_named_like_a_done_inputs_output_never_takes_its_thumbnail(
     assert records(out)[b"x.png"]["status"] == "reused"
 
 
+def test_a_gone_inputs_output_never_stays_beside_a_current_one_that_differs_only_in_case(
+    tmp_path: Path,
+) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    write(src, "x", image_bytes("red"))  # no extension: x.jpg, unless a sibling is so named
+    gone = write(src, "x.JPG", image_bytes("blue"))
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    assert outputs(records(out)[b"x.JPG"]) == [b"512/x.JPG"]
+    assert outputs(records(out)[b"x"]) == [f"512/x~{name_tag('x')}.jpg".encode()]
+    # x.JPG gone: x takes its plain name, x.jpg, which on macOS or Windows is x.JPG's file
+    os.unlink(gone)
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    recs = records(out)
+    assert outputs(recs[b"x"]) == [b"512/x.jpg"]
+    assert shows(out, b"512/x.jpg", "red")
+    assert recs[b"x.JPG"]["reason"].startswith("input gone")
+    assert outputs(recs[b"x.JPG"]) == []  # its output's name is x's now
+    assert images_below(out) == set(listed(out)) == {b"512/x.jpg"}
+    assert stale_counts(out)["removed"] == 2  # x's tagged output, x.JPG's
+
+
 def test_a_twin_that_appears_renames_the_done_inputs_outputs(tmp_path: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     write(src, "a.jpg", image_bytes("red"))
