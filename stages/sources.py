@@ -444,7 +444,7 @@ class _Walk:
             if stat.S_ISLNK(st.st_mode):
                 why = _symlink(path, root.real if root.folder else None)
                 if why is not None:
-                    yield _skipped(key, path, why)
+                    yield _skipped(key, path, why, st)
                     return
                 st = os.stat(path)
         except OSError as exc:
@@ -452,7 +452,7 @@ class _Walk:
             return
         what = _special(st.st_mode)
         if what is not None:
-            yield _skipped(key, path, f"{what}: not a regular file; never opened")
+            yield _skipped(key, path, f"{what}: not a regular file; never opened", st)
             return
         identity: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         if self.verify_content:
@@ -530,8 +530,10 @@ def _matches(rel: str, patterns: Sequence[re.Pattern[str]]) -> bool:
     return any(p.match(rel) or p.match(name) for p in patterns)
 
 
-def _skipped(key: str, path: str, reason: str) -> Record:
-    return Record(key=key, status=Status.SKIPPED, source=path, reason=reason)
+def _skipped(key: str, path: str, reason: str, st: os.stat_result | None = None) -> Record:
+    return Record(
+        key=key, status=Status.SKIPPED, source=path, reason=reason, identity=_identity(path, st)
+    )
 
 
 def _failed(key: str, path: str, error_type: str, exc: OSError) -> Record:
@@ -543,7 +545,20 @@ def _failed(key: str, path: str, error_type: str, exc: OSError) -> Record:
         error_type=error_type,
         error=f"{type(exc).__name__}: {exc.strerror or exc}",
         attempts=1,
+        identity=_identity(path),
     )
+
+
+def _identity(path: str, st: os.stat_result | None = None) -> dict[str, Any] | None:
+    """The identity of an entry the walk records without reading it (a special file, a bad
+    symlink, one that cannot be read): its own ``lstat``, so that a later run marks its record
+    "input gone" once it is (``app.process.mark_gone``); None when even that fails."""
+    if st is None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _data(

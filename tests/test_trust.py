@@ -8,6 +8,7 @@ import ctypes
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -422,6 +423,14 @@ def test_every_entry_gets_one_record_and_special_files_are_never_opened(
         else:
             assert recs[key]["status"] == "skipped", recs[key]
             assert recs[key]["reason"] == want, recs[key]
+    # such entries gone, their records say so (not what the entries were, forever)
+    for name in ("pipe.jpg", "dangling.jpg", "outside.jpg"):
+        os.unlink(odd_folder / name)
+    assert cli(odd_folder, "--output", out, "--quiet", timeout=60).returncode == 0
+    recs = records(out)
+    for key in (b"pipe.jpg", b"dangling.jpg", b"outside.jpg"):
+        assert recs[key]["reason"].startswith("input gone"), recs[key]
+    assert recs[b"sock.jpg"]["reason"] == expected[b"sock.jpg"]
 
 
 def _without_root_file_access() -> None:
@@ -461,6 +470,10 @@ def test_unreadable_files_and_folders_fail_with_their_reason(tmp_path: Path) -> 
     assert locked["status"] == "failed"
     assert locked["error_type"] == "UnreadableFolder"
     assert "PermissionError" in locked["error"]
+    # the folder gone, no failure is left to report
+    shutil.rmtree(src / "locked")
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    assert records(out)[b"locked/"]["reason"].startswith("input gone")
 
 
 # -- one run per output folder ----------------------------------------------------------------
