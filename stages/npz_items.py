@@ -44,13 +44,7 @@ def npz_items(
         yield Item(key=key, value=image(), source=source, identity=identity)
         return
     if not members:
-        yield Record(
-            key=key,
-            status=Status.SKIPPED,
-            source=source,
-            reason="no arrays in .npz",
-            identity=identity,
-        )
+        yield Record(key, Status.SKIPPED, source, reason="no arrays in .npz", identity=identity)
     for member in members:
         name = f"{key}:{member.removesuffix('.npy')}"
         yield Item(key=name, value=array(member), source=source, identity=identity)
