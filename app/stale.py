@@ -30,11 +30,13 @@ paths to remove, in a temporary file.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,6 +55,11 @@ log = logging.getLogger("app")
 
 #: Paths removed, and removal errors, kept for ``summary.json`` (the counts have them all).
 MAX_LISTED = 20
+
+#: Objects in storage are removed by this many threads at once (one request each), this many
+#: paths at a time (memory stays bounded, however many there are).
+STORAGE_THREADS = 16
+STORAGE_CHUNK = 256
 
 
 class Listed:
@@ -169,8 +176,7 @@ class StaleOutputs:
 
     def _sweep(self) -> None:
         emptied: set[str] = set()  # the folders of removed files (few: the size folders' own)
-        for rel in self._paths():
-            what = self._remove(rel)
+        for rel, what in self._removals():
             self.counts[what] += 1
             if what == "removed":
                 emptied.add(rel.rpartition("/")[0])
@@ -181,6 +187,18 @@ class StaleOutputs:
         if self.counts["removed"]:
             log.debug("removed %d earlier output(s) that no record lists", self.counts["removed"])
         self.discard()
+
+    def _removals(self) -> Iterator[tuple[str, str]]:
+        """Each path to remove, and what became of it. In storage (a request each), by
+        :data:`STORAGE_THREADS` threads, :data:`STORAGE_CHUNK` paths at a time."""
+        paths = self._paths()
+        if not is_url(self.root):
+            for rel in paths:
+                yield rel, self._remove(rel)
+            return
+        with ThreadPoolExecutor(STORAGE_THREADS, thread_name_prefix="stale") as pool:
+            while chunk := list(itertools.islice(paths, STORAGE_CHUNK)):
+                yield from zip(chunk, pool.map(self._remove, chunk), strict=True)
 
     def _paths(self) -> Iterator[str]:
         if self._doomed is None:

@@ -237,3 +237,38 @@ def test_an_output_written_since_the_run_started_is_never_removed(tmp_path: Path
     assert not remove_output(str(tmp_path), "512/old.jpg", started)
     assert new.exists()
     assert not old.exists()
+
+
+def test_many_stale_objects_in_storage_are_removed_chunk_by_chunk(tmp_path: Path) -> None:
+    import fsspec
+
+    from app.endofrun import RecordFeed
+    from app.stale import STORAGE_CHUNK
+    from pipeline import Record, Status
+
+    (tmp_path / "manifest.jsonl").write_text("")  # a folder with a ledger: resume is on
+    root = "memory://stale-test/out"
+    fs = fsspec.filesystem("memory")
+    n = 2 * STORAGE_CHUNK + 7
+    old = [f"512/img{i:04d}.jpg" for i in range(n)]
+    for rel in old:
+        fs.pipe_file(f"{root}/{rel}", b"x")
+    fs.pipe_file(f"{root}/512/kept.jpg", b"y")
+    feed = RecordFeed(tmp_path)
+    stale = StaleOutputs(root, tmp_path, feed)
+    feed.add(Record("kept", Status.REUSED, value={"outputs": [{"path": "512/kept.jpg"}]}))
+    for i, rel in enumerate(old):
+        earlier = Record(
+            f"k{i}", Status.OK, value={"outputs": [{"path": rel}, {"path": "512/kept.jpg"}]}
+        )
+        record = Record(f"k{i}", Status.OK, value={"outputs": [{"path": rel + ".png"}]})
+        record.earlier = earlier
+        feed.add(record)
+        stale.add(record)
+    try:
+        counts = stale.result()
+        assert counts["removed"] == n
+        assert counts["listed"] == n  # kept.jpg, listed by another record, each time
+        assert fs.find(f"{root}/512") == ["/stale-test/out/512/kept.jpg"]
+    finally:
+        fs.rm(root, recursive=True)
