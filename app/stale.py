@@ -24,8 +24,11 @@ is not a regular file, or outside the output folder. Emptied folders below the o
 go too. ``summary.json`` says what was removed (``collected.stale_outputs``), and so does the
 console.
 
-Memory: the Bloom filter (1 MiB, only in a folder that had records before the run) and the
-paths to remove, in a temporary file.
+The outputs of inputs gone are kept, but for one whose name a current output now has (exactly,
+or but for case): :meth:`StaleOutputs.taken`, asked by ``app.process.mark_gone``.
+
+Memory: two Bloom filters of 1 MiB (every listed path; this run's new outputs, folded), only in
+a folder that had records before the run, and the paths to remove, in a temporary file.
 """
 
 from __future__ import annotations
