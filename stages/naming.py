@@ -51,6 +51,7 @@ __all__ = [
     "needs_tag",
     "output_name",
     "output_rel",
+    "placed",
     "tagged",
     "taken_by",
     "twin_folder",
@@ -185,6 +186,17 @@ def written_as(name: str, folder: Siblings) -> tuple[str, str | None]:
     if folder.is_twin(name):
         return twin_name(name, folder), None
     return name, choose_tag(name, folder)
+
+
+def placed(
+    name: str, folder: Siblings, prefix: str, place: str, moved: bool
+) -> tuple[str | None, str | None]:
+    """Where a walk puts the outputs of the entry ``name`` of ``folder`` (its key's folder is
+    ``prefix`` + the folder's path; ``place``: that path with twin folders tagged, ``moved``
+    when it differs): the entry's place below the size folders when it is not its key (a
+    twin's tagged name, or anything below a twin folder; else None), and its tag."""
+    written, tag = written_as(name, folder)  # A.JPG beside a.jpg: A~<tag>.JPG
+    return (prefix + place + written if moved or written != name else None), tag
 
 
 #: The longest of ``OUTPUT_EXTENSIONS``, in bytes.

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from pipeline import Item, Record, Status
 
-from .naming import Folder, Siblings, fold, taken_by, twin_folder, written_as
+from .naming import Folder, Siblings, fold, placed, taken_by, twin_folder
 from .npz_items import npz_items
 from .storage import (
     ObjectInfo,
@@ -105,8 +105,7 @@ def _folder(
     try:
         for entry in held if held is not None else iter_folder(where):
             if isinstance(entry, ObjectInfo):
-                written, tag = written_as(entry.rel, names)  # A.JPG beside a.jpg: A~<tag>.JPG
-                out = prefix + place + written if moved or written != entry.rel else None
+                out, tag = placed(entry.rel, names, prefix, place, moved)
                 yield from _entry(walk, entry, prefix + rel + entry.rel, tag, out)
                 continue
             name = _name(entry)

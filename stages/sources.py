@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 from pipeline import Item, Record, Status
 
-from .naming import Folder, choose_tag, fold, name_tag, tagged, twin_folder, written_as
+from .naming import Folder, choose_tag, fold, name_tag, placed, tagged, twin_folder
 from .storage import is_url, open_input
 
 __all__ = [
@@ -97,6 +97,11 @@ class DataFile:
     member: str | None = None
     tag: str | None = None  # for a data file that turns out to hold an image
     place: str | None = None  # and its place below the size folders, when not rel (a twin's)
+
+    @property
+    def placed(self) -> str:
+        """Its place below the size folders, when it holds an image."""
+        return self.rel if self.place is None else self.place
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,8 +396,7 @@ class _Walk:
                     elif self._wanted(prefix + key_rel):
                         yield _skipped(prefix + key_rel + "/", entry.path, why)
                     continue
-                written, tag = written_as(entry.name, names)  # A.JPG beside a.jpg: A~<tag>.JPG
-                out = prefix + place + written if moved or written != entry.name else None
+                out, tag = placed(entry.name, names, prefix, place, moved)
                 yield from self.entry(root, entry.path, prefix + key_rel, tag, entry, out)
             stack.extend(reversed(subdirs))  # depth-first, in sorted order
 

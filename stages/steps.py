@@ -80,8 +80,7 @@ def read(
     """
     if isinstance(src, DataFile):
         if src.member is None and image_format(read_head(src.path)) is not None:
-            place = src.rel if src.place is None else src.place
-            return _image(SourceFile(src.path, place, src.tag), max_bytes)
+            return _image(SourceFile(src.path, src.placed, src.tag), max_bytes)
         return _plan(src, data)
     try:
         return _image(src, max_bytes)
@@ -139,7 +138,7 @@ def output_place(value: object) -> tuple[str, str | None] | None:
     if isinstance(value, ImageFile | SourceFile):
         return value.rel, value.tag
     if isinstance(value, DataFile):  # one that holds an image is written at its place
-        return value.rel if value.place is None else value.place, value.tag
+        return value.placed, value.tag
     return None
 
 

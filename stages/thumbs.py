@@ -126,10 +126,7 @@ def renamed_output(rel: str, tag: str | None, result: Any) -> str | None:
     or went since changes a name: :mod:`stages.naming`); None when every name still holds.
     Compared for the output's size label and any output extension: the options (the format)
     are compared by the fingerprint."""
-    outputs = result.get("outputs") if isinstance(result, dict) else None
-    if not isinstance(outputs, list):
-        return None
-    for out in outputs:
+    for out in _listed(result):
         try:
             path, label = output_path(out), str(out["size"])
         except (KeyError, TypeError, ValueError):
@@ -141,10 +138,7 @@ def renamed_output(rel: str, tag: str | None, result: Any) -> str | None:
 
 def output_paths(result: Any) -> Iterator[str]:
     """The paths of the outputs a record's ``result`` lists (exactly: :func:`output_path`)."""
-    outputs = result.get("outputs") if isinstance(result, dict) else None
-    if not isinstance(outputs, list):
-        return
-    for out in outputs:
+    for out in _listed(result):
         try:
             yield output_path(out)
         except (KeyError, TypeError, ValueError):
@@ -179,9 +173,7 @@ def remove_output(root: str, rel: str, before_ns: int) -> bool:
 def without_outputs(result: Any, drop: Callable[[str], bool]) -> Any:
     """``result`` without the outputs whose path ``drop`` picks: a copy, or ``result`` itself
     when it lists none of them."""
-    outputs = result.get("outputs") if isinstance(result, dict) else None
-    if not isinstance(outputs, list):
-        return result
+    outputs = _listed(result)
     kept = [o for o in outputs if not _picked(o, drop)]
     return result if len(kept) == len(outputs) else {**result, "outputs": kept}
 
@@ -191,3 +183,9 @@ def _picked(out: Any, drop: Callable[[str], bool]) -> bool:
         return drop(output_path(out))
     except (KeyError, TypeError, ValueError):
         return False
+
+
+def _listed(result: Any) -> list[Any]:
+    """The ``outputs`` a record's ``result`` lists ([] for another kind of result)."""
+    outputs = result.get("outputs") if isinstance(result, dict) else None
+    return outputs if isinstance(outputs, list) else []
