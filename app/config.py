@@ -29,13 +29,13 @@ import hashlib
 import json
 import logging
 import os
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from pipeline import ConfigError
+from pipeline.config import load_toml
 from stages.files import DEFAULT_MAX_FILE_BYTES
 from stages.options import OutputFormat, ResizeMode, ResizeOptions, parse_size
 from stages.parts import DEFAULT_CHUNK_BYTES, DataOptions
@@ -599,13 +599,7 @@ class ProcessConfig:
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The options of a TOML file, read and checked (errors name the file and the key)."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {os.fspath(path)}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {os.fspath(path)} is not valid TOML: {exc}") from exc
+    data = load_toml(path)
     return values_from_mapping(data, ProcessConfig, source=os.fspath(path))
 
 

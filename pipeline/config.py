@@ -7,7 +7,6 @@ stages' own option objects); a TOML file supplies the same names, flags override
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +95,8 @@ class RunOptions:
 
 def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TOML config file into a plain dict; errors name the file."""
+    import tomllib  # here: only a run with a config file pays for it (~4 ms at start-up)
+
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
