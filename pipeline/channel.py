@@ -56,6 +56,7 @@ class Channel(Generic[T]):
         self._senders: deque[asyncio.Future[None]] = deque()
         self._receivers: deque[asyncio.Future[None]] = deque()
         self._closers: list[asyncio.Future[None]] = []  # wait_closed() callers
+        self._fillers: list[asyncio.Future[None]] = []  # wait_full() callers
 
     # -- sending -------------------------------------------------------------------------------
     async def send(self, item: T) -> None:
@@ -77,30 +78,37 @@ class Channel(Generic[T]):
             raise WouldBlock
         self._items.append(item)
         self._wake_next(self._receivers)
+        if self._fillers and len(self._items) >= self.capacity:
+            self._wake_all(self._fillers)
 
     def close(self) -> None:
         """End the stream: receivers drain what is left, then get :class:`EndOfStream`."""
         if self._closed:
             return
         self._closed = True
-        for fut in (*self._receivers, *self._senders, *self._closers):
-            if not fut.done():
-                fut.set_result(None)
-        self._receivers.clear()
-        self._senders.clear()
-        self._closers.clear()
+        for waiters in (self._receivers, self._senders, self._closers, self._fillers):
+            self._wake_all(waiters)
 
     async def wait_closed(self) -> None:
         """Return once the channel is closed (items may still be in it); receives nothing."""
-        if self._closed:
-            return
+        if not self._closed:
+            await self._wait(self._closers)
+
+    async def wait_full(self) -> None:
+        """Return once the channel is full or closed; receives nothing. A consumer that lets
+        items gather (the ledger writer) takes them then: its senders would wait otherwise."""
+        if not self._closed and len(self._items) < self.capacity:
+            await self._wait(self._fillers)
+
+    @staticmethod
+    async def _wait(waiters: list[asyncio.Future[None]]) -> None:
         fut = asyncio.get_running_loop().create_future()
-        self._closers.append(fut)
+        waiters.append(fut)
         try:
             await fut
         finally:
-            if fut in self._closers:
-                self._closers.remove(fut)
+            if fut in waiters:
+                waiters.remove(fut)
 
     # -- receiving -----------------------------------------------------------------------------
     async def receive(self) -> T:
@@ -151,6 +159,13 @@ class Channel(Generic[T]):
             waiting_senders=sum(not f.done() for f in self._senders),
             waiting_receivers=sum(not f.done() for f in self._receivers),
         )
+
+    @staticmethod
+    def _wake_all(waiters: list[asyncio.Future[None]] | deque[asyncio.Future[None]]) -> None:
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        waiters.clear()
 
     @staticmethod
     def _wake_next(waiters: deque[asyncio.Future[None]]) -> None:

@@ -1,9 +1,10 @@
 """The ledger writer: the one consumer of the records channel, the only code that commits them.
 
 It takes records as they come and commits them to the ledger's journal in transactions of up to
-:data:`LEDGER_CAPACITY`, at most every :data:`LEDGER_INTERVAL` seconds; each record is also
-counted, shown to the collectors and passed to ``on_record``. The stream ends when the recorder
-closes the channel: the writer commits what is left at once and returns.
+:data:`LEDGER_CAPACITY`, at most every :data:`LEDGER_INTERVAL` seconds (at once when the channel
+is full: its senders wait); each record is also counted, shown to the collectors and passed to
+``on_record``. The stream ends when the recorder closes the channel: the writer commits what is
+left at once and returns.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ __all__ = ["LEDGER_CAPACITY", "LEDGER_INTERVAL", "LedgerWriter", "open_ledger"]
 #: Records buffered between the stages and the ledger writer; the writer commits them in
 #: transactions of up to this many, so it also bounds what a SIGKILL of the parent can lose.
 LEDGER_CAPACITY = 512
-#: The ledger writer commits at most this often (seconds): records arriving one by one are
-#: gathered into one transaction (and one hop to its thread) instead of one each. A SIGKILL of
-#: the parent can lose at most this much of records, whose items a resume simply redoes.
-#: 0.1 s: on tiny files (~2,000 items/s) a transaction of ~200 records rather than ~5 at
-#: 0.02 s, a fifth of the commits and hops; the stream's end is committed at once anyway.
+#: The ledger writer commits at most this often (seconds), unless the channel fills up before:
+#: records arriving one by one are gathered into one transaction (and one hop to its thread)
+#: instead of one each. A SIGKILL of the parent can lose at most this much of records (or a
+#: channel's worth), whose items a resume simply redoes. 0.1 s: on tiny files (~2,000 items/s)
+#: a transaction of ~200 records rather than ~5 at 0.02 s, a fifth of the commits and hops;
+#: the stream's end is committed at once anyway.
 LEDGER_INTERVAL = 0.1
 
 
@@ -72,11 +74,13 @@ class LedgerWriter:
             except EndOfStream:
                 return
             wait = committed + LEDGER_INTERVAL - loop.time()
-            if self.ledger is not None and wait > 0 and len(self.channel) < LEDGER_CAPACITY:
-                # let more records in: one transaction for them all; the last records of a run
-                # go as soon as the stream ends (a shard on a Dask worker waited 20 ms for them)
+            if self.ledger is not None and wait > 0:
+                # let more records in: one transaction for them all. Not past a full channel,
+                # whose senders wait (records settled without work come far faster than one
+                # channel an interval: 5,120/s); the last records of a run go as soon as the
+                # stream ends (a shard on a Dask worker waited 20 ms for them)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.channel.wait_closed(), wait)
+                    await asyncio.wait_for(self.channel.wait_full(), wait)
             batch = [first]
             while len(batch) < LEDGER_CAPACITY:
                 try:

@@ -1,4 +1,5 @@
-"""The bounded channel between stages: back-pressure, end of stream by closing, wait_closed."""
+"""The bounded channel between stages: back-pressure, end of stream by closing, wait_closed,
+wait_full."""
 
 from __future__ import annotations
 
@@ -59,3 +60,31 @@ async def test_a_cancelled_wait_closed_leaves_no_waiter_behind() -> None:
         await asyncio.wait_for(ch.wait_closed(), 0.01)
     assert ch._closers == []
     ch.close()
+
+
+@pytest.mark.asyncio
+async def test_wait_full_returns_when_the_channel_fills_or_closes() -> None:
+    ch = Channel[int](2)
+    waiter = asyncio.create_task(ch.wait_full())
+    await ch.send(1)  # not full yet: the waiter waits on
+    await asyncio.sleep(0)  # one turn of the loop: had the send woken it, it would be done now
+    assert not waiter.done()
+    await ch.send(2)
+    await asyncio.wait_for(waiter, 1)
+    assert ch._fillers == []
+    await asyncio.wait_for(ch.wait_full(), 1)  # full already: returns at once
+    assert [ch.receive_nowait(), ch.receive_nowait()] == [1, 2]  # it received nothing
+    closing = asyncio.create_task(ch.wait_full())
+    await asyncio.sleep(0)
+    assert not closing.done()
+    ch.close()
+    await asyncio.wait_for(closing, 1)
+    await asyncio.wait_for(ch.wait_full(), 1)  # closed: returns at once
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_wait_full_leaves_no_waiter_behind() -> None:
+    ch = Channel[int](1)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ch.wait_full(), 0.01)
+    assert ch._fillers == []

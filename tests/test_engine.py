@@ -414,6 +414,24 @@ def test_the_last_records_are_written_when_the_run_ends_not_an_interval_later(
     assert len(by_key(out)) == 20
 
 
+@pytest.mark.timeout(30)
+def test_a_full_records_channel_is_committed_at_once_not_an_interval_later(
+    out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.writer
+
+    # records settled without work (a resumed run: every input reused) come faster than the
+    # writer's interval lets through: it took at most a channel (LEDGER_CAPACITY) an interval,
+    # 5,120 records/s, its senders waiting on the full channel while it slept
+    monkeypatch.setattr(pipeline.writer, "LEDGER_INTERVAL", 60.0)
+    n = 3 * pipeline.writer.LEDGER_CAPACITY + 1
+    pipe = Pipeline([stage(fns.double, kind="thread", workers=2)])
+    assert pipe.run(keyed(n), output=out, progress=False).ok == n
+    again = pipe.run(keyed(n), output=out, progress=False)
+    assert again.counts == {"reused": n}
+    assert {rec["status"] for rec in by_key(out).values()} == {"reused"}
+
+
 @pytest.mark.timeout(60)
 def test_batches_to_a_worker_process_are_capped_by_bytes_as_well_as_by_time() -> None:
     from pipeline.batching import BATCH_BYTES
