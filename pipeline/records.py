@@ -11,6 +11,7 @@ README); :meth:`Record.from_json` and :func:`upgrade` read older lines as today'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -108,8 +109,14 @@ def as_item(obj: Any, index: int) -> Item:
     return Item(key=f"#{index:09d}", value=obj, source="")
 
 
+#: What ``json.dumps`` takes (and subclasses); anything else it refuses outright.
+_JSON_TYPES = (dict, list, tuple, str, int, float, type(None))
+
+
 def jsonable(value: Any) -> Any:
     """Return ``value`` if it survives ``json.dumps`` (finite floats only), else ``None``."""
+    if not isinstance(value, _JSON_TYPES):
+        return None  # an object: refused outright, no need to try
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
@@ -151,10 +158,12 @@ class Record:
         Only when the result or meta cannot be written as JSON (an object, NaN) is the record
         built again with those fields checked one by one, as :meth:`to_json` does.
         """
-        try:
-            line = _dumps_line(self.to_json(checked=False))
-        except (TypeError, ValueError):
-            line = json.dumps(self.to_json(), ensure_ascii=False, allow_nan=False)
+        line = None
+        if isinstance(self.value, _JSON_TYPES):  # else no JSON at all (an object): not tried
+            with contextlib.suppress(TypeError, ValueError):
+                line = _dumps_line(self.to_json(checked=False))
+        if line is None:
+            line = _dumps_line(self.to_json())
         if is_clean(line):
             return line
         # a name from the file system that is not UTF-8, in a message or a result: shown
