@@ -54,11 +54,12 @@ async def test_wait_closed_returns_when_the_channel_closes_and_receives_nothing(
 
 
 @pytest.mark.asyncio
-async def test_a_cancelled_wait_closed_leaves_no_waiter_behind() -> None:
+@pytest.mark.parametrize("wait", ["wait_closed", "wait_full"])
+async def test_a_cancelled_wait_leaves_no_waiter_behind(wait: str) -> None:
     ch = Channel[int](1)
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ch.wait_closed(), 0.01)
-    assert ch._closers == []
+        await asyncio.wait_for(getattr(ch, wait)(), 0.01)
+    assert ch._closers == ch._fillers == []
     ch.close()
 
 
@@ -80,11 +81,3 @@ async def test_wait_full_returns_when_the_channel_fills_or_closes() -> None:
     ch.close()
     await asyncio.wait_for(closing, 1)
     await asyncio.wait_for(ch.wait_full(), 1)  # closed: returns at once
-
-
-@pytest.mark.asyncio
-async def test_a_cancelled_wait_full_leaves_no_waiter_behind() -> None:
-    ch = Channel[int](1)
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ch.wait_full(), 0.01)
-    assert ch._fillers == []
