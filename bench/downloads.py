@@ -29,20 +29,18 @@ Methods, each over the same URL list (every call reads the whole body):
 already ignores the environment. Every client measurement runs in a fresh interpreter, with only
 the timed loop inside the timer; methods rotate order from run to run (the machine is shared).
 
-Three tables. First, issue #19's: at concurrency 256, the product — the download stage alone
-(over every image twice, 4,000 URLs; 5 pairs), the same with a ledger, and the whole
-``process`` command — against the
-bare single-loop aiohttp client (c), each product run next to an anchor run (the 4,000 URLs)
-(the order alternates from pair to pair), medians and ratios (of the medians, and the median of
-the ratios of the pairs: the steadier one when other work shares the cores),
-and the CPU per download of the parent process: the client's timed section for the stage and
-the anchor; for ``process``, its main process over the whole command (read from
-``/proc/<pid>/stat`` once it has exited, before it is reaped: its own threads, not its worker
-processes), and the same less an empty run's (start-up, imports, end of run). Then downloads/s
-of every method (the target there is the download stage alone at concurrency 256 against the
-thread-pool script) and CPU per download of the client process (its timed section, all
-threads) and of the server process, which moves much less than wall-clock rates when other work
-shares the cores.
+Three tables. First, issue #19's: at concurrency 256, the product — the download stage alone (over
+every image twice, 4,000 URLs; 5 pairs), the same with a ledger, and the whole ``process`` command
+— against the bare single-loop aiohttp client (c), each product run next to an anchor run (the
+4,000 URLs) (the order alternates from pair to pair), medians and ratios (of the medians, and the
+median of the ratios of the pairs: the steadier one when other work shares the cores), and the CPU
+per download of the parent process: the client's timed section for the stage and the anchor; for
+``process``, its main process over the whole command (read from ``/proc/<pid>/stat`` once it has
+exited, before it is reaped: its own threads, not its worker processes), and the same less an empty
+run's (start-up, imports, end of run). Then downloads/s of every method (the target there is the
+download stage alone at concurrency 256 against the thread-pool script) and CPU per download of the
+client process (its timed section, all threads) and of the server process, which moves much less
+than wall-clock rates when other work shares the cores.
 
 ``python -m bench.downloads profile [C]`` prints a cProfile of the client side of the download
 stage alone at concurrency C (default 256).

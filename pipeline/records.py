@@ -155,7 +155,8 @@ class Record:
     def to_line(self) -> str:
         """The manifest line as text, serialised once in the usual case.
 
-        Only when the result or meta cannot be written as JSON (an object, NaN) is the record
+        A result that is no JSON at all (an object) goes straight to the checked form, without
+        it; only when the result or meta fails inside (NaN, an object in a list) is the record
         built again with those fields checked one by one, as :meth:`to_json` does.
         """
         line = None
