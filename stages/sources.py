@@ -458,7 +458,7 @@ class _Walk:
         if what is not None:
             yield _skipped(key, path, f"{what}: not a regular file; never opened", st)
             return
-        identity: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        identity = _stat_identity(st)
         if self.verify_content:
             try:
                 identity["sha256"] = _sha256(path)
@@ -562,6 +562,11 @@ def _identity(path: str, st: os.stat_result | None = None) -> dict[str, Any] | N
             st = os.lstat(path)
         except OSError:
             return None
+    return _stat_identity(st)
+
+
+def _stat_identity(st: os.stat_result) -> dict[str, Any]:
+    """A file's identity, from its ``stat``: what resume compares (module docstring)."""
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
