@@ -10,6 +10,7 @@ Ctrl-C or a fatal error, whatever is still in flight is recorded ``cancelled``
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .channel import Channel, EndOfStream, WouldBlock
@@ -27,6 +28,12 @@ class Recorder:
         self.run_id = run_id
         self.channel = channel
         self.inflight: dict[str, Item] = {}
+        #: keys whose record has been handed to the writer but is not in the ledger yet (in the
+        #: channel, or in the transaction being committed): a look-up does not find them, and
+        #: they are no longer in flight, yet an input with one of them is a duplicate all the
+        #: same. The writer drops them once committed (:meth:`saved`); at most two channels'
+        #: worth.
+        self.unsaved: set[str] = set()
         #: the earlier records of the keys in flight that are being redone (Record.earlier)
         self.replacing: dict[str, Record] = {}
         self._fingerprint = fingerprint
@@ -39,8 +46,9 @@ class Recorder:
         return fp(key) if callable(fp) else fp
 
     def admit(self, item: Item) -> bool:
-        """Put ``item`` in flight; False when its key is in flight already (a duplicate)."""
-        if item.key in self.inflight:
+        """Put ``item`` in flight; False when its key is in flight already, or recorded by this
+        run and not committed yet (a duplicate)."""
+        if item.key in self.inflight or item.key in self.unsaved:
             return False
         self.inflight[item.key] = item
         return True
@@ -64,7 +72,14 @@ class Recorder:
                 record.identity = record.identity or item.identity
                 record.redo = record.redo or item.redo
         await self.channel.send(record)
+        self.unsaved.add(record.key)
         self.inflight.pop(record.key, None)
+
+    def saved(self, records: Sequence[Record]) -> None:
+        """``records`` are committed: a look-up finds their keys from now on."""
+        unsaved = self.unsaved
+        for record in records:
+            unsaved.discard(record.key)
 
     async def finish(self, item: Item) -> None:
         """``item`` went through every stage that takes it: record it ``ok``."""

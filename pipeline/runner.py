@@ -173,6 +173,7 @@ class Run:
             collectors=self.collectors,
             on_record=self.on_record,
             progress=self.progress,
+            saved=self.recorder.saved,
         )
         flow = self._build(ledger)
         ending = Ending()

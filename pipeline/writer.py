@@ -57,9 +57,11 @@ class LedgerWriter:
         collectors: Sequence[Collector],
         on_record: Callable[[Record], Awaitable[None]] | None,
         progress: Progress,
+        saved: Callable[[Sequence[Record]], None] | None = None,
     ) -> None:
         self.channel = channel
         self.ledger = ledger
+        self.saved = saved  # told of each batch once it is in the journal
         self.collectors = list(collectors)
         self.on_record = on_record
         self.progress = progress
@@ -98,6 +100,8 @@ class LedgerWriter:
                 col.add(rec)
         if self.ledger is not None:
             await self.ledger.write(batch)
+        if self.saved is not None:
+            self.saved(batch)
         if self.on_record is not None:
             for rec in batch:
                 await self.on_record(rec)

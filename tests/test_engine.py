@@ -8,11 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import pipeline.feeder
+import pipeline.writer
 from pipeline import (
     CrashBudgetExceeded,
     DefinitionError,
@@ -289,6 +292,33 @@ def test_duplicate_keys_get_one_record(out: Path) -> None:
     assert len(by_key(out)) == 2
 
 
+@pytest.mark.timeout(60)
+def test_a_duplicate_of_a_key_recorded_but_not_yet_committed_is_a_duplicate(
+    out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first "same" is done and its record waits in the writer's channel (a long interval:
+    nothing after the writer's first transaction is committed before the stream ends). A look-up
+    does not find it, it is no longer in flight, and yet the second "same" is a duplicate, not
+    done again and counted twice."""
+    monkeypatch.setattr(pipeline.writer, "LEDGER_INTERVAL", 60.0)
+    chunk = pipeline.feeder.FEED_CHUNK  # the feeder admits inputs a chunk at a time
+
+    async def inputs() -> AsyncIterator[tuple[str, int]]:
+        for i in range(chunk):
+            yield (f"a{i}", i)
+        await asyncio.sleep(0.3)  # the writer's first transaction is over
+        yield ("same", 1)
+        for i in range(chunk - 1):
+            yield (f"b{i}", i)
+        await asyncio.sleep(0.5)  # "same" is done by now, its record not committed
+        yield ("same", 2)
+
+    result = Pipeline([stage(fns.inc, kind="thread")]).run(inputs(), output=out, progress=False)
+    assert result.duplicates == 1
+    assert result.counts == {"ok": 2 * chunk}
+    assert by_key(out)["same"]["result"] == 2  # the first one's (inc of 1)
+
+
 def test_iter_and_run_stage_yield_records_with_values() -> None:
     recs = list(run_stage(stage(fns.double, kind="process", workers=2), keyed(10)))
     assert sorted(r.value for r in recs if r.status is Status.OK) == [2 * i for i in range(10)]
@@ -401,8 +431,6 @@ def test_a_run_shorter_than_the_sampling_interval_still_has_a_timeline(out: Path
 def test_the_last_records_are_written_when_the_run_ends_not_an_interval_later(
     out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.writer
-
     # the ledger writer gathers records for up to LEDGER_INTERVAL; the end of the stream must
     # cut that short (a Dask shard waited the interval for its last records)
     monkeypatch.setattr(pipeline.writer, "LEDGER_INTERVAL", 60.0)
@@ -418,8 +446,6 @@ def test_the_last_records_are_written_when_the_run_ends_not_an_interval_later(
 def test_a_full_records_channel_is_committed_at_once_not_an_interval_later(
     out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.writer
-
     # records settled without work (a resumed run: every input reused) come faster than the
     # writer's interval lets through: it took at most a channel (LEDGER_CAPACITY) an interval,
     # 5,120 records/s, its senders waiting on the full channel while it slept
