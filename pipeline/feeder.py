@@ -3,12 +3,14 @@
 A synchronous iterable is advanced on a helper thread, :data:`FEED_CHUNK` inputs at a time, so
 a slow directory walk never blocks the event loop; a list is cut in place; an async iterable is
 awaited. For each chunk the feeder asks the ledger which keys have an earlier record (one
-look-up per chunk), records the inputs that resume settles (``skipped``) and the
-:class:`~pipeline.records.Record` s a source settled itself, and sends the rest to the first
-group that takes them (:mod:`pipeline.routing`). A key seen twice is counted and ignored.
-After each chunk it tells the progress bars how many inputs it has taken so far, and once the
-source is exhausted that this number is the total (:meth:`~pipeline.progress.Progress.fed`).
-Its stream ends by closing the first group's inbox, also when it is cancelled (Ctrl-C).
+look-up per chunk), records the inputs that resume settles (``reused``, ``skipped``:
+:mod:`pipeline.resume`; off the event loop once its checks of earlier outputs prove slow, see
+:meth:`Feeder._decide`) and the :class:`~pipeline.records.Record` s a source settled itself,
+and sends the rest to the first group that takes them (:mod:`pipeline.routing`). A key seen
+twice is counted and ignored. After each chunk it tells the progress bars how many inputs it
+has taken so far, and once the source is exhausted that this number is the total
+(:meth:`~pipeline.progress.Progress.fed`). Its stream ends by closing the first group's inbox,
+also when it is cancelled (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,12 +37,15 @@ from .records import Item, Record, as_item
 from .resume import ResumePolicy
 from .routing import Router
 
-__all__ = ["FEED_CHUNK", "Feeder", "known_length"]
+__all__ = ["FEED_CHUNK", "SLOW_DECISIONS", "Feeder", "known_length"]
 
 log = logging.getLogger("pipeline")
 
 #: Items the feeder pulls from a synchronous iterator per hop to its helper thread.
 FEED_CHUNK = 64
+#: Seconds past which resume's decisions on one chunk are slow (local files: ~1 ms): the rest
+#: of the run's are made on a helper thread, off the event loop (:meth:`Feeder._decide`).
+SLOW_DECISIONS = 0.02
 
 
 class Feeder:
@@ -57,6 +69,7 @@ class Feeder:
         self.progress = progress if progress is not None and progress.enabled else None
         self.seen = 0  # inputs taken from the source, duplicates included
         self.duplicates = 0
+        self._thread: ThreadPoolExecutor | None = None  # resume's checks of earlier outputs
 
     async def run(self) -> None:
         try:
@@ -77,6 +90,8 @@ class Feeder:
                 self.progress.fed(self.seen - self.duplicates, final=True)
         finally:
             self.router.close_feed()
+            if self._thread is not None:  # a check under way ends on its own; nothing waits
+                self._thread.shutdown(wait=False, cancel_futures=True)
 
     async def _settled(self, record: Record) -> None:
         self.seen += 1
@@ -88,7 +103,7 @@ class Feeder:
     async def _admit(self, items: Sequence[Item]) -> None:
         ledger, recorder = self.ledger, self.recorder
         prior = await ledger.lookup([it.key for it in items]) if ledger is not None else {}
-        first = self.router.fixed_inbox(0)  # the first group takes every value: no look-up
+        admitted: list[tuple[Item, Record | None]] = []
         for item in items:
             self.seen += 1
             prev = prior.get(item.key)
@@ -96,7 +111,11 @@ class Feeder:
                 self.duplicates += 1
                 log.warning("duplicate input key %r ignored", item.key)
                 continue
-            decided = self.policy.decide(item, prev) if ledger is not None else None
+            admitted.append((item, prev))
+        decisions = await self._decide(admitted) if ledger is not None else None
+        first = self.router.fixed_inbox(0)  # the first group takes every value: no look-up
+        for i, (item, prev) in enumerate(admitted):
+            decided = decisions[i] if decisions is not None else None
             if decided is not None:
                 await recorder.emit(decided)
                 continue
@@ -107,6 +126,31 @@ class Feeder:
                 await first.send(item)
             else:
                 await self.router.send(0, item)
+
+    async def _decide(self, admitted: Sequence[tuple[Item, Record | None]]) -> list[Record | None]:
+        """Resume's decision for each input. When they look at the outputs of earlier records
+        (a ``stat`` each, a listing of a storage folder, a shard's index), and one chunk's took
+        longer than :data:`SLOW_DECISIONS` (a network file system, object storage: milliseconds
+        to seconds that stop the event loop, and with it every stage and the progress bars),
+        the rest of the run's are made on a helper thread. Local files stay on the loop: the
+        hop to a thread would cost more than their ``stat`` s."""
+        decide = self.policy.decide
+        if self._thread is None or all(prev is None for _, prev in admitted):
+            started = time.perf_counter()
+            decisions = [decide(item, prev) for item, prev in admitted]
+            slow = time.perf_counter() - started > SLOW_DECISIONS
+            if slow and self._thread is None and self.policy.looks_at_outputs:
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resume")
+            return decisions
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, _decide_all, decide, admitted)
+
+
+def _decide_all(
+    decide: Callable[[Item, Record | None], Record | None],
+    admitted: Sequence[tuple[Item, Record | None]],
+) -> list[Record | None]:
+    return [decide(item, prev) for item, prev in admitted]
 
 
 async def chunks(src: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[list[Any], None]:

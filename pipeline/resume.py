@@ -35,6 +35,9 @@ class ResumePolicy:
     ) -> None:
         self.opts = opts
         self.fingerprint = fingerprint
+        #: whether :meth:`decide` may look at the file system (``is_done``, ``outdated``): the
+        #: feeder then asks from a helper thread
+        self.looks_at_outputs = opts.is_done is not None or opts.outdated is not None
 
     def decide(self, item: Item, prev: Record | None) -> Record | None:
         """None to process the item (``item.redo`` says why, when it has a record), or the

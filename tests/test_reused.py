@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import pipeline.feeder
 from pipeline import Pipeline, Record, Status, read_manifest, stage
 from pipeline.records import LEGACY_DONE, upgrade
 from tests import fns
@@ -158,3 +163,46 @@ def test_a_redone_keys_record_carries_the_one_it_replaces(out: Path) -> None:
     assert manifest["b"]["result"] == 10
     assert "earlier" not in manifest["b"]
     assert Status(manifest["a"]["status"]) is Status.REUSED
+
+
+def _where_checked(out: Path, n: int, pause: float) -> tuple[dict[str, int], list[str]]:
+    """A resumed run of ``n`` done inputs whose check of earlier outputs takes ``pause``
+    seconds each: the counts, and the thread each check ran on, in order."""
+    pipe = Pipeline([stage(fns.inc, kind="thread")])
+    assert pipe.run(keyed(n), output=out, progress=False).ok == n
+    threads: list[str] = []
+
+    def is_done(rec: Record) -> bool:
+        threads.append(threading.current_thread().name)
+        time.sleep(pause)
+        return True
+
+    result = pipe.run(keyed(n), output=out, progress=False, is_done=is_done)
+    return result.counts, threads
+
+
+@pytest.mark.timeout(60)
+def test_slow_checks_of_earlier_outputs_move_off_the_event_loop(out: Path) -> None:
+    """A network file system or object storage (a ``stat`` of milliseconds, a folder's
+    listing): after the first chunk whose checks prove slow, the feeder makes them on its
+    helper thread, which leaves the event loop (every stage, the progress bars) free meanwhile."""
+    chunk = pipeline.feeder.FEED_CHUNK
+    pause = 2 * pipeline.feeder.SLOW_DECISIONS / chunk  # a chunk's checks: twice too slow
+    counts, threads = _where_checked(out, 3 * chunk, pause)
+    assert counts == {"reused": 3 * chunk}
+    loop_thread = threads[0]
+    assert threads[:chunk] == [loop_thread] * chunk  # the chunk that showed them slow
+    assert threads[chunk:] == ["resume_0"] * 2 * chunk
+
+
+@pytest.mark.timeout(60)
+def test_fast_checks_of_earlier_outputs_stay_on_the_event_loop(
+    out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local files: a ``stat`` costs less than a hop to a thread."""
+    # a test process preempted on a busy machine may take 20 ms for anything
+    monkeypatch.setattr(pipeline.feeder, "SLOW_DECISIONS", 1.0)
+    counts, threads = _where_checked(out, 3 * pipeline.feeder.FEED_CHUNK, 0.0)
+    assert counts == {"reused": 3 * pipeline.feeder.FEED_CHUNK}
+    assert len(set(threads)) == 1
+    assert not threads[0].startswith("resume")
