@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -53,6 +54,8 @@ __all__ = [
     "read_manifest_at",
     "scan_manifest",
 ]
+
+log = logging.getLogger("pipeline")
 
 #: Records looked at per transaction by :meth:`Ledger.revisit`.
 REVISIT_CHUNK = 1000
@@ -321,8 +324,19 @@ class Ledger:
 
     # -- loop side -----------------------------------------------------------------------------
     async def write(self, records: Sequence[Record]) -> None:
-        if records:
-            await self._call(self._write, records)
+        """Commit ``records`` in one transaction. Once asked for, it is made: a caller cancelled
+        while the transaction waits its turn on the ledger's thread (the ledger writer of a run
+        that the program embedding it cancels) does not take it back, so the calls after it on
+        that thread (the run's leftovers, the close) find those records in the journal."""
+        if not records:
+            return
+        loop = asyncio.get_running_loop()
+        made = loop.run_in_executor(self._thread, self._write, records)
+        try:
+            await asyncio.shield(made)
+        except asyncio.CancelledError:
+            made.add_done_callback(_log_failure)  # nobody else is left to hear of it
+            raise
 
     async def lookup(self, keys: Sequence[str]) -> dict[str, Record]:
         if not keys:
@@ -366,6 +380,13 @@ class Ledger:
             await self._call(atomic_write_text, self.summary_path, text)
         except OSError as exc:
             raise LedgerError(f"cannot write {self.summary_path}: {exc}") from exc
+
+
+def _log_failure(made: asyncio.Future[None]) -> None:
+    if not made.cancelled() and made.exception() is not None:
+        log.error(
+            "a transaction of the ledger failed after its run was cancelled: %s", made.exception()
+        )
 
 
 def _column(key: str) -> str:
