@@ -2,7 +2,7 @@
 
 A synchronous iterable is advanced on a helper thread, :data:`FEED_CHUNK` inputs at a time, so
 a slow directory walk never blocks the event loop; a list is cut in place; an async iterable is
-awaited. For each chunk the feeder asks the ledger which keys have an earlier record (one
+awaited, a chunk going as soon as the source would make it wait. For each chunk the feeder asks the ledger which keys have an earlier record (one
 look-up per chunk), records the inputs that resume settles (``reused``, ``skipped``:
 :mod:`pipeline.resume`; off the event loop once its checks of earlier outputs prove slow, see
 :meth:`Feeder._decide`) and the :class:`~pipeline.records.Record` s a source settled itself,
@@ -30,6 +30,7 @@ from collections.abc import (
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .channel import Channel, EndOfStream, WouldBlock
 from .ledger import Ledger
 from .progress import Progress
 from .recorder import Recorder
@@ -156,13 +157,7 @@ def _decide_all(
 async def chunks(src: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[list[Any], None]:
     """The inputs in lists of up to :data:`FEED_CHUNK`, without blocking the loop."""
     if isinstance(src, AsyncIterable):
-        chunk: list[Any] = []
-        async for obj in src:
-            chunk.append(obj)
-            if len(chunk) >= FEED_CHUNK:
-                yield chunk
-                chunk = []
-        if chunk:
+        async for chunk in _ready_chunks(src):
             yield chunk
         return
     if isinstance(src, list | tuple | range):
@@ -177,6 +172,41 @@ async def chunks(src: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[list
             if not chunk:
                 return
             yield chunk
+
+
+async def _ready_chunks(src: AsyncIterable[Any]) -> AsyncGenerator[list[Any], None]:
+    """What an async source has ready, up to :data:`FEED_CHUNK` at a time: a chunk goes as soon
+    as the source would make the feeder wait, so inputs that trickle in (a queue of incoming
+    work) are processed as they come, not held back until a chunk's worth has arrived. A task
+    takes the inputs from the source into a channel of one chunk; its error is the feeder's."""
+    ready = Channel[Any](FEED_CHUNK, name="source")
+
+    async def pump() -> None:
+        try:
+            async for obj in src:
+                await ready.send(obj)
+        finally:
+            ready.close()
+
+    task = asyncio.create_task(pump(), name="source")
+    try:
+        while True:
+            try:
+                chunk = [await ready.receive()]
+            except EndOfStream:
+                break
+            while len(chunk) < FEED_CHUNK:
+                try:
+                    chunk.append(ready.receive_nowait())
+                except (WouldBlock, EndOfStream):
+                    break
+            yield chunk
+        await task  # the source's error, if it ended with one
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def known_length(inputs: Any) -> int | None:

@@ -19,7 +19,10 @@ import pipeline.writer
 from pipeline import (
     CrashBudgetExceeded,
     DefinitionError,
+    FatalRunError,
     Pipeline,
+    Record,
+    RunResult,
     Skip,
     Status,
     run_stage,
@@ -317,6 +320,39 @@ def test_a_duplicate_of_a_key_recorded_but_not_yet_committed_is_a_duplicate(
     assert result.duplicates == 1
     assert result.counts == {"ok": 2 * chunk}
     assert by_key(out)["same"]["result"] == 2  # the first one's (inc of 1)
+
+
+@pytest.mark.timeout(60)
+def test_inputs_that_trickle_in_are_processed_as_they_come() -> None:
+    """An async source that gives its next input only once the one before is done (a queue of
+    incoming work): nothing waits for a chunk's worth of inputs to arrive."""
+    done: dict[str, asyncio.Event] = {}
+
+    async def inputs() -> AsyncIterator[tuple[str, int]]:
+        for i in range(3):
+            key = f"k{i}"
+            done[key] = asyncio.Event()
+            yield (key, i)
+            await asyncio.wait_for(done[key].wait(), 10)  # TimeoutError: it was held back
+
+    async def on_record(rec: Record) -> None:
+        done[rec.key].set()
+
+    async def go() -> RunResult:
+        pipe = Pipeline([stage(fns.inc, kind="thread")])
+        return await pipe.run_async(inputs(), progress=False, on_record=on_record)
+
+    result = asyncio.run(go())
+    assert result.counts == {"ok": 3}
+
+
+def test_an_async_sources_error_ends_the_run() -> None:
+    async def inputs() -> AsyncIterator[tuple[str, int]]:
+        yield ("k0", 0)
+        raise OSError("the queue went away")
+
+    with pytest.raises(FatalRunError, match="the queue went away"):
+        Pipeline([stage(fns.inc, kind="thread")]).run(inputs(), progress=False)
 
 
 def test_iter_and_run_stage_yield_records_with_values() -> None:
