@@ -2,15 +2,15 @@
 
 A synchronous iterable is advanced on a helper thread, :data:`FEED_CHUNK` inputs at a time, so
 a slow directory walk never blocks the event loop; a list is cut in place; an async iterable is
-awaited, a chunk going as soon as the source would make it wait. For each chunk the feeder asks the ledger which keys have an earlier record (one
-look-up per chunk), records the inputs that resume settles (``reused``, ``skipped``:
-:mod:`pipeline.resume`; off the event loop once its checks of earlier outputs prove slow, see
-:meth:`Feeder._decide`) and the :class:`~pipeline.records.Record` s a source settled itself,
-and sends the rest to the first group that takes them (:mod:`pipeline.routing`). A key seen
-twice is counted and ignored. After each chunk it tells the progress bars how many inputs it
-has taken so far, and once the source is exhausted that this number is the total
-(:meth:`~pipeline.progress.Progress.fed`). Its stream ends by closing the first group's inbox,
-also when it is cancelled (Ctrl-C).
+awaited, a chunk going as soon as the source would make it wait. For each chunk the feeder asks
+the ledger which keys have an earlier record (one look-up per chunk), records the inputs that
+resume settles (``reused``, ``skipped``: :mod:`pipeline.resume`; off the event loop once its
+checks of earlier outputs prove slow, see :meth:`Feeder._decide`) and the
+:class:`~pipeline.records.Record` s a source settled itself, and sends the rest to the first
+group that takes them (:mod:`pipeline.routing`). A key seen twice is counted and ignored. After
+each chunk it tells the progress bars how many inputs it has taken so far, and once the source
+is exhausted that this number is the total (:meth:`~pipeline.progress.Progress.fed`). Its
+stream ends by closing the first group's inbox, also when it is cancelled (Ctrl-C).
 """
 
 from __future__ import annotations
