@@ -125,6 +125,20 @@ class Channel(Generic[T]):
                 raise
         return self.receive_nowait()
 
+    async def wait_ready(self) -> None:
+        """Return once the channel holds an item or is closed; receives nothing. A consumer
+        that lets items gather (the ledger writer) leaves them in the channel meanwhile, where
+        whoever takes over after it was cancelled finds them."""
+        while not self._items and not self._closed:
+            fut = asyncio.get_running_loop().create_future()
+            self._receivers.append(fut)
+            try:
+                await fut
+            except BaseException:
+                fut.cancel()
+                self._wake_next(self._receivers)
+                raise
+
     def receive_nowait(self) -> T:
         if not self._items:
             if self._closed:

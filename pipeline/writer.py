@@ -71,9 +71,10 @@ class LedgerWriter:
         loop = asyncio.get_running_loop()
         committed = -math.inf
         while True:
-            try:
-                first = await self.channel.receive()
-            except EndOfStream:
+            # the records stay in the channel until they are committed at once: cancelled
+            # while it waits, the writer holds none (the run's leftovers take them from there)
+            await self.channel.wait_ready()
+            if not len(self.channel):  # closed, and every record committed
                 return
             wait = committed + LEDGER_INTERVAL - loop.time()
             if self.ledger is not None and wait > 0:
@@ -83,7 +84,7 @@ class LedgerWriter:
                 # stream ends (a shard on a Dask worker waited 20 ms for them)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.channel.wait_full(), wait)
-            batch = [first]
+            batch: list[Record] = []
             while len(batch) < LEDGER_CAPACITY:
                 try:
                     batch.append(self.channel.receive_nowait())

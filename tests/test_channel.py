@@ -1,5 +1,5 @@
 """The bounded channel between stages: back-pressure, end of stream by closing, wait_closed,
-wait_full."""
+wait_full, wait_ready."""
 
 from __future__ import annotations
 
@@ -61,6 +61,27 @@ async def test_a_cancelled_wait_leaves_no_waiter_behind(wait: str) -> None:
         await asyncio.wait_for(getattr(ch, wait)(), 0.01)
     assert ch._closers == ch._fillers == []
     ch.close()
+
+
+@pytest.mark.asyncio
+async def test_wait_ready_returns_when_an_item_arrives_or_the_channel_closes() -> None:
+    ch = Channel[int](2)
+    waiter = asyncio.create_task(ch.wait_ready())
+    await asyncio.sleep(0)  # one turn of the loop: the waiter is waiting now
+    assert not waiter.done()
+    await ch.send(1)
+    await asyncio.wait_for(waiter, 1)
+    await asyncio.wait_for(ch.wait_ready(), 1)  # an item there already: returns at once
+    assert ch.receive_nowait() == 1  # it received nothing
+    with pytest.raises(TimeoutError):  # cancelled: leaves nothing that a send would wake
+        await asyncio.wait_for(ch.wait_ready(), 0.01)
+    assert all(f.done() for f in ch._receivers)
+    closing = asyncio.create_task(ch.wait_ready())
+    await asyncio.sleep(0)
+    assert not closing.done()
+    ch.close()
+    await asyncio.wait_for(closing, 1)
+    await asyncio.wait_for(ch.wait_ready(), 1)  # closed: returns at once
 
 
 @pytest.mark.asyncio

@@ -1,16 +1,19 @@
-"""A transaction of the ledger is made once asked for, even when whoever asked is cancelled."""
+"""What the ledger writer has taken reaches the journal, even when its run is cancelled."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from pipeline import Record, Status
+import pipeline.writer
+from pipeline import Pipeline, Record, Status, stage
 from pipeline.ledger import Ledger
+from tests import fns
 
 
 @pytest.mark.timeout(30)
@@ -40,3 +43,35 @@ def test_a_write_cancelled_while_it_waits_for_the_ledgers_thread_is_made_all_the
 
     found = asyncio.run(go())
     assert sorted(found) == ["before", "taken"]
+
+
+@pytest.mark.timeout(30)
+def test_a_record_the_writer_holds_when_its_run_is_cancelled_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger writer lets records gather for an interval before a transaction; a run
+    cancelled meanwhile (by the program that embeds it) still commits the ones it holds."""
+    monkeypatch.setattr(pipeline.writer, "LEDGER_INTERVAL", 60.0)
+
+    async def inputs() -> AsyncIterator[tuple[str, int]]:
+        yield ("first", 1)  # the writer's first transaction, at once
+        await asyncio.sleep(0.3)
+        yield ("second", 2)  # held by the writer, which waits for more
+        await asyncio.sleep(60)
+
+    async def go() -> None:
+        pipe = Pipeline([stage(fns.inc, kind="thread")])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pipe.run_async(inputs(), output=tmp_path, progress=False), 1.0)
+
+    asyncio.run(go())
+
+    async def journal() -> dict[str, Record]:
+        async with Ledger(tmp_path) as ledger:
+            return await ledger.lookup(["first", "second"])
+
+    found = asyncio.run(journal())
+    assert {k: (r.status, r.value) for k, r in found.items()} == {
+        "first": (Status.OK, 2),
+        "second": (Status.OK, 3),
+    }
