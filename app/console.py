@@ -121,7 +121,8 @@ def _headline(result: RunResult, seconds: float) -> str:
     rate = f" ({result.seen / seconds:.1f} inputs/s)" if result.seen and seconds > 0 else ""
     done = f"{result.seen} input(s) in {_duration(seconds)}{rate}: {counts}"
     if result.interrupted:
-        return f"interrupted: {done} (a re-run into the same folder resumes)"
+        by = f" by {result.stopped_by}" if result.stopped_by == "SIGTERM" else ""
+        return f"interrupted{by}: {done} (a re-run into the same folder resumes)"
     if result.error is not None:
         return f"stopped by an error: {done}\n  {printable(result.error)}"
     return f"done: {done}"

@@ -1,11 +1,12 @@
 """Ctrl-C and the end of the flow: the state a run's helper tasks wait on.
 
-The first Ctrl-C (:meth:`Control.stop`) stops feeding: the watcher cancels the feeder, whose
-stream ends by closing, so what is already in the pipeline drains for up to ``grace`` seconds.
-If the flow has not ended by then (or at a second Ctrl-C, :meth:`Control.abort`), the watcher
-raises :class:`Interrupted`, and its task group cancels every other task of the run: lanes kill
-their workers, and the items still in flight are recorded ``cancelled``. The sampler and the
-autoscaler sleep through :meth:`Control.pause`, which returns early once the flow has ended.
+The first Ctrl-C or SIGTERM (:meth:`Control.stop`) stops feeding: the watcher cancels the
+feeder, whose stream ends by closing, so what is already in the pipeline drains for up to
+``grace`` seconds. If the flow has not ended by then (or at a second signal,
+:meth:`Control.abort`), the watcher raises :class:`Interrupted`, and its task group cancels
+every other task of the run: lanes kill their workers, and the items still in flight are
+recorded ``cancelled``. The sampler and the autoscaler sleep through :meth:`Control.pause`,
+which returns early once the flow has ended.
 
 Everything here runs on the run's event loop; a signal handler calls :meth:`stop` and
 :meth:`abort` on it (another thread uses ``loop.call_soon_threadsafe``).
@@ -34,10 +35,12 @@ class Control:
         self.aborting = False  # a second Ctrl-C: no grace period
         self.ended = False  # every item has left the stage groups
         self.interrupted = False  # a stop came before the end: the result says so
+        self.stopped_by: str | None = None  # the signal that stopped it first (SIGINT, SIGTERM)
         self._changed = asyncio.Event()
 
-    def stop(self) -> None:
+    def stop(self, by: str = "SIGINT") -> None:
         self.stopping = True
+        self.stopped_by = self.stopped_by or by
         self._changed.set()
 
     def abort(self) -> None:

@@ -33,28 +33,39 @@ async def execute(
     on_record: Callable[[Record], Awaitable[None]] | None = None,
     signals: bool = False,
 ) -> RunResult:
-    """Run ``stages`` over ``inputs`` on the current loop. With ``signals``, own SIGINT."""
+    """Run ``stages`` over ``inputs`` on the current loop. With ``signals``, own SIGINT and
+    SIGTERM: the first of them stops the run as Ctrl-C does (``docker stop``, ``kill``, a batch
+    scheduler's notice: in-flight items get the grace period, the ledger is written, exit 143),
+    a second one aborts it at once."""
     run = Run(stages, inputs, opts, collectors, on_record)
     if not signals:
         return await run.execute()
     loop = asyncio.get_running_loop()
-    presses = 0
+    received = 0
 
-    def on_sigint() -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1:
-            log.warning("Ctrl-C: stopping (press again to abort at once)")
-            run.request_stop()
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal received
+        received += 1
+        name = "Ctrl-C" if sig is signal.SIGINT else sig.name
+        if received == 1:
+            again = "press again" if sig is signal.SIGINT else "send it again"
+            log.warning("%s: stopping (%s to abort at once)", name, again)
+            run.request_stop(sig.name)
         else:
-            log.warning("Ctrl-C again: aborting now")
+            log.warning("%s again: aborting now", name)
             run.hard_abort()
 
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    for sig in _STOPPING:
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         return await run.execute()
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for sig in _STOPPING:
+            loop.remove_signal_handler(sig)
+
+
+#: The signals a run that owns them stops on, gracefully.
+_STOPPING = (signal.SIGINT, signal.SIGTERM)
 
 
 def iterate(

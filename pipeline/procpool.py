@@ -357,10 +357,7 @@ class ProcessLane:
             with contextlib.suppress(OSError):
                 conn.send_bytes(pickle.dumps(None))
             await asyncio.get_running_loop().run_in_executor(None, proc.join, 2.0)
-        if proc.is_alive():
-            proc.terminate()
-            await asyncio.get_running_loop().run_in_executor(None, proc.join, 0.5)
-        if proc.is_alive():
+        if proc.is_alive():  # SIGKILL: a worker ignores SIGTERM (pipeline.worker.worker_main)
             proc.kill()
             await asyncio.get_running_loop().run_in_executor(None, proc.join, 1.0)
         conn.close()

@@ -42,6 +42,7 @@ class RunResult:
     stages: tuple[StageSnapshot, ...]
     crashes: tuple[str, ...] = ()
     output: Path | None = None
+    stopped_by: str | None = None  # interrupted by this signal: SIGINT (Ctrl-C) or SIGTERM
     collected: dict[str, Any] = field(default_factory=dict)
     timeline: dict[str, Any] = field(default_factory=dict)
 
@@ -78,10 +79,11 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted, 3 a fatal error, 1 item failures, else 0 (``ok``, ``reused`` and
-        ``skipped`` records are no failures)."""
+        """130 interrupted (143 by SIGTERM: 128 + the signal, as a shell reports it), 3 a fatal
+        error, 1 item failures, else 0 (``ok``, ``reused`` and ``skipped`` records are no
+        failures)."""
         if self.interrupted:
-            return 130
+            return 143 if self.stopped_by == "SIGTERM" else 130
         if self.error is not None:
             return 3
         return 1 if self.failed else 0
@@ -101,6 +103,7 @@ class RunResult:
             "not_started": self.not_started,
             "duplicates": self.duplicates,
             "interrupted": self.interrupted,
+            "stopped_by": self.stopped_by,
             "error": self.error,
             "duration_s": round(self.duration, 3),
             "items_per_s": round(self.seen / self.duration, 3) if self.duration > 0 else None,

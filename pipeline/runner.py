@@ -125,9 +125,9 @@ class Run:
             fingerprint = _stages_fingerprint(stages)
         self.recorder = Recorder(self.run_id, fingerprint, records)
 
-    def request_stop(self) -> None:
-        """Ctrl-C: stop feeding; in-flight items get the grace period."""
-        self.control.stop()
+    def request_stop(self, by: str = "SIGINT") -> None:
+        """Ctrl-C (or SIGTERM, ``by``): stop feeding; in-flight items get the grace period."""
+        self.control.stop(by)
 
     def hard_abort(self) -> None:
         """Second Ctrl-C: skip the grace period; cancelled lanes kill their workers at once."""
@@ -285,6 +285,7 @@ class Run:
             not_started=max(0, self.total - self.seen) if self.total is not None else None,
             duplicates=self.duplicates,
             interrupted=ending.interrupted,
+            stopped_by=self.control.stopped_by if ending.interrupted else None,
             error=f"{type(ending.error).__name__}: {ending.error}" if ending.error else None,
             duration=time.perf_counter() - started,
             stages=tuple(m.snapshot() for m in self.metrics),

@@ -214,7 +214,11 @@ def worker_main(
     arena: Arena | None = None,
 ) -> None:
     """Entry point of a worker process."""
+    # A terminal's Ctrl-C goes to the whole process group, and so does a batch scheduler's
+    # SIGTERM (or ``kill -TERM -<group>``): the run handles them (its grace period) and stops
+    # its workers; a worker dead of one would fail its item as a crash instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tune_malloc()
     while True:
         try:

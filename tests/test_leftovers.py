@@ -329,6 +329,31 @@ def test_ctrl_c_leaves_nothing(start: Callable[..., Run], slow_image: Path, tmp_
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("to", ["command", "group"])
+def test_sigterm_stops_the_run_as_ctrl_c_does_and_leaves_nothing(
+    start: Callable[..., Run], slow_image: Path, tmp_path: Path, to: str
+) -> None:
+    """``docker stop``, ``kill``: SIGTERM to the command; a batch scheduler (Slurm's
+    ``scancel``): to every process of the run. Either way the run stops as on Ctrl-C (grace
+    period, ledger written) and exits 143; its workers, which ignore the signal, are stopped by
+    the run, and no item is failed as a worker crash."""
+    n = 60  # far more than the run gets through before the signal
+    run = start(_slow_inputs(slow_image, tmp_path / "in", n))
+    _wait_for_work(run)
+    if to == "command":
+        run.proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(run.proc.pid, signal.SIGTERM)  # its own session: the run's processes only
+    assert run.wait() == 143, run.errors()
+    assert_nothing_left(run)
+    counts = _check_ledger(run.out, n, exit_code=143)
+    assert counts.get("ok", 0) < n
+    assert "failed" not in counts, run.errors()  # no worker died of it
+    assert "crash" not in run.errors()
+    assert json.loads((run.out / "summary.json").read_text())["stopped_by"] == "SIGTERM"
+
+
+@pytest.mark.timeout(60)
 def test_a_killed_worker_leaves_nothing(
     start: Callable[..., Run], slow_image: Path, tmp_path: Path
 ) -> None:
