@@ -112,18 +112,9 @@ class Channel(Generic[T]):
 
     # -- receiving -----------------------------------------------------------------------------
     async def receive(self) -> T:
-        while not self._items:
-            if self._closed:
-                raise EndOfStream
-            fut = asyncio.get_running_loop().create_future()
-            self._receivers.append(fut)
-            try:
-                await fut
-            except BaseException:
-                fut.cancel()
-                self._wake_next(self._receivers)
-                raise
-        return self.receive_nowait()
+        if not self._items:
+            await self.wait_ready()
+        return self.receive_nowait()  # EndOfStream: closed, and every item received
 
     async def wait_ready(self) -> None:
         """Return once the channel holds an item or is closed; receives nothing. A consumer
@@ -138,6 +129,22 @@ class Channel(Generic[T]):
                 fut.cancel()
                 self._wake_next(self._receivers)
                 raise
+
+    async def receive_some(self, most: int) -> list[T]:
+        """Wait for an item, then take up to ``most`` of those there (a batch as ready as the
+        channel is, never waiting for a full one); ``[]`` at the end of the stream."""
+        try:
+            first = await self.receive()
+        except EndOfStream:
+            return []
+        return [first, *self.drain(most - 1)]
+
+    def drain(self, most: int) -> list[T]:
+        """Up to ``most`` of the items there now, without waiting."""
+        taken: list[T] = []
+        while self._items and len(taken) < most:
+            taken.append(self.receive_nowait())
+        return taken
 
     def receive_nowait(self) -> T:
         if not self._items:

@@ -67,7 +67,7 @@ class GroupDriver:
                 batch = [again.popleft() for _ in range(min(len(again), batcher.size()))]
             else:
                 waited = perf()
-                batch = await _take_batch(inbox, batcher.size())
+                batch = await inbox.receive_some(batcher.size())
                 head.wait_inbox += perf() - waited
                 if not batch:
                     return
@@ -161,19 +161,6 @@ class GroupDriver:
             await self.recorder.finish(item)
         else:
             await self.router.send(self.index + 1, item)
-
-
-async def _take_batch(inbox: Channel[Item], n: int) -> list[Item]:
-    try:
-        batch = [await inbox.receive()]
-    except EndOfStream:
-        return []
-    while len(batch) < n:
-        try:
-            batch.append(inbox.receive_nowait())
-        except (WouldBlock, EndOfStream):
-            break
-    return batch
 
 
 def _is_skip(exc: object) -> bool:

@@ -30,7 +30,7 @@ from collections.abc import (
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .channel import Channel, EndOfStream, WouldBlock
+from .channel import Channel
 from .ledger import Ledger
 from .progress import Progress
 from .recorder import Recorder
@@ -190,16 +190,7 @@ async def _ready_chunks(src: AsyncIterable[Any]) -> AsyncGenerator[list[Any], No
 
     task = asyncio.create_task(pump(), name="source")
     try:
-        while True:
-            try:
-                chunk = [await ready.receive()]
-            except EndOfStream:
-                break
-            while len(chunk) < FEED_CHUNK:
-                try:
-                    chunk.append(ready.receive_nowait())
-                except (WouldBlock, EndOfStream):
-                    break
+        while chunk := await ready.receive_some(FEED_CHUNK):
             yield chunk
         await task  # the source's error, if it ended with one
     finally:

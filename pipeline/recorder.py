@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .channel import Channel, EndOfStream, WouldBlock
+from .channel import Channel
 from .config import Fingerprint
 from .errors import RemoteError, Skip
 from .records import Item, Record, Status
@@ -133,12 +133,7 @@ class Recorder:
     def leftovers(self, reason: str) -> list[Record]:
         """Records the writer did not take (it was stopped), then a ``cancelled`` record for
         every item still in flight, with ``reason``; nothing is in flight afterwards."""
-        records: list[Record] = []
-        while True:
-            try:
-                records.append(self.channel.receive_nowait())
-            except (WouldBlock, EndOfStream):
-                break
+        records = self.channel.drain(len(self.channel))
         records += [
             Record(
                 key=item.key,

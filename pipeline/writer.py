@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
-from .channel import Channel, EndOfStream, WouldBlock
+from .channel import Channel
 from .ledger import Ledger
 from .progress import Progress
 from .records import Record
@@ -84,12 +84,7 @@ class LedgerWriter:
                 # stream ends (a shard on a Dask worker waited 20 ms for them)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.channel.wait_full(), wait)
-            batch: list[Record] = []
-            while len(batch) < LEDGER_CAPACITY:
-                try:
-                    batch.append(self.channel.receive_nowait())
-                except (WouldBlock, EndOfStream):
-                    break
+            batch = self.channel.drain(LEDGER_CAPACITY)
             committed = loop.time()
             await self.commit(batch)
 

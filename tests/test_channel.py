@@ -76,12 +76,7 @@ async def test_wait_ready_returns_when_an_item_arrives_or_the_channel_closes() -
     with pytest.raises(TimeoutError):  # cancelled: leaves nothing that a send would wake
         await asyncio.wait_for(ch.wait_ready(), 0.01)
     assert all(f.done() for f in ch._receivers)
-    closing = asyncio.create_task(ch.wait_ready())
-    await asyncio.sleep(0)
-    assert not closing.done()
-    ch.close()
-    await asyncio.wait_for(closing, 1)
-    await asyncio.wait_for(ch.wait_ready(), 1)  # closed: returns at once
+    await _returns_once_closed(ch, "wait_ready")
 
 
 @pytest.mark.asyncio
@@ -96,9 +91,33 @@ async def test_wait_full_returns_when_the_channel_fills_or_closes() -> None:
     assert ch._fillers == []
     await asyncio.wait_for(ch.wait_full(), 1)  # full already: returns at once
     assert [ch.receive_nowait(), ch.receive_nowait()] == [1, 2]  # it received nothing
-    closing = asyncio.create_task(ch.wait_full())
+    await _returns_once_closed(ch, "wait_full")
+
+
+async def _returns_once_closed(ch: Channel[int], wait: str) -> None:
+    """``ch.<wait>()`` (empty, not full) waits until the channel closes, then returns at once."""
+    closing = asyncio.create_task(getattr(ch, wait)())
     await asyncio.sleep(0)
     assert not closing.done()
     ch.close()
     await asyncio.wait_for(closing, 1)
-    await asyncio.wait_for(ch.wait_full(), 1)  # closed: returns at once
+    await asyncio.wait_for(getattr(ch, wait)(), 1)  # closed: returns at once
+
+
+@pytest.mark.asyncio
+async def test_receive_some_takes_what_is_there_and_drain_never_waits() -> None:
+    ch = Channel[int](8)
+    assert ch.drain(4) == []  # empty: nothing, at once
+    for i in range(5):
+        await ch.send(i)
+    assert await ch.receive_some(3) == [0, 1, 2]  # at most that many
+    assert await ch.receive_some(8) == [3, 4]  # what is there: no waiting for more
+    waiter = asyncio.create_task(ch.receive_some(8))
+    await asyncio.sleep(0)
+    assert not waiter.done()  # nothing there: it waits for the first
+    await ch.send(5)
+    assert await asyncio.wait_for(waiter, 1) == [5]
+    await ch.send(6)
+    ch.close()
+    assert ch.drain(8) == [6]  # closed: what is left
+    assert await ch.receive_some(8) == []  # the end of the stream
