@@ -55,13 +55,15 @@ async def execute(
             log.warning("%s again: aborting now", name)
             run.hard_abort()
 
+    before = {sig: signal.getsignal(sig) for sig in _STOPPING}
     for sig in _STOPPING:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         return await run.execute()
     finally:
-        for sig in _STOPPING:
-            loop.remove_signal_handler(sig)
+        for sig, handler in before.items():
+            loop.remove_signal_handler(sig)  # which sets the default: the caller's goes back
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 #: The signals a run that owns them stops on, gracefully.

@@ -448,6 +448,56 @@ def test_ctrl_c_while_the_command_starts_exits_130_and_leaves_nothing(
     assert not out.exists()
 
 
+_TERMINATED_OUTSIDE_THE_RUN = """
+import os, signal, sys, time
+import app.process
+import app.warmup
+
+def terminated(*args):  # what a SIGTERM does while the command starts, or after its run
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # the handler ends it meanwhile
+
+if sys.argv[3] == "start":
+    app.warmup.the_commands_process = terminated
+else:
+    app.process.after_run = terminated  # the run, its ledger and report are done by then
+sys.argv = ["pixpipe", "process", sys.argv[1], "--output", sys.argv[2], "--quiet"]
+from pipeline.__main__ import run
+run()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("when", ["start", "end"])
+def test_sigterm_outside_the_run_exits_143_and_leaves_nothing(
+    tmp_path: Path, adopt: None, private_tmp: Callable[[], Path], when: str
+) -> None:
+    """No run owns SIGTERM while the command starts or does its end-of-run work: the command
+    ends then as on Ctrl-C (no traceback, the helpers stopped and reaped), and exits 143."""
+    tmp, out = private_tmp(), tmp_path / "out"
+    with subprocess.Popen(
+        [sys.executable, "-c", _TERMINATED_OUTSIDE_THE_RUN, str(IMAGES), str(out), when],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        _, errors = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 143, errors
+    assert "Traceback" not in errors, errors
+    assert _session(proc.pid) == []
+    assert sorted(p.name for p in tmp.iterdir()) == []
+    if when == "start":
+        assert not out.exists()
+    else:  # the run was over: its records and summary are there, not interrupted
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["finished"] is True
+        assert summary["interrupted"] is False
+
+
 @pytest.mark.timeout(60)
 def test_a_run_past_its_crash_budget_leaves_nothing(
     start: Callable[..., Run], slow_image: Path, tmp_path: Path
