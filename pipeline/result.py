@@ -42,9 +42,9 @@ class RunResult:
     stages: tuple[StageSnapshot, ...]
     crashes: tuple[str, ...] = ()
     output: Path | None = None
-    stopped_by: str | None = None  # interrupted by this signal: SIGINT (Ctrl-C) or SIGTERM
     collected: dict[str, Any] = field(default_factory=dict)
     timeline: dict[str, Any] = field(default_factory=dict)
+    stopped_by: str | None = None  # interrupted by this signal: SIGINT (Ctrl-C) or SIGTERM
 
     @property
     def advice(self) -> list[Verdict]:
