@@ -2,9 +2,9 @@
 
 It takes records as they come and commits them to the ledger's journal in transactions of up to
 :data:`LEDGER_CAPACITY`, at most every :data:`LEDGER_INTERVAL` seconds (at once when the channel
-is full: its senders wait); each record is also counted, shown to the collectors and passed to
-``on_record``. The stream ends when the recorder closes the channel: the writer commits what is
-left at once and returns.
+is full: its senders wait); each record is also counted, and once committed shown to the
+collectors and passed to ``on_record``. The stream ends when the recorder closes the channel:
+the writer commits what is left at once and returns.
 """
 
 from __future__ import annotations
@@ -89,15 +89,18 @@ class LedgerWriter:
             await self.commit(batch)
 
     async def commit(self, batch: Sequence[Record]) -> None:
-        """Count, collect, journal and pass on ``batch`` (also the run's last, cancelled ones)."""
+        """Count, journal, collect and pass on ``batch`` (also the run's last, cancelled ones).
+        The journal before the collectors: one that fails (a bug of the program that gave it)
+        stops the run, and the records it was shown are in the journal all the same."""
         for rec in batch:
             self.counts[str(rec.status)] += 1
-            for col in self.collectors:
-                col.add(rec)
         if self.ledger is not None:
             await self.ledger.write(batch)
         if self.saved is not None:
             self.saved(batch)
+        for rec in batch:
+            for col in self.collectors:
+                col.add(rec)
         if self.on_record is not None:
             for rec in batch:
                 await self.on_record(rec)

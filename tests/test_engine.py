@@ -355,6 +355,38 @@ def test_an_async_sources_error_ends_the_run() -> None:
         Pipeline([stage(fns.inc, kind="thread")]).run(inputs(), progress=False)
 
 
+class _FailsAtTheFifth:
+    """A collector with a bug: it raises at the fifth record it is shown."""
+
+    name = "fails"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def add(self, record: Record) -> None:
+        self.seen += 1
+        if self.seen == 5:
+            raise ValueError("a bug in the collector")
+
+    def result(self) -> int:
+        return self.seen
+
+
+def test_a_failing_collector_stops_the_run_with_what_it_was_shown_committed(out: Path) -> None:
+    """The records a collector was shown are in the journal first: its bug stops the run (a
+    fatal error), and a re-run reuses them rather than doing them again."""
+    inputs = keyed(100)
+    pipe = Pipeline([stage(fns.inc, kind="thread")])
+    with pytest.raises(FatalRunError, match="a bug in the collector"):
+        pipe.run(inputs, output=out, progress=False, collectors=[_FailsAtTheFifth()])
+    recorded = by_key(out)
+    assert len(recorded) >= 5
+    again = pipe.run(inputs, output=out, progress=False)
+    assert again.reused == sum(r["status"] == "ok" for r in recorded.values())
+    assert again.reused >= 5
+    assert again.reused + again.ok == 100
+
+
 def test_iter_and_run_stage_yield_records_with_values() -> None:
     recs = list(run_stage(stage(fns.double, kind="process", workers=2), keyed(10)))
     assert sorted(r.value for r in recs if r.status is Status.OK) == [2 * i for i in range(10)]
