@@ -430,8 +430,15 @@ def test_ctrl_c_while_the_command_starts_exits_130_and_leaves_nothing(
     """After the forkserver has started (a fork, first thing), before the run: exit 130, as a
     Ctrl-C during the run exits, no traceback, no process left, nothing done."""
     tmp, out = private_tmp(), tmp_path / "out"
+    _ends_cleanly(130, tmp, _INTERRUPTED_AT_START, str(IMAGES), str(out))
+    assert not out.exists()
+
+
+def _ends_cleanly(code: int, tmp: Path, program: str, *args: str) -> None:
+    """``python -c program *args`` (TMPDIR ``tmp``, its own session) exits ``code`` without a
+    traceback, its helpers stopped and reaped before the exit, nothing left in ``tmp``."""
     with subprocess.Popen(
-        [sys.executable, "-c", _INTERRUPTED_AT_START, str(IMAGES), str(out)],
+        [sys.executable, "-c", program, *args],
         cwd=ROOT,
         env={**os.environ, "TMPDIR": str(tmp)},
         stdin=subprocess.DEVNULL,
@@ -441,11 +448,10 @@ def test_ctrl_c_while_the_command_starts_exits_130_and_leaves_nothing(
         start_new_session=True,
     ) as proc:
         _, errors = proc.communicate(timeout=DEADLINE)
-    assert proc.returncode == 130, errors
+    assert proc.returncode == code, errors
     assert "Traceback" not in errors, errors
-    assert _session(proc.pid) == []  # the forkserver was stopped and reaped before the exit
+    assert _session(proc.pid) == []
     assert sorted(p.name for p in tmp.iterdir()) == []
-    assert not out.exists()
 
 
 _TERMINATED_OUTSIDE_THE_RUN = """
@@ -475,21 +481,7 @@ def test_sigterm_outside_the_run_exits_143_and_leaves_nothing(
     """No run owns SIGTERM while the command starts or does its end-of-run work: the command
     ends then as on Ctrl-C (no traceback, the helpers stopped and reaped), and exits 143."""
     tmp, out = private_tmp(), tmp_path / "out"
-    with subprocess.Popen(
-        [sys.executable, "-c", _TERMINATED_OUTSIDE_THE_RUN, str(IMAGES), str(out), when],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        _, errors = proc.communicate(timeout=DEADLINE)
-    assert proc.returncode == 143, errors
-    assert "Traceback" not in errors, errors
-    assert _session(proc.pid) == []
-    assert sorted(p.name for p in tmp.iterdir()) == []
+    _ends_cleanly(143, tmp, _TERMINATED_OUTSIDE_THE_RUN, str(IMAGES), str(out), when)
     if when == "start":
         assert not out.exists()
     else:  # the run was over: its records and summary are there, not interrupted
