@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from stages import heif
 from stages.imaging import ALLOWED_FORMATS
 from tests.trees import files_below, outputs_of, path_bytes, records_by_bytes
 
@@ -136,6 +137,8 @@ def _fits(fmt: str, mode: str, options: dict[str, Any]) -> bool:
 def _recipes() -> list[tuple[str, str, dict[str, Any]]]:
     """Every (format, mode, options) this Pillow build writes (tried on a tiny image)."""
     Image.init()
+    if heif.installed():  # HEIF is then a supported format: its writer comes with the plugin,
+        heif.register()  # which the process registers on demand (this test alone had none)
     found = []
     for fmt in sorted(set(Image.SAVE) - NEEDS_HANDLER):
         for mode in MODES:
