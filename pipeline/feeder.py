@@ -168,10 +168,13 @@ async def chunks(src: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[list
     loop = asyncio.get_running_loop()
     with _single_thread("source") as thread:
         while True:
-            chunk = await loop.run_in_executor(thread, _take, it, FEED_CHUNK)
+            chunk, error = await loop.run_in_executor(thread, _take, it, FEED_CHUNK)
+            if chunk:  # the inputs before a source's error go on (and get their records)
+                yield chunk
+            if error is not None:
+                raise error
             if not chunk:
                 return
-            yield chunk
 
 
 async def _ready_chunks(src: AsyncIterable[Any]) -> AsyncGenerator[list[Any], None]:
@@ -217,10 +220,14 @@ def _single_thread(name: str) -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _take(it: Iterator[Any], n: int) -> list[Any]:
+def _take(it: Iterator[Any], n: int) -> tuple[list[Any], Exception | None]:
+    """Up to ``n`` inputs of ``it``, and the error that ended them early, if one did."""
     out: list[Any] = []
-    for obj in it:
-        out.append(obj)
-        if len(out) >= n:
-            break
-    return out
+    try:
+        for obj in it:
+            out.append(obj)
+            if len(out) >= n:
+                break
+    except Exception as exc:  # noqa: BLE001 — the source's error: raised after these inputs
+        return out, exc
+    return out, None

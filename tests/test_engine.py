@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +344,16 @@ def test_inputs_that_trickle_in_are_processed_as_they_come() -> None:
 
     result = asyncio.run(go())
     assert result.counts == {"ok": 3}
+
+
+def test_a_plain_sources_error_ends_the_run_after_the_inputs_before_it(out: Path) -> None:
+    def inputs() -> Iterator[tuple[str, int]]:
+        yield from keyed(100)
+        raise OSError("the walk hit a bad disk")
+
+    with pytest.raises(FatalRunError, match="the walk hit a bad disk"):
+        Pipeline([stage(fns.inc, kind="thread")]).run(inputs(), output=out, progress=False)
+    assert len(by_key(out)) == 100  # every input before it has its record
 
 
 def test_an_async_sources_error_ends_the_run() -> None:
