@@ -1,16 +1,19 @@
 """The feeder: inputs taken lazily from the source, settled by resume or sent on by type.
 
 A synchronous iterable is advanced on a helper thread, :data:`FEED_CHUNK` inputs at a time, so
-a slow directory walk never blocks the event loop; a list is cut in place; an async iterable is
-awaited, a chunk going as soon as the source would make it wait. For each chunk the feeder asks
-the ledger which keys have an earlier record (one look-up per chunk), records the inputs that
-resume settles (``reused``, ``skipped``: :mod:`pipeline.resume`; off the event loop once its
-checks of earlier outputs prove slow, see :meth:`Feeder._decide`) and the
-:class:`~pipeline.records.Record` s a source settled itself, and sends the rest to the first
-group that takes them (:mod:`pipeline.routing`). A key seen twice is counted and ignored. After
-each chunk it tells the progress bars how many inputs it has taken so far, and once the source
-is exhausted that this number is the total (:meth:`~pipeline.progress.Progress.fed`). Its
-stream ends by closing the first group's inbox, also when it is cancelled (Ctrl-C).
+a slow directory walk never blocks the event loop (what a chunk has read goes on after
+:data:`TRICKLE` seconds: a source blocked for its next input holds back none before it); a
+list is cut in place; an async iterable is awaited, a chunk going as soon as the source would
+make it wait. The inputs a source gave before it raised go on; then its error ends the run.
+For each chunk the feeder asks the ledger which keys have an earlier record (one look-up per
+chunk), records the inputs that resume settles (``reused``, ``skipped``: :mod:`pipeline.resume`;
+off the event loop once its checks of earlier outputs prove slow, see :meth:`Feeder._decide`)
+and the :class:`~pipeline.records.Record` s a source settled itself, and sends the rest to the
+first group that takes them (:mod:`pipeline.routing`). A key seen twice is counted and
+ignored. After each chunk it tells the progress bars how many inputs it has taken so far, and
+once the source is exhausted that this number is the total
+(:meth:`~pipeline.progress.Progress.fed`). Its stream ends by closing the first group's inbox,
+also when it is cancelled (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ log = logging.getLogger("pipeline")
 
 #: Items the feeder pulls from a synchronous iterator per hop to its helper thread.
 FEED_CHUNK = 64
+#: Seconds a chunk of a synchronous source may take before what it has read goes on anyway.
+TRICKLE = 0.05
 #: Seconds past which resume's decisions on one chunk are slow (local files: ~1 ms): the rest
 #: of the run's are made on a helper thread, off the event loop (:meth:`Feeder._decide`).
 SLOW_DECISIONS = 0.02
@@ -168,12 +173,19 @@ async def chunks(src: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[list
     loop = asyncio.get_running_loop()
     with _single_thread("source") as thread:
         while True:
-            chunk, error = await loop.run_in_executor(thread, _take, it, FEED_CHUNK)
-            if chunk:  # the inputs before a source's error go on (and get their records)
-                yield chunk
+            reading = _Reading()
+            taking = loop.run_in_executor(thread, _take, it, FEED_CHUNK, reading)
+            # a source slower than TRICKLE for a chunk (a generator over a queue of incoming
+            # work, blocked for its next input): what it gave so far goes on meanwhile
+            while not await _done_within(taking, TRICKLE):
+                if part := reading.more():
+                    yield part
+            error = taking.result()
+            if part := reading.more():  # the inputs before a source's error go on too
+                yield part
             if error is not None:
                 raise error
-            if not chunk:
+            if not reading.read:
                 return
 
 
@@ -220,14 +232,55 @@ def _single_thread(name: str) -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _take(it: Iterator[Any], n: int) -> tuple[list[Any], Exception | None]:
-    """Up to ``n`` inputs of ``it``, and the error that ended them early, if one did."""
-    out: list[Any] = []
+async def _done_within(fut: asyncio.Future[Any], seconds: float) -> bool:
+    """Whether ``fut`` is done within ``seconds``: ``asyncio.wait`` with a timeout for one
+    future, without its bookkeeping of sets (this runs once a chunk)."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    fut.add_done_callback(wake)
+    timer = loop.call_later(seconds, wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        fut.remove_done_callback(wake)
+    return fut.done()
+
+
+class _Reading:
+    """One chunk of a synchronous source being read on the source's thread: the thread appends
+    to :attr:`items`, the loop takes what came since it last looked (no lock: a list's append
+    and slice are atomic)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._taken = 0
+
+    @property
+    def read(self) -> int:
+        """Inputs read into this chunk."""
+        return len(self.items)
+
+    def more(self) -> list[Any]:
+        """The inputs read since the last call."""
+        part = self.items[self._taken :]
+        self._taken += len(part)
+        return part
+
+
+def _take(it: Iterator[Any], n: int, reading: _Reading) -> Exception | None:
+    """Read up to ``n`` inputs of ``it`` into ``reading``; the error that ended them early."""
+    items = reading.items
     try:
         for obj in it:
-            out.append(obj)
-            if len(out) >= n:
+            items.append(obj)
+            if len(items) >= n:
                 break
     except Exception as exc:  # noqa: BLE001 — the source's error: raised after these inputs
-        return out, exc
-    return out, None
+        return exc
+    return None

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,27 @@ def test_inputs_that_trickle_in_are_processed_as_they_come() -> None:
 
     result = asyncio.run(go())
     assert result.counts == {"ok": 3}
+
+
+@pytest.mark.timeout(60)
+def test_inputs_that_trickle_in_from_a_plain_generator_are_processed_as_they_come() -> None:
+    """The same with a plain generator over a queue of incoming work (read on a thread): it
+    blocks for its next input until the one before is done."""
+    done = {f"k{i}": threading.Event() for i in range(3)}
+
+    def inputs() -> Iterator[tuple[str, int]]:
+        for i, (key, event) in enumerate(done.items()):
+            yield (key, i)
+            assert event.wait(10), f"{key} was held back"
+
+    async def on_record(rec: Record) -> None:
+        done[rec.key].set()
+
+    async def go() -> RunResult:
+        pipe = Pipeline([stage(fns.inc, kind="thread")])
+        return await pipe.run_async(inputs(), progress=False, on_record=on_record)
+
+    assert asyncio.run(go()).counts == {"ok": 3}
 
 
 def test_a_plain_sources_error_ends_the_run_after_the_inputs_before_it(out: Path) -> None:
