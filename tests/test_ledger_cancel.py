@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,6 @@ import pytest
 import pipeline.writer
 from pipeline import Pipeline, Record, Status, stage
 from pipeline.ledger import Ledger
-from tests import fns
 
 
 @pytest.mark.timeout(30)
@@ -52,17 +52,30 @@ def test_a_record_the_writer_holds_when_its_run_is_cancelled_is_committed(
     """The ledger writer lets records gather for an interval before a transaction; a run
     cancelled meanwhile (by the program that embeds it) still commits the ones it holds."""
     monkeypatch.setattr(pipeline.writer, "LEDGER_INTERVAL", 60.0)
+    done: dict[str, threading.Event] = {"first": threading.Event(), "second": threading.Event()}
 
-    async def inputs() -> AsyncIterator[tuple[str, int]]:
-        yield ("first", 1)  # the writer's first transaction, at once
-        await asyncio.sleep(0.3)
-        yield ("second", 2)  # held by the writer, which waits for more
+    def inc(value: int, key: str) -> int:  # a thread stage: tells the test what it did
+        done[key].set()
+        return value + 1
+
+    async def wait_for(key: str) -> None:
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, done[key].wait, 10)
+        await asyncio.sleep(0.2)  # its record handed to the writer
+
+    async def inputs() -> AsyncIterator[tuple[str, tuple[int, str]]]:
+        yield ("first", (1, "first"))  # the writer's first transaction, at once
+        await wait_for("first")
+        yield ("second", (2, "second"))  # held by the writer, which waits for more
         await asyncio.sleep(60)
 
     async def go() -> None:
-        pipe = Pipeline([stage(fns.inc, kind="thread")])
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pipe.run_async(inputs(), output=tmp_path, progress=False), 1.0)
+        pipe = Pipeline([stage(lambda pair: inc(*pair), kind="thread", name="inc")])
+        run = asyncio.create_task(pipe.run_async(inputs(), output=tmp_path, progress=False))
+        await wait_for("second")
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
 
     asyncio.run(go())
 
