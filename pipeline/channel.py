@@ -61,14 +61,7 @@ class Channel(Generic[T]):
     # -- sending -------------------------------------------------------------------------------
     async def send(self, item: T) -> None:
         while len(self._items) >= self.capacity and not self._closed:
-            fut = asyncio.get_running_loop().create_future()
-            self._senders.append(fut)
-            try:
-                await fut
-            except BaseException:
-                fut.cancel()
-                self._wake_next(self._senders)  # pass the slot on if we were woken then cancelled
-                raise
+            await self._wait_turn(self._senders)
         self.send_nowait(item)
 
     def send_nowait(self, item: T) -> None:
@@ -121,14 +114,7 @@ class Channel(Generic[T]):
         that lets items gather (the ledger writer) leaves them in the channel meanwhile, where
         whoever takes over after it was cancelled finds them."""
         while not self._items and not self._closed:
-            fut = asyncio.get_running_loop().create_future()
-            self._receivers.append(fut)
-            try:
-                await fut
-            except BaseException:
-                fut.cancel()
-                self._wake_next(self._receivers)
-                raise
+            await self._wait_turn(self._receivers)
 
     async def receive_some(self, most: int) -> list[T]:
         """Wait for an item, then take up to ``most`` of those there (a batch as ready as the
@@ -180,6 +166,18 @@ class Channel(Generic[T]):
             waiting_senders=sum(not f.done() for f in self._senders),
             waiting_receivers=sum(not f.done() for f in self._receivers),
         )
+
+    @classmethod
+    async def _wait_turn(cls, waiters: deque[asyncio.Future[None]]) -> None:
+        """Wait in line until woken (``_wake_next``, ``close``)."""
+        fut = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            fut.cancel()
+            cls._wake_next(waiters)  # pass the turn on if we were woken, then cancelled
+            raise
 
     @staticmethod
     def _wake_all(waiters: list[asyncio.Future[None]] | deque[asyncio.Future[None]]) -> None:

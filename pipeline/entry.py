@@ -23,6 +23,9 @@ __all__ = ["execute", "iterate"]
 
 log = logging.getLogger("pipeline")
 
+#: The signals a run that owns them stops on, gracefully.
+_STOPPING = (signal.SIGINT, signal.SIGTERM)
+
 
 async def execute(
     stages: Sequence[Stage],
@@ -64,10 +67,6 @@ async def execute(
         for sig, handler in before.items():
             loop.remove_signal_handler(sig)  # which sets the default: the caller's goes back
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-
-#: The signals a run that owns them stops on, gracefully.
-_STOPPING = (signal.SIGINT, signal.SIGTERM)
 
 
 def iterate(

@@ -143,7 +143,7 @@ class Feeder:
         decide = self.policy.decide
         if self._thread is None or all(prev is None for _, prev in admitted):
             started = time.perf_counter()
-            decisions = [decide(item, prev) for item, prev in admitted]
+            decisions = _decide_all(decide, admitted)
             slow = time.perf_counter() - started > SLOW_DECISIONS
             if slow and self._thread is None and self.policy.looks_at_outputs:
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resume")
@@ -177,7 +177,7 @@ async def chunks(src: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[list
             taking = loop.run_in_executor(thread, _take, it, FEED_CHUNK, reading)
             # a source slower than TRICKLE for a chunk (a generator over a queue of incoming
             # work, blocked for its next input): what it gave so far goes on meanwhile
-            while not await _done_within(taking, TRICKLE):
+            while not (await asyncio.wait({taking}, timeout=TRICKLE))[0]:
                 if part := reading.more():
                     yield part
             error = taking.result()
@@ -185,7 +185,7 @@ async def chunks(src: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[list
                 yield part
             if error is not None:
                 raise error
-            if not reading.read:
+            if not reading.items:
                 return
 
 
@@ -232,26 +232,6 @@ def _single_thread(name: str) -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _done_within(fut: asyncio.Future[Any], seconds: float) -> bool:
-    """Whether ``fut`` is done within ``seconds``: ``asyncio.wait`` with a timeout for one
-    future, without its bookkeeping of sets (this runs once a chunk)."""
-    loop = asyncio.get_running_loop()
-    woken = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not woken.done():
-            woken.set_result(None)
-
-    fut.add_done_callback(wake)
-    timer = loop.call_later(seconds, wake)
-    try:
-        await woken
-    finally:
-        timer.cancel()
-        fut.remove_done_callback(wake)
-    return fut.done()
-
-
 class _Reading:
     """One chunk of a synchronous source being read on the source's thread: the thread appends
     to :attr:`items`, the loop takes what came since it last looked (no lock: a list's append
@@ -260,11 +240,6 @@ class _Reading:
     def __init__(self) -> None:
         self.items: list[Any] = []
         self._taken = 0
-
-    @property
-    def read(self) -> int:
-        """Inputs read into this chunk."""
-        return len(self.items)
 
     def more(self) -> list[Any]:
         """The inputs read since the last call."""

@@ -74,7 +74,7 @@ class LedgerWriter:
             # the records stay in the channel until they are committed at once: cancelled
             # while it waits, the writer holds none (the run's leftovers take them from there)
             await self.channel.wait_ready()
-            if not len(self.channel):  # closed, and every record committed
+            if not self.channel:  # closed, and every record committed
                 return
             wait = committed + LEDGER_INTERVAL - loop.time()
             if self.ledger is not None and wait > 0:
