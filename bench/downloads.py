@@ -19,6 +19,9 @@ Methods, each over the same URL list (every call reads the whole body):
   interpreter start-up is left out;
 * **(a) sequential urllib**: a plain ``urlopen(url).read()`` loop;
 * **(b) thread-pool urllib**: ``ThreadPoolExecutor(max_workers=C).map`` of the same call;
+* **bare aiohttp with a journal** (issue #19's table, beside the stage with its ledger): the
+  same job by hand, (c) plus each URL's record committed to a SQLite journal like the ledger's,
+  a JSON line each, in transactions of 512 on one thread;
 * **(c) bare aiohttp**, the anchor of issue #19: one ``ClientSession`` with the same
   connection limits as the stage, C coroutines doing ``session.get(url)`` + ``await
   resp.read()`` and nothing else, on one event loop (no timeouts beyond aiohttp's defaults, no
@@ -243,6 +246,96 @@ def client_aiohttp(urls: Sequence[str], concurrency: int) -> dict[str, float]:
     return _tally(sizes, wall, time.process_time() - cpu)
 
 
+#: The hand-made journal's transactions: the ledger writer's (pipeline.writer.LEDGER_CAPACITY).
+_JOURNAL_BATCH = 512
+
+
+def client_aiohttp_journal(urls: Sequence[str], concurrency: int) -> dict[str, float]:
+    """The stage-with-ledger's job by hand: bare aiohttp (c), plus the least a script that keeps
+    one record per URL does. Each URL's record (a JSON line of its key, status, size, duration and
+    end time) goes into a SQLite journal like the ledger's (WAL, ``synchronous=NORMAL``, the
+    same table, the same upsert), in transactions of up to :data:`_JOURNAL_BATCH` rows on one
+    thread (the loop never waits for it), all committed before the clock stops. No resume
+    look-ups, no safeguards, no manifest."""
+    import asyncio
+    import sqlite3
+
+    import aiohttp
+
+    async def run(db: sqlite3.Connection) -> list[int]:
+        connector = aiohttp.TCPConnector(limit=max(concurrency, 8), limit_per_host=concurrency)
+        sizes: list[int] = []
+        rows: list[tuple[str, int, str, str]] = []
+        commits: list[asyncio.Future[None]] = []
+        todo = iter(urls)
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(max_workers=1)
+
+        def commit(batch: list[tuple[str, int, str, str]]) -> None:
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO records(key, seq, status, json) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET status=excluded.status, json=excluded.json",
+                batch,
+            )
+            db.execute("COMMIT")
+
+        def record(url: str, size: int, started: float) -> None:
+            status = "ok" if size >= 0 else "failed"
+            end = time.time()
+            line = json.dumps(
+                {
+                    "key": url,
+                    "status": status,
+                    "bytes": size,
+                    "duration": end - started,
+                    "finished": round(end, 3),
+                }
+            )
+            rows.append((url, len(sizes), status, line))
+            if len(rows) >= _JOURNAL_BATCH:
+                commits.append(loop.run_in_executor(pool, commit, rows[:]))
+                rows.clear()
+
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def worker() -> None:
+                for url in todo:
+                    started = time.time()
+                    try:
+                        async with session.get(url) as resp:
+                            sizes.append(len(await resp.read()) if resp.status == 200 else -1)
+                    except (aiohttp.ClientError, OSError):
+                        sizes.append(-1)
+                    record(url, sizes[-1], started)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if rows:
+            commits.append(loop.run_in_executor(pool, commit, rows[:]))
+        await asyncio.gather(*commits)
+        pool.shutdown()
+        return sizes
+
+    _TMP.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="journal-", dir=_TMP) as tmp:
+        db = sqlite3.connect(
+            Path(tmp) / "journal.sqlite", isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE records (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
+            "status TEXT NOT NULL, json TEXT NOT NULL)"
+        )
+        db.execute("CREATE INDEX records_seq ON records(seq)")
+        cpu, started = time.process_time(), time.perf_counter()
+        sizes = asyncio.run(run(db))
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        db.close()
+    return _tally(sizes, wall, cpu)
+
+
 def _tally(sizes: Sequence[int], wall: float, cpu: float) -> dict[str, float]:
     ok = [s for s in sizes if s >= 0]
     return {
@@ -350,6 +443,7 @@ CLIENTS = {
     "sequential": client_sequential,
     "threads": client_threads,
     "aiohttp": client_aiohttp,
+    "aiohttp-journal": client_aiohttp_journal,
 }
 
 
@@ -523,10 +617,12 @@ def _issue_runs(
     url_file: Path, process_file: Path, empty_file: Path, repeats: int, expected_bytes: int
 ) -> dict[str, Any]:
     """Issue #19's measurements: for each repeat, the stage and the whole ``process`` run,
-    each beside a bare aiohttp run (which of the two goes first alternates); one empty
-    ``process`` run for its start-up and end-of-run CPU."""
+    each beside a bare aiohttp run (which of the two goes first alternates), and after the
+    stage-with-ledger pair a run of the same job by hand (:func:`client_aiohttp_journal`); one
+    empty ``process`` run for its start-up and end-of-run CPU."""
     n = len(url_file.read_text().split())
     pairs: dict[str, list[Pair]] = {"stage": [], "stage-ledger": [], "process": []}
+    by_hand: list[dict[str, float]] = []
     turn = 0
     for _ in range(repeats):
         for product in pairs:
@@ -541,8 +637,10 @@ def _issue_runs(
                     if run["ok"] == n and run["bytes"] != expected_bytes:
                         run["failed"] += 1  # short bodies would be a failure too
             pairs[product].append((got[product], got["aiohttp"]))
+            if product == "stage-ledger":  # the same job by hand, right after the pair
+                by_hand.append(_client("aiohttp-journal", ISSUE_C, url_file))
     empty = _process(ISSUE_C, empty_file, 0)
-    return {"pairs": pairs, "empty_cpu": empty["parent_cpu"]}
+    return {"pairs": pairs, "by_hand": by_hand, "empty_cpu": empty["parent_cpu"]}
 
 
 def _count_lines(path: Path) -> int:
@@ -597,8 +695,32 @@ def _render_issue(issue: dict[str, Any], n: int, n_process: int, repeats: int) -
         f"(and less an empty run's, {issue['empty_cpu']:.2f} s: start-up, imports, end of "
         "run). Stage and anchor: the client process's timed section.",
         "",
+        *_render_by_hand(issue["by_hand"], pairs["stage-ledger"]),
     ]
     return "\n".join(lines)
+
+
+def _render_by_hand(runs: Sequence[dict[str, float]], ledger: Sequence[Pair]) -> list[str]:
+    """The stage with its ledger against the same job by hand (bare aiohttp and a journal)."""
+    if not runs:
+        return []
+    rate = statistics.median(r["rate"] for r in runs)
+    cpu = statistics.median(r["cpu"] / r["n"] * 1e6 for r in runs)
+    # each run was made right after its pair: ratios of neighbours, as for the pairs
+    to_bare = statistics.median(
+        r["rate"] / a["rate"] for r, (_, a) in zip(runs, ledger, strict=True)
+    )
+    ours = statistics.median(p["rate"] / r["rate"] for r, (p, _) in zip(runs, ledger, strict=True))
+    failed = int(sum(r["failed"] for r in runs))
+    return [
+        f"The same job by hand: bare aiohttp that also commits each URL's record to a SQLite "
+        f"journal like the ledger's (a JSON line each, transactions of {_JOURNAL_BATCH} on one "
+        f"thread; no resume look-ups, no safeguards): {rate:,.0f} downloads/s, "
+        f"{cpu:,.0f} µs of CPU per download, {failed} failed, {to_bare:.2f}{X} bare "
+        f"aiohttp. The download stage with its ledger: {ours:.2f}{X} that script "
+        "(medians of neighbouring runs).",
+        "",
+    ]
 
 
 def _warm_up(urls: Sequence[str]) -> None:
