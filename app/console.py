@@ -121,7 +121,7 @@ def _headline(result: RunResult, seconds: float) -> str:
     rate = f" ({result.seen / seconds:.1f} inputs/s)" if result.seen and seconds > 0 else ""
     done = f"{result.seen} input(s) in {_duration(seconds)}{rate}: {counts}"
     if result.interrupted:
-        by = f" by {result.stopped_by}" if result.stopped_by == "SIGTERM" else ""
+        by = f" by {result.stopped_by}" if result.stopped_by not in (None, "SIGINT") else ""
         return f"interrupted{by}: {done} (a re-run into the same folder resumes)"
     if result.error is not None:
         return f"stopped by an error: {done}\n  {printable(result.error)}"

@@ -12,7 +12,8 @@ the exit (an error, Ctrl-C, ``SystemExit``), the forkserver and multiprocessing'
 tracker (if one started: a ``process`` run starts none) are stopped and waited for
 (:func:`pipeline.forkserver.shutdown`): no process of the run outlives it. A Ctrl-C while the
 command is still starting (its imports: a tenth of a second) exits 130, as one during the run
-does, without a traceback; a SIGTERM then, or during the end-of-run work, exits 143 so.
+does, without a traceback; a SIGTERM then, or during the end-of-run work, exits 143 so, and a
+SIGHUP (the terminal hung up) 129.
 """
 
 from __future__ import annotations
@@ -22,15 +23,22 @@ import gc
 import os
 import sys
 
+from .terminal import let_go_of_lost_terminal
+
 
 class _Terminated(BaseException):
-    """SIGTERM while no run owns it: the command starting, or its end-of-run work (tables,
-    report). Like a Ctrl-C then (KeyboardInterrupt), it unwinds the command: the output folder
-    is let go, the helpers are stopped, the exit code is 143."""
+    """SIGTERM or SIGHUP while no run owns them: the command starting, or its end-of-run work
+    (tables, report). Like a Ctrl-C then (KeyboardInterrupt), it unwinds the command: the
+    output folder is let go, the helpers are stopped, the exit code is 128 + the signal's
+    number (``args[0]``)."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
+def _on_stop_signal(signum: int, frame: object) -> None:
+    import signal  # imported by run() before it set this handler
+
+    if signum == signal.SIGHUP:  # the terminal hung up: nothing more can be shown on it
+        let_go_of_lost_terminal()
+    raise _Terminated(128 + signum)
 
 
 def _warm_up(argv: list[str]) -> None:
@@ -43,11 +51,11 @@ def _stop_helpers() -> None:
     """Stop the forkserver and the resource tracker, if any started, and wait for them."""
     import signal  # here: imported at the top, it would delay the warm-up by ~0.5 ms
 
-    # A Ctrl-C or SIGTERM now would only cut the wait short and leave them behind: the exit
-    # code is decided already, and the wait is bounded (pipeline.forkserver.SHUTDOWN_TIMEOUT).
+    # A Ctrl-C, SIGTERM or SIGHUP now would only cut the wait short and leave them behind: the
+    # exit code is decided already, and the wait is bounded (forkserver.SHUTDOWN_TIMEOUT).
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
     if "multiprocessing" not in sys.modules:  # then nothing can have started them
         return
     from .forkserver import shutdown
@@ -74,9 +82,10 @@ def run() -> None:
         _warm_up(sys.argv[1:])
         import signal
 
-        # a run owns SIGTERM while it goes (pipeline.entry: its grace period, exit 143); before
-        # and after it, this handler ends the command as cleanly
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        # a run owns SIGTERM and SIGHUP while it goes (pipeline.entry: its grace period, exit
+        # 143 or 129); before and after it, this handler ends the command as cleanly
+        signal.signal(signal.SIGTERM, _on_stop_signal)
+        signal.signal(signal.SIGHUP, _on_stop_signal)
         # This process keeps glibc's malloc defaults (the process workers tune theirs, see
         # pipeline.worker.tune_malloc): it no longer reads local images whole (the workers
         # do), and with a 64 MB trim threshold each of its threads' arenas kept what it had
@@ -88,8 +97,8 @@ def run() -> None:
         code = main()
     except KeyboardInterrupt:  # a Ctrl-C while the command starts (main() has its own)
         code = 130
-    except _Terminated:
-        code = 143
+    except _Terminated as stopped:
+        code = stopped.args[0]
     finally:  # also on SystemExit (usage errors, --help)
         _stop_helpers()
     # Interpreter shutdown garbage-collects every object of the imported libraries (numpy,

@@ -49,8 +49,9 @@ class RunOptions:
     ``outdated(item, record)``: why an earlier done ``record`` does not settle ``item`` although
     the tests above pass (say its outputs are named otherwise than this run names them), or
     None; the item is redone, and its new record says why (``redo``).
-    ``handle_signals``: ``Pipeline.run`` in the main thread owns SIGINT (Ctrl-C, above) and
-    SIGTERM (the same, exit 143).
+    ``handle_signals``: ``Pipeline.run`` in the main thread owns SIGINT (Ctrl-C, above),
+    SIGTERM (the same, exit 143) and SIGHUP (the same, exit 129; output to the terminal that
+    hung up goes to ``/dev/null``: :mod:`pipeline.terminal`).
     ``stop_helpers``: ``Pipeline.run`` stops the process workers' forkserver and
     multiprocessing's resource tracker (:func:`pipeline.forkserver.shutdown`) once the run's
     workers are gone, before its end-of-run work (the collectors' results, the summary): their

@@ -1,7 +1,7 @@
 """Ctrl-C and the end of the flow: the state a run's helper tasks wait on.
 
-The first Ctrl-C or SIGTERM (:meth:`Control.stop`) stops feeding: the watcher cancels the
-feeder, whose stream ends by closing, so what is already in the pipeline drains for up to
+The first Ctrl-C, SIGTERM or SIGHUP (:meth:`Control.stop`) stops feeding: the watcher cancels
+the feeder, whose stream ends by closing, so what is already in the pipeline drains for up to
 ``grace`` seconds. If the flow has not ended by then (or at a second signal,
 :meth:`Control.abort`), the watcher raises :class:`Interrupted`, and its task group cancels
 every other task of the run: lanes kill their workers, and the items still in flight are
@@ -35,7 +35,7 @@ class Control:
         self.aborting = False  # a second Ctrl-C: no grace period
         self.ended = False  # every item has left the stage groups
         self.interrupted = False  # a stop came before the end: the result says so
-        self.stopped_by: str | None = None  # the signal that stopped it first (SIGINT, SIGTERM)
+        self.stopped_by: str | None = None  # the first signal to stop it: SIGINT, SIGTERM, SIGHUP
         self._changed = asyncio.Event()
 
     def stop(self, by: str = "SIGINT") -> None:

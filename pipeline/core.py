@@ -99,11 +99,12 @@ class Pipeline:
     ) -> RunResult:
         """Run over ``inputs`` (consumed lazily) and return counts, timings and metrics.
 
-        The options are those of :class:`RunOptions`. In the main thread the run owns SIGINT
-        and SIGTERM (unless ``handle_signals=False``): the first Ctrl-C (or SIGTERM) stops
-        feeding and lets in-flight items finish for ``grace`` seconds, a second one cancels
-        them at once; the ledger is written either way and the result says ``interrupted``
-        (exit code 130; 143 for SIGTERM, ``stopped_by``).
+        The options are those of :class:`RunOptions`. In the main thread the run owns SIGINT,
+        SIGTERM and SIGHUP (unless ``handle_signals=False``): the first Ctrl-C (or SIGTERM, or
+        SIGHUP) stops feeding and lets in-flight items finish for ``grace`` seconds, a second
+        Ctrl-C or SIGTERM cancels them at once; the ledger is written either way and the
+        result says ``interrupted`` (exit code 130; 143 for SIGTERM, 129 for SIGHUP,
+        ``stopped_by``).
         """
         opts = RunOptions(
             output=_path(output),

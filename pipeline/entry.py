@@ -18,13 +18,15 @@ from .records import Record
 from .result import Collector, RunResult
 from .runner import Run
 from .stage import Stage
+from .terminal import let_go_of_lost_terminal
 
 __all__ = ["execute", "iterate"]
 
 log = logging.getLogger("pipeline")
 
-#: The signals a run that owns them stops on, gracefully.
-_STOPPING = (signal.SIGINT, signal.SIGTERM)
+#: The signals a run that owns them stops on, gracefully: Ctrl-C, SIGTERM, and SIGHUP (its
+#: terminal hung up: :mod:`pipeline.terminal`).
+_STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def execute(
@@ -36,10 +38,13 @@ async def execute(
     on_record: Callable[[Record], Awaitable[None]] | None = None,
     signals: bool = False,
 ) -> RunResult:
-    """Run ``stages`` over ``inputs`` on the current loop. With ``signals``, own SIGINT and
-    SIGTERM: the first of them stops the run as Ctrl-C does (``docker stop``, ``kill``, a batch
-    scheduler's notice: in-flight items get the grace period, the ledger is written, exit 143),
-    a second one aborts it at once."""
+    """Run ``stages`` over ``inputs`` on the current loop. With ``signals``, own SIGINT,
+    SIGTERM and SIGHUP: the first of them stops the run as Ctrl-C does (``docker stop``,
+    ``kill``, a batch scheduler's notice, a terminal that hung up: in-flight items get the grace
+    period, the ledger is written, exit 128 + the signal's number), a second Ctrl-C or SIGTERM
+    aborts it at once. A hang-up never aborts: it comes twice as a rule (from the terminal and
+    from the shell, to every process of the job), and it also sends the output that was going
+    to the lost terminal to ``/dev/null``."""
     run = Run(stages, inputs, opts, collectors, on_record)
     if not signals:
         return await run.execute()
@@ -48,11 +53,15 @@ async def execute(
 
     def on_signal(sig: signal.Signals) -> None:
         nonlocal received
+        if sig is signal.SIGHUP:
+            let_go_of_lost_terminal()
+            if received:  # stopping already: a hang-up does not cut the grace period short
+                return
         received += 1
         name = "Ctrl-C" if sig is signal.SIGINT else sig.name
         if received == 1:
-            again = "press again" if sig is signal.SIGINT else "send it again"
-            log.warning("%s: stopping (%s to abort at once)", name, again)
+            again = {signal.SIGINT: "press again", signal.SIGTERM: "send it again"}.get(sig)
+            log.warning("%s: stopping%s", name, f" ({again} to abort at once)" if again else "")
             run.request_stop(sig.name)
         else:
             log.warning("%s again: aborting now", name)

@@ -169,11 +169,11 @@ def _fork_server(path: str, args: Sequence[str], passfds: Sequence[int]) -> int:
         return pid
     code = 1
     try:
-        # a terminal's Ctrl-C goes to the whole process group, as does a batch scheduler's
-        # SIGTERM: the command handles them (and stops this process); the forkserver ignores
-        # SIGINT anyway once its preload is done
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # a terminal's Ctrl-C goes to the whole process group, as do a batch scheduler's
+        # SIGTERM and a shell's SIGHUP: the command handles them (and stops this process); the
+        # forkserver ignores SIGINT anyway once its preload is done
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         _close_fds_except({0, 1, 2, *passfds})
         server: Any = mp_forkserver._forkserver  # private: its lock, held by ensure_running,
         server._lock = threading.Lock()  # is held here too, by nobody

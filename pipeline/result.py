@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,7 +45,7 @@ class RunResult:
     output: Path | None = None
     collected: dict[str, Any] = field(default_factory=dict)
     timeline: dict[str, Any] = field(default_factory=dict)
-    stopped_by: str | None = None  # interrupted by this signal: SIGINT (Ctrl-C) or SIGTERM
+    stopped_by: str | None = None  # interrupted by this signal: SIGINT (Ctrl-C), SIGTERM, SIGHUP
 
     @property
     def advice(self) -> list[Verdict]:
@@ -79,11 +80,12 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted (143 by SIGTERM: 128 + the signal, as a shell reports it), 3 a fatal
-        error, 1 item failures, else 0 (``ok``, ``reused`` and ``skipped`` records are no
-        failures)."""
+        """128 + the signal's number when interrupted, as a shell reports it (130 Ctrl-C, 143
+        SIGTERM, 129 SIGHUP), 3 a fatal error, 1 item failures, else 0 (``ok``, ``reused`` and
+        ``skipped`` records are no failures)."""
         if self.interrupted:
-            return 143 if self.stopped_by == "SIGTERM" else 130
+            by = signal.Signals.__members__.get(self.stopped_by or "SIGINT", signal.SIGINT)
+            return 128 + by.value
         if self.error is not None:
             return 3
         return 1 if self.failed else 0

@@ -126,7 +126,7 @@ class Run:
         self.recorder = Recorder(self.run_id, fingerprint, records)
 
     def request_stop(self, by: str = "SIGINT") -> None:
-        """Ctrl-C (or SIGTERM, ``by``): stop feeding; in-flight items get the grace period."""
+        """Ctrl-C (or SIGTERM, SIGHUP: ``by``): stop feeding; in-flight items get their grace."""
         self.control.stop(by)
 
     def hard_abort(self) -> None:

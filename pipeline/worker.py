@@ -214,11 +214,12 @@ def worker_main(
     arena: Arena | None = None,
 ) -> None:
     """Entry point of a worker process."""
-    # A terminal's Ctrl-C goes to the whole process group, and so does a batch scheduler's
-    # SIGTERM (or ``kill -TERM -<group>``): the run handles them (its grace period) and stops
-    # its workers; a worker dead of one would fail its item as a crash instead.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A terminal's Ctrl-C goes to the whole process group, and so do a batch scheduler's
+    # SIGTERM (or ``kill -TERM -<group>``) and a shell's SIGHUP when its terminal hangs up: the
+    # run handles them (its grace period) and stops its workers; a worker dead of one would
+    # fail its item as a crash instead.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     tune_malloc()
     while True:
         try:

@@ -353,6 +353,95 @@ def test_sigterm_stops_the_run_as_ctrl_c_does_and_leaves_nothing(
     assert json.loads((run.out / "summary.json").read_text())["stopped_by"] == "SIGTERM"
 
 
+_ON_THE_TERMINAL = """
+import fcntl, os, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def _start_on_a_terminal(
+    private_tmp: Callable[[], Path], tmp_path: Path, *args: str | Path
+) -> tuple[Run, int, Callable[[], None]]:
+    """A ``process`` run (progress shown: no ``--quiet``) whose standard streams and
+    controlling terminal are a new pseudo-terminal, as in an ssh session: returns the run, the
+    terminal's master end, and ``stop_reading`` (what the terminal showed goes to
+    ``run.stderr``)."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    tmp, out, shown = private_tmp(), tmp_path / "out", tmp_path / "terminal.txt"
+    cmd = [sys.executable, "-m", "pipeline", "process", *map(str, args), "--output", str(out)]
+    proc = subprocess.Popen(
+        # the terminal becomes its controlling terminal, as a login's (the kernel hangs it up
+        # when the master end is closed); then the command itself, in the same process
+        [sys.executable, "-c", _ON_THE_TERMINAL, *cmd],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp), "COLUMNS": "100"},
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    reading = threading.Event()
+    reading.set()
+
+    def read() -> None:  # keeps the terminal from filling up (its writes would block)
+        import select
+
+        with shown.open("wb") as sink:
+            while reading.is_set():
+                if select.select([master], [], [], 0.05)[0]:
+                    try:
+                        sink.write(os.read(master, 65536))
+                    except OSError:  # EIO: the command has closed its end
+                        return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def stop_reading() -> None:
+        reading.clear()
+        reader.join(timeout=5)
+
+    return Run(proc, out, tmp, shown), master, stop_reading
+
+
+@pytest.mark.timeout(60)
+def test_a_terminal_that_hangs_up_stops_the_run_as_ctrl_c_does_and_leaves_nothing(
+    adopt: None, private_tmp: Callable[[], Path], slow_image: Path, tmp_path: Path
+) -> None:
+    """An ssh session that drops, a terminal window closed: the kernel hangs the terminal up
+    (SIGHUP to the command, and every write to it fails from then on) and the shell sends
+    SIGHUP to every process of the job. The run stops as on Ctrl-C, with nothing more to show
+    on a terminal that is gone: its ledger, manifest and summary written, exit 129, nothing
+    left, no item failed as a worker crash."""
+    n = 60  # far more than the run gets through before the hang-up
+    run, master, stop_reading = _start_on_a_terminal(
+        private_tmp, tmp_path, _slow_inputs(slow_image, tmp_path / "in", n)
+    )
+    try:
+        _wait_for_work(run)
+        stop_reading()
+        os.close(master)  # the hang-up
+        os.killpg(run.proc.pid, signal.SIGHUP)  # the shell's, to the job's processes
+        assert run.wait() == 129, run.errors()
+    finally:
+        _kill_session(run.sid)
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait(timeout=10)
+    assert_nothing_left(run)
+    counts = _check_ledger(run.out, n, exit_code=129)
+    assert counts.get("ok", 0) < n
+    assert "failed" not in counts  # no worker died of it
+    summary = json.loads((run.out / "summary.json").read_text())
+    assert summary["stopped_by"] == "SIGHUP"
+    assert (run.out / "manifest.jsonl").exists()
+
+
 @pytest.mark.timeout(60)
 def test_a_killed_worker_leaves_nothing(
     start: Callable[..., Run], slow_image: Path, tmp_path: Path
@@ -459,8 +548,10 @@ import os, signal, sys, time
 import app.process
 import app.warmup
 
-def terminated(*args):  # what a SIGTERM does while the command starts, or after its run
-    os.kill(os.getpid(), signal.SIGTERM)
+SIG = getattr(signal, sys.argv[4])
+
+def terminated(*args):  # what a SIGTERM (SIGHUP) does while the command starts, or after its run
+    os.kill(os.getpid(), SIG)
     time.sleep(30)  # the handler ends it meanwhile
 
 if sys.argv[3] == "start":
@@ -475,13 +566,15 @@ run()
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("when", ["start", "end"])
-def test_sigterm_outside_the_run_exits_143_and_leaves_nothing(
-    tmp_path: Path, adopt: None, private_tmp: Callable[[], Path], when: str
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_or_sighup_outside_the_run_ends_the_command_cleanly(
+    tmp_path: Path, adopt: None, private_tmp: Callable[[], Path], when: str, sig: str, code: int
 ) -> None:
-    """No run owns SIGTERM while the command starts or does its end-of-run work: the command
-    ends then as on Ctrl-C (no traceback, the helpers stopped and reaped), and exits 143."""
+    """No run owns SIGTERM (or SIGHUP) while the command starts or does its end-of-run work:
+    the command ends then as on Ctrl-C (no traceback, the helpers stopped and reaped), and
+    exits 143 (129)."""
     tmp, out = private_tmp(), tmp_path / "out"
-    _ends_cleanly(143, tmp, _TERMINATED_OUTSIDE_THE_RUN, str(IMAGES), str(out), when)
+    _ends_cleanly(code, tmp, _TERMINATED_OUTSIDE_THE_RUN, str(IMAGES), str(out), when, sig)
     if when == "start":
         assert not out.exists()
     else:  # the run was over: its records and summary are there, not interrupted
