@@ -83,9 +83,11 @@ def run() -> None:
         import signal
 
         # a run owns SIGTERM and SIGHUP while it goes (pipeline.entry: its grace period, exit
-        # 143 or 129); before and after it, this handler ends the command as cleanly
-        signal.signal(signal.SIGTERM, _on_stop_signal)
-        signal.signal(signal.SIGHUP, _on_stop_signal)
+        # 143 or 129); before and after it, this handler ends the command as cleanly. Unless
+        # the command was told to ignore one (nohup: SIGHUP), which then stays ignored.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, _on_stop_signal)
         # This process keeps glibc's malloc defaults (the process workers tune theirs, see
         # pipeline.worker.tune_malloc): it no longer reads local images whole (the workers
         # do), and with a 64 MB trim threshold each of its threads' arenas kept what it had

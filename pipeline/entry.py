@@ -67,8 +67,10 @@ async def execute(
             log.warning("%s again: aborting now", name)
             run.hard_abort()
 
-    before = {sig: signal.getsignal(sig) for sig in _STOPPING}
-    for sig in _STOPPING:
+    # one this process was told to ignore stays ignored: SIGHUP under nohup, SIGINT in a
+    # background job of a script (Python itself then installs no KeyboardInterrupt)
+    before = {sig: h for sig in _STOPPING if (h := signal.getsignal(sig)) is not signal.SIG_IGN}
+    for sig in before:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         return await run.execute()

@@ -442,6 +442,49 @@ def test_a_terminal_that_hangs_up_stops_the_run_as_ctrl_c_does_and_leaves_nothin
     assert (run.out / "manifest.jsonl").exists()
 
 
+_NOHUP = """
+import os, signal, sys
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does; an ignored signal stays so
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_run_under_nohup_goes_on_through_a_hang_up(
+    adopt: None, private_tmp: Callable[[], Path], slow_image: Path, tmp_path: Path
+) -> None:
+    """``nohup python -m pipeline process ...``: SIGHUP was ignored when the command started,
+    and it stays ignored; the run does not stop at the hang-up, it finishes (exit 0)."""
+    n = 30
+    tmp, out, err = private_tmp(), tmp_path / "out", tmp_path / "nohup.out"
+    inputs = _slow_inputs(slow_image, tmp_path / "in", n)
+    cmd = [sys.executable, "-m", "pipeline", "process", str(inputs), "--output", str(out)]
+    with err.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _NOHUP, *cmd, "--quiet"],
+            cwd=ROOT,
+            env={**os.environ, "TMPDIR": str(tmp)},
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
+        )
+    run = Run(proc, out, tmp, err)
+    try:
+        _wait_for_work(run)
+        os.killpg(proc.pid, signal.SIGHUP)  # the shell's, as the session ends
+        assert proc.poll() is None  # it came mid-run
+        assert len(list(out.glob("*/*.png"))) < n
+        assert run.wait() == 0, run.errors()
+    finally:
+        _kill_session(run.sid)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert_nothing_left(run)
+    assert _statuses(out) == {"ok": [f"p{i:04d}.png" for i in range(n)]}
+
+
 @pytest.mark.timeout(60)
 def test_a_killed_worker_leaves_nothing(
     start: Callable[..., Run], slow_image: Path, tmp_path: Path
