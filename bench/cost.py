@@ -310,6 +310,12 @@ def table(
         f"{margin['bare']:.2f} ms/img → one parent feeds up to "
         f"{1000 / max(margin['process'], 1e-6):,.0f} img/s"
     )
+    goals.append(
+        f"parent CPU of the run over {short_n} files (start-up, imports, end of run: the "
+        f"fixed cost): `process` {short['process']:.2f} s, bare {short['bare']:.2f} s; over "
+        f"{n:,} files `process`'s is {short['process'] * 1000 / n:.2f} ms/img of the whole "
+        f"run's {parent['process']:.2f}"
+    )
     lines += ["", *(f"- {g}" for g in goals), ""]
     lines += [
         "| `process` workers | images/s | parent CPU ms/img | ceiling, one parent (img/s) |",
