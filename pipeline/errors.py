@@ -30,7 +30,8 @@ Two families, kept apart on purpose, and :class:`Skip`, which is neither:
       │   └── FolderBusy     another live run holds the output folder (exit 2)
       └── FatalRunError      the run cannot go on (exit 3)
           ├── CrashBudgetExceeded   more worker crashes than the budget allows
-          └── LedgerError           the ledger cannot be read or written
+          ├── LedgerError           the ledger cannot be read or written
+          └── OutOfSpace            an item failed because a disk (or quota) is full
 
 A run stopped by Ctrl-C is not an error: it returns its result with ``interrupted`` set
 (exit 130) after the ledger has been written.
@@ -39,6 +40,8 @@ Every exception here takes only string/int arguments so it pickles both ways.
 """
 
 from __future__ import annotations
+
+import errno
 
 __all__ = [
     "ConfigError",
@@ -49,12 +52,14 @@ __all__ = [
     "ItemError",
     "ItemTimeout",
     "LedgerError",
+    "OutOfSpace",
     "PipelineError",
     "RemoteError",
     "Skip",
     "SplitError",
     "Unpicklable",
     "WorkerCrashed",
+    "is_out_of_space",
 ]
 
 
@@ -136,3 +141,26 @@ class CrashBudgetExceeded(FatalRunError):
 
 class LedgerError(FatalRunError):
     """The ledger (manifest, journal, summary) cannot be read or written."""
+
+
+class OutOfSpace(FatalRunError):
+    """An item failed because a disk or a quota is full (``ENOSPC``, ``EDQUOT``): every item
+    after it would fail the same way, so the run stops at the first (its record says
+    ``failed``). Once there is room again, the same command resumes where it stopped."""
+
+
+#: What to do about a full disk, for the messages that say one is.
+FREE_SPACE = "free some space and run the same command again: it resumes where this run stopped"
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_out_of_space(exc: object) -> bool:
+    """Whether ``exc``, or an exception it was raised from, says a disk or quota is full."""
+    for _ in range(8):  # a chain of causes, never a cycle
+        if not isinstance(exc, BaseException):
+            return False
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -55,7 +55,7 @@ from .channel import Channel
 from .config import RunOptions
 from .control import Control, Interrupted
 from .drivers import GroupDriver
-from .errors import CrashBudgetExceeded, FatalRunError
+from .errors import CrashBudgetExceeded, FatalRunError, LedgerError
 from .feeder import Feeder, known_length
 from .forkserver import shutdown
 from .joins import Joins
@@ -155,7 +155,12 @@ class Run:
             if self.opts.stop_helpers and isinstance(self.backend, LocalBackend):
                 # the run's workers are gone (see RunOptions): told to exit, waited for later
                 shutdown(wait=False)
-            result = await self._conclude(ledger, ending, started, started_at)
+            try:
+                result = await self._conclude(ledger, ending, started, started_at)
+            except LedgerError as exc:
+                if ending.error is None:
+                    raise
+                log.warning("the end of the run is not written: %s", exc)  # as above
         if ending.error is not None:
             if isinstance(ending.error, FatalRunError):
                 raise ending.error
@@ -185,7 +190,13 @@ class Run:
             ending.error = ending.error or _first(group)
         finally:  # also when the run itself is cancelled
             flow.sampler.sample()
-            await writer.commit(self.recorder.leftovers(ending.reason()))
+            try:
+                await writer.commit(self.recorder.leftovers(ending.reason()))
+            except LedgerError as exc:
+                if ending.error is None:
+                    raise
+                # the error that stopped the run (a full disk) says what went wrong first
+                log.warning("the records of the inputs in flight are not journalled: %s", exc)
             self.progress.close()
             self.counts = writer.counts
             self.seen, self.duplicates = flow.feeder.seen, flow.feeder.duplicates

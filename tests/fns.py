@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import signal
@@ -28,6 +29,25 @@ def fail_on_multiple_of_7(x: int) -> int:
     if x % 7 == 0:
         raise ValueError(f"{x} is a multiple of 7")
     return x
+
+
+def disk_full_from(x: int, first: int) -> int:
+    """As a stage that writes its outputs would fail once the disk is full, wrapped as a
+    stage's own error may be (``raise ... from``)."""
+    if x >= first:
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"/out/{x}.jpg")
+        if x % 2:
+            return _reraised(full)
+        raise full
+    time.sleep(0.002)
+    return x
+
+
+def _reraised(exc: OSError) -> int:
+    try:
+        raise exc
+    except OSError as cause:
+        raise RuntimeError(f"cannot write the output: {cause}") from cause
 
 
 def crash_on(x: int, bad: int, how: str) -> int:

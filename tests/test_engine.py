@@ -21,6 +21,7 @@ from pipeline import (
     CrashBudgetExceeded,
     DefinitionError,
     FatalRunError,
+    OutOfSpace,
     Pipeline,
     Record,
     RunResult,
@@ -417,6 +418,53 @@ def test_a_failing_collector_stops_the_run_with_what_it_was_shown_committed(out:
     assert again.reused == sum(r["status"] == "ok" for r in recorded.values())
     assert again.reused >= 5
     assert again.reused + again.ok == 100
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_an_item_that_finds_the_disk_full_stops_the_run(kind: str, out: Path) -> None:
+    """Every item after the first that failed for want of space would fail alike: the run stops
+    there (exit 3), with that item's record and what to do; those still in flight are
+    cancelled, the rest never started, and a run with room again does them."""
+    inputs = keyed(400)
+    full = Pipeline([stage(fns.disk_full_from, 40, kind=kind, workers=2)])
+    with pytest.raises(OutOfSpace, match=r"No space left on device.*free some space") as got:
+        full.run(inputs, output=out, progress=False)
+    assert got.value.exit_code == 3
+    recorded = by_key(out)
+    failed = [k for k, r in recorded.items() if r["status"] == "failed"]
+    assert failed, recorded
+    assert all(int(k[1:]) >= 40 for k in failed)
+    assert len(recorded) < 400  # it stopped: the inputs after the first failures never started
+    assert {r["status"] for r in recorded.values()} <= {"ok", "failed", "cancelled"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["error"].startswith("OutOfSpace: ")
+
+    room = Pipeline([stage(fns.disk_full_from, 10_000, kind=kind, workers=2)])
+    again = room.run(inputs, output=out, progress=False)
+    assert again.ok + again.reused == 400
+
+
+def test_what_says_a_disk_is_full() -> None:
+    import errno
+
+    from pipeline.errors import is_out_of_space
+
+    def raised_from(cause: BaseException) -> BaseException:
+        try:
+            try:
+                raise cause
+            except OSError as exc:
+                raise RuntimeError("cannot write the output") from exc
+        except RuntimeError as outer:
+            return outer
+
+    assert is_out_of_space(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_out_of_space(raised_from(OSError(errno.ENOSPC, "No space left on device")))
+    assert not is_out_of_space(raised_from(OSError(errno.ENOENT, "No such file")))
+    assert not is_out_of_space(OSError(errno.EACCES, "Permission denied"))
+    assert not is_out_of_space(ValueError("no space"))
+    assert not is_out_of_space("No space left on device")
 
 
 def test_iter_and_run_stage_yield_records_with_values() -> None:
