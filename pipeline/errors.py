@@ -59,6 +59,7 @@ __all__ = [
     "SplitError",
     "Unpicklable",
     "WorkerCrashed",
+    "if_full",
     "is_out_of_space",
 ]
 
@@ -153,6 +154,7 @@ class OutOfSpace(FatalRunError):
 FREE_SPACE = "free some space and run the same command again: it resumes where this run stopped"
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL ("database or disk is full"), without importing sqlite3
 
 
 def is_out_of_space(exc: object) -> bool:
@@ -164,3 +166,10 @@ def is_out_of_space(exc: object) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def if_full(exc: BaseException) -> str:
+    """``"; <what to do>"`` when ``exc`` says the disk is full (the system's error, or SQLite's
+    own), else ``""``: for the messages of the errors that stop a run."""
+    full = getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or is_out_of_space(exc)
+    return f"; {FREE_SPACE}" if full else ""

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .errors import FolderBusy, LedgerError
+from .errors import FolderBusy, LedgerError, if_full
 
 __all__ = ["LOCK_FILE", "hold_folder"]
 
@@ -52,7 +52,7 @@ def hold_folder(
             else:
                 _held[real] = [_take(path, run, sys.argv if argv is None else argv), 1]
     except OSError as exc:
-        raise LedgerError(f"cannot lock the output folder {folder}: {exc}") from exc
+        raise LedgerError(f"cannot lock the output folder {folder}: {exc}{if_full(exc)}") from exc
     try:
         yield
     finally:

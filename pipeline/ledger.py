@@ -41,7 +41,7 @@ from typing import Any
 
 from .atomic import FILE_MODE as _FILE_MODE
 from .atomic import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
-from .errors import FREE_SPACE, LedgerError, is_out_of_space
+from .errors import LedgerError, if_full
 from .folderlock import hold_folder
 from .names import is_clean, raw_b64, shown, text_safe
 from .records import LEGACY_DONE, Record, upgrade
@@ -174,7 +174,8 @@ class Ledger:
             row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
             self._seq = int(row[0])
         except (OSError, sqlite3.Error) as exc:
-            raise LedgerError(f"cannot open the ledger in {self.folder}: {exc}") from exc
+            why = f"{exc}{if_full(exc)}"
+            raise LedgerError(f"cannot open the ledger in {self.folder}: {why}") from exc
 
     def _import_manifest(self) -> None:
         """A folder with a manifest but no journal (copied, or journal deleted): adopt it."""
@@ -232,7 +233,7 @@ class Ledger:
             self._upsert(rows)
         except sqlite3.Error as exc:
             raise LedgerError(
-                f"cannot write the ledger journal {self.journal_path}: {exc}{_if_full(exc)}"
+                f"cannot write the ledger journal {self.journal_path}: {exc}{if_full(exc)}"
             ) from exc
 
     def _lookup(self, keys: Sequence[str]) -> dict[str, Record]:
@@ -307,7 +308,7 @@ class Ledger:
         except (OSError, sqlite3.Error) as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise LedgerError(f"cannot write {path}: {exc}{_if_full(exc)}") from exc
+            raise LedgerError(f"cannot write {path}: {exc}{if_full(exc)}") from exc
         return n
 
     def _counts(self) -> dict[str, int]:
@@ -379,13 +380,7 @@ class Ledger:
         try:
             await self._call(atomic_write_text, self.summary_path, text)
         except OSError as exc:
-            raise LedgerError(f"cannot write {self.summary_path}: {exc}{_if_full(exc)}") from exc
-
-
-def _if_full(exc: BaseException) -> str:
-    """What to do, when ``exc`` says the disk is full (SQLite's own error, or the system's)."""
-    full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or is_out_of_space(exc)
-    return f"; {FREE_SPACE}" if full else ""
+            raise LedgerError(f"cannot write {self.summary_path}: {exc}{if_full(exc)}") from exc
 
 
 def _log_failure(made: asyncio.Future[None]) -> None:

@@ -160,7 +160,8 @@ class Run:
             except LedgerError as exc:
                 if ending.error is None:
                     raise
-                log.warning("the end of the run is not written: %s", exc)  # as above
+                # the error that stopped the run (a full disk) stays the one reported
+                log.warning("the end of the run is not written: %s", exc)
         if ending.error is not None:
             if isinstance(ending.error, FatalRunError):
                 raise ending.error

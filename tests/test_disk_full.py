@@ -89,6 +89,16 @@ def _process(inputs: Path, out: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _fill(path: Path) -> None:
+    """Write to ``path`` until the disk refuses (raises its OSError)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+
+
 def _temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".pp-*"))
 
@@ -121,3 +131,16 @@ def test_a_full_disk_stops_the_run_and_a_run_with_room_again_finishes(
     assert written == [f"512/{name}" for name in names]  # the default size, 512
     assert sorted(str(p.relative_to(out)) for p in out.glob("*/*.jpg")) == written
     assert _temporaries(out) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_disk_full_before_the_run_starts_says_so(small_disk: Path, tmp_path: Path) -> None:
+    """Not even the output folder's lock file fits: the command says what to do at once."""
+    with pytest.raises(OSError, match="No space left on device"):
+        _fill(small_disk / "filler")
+    _noise_images(tmp_path / "in", 3)
+    got = _process(tmp_path / "in", small_disk / "out")
+    assert got.returncode == 3, got.stderr
+    assert "No space left on device" in got.stderr
+    assert "free some space" in got.stderr
+    assert "Traceback" not in got.stderr, got.stderr
