@@ -605,15 +605,26 @@ def _slow_images(folder: Path, n: int) -> None:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("sig", "to", "code"),
+    [
+        ("SIGINT", "command", 130),  # Ctrl-C
+        ("SIGHUP", "group", 129),  # the terminal hung up: the shell's, to every process of the job
+    ],
+)
 def test_sigint_stops_a_dask_run_and_leaves_nothing_behind(
-    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], sig: str, to: str, code: int
 ) -> None:
+    """The run stops as on Ctrl-C; the cluster's workers, which leave these signals to the
+    run, are not killed by one sent to the whole group (their shards would fail)."""
     inputs, out = tmp_path / "in", tmp_path / "out"
     n = 80
     _slow_images(inputs, n)
     cmd = [sys.executable, "-m", "pipeline", "process", str(inputs), "--output", str(out)]
     cmd += ["--backend", "dask", "--shard-size", "4", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     procs.append(proc)
     journal = out / ".pipeline" / "ledger.sqlite"
     deadline = time.monotonic() + 90
@@ -629,19 +640,30 @@ def test_sigint_stops_a_dask_run_and_leaves_nothing_behind(
         raise AssertionError("the run never got going")
     kids = psutil.Process(proc.pid).children(recursive=True)
     sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    code = proc.wait(timeout=60)
+    if to == "command":
+        proc.send_signal(getattr(signal, sig))
+    else:
+        os.killpg(proc.pid, getattr(signal, sig))  # its own session: the run's processes only
+    before = {k.pid for k in kids}
+    restarted: set[int] = set()  # a worker the signal killed comes back as a new process
+    while proc.poll() is None and time.monotonic() < sent + 60:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            now = psutil.Process(proc.pid).children(recursive=True)
+            restarted |= {k.pid for k in now if "spawn_main" in " ".join(_cmdline(k))} - before
+        time.sleep(0.02)
+    got = proc.wait(timeout=60)
     elapsed = time.monotonic() - sent
     stderr = proc.stderr.read().decode() if proc.stderr else ""
-    assert code == 130, stderr
+    assert got == code, stderr
     assert elapsed < 12, f"took {elapsed:.1f} s to stop"
     _, alive = psutil.wait_procs(kids, timeout=5)
     assert alive == [], f"left behind: {alive}"
+    assert restarted == set(), "a worker died of the signal and was started again"
     recs = by_key(out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] is True
     assert summary["interrupted"] is True
-    assert summary["exit_code"] == 130
+    assert summary["exit_code"] == code
     assert summary["inputs_seen"] == len(recs) <= n
     assert sum(summary["counts"].values()) == len(recs)
     statuses = {r["status"] for r in recs.values()}

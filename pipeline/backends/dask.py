@@ -236,14 +236,17 @@ def _peak_rss_mb() -> float:
 
 
 def dask_setup(worker: Any) -> None:
-    """Worker preload hook, for the LocalCluster the backend starts: ignore SIGINT.
+    """Worker preload hook, for the LocalCluster the backend starts: ignore SIGINT and SIGHUP.
 
-    Ctrl-C in a terminal reaches the whole process group. The driver owns it (it stops feeding,
-    cancels the shards and closes the cluster); a worker interrupted on its own would only die
-    mid-shard and make the shutdown slower.
+    Ctrl-C in a terminal reaches the whole process group, and so does the shell's SIGHUP when
+    the terminal hangs up. The driver owns them (it stops feeding, cancels the shards and
+    closes the cluster); a worker killed by one on its own would only die mid-shard, be started
+    again by its nanny and make the shutdown slower. (Not SIGTERM: the nanny stops its worker
+    with it.)
     """
-    with contextlib.suppress(ValueError):  # not the main thread: leave the signal alone
+    with contextlib.suppress(ValueError):  # not the main thread: leave the signals alone
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _task_probe() -> tuple[str, Callable[[], bool]]:
