@@ -49,6 +49,8 @@ __all__ = [
     "SHUTDOWN_TIMEOUT",
     "WORKER_MODULE",
     "WORKER_NAME",
+    "kill_worker",
+    "lead_own_group",
     "mp_context",
     "preload_modules",
     "shutdown",
@@ -271,6 +273,31 @@ def spawn(proc: Any) -> None:
             time.sleep(0.05)
 
 
+def lead_own_group() -> None:
+    """Make this worker the leader of a process group of its own, so that what its stages
+    start (an external tool run with ``subprocess``) is in it and goes with it: the parent
+    kills the whole group (:func:`kill_worker`) at an item's timeout, past the grace period
+    and at shutdown. Left in the command's group, such a program outlived the worker killed
+    under it, an orphan. Out of the terminal's foreground group, a worker that writes to the
+    terminal must not be stopped for it (``SIGTTOU``, under ``stty tostop``)."""
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # already a group leader (a direct call, a test)
+        os.setpgid(0, 0)
+
+
+def kill_worker(pid: int) -> None:
+    """SIGKILL worker ``pid`` and its process group (see :func:`lead_own_group`); only the
+    worker where it leads none yet (killed while it was starting)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # no group of its own yet: the worker alone
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    except PermissionError:  # a group id taken by a process not ours: never touch it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 # -- the resource tracker ----------------------------------------------------------------------
 
 _no_tracker_fd: int | None = None  # what the tracker's pipe is, under without_resource_tracker()
@@ -365,7 +392,8 @@ def _stop_workers(timeout: float) -> None:
     workers = [p for p in mp.active_children() if p.name == WORKER_NAME]
     for proc in workers:
         log.debug("stopping worker pid %s, still alive at shutdown", proc.pid)
-        proc.kill()
+        if proc.pid is not None:
+            kill_worker(proc.pid)
     for proc in workers:
         proc.join(timeout)
 

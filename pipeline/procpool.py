@@ -12,8 +12,9 @@ Here every lane owns one process, so the parent always knows which items a dead 
 * the rest of the batch is handed back to be run again on the replacement worker.
 
 Workers start with ``forkserver`` (never ``fork`` from a parent that runs threads), ignore
-SIGINT (the parent owns shutdown) and are daemonic, so none outlives the parent. Items go to a
-worker in small batches and outcomes come back in batches flushed at least every
+SIGINT (the parent owns shutdown) and are daemonic, so none outlives the parent. Each leads a
+process group of its own, which is killed whole: a program its stage started goes with it.
+Items go to a worker in small batches and outcomes come back in batches flushed at least every
 ``pipeline.worker.FLUSH_INTERVAL`` seconds and at the end of each batch, so an item a crash
 could lose (to be run again) is at most that much work old.
 
@@ -50,7 +51,6 @@ import io
 import logging
 import math
 import multiprocessing.connection as mpc
-import os
 import pickle
 import select
 import signal
@@ -64,6 +64,7 @@ from .errors import Unpicklable, WorkerCrashed
 from .forkserver import (
     WORKER_NAME,
     _request_preload,
+    kill_worker,
     mp_context,
     preload_modules,
     spawn,
@@ -302,8 +303,7 @@ class ProcessLane:
 
     def _kill(self) -> None:
         if self._proc is not None and self._proc.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, signal.SIGKILL)
+            kill_worker(self._proc.pid)  # and what its stages started
 
     def _reap(self) -> None:
         """Forget the dead worker; note how it ended and which batch it was running."""
@@ -358,7 +358,7 @@ class ProcessLane:
                 conn.send_bytes(pickle.dumps(None))
             await asyncio.get_running_loop().run_in_executor(None, proc.join, 2.0)
         if proc.is_alive():  # SIGKILL: a worker ignores SIGTERM (pipeline.worker.worker_main)
-            proc.kill()
+            kill_worker(proc.pid)
             await asyncio.get_running_loop().run_in_executor(None, proc.join, 1.0)
         conn.close()
         self._proc = self._conn = None
@@ -524,5 +524,4 @@ def _discard(proc: Any, *conns: mpc.Connection) -> None:
     for conn in conns:
         conn.close()
     if proc.pid is not None and proc.exitcode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
+        kill_worker(proc.pid)

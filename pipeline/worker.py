@@ -39,6 +39,7 @@ from .calls import (
     share_run_wait,
 )
 from .errors import Unpicklable
+from .forkserver import lead_own_group
 from .runwait import run_delay
 
 __all__ = [
@@ -220,6 +221,7 @@ def worker_main(
     # fail its item as a crash instead.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    lead_own_group()
     tune_malloc()
     while True:
         try:

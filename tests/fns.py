@@ -80,6 +80,17 @@ async def asleep_on(x: int, bad: int, seconds: float) -> int:
     return x
 
 
+def run_tool_on(x: int, bad: int, pids: str) -> int:
+    """A stage that runs an external program (``sleep``, standing in for a tool that hangs on
+    input ``bad``), and notes the program's pid in the folder ``pids``."""
+    import subprocess
+
+    tool = subprocess.Popen(["sleep", "60" if x == bad else "0"])
+    Path(pids, f"{x}.pid").write_text(str(tool.pid))
+    tool.wait()
+    return x
+
+
 def sleep_each(x: Any, seconds: float) -> Any:
     time.sleep(seconds)
     return x

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,32 @@ def test_timeout_fails_the_item_and_the_rest_finish(kind: str, out: Path) -> Non
     assert recs["k0003"]["error_type"] == "ItemTimeout"
     assert result.ok == 11
     assert result.duration < 30  # a hang would hit the test timeout; this is a sanity bound
+
+
+def test_a_program_a_stage_started_goes_with_its_timed_out_worker(
+    out: Path, tmp_path: Path
+) -> None:
+    """A process worker killed at its item's timeout takes with it what its stage started (an
+    external tool that hangs): the worker leads a process group of its own, and the whole
+    group is killed. Left behind, the tool would run on, an orphan, after the run."""
+    import psutil
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    st = stage(fns.run_tool_on, 3, str(pids), kind="process", workers=2, timeout=1.0)
+    Pipeline([st]).run(keyed(6), output=out, progress=False)
+    assert by_key(out)["k0003"]["error_type"] == "ItemTimeout"
+    tool = int((pids / "3.pid").read_text())
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            gone = psutil.Process(tool).status() == psutil.STATUS_ZOMBIE  # killed, not reaped
+        except psutil.NoSuchProcess:
+            gone = True
+        if gone or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert gone, "the stage's external program outlived its worker"
 
 
 def test_unpicklable_result_and_exception(out: Path) -> None:
