@@ -65,7 +65,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -218,30 +218,42 @@ def client_threads(urls: Sequence[str], concurrency: int) -> dict[str, float]:
     return _tally(sizes, wall, time.process_time() - cpu)
 
 
-def client_aiohttp(urls: Sequence[str], concurrency: int) -> dict[str, float]:
+async def _aiohttp_fetch(
+    urls: Sequence[str],
+    concurrency: int,
+    done: Callable[[str, int, float], None] | None = None,
+) -> list[int]:
+    """The bare client (c): each URL's body size (-1 failed); ``done(url, size, started)`` after
+    each, for a client that also records them."""
     import asyncio
 
     import aiohttp
 
-    async def run() -> list[int]:
-        connector = aiohttp.TCPConnector(limit=max(concurrency, 8), limit_per_host=concurrency)
-        sizes: list[int] = []
-        todo = iter(urls)
-        async with aiohttp.ClientSession(connector=connector) as session:
+    connector = aiohttp.TCPConnector(limit=max(concurrency, 8), limit_per_host=concurrency)
+    sizes: list[int] = []
+    todo = iter(urls)
+    async with aiohttp.ClientSession(connector=connector) as session:
 
-            async def worker() -> None:
-                for url in todo:
-                    try:
-                        async with session.get(url) as resp:
-                            sizes.append(len(await resp.read()) if resp.status == 200 else -1)
-                    except (aiohttp.ClientError, OSError):
-                        sizes.append(-1)
+        async def worker() -> None:
+            for url in todo:
+                started = time.time() if done is not None else 0.0
+                try:
+                    async with session.get(url) as resp:
+                        sizes.append(len(await resp.read()) if resp.status == 200 else -1)
+                except (aiohttp.ClientError, OSError):
+                    sizes.append(-1)
+                if done is not None:
+                    done(url, sizes[-1], started)
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return sizes
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return sizes
+
+
+def client_aiohttp(urls: Sequence[str], concurrency: int) -> dict[str, float]:
+    import asyncio
 
     cpu, started = time.process_time(), time.perf_counter()
-    sizes = asyncio.run(run())
+    sizes = asyncio.run(_aiohttp_fetch(urls, concurrency))
     wall = time.perf_counter() - started
     return _tally(sizes, wall, time.process_time() - cpu)
 
@@ -260,14 +272,9 @@ def client_aiohttp_journal(urls: Sequence[str], concurrency: int) -> dict[str, f
     import asyncio
     import sqlite3
 
-    import aiohttp
-
     async def run(db: sqlite3.Connection) -> list[int]:
-        connector = aiohttp.TCPConnector(limit=max(concurrency, 8), limit_per_host=concurrency)
-        sizes: list[int] = []
         rows: list[tuple[str, int, str, str]] = []
         commits: list[asyncio.Future[None]] = []
-        todo = iter(urls)
         loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(max_workers=1)
 
@@ -292,24 +299,12 @@ def client_aiohttp_journal(urls: Sequence[str], concurrency: int) -> dict[str, f
                     "finished": round(end, 3),
                 }
             )
-            rows.append((url, len(sizes), status, line))
+            rows.append((url, len(commits) * _JOURNAL_BATCH + len(rows) + 1, status, line))
             if len(rows) >= _JOURNAL_BATCH:
                 commits.append(loop.run_in_executor(pool, commit, rows[:]))
                 rows.clear()
 
-        async with aiohttp.ClientSession(connector=connector) as session:
-
-            async def worker() -> None:
-                for url in todo:
-                    started = time.time()
-                    try:
-                        async with session.get(url) as resp:
-                            sizes.append(len(await resp.read()) if resp.status == 200 else -1)
-                    except (aiohttp.ClientError, OSError):
-                        sizes.append(-1)
-                    record(url, sizes[-1], started)
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        sizes = await _aiohttp_fetch(urls, concurrency, record)
         if rows:
             commits.append(loop.run_in_executor(pool, commit, rows[:]))
         await asyncio.gather(*commits)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterat
 from typing import Any
 
 from .config import RunOptions
+from .forkserver import STOP_SIGNALS
 from .records import Record
 from .result import Collector, RunResult
 from .runner import Run
@@ -26,7 +27,7 @@ log = logging.getLogger("pipeline")
 
 #: The signals a run that owns them stops on, gracefully: Ctrl-C, SIGTERM, and SIGHUP (its
 #: terminal hung up: :mod:`pipeline.terminal`).
-_STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_STOPPING = STOP_SIGNALS
 
 
 async def execute(

@@ -47,8 +47,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SHUTDOWN_TIMEOUT",
+    "STOP_SIGNALS",
     "WORKER_MODULE",
     "WORKER_NAME",
+    "ignore_stop_signals",
     "kill_worker",
     "lead_own_group",
     "mp_context",
@@ -171,11 +173,7 @@ def _fork_server(path: str, args: Sequence[str], passfds: Sequence[int]) -> int:
         return pid
     code = 1
     try:
-        # a terminal's Ctrl-C goes to the whole process group, as do a batch scheduler's
-        # SIGTERM and a shell's SIGHUP: the command handles them (and stops this process); the
-        # forkserver ignores SIGINT anyway once its preload is done
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_stop_signals()  # the command handles them (and stops this process)
         _close_fds_except({0, 1, 2, *passfds})
         server: Any = mp_forkserver._forkserver  # private: its lock, held by ensure_running,
         server._lock = threading.Lock()  # is held here too, by nobody
@@ -273,6 +271,19 @@ def spawn(proc: Any) -> None:
             time.sleep(0.05)
 
 
+#: The signals a run stops on, gracefully (:mod:`pipeline.entry`): a terminal's Ctrl-C, a batch
+#: scheduler's SIGTERM, a shell's SIGHUP when its terminal hangs up. Each may come to the whole
+#: process group; the forkserver and the workers ignore them (:func:`ignore_stop_signals`).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def ignore_stop_signals() -> None:
+    """In the forkserver and a worker: leave :data:`STOP_SIGNALS` to the run, which stops its
+    processes itself (a worker dead of one would fail its item as a crash instead)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def lead_own_group() -> None:
     """Make this worker the leader of a process group of its own, so that what its stages
     start (an external tool run with ``subprocess``) is in it and goes with it: the parent
@@ -290,10 +301,7 @@ def kill_worker(pid: int) -> None:
     worker where it leads none yet (killed while it was starting)."""
     try:
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:  # no group of its own yet: the worker alone
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    except PermissionError:  # a group id taken by a process not ours: never touch it
+    except (ProcessLookupError, PermissionError):  # no group of its own yet (or not ours)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

@@ -38,13 +38,14 @@ written) cancels the work. ``summary.json`` is written last, also after an error
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,13 +156,8 @@ class Run:
             if self.opts.stop_helpers and isinstance(self.backend, LocalBackend):
                 # the run's workers are gone (see RunOptions): told to exit, waited for later
                 shutdown(wait=False)
-            try:
+            with _only_logged_after(ending, "the end of the run is not written"):
                 result = await self._conclude(ledger, ending, started, started_at)
-            except LedgerError as exc:
-                if ending.error is None:
-                    raise
-                # the error that stopped the run (a full disk) stays the one reported
-                log.warning("the end of the run is not written: %s", exc)
         if ending.error is not None:
             if isinstance(ending.error, FatalRunError):
                 raise ending.error
@@ -191,13 +187,9 @@ class Run:
             ending.error = ending.error or _first(group)
         finally:  # also when the run itself is cancelled
             flow.sampler.sample()
-            try:
+            in_flight = "the records of the inputs in flight are not journalled"
+            with _only_logged_after(ending, in_flight):
                 await writer.commit(self.recorder.leftovers(ending.reason()))
-            except LedgerError as exc:
-                if ending.error is None:
-                    raise
-                # the error that stopped the run (a full disk) says what went wrong first
-                log.warning("the records of the inputs in flight are not journalled: %s", exc)
             self.progress.close()
             self.counts = writer.counts
             self.seen, self.duplicates = flow.feeder.seen, flow.feeder.duplicates
@@ -338,3 +330,15 @@ def _stages_fingerprint(stages: Sequence[Stage]) -> str | None:
     if not parts:
         return None
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _only_logged_after(ending: Ending, what: str) -> Iterator[None]:
+    """A :class:`LedgerError` inside, once an error has stopped the run (a full disk), is
+    logged as ``what``: the error that stopped the run stays the one reported."""
+    try:
+        yield
+    except LedgerError as exc:
+        if ending.error is None:
+            raise
+        log.warning("%s: %s", what, exc)

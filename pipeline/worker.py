@@ -21,7 +21,6 @@ import multiprocessing.connection as mpc
 import multiprocessing.reduction as mp_reduction
 import os
 import pickle
-import signal
 import sys
 import time
 import types
@@ -39,7 +38,7 @@ from .calls import (
     share_run_wait,
 )
 from .errors import Unpicklable
-from .forkserver import lead_own_group
+from .forkserver import ignore_stop_signals, lead_own_group
 from .runwait import run_delay
 
 __all__ = [
@@ -215,12 +214,7 @@ def worker_main(
     arena: Arena | None = None,
 ) -> None:
     """Entry point of a worker process."""
-    # A terminal's Ctrl-C goes to the whole process group, and so do a batch scheduler's
-    # SIGTERM (or ``kill -TERM -<group>``) and a shell's SIGHUP when its terminal hangs up: the
-    # run handles them (its grace period) and stops its workers; a worker dead of one would
-    # fail its item as a crash instead.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals()  # the run handles them (its grace period) and stops its workers
     lead_own_group()
     tune_malloc()
     while True:
