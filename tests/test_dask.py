@@ -31,6 +31,7 @@ from app.config import ProcessConfig
 from app.process import run_process
 from pipeline import FatalRunError, Pipeline, stage
 from pipeline.backends.dask import DaskBackend, local_stages, run_shard
+from pipeline.forkserver import shutdown
 from tests.conftest import by_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,9 @@ def cluster() -> Iterator[str]:
         lc.close()
         os.environ.clear()
         os.environ.update(env)
+        # a forkserver the local runs here started has the nannies' environment (their malloc
+        # settings, which the engine's workers leave alone): the next module's workers must not
+        shutdown()
 
 
 def _workers_ready(address: str, n: int) -> None:
