@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RemoteError, Skip
+from .errors import RemoteError, Skip, is_out_of_space
 from .runwait import run_delay
 from .stage import Stage
 
@@ -93,6 +93,10 @@ class Outcome:
     cpu: float = 0.0  # CPU seconds of the worker (process kind) or its thread (thread kind)
     bypassed: int = 0  # bit j set: step j did not accept the value and was skipped
     run_wait: float | None = None  # seconds runnable but waiting for a core; None: not measured
+    #: the failure says a disk or quota is full (:func:`~pipeline.errors.is_out_of_space`),
+    #: decided where the exception was raised: the exception a process worker sends back has
+    #: lost the cause it was raised from (pickling keeps no ``__cause__``)
+    out_of_space: bool = False
 
     @classmethod
     def success(
@@ -118,9 +122,12 @@ class Outcome:
         busy: list[float],
         cpu: float = 0.0,
         bypassed: int = 0,
+        out_of_space: bool | None = None,
     ) -> Outcome:
-        """Step ``step`` failed for good with ``exc`` after ``attempts`` attempts."""
-        return cls(False, exc, step, attempts, busy, cpu, bypassed)
+        """Step ``step`` failed for good with ``exc`` after ``attempts`` attempts;
+        ``out_of_space``: whether that says a disk is full (by default, ``exc`` tells)."""
+        full = is_out_of_space(exc) if out_of_space is None else out_of_space
+        return cls(False, exc, step, attempts, busy, cpu, bypassed, out_of_space=full)
 
 
 def backoff_delay(base: float, attempt: int, *, cap: float = 30.0) -> float:

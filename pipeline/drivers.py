@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from .batching import Batcher
 from .calls import Outcome
 from .channel import Channel, EndOfStream, WouldBlock
-from .errors import FREE_SPACE, OutOfSpace, RemoteError, Skip, is_out_of_space
+from .errors import FREE_SPACE, OutOfSpace, RemoteError, Skip
 from .joins import Joins, Part
 from .lanes import AsyncLane, Lane
 from .metrics import StageMetrics
@@ -147,7 +147,9 @@ class GroupDriver:
                 await self.joins.failed(item, record)
             else:
                 await self.recorder.emit(record)
-            if is_out_of_space(out.value):  # the next items would fail alike: the run stops
+            if out.out_of_space:  # the next items would fail alike: the run stops
+                if record.error and FREE_SPACE in record.error:  # a Dask worker's run stopped
+                    raise OutOfSpace(record.error)  # on it, and said where
                 raise OutOfSpace(
                     f"{record.error_type}: {record.error} (stage {record.stage!r}, input "
                     f"{item.key!r}); {FREE_SPACE}"

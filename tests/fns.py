@@ -31,12 +31,12 @@ def fail_on_multiple_of_7(x: int) -> int:
     return x
 
 
-def disk_full_from(x: int, first: int) -> int:
+def disk_full_from(x: int, first: int, wrapped: str = "odd") -> int:
     """As a stage that writes its outputs would fail once the disk is full, wrapped as a
-    stage's own error may be (``raise ... from``)."""
+    stage's own error may be (``raise ... from``): the odd items' errors, or ``"all"``."""
     if x >= first:
         full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"/out/{x}.jpg")
-        if x % 2:
+        if x % 2 or wrapped == "all":
             return _reraised(full)
         raise full
     time.sleep(0.002)

@@ -15,6 +15,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -346,6 +347,37 @@ def test_item_errors_fail_alone_with_their_type(cluster: str, tmp_path: Path) ->
         assert {k: rec.get(k) for k in ("status", "stage", "error_type", "attempts")} == {
             k: local[key].get(k) for k in ("status", "stage", "error_type", "attempts")
         }
+
+
+@pytest.mark.timeout(120)
+def test_a_shard_that_finds_the_disk_full_stops_the_run(cluster: str, tmp_path: Path) -> None:
+    """The worker's run stops at the item that found the disk full (OutOfSpace, which the shard's
+    task raises); the driver's run stops too rather than fail shard after shard. The shard's
+    items are recorded failed with what to do, once; a run with room does the rest."""
+    from pipeline.errors import OutOfSpace
+    from tests import fns
+
+    inputs = [(f"k{i:03d}", i) for i in range(400)]
+    backend = DaskBackend(cluster, shard_size=8, window=2)
+    full = Pipeline([stage(fns.disk_full_from, 40, "all", kind="process", name="write")])
+    out = tmp_path / "out"
+    with pytest.raises(OutOfSpace, match="free some space") as got:
+        full.run(inputs, output=out, backend=backend, progress=False)
+    assert got.value.exit_code == 3
+    assert str(got.value).count("free some space") == 1, got.value
+    # the input that found the disk full, by its key in the run (not its place in the shard)
+    assert re.search(r"/out/(\d+)\.jpg' \(stage 'write', input 'k0*\1'\)", str(got.value))
+    recorded = by_key(out)
+    assert len(recorded) < 400  # it stopped
+    failed = [r for r in recorded.values() if r["status"] == "failed"]
+    assert failed, recorded
+    assert all(r["error_type"] == "OutOfSpace" for r in failed), failed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["error"].startswith("OutOfSpace: ")
+
+    room = Pipeline([stage(fns.disk_full_from, 10_000, kind="process", name="write")])
+    again = room.run(inputs, output=out, backend=DaskBackend(cluster, shard_size=8), progress=False)
+    assert again.ok + again.reused == 400
 
 
 @pytest.mark.asyncio

@@ -447,13 +447,16 @@ def test_a_failing_collector_stops_the_run_with_what_it_was_shown_committed(out:
     assert again.reused + again.ok == 100
 
 
+@pytest.mark.parametrize("wrapped", ["odd", "all"])
 @pytest.mark.parametrize("kind", ["thread", "process"])
-def test_an_item_that_finds_the_disk_full_stops_the_run(kind: str, out: Path) -> None:
+def test_an_item_that_finds_the_disk_full_stops_the_run(kind: str, wrapped: str, out: Path) -> None:
     """Every item after the first that failed for want of space would fail alike: the run stops
     there (exit 3), with that item's record and what to do; those still in flight are
-    cancelled, the rest never started, and a run with room again does them."""
+    cancelled, the rest never started, and a run with room again does them. ``all``: every
+    error is the stage's own, raised from the ENOSPC (a process worker's exception comes back
+    without its cause: the worker tells)."""
     inputs = keyed(400)
-    full = Pipeline([stage(fns.disk_full_from, 40, kind=kind, workers=2)])
+    full = Pipeline([stage(fns.disk_full_from, 40, wrapped, kind=kind, workers=2)])
     with pytest.raises(OutOfSpace, match=r"No space left on device.*free some space") as got:
         full.run(inputs, output=out, progress=False)
     assert got.value.exit_code == 3

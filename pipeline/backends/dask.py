@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..batching import Batcher
 from ..calls import Outcome
-from ..errors import FatalRunError, RemoteError, WorkerCrashed
+from ..errors import FatalRunError, OutOfSpace, RemoteError, WorkerCrashed
 from ..lanes import Lane, LaneResult
 from ..records import Item, Record, Status
 from ..stage import Stage
@@ -143,18 +143,23 @@ def local_stages(stages: Sequence[Stage]) -> list[Stage]:
     return [s.with_options(kind="thread", workers=1) if s.kind == "process" else s for s in stages]
 
 
-def run_shard(stages: Sequence[Stage], values: Sequence[Any]) -> ShardResult:
-    """Run the local engine over one shard, on a Dask worker; one :class:`ShardItem` per value."""
+def run_shard(
+    stages: Sequence[Stage], values: Sequence[Any], keys: Sequence[str] | None = None
+) -> ShardResult:
+    """Run the local engine over one shard, on a Dask worker; one :class:`ShardItem` per value.
+    ``keys``: the run's keys of the values (distinct), which an error that stops the shard's run
+    names; by default their places in the shard."""
     started = time.perf_counter()
     cpu = time.process_time()
     address, cancelled = _task_probe()
     chain = local_stages(stages)
-    items = [Item(key=str(i), value=v, source=str(i)) for i, v in enumerate(values)]
+    names = [str(i) for i in range(len(values))] if keys is None else keys
+    items = [Item(key=k, value=v, source=k) for k, v in zip(names, values, strict=True)]
     records, busy, reached = asyncio.run(_run_local(chain, items, cancelled))
-    names = {s.name: i for i, s in enumerate(chain)}
+    steps = {s.name: i for i, s in enumerate(chain)}
     out: list[ShardItem] = []
     for item in items:  # the engine notes on each item the stages it skipped
-        shard_item = _shard_item(records.get(item.key), names, len(chain))
+        shard_item = _shard_item(records.get(item.key), steps, len(chain))
         out.append(shard_item._replace(bypassed=item.bypassed))
     return ShardResult(
         items=out,
@@ -206,12 +211,19 @@ async def _run_local(
         finally:
             finished.set()
 
+    error: BaseException | None = None
     try:
         async with asyncio.TaskGroup() as tasks:  # the watcher's ShardCancelled stops the run
             shard = tasks.create_task(run())
             tasks.create_task(_watch_cancel(cancelled, finished))
     except BaseExceptionGroup as group:  # one error: the run's, or ShardCancelled
-        raise group.exceptions[0] from None
+        error = group.exceptions[0]
+    if error is not None:
+        # raised out here, not in the handler: there its context would be the group that holds
+        # it, a cycle the task's error cannot be sent back through (Dask pickles an exception's
+        # context and traceback with tblib: endless recursion, and the driver got a bare
+        # Exception with the text in place of the run's own error, an OutOfSpace say)
+        raise error
     result = shard.result()
     return records, [s.busy for s in result.stages], [s.items for s in result.stages]
 
@@ -341,9 +353,8 @@ class DaskLane:
         stats = self.backend.stats
         fut: Any = None
         try:
-            fut = client.submit(
-                run_shard, self.stages, [it.value for it in batch], key=key, pure=False
-            )
+            values, keys = [it.value for it in batch], [it.key for it in batch]
+            fut = client.submit(run_shard, self.stages, values, keys, key=key, pure=False)
             stats.submitted += 1
             res: ShardResult = await fut
         except asyncio.CancelledError:
@@ -388,11 +399,16 @@ class DaskLane:
                 singles = [tg.create_task(self._shard([it])) for it in batch]
             return [t.result()[0] for t in singles]
         # the task itself raised (the worker's engine, or the shard could not be pickled):
-        # its items fail with the error's type; the run goes on
+        # its items fail with the error's type; the run goes on, unless the worker's run
+        # stopped on a full disk (its items' records say so, and this run stops as well)
         stats.failed_tasks += 1
         log.warning("dask shard task failed: %s: %s", type(exc).__name__, exc)
         err = RemoteError(type(exc).__name__, str(exc))
-        return [Outcome.failure(err, step=0, attempts=1, busy=[0.0] * n) for _ in batch]
+        full = isinstance(exc, OutOfSpace)
+        return [
+            Outcome.failure(err, step=0, attempts=1, busy=[0.0] * n, out_of_space=full)
+            for _ in batch
+        ]
 
     def _outcomes(self, res: ShardResult) -> list[Outcome]:
         n = len(self.stages)
