@@ -299,11 +299,21 @@ def lead_own_group() -> None:
 def kill_worker(pid: int) -> None:
     """SIGKILL worker ``pid`` and its process group (see :func:`lead_own_group`); only the
     worker where it leads none yet (killed while it was starting)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):  # no group of its own yet (or not ours)
+    if not kill_group(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def kill_group(pid: int) -> bool:
+    """SIGKILL what is left of the process group worker ``pid`` led; False if there is none
+    (nothing left, or it never led one). Also once the worker has died on its own (a crash,
+    the OOM killer), since what its stages started outlives it: the group, and so its number,
+    lasts as long as a process is in it."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # no group of its own (or not ours)
+        return False
+    return True
 
 
 # -- the resource tracker ----------------------------------------------------------------------

@@ -64,6 +64,7 @@ from .errors import Unpicklable, WorkerCrashed
 from .forkserver import (
     WORKER_NAME,
     _request_preload,
+    kill_group,
     kill_worker,
     mp_context,
     preload_modules,
@@ -320,6 +321,7 @@ class ProcessLane:
             conn.close()
         how = "never started"
         if proc is not None:
+            kill_group(proc.pid)  # what its stages started: it died under them, they go too
             proc.join(1.0)
             code = proc.exitcode
             if code is None:
@@ -360,6 +362,8 @@ class ProcessLane:
         if proc.is_alive():  # SIGKILL: a worker ignores SIGTERM (pipeline.worker.worker_main)
             kill_worker(proc.pid)
             await asyncio.get_running_loop().run_in_executor(None, proc.join, 1.0)
+        else:  # it ended: a program its stages started and left running ends with the run
+            kill_group(proc.pid)
         conn.close()
         self._proc = self._conn = None
 

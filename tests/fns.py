@@ -91,6 +91,29 @@ def run_tool_on(x: int, bad: int, pids: str) -> int:
     return x
 
 
+def run_tool_then_crash_on(x: int, bad: int, pids: str) -> int:
+    """A stage that starts an external program (``sleep 60``) and, on input ``bad``, dies under
+    it (SIGKILL, as the OOM killer would); notes the program's pid in the folder ``pids``."""
+    import subprocess
+
+    tool = subprocess.Popen(["sleep", "60" if x == bad else "0"])
+    Path(pids, f"{x}.pid").write_text(str(tool.pid))
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    tool.wait()
+    return x
+
+
+def start_tool_and_leave(x: int, pids: str) -> int:
+    """A stage that starts an external program (``sleep 60``, a helper server say) and leaves
+    it running; notes its pid in the folder ``pids``."""
+    import subprocess
+
+    tool = subprocess.Popen(["sleep", "60"])
+    Path(pids, f"{x}.pid").write_text(str(tool.pid))
+    return x
+
+
 def sleep_each(x: Any, seconds: float) -> Any:
     time.sleep(seconds)
     return x

@@ -218,18 +218,48 @@ def test_a_program_a_stage_started_goes_with_its_timed_out_worker(
     """A process worker killed at its item's timeout takes with it what its stage started (an
     external tool that hangs): the worker leads a process group of its own, and the whole
     group is killed. Left behind, the tool would run on, an orphan, after the run."""
-    import psutil
-
     pids = tmp_path / "pids"
     pids.mkdir()
     st = stage(fns.run_tool_on, 3, str(pids), kind="process", workers=2, timeout=1.0)
     Pipeline([st]).run(keyed(6), output=out, progress=False)
     assert by_key(out)["k0003"]["error_type"] == "ItemTimeout"
-    tool = int((pids / "3.pid").read_text())
+    _assert_gone(int((pids / "3.pid").read_text()))
+
+
+def test_a_program_a_stage_started_goes_with_its_worker_that_died(
+    out: Path, tmp_path: Path
+) -> None:
+    """A worker that dies on its own (SIGKILL: the OOM killer) under a program its stage
+    started: the pool, finding it dead, kills what is left of its process group."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    st = stage(fns.run_tool_then_crash_on, 3, str(pids), kind="process", workers=2)
+    Pipeline([st]).run(keyed(6), output=out, progress=False)
+    assert by_key(out)["k0003"]["error_type"] == "WorkerCrashed"
+    _assert_gone(int((pids / "3.pid").read_text()))
+
+
+def test_a_program_a_stage_started_and_left_running_ends_with_the_run(
+    out: Path, tmp_path: Path
+) -> None:
+    """A stage that starts a program and leaves it running (a helper server): the workers'
+    process groups are killed when the run closes its pool, so nothing of the run is left."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    st = stage(fns.start_tool_and_leave, str(pids), kind="process", workers=2)
+    assert Pipeline([st]).run(keyed(4), output=out, progress=False).ok == 4
+    for pid in sorted(pids.iterdir()):
+        _assert_gone(int(pid.read_text()))
+
+
+def _assert_gone(pid: int) -> None:
+    """Process ``pid`` is gone (dead or a zombie) within 10 s."""
+    import psutil
+
     deadline = time.monotonic() + 10
     while True:
         try:
-            gone = psutil.Process(tool).status() == psutil.STATUS_ZOMBIE  # killed, not reaped
+            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # killed, not reaped
         except psutil.NoSuchProcess:
             gone = True
         if gone or time.monotonic() > deadline:
