@@ -53,7 +53,7 @@ from stages.sources import (
     walk_inputs,
 )
 from stages.storage import StorageError, StorageURL, is_url, process_local, use_options
-from stages.thumbs import Rendered, outputs_exist, renamed_output, without_outputs
+from stages.thumbs import Rendered, outputs_intact, renamed_output, without_outputs
 
 from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
 from .config import ProcessConfig
@@ -397,14 +397,15 @@ def _run(
 
 
 def _is_done(cfg: ProcessConfig, out: Path) -> Callable[[Record], bool]:
-    """Resume's test of an ``ok`` record: its outputs (files), or its shard, still there."""
+    """Resume's test of an ``ok`` record: its outputs (files) still there as written, or its
+    shard still there."""
     if cfg.output_format != "files":
         from stages.shards import shard_done
 
         in_shard = shard_done(out)
         return lambda rec: in_shard(rec.value)
     root = _output_root(cfg, out)
-    return lambda rec: is_data_result(rec.value) or outputs_exist(root, rec.value)
+    return lambda rec: is_data_result(rec.value) or outputs_intact(root, rec.value)
 
 
 def _output_root(cfg: ProcessConfig, out: Path) -> str:

@@ -86,7 +86,7 @@ class ResumePolicy:
             if why is not None:
                 return why
         if opts.is_done is not None and not opts.is_done(prev):
-            return "earlier outputs missing"
+            return "earlier outputs missing or changed"
         return None
 
 

@@ -28,7 +28,7 @@ __all__ = [
     "output_path",
     "output_paths",
     "output_rel",
-    "outputs_exist",
+    "outputs_intact",
     "remove_output",
     "renamed_output",
     "render",
@@ -101,25 +101,38 @@ def write_outputs(rendered: Rendered, root: str) -> dict[str, Any]:
     }
 
 
-def outputs_exist(root: Path | str, result: Any) -> bool:
-    """Resume check: every output an earlier ``ok`` record lists is still there and non-empty."""
+def outputs_intact(root: Path | str, result: Any) -> bool:
+    """Resume check: every output an earlier ``ok`` record lists is still there as it was
+    written, its size the record's ``bytes`` (not empty, for a record without them). An output
+    cut short (a copy or a sync that stopped half-way) or written over since is made again,
+    not reused: one ``stat`` an output, as a check of existence alone."""
     if not isinstance(result, dict) or not isinstance(result.get("outputs"), list):
         return False
-    if isinstance(root, str) and is_url(root):  # object storage: each object, size > 0
+    if isinstance(root, str) and is_url(root):  # object storage: each object's size
         from .storage import StorageError, present_size
 
         try:
-            sizes = (present_size(root, output_path(o)) for o in result["outputs"])
-            return all((n or 0) > 0 for n in sizes)
-        except (OSError, KeyError, TypeError, StorageError):
+            return all(
+                _as_written(present_size(root, output_path(o)), o) for o in result["outputs"]
+            )
+        except (OSError, KeyError, TypeError, AttributeError, StorageError):
             return False
     # os.path, not pathlib: this runs for every done input of a resumed run (half the cost)
     try:
         return all(
-            os.stat(os.path.join(root, output_path(o))).st_size > 0 for o in result["outputs"]
+            _as_written(os.stat(os.path.join(root, output_path(o))).st_size, o)
+            for o in result["outputs"]
         )
-    except (OSError, KeyError, TypeError, ValueError):  # ValueError: bad base64 in a path_b64
+    except (OSError, KeyError, TypeError, AttributeError, ValueError):
+        # ValueError: bad base64 in a path_b64; AttributeError: an output that is no mapping
         return False
+
+
+def _as_written(size: int | None, out: dict[str, Any]) -> bool:
+    written = out.get("bytes")
+    if isinstance(written, int) and not isinstance(written, bool):
+        return size == written
+    return (size or 0) > 0
 
 
 def renamed_output(rel: str, tag: str | None, result: Any) -> str | None:
@@ -132,7 +145,7 @@ def renamed_output(rel: str, tag: str | None, result: Any) -> str | None:
         try:
             path, label = output_path(out), str(out["size"])
         except (KeyError, TypeError, ValueError):
-            continue  # not a record this version wrote: outputs_exist() judges it
+            continue  # not a record this version wrote: outputs_intact() judges it
         if not any(output_rel(rel, label, ext, tag) == path for ext in OUTPUT_EXTENSIONS):
             return path
     return None

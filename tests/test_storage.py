@@ -148,6 +148,9 @@ def test_a_rerun_redoes_nothing_and_an_edited_object_is_redone(server: S3) -> No
     server.fs().pipe_file("pix-in/photos/640x480_rgb.jpg", edited)
     gone = recs["300x300_small.png"]["result"]["outputs"][0]["path"]
     server.fs().rm_file(f"pix-out/run/{gone}")
+    # and an output object cut short (written over by another program, say)
+    short = recs["1200x800_landscape.jpg"]["result"]["outputs"][0]
+    server.fs().pipe_file(f"pix-out/run/{short['path']}", b"\xff\xd8 not the thumbnail")
     third = process(server, src, out)
     assert third.returncode == 0, third.stderr
     recs = manifest(server, out)
@@ -155,8 +158,10 @@ def test_a_rerun_redoes_nothing_and_an_edited_object_is_redone(server: S3) -> No
     assert recs["640x480_rgb.jpg"]["result"]["original"]["width"] == 600
     assert recs["300x300_small.png"]["status"] == "ok"
     assert server.objects(out)[gone] > 0
+    assert recs["1200x800_landscape.jpg"]["redo"] == "earlier outputs missing or changed"
+    assert server.objects(out)[short["path"]] == short["bytes"]
     others = {k for k, r in recs.items() if r["status"] == "ok"}
-    assert others == {"640x480_rgb.jpg", "300x300_small.png"}
+    assert others == {"640x480_rgb.jpg", "300x300_small.png", "1200x800_landscape.jpg"}
     # an input object deleted: its record says so and keeps its outputs
     server.fs().rm_file("pix-in/photos/900x600.webp")
     fourth = process(server, src, out)

@@ -230,7 +230,33 @@ def test_an_edited_file_is_redone_and_its_output_replaced(tmp_path: Path) -> Non
     # a deleted output is made again, and the record says why
     os.unlink(os.path.join(os.fsencode(out), outputs(recs[b"b.bmp"])[0]))
     assert cli(src, "--output", out, "--quiet").returncode == 0
-    assert records(out)[b"b.bmp"]["redo"] == "earlier outputs missing"
+    assert records(out)[b"b.bmp"]["redo"] == "earlier outputs missing or changed"
+
+
+def test_an_output_cut_short_or_written_over_is_made_again(tmp_path: Path) -> None:
+    """An output that is there but not as it was written (truncated by a copy or a sync that
+    stopped half-way, or written over by another program) is not reused: resume made a wrong
+    thumbnail look done. Redone, and the record says why."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for name, colour in (("a.png", "red"), ("b.png", "green"), ("c.png", "blue")):
+        write(src, name, image_bytes(colour, "PNG"))
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    recs = records(out)
+    path = {k: os.path.join(os.fsencode(out), outputs(r)[0]) for k, r in recs.items()}
+    with open(path[b"a.png"], "r+b") as fh:  # cut short
+        fh.truncate(os.path.getsize(path[b"a.png"]) // 2)
+    with open(path[b"b.png"], "wb") as fh:  # written over (another image, another size)
+        fh.write(image_bytes("blue", "BMP"))
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    again = records(out)
+    for key in (b"a.png", b"b.png"):
+        assert again[key]["status"] == "ok", again[key]
+        assert again[key]["redo"] == "earlier outputs missing or changed"
+    assert again[b"c.png"]["status"] == "reused"
+    assert looks(path[b"a.png"], "red")
+    assert looks(path[b"b.png"], "green")
+    for key, rec in again.items():  # as written, now
+        assert os.path.getsize(path[key]) == rec["result"]["outputs"][0]["bytes"]
 
 
 def test_verify_content_catches_an_edit_that_keeps_size_and_mtime(tmp_path: Path) -> None:
