@@ -1,7 +1,8 @@
 """Resume: whether an input's earlier record settles it, or it is processed (again).
 
 Done means: an ``ok`` or ``reused`` record made with the same options (fingerprint) from the
-same input (source and identity, when the source gives one), whose outputs are still there
+same input (source, or another path of the same file, and identity, when the source gives
+one), whose outputs are still there
 (``is_done``), under the names this run gives them (``outdated``). A done input is recorded
 ``reused``: the earlier result (outputs, statistics), options and identity carried over, so the
 new record is done in its turn. A redone input's new record carries the one it replaces
@@ -15,6 +16,7 @@ reason. ``retry_failed`` redoes only failures; ``force`` redoes everything. The 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -75,7 +77,7 @@ class ResumePolicy:
         if fingerprint is not None and prev.fingerprint != fingerprint:
             return "options changed"
         if item.identity is not None:
-            if prev.source != item.source:
+            if prev.source != item.source and not same_file(prev.source, item.source):
                 return f"another input under this key (was {shown(prev.source)})"
             if prev.identity != item.identity:
                 return changed(prev.identity, item.identity)
@@ -129,6 +131,17 @@ def done(prev: Record) -> bool:
 def declined(prev: Record) -> bool:
     """An earlier record of a stage that declined the input (raised :class:`Skip`)."""
     return prev.status is Status.SKIPPED and prev.stage is not None
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether the sources ``a`` and ``b`` are two paths of one file: the input folder given
+    through a symlink to it (``/data`` and ``/mnt/disk1/data``), or spelled another way. Two
+    ``stat`` calls, made only for sources that differ; False for anything that is not a local
+    file there now (a URL, an object in storage, a file gone)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # ValueError: a NUL in a string that is no path
+        return False
 
 
 def changed(before: dict[str, Any] | None, now: dict[str, Any]) -> str:

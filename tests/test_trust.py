@@ -298,6 +298,24 @@ def test_the_same_path_under_another_root_is_not_taken_for_done(tmp_path: Path) 
     assert looks(os.path.join(os.fsencode(tmp_path / "out2"), outputs(rec)[0]), "blue")
 
 
+def test_the_same_folder_by_another_path_is_done(tmp_path: Path) -> None:
+    """The input folder given through a symlink to it, or spelled another way, holds the same
+    files: they are reused, not redone as another input under their keys (a folder elsewhere
+    with the same names is: test_the_same_path_under_another_root_is_not_taken_for_done)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write(src, "x.jpg", image_bytes("red"))
+    write(src, "sub/y.jpg", image_bytes("blue"))
+    os.symlink(src, tmp_path / "alias")
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    for spelling in (tmp_path / "alias", f"{tmp_path}/./in/", f"{tmp_path}/alias/sub/../"):
+        assert cli(spelling, "--output", out, "--quiet").returncode == 0
+        recs = records(out)
+        assert {k: r["status"] for k, r in recs.items()} == {
+            b"x.jpg": "reused",
+            b"sub/y.jpg": "reused",
+        }, spelling
+
+
 def test_an_input_that_is_gone_is_reported_and_its_outputs_kept(tmp_path: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     gone = write(src, "gone.jpg", image_bytes("red"))
