@@ -621,8 +621,16 @@ def config_from_args(args: argparse.Namespace) -> ProcessConfig:
 def _check_output_apart(inputs: Sequence[str], output: str) -> None:
     """Refuse (exit 2) an output folder that is an input folder or holds one, and an input
     that is another run's output folder: outputs must never be read back as inputs. (An output
-    folder *inside* an input folder is fine: the walk leaves it out.)"""
+    folder *inside* an input folder is fine: the walk leaves it out.) Refuse an output that is
+    a file, or below one, too."""
     out = os.path.realpath(output)
+    # the nearest part of the path that exists must be a folder (the rest is created)
+    there = out
+    while not os.path.lexists(there) and os.path.dirname(there) != there:
+        there = os.path.dirname(there)
+    if not os.path.isdir(there):
+        what = "is not a folder" if there == out else f"is below a file ({there!r})"
+        raise ConfigError(f"--output {output!r} {what}: give a folder (it is made if missing)")
     for item in inputs:
         real = os.path.realpath(item)
         if real == out or (real + os.sep).startswith(out.rstrip(os.sep) + os.sep):

@@ -47,9 +47,15 @@ def test_bars_are_off_when_stderr_is_not_a_terminal() -> None:
     assert out.getvalue() == ""
 
 
-def test_an_unwritable_output_folder_is_a_fatal_error_exit_3(tmp_path: Path) -> None:
+@pytest.mark.parametrize("below", ["", "sub/folder"])
+def test_an_output_that_is_a_file_is_refused_before_anything_starts(
+    tmp_path: Path, below: str
+) -> None:
+    """A file where the output folder should be (or above it) is a usage error, exit 2, which
+    says so, not the ledger's "cannot lock the output folder: Not a directory" (exit 3)."""
     blocker = tmp_path / "out"
     blocker.write_text("a file where the output folder should be")
+    output = blocker / below if below else blocker
     done = subprocess.run(
         [
             sys.executable,
@@ -58,7 +64,7 @@ def test_an_unwritable_output_folder_is_a_fatal_error_exit_3(tmp_path: Path) -> 
             "process",
             str(ROOT / "sample_data" / "images"),
             "--output",
-            str(blocker),
+            str(output),
             "--quiet",
         ],
         cwd=ROOT,
@@ -66,8 +72,11 @@ def test_an_unwritable_output_folder_is_a_fatal_error_exit_3(tmp_path: Path) -> 
         text=True,
         timeout=120,
     )
-    assert done.returncode == 3, done.stderr
-    assert "LedgerError" in done.stderr
+    assert done.returncode == 2, done.stderr
+    said = "is not a folder" if not below else f"is below a file ({str(blocker)!r})"
+    assert f"ConfigError: --output {str(output)!r} {said}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert blocker.read_text() == "a file where the output folder should be"
 
 
 # --------------------------------------------------------------------------- on a real terminal
