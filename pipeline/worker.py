@@ -239,7 +239,10 @@ def worker_main(
             now = time.monotonic()
             if now - last_flush >= FLUSH_INTERVAL or index == len(values) - 1:
                 delay = share_run_wait([o for _, o in pending], delay)  # its wait for a core
-                conn.send_bytes(_pack_outcomes(seq, pending, steps))
+                try:
+                    conn.send_bytes(_pack_outcomes(seq, pending, steps))
+                except OSError:  # the run is gone (killed): nobody to tell, nothing to say
+                    return
                 pending = []
                 last_flush = now
 
