@@ -18,6 +18,7 @@ from .batching import fuse
 from .config import Fingerprint, RunOptions
 from .entry import execute, iterate
 from .errors import DefinitionError
+from .mainguard import check_main_guard
 from .procpool import DEPTH
 from .records import Item, Record
 from .result import Collector, RunResult
@@ -123,6 +124,7 @@ class Pipeline:
             handle_signals=handle_signals,
             stop_helpers=stop_helpers,
         )
+        self._check_script(backend)
         signals = opts.handle_signals and threading.current_thread() is threading.main_thread()
         return asyncio.run(
             execute(self.stages, inputs, opts, collectors=collectors, signals=signals)
@@ -166,6 +168,7 @@ class Pipeline:
             revisit=revisit,
             handle_signals=False,
         )
+        self._check_script(backend)
         return await execute(self.stages, inputs, opts, collectors=collectors, on_record=on_record)
 
     def iter(
@@ -208,7 +211,13 @@ class Pipeline:
             revisit=revisit,
             handle_signals=False,
         )
+        self._check_script(backend)
         return iterate(self.stages, inputs, opts, collectors=collectors)
+
+    def _check_script(self, backend: Backend | None) -> None:
+        """A script that starts process workers here must not do it at its top level
+        (:mod:`pipeline.mainguard`)."""
+        check_main_guard(self.stages, local=backend is None or backend.name == "local")
 
 
 def run_stage(

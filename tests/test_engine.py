@@ -1079,19 +1079,85 @@ from tests.fns import double
 Pipeline([stage(double, kind="process", workers=1)]).run(range(3), progress=False)
 """
 
+_MAIN_GUARDS = {
+    "if": """
+from pipeline import Pipeline, stage
+from tests.fns import double
 
-def test_a_script_without_a_main_guard_is_told_so(tmp_path: Path) -> None:
-    script = tmp_path / "no_guard.py"
-    script.write_text(_NO_MAIN_GUARD)
+if __name__ == "__main__":
+    print(Pipeline([stage(double, kind="process", workers=1)]).run(range(3), progress=False).ok)
+""",
+    "function": """
+import asyncio
+from pipeline import Pipeline, run_stage, stage
+from tests.fns import double
+
+def main():
+    pipe = Pipeline([stage(double, kind="process", workers=1)])
+    ok = pipe.run(range(3), progress=False).ok
+    ok += sum(r.ok for r in run_stage(pipe.stages[0], range(3)))
+    print(ok + asyncio.run(pipe.run_async(range(3), progress=False)).ok - 6)
+
+if "__main__" == __name__:
+    main()
+""",
+    "threads only": """
+from pipeline import Pipeline, stage
+from tests.fns import double
+
+print(Pipeline([stage(double, kind="thread", workers=1)]).run(range(3), progress=False).ok)
+""",
+}
+
+
+def _script(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(_ROOT)}
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
+    return subprocess.run(
+        [sys.executable, str(path), *args],
+        cwd=path.parent,
         env=env,
         capture_output=True,
         text=True,
         timeout=90,
     )
+
+
+def test_a_script_without_a_main_guard_is_told_so_before_any_worker_starts(
+    tmp_path: Path,
+) -> None:
+    """Every worker imports the script: run at its top level, the pipeline would run again in
+    each of them, and each died with a traceback (a screenful, interleaved). The script's own
+    source says so before any worker starts: one error, where, and what to do."""
+    script = tmp_path / "no_guard.py"
+    script.write_text(_NO_MAIN_GUARD)
+    done = _script(script)
+    assert done.returncode != 0
+    assert f"DefinitionError: {script}, line 5: runs a pipeline with process stages" in done.stderr
+    assert "if __name__ == '__main__':" in done.stderr
+    assert done.stderr.count("Traceback") == 1, done.stderr  # the script's, no worker's
+    assert "without ever answering" not in done.stderr
+
+
+@pytest.mark.parametrize("how", sorted(_MAIN_GUARDS))
+def test_a_script_with_a_main_guard_runs(tmp_path: Path, how: str) -> None:
+    script = tmp_path / "guarded.py"
+    script.write_text(_MAIN_GUARDS[how])
+    done = _script(script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3"
+
+
+def test_a_script_without_a_main_guard_nor_its_source_still_stops(tmp_path: Path) -> None:
+    """Where the source cannot be read (run from a .pyc), the workers' deaths say it: the run
+    stops on its crash budget, with the hint; it does not hang."""
+    import py_compile
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(_NO_MAIN_GUARD)
+    compiled = tmp_path / "no_guard.pyc"
+    py_compile.compile(str(script), cfile=str(compiled), doraise=True)
+    script.unlink()
+    done = _script(compiled)
     assert done.returncode != 0
     assert "CrashBudgetExceeded" in done.stderr  # it stops; it does not hang
     assert "if __name__ == '__main__':" in done.stderr
