@@ -168,8 +168,13 @@ def is_out_of_space(exc: object) -> bool:
     return False
 
 
-def if_full(exc: BaseException) -> str:
+#: The same, before a run has done anything (there is nothing of it to resume).
+FREE_SPACE_FIRST = "free some space and run the same command again"
+
+
+def if_full(exc: BaseException, *, started: bool = True) -> str:
     """``"; <what to do>"`` when ``exc`` says the disk is full (the system's error, or SQLite's
-    own), else ``""``: for the messages of the errors that stop a run."""
+    own), else ``""``: for the messages of the errors that stop a run; ``started=False`` for
+    those that stop it before it began (it has nothing to resume)."""
     full = getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or is_out_of_space(exc)
-    return f"; {FREE_SPACE}" if full else ""
+    return f"; {FREE_SPACE if started else FREE_SPACE_FIRST}" if full else ""

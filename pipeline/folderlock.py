@@ -52,7 +52,8 @@ def hold_folder(
             else:
                 _held[real] = [_take(path, run, sys.argv if argv is None else argv), 1]
     except OSError as exc:
-        raise LedgerError(f"cannot lock the output folder {folder}: {exc}{if_full(exc)}") from exc
+        why = f"{exc}{if_full(exc, started=False)}"
+        raise LedgerError(f"cannot lock the output folder {folder}: {why}") from exc
     try:
         yield
     finally:

@@ -174,7 +174,7 @@ class Ledger:
             row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
             self._seq = int(row[0])
         except (OSError, sqlite3.Error) as exc:
-            why = f"{exc}{if_full(exc)}"
+            why = f"{exc}{if_full(exc, started=False)}"
             raise LedgerError(f"cannot open the ledger in {self.folder}: {why}") from exc
 
     def _import_manifest(self) -> None:

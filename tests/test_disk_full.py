@@ -142,5 +142,6 @@ def test_a_disk_full_before_the_run_starts_says_so(small_disk: Path, tmp_path: P
     got = _process(tmp_path / "in", small_disk / "out")
     assert got.returncode == 3, got.stderr
     assert "No space left on device" in got.stderr
-    assert "free some space" in got.stderr
+    assert "free some space and run the same command again" in got.stderr
+    assert "resumes" not in got.stderr  # nothing of this run to resume
     assert "Traceback" not in got.stderr, got.stderr
