@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import signal
 import threading
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterat
 from typing import Any
 
 from .config import RunOptions
-from .forkserver import STOP_SIGNALS
+from .forkserver import STOP_SIGNALS, signal_workers
 from .records import Record
 from .result import Collector, RunResult
 from .runner import Run
@@ -73,12 +74,24 @@ async def execute(
     before = {sig: h for sig in _STOPPING if (h := signal.getsignal(sig)) is not signal.SIG_IGN}
     for sig in before:
         loop.add_signal_handler(sig, on_signal, sig)
+    if signal.getsignal(signal.SIGTSTP) is signal.SIG_DFL:  # job control: Ctrl-Z
+        before[signal.SIGTSTP] = signal.SIG_DFL
+        loop.add_signal_handler(signal.SIGTSTP, pause_with_workers)
     try:
         return await run.execute()
     finally:
         for sig, handler in before.items():
             loop.remove_signal_handler(sig)  # which sets the default: the caller's goes back
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def pause_with_workers() -> None:
+    """Ctrl-Z: stop the workers (each leads a process group of its own, which the terminal's
+    stop does not reach), then this process; once continued (``fg``, ``bg``), continue them.
+    Without it the workers went on with the batches they held while the command stood still."""
+    signal_workers(signal.SIGSTOP)
+    os.kill(os.getpid(), signal.SIGSTOP)  # here until SIGCONT
+    signal_workers(signal.SIGCONT)
 
 
 def iterate(

@@ -56,6 +56,7 @@ __all__ = [
     "mp_context",
     "preload_modules",
     "shutdown",
+    "signal_workers",
     "spawn",
     "warm_up",
     "without_resource_tracker",
@@ -302,6 +303,16 @@ def kill_worker(pid: int) -> None:
     if not kill_group(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def signal_workers(sig: int) -> None:
+    """Send ``sig`` to the process group of each live worker of this process. The terminal's
+    job control (Ctrl-Z, ``fg``, ``bg``) signals the command's own process group only, which
+    the workers are not in (:func:`lead_own_group`): the command passes it on."""
+    for proc in mp.active_children():
+        if proc.name == WORKER_NAME and proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
 
 
 def kill_group(pid: int) -> bool:

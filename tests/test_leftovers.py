@@ -328,6 +328,71 @@ def test_ctrl_c_leaves_nothing(start: Callable[..., Run], slow_image: Path, tmp_
     assert counts.get("ok", 0) < n
 
 
+@pytest.mark.timeout(90)
+def test_ctrl_z_pauses_the_workers_with_the_command_and_fg_resumes_them(
+    slow_image: Path, tmp_path: Path, private_tmp: Callable[[], Path], adopt: None
+) -> None:
+    """Ctrl-Z stops the terminal's foreground job, the command's process group; the workers
+    lead groups of their own, so the command stops them itself, and continues them when it is
+    continued (``fg``). They went on with the batches they held while the command stood still.
+
+    The command is started as a shell starts a job: a process group of its own in this
+    process's session (a group whose parent is elsewhere in its session is not orphaned, so a
+    stop signal stops it, as on a terminal)."""
+    n = 24
+    tmp, out, err = private_tmp(), tmp_path / "out", tmp_path / "stderr.txt"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "process",
+        str(_slow_inputs(slow_image, tmp_path / "in", n)),
+    ]
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [*cmd, "--output", str(out), "--quiet"],
+            cwd=ROOT,
+            env={**os.environ, "TMPDIR": str(tmp)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            process_group=0,
+        )
+    run = Run(proc, out, tmp, err)
+    everyone: list[psutil.Process] = []
+    try:
+        _wait_for_work(run)
+        forkserver, _ = run.helpers()
+        workers = run.workers()
+        everyone = [psutil.Process(proc.pid), *([forkserver] if forkserver else []), *workers]
+        os.killpg(proc.pid, signal.SIGTSTP)  # what the terminal sends its foreground job
+
+        def stopped(p: psutil.Process) -> bool:
+            with _suppress_gone():
+                return p.status() == psutil.STATUS_STOPPED
+            return False
+
+        deadline = time.monotonic() + 10
+        while not (stopped(everyone[0]) and all(stopped(w) for w in workers)):
+            assert time.monotonic() < deadline, [(p.pid, p.status()) for p in everyone]
+            time.sleep(0.02)
+        cpu = [sum(w.cpu_times()[:2]) for w in workers]
+        written = len(list(out.glob("*/*.png")))
+        time.sleep(0.5)
+        assert [sum(w.cpu_times()[:2]) for w in workers] == cpu  # none of them works
+        assert len(list(out.glob("*/*.png"))) == written
+        os.killpg(proc.pid, signal.SIGCONT)  # fg
+        assert run.wait() == 0, run.errors()
+        assert [r["status"] for r in by_key(out).values()] == ["ok"] * n
+        _, alive = psutil.wait_procs(everyone, timeout=DEADLINE)
+        assert alive == []
+    finally:
+        for p in (psutil.Process(proc.pid), *everyone) if proc.poll() is None else everyone:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+        proc.wait(timeout=DEADLINE)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("to", ["command", "group"])
 def test_sigterm_stops_the_run_as_ctrl_c_does_and_leaves_nothing(
