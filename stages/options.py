@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, TypeAlias
 
 __all__ = [
+    "RENDER_VERSION",
     "DecodeError",
     "DecompressionBomb",
     "EncodedFormat",
@@ -155,6 +156,12 @@ def as_sizes(value: SizeLike | Sequence[SizeLike]) -> tuple[Size, ...]:
 
 
 _MODES = ("fit", "fill", "pad", "exact")
+
+#: How images are made from the same input and options, as a number: raise it with a change
+#: that makes other outputs (a fix to a colour conversion, a new resampling), so that the
+#: outputs an older version made are redone on resume (``options changed``) rather than reused
+#: as done. Not for a change that leaves every output as it was (speed, memory, messages).
+RENDER_VERSION = 1
 _FORMATS = ("keep", "jpeg", "png", "webp", "avif")
 
 
@@ -250,9 +257,12 @@ class ResizeOptions:
                 )
 
     def fingerprint(self) -> str:
-        """A short hash of these options: outputs made with other options are not done."""
+        """A short hash of these options, and of :data:`RENDER_VERSION`: outputs made with other
+        options, or by a version of the code that made them otherwise, are not done."""
         fields = asdict(self)
         del fields["max_output_pixels"]  # a guard: it shapes no output (see the class)
+        if RENDER_VERSION > 1:  # (version 1 is left out: the hashes made before it stay)
+            fields["render_version"] = RENDER_VERSION
         doc = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(doc.encode()).hexdigest()[:12]
 

@@ -60,3 +60,52 @@ def test_resize_stage_options_are_its_fingerprint(tmp_path: Path) -> None:
     with Image.open(out / "32" / "640x480_rgb.jpg") as im:
         assert max(im.size) == 32
     assert _statuses(out) == {"640x480_rgb.jpg": "ok"}
+
+
+def test_fingerprints_of_the_default_options_never_change_by_accident() -> None:
+    """Every output folder's records hold these: a change to how they are computed (a new
+    option with its default, another JSON layout) would redo every user's outputs on their
+    next run. Change them only on purpose, with RENDER_VERSION / CRUNCH_VERSION."""
+    from app.config import ProcessConfig
+
+    cfg = ProcessConfig(inputs=(str(IMAGES),))
+    assert (cfg.fingerprint(), cfg.data_fingerprint()) == ("6358aa674c30", "7c58523feb7e")
+
+
+@pytest.mark.parametrize("what", ["images", "data"])
+def test_a_new_render_version_redoes_what_an_older_one_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """A release whose code makes other outputs from the same input and options (a fixed colour
+    conversion) raises RENDER_VERSION (data: CRUNCH_VERSION): what an older version made is
+    redone on resume, not reused as done."""
+    import numpy as np
+
+    import stages.options
+    import stages.parts
+    from app.config import ProcessConfig
+    from app.process import run_process
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    if what == "images":
+        shutil.copy(IMAGES / "640x480_rgb.jpg", src)
+    else:
+        np.save(src / "a.npy", np.arange(1000, dtype=np.float32))
+    cfg = ProcessConfig(inputs=(str(src),), output=str(out), progress=False)
+    assert run_process(cfg).counts == {"ok": 1}
+    assert run_process(cfg).counts == {"reused": 1}
+    module, name = (
+        (stages.options, "RENDER_VERSION")
+        if what == "images"
+        else (
+            stages.parts,
+            "CRUNCH_VERSION",
+        )
+    )
+    monkeypatch.setattr(module, name, 2)
+    assert run_process(
+        ProcessConfig(inputs=(str(src),), output=str(out), progress=False)
+    ).counts == {"ok": 1}
+    (rec,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert rec["redo"] == "options changed"
