@@ -23,9 +23,10 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import sys
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,7 +42,7 @@ from .grouping import GroupingChild, GroupingFailed
 from .report import as_number, smallest_output
 from .tables import CsvStream, ParquetStream
 
-__all__ = ["DataAggregate", "DataTable", "FailureList", "NearDuplicates", "StatsTable"]
+__all__ = ["DataAggregate", "DataTable", "FailureList", "MadeBy", "NearDuplicates", "StatsTable"]
 
 
 class _FolderTable(abc.ABC):
@@ -436,3 +437,38 @@ class FailureList:
 
     def result(self) -> dict[str, Any]:
         return {"count": self.count, "first": self.first}
+
+
+class MadeBy:
+    """Not about the records: what made this run's outputs, for ``summary.json`` as
+    ``collected.made_by`` (the release to suspect, should an output turn out wrong): the
+    versions of pixpipe, of how it makes outputs, of Python and of the libraries that shape
+    them, and the command line (without secrets, as the folder's lock file shows it)."""
+
+    name = "made_by"
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = [os.fsdecode(a) for a in argv]
+
+    def add(self, record: Record) -> None:
+        return None
+
+    def result(self) -> dict[str, Any]:
+        import PIL  # the package alone (its version), not its image modules
+
+        import pipeline
+        from stages.options import RENDER_VERSION
+        from stages.parts import CRUNCH_VERSION
+
+        versions = {
+            "pixpipe": pipeline.__version__,
+            "render_version": RENDER_VERSION,
+            "crunch_version": CRUNCH_VERSION,
+            "python": ".".join(map(str, sys.version_info[:3])),
+            "pillow": PIL.__version__,
+        }
+        for name in ("numpy", "pyarrow"):  # when this run used them
+            module = sys.modules.get(name)
+            if module is not None and isinstance(getattr(module, "__version__", None), str):
+                versions[name] = module.__version__
+        return {**versions, "command": [shown(a) for a in self.argv]}

@@ -55,7 +55,14 @@ from stages.sources import (
 from stages.storage import StorageError, StorageURL, is_url, process_local, use_options
 from stages.thumbs import Rendered, outputs_intact, renamed_output, without_outputs
 
-from .collectors import DataAggregate, DataTable, FailureList, NearDuplicates, StatsTable
+from .collectors import (
+    DataAggregate,
+    DataTable,
+    FailureList,
+    MadeBy,
+    NearDuplicates,
+    StatsTable,
+)
 from .config import ProcessConfig
 from .endofrun import RecordFeed
 from .input_keys import earlier_inputs, remember_inputs
@@ -384,7 +391,7 @@ def _run(
         backend=backend,
         autoscale=cfg.auto_workers,
         output=out,
-        collectors=[*tables, DataAggregate(), FailureList()],
+        collectors=[*tables, DataAggregate(), FailureList(), MadeBy(shown_argv(sys.argv))],
         fingerprint=cfg.fingerprint(),  # items carry their own (see _prepared)
         is_done=_is_done(cfg, out),
         outdated=_renamed if cfg.output_format == "files" else None,

@@ -81,6 +81,17 @@ def test_sample_images_all_become_thumbnails(out: Path) -> None:
     assert summary["finished"]
     assert summary["counts"] == {"ok": len(files)}
     assert "groups" in summary["collected"]["near_duplicates"]
+    # what made these outputs: the release to suspect, should one turn out wrong
+    made_by = summary["collected"]["made_by"]
+    import PIL
+
+    import pipeline
+    from stages.options import RENDER_VERSION
+
+    assert made_by["pixpipe"] == pipeline.__version__
+    assert made_by["render_version"] == RENDER_VERSION
+    assert made_by["pillow"] == PIL.__version__
+    assert made_by["command"][1:] == ["process", str(IMAGES), "--output", str(out), "--quiet"]
 
 
 EXPECTED_FAILURES = {
