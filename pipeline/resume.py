@@ -1,17 +1,16 @@
 """Resume: whether an input's earlier record settles it, or it is processed (again).
 
 Done means: an ``ok`` or ``reused`` record made with the same options (fingerprint) from the
-same input (source, or another path of the same file, and identity, when the source gives
-one), whose outputs are still there
-(``is_done``), under the names this run gives them (``outdated``). A done input is recorded
-``reused``: the earlier result (outputs, statistics), options and identity carried over, so the
-new record is done in its turn. A redone input's new record carries the one it replaces
-(``Record.earlier``, for the collectors). A stage's earlier skip of the same input (same options
-and identity: a file that is not an image) settles it too, ``skipped`` again with the same
-reason. ``retry_failed`` redoes only failures; ``force`` redoes everything. The feeder asks
-:meth:`ResumePolicy.decide` for every input of a run with a ledger. (Older ledgers said
-``skipped`` / ``already done`` for ``reused``: they are read as ``reused``, see
-:func:`pipeline.records.upgrade`.)
+same input (source, or another path of the same file, and identity, when the source gives one),
+whose outputs are still there (``is_done``), under the names this run gives them (``outdated``).
+A done input is recorded ``reused``: the earlier result (outputs, statistics), options and
+identity carried over, so the new record is done in its turn. A redone input's new record
+carries the one it replaces (``Record.earlier``, for the collectors). A stage's earlier skip of
+the same input (same options and identity: a file that is not an image) settles it too,
+``skipped`` again with the same reason. ``retry_failed`` redoes only failures; ``force`` redoes
+everything. The feeder asks :meth:`ResumePolicy.decide` for every input of a run with a ledger.
+(Older ledgers said ``skipped`` / ``already done`` for ``reused``: they are read as ``reused``,
+see :func:`pipeline.records.upgrade`.)
 """
 
 from __future__ import annotations

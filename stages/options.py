@@ -156,13 +156,13 @@ def as_sizes(value: SizeLike | Sequence[SizeLike]) -> tuple[Size, ...]:
 
 
 _MODES = ("fit", "fill", "pad", "exact")
+_FORMATS = ("keep", "jpeg", "png", "webp", "avif")
 
 #: How images are made from the same input and options, as a number: raise it with a change
 #: that makes other outputs (a fix to a colour conversion, a new resampling), so that the
 #: outputs an older version made are redone on resume (``options changed``) rather than reused
 #: as done. Not for a change that leaves every output as it was (speed, memory, messages).
 RENDER_VERSION = 1
-_FORMATS = ("keep", "jpeg", "png", "webp", "avif")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -212,30 +212,26 @@ def test_timeout_fails_the_item_and_the_rest_finish(kind: str, out: Path) -> Non
     assert result.duration < 30  # a hang would hit the test timeout; this is a sanity bound
 
 
-def test_a_program_a_stage_started_goes_with_its_timed_out_worker(
-    out: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("tool", "options", "error_type"),
+    [
+        (fns.run_tool_on, {"timeout": 1.0}, "ItemTimeout"),  # the worker killed at the timeout
+        (fns.run_tool_then_crash_on, {}, "WorkerCrashed"),  # the worker died on its own
+    ],
+    ids=["timed-out", "died"],
+)
+def test_a_program_a_stage_started_goes_with_its_worker(
+    out: Path, tmp_path: Path, tool: Any, options: dict[str, Any], error_type: str
 ) -> None:
-    """A process worker killed at its item's timeout takes with it what its stage started (an
-    external tool that hangs): the worker leads a process group of its own, and the whole
-    group is killed. Left behind, the tool would run on, an orphan, after the run."""
+    """What a stage started (an external tool that hangs on input 3) goes with its worker: one
+    killed at its item's timeout takes its whole process group with it, and one that dies on
+    its own (SIGKILL: the OOM killer) has what is left of its group killed when the pool finds
+    it dead. Left behind, the tool would run on, an orphan, after the run."""
     pids = tmp_path / "pids"
     pids.mkdir()
-    st = stage(fns.run_tool_on, 3, str(pids), kind="process", workers=2, timeout=1.0)
+    st = stage(tool, 3, str(pids), kind="process", workers=2, **options)
     Pipeline([st]).run(keyed(6), output=out, progress=False)
-    assert by_key(out)["k0003"]["error_type"] == "ItemTimeout"
-    _assert_gone(int((pids / "3.pid").read_text()))
-
-
-def test_a_program_a_stage_started_goes_with_its_worker_that_died(
-    out: Path, tmp_path: Path
-) -> None:
-    """A worker that dies on its own (SIGKILL: the OOM killer) under a program its stage
-    started: the pool, finding it dead, kills what is left of its process group."""
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    st = stage(fns.run_tool_then_crash_on, 3, str(pids), kind="process", workers=2)
-    Pipeline([st]).run(keyed(6), output=out, progress=False)
-    assert by_key(out)["k0003"]["error_type"] == "WorkerCrashed"
+    assert by_key(out)["k0003"]["error_type"] == error_type
     _assert_gone(int((pids / "3.pid").read_text()))
 
 
