@@ -342,7 +342,8 @@ class ProcessConfig:
         False,
         kind=Flag(),
         help="resume: compare a SHA-256 of each input file too, not only its size and mtime "
-        "(reads every input once more)",
+        "(reads every input once more); a folder moved since (renamed, a drive mounted "
+        "elsewhere) is then found done",
         group=RUN,
     )
     quiet: bool = option(

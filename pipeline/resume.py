@@ -1,16 +1,16 @@
 """Resume: whether an input's earlier record settles it, or it is processed (again).
 
 Done means: an ``ok`` or ``reused`` record made with the same options (fingerprint) from the
-same input (source, or another path of the same file, and identity, when the source gives one),
-whose outputs are still there (``is_done``), under the names this run gives them (``outdated``).
-A done input is recorded ``reused``: the earlier result (outputs, statistics), options and
-identity carried over, so the new record is done in its turn. A redone input's new record
-carries the one it replaces (``Record.earlier``, for the collectors). A stage's earlier skip of
-the same input (same options and identity: a file that is not an image) settles it too,
-``skipped`` again with the same reason. ``retry_failed`` redoes only failures; ``force`` redoes
-everything. The feeder asks :meth:`ResumePolicy.decide` for every input of a run with a ledger.
-(Older ledgers said ``skipped`` / ``already done`` for ``reused``: they are read as ``reused``,
-see :func:`pipeline.records.upgrade`.)
+same input (source, or another path of the same file, or the same content moved; and identity,
+when the source gives one), whose outputs are still there (``is_done``), under the names this run
+gives them (``outdated``). A done input is recorded ``reused``: the earlier result (outputs,
+statistics), options and identity carried over, so the new record is done in its turn. A redone
+input's new record carries the one it replaces (``Record.earlier``, for the collectors). A
+stage's earlier skip of the same input (same options and identity: a file that is not an image)
+settles it too, ``skipped`` again with the same reason. ``retry_failed`` redoes only failures;
+``force`` redoes everything. The feeder asks :meth:`ResumePolicy.decide` for every input of a
+run with a ledger. (Older ledgers said ``skipped`` / ``already done`` for ``reused``: they are
+read as ``reused``, see :func:`pipeline.records.upgrade`.)
 """
 
 from __future__ import annotations
@@ -62,6 +62,18 @@ class ResumePolicy:
         item.redo = stale
         return None
 
+    @staticmethod
+    def _same_input(prev: Record, item: Item) -> bool:
+        """Whether ``item``, from another source than ``prev``'s, is the same input all the
+        same: another path of the same file, or a file whose content proves it (its folder
+        renamed, a drive mounted elsewhere, with ``--verify-content``: the same SHA-256, size
+        and ``mtime_ns``). Size and ``mtime_ns`` alone prove nothing across paths: files
+        unpacked from archives share made-up times, and arrays of one shape share sizes."""
+        if same_file(prev.source, item.source):
+            return True
+        earlier = prev.identity
+        return earlier is not None and "sha256" in earlier and earlier == item.identity
+
     def stale(self, item: Item, prev: Record) -> str | None:
         """Why the earlier record ``prev`` does not settle ``item`` (None: it is done)."""
         opts = self.opts
@@ -76,7 +88,7 @@ class ResumePolicy:
         if fingerprint is not None and prev.fingerprint != fingerprint:
             return "options changed"
         if item.identity is not None:
-            if prev.source != item.source and not same_file(prev.source, item.source):
+            if prev.source != item.source and not self._same_input(prev, item):
                 return f"another input under this key (was {shown(prev.source)})"
             if prev.identity != item.identity:
                 return changed(prev.identity, item.identity)

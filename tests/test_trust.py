@@ -316,6 +316,35 @@ def test_the_same_folder_by_another_path_is_done(tmp_path: Path) -> None:
         }, spelling
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_moved_folder_is_done_when_its_content_proves_it(tmp_path: Path, verify: bool) -> None:
+    """A folder renamed (or a drive mounted elsewhere): with ``--verify-content`` each file's
+    SHA-256, size and ``mtime_ns`` prove it is the file its record was made from, so it is
+    reused. Without it, size and ``mtime_ns`` alone prove nothing across paths (files unpacked
+    from archives share made-up times; arrays of one shape share sizes): redone, as another
+    input under its key."""
+    flags = ["--verify-content"] if verify else []
+    src, out = tmp_path / "photos", tmp_path / "out"
+    write(src, "x.jpg", image_bytes("red"))
+    write(src, "sub/y.jpg", image_bytes("blue"))
+    assert cli(src, "--output", out, "--quiet", *flags).returncode == 0
+    moved = tmp_path / "photos-2023"
+    os.rename(src, moved)
+    assert cli(moved, "--output", out, "--quiet", *flags).returncode == 0
+    recs = records(out)
+    status = "reused" if verify else "ok"
+    assert {k: r["status"] for k, r in recs.items()} == {b"x.jpg": status, b"sub/y.jpg": status}
+    assert {r["source"] for r in recs.values()} == {str(moved / "x.jpg"), str(moved / "sub/y.jpg")}
+    if not verify:
+        assert all(r["redo"].startswith("another input under this key") for r in recs.values())
+        return
+    # the same content copied (cp without -p: a new mtime_ns) is another file: redone
+    shutil.copytree(moved, src, copy_function=shutil.copyfile)
+    shutil.rmtree(moved)
+    assert cli(src, "--output", out, "--quiet", *flags).returncode == 0
+    assert {r["status"] for r in records(out).values()} == {"ok"}
+
+
 def test_an_input_that_is_gone_is_reported_and_its_outputs_kept(tmp_path: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     gone = write(src, "gone.jpg", image_bytes("red"))
