@@ -93,6 +93,7 @@ logger = logging.getLogger(__name__)
 _CHUNK = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_SPACE = re.compile(r"\s")
 _SCHEMES = frozenset({"http", "https"})
 
 
@@ -483,7 +484,31 @@ def _parse_url(raw: str, *, url: str, status: int | None = None) -> URL:
         raise BadURL(f"not an http(s) URL: {raw!r}", url=url, status=status)
     if not host or port is None:
         raise BadURL(f"URL has no host: {raw!r}", url=url, status=status)
+    why = _bad_host_name(host)
+    if why is not None:
+        raise BadURL(f"not a host name ({why}): {raw!r}", url=url, status=status)
     return parsed
+
+
+def _bad_host_name(host: str) -> str | None:
+    """Why ``host`` (as the URL parser gives it: IDNA-encoded) cannot be looked up, or None:
+    a space, an empty label, a label over 63 characters, a name over 253 (DNS's limits; the
+    lookup failed with a bare ``UnicodeError`` or a resolver error that said nothing of it)."""
+    if host.startswith("["):  # an IPv6 literal: the parser checked it
+        return None
+    if _SPACE.search(host):
+        return "a space in it"
+    if len(host) <= 63 and ".." not in host and not host.startswith("."):
+        return None  # (every URL comes here: the usual name in one look)
+    name = host[:-1] if host.endswith(".") else host  # a trailing dot: the root, fully named
+    if len(name) > 253:
+        return f"{len(name)} characters, more than 253"
+    for label in name.split("."):
+        if not label:
+            return "an empty label"
+        if len(label) > 63:
+            return f"a label of {len(label)} characters, more than 63"
+    return None
 
 
 def _check_ip_literal(target: URL, *, url: str) -> None:

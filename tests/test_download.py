@@ -518,6 +518,11 @@ async def test_redirect_hops_share_the_total_timeout() -> None:
         "//example.com/a.jpg",
         "http://example.com/a\r\nX-Injected: 1",
         "http://example.com:99999/",
+        # host names DNS cannot hold: said so, not a bare UnicodeError or a resolver's error
+        "http://exa mple.com/a.jpg",
+        f"https://{'a' * 64}.com/x.jpg",
+        f"https://{'a.' * 127}com/x.jpg",
+        "http://a..b.com/x.jpg",
     ],
 )
 async def test_bad_urls_fail_without_network(url: str) -> None:
