@@ -63,6 +63,18 @@ def _stop_helpers() -> None:
     shutdown()
 
 
+def _stop_writing_to_stdout() -> None:
+    """What is still buffered for a closed pipe goes nowhere, rather than fail once more when
+    the interpreter flushes it at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no stdout at all
+        pass
+    finally:
+        os.close(devnull)
+
+
 def run() -> None:
     """The command: ``python -m pipeline`` and the ``pixpipe`` script."""
     # One BLAS thread per process, unless the user says otherwise: the command's own numpy work
@@ -97,10 +109,14 @@ def run() -> None:
 
         the_commands_process()
         code = main()
+        sys.stdout.flush()  # here, where a reader gone is caught, not at the interpreter's exit
     except KeyboardInterrupt:  # a Ctrl-C while the command starts (main() has its own)
         code = 130
     except _Terminated as stopped:
         code = stopped.args[0]
+    except BrokenPipeError:  # the reader of our output is gone (`pixpipe failures out | head`)
+        _stop_writing_to_stdout()
+        code = 128 + 13  # as if SIGPIPE had ended it, as it would a program in C
     finally:  # also on SystemExit (usage errors, --help)
         _stop_helpers()
     # Interpreter shutdown garbage-collects every object of the imported libraries (numpy,

@@ -334,3 +334,39 @@ def test_failures_of_a_folder_that_is_no_output_is_a_usage_error(tmp_path: Path)
     bad = _cli(tmp_path, "failures", "out", "--status", "ok")
     assert bad.returncode == 2
     assert "invalid choice: 'ok'" in bad.stderr
+
+
+@pytest.mark.parametrize("lines", [3, 20_000])
+def test_failures_into_a_pipe_that_closes_early_ends_quietly(tmp_path: Path, lines: int) -> None:
+    """``pixpipe failures out | head -1``: the reader leaves after one line. The command stops
+    writing and ends as a program that SIGPIPE ended would (141), without a traceback (it
+    printed BrokenPipeError's); a list short enough to be written whole before the reader
+    leaves ends at its final flush, the same way."""
+    out = tmp_path / "out"
+    out.mkdir()
+    record = {"status": "failed", "stage": "resize", "error_type": "DecodeError"}
+    (out / "manifest.jsonl").write_text(
+        "".join(
+            json.dumps({"key": f"photo-{i:06d}.jpg", **record, "error": "broken " * 8}) + "\n"
+            for i in range(lines)
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "failures", "out"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    if lines > 3:
+        assert proc.stdout.readline().startswith(b"photo-000000.jpg: DecodeError in resize")
+    proc.stdout.close()  # as head does once it has its line
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=100) in (0, 141), err
+    if lines > 3:
+        assert proc.returncode == 141
+    assert "Traceback" not in err, err
+    assert "BrokenPipeError" not in err, err
