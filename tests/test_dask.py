@@ -349,6 +349,35 @@ def test_item_errors_fail_alone_with_their_type(cluster: str, tmp_path: Path) ->
         }
 
 
+@pytest.mark.timeout(60)
+def test_a_stage_the_workers_cannot_load_stops_the_run_and_says_why(
+    cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage function from a module installed here but not on the workers: every shard would
+    fail alike, so the run stops at the first with what to do. Left to Dask, the task's message
+    failed to load on the worker before any task ran, the worker's link to the scheduler died,
+    and the run waited forever (it was still waiting after 120 s). The cluster stays usable."""
+    import importlib
+
+    (tmp_path / "only_on_the_driver.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # here only: the workers are running already
+    module = importlib.import_module("only_on_the_driver")
+    pipe = Pipeline([stage(module.triple, kind="process", name="triple")])
+    out = tmp_path / "out"
+    started = time.monotonic()
+    with pytest.raises(FatalRunError, match="cannot load this pipeline: ModuleNotFoundError"):
+        pipe.run(range(200), output=out, backend=DaskBackend(cluster, shard_size=8), progress=False)
+    assert time.monotonic() - started < 30
+    recorded = by_key(out)
+    assert {r["status"] for r in recorded.values()} <= {"cancelled"}  # none done, none lost
+    assert len(recorded) < 200
+    # the workers are well: the next run on the same cluster goes through
+    again = Pipeline([stage(add_one, kind="process")]).run(
+        range(20), backend=DaskBackend(cluster, shard_size=8), progress=False
+    )
+    assert again.ok == 20
+
+
 @pytest.mark.timeout(120)
 def test_a_shard_that_finds_the_disk_full_stops_the_run(cluster: str, tmp_path: Path) -> None:
     """The worker's run stops at the item that found the disk full (OutOfSpace, which the shard's

@@ -3,15 +3,15 @@
 Data flow::
 
     driver (runner: sources, resume, ledger, progress, Ctrl-C)
-      └─ window x DaskLane ── client.submit(run_shard, stages, values) ──▶ scheduler ──▶ worker
-                     ▲                                                                   │
-                     └──────── ShardResult: one small ShardItem per input ◀──────────────┘
+      └─ window x DaskLane ── submit(run_packed_shard, stages, values) ──▶ scheduler ──▶ worker
+                     ▲                                                              │
+                     └──────── ShardResult: one small ShardItem per input ◀─────────┘
 
 * The whole chain is one group (:meth:`DaskBackend.groups`) whose inbox holds at least a shard;
-  the runner hands each of ``window`` lanes a *shard* (``shard_size`` items, or fewer at the
-  end of the inputs). A lane submits
-  ONE task per shard, :func:`run_shard`, and awaits it: at most ``window`` shards are in flight,
-  the window is the queue. ``window`` defaults to twice the cluster's worker threads (known once
+  the runner hands each of ``window`` lanes a *shard* (``shard_size`` items, or fewer at the end
+  of the inputs). A lane submits ONE task per shard, :func:`run_packed_shard` (:func:`run_shard`
+  on what it unpacks), and awaits it: at most ``window`` shards are in flight, the window is the
+  queue. ``window`` defaults to twice the cluster's worker threads (known once
   :meth:`DaskBackend.open` has connected), so every thread has a shard queued behind the one it
   runs.
 * On the worker, :func:`run_shard` runs the *local* engine over the shard (no ledger, no
@@ -37,6 +37,12 @@ Faults:
 * A shard that kills workers every time (``KilledWorker``): counted once against the crash
   budget, then re-submitted one item per task, so that only the item(s) that kill workers fail,
   with :class:`~pipeline.errors.WorkerCrashed` (each one counted against the budget as well).
+* A stage (or a value) that a worker cannot load, its module not installed there: the stages
+  and values travel packed as bytes (:func:`pack`) and are unpacked inside the task, so the
+  ``ImportError`` fails that task, and the run stops with a
+  :class:`~pipeline.errors.FatalRunError` that says so (every shard would fail alike). Left to
+  Dask, the message failed to load before any task ran, the worker's link to the scheduler died
+  on it, and the run waited forever.
 * Cancellation (Ctrl-C past the grace period): the lane cancels its Dask future; a worker
   already running the shard notices within :data:`CANCEL_POLL` seconds and stops the local run.
   A :class:`~distributed.LocalCluster` the backend started is closed when the run ends.
@@ -78,6 +84,8 @@ __all__ = [
     "ShardResult",
     "dask_setup",
     "local_stages",
+    "pack",
+    "run_packed_shard",
     "run_shard",
 ]
 
@@ -170,6 +178,24 @@ def run_shard(
         worker=address,
         peak_rss=_peak_rss_mb(),
     )
+
+
+def pack(obj: Any) -> bytes:
+    """``obj`` as Dask would send it (pickle; cloudpickle for what the driver's ``__main__``
+    defines), for :func:`run_packed_shard`."""
+    from distributed.protocol.pickle import dumps
+
+    return bytes(dumps(obj))  # type: ignore[no-untyped-call]
+
+
+def run_packed_shard(stages: bytes, shard: bytes) -> ShardResult:
+    """:func:`run_shard` over ``stages`` and ``(values, keys)`` packed by :func:`pack`: unpacked
+    here, in the task, so that a stage or a value this worker cannot load (its module is not
+    installed here) fails the task with its ``ImportError``, which the driver hears of."""
+    from distributed.protocol.pickle import loads
+
+    chain, (values, keys) = loads(stages), loads(shard)  # type: ignore[no-untyped-call]
+    return run_shard(chain, values, keys)
 
 
 def _shard_item(rec: Record | None, names: dict[str, int], n: int) -> ShardItem:
@@ -339,6 +365,7 @@ class DaskLane:
         self.backend = backend
         self.stages = tuple(stages)
         self.on_crash = on_crash
+        self._packed: bytes | None = None  # the stages, packed once (see run_packed_shard)
 
     async def run(self, batch: Sequence[Item]) -> LaneResult:
         outcomes = await self._shard(list(batch))
@@ -353,8 +380,10 @@ class DaskLane:
         stats = self.backend.stats
         fut: Any = None
         try:
-            values, keys = [it.value for it in batch], [it.key for it in batch]
-            fut = client.submit(run_shard, self.stages, values, keys, key=key, pure=False)
+            if self._packed is None:
+                self._packed = pack(self.stages)
+            shard = pack(([it.value for it in batch], [it.key for it in batch]))
+            fut = client.submit(run_packed_shard, self._packed, shard, key=key, pure=False)
             stats.submitted += 1
             res: ShardResult = await fut
         except asyncio.CancelledError:
@@ -384,6 +413,11 @@ class DaskLane:
         stats = self.backend.stats
         if isinstance(exc, FutureCancelledError):  # not by us: the cluster went away
             raise FatalRunError(f"the Dask cluster cancelled a shard: {exc}") from exc
+        if isinstance(exc, ImportError):  # unpacking the stages or values: every shard alike
+            raise FatalRunError(
+                f"the Dask workers cannot load this pipeline: {type(exc).__name__}: {exc}; "
+                "install the module on every worker (the same environment as here)"
+            ) from exc
         if isinstance(exc, KilledWorker):
             if len(batch) == 1:
                 stats.crashed_items += 1
