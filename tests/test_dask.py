@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -583,10 +584,11 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
                 stream.close()
 
 
-@pytest.mark.timeout(180)
-def test_separate_scheduler_and_worker_processes(
+def _scheduler_and_worker(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
-) -> None:
+) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """``dask scheduler`` and a ``dask worker`` (one process, one thread) as an operator starts
+    them: the scheduler's address and both processes (stopped by ``procs`` at the end)."""
     sched_file = tmp_path / "scheduler.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     common = ["--host", "127.0.0.1", "--no-dashboard"]
@@ -621,6 +623,14 @@ def test_separate_scheduler_and_worker_processes(
         stderr=subprocess.PIPE,
     )
     procs.append(worker)
+    return address, scheduler, worker
+
+
+@pytest.mark.timeout(180)
+def test_separate_scheduler_and_worker_processes(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    address, scheduler, worker = _scheduler_and_worker(tmp_path, procs)
     cfg = ProcessConfig.from_mapping(
         {
             "inputs": [str(IMAGES)],
@@ -651,6 +661,41 @@ def test_separate_scheduler_and_worker_processes(
     assert scheduler.wait(timeout=30) is not None
     _, alive = psutil.wait_procs(tree, timeout=10)
     assert alive == []
+
+
+@pytest.mark.timeout(120)
+def test_a_cluster_left_without_a_worker_stops_the_run(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """An external cluster whose only worker dies mid-run (its nanny with it): the run waits
+    for one to join for ``no_workers_timeout`` seconds, then stops (exit 3) with what to do, its
+    unfinished inputs cancelled, not failed. Dask alone waits forever."""
+    address, _, worker = _scheduler_and_worker(tmp_path, procs)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def kill_the_worker() -> None:
+        deadline = time.monotonic() + 60
+        while len(list(marks.iterdir())) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+
+    killer = threading.Thread(target=kill_the_worker, daemon=True)
+    killer.start()
+    pipe = Pipeline([stage(slow_mark, str(marks), 0.05, kind="process", name="mark")])
+    out = tmp_path / "out"
+    backend = DaskBackend(address, shard_size=4, no_workers_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(FatalRunError, match=r"no Dask worker for 2 s: .* run the same command"):
+        pipe.run(range(200), output=out, backend=backend, progress=False)
+    assert time.monotonic() - started < 60
+    killer.join(timeout=10)
+    recorded = by_key(out)
+    assert {r["status"] for r in recorded.values()} <= {"ok", "cancelled"}
+    assert 0 < sum(r["status"] == "ok" for r in recorded.values()) < 200
 
 
 # -- Ctrl-C on a real CLI run -------------------------------------------------------------------

@@ -111,6 +111,8 @@ LOCAL_CLUSTER_CONFIG: dict[str, object] = {
 CANCEL_POLL = 0.2
 #: Seconds to connect to a scheduler, and to wait for a first worker to join it.
 CONNECT_TIMEOUT = 30.0
+#: Seconds between two looks at the cluster's workers while a run goes.
+WATCH_WORKERS = 1.0
 #: Seconds given to cancelling a future after the lane itself was cancelled.
 CANCEL_TIMEOUT = 2.0
 
@@ -384,6 +386,7 @@ class DaskLane:
                 self._packed = pack(self.stages)
             shard = pack(([it.value for it in batch], [it.key for it in batch]))
             fut = client.submit(run_packed_shard, self._packed, shard, key=key, pure=False)
+            self.backend.inflight.add(fut)
             stats.submitted += 1
             res: ShardResult = await fut
         except asyncio.CancelledError:
@@ -400,6 +403,7 @@ class DaskLane:
             return await self._task_failed(batch, exc)
         finally:
             if fut is not None:
+                self.backend.inflight.discard(fut)
                 with contextlib.suppress(RuntimeError):  # a future the client no longer knows
                     fut.release()
         stats.add(res)
@@ -412,6 +416,11 @@ class DaskLane:
         n = len(self.stages)
         stats = self.backend.stats
         if isinstance(exc, FutureCancelledError):  # not by us: the cluster went away
+            if self.backend.lost is not None:  # or was left without a worker (the watcher)
+                raise FatalRunError(
+                    f"{self.backend.lost}: the cluster's workers are gone; start some and run "
+                    "the same command again: it resumes where this run stopped"
+                ) from exc
             raise FatalRunError(f"the Dask cluster cancelled a shard: {exc}") from exc
         if isinstance(exc, ImportError):  # unpacking the stages or values: every shard alike
             raise FatalRunError(
@@ -471,6 +480,8 @@ class DaskBackend:
     :class:`~distributed.LocalCluster` of ``n_workers`` one-thread worker processes (default: one
     per core) on 127.0.0.1 for the duration of the run. ``window``: shards in flight (default
     twice the cluster's worker threads, known once :meth:`open` has connected).
+    ``no_workers_timeout``: seconds the cluster may go without a worker while the run goes
+    before it stops (:class:`~pipeline.errors.FatalRunError`), as it does at the start.
     """
 
     name = "dask"
@@ -483,6 +494,7 @@ class DaskBackend:
         window: int | None = None,
         n_workers: int | None = None,
         malloc_trim_threshold: int | None = LOCAL_MALLOC_TRIM_THRESHOLD,
+        no_workers_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         if shard_size < 1:
             raise ValueError("shard_size must be >= 1")
@@ -502,6 +514,10 @@ class DaskBackend:
         self._duration: float | None = None
         self._startup: float | None = None  # seconds to connect (and start a LocalCluster)
         self.stats = _Stats()
+        self.no_workers_timeout = no_workers_timeout
+        #: the lanes' shard tasks in flight (the watcher cancels them when no worker is left)
+        self.inflight: set[Any] = set()
+        self.lost: str | None = None  # why the watcher stopped the run
 
     @property
     def window(self) -> int:
@@ -546,6 +562,7 @@ class DaskBackend:
         from distributed import Client
 
         self.stats = _Stats()
+        self.inflight, self.lost = set(), None
         self._opened = time.perf_counter()
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(_quiet_logger("distributed", logging.WARNING))
@@ -583,11 +600,47 @@ class DaskBackend:
                 self.window,
                 self.shard_size,
             )
+            watcher = asyncio.create_task(self._watch_workers(client))
             try:
                 yield self
             finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
                 self._client = None
                 self._duration = time.perf_counter() - self._opened
+
+    async def _watch_workers(self, client: Any) -> None:
+        """While the run goes: a cluster left without a worker (an external one whose last
+        worker died) is waited for, as Dask would, for :attr:`no_workers_timeout` seconds, with
+        a warning; then its shards in flight are cancelled, which stops the run. Dask alone
+        would wait forever."""
+        since: float | None = None
+        while True:
+            await asyncio.sleep(WATCH_WORKERS)
+            try:
+                workers = len(await client.nthreads())
+            except OSError:  # the scheduler is gone: the shards' futures say so themselves
+                return
+            if workers:
+                since = None
+                continue
+            now = time.monotonic()
+            if since is None:
+                since = now
+                log.warning(
+                    "dask: no worker left in the cluster at %s: waiting up to %g s for one",
+                    self._address,
+                    self.no_workers_timeout,
+                )
+            elif now - since >= self.no_workers_timeout:
+                self.lost = f"no Dask worker for {self.no_workers_timeout:g} s"
+                futures = list(self.inflight)
+                with contextlib.suppress(OSError, TimeoutError):
+                    await asyncio.wait_for(
+                        client.cancel(futures, reason=self.lost, force=True), CANCEL_TIMEOUT
+                    )
+                return
 
     @contextlib.asynccontextmanager
     async def _local_cluster(self) -> AsyncIterator[Any]:
