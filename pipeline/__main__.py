@@ -23,7 +23,7 @@ import gc
 import os
 import sys
 
-from .terminal import let_go_of_lost_terminal
+from .terminal import let_go_of_lost_terminal, to_devnull
 
 
 class _Terminated(BaseException):
@@ -61,18 +61,6 @@ def _stop_helpers() -> None:
     from .forkserver import shutdown
 
     shutdown()
-
-
-def _stop_writing_to_stdout() -> None:
-    """What is still buffered for a closed pipe goes nowhere, rather than fail once more when
-    the interpreter flushes it at exit."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no stdout at all
-        pass
-    finally:
-        os.close(devnull)
 
 
 def run() -> None:
@@ -115,7 +103,9 @@ def run() -> None:
     except _Terminated as stopped:
         code = stopped.args[0]
     except BrokenPipeError:  # the reader of our output is gone (`pixpipe failures out | head`)
-        _stop_writing_to_stdout()
+        # what is still buffered for it goes nowhere, rather than fail again at the exit's flush
+        with contextlib.suppress(OSError, ValueError):  # ValueError: no stdout at all
+            to_devnull(sys.stdout.fileno())
         code = 128 + 13  # as if SIGPIPE had ended it, as it would a program in C
     finally:  # also on SystemExit (usage errors, --help)
         _stop_helpers()

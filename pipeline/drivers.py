@@ -148,8 +148,8 @@ class GroupDriver:
             else:
                 await self.recorder.emit(record)
             if out.out_of_space:  # the next items would fail alike: the run stops
-                if record.error and FREE_SPACE in record.error:  # a Dask worker's run stopped
-                    raise OutOfSpace(record.error)  # on it, and said where
+                if record.error_type == OutOfSpace.__name__:  # a Dask worker's run stopped on
+                    raise OutOfSpace(record.error or "")  # it, and said where and what to do
                 raise OutOfSpace(
                     f"{record.error_type}: {record.error} (stage {record.stage!r}, input "
                     f"{item.key!r}); {FREE_SPACE}"

@@ -150,8 +150,12 @@ class OutOfSpace(FatalRunError):
     ``failed``). Once there is room again, the same command resumes where it stopped."""
 
 
+#: How a run that stopped goes on: the end of the messages that say what to do first.
+RESUMES = "run the same command again: it resumes where this run stopped"
 #: What to do about a full disk, for the messages that say one is.
-FREE_SPACE = "free some space and run the same command again: it resumes where this run stopped"
+FREE_SPACE = f"free some space and {RESUMES}"
+#: The same, before a run has done anything (there is nothing of it to resume).
+FREE_SPACE_FIRST = "free some space and run the same command again"
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL ("database or disk is full"), without importing sqlite3
@@ -166,10 +170,6 @@ def is_out_of_space(exc: object) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-#: The same, before a run has done anything (there is nothing of it to resume).
-FREE_SPACE_FIRST = "free some space and run the same command again"
 
 
 def if_full(exc: BaseException, *, started: bool = True) -> str:

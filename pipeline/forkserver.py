@@ -309,10 +309,15 @@ def signal_workers(sig: int) -> None:
     """Send ``sig`` to the process group of each live worker of this process. The terminal's
     job control (Ctrl-Z, ``fg``, ``bg``) signals the command's own process group only, which
     the workers are not in (:func:`lead_own_group`): the command passes it on."""
-    for proc in mp.active_children():
-        if proc.name == WORKER_NAME and proc.pid is not None:
+    for proc in _live_workers():
+        if proc.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, sig)
+
+
+def _live_workers() -> list[Any]:
+    """The pipelines' worker processes of this process still alive."""
+    return [p for p in mp.active_children() if p.name == WORKER_NAME]
 
 
 def kill_group(pid: int) -> bool:
@@ -418,7 +423,7 @@ def _stop_workers(timeout: float) -> None:
     Joining a worker means the forkserver has reaped it (a worker's exit code comes from the
     forkserver, after ``waitpid``): none is left as a zombie when the forkserver exits.
     """
-    workers = [p for p in mp.active_children() if p.name == WORKER_NAME]
+    workers = _live_workers()
     for proc in workers:
         log.debug("stopping worker pid %s, still alive at shutdown", proc.pid)
         if proc.pid is not None:

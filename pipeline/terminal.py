@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 
-__all__ = ["let_go_of_lost_terminal"]
+__all__ = ["let_go_of_lost_terminal", "to_devnull"]
 
 
 def let_go_of_lost_terminal() -> list[int]:
@@ -28,10 +28,16 @@ def let_go_of_lost_terminal() -> list[int]:
             continue
         if not stat.S_ISCHR(mode) or os.isatty(fd):
             continue
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, fd)
-        finally:
-            os.close(null)
+        to_devnull(fd)
         moved.append(fd)
     return moved
+
+
+def to_devnull(fd: int) -> None:
+    """Point file descriptor ``fd`` at ``/dev/null``: what is written to it from now on (and
+    what its buffers still hold) goes nowhere, without an error."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..batching import Batcher
 from ..calls import Outcome
-from ..errors import FatalRunError, OutOfSpace, RemoteError, WorkerCrashed
+from ..errors import RESUMES, FatalRunError, OutOfSpace, RemoteError, WorkerCrashed
 from ..lanes import Lane, LaneResult
 from ..records import Item, Record, Status
 from ..stage import Stage
@@ -418,8 +418,7 @@ class DaskLane:
         if isinstance(exc, FutureCancelledError):  # not by us: the cluster went away
             if self.backend.lost is not None:  # or was left without a worker (the watcher)
                 raise FatalRunError(
-                    f"{self.backend.lost}: the cluster's workers are gone; start some and run "
-                    "the same command again: it resumes where this run stopped"
+                    f"{self.backend.lost}: the cluster's workers are gone; start some and {RESUMES}"
                 ) from exc
             raise FatalRunError(f"the Dask cluster cancelled a shard: {exc}") from exc
         if isinstance(exc, ImportError):  # unpacking the stages or values: every shard alike
