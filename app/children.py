@@ -1,0 +1,99 @@
+"""Plain-interpreter children of the command: end-of-run work that needs a heavy library the
+command's own process does without (pyarrow for ``stats.parquet``, numpy for a large run's
+near-duplicate groups).
+
+A child is ``python -I -S -c PROGRAM`` given this process's ``sys.path`` (so the libraries and
+this project are found where they are found here, whatever the install), not a
+``multiprocessing`` one: no site (``-S``), ~10 ms to start, where a spawned process would
+import the command's own modules (~0.5 s) and start a resource tracker. ``-I`` ignores the
+``PYTHON*`` variables; the rest of the environment is inherited. Its memory and CPU are its
+own, and go back to the system when it ends.
+
+A child leads a process group of its own: a Ctrl-C at the terminal goes to the command's group,
+and the command decides (the end of a run is not cut short: it finishes its tables). Every
+child is stopped and waited for on every path: :func:`stop` (after its answer, on an
+error), and at the interpreter's exit for one left over (:data:`LIVE`). :func:`how_it_ended`
+says how one ended without its answer, for the error the caller raises.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from multiprocessing import spawn
+from pathlib import Path
+
+import stages
+
+__all__ = ["LIVE", "how_it_ended", "program", "start", "stop"]
+
+#: The children not yet waited for (stopped at the interpreter's exit, if any is left).
+LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+def program(module: str, args: int) -> str:
+    """The ``-c`` program that calls ``module.main`` with its first ``args`` arguments, the
+    others put first on ``sys.path``; its return value is the exit code."""
+    return (
+        f"import sys; sys.path[:0] = sys.argv[{args + 1}:]; "
+        f"from {module} import main; sys.exit(main(sys.argv[1:{args + 1}]))"
+    )
+
+
+def start(
+    code: str,
+    args: Sequence[str],
+    *,
+    stdin: int = subprocess.DEVNULL,
+    pass_fds: Sequence[int] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``python -I -S -c code ARGS... PATHS...`` (module docstring), started now; its standard
+    output and error are pipes. ``env``: variables added to this process's environment."""
+    root = str(Path(next(iter(stages.__path__))).parent)
+    paths = [root, *(p for p in sys.path if isinstance(p, str) and p)]
+    # the interpreter the process workers' forkserver runs (multiprocessing.set_executable, for
+    # a program that embeds Python; else sys.executable)
+    python = spawn.get_executable() or sys.executable
+    environ = {**os.environ, **env} if env else None
+    proc = subprocess.Popen(
+        [python, "-I", "-S", "-c", code, *args, *paths],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=pass_fds,
+        env=environ,
+        process_group=0,  # not the terminal's: its Ctrl-C is the command's to decide on
+    )
+    LIVE.add(proc)
+    return proc
+
+
+def how_it_ended(proc: subprocess.Popen[bytes], err: bytes, *, how: str = "") -> str:
+    """How a child that gave no answer ended: ``how``, else its exit code or signal; then the
+    last line of its standard error (``err``)."""
+    code = proc.returncode
+    if not how:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+    return f"{how}: {last[0]}"
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the child if it still runs, and wait for it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    LIVE.discard(proc)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for proc in list(LIVE):
+        stop(proc)
