@@ -6,49 +6,72 @@
   (:class:`pipeline.AtomicFile`). Its bytes are those of the whole table written at once. It
   keeps the size of each chunk of :data:`CHUNK_ROWS` rows (:attr:`~CsvStream.chunks`).
 * :class:`ParquetStream` turns the CSV, once it is in place, into a Parquet file, one chunk at
-  a time (:mod:`app.parquet`: the columns have the types the whole CSV file infers), put in
-  place at once. The command writes it in a child process (:func:`parquet_in_child`).
+  a time (:meth:`~ParquetStream.write_from`), whose columns have the types
+  :func:`pyarrow.csv.read_csv` infers for the whole CSV file — what the table had when it was
+  read whole into memory: pyarrow's CSV inference takes, for each column, the first of null,
+  int64, bool, date32, time32, timestamp, double, string, binary that reads *every* value (a
+  column of integers with one ``1.5`` is double; grey images' single-channel ``mean`` beside
+  colour images' ``"r g b"`` is string). Each chunk's table (its own inference) is appended
+  as it comes; when a later chunk's types differ, the file is rewritten from the CSV with the
+  types of the whole: the latest type in that order among the chunks' if it reads every chunk
+  (it is then what the whole file infers), else — a case no table of this program produces —
+  with the whole CSV read into memory, as before.
 
 Memory, whatever the number of rows: :data:`FLUSH_ROWS` rows of CSV text while a run goes; a
-chunk of rows (a few MB) while the Parquet file is written, in the child (the command) or in
-this process (an embedding program, which imports pyarrow for it at the end of a run). Row
-groups hold :data:`CHUNK_ROWS` rows.
+chunk of rows (a few MB) while the Parquet file is written. Row groups hold
+:data:`CHUNK_ROWS` rows (the content is what one table written whole would hold; only the
+layout of the file differs). pyarrow (some 50 MB) is imported by :meth:`ParquetStream.write_from`
+only, at the end of a run: while the run goes, the parent holds none of it. Only the columns
+named ``dictionary`` are dictionary-encoded (pyarrow's default is every column): a column of
+values that are all different (keys, hashes, means) gains nothing from a dictionary, and its
+dictionary builder kept some 9 MB more after the first chunk (107 against 98 MB at the peak of a
+100,000-row table), in a larger file (6.7 against 5.8 MB).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import os
-import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline import AtomicFile, malloc
 
-from . import children
-
-__all__ = ["CHUNK_ROWS", "CsvStream", "ParquetStream", "parquet_in_child"]
+__all__ = ["CHUNK_ROWS", "CsvStream", "ParquetStream", "pyarrow_without_numpy"]
 
 log = logging.getLogger("app")
 
-_in_child = False  # parquet_in_child() was called
+_without_numpy = False  # pyarrow_without_numpy() was called
 
 
-def parquet_in_child() -> None:
-    """From now on, :class:`ParquetStream` writes in a child process (:mod:`app.children`).
+def pyarrow_without_numpy() -> None:
+    """From now on, pyarrow is imported without numpy when this process has imported neither.
 
-    For a process that is the command's alone (``python -m pipeline`` calls it): pyarrow (some
-    50 MB, 40 ms to import, with numpy 15 MiB and 65 ms more) then never comes into it. A run
-    of images imports neither otherwise (not even for its near-duplicate groups: a child too,
-    above a few thousand images): the command's process, which feeds the workers, stays small
-    and its CPU its own. The child imports pyarrow without numpy. An embedding program writes
-    in its own process, with pyarrow as it is."""
-    global _in_child
-    _in_child = True
+    For a process that is the command's alone (``python -m pipeline`` calls it): pyarrow then
+    goes without numpy for the rest of the process (a supported mode since pyarrow 16), so
+    nothing else in it may want pyarrow's numpy conversions. A run of images never imports
+    numpy otherwise (not even for its near-duplicate groups: :mod:`stages.hashgroups` in this
+    process up to a few thousand images, a child process above, :mod:`app.grouping`),
+    and pyarrow would import it only to have it: 15 MiB and 65 ms at the end of the run, when
+    this process writes ``stats.parquet`` and peaks. An embedding program keeps pyarrow as
+    it is."""
+    global _without_numpy
+    _without_numpy = True
+
+
+def _import_pyarrow() -> None:
+    """Import the pyarrow modules the tables use (see :func:`pyarrow_without_numpy`)."""
+    if not _without_numpy or "pyarrow" in sys.modules or "numpy" in sys.modules:
+        return
+    sys.modules["numpy"] = None  # type: ignore[assignment]  # its import fails: pyarrow's try
+    try:
+        import pyarrow.csv
+        import pyarrow.parquet  # noqa: F401
+    finally:
+        del sys.modules["numpy"]
 
 
 #: Rows per chunk: the unit of the Parquet file's type inference and its row groups.
@@ -148,94 +171,132 @@ class CsvStream:
 
 
 class ParquetStream:
-    """``path`` as a Parquet file of a :class:`CsvStream`'s table (:mod:`app.parquet`), put in
-    place at once by :meth:`write_from`. No row, no file (``path`` is left as it was)."""
+    """``path`` as a Parquet file of the CSV chunks given to :meth:`chunk` (module docstring).
+
+    No chunk, no file (``path`` is left as it was).
+    """
 
     def __init__(self, path: Path, columns: Sequence[str], dictionary: Sequence[str] = ()) -> None:
         self.path = path
         self.columns = list(columns)
-        self.dictionary = list(dictionary)
+        self.dictionary = [c for c in dictionary if c in self.columns]  # few distinct values
+        self._schemas: list[Any] = []  # each chunk's inferred pyarrow schema
         self._file: AtomicFile | None = None
+        self._writer: Any = None  # pyarrow.parquet.ParquetWriter
+        self._mixed = False  # a chunk's types differed from the first's
 
     def write_from(self, csv: CsvStream) -> bool:
         """Write the file from ``csv``'s table, now in place, a chunk at a time, and put it in
-        place; returns whether a file was written."""
-        if not csv.chunks:
-            return False
-        self._file = AtomicFile(self.path)
-        try:
-            written = self._in_child(csv) if _in_child else self._here(csv)
-        except BaseException:
-            self.discard()
-            raise
-        if written:
-            self._file.commit()
+        place; returns whether a file was written (no rows, no file)."""
+        map_large_blocks()
+        with csv.path.open("rb") as fh:
+            fh.seek(csv.header_size)
+            for size in csv.chunks:
+                self.chunk(fh.read(size))
+                release_freed()
+        return self.commit(csv.path)
+
+    def chunk(self, data: bytes) -> None:
+        """The next rows of the CSV (no header)."""
+        _import_pyarrow()
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        # the table from the CSV text: pa.Table.from_pylist would import pandas (when
+        # installed), half a second for nothing, and infer other types. One thread: a chunk is
+        # small, and the reader's threads would each keep memory of their own.
+        opts = pacsv.ReadOptions(column_names=self.columns, use_threads=False)
+        table = pacsv.read_csv(pa.BufferReader(data), read_options=opts, memory_pool=_pool())
+        self._schemas.append(table.schema)
+        if self._mixed:
+            return
+        if self._writer is None:
+            self._writer = self._open(table.schema)
+        if table.schema.equals(self._writer.schema):
+            self._write(table)
         else:
-            self._file.discard()
-        return written
+            self._mixed = True  # rewritten from the CSV by commit()
+
+    def commit(self, csv_path: Path) -> bool:
+        """Put the file in place; ``csv_path`` is the whole CSV (needed when chunks' types
+        differ). Returns whether a file was written."""
+        if self._writer is None:
+            return False
+        if self._mixed:
+            self.discard()
+            self._rewrite(csv_path)
+        else:
+            self._commit()
+        return True
 
     def discard(self) -> None:
+        try:
+            self._close()
+        except (OSError, ValueError) as exc:  # the file goes anyway
+            log.debug("closing %s: %s", self.path, exc)
         if self._file is not None:
             self._file.discard()
 
-    def _job(self, csv: CsvStream) -> dict[str, Any]:
-        return {
-            "csv": str(csv.path),
-            "header": csv.header_size,
-            "chunks": csv.chunks,
-            "columns": self.columns,
-            "dictionary": self.dictionary,
-            "chunk_rows": csv.chunk_rows,
-        }
+    def _open(self, schema: Any) -> Any:
+        import pyarrow.parquet as pq
 
-    def _here(self, csv: CsvStream) -> bool:
-        from .parquet import ParquetChunks, import_pyarrow
-
-        assert self._file is not None
-        import_pyarrow(without_numpy=False)
-        map_large_blocks()
-        table = ParquetChunks(
-            self._file.file, self.columns, self.dictionary, chunk_rows=csv.chunk_rows
+        self._file = AtomicFile(self.path)
+        return pq.ParquetWriter(
+            self._file.file,
+            schema,
+            memory_pool=_pool(),
+            use_dictionary=self.dictionary or False,
         )
-        try:
-            return table.write_from(csv.path, csv.header_size, csv.chunks, release_freed)
-        finally:
-            table.close()
 
-    def _in_child(self, csv: CsvStream) -> bool:
-        """:func:`app.parquet.main` in a child, given the temporary file's descriptor."""
+    def _close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def _rewrite(self, csv_path: Path) -> None:
+        _import_pyarrow()
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        schema = _whole_file_schema(self._schemas)
+        if schema is not None:
+            try:
+                self._stream(csv_path, schema)
+                return
+            except pa.ArrowInvalid:  # a chunk that the type does not read: not the whole's
+                self.discard()
+        table = pacsv.read_csv(csv_path, memory_pool=_pool())
+        self._writer = self._open(table.schema)
+        self._write(table)
+        self._commit()
+
+    def _stream(self, csv_path: Path, schema: Any) -> None:
+        """The CSV read again with the given column types, in batches."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        types = pacsv.ConvertOptions(column_types=schema)
+        with pacsv.open_csv(csv_path, convert_options=types, memory_pool=_pool()) as reader:
+            self._writer = self._open(schema)
+            batches: list[Any] = []
+            rows = 0
+            for batch in reader:  # blocks of about a megabyte: row groups of CHUNK_ROWS rows
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows >= CHUNK_ROWS:
+                    self._write(pa.Table.from_batches(batches, schema))
+                    batches, rows = [], 0
+            if batches:
+                self._write(pa.Table.from_batches(batches, schema))
+        self._commit()
+
+    def _write(self, table: Any) -> None:
+        self._writer.write_table(table, row_group_size=CHUNK_ROWS)
+
+    def _commit(self) -> None:
+        self._close()
         assert self._file is not None
-        fd = self._file.file.fileno()
-        env = {}  # large blocks mapped in the child too (see map_large_blocks)
-        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
-        proc = children.start(_PROGRAM, [str(fd)], stdin=subprocess.PIPE, pass_fds=(fd,), env=env)
-        try:
-            out, err = proc.communicate(json.dumps(self._job(csv)).encode("utf-8"))
-        finally:
-            children.stop(proc)
-        try:
-            answer = json.loads(out) if out else None
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            how = children.how_it_ended(proc, err)
-            raise RuntimeError(f"the child process writing {self.path.name} {how}")
-        if "error" in answer:
-            raise _error(answer, self.path)
-        return bool(answer.get("written"))
-
-
-#: The child's program: ``app.parquet.main(FD)``.
-_PROGRAM = children.program("app.parquet", 1)
-
-
-def _error(answer: dict[str, Any], path: Path) -> Exception:
-    """The child's error, raised here: an ``OSError`` as one (a full disk stays ``ENOSPC``)."""
-    code, message = answer.get("errno"), str(answer.get("message", ""))
-    if isinstance(code, int):
-        return OSError(code, os.strerror(code), str(path))
-    return RuntimeError(f"writing {path.name}: {answer.get('error')}: {message}")
+        self._file.commit()
 
 
 def release_freed() -> None:
@@ -259,3 +320,38 @@ def map_large_blocks() -> None:
     of chunks (+9 MB from 1 to 61 chunks: 77 -> 86 MB; +3 MB with the threshold kept). Setting
     it keeps it. For the end of a run (this process's items are done): process-wide."""
     malloc.mallopt_unless_set(malloc.M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def _pool() -> Any:
+    """The memory pool of the tables' pyarrow work: the system allocator's, which gives freed
+    memory back (pyarrow's default, mimalloc, keeps some 7 MB more for the rest of the run)."""
+    import pyarrow as pa
+
+    return pa.system_memory_pool()
+
+
+def _whole_file_schema(schemas: Sequence[Any]) -> Any:
+    """The schema that ``read_csv`` infers for the whole file, from its chunks' schemas, if the
+    latest type of each column (in pyarrow's order of inference) is it; None when a column has
+    a type outside that order. The caller checks that the types read every chunk."""
+    import pyarrow as pa
+
+    order = [
+        pa.null(),
+        pa.int64(),
+        pa.bool_(),
+        pa.date32(),
+        pa.time32("s"),
+        pa.timestamp("s"),
+        pa.timestamp("ns"),
+        pa.float64(),
+        pa.string(),
+        pa.binary(),
+    ]
+    fields = []
+    for i, first in enumerate(schemas[0]):
+        types = {s.field(i).type for s in schemas}
+        if not types <= set(order):
+            return None
+        fields.append(pa.field(first.name, max(types, key=order.index)))
+    return pa.schema(fields)

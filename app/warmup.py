@@ -50,11 +50,11 @@ def start_forkserver(*, fork: bool = False) -> None:
 
 def the_commands_process() -> None:
     """``python -m pipeline``, before the command runs: choices for a process that is the
-    command's alone, which an embedding program would not want made for it — ``stats.parquet``
-    written in a child process (:func:`app.tables.parquet_in_child`)."""
-    from .tables import parquet_in_child
+    command's alone, which an embedding program would not want made for it — pyarrow without
+    numpy (:func:`app.tables.pyarrow_without_numpy`)."""
+    from .tables import pyarrow_without_numpy
 
-    parquet_in_child()
+    pyarrow_without_numpy()
 
 
 def warm_up_argv(argv: Sequence[str]) -> bool:

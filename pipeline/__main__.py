@@ -73,10 +73,10 @@ def run() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # pyarrow's memory from the system allocator (glibc's malloc), unless the user says
     # otherwise: its default, mimalloc, takes ~8 MB more (measured) to write the few thousand
-    # rows of stats.parquet at the end of a run (the tables already pass the system pool where
-    # pyarrow takes one, but the Parquet writer allocates some of its buffers from the default
-    # pool). Read once, when pyarrow first allocates; this process never imports it: inherited
-    # by the child that writes stats.parquet and by the workers (Parquet and CSV data files).
+    # rows of stats.parquet at the end of a run, when this process holds pyarrow and numpy
+    # alone and peaks (the tables already pass the system pool where pyarrow takes one, but
+    # the Parquet writer allocates some of its buffers from the default pool). Read once,
+    # when pyarrow first allocates; inherited by the workers (Parquet and CSV data files).
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     try:
         _warm_up(sys.argv[1:])

@@ -26,7 +26,6 @@ import pipeline.malloc
 from app.collectors import DataTable, NearDuplicates, StatsTable
 from app.config import ProcessConfig
 from app.endofrun import RecordFeed
-from app.parquet import ParquetChunks
 from app.process import run_process
 from app.report import ReportSheet, write_report
 from app.tables import CsvStream, ParquetStream
@@ -408,92 +407,6 @@ def test_a_grouping_child_still_running_is_stopped_by_close(
     assert _temporaries(table.folder) == []
 
 
-# -- stats.parquet in a child process (the command's way: app.tables.parquet_in_child) -------------
-def _table_in_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StatsTable:
-    monkeypatch.setattr(app.tables, "_in_child", True)
-    return StatsTable(_folder(tmp_path, [_image("a.jpg", "0"), _image("b.jpg", "1")]))
-
-
-def test_stats_parquet_written_by_a_child_is_the_same_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The child writes the table that this process would: same rows, types and row groups."""
-    here = StatsTable(_folder(tmp_path / "here", [_image("a.jpg", "0"), _image("b.jpg", "1")]))
-    assert here.result()["files"] == ["stats.csv", "stats.parquet"]
-    before = _children()
-    child = _table_in_child(tmp_path / "child", monkeypatch)
-    assert child.result()["files"] == ["stats.csv", "stats.parquet"]
-    here.close()
-    child.close()
-    got, expected = (pq.read_table(t.folder / "stats.parquet") for t in (child, here))
-    assert got.equals(expected)
-    assert got.schema.equals(expected.schema)
-    assert _children() == before
-    assert not app.children.LIVE
-    assert _temporaries(child.folder) == []
-
-
-@pytest.mark.parametrize(
-    ("program", "error"),
-    [
-        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "was killed by signal 9"),
-        ("raise SystemExit('no memory for pyarrow')", "exited with code 1: no memory for pyarrow"),
-        ("print('hello')", "exited with code 0: no message"),
-    ],
-    ids=["killed", "failed", "no answer"],
-)
-def test_a_parquet_child_that_ends_without_its_answer_fails_that_table_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, program: str, error: str
-) -> None:
-    """Killed (as the kernel's out-of-memory killer does), an error before its answer, or an
-    answer that is not one: the table fails saying how the child ended; stats.csv stands, no
-    stats.parquet, no temporary file, no child left."""
-    monkeypatch.setattr(app.tables, "_PROGRAM", program)
-    before = _children()
-    table = _table_in_child(tmp_path, monkeypatch)
-    with pytest.raises(RuntimeError, match=f"child process writing stats.parquet {error}"):
-        table.result()
-    assert (table.folder / "stats.csv").exists()
-    assert not (table.folder / "stats.parquet").exists()
-    assert _temporaries(table.folder) == []
-    assert _children() == before
-    assert not app.children.LIVE
-
-
-def test_an_os_error_in_the_parquet_child_is_raised_here_as_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The child's OSError comes back with its errno (a full disk stays ENOSPC): here the CSV
-    it is told to read is not there."""
-    job = app.tables.ParquetStream._job
-
-    def elsewhere(stream: Any, csv: Any) -> dict[str, Any]:
-        return {**job(stream, csv), "csv": str(tmp_path / "gone.csv")}
-
-    monkeypatch.setattr(app.tables.ParquetStream, "_job", elsewhere)
-    table = _table_in_child(tmp_path, monkeypatch)
-    with pytest.raises(FileNotFoundError, match=r"stats\.parquet"):
-        table.result()
-    assert not (table.folder / "stats.parquet").exists()
-    assert _temporaries(table.folder) == []
-
-
-def test_a_parquet_child_that_cannot_start_fails_that_table_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import subprocess
-
-    def no_fork(*args: Any, **kwargs: Any) -> None:
-        raise BlockingIOError(11, "Resource temporarily unavailable")
-
-    table = _table_in_child(tmp_path, monkeypatch)
-    monkeypatch.setattr(subprocess, "Popen", no_fork)
-    with pytest.raises(BlockingIOError):
-        table.result()
-    assert (table.folder / "stats.csv").exists()
-    assert _temporaries(table.folder) == []
-
-
 # -- tables written as they stream ----------------------------------------------------------------
 COLUMNS = ("key", "value")
 MIXED = {  # a column's values, chunk after chunk (two rows a chunk)
@@ -625,23 +538,16 @@ def test_csv_chunks_are_whole_rows_whatever_the_flushes(
     assert rows[2][-1] == "k11,11"
 
 
-@pytest.mark.parametrize("in_child", [False, True], ids=["here", "in a child"])
-def test_stats_table_in_many_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_child: bool
-) -> None:
-    """Chunks whose types differ (the greys' "mean" reads as a number on its own): the file is
-    written again with the whole table's types, in this process (an embedding program's) and
-    in the child process that the command uses (app.tables.parquet_in_child)."""
+def test_stats_table_in_many_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app.tables, "CHUNK_ROWS", 3)
-    monkeypatch.setattr(app.tables, "_in_child", in_child)
     records = [_image(f"{i}.jpg", f"{i:04x}") for i in range(9)]
     greys = [_image(f"grey{i}.jpg", f"0f0{i}") for i in range(2)]
     for grey in greys:  # one channel: their own chunk infers a double "mean", the whole a string
         grey["result"]["stats"]["mean"] = [12.0]
     spied: list[bool] = []
-    rewrite = ParquetChunks._rewrite
+    rewrite = ParquetStream._rewrite
     monkeypatch.setattr(
-        ParquetChunks, "_rewrite", lambda self, path: spied.append(True) or rewrite(self, path)
+        ParquetStream, "_rewrite", lambda self, path: spied.append(True) or rewrite(self, path)
     )
     for name, extra in (("colour", records[:1]), ("mixed", greys)):
         folder = _folder(tmp_path / name, records + extra)
@@ -654,7 +560,5 @@ def test_stats_table_in_many_chunks(
         assert got.equals(expected)
         assert got.schema.equals(expected.schema)
         assert pq.ParquetFile(folder / "stats.parquet").metadata.num_row_groups == 4
-        # in a child, the string "mean" below is what shows the file was written again
-        assert spied == ([True] if name == "mixed" and not in_child else [])
+        assert spied == ([True] if name == "mixed" else [])
     assert got.schema.field("mean").type == pa.string()
-    assert not app.children.LIVE
