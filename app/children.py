@@ -1,6 +1,5 @@
-"""Plain-interpreter children of the command: end-of-run work that needs a heavy library the
-command's own process does without (pyarrow for ``stats.parquet``, numpy for a large run's
-near-duplicate groups).
+"""Plain-interpreter children of the command: end-of-run work that needs what the command's own
+process does without (numpy for a large run's near-duplicate groups, :mod:`app.grouping`).
 
 A child is ``python -I -S -c PROGRAM`` given this process's ``sys.path`` (so the libraries and
 this project are found where they are found here, whatever the install), not a

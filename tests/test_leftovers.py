@@ -919,11 +919,15 @@ _SLOW_GROUPING_CHILD = _GROUPING_IN_A_CHILD.replace(
 
 
 @pytest.mark.timeout(60)
-def test_ctrl_c_while_the_grouping_child_runs_leaves_nothing(adopt: None, tmp_path: Path) -> None:
-    """A Ctrl-C to the command (to it alone, as ``kill -INT`` sends it) once every item is
-    done, while the end of the run waits for its grouping child (3 s here): the end of the run
-    is not cut short (as for the tables), the groups come from the child, which is waited for;
-    the run's items all done, the exit is 0, and nothing is left."""
+@pytest.mark.parametrize("to", ["command", "group"])
+def test_ctrl_c_while_the_grouping_child_runs_leaves_nothing(
+    adopt: None, tmp_path: Path, to: str
+) -> None:
+    """A Ctrl-C once every item is done, while the end of the run waits for its grouping child
+    (3 s here), to the command alone (as ``kill -INT`` sends it) or to its whole process group
+    (as a terminal sends it: the child leads a group of its own, and is not cut short with
+    it): the end of the run is not cut short (as for the tables), the groups come from the
+    child, which is waited for; the run's items all done, the exit is 0, nothing is left."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _SLOW_GROUPING_CHILD, str(IMAGES), "--output", str(tmp_path)],
         cwd=ROOT,
@@ -937,7 +941,10 @@ def test_ctrl_c_while_the_grouping_child_runs_leaves_nothing(adopt: None, tmp_pa
         line = proc.stdout.readline().decode()  # the child has started
         assert line.startswith("CHILD"), line + proc.stderr.read().decode()
         child = int(line.split()[1])
-        proc.send_signal(signal.SIGINT)
+        if to == "group":
+            os.killpg(proc.pid, signal.SIGINT)  # the command leads its session's group
+        else:
+            proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=DEADLINE)
         assert proc.returncode == 0, err.decode()
         assert "Ctrl-C: stopping" in err.decode()
