@@ -18,7 +18,9 @@ Data flow (``process --output-format webdataset``; the first three in :mod:`stag
 * ``commit`` returns an input's record value only once its shard is renamed: a record says
   ``ok`` only for a sample that sits in a complete shard. After Ctrl-C (or a crash) the inputs
   of the open shard are ``cancelled`` (its temporary file is removed) and the next run redoes
-  them. Resume trusts an ``ok`` record only while its shard exists (:func:`shard_done`).
+  them. Resume trusts an ``ok`` record only while its shard is there as it was written: its
+  size is in the record (``shard_bytes``); a shard of another size is set aside as
+  ``NAME.damaged`` and its inputs are done again (:func:`shard_done`).
 * Shard numbers go on after the highest shard in the folder, so a resumed run never writes
   over a shard and no input is in two shards.
 
@@ -50,8 +52,10 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import re
+import stat
 import tarfile
 import time
 import uuid
@@ -67,6 +71,8 @@ from .parquet_rows import RowGroupWriter, rows_table
 from .samples import Rejected
 from .thumbs import Rendered
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "Packed",
     "ShardIndex",
@@ -77,7 +83,7 @@ __all__ = [
     "shard_done",
 ]
 
-_SHARD_NAME = re.compile(r"^(\d{5,})\.(tar|parquet)$")
+_SHARD_NAME = re.compile(r"^(\d{5,})\.(tar|parquet)(?:\.damaged)?$")  # set aside: counted too
 _DATA_NAME = re.compile(r"^[0-9a-f]*-?\d{5,}\.(tar|parquet)$")  # what a record may name
 _EXTENSION = {"webdataset": "tar", "parquet": "parquet"}
 
@@ -111,6 +117,7 @@ class _Shard:
         else:
             self.table = RowGroupWriter(self.file.file)
         self.rows: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []  # the record values of its samples
         self.bytes = 0
         self.started = time.time()
         self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -136,6 +143,10 @@ class _Shard:
             self.tar.close()
         if self.table is not None:
             self.table.close()
+        self.file.file.flush()
+        size = os.fstat(self.file.file.fileno()).st_size
+        for record in self.records:  # what resume checks the shard against (ShardIndex)
+            record["shard_bytes"] = size
         buf = io.BytesIO()
         pq.write_table(rows_table(self.rows), buf)
         meta = f"{self.name}.parquet" if self.fmt == "webdataset" else f"{self.name}_meta.parquet"
@@ -212,6 +223,8 @@ class ShardWriter:
         shard = self.open
         key, sample, row, record = _sample(value, shard.data_name)
         await asyncio.to_thread(shard.add, key, sample, row)
+        if sample is not None:
+            shard.records.append(record)
         packed = Packed(record, shard.committed, value if isinstance(value, Rejected) else None)
         if len(shard.rows) >= self.per_shard:
             self.open = None
@@ -381,19 +394,62 @@ async def open_shards(
 
 
 class ShardIndex:
-    """Resume: whether the shard an ``ok`` record names is there (one ``stat`` per shard)."""
+    """Resume: whether the shard an ``ok`` record names is there as it was written (one
+    ``stat`` per shard). Its size must be the ``shard_bytes`` its records say (records written
+    before they said it: the shard's presence is enough).
+
+    A shard that is there but not as written (a copy cut short, a disk that lost its last
+    pages) is set aside at once, with its metadata table and stats file: each renamed
+    ``NAME.damaged`` (a warning says so), so that no loader reads it and none of its inputs is
+    in two shards; its inputs are done again, into new shards."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.seen: dict[str, bool] = {}
+        self.sizes: dict[str, int | None] = {}  # None: not there (or set aside)
 
     def __call__(self, value: Any) -> bool:
         shard = value.get("shard") if isinstance(value, dict) else None
         if not isinstance(shard, str) or not _DATA_NAME.match(shard):
             return False
-        if shard not in self.seen:
-            self.seen[shard] = (self.folder / shard).is_file()
-        return self.seen[shard]
+        if shard not in self.sizes:
+            self.sizes[shard] = _size(self.folder / shard)
+        size = self.sizes[shard]
+        if size is None:
+            return False
+        written = value.get("shard_bytes")
+        if isinstance(written, int) and written != size:
+            self.sizes[shard] = None
+            _set_aside(self.folder, shard, f"{size:,} bytes where {written:,} were written")
+            return False
+        return True
+
+
+def _size(path: Path) -> int | None:
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _set_aside(folder: Path, shard: str, why: str) -> list[str]:
+    """Rename the data file ``shard`` of ``folder``, its metadata table and its stats file
+    ``NAME.damaged``; returns the names set aside."""
+    stem, ext = shard.rsplit(".", 1)
+    meta = f"{stem}.parquet" if ext == "tar" else f"{stem}_meta.parquet"
+    moved = []
+    for name in (shard, meta, f"{stem}_stats.json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(folder / name, folder / f"{name}.damaged")
+            moved.append(name)
+    log.warning(
+        "shard %s is not as it was written (%s): set aside as %s.damaged; its inputs are done "
+        "again",
+        shard,
+        why,
+        shard,
+    )
+    return moved
 
 
 def shard_done(folder: Path) -> ShardIndex:

@@ -596,3 +596,51 @@ def test_the_resize_workers_of_a_shard_run_do_not_import_aiohttp() -> None:
     loaded = set(done.stdout.strip()[2:-2].split("', '"))
     assert "stages.samples" in loaded
     assert not {m for m in loaded if m.split(".")[0] in ("aiohttp", "pyarrow")}
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_a_shard_not_as_written_is_set_aside_and_its_inputs_done_again(
+    tmp_path: Path, images: tuple[Images, str], fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Resume trusts a shard only as it was written (its size is in its records): one cut short
+    (a copy that stopped, a disk that lost its last pages) is set aside as NAME.damaged with
+    its metadata table and stats, a warning says so, and its samples are made again into a new
+    shard; a shard deleted, likewise. Every sample is then in exactly one shard a loader reads.
+    Before, a shard cut short was reused: its records said ok, its samples were lost."""
+    _, base = images
+    table = write_parquet(tmp_path / "t.parquet", table_rows(base, 20))
+    out = tmp_path / "out"
+    assert run_process(shard_config(out, table, output_format=fmt)).exit_code == 1
+    ext = "tar" if fmt == "webdataset" else "parquet"
+    meta = "00001.parquet" if fmt == "webdataset" else "00001_meta.parquet"
+    recs = by_key(out)
+    ok = {k for k, r in recs.items() if r["status"] == "ok"}
+    in_shard = {
+        n: {k for k in ok if recs[k]["result"]["shard"] == f"{n:05d}.{ext}"} for n in (1, 2)
+    }
+    assert {recs[k]["result"]["shard_bytes"] for k in in_shard[1]} == {
+        (out / f"00001.{ext}").stat().st_size
+    }
+    cut = out / f"00001.{ext}"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    (out / f"00002.{ext}").unlink()
+
+    with caplog.at_level("WARNING", logger="stages.shards"):
+        again = run_process(shard_config(out, table, output_format=fmt))
+    redone = in_shard[1] | in_shard[2]
+    assert again.counts == {"reused": len(ok - redone), "ok": len(redone), "failed": len(BAD)}
+    for name in (f"00001.{ext}", meta, "00001_stats.json"):
+        assert (out / f"{name}.damaged").is_file()
+    assert not cut.exists()
+    assert f"shard 00001.{ext} is not as it was written" in caplog.text
+    if fmt == "webdataset":
+        keys = [str(s["__key__"]) for s in read_samples(out)]
+    else:
+        data = list(out.glob("[0-9]*[0-9].parquet"))
+        keys = [r["key"] for p in data for r in pq.read_table(p).to_pylist()]
+    assert sorted(keys) == sorted(ok)  # each sample once
+    now = by_key(out)
+    assert f"00001.{ext}" not in {now[k]["result"]["shard"] for k in redone}
+    # a third run finds every shard as written: nothing is done again, nothing set aside
+    third = run_process(shard_config(out, table, output_format=fmt))
+    assert third.counts == {"reused": len(ok), "failed": len(BAD)}
