@@ -4,8 +4,8 @@ Runs in a worker process forked from the forkserver (see :mod:`pipeline.procpool
 parent's side and the wire protocol). Light on purpose: no asyncio, no ledger, so a forkserver
 that preloads it is ready sooner.
 
-Imported by the forkserver (it is on every preload list), it also makes the forkserver's exit
-quick: see :func:`_freeze_at_exit_in_forkserver`.
+Imported by the forkserver (it is on every preload list), it also makes the forkserver ignore
+the signals the run stops on and its exit quick: see :func:`_settle_forkserver`.
 """
 
 from __future__ import annotations
@@ -99,8 +99,17 @@ def _preloaded_by_forkserver() -> bool:
     return False
 
 
-def _freeze_at_exit_in_forkserver() -> None:
-    """In the forkserver, ``gc.freeze()`` at exit, as ``python -m pipeline`` does for itself.
+def _settle_forkserver() -> None:
+    """In the forkserver (a new interpreter, started by ``multiprocessing`` for a program that
+    embeds the engine), as in the one ``python -m pipeline`` forks for itself:
+
+    * ignore the signals the run stops on (:data:`pipeline.forkserver.STOP_SIGNALS`): a SIGTERM
+      or SIGHUP to the program's whole process group (a batch scheduler's ``scancel``, systemd
+      stopping a service, the shell when the terminal hangs up) killed the forkserver, and
+      with it the workers it had forked, whose in-flight items then failed as worker crashes
+      while the run was stopping gracefully (``multiprocessing`` protects it from SIGINT
+      only). The forkserver still exits when the program does (its "alive" pipe closes);
+    * ``gc.freeze()`` at exit, as ``python -m pipeline`` does for itself.
 
     The forkserver exits when the process that started it stops it (``pipeline.forkserver
     .shutdown``) and that process waits for it. Its interpreter shutdown garbage-collects every
@@ -109,10 +118,11 @@ def _freeze_at_exit_in_forkserver() -> None:
     at exit). Workers forked from it leave with ``os._exit``: the handler never runs there.
     """
     if _preloaded_by_forkserver():
+        ignore_stop_signals()
         atexit.register(gc.freeze)
 
 
-_freeze_at_exit_in_forkserver()
+_settle_forkserver()
 
 
 class Arena:

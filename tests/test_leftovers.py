@@ -968,7 +968,7 @@ def test_only_the_forkserver_freezes_its_gc_at_exit(monkeypatch: pytest.MonkeyPa
 
     registered: list[object] = []
     monkeypatch.setattr(atexit, "register", registered.append)
-    worker._freeze_at_exit_in_forkserver()
+    worker._settle_forkserver()
     assert registered == []
 
 
@@ -1034,3 +1034,66 @@ def test_stop_helpers_stops_them_before_the_end_of_run_work(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip() == "OK", proc.stderr.decode()
+
+
+_EMBEDDED_SLOW_RUN = """
+import json, os, sys
+from pipeline import Pipeline, shutdown, stage
+from tests.fns import sleep_each
+
+class First:  # says when the run is going: its first record
+    name = "first"
+    def __init__(self):
+        self.seen = False
+    def add(self, record):
+        if not self.seen:
+            self.seen = True
+            print("GOING", flush=True)
+    def result(self):
+        return None
+
+if __name__ == "__main__":
+    pipe = Pipeline([stage(sleep_each, kind="process", workers=2, kwargs={"seconds": 0.2})])
+    result = pipe.run(range(40), output=sys.argv[1], progress=False, collectors=[First()])
+    print("RESULT " + json.dumps({"code": result.exit_code, "counts": result.counts}), flush=True)
+    shutdown()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_program_embedding_a_run_stops_gracefully_on_a_signal_to_its_group(
+    tmp_path: Path, sig: str
+) -> None:
+    """SIGTERM or SIGHUP to the whole process group of a program that runs a pipeline (a batch
+    scheduler's ``scancel``, systemd stopping it, a terminal that hangs up): the run stops as
+    on Ctrl-C, no item fails. Its forkserver, a new interpreter here (``python -m pipeline``
+    forks its own), died of the signal, and the workers forked from it with it: their
+    in-flight items failed as worker crashes while the run was stopping."""
+    script = tmp_path / "embedded.py"
+    script.write_text(_EMBEDDED_SLOW_RUN)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "out")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().decode().strip() == "GOING"
+        os.killpg(proc.pid, getattr(signal, sig))  # its own session: the run's processes only
+        out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, err.decode()
+        assert _session(proc.pid) == []  # shutdown() stopped and reaped the helpers
+    finally:
+        _kill_session(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    result = json.loads(out.decode().split("RESULT ", 1)[1])
+    assert result["code"] == 128 + getattr(signal, sig), err.decode()
+    assert "failed" not in result["counts"], err.decode()
+    assert "crash" not in err.decode()
+    assert result["counts"].get("ok", 0) + result["counts"].get("cancelled", 0) == 40
