@@ -720,6 +720,7 @@ def _slow_images(folder: Path, n: int) -> None:
     [
         ("SIGINT", "command", 130),  # Ctrl-C
         ("SIGHUP", "group", 129),  # the terminal hung up: the shell's, to every process of the job
+        ("SIGTERM", "group", 143),  # a batch scheduler's (scancel), to every process of the job
     ],
 )
 def test_sigint_stops_a_dask_run_and_leaves_nothing_behind(

@@ -276,17 +276,19 @@ def _peak_rss_mb() -> float:
 
 
 def dask_setup(worker: Any) -> None:
-    """Worker preload hook, for the LocalCluster the backend starts: ignore SIGINT and SIGHUP.
+    """Worker preload hook, for the LocalCluster the backend starts: ignore SIGINT, SIGHUP and
+    SIGTERM.
 
     Ctrl-C in a terminal reaches the whole process group, and so does the shell's SIGHUP when
-    the terminal hangs up. The driver owns them (it stops feeding, cancels the shards and
-    closes the cluster); a worker killed by one on its own would only die mid-shard, be started
-    again by its nanny and make the shutdown slower. (Not SIGTERM: the nanny stops its worker
-    with it.)
+    the terminal hangs up, and a batch scheduler's SIGTERM (``scancel``) or systemd's. The
+    driver owns them (it stops feeding, cancels the shards and closes the cluster); a worker
+    killed by one on its own would only die mid-shard and be started again by its nanny. The
+    nanny stops its worker without them: a "stop" message, then SIGKILL past its timeout.
     """
     with contextlib.suppress(ValueError):  # not the main thread: leave the signals alone
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _task_probe() -> tuple[str, Callable[[], bool]]:
