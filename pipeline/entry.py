@@ -105,7 +105,9 @@ def iterate(
     """Yield terminal records as they complete; the run goes on a background thread's loop.
 
     At most ``buffer`` records wait for the caller; the run's ledger writer waits beyond that.
-    Leaving early aborts the run (no grace period) and waits for its thread to end.
+    Leaving early aborts the run (no grace period) and waits for its thread to end. A Ctrl-Z
+    pauses the workers with the caller's process, while the iteration goes (main thread only,
+    unless the caller handles SIGTSTP itself): see :func:`pause_with_workers`.
     """
     out: queue.Queue[Record | BaseException | None] = queue.Queue(maxsize=buffer)
 
@@ -117,6 +119,7 @@ def iterate(
 
     background = _Background(Run(stages, inputs, opts, collectors, on_record), out)
     finished = False
+    ctrl_z = _take_ctrl_z()
     try:
         while True:
             got = out.get()
@@ -131,6 +134,20 @@ def iterate(
         if not finished:
             background.abort()
         background.thread.join()
+        if ctrl_z:
+            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+
+
+def _take_ctrl_z() -> bool:
+    """In the main thread, with SIGTSTP at its default: Ctrl-Z pauses the workers too (the
+    handler runs in this thread, between the caller's steps or while it waits for a record).
+    Whether it was taken (the default is put back at the end)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTSTP) is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTSTP, lambda signum, frame: pause_with_workers())
+    return True
 
 
 class _Background:

@@ -1097,3 +1097,65 @@ def test_a_program_embedding_a_run_stops_gracefully_on_a_signal_to_its_group(
     assert "failed" not in result["counts"], err.decode()
     assert "crash" not in err.decode()
     assert result["counts"].get("ok", 0) + result["counts"].get("cancelled", 0) == 40
+
+
+_ITERATED_SLOW_RUN = """
+import os, sys
+from pipeline import Pipeline, shutdown, stage
+from tests.fns import sleep_each
+
+if __name__ == "__main__":
+    pipe = Pipeline([stage(sleep_each, kind="process", workers=2, kwargs={"seconds": 0.1})])
+    statuses = []
+    for record in pipe.iter(range(30), output=sys.argv[1]):
+        if not statuses:
+            print("GOING", flush=True)
+        statuses.append(str(record.status))
+    print("STATUSES " + " ".join(sorted(set(statuses))) + f" {len(statuses)}", flush=True)
+    shutdown()
+"""
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_z_pauses_the_workers_of_an_iterated_run(tmp_path: Path) -> None:
+    """``Pipeline.iter`` in a program's main thread: Ctrl-Z (SIGTSTP to the program's group, as
+    a shell's job) stops its workers too, which lead groups of their own; ``fg`` continues
+    them, and the run ends with every record ok. The workers used to go on while the program
+    stood still. Started as a shell starts a job (see the test of the command)."""
+    script = tmp_path / "iterated.py"
+    script.write_text(_ITERATED_SLOW_RUN)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "out")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        process_group=0,
+    )
+    workers: list[psutil.Process] = []
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().decode().strip() == "GOING"
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        workers = [k for k in kids if os.getpgid(k.pid) == k.pid]  # they lead their groups
+        assert len(workers) == 2, kids
+        os.killpg(proc.pid, signal.SIGTSTP)
+
+        def stopped(p: psutil.Process) -> bool:
+            with _suppress_gone():
+                return p.status() == psutil.STATUS_STOPPED
+            return False
+
+        deadline = time.monotonic() + 10
+        while not (stopped(psutil.Process(proc.pid)) and all(stopped(w) for w in workers)):
+            assert time.monotonic() < deadline, [(w.pid, w.status()) for w in workers]
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGCONT)  # fg
+        out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, err.decode()
+        assert "STATUSES ok 30" in out.decode(), out.decode() + err.decode()
+    finally:
+        for p in (proc, *workers):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+        proc.wait(timeout=DEADLINE)
