@@ -112,9 +112,12 @@ def parse_size(text: str) -> Size:
         raise ValueError(f"invalid size {text!r}: expected e.g. '512', '640x480', '640x' or 'x480'")
     side, w, h = m.groups()
     if side is not None:
-        return Size(width=int(side), height=int(side))
-    if not w and not h:
+        w = h = side
+    elif not w and not h:
         raise ValueError(f"invalid size {text!r}: give a width, a height or both")
+    sides = [int(v) for v in (w, h) if v]
+    if not all(1 <= v <= _MAX_SIDE for v in sides):
+        raise ValueError(f"invalid size {text!r}: each side from 1 to {_MAX_SIDE} pixels")
     return Size(width=int(w) if w else None, height=int(h) if h else None)
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import pickle
+import re
 import threading
 import time
 import warnings
@@ -83,7 +84,9 @@ def test_parse_size(text: str, width: int | None, height: int | None, label: str
 
 @pytest.mark.parametrize("text", ["", "x", "0", "abc", "-5", "10x0", "1x2x3", "99999", "5.5"])
 def test_parse_size_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match=r"size|Size"):
+    """In the words of the text given (a side out of range used to be reported as
+    ``Size.width must be ...``, the name of a class the command-line user never sees)."""
+    with pytest.raises(ValueError, match=rf"^invalid size '{re.escape(text)}': "):
         parse_size(text)
 
 
