@@ -214,7 +214,15 @@ class BadURL(DownloadError):
 
 
 class ForbiddenAddress(DownloadError):
-    """The host is, or resolves only to, a loopback/private/link-local/reserved address."""
+    """The host is, or resolves only to, a loopback/private/link-local/reserved address. The
+    message says how such hosts are fetched all the same (an intranet's image server)."""
+
+    HINT = " (private hosts are fetched with --allow-private-hosts)"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        if not message.endswith(self.HINT):  # unpickling passes the message it made
+            message += self.HINT
+        super().__init__(message, **kwargs)
 
 
 class HTTPStatusError(DownloadError):

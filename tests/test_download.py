@@ -470,6 +470,8 @@ async def test_redirect_into_private_network_is_refused(
     exc = await fail(f"http://public.example:{port}/redirect-to?location={location}", config)
     assert isinstance(exc, ForbiddenAddress)
     assert (exc.attempts, exc.status) == (1, 302)
+    # the message says how such a host is fetched all the same, once, also unpickled
+    assert str(pickle.loads(pickle.dumps(exc))).count("--allow-private-hosts") == 1
 
 
 def slow_redirects(delay: float) -> web.RouteTableDef:
