@@ -66,7 +66,9 @@ MESSAGE_WIDTH = 160
 #: files of the output folder named on the summary when they are there
 TABLES = ("stats.csv", "stats.parquet", "data_stats.csv", "summary.json")
 #: verdicts left out of the console's advice (in report.html and summary.json all the same)
-QUIET_VERDICTS = ("starved", "idle")
+QUIET_VERDICTS = ("starved", "idle", "brief")
+#: said instead of the advice when every stage that saw items was too briefly busy to judge
+TOO_BRIEF = "advice: none: each stage was busy under {:g} s, too little to tell (a longer run says)"
 #: the output folders of the images: one per ``--size`` (``512``, ``640x480``, ``640x``, ``x480``)
 SIZE_FOLDER = re.compile(r"\d+|\d+x\d*|x\d+")
 
@@ -92,7 +94,7 @@ def summary_lines(
     result: RunResult, elapsed: float | None = None, stored_at: str | None = None
 ) -> list[str]:
     """The outcome (counts, failures, what was reused, the files to open), then the stages."""
-    from pipeline.advice import render_advice
+    from pipeline.advice import MIN_BUSY, render_advice
 
     seconds = result.duration if elapsed is None else elapsed
     lines = ["", _headline(result, seconds)]
@@ -111,6 +113,8 @@ def summary_lines(
         said = [v for v in result.advice if v.kind not in QUIET_VERDICTS]
         if said:
             lines += ["advice:", render_advice(said)]
+        elif any(v.kind == "brief" for v in result.advice):
+            lines.append(TOO_BRIEF.format(MIN_BUSY))
     return lines
 
 

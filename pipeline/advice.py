@@ -29,7 +29,11 @@ Verdicts (``kind`` field):
   threads scale and save the pickling a process stage would cost;
 * ``cpu``          — a process stage that computes: processes are right;
 * ``io-in-process``— a process stage that mostly waits: threads would do, without pickling;
-* ``blocks-loop``  — an inline stage doing real work on the event loop: use thread or process.
+* ``blocks-loop``  — an inline stage doing real work on the event loop: use thread or process;
+* ``brief``        — not starved, and busy less than ``MIN_BUSY`` seconds in all: too little
+  work to tell (CPU time comes in 10 ms ticks, and on the README's first run, 0.4 s of work,
+  timing noise turned ``cpu`` into ``cpu-python`` from one run to the next); no change is
+  suggested.
 
 Where the run delay is not measured (no ``/proc/thread-self/schedstat``), ``load`` (the
 machine's load average, given by the caller) stands in: on a machine loaded beyond its cores a
@@ -52,7 +56,7 @@ from typing import Any
 
 from .metrics import StageSnapshot, bottleneck, fuse
 
-__all__ = ["Verdict", "advise", "render_advice", "unmeasured_load"]
+__all__ = ["MIN_BUSY", "Verdict", "advise", "render_advice", "unmeasured_load"]
 
 #: (CPU + core wait) / busy below this: the stage mostly waits (sleeps: I/O, locks)
 IO_BELOW = 0.3
@@ -64,6 +68,8 @@ IDLE_BELOW = 0.5
 CONTENDED_ABOVE = 0.25
 #: never more workers than this, whatever the figures
 MAX_WORKERS = 512
+#: a stage busy less than this many seconds in all (its workers together) gets no verdict
+MIN_BUSY = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +249,11 @@ def advise(
             kind, reason, suggested_kind = "idle", "saw no items", r.kind
         elif (starved := _starved(r, i, top, top_index)) is not None:
             (kind, reason), suggested_kind = starved, r.kind
+        elif r.busy < MIN_BUSY:  # after starved: idling for another stage is told by waits
+            reason = f"too little work to tell: busy {r.busy:.2f} s in all, under {MIN_BUSY:g} s"
+            kind, suggested_kind = "brief", r.kind
         suggested = r.workers
-        if r.items and r.busy > 0 and target:
+        if r.items and r.busy > 0 and target and kind != "brief":
             need = target * r.busy / entered  # worker-seconds per input x inputs per second
             suggested = _suggest(r, kind, suggested_kind, need, cores)
         verdicts.append(

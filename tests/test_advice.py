@@ -154,6 +154,38 @@ def test_advice_from_figures_alone() -> None:
     assert kinds["loop"] == ("blocks-loop", "process")
 
 
+def test_too_little_work_gets_no_verdict_but_a_starved_stage_still_does() -> None:
+    """Busy under MIN_BUSY seconds in all: ``brief``, no change suggested (the same figures
+    with ten times the work say ``cpu-python``); a stage idling for the bottleneck is told by
+    its waits, however little it computed."""
+    from pipeline.advice import MIN_BUSY
+
+    small = dict(busy=MIN_BUSY / 2, wall=0.13, utilisation=0.95, cpu=0.12, cpu_per_busy=0.5)
+    gil = _snap("gil", "thread", parallelism=0.95, **small)
+    (v,) = advise([gil], cores=2)
+    assert (v.kind, v.suggested_kind, v.suggested_workers) == ("brief", "thread", 2)
+    assert "too little work to tell" in v.reason
+    ten = {k: x * 10 for k, x in small.items() if k in ("busy", "wall", "cpu")}
+    (more,) = advise([_snap("gil", "thread", parallelism=0.95, **{**small, **ten})], cores=2)
+    assert more.kind == "cpu-python"
+    top = _snap("top", "process", busy=20.0, utilisation=0.95)
+    after = _snap("after", "thread", busy=0.01, utilisation=0.01, wait_inbox=9.0)
+    kinds = {v.stage: v.kind for v in advise([top, after], cores=2)}
+    assert kinds["after"] == "starved"
+
+
+def test_the_console_says_when_the_run_was_too_brief_to_advise() -> None:
+    from app.console import summary_lines
+
+    result = Pipeline([stage(fns.noop, kind="thread", workers=2, name="s")]).run(
+        keyed(5), progress=False
+    )
+    assert [v.kind for v in result.advice] == ["brief"]
+    lines = summary_lines(result)
+    assert lines[-1].startswith("advice: none: each stage was busy under 0.5 s")
+    assert "advice:" not in lines
+
+
 def test_workers_auto_grows_the_bottleneck_and_says_why() -> None:
     pipe = Pipeline(
         [
