@@ -30,10 +30,10 @@ Verdicts (``kind`` field):
 * ``cpu``          — a process stage that computes: processes are right;
 * ``io-in-process``— a process stage that mostly waits: threads would do, without pickling;
 * ``blocks-loop``  — an inline stage doing real work on the event loop: use thread or process;
-* ``brief``        — not starved, and busy less than ``MIN_BUSY`` seconds in all: too little
-  work to tell (CPU time comes in 10 ms ticks, and on the README's first run, 0.4 s of work,
-  timing noise turned ``cpu`` into ``cpu-python`` from one run to the next); no change is
-  suggested.
+* ``brief``        — busy less than ``MIN_BUSY`` seconds in all, and neither starved nor
+  contended (their waits are measured in nanoseconds, not in CPU ticks): too little work to
+  tell. CPU time comes in 10 ms ticks: on the README's first run, 0.4 s of work, timing noise
+  turned ``cpu`` into ``cpu-python`` from one run to the next. No change is suggested.
 
 Where the run delay is not measured (no ``/proc/thread-self/schedstat``), ``load`` (the
 machine's load average, given by the caller) stands in: on a machine loaded beyond its cores a
@@ -249,7 +249,7 @@ def advise(
             kind, reason, suggested_kind = "idle", "saw no items", r.kind
         elif (starved := _starved(r, i, top, top_index)) is not None:
             (kind, reason), suggested_kind = starved, r.kind
-        elif r.busy < MIN_BUSY:  # after starved: idling for another stage is told by waits
+        elif r.busy < MIN_BUSY and kind != "contended":  # waits tell those, not CPU ticks
             reason = f"too little work to tell: busy {r.busy:.2f} s in all, under {MIN_BUSY:g} s"
             kind, suggested_kind = "brief", r.kind
         suggested = r.workers
