@@ -695,7 +695,9 @@ def test_a_cluster_left_without_a_worker_stops_the_run(
     killer.join(timeout=10)
     recorded = by_key(out)
     assert {r["status"] for r in recorded.values()} <= {"ok", "cancelled"}
-    assert 0 < sum(r["status"] == "ok" for r in recorded.values()) < 200
+    # the shards in flight when the worker died are cancelled; how many finished before it
+    # did is a race (a shard's result leaves its worker after its last item's mark)
+    assert sum(r["status"] == "cancelled" for r in recorded.values()) > 0
 
 
 # -- Ctrl-C on a real CLI run -------------------------------------------------------------------
