@@ -18,10 +18,9 @@ says how one ended without its answer, for the error the caller raises.
 from __future__ import annotations
 
 import atexit
-import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from multiprocessing import spawn
 from pathlib import Path
 
@@ -42,29 +41,19 @@ def program(module: str, args: int) -> str:
     )
 
 
-def start(
-    code: str,
-    args: Sequence[str],
-    *,
-    stdin: int = subprocess.DEVNULL,
-    pass_fds: Sequence[int] = (),
-    env: Mapping[str, str] | None = None,
-) -> subprocess.Popen[bytes]:
-    """``python -I -S -c code ARGS... PATHS...`` (module docstring), started now; its standard
-    output and error are pipes. ``env``: variables added to this process's environment."""
+def start(code: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+    """``python -I -S -c code ARGS... PATHS...`` (module docstring), started now; no standard
+    input, its standard output and error are pipes."""
     root = str(Path(next(iter(stages.__path__))).parent)
     paths = [root, *(p for p in sys.path if isinstance(p, str) and p)]
     # the interpreter the process workers' forkserver runs (multiprocessing.set_executable, for
     # a program that embeds Python; else sys.executable)
     python = spawn.get_executable() or sys.executable
-    environ = {**os.environ, **env} if env else None
     proc = subprocess.Popen(
         [python, "-I", "-S", "-c", code, *args, *paths],
-        stdin=stdin,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        pass_fds=pass_fds,
-        env=environ,
         process_group=0,  # not the terminal's: its Ctrl-C is the command's to decide on
     )
     LIVE.add(proc)
@@ -86,7 +75,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait()
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
+    for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
     LIVE.discard(proc)
