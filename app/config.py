@@ -253,6 +253,14 @@ class ProcessConfig:
         group=FILES,
         needs=Needs("include", "exclude"),
     )
+    follow_symlinks: bool = option(
+        False,
+        kind=Flag(),
+        help="follow a symlink in an input folder to a file outside that folder too (a "
+        "git-annex tree, a subset made of links); by default it is skipped with its reason. "
+        "Never to a special file, a folder or into the output folder",
+        group=FILES,
+    )
     max_file_size: int = option(
         DEFAULT_MAX_FILE_BYTES,
         kind=ByteSize(low=1),

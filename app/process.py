@@ -375,6 +375,7 @@ def _run(
             data_extensions=DATA_EXTENSIONS,
             never=[out, *([cfg.output] if is_url(cfg.output) else [])],
             verify_content=cfg.verify_content,
+            follow_symlinks=cfg.follow_symlinks,
         ),
         _url_inputs(cfg),
     )

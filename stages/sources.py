@@ -22,9 +22,10 @@ or that now comes from another file (see :mod:`pipeline.runner`).
   file and an object in storage in the read stage, :mod:`stages.steps`); anything else is
   ``skipped`` there with what it is;
 * a named pipe, socket or device is ``skipped`` with what it is, and never opened (no hang);
-* a symlink is followed to a file inside its input root; a dangling one, a loop and one that
-  leads outside the root are ``skipped``, each with its reason; one to a folder inside the root
-  is ``skipped`` (its files are recorded at their own path);
+* a symlink is followed to a file inside its input root (anywhere, with ``follow_symlinks``); a
+  dangling one, a loop, one that leads outside the root and one to a folder are ``skipped``,
+  each with its reason (a folder inside the root: its files are recorded at their own path);
+  so is one into the output folder (outputs are never read back as inputs);
 * a folder that cannot be listed is ``failed`` (``UnreadableFolder``);
 * the output folder, when it lies inside an input folder, is ``skipped`` as one entry and never
   walked; so is any folder holding another run's ledger (``.pipeline/``): outputs are never
@@ -125,6 +126,7 @@ def walk_inputs(
     never: Sequence[str | os.PathLike[str]] = (),
     verify_content: bool = False,
     case_sensitive_globs: bool = False,
+    follow_symlinks: bool = False,
 ) -> Iterator[Item | Record]:
     """Yield an :class:`~pipeline.Item` (value: :class:`SourceFile` or :class:`DataFile`) or a
     :class:`~pipeline.Record` for every entry under ``roots`` (see the module docstring), or
@@ -132,12 +134,13 @@ def walk_inputs(
 
     ``never``: folders not to walk (the output folder). ``verify_content``: add the SHA-256 of
     each file to its identity (reads every file here, once). ``case_sensitive_globs``: the
-    globs match in the key's case only.
+    globs match in the key's case only. ``follow_symlinks``: a symlink in a folder is followed
+    to a file outside that folder too.
     """
     flags = 0 if case_sensitive_globs else re.IGNORECASE
     wanted = [re.compile(fnmatch.translate(p), flags) for p in include]
     unwanted = [re.compile(fnmatch.translate(p), flags) for p in exclude]
-    walk = _Walk(wanted, unwanted, data_extensions, never, verify_content)
+    walk = _Walk(wanted, unwanted, data_extensions, never, verify_content, follow_symlinks)
     plan = roots if isinstance(roots, InputPlan) else plan_inputs(roots)
     for root in plan.roots:
         if is_url(root.path):
@@ -356,10 +359,12 @@ class _Walk:
         data_extensions: frozenset[str],
         never: Sequence[str | os.PathLike[str]],
         verify_content: bool,
+        follow_symlinks: bool = False,
     ) -> None:
         self.include, self.exclude = include, exclude
         self.data_extensions = data_extensions
         self.verify_content = verify_content
+        self.follow_symlinks = follow_symlinks
         self.never: set[tuple[int, int]] = set()
         for folder in never:
             try:
@@ -427,6 +432,45 @@ class _Walk:
             return "another run's output folder (it holds .pipeline/): not walked"
         return None
 
+    def _symlink(self, path: str, real_root: str | None) -> str | None:
+        """Why the symlink at ``path`` is not followed, or None to follow it (to a file).
+        ``real_root``: the input folder it is in (resolved), None for a file argument."""
+        target = _target(path)
+        if not isinstance(target, tuple):
+            return target
+        real, is_dir = target
+        inside = real_root is None or real == real_root
+        inside = inside or real.startswith(str(real_root).rstrip(os.sep) + os.sep)
+        if is_dir:
+            if inside:
+                return (
+                    "symlink to a folder inside the input root: its files are recorded at their "
+                    "own path"
+                )
+            return "symlink to a folder outside its input root: not walked (give it as an input)"
+        into = self._into_outputs(real)  # first: the option does not take those either
+        if into is None and not inside and not self.follow_symlinks:
+            return "symlink leads outside its input root; not followed (--follow-symlinks does)"
+        return into
+
+    def _into_outputs(self, real: str) -> str | None:
+        """Why the file ``real`` (a symlink's resolved target) is not read, or None: it is in
+        the output folder (a folder above it is), which would read this run's outputs back."""
+        if not self.never:
+            return None
+        folder = os.path.dirname(real)
+        while True:
+            try:
+                st = os.stat(folder)
+            except OSError:
+                return None
+            if (st.st_dev, st.st_ino) in self.never:
+                return "symlink into the output folder: outputs are never read back as inputs"
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                return None
+            folder = parent
+
     # -- one entry -----------------------------------------------------------------------------
     def entry(
         self,
@@ -446,7 +490,7 @@ class _Walk:
         try:
             st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
-                why = _symlink(path, root.real if root.folder else None)
+                why = self._symlink(path, root.real if root.folder else None)
                 if why is not None:
                     yield _skipped(key, path, why, st)
                     return
@@ -486,8 +530,9 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _symlink(path: str, real_root: str | None) -> str | None:
-    """Why the symlink at ``path`` is not followed, or None to follow it (to a file)."""
+def _target(path: str) -> tuple[str, bool] | str:
+    """The symlink ``path``'s resolved target and whether it is a folder; else why it cannot be
+    followed."""
     try:
         target = os.path.realpath(path, strict=True)
     except FileNotFoundError:
@@ -498,13 +543,7 @@ def _symlink(path: str, real_root: str | None) -> str | None:
         return f"symlink that cannot be followed: {exc.strerror or exc}"
     except RuntimeError:  # older Pythons report a loop this way
         return "symlink loop: it leads back to itself"
-    if real_root is not None and not (
-        target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)
-    ):
-        return "symlink leads outside its input root; not followed"
-    if os.path.isdir(target):
-        return "symlink to a folder inside the input root: its files are recorded at their own path"
-    return None
+    return target, os.path.isdir(target)
 
 
 _SPECIAL = (

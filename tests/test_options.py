@@ -45,6 +45,7 @@ EXAMPLES: dict[str, tuple[list[str], str]] = {
         ["--exclude", "a*", "--case-sensitive-globs"],
         'exclude = "a*"\ncase-sensitive-globs = true',
     ),
+    "follow_symlinks": (["--follow-symlinks"], "follow-symlinks = true"),
     "max_file_size": (["--max-file-size", "10MB"], "max-file-size = 10000000"),
     "size": (["--size", "256", "--size", "64x48"], 'size = ["256", "64x48"]'),
     "mode": (["--mode", "fill"], 'mode = "fill"'),

@@ -483,7 +483,8 @@ def test_every_entry_gets_one_record_and_special_files_are_never_opened(
         b"sock.jpg": "a socket: not a regular file; never opened",
         b"dangling.jpg": "dangling symlink: its target does not exist",
         b"loop.jpg": "symlink loop: it leads back to itself",
-        b"outside.jpg": "symlink leads outside its input root; not followed",
+        b"outside.jpg": "symlink leads outside its input root; not followed (--follow-symlinks "
+        "does)",
         b"subdir_link": "symlink to a folder inside the input root: its files are recorded "
         "at their own path",
     }
@@ -504,6 +505,47 @@ def test_every_entry_gets_one_record_and_special_files_are_never_opened(
     for key in (b"pipe.jpg", b"dangling.jpg", b"outside.jpg"):
         assert recs[key]["reason"].startswith("input gone"), recs[key]
     assert recs[b"sock.jpg"]["reason"] == expected[b"sock.jpg"]
+
+
+def test_follow_symlinks_takes_files_outside_the_folder_never_the_output_folder(
+    tmp_path: Path,
+) -> None:
+    """A folder of links into a pool elsewhere (a subset made with ``ln -s``, a git-annex tree
+    given below its root): by default each link is skipped with its reason, which names the
+    option; with ``--follow-symlinks`` each is an input of its own, read through the link. A link
+    to a folder outside, or into the output folder, is skipped either way."""
+    pool, src, out = tmp_path / "pool", tmp_path / "subset", tmp_path / "out"
+    write(pool, "red.jpg", image_bytes("red"))
+    write(pool, "blue.jpg", image_bytes("blue"))
+    src.mkdir()
+    (src / "a.jpg").symlink_to(pool / "red.jpg")
+    (src / "b.jpg").symlink_to(pool / "blue.jpg")
+    (src / "more").symlink_to(pool, target_is_directory=True)
+    first = cli(src, "--output", out, "--quiet")
+    assert first.returncode == 0, first.stderr
+    recs = records(out)
+    assert recs[b"a.jpg"]["reason"] == (
+        "symlink leads outside its input root; not followed (--follow-symlinks does)"
+    )
+    done = cli(src, "--output", out, "--quiet", "--follow-symlinks")
+    assert done.returncode == 0, done.stderr
+    recs = records(out)
+    for key, colour in ((b"a.jpg", "red"), (b"b.jpg", "blue")):
+        assert recs[key]["status"] == "ok", recs[key]
+        (path,) = outputs(recs[key])
+        assert looks(os.path.join(os.fsencode(out), path), colour)
+    assert recs[b"more"]["reason"] == (
+        "symlink to a folder outside its input root: not walked (give it as an input)"
+    )
+    # a link to this run's own output: never read back, with the option or without
+    (thumb,) = outputs(recs[b"a.jpg"])
+    (src / "thumb.jpg").symlink_to(out / os.fsdecode(thumb))
+    for follow in ((), ("--follow-symlinks",)):
+        again = cli(src, "--output", out, "--quiet", *follow)
+        assert again.returncode == 0, again.stderr
+        assert records(out)[b"thumb.jpg"]["reason"] == (
+            "symlink into the output folder: outputs are never read back as inputs"
+        )
 
 
 def _without_root_file_access() -> None:
