@@ -1036,6 +1036,21 @@ def test_stop_helpers_stops_them_before_the_end_of_run_work(tmp_path: Path) -> N
     assert proc.stdout.decode().strip() == "OK", proc.stderr.decode()
 
 
+def _start_script(tmp_path: Path, text: str, **group: bool | int) -> subprocess.Popen[bytes]:
+    """The program ``text``, written to a file (process workers import it) and run with
+    ``tmp_path/out`` as its argument; ``group``: its session or process group (Popen's)."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "out")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **group,
+    )
+
+
 _EMBEDDED_SLOW_RUN = """
 import json, os, sys
 from pipeline import Pipeline, shutdown, stage
@@ -1070,16 +1085,7 @@ def test_a_program_embedding_a_run_stops_gracefully_on_a_signal_to_its_group(
     on Ctrl-C, no item fails. Its forkserver, a new interpreter here (``python -m pipeline``
     forks its own), died of the signal, and the workers forked from it with it: their
     in-flight items failed as worker crashes while the run was stopping."""
-    script = tmp_path / "embedded.py"
-    script.write_text(_EMBEDDED_SLOW_RUN)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "out")],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = _start_script(tmp_path, _EMBEDDED_SLOW_RUN, start_new_session=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().decode().strip() == "GOING"
@@ -1122,16 +1128,7 @@ def test_ctrl_z_pauses_the_workers_of_an_iterated_run(tmp_path: Path) -> None:
     a shell's job) stops its workers too, which lead groups of their own; ``fg`` continues
     them, and the run ends with every record ok. The workers used to go on while the program
     stood still. Started as a shell starts a job (see the test of the command)."""
-    script = tmp_path / "iterated.py"
-    script.write_text(_ITERATED_SLOW_RUN)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "out")],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        process_group=0,
-    )
+    proc = _start_script(tmp_path, _ITERATED_SLOW_RUN, process_group=0)
     workers: list[psutil.Process] = []
     try:
         assert proc.stdout is not None
