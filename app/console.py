@@ -124,6 +124,8 @@ def _headline(result: RunResult, seconds: float) -> str:
     counts = ", ".join(f"{k} {result.counts[k]}" for k in [*known, *others]) or "nothing to do"
     rate = f" ({result.seen / seconds:.1f} inputs/s)" if result.seen and seconds > 0 else ""
     done = f"{result.seen} input(s) in {_duration(seconds)}{rate}: {counts}"
+    if result.duplicates:  # the counts are of records: one per key
+        done += f"; {result.duplicates} duplicate(s) of an earlier input's key ignored"
     if result.interrupted:
         by = f" by {result.stopped_by}" if result.stopped_by not in (None, "SIGINT") else ""
         return f"interrupted{by}: {done} (a re-run into the same folder resumes)"

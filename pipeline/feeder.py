@@ -53,6 +53,9 @@ TRICKLE = 0.05
 #: of the run's are made on a helper thread, off the event loop (:meth:`Feeder._decide`).
 SLOW_DECISIONS = 0.02
 
+#: Duplicate input keys named one by one in warnings; the rest are counted.
+DUPLICATES_SHOWN = 10
+
 
 class Feeder:
     """Takes the inputs of one run into the pipeline (see the module docstring)."""
@@ -102,9 +105,19 @@ class Feeder:
     async def _settled(self, record: Record) -> None:
         self.seen += 1
         if not self.recorder.admit(Item(record.key, None, record.source)):
-            self.duplicates += 1
+            self._duplicate(record.key)
             return
         await self.recorder.emit(record)
+
+    def _duplicate(self, key: str) -> None:
+        """An input whose key the run has seen already: counted, not done again. The first
+        :data:`DUPLICATES_SHOWN` are named in a warning, then one says more follow (a URL list
+        of a million lines with every URL twice would otherwise print a million warnings)."""
+        self.duplicates += 1
+        if self.duplicates <= DUPLICATES_SHOWN:
+            log.warning("duplicate input key %r ignored", key)
+        elif self.duplicates == DUPLICATES_SHOWN + 1:
+            log.warning("more duplicate input keys ignored (the run's duplicates count them all)")
 
     async def _admit(self, items: Sequence[Item]) -> None:
         ledger, recorder = self.ledger, self.recorder
@@ -114,8 +127,7 @@ class Feeder:
             self.seen += 1
             prev = prior.get(item.key)
             if (prev is not None and prev.run == recorder.run_id) or not recorder.admit(item):
-                self.duplicates += 1
-                log.warning("duplicate input key %r ignored", item.key)
+                self._duplicate(item.key)
                 continue
             admitted.append((item, prev))
         decisions = await self._decide(admitted) if ledger is not None else None

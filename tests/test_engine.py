@@ -350,6 +350,28 @@ def test_duplicate_keys_get_one_record(out: Path) -> None:
     assert len(by_key(out)) == 2
 
 
+def test_many_duplicates_are_counted_and_named_a_few_at_most(
+    out: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A list with every input twice: each duplicate counted, the first few named in warnings,
+    then one line says more follow (not a warning per line of a long list); the summary's
+    headline says how many were ignored, since its counts are of records, one per key."""
+    from app.console import summary_lines
+    from pipeline.feeder import DUPLICATES_SHOWN
+
+    n = DUPLICATES_SHOWN + 15
+    inputs = [(f"k{i}", i) for i in range(n)] * 2
+    with caplog.at_level("WARNING", logger="pipeline"):
+        result = Pipeline([stage(fns.inc, kind="thread")]).run(inputs, output=out, progress=False)
+    assert (result.duplicates, result.counts) == (n, {"ok": n})
+    warned = [r.getMessage() for r in caplog.records if "duplicate" in r.getMessage()]
+    assert len(warned) == DUPLICATES_SHOWN + 1
+    assert warned[0] == "duplicate input key 'k0' ignored"
+    assert warned[-1].startswith("more duplicate input keys ignored")
+    headline = summary_lines(result)[1]
+    assert headline.endswith(f"ok {n}; {n} duplicate(s) of an earlier input's key ignored")
+
+
 @pytest.mark.timeout(60)
 def test_a_duplicate_of_a_key_recorded_but_not_yet_committed_is_a_duplicate(
     out: Path, monkeypatch: pytest.MonkeyPatch
