@@ -129,6 +129,7 @@ class Folder:
         self.twins: set[str] = set()  # folded names held by more than one entry (few, mostly none)
         for name in names:
             low = name.lower()
+            low = name if low == name else low  # one string, not two, for a lower-case name
             self.lower.add(low)
             f = low if name.isascii() else fold(name)
             if f in folded:
