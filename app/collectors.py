@@ -21,6 +21,7 @@ temporary file as it comes); pyarrow and numpy are imported only when there is s
 from __future__ import annotations
 
 import abc
+import bisect
 import contextlib
 import os
 import sys
@@ -39,7 +40,7 @@ from stages.parts import is_data_result
 
 from .endofrun import RecordFeed, data_result
 from .grouping import GroupingChild, GroupingFailed
-from .report import as_number, smallest_output
+from .report import GROUP_SHOWN, as_number, smallest_output
 from .tables import CsvStream, ParquetStream
 
 __all__ = ["DataAggregate", "DataTable", "FailureList", "MadeBy", "NearDuplicates", "StatsTable"]
@@ -330,11 +331,13 @@ class NearDuplicates:
             raise
         of = dict(zip(members, labels, strict=True))
         found: dict[int, list[str]] = {}
+        firsts: dict[int, list[tuple[str, Mapping[str, Any]]]] = {}  # what the report shows
         for i, key, out in self.table.hashed(set(of)):
             found.setdefault(of[i], []).append(key)
             if out is not None:
-                self.thumbs[key] = out
+                _keep_first(firsts.setdefault(of[i], []), key, out)
         self.close()
+        self.thumbs = {key: out for kept in firsts.values() for key, out in kept}
         groups = sorted(sorted(g) for g in found.values())
         return {"max_distance": self.max_distance, "groups": groups}
 
@@ -344,6 +347,17 @@ class NearDuplicates:
         if child is not None:
             child.stop()
         self.table.close()
+
+
+def _keep_first(
+    kept: list[tuple[str, Mapping[str, Any]]], key: str, out: Mapping[str, Any]
+) -> None:
+    """Keep ``(key, out)`` among a group's first :data:`app.report.GROUP_SHOWN` keys in order
+    (those the report shows): thumbnails held for at most that many members a group, however
+    large the group (one placeholder image of a web crawl, thousands of times)."""
+    if len(kept) < GROUP_SHOWN or key < kept[-1][0]:
+        bisect.insort(kept, (key, out), key=lambda pair: pair[0])
+        del kept[GROUP_SHOWN:]
 
 
 def _data_value(record: Record) -> dict[str, Any] | None:

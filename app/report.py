@@ -35,11 +35,22 @@ from stages.parts import is_data_result
 
 from .endofrun import RecordFeed, data_result
 
-__all__ = ["MAX_TILES", "REPORT", "ReportSheet", "as_number", "smallest_output", "write_report"]
+__all__ = [
+    "GROUP_SHOWN",
+    "MAX_TILES",
+    "REPORT",
+    "ReportSheet",
+    "as_number",
+    "smallest_output",
+    "write_report",
+]
 
 REPORT = "report.html"
 MAX_TILES = 2000
 MAX_LISTED = 500  # skipped/cancelled entries, near-duplicate groups
+#: members of a near-duplicate group shown with their thumbnails (summary.json lists them all):
+#: a web crawl's placeholder image can make one group of thousands
+GROUP_SHOWN = 24
 #: statuses whose records have outputs: processed by this run, or done earlier and reused
 DONE = ("ok", "reused")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -89,7 +100,7 @@ def write_report(
     if sheet is None or not sheet.feed.done:
         sheet, thumbs = ReportSheet(RecordFeed(folder)), None
     sheet.feed.check(sheet)
-    wanted = {k for g in groups for k in g}
+    wanted = {k for g in groups[:MAX_LISTED] for k in g[:GROUP_SHOWN]}
     if thumbs is None:
         thumbs = sheet.thumbs(wanted)
     title = f"<h1>Run report {_e(summary.get('run', ''))}</h1>"
@@ -477,11 +488,14 @@ def _duplicates(
         )
     parts.append('<div id="duplicates">')
     for group in groups[:MAX_LISTED]:
-        figs = (
+        figs = [
             f"<figure>{_img(thumbs[k], k) if k in thumbs else ''}<figcaption>{_e(k)}"
             "</figcaption></figure>"
-            for k in group
-        )
+            for k in group[:GROUP_SHOWN]
+        ]
+        if len(group) > GROUP_SHOWN:
+            more = len(group) - GROUP_SHOWN
+            figs.append(f'<p class="note">… and {more} more in this group (summary.json)</p>')
         parts.append(f'<div class="group">{"".join(figs)}</div><hr>')
     if len(groups) > MAX_LISTED:
         parts.append(f"<p>… and {len(groups) - MAX_LISTED} more groups</p>")

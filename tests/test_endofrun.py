@@ -282,6 +282,36 @@ def test_both_ways_of_grouping_find_the_same_groups(
     assert _temporaries(folder) == []  # the hash file is gone
 
 
+def test_a_group_of_thousands_shows_its_first_members_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    """One placeholder image a web crawl saved a thousand times is one group: summary.json's
+    groups list every member, the report shows the first GROUP_SHOWN with their thumbnails and
+    counts the rest, and only their thumbnails are held (a report of every member was 3.2 MB
+    for 20,000 copies, each thumbnail held in memory for it)."""
+    from app.report import GROUP_SHOWN
+
+    n = GROUP_SHOWN + 30
+    records = [_image(f"copy{i:04d}.jpg", "0f0f0f0f0f0f0f0f") for i in reversed(range(n))]
+    folder = _folder(tmp_path, [*records, _image("other.jpg", "f0f0f0f0f0f0f0f0")])
+    table = StatsTable(folder)
+    sheet = ReportSheet(table.feed)
+    dups = NearDuplicates(table)
+    assert table.result()["rows"] == n + 1
+    (group,) = dups.result()["groups"]
+    assert group == [f"copy{i:04d}.jpg" for i in range(n)]  # all of them, in order
+    assert sorted(dups.thumbs) == group[:GROUP_SHOWN]  # the shown ones' thumbnails only
+    summary = {"collected": {"near_duplicates": {"max_distance": 6, "groups": [group]}}}
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    for made in (write_report(folder, sheet, dups.thumbs), write_report(folder)):  # the run's
+        shown = made.read_text(encoding="utf-8").split('<div id="duplicates">', 1)[1]  # or not
+        assert shown.count("<figure>") == GROUP_SHOWN
+        assert shown.count('loading="lazy"') == GROUP_SHOWN  # each with its thumbnail
+        assert "copy0000.jpg" in shown
+        assert f"copy{n - 1:04d}.jpg" not in shown
+        assert "… and 30 more in this group (summary.json)" in shown
+
+
 def _large_run_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StatsTable:
     import app.collectors
 
