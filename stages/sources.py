@@ -54,6 +54,7 @@ import hashlib
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -322,13 +323,15 @@ def _names(
         for path, real, is_dir in plain
     ]
     folded = [fold(n) for n in names]  # Photos and photos: one folder where case is ignored
+    times = Counter(folded)  # counted once: 20,000 file arguments took 6.5 s with list.count
+    held = set(taken)
     # two inputs of one name, a name an earlier input holds, or a name that is an entry of an
     # earlier input holding the unprefixed keys: the name tagged with a hash of its path
     return {
         real: tagged(n, name_tag(real if is_dir else path))
-        if folded.count(fold(n)) > 1 or n.lower() in taken or _held_by(n, owners)
+        if times[f] > 1 or n.lower() in held or _held_by(n, owners)
         else n
-        for n, (path, real, is_dir) in zip(names, plain, strict=True)
+        for n, f, (path, real, is_dir) in zip(names, folded, plain, strict=True)
     }
 
 
