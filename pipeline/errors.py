@@ -150,12 +150,13 @@ class OutOfSpace(FatalRunError):
     ``failed``). Once there is room again, the same command resumes where it stopped."""
 
 
+_AGAIN = "run the same command again"
 #: How a run that stopped goes on: the end of the messages that say what to do first.
-RESUMES = "run the same command again: it resumes where this run stopped"
+RESUMES = f"{_AGAIN}: it resumes where this run stopped"
 #: What to do about a full disk, for the messages that say one is.
 FREE_SPACE = f"free some space and {RESUMES}"
 #: The same, before a run has done anything (there is nothing of it to resume).
-FREE_SPACE_FIRST = "free some space and run the same command again"
+FREE_SPACE_FIRST = f"free some space and {_AGAIN}"
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL ("database or disk is full"), without importing sqlite3

@@ -14,6 +14,7 @@ no source to read), it says nothing and the run goes as before.
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from types import FrameType, ModuleType
 
@@ -48,19 +49,29 @@ def unguarded_call() -> str | None:
     if frame is None:  # not called from the script's top level (another thread, a callback)
         return None
     line = frame.f_lineno
-    if line is None:
+    guarded = _guarded_lines(frame.f_code.co_filename)
+    if line is None or guarded is None:
         return None
-    try:
-        with open(frame.f_code.co_filename, "rb") as fh:
-            tree = ast.parse(fh.read())
-    except (OSError, SyntaxError, ValueError):  # no source (a .pyc, a zip): cannot tell
+    if any(first <= line <= last for first, last in guarded):
         return None
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.If) or not _tests_main(node.test):
-            continue
-        if node.lineno <= line <= (node.end_lineno or 0):
-            return None
     return f"{path}, line {line}"
+
+
+@functools.lru_cache(maxsize=8)
+def _guarded_lines(filename: str) -> tuple[tuple[int, int], ...] | None:
+    """The line spans of the ``if __name__ == "__main__":`` blocks of the script ``filename``
+    (read and parsed once: a script may run pipelines in a loop); None without a source (a
+    ``.pyc``, a zip): then nobody can tell."""
+    try:
+        with open(filename, "rb") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return tuple(
+        (node.lineno, node.end_lineno or 0)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and _tests_main(node.test)
+    )
 
 
 def _module_frame(main: ModuleType) -> FrameType | None:

@@ -115,10 +115,10 @@ def parse_size(text: str) -> Size:
         w = h = side
     elif not w and not h:
         raise ValueError(f"invalid size {text!r}: give a width, a height or both")
-    sides = [int(v) for v in (w, h) if v]
-    if not all(1 <= v <= _MAX_SIDE for v in sides):
+    width, height = (int(v) if v else None for v in (w, h))
+    if any(v is not None and not 1 <= v <= _MAX_SIDE for v in (width, height)):
         raise ValueError(f"invalid size {text!r}: each side from 1 to {_MAX_SIDE} pixels")
-    return Size(width=int(w) if w else None, height=int(h) if h else None)
+    return Size(width=width, height=height)
 
 
 SizeLike: TypeAlias = "int | str | tuple[int | None, int | None] | Size"

@@ -432,16 +432,14 @@ def _size(path: Path) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def _set_aside(folder: Path, shard: str, why: str) -> list[str]:
+def _set_aside(folder: Path, shard: str, why: str) -> None:
     """Rename the data file ``shard`` of ``folder``, its metadata table and its stats file
-    ``NAME.damaged``; returns the names set aside."""
+    ``NAME.damaged``, and say so."""
     stem, ext = shard.rsplit(".", 1)
     meta = f"{stem}.parquet" if ext == "tar" else f"{stem}_meta.parquet"
-    moved = []
     for name in (shard, meta, f"{stem}_stats.json"):
         with contextlib.suppress(FileNotFoundError):
             os.replace(folder / name, folder / f"{name}.damaged")
-            moved.append(name)
     log.warning(
         "shard %s is not as it was written (%s): set aside as %s.damaged; its inputs are done "
         "again",
@@ -449,7 +447,6 @@ def _set_aside(folder: Path, shard: str, why: str) -> list[str]:
         why,
         shard,
     )
-    return moved
 
 
 def shard_done(folder: Path) -> ShardIndex:
