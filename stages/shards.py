@@ -55,7 +55,6 @@ import json
 import logging
 import os
 import re
-import stat
 import tarfile
 import time
 import uuid
@@ -401,19 +400,21 @@ class ShardIndex:
     A shard that is there but not as written (a copy cut short, a disk that lost its last
     pages) is set aside at once, with its metadata table and stats file: each renamed
     ``NAME.damaged`` (a warning says so), so that no loader reads it and none of its inputs is
-    in two shards; its inputs are done again, into new shards."""
+    in two shards; its inputs are done again, into new shards.
+
+    The shards are those in the folder when the index is made, before the run writes any: a
+    shard deleted by hand has its number taken again by the run (numbers go on after the highest
+    left), and the new shard under that name is not the one the earlier records name."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.sizes: dict[str, int | None] = {}  # None: not there (or set aside)
+        self.sizes = _shard_sizes(folder)  # by name; None once set aside
 
     def __call__(self, value: Any) -> bool:
         shard = value.get("shard") if isinstance(value, dict) else None
         if not isinstance(shard, str) or not _DATA_NAME.match(shard):
             return False
-        if shard not in self.sizes:
-            self.sizes[shard] = _size(self.folder / shard)
-        size = self.sizes[shard]
+        size = self.sizes.get(shard)
         if size is None:
             return False
         written = value.get("shard_bytes")
@@ -424,12 +425,19 @@ class ShardIndex:
         return True
 
 
-def _size(path: Path) -> int | None:
+def _shard_sizes(folder: Path) -> dict[str, int | None]:
+    """The size of each shard (data file) in ``folder``, by name: one listing, a ``stat`` each."""
+    sizes: dict[str, int | None] = {}
     try:
-        st = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return st.st_size if stat.S_ISREG(st.st_mode) else None
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if _DATA_NAME.match(entry.name):
+                    with contextlib.suppress(OSError):  # gone since the listing
+                        if entry.is_file():
+                            sizes[entry.name] = entry.stat().st_size
+    except (FileNotFoundError, NotADirectoryError):  # a new folder: no shard yet
+        pass
+    return sizes
 
 
 def _set_aside(folder: Path, shard: str, why: str) -> None:

@@ -644,3 +644,17 @@ def test_a_shard_not_as_written_is_set_aside_and_its_inputs_done_again(
     # a third run finds every shard as written: nothing is done again, nothing set aside
     third = run_process(shard_config(out, table, output_format=fmt))
     assert third.counts == {"reused": len(ok), "failed": len(BAD)}
+
+
+def test_resume_knows_the_shards_that_were_there_when_the_run_started(tmp_path: Path) -> None:
+    """A shard deleted by hand has its number taken again by the next run (numbers go on after
+    the highest left). Its records name the old shard: a new one written under that name while
+    the run looks them up is not it, and is neither taken for it nor set aside."""
+    from stages.shards import shard_done
+
+    (tmp_path / "00000.tar").write_bytes(b"x" * 10)
+    done = shard_done(tmp_path)  # before the run writes a shard
+    (tmp_path / "00001.tar").write_bytes(b"y" * 10)  # this run's, under a deleted shard's name
+    assert done({"shard": "00000.tar", "shard_bytes": 10})
+    assert not done({"shard": "00001.tar", "shard_bytes": 10})
+    assert (tmp_path / "00001.tar").read_bytes() == b"y" * 10  # left as it is
