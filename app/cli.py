@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +40,7 @@ STORAGE_LOGGERS = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "adlfs"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
+        prog="pixpipe" if os.path.basename(sys.argv[0]) == "pixpipe" else "python -m pipeline",
         description="A staged batch pipeline: downloads, reads, decode/resize/statistics in "
         "process workers, atomic writes, and a ledger that records every input.",
     )

@@ -315,7 +315,7 @@ def run_process(
     """
     use_options(cfg.storage_options)  # for storage URLs held as plain strings (records' sources)
     out, mirror = _output_folder(cfg)
-    with hold_folder(out, argv=shown_argv(sys.argv)), mirror:
+    with hold_folder(out, argv=shown_argv(command_line())), mirror:
         remove_stale_temps(out, below=unfinished(out))
         check_shard_folder(out, cfg.output_format, cfg.fingerprint(), force=cfg.force)
         earlier = earlier_inputs(out)  # the keys the folder's files have: kept (app.input_keys)
@@ -341,6 +341,17 @@ def run_process(
             _write_report(out, sheet, dups)
         after_run(out, result)
         return result
+
+
+def command_line() -> list[str]:
+    """This process's command line as it was typed, for the lock file and ``summary.json``:
+    Python's own (``sys.orig_argv``: ``python -m pipeline process …``, where ``sys.argv[0]``
+    is only the path of ``pipeline/__main__.py``), when it ends with ``sys.argv``'s arguments;
+    else ``sys.argv``."""
+    typed, args = list(sys.orig_argv), sys.argv[1:]
+    if len(typed) > len(args) and typed[len(typed) - len(args) :] == args:
+        return typed
+    return list(sys.argv)
 
 
 def _output_folder(cfg: ProcessConfig) -> tuple[Path, contextlib.AbstractContextManager[None]]:
@@ -392,7 +403,7 @@ def _run(
         backend=backend,
         autoscale=cfg.auto_workers,
         output=out,
-        collectors=[*tables, DataAggregate(), FailureList(), MadeBy(shown_argv(sys.argv))],
+        collectors=[*tables, DataAggregate(), FailureList(), MadeBy(shown_argv(command_line()))],
         fingerprint=cfg.fingerprint(),  # items carry their own (see _prepared)
         is_done=_is_done(cfg, out),
         outdated=_renamed if cfg.output_format == "files" else None,

@@ -91,7 +91,9 @@ def test_sample_images_all_become_thumbnails(out: Path) -> None:
     assert made_by["pixpipe"] == pipeline.__version__
     assert made_by["render_version"] == RENDER_VERSION
     assert made_by["pillow"] == PIL.__version__
-    assert made_by["command"][1:] == ["process", str(IMAGES), "--output", str(out), "--quiet"]
+    # as typed (sys.orig_argv), not with the path of pipeline/__main__.py for "-m pipeline"
+    args = ["process", str(IMAGES), "--output", str(out), "--quiet"]
+    assert made_by["command"][1:] == ["-m", "pipeline", *args]
 
 
 EXPECTED_FAILURES = {
