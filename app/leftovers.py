@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from pipeline import RunResult
-from pipeline.atomic import TEMP_PREFIX
+from pipeline.atomic import is_temp_name
 
 __all__ = ["after_run", "remove_stale_temps", "unfinished"]
 
@@ -37,12 +37,7 @@ LEDGER_FOLDER = ".pipeline"
 
 
 def _is_temp(entry: os.DirEntry[str]) -> bool:
-    name = entry.name
-    return (
-        name.startswith(TEMP_PREFIX)
-        and name.endswith(".tmp")
-        and entry.is_file(follow_symlinks=False)
-    )
+    return is_temp_name(entry.name) and entry.is_file(follow_symlinks=False)
 
 
 def remove_stale_temps(folder: Path, *, below: bool = False) -> list[str]:

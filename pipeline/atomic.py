@@ -19,17 +19,34 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-__all__ = ["FILE_MODE", "TEMP_PREFIX", "AtomicFile", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "FILE_MODE",
+    "TEMP_PREFIX",
+    "AtomicFile",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "is_temp_name",
+]
 
 #: Temporary files are ``.pp-XXXXXXXX.tmp`` (16 bytes) whatever the target's name: a name
 #: derived from the target (``.<name>.XXXX.tmp``) would exceed the file system's 255-byte name
 #: limit for targets near it, and fail a write that the final name allows.
 TEMP_PREFIX = ".pp-"
+
+#: The exact names of those files: ``mkstemp``'s 8 characters (or ``os.urandom(4).hex()``)
+#: between the prefix and ``.tmp``. A user's ``.pp-notes.tmp`` is not one of ours.
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[a-z0-9_]{8}\.tmp")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is the name of one of our temporary files (never a user's file)."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def _read_umask() -> int:

@@ -305,11 +305,13 @@ def test_each_stage_counts_only_the_inputs_it_works_on(out: Path) -> None:
 def test_a_run_removes_the_temporary_files_a_killed_run_left(out: Path) -> None:
     """A run killed outright (SIGKILL, power cut) leaves its open temporary files (``.pp-*.tmp``:
     a table, the ledger's export, the near-duplicate hashes) at the top of the output folder;
-    the next run into it, holding the folder, removes them and nothing else."""
+    the next run into it, holding the folder, removes them and nothing else: a user's file
+    whose name merely looks like one (``.pp-notes.tmp``) is kept."""
     out.mkdir(parents=True)
-    (out / ".pp-abc123.tmp").write_bytes(b"half a table")
-    (out / ".pp-hashes.tmp").write_bytes(b"\0" * 64)
+    (out / ".pp-abc12345.tmp").write_bytes(b"half a table")  # mkstemp's 8 characters
+    (out / ".pp-9f0e1d2c.tmp").write_bytes(b"\0" * 64)  # os.urandom(4).hex()
     keep = [out / ".pp-notes.txt", out / "mine.tmp", out / ".pp-folder.tmp" / "x"]
+    keep += [out / ".pp-notes.tmp", out / ".pp-ABCDEFGH.tmp", out / ".pp-abc12345.tmp.bak"]
     for path in keep:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("the user's")
@@ -318,7 +320,8 @@ def test_a_run_removes_the_temporary_files_a_killed_run_left(out: Path) -> None:
     beside.write_bytes(b"half a thumbnail")
     done = cli(str(IMAGES), "--output", str(out), "--quiet")
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.glob(".pp-*.tmp")) == [".pp-folder.tmp"]  # a folder: kept
+    left = sorted(p.name for p in out.glob(".pp-*.tmp"))
+    assert left == [".pp-ABCDEFGH.tmp", ".pp-folder.tmp", ".pp-notes.tmp"]  # (a folder: kept)
     for path in keep:
         assert path.read_text() == "the user's"
     # the last run finished (no summary says otherwise): its tree is not walked at the start
