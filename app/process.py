@@ -267,14 +267,15 @@ def _writing_shards(cfg: ProcessConfig) -> list[Stage]:
 def _url_inputs(cfg: ProcessConfig) -> Iterator[Item | Record]:
     """The ``--urls`` inputs: tables as rows keyed by row number when writing shards; URL
     lists (and, for ``files``, CSV/JSON lists) as URLs keyed by themselves."""
-    for path in cfg.urls:
-        if cfg.output_format != "files":
-            from stages.samples import sample_inputs
+    if cfg.output_format != "files":  # every table at once: the second's keys are 1_…
+        from stages.samples import sample_inputs
 
-            yield from sample_inputs(
-                [path], url_col=cfg.url_col, caption_col=cfg.caption_col, keep=cfg.keep_columns
-            )
-        elif cfg.reads_table(path):
+        yield from sample_inputs(
+            cfg.urls, url_col=cfg.url_col, caption_col=cfg.caption_col, keep=cfg.keep_columns
+        )
+        return
+    for path in cfg.urls:
+        if cfg.reads_table(path):
             yield from _table_urls(cfg, path)
         else:
             from stages.fetching import url_inputs

@@ -511,6 +511,22 @@ def test_plain_url_list_to_shards(tmp_path: Path, images: tuple[Images, str]) ->
     assert [r["status"] for r in metadata_rows(out) if r["key"] == "000000002"] == ["failed"]
 
 
+def test_each_table_keys_its_own_rows(tmp_path: Path, images: tuple[Images, str]) -> None:
+    """Two ``--urls`` tables: the second's rows are keyed ``1_000000000`` and on, each row a
+    sample; the second's rows were keyed as the first's, taken for duplicates and dropped."""
+    _, base = images
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(f"{base}/img/1.jpg\n{base}/img/2.jpg\n")
+    second.write_text(f"{base}/img/3.jpg\n")
+    out = tmp_path / "out"
+    cfg = shard_config(out, first, urls=[str(first), str(second)], caption_col=None)
+    assert run_process(cfg).exit_code == 0
+    keys = sorted(s["__key__"] for s in read_samples(out))
+    assert keys == ["000000000", "000000001", "1_000000000"]
+    urls = {r["key"]: r["url"] for r in metadata_rows(out)}
+    assert urls["1_000000000"] == f"{base}/img/3.jpg"
+
+
 def test_the_end_of_run_names_the_shards(tmp_path: Path) -> None:
     from app.console import _files
 
