@@ -68,7 +68,7 @@ from .endofrun import RecordFeed
 from .input_keys import earlier_inputs, remember_inputs
 from .leftovers import after_run, remove_stale_temps, unfinished
 from .report import ReportSheet, write_report
-from .shard_folder import check_shard_folder
+from .shard_folder import UnrecordedShards, check_shard_folder
 from .stale import StaleOutputs
 from .storage_config import shown_argv
 
@@ -332,10 +332,14 @@ def run_process(
         table = StatsTable(out, feed)
         dups = NearDuplicates(table)
         files = cfg.output_format == "files"
-        stale = [StaleOutputs(_output_root(cfg, out), out, feed)] if files else []
+        stale: list[Collector] = (
+            [StaleOutputs(_output_root(cfg, out), out, feed)]
+            if files
+            else [UnrecordedShards(out, cfg.output_format, feed)]
+        )
         try:
             tables: list[Collector] = [feed, table, dups, DataTable(out, feed), *stale]
-            taken = stale[0].taken if stale else None
+            taken = stale[0].taken if isinstance(stale[0], StaleOutputs) else None
             result = _run(cfg, out, plan, limit, tables, taken, stop_helpers=stop_helpers)
         finally:
             dups.close()  # its child, if one still runs; the table's temporary files

@@ -6,16 +6,25 @@ Resume goes by key: a record is done while its shard exists. A run that redoes e
 ones, and a reader of ``*.tar`` would see it twice; a run in the other shard format would find
 every input "done" in a shard of the first format and write nothing. Both are refused before
 anything starts (exit 2), naming what differs; a new ``--output`` is the way out.
+
+A shard that no record names (a run killed between renaming a shard into place and recording
+its inputs; a retried Dask task's first attempt) is set aside at the end of the next run, once
+every record of the folder is known (:class:`UnrecordedShards`): its inputs were not done, so
+they are written again into new shards, and a reader of ``*.tar`` would see them twice.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from pipeline import ConfigError
+from pipeline import ConfigError, Record
+from stages.shards import set_aside_unrecorded
 
-__all__ = ["check_shard_folder"]
+from .endofrun import RecordFeed
+
+__all__ = ["UnrecordedShards", "check_shard_folder"]
 
 _FORMAT_OF = {".tar": "webdataset", ".parquet": "parquet"}
 
@@ -68,3 +77,38 @@ def _earlier_shard(out: Path) -> tuple[str, str | None] | None:
                 fingerprint = rec.get("fingerprint")
                 return shard, fingerprint if isinstance(fingerprint, str) else None
     return None
+
+
+class UnrecordedShards:
+    """A collector and a sink of ``feed`` (every record of the folder): the shards its records
+    name; at the end, every other shard of the folder is set aside
+    (:func:`stages.shards.set_aside_unrecorded`). Nothing is set aside when the feed failed
+    (the records are then not all known)."""
+
+    name = "unrecorded_shards"
+
+    def __init__(self, folder: Path, output_format: str, feed: RecordFeed) -> None:
+        self.folder = folder
+        self.format = output_format
+        self.feed = feed
+        self.named: set[str] = set()
+        feed.add_sink(self)
+
+    def take(self, record: dict[str, Any]) -> None:
+        for part in (record.get("result"), record.get("meta")):  # ok; failed or skipped
+            shard = part.get("shard") if isinstance(part, dict) else None
+            if isinstance(shard, str):
+                self.named.add(shard)
+
+    def finish(self) -> None:
+        return None
+
+    def discard(self) -> None:
+        return None
+
+    def add(self, record: Record) -> None:
+        return None
+
+    def result(self) -> dict[str, Any]:
+        self.feed.check(self)
+        return {"set_aside": set_aside_unrecorded(self.folder, self.format, self.named)}

@@ -40,7 +40,9 @@ With ``--backend dask`` every task runs the stages on its worker, so each task's
 stage writes its own shards, named ``<token>-00000.tar`` (a random token per task: tasks run at
 once and never pick one name); the driver receives records only, never image bytes. A worker
 that dies after renaming a shard leaves that shard behind when Dask retries its task: the
-retry writes those samples again, and the manifest names the shard that counts.
+retry writes those samples again, and the manifest names the shard that counts. Such a shard,
+and one a killed run renamed into place before it recorded its inputs, is named by no record:
+it is set aside at the end of the next run (:func:`set_aside_unrecorded`).
 
 Inputs that fail in the engine itself (a worker crash, a per-item timeout) never reach the
 shard: they are in the manifest only.
@@ -79,10 +81,13 @@ __all__ = [
     "commit",
     "open_shards",
     "pack",
+    "set_aside_unrecorded",
     "shard_done",
 ]
 
-_SHARD_NAME = re.compile(r"^(\d{5,})\.(tar|parquet)(?:\.damaged)?$")  # set aside: counted too
+_SHARD_NAME = re.compile(
+    r"^(\d{5,})\.(tar|parquet)(?:\.damaged|\.unrecorded)?$"
+)  # set aside: counted
 _DATA_NAME = re.compile(r"^[0-9a-f]*-?\d{5,}\.(tar|parquet)$")  # what a record may name
 _EXTENSION = {"webdataset": "tar", "parquet": "parquet"}
 
@@ -420,7 +425,8 @@ class ShardIndex:
         written = value.get("shard_bytes")
         if isinstance(written, int) and written != size:
             self.sizes[shard] = None
-            _set_aside(self.folder, shard, f"{size:,} bytes where {written:,} were written")
+            why = f"is not as it was written ({size:,} bytes where {written:,} were written)"
+            _set_aside(self.folder, shard, ".damaged", why, "its inputs are done again")
             return False
         return True
 
@@ -440,21 +446,39 @@ def _shard_sizes(folder: Path) -> dict[str, int | None]:
     return sizes
 
 
-def _set_aside(folder: Path, shard: str, why: str) -> None:
+def set_aside_unrecorded(folder: Path, fmt: str, named: set[str]) -> list[str]:
+    """Set aside every data shard of ``folder`` (format ``fmt``) that no record names (not in
+    ``named``): each renamed ``NAME.unrecorded``, with its metadata table and stats file, and
+    a warning; their names. Call it once every record of the folder is known (the end of a
+    run): such a shard was renamed into place by a run killed before it recorded its inputs
+    (or by a Dask task that was retried), and those inputs are not done: a run redoes them into
+    new shards, and a loader would read them twice."""
+    ext = _EXTENSION[fmt]
+    gone = sorted(n for n in _shard_sizes(folder) if n.endswith(ext) and n not in named)
+    for shard in gone:
+        why = (
+            "is named by no record (its run was killed before recording its inputs, or they "
+            "were all done again since)"
+        )
+        _set_aside(
+            folder,
+            shard,
+            ".unrecorded",
+            why,
+            "its inputs count as not done (a run given them writes them into new shards)",
+        )
+    return gone
+
+
+def _set_aside(folder: Path, shard: str, suffix: str, why: str, then: str) -> None:
     """Rename the data file ``shard`` of ``folder``, its metadata table and its stats file
-    ``NAME.damaged``, and say so."""
+    ``NAME<suffix>``, and say why and what ``then``."""
     stem, ext = shard.rsplit(".", 1)
     meta = f"{stem}.parquet" if ext == "tar" else f"{stem}_meta.parquet"
     for name in (shard, meta, f"{stem}_stats.json"):
         with contextlib.suppress(FileNotFoundError):
-            os.replace(folder / name, folder / f"{name}.damaged")
-    log.warning(
-        "shard %s is not as it was written (%s): set aside as %s.damaged; its inputs are done "
-        "again",
-        shard,
-        why,
-        shard,
-    )
+            os.replace(folder / name, folder / f"{name}{suffix}")
+    log.warning("shard %s %s: set aside as %s%s; %s", shard, why, shard, suffix, then)
 
 
 def shard_done(folder: Path) -> ShardIndex:

@@ -662,6 +662,75 @@ def test_a_shard_not_as_written_is_set_aside_and_its_inputs_done_again(
     assert third.counts == {"reused": len(ok), "failed": len(BAD)}
 
 
+KILLED_AFTER_SECOND_SHARD = """
+import os, sys
+import stages.shards
+
+finish = stages.shards._Shard.finish
+done = []
+
+
+def finish_then_die(self):  # the shard is renamed into place; its inputs not yet recorded
+    finish(self)
+    done.append(self.name)
+    if len(done) == 2:
+        os.kill(os.getpid(), 9)
+
+
+if __name__ == "__main__":
+    stages.shards._Shard.finish = finish_then_die
+    from app.cli import main
+
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_a_shard_no_record_names_is_set_aside_at_the_end_of_the_next_run(
+    tmp_path: Path, images: tuple[Images, str], fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The parent SIGKILLed right after a shard is renamed into place, before its inputs are
+    recorded: the next run does those inputs again into a new shard and, at its end (every
+    record of the folder known), sets the shard no record names aside as NAME.unrecorded with
+    its metadata table and stats. Before, it stayed: its samples were in two shards."""
+    _, base = images
+    table = write_parquet(tmp_path / "t.parquet", table_rows(base, 20))
+    out = tmp_path / "out"
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_AFTER_SECOND_SHARD)
+    args = ["process", "--urls", str(table), "-o", str(out), "--output-format", fmt]
+    args += ["--samples-per-shard", "8", "--size", "64", "--allow-private-hosts", "-q"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run(
+        [sys.executable, str(script), *args], env=env, capture_output=True, timeout=120
+    )
+    assert killed.returncode == -9, killed.stderr
+    ext = "tar" if fmt == "webdataset" else "parquet"
+    assert (out / f"00001.{ext}").is_file()  # in place, named by no record
+
+    with caplog.at_level("WARNING", logger="stages.shards"):
+        again = run_process(shard_config(out, table, output_format=fmt, keep_columns=[]))
+    assert again.exit_code == 1  # the bad rows
+    meta = "00001.parquet" if fmt == "webdataset" else "00001_meta.parquet"
+    for name in (f"00001.{ext}", meta, "00001_stats.json"):
+        assert (out / f"{name}.unrecorded").is_file()
+    assert f"shard 00001.{ext} is named by no record" in caplog.text
+    assert again.collected["unrecorded_shards"]["set_aside"][-1] == f"00001.{ext}"
+    recs = by_key(out)
+    ok = sorted(k for k, r in recs.items() if r["status"] == "ok")
+    assert len(ok) == 20
+    if fmt == "webdataset":
+        keys = [str(s["__key__"]) for s in read_samples(out)]
+    else:
+        data = list(out.glob("[0-9]*[0-9].parquet"))
+        keys = [r["key"] for p in data for r in pq.read_table(p).to_pylist()]
+    assert sorted(keys) == ok  # each sample once
+    # a third run: every shard named, nothing done again or set aside
+    third = run_process(shard_config(out, table, output_format=fmt, keep_columns=[]))
+    assert third.counts == {"reused": 20, "failed": len(BAD)}
+    assert third.collected["unrecorded_shards"] == {"set_aside": []}
+
+
 def test_resume_knows_the_shards_that_were_there_when_the_run_started(tmp_path: Path) -> None:
     """A shard deleted by hand has its number taken again by the next run (numbers go on after
     the highest left). Its records name the old shard: a new one written under that name while
