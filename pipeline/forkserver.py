@@ -34,6 +34,7 @@ import multiprocessing.forkserver as mp_forkserver
 import multiprocessing.resource_tracker as mp_resource_tracker
 import multiprocessing.util as mp_util
 import os
+import select
 import signal
 import sys
 import threading
@@ -50,6 +51,7 @@ __all__ = [
     "STOP_SIGNALS",
     "WORKER_MODULE",
     "WORKER_NAME",
+    "die_with_run",
     "ignore_stop_signals",
     "kill_worker",
     "lead_own_group",
@@ -295,6 +297,29 @@ def lead_own_group() -> None:
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     with contextlib.suppress(OSError):  # already a group leader (a direct call, a test)
         os.setpgid(0, 0)
+
+
+def die_with_run() -> None:
+    """In a worker: end it, and what its stages started (its process group), as soon as the
+    process that started it (the run's) is gone, even SIGKILLed: a daemon thread waits on
+    multiprocessing's parent sentinel, the read end of a pipe whose write end only that process
+    holds (with the worker's ``Process`` object, kept until the worker is reaped). Before, a
+    worker learnt it only when it next sent a result, after its item, however long: it went on
+    writing outputs into a folder the next run held by then. (The forkserver, the worker's
+    parent, outlives the run as long as its workers do: they hold its "alive" pipe.)"""
+    parent = mp.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if not isinstance(sentinel, int):  # not started by a run (a direct call, a test)
+        return
+
+    def watch() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            select.select([sentinel], [], [])  # readable: the run's end of the pipe is closed
+        me = os.getpid()
+        with contextlib.suppress(OSError):
+            os.killpg(me, signal.SIGKILL) if os.getpgid(0) == me else os.kill(me, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="pipeline-run-watch", daemon=True).start()
 
 
 def kill_worker(pid: int) -> None:

@@ -38,7 +38,7 @@ from .calls import (
     share_run_wait,
 )
 from .errors import Unpicklable
-from .forkserver import ignore_stop_signals, lead_own_group
+from .forkserver import die_with_run, ignore_stop_signals, lead_own_group
 from .runwait import run_delay
 
 __all__ = [
@@ -226,6 +226,7 @@ def worker_main(
     """Entry point of a worker process."""
     ignore_stop_signals()  # the run handles them (its grace period) and stops its workers
     lead_own_group()
+    die_with_run()  # a run SIGKILLed: its workers do not go on writing outputs
     tune_malloc()
     while True:
         try:

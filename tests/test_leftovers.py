@@ -609,6 +609,49 @@ def test_a_killed_command_leaves_nothing_once_its_workers_end(
     assert "Traceback" not in run.errors(), run.errors()
 
 
+_SLEEPING_WORKERS = """
+from pipeline import Pipeline, stage
+from tests import fns
+
+if __name__ == "__main__":
+    Pipeline([stage(fns.sleep_each, 600, kind="process", workers=2)]).run(range(4), progress=False)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_workers_of_a_killed_program_die_with_it_not_after_their_item(adopt: None) -> None:
+    """A program SIGKILLed while its workers are inside an item of ten minutes: its forkserver
+    exits at the end of its "alive" pipe, and the kernel kills the workers with it
+    (PR_SET_PDEATHSIG). Before, each finished its item first (and wrote its outputs into a
+    folder that the next run might hold by then): it learnt the run was gone only when it sent
+    the result."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLEEPING_WORKERS],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + DEADLINE
+        workers: list[psutil.Process] = []
+        while len(workers) < 2:  # the forkserver's children: the workers, each in its item
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.05)
+            with _suppress_gone():
+                servers = psutil.Process(proc.pid).children()
+                workers = [w for f in servers for w in f.children()]
+        proc.kill()
+        assert proc.wait() == -signal.SIGKILL
+        _, alive = psutil.wait_procs(workers, timeout=20)  # not the ten minutes of their item
+        assert alive == []
+    finally:
+        _kill_session(proc.pid)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 _INTERRUPTED_AT_START = """
 import sys
 import app.warmup
