@@ -30,6 +30,7 @@ from pathlib import Path
 from pipeline import (
     Collector,
     ConfigError,
+    FatalRunError,
     Item,
     LedgerError,
     Pipeline,
@@ -338,12 +339,18 @@ def run_process(
             else [UnrecordedShards(out, cfg.output_format, feed)]
         )
         try:
-            tables: list[Collector] = [feed, table, dups, DataTable(out, feed), *stale]
-            taken = stale[0].taken if isinstance(stale[0], StaleOutputs) else None
-            result = _run(cfg, out, plan, limit, tables, taken, stop_helpers=stop_helpers)
-        finally:
-            dups.close()  # its child, if one still runs; the table's temporary files
-            _write_report(out, sheet, dups)
+            try:
+                tables: list[Collector] = [feed, table, dups, DataTable(out, feed), *stale]
+                taken = stale[0].taken if isinstance(stale[0], StaleOutputs) else None
+                result = _run(cfg, out, plan, limit, tables, taken, stop_helpers=stop_helpers)
+            finally:
+                dups.close()  # its child, if one still runs; the table's temporary files
+                _write_report(out, sheet, dups)
+        except (FatalRunError, KeyboardInterrupt):
+            # a run that failed (too many worker crashes, an engine error) or a Ctrl-C at its
+            # end: its workers are gone, and one may have been stopped mid-write
+            remove_stale_temps(out, below=True)
+            raise
         after_run(out, result)
         return result
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -326,6 +327,35 @@ def test_a_run_removes_the_temporary_files_a_killed_run_left(out: Path) -> None:
         assert path.read_text() == "the user's"
     # the last run finished (no summary says otherwise): its tree is not walked at the start
     assert beside.exists()
+
+
+@pytest.mark.parametrize("ending", ["fatal", "ctrl-c"])
+def test_a_run_that_fails_or_is_interrupted_at_its_end_sweeps_the_tree(
+    out: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A run that ends with a fatal error (more worker crashes than its budget: a worker killed
+    mid-write leaves its temporary file beside the thumbnail) or a Ctrl-C during its tables or
+    report sweeps the tree as a run with one worker crash does. Before, only a run that
+    returned did: its summary says finished, so no later run swept it either."""
+    import app.process
+    from pipeline import CrashBudgetExceeded
+
+    half = out / "512" / "a" / ".pp-0123abcd.tmp"
+    real_run = app.process._run
+
+    def run_then_end(*args: Any, **kw: Any) -> Any:
+        real_run(*args, **kw)
+        half.parent.mkdir(parents=True, exist_ok=True)
+        half.write_bytes(b"half a thumbnail")  # a worker killed mid-write
+        if ending == "fatal":
+            raise CrashBudgetExceeded("3 worker crashes: over the run's budget")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app.process, "_run", run_then_end)
+    with pytest.raises(CrashBudgetExceeded if ending == "fatal" else KeyboardInterrupt):
+        run([IMAGES], out)
+    assert not half.exists()
+    assert (out / "512").is_dir()  # the thumbnails stay
 
 
 def test_a_run_after_one_killed_outright_sweeps_the_whole_output_tree(out: Path) -> None:
