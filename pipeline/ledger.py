@@ -157,18 +157,25 @@ class Ledger:
     def _open(self) -> None:
         try:
             self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-            fresh = not self.journal_path.exists()
             db = sqlite3.connect(self.journal_path, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            self._db = db
+            # the table and the manifest's records, if any, in one transaction: a run killed
+            # while it imports leaves no table (the next run imports again), never half of one
+            # that would be taken for the folder's records
+            db.execute("BEGIN")
+            fresh = not db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
+            ).fetchone()
             db.execute(
                 "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, "
                 "seq INTEGER NOT NULL, status TEXT NOT NULL, json TEXT NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS records_seq ON records(seq)")
-            self._db = db
             if fresh and self.manifest_path.exists():
                 self._import_manifest()
+            db.execute("COMMIT")
             if db.execute("PRAGMA user_version").fetchone()[0] < JOURNAL_VERSION:
                 self._upgrade_journal()
             row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
@@ -178,16 +185,17 @@ class Ledger:
             raise LedgerError(f"cannot open the ledger in {self.folder}: {why}") from exc
 
     def _import_manifest(self) -> None:
-        """A folder with a manifest but no journal (copied, or journal deleted): adopt it."""
+        """A folder with a manifest but no journal (copied, or journal deleted): adopt it,
+        within the caller's transaction."""
         batch: list[tuple[str, str, str]] = []
         for rec in read_manifest(self.manifest_path):
             key = Record.from_json(rec).key
             batch.append((key, rec["status"], json.dumps(rec, ensure_ascii=False)))
             if len(batch) >= 1000:
-                self._upsert(batch)
+                self._insert(batch)
                 batch = []
         if batch:
-            self._upsert(batch)
+            self._insert(batch)
 
     def _upgrade_journal(self) -> None:
         """Rows an older version journalled as ``skipped`` / ``already done`` become ``reused``
@@ -215,17 +223,22 @@ class Ledger:
     def _upsert(self, records: Sequence[tuple[str, str, str]]) -> None:
         """Insert or replace ``(key, status, manifest line)`` rows in one transaction."""
         assert self._db is not None
+        self._db.execute("BEGIN")
+        self._insert(records)
+        self._db.execute("COMMIT")
+
+    def _insert(self, records: Sequence[tuple[str, str, str]]) -> None:
+        """Insert or replace ``(key, status, manifest line)`` rows (in the open transaction)."""
+        assert self._db is not None
         rows = []
         for key, status, line in records:
             self._seq += 1
             rows.append((_column(key), self._seq, status, line))
-        self._db.execute("BEGIN")
         self._db.executemany(
             "INSERT INTO records(key, seq, status, json) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET status=excluded.status, json=excluded.json",
             rows,
         )
-        self._db.execute("COMMIT")
 
     def _write(self, records: Sequence[Record]) -> None:
         rows = [(r.key, str(r.status), r.to_line()) for r in records]

@@ -9,7 +9,10 @@ why". Ledgers of earlier versions, which said ``skipped`` / ``already done``, ar
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +26,8 @@ from pipeline.records import LEGACY_DONE, upgrade
 from tests import fns
 from tests.conftest import by_key
 from tests.conftest import read_manifest as manifest_lines
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def keyed(n: int) -> list[tuple[str, int]]:
@@ -99,6 +104,55 @@ def test_an_old_manifest_without_a_journal_is_read_as_reused(out: Path) -> None:
     again = _pipe().run(keyed(10), output=out, progress=False)
     assert again.counts == {"reused": 8, "failed": 2}
     assert {r["status"] for r in manifest_lines(out)} == {"reused", "failed"}
+
+
+_KILLED_WHILE_IMPORTING = """
+import os, sys
+import pipeline.ledger
+from pipeline import Pipeline, stage
+from tests import fns
+
+insert = pipeline.ledger.Ledger._insert
+calls = []
+
+
+def insert_then_die(self, records):  # the second batch of the manifest's import
+    insert(self, records)
+    calls.append(len(records))
+    if len(calls) == 2:
+        os.kill(os.getpid(), 9)
+
+
+if __name__ == "__main__":
+    pipeline.ledger.Ledger._insert = insert_then_die
+    keyed = [(f"k{i:04d}", i) for i in range(2500)]
+    Pipeline([stage(fns.fail_on_multiple_of_7, kind="thread")]).run(
+        keyed, output=sys.argv[1], progress=False
+    )
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_run_killed_while_it_imports_the_manifest_leaves_it_to_the_next(out: Path) -> None:
+    """A folder with a manifest and no journal (copied without ``.pipeline/``): the run that
+    adopts the manifest is SIGKILLed half-way through its import. The next run imports it
+    again, whole: every input is reused. Before, the journal the killed run had made (2,000
+    of the 2,500 records) was taken for the folder's: the rest was done again, and a record
+    of an input no longer given was lost from the manifest."""
+    first = _pipe().run(keyed(2500), output=out, progress=False)
+    assert first.counts == {"ok": 2142, "failed": 358}
+    (out / ".pipeline" / "ledger.sqlite").unlink()
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_IMPORTING, str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert killed.returncode == -9, killed.stderr
+    again = _pipe().run(keyed(2499), output=out, progress=False)  # one input no longer given
+    assert again.counts == {"reused": 2142, "failed": 357}
+    assert len(manifest_lines(out)) == 2500  # the record of the one not given is kept
 
 
 def test_an_old_journal_is_upgraded_once(out: Path) -> None:
