@@ -4,6 +4,7 @@ hold values of several types (the kept columns of a JSON lines table)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["ROW_GROUP", "RowGroupWriter", "rows_table"]
@@ -16,8 +17,9 @@ class RowGroupWriter:
     column that is all null there is text); a later group's column of another type is cast to
     it, or else written as text."""
 
-    def __init__(self, sink: Any) -> None:
+    def __init__(self, sink: Any, types: Mapping[str, str] | None = None) -> None:
         self.sink = sink
+        self.types = types or {}  # columns of a known type (see rows_table)
         self.rows: list[dict[str, Any]] = []
         self.writer: Any = None
         self.schema: Any = None
@@ -33,7 +35,7 @@ class RowGroupWriter:
 
         if not self.rows:
             return
-        table = rows_table(self.rows)
+        table = rows_table(self.rows, self.types)
         self.rows = []
         if self.writer is None:
             fields = [
@@ -51,9 +53,34 @@ class RowGroupWriter:
             self.writer = None
 
 
-def rows_table(rows: list[dict[str, Any]]) -> Any:
+def rows_table(rows: list[dict[str, Any]], types: Mapping[str, str] | None = None) -> Any:
     """A pyarrow table of ``rows``; a column whose values have several types (a JSON lines
-    table's ``1`` and ``"high"``) is written as text (JSON for numbers, lists and objects)."""
+    table's ``1`` and ``"high"``) is written as text (JSON for numbers, lists and objects).
+    ``types``: the columns whose type is known (pyarrow's names: ``"int64"``), which they have
+    whatever the rows hold (all null in this table, say), so that every table of a run has
+    the same schema for them."""
+    table = _inferred(rows)
+    return _typed(table, types) if types else table
+
+
+def _typed(table: Any, types: Mapping[str, str]) -> Any:
+    import pyarrow as pa
+
+    for name, alias in types.items():
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            continue
+        wanted, col = pa.type_for_alias(alias), table.column(index)
+        if col.type != wanted:
+            try:
+                col = col.cast(wanted)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue  # left as it is (the values say otherwise)
+            table = table.set_column(index, pa.field(name, wanted), col)
+    return table
+
+
+def _inferred(rows: list[dict[str, Any]]) -> Any:
     import pyarrow as pa
 
     try:

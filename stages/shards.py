@@ -91,6 +91,32 @@ _SHARD_NAME = re.compile(
 _DATA_NAME = re.compile(r"^[0-9a-f]*-?\d{5,}\.(tar|parquet)$")  # what a record may name
 _EXTENSION = {"webdataset": "tar", "parquet": "parquet"}
 
+#: The types of the metadata table's own columns, whatever a shard's rows hold (a shard whose
+#: inputs all succeeded has no error: its error columns are typed all the same), so that every
+#: shard's table has one schema and the folder reads as one dataset.
+META_TYPES = {
+    "key": "string",
+    "url": "string",
+    "caption": "string",
+    "status": "string",
+    "error_type": "string",
+    "error_message": "string",
+    "http_status": "int64",
+    "width": "int64",
+    "height": "int64",
+    "original_width": "int64",
+    "original_height": "int64",
+    "format": "string",
+    "sha256": "string",
+}
+
+#: The same for a Parquet shard's own columns.
+DATA_TYPES = {
+    **{k: v for k, v in META_TYPES.items() if k not in ("status", "error_type", "error_message")},
+    "image": "binary",
+    "stats": "string",
+}
+
 
 @dataclass(slots=True)
 class Packed:
@@ -119,7 +145,7 @@ class _Shard:
             # closed by finish() or discard(), which own the shard for its lifetime
             self.tar = tarfile.open(fileobj=self.file.file, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         else:
-            self.table = RowGroupWriter(self.file.file)
+            self.table = RowGroupWriter(self.file.file, DATA_TYPES)
         self.rows: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []  # the record values of its samples
         self.bytes = 0
@@ -152,7 +178,7 @@ class _Shard:
         for record in self.records:  # what resume checks the shard against (ShardIndex)
             record["shard_bytes"] = size
         buf = io.BytesIO()
-        pq.write_table(rows_table(self.rows), buf)
+        pq.write_table(rows_table(self.rows, META_TYPES), buf)
         meta = f"{self.name}.parquet" if self.fmt == "webdataset" else f"{self.name}_meta.parquet"
         atomic_write_bytes(self.folder / meta, buf.getvalue(), fsync=False)
         stats = _stats(self.rows, self.bytes, self.started)

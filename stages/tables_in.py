@@ -3,7 +3,8 @@
 :func:`iter_table` yields one :class:`TableRow` per row of the table, lazily: a Parquet file
 through ``ParquetFile.iter_batches`` (only the columns asked for), CSV/TSV through
 ``pyarrow.csv.open_csv`` (a streaming reader, every column read as text so that a column's
-type cannot change from one block to the next), JSON lines line by line, and any other file
+type cannot change from one block to the next), JSON lines line by line (kept columns as
+text too, numbers and lists as JSON: :func:`_text`), and any other file
 as a plain URL list (:func:`stages.urls.iter_url_list`). At most one batch
 (:data:`BATCH_ROWS` rows) is held at a time, so a table of 100 million rows never sits in
 memory.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -139,9 +140,10 @@ def iter_table(
     else:
         batches = _arrow_batches(name, fmt, cols, batch_rows)
     row = 0
+    kept = _plain if fmt != "jsonl" else _text  # JSON lines: no schema; see _text
     for batch in batches:
         for obj in batch:
-            yield _row(row, obj, url_col, caption_col, keep)
+            yield _row(row, obj, url_col, caption_col, keep, kept)
             row += 1
 
 
@@ -203,13 +205,18 @@ def _json_batches(path: str, batch_rows: int) -> Iterator[list[dict[str, Any]]]:
 
 
 def _row(
-    row: int, obj: dict[str, Any], url_col: str, caption_col: str | None, keep: Sequence[str]
+    row: int,
+    obj: dict[str, Any],
+    url_col: str,
+    caption_col: str | None,
+    keep: Sequence[str],
+    kept: Callable[[Any], Any],
 ) -> TableRow:
     if "\0error" in obj:
         return TableRow(row, str(obj.get("\0text", "")), error=str(obj["\0error"]))
     url = obj.get(url_col)
     caption = obj.get(caption_col) if caption_col else None
-    extra = {c: _plain(obj.get(c)) for c in keep}
+    extra = {c: kept(obj.get(c)) for c in keep}
     cap = None if caption is None else str(caption)
     if not isinstance(url, str) or not url.strip():
         why = f"no URL in column {url_col!r}" if url is None else f"bad URL {url!r}"
@@ -226,6 +233,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     return str(value)
+
+
+def _text(value: Any) -> str | None:
+    """A kept value of a JSON lines table, as text: a string as it is, anything else as JSON
+    (``1``, ``2.5``, ``true``, ``["a", "b"]``). A JSON lines table has no schema: one row's
+    ``1`` and the next one's ``2.5`` or ``"high"`` would give a shard's column one type and the
+    next shard's another (or a Parquet shard's later row group a type its first one did not
+    have), and a reader of the shards as one dataset would fail on them."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(_plain(value), ensure_ascii=False)
 
 
 def _text_rows(path: str) -> Iterator[TableRow]:

@@ -500,6 +500,46 @@ def test_kept_columns_of_mixed_types(tmp_path: Path, images: tuple[Images, str])
         assert Counter(meta.column("score").to_pylist()) == Counter(["1", "high", None])
 
 
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_every_shard_of_a_run_has_one_schema(
+    tmp_path: Path, images: tuple[Images, str], fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard whose inputs all succeeded and one with failures; a JSON lines column holding
+    ``1`` in the first rows and ``2.5`` or ``"high"`` in later ones (a later row group of a
+    Parquet shard, a later shard): every shard's tables have one schema, and the folder reads
+    as one dataset. Before, the error columns were null-typed in a shard without errors, and
+    a kept column int64 in one shard and double in the next (the folder did not read as one);
+    a Parquet shard whose later row group held a double in an int64 column stopped the run."""
+    import pyarrow.dataset as ds
+
+    import stages.parquet_rows
+
+    monkeypatch.setattr(stages.parquet_rows, "ROW_GROUP", 3)
+    _, base = images
+    scores: list[object] = [1, 2, 3, 4, 5, 6, 2.5, "high", None, 7]
+    rows = [{"url": f"{base}/img/{i}.jpg", "score": v} for i, v in enumerate(scores)]
+    rows.insert(8, {"url": f"{base}/missing.jpg", "score": 0})  # in the second shard only
+    table = tmp_path / "t.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    cfg = shard_config(
+        out, table, output_format=fmt, caption_col=None, keep_columns="score", samples_per_shard=6
+    )
+    assert run_process(cfg).exit_code == 1  # the missing one
+    meta = "[0-9]*[0-9].parquet" if fmt == "webdataset" else "[0-9]*_meta.parquet"
+    tables = [sorted(out.glob(meta))]
+    if fmt == "parquet":
+        tables.append(sorted(out.glob("[0-9]*[0-9].parquet")))
+    for paths in tables:
+        assert len(paths) == 2
+        assert pq.read_schema(paths[0]) == pq.read_schema(paths[1])
+        whole = ds.dataset([str(p) for p in paths]).to_table()  # one dataset
+        assert whole.schema.field("score").type == pa.string()
+        assert set(whole.column("score").to_pylist()) >= {"1", "2.5", "high", None}
+    first = pq.read_table(tables[0][0])
+    assert first.schema.field("error_type").type == pa.string()  # none failed there
+
+
 def test_plain_url_list_to_shards(tmp_path: Path, images: tuple[Images, str]) -> None:
     _, base = images
     urls = tmp_path / "list.txt"
