@@ -16,7 +16,9 @@ earlier record listed are removed when
 
 They are kept when the redo failed on the same input (``--force``, other options, a server
 that did not answer): still a true picture of the input, perhaps its only one; and when the
-run cancelled the key (nothing was decided). A file is never removed when any record of the
+run cancelled the key (nothing was decided). The new record then keeps the earlier one's
+result (:mod:`pipeline.recorder`), so they stay listed, and a later redo that succeeds removes
+them. A file is never removed when any record of the
 folder lists it (this run's or an earlier one's, in any order: every listed path goes through
 a fixed-size Bloom filter, :class:`Listed`, whose rare false positive keeps a file, never
 removes one), when it was written since the run started (a local file's ``mtime``), when it

@@ -71,6 +71,7 @@ class Recorder:
             if item is not None:
                 record.identity = record.identity or item.identity
                 record.redo = record.redo or item.redo
+        _keep_earlier_result(record)
         await self.channel.send(record)
         self.unsaved.add(record.key)
         self.inflight.pop(record.key, None)
@@ -149,9 +150,33 @@ class Recorder:
             )
             for item in self.inflight.values()
         ]
+        for record in records:
+            _keep_earlier_result(record)
         self.inflight.clear()
         self.replacing.clear()
         return records
+
+
+def _keep_earlier_result(record: Record) -> None:
+    """A redo that failed, was declined by a stage or was cancelled on the same input keeps the
+    earlier record's result:
+    what that run made (its outputs) is still there, and still a true picture of the input, so
+    the folder's records go on listing it; a later redo that succeeds replaces it (and whatever
+    removes outputs no record lists knows them). Without it the new record replaced the
+    earlier one in the ledger, and no record listed those outputs any more. An input that
+    changed (another source or identity) keeps nothing: its earlier outputs show what is gone.
+    """
+    earlier = record.earlier
+    if (
+        earlier is None
+        or earlier.value is None
+        or record.value is not None
+        or record.status not in (Status.FAILED, Status.SKIPPED, Status.CANCELLED)
+        or record.source != earlier.source
+    ):
+        return
+    if None in (record.identity, earlier.identity) or record.identity == earlier.identity:
+        record.value = earlier.value
 
 
 def _since(born: float) -> float | None:

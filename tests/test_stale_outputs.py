@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ from stages.thumbs import remove_output
 from tests.trees import cli, files_below, image_bytes, looks, write
 from tests.trees import output_paths as outputs
 from tests.trees import records_by_bytes as records
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -199,6 +204,51 @@ def test_a_redo_that_fails_on_the_same_input_keeps_its_earlier_outputs(tmp_path:
     assert rec["redo"] == "force"
     assert shows(out, b"512/a.jpg", "red")
     assert stale_counts(out)["removed"] == 0
+    # and its record still lists them (the earlier result kept): a redo that succeeds later
+    # removes them. Before, no record listed them any more, and they stayed for good.
+    assert images_below(out) == set(listed(out)) == {b"512/a.jpg"}
+    done = cli(src, "--output", out, "--size", "256", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert images_below(out) == set(listed(out)) == {b"256/a.jpg"}
+    assert stale_counts(out)["removed"] == 1
+
+
+def test_a_redo_cut_short_by_ctrl_c_leaves_no_output_unlisted(tmp_path: Path) -> None:
+    """A redo with another size stopped by Ctrl-C twice: its cancelled keys keep their earlier
+    result, so their earlier thumbnails stay listed, and the run that finishes the redo removes
+    them. Before, the cancelled record replaced the earlier one and listed nothing: those
+    thumbnails stayed in the folder for good, listed by no record."""
+    import numpy as np
+    from PIL import Image
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    x = np.linspace(0, 255, 3000, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, 2000, dtype=np.float32)[:, None]
+    pixels = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], axis=-1).astype(np.uint8)
+    Image.fromarray(pixels).save(src / "p000.png", compress_level=1)  # slow to decode
+    for i in range(1, 40):
+        os.link(src / "p000.png", src / f"p{i:03d}.png")
+    assert cli(src, "--output", out, "--size", "64", "--quiet").returncode == 0
+    argv = [sys.executable, "-m", "pipeline", "process", str(src), "--output", str(out)]
+    redo = subprocess.Popen([*argv, "--size", "32", "--quiet"], cwd=ROOT, stderr=subprocess.PIPE)
+    with redo:
+        deadline = time.monotonic() + 60
+        while not list((out / "32").glob("*.png")):  # the redo is under way
+            assert redo.poll() is None, redo.stderr.read() if redo.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        redo.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        redo.send_signal(signal.SIGINT)  # again: at once, the items in flight cancelled
+        _, errors = redo.communicate(timeout=60)
+    statuses = {r["status"] for r in records(out).values()}
+    assert "cancelled" in statuses, errors
+    assert images_below(out) == set(listed(out))  # the 64 ones of the cancelled keys too
+    done = cli(src, "--output", out, "--size", "32", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert images_below(out) == set(listed(out)) == {f"32/p{i:03d}.png".encode() for i in range(40)}
+    assert not (out / "64").exists()
 
 
 def test_a_run_into_a_fresh_folder_keeps_no_filter() -> None:
