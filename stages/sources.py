@@ -48,6 +48,7 @@ depth, never by the number of files.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import hashlib
@@ -224,7 +225,10 @@ def plan_inputs(
     owners = [k.real for k in earlier_here if k.folder and not k.key]
     names = _names(new, taken=[k.key.rstrip("/").lower() for k in earlier_here], owners=owners)
     prefixed = len(plain) + len(others) > 1
-    top = Folder([*names.values(), *(k.key.rstrip("/") for k in earlier_here)])
+    top_names = [*names.values(), *(k.key.rstrip("/") for k in earlier_here)]
+    if any(not is_dir for _, _, is_dir in plain):  # a file given by itself: at the top too
+        top_names += _entries(owners)
+    top = Folder(top_names)
     out: list[InputRoot] = []
     for path, real, is_dir in plain:
         key = kept[real].key if real in kept else _key(names[real], is_dir, prefixed)
@@ -333,6 +337,18 @@ def _names(
         else n
         for n, f, (path, real, is_dir) in zip(names, folded, plain, strict=True)
     }
+
+
+def _entries(owners: Sequence[str]) -> list[str]:
+    """The names in the local folders ``owners``: earlier inputs keyed without a prefix, whose
+    files' outputs are at the top of the output folder, where a file given by itself writes
+    its own (``x``'s ``x.jpg`` must not be ``x.jpg``'s, an entry of theirs: it takes a tag)."""
+    names: list[str] = []
+    for owner in owners:
+        if not is_url(owner):
+            with contextlib.suppress(OSError):
+                names += os.listdir(owner)
+    return names
 
 
 def _held_by(name: str, owners: Sequence[str]) -> bool:

@@ -251,6 +251,30 @@ def test_a_redo_cut_short_by_ctrl_c_leaves_no_output_unlisted(tmp_path: Path) ->
     assert not (out / "64").exists()
 
 
+def test_a_file_given_alone_never_takes_the_output_of_an_earlier_folders_file(
+    tmp_path: Path,
+) -> None:
+    """``process a`` (its files keyed without a prefix: ``x.jpg`` -> ``512/x.jpg``), then
+    ``process f/x`` (a JPEG without an extension: keyed ``x``, written ``x.jpg`` by rule 2):
+    the file takes a tag, as beside ``a``'s files in one run. Before, it was written over
+    ``a``'s thumbnail: two records listed ``512/x.jpg``, and a later run reused ``x.jpg``'s
+    record with the other picture under its name."""
+    a, f, out = tmp_path / "a", tmp_path / "f", tmp_path / "out"
+    write(a, "x.jpg", image_bytes("red"))
+    write(f, "x", image_bytes("blue"))
+    assert cli(a, "--output", out, "--quiet").returncode == 0
+    assert cli(f / "x", "--output", out, "--quiet").returncode == 0
+    paths = listed(out)  # no path listed twice
+    assert paths[b"512/x.jpg"] == b"x.jpg"
+    assert shows(out, b"512/x.jpg", "red")
+    (blue,) = [p for p, key in paths.items() if key == b"x"]
+    assert shows(out, blue, "blue")
+    again = cli(a, f / "x", "--output", out)
+    assert again.returncode == 0, again.stderr
+    assert {r["status"] for r in records(out).values()} == {"reused"}
+    assert shows(out, b"512/x.jpg", "red")
+
+
 def test_a_run_into_a_fresh_folder_keeps_no_filter() -> None:
     from app.endofrun import RecordFeed
 
