@@ -29,8 +29,13 @@ console.
 The outputs of inputs gone are kept, but for one whose name a current output now has (exactly,
 or but for case): :meth:`StaleOutputs.taken`, asked by ``app.process.mark_gone``.
 
+The paths to remove are written, as they come, to a file of the ledger's (:data:`PENDING`),
+removed once they are: a run killed before its end (SIGKILL, a power cut) has its redone
+records in the ledger already, which no longer say what they replaced; the next run removes
+those paths too (when no record lists them then).
+
 Memory: two Bloom filters of 1 MiB (every listed path; this run's new outputs, folded), only in
-a folder that had records before the run, and the paths to remove, in a temporary file.
+a folder that had records before the run; the paths to remove are in that file.
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +57,10 @@ from stages.storage import StorageError, is_url
 from stages.thumbs import output_paths, remove_output
 
 from .endofrun import MANIFEST, RecordFeed
+
+#: The paths a run is to remove at its end, in the ledger's folder, until it has (module
+#: docstring): a run killed before its end leaves them to the next run.
+PENDING = ".pipeline/stale-outputs"
 
 __all__ = ["Listed", "StaleOutputs"]
 
@@ -111,7 +119,12 @@ class StaleOutputs:
         active = any((ledger / name).exists() for name in (MANIFEST, JOURNAL))
         self.listed = Listed() if active else None  # every record's outputs
         self.current = Listed() if active else None  # this run's new outputs, folded
-        self._doomed: IO[bytes] | None = None  # the paths to remove, NUL-separated
+        # the paths to remove, NUL-separated, in the ledger's folder: a run killed before its
+        # end leaves them to the next one (whose records no longer say what they replaced)
+        self.pending = ledger / PENDING
+        self._doomed: IO[bytes] | None = None
+        if active and self.pending.exists():
+            self._doomed = self.pending.open("a+b", buffering=0)
         self.counts = {"removed": 0, "listed": 0, "newer": 0, "missing": 0, "failed": 0}
         self.errors: list[str] = []
         self.first: list[str] = []  # the first paths removed, shown
@@ -132,8 +145,9 @@ class StaleOutputs:
     def _doom(self, path: str) -> None:
         """``path`` is to be removed at the end, unless a record lists it then."""
         if self._doomed is None:  # closed by discard(), whatever happens
-            self._doomed = tempfile.TemporaryFile(prefix="pixpipe-stale-")  # noqa: SIM115
-        self._doomed.write(os.fsencode(path) + b"\0")
+            self.pending.parent.mkdir(exist_ok=True)  # (a folder with a manifest alone)
+            self._doomed = self.pending.open("a+b", buffering=0)
+        self._doomed.write(os.fsencode(path) + b"\0")  # at once: a SIGKILL loses none
 
     def result(self) -> dict[str, Any]:
         """Remove what is stale and say so. The engine asks after the ledger's pass over the
@@ -192,6 +206,7 @@ class StaleOutputs:
         if self.counts["removed"]:
             log.debug("removed %d earlier output(s) that no record lists", self.counts["removed"])
         self.discard()
+        self.pending.unlink(missing_ok=True)  # all done: nothing left to a later run
 
     def _removals(self) -> Iterator[tuple[str, str]]:
         """Each path to remove, and what became of it. In storage (a request each), by

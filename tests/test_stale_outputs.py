@@ -8,9 +8,11 @@ one's name): :mod:`app.stale`, and resume's ``outdated`` test in :mod:`app.proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -213,22 +215,57 @@ def test_a_redo_that_fails_on_the_same_input_keeps_its_earlier_outputs(tmp_path:
     assert stale_counts(out)["removed"] == 1
 
 
+def _slow_images(src: Path, n: int) -> Path:
+    """``n`` names of one 6 MP PNG, slow to decode (a worker is inside one for a while)."""
+    import numpy as np
+    from PIL import Image
+
+    src.mkdir()
+    x = np.linspace(0, 255, 3000, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, 2000, dtype=np.float32)[:, None]
+    pixels = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], axis=-1).astype(np.uint8)
+    Image.fromarray(pixels).save(src / "p000.png", compress_level=1)
+    for i in range(1, n):
+        os.link(src / "p000.png", src / f"p{i:03d}.png")
+    return src
+
+
+def test_a_redo_killed_outright_leaves_its_replaced_outputs_to_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """A redo with another size SIGKILLed half-way: its records of the keys it redid are in
+    the ledger, and no longer say what they replaced; the run that finishes the redo removes
+    those outputs all the same (the paths to remove were written, as they came, beside the
+    ledger). Before, the old size's thumbnails of those keys stayed for good."""
+    src, out = _slow_images(tmp_path / "in", 40), tmp_path / "out"
+    assert cli(src, "--output", out, "--size", "64", "--quiet").returncode == 0
+    argv = [sys.executable, "-m", "pipeline", "process", str(src), "--output", str(out)]
+    with subprocess.Popen([*argv, "--size", "32", "--quiet"], cwd=ROOT) as redo:
+        deadline = time.monotonic() + 60
+        while len(list((out / "32").glob("*.png"))) < 6:  # some redone, their records in
+            assert redo.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)  # the ledger commits every 0.1 s
+        redo.kill()
+    with contextlib.closing(sqlite3.connect(out / ".pipeline" / "ledger.sqlite")) as journal:
+        # (the manifest is written at a run's end: the journal says what the killed run did)
+        rows = [json.loads(text) for (text,) in journal.execute("SELECT json FROM records")]
+    redone = [r for r in rows if r["result"]["outputs"][0]["size"] == "32"]
+    assert 0 < len(redone) < 40
+    done = cli(src, "--output", out, "--size", "32", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert images_below(out) == set(listed(out)) == {f"32/p{i:03d}.png".encode() for i in range(40)}
+    assert not (out / "64").exists()
+    assert not (out / ".pipeline" / "stale-outputs").exists()  # all done
+
+
 def test_a_redo_cut_short_by_ctrl_c_leaves_no_output_unlisted(tmp_path: Path) -> None:
     """A redo with another size stopped by Ctrl-C twice: its cancelled keys keep their earlier
     result, so their earlier thumbnails stay listed, and the run that finishes the redo removes
     them. Before, the cancelled record replaced the earlier one and listed nothing: those
     thumbnails stayed in the folder for good, listed by no record."""
-    import numpy as np
-    from PIL import Image
-
-    src, out = tmp_path / "in", tmp_path / "out"
-    src.mkdir()
-    x = np.linspace(0, 255, 3000, dtype=np.float32)[None, :]
-    y = np.linspace(0, 255, 2000, dtype=np.float32)[:, None]
-    pixels = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], axis=-1).astype(np.uint8)
-    Image.fromarray(pixels).save(src / "p000.png", compress_level=1)  # slow to decode
-    for i in range(1, 40):
-        os.link(src / "p000.png", src / f"p{i:03d}.png")
+    src, out = _slow_images(tmp_path / "in", 40), tmp_path / "out"
     assert cli(src, "--output", out, "--size", "64", "--quiet").returncode == 0
     argv = [sys.executable, "-m", "pipeline", "process", str(src), "--output", str(out)]
     redo = subprocess.Popen([*argv, "--size", "32", "--quiet"], cwd=ROOT, stderr=subprocess.PIPE)
