@@ -313,8 +313,12 @@ def die_with_run() -> None:
         return
 
     def watch() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            select.select([sentinel], [], [])  # readable: the run's end of the pipe is closed
+        try:
+            poller = select.poll()
+            poller.register(sentinel, select.POLLIN)
+            poller.poll()  # POLLHUP: the run's end of the pipe is closed
+        except (OSError, ValueError):  # cannot watch: the worker goes on as it did
+            return
         me = os.getpid()
         with contextlib.suppress(OSError):
             os.killpg(me, signal.SIGKILL) if os.getpgid(0) == me else os.kill(me, signal.SIGKILL)
