@@ -208,9 +208,17 @@ def start(
 
 
 def assert_nothing_left(run: Run) -> None:
-    """The command has exited: no process of its session, nothing in its TMPDIR, right now."""
+    """The command has exited: no process of its session, nothing in its TMPDIR, right now;
+    but for a zombie, given a moment: a worker that died as its forkserver exited (the
+    forkserver does not wait for its children when its "alive" pipe closes) is handed to
+    ``init``, which reaps it in its own time (seen once in a full suite, on a loaded machine).
+    A process still alive fails at once."""
     assert run.proc.returncode is not None
-    assert _session(run.sid) == [], run.errors()
+    left, deadline = _session(run.sid), time.monotonic() + 5
+    while left and all(p.endswith("(zombie)") for p in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = _session(run.sid)
+    assert left == [], run.errors()
     assert sorted(p.name for p in run.tmp.iterdir()) == [], run.errors()
 
 
