@@ -74,16 +74,30 @@ def remember_inputs(folder: Path, plan: InputPlan, earlier: Sequence[InputKey]) 
     and then say which input keeps (or takes) another key than its command line alone gives."""
     if set(plan.known) == set(earlier):
         return
-    knew = {k.real for k in earlier}
+    knew = {k.real: k.key for k in earlier}
     for root, key, alone in plan.changed:
+        had = knew.get(root.real)
+        if had is not None and had != key:
+            continue  # said below
         log.warning(
             "input %s %s %s in this output folder (this command line alone would give %s): a "
             "folder's inputs keep their keys from run to run; see README, 'Keys'",
             shown(root.path),
-            "keeps the key" if root.real in knew else "takes the key",
-            _shown_key(key) + (" it has" if root.real in knew else ""),
+            "keeps the key" if had == key else "takes the key",
+            _shown_key(key) + (" it has" if had == key else ""),
             _shown_key(alone),
         )
+    for root in plan.roots:
+        had = knew.get(root.real)
+        if had is not None and had != root.prefix:
+            log.warning(
+                "input %s takes the key %s instead of its %s: another input folder now holds "
+                "an entry of that name, whose files' keys its files had; its files are "
+                "processed again under the new key",
+                shown(root.path),
+                _shown_key(root.prefix),
+                _shown_key(had),
+            )
     entries = [{"real": k.real, "folder": k.folder, "key": k.key} for k in plan.known]
     text = json.dumps({"version": _VERSION, "inputs": entries}, indent=1) + "\n"
     # ensure_ascii (json's default) writes an undecodable byte of a name as its \udcXX escape

@@ -220,6 +220,8 @@ def plan_inputs(
         below = _inside(real, alive) if is_dir and real not in kept else None
         if below is not None:
             kept[real] = below
+    for real in _lost_names(kept, [*kept.values(), *others]):
+        del kept[real]  # keyed anew, as a new input beside them (it takes a tag)
     new = [(path, real, is_dir) for path, real, is_dir in plain if real not in kept]
     earlier_here = [*kept.values(), *others]
     owners = [k.real for k in earlier_here if k.folder and not k.key]
@@ -337,6 +339,22 @@ def _names(
         else n
         for n, f, (path, real, is_dir) in zip(names, folded, plain, strict=True)
     }
+
+
+def _lost_names(kept: Mapping[str, InputKey], known: Sequence[InputKey]) -> list[str]:
+    """The kept inputs (by real path) whose name an input folder keyed without a prefix now
+    has an entry of (``a/b/`` appeared after ``b`` took the prefix ``b/``): their keys would be
+    that folder's files' keys too, one input's files taken for the other's. Not a folder inside
+    that one (keyed as its files are there)."""
+    owners = [k.real for k in known if k.folder and not k.key and not is_url(k.real)]
+    lost = []
+    for real, k in kept.items():
+        name = k.key.rstrip("/")
+        if not name or "/" in name:  # no prefix, or a folder inside another input folder
+            continue
+        if any(o != real and not _below(real, o) and _held_by(name, [o]) for o in owners):
+            lost.append(real)
+    return lost
 
 
 def _entries(owners: Sequence[str]) -> list[str]:

@@ -104,6 +104,33 @@ def test_a_new_input_never_takes_keys_an_earlier_input_holds(tmp_path: Path) -> 
     assert looks(os.fsencode(out / "512" / new), "blue")
 
 
+def test_an_input_whose_prefix_became_an_earlier_folders_entry_is_keyed_anew(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``a`` alone (unprefixed keys), then ``b`` (beside it: ``b/``), then ``a`` gains a
+    folder ``b``: its files' keys ``b/...`` would be ``b``'s too. ``b`` is keyed anew with its
+    tag (a warning says so) and its files processed again; each input keeps its own picture.
+    Before, one of the two ``b/y.jpg`` was ignored as a duplicate and ``b``'s thumbnail showed
+    ``a``'s picture."""
+    a, b = tmp_path / "a", tmp_path / "in" / "b"
+    write(a, "x.jpg", image_bytes("red"))
+    write(b, "y.jpg", image_bytes("blue"))
+    out = tmp_path / "out"
+    assert set(run(out, a)) == {"x.jpg"}
+    assert set(run(out, b)) == {"x.jpg", "b/y.jpg"}
+    write(a / "b", "y.jpg", image_bytes("green"))
+    with caplog.at_level("WARNING", logger="app"):
+        recs = run(out, a, b)
+    assert "instead of its prefix 'b/'" in caplog.text
+    assert len(recs) == 3
+    moved = next(k for k in recs if k.startswith("b~"))
+    assert moved.endswith("/y.jpg")
+    assert recs["b/y.jpg"]["source"] == str(a / "b" / "y.jpg")
+    assert looks(os.fsencode(out / "512" / "b" / "y.jpg"), "green")
+    assert looks(os.fsencode(out / "512" / moved), "blue")
+    assert {r["status"] for r in run(out, a, b).values()} == {"reused"}  # and it stays so
+
+
 def test_a_folder_inside_a_known_input_is_keyed_as_it_was_there(tmp_path: Path) -> None:
     a = tmp_path / "a"
     write(a / "2024" / "day", "x.jpg", image_bytes("red"))
