@@ -31,9 +31,10 @@ Verdicts (``kind`` field):
 * ``io-in-process``— a process stage that mostly waits: threads would do, without pickling;
 * ``blocks-loop``  — an inline stage doing real work on the event loop: use thread or process;
 * ``brief``        — busy less than ``MIN_BUSY`` seconds in all, and neither starved nor
-  contended (their waits are measured in nanoseconds, not in CPU ticks): too little work to
-  tell. CPU time comes in 10 ms ticks: on the README's first run, 0.4 s of work, timing noise
-  turned ``cpu`` into ``cpu-python`` from one run to the next. No change is suggested.
+  contended (their waits are measured in nanoseconds, not in CPU ticks; a contended one still
+  waited ``MIN_WAIT`` seconds in all at least): too little work to tell. CPU time comes in
+  10 ms ticks: on the README's first run, 0.4 s of work, timing noise turned ``cpu`` into
+  ``cpu-python`` from one run to the next. No change is suggested.
 
 Where the run delay is not measured (no ``/proc/thread-self/schedstat``), ``load`` (the
 machine's load average, given by the caller) stands in: on a machine loaded beyond its cores a
@@ -70,6 +71,9 @@ CONTENDED_ABOVE = 0.25
 MAX_WORKERS = 512
 #: a stage busy less than this many seconds in all (its workers together) gets no verdict
 MIN_BUSY = 0.5
+#: ... unless it is contended, its workers waiting for a core this many seconds in all at least
+#: (waits are measured in nanoseconds; a few milliseconds of them over a few items say nothing)
+MIN_WAIT = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +253,7 @@ def advise(
             kind, reason, suggested_kind = "idle", "saw no items", r.kind
         elif (starved := _starved(r, i, top, top_index)) is not None:
             (kind, reason), suggested_kind = starved, r.kind
-        elif r.busy < MIN_BUSY and kind != "contended":  # waits tell those, not CPU ticks
+        elif r.busy < MIN_BUSY and (kind != "contended" or (r.run_wait or 0.0) < MIN_WAIT):
             reason = f"too little work to tell: busy {r.busy:.2f} s in all, under {MIN_BUSY:g} s"
             kind, suggested_kind = "brief", r.kind
         suggested = r.workers

@@ -174,6 +174,22 @@ def test_too_little_work_gets_no_verdict_but_a_starved_stage_still_does() -> Non
     assert kinds["after"] == "starved"
 
 
+def test_a_brief_stage_is_contended_only_when_it_waited_long_enough_to_tell() -> None:
+    """A few items, a few milliseconds of waiting for a core: ``brief`` (the noop stage of
+    the next test read ``contended`` once, in a full suite on a loaded machine: its workers'
+    waits were a large share of almost nothing). The README's first run, 0.14 s of waits in
+    0.4 s busy, stays ``contended``."""
+    from pipeline.advice import MIN_WAIT
+
+    tiny = dict(busy=0.004, wall=0.01, utilisation=0.2, cpu=0.002, cpu_per_busy=0.5)
+    (v,) = advise([_snap("s", "thread", run_wait=0.0025, **tiny)], cores=2)
+    assert v.kind == "brief"
+    first = dict(busy=0.42, wall=0.3, utilisation=0.7, cpu=0.13, cpu_per_busy=0.31)
+    (v,) = advise([_snap("read", "thread", run_wait=0.14, **first)], cores=2)
+    assert v.kind == "contended"
+    assert MIN_WAIT < 0.14
+
+
 def test_the_console_says_when_the_run_was_too_brief_to_advise() -> None:
     from app.console import summary_lines
 
