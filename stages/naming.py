@@ -11,7 +11,8 @@ by itself sits at the top) and the output name is:
    ``b.png`` → ``b.png.jpg``, ``README`` → ``README.jpg``;
 3. ``<name cut to fit>~<tag><ext>`` when rule 2's name, for some output extension, could be
    another input's own name in the same folder (a sibling file or folder named ``<name><ext>``,
-   compared without case: ``a.gif`` beside ``a.gif.jpg`` becomes ``a.gif~1f0c9a2b.jpg``), or
+   compared without case or normalization: ``a.gif`` beside ``a.gif.jpg`` becomes
+   ``a.gif~1f0c9a2b.jpg``), or
    would be longer than the file system's limit of 255 bytes. ``<tag>`` is the first 8 hex
    digits of the SHA-1 of the input name's bytes — 16, or all 40, in the unlikely case that the
    tagged name is itself a sibling's name or rule-2 name: the same inputs give the same names,
@@ -79,7 +80,8 @@ def name_tag(text: str, digits: int = 8) -> str:
 
 def needs_tag(name: str, siblings_lower: Collection[str] | Callable[[str], bool]) -> bool:
     """Whether ``<name><ext>`` could be a sibling's own name (``siblings_lower``: lower-cased
-    names of every entry in the folder, or a test of one: :meth:`Siblings.is_name`)."""
+    names of every entry in the folder, or a test of one: :meth:`Siblings.is_name`, which
+    compares names folded, :func:`fold`, normalization too)."""
     is_name = siblings_lower if callable(siblings_lower) else siblings_lower.__contains__
     low = name.lower()
     return any(is_name(low + ext) for ext in OUTPUT_EXTENSIONS)
@@ -130,15 +132,15 @@ class Folder:
         for name in names:
             low = name.lower()
             low = name if low == name else low  # one string, not two, for a lower-case name
-            self.lower.add(low)
             f = low if name.isascii() else fold(name)
+            self.lower.add(f)  # folded: café.gif.jpg composed or decomposed is one name
             if f in folded:
                 self.twins.add(f)
             else:
                 folded.add(f)
 
     def is_name(self, lower: str) -> bool:
-        return lower in self.lower
+        return (lower if lower.isascii() else fold(lower)) in self.lower
 
     def is_twin(self, name: str) -> bool:
         return bool(self.twins) and fold(name) in self.twins

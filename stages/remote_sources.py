@@ -161,7 +161,8 @@ class SpilledNames:
     def add(self, names: Iterable[str]) -> None:
         batch: list[tuple[bytes, bytes]] = []
         for name in names:
-            batch.append((_key(name.lower()), _key(fold(name))))
+            folded = _key(fold(name))  # names are compared folded too (Folder's)
+            batch.append((folded, folded))
             if len(batch) >= _BATCH:
                 self._insert(batch)
         self._insert(batch)
@@ -176,7 +177,7 @@ class SpilledNames:
         batch.clear()
 
     def is_name(self, lower: str) -> bool:
-        found = self._db.execute("SELECT 1 FROM names WHERE name = ?", (_key(lower),))
+        found = self._db.execute("SELECT 1 FROM names WHERE name = ?", (_key(fold(lower)),))
         return found.fetchone() is not None
 
     def is_twin(self, name: str) -> bool:
