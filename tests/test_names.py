@@ -120,6 +120,16 @@ def test_the_naming_rules() -> None:
     for name in ("a.gif", "x.png", "y.webp", "z.jpg"):
         folder = Folder([name, f"{name}.jpg", f"{name}.png"])
         assert choose_tag(name, folder) == name_tag(name), name
+    # rule 3 compares without normalization too: café.gif (composed) beside café.gif.jpg
+    # (decomposed) takes a tag; its output was café.gif.jpg composed, one file with the other
+    # on macOS (APFS ignores normalization)
+    gif, sibling = "caf\u00e9.gif", "cafe\u0301.gif.jpg"
+    folder = Folder([gif, sibling])
+    outs = [
+        output_name(w, ".jpg", tag) for w, tag in (written_as(n, folder) for n in (gif, sibling))
+    ]
+    assert outs[0] == f"caf\u00e9.gif~{name_tag(gif)}.jpg"
+    assert len({fold(o) for o in outs}) == 2
 
 
 def test_names_that_differ_only_in_case_or_normalization_are_twins() -> None:
@@ -147,6 +157,7 @@ def test_names_that_differ_only_in_case_or_normalization_are_twins() -> None:
 CLASHING = [
     *(b"a", b"a.gif", b"a.gif.jpg", b"A.GIF.JPG", b"a.jpg", b"a.png", b"-", b"-.jpg"),
     *(b"A", b"A.JPG", b"A.GIF", b"caf\xc3\xa9.jpg", b"cafe\xcc\x81.jpg"),  # twins
+    *(b"caf\xc3\xa9.gif", b"cafe\xcc\x81.gif.jpg"),  # rule 3, normalization apart
     b"a.gif~" + name_tag("a.gif").encode() + b".jpg",  # a sibling named like a tagged output
     b"-~3bc15c8a.jpg",
 ]
@@ -174,9 +185,10 @@ def test_names_in_one_folder_never_share_an_output(raws: list[bytes], ext: str) 
     outs = [output_name(w, ext, tag) for w, tag in (written_as(n, folder) for n in names)]
     # distinct on any disk: one that ignores case and Unicode normalization too (macOS)
     assert len({fold(o) for o in outs}) == len(outs)
+    own = (".jpeg", ".jpe") if ext == ".jpg" else ()  # rule 1: the format's other spellings
     for o in outs:
         assert len(os.fsencode(o)) <= NAME_MAX
-        assert o.lower().endswith(ext)
+        assert o.lower().endswith((ext, *own))
 
 
 # -- stages.sniff -----------------------------------------------------------------------------
