@@ -140,7 +140,7 @@ class Folder:
                 folded.add(f)
 
     def is_name(self, lower: str) -> bool:
-        return (lower if lower.isascii() else fold(lower)) in self.lower
+        return fold(lower) in self.lower
 
     def is_twin(self, name: str) -> bool:
         return bool(self.twins) and fold(name) in self.twins
