@@ -78,13 +78,14 @@ def remember_inputs(folder: Path, plan: InputPlan, earlier: Sequence[InputKey]) 
     for root, key, alone in plan.changed:
         had = knew.get(root.real)
         if had is not None and had != key:
-            continue  # said below
+            continue  # keyed anew: said below
+        keeps = had is not None
         log.warning(
             "input %s %s %s in this output folder (this command line alone would give %s): a "
             "folder's inputs keep their keys from run to run; see README, 'Keys'",
             shown(root.path),
-            "keeps the key" if had == key else "takes the key",
-            _shown_key(key) + (" it has" if had == key else ""),
+            "keeps the key" if keeps else "takes the key",
+            _shown_key(key) + (" it has" if keeps else ""),
             _shown_key(alone),
         )
     for root in plan.roots:

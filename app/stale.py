@@ -249,15 +249,9 @@ def _superseded(record: Record, earlier: Record) -> list[str]:
     if record.status is Status.OK:
         keep = set(output_paths(record.value))
         return [p for p in output_paths(earlier.value) if p not in keep]
-    if record.status in (Status.FAILED, Status.SKIPPED) and _input_changed(record, earlier):
+    if record.status in (Status.FAILED, Status.SKIPPED) and not record.same_input(earlier):
         return list(output_paths(earlier.value))
     return []
-
-
-def _input_changed(record: Record, earlier: Record) -> bool:
-    if record.source != earlier.source:
-        return True
-    return None not in (record.identity, earlier.identity) and record.identity != earlier.identity
 
 
 def _spellings(root: Path, rel: str) -> list[str]:

@@ -319,9 +319,7 @@ def die_with_run() -> None:
             poller.poll()  # POLLHUP: the run's end of the pipe is closed
         except (OSError, ValueError):  # cannot watch: the worker goes on as it did
             return
-        me = os.getpid()
-        with contextlib.suppress(OSError):
-            os.killpg(me, signal.SIGKILL) if os.getpgid(0) == me else os.kill(me, signal.SIGKILL)
+        kill_worker(os.getpid())  # and its group, when it leads one
 
     threading.Thread(target=watch, name="pipeline-run-watch", daemon=True).start()
 

@@ -135,7 +135,7 @@ class Recorder:
         """Records the writer did not take (it was stopped), then a ``cancelled`` record for
         every item still in flight, with ``reason``; nothing is in flight afterwards."""
         records = self.channel.drain(len(self.channel))
-        records += [
+        cancelled = [
             Record(
                 key=item.key,
                 status=Status.CANCELLED,
@@ -150,8 +150,9 @@ class Recorder:
             )
             for item in self.inflight.values()
         ]
-        for record in records:
+        for record in cancelled:  # (the drained ones went through emit())
             _keep_earlier_result(record)
+        records += cancelled
         self.inflight.clear()
         self.replacing.clear()
         return records
@@ -159,23 +160,20 @@ class Recorder:
 
 def _keep_earlier_result(record: Record) -> None:
     """A redo that failed, was declined by a stage or was cancelled on the same input keeps the
-    earlier record's result:
-    what that run made (its outputs) is still there, and still a true picture of the input, so
-    the folder's records go on listing it; a later redo that succeeds replaces it (and whatever
-    removes outputs no record lists knows them). Without it the new record replaced the
-    earlier one in the ledger, and no record listed those outputs any more. An input that
-    changed (another source or identity) keeps nothing: its earlier outputs show what is gone.
-    """
+    earlier record's result: what that run made (its outputs) is still there, and still a true
+    picture of the input, so the folder's records go on listing it; a later redo that succeeds
+    replaces it (and whatever removes outputs no record lists knows them). Without it the new
+    record replaced the earlier one in the ledger, and no record listed those outputs any more.
+    An input that changed (another source or identity) keeps nothing: its earlier outputs show
+    what is gone."""
     earlier = record.earlier
     if (
-        earlier is None
-        or earlier.value is None
-        or record.value is not None
-        or record.status not in (Status.FAILED, Status.SKIPPED, Status.CANCELLED)
-        or record.source != earlier.source
+        earlier is not None
+        and earlier.value is not None
+        and record.value is None
+        and record.status in (Status.FAILED, Status.SKIPPED, Status.CANCELLED)
+        and record.same_input(earlier)
     ):
-        return
-    if None in (record.identity, earlier.identity) or record.identity == earlier.identity:
         record.value = earlier.value
 
 

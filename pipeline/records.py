@@ -152,6 +152,13 @@ class Record:
     def ok(self) -> bool:
         return self.status is Status.OK
 
+    def same_input(self, earlier: Record) -> bool:
+        """Whether this record's input is ``earlier``'s: the same source, and the same identity
+        where both have one."""
+        if self.source != earlier.source:
+            return False
+        return None in (self.identity, earlier.identity) or self.identity == earlier.identity
+
     def to_line(self) -> str:
         """The manifest line as text, serialised once in the usual case.
 

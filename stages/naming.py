@@ -126,21 +126,19 @@ class Folder:
     memory, for the few names that need a tag)."""
 
     def __init__(self, names: Iterable[str]) -> None:
-        self.lower: set[str] = set()
-        folded: set[str] = set()
+        self.folded: set[str] = set()  # café.gif.jpg composed or decomposed: one name
         self.twins: set[str] = set()  # folded names held by more than one entry (few, mostly none)
         for name in names:
             low = name.lower()
             low = name if low == name else low  # one string, not two, for a lower-case name
             f = low if name.isascii() else fold(name)
-            self.lower.add(f)  # folded: café.gif.jpg composed or decomposed is one name
-            if f in folded:
+            if f in self.folded:
                 self.twins.add(f)
             else:
-                folded.add(f)
+                self.folded.add(f)
 
     def is_name(self, lower: str) -> bool:
-        return fold(lower) in self.lower
+        return fold(lower) in self.folded
 
     def is_twin(self, name: str) -> bool:
         return bool(self.twins) and fold(name) in self.twins

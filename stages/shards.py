@@ -85,9 +85,8 @@ __all__ = [
     "shard_done",
 ]
 
-_SHARD_NAME = re.compile(
-    r"^(\d{5,})\.(tar|parquet)(?:\.damaged|\.unrecorded)?$"
-)  # set aside: counted
+#: a shard's own name, or one set aside (counted too: a number is never taken again)
+_SHARD_NAME = re.compile(r"^(\d{5,})\.(tar|parquet)(?:\.damaged|\.unrecorded)?$")
 _DATA_NAME = re.compile(r"^[0-9a-f]*-?\d{5,}\.(tar|parquet)$")  # what a record may name
 _EXTENSION = {"webdataset": "tar", "parquet": "parquet"}
 
@@ -482,18 +481,15 @@ def set_aside_unrecorded(folder: Path, fmt: str, named: set[str]) -> list[str]:
     ext = _EXTENSION[fmt]
     gone = sorted(n for n in _shard_sizes(folder) if n.endswith(ext) and n not in named)
     for shard in gone:
-        why = (
-            "is named by no record (its run was killed before recording its inputs, or they "
-            "were all done again since)"
-        )
-        _set_aside(
-            folder,
-            shard,
-            ".unrecorded",
-            why,
-            "its inputs count as not done (a run given them writes them into new shards)",
-        )
+        _set_aside(folder, shard, ".unrecorded", _UNRECORDED, _NOT_DONE)
     return gone
+
+
+_UNRECORDED = (
+    "is named by no record (its run was killed before recording its inputs, or they were all "
+    "done again since)"
+)
+_NOT_DONE = "its inputs count as not done (a run given them writes them into new shards)"
 
 
 def _set_aside(folder: Path, shard: str, suffix: str, why: str, then: str) -> None:

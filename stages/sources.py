@@ -220,11 +220,11 @@ def plan_inputs(
         below = _inside(real, alive) if is_dir and real not in kept else None
         if below is not None:
             kept[real] = below
-    for real in _lost_names(kept, [*kept.values(), *others]):
-        del kept[real]  # keyed anew, as a new input beside them (it takes a tag)
+    owners = [k.real for k in (*kept.values(), *others) if k.folder and not k.key]
+    for real in _lost_names(kept, owners):
+        del kept[real]  # keyed anew, as a new input beside them (it takes a tag); never an owner
     new = [(path, real, is_dir) for path, real, is_dir in plain if real not in kept]
     earlier_here = [*kept.values(), *others]
-    owners = [k.real for k in earlier_here if k.folder and not k.key]
     names = _names(new, taken=[k.key.rstrip("/").lower() for k in earlier_here], owners=owners)
     prefixed = len(plain) + len(others) > 1
     top_names = [*names.values(), *(k.key.rstrip("/") for k in earlier_here)]
@@ -341,12 +341,12 @@ def _names(
     }
 
 
-def _lost_names(kept: Mapping[str, InputKey], known: Sequence[InputKey]) -> list[str]:
-    """The kept inputs (by real path) whose name an input folder keyed without a prefix now
-    has an entry of (``a/b/`` appeared after ``b`` took the prefix ``b/``): their keys would be
-    that folder's files' keys too, one input's files taken for the other's. Not a folder inside
-    that one (keyed as its files are there)."""
-    owners = [k.real for k in known if k.folder and not k.key and not is_url(k.real)]
+def _lost_names(kept: Mapping[str, InputKey], owners: Sequence[str]) -> list[str]:
+    """The kept inputs (by real path) whose name an input folder keyed without a prefix
+    (``owners``; local ones) now has an entry of (``a/b/`` appeared after ``b`` took the prefix
+    ``b/``): their keys would be that folder's files' keys too, one input's files taken for the
+    other's. Not a folder inside that one (keyed as its files are there)."""
+    owners = [o for o in owners if not is_url(o)]
     lost = []
     for real, k in kept.items():
         name = k.key.rstrip("/")
@@ -472,8 +472,7 @@ class _Walk:
         if not isinstance(target, tuple):
             return target
         real, is_dir = target
-        inside = real_root is None or real == real_root
-        inside = inside or real.startswith(str(real_root).rstrip(os.sep) + os.sep)
+        inside = real_root is None or real == real_root or _below(real, real_root)
         if is_dir:
             if inside:
                 return (
