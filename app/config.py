@@ -198,6 +198,19 @@ _URLS = Needs("urls")
 _DASK = Needs("backend", value="dask")
 _SHARDS = Needs("output_format", value=("webdataset", "parquet"))
 
+#: The options of a training set that choose its samples (the URL column, the filters, the
+#: noai opt-out) or fill its metadata (the caption, the kept columns): a run with others into
+#: a folder of shards would keep the samples already there as they are, beside new ones chosen
+#: or described otherwise, so it is refused (:func:`app.shard_folder.check_shard_folder`).
+SAMPLE_OPTIONS = (
+    "url_col",
+    "caption_col",
+    "keep_columns",
+    "ignore_noai",
+    "min_image_size",
+    "max_aspect_ratio",
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
@@ -600,6 +613,13 @@ class ProcessConfig:
     def fingerprint(self) -> str:
         """Hash of the options that shape image outputs: changing any redoes the images."""
         return self.resize.fingerprint()
+
+    def sample_options(self) -> dict[str, Any]:
+        """The options of a training set that choose its samples or fill its metadata
+        (:data:`SAMPLE_OPTIONS`), by name, as JSON values (held by its folder: see
+        :func:`app.shard_folder.check_shard_folder`)."""
+        chosen = {name: getattr(self, name) for name in SAMPLE_OPTIONS}
+        return dict(json.loads(json.dumps(chosen)))
 
     def data_fingerprint(self) -> str:
         """Hash of the options that shape data statistics: changing any redoes the data files."""

@@ -319,7 +319,9 @@ def run_process(
     out, mirror = _output_folder(cfg)
     with hold_folder(out, argv=shown_argv(command_line())), mirror:
         remove_stale_temps(out, below=unfinished(out))
-        check_shard_folder(out, cfg.output_format, cfg.fingerprint(), force=cfg.force)
+        check_shard_folder(
+            out, cfg.output_format, cfg.fingerprint(), cfg.sample_options(), force=cfg.force
+        )
         earlier = earlier_inputs(out)  # the keys the folder's files have: kept (app.input_keys)
         try:
             plan = plan_inputs(cfg.inputs, earlier)

@@ -1,11 +1,16 @@
 """One training set per output folder: a shard run refuses a folder whose shards another run
-wrote in another format or with other image options (and ``--force`` into one).
+wrote in another format, with other image options or with other sample options (and
+``--force`` into one).
 
 Resume goes by key: a record is done while its shard exists. A run that redoes every input
 (other image options, ``--force``) would write each sample again into new shards beside the old
 ones, and a reader of ``*.tar`` would see it twice; a run in the other shard format would find
 every input "done" in a shard of the first format and write nothing. Both are refused before
-anything starts (exit 2), naming what differs; a new ``--output`` is the way out.
+anything starts (exit 2), naming what differs; a new ``--output`` is the way out. The sample
+options (filters, the URL and caption columns, the kept columns: ``SAMPLE_OPTIONS``) are held
+in the folder (``.pipeline/training-set.json``, written by the first shard run, or by the first
+run that finds shards made before it was kept): a run with others would keep the samples already
+there beside new ones chosen or described otherwise, so it is refused too.
 
 A shard that no record names (a run killed between renaming a shard into place and recording
 its inputs; a retried Dask task's first attempt) is set aside at the end of the next run, once
@@ -16,27 +21,53 @@ they are written again into new shards, and a reader of ``*.tar`` would see them
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline import ConfigError, Record
+from pipeline import ConfigError, Record, atomic_write_text, shown
 from stages.shards import set_aside_unrecorded
 
 from .endofrun import RecordFeed
 
-__all__ = ["UnrecordedShards", "check_shard_folder"]
+__all__ = ["SAMPLES_FILE", "UnrecordedShards", "check_shard_folder"]
+
+log = logging.getLogger("app")
+
+#: The sample options of the folder's training set (see the module's text).
+SAMPLES_FILE = Path(".pipeline") / "training-set.json"
 
 _FORMAT_OF = {".tar": "webdataset", ".parquet": "parquet"}
 
 
-def check_shard_folder(out: Path, output_format: str, fingerprint: str, *, force: bool) -> None:
+def check_shard_folder(
+    out: Path,
+    output_format: str,
+    fingerprint: str,
+    samples: Mapping[str, Any],
+    *,
+    force: bool,
+) -> None:
     """Raise :class:`~pipeline.ConfigError` when a ``output_format`` run (image options
-    ``fingerprint``) into ``out`` would mix its samples with the shards already there."""
+    ``fingerprint``, sample options ``samples``) into ``out`` would mix its samples with the
+    shards already there; else hold ``samples`` as the folder's."""
     if output_format == "files":
         return
     earlier = _earlier_shard(out)
-    if earlier is None:
-        return
+    held = _held_samples(out)
+    if earlier is not None:
+        _check_earlier(out, earlier, output_format, fingerprint, force=force)
+        if held is not None:
+            _check_samples(out, earlier[0], held, samples)
+    if held != samples:
+        (out / SAMPLES_FILE).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / SAMPLES_FILE, json.dumps(samples, indent=1, sort_keys=True))
+
+
+def _check_earlier(
+    out: Path, earlier: tuple[str, str | None], output_format: str, fingerprint: str, *, force: bool
+) -> None:
     shard, its_fingerprint = earlier
     where = f"{out} holds shards of an earlier run ({shard}, …)"
     fmt = _FORMAT_OF.get(Path(shard).suffix)
@@ -56,6 +87,50 @@ def check_shard_folder(out: Path, output_format: str, fingerprint: str, *, force
             "every input would be written again into new shards beside them (each sample twice "
             "for a reader); choose a new --output, or run with the earlier options"
         )
+
+
+def _check_samples(
+    out: Path, shard: str, held: Mapping[str, Any], samples: Mapping[str, Any]
+) -> None:
+    differ = [
+        f"{_flag(name, samples.get(name))} (the folder's: {_flag(name, held.get(name), bare=True)})"
+        for name in sorted(set(held) | set(samples))
+        if held.get(name) != samples.get(name)
+    ]
+    if differ:
+        raise ConfigError(
+            f"{out} holds shards of an earlier run ({shard}, …) made with other sample options: "
+            f"{'; '.join(differ)}. The samples there would stay as they are beside new ones "
+            "chosen or described otherwise; choose a new --output, or run with the folder's "
+            "options"
+        )
+
+
+def _flag(name: str, value: Any, *, bare: bool = False) -> str:
+    """``--min-image-size 30``; ``bare``: the value alone."""
+    if value is None or value == []:
+        text = "none"
+    elif isinstance(value, bool):
+        text = "on" if value else "off"
+    elif isinstance(value, list):
+        text = ",".join(map(str, value))
+    else:
+        text = str(value)
+    return text if bare else f"--{name.replace('_', '-')} {text}"
+
+
+def _held_samples(out: Path) -> dict[str, Any] | None:
+    """The sample options the folder holds (None: none held, or a file no longer readable,
+    which the run then writes anew)."""
+    path = out / SAMPLES_FILE
+    try:
+        held = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s (%s): it is written anew", shown(str(path)), exc)
+        return None
+    return held if isinstance(held, dict) else None
 
 
 def _earlier_shard(out: Path) -> tuple[str, str | None] | None:

@@ -24,6 +24,7 @@ from PIL import Image
 from app.cli import build_parser
 from app.config import ProcessConfig, config_from_args
 from app.process import run_process
+from app.shard_folder import SAMPLES_FILE
 from stages.tables_in import iter_table
 from tests.conftest import by_key
 from tests.http_server import serve
@@ -604,6 +605,10 @@ def test_a_folder_of_shards_takes_no_other_training_set(
         "other image options": {"size": ["32"]},
         "--force would write": {"force": True},
         "in --output-format webdataset: a parquet run": {"output_format": "parquet"},
+        r"sample options: --min-image-size 30 \(the folder's: 0\)": {"min_image_size": 30},
+        r"--caption-col none \(the folder's: caption\); --keep-columns license "
+        r"\(the folder's: license,score\)": {"caption_col": None, "keep_columns": "license"},
+        r"--ignore-noai on \(the folder's: off\)": {"ignore_noai": True},
     }
     for why, change in refused.items():
         with pytest.raises(ConfigError, match=why):
@@ -612,6 +617,13 @@ def test_a_folder_of_shards_takes_no_other_training_set(
     assert sum(server.hits.values()) == hits
     # the same options resume, and a new folder takes the new options
     assert run_process(shard_config(out, table)).counts.get("reused") == 6
+    # a folder of shards made before its sample options were held takes those of the next run
+    held = json.loads((out / SAMPLES_FILE).read_text())
+    assert held["keep_columns"] == ["license", "score"]
+    (out / SAMPLES_FILE).unlink()
+    assert run_process(shard_config(out, table, max_aspect_ratio=9)).counts.get("reused") == 6
+    with pytest.raises(ConfigError, match=r"--max-aspect-ratio none \(the folder's: 9"):
+        run_process(shard_config(out, table))
     assert run_process(shard_config(tmp_path / "new", table, size=["32"])).counts.get("ok") == 6
     done = subprocess.run(
         [
