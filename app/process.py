@@ -23,6 +23,7 @@ import functools
 import itertools
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -507,7 +508,10 @@ def _input_exists(source: str) -> bool:
         from stages.storage import object_size
 
         return object_size(source) is not None
-    return os.path.lexists(source)
+    try:  # a folder by the name of the input file it was: the file is gone
+        return not stat.S_ISDIR(os.lstat(source).st_mode)
+    except OSError:  # not there, or a folder on its path is a file now
+        return False
 
 
 def _write_report(out: Path, sheet: ReportSheet, dups: NearDuplicates) -> None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -166,8 +167,14 @@ class StaleOutputs:
         free. Such an output is no longer the gone input's; a file ``rel`` other than this
         run's output is removed at the end (on a disk that ignores case, the two would be
         one). Local: names compared on disk, a file written since the run started; storage:
-        exact names, through the filters."""
-        if self.current is None or not self.current.maybe(fold(rel)):
+        exact names, through the filters. Local, too: ``rel`` is a folder now, or a folder on
+        its path is a file (:func:`stages.files.clear_way` removed the gone output for an
+        output of this run, or anything else did): it is no longer there to list."""
+        if self.current is None:
+            return False
+        if not is_url(self.root) and _blocked(Path(self.root), rel):
+            return True
+        if not self.current.maybe(fold(rel)):
             return False
         if is_url(self.root):
             return self.listed is not None and self.listed.maybe(rel)
@@ -270,6 +277,17 @@ def _spellings(root: Path, rel: str) -> list[str]:
             deeper += [f"{base}/{n}" if base else n for n in names]
         found = deeper
     return found
+
+
+def _blocked(root: Path, rel: str) -> bool:
+    """Whether no file ``rel`` can be below ``root``: a folder has its name, or a file has the
+    name of one of its folders."""
+    try:
+        return stat.S_ISDIR(os.lstat(root / rel).st_mode)
+    except NotADirectoryError:
+        return True
+    except OSError:
+        return False
 
 
 def _newer(path: Path, started_ns: int) -> bool:

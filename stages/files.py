@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,10 +44,12 @@ __all__ = [
     "NumpyFile",
     "UnsafePath",
     "check_file",
+    "clear_way",
     "read_file",
     "read_head",
     "safe_join",
     "write_atomic",
+    "write_output",
 ]
 
 DEFAULT_MAX_FILE_BYTES = 200 * 2**20
@@ -249,3 +252,42 @@ def write_atomic(path: Path, data: bytes) -> None:
     """A temporary file in the target folder, then put in place (:mod:`pipeline.atomic`: unnamed
     until then where it can be); not fsynced: see above."""
     atomic_write_bytes(path, data, fsync=False)
+
+
+def write_output(root: Path, rel: str, data: bytes) -> None:
+    """:func:`write_atomic` to ``root / rel`` (:func:`safe_join`), where an earlier output in
+    its way is removed first (:func:`clear_way`)."""
+    path = safe_join(root, rel)
+    try:
+        write_atomic(path, data)
+    except (NotADirectoryError, IsADirectoryError, FileExistsError):
+        clear_way(root, rel)  # (or another worker did, for an output beside this one)
+        write_atomic(path, data)
+
+
+def clear_way(root: Path, rel: str) -> str | None:
+    """Remove what stands in the way of the output ``rel`` below ``root``, and say what (None:
+    nothing, or nothing that may go): a file where one of its folders must be, or a folder
+    where it must be. That is the output, or the folder of outputs, of an input gone: an input
+    file replaced by a folder of the same name (``x.jpg`` by ``x.jpg/z.jpg``), or the reverse.
+    Only below a first-level folder (a size's), only a regular file or a real folder (a folder
+    with all it holds); a symbolic link, or anything else, is left, and the write fails."""
+    parts = rel.split("/")
+    current = root / parts[0]
+    for i, part in enumerate(parts[1:], start=2):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return None
+        last = i == len(parts)
+        if last and stat.S_ISDIR(mode):
+            shutil.rmtree(current)
+        elif not last and stat.S_ISREG(mode):
+            os.unlink(current)
+        elif last or not stat.S_ISDIR(mode):
+            return None
+        else:
+            continue
+        return "/".join(parts[:i])
+    return None

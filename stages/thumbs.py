@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.names import from_b64, with_raw
 
-from .files import Loaded, safe_join, write_atomic
+from .files import Loaded, safe_join, write_output
 from .naming import OUTPUT_EXTENSIONS, output_rel
 from .options import ImageResult, ResizeOptions
 from .storage import is_url
@@ -73,7 +73,7 @@ def write_outputs(rendered: Rendered, root: str) -> dict[str, Any]:
 
             write_object(join_url(root, rel), enc.data)
         else:
-            write_atomic(safe_join(base, rel), enc.data)
+            write_output(base, rel, enc.data)
         fields: dict[str, Any] = {}
         with_raw(fields, "path", rel)
         outputs.append(

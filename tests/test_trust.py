@@ -359,6 +359,65 @@ def test_an_input_that_is_gone_is_reported_and_its_outputs_kept(tmp_path: Path) 
     assert records(out)[b"kept.jpg"]["status"] == "reused"
 
 
+def test_an_input_file_replaced_by_a_folder_of_its_name_and_back(tmp_path: Path) -> None:
+    """x.jpg becomes a folder x.jpg/ (and back): the earlier output stands where the new one's
+    folder (or the new one) must be. It is removed, the new input written, the gone one's
+    record lists nothing; before, the new input failed on every run (NotADirectoryError, then
+    IsADirectoryError) and the gone one stayed ``ok``, its folder taken for its file."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write(src, "x.jpg", image_bytes("red"))
+    write(src, "y.jpg", image_bytes("blue"))
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    os.unlink(src / "x.jpg")
+    write(src, "x.jpg/z.jpg", image_bytes("green"))
+    for _ in range(2):  # the second run reuses it all
+        assert cli(src, "--output", out, "--quiet").returncode == 0
+    recs = records(out)
+    assert recs[b"x.jpg/z.jpg"]["status"] in ("ok", "reused")
+    assert looks(os.fsencode(out / "512/x.jpg/z.jpg"), "green")
+    assert recs[b"x.jpg"]["status"] == "skipped"
+    assert recs[b"x.jpg"]["reason"].startswith("input gone")
+    assert outputs(recs[b"x.jpg"]) == []
+    assert recs[b"y.jpg"]["status"] == "reused"
+    # and back: a file where the folder was
+    shutil.rmtree(src / "x.jpg")
+    write(src, "x.jpg", image_bytes("red"))
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    recs = records(out)
+    assert recs[b"x.jpg"]["status"] == "ok"
+    assert looks(os.fsencode(out / "512/x.jpg"), "red")
+    assert recs[b"x.jpg/z.jpg"]["status"] == "skipped"
+    assert outputs(recs[b"x.jpg/z.jpg"]) == []
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    assert {r["status"] for k, r in records(out).items() if k != b"x.jpg/z.jpg"} == {"reused"}
+    listed = {p for r in records(out).values() for p in outputs(r)}
+    on_disk = {
+        os.fsencode(p.relative_to(out).as_posix()) for p in (out / "512").rglob("*") if p.is_file()
+    }
+    assert listed == on_disk == {b"512/x.jpg", b"512/y.jpg"}
+
+
+def test_what_stands_in_an_outputs_way_is_removed_only_if_ours(tmp_path: Path) -> None:
+    from stages.files import clear_way, write_output
+
+    root = tmp_path / "out"
+    write(root, "512/a.jpg", b"old")  # a file where a folder must be
+    write_output(root, "512/a.jpg/b.jpg", b"new")
+    assert (root / "512/a.jpg/b.jpg").read_bytes() == b"new"
+    write_output(root, "512/a.jpg", b"back")  # a folder where the file must be
+    assert (root / "512/a.jpg").read_bytes() == b"back"
+    # a link, or a first-level entry (a size's folder), is never removed: the write fails
+    target = Path(os.fsdecode(write(root, "512/keep.jpg", b"mine")))
+    os.symlink(target, root / "512/link.jpg")
+    with pytest.raises(NotADirectoryError):
+        write_output(root, "512/link.jpg/c.jpg", b"new")
+    assert target.read_bytes() == b"mine"
+    write(root, "256", b"not a folder")
+    with pytest.raises(NotADirectoryError):
+        write_output(root, "256/c.jpg", b"new")
+    assert clear_way(root, "512/nothing/there.jpg") is None
+
+
 def test_a_failed_input_that_is_gone_is_reported_gone_too(tmp_path: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     bad = write(src, "a.npz", b"not a zip at all\n")  # fails as the walk lists it
