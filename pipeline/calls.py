@@ -97,6 +97,9 @@ class Outcome:
     #: decided where the exception was raised: the exception a process worker sends back has
     #: lost the cause it was raised from (pickling keeps no ``__cause__``)
     out_of_space: bool = False
+    #: the run stops once this failure is recorded (a worker crash past the crash budget:
+    #: the item it killed is ``failed``, not ``cancelled`` with the rest)
+    stops_run: BaseException | None = None
 
     @classmethod
     def success(

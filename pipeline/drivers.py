@@ -147,6 +147,8 @@ class GroupDriver:
                 await self.joins.failed(item, record)
             else:
                 await self.recorder.emit(record)
+            if out.stops_run is not None:
+                raise out.stops_run
             if out.out_of_space:  # the next items would fail alike: the run stops
                 if record.error_type == OutOfSpace.__name__:  # a Dask worker's run stopped on
                     raise OutOfSpace(record.error or "")  # it, and said where and what to do

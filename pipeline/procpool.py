@@ -60,7 +60,7 @@ from typing import Any
 
 from .batching import Batcher
 from .calls import SLOT_DEADLINE, SLOT_INDEX, SLOT_SEQ, SLOT_SIZE, SLOT_STEP, Outcome, Step
-from .errors import Unpicklable, WorkerCrashed
+from .errors import FatalRunError, Unpicklable, WorkerCrashed
 from .forkserver import (
     WORKER_NAME,
     _request_preload,
@@ -484,6 +484,7 @@ class ProcessLane:
                 )
                 log.warning("killed %s: item %s ran past its timeout", how, batch[index].key)
         elif ended.running == call.seq:
+            lost = None
             if index < 0 or index in received:  # died after its last item, before exiting
                 index = -1
             else:
@@ -491,7 +492,12 @@ class ProcessLane:
                 lost = Outcome.failure(exc, step=step, attempts=1, busy=[0.0] * len(self.steps))
                 done.append((batch[index], lost))
             ended.reported = True
-            self._on_crash(f"{how} (item {batch[index].key if index >= 0 else '-'})")
+            try:
+                self._on_crash(f"{how} (item {batch[index].key if index >= 0 else '-'})")
+            except FatalRunError as exc:  # past the budget: once the item is recorded failed
+                if lost is None:
+                    raise
+                lost.stops_run = exc
         else:
             index = -1
             runner = self._calls.get(ended.running)

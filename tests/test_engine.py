@@ -194,10 +194,25 @@ def test_crash_storm_hits_the_budget_and_stops_the_run(out: Path) -> None:
     recs = by_key(out)
     assert len(recs) <= 50
     assert {r["status"] for r in recs.values()} <= {"failed", "cancelled"}
+    # every item a crash killed is failed, the one past the budget too (4 crashes at least)
+    crashed = [r for r in recs.values() if r.get("error_type") == "WorkerCrashed"]
+    assert len(crashed) >= 4
+    assert all(r["status"] == "failed" for r in crashed)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] is True
     assert "CrashBudgetExceeded" in summary["error"]
     assert summary["exit_code"] == 3
+
+
+def test_the_crash_past_the_budget_fails_its_item(out: Path) -> None:
+    """The item whose worker's crash stops the run is ``failed`` (WorkerCrashed), not
+    ``cancelled`` with the items after it: a rerun then knows which input kills workers."""
+    pipe = Pipeline([stage(fns.crash_on, 0, "exit", kind="process", workers=1, name="crashy")])
+    with pytest.raises(CrashBudgetExceeded):
+        pipe.run(keyed(3), output=out, progress=False, crash_budget=0)
+    recs = by_key(out)
+    assert (recs["k0000"]["status"], recs["k0000"]["error_type"]) == ("failed", "WorkerCrashed")
+    assert {recs[k]["status"] for k in ("k0001", "k0002")} == {"cancelled"}
 
 
 @pytest.mark.parametrize("kind", ["thread", "process", "async"])
