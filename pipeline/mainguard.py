@@ -29,12 +29,34 @@ def check_main_guard(stages: tuple[Stage, ...] | list[Stage], *, local: bool) ->
     that the script makes outside its ``if __name__ == "__main__":`` block."""
     if not local or not any(s.kind == "process" for s in stages):
         return
+    for st in stages:
+        if st.kind == "process":
+            _check_defined_above_guard(st)
     where = unguarded_call()
     if where is not None:
         raise DefinitionError(
             f"{where}: runs a pipeline with process stages at the top level of the script. "
             "Each worker process imports the script, and would run it again; put the run under "
             "`if __name__ == '__main__':` (or in a function called from there)"
+        )
+
+
+def _check_defined_above_guard(st: Stage) -> None:
+    """Refuse a process stage whose function the script defines inside its ``if __name__ ==
+    "__main__":`` block: a worker imports the script without running that block, and could
+    not find it (each died with an AttributeError, until the crash budget)."""
+    target = getattr(st.fn, "func", st.fn)  # functools.partial
+    code = getattr(target, "__code__", None)
+    if getattr(target, "__module__", None) != "__main__" or code is None:
+        return
+    guarded = _guarded_lines(code.co_filename)
+    line = code.co_firstlineno
+    if guarded and any(first <= line <= last for first, last in guarded):
+        raise DefinitionError(
+            f"{code.co_filename}, line {line}: process stage {st.name!r}: "
+            f"{target.__qualname__} is defined under `if __name__ == '__main__':`, which each "
+            "worker process skips when it imports the script, so it cannot find it; define it "
+            "above that block, at the top level"
         )
 
 

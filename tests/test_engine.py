@@ -1171,6 +1171,35 @@ def test_a_script_without_a_main_guard_is_told_so_before_any_worker_starts(
     assert "without ever answering" not in done.stderr
 
 
+_DEFINED_UNDER_THE_GUARD = """
+import functools
+from pipeline import Pipeline, stage
+
+if __name__ == "__main__":
+    def double(x, n=2):
+        return x * n
+
+    print(Pipeline([stage(functools.partial(double, n=3), kind="process")]).run(range(3)).ok)
+"""
+
+
+def test_a_stage_defined_under_the_main_guard_is_refused_before_any_worker_starts(
+    tmp_path: Path,
+) -> None:
+    """A worker imports the script without running its ``if __name__ == "__main__":`` block:
+    a process stage's function defined there cannot be found, and every worker died with an
+    AttributeError (and a hint to add the guard that was there) until the crash budget."""
+    script = tmp_path / "under_guard.py"
+    script.write_text(_DEFINED_UNDER_THE_GUARD)
+    done = _script(script)
+    assert done.returncode != 0
+    assert f"DefinitionError: {script}, line 6: process stage 'double': double is defined" in (
+        done.stderr
+    )
+    assert "define it above that block" in done.stderr
+    assert done.stderr.count("Traceback") == 1, done.stderr  # the script's, no worker's
+
+
 @pytest.mark.parametrize("how", sorted(_MAIN_GUARDS))
 def test_a_script_with_a_main_guard_runs(tmp_path: Path, how: str) -> None:
     script = tmp_path / "guarded.py"
