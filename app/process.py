@@ -286,7 +286,8 @@ def _url_inputs(cfg: ProcessConfig) -> Iterator[Item | Record]:
 
 
 def _table_urls(cfg: ProcessConfig, path: str) -> Iterator[Item | Record]:
-    """A table's rows as URL items for the ``files`` output (keyed by URL, as URL lists)."""
+    """A table's rows as URL items for the ``files`` output (keyed by URL, as URL lists; a
+    row without a good URL by ``TABLE#rowN``, as a URL list's bad line is ``LIST#lineN``)."""
     from stages.download import url_to_relpath
     from stages.fetching import UrlSource
     from stages.samples import sample_inputs
@@ -301,7 +302,8 @@ def _table_urls(cfg: ProcessConfig, path: str) -> Iterator[Item | Record]:
             extra = {k: str(v) for k, v in meta.items()}
             value = UrlSource(src.url, url_to_relpath(src.url), extra)
             yield Item(key=src.url, value=value, source=obj.source, meta=meta)
-        else:
+        else:  # a bad row: keyed by its table and row (a bare row number is a file's name)
+            obj.key = f"{path}#row{int(obj.key)}"
             yield obj
 
 

@@ -108,3 +108,33 @@ def test_folders_and_url_lists_in_one_run_then_resume(tmp_path: Path) -> None:
         assert [r["status"] for r in again.values()].count("reused") == len(again) - 1
         summary = json.loads((out / "summary.json").read_text())
         assert summary["counts"] == {"reused": len(again) - 1, "failed": 1}
+
+
+@pytest.mark.timeout(120)
+def test_a_tables_bad_rows_are_keyed_by_table_and_row(tmp_path: Path) -> None:
+    """Files output: a row of a --urls table without a URL is keyed ``TABLE#rowN``. Keyed by
+    its bare row number, the second table's bad row 1 was a duplicate of the first's (one
+    record for two), and a local file named ``000000001`` had no record at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pics, out = tmp_path / "pics", tmp_path / "out"
+    pics.mkdir()
+    (pics / "000000001").write_bytes(
+        (IMAGES / sorted(p.name for p in IMAGES.glob("*.jpg"))[0]).read_bytes()
+    )
+    with serve(IMAGES) as base:
+        first = sorted(p.name for p in IMAGES.glob("*.jpg"))[0]
+        tables = []
+        for n in (1, 2):
+            table = tmp_path / f"t{n}.parquet"
+            pq.write_table(pa.table({"url": [f"{base}/{first}?t={n}", None]}), table)
+            tables.append(str(table))
+        cfg = {"inputs": [str(pics)], "urls": tables, "output": str(out), **FAST}
+        run_process(ProcessConfig.from_mapping(cfg))
+    recs = by_key(out)
+    assert recs["000000001"]["status"] == "ok"
+    for table in tables:
+        bad = recs[f"{table}#row1"]
+        assert (bad["status"], bad["error_type"]) == ("failed", "BadTableRow")
+    assert len(recs) == 5
