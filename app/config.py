@@ -397,7 +397,12 @@ class ProcessConfig:
         needs=_URLS,
     )
     download_timeout: float = option(
-        120.0, kind=Number(), unit="s", help="one attempt in all", group=DOWNLOADS, needs=_URLS
+        120.0,
+        kind=Number(),
+        unit="s",
+        help="one attempt in all, from when it can start (not waiting for --limit-per-host)",
+        group=DOWNLOADS,
+        needs=_URLS,
     )
     download_retries: int = option(
         3, kind=Integer(low=0), help="extra attempts after the first", group=DOWNLOADS, needs=_URLS

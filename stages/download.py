@@ -679,6 +679,7 @@ async def _attempt(
                 except http1.Unsupported as exc:  # a body to decode or spool: aiohttp's job
                     logger.debug("%s: through aiohttp (%s)", target, exc)
             if lean is not None:
+                deadline += lean.waited  # (the next hop's share: the deadline the hop had)
                 last[0] = lean.status
                 got = _lean_answer(lean, target, config, url)
             else:

@@ -126,6 +126,9 @@ class Response:
     headers: Headers
     declared: int | None
     body: bytes | None
+    #: seconds the request waited for one of its host's connections (not the server's time:
+    #: the deadline was moved on by as much)
+    waited: float = 0.0
 
 
 class _Stop(Exception):
@@ -495,24 +498,43 @@ class Http1Client:
         except UnicodeEncodeError as exc:  # not ASCII / Latin-1: aiohttp encodes it its way
             raise Unsupported(f"cannot encode the request: {exc}") from None
         limits = (max_bytes, spool_above)
-        connect_timeout, read_timeout = timeouts
+        waited = 0.0
         if not self.slots.try_acquire(key):
-            async with asyncio.timeout_at(deadline):
-                await self.slots.acquire(key)
+            # a wait in our own queue (the host's connections all busy): the deadline starts
+            # once the request can go, or a slow host's URLs would time out before being asked
+            queued = self.loop.time()
+            await self.slots.acquire(key)
+            waited = self.loop.time() - queued
+            deadline += waited
         try:
-            conn = self._take_idle(key)
-            if conn is not None:
-                try:
-                    return await self._exchange(conn, request, url, limits, deadline, read_timeout)
-                except ConnectionResetError:
-                    if conn.seen:
-                        raise
-                    # the server had closed the kept connection: once more, on a new one
-            async with asyncio.timeout_at(deadline):
-                conn = await self._connect(url, key, connect_timeout)
-            return await self._exchange(conn, request, url, limits, deadline, read_timeout)
+            answer = await self._ask(url, key, request, limits, deadline, timeouts)
         finally:
             self.slots.release(key)
+        answer.waited = waited
+        return answer
+
+    async def _ask(
+        self,
+        url: URL,
+        key: tuple[str, str, int],
+        request: bytes,
+        limits: tuple[int, int],
+        deadline: float,
+        timeouts: tuple[float, float],
+    ) -> Response:
+        """The request on a kept connection to its host, or a new one."""
+        connect_timeout, read_timeout = timeouts
+        conn = self._take_idle(key)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, request, url, limits, deadline, read_timeout)
+            except ConnectionResetError:
+                if conn.seen:
+                    raise
+                # the server had closed the kept connection: once more, on a new one
+        async with asyncio.timeout_at(deadline):
+            conn = await self._connect(url, key, connect_timeout)
+        return await self._exchange(conn, request, url, limits, deadline, read_timeout)
 
     def _request(self, url: URL, key: tuple[str, str, int], user_agent: str) -> bytes:
         lines = self._host_lines.get(key)
