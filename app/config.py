@@ -695,6 +695,7 @@ def _check_tables(cfg: ProcessConfig) -> None:
         raise ConfigError(f"--output-format {cfg.output_format} does not take --workers auto yet")
     for path in cfg.urls:
         if not cfg.reads_table(path):
+            _check_url_list(path)
             continue
         try:
             check_table(
@@ -702,6 +703,15 @@ def _check_tables(cfg: ProcessConfig) -> None:
             )
         except TableError as exc:
             raise ConfigError(str(exc)) from exc
+
+
+def _check_url_list(path: str) -> None:
+    from stages.urls import UrlListError, check_url_list
+
+    try:
+        check_url_list(path)
+    except UrlListError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _digest(doc: Any) -> str:

@@ -41,7 +41,15 @@ from typing import Literal, NamedTuple, Protocol
 
 from .storage import open_input
 
-__all__ = ["MAX_LINE_BYTES", "Format", "UrlEntry", "UrlListError", "detect_format", "iter_url_list"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "Format",
+    "UrlEntry",
+    "UrlListError",
+    "check_url_list",
+    "detect_format",
+    "iter_url_list",
+]
 
 Format = Literal["text", "csv", "tsv", "jsonl"]
 
@@ -257,3 +265,18 @@ def iter_url_list(
             yield from _iter_jsonl(lines)
         else:
             yield from _iter_csv(lines, "," if kind == "csv" else "\t", name)
+
+
+def check_url_list(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`UrlListError` for a list that cannot be read at all, before a run starts
+    on it: not there, a folder, unreadable, a CSV/TSV header without a ``url`` column. Reads
+    its first entry only (what :func:`iter_url_list` raises later stops a run part-way)."""
+    entries = iter_url_list(path)
+    try:
+        next(entries, None)
+    except UrlListError:
+        raise
+    except OSError as exc:
+        raise UrlListError(f"{os.fspath(path)}: cannot read the URL list: {exc}") from exc
+    finally:
+        entries.close()

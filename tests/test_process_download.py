@@ -138,3 +138,40 @@ def test_a_tables_bad_rows_are_keyed_by_table_and_row(tmp_path: Path) -> None:
         bad = recs[f"{table}#row1"]
         assert (bad["status"], bad["error_type"]) == ("failed", "BadTableRow")
     assert len(recs) == 5
+
+
+@pytest.mark.timeout(60)
+def test_a_url_list_that_cannot_be_read_is_a_usage_error_before_the_run(tmp_path: Path) -> None:
+    """A CSV list without a url column, or a folder given as a list: exit 2 before anything
+    starts. Found part-way, it stopped the run (exit 3) with the other lists' URLs cancelled,
+    on every rerun."""
+    import subprocess
+    import sys
+
+    good, nourl, folder = tmp_path / "good.txt", tmp_path / "nourl.csv", tmp_path / "lists"
+    good.write_text("http://127.0.0.1:9/a.jpg\n")
+    nourl.write_text("link,notes\nhttp://127.0.0.1:9/b.jpg,x\n")
+    folder.mkdir()
+    for bad, said in ((nourl, "missing url column"), (folder, "cannot read the URL list")):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "process",
+                "--urls",
+                str(good),
+                "--urls",
+                str(bad),
+                "--output",
+                str(tmp_path / "out"),
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            cwd=ROOT,
+        )
+        assert done.returncode == 2, done.stderr
+        assert said in done.stderr
+        assert not (tmp_path / "out" / "manifest.jsonl").exists()
