@@ -125,6 +125,7 @@ class Pipeline:
             stop_helpers=stop_helpers,
         )
         self._check_script(backend)
+        _no_running_loop()
         signals = opts.handle_signals and threading.current_thread() is threading.main_thread()
         return asyncio.run(
             execute(self.stages, inputs, opts, collectors=collectors, signals=signals)
@@ -269,3 +270,17 @@ def _takes(st: Stage) -> str:
 
 def _path(output: str | Path | None) -> Path | None:
     return Path(output) if output is not None else None
+
+
+def _no_running_loop() -> None:
+    """``run`` starts its own event loop: refused (:class:`DefinitionError`) where one runs
+    already, which asyncio would refuse with a bare RuntimeError (a notebook's cell, an async
+    function), saying what works there."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise DefinitionError(
+        "Pipeline.run() starts its own event loop, and one is running here (a notebook, an "
+        "async function): use `await pipe.run_async(...)`, or `for record in pipe.iter(...)`"
+    )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -1255,3 +1256,21 @@ def test_describe_counts_the_second_batch_a_process_lane_keeps_in_flight() -> No
     assert "t: thread x3, up to 6 items in flight" in text
     assert f"p: process x2, up to {2 * DEPTH} items in flight" in text
     assert f"at most {8 + 6 + 4 + 2 * DEPTH} items held" in text
+
+
+def test_run_inside_a_running_event_loop_says_what_works_there() -> None:
+    """A notebook's cell runs in an event loop: ``run`` (which starts its own) is refused with
+    what to use instead, not asyncio's bare RuntimeError and a never-awaited coroutine."""
+    from pipeline import DefinitionError
+
+    pipe = Pipeline([stage(fns.double, kind="thread", workers=1)])
+
+    async def cell() -> list[int]:
+        with pytest.raises(DefinitionError, match=r"await pipe\.run_async"):
+            pipe.run(range(3), progress=False)
+        done = await pipe.run_async(range(3), progress=False)
+        return [done.ok, sum(1 for r in pipe.iter(range(3), progress=False) if r.status == "ok")]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # (a coroutine never awaited)
+        assert asyncio.run(cell()) == [3, 3]
