@@ -25,6 +25,8 @@ from .options import EncodedFormat, ResizeMode, ResizeOptions, SizeLike, as_size
 if TYPE_CHECKING:
     from PIL import Image
 
+    from .stats import ImageStats
+
 __all__ = ["encode", "image_stats", "thumbnail"]
 
 _DEFAULTS = ResizeOptions()
@@ -104,7 +106,7 @@ def encode(image: Image.Image, format: str = "jpeg", *, quality: int = 85) -> by
     return encode_image(image, fmt, quality)
 
 
-def image_stats(image: Image.Image) -> dict[str, object]:
+def image_stats(image: Image.Image) -> ImageStats:
     """The statistics the manifest records for an image, all JSON-serialisable.
 
     ``width``, ``height``, ``mode``; ``mean`` and ``std`` per channel (R, G, B or L; alpha left

@@ -13,7 +13,10 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from .stats import ImageStats
 
 __all__ = [
     "RENDER_VERSION",
@@ -300,4 +303,4 @@ class ImageResult:
     original_mode: str
     original_format: str
     outputs: tuple[EncodedImage, ...]
-    stats: dict[str, object] = field(hash=False)
+    stats: ImageStats = field(hash=False)

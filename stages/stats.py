@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypedDict, cast
 
 if TYPE_CHECKING:  # Pillow is imported by the image stages
     from PIL import Image
 
-__all__ = ["DHASH_BITS", "HISTOGRAM_BINS", "dhash", "image_stats"]
+__all__ = ["DHASH_BITS", "HISTOGRAM_BINS", "ImageStats", "dhash", "image_stats"]
 
 HISTOGRAM_BINS = 32
 """Number of bins of the luminance histogram in :func:`image_stats` (8 grey levels per bin)."""
@@ -129,7 +129,20 @@ def _moments(hist: list[int], bands: int) -> tuple[list[float], list[float]]:
     return means, stds
 
 
-def image_stats(im: Image.Image) -> dict[str, object]:
+class ImageStats(TypedDict):
+    """What :func:`image_stats` gives (the manifest's ``result.stats`` of an image)."""
+
+    width: int
+    height: int
+    mode: str
+    mean: list[float]
+    std: list[float]
+    histogram: list[int]
+    sharpness: float
+    dhash: str
+
+
+def image_stats(im: Image.Image) -> ImageStats:
     """Summary statistics of a decoded image; every value is JSON-serialisable.
 
     Keys: ``width``, ``height``, ``mode`` (of ``im``); ``mean`` and ``std`` - per channel (R, G, B

@@ -374,3 +374,20 @@ def test_stats_roundtrip_through_json() -> None:
     buf = io.BytesIO()
     photo_like(40, 30).save(buf, "PNG")
     assert image_stats(decode(buf.getvalue())) == s
+
+
+def test_the_statistics_type_names_every_key_they_have() -> None:
+    """``ImageStats`` types ``stats["sharpness"]`` as a float for a user's type checker (a
+    ``dict[str, object]`` failed ``round(stats["sharpness"], 1)`` under mypy --strict)."""
+    import typing
+
+    import stages
+    from stages.stats import ImageStats
+
+    hints = typing.get_type_hints(ImageStats)
+    stats = stages.image_stats(Image.new("RGB", (16, 16), (200, 10, 10)))
+    assert set(stats) == set(hints)
+    assert hints["sharpness"] is float
+    assert hints["dhash"] is str
+    for key, value in stats.items():
+        assert isinstance(value, typing.get_origin(hints[key]) or hints[key]), key
