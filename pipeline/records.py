@@ -23,7 +23,16 @@ from typing import Any
 
 from .names import from_b64, is_clean, text_safe, with_raw
 
-__all__ = ["LEGACY_DONE", "Item", "Record", "Status", "as_item", "jsonable", "upgrade"]
+__all__ = [
+    "LEGACY_DONE",
+    "Item",
+    "Record",
+    "Status",
+    "as_item",
+    "jsonable",
+    "same_identity",
+    "upgrade",
+]
 
 
 class Status(StrEnum):
@@ -157,7 +166,10 @@ class Record:
         where both have one."""
         if self.source != earlier.source:
             return False
-        return None in (self.identity, earlier.identity) or self.identity == earlier.identity
+        if None in (self.identity, earlier.identity):
+            return True
+        assert self.identity is not None
+        return same_identity(earlier.identity, self.identity)
 
     def to_line(self) -> str:
         """The manifest line as text, serialised once in the usual case.
@@ -277,3 +289,21 @@ def _dumps_line(obj: dict[str, Any]) -> str:
         return "".join(_LINE_ENCODER(obj, 0))
     except RecursionError as exc:  # no markers (as check_circular=False): json.dumps says so
         raise ValueError("Circular reference detected") from exc
+
+
+#: Identity fields that only some runs take (``--verify-content``'s SHA-256): compared only
+#: when both sides have them.
+OPTIONAL_IDENTITY = ("sha256",)
+
+
+def same_identity(before: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether an input's identity is unchanged: every field both have is equal, and the
+    others are optional ones (an earlier run without ``--verify-content``, or this one)."""
+    if before == now:
+        return True
+    if before is None:
+        return False
+    fields = {*before, *now}
+    if any(k not in OPTIONAL_IDENTITY for k in fields if (k in before) != (k in now)):
+        return False
+    return all(before[k] == now[k] for k in fields if k in before and k in now)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import RunOptions
 from .names import shown
-from .records import Item, Record, Status
+from .records import Item, Record, Status, same_identity
 
 __all__ = ["NOT_RETRIED", "ResumePolicy", "reused"]
 
@@ -90,7 +90,7 @@ class ResumePolicy:
         if item.identity is not None:
             if prev.source != item.source and not self._same_input(prev, item):
                 return f"another input under this key (was {shown(prev.source)})"
-            if prev.identity != item.identity:
+            if not same_identity(prev.identity, item.identity):
                 return changed(prev.identity, item.identity)
         if declined(prev):
             return None
@@ -130,8 +130,16 @@ def reused(item: Item, prev: Record) -> Record:
         value=prev.value,
         meta=item.meta or prev.meta,
         fingerprint=prev.fingerprint,
-        identity=prev.identity,
+        identity=_known(prev.identity, item.identity),
     )
+
+
+def _known(before: dict[str, Any] | None, now: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A reused record's identity: all that is known of the unchanged input (a SHA-256 taken
+    by this run or an earlier one is kept for the next that compares content)."""
+    if before is None or now is None:
+        return before if now is None else now
+    return {**before, **now}
 
 
 def done(prev: Record) -> bool:

@@ -275,6 +275,25 @@ def test_verify_content_catches_an_edit_that_keeps_size_and_mtime(tmp_path: Path
     assert looks(os.path.join(os.fsencode(out), thumb), "blue")
 
 
+def test_verify_content_on_or_off_alone_redoes_nothing(tmp_path: Path) -> None:
+    """An earlier record without a SHA-256 (or a run without one) is compared on what both
+    have: turning --verify-content on or off redid every input, "input changed (sha256)"."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    path = write(src, "a.bmp", image_bytes("red", "BMP"))
+    write(src, "b.jpg", image_bytes("blue"))
+    assert cli(src, "--output", out, "--quiet").returncode == 0
+    for flags in (["--verify-content"], [], ["--verify-content"]):
+        assert cli(src, "--output", out, "--quiet", *flags).returncode == 0
+        assert {r["status"] for r in records(out).values()} == {"reused"}
+        # the SHA-256 taken once is kept, for the next run that compares content
+        assert "sha256" in records(out)[b"a.bmp"]["identity"]
+    before = os.stat(path)
+    write(src, "a.bmp", image_bytes("green", "BMP"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # size and mtime as they were
+    assert cli(src, "--output", out, "--quiet", "--verify-content").returncode == 0
+    assert records(out)[b"a.bmp"]["redo"] == "input changed (sha256)"
+
+
 def test_the_same_path_under_another_root_is_not_taken_for_done(tmp_path: Path) -> None:
     out = tmp_path / "out"
     write(tmp_path / "one", "x.jpg", image_bytes("red"))
