@@ -37,7 +37,7 @@ from .channel import Channel
 from .ledger import Ledger
 from .progress import Progress
 from .recorder import Recorder
-from .records import Item, Record, as_item
+from .records import Item, Record, Status, as_item
 from .resume import ResumePolicy
 from .routing import Router
 
@@ -86,12 +86,15 @@ class Feeder:
             async with contextlib.aclosing(chunks(self.inputs)) as stream:
                 async for chunk in stream:
                     items: list[Item] = []
+                    settled: list[Record] = []
                     for obj in chunk:
                         if isinstance(obj, Record):  # a source that already knows the outcome
-                            await self._settled(obj)
+                            settled.append(obj)
                         else:
                             items.append(as_item(obj, index))
                         index += 1
+                    if settled:
+                        await self._settled(settled)
                     await self._admit(items)
                     if self.progress is not None:
                         self.progress.fed(self.seen - self.duplicates)
@@ -102,12 +105,25 @@ class Feeder:
             if self._thread is not None:  # a check under way ends on its own; nothing waits
                 self._thread.shutdown(wait=False, cancel_futures=True)
 
-    async def _settled(self, record: Record) -> None:
-        self.seen += 1
-        if not self.recorder.admit(Item(record.key, None, record.source)):
-            self._duplicate(record.key)
-            return
-        await self.recorder.emit(record)
+    async def _settled(self, records: Sequence[Record]) -> None:
+        """Records a source made itself (an entry the walk declined, a bad line of a list):
+        each carries the key's earlier record, as a redone item's does. A ``skipped`` one keeps
+        the earlier result, as an input gone does: what the earlier run made (a link followed
+        then, not now; a file now a dangling link) stays, listed, never left unlisted."""
+        ledger, recorder = self.ledger, self.recorder
+        prior = await ledger.lookup([r.key for r in records]) if ledger is not None else {}
+        for record in records:
+            self.seen += 1
+            prev = prior.get(record.key)
+            item = Item(record.key, None, record.source)
+            if (prev is not None and prev.run == recorder.run_id) or not recorder.admit(item):
+                self._duplicate(record.key)
+                continue
+            if prev is not None:
+                recorder.redo(item, prev)
+                if record.status is Status.SKIPPED and record.value is None:
+                    record.value = prev.value
+            await recorder.emit(record)
 
     def _duplicate(self, key: str) -> None:
         """An input whose key the run has seen already: counted, not done again. The first

@@ -437,6 +437,33 @@ def test_what_stands_in_an_outputs_way_is_removed_only_if_ours(tmp_path: Path) -
     assert clear_way(root, "512/nothing/there.jpg") is None
 
 
+def test_an_input_the_walk_now_declines_keeps_its_outputs_listed(tmp_path: Path) -> None:
+    """A symlink followed once (--follow-symlinks) and then not, a file replaced by a dangling
+    symlink: the walk's own ``skipped`` record keeps the key's earlier result, as an input
+    gone does, so the earlier output stays listed; it was left on disk listed by no record."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write(tmp_path / "outside", "x.jpg", image_bytes("red"))
+    write(src, "a.jpg", image_bytes("blue"))
+    write(src, "b.jpg", image_bytes("green"))
+    os.symlink(tmp_path / "outside" / "x.jpg", src / "link.jpg")
+    assert cli(src, "--output", out, "--quiet", "--follow-symlinks").returncode == 0
+    os.unlink(src / "a.jpg")
+    os.symlink("nowhere.jpg", src / "a.jpg")
+    for _ in range(2):
+        assert cli(src, "--output", out, "--quiet").returncode == 0
+        recs = records(out)
+        assert {k: r["status"] for k, r in recs.items()} == {
+            b"a.jpg": "skipped",
+            b"b.jpg": "reused",
+            b"link.jpg": "skipped",
+        }
+        assert recs[b"a.jpg"]["reason"] == "dangling symlink: its target does not exist"
+        listed = {p for r in recs.values() for p in outputs(r)}
+        on_disk = {os.fsencode(f"512/{p.name}") for p in (out / "512").iterdir()}
+        assert listed == on_disk == {b"512/a.jpg", b"512/b.jpg", b"512/link.jpg"}
+    assert looks(os.fsencode(out / "512" / "link.jpg"), "red")
+
+
 def test_a_failed_input_that_is_gone_is_reported_gone_too(tmp_path: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     bad = write(src, "a.npz", b"not a zip at all\n")  # fails as the walk lists it
