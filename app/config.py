@@ -79,6 +79,11 @@ log = logging.getLogger("app")
 
 STAGE_NAMES = ("download", "read", "resize", "crunch", "write")
 
+#: The most workers a stage takes: concurrent requests for downloads (coroutines, a few KB
+#: each), else threads or processes (a process worker holds tens of MB). A count past these is
+#: a typo, and starting that many would exhaust the machine before the first item.
+MAX_WORKERS = {"download": 10_000, "resize": 1024}
+
 
 def _default_workers() -> dict[str, int]:
     cores = os.cpu_count() or 1
@@ -160,6 +165,9 @@ class WorkersKind(Kind[Workers]):
                 raise ValueError(f"expected {self._usage}, got {given!r}") from None
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"workers must be integers >= 1, got {given!r}")
+        most = MAX_WORKERS.get(stage, MAX_WORKERS["resize"])
+        if n > most:
+            raise ValueError(f"{stage} workers: at most {most}, got {n} (in {given!r})")
         return n
 
     def join(self, values: Sequence[Workers]) -> Workers:

@@ -91,7 +91,7 @@ def warm_up(backend: str | None, config: str | os.PathLike[str] | None) -> None:
         try:
             with open(config, "rb") as fh:
                 chosen = tomllib.load(fh).get("backend")
-        except (OSError, tomllib.TOMLDecodeError):
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
             return  # reported by the run itself
         backend = chosen if isinstance(chosen, str) else None
     if (backend or "local") == "local":

@@ -106,4 +106,6 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (a file saved as UTF-16, Latin-1)
+        raise ConfigError(f"config {path} is not valid TOML: not UTF-8 ({exc.reason})") from exc
     return data

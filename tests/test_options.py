@@ -273,6 +273,8 @@ def test_a_bad_file_names_the_file_and_the_key(line: str, message: str, tmp: Pat
         (["--size", "abc"], "--size: invalid size 'abc'"),
         (["--workers", "bogus=3"], "--workers: unknown stage 'bogus'"),
         (["--workers", "two"], "--workers: expected N, stage=N"),
+        (["--workers", "10" * 10], "--workers: resize workers: at most 1024, got 1010101010"),
+        (["--workers", "read=2000"], "--workers: read workers: at most 1024, got 2000"),
         (["--pad-color", "nope"], "--pad-color: expected a colour"),
         (["--timeout", "0"], "--timeout: expected seconds, > 0, got '0'"),
         (["--chunk-size", "-1"], "--chunk-size: invalid size '-1'"),
@@ -322,6 +324,14 @@ def test_usage_errors_exit_2_and_name_the_option(tmp: Path) -> None:
     done = _cli(str(IMAGES), "--quality", "high", "--output", str(tmp / "o"))
     assert done.returncode == 2, done.stderr
     assert "--quality: expected an integer" in done.stderr, done.stderr
+    # a file saved as UTF-16 (Windows' Notepad, PowerShell's Out-File), read before the backend
+    # is chosen too: one line, no traceback
+    conf.write_bytes("quality = 80\n".encode("utf-16"))
+    for extra in ((), ("--backend", "local")):
+        done = _cli(str(IMAGES), "--config", str(conf), "--output", str(tmp / "o"), *extra)
+        assert done.returncode == 2, done.stderr
+        assert f"config {conf} is not valid TOML: not UTF-8" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
     assert not (tmp / "o").exists()
 
 
