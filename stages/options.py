@@ -171,6 +171,10 @@ _FORMATS = ("keep", "jpeg", "png", "webp", "avif")
 RENDER_VERSION = 1
 
 
+_DEFAULT_PAD = (255, 255, 255)
+_DEFAULT_QUALITY = 85
+
+
 @dataclass(frozen=True, kw_only=True)
 class ResizeOptions:
     """How :func:`~stages.imaging.process_image` renders its outputs. Validated on creation
@@ -207,11 +211,11 @@ class ResizeOptions:
     mode: ResizeMode = "fit"
     upscale: bool = False
     format: OutputFormat = "keep"
-    quality: int = 85
+    quality: int = _DEFAULT_QUALITY
     allow_truncated: bool = False
     max_pixels: int = 100_000_000
     max_output_pixels: int = 8192 * 8192
-    pad_color: tuple[int, int, int] = (255, 255, 255)
+    pad_color: tuple[int, int, int] = _DEFAULT_PAD
 
     def __post_init__(self) -> None:
         if not isinstance(self.sizes, tuple) or not self.sizes:
@@ -267,6 +271,12 @@ class ResizeOptions:
         options, or by a version of the code that made them otherwise, are not done."""
         fields = asdict(self)
         del fields["max_output_pixels"]  # a guard: it shapes no output (see the class)
+        # options that shape no output here count as their defaults: the same outputs, the
+        # same hash (a pad colour without mode pad, a quality for PNG)
+        if self.mode != "pad":
+            fields["pad_color"] = _DEFAULT_PAD
+        if self.format == "png":
+            fields["quality"] = _DEFAULT_QUALITY
         if RENDER_VERSION > 1:  # (version 1 is left out: the hashes made before it stay)
             fields["render_version"] = RENDER_VERSION
         doc = json.dumps(fields, sort_keys=True, default=str)

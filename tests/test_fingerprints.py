@@ -72,6 +72,23 @@ def test_fingerprints_of_the_default_options_never_change_by_accident() -> None:
     assert (cfg.fingerprint(), cfg.data_fingerprint()) == ("6358aa674c30", "7c58523feb7e")
 
 
+def test_options_that_shape_no_output_leave_the_fingerprint_alone() -> None:
+    """A pad colour without mode pad (warned as ignored) and a quality for PNG make the same
+    outputs: they redid every input (``options changed``); with what they shape, they count."""
+    from stages.options import ResizeOptions
+
+    plain = ResizeOptions().fingerprint()
+    assert ResizeOptions(pad_color=(0, 0, 0)).fingerprint() == plain
+    assert ResizeOptions(mode="pad", pad_color=(0, 0, 0)).fingerprint() != (
+        ResizeOptions(mode="pad").fingerprint()
+    )
+    png = ResizeOptions(format="png").fingerprint()
+    assert ResizeOptions(format="png", quality=50).fingerprint() == png
+    assert ResizeOptions(format="webp", quality=50).fingerprint() != (
+        ResizeOptions(format="webp").fingerprint()
+    )
+
+
 @pytest.mark.parametrize("what", ["images", "data"])
 def test_a_new_render_version_redoes_what_an_older_one_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
