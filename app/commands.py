@@ -77,7 +77,9 @@ def _add_process(sub: Any) -> None:
         "with the workers that would balance the line.",
     )
     _add_options(prof)
-    prof.add_argument("--sample", type=int, default=100, help="inputs to run (default 100)")
+    prof.add_argument(
+        "--sample", type=_count, default=100, metavar="N", help="inputs to run, >= 1 (default 100)"
+    )
     prof.set_defaults(func=_profile)
 
 
@@ -151,3 +153,14 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
 def add_commands(sub: Any) -> None:
     for add in COMMANDS.values():
         add(sub)
+
+
+def _count(text: str) -> int:
+    """``--sample``: a whole number >= 1 (argparse names the option in its error, exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return n

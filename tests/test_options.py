@@ -476,3 +476,18 @@ def test_a_need_is_one_option_with_a_value_or_options_to_be_given() -> None:
         Needs("include", "exclude", value="x")
     with pytest.raises(ValueError, match="one option with a value"):
         Needs()
+
+
+def test_profile_takes_a_sample_of_one_input_or_more(tmp: Path) -> None:
+    """``--sample -1`` was an islice ValueError traceback (exit 1); 0 ran nothing (exit 0)."""
+    for bad in ("-1", "0", "many"):
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "profile", str(IMAGES), "--sample", bad],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"--sample: expected an integer >= 1, got '{bad}'" in done.stderr
+        assert "Traceback" not in done.stderr
