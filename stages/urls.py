@@ -42,6 +42,7 @@ from typing import Literal, NamedTuple, Protocol
 from .storage import open_input
 
 __all__ = [
+    "GZIP_MAGIC",
     "MAX_LINE_BYTES",
     "Format",
     "UrlEntry",
@@ -64,9 +65,10 @@ _SUFFIX_FORMATS: dict[str, Format] = {
     ".tsv": "tsv",
     ".tab": "tsv",
     ".jsonl": "jsonl",
+    ".json": "jsonl",
     ".ndjson": "jsonl",
 }
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class UrlListError(ValueError):
@@ -256,7 +258,7 @@ def iter_url_list(
     kind = fmt or detect_format(name)
     with open_input(name) as raw_file, contextlib.ExitStack() as stack:
         stream: _ByteLines = raw_file
-        if raw_file.peek(2)[:2] == _GZIP_MAGIC:
+        if raw_file.peek(2)[:2] == GZIP_MAGIC:
             stream = stack.enter_context(gzip.GzipFile(fileobj=raw_file, mode="rb"))
         lines = _read_lines(stream, name)
         if kind == "text":

@@ -175,3 +175,25 @@ def test_a_url_list_that_cannot_be_read_is_a_usage_error_before_the_run(tmp_path
         assert done.returncode == 2, done.stderr
         assert said in done.stderr
         assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+@pytest.mark.timeout(120)
+def test_gzipped_tables_and_json_lists_into_files(tmp_path: Path) -> None:
+    """Files output: a .csv.gz given --url-col is read as a table (it was read as a URL list,
+    its --url-col ignored), a .json list as JSON lines (every line was a bad URL)."""
+    import gzip
+
+    names = sorted(p.name for p in IMAGES.glob("*.jpg"))[:2]
+    with serve(IMAGES) as base:
+        table = tmp_path / "t.csv.gz"
+        rows = "".join(f"{base}/{n},{base}/missing.jpg\n" for n in names[:1])
+        table.write_bytes(gzip.compress(f"link,url\n{rows}".encode()))
+        listed = tmp_path / "l.json"
+        listed.write_text(json.dumps({"url": f"{base}/{names[1]}", "who": "me"}) + "\n")
+        recs = process(tmp_path / "out", table, url_col="link")
+        recs |= process(tmp_path / "out2", listed)
+    assert {k: r["status"] for k, r in recs.items()} == {
+        f"{base}/{names[0]}": "ok",
+        f"{base}/{names[1]}": "ok",
+    }
+    assert recs[f"{base}/{names[1]}"]["meta"] == {"who": "me"}

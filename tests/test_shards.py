@@ -236,19 +236,26 @@ def test_tar_is_plain_tar(tmp_path: Path, images: tuple[Images, str]) -> None:
     assert [n.split(".")[0] for n in names[::3]] == [n.split(".")[0] for n in names[2::3]]
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+@pytest.mark.parametrize(
+    "suffix", [".csv", ".tsv", ".jsonl", ".json", ".csv.gz", ".tsv.gz", ".jsonl.gz"]
+)
 def test_other_table_formats(tmp_path: Path, images: tuple[Images, str], suffix: str) -> None:
+    """Each format, and each gzipped (a .csv.gz was read as a URL list: its header a bad URL,
+    each row's URL with its other columns, no caption)."""
+    import gzip
+
     _, base = images
     rows = [
         {"url": f"{base}/img/{i}.jpg", "caption": f"c{i}", "license": f"l{i}"} for i in range(5)
     ]
     table = tmp_path / f"t{suffix}"
-    if suffix == ".jsonl":
-        table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if ".json" in suffix:
+        text = "".join(json.dumps(r) + "\n" for r in rows)
     else:
-        sep = "," if suffix == ".csv" else "\t"
+        sep = "," if ".csv" in suffix else "\t"
         lines = [sep.join(rows[0])] + [sep.join(str(v) for v in r.values()) for r in rows]
-        table.write_text("\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+    table.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
     out = tmp_path / "out"
     cfg = shard_config(out, table, keep_columns="license")
     assert run_process(cfg).exit_code == 0

@@ -224,7 +224,8 @@ def test_detect_format_and_override(tmp_path: Path) -> None:
     assert detect_format("a.CSV") == "csv"
     assert detect_format("a.tsv.gz") == "tsv"
     assert detect_format("a.ndjson") == "jsonl"
-    assert detect_format("a.txt") == detect_format("a") == detect_format("a.json") == "text"
+    assert detect_format("a.txt") == detect_format("a") == "text"
+    assert detect_format("a.json") == detect_format("a.json.gz") == "jsonl"  # as tables read it
     path = write(tmp_path / "list.txt", '{"url": "http://a.example/1.jpg", "k": "v"}\n')
     assert list(iter_url_list(path, fmt="jsonl")) == [
         UrlEntry(url="http://a.example/1.jpg", line=1, extra={"k": "v"})
