@@ -186,7 +186,8 @@ def run_chain(
             started = time.perf_counter()
             try:
                 value = step.fn(value, *step.args, **step.kwargs)
-            except Exception as exc:  # noqa: BLE001 — the per-item boundary: one item fails
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 — the per-item boundary:
+                # one item fails (sys.exit() in a stage's code too: it would end the run, unwritten)
                 busy[index] += time.perf_counter() - started
                 delay = retry_delay(step, exc, attempts)
                 if delay is None:

@@ -154,7 +154,7 @@ class AsyncLane:
                 else:
                     async with asyncio.timeout(step.timeout):
                         result = await step.fn(value, *step.args, **step.kwargs)
-            except Exception as exc:  # noqa: BLE001 — the per-item boundary for async stages
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 — the per-item boundary
                 busy += time.perf_counter() - started
                 if isinstance(exc, TimeoutError) and isinstance(
                     exc.__context__, asyncio.CancelledError

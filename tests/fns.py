@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -369,3 +370,13 @@ def fault_churn(x: Any, rounds: int = 6) -> int:
 
 def size_of(data: bytes) -> int:
     return len(data)
+
+
+def exit_on(x: int, bad: int) -> int:
+    if x == bad:
+        sys.exit(3)  # a library that ends the program on an error
+    return x
+
+
+async def aexit_on(x: int, bad: int) -> int:
+    return exit_on(x, bad)

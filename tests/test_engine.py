@@ -205,6 +205,20 @@ def test_crash_storm_hits_the_budget_and_stops_the_run(out: Path) -> None:
     assert summary["exit_code"] == 3
 
 
+@pytest.mark.parametrize("kind", ["inline", "thread", "async", "process"])
+def test_sys_exit_in_a_stage_fails_that_item_only(kind: str, out: Path) -> None:
+    """``sys.exit()`` in a stage's code (a library's way to give up) is that item's failure:
+    in a thread, inline or async stage it ended the run mid-way, no manifest, the summary
+    ``finished: false``."""
+    fn = fns.aexit_on if kind == "async" else fns.exit_on
+    pipe = Pipeline([stage(fn, 3, kind=kind, name="exits")])
+    result = pipe.run(keyed(8), output=out, progress=False)
+    recs = by_key(out)
+    assert (recs["k0003"]["status"], recs["k0003"]["error_type"]) == ("failed", "SystemExit")
+    assert result.ok == 7
+    assert json.loads((out / "summary.json").read_text())["finished"] is True
+
+
 def test_the_crash_past_the_budget_fails_its_item(out: Path) -> None:
     """The item whose worker's crash stops the run is ``failed`` (WorkerCrashed), not
     ``cancelled`` with the items after it: a rerun then knows which input kills workers."""
