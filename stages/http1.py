@@ -42,6 +42,7 @@ Cancellation closes the request's connection (its state is unknown) and propagat
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import ssl
@@ -129,6 +130,12 @@ class Response:
     #: seconds the request waited for one of its host's connections (not the server's time:
     #: the deadline was moved on by as much)
     waited: float = 0.0
+
+
+def _basic_auth(user: str, password: str) -> bytes:
+    """The ``Authorization`` line of a URL's user and password (RFC 7617: UTF-8)."""
+    token = base64.b64encode(f"{user}:{password}".encode())
+    return b"Authorization: Basic " + token + b"\r\n"
 
 
 class _Stop(Exception):
@@ -552,6 +559,8 @@ class Http1Client:
             if len(self._host_lines) < 1024:
                 self._host_lines[key] = lines
         target = url.raw_path_qs or "/"
+        if url.raw_user is not None:  # http://user:pw@host/…: Basic credentials, as aiohttp
+            lines += _basic_auth(url.user or "", url.password or "")
         return b"".join(
             (
                 b"GET ",

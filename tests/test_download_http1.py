@@ -705,3 +705,28 @@ async def test_waiting_for_a_slot_is_not_counted_against_the_total_timeout() -> 
             assert got.status == 200
             assert (await slow).status == 200
         assert raw.requests == 2
+
+
+@pytest.mark.asyncio
+async def test_a_urls_user_and_password_are_sent_as_basic_credentials() -> None:
+    """``http://user:pw@host/…`` (an internal server behind Basic auth): the lean client sent
+    no credentials (HTTP 401 where curl and aiohttp get 200)."""
+    import base64
+
+    heads: list[bytes] = []
+
+    async def handler(raw: Raw, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            heads.append(await raw.head(reader))
+            w.write(reply(b"abc"))
+            await w.drain()
+
+    async with raw_server(handler) as raw:
+        config = cfg()
+        user_url = raw.url.replace("http://", "http://me:s%C3%A9cret@")
+        async with make_session(config) as session:
+            assert (await fetch(session, f"{user_url}/private", config)).status == 200
+            assert (await fetch(session, f"{raw.url}/public", config)).status == 200
+    token = base64.b64encode("me:sécret".encode()).decode()
+    assert f"Authorization: Basic {token}\r\n".encode() in heads[0]
+    assert b"Authorization" not in heads[1]  # the same host, another URL: none
