@@ -427,7 +427,9 @@ def _run(
         retry_failed=cfg.retry_failed,
         force=cfg.force,
         progress=False if cfg.quiet else cfg.progress,
-        revisit=None if limit is not None else functools.partial(mark_gone, taken=taken),
+        revisit=None
+        if limit is not None
+        else functools.partial(mark_gone, taken=taken, lists=frozenset(cfg.urls)),
         stop_helpers=stop_helpers,
     )
 
@@ -480,13 +482,19 @@ def _prepared(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[I
 REASON_GONE = "input gone: the file no longer exists (its outputs are kept)"
 
 
-def mark_gone(rec: Record, taken: Callable[[str], bool] | None = None) -> Record | None:
+def mark_gone(
+    rec: Record,
+    taken: Callable[[str], bool] | None = None,
+    lists: frozenset[str] = frozenset(),
+) -> Record | None:
     """For keys a run did not see: a record whose input file is gone becomes ``skipped`` with
     :data:`REASON_GONE` (its earlier result kept, so its outputs stay listed); others stay.
     ``taken(path)``: whether a current input's output now has that name (or one that differs
-    only in case: :meth:`app.stale.StaleOutputs.taken`): the gone record stops listing it."""
-    if rec.identity is None:  # not a file (a URL)
-        return None
+    only in case: :meth:`app.stale.StaleOutputs.taken`): the gone record stops listing it.
+    ``lists``: this run's ``--urls``, read whole: the failure of a bad entry of one of them
+    that the run did not see (the line mended, or gone) is no longer a failure."""
+    if rec.identity is None:  # not a file (a URL; a list's bad entry)
+        return _mended_entry(rec, lists)
     known = rec.reason == REASON_GONE
     if not known and _input_exists(rec.source):
         return None
@@ -502,6 +510,28 @@ def mark_gone(rec: Record, taken: Callable[[str], bool] | None = None) -> Record
         meta=rec.meta,
         fingerprint=rec.fingerprint,
         identity=rec.identity,
+    )
+
+
+#: The errors of a list's or a table's bad entry (:mod:`stages.fetching`, :mod:`stages.samples`),
+#: keyed ``LIST#lineN`` / ``TABLE#rowN``.
+BAD_ENTRY_ERRORS = ("BadUrlListEntry", "BadTableRow")
+
+
+def _mended_entry(rec: Record, lists: frozenset[str]) -> Record | None:
+    """A bad entry's failure, of a list this run read whole without finding it bad there
+    again: ``skipped``, with the reason (``failures`` no longer lists it)."""
+    if rec.status is not Status.FAILED or rec.error_type not in BAD_ENTRY_ERRORS:
+        return None
+    where, _, entry = rec.key.rpartition("#")
+    if where not in lists:
+        return None
+    return Record(
+        key=rec.key,
+        status=Status.SKIPPED,
+        source=rec.source,
+        reason=f"bad entry gone: {where} has no bad entry at {entry} any more",
+        meta=rec.meta,
     )
 
 

@@ -197,3 +197,24 @@ def test_gzipped_tables_and_json_lists_into_files(tmp_path: Path) -> None:
         f"{base}/{names[1]}": "ok",
     }
     assert recs[f"{base}/{names[1]}"]["meta"] == {"who": "me"}
+
+
+@pytest.mark.timeout(120)
+def test_a_mended_bad_line_is_no_longer_a_failure(tmp_path: Path) -> None:
+    """A list's bad line fails as ``LIST#lineN``; once mended (or removed), the next run that
+    reads the list makes that record ``skipped``, saying so: it stayed ``failed`` for good, in
+    ``failures`` and untouched by --retry-failed. A run of another list leaves it."""
+    names = sorted(p.name for p in IMAGES.glob("*.jpg"))[:2]
+    out, urls, other = tmp_path / "out", tmp_path / "urls.txt", tmp_path / "other.txt"
+    with serve(IMAGES) as base:
+        urls.write_bytes(f"{base}/{names[0]}\n".encode() + b"caf\xe9.jpg\n")  # not UTF-8
+        recs = process(out, urls)
+        assert recs[f"{urls}#line2"]["status"] == "failed"
+        other.write_text(f"{base}/{names[1]}\n")
+        assert process(out, other)[f"{urls}#line2"]["status"] == "failed"
+        urls.write_text(f"{base}/{names[0]}\n{base}/{names[1]}\n")
+        recs = process(out, urls)
+    gone = recs[f"{urls}#line2"]
+    assert gone["status"] == "skipped"
+    assert gone["reason"] == f"bad entry gone: {urls} has no bad entry at line2 any more"
+    assert {r["status"] for k, r in recs.items() if k != f"{urls}#line2"} <= {"ok", "reused"}
