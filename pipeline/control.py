@@ -72,7 +72,10 @@ class Control:
         if self.ended:
             return
         self.interrupted = True
-        log.warning("interrupted: finishing in-flight items for up to %.1f s", grace)
+        if self.aborting:  # a second Ctrl-C already, or a consumer of iter() that left
+            log.warning("interrupted: in-flight items cancelled at once")
+        else:
+            log.warning("interrupted: finishing in-flight items for up to %.1f s", grace)
         feeder.cancel()  # the one task stopped on its own: its stream ends by closing
         try:
             async with asyncio.timeout(grace):

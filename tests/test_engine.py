@@ -584,12 +584,15 @@ def test_iter_and_run_stage_yield_records_with_values() -> None:
     assert got["k0003"].value == 4
 
 
-def test_leaving_iter_early_stops_the_run() -> None:
+def test_leaving_iter_early_stops_the_run(caplog: pytest.LogCaptureFixture) -> None:
     pipe = Pipeline([stage(fns.sleep_each, 0.01, kind="process", workers=2)])
     it = pipe.iter(keyed(10_000))
     first = [next(it) for _ in range(5)]
     it.close()  # must not hang
     assert len(first) == 5
+    # no grace: the log says so (it spoke of one, "for up to 2.0 s", and cancelled in 0.06 s)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interrupted")]
+    assert said == ["interrupted: in-flight items cancelled at once"]
 
 
 def test_the_run_methods_take_the_run_options_by_name() -> None:
