@@ -33,6 +33,7 @@ import contextlib
 import csv
 import gzip
 import json
+import logging
 import os
 import zlib
 from collections.abc import Generator, Iterator
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
 from .storage import open_input
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "GZIP_MAGIC",
@@ -212,17 +215,23 @@ def _iter_csv(lines: Iterator[_Line], delimiter: str, path: str) -> Iterator[Url
     reader = csv.reader(feed(), delimiter=delimiter)
     header: list[str] | None = None
     url_index = 0
+    spanning: list[tuple[int, int]] = []  # rows read across line breaks (quoted fields)
     while True:
         start = consumed + 1
         try:
             row = next(reader, None)
         except csv.Error as exc:
-            yield UrlEntry(url="", line=start, error=f"CSV error: {exc}")
+            span = f"lines {start}-{consumed}" if consumed > start else f"line {start}"
+            why = f"CSV error: {exc} ({span} read as one field: a quote left open?)"
+            yield UrlEntry(url="", line=start, error=why)
             continue
         yield from pending
         pending.clear()
         if row is None:
+            _say_spanning(path, spanning)
             return
+        if consumed > start:
+            spanning.append((start, consumed))
         if not any(cell.strip() for cell in row):
             continue
         if header is None:
@@ -244,6 +253,24 @@ def _iter_csv(lines: Iterator[_Line], delimiter: str, path: str) -> Iterator[Url
             if i != url_index
         }
         yield UrlEntry(url=url, line=start, extra=extra)
+
+
+def _say_spanning(path: str, spans: list[tuple[int, int]]) -> None:
+    """A warning for the rows of a CSV/TSV list read across line breaks (a quoted field that
+    holds them, as CSV allows): a quote opened by mistake (``"5"" tall``) reads the rows after
+    it into one field, and they get no record of their own."""
+    if not spans:
+        return
+    first, last = spans[0]
+    log.warning(
+        "%s: %d row(s) read across line breaks (a quoted field holding them), the first at "
+        "lines %d-%d: if a quote there was not meant to open a field, the lines it took in are "
+        "no rows of their own",
+        path,
+        len(spans),
+        first,
+        last,
+    )
 
 
 def iter_url_list(

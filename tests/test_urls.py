@@ -136,6 +136,27 @@ def test_csv_bad_rows_become_error_entries(tmp_path: Path) -> None:
     assert entries[3].extra == {}
 
 
+def test_a_quote_left_open_is_said_with_the_lines_it_took(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A quote opened by mistake reads the rows after it into one field, as CSV allows: a
+    warning names the lines; past the csv module's field limit the error does too (the rows
+    in between were gone with one error at the first line, no word of how many)."""
+    rows = "".join(f"http://h.example/{i}.jpg,row {i}\n" for i in range(1, 4))
+    path = write(tmp_path / "q.csv", 'url,label\nhttp://h.example/0.jpg,"5"" tall\n' + rows)
+    got = list(iter_url_list(path))
+    assert [e.line for e in got] == [2]  # the other rows are inside its label
+    (said,) = [r.getMessage() for r in caplog.records if "line breaks" in r.getMessage()]
+    assert "1 row(s) read across line breaks" in said
+    assert "the first at lines 2-5" in said
+    many = "".join(f"http://h.example/{i}.jpg,row {i}\n" for i in range(4000))
+    path = write(tmp_path / "big.csv", 'url,label\nhttp://h.example/x.jpg,"open\n' + many)
+    errors = [e for e in iter_url_list(path) if e.error]
+    assert errors[0].line == 2
+    assert "field larger than field limit" in (errors[0].error or "")
+    assert "read as one field: a quote left open?" in (errors[0].error or "")
+
+
 def test_csv_invalid_utf8_line_reported_in_place(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
     path.write_bytes(
