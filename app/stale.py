@@ -11,14 +11,14 @@ For a key this run redid (its earlier record: :attr:`pipeline.Record.earlier`), 
 earlier record listed are removed when
 
 * the new record is ``ok``: those it does not list (the others were written again);
-* the new record is ``failed`` or ``skipped`` and the input changed (its ``source`` or
-  ``identity``): all of them — they show content that is gone.
+* the new record is ``failed``, ``skipped`` or ``cancelled`` and the input changed (its
+  ``source`` or ``identity``): all of them — they show content that is gone.
 
 They are kept when the redo failed on the same input (``--force``, other options, a server
 that did not answer): still a true picture of the input, perhaps its only one; and when the
-run cancelled the key (nothing was decided). The new record then keeps the earlier one's
-result (:mod:`pipeline.recorder`), so they stay listed, and a later redo that succeeds removes
-them. A file is never removed when any record of the
+run cancelled the key of an unchanged input (nothing was decided). The new record then keeps
+the earlier one's result (:mod:`pipeline.recorder`), so they stay listed, and a later redo that
+succeeds removes them. A file is never removed when any record of the
 folder lists it (this run's or an earlier one's, in any order: every listed path goes through
 a fixed-size Bloom filter, :class:`Listed`, whose rare false positive keeps a file, never
 removes one), when it was written since the run started (a local file's ``mtime``), when it
@@ -251,13 +251,18 @@ class StaleOutputs:
             return "failed"
 
 
+#: A redo that made nothing: the earlier outputs go when the input changed (cancelled too: a
+#: changed input's earlier result is not kept, so no record would list them any more).
+_NOT_DONE = (Status.FAILED, Status.SKIPPED, Status.CANCELLED)
+
+
 def _superseded(record: Record, earlier: Record) -> list[str]:
     """The earlier record's outputs that the new ``record`` makes stale (module docstring)."""
     if record.status is Status.OK:
         keep = set(output_paths(record.value))
         return [p for p in output_paths(earlier.value) if p not in keep]
-    if record.status in (Status.FAILED, Status.SKIPPED) and not record.same_input(earlier):
-        return list(output_paths(earlier.value))
+    if record.status in _NOT_DONE and not record.same_input(earlier):
+        return list(output_paths(earlier.value))  # a picture of what the input no longer is
     return []
 
 

@@ -288,6 +288,46 @@ def test_a_redo_cut_short_by_ctrl_c_leaves_no_output_unlisted(tmp_path: Path) ->
     assert not (out / "64").exists()
 
 
+def test_a_changed_inputs_redo_cut_short_by_ctrl_c_leaves_no_output_unlisted(
+    tmp_path: Path,
+) -> None:
+    """The inputs changed (touched), their redo stopped by Ctrl-C twice: a changed input's
+    cancelled record keeps no earlier result (its thumbnail shows what the input no longer
+    is), so that thumbnail is removed too. Before, it stayed listed by no record, for good: a
+    later run in another format left it beside the new ones."""
+    src, out = _slow_images(tmp_path / "in", 40), tmp_path / "out"
+    assert cli(src, "--output", out, "--size", "64", "--quiet").returncode == 0
+    later = time.time_ns() + 10**9
+    os.utime(src / "p000.png", ns=(later, later))  # (one inode: every name changes)
+    argv = [sys.executable, "-m", "pipeline", "process", str(src), "--output", str(out)]
+    redo = subprocess.Popen([*argv, "--size", "64", "--quiet"], cwd=ROOT, stderr=subprocess.PIPE)
+    with redo:
+        deadline = time.monotonic() + 60
+        while not any(str(r.get("redo")).startswith("input changed") for r in _journal(out)):
+            assert redo.poll() is None, redo.stderr.read() if redo.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        redo.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        redo.send_signal(signal.SIGINT)
+        _, errors = redo.communicate(timeout=60)
+    assert "cancelled" in {r["status"] for r in records(out).values()}, errors
+    done = cli(src, "--output", out, "--size", "32", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert images_below(out) == set(listed(out)) == {f"32/p{i:03d}.png".encode() for i in range(40)}
+    assert not (out / "64").exists()
+
+
+def _journal(out: Path) -> list[dict[str, Any]]:
+    """The records the ledger's journal holds so far (none before it exists)."""
+    path = out / ".pipeline" / "ledger.sqlite"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return [json.loads(t) for (t,) in db.execute("SELECT json FROM records")]
+    except sqlite3.Error:
+        return []
+
+
 def test_a_file_given_alone_never_takes_the_output_of_an_earlier_folders_file(
     tmp_path: Path,
 ) -> None:
