@@ -99,6 +99,12 @@ class StatsTable(_FolderTable):
     #: The columns of few distinct values: dictionary-encoded in ``stats.parquet`` (the others,
     #: all different from row to row, plain: see :mod:`app.tables`).
     REPEATED = ("status", "width", "height", "mode", "format", "out_width", "out_height")
+    #: The columns' types in ``stats.parquet`` (see :class:`app.tables.ParquetStream`).
+    TYPES = {
+        **dict.fromkeys(("key", "status", "mode", "format", "mean", "std", "dhash"), "string"),
+        **dict.fromkeys(("width", "height", "out_width", "out_height"), "int64"),
+        "sharpness": "double",
+    }
 
     def __init__(self, folder: Path, feed: RecordFeed | None = None) -> None:
         super().__init__(folder, feed)
@@ -107,7 +113,9 @@ class StatsTable(_FolderTable):
         self._hash_path: Path | None = None  # 8 bytes a hashed row, in order (hash_file)
         self._spill: IO[bytes] | None = None  # a line [key, smallest output] per hash
         self._spilling: list[str] = []  # its next lines, written SPILL_ROWS at a time
-        self._parquet = ParquetStream(folder / "stats.parquet", self.COLUMNS, self.REPEATED)
+        self._parquet = ParquetStream(
+            folder / "stats.parquet", self.COLUMNS, self.REPEATED, self.TYPES
+        )
         self._csv = CsvStream(folder / "stats.csv", self.COLUMNS, keep_empty=True)
         self._when_complete: list[Callable[[], None]] | None = []  # None: complete
         self.feed.add_sink(self)
@@ -215,6 +223,8 @@ class StatsTable(_FolderTable):
         files = ["stats.csv"]
         if self._parquet.write_from(self._csv):
             files.append("stats.parquet")
+        else:  # no image rows in the folder now: an earlier run's table is not this one
+            _remove_earlier(self._parquet.path)
         self._result = {"rows": self._csv.rows, "files": files}
 
     def discard(self) -> None:
@@ -417,10 +427,19 @@ class DataTable(_FolderTable):
 
     def finish(self) -> None:
         written = self._csv.commit()
+        if not written:  # no data rows in the folder now: an earlier run's table is not this one
+            _remove_earlier(self._csv.path)
         self._result = {"rows": self._csv.rows, "files": ["data_stats.csv"] if written else []}
 
     def discard(self) -> None:
         self._csv.discard()
+
+
+def _remove_earlier(path: Path) -> None:
+    """An end-of-run table an earlier run wrote, which this run (from every record of the
+    folder) finds empty: left, it showed rows of records that are no longer ok."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 class FailureList:

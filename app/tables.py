@@ -34,7 +34,7 @@ import csv
 import io
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +176,19 @@ class ParquetStream:
     No chunk, no file (``path`` is left as it was).
     """
 
-    def __init__(self, path: Path, columns: Sequence[str], dictionary: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: Path,
+        columns: Sequence[str],
+        dictionary: Sequence[str] = (),
+        types: Mapping[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.columns = list(columns)
+        #: each column's pyarrow type by name (``"string"``, ``"int64"``, ``"double"``): read as
+        #: that, never guessed from the values (a key ``000000001`` is no number, nor is a hash
+        #: of digits alone); None: guessed, chunk by chunk
+        self.types = dict(types) if types is not None else None
         self.dictionary = [c for c in dictionary if c in self.columns]  # few distinct values
         self._schemas: list[Any] = []  # each chunk's inferred pyarrow schema
         self._file: AtomicFile | None = None
@@ -206,7 +216,15 @@ class ParquetStream:
         # installed), half a second for nothing, and infer other types. One thread: a chunk is
         # small, and the reader's threads would each keep memory of their own.
         opts = pacsv.ReadOptions(column_names=self.columns, use_threads=False)
-        table = pacsv.read_csv(pa.BufferReader(data), read_options=opts, memory_pool=_pool())
+        typed = None
+        if self.types is not None:
+            typed = {c: pa.type_for_alias(t) for c, t in self.types.items()}
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=opts,
+            convert_options=pacsv.ConvertOptions(column_types=typed),
+            memory_pool=_pool(),
+        )
         self._schemas.append(table.schema)
         if self._mixed:
             return

@@ -572,7 +572,7 @@ def test_stats_table_in_many_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(app.tables, "CHUNK_ROWS", 3)
     records = [_image(f"{i}.jpg", f"{i:04x}") for i in range(9)]
     greys = [_image(f"grey{i}.jpg", f"0f0{i}") for i in range(2)]
-    for grey in greys:  # one channel: their own chunk infers a double "mean", the whole a string
+    for grey in greys:  # one channel: their own chunk would infer a double "mean"
         grey["result"]["stats"]["mean"] = [12.0]
     spied: list[bool] = []
     rewrite = ParquetStream._rewrite
@@ -585,10 +585,49 @@ def test_stats_table_in_many_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         table = StatsTable(folder)
         assert table.result() == {"rows": rows, "files": ["stats.csv", "stats.parquet"]}
         table.close()
-        expected = pacsv.read_csv(folder / "stats.csv")
+        typed = {c: pa.type_for_alias(t) for c, t in StatsTable.TYPES.items()}
+        expected = pacsv.read_csv(
+            folder / "stats.csv", convert_options=pacsv.ConvertOptions(column_types=typed)
+        )
         got = pq.read_table(folder / "stats.parquet")
         assert got.equals(expected)
         assert got.schema.equals(expected.schema)
         assert pq.ParquetFile(folder / "stats.parquet").metadata.num_row_groups == 4
-        assert spied == ([True] if name == "mixed" else [])
+        assert spied == []  # the types are the table's own, whatever a chunk holds
     assert got.schema.field("mean").type == pa.string()
+
+
+def test_stats_parquet_keeps_each_columns_type_whatever_the_values(tmp_path: Path) -> None:
+    """Keys of digits alone (a training set's row numbers, files named 0001) stay text with
+    their zeros, a hash of digits stays its hex text: the columns' types were guessed from the
+    values (key int64 [1, 2, 10], dhash 0 for "0000000000000000")."""
+    records = [_image(k, "0000000000000000") for k in ("000000001", "0002", "10")]
+    folder = _folder(tmp_path, records)
+    assert StatsTable(folder).result()["files"] == ["stats.csv", "stats.parquet"]
+    table = pq.read_table(folder / "stats.parquet")
+    assert table.column("key").to_pylist() == ["000000001", "0002", "10"]
+    assert table.column("dhash").to_pylist() == ["0000000000000000"] * 3
+    assert {f.name: str(f.type) for f in table.schema if f.name in ("width", "sharpness")} == {
+        "width": "int64",
+        "sharpness": "double",
+    }
+
+
+def test_a_table_that_is_empty_now_leaves_no_earlier_one(tmp_path: Path) -> None:
+    """A folder whose images (or data files) are no longer ok: stats.parquet (data_stats.csv)
+    of an earlier run was left as it was, listing them, beside this run's empty stats.csv."""
+    folder = _folder(tmp_path, [_image("a.jpg", "00ff"), _array("x.npy")])
+    table, data = StatsTable(folder), DataTable(folder)
+    assert table.result()["files"] == ["stats.csv", "stats.parquet"]
+    assert data.result()["files"] == ["data_stats.csv"]
+    failed = [
+        {"key": k, "status": "failed", "error_type": "DecodeError"} for k in ("a.jpg", "x.npy")
+    ]
+    folder = _folder(tmp_path / "again", failed)
+    for name in ("stats.parquet", "data_stats.csv"):
+        shutil.copy(tmp_path / "out" / name, folder / name)  # as the earlier run left them
+    table, data = StatsTable(folder), DataTable(folder)
+    assert table.result() == {"rows": 0, "files": ["stats.csv"]}
+    assert data.result() == {"rows": 0, "files": []}
+    assert not (folder / "stats.parquet").exists()
+    assert not (folder / "data_stats.csv").exists()
