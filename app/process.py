@@ -480,6 +480,8 @@ def _prepared(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[I
 
 #: The ``skipped`` reason of a key whose input file is no longer there.
 REASON_GONE = "input gone: the file no longer exists (its outputs are kept)"
+#: The ``skipped`` reason of an array of an ``.npz`` that no longer holds it.
+REASON_MEMBER_GONE = "input gone: its .npz changed and no longer holds it (its figures are kept)"
 
 
 def mark_gone(
@@ -495,9 +497,15 @@ def mark_gone(
     that the run did not see (the line mended, or gone) is no longer a failure."""
     if rec.identity is None:  # not a file (a URL; a list's bad entry)
         return _mended_entry(rec, lists)
-    known = rec.reason == REASON_GONE
-    if not known and _input_exists(rec.source):
-        return None
+    reason = rec.reason
+    known = reason in (REASON_GONE, REASON_MEMBER_GONE)
+    if not known:
+        if not _input_exists(rec.source):
+            reason = REASON_GONE
+        elif _member_gone(rec):
+            reason = REASON_MEMBER_GONE
+        else:
+            return None
     value = rec.value if taken is None else without_outputs(rec.value, taken)
     if known and value is rec.value:
         return None
@@ -505,7 +513,7 @@ def mark_gone(
         key=rec.key,
         status=Status.SKIPPED,
         source=rec.source,
-        reason=REASON_GONE,
+        reason=reason,
         value=value,
         meta=rec.meta,
         fingerprint=rec.fingerprint,
@@ -533,6 +541,23 @@ def _mended_entry(rec: Record, lists: frozenset[str]) -> Record | None:
         reason=f"bad entry gone: {where} has no bad entry at {entry} any more",
         meta=rec.meta,
     )
+
+
+def _member_gone(rec: Record) -> bool:
+    """Whether ``rec`` is an array of an ``.npz`` (key ``FILE:NAME``) that changed since: the
+    run, which did not see the key, read the file's arrays anew (or found it unreadable)."""
+    file_key, colon, _ = rec.key.rpartition(":")
+    source = rec.source
+    if not colon or not source.lower().endswith(".npz") or not source.endswith(file_key):
+        return False
+    if is_url(source):
+        return False
+    try:
+        st = os.stat(source)
+    except OSError:
+        return False
+    had = rec.identity or {}
+    return (had.get("size"), had.get("mtime_ns")) != (st.st_size, st.st_mtime_ns)
 
 
 def _input_exists(source: str) -> bool:

@@ -396,3 +396,28 @@ def test_an_array_under_an_image_name_gets_the_statistics_of_a_data_file(tmp_pat
     stages = {s.name: s.items for s in result.stages}
     assert stages["read"] == 1  # the .npy name: planned in the parent's read threads
     assert stages["crunch"] == 5  # its parts; the other one's ran inside its resize call
+
+
+def test_the_arrays_an_npz_no_longer_holds_are_gone(tmp_path: Path) -> None:
+    """An .npz rewritten with fewer arrays (or made unreadable): the arrays no longer in it
+    stayed ``ok`` with their old figures, for good; they are ``skipped``, input gone."""
+    from app.process import REASON_MEMBER_GONE
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    np.savez(src / "pack.npz", x=np.arange(4.0), y=np.arange(3.0), z=np.ones(2))
+    cfg = ProcessConfig(inputs=(str(src),), output=str(out), quiet=True)
+    run_process(cfg)
+    np.savez(src / "pack.npz", x=np.arange(5.0))
+    run_process(cfg)
+    recs = by_key(out)
+    assert recs["pack.npz:x"]["status"] == "ok"
+    for gone in ("pack.npz:y", "pack.npz:z"):
+        assert (recs[gone]["status"], recs[gone]["reason"]) == ("skipped", REASON_MEMBER_GONE)
+    (src / "pack.npz").write_bytes(b"garbage")
+    run_process(cfg)
+    recs = by_key(out)
+    assert recs["pack.npz"]["status"] == "failed"
+    assert recs["pack.npz:x"]["reason"] == REASON_MEMBER_GONE
+    run_process(cfg)  # a run that finds them gone already changes nothing
+    assert by_key(out)["pack.npz:x"]["run"] == recs["pack.npz:x"]["run"]
