@@ -154,6 +154,13 @@ def _outcome(result: RunResult) -> list[str]:
     if result.skipped:
         why = f"; why: {cmd} --status skipped" if cmd else ""
         lines.append(f"skipped: {result.skipped} not processed{why}")
+    revisited = result.collected.get("revisited")
+    if isinstance(revisited, int) and revisited:  # (not in the counts: this run's inputs)
+        why = f": {cmd} --status skipped" if cmd else ""
+        lines.append(
+            f"gone: {revisited} earlier record(s) now skipped, their inputs gone (or bad "
+            f"entries mended){why}"
+        )
     if result.cancelled:
         lines.append(f"cancelled: {result.cancelled} in flight when the run stopped")
     if result.not_started:

@@ -372,3 +372,17 @@ def test_failures_into_a_pipe_that_closes_early_ends_quietly(tmp_path: Path, lin
         assert proc.returncode == 141
     assert "Traceback" not in err, err
     assert "BrokenPipeError" not in err, err
+
+
+@pytest.mark.timeout(240)
+def test_inputs_found_gone_are_said(tmp_path: Path) -> None:
+    """Records of earlier inputs that a run finds gone become ``skipped`` (stamped with its run)
+    but are none of its own inputs' counts: a line says how many, and where to see them."""
+    src = _bad_folder(tmp_path, 1)
+    assert _cli(tmp_path, "process", "in", "--output", "out", "--size", "64").returncode == 1
+    (src / "bad_00.jpg").unlink()
+    done = _cli(tmp_path, "process", "in", "--output", "out", "--size", "64")
+    assert done.returncode == 0, done.stderr
+    cmd = f"{_interpreter(tmp_path)} failures out"
+    line = "gone: 1 earlier record(s) now skipped, their inputs gone (or bad entries mended)"
+    assert f"{line}: {cmd} --status skipped" in done.stderr.splitlines()
