@@ -12,12 +12,16 @@ A child leads a process group of its own: a Ctrl-C at the terminal goes to the c
 and the command decides (the end of a run is not cut short: it finishes its tables). Every
 child is stopped and waited for on every path: :func:`stop` (after its answer, on an
 error), and at the interpreter's exit for one left over (:data:`LIVE`). :func:`how_it_ended`
-says how one ended without its answer, for the error the caller raises.
+says how one ended without its answer, for the error the caller raises. A command killed
+outright (SIGKILL, the OOM killer) stops none of that: each child watches a pipe whose only
+writing end the command holds (:data:`WATCH_VAR`), and exits at once when it closes, rather
+than work on for nobody, beside the next run in the same folder.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -26,10 +30,24 @@ from pathlib import Path
 
 import stages
 
-__all__ = ["LIVE", "how_it_ended", "program", "start", "stop"]
+__all__ = ["LIVE", "WATCH_VAR", "how_it_ended", "program", "start", "stop"]
 
 #: The children not yet waited for (stopped at the interpreter's exit, if any is left).
 LIVE: set[subprocess.Popen[bytes]] = set()
+
+#: The environment variable that gives a child the reading end of its watch pipe.
+WATCH_VAR = "PIXPIPE_WATCH_FD"
+
+#: What a child runs first: a daemon thread that ends it once the command's end of the watch
+#: pipe is closed (the command gone: ``os.read`` returns at its end of file).
+_WATCH = (
+    "import os, threading; _fd = int(os.environ.pop('" + WATCH_VAR + "', '-1')); "
+    "_fd >= 0 and threading.Thread(target=lambda: (os.read(_fd, 1), os._exit(70)), "
+    "daemon=True).start(); "
+)
+
+#: The command's writing end of each live child's watch pipe.
+_WATCHES: dict[subprocess.Popen[bytes], int] = {}
 
 
 def program(module: str, args: int) -> str:
@@ -49,14 +67,24 @@ def start(code: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
     # the interpreter the process workers' forkserver runs (multiprocessing.set_executable, for
     # a program that embeds Python; else sys.executable)
     python = spawn.get_executable() or sys.executable
-    proc = subprocess.Popen(
-        [python, "-I", "-S", "-c", code, *args, *paths],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        process_group=0,  # not the terminal's: its Ctrl-C is the command's to decide on
-    )
+    watched, watch = os.pipe()  # (neither end inherited by any other child: PEP 446)
+    try:
+        proc = subprocess.Popen(
+            [python, "-I", "-S", "-c", _WATCH + code, *args, *paths],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            process_group=0,  # not the terminal's: its Ctrl-C is the command's to decide on
+            pass_fds=(watched,),
+            env={**os.environ, WATCH_VAR: str(watched)},
+        )
+    except BaseException:
+        os.close(watch)
+        raise
+    finally:
+        os.close(watched)
     LIVE.add(proc)
+    _WATCHES[proc] = watch
     return proc
 
 
@@ -78,6 +106,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+    watch = _WATCHES.pop(proc, None)
+    if watch is not None:
+        os.close(watch)
     LIVE.discard(proc)
 
 

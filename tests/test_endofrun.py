@@ -631,3 +631,38 @@ def test_a_table_that_is_empty_now_leaves_no_earlier_one(tmp_path: Path) -> None
     assert data.result() == {"rows": 0, "files": []}
     assert not (folder / "stats.parquet").exists()
     assert not (folder / "data_stats.csv").exists()
+
+
+def test_a_child_ends_with_a_command_killed_outright(tmp_path: Path) -> None:
+    """The command SIGKILLed (the OOM killer) stops none of its children: each watches a pipe
+    only the command writes to, and exits once it closes. The near-duplicate grouping of a
+    large run worked on for nobody, beside the next run in the same folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from app import children; "
+        "p = children.start('import time; time.sleep(60)', []); print(p.pid, flush=True); "
+        "time.sleep(60)"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(ROOT)], stdout=subprocess.PIPE, text=True
+    ) as command:
+        assert command.stdout is not None
+        child = int(command.stdout.readline())
+        os.kill(child, 0)  # it runs
+        command.send_signal(signal.SIGKILL)
+        command.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as fh:  # a zombie waiting for init is gone too
+            if fh.read().split(")")[-1].split()[0] == "Z":
+                break
+        assert time.monotonic() < deadline, "the child outlived its command"
+        time.sleep(0.05)
