@@ -246,7 +246,10 @@ def _drop_preload() -> bool:
             mp_forkserver.set_forkserver_preload(_preload_before)
             _preload_before = None
             _preload_dropped = True
-            log.warning("the forkserver died importing its preload list; starting without them")
+            log.warning(
+                "the workers' forkserver died (a module of its preload list failed to import, "
+                "or it was killed); starting it again without that list"
+            )
         return _preload_dropped
 
 
