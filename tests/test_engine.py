@@ -897,7 +897,7 @@ def test_a_module_that_breaks_the_forkserver_preload_breaks_nothing(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [["ok", 3], ["ok", 6]]
     assert "touchy refuses to be preloaded" in done.stderr  # the forkserver's traceback
-    assert "starting without them" in done.stderr  # and the lane's warning
+    assert "starting it again without that list" in done.stderr  # and the lane's warning
 
 
 def test_preload_skips_a_module_the_forkserver_would_take_from_elsewhere(
@@ -975,7 +975,7 @@ def test_a_forked_forkserver_broken_by_its_preload_breaks_nothing(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [["ok", 3], ["ok", 6]]
     assert "touchy refuses to be preloaded" in done.stderr  # the forked forkserver's traceback
-    assert "starting without them" in done.stderr  # and the lane's warning
+    assert "starting it again without that list" in done.stderr  # and the lane's warning
 
 
 # -- big payloads: the lane's shared-memory arena and the socket ---------------------------------
