@@ -70,7 +70,7 @@ from .endofrun import RecordFeed
 from .input_keys import earlier_inputs, remember_inputs
 from .leftovers import after_run, remove_stale_temps, unfinished
 from .report import ReportSheet, write_report
-from .shard_folder import UnrecordedShards, check_shard_folder
+from .shard_folder import UnrecordedShards, check_shard_folder, refuse_moved_rows
 from .stale import StaleOutputs
 from .storage_config import shown_argv
 
@@ -423,7 +423,7 @@ def _run(
         collectors=[*tables, DataAggregate(), FailureList(), MadeBy(shown_argv(command_line()))],
         fingerprint=cfg.fingerprint(),  # items carry their own (see _prepared)
         is_done=_is_done(cfg, out),
-        outdated=_renamed if cfg.output_format == "files" else None,
+        outdated=_renamed if cfg.output_format == "files" else refuse_moved_rows,
         retry_failed=cfg.retry_failed,
         force=cfg.force,
         progress=False if cfg.quiet else cfg.progress,

@@ -12,6 +12,11 @@ in the folder (``.pipeline/training-set.json``, written by the first shard run, 
 run that finds shards made before it was kept): a run with others would keep the samples already
 there beside new ones chosen or described otherwise, so it is refused too.
 
+A training set's keys are its table's row numbers: a row whose URL is not the one its sample
+was made from (rows inserted, removed or reordered since) stops the run
+(:func:`refuse_moved_rows`, :class:`TableChanged`), before it writes that row: reused, the
+sample of another URL would stand under its key; redone, the key would be in two shards.
+
 A shard that no record names (a run killed between renaming a shard into place and recording
 its inputs; a retried Dask task's first attempt) is set aside at the end of the next run, once
 every record of the folder is known (:class:`UnrecordedShards`): its inputs were not done, so
@@ -26,12 +31,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline import ConfigError, Record, atomic_write_text, shown
+from pipeline import ConfigError, FatalRunError, Item, Record, atomic_write_text, shown
 from stages.shards import set_aside_unrecorded
 
 from .endofrun import RecordFeed
 
-__all__ = ["SAMPLES_FILE", "UnrecordedShards", "check_shard_folder"]
+__all__ = [
+    "SAMPLES_FILE",
+    "TableChanged",
+    "UnrecordedShards",
+    "check_shard_folder",
+    "refuse_moved_rows",
+]
 
 log = logging.getLogger("app")
 
@@ -63,6 +74,25 @@ def check_shard_folder(
     if held != samples:
         (out / SAMPLES_FILE).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / SAMPLES_FILE, json.dumps(samples, indent=1, sort_keys=True))
+
+
+class TableChanged(FatalRunError):
+    """A row of a training set's table holds another URL than when its sample was made."""
+
+
+def refuse_moved_rows(item: Item, done: Record) -> str | None:
+    """Resume's test of a done row (its sample in a shard): the same URL as then, or the run
+    stops (:class:`TableChanged`, exit 3; the folder is left as it is)."""
+    was, now = done.meta.get("url"), item.meta.get("url")
+    if was is None or now is None or was == now:
+        return None
+    shard = done.value.get("shard") if isinstance(done.value, dict) else None
+    raise TableChanged(
+        f"{item.source}: row {item.key} is {shown(str(now))}, but its sample in "
+        f"{shard or 'a shard'} was made from {shown(str(was))}: the table's rows were "
+        "inserted, removed or reordered since. A training set's keys are its rows' numbers: "
+        "give the table as it was, or choose a new --output"
+    )
 
 
 def _check_earlier(

@@ -146,20 +146,37 @@ class Feeder:
                 self._duplicate(item.key)
                 continue
             admitted.append((item, prev))
-        decisions = await self._decide(admitted) if ledger is not None else None
+        try:
+            decisions = await self._decide(admitted) if ledger is not None else None
+        except BaseException:
+            self._unadmit(admitted, 0)
+            raise
         first = self.router.fixed_inbox(0)  # the first group takes every value: no look-up
-        for i, (item, prev) in enumerate(admitted):
-            decided = decisions[i] if decisions is not None else None
-            if decided is not None:
-                await recorder.emit(decided)
-                continue
-            if prev is not None:
-                recorder.redo(item, prev)
-            item.born = time.perf_counter()
-            if first is not None:
-                await first.send(item)
-            else:
-                await self.router.send(0, item)
+        i = 0
+        try:
+            for i, (item, prev) in enumerate(admitted):
+                decided = decisions[i] if decisions is not None else None
+                if decided is not None:
+                    await recorder.emit(decided)
+                    continue
+                if prev is not None:
+                    recorder.redo(item, prev)
+                item.born = time.perf_counter()
+                if first is not None:
+                    await first.send(item)
+                else:
+                    await self.router.send(0, item)
+        except BaseException:  # (the one under way is in flight: cancelled, if need be)
+            self._unadmit(admitted, i + 1)
+            raise
+
+    def _unadmit(self, admitted: Sequence[tuple[Item, Record | None]], start: int) -> None:
+        """The inputs of ``admitted`` from ``start`` on, taken in but never handed on (an error,
+        or the run stopped, while their chunk was decided or handed on): one with an earlier
+        record leaves it as it is, still the truth, rather than a ``cancelled`` one in its place
+        (which listed none of its outputs, and had a training set's sample written again,
+        beside the one its shard holds); a new one is cancelled, as any in flight."""
+        self.recorder.forget([it.key for it, prev in admitted[start:] if prev is not None])
 
     async def _decide(self, admitted: Sequence[tuple[Item, Record | None]]) -> list[Record | None]:
         """Resume's decision for each input. When they look at the outputs of earlier records

@@ -53,6 +53,12 @@ class Recorder:
         self.inflight[item.key] = item
         return True
 
+    def forget(self, keys: Sequence[str]) -> None:
+        """``keys`` are no longer in flight, and get no record from this run."""
+        for key in keys:
+            self.inflight.pop(key, None)
+            self.replacing.pop(key, None)
+
     def redo(self, item: Item, earlier: Record) -> None:
         """``item``, in flight, is processed again: its record will carry ``earlier``."""
         self.replacing[item.key] = earlier

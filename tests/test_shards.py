@@ -802,3 +802,38 @@ def test_resume_knows_the_shards_that_were_there_when_the_run_started(tmp_path: 
     assert done({"shard": "00000.tar", "shard_bytes": 10})
     assert not done({"shard": "00001.tar", "shard_bytes": 10})
     assert (tmp_path / "00001.tar").read_bytes() == b"y" * 10  # left as it is
+
+
+def test_a_table_whose_rows_moved_is_refused_at_the_first_moved_row(
+    tmp_path: Path, images: tuple[Images, str]
+) -> None:
+    """A row inserted into the table: every row after it holds another URL than the sample of
+    its key (its row number). Reused, each key kept another picture; redone, each would be in
+    two shards. The run stops at the first such row (exit 3), the shards as they were; rows
+    appended at the end are new keys, and go on."""
+    from app.shard_folder import TableChanged
+
+    server, base = images
+    rows = [r for r in table_rows(base, 6) if r["score"] != -1.0]  # the good ones
+    table = write_parquet(tmp_path / "t.parquet", rows)
+    out = tmp_path / "out"
+    assert run_process(shard_config(out, table)).exit_code == 0
+    before = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
+    extra = {**rows[0], "url": f"{base}/img/{len(rows)}.jpg", "caption": "appended"}
+    write_parquet(table, [*rows, extra])  # appended: a new key, done
+    assert run_process(shard_config(out, table)).counts == {"reused": 6, "ok": 1}
+    inserted = {**extra, "url": f"{base}/img/{len(rows) + 1}.jpg", "caption": "inserted"}
+    write_parquet(table, [rows[0], inserted, *rows[1:], extra])
+    shards = sorted(p.name for p in out.glob("*.tar"))
+    with pytest.raises(TableChanged, match=r"row 000000001 is .*/img/7\.jpg, but its sample in"):
+        run_process(shard_config(out, table))
+    assert sorted(p.name for p in out.glob("*.tar")) == shards
+    # the rows of the chunk under way when it stopped keep their records: a cancelled one in
+    # each's place named no shard, and every shard was set aside as unrecorded
+    statuses = {k: r["status"] for k, r in by_key(out).items()}
+    assert statuses.pop("000000007") == "cancelled"  # new: in flight, never started
+    assert set(statuses.values()) <= {"ok", "reused"}
+    assert not list(out.glob("*.unrecorded"))
+    assert {k: v for k, v in before.items() if k.endswith(".tar")}.items() <= {
+        p.name: p.stat().st_size for p in out.glob("*.tar")
+    }.items()
