@@ -813,7 +813,7 @@ def test_a_table_whose_rows_moved_is_refused_at_the_first_moved_row(
     appended at the end are new keys, and go on."""
     from app.shard_folder import TableChanged
 
-    server, base = images
+    _, base = images
     rows = [r for r in table_rows(base, 6) if r["score"] != -1.0]  # the good ones
     table = write_parquet(tmp_path / "t.parquet", rows)
     out = tmp_path / "out"
