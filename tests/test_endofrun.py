@@ -603,7 +603,9 @@ def test_stats_parquet_keeps_each_columns_type_whatever_the_values(tmp_path: Pat
     values (key int64 [1, 2, 10], dhash 0 for "0000000000000000")."""
     records = [_image(k, "0000000000000000") for k in ("000000001", "0002", "10")]
     folder = _folder(tmp_path, records)
-    assert StatsTable(folder).result()["files"] == ["stats.csv", "stats.parquet"]
+    stats = StatsTable(folder)
+    assert stats.result()["files"] == ["stats.csv", "stats.parquet"]
+    stats.close()  # (its temporary files)
     table = pq.read_table(folder / "stats.parquet")
     assert table.column("key").to_pylist() == ["000000001", "0002", "10"]
     assert table.column("dhash").to_pylist() == ["0000000000000000"] * 3
@@ -620,6 +622,7 @@ def test_a_table_that_is_empty_now_leaves_no_earlier_one(tmp_path: Path) -> None
     table, data = StatsTable(folder), DataTable(folder)
     assert table.result()["files"] == ["stats.csv", "stats.parquet"]
     assert data.result()["files"] == ["data_stats.csv"]
+    table.close()
     failed = [
         {"key": k, "status": "failed", "error_type": "DecodeError"} for k in ("a.jpg", "x.npy")
     ]
@@ -629,6 +632,7 @@ def test_a_table_that_is_empty_now_leaves_no_earlier_one(tmp_path: Path) -> None
     table, data = StatsTable(folder), DataTable(folder)
     assert table.result() == {"rows": 0, "files": ["stats.csv"]}
     assert data.result() == {"rows": 0, "files": []}
+    table.close()
     assert not (folder / "stats.parquet").exists()
     assert not (folder / "data_stats.csv").exists()
 
