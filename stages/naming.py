@@ -161,12 +161,12 @@ def choose_tag(name: str, folder: Siblings, seed: str | None = None) -> str | No
     return tag
 
 
-def twin_name(name: str, folder: Siblings) -> str:
+def twin_name(name: str, folder: Siblings, seed: str | None = None) -> str:
     """The name a twin (:meth:`Siblings.is_twin`) is written under: ``tagged(name, tag)``, with
-    the tag of its own name (longer in the unlikely case that this name, or it plus an output
-    extension, is a sibling's name or one that rules 1 and 2 give)."""
+    the tag of its own name (``seed``: of that; longer in the unlikely case that this name, or
+    it plus an output extension, is a sibling's name or one that rules 1 and 2 give)."""
     for digits in (8, 16, 40):
-        candidate = tagged(name, name_tag(name, digits))
+        candidate = tagged(name, name_tag(name if seed is None else seed, digits))
         low = candidate.lower()
         if not folder.is_taken(low) and not any(
             folder.is_taken(low + e) for e in OUTPUT_EXTENSIONS

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from pipeline import Item, Record, Status
 
-from .naming import Folder, Siblings, fold, placed, taken_by, twin_folder
+from .naming import Folder, Siblings, fold, placed, taken_by, twin_folder, twin_name
 from .npz_items import npz_items
 from .storage import (
     ObjectInfo,
@@ -111,13 +111,25 @@ def _folder(
             name = _name(entry)
             why = _not_walked(entry, name, skip)
             if why is None:
-                sub = place + twin_folder(name, names)
+                sub = place + _prefix_place(name, names, entry)
                 yield from _folder(walk, entry, prefix, rel + name + "/", skip, sub)
             elif walk.wanted(prefix + rel + name):
                 yield _skipped(prefix + rel + name + "/", str(entry), why)
     finally:
         if isinstance(names, SpilledNames):
             names.close()
+
+
+def _prefix_place(name: str, names: Siblings, prefix: StorageURL) -> str:
+    """The place of the prefix ``name`` (a folder) in the output: :func:`twin_folder`'s, but
+    beside an object of the very same name (``a.jpg`` and ``a.jpg/b.jpg``, as object storage
+    allows) the tag of its name with the slash: the object's outputs take the tag of the name
+    alone, and one path cannot be the object's output and the folder of the prefix's."""
+    if names.is_twin(name):
+        info = object_info(StorageURL(str(prefix).rstrip("/"), prefix.options))
+        if info is not None and info.get("type") != "directory":
+            return twin_name(name, names, name + "/") + "/"
+    return twin_folder(name, names)
 
 
 def _name(entry: ObjectInfo | StorageURL) -> str:

@@ -517,3 +517,26 @@ def test_objects_read_with_the_same_checks_as_files(server: S3) -> None:
     assert "not an image" in recs["notes.txt"]["reason"]
     assert recs["big.png"]["status"] == "failed"
     assert recs["big.png"]["error_type"] == "FileTooLarge"
+
+
+@pytest.mark.timeout(180)
+def test_an_object_and_a_prefix_of_the_same_name_get_outputs_of_their_own(
+    server: S3, tmp_path: Path
+) -> None:
+    """``p/a.jpg`` and ``p/a.jpg/b.jpg``, as object storage allows: the object's outputs and
+    the prefix's folder took the same tagged name, so on a disk one removed the other, run
+    after run, both records ``ok``. The folder now takes the tag of its name with a slash."""
+    server.bucket("pix-in")
+    fs = server.fs()
+    jpeg = (IMAGES / sorted(p.name for p in IMAGES.glob("*.jpg"))[0]).read_bytes()
+    for key in ("pix-in/p/a.jpg", "pix-in/p/a.jpg/b.jpg", "pix-in/p/c.jpg"):
+        fs.pipe_file(key, jpeg)
+    out = tmp_path / "out"
+    for statuses in ({"ok"}, {"reused"}):
+        done = process(server, "s3://pix-in/p/", str(out))
+        assert done.returncode == 0, done.stderr
+        recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        assert {r["status"] for r in recs} == statuses
+        paths = [o["path"] for r in recs for o in r["result"]["outputs"]]
+        assert len(recs) == len(set(paths)) == 3
+        assert all((out / p).is_file() for p in paths), paths
