@@ -42,7 +42,6 @@ from typing import Any
 
 from pipeline import FatalRunError
 from stages.storage import (
-    StorageError,
     StorageURL,
     get_file,
     join_url,
@@ -136,7 +135,10 @@ class _Mirror:
         while not stop.wait(period):
             try:
                 self.upload_journal()
-            except (OSError, sqlite3.Error, StorageError) as exc:
+            # Broad by design: the store's client raises its own errors (botocore's
+            # EndpointConnectionError is no OSError), and the thread must live on to the
+            # next try: it ended at the first, and nothing was uploaded again
+            except Exception as exc:  # noqa: BLE001
                 log.warning(
                     "could not upload the journal to %s (next try in %.0f s): %s",
                     self.url,
@@ -191,7 +193,7 @@ class _Mirror:
             files = sorted(p for p in self.local.iterdir() if p.is_file())
             for path in sorted(files, key=lambda p: p.name == _LAST):
                 put_file(str(path), join_url(self.url, path.name))
-        except (OSError, sqlite3.Error, StorageError) as exc:
+        except Exception as exc:  # as in every(): whatever the store raises
             raise FatalRunError(
                 f"the run's records could not be uploaded to {self.url} (they are in "
                 f"{self.local}): {exc}"

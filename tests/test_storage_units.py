@@ -242,3 +242,32 @@ def test_an_unreachable_endpoint_is_a_usage_error_not_a_traceback(tmp_path: Path
     assert done.returncode == 2, done.stderr
     assert "cannot reach s3://nowhere/in/" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_journal_mirror_outlives_an_error_of_the_stores_own() -> None:
+    """botocore's EndpointConnectionError (the store unreachable for a while) is no OSError: the
+    mirror thread died of the first, and the journal was never uploaded again, so a resume
+    from another machine redid everything. It now tries again at the next period."""
+    import threading
+    import types
+
+    from app.remote_output import _Mirror
+
+    class EndpointConnectionError(Exception):  # as botocore's: not an OSError
+        pass
+
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def upload_journal() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise EndpointConnectionError("Could not connect to the endpoint URL")
+        stop.set()
+
+    mirror = types.SimpleNamespace(url="s3://bucket/out", upload_journal=upload_journal)
+    thread = threading.Thread(target=_Mirror.every, args=(mirror, stop, 0.01), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert len(calls) == 2
