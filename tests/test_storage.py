@@ -505,6 +505,7 @@ def test_objects_read_with_the_same_checks_as_files(server: S3) -> None:
     fs.pipe_file("pix-in/mixed/big.png", big)  # over the cap
     fs.pipe_file("pix-in/mixed/notes.txt", b"shopping list\n" * 1000)
     fs.pipe_file("pix-in/mixed/small.jpg", (IMAGES / "640x480_rgb.jpg").read_bytes())
+    fs.pipe_file("pix-in/mixed/empty.jpg", b"")  # S3 answers its first bytes with 416
     server.bucket("pix-out")
     out = "s3://pix-out/checks"
     done = process(server, "s3://pix-in/mixed/", out, "--max-file-size", "6MiB")
@@ -517,6 +518,9 @@ def test_objects_read_with_the_same_checks_as_files(server: S3) -> None:
     assert "not an image" in recs["notes.txt"]["reason"]
     assert recs["big.png"]["status"] == "failed"
     assert recs["big.png"]["error_type"] == "FileTooLarge"
+    # as an empty local file: skipped, saying so (it was failed, 'range not satisfiable')
+    assert recs["empty.jpg"]["status"] == "skipped", recs["empty.jpg"]
+    assert "an empty file (0 bytes)" in recs["empty.jpg"]["reason"]
 
 
 @pytest.mark.timeout(180)
