@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline import ConfigError
-from stages.storage import StorageError, StorageURL, is_url, object_info
+from stages.storage import StorageError, StorageURL, is_url, object_info, options_of
 
 __all__ = [
     "attach_storage_options",
@@ -71,9 +71,23 @@ def _info(url: str, shown: str) -> dict[str, Any] | None:
         raise ConfigError(f"cannot reach {shown}: {exc}") from None
 
 
+#: The protocols whose URLs start with a bucket (a container) that must exist to be written.
+BUCKETED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
 def check_storage_output(output: str, output_format: str, inputs: Sequence[str]) -> None:
-    """A storage output: its file system usable, the ``files`` format, no input below it."""
+    """A storage output: its file system usable, its bucket there, the ``files`` format, no
+    input below it."""
     _info(output, f"--output {output}")
+    scheme, _, rest = output.partition("://")
+    bucket = rest.split("/", 1)[0]
+    if scheme.lower() in BUCKETED and bucket:
+        root = StorageURL(f"{scheme}://{bucket}", options_of(output))
+        if _info(root, f"--output {output}") is None:
+            raise ConfigError(
+                f"--output {output}: the bucket {bucket!r} does not exist (or these "
+                "credentials cannot see it): every output would fail to be written"
+            )
     if output_format != "files":
         raise ConfigError(
             f"--output-format {output_format} writes to a local folder only (for now), "

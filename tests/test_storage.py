@@ -461,6 +461,10 @@ def test_bad_storage_arguments_are_usage_errors(server: S3, tmp_path: Path) -> N
             "not a JSON object",
         ),
         (["nosuchproto://x/y", "-o", str(tmp_path / "o3")], "unknown storage protocol"),
+        (  # before the run: every input was read and resized, then failed at its write
+            ["s3://pix-in/photos/", "-o", "s3://no-such-bucket/out", *opts],
+            "the bucket 'no-such-bucket' does not exist",
+        ),
     ]
     for args, says in cases:
         done = run(server, *args)
