@@ -133,7 +133,9 @@ def _prefix_place(name: str, names: Siblings, prefix: StorageURL) -> str:
 
 
 def _name(entry: ObjectInfo | StorageURL) -> str:
-    return entry.rel if isinstance(entry, ObjectInfo) else entry.rstrip("/").rpartition("/")[2]
+    if isinstance(entry, ObjectInfo):
+        return entry.rel
+    return "" if entry.endswith("//") else entry.rstrip("/").rpartition("/")[2]
 
 
 def _first_pass(where: StorageURL) -> tuple[Siblings, list[ObjectInfo | StorageURL] | None]:
@@ -211,6 +213,8 @@ def _key(lower: str) -> bytes:
 
 
 def _not_walked(sub: str, name: str, skip: set[str]) -> str | None:
+    if not name:  # (stages.storage: the keys below it have an empty segment, "a//b.jpg")
+        return "keys with an empty path segment ('//'): not walked (no file path has one)"
     if sub.rstrip("/") in skip:
         return "the output folder: outputs are never read back as inputs"
     if name == ".pipeline":

@@ -298,8 +298,10 @@ def _s3_folder(fs: Any, path: str, prefix: str) -> Iterator[ObjectInfo | Storage
                 found.append((leaf, ObjectInfo.of(url, leaf, obj)))
         for sub in page.get("CommonPrefixes", ()):
             leaf = str(sub["Prefix"])[len(base) :]
-            if leaf.rstrip("/"):
-                found.append((leaf, StorageURL(f"{root}/{leaf.rstrip('/')}", opts)))
+            # an empty segment (keys "a//b.jpg"): "root//", a folder with no name, that the
+            # walk records as not walked (no file path has one), rather than nothing at all
+            name = leaf.rstrip("/")
+            found.append((leaf, StorageURL(f"{root}/{name}" if name else f"{root}//", opts)))
         found.sort(key=lambda f: f[0])  # each list is in key order: merge them
         yield from (entry for _, entry in found)
         if not page.get("IsTruncated"):

@@ -548,3 +548,24 @@ def test_an_object_and_a_prefix_of_the_same_name_get_outputs_of_their_own(
         paths = [o["path"] for r in recs for o in r["result"]["outputs"]]
         assert len(recs) == len(set(paths)) == 3
         assert all((out / p).is_file() for p in paths), paths
+
+
+@pytest.mark.timeout(180)
+def test_keys_with_an_empty_segment_are_recorded_not_walked(server: S3, tmp_path: Path) -> None:
+    """``p/dbl//d.jpg``: no file path has an empty folder name. Its listing's leaf was "/",
+    dropped: the object had no record at all (14 objects, 13 inputs)."""
+    server.bucket("pix-in")
+    fs = server.fs()
+    jpeg = (IMAGES / sorted(p.name for p in IMAGES.glob("*.jpg"))[0]).read_bytes()
+    for key in ("pix-in/p/a.jpg", "pix-in/p/dbl//d.jpg", "pix-in/p/dbl/e.jpg"):
+        fs.pipe_file(key, jpeg)
+    out = tmp_path / "out"
+    done = process(server, "s3://pix-in/p/", str(out))
+    assert done.returncode == 0, done.stderr
+    recs = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert {k: r["status"] for k, r in recs.items()} == {
+        "a.jpg": "ok",
+        "dbl/e.jpg": "ok",
+        "dbl//": "skipped",
+    }
+    assert "empty path segment" in recs["dbl//"]["reason"]
