@@ -31,7 +31,7 @@ import pytest
 
 from app.config import ProcessConfig
 from app.process import run_process
-from pipeline import FatalRunError, Pipeline, stage
+from pipeline import ConfigError, FatalRunError, Pipeline, stage
 from pipeline.backends.dask import DaskBackend, local_stages, run_shard
 from pipeline.forkserver import shutdown
 from tests.conftest import by_key
@@ -212,9 +212,23 @@ def test_an_unreachable_scheduler_is_a_fatal_run_error(
     import pipeline.backends.dask as dask_backend
 
     monkeypatch.setattr(dask_backend, "CONNECT_TIMEOUT", 2.0)
+    monkeypatch.setattr(dask_backend, "HANDSHAKE_SLACK", 1.0)
     pipe = Pipeline([stage(add_one, kind="thread")])
     with pytest.raises(FatalRunError, match="cannot connect to the Dask scheduler"):
         pipe.run(range(3), output=tmp_path / "out", backend=DaskBackend("tcp://127.0.0.1:1"))
+    # a port that accepts and never answers (another service's): the handshake had no limit
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(FatalRunError, match="cannot connect to the Dask scheduler"):
+            pipe.run(range(3), output=tmp_path / "out2", backend=DaskBackend(address))
+        assert time.monotonic() - started < 20
+    with pytest.raises(ConfigError, match="is not one"):
+        pipe.run(range(3), output=tmp_path / "out3", backend=DaskBackend("notanaddress"))
 
 
 # -- against the shared cluster --------------------------------------------------------------------

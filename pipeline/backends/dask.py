@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..batching import Batcher
 from ..calls import Outcome
-from ..errors import RESUMES, FatalRunError, OutOfSpace, RemoteError, WorkerCrashed
+from ..errors import RESUMES, ConfigError, FatalRunError, OutOfSpace, RemoteError, WorkerCrashed
 from ..lanes import Lane, LaneResult
 from ..records import Item, Record, Status
 from ..stage import Stage
@@ -111,6 +111,8 @@ LOCAL_CLUSTER_CONFIG: dict[str, object] = {
 CANCEL_POLL = 0.2
 #: Seconds to connect to a scheduler, and to wait for a first worker to join it.
 CONNECT_TIMEOUT = 30.0
+#: Seconds past CONNECT_TIMEOUT that the scheduler's handshake may take, in all.
+HANDSHAKE_SLACK = 5.0
 #: Seconds between two looks at the cluster's workers while a run goes.
 WATCH_WORKERS = 1.0
 #: Seconds given to cancelling a future after the lane itself was cancelled.
@@ -558,6 +560,31 @@ class DaskBackend:
         yield Workers(lanes, Batcher(max_batch=shard, share=shard, fixed=shard), cap=len(lanes))
 
     @contextlib.asynccontextmanager
+    async def _connect(self, client_class: Any, target: Any) -> AsyncIterator[Any]:
+        """The client of ``target`` (an address, or a LocalCluster), started, closed at the
+        end. Dask's own timeout covers the connection, not the handshake: a listener that
+        never answers (another service's port) kept the run waiting for good."""
+        client = client_class(target, asynchronous=True, timeout=f"{CONNECT_TIMEOUT}s")
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT + HANDSHAKE_SLACK):
+                await client
+        except (OSError, ValueError) as exc:  # (a TimeoutError is an OSError)
+            with contextlib.suppress(Exception):
+                await client.close()
+            if isinstance(exc, ValueError):  # "missing port number", an unknown protocol
+                raise ConfigError(
+                    f"the Dask scheduler address {self.scheduler!r} is not one: {exc}"
+                ) from exc
+            why = str(exc) or f"no answer within {CONNECT_TIMEOUT + HANDSHAKE_SLACK:g} s"
+            raise FatalRunError(
+                f"cannot connect to the Dask scheduler {self.scheduler}: {why}"
+            ) from exc
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[DaskBackend]:
         """Connect to the scheduler, or start a LocalCluster; close what was started on exit."""
         from distributed import Client
@@ -571,16 +598,7 @@ class DaskBackend:
                 target: Any = self.scheduler
             else:
                 target = await stack.enter_async_context(self._local_cluster())
-            try:
-                client = await stack.enter_async_context(
-                    Client(  # type: ignore[no-untyped-call]
-                        target, asynchronous=True, timeout=f"{CONNECT_TIMEOUT}s"
-                    )
-                )
-            except OSError as exc:
-                raise FatalRunError(
-                    f"cannot connect to the Dask scheduler {self.scheduler}: {exc}"
-                ) from exc
+            client = await stack.enter_async_context(self._connect(Client, target))
             try:
                 await client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
             except TimeoutError as exc:
