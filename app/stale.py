@@ -27,7 +27,7 @@ go too. ``summary.json`` says what was removed (``collected.stale_outputs``), an
 console.
 
 The outputs of inputs gone are kept, but for one whose name a current output now has (exactly,
-or but for case): :meth:`StaleOutputs.taken`, asked by ``app.process.mark_gone``.
+or but for case): :meth:`StaleOutputs.taken`, asked by ``app.gone.mark_gone``.
 
 The paths to remove are written, as they come, to a file of the ledger's (:data:`PENDING`),
 removed once they are: a run killed before its end (SIGKILL, a power cut) has its redone

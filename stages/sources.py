@@ -649,7 +649,7 @@ def _failed(key: str, path: str, error_type: str, exc: OSError) -> Record:
 def _identity(path: str, st: os.stat_result | None = None) -> dict[str, Any] | None:
     """The identity of an entry the walk records without reading it (a special file, a bad
     symlink, one that cannot be read): its own ``lstat``, so that a later run marks its record
-    "input gone" once it is (``app.process.mark_gone``); None when even that fails."""
+    "input gone" once it is (``app.gone.mark_gone``); None when even that fails."""
     if st is None:
         try:
             st = os.lstat(path)

@@ -401,7 +401,7 @@ def test_an_array_under_an_image_name_gets_the_statistics_of_a_data_file(tmp_pat
 def test_the_arrays_an_npz_no_longer_holds_are_gone(tmp_path: Path) -> None:
     """An .npz rewritten with fewer arrays (or made unreadable): the arrays no longer in it
     stayed ``ok`` with their old figures, for good; they are ``skipped``, input gone."""
-    from app.process import REASON_MEMBER_GONE
+    from app.gone import REASON_MEMBER_GONE
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()

@@ -534,11 +534,7 @@ def test_an_object_and_a_prefix_of_the_same_name_get_outputs_of_their_own(
     """``p/a.jpg`` and ``p/a.jpg/b.jpg``, as object storage allows: the object's outputs and
     the prefix's folder took the same tagged name, so on a disk one removed the other, run
     after run, both records ``ok``. The folder now takes the tag of its name with a slash."""
-    server.bucket("pix-in")
-    fs = server.fs()
-    jpeg = (IMAGES / sorted(p.name for p in IMAGES.glob("*.jpg"))[0]).read_bytes()
-    for key in ("pix-in/p/a.jpg", "pix-in/p/a.jpg/b.jpg", "pix-in/p/c.jpg"):
-        fs.pipe_file(key, jpeg)
+    _put_jpegs(server, "pix-in/p/a.jpg", "pix-in/p/a.jpg/b.jpg", "pix-in/p/c.jpg")
     out = tmp_path / "out"
     for statuses in ({"ok"}, {"reused"}):
         done = process(server, "s3://pix-in/p/", str(out))
@@ -554,11 +550,7 @@ def test_an_object_and_a_prefix_of_the_same_name_get_outputs_of_their_own(
 def test_keys_with_an_empty_segment_are_recorded_not_walked(server: S3, tmp_path: Path) -> None:
     """``p/dbl//d.jpg``: no file path has an empty folder name. Its listing's leaf was "/",
     dropped: the object had no record at all (14 objects, 13 inputs)."""
-    server.bucket("pix-in")
-    fs = server.fs()
-    jpeg = (IMAGES / sorted(p.name for p in IMAGES.glob("*.jpg"))[0]).read_bytes()
-    for key in ("pix-in/p/a.jpg", "pix-in/p/dbl//d.jpg", "pix-in/p/dbl/e.jpg"):
-        fs.pipe_file(key, jpeg)
+    _put_jpegs(server, "pix-in/p/a.jpg", "pix-in/p/dbl//d.jpg", "pix-in/p/dbl/e.jpg")
     out = tmp_path / "out"
     done = process(server, "s3://pix-in/p/", str(out))
     assert done.returncode == 0, done.stderr
@@ -569,3 +561,12 @@ def test_keys_with_an_empty_segment_are_recorded_not_walked(server: S3, tmp_path
         "dbl//": "skipped",
     }
     assert "empty path segment" in recs["dbl//"]["reason"]
+
+
+def _put_jpegs(server: S3, *keys: str) -> None:
+    """One JPEG of the sample images at each of ``keys`` (bucket/key) of the bucket pix-in."""
+    server.bucket("pix-in")
+    fs = server.fs()
+    jpeg = (IMAGES / sorted(p.name for p in IMAGES.glob("*.jpg"))[0]).read_bytes()
+    for key in keys:
+        fs.pipe_file(key, jpeg)
