@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ProcessConfig, config_from_args
-from .options import add_arguments
+from .options import Integer, add_arguments
 from .warmup import warm_up
 
 __all__ = ["COMMANDS", "add_commands"]
@@ -156,11 +156,9 @@ def add_commands(sub: Any) -> None:
 
 
 def _count(text: str) -> int:
-    """``--sample``: a whole number >= 1 (argparse names the option in its error, exit 2)."""
+    """``--sample``: the options' own whole number >= 1 (argparse names the option in its
+    error, exit 2)."""
     try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return n
+        return Integer(low=1).from_text(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -139,7 +139,7 @@ def _known(before: dict[str, Any] | None, now: dict[str, Any] | None) -> dict[st
     by this run or an earlier one is kept for the next that compares content)."""
     if before is None or now is None:
         return before if now is None else now
-    return {**before, **now}
+    return before if now.keys() <= before.keys() else {**before, **now}
 
 
 def done(prev: Record) -> bool:

@@ -159,8 +159,9 @@ def _first_pass(where: StorageURL) -> tuple[Siblings, list[ObjectInfo | StorageU
 
 
 class SpilledNames:
-    """A folder's lower-cased names in a temporary SQLite file (a
-    :class:`~stages.naming.Siblings`): memory holds SQLite's page cache, not the names."""
+    """A folder's names, folded (:func:`~stages.naming.fold`, as :class:`~stages.naming.Folder`
+    keeps them), in a temporary SQLite file (a :class:`~stages.naming.Siblings`): memory holds
+    SQLite's page cache, not the names."""
 
     def __init__(self) -> None:
         fd, self.path = tempfile.mkstemp(prefix="pixpipe-names-", suffix=".sqlite")
@@ -168,30 +169,26 @@ class SpilledNames:
         self._db = sqlite3.connect(self.path)
         self._db.execute("PRAGMA journal_mode = OFF")
         self._db.execute("PRAGMA synchronous = OFF")
-        self._db.execute("CREATE TABLE names (name BLOB PRIMARY KEY) WITHOUT ROWID")
-        # folded names (stages.naming.fold) and how many entries have each: twins have 2+
+        # each folded name, and how many entries have it: twins have 2+
         self._db.execute("CREATE TABLE folds (name BLOB PRIMARY KEY, n INTEGER) WITHOUT ROWID")
 
     def add(self, names: Iterable[str]) -> None:
-        batch: list[tuple[bytes, bytes]] = []
+        batch: list[tuple[bytes]] = []
         for name in names:
-            folded = _key(fold(name))  # names are compared folded too (Folder's)
-            batch.append((folded, folded))
+            batch.append((_key(fold(name)),))
             if len(batch) >= _BATCH:
                 self._insert(batch)
         self._insert(batch)
         self._db.commit()
 
-    def _insert(self, batch: list[tuple[bytes, bytes]]) -> None:
-        self._db.executemany("INSERT OR IGNORE INTO names VALUES (?)", [(n,) for n, _ in batch])
+    def _insert(self, batch: list[tuple[bytes]]) -> None:
         self._db.executemany(
-            "INSERT INTO folds VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET n = n + 1",
-            [(f,) for _, f in batch],
+            "INSERT INTO folds VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET n = n + 1", batch
         )
         batch.clear()
 
     def is_name(self, lower: str) -> bool:
-        found = self._db.execute("SELECT 1 FROM names WHERE name = ?", (_key(fold(lower)),))
+        found = self._db.execute("SELECT 1 FROM folds WHERE name = ?", (_key(fold(lower)),))
         return found.fetchone() is not None
 
     def is_twin(self, name: str) -> bool:

@@ -22,17 +22,15 @@ URL is null or empty is yielded with ``error`` set, never dropped.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal, cast
+from typing import Any, Literal
 
 from .storage import is_url, open_input
-from .urls import GZIP_MAGIC as _GZIP_MAGIC
-from .urls import iter_url_list
+from .urls import GZIP_MAGIC, iter_url_list, open_unpacked
 
 __all__ = ["BATCH_ROWS", "TableError", "TableRow", "check_table", "iter_table", "table_format"]
 
@@ -75,21 +73,9 @@ def table_format(path: str | os.PathLike[str]) -> TableFormat:
     return _SUFFIXES.get(os.path.splitext(name)[1], "text")
 
 
-@contextlib.contextmanager
-def _opened(path: str) -> Iterator[IO[bytes]]:
-    """A CSV, TSV or JSON lines table's bytes (a local path or a storage URL), decompressed
-    when they are gzip's (its magic bytes decide, as for URL lists)."""
-    with open_input(path) as raw:
-        if raw.peek(2)[:2] != _GZIP_MAGIC:
-            yield raw
-            return
-        with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
-            yield cast(IO[bytes], unpacked)
-
-
 def _is_gzip(path: str) -> bool:
     with open_input(path) as raw:
-        return raw.peek(2)[:2] == _GZIP_MAGIC
+        return raw.peek(2)[:2] == GZIP_MAGIC
 
 
 def _columns(path: str, fmt: TableFormat) -> list[str]:
@@ -100,10 +86,10 @@ def _columns(path: str, fmt: TableFormat) -> list[str]:
         with _arrow_source(path) as src:
             return list(pq.ParquetFile(src).schema_arrow.names)
     if fmt in ("csv", "tsv"):
-        with _opened(path) as raw, io.TextIOWrapper(raw, "utf-8-sig", newline="") as fh:
+        with open_unpacked(path) as raw, io.TextIOWrapper(raw, "utf-8-sig", newline="") as fh:
             header = fh.readline().rstrip("\r\n")
         return [c.strip() for c in header.split("," if fmt == "csv" else "\t")]
-    with _opened(path) as raw, io.TextIOWrapper(raw, "utf-8-sig") as fh:
+    with open_unpacked(path) as raw, io.TextIOWrapper(raw, "utf-8-sig") as fh:
         for line in fh:
             if line.strip():
                 try:
@@ -201,9 +187,9 @@ def _arrow_batches(
 def _arrow_source(path: str, *, text: bool = False) -> Iterator[Any]:
     """What pyarrow reads: the path itself, or for a storage URL the object opened
     (:func:`stages.storage.open_input`, streamed), closed at the end; a ``text`` table (CSV,
-    TSV) compressed with gzip, decompressed (:func:`_opened`)."""
+    TSV) compressed with gzip, decompressed (:func:`~stages.urls.open_unpacked`)."""
     if text and _is_gzip(path):
-        with _opened(path) as fh:
+        with open_unpacked(path) as fh:
             yield fh
         return
     if not is_url(path):
@@ -215,7 +201,7 @@ def _arrow_source(path: str, *, text: bool = False) -> Iterator[Any]:
 
 def _json_batches(path: str, batch_rows: int) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
-    with _opened(path) as raw, io.TextIOWrapper(raw, "utf-8-sig", errors="replace") as fh:
+    with open_unpacked(path) as raw, io.TextIOWrapper(raw, "utf-8-sig", errors="replace") as fh:
         for line in fh:
             if not line.strip():
                 continue

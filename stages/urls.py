@@ -38,7 +38,7 @@ import os
 import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol
+from typing import IO, Literal, NamedTuple, Protocol, cast
 
 from .storage import open_input
 
@@ -53,6 +53,7 @@ __all__ = [
     "check_url_list",
     "detect_format",
     "iter_url_list",
+    "open_unpacked",
 ]
 
 Format = Literal["text", "csv", "tsv", "jsonl"]
@@ -94,7 +95,7 @@ class UrlEntry:
 
 
 class _ByteLines(Protocol):
-    def readline(self, size: int | None = -1, /) -> bytes: ...
+    def readline(self, size: int = -1, /) -> bytes: ...
 
 
 class _Line(NamedTuple):
@@ -215,7 +216,8 @@ def _iter_csv(lines: Iterator[_Line], delimiter: str, path: str) -> Iterator[Url
     reader = csv.reader(feed(), delimiter=delimiter)
     header: list[str] | None = None
     url_index = 0
-    spanning: list[tuple[int, int]] = []  # rows read across line breaks (quoted fields)
+    spanning = 0  # rows read across line breaks (quoted fields), the first one's lines below
+    first_span = (0, 0)
     while True:
         start = consumed + 1
         try:
@@ -228,10 +230,11 @@ def _iter_csv(lines: Iterator[_Line], delimiter: str, path: str) -> Iterator[Url
         yield from pending
         pending.clear()
         if row is None:
-            _say_spanning(path, spanning)
+            _say_spanning(path, spanning, first_span)
             return
         if consumed > start:
-            spanning.append((start, consumed))
+            spanning += 1
+            first_span = first_span if spanning > 1 else (start, consumed)
         if not any(cell.strip() for cell in row):
             continue
         if header is None:
@@ -255,19 +258,20 @@ def _iter_csv(lines: Iterator[_Line], delimiter: str, path: str) -> Iterator[Url
         yield UrlEntry(url=url, line=start, extra=extra)
 
 
-def _say_spanning(path: str, spans: list[tuple[int, int]]) -> None:
-    """A warning for the rows of a CSV/TSV list read across line breaks (a quoted field that
-    holds them, as CSV allows): a quote opened by mistake (``"5"" tall``) reads the rows after
-    it into one field, and they get no record of their own."""
+def _say_spanning(path: str, spans: int, first_span: tuple[int, int]) -> None:
+    """A warning for the ``spans`` rows of a CSV/TSV list read across line breaks (a quoted
+    field that holds them, as CSV allows), the first one's lines ``first_span``: a quote opened
+    by mistake (``"5"" tall``) reads the rows after it into one field, and they get no record
+    of their own."""
     if not spans:
         return
-    first, last = spans[0]
+    first, last = first_span
     log.warning(
         "%s: %d row(s) read across line breaks (a quoted field holding them), the first at "
         "lines %d-%d: if a quote there was not meant to open a field, the lines it took in are "
         "no rows of their own",
         path,
-        len(spans),
+        spans,
         first,
         last,
     )
@@ -283,10 +287,7 @@ def iter_url_list(
     """
     name = os.fspath(path)
     kind = fmt or detect_format(name)
-    with open_input(name) as raw_file, contextlib.ExitStack() as stack:
-        stream: _ByteLines = raw_file
-        if raw_file.peek(2)[:2] == GZIP_MAGIC:
-            stream = stack.enter_context(gzip.GzipFile(fileobj=raw_file, mode="rb"))
+    with open_unpacked(name) as stream:
         lines = _read_lines(stream, name)
         if kind == "text":
             yield from _iter_text(lines)
@@ -296,6 +297,19 @@ def iter_url_list(
             yield from _iter_csv(lines, "," if kind == "csv" else "\t", name)
 
 
+@contextlib.contextmanager
+def open_unpacked(path: str) -> Iterator[IO[bytes]]:
+    """``path``'s bytes (a local path or a storage URL), decompressed when they are gzip's: its
+    magic bytes decide, not a ``.gz`` suffix (URL lists, and the tables of
+    :mod:`stages.tables_in`)."""
+    with open_input(path) as raw:
+        if raw.peek(2)[:2] != GZIP_MAGIC:
+            yield raw
+            return
+        with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
+            yield cast(IO[bytes], unpacked)
+
+
 def check_url_list(path: str | os.PathLike[str]) -> None:
     """Raise :class:`UrlListError` for a list that cannot be read at all, before a run starts
     on it: not there, a folder, unreadable, a CSV/TSV header without a ``url`` column. Reads
@@ -303,8 +317,6 @@ def check_url_list(path: str | os.PathLike[str]) -> None:
     entries = iter_url_list(path)
     try:
         next(entries, None)
-    except UrlListError:
-        raise
     except OSError as exc:
         raise UrlListError(f"{os.fspath(path)}: cannot read the URL list: {exc}") from exc
     finally:

@@ -560,11 +560,15 @@ class DaskBackend:
         yield Workers(lanes, Batcher(max_batch=shard, share=shard, fixed=shard), cap=len(lanes))
 
     @contextlib.asynccontextmanager
-    async def _connect(self, client_class: Any, target: Any) -> AsyncIterator[Any]:
+    async def _connect(self, target: Any) -> AsyncIterator[Any]:
         """The client of ``target`` (an address, or a LocalCluster), started, closed at the
         end. Dask's own timeout covers the connection, not the handshake: a listener that
         never answers (another service's port) kept the run waiting for good."""
-        client = client_class(target, asynchronous=True, timeout=f"{CONNECT_TIMEOUT}s")
+        from distributed import Client
+
+        client: Any = Client(  # type: ignore[no-untyped-call]
+            target, asynchronous=True, timeout=f"{CONNECT_TIMEOUT}s"
+        )
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT + HANDSHAKE_SLACK):
                 await client
@@ -587,7 +591,6 @@ class DaskBackend:
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[DaskBackend]:
         """Connect to the scheduler, or start a LocalCluster; close what was started on exit."""
-        from distributed import Client
 
         self.stats = _Stats()
         self.inflight, self.lost = set(), None
@@ -598,7 +601,7 @@ class DaskBackend:
                 target: Any = self.scheduler
             else:
                 target = await stack.enter_async_context(self._local_cluster())
-            client = await stack.enter_async_context(self._connect(Client, target))
+            client = await stack.enter_async_context(self._connect(target))
             try:
                 await client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
             except TimeoutError as exc:
