@@ -15,7 +15,9 @@ there beside new ones chosen or described otherwise, so it is refused too.
 A training set's keys are its table's row numbers: a row whose URL is not the one its sample
 was made from (rows inserted, removed or reordered since) stops the run
 (:func:`refuse_moved_rows`, :class:`TableChanged`), before it writes that row: reused, the
-sample of another URL would stand under its key; redone, the key would be in two shards.
+sample of another URL would stand under its key; redone, the key would be in two shards. So
+does a row whose caption or kept columns were edited since (a digest in its record): reused,
+its sample would keep the old ones.
 
 A shard that no record names (a run killed between renaming a shard into place and recording
 its inputs; a retried Dask task's first attempt) is set aside at the end of the next run, once
@@ -81,18 +83,28 @@ class TableChanged(FatalRunError):
 
 
 def refuse_moved_rows(item: Item, done: Record) -> str | None:
-    """Resume's test of a done row (its sample in a shard): the same URL as then, or the run
-    stops (:class:`TableChanged`, exit 3; the folder is left as it is)."""
-    was, now = done.meta.get("url"), item.meta.get("url")
-    if was is None or now is None or was == now:
-        return None
+    """Resume's test of a done row (its sample in a shard): the same URL, caption and kept
+    columns as then, or the run stops (:class:`TableChanged`, exit 3; the folder is left as it
+    is). A folder's records from before rows were described (no ``described`` digest) are
+    taken as they are."""
     shard = done.value.get("shard") if isinstance(done.value, dict) else None
-    raise TableChanged(
-        f"{item.source}: row {item.key} is {shown(str(now))}, but its sample in "
-        f"{shard or 'a shard'} was made from {shown(str(was))}: the table's rows were "
-        "inserted, removed or reordered since. A training set's keys are its rows' numbers: "
-        "give the table as it was, or choose a new --output"
-    )
+    was, now = done.meta.get("url"), item.meta.get("url")
+    if was is not None and now is not None and was != now:
+        raise TableChanged(
+            f"{item.source}: row {item.key} is {shown(str(now))}, but its sample in "
+            f"{shard or 'a shard'} was made from {shown(str(was))}: the table's rows were "
+            "inserted, removed or reordered since. A training set's keys are its rows' "
+            "numbers: give the table as it was, or choose a new --output"
+        )
+    described = done.meta.get("described")
+    if described is not None and described != item.meta.get("described"):
+        raise TableChanged(
+            f"{item.source}: row {item.key} ({shown(str(now))}) has another caption or other "
+            f"kept columns than its sample in {shard or 'a shard'}, written before they were "
+            "edited: a shard is written once, and the sample there would keep the old ones. "
+            "Give the table as it was, or build the set again into a new --output"
+        )
+    return None
 
 
 def _check_earlier(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "Rejected",
     "SampleFilters",
     "SampleSource",
+    "described_as",
     "render_sample",
     "sample_inputs",
 ]
@@ -95,7 +97,20 @@ def sample_inputs(
                 )
                 continue
             value = SampleSource(row.url, key, row.caption, row.extra)
-            yield Item(key=key, value=value, source=where, meta={"url": row.url})
+            meta = {"url": row.url}
+            if (described := described_as(row.caption, row.extra)) is not None:
+                meta["described"] = described
+            yield Item(key=key, value=value, source=where, meta=meta)
+
+
+def described_as(caption: str | None, extra: dict[str, Any]) -> str | None:
+    """A digest of what a row says of its image (its caption and kept columns), kept in its
+    record: resume tells a row described otherwise since its sample was written (None: the
+    row says nothing)."""
+    if caption is None and not extra:
+        return None
+    text = json.dumps([caption, extra], sort_keys=True, default=repr, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

@@ -837,3 +837,34 @@ def test_a_table_whose_rows_moved_is_refused_at_the_first_moved_row(
     assert {k: v for k, v in before.items() if k.endswith(".tar")}.items() <= {
         p.name: p.stat().st_size for p in out.glob("*.tar")
     }.items()
+
+
+def test_a_row_whose_caption_was_edited_is_refused(
+    tmp_path: Path, images: tuple[Images, str]
+) -> None:
+    """A caption (or a kept column) edited in the table after its sample was written: reused,
+    the shard would go on serving the old caption with the image, silently. The run stops at
+    that row (exit 3), the shards as they were; the table as it was goes on."""
+    from app.shard_folder import TableChanged
+
+    _, base = images
+    rows = [r for r in table_rows(base, 6) if r["score"] != -1.0]
+    table = write_parquet(tmp_path / "t.parquet", rows)
+    out = tmp_path / "out"
+    assert run_process(shard_config(out, table)).exit_code == 0
+    records = by_key(out)
+    assert all(len(r["meta"]["described"]) == 16 for r in records.values())
+    shards = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    edited = [dict(r) for r in rows]
+    edited[2]["caption"] = "a better caption"
+    write_parquet(table, edited)
+    with pytest.raises(TableChanged, match=r"row 000000002 \(.*/img/2\.jpg\) has another caption"):
+        run_process(shard_config(out, table))
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == shards
+    edited[2]["caption"] = rows[2]["caption"]
+    edited[4]["score"] = 0.123  # a kept column
+    write_parquet(table, edited)
+    with pytest.raises(TableChanged, match=r"row 000000004 .* other kept columns"):
+        run_process(shard_config(out, table))
+    write_parquet(table, rows)  # as it was
+    assert run_process(shard_config(out, table)).counts == {"reused": 6}
