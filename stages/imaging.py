@@ -831,12 +831,12 @@ def _render(d: _Decoded, options: ResizeOptions) -> ImageResult:
 
     outputs: list[EncodedImage] = []
     stats_source = work
-    stats_area = -1
+    stats_of: tuple[int, str] = (-1, "")
     for g in d.geoms:
         content = _resample(work, scale, g)
-        area = g.content[0] * g.content[1]
-        if area > stats_area:
-            stats_source, stats_area = content, area
+        # the largest output's statistics, whatever the order of the sizes (a tie: by label)
+        if (of := (g.content[0] * g.content[1], g.label)) > stats_of:
+            stats_source, stats_of = content, of
         out = _flatten(content, _WHITE) if fmt == "jpeg" else content
         if options.mode == "pad":
             out = _pad(out, g, options.pad_color)

@@ -277,6 +277,8 @@ class ResizeOptions:
             fields["pad_color"] = _DEFAULT_PAD
         if self.format == "png":
             fields["quality"] = _DEFAULT_QUALITY
+        # each size's output is made alone (from one decode): their order shapes none of them
+        fields["sizes"] = sorted(fields["sizes"], key=lambda s: json.dumps(s, sort_keys=True))
         if RENDER_VERSION > 1:  # (version 1 is left out: the hashes made before it stay)
             fields["render_version"] = RENDER_VERSION
         doc = json.dumps(fields, sort_keys=True, default=str)

@@ -89,6 +89,38 @@ def test_options_that_shape_no_output_leave_the_fingerprint_alone() -> None:
     )
 
 
+def test_the_order_of_the_sizes_redoes_nothing(tmp_path: Path) -> None:
+    """``--size 64 --size 32`` then ``--size 32 --size 64``: each size's output is made alone,
+    so the same files; the second run reused everything (it redid all, "options changed").
+    The statistics are the largest output's whatever the order, a tie (same area) too."""
+    from app.config import ProcessConfig
+    from app.process import run_process
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(IMAGES / "640x480_rgb.jpg", src)
+
+    def run(*sizes: str) -> dict[str, str]:
+        cfg = ProcessConfig.from_mapping(
+            {"inputs": [str(src)], "output": str(out), "size": list(sizes), "workers": "1"}
+        )
+        return dict(run_process(cfg).counts)
+
+    assert run("64", "32") == {"ok": 1}
+    assert run("32", "64") == {"reused": 1}
+    assert run("32", "64", "16") == {"ok": 1}  # a size more: redone
+
+    def stats(*sizes: str) -> object:
+        from stages.imaging import process_image
+        from stages.options import ResizeOptions, as_sizes
+
+        options = ResizeOptions(sizes=as_sizes(list(sizes)), mode="fill")
+        return process_image((src / "640x480_rgb.jpg").read_bytes(), options).stats
+
+    assert stats("40x20", "20x40") == stats("20x40", "40x20")  # two crops of 800 pixels
+    assert stats("64", "32") == stats("32", "64")
+
+
 @pytest.mark.parametrize("what", ["images", "data"])
 def test_a_new_render_version_redoes_what_an_older_one_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
