@@ -251,9 +251,10 @@ class ProcessConfig:
         30.0,
         kind=Number(),
         unit="s",
-        help="with a storage --output: seconds between uploads of the run's journal while it "
-        "goes (a crashed run resumes from the last one, from any machine)",
+        help="seconds between uploads of the run's journal while it goes (a crashed run "
+        "resumes from the last one, from any machine)",
         group=FILES,
+        needs=Needs("output", test=is_url, said="a storage --output (s3://…)"),
     )
     include: tuple[str, ...] = option(
         (),

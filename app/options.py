@@ -387,16 +387,26 @@ class Needs:
     has ``value``, or, without a value, when any of ``options`` is given (has a value other
     than its default: a list that is not empty). ``value`` may be a tuple: any of its values.
     ``Needs("backend", value="dask")``, ``Needs("include", "exclude")``,
-    ``Needs("output_format", value=("webdataset", "parquet"))``."""
+    ``Needs("output_format", value=("webdataset", "parquet"))``. Or, with ``test``, when the
+    one option's value passes it (``said``: how the help and errors name that):
+    ``Needs("output", test=is_url, said="a storage --output")``."""
 
-    def __init__(self, *options: str, value: object = None) -> None:
-        if not options or (value is not None and len(options) > 1):
-            raise ValueError("Needs: one option with a value, or options to be given")
-        self.options, self.value = options, value
+    def __init__(
+        self,
+        *options: str,
+        value: object = None,
+        test: Callable[[Any], bool] | None = None,
+        said: str = "",
+    ) -> None:
+        if not options or ((value is not None or test is not None) and len(options) > 1):
+            raise ValueError("Needs: one option with a value or a test, or options to be given")
+        self.options, self.value, self.test, self.said = options, value, test, said
 
     def holds(self, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
         """Whether the options ``values`` (by field name, else ``defaults``) meet the need."""
         got = [values.get(o, defaults[o]) for o in self.options]
+        if self.test is not None:
+            return self.test(got[0])
         if isinstance(self.value, tuple):
             return got[0] in self.value
         if self.value is not None:
@@ -404,6 +414,8 @@ class Needs:
         return any(v != defaults[o] for o, v in zip(self.options, got, strict=True))
 
     def __str__(self) -> str:
+        if self.said:
+            return self.said
         flags = " or ".join("--" + o.replace("_", "-") for o in self.options)
         if isinstance(self.value, tuple):
             return f"{flags} " + " or ".join(map(str, self.value))
