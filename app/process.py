@@ -421,7 +421,7 @@ def _run(
         collectors=[*tables, DataAggregate(), FailureList(), MadeBy(shown_argv(command_line()))],
         fingerprint=cfg.fingerprint(),  # items carry their own (see _prepared)
         is_done=_is_done(cfg, out),
-        outdated=_renamed if cfg.output_format == "files" else refuse_moved_rows,
+        outdated=_outdated(cfg),
         retry_failed=cfg.retry_failed,
         force=cfg.force,
         progress=False if cfg.quiet else cfg.progress,
@@ -448,6 +448,26 @@ def _output_root(cfg: ProcessConfig, out: Path) -> str:
     """Where the outputs are: the output folder, or a storage URL of this run's own, which
     keeps its options and the folder listings it reads."""
     return StorageURL(cfg.output, cfg.storage_options) if is_url(cfg.output) else str(out)
+
+
+def _outdated(cfg: ProcessConfig) -> Callable[[Item, Record], str | None]:
+    """Resume's test of a done record that the input's identity and the options leave done:
+    a shard's row as it was (:func:`~app.shard_folder.refuse_moved_rows`); a file's output
+    names as today's (:func:`_renamed`), and, unless ``--ignore-noai``, no image of a site
+    that opts out of AI use, kept by an earlier run that ignored it (redone, it is skipped,
+    and its outputs go)."""
+    if cfg.output_format != "files":
+        return refuse_moved_rows
+    if cfg.ignore_noai:
+        return _renamed
+
+    def outdated(item: Item, rec: Record) -> str | None:
+        got = rec.value.get("download") if isinstance(rec.value, dict) else None
+        if isinstance(got, dict) and got.get("noai"):
+            return f"X-Robots-Tag: {got['noai']}, kept by a run with --ignore-noai"
+        return _renamed(item, rec)
+
+    return outdated
 
 
 def _renamed(item: Item, rec: Record) -> str | None:

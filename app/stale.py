@@ -12,7 +12,9 @@ earlier record listed are removed when
 
 * the new record is ``ok``: those it does not list (the others were written again);
 * the new record is ``failed``, ``skipped`` or ``cancelled`` and the input changed (its
-  ``source`` or ``identity``): all of them — they show content that is gone.
+  ``source`` or ``identity``): all of them — they show content that is gone;
+* the new record is ``skipped`` by a stage that withdrew the input (:class:`pipeline.Withdraw`:
+  a site that opts out of AI use): all of them.
 
 They are kept when the redo failed on the same input (``--force``, other options, a server
 that did not answer): still a true picture of the input, perhaps its only one; and when the
@@ -261,8 +263,9 @@ def _superseded(record: Record, earlier: Record) -> list[str]:
     if record.status is Status.OK:
         keep = set(output_paths(record.value))
         return [p for p in output_paths(earlier.value) if p not in keep]
-    if record.status in _NOT_DONE and not record.same_input(earlier):
-        return list(output_paths(earlier.value))  # a picture of what the input no longer is
+    if record.status in _NOT_DONE and (record.withdrawn or not record.same_input(earlier)):
+        # a picture of what the input no longer is, or one a stage took back
+        return list(output_paths(earlier.value))
     return []
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         Skip,
         SplitError,
         Unpicklable,
+        Withdraw,
         WorkerCrashed,
     )
     from .folderlock import hold_folder
@@ -74,6 +75,7 @@ _WHERE = {
     "Skip": "errors",
     "SplitError": "errors",
     "Unpicklable": "errors",
+    "Withdraw": "errors",
     "WorkerCrashed": "errors",
     "FolderBusy": "errors",
     "hold_folder": "folderlock",
@@ -130,6 +132,7 @@ __all__ = [
     "StageSnapshot",
     "Status",
     "Unpicklable",
+    "Withdraw",
     "WorkerCrashed",
     "__version__",
     "atomic_write_bytes",

@@ -58,6 +58,7 @@ __all__ = [
     "Skip",
     "SplitError",
     "Unpicklable",
+    "Withdraw",
     "WorkerCrashed",
     "if_full",
     "is_out_of_space",
@@ -73,7 +74,17 @@ class Skip(Exception):
 
     The item's record is ``skipped`` with that reason (``stage`` names the stage that declined
     it). Never retried, whatever the stage's ``retry_on``.
+
+    An input declined by a later run keeps what earlier runs made of it (its record goes on
+    listing those outputs): still a true picture of the input. See :class:`Withdraw`.
     """
+
+
+class Withdraw(Skip):
+    """A :class:`Skip` that also takes back what earlier runs made of the item: the reason is
+    about the input itself, not this attempt (a site that opts out of AI use, found out by a
+    run that no longer ignores it). The record is ``skipped`` and lists no earlier outputs;
+    whatever removes outputs no record lists removes them."""
 
 
 class SplitError(ItemError):

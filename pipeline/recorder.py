@@ -15,7 +15,7 @@ from typing import Any
 
 from .channel import Channel
 from .config import Fingerprint
-from .errors import RemoteError, Skip
+from .errors import RemoteError, Skip, Withdraw
 from .records import Item, Record, Status
 
 __all__ = ["Recorder"]
@@ -111,7 +111,9 @@ class Recorder:
         meta = {**item.meta, **details} if isinstance(details, dict) else item.meta
         error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__
         message = exc.message if isinstance(exc, RemoteError) else str(exc)
-        if error_type == Skip.__name__:  # the stage declined the item (from a worker too)
+        # the stage declined the item (a subclass of Skip too; by name from a worker, when it
+        # could not be sent back as itself)
+        if isinstance(exc, Skip) or error_type in _SKIPS:
             return Record(
                 key=item.key,
                 status=Status.SKIPPED,
@@ -120,6 +122,7 @@ class Recorder:
                 reason=message or "declined by the stage",
                 meta=meta,
                 duration=_since(item.born),
+                withdrawn=isinstance(exc, Withdraw) or error_type == Withdraw.__name__,
             )
         return Record(
             key=item.key,
@@ -164,6 +167,9 @@ class Recorder:
         return records
 
 
+_SKIPS = (Skip.__name__, Withdraw.__name__)
+
+
 def _keep_earlier_result(record: Record) -> None:
     """A redo that failed, was declined by a stage or was cancelled on the same input keeps the
     earlier record's result: what that run made (its outputs) is still there, and still a true
@@ -171,10 +177,11 @@ def _keep_earlier_result(record: Record) -> None:
     replaces it (and whatever removes outputs no record lists knows them). Without it the new
     record replaced the earlier one in the ledger, and no record listed those outputs any more.
     An input that changed (another source or identity) keeps nothing: its earlier outputs show
-    what is gone."""
+    what is gone; nor does one a stage withdrew (:class:`~pipeline.Withdraw`)."""
     earlier = record.earlier
     if (
         earlier is not None
+        and not record.withdrawn
         and earlier.value is not None
         and record.value is None
         and record.status in (Status.FAILED, Status.SKIPPED, Status.CANCELLED)

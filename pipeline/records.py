@@ -156,6 +156,9 @@ class Record:
     #: For a key this run redid: the earlier record it replaces, as the ledger held it (not in
     #: the manifest; for collectors, say to remove earlier outputs the new record does not list).
     earlier: Record | None = field(default=None, repr=False, compare=False)
+    #: A skip that takes back what earlier runs made of the input (:class:`~pipeline.Withdraw`;
+    #: not in the manifest: the earlier outputs go at the end of this run).
+    withdrawn: bool = field(default=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

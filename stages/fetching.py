@@ -20,9 +20,9 @@ from typing import Any
 
 import aiohttp
 
-from pipeline import Item, Record, Skip, Status
+from pipeline import Item, Record, Status, Withdraw
 
-from .download import DownloadConfig, fetch, make_session, opted_out, url_to_relpath
+from .download import DownloadConfig, fetch, make_session, noai, opted_out, url_to_relpath
 from .files import Loaded
 from .urls import iter_url_list
 
@@ -87,7 +87,7 @@ async def download(
     got = await fetch(session, value.url, config)
     why = opted_out(got, config)
     if why is not None:
-        raise Skip(why)
+        raise Withdraw(why)  # an image kept by an --ignore-noai run goes
     origin: dict[str, Any] = {
         "url": got.url,
         "final_url": got.final_url,
@@ -96,4 +96,6 @@ async def download(
         "attempts": got.attempts,
         "bytes": len(got.data),
     }
+    if (directive := noai(got.robots)) is not None:  # kept under --ignore-noai: said so
+        origin["noai"] = directive
     return Loaded(value.rel, got.data, origin)

@@ -29,6 +29,7 @@ from pipeline import (
     RunResult,
     Skip,
     Status,
+    Withdraw,
     run_stage,
     stage,
 )
@@ -144,6 +145,38 @@ def test_an_async_stage_that_declines_is_not_retried(out: Path) -> None:
     assert result.skipped == 2
     assert len(calls) == 2
     assert {r["reason"] for r in by_key(out).values()} == {"not mine"}
+
+
+class _NotMine(Skip):
+    """A stage's own kind of Skip."""
+
+
+def test_a_subclass_of_skip_is_a_skip(out: Path) -> None:
+    """A stage's own subclass of Skip declines the item as Skip does (it was recorded
+    ``failed``, error_type ``_NotMine``, although never retried as a failure would be)."""
+
+    async def decline(x: int) -> int:
+        raise _NotMine(f"not mine: {x}")
+
+    result = Pipeline([stage(decline, kind="async", retries=3)]).run(keyed(2), output=out)
+    assert result.skipped == 2
+    assert {r["status"] for r in by_key(out).values()} == {"skipped"}
+
+
+def test_a_withdrawn_input_keeps_no_earlier_result(out: Path) -> None:
+    """A redo of an unchanged input that a stage declines keeps the earlier record's result (its
+    outputs still listed); one a stage withdraws (pipeline.Withdraw) does not."""
+    first = Pipeline([stage(fns.inc)]).run(keyed(2), output=out, progress=False)
+    assert first.ok == 2
+
+    def withdraw(x: int) -> int:
+        raise Withdraw("taken back") if x == 0 else Skip("not now")
+
+    again = Pipeline([stage(withdraw)]).run(keyed(2), output=out, progress=False, force=True)
+    assert again.skipped == 2
+    records = by_key(out)
+    assert "result" not in records["k0000"]  # withdrawn
+    assert records["k0001"]["result"] == 2  # declined: the earlier result stays listed
 
 
 def test_no_retry_for_other_exception_types(out: Path) -> None:

@@ -377,6 +377,33 @@ def test_noai_in_files_output(tmp_path: Path, images: tuple[Images, str]) -> Non
     assert recs[f"{base}/img/2.jpg"]["status"] == "ok"
 
 
+def test_dropping_ignore_noai_takes_the_opted_out_images_away(
+    tmp_path: Path, images: tuple[Images, str]
+) -> None:
+    """Files output: a run with --ignore-noai keeps an image whose site opts out of AI use (its
+    record says so); the next run without it finds that record done by key, and kept the
+    image for good. Now it is redone: skipped, its output removed; the others reused."""
+    _, base = images
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{base}/noai.jpg\n{base}/img/2.jpg\n")
+    out = tmp_path / "o"
+
+    def run(**kw: object) -> dict[str, int]:
+        cfg = ProcessConfig.from_mapping({"urls": [str(urls)], "output": str(out), **FAST, **kw})
+        return dict(run_process(cfg).counts)
+
+    assert run(ignore_noai=True) == {"ok": 2}
+    kept = by_key(out)[f"{base}/noai.jpg"]
+    assert kept["result"]["download"]["noai"] == "noai"
+    (output,) = [out / o["path"] for o in kept["result"]["outputs"]]
+    assert output.is_file()
+    assert run() == {"skipped": 1, "reused": 1}
+    assert by_key(out)[f"{base}/noai.jpg"]["reason"].startswith("X-Robots-Tag: noai")
+    assert not output.exists()
+    assert "noai" not in by_key(out)[f"{base}/img/2.jpg"]["result"]["download"]
+    assert run(ignore_noai=True) == {"ok": 1, "reused": 1}
+
+
 def test_shard_options_refused_where_they_cannot_work(tmp_path: Path) -> None:
     from pipeline import ConfigError
 
