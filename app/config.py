@@ -635,9 +635,10 @@ class ProcessConfig:
         chosen = {name: getattr(self, name) for name in SAMPLE_OPTIONS}
         return dict(json.loads(json.dumps(chosen)))
 
-    def data_fingerprint(self) -> str:
-        """Hash of the options that shape data statistics: changing any redoes the data files."""
-        return _digest(self.data.fingerprint_fields())
+    def data_fingerprint(self, *, csv: bool = True) -> str:
+        """Hash of the options that shape data statistics: changing any redoes the data files
+        (with ``csv=False``, an array's: the CSV options left out)."""
+        return _digest(self.data.fingerprint_fields(csv=csv))
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:

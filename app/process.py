@@ -485,11 +485,12 @@ def _prepared(inputs: Iterable[Item | Record], cfg: ProcessConfig) -> Iterator[I
     key (a key may hold ``.npz:`` and still be an image); a local file named as an image goes
     to the resize workers unopened (:func:`stages.steps.to_worker`)."""
     image, data = cfg.fingerprint(), cfg.data_fingerprint()
+    arrays = cfg.data_fingerprint(csv=False)
     to_worker = steps.to_worker
     for obj in inputs:
         if isinstance(obj, Item):
             if isinstance(obj.value, DataFile):
-                obj.fingerprint = data
+                obj.fingerprint = data if obj.value.is_table() else arrays
             else:
                 obj.fingerprint = image
                 obj.value = to_worker(obj.value)

@@ -20,7 +20,13 @@ MAX_GROUPS = 256
 
 
 def _is_int(dtype: str) -> bool:
-    return dtype.startswith(("int", "uint", "bool"))
+    """Integer or bool, by numpy's dtype kind: ``>i4`` (big-endian) is int32's kind too."""
+    import numpy as np
+
+    try:
+        return np.dtype(dtype).kind in "biu"
+    except TypeError:  # not a dtype numpy knows: by its name
+        return dtype.startswith(("int", "uint", "bool"))
 
 
 class DataGroups:

@@ -151,6 +151,8 @@ class ArrayStats:
     ``count`` counts non-NaN values, ±inf included (``neg_inf`` / ``pos_inf`` say how many);
     ``m2`` is the sum of squared deviations from ``mean`` over the finite values. The histogram
     covers the finite values (None when there are none). With no finite value, mean is NaN.
+    ``min`` and ``max`` are exact: Python ints for an integer array (float64 would round beyond
+    2**53), ±inf when the values hold one (the finite bounds are the histogram's ``lo``/``hi``).
     """
 
     count: int
@@ -205,36 +207,68 @@ class ArrayStats:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, max_bins: int, exp_floor: int) -> ArrayStats:
-        # ``max_bins``: for histograms written before they recorded their own
-        """Inverse of :meth:`to_dict` (for aggregating records read back from a manifest)."""
-        h = d.get("histogram")
-        hist = None
-        if h is not None:
-            if "exp" in h:
-                exp, start = int(h["exp"]), int(h["start"])
-            else:  # written before exp/start were recorded
-                exp = math.frexp(h["width"])[1] - 1
-                start = round(math.ldexp(h["low"], -exp))
-            counts = tuple(int(c) for c in h["counts"])
-            max_bins = int(h.get("max_bins", max_bins))
-            hist = Histogram(exp, start, counts, max_bins, h["finite_min"], h["finite_max"])
+        """Inverse of :meth:`to_dict` (for aggregating records read back from a manifest).
 
-        def num(v: float | None, default: float) -> float:
-            return float(v) if v is not None else default
-
+        :meth:`to_dict` writes NaN and ±inf as None; they are rebuilt from what else the dict
+        holds, so that a merge gives what one pass would have: a None min (max) is -inf (+inf)
+        when the values hold one, else the histogram's finite bound; a None m2 (or mean) with
+        finite values present means it overflowed: NaN, unknown, which merges stay (std None).
+        Integer min/max stay Python ints (exact). ``max_bins``: for histograms written before
+        they recorded their own.
+        """
+        hist = _histogram_from_dict(d.get("histogram"), max_bins)
+        neg, pos = int(d.get("neg_inf", 0)), int(d.get("pos_inf", 0))
+        count = int(d["count"])
+        lo, hi = d["min"], d["max"]
+        if lo is None:
+            lo = -math.inf if neg else hist.lo if hist else math.inf if pos else math.nan
+        if hi is None:
+            hi = math.inf if pos else hist.hi if hist else -math.inf if neg else math.nan
         return cls(
-            count=int(d["count"]),
+            count=count,
             nan_count=int(d["missing"]),
-            sum=num(d["sum"], math.nan),
-            m2=num(d.get("m2"), 0.0),
-            mean=num(d["mean"], math.nan),
-            min=num(d["min"], math.nan),
-            max=num(d["max"], math.nan),
+            sum=_float_or_nan(d["sum"]),
+            m2=_m2_from_dict(d, count - neg - pos),
+            mean=_float_or_nan(d["mean"]),
+            min=_exact(lo),
+            max=_exact(hi),
             histogram=hist,
-            neg_inf=int(d.get("neg_inf", 0)),
-            pos_inf=int(d.get("pos_inf", 0)),
+            neg_inf=neg,
+            pos_inf=pos,
             exp_floor=exp_floor,
         )
+
+
+def _histogram_from_dict(h: dict[str, Any] | None, max_bins: int) -> Histogram | None:
+    if h is None:
+        return None
+    if "exp" in h:
+        exp, start = int(h["exp"]), int(h["start"])
+    else:  # written before exp/start were recorded
+        exp = math.frexp(h["width"])[1] - 1
+        start = round(math.ldexp(h["low"], -exp))
+    counts = tuple(int(c) for c in h["counts"])
+    max_bins = int(h.get("max_bins", max_bins))
+    return Histogram(exp, start, counts, max_bins, h["finite_min"], h["finite_max"])
+
+
+def _float_or_nan(v: float | None) -> float:
+    return float(v) if v is not None else math.nan
+
+
+def _exact(v: float) -> float:
+    """A min or max read back: an int (an integer array's) stays an exact int."""
+    return v if isinstance(v, int) else float(v)
+
+
+def _m2_from_dict(d: dict[str, Any], finite: int) -> float:
+    """M2 of a dict: None with finite values present is an overflow (NaN: unknown)."""
+    if not finite:
+        return 0.0
+    if "m2" in d:
+        return _float_or_nan(d["m2"])
+    std = d.get("std")  # written before m2 was recorded
+    return float(std) * float(std) * finite if std is not None else math.nan
 
 
 def empty_stats(nan_count: int = 0, *, exp_floor: int = FLOAT_EXP_FLOOR) -> ArrayStats:
@@ -259,7 +293,13 @@ def exp_floor_of(dtype: np.dtype[Any]) -> int:
 def array_stats(
     a: npt.ArrayLike, *, max_bins: int = 64, exp_floor: int | None = None
 ) -> ArrayStats:
-    """Statistics of all values of ``a`` (any shape; bool, integer or float; memmaps welcome)."""
+    """Statistics of all values of ``a`` (any shape; bool, integer or float; memmaps welcome).
+
+    Values are crunched as float64; an integer array's min and max are exact Python ints.
+    Extended-precision floats (``longdouble``) are rounded to float64 (values too small for it
+    become 0): an array holding a finite value beyond the float64 range (about ±1.8e308) is
+    refused with a ValueError, rather than counting it as ±inf.
+    """
     if isinstance(max_bins, bool) or not isinstance(max_bins, int) or max_bins < 1:
         raise ValueError(f"max_bins must be a positive int, got {max_bins!r}")
     arr = np.asarray(a)
@@ -271,13 +311,46 @@ def array_stats(
     # temporaries allocated once per call, not per block: a fresh 2 MiB array per block costs
     # more in page faults (malloc gives blocks this big back to the kernel) than its arithmetic
     scratch = _Scratch(min(BLOCK, max(flat.size, 1)))
+    ints, wide = arr.dtype.kind in "iu", arr.dtype.kind == "f" and arr.dtype.itemsize > 8
     for lo in range(0, flat.size, BLOCK):
         block = flat[lo : lo + BLOCK]
         x = scratch.x[: block.size]
-        np.copyto(x, block, casting="unsafe")
+        if wide:
+            _from_wide_floats(x, block)
+        else:
+            np.copyto(x, block, casting="unsafe")
         part = _block_stats(x, max_bins, floor, scratch)
+        if ints:
+            part = _exact_int_bounds(part, block)
         total = part if total is None else merge(total, part)
     return total if total is not None else empty_stats(exp_floor=floor)
+
+
+def _from_wide_floats(x: npt.NDArray[np.float64], block: npt.NDArray[Any]) -> None:
+    """``block`` (longdouble) rounded into ``x``; a finite value beyond float64 is refused."""
+    with np.errstate(over="ignore"):  # no RuntimeWarning: the check below says it
+        np.copyto(x, block, casting="unsafe")
+    inf = np.isinf(x)
+    if inf.any():
+        big = block[inf & np.isfinite(block)]
+        if big.size:
+            first = np.format_float_scientific(big[0], precision=6, trim="-")
+            raise ValueError(
+                f"finite {block.dtype} value(s) beyond the float64 range (about ±1.8e308), "
+                f"such as {first}: statistics are computed in float64, which cannot hold them"
+            )
+
+
+#: Integers of a smaller magnitude are exact in float64 (and the float64 min/max exact ints).
+_EXACT_IN_FLOAT = 2.0**53
+
+
+def _exact_int_bounds(s: ArrayStats, block: npt.NDArray[Any]) -> ArrayStats:
+    """``s`` (of the non-empty integer ``block``) with min and max as exact Python ints."""
+    lo, hi = s.min, s.max
+    if not -_EXACT_IN_FLOAT < lo <= hi < _EXACT_IN_FLOAT:  # rounded as float64: one more pass
+        lo, hi = block.min(), block.max()
+    return replace(s, min=int(lo), max=int(hi))
 
 
 _LEVELS = np.arange(256, dtype=np.int64)

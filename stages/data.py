@@ -25,6 +25,7 @@ The options and part classes are defined in :mod:`stages.parts` (no numpy) and r
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import math
@@ -67,6 +68,8 @@ __all__ = [
 
 #: Bytes of a CSV file read to tell numeric columns from others.
 SAMPLE_BYTES = 1 << 20
+#: The longest header line read (a table of a million columns); past it the file fails.
+MAX_HEADER_BYTES = 64 << 20
 _ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's sizeFileHeader (30 bytes)
 
 
@@ -82,7 +85,7 @@ class CsvPartResult:
     non_numeric: dict[str, int]  # non-missing cells of the other columns
     bad_cells: dict[str, int] = field(default_factory=dict)
     bad_rows: int = 0
-    first_bad: dict[str, Any] | None = None  # line is relative to the part
+    first_bad: dict[str, Any] | None = None  # its "line" is 1-based in the part
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -118,6 +121,8 @@ def _npy_header(f: BinaryIO, base: int, size: int, where: str) -> _Header:
     f.seek(base)
     try:
         version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):  # the versions numpy knows
+            raise ValueError(f"unknown format version {version[0]}.{version[1]}")
         if version == (1, 0):
             shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
         else:
@@ -126,6 +131,8 @@ def _npy_header(f: BinaryIO, base: int, size: int, where: str) -> _Header:
         raise DataError(f"{where}: not a valid .npy header at byte {base}: {exc}") from exc
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise DataError(f"{where}: dtype {dtype} is not numeric (bool, integer or float)")
+    if any(d < 0 for d in shape):
+        raise DataError(f"{where}: not a valid .npy header: negative dimension in shape {shape}")
     offset = f.tell()
     need = offset + math.prod(shape) * dtype.itemsize
     if need > size:
@@ -181,9 +188,17 @@ def _plan_csv(src: DataFile, opts: DataOptions, suffix: str) -> Split:
     with open(src.path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         sample = f.read(SAMPLE_BYTES)
+        end = sample.find(b"\n")
+        if end < 0 and len(sample) < size:  # a header line longer than the sample (wide tables)
+            end = _next_line(f, len(sample)) - 1
+            if end >= MAX_HEADER_BYTES:
+                raise DataError(f"{src.rel}: a header line over {MAX_HEADER_BYTES:,} bytes")
+            f.seek(0)
+            sample = f.read(end + 1 + SAMPLE_BYTES)
+            end = end if sample[end : end + 1] == b"\n" else -1
     if not sample.strip():
         raise DataError(f"{src.rel}: empty file: no header line")
-    end = sample.find(b"\n")
+    _check_text(sample, src.rel)
     header_bytes = sample if end < 0 else sample[:end]
     data_start = len(sample) if end < 0 else end + 1
     header = header_bytes.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace").rstrip("\r")
@@ -195,7 +210,7 @@ def _plan_csv(src: DataFile, opts: DataOptions, suffix: str) -> Split:
             raise DataError(
                 f"{src.rel}: no column(s) {missing} in the header (line 1): {list(names)}"
             )
-        numeric: tuple[str, ...] = tuple(opts.columns)
+        numeric: tuple[str, ...] = tuple(dict.fromkeys(opts.columns))  # each once
         other: tuple[str, ...] = ()
     else:
         body = sample[data_start:]
@@ -219,6 +234,30 @@ def _plan_csv(src: DataFile, opts: DataOptions, suffix: str) -> Split:
     )
     info = {"kind": "csv", "delimiter": delimiter, "header": list(names)}
     return Split(parts, functools.partial(merge_csv, info, numeric, other))
+
+
+#: The magic numbers of compressed files, which a CSV's name may hide: read, they made an ``ok``
+#: record of a header of binary junk and no rows.
+_COMPRESSED = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"(\xb5/\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+}
+
+
+def _check_text(sample: bytes, where: str) -> None:
+    """A DataError for a file named CSV that is no text: compressed, or holding NUL bytes
+    (binary, or UTF-16, which the reader does not take)."""
+    for magic, kind in _COMPRESSED.items():
+        if sample.startswith(magic):
+            raise DataError(f"{where}: {kind}-compressed data, not a text CSV: unpack it first")
+    if b"\x00" in sample:
+        raise DataError(
+            f"{where}: NUL bytes in the first {len(sample):,} bytes: binary data or UTF-16, not "
+            "a text CSV (UTF-8, or a one-byte encoding)"
+        )
 
 
 def _sniff(header: str) -> str:
@@ -248,7 +287,7 @@ def _classify(
 
     if not body.strip():
         return names, ()
-    table, _bad, _first = _read_table(body, names, None, (), delimiter)
+    table = _read_clean(body, names, None, (), delimiter).read.table
     numeric: list[str] = []
     other: list[str] = []
     for name in names:
@@ -256,6 +295,9 @@ def _classify(
         t = col.type
         if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t):
             numeric.append(name)
+            continue
+        if not (pa.types.is_string(t) or pa.types.is_binary(t)):
+            other.append(name)  # dates, times, timestamps, true/false: not numbers
             continue
         values = [v for v in col.slice(0, 4000).to_pylist() if v is not None][:1000]
         good = sum(1 for v in values if _is_number(v))
@@ -347,23 +389,48 @@ def _next_line(f: BinaryIO, pos: int) -> int:
         pos += len(block)
 
 
+#: Lines of one part with a quote left open that are set aside before its rows are read again;
+#: past that the file fails (each costs a pass over the part).
+MAX_OPEN_QUOTES = 100
+
+
+@dataclass(slots=True)
+class _Read:
+    """A part's rows as pyarrow read them (``table``); how many it set aside as bad, and the
+    text of the first (``first``); the encoding the bytes were read in. (pyarrow's row numbers
+    are not lines: they count otherwise after a quoted field; the text is found in the
+    bytes.)"""
+
+    table: Any
+    encoding: str
+    bad: int = 0
+    first: str | None = None
+
+    def find(self, data: bytes, text: str) -> int:
+        """Where the row ``text`` starts in ``data`` (-1: not found)."""
+        return data.find(text.encode(self.encoding, "surrogateescape"))
+
+
 def _read_table(
     data: bytes,
     names: tuple[str, ...],
     numeric: tuple[str, ...] | None,
     other: tuple[str, ...],
     delimiter: str,
-) -> tuple[Any, int, int | None]:
+) -> _Read:
     """pyarrow table of ``data``: ``numeric`` columns as float64, ``other`` ones as bytes (or
     every column with inferred types when ``numeric`` is None); rows with the wrong number of
-    fields are skipped and counted."""
+    fields are skipped and counted. Bytes that are not UTF-8 are read as Latin-1 (a bad row's
+    text is decoded for the handler: such bytes failed the whole file)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    bad: list[int] = []
+    read = _Read(None, "utf8" if _is_utf8(data) else "latin1")
 
     def skip(row: Any) -> str:
-        bad.append(row.number if row.number is not None else -1)
+        read.bad += 1
+        if read.first is None:
+            read.first = row.text
         return "skip"
 
     if numeric is None:
@@ -371,9 +438,13 @@ def _read_table(
     else:
         types = {n: pa.float64() for n in numeric} | {n: pa.binary() for n in other}
         include = [*numeric, *other]
-    table = pacsv.read_csv(
+    read.table = pacsv.read_csv(
         pa.BufferReader(data),
-        read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False),
+        read_options=pacsv.ReadOptions(
+            column_names=list(names),
+            use_threads=False,
+            encoding=read.encoding,
+        ),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
         convert_options=pacsv.ConvertOptions(
             column_types=types,
@@ -382,7 +453,122 @@ def _read_table(
             quoted_strings_can_be_null=True,
         ),
     )
-    return table, len(bad), (min(bad) if bad else None)
+    return read
+
+
+def _is_utf8(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for at in range(0, len(data), 1 << 20):  # a block at a time: no copy of the whole part
+            decoder.decode(data[at : at + (1 << 20)])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class _Cleaned:
+    """A part's bytes without the lines whose quote was left open (``dropped``: their
+    0-based lines in the part, in order), and its rows as read."""
+
+    data: bytes
+    read: _Read
+    dropped: list[int] = field(default_factory=list)
+
+    def line(self, at: int) -> int:
+        """The 0-based line in the part of line ``at`` of :attr:`data`."""
+        for d in self.dropped:
+            if d <= at:
+                at += 1
+        return at
+
+
+def _read_clean(
+    data: bytes,
+    names: tuple[str, ...],
+    numeric: tuple[str, ...] | None,
+    other: tuple[str, ...],
+    delimiter: str,
+) -> _Cleaned:
+    """:func:`_read_table`, but a line with a quote left open (a stray ``"`` opening a text
+    field) does not take the lines after it. pyarrow reads on past the line's end, up to the
+    next quote or the part's end, and makes all of it one bad row, or one good row: the rows
+    lost, the figures changing with ``--chunk-size``. When the rows read and the lines do not
+    add up, such lines are found (:func:`_open_quote_lines`), set aside as bad rows, and the
+    rest read again."""
+    out = _Cleaned(data, _read_table(data, names, numeric, other, delimiter))
+    lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    if out.read.table.num_rows + out.read.bad >= lines or '"' not in delimiter + '"':
+        return out  # every line a row (the usual case: three counts of the bytes)
+    if out.read.table.num_rows + out.read.bad >= len(_non_empty_lines(data)):
+        return out  # blank lines (the reader skips them)
+    dropped = _open_quote_lines(data, delimiter, out.read.encoding)
+    if not dropped:
+        return out
+    kept = np.ones(lines, dtype=bool)
+    kept[dropped] = False
+    starts, ends = _line_spans(data)
+    out.data = b"".join(data[s:e] for s, e in zip(starts[kept], ends[kept], strict=True))
+    out.dropped = dropped
+    out.read = _read_table(out.data, names, numeric, other, delimiter)
+    return out
+
+
+def _line_spans(data: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Where each line of ``data`` starts and ends (its newline included)."""
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1
+    if len(data) and data[-1:] != b"\n":
+        ends = np.append(ends, len(data))
+    return np.concatenate(([0], ends[:-1])).astype(np.intp), ends
+
+
+def _open_quote_lines(data: bytes, delimiter: str, encoding: str) -> list[int]:
+    """The 0-based lines of ``data`` where a quoted field opens and is not closed on the line
+    (read with the csv module, a line at a time, from the line after each one found)."""
+    starts, ends = _line_spans(data)
+    found: list[int] = []
+    at = 0
+    while at < len(starts) and len(found) <= MAX_OPEN_QUOTES:
+        texts = (
+            data[s:e].decode(encoding, "surrogateescape")
+            for s, e in zip(starts[at:], ends[at:], strict=True)
+        )
+        reader = csv.reader(texts, delimiter=delimiter)
+        row_start, next_at = at, len(starts)
+        try:
+            for _row in reader:
+                if reader.line_num > row_start - at + 1:  # this row took more than its line
+                    next_at = row_start + 1
+                    break
+                row_start = at + reader.line_num
+        except csv.Error:  # the data ended inside a quoted field
+            next_at = row_start + 1
+        if next_at == len(starts):
+            break
+        found.append(row_start)
+        at = next_at
+    if len(found) > MAX_OPEN_QUOTES:
+        raise DataError(
+            f"more than {MAX_OPEN_QUOTES} lines with a quote not closed on the line (quoted "
+            "values may not contain line breaks)"
+        )
+    return found
+
+
+def _non_empty_lines(data: bytes) -> np.ndarray[Any, np.dtype[np.intp]]:
+    """The 0-based numbers of the lines of ``data`` that pyarrow reads as rows (not empty, not
+    a bare ``\\r``), quotes aside."""
+    buf = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if len(data) and data[-1:] != b"\n":
+        ends = np.append(ends, len(data))
+    starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.empty(0, np.intp)
+    length = ends - starts
+    bare_cr = (length == 1) & (buf[np.minimum(starts, len(buf) - 1)] == 13)
+    return np.flatnonzero((length > 0) & ~bare_cr)
 
 
 def _crunch_csv(part: CsvPart) -> CsvPartResult:
@@ -395,29 +581,51 @@ def _crunch_csv(part: CsvPart) -> CsvPartResult:
         res.columns = {n: array_stats(np.empty(0), max_bins=part.bins) for n in part.numeric}
         res.non_numeric = dict.fromkeys(part.other, 0)
         return res
+    cells: list[tuple[int, str, str]] = []  # the first bad cell of each column: row, name, text
     try:
-        table, res.bad_rows, first_row = _read_table(
-            data, part.names, part.numeric, part.other, part.delimiter
-        )
-        columns = {n: _floats(table.column(n)) for n in part.numeric}
+        clean = _read_clean(data, part.names, part.numeric, part.other, part.delimiter)
+        columns = {n: _floats(clean.read.table.column(n)) for n in part.numeric}
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc):
             raise DataError(
                 f"{part.path}: cannot parse bytes {part.start:,}-{part.stop:,}: {exc}"
             ) from exc
         # a cell that is not a number: read the numeric columns as bytes, convert one by one
-        table, res.bad_rows, first_row = _read_table(
-            data, part.names, (), (*part.numeric, *part.other), part.delimiter
-        )
-        columns = {n: _to_floats(n, table.column(n), res) for n in part.numeric}
-    if first_row is not None and res.first_bad is None:
-        res.first_bad = {"line": first_row, "what": "wrong number of fields"}
+        clean = _read_clean(data, part.names, (), (*part.numeric, *part.other), part.delimiter)
+        table = clean.read.table
+        columns = {n: _to_floats(n, table.column(n), res, cells) for n in part.numeric}
+    except DataError as exc:
+        raise DataError(f"{part.path}: bytes {part.start:,}-{part.stop:,}: {exc}") from exc
+    table = clean.read.table
+    res.bad_rows = clean.read.bad + len(clean.dropped)
+    res.first_bad = _first_bad(clean, cells)
     res.rows = table.num_rows
     res.columns = {
         n: array_stats(v, max_bins=part.bins, exp_floor=FLOAT_EXP_FLOOR) for n, v in columns.items()
     }
     res.non_numeric = {n: len(table.column(n)) - table.column(n).null_count for n in part.other}
     return res
+
+
+def _first_bad(clean: _Cleaned, cells: list[tuple[int, str, str]]) -> dict[str, Any] | None:
+    """The first bad line of a part, whatever it is (``line``: 1-based in the part), or None:
+    a line set aside for its open quote, a row with the wrong number of fields, a bad cell."""
+    found: list[tuple[int, dict[str, Any]]] = [
+        (d, {"what": "a quote not closed on its line"}) for d in clean.dropped
+    ]
+    row_line = None  # the first bad row's line in clean.data
+    if clean.read.first is not None and (at := clean.read.find(clean.data, clean.read.first)) >= 0:
+        row_line = clean.data.count(b"\n", 0, at)
+        found.append((clean.line(row_line), {"what": "wrong number of fields"}))
+    if cells:
+        row, column, text = min(cells)
+        rows = _non_empty_lines(clean.data)  # the rows' lines while no bad row came before
+        if row < len(rows) and (row_line is None or rows[row] < row_line):
+            found.append((clean.line(int(rows[row])), {"column": column, "value": text}))
+    if not found:
+        return None
+    line, what = min(found, key=lambda f: f[0])
+    return {**what, "line": line + 1}
 
 
 def _floats(col: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -440,8 +648,11 @@ def _floats(col: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
     return out
 
 
-def _to_floats(name: str, col: Any, res: CsvPartResult) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Cells of one column as floats; missing ones NaN; bad ones counted and left out."""
+def _to_floats(
+    name: str, col: Any, res: CsvPartResult, cells: list[tuple[int, str, str]]
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Cells of one column as floats; missing ones NaN; bad ones counted and left out (the
+    first one's row, column and text added to ``cells``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -461,9 +672,8 @@ def _to_floats(name: str, col: Any, res: CsvPartResult) -> np.ndarray[Any, np.dt
         except ValueError:
             keep[i] = False
             bad += 1
-            if res.first_bad is None:
-                text = v.decode("utf-8", "replace")[:40]
-                res.first_bad = {"row": i, "column": name, "value": text}
+            if bad == 1:
+                cells.append((i, name, v.decode("utf-8", "replace")[:40]))
     res.bad_cells[name] = bad
     return out[keep] if bad else out
 
@@ -488,11 +698,7 @@ def merge_csv(
     line = 1  # the header
     for p in parts:
         if p.first_bad is not None and first_bad is None:
-            first_bad = dict(p.first_bad)
-            if "row" in first_bad:  # a data row of this part; its line if no row was skipped
-                first_bad["line"] = line + first_bad.pop("row") + 1
-            else:
-                first_bad["line"] += line
+            first_bad = {**p.first_bad, "line": p.first_bad["line"] + line}
         line += p.lines
     return {
         **info,

@@ -28,7 +28,9 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 #: How a data file's statistics are computed from the same file and options, as a number:
 #: raise it with a change that gives other results, so that the results an older version
 #: recorded are redone on resume rather than reused (see ``stages.options.RENDER_VERSION``).
-CRUNCH_VERSION = 1
+#: 2: CSV lines with a quote left open, date/time/boolean columns, the first bad line; exact
+#: integer min/max, corrupt .npy headers and float128 beyond float64 refused.
+CRUNCH_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,12 +50,13 @@ class DataOptions:
         if not 1 <= self.bins <= 4096:
             raise ValueError(f"bins must be between 1 and 4096, got {self.bins}")
 
-    def fingerprint_fields(self) -> dict[str, Any]:
+    def fingerprint_fields(self, *, csv: bool = True) -> dict[str, Any]:
         """The options that change results (the chunk size changes only the rounding), and
-        :data:`CRUNCH_VERSION` once it is past 1."""
+        :data:`CRUNCH_VERSION` once it is past 1. An array's (``csv=False``) leave the CSV
+        options at their defaults: ``--columns`` redid every ``.npy`` and ``.npz`` array."""
         fields: dict[str, Any] = {
-            "columns": list(self.columns),
-            "delimiter": self.delimiter,
+            "columns": list(self.columns) if csv else [],
+            "delimiter": self.delimiter if csv else None,
             "bins": self.bins,
         }
         if CRUNCH_VERSION > 1:  # (version 1 is left out: the hashes made before it stay)

@@ -107,6 +107,11 @@ class DataFile:
         """Its place below the size folders, when it holds an image."""
         return self.rel if self.place is None else self.place
 
+    def is_table(self) -> bool:
+        """Whether it is read as a CSV/TSV table (by its name, as :func:`stages.data.plan`
+        does), not as an array."""
+        return self.member is None and os.path.splitext(self.path)[1].lower() in (".csv", ".tsv")
+
 
 @dataclass(frozen=True, slots=True)
 class InputRoot:

@@ -214,6 +214,99 @@ def test_csv_columns_and_delimiter_options(tmp_path: Path) -> None:
     assert forced["non_numeric"] == {"a;b;c": 2}
 
 
+@pytest.mark.parametrize("chunk", [0, 200, 37])
+def test_a_stray_quote_costs_its_line_not_the_rest(tmp_path: Path, chunk: int) -> None:
+    """A quote opened in a text field and not closed on its line: pyarrow reads on past the
+    line's end to the part's end (or the next quote) and made all of it one bad row; 90 rows of
+    100 were gone, counted as "bad_rows: 1", the figures changing with --chunk-size. Now that
+    line alone is a bad row, at its line, and the rest is read."""
+    rows = [f"item{i},{i}.5,{i}" for i in range(100)]
+    rows[10] = '"unterminated,499,1'
+    rows[60] = 'x"y,1,2'  # a quote inside a field: not a quoted field, fine
+    rows[70] = '"again,7'
+    path = write(tmp_path / "q.csv", "name,price,qty\n" + "\n".join(rows) + "\n")
+    value = run_plan(path, DataOptions(chunk_size=chunk))
+    assert value["rows"] == 98
+    assert value["bad_rows"] == 2
+    assert value["first_bad"] == {"what": "a quote not closed on its line", "line": 12}
+    price = [float(f"{i}.5") for i in range(100) if i not in (10, 60, 70)] + [1.0]
+    assert math.isclose(value["columns"]["price"]["sum"], sum(price))
+
+
+def test_csv_first_bad_is_the_first_bad_line_in_the_file(tmp_path: Path) -> None:
+    """The first bad line, of any kind, at its line in the file: a bad cell was taken over an
+    earlier bad row, and blank lines (which the reader skips) shifted the lines said."""
+    lines = ["x,y"] + [f"{i},{i * 2}" for i in range(1, 200)]
+    lines[9] = "1,2,3"  # line 10: wrong number of fields
+    lines[149] = "oops,5"  # line 150: a bad cell
+    value = run_plan(write(tmp_path / "o.csv", "\n".join(lines) + "\n"), DataOptions())
+    assert value["first_bad"] == {"what": "wrong number of fields", "line": 10}
+    lines = ["x,y"] + [f"{i},{i * 2}" for i in range(1, 200)]
+    lines[20] = lines[21] = ""
+    lines[30] = "\r"  # a blank line of a CRLF file
+    lines[99] = "oops,5"  # line 100
+    for chunk in (0, 100):
+        path = write(tmp_path / "b.csv", "\n".join(lines) + "\n")
+        value = run_plan(path, DataOptions(chunk_size=chunk))
+        assert value["first_bad"] == {"column": "x", "value": "oops", "line": 100}
+        assert value["rows"] == 196
+
+
+def test_csv_dates_times_and_booleans_are_other_columns(tmp_path: Path) -> None:
+    """A date, time or timestamp column failed the whole file (TypeError from float(date));
+    a true/false column was "numeric" with every cell bad."""
+    body = "".join(
+        f"2024-01-{i:02d},2024-01-{i:02d} 10:00:00,10:{i:02d}:00,{'true' if i % 2 else 'false'},"
+        f"{i * 1.5}\n"
+        for i in range(1, 29)
+    )
+    value = run_plan(write(tmp_path / "d.csv", "day,at,time,flag,temp\n" + body), DataOptions())
+    assert list(value["columns"]) == ["temp"]
+    assert value["non_numeric"] == {"day": 28, "at": 28, "time": 28, "flag": 28}
+    assert value["bad_cells"] == {}
+    assert value["columns"]["temp"]["sum"] == sum(i * 1.5 for i in range(1, 29))
+
+
+def test_csv_latin1_bytes_in_a_bad_row_are_not_a_failure(tmp_path: Path) -> None:
+    """A bad row holding bytes that are not UTF-8: pyarrow decodes its text for the row
+    handler, which raised, failing the whole file with a traceback on stderr."""
+    rows = ["city,temp,load"] + [f"Zürich,{i},{i * 2}" for i in range(50)]
+    rows[30] = "Genève,1,2,3"
+    path = write(tmp_path / "l.csv", ("\n".join(rows) + "\n").encode("latin-1"))
+    value = run_plan(path, DataOptions())
+    assert value["rows"] == 49
+    assert value["bad_rows"] == 1
+    assert value["first_bad"] == {"what": "wrong number of fields", "line": 31}
+    assert value["non_numeric"] == {"city": 49}
+
+
+def test_csv_that_is_no_text_fails_with_the_reason(tmp_path: Path) -> None:
+    """A gzipped file named .csv, or a binary one, was ``ok`` with a header of junk and no
+    rows."""
+    import gzip
+
+    with pytest.raises(DataError, match="gzip-compressed data, not a text CSV"):
+        run_plan(write(tmp_path / "g.csv", gzip.compress(b"a,b\n1,2\n" * 100)), DataOptions())
+    utf16 = "a,b\n1,2\n".encode("utf-16")
+    with pytest.raises(DataError, match=r"NUL bytes .* not a text CSV"):
+        run_plan(write(tmp_path / "u.csv", utf16), DataOptions())
+
+
+def test_csv_header_longer_than_the_sample_and_repeated_columns(tmp_path: Path) -> None:
+    """A header line over SAMPLE_BYTES (1 MiB) was cut there, its tail read as data: wrong
+    columns, no rows, ``ok``. ``--columns a,a`` failed every file (a KeyError)."""
+    n = 100_000
+    header = ",".join(f"col{i:07d}" for i in range(n))
+    path = write(tmp_path / "w.csv", header + "\n" + ",".join(map(str, range(n))) + "\n")
+    assert len(header) > (1 << 20)
+    value = run_plan(path, DataOptions())
+    assert len(value["header"]) == n
+    assert value["rows"] == 1
+    assert value["columns"][f"col{n - 1:07d}"]["sum"] == n - 1
+    small = write(tmp_path / "s.csv", "a,b\n1,2\n3,4\n")
+    assert list(run_plan(small, DataOptions(columns=("a", "a")))["columns"]) == ["a"]
+
+
 @FAST
 @given(chunk=st.integers(1, 400), rows=st.integers(0, 60))
 def test_csv_chunk_boundaries_never_lose_or_repeat_a_line(
@@ -353,6 +446,28 @@ def test_data_files_inside_a_zip_that_is_not_one(tmp_path: Path) -> None:
     rec = by_key(out)["odd.npz"]
     assert rec["status"] == "skipped"
     assert "no arrays" in rec["reason"]
+
+
+def test_csv_options_redo_the_tables_not_the_arrays(tmp_path: Path) -> None:
+    """--columns and --delimiter shape CSV figures only: they redid every .npy and .npz array
+    too (one fingerprint for all data files); --bins redoes both."""
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    np.save(d / "p.npy", np.arange(10.0))
+    np.savez(d / "z.npz", a=np.ones(3), b=np.zeros(2))
+    write(d / "t.csv", "x,y\n1,2\n3,4\n")
+
+    def run(**kw: object) -> dict[str, int]:
+        cfg = ProcessConfig.from_mapping({"inputs": [str(d)], "output": str(out), **kw})
+        return dict(run_process(cfg).counts)
+
+    assert run() == {"ok": 4}
+    assert run(columns="x") == {"ok": 1, "reused": 3}
+    assert by_key(out)["t.csv"]["result"]["header"] == ["x", "y"]
+    assert list(by_key(out)["t.csv"]["result"]["columns"]) == ["x"]
+    assert run(delimiter=";") == {"ok": 1, "reused": 3}
+    assert by_key(out)["t.csv"]["result"]["header"] == ["x,y"]
+    assert run(delimiter=";", bins=8) == {"ok": 4}
 
 
 def test_sample_data_becomes_what_its_readme_says(tmp_path: Path) -> None:
