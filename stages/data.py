@@ -501,8 +501,8 @@ def _read_clean(
     rest read again."""
     out = _Cleaned(data, _read_table(data, names, numeric, other, delimiter))
     lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-    if out.read.table.num_rows + out.read.bad >= lines or '"' not in delimiter + '"':
-        return out  # every line a row (the usual case: three counts of the bytes)
+    if out.read.table.num_rows + out.read.bad >= lines:
+        return out  # every line a row (the usual case: a count of the bytes)
     if out.read.table.num_rows + out.read.bad >= len(_non_empty_lines(data)):
         return out  # blank lines (the reader skips them)
     dropped = _open_quote_lines(data, delimiter, out.read.encoding)
