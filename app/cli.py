@@ -9,6 +9,7 @@ the parser, sets up logging and turns the engine's typed errors into exit codes.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # what stdout cannot encode (a name on an ASCII or Latin-1 terminal) is written as \uXXXX,
+    # as stderr does: `failures` ended in a UnicodeEncodeError traceback
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(bool(getattr(args, "quiet", False)), bool(getattr(args, "verbose", False)))

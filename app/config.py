@@ -201,7 +201,15 @@ SHARDS = "training sets (URL tables in, shards out)"
 DATA = "numeric data files (.npy, .npz, .csv, .tsv)"
 BACKEND = "beyond one machine"
 
+
 # where options do something (see the module docstring)
+def _a_path(value: str) -> None:
+    """A path is not empty: ``-o ""`` (a shell variable left unset) wrote a run into the
+    working folder."""
+    if not value.strip():
+        raise ValueError("an empty path (a variable left unset?): give a folder or file")
+
+
 _URLS = Needs("urls")
 _DASK = Needs("backend", value="dask")
 _SHARDS = Needs("output_format", value=("webdataset", "parquet"))
@@ -227,14 +235,14 @@ class ProcessConfig:
     # -- inputs and outputs
     inputs: tuple[str, ...] = option(
         (),
-        kind=TextList(Text(what="path", metavar="INPUTS"), what="paths"),
+        kind=TextList(Text(what="path", metavar="INPUTS", check=_a_path), what="paths"),
         positional=True,
         help="input folders (or files)",
         group=FILES,
     )
     output: str = option(
         "out",
-        kind=Text(what="path", metavar="DIR"),
+        kind=Text(what="path", metavar="DIR", check=_a_path),
         short="-o",
         help="output folder, or a storage URL (s3://bucket/prefix/)",
         group=FILES,
@@ -293,7 +301,7 @@ class ProcessConfig:
     size: tuple[str, ...] = option(
         ("512",),
         kind=TextList(
-            Text(what="size", metavar="SIZE", check=parse_size),
+            Text(what="size", metavar="SIZE", check=parse_size, numbers=True),
             what="sizes (512, 640x480, 640x, x480)",
         ),
         help="max side (512) or box (640x480); repeat for several sizes",
@@ -382,7 +390,7 @@ class ProcessConfig:
     # -- downloads (URL lists); the defaults are DownloadConfig's (see the module docstring)
     urls: tuple[str, ...] = option(
         (),
-        kind=TextList(Text(what="path", metavar="FILE"), what="paths"),
+        kind=TextList(Text(what="path", metavar="FILE", check=_a_path), what="paths"),
         help="URL list: text (one a line), .csv/.tsv or .jsonl with a url column, optionally "
         ".gz; repeatable",
         group=DOWNLOADS,

@@ -117,7 +117,8 @@ class Kind(abc.ABC, Generic[T]):
 
 
 class Text(Kind[str]):
-    """Text; ``normalize`` maps spellings (``tab`` -> a tab), ``check`` raises ValueError."""
+    """Text; ``normalize`` maps spellings (``tab`` -> a tab), ``check`` raises ValueError.
+    ``numbers``: a whole number in a file is its digits (``size = 512``)."""
 
     def __init__(
         self,
@@ -126,13 +127,16 @@ class Text(Kind[str]):
         metavar: str = "TEXT",
         normalize: Callable[[str], str] | None = None,
         check: Callable[[str], object] | None = None,
+        numbers: bool = False,
     ) -> None:
         self.what, self.metavar = what, metavar
-        self.normalize, self.check = normalize, check
+        self.normalize, self.check, self.numbers = normalize, check, numbers
 
     def from_value(self, value: object) -> str:
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
+        if self.numbers and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
         if not isinstance(value, str):
             raise ValueError(f"expected {self.what}, got {_got(value)}")
         if self.normalize is not None:
@@ -300,12 +304,16 @@ class TextList(Kind[tuple[str, ...]]):
         return tuple(self.item.from_value(p) for p in parts if p or not self.commas)
 
     def from_value(self, value: object) -> tuple[str, ...]:
+        if self.item.numbers and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
         if isinstance(value, str | os.PathLike):
             return self.from_text(os.fspath(value))
         if not isinstance(value, list | tuple):
-            raise ValueError(f"expected a list of {self.item.what}, got {_got(value)}")
+            raise ValueError(f"expected {self.what}, got {_got(value)}")
         items: list[str] = []
         for v in value:
+            if self.item.numbers and isinstance(v, int) and not isinstance(v, bool):
+                v = str(v)
             if not isinstance(v, str | os.PathLike):
                 raise ValueError(f"expected a list of {self.item.what}, got an item {_got(v)}")
             items.extend(self.from_text(os.fspath(v)))

@@ -77,7 +77,7 @@ def read_manifest(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the records of a ``manifest.jsonl`` (the README documents the fields); a line an
     older version wrote is read as today's (:func:`~pipeline.records.upgrade`: ``skipped`` /
     ``already done`` is ``reused``)."""
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 yield _parse_line(path, lineno, line)
@@ -96,7 +96,7 @@ def scan_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for lineno, line in enumerate(fh, 1):
             start, offset = offset, offset + len(line)
             if line.strip():
-                yield start, _parse_line(path, lineno, line.decode("utf-8"))
+                yield start, _parse_line(path, lineno, line)
 
 
 def read_manifest_at(path: Path, offsets: Iterable[int]) -> Iterator[dict[str, Any]]:
@@ -105,12 +105,16 @@ def read_manifest_at(path: Path, offsets: Iterable[int]) -> Iterator[dict[str, A
     with open(path, "rb") as fh:
         for offset in offsets:
             fh.seek(offset)
-            yield _parse_line(path, f"byte {offset}", fh.readline().decode("utf-8"))
+            yield _parse_line(path, f"byte {offset}", fh.readline())
 
 
-def _parse_line(path: Path, where: int | str, line: str) -> dict[str, Any]:
+def _parse_line(path: Path, where: int | str, line: bytes) -> dict[str, Any]:
+    """One manifest line's record; a LedgerError for one that is none (damaged bytes too: a
+    UnicodeDecodeError was a traceback)."""
     try:
-        record: dict[str, Any] = json.loads(line)
+        record: dict[str, Any] = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LedgerError(f"{path}:{where}: not a JSON record (bytes not UTF-8: {exc})") from exc
     except json.JSONDecodeError as exc:
         raise LedgerError(f"{path}:{where}: not a JSON record ({exc})") from exc
     if not isinstance(record, dict):

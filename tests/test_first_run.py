@@ -338,6 +338,36 @@ def test_failures_of_a_folder_that_is_no_output_is_a_usage_error(tmp_path: Path)
     assert "invalid choice: 'ok'" in bad.stderr
 
 
+def test_failures_on_a_stdout_that_cannot_encode_a_name(tmp_path: Path) -> None:
+    """A name that stdout's encoding cannot write (ASCII, Latin-1 locales): written as
+    \\uXXXX, as stderr does; it was a UnicodeEncodeError traceback, exit 1."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "日本.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 300)
+    assert _cli(tmp_path, "process", "in", "-o", "out", "--quiet").returncode == 1
+    env = {**_env(), "PYTHONIOENCODING": "ascii"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "failures", "out"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("\\u65e5\\u672c.jpg: ")
+
+
+def test_failures_of_a_damaged_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 in the manifest: a LedgerError naming the line (exit 3), as a
+    cut-off JSON line gives; it was a UnicodeDecodeError traceback."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "manifest.jsonl").write_bytes(b"\xff\xfe garbage\n")
+    done = _cli(tmp_path, "failures", "out")
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr
+    assert "manifest.jsonl:1: not a JSON record (bytes not UTF-8" in done.stderr
+
+
 @pytest.mark.parametrize("lines", [3, 20_000])
 def test_failures_into_a_pipe_that_closes_early_ends_quietly(tmp_path: Path, lines: int) -> None:
     """``pixpipe failures out | head -1``: the reader leaves after one line. The command stops

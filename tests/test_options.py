@@ -249,7 +249,11 @@ def test_pad_color_reaches_the_resize_options(tmp: Path) -> None:
         ("sizes = ['64']", "unknown option 'sizes' (did you mean 'size'?)"),
         ("quality = 'high'", "run.toml:quality: expected an integer from 1 to 100, got 'high'"),
         ("quality = 0", "run.toml:quality: expected an integer from 1 to 100, got 0"),
-        ("size = 512", "run.toml:size: expected a list of size, got 512 (an integer)"),
+        (
+            "size = 2.5",
+            "run.toml:size: expected sizes (512, 640x480, 640x, x480): a list, or one, got 2.5 "
+            "(a number)",
+        ),
         ("size = ['64', 'big']", "run.toml:size: invalid size 'big'"),
         ("workers = 3.5", "run.toml:workers: expected N, stage=N"),
         ("workers = {bogus = 2}", "run.toml:workers: unknown stage 'bogus'"),
@@ -316,6 +320,28 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def test_an_empty_path_is_a_usage_error(tmp: Path) -> None:
+    """``-o ""`` (a shell variable left unset) wrote the run into the working folder."""
+    for args in (["-o", ""], [str(IMAGES), "-o", "  "], ["", "-o", str(tmp / "o")]):
+        done = _cli(*(args if args[0] != "-o" else [str(IMAGES), *args]))
+        assert done.returncode == 2, done.stderr
+        assert "an empty path" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (ROOT / "512").exists()
+    with pytest.raises(ConfigError, match="output: an empty path"):
+        from_file(tmp, f'inputs = ["{IMAGES}"]\noutput = ""\n')
+
+
+def test_a_size_in_a_file_may_be_a_number(tmp: Path) -> None:
+    """``size = 512`` in a file said "expected a list of size, got 512": the value the README's
+    table shows, unquoted."""
+    assert from_file(tmp, f'inputs = ["{IMAGES}"]\nsize = 512\n').size == ("512",)
+    both = from_file(tmp, f'inputs = ["{IMAGES}"]\nsize = [512, "64x64"]\n')
+    assert both.size == ("512", "64x64")
+    with pytest.raises(ConfigError, match="size"):
+        from_file(tmp, f'inputs = ["{IMAGES}"]\nsize = true\n')
 
 
 def test_usage_errors_exit_2_and_name_the_option(tmp: Path) -> None:
