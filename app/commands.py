@@ -135,7 +135,9 @@ def _add_failures(sub: Any) -> None:
         "(KEY: REASON); the count goes to stderr. Names are shown with undecodable bytes and "
         "control characters as \\xNN.",
     )
-    p.add_argument("output", type=Path, metavar="OUTPUT", help="the output folder of a run")
+    p.add_argument(
+        "output", metavar="OUTPUT", help="the output folder of a run, or its storage URL"
+    )
     p.add_argument(
         "--status", choices=LISTED, default="failed", help="which records (default: failed)"
     )

@@ -99,12 +99,13 @@ def summary_lines(
     seconds = result.duration if elapsed is None else elapsed
     lines = ["", _headline(result, seconds)]
     lines += _outcome(result)
+    url = None
     if stored_at is not None:
         url = stored_at.rstrip("/") + "/"
         lines.append(f"stored:   {url}  (the images, one folder per size, and the run's files)")
         lines.append("          below: the run's files' local working copies")
     if result.output is not None:
-        lines += _files(result.output)
+        lines += _files(result.output, url)
     if result.stages and any(s.items for s in result.stages):
         lines += ["", result.table()]
         if result.bottleneck:
@@ -195,14 +196,18 @@ def _failures(result: RunResult, cmd: str | None) -> list[str]:
     return lines
 
 
-def _files(output: Path) -> list[str]:
+def _files(output: Path, stored: str | None = None) -> list[str]:
+    """The files to open. With ``stored`` (the output's storage URL) the report named is the
+    stored one: the working copy's thumbnails are not beside it."""
     lines = []
     sizes = sorted(d.name for d in _folders(output) if SIZE_FOLDER.fullmatch(d.name))
     if sizes:
         shown = ", ".join(_path(output / name) + os.sep for name in sizes)
         lines.append(f"images:   {shown}  (one per size, mirroring the input folders)")
     lines += _shards(output)
-    if (output / "report.html").is_file():
+    if stored is not None:
+        lines.append(f"report:   {stored}report.html  (its thumbnails are beside it there)")
+    elif (output / "report.html").is_file():
         lines.append(f"report:   {_path(output / 'report.html')}  (open it in a browser)")
     lines.append(f"manifest: {_path(output / 'manifest.jsonl')}  (one line per input)")
     tables = [name for name in TABLES if (output / name).is_file()]
@@ -295,11 +300,27 @@ def _same(a: Path, b: Path) -> bool:
     return a.absolute().parent == b.absolute().parent and a.resolve() == b.resolve()
 
 
-def print_records(folder: Path, status: str) -> int:
-    """``failures``: each record of ``folder/manifest.jsonl`` with ``status`` on stdout, one
+def print_records(output: str | Path, status: str) -> int:
+    """``failures``: each record of ``output/manifest.jsonl`` with ``status`` on stdout, one
     line each (:func:`record_line`, whole messages); a count on stderr. Exit code: 0, or 2 when
-    the folder has no manifest."""
-    path = Path(folder) / "manifest.jsonl"
+    the folder has no manifest. A storage output is read from this machine's working copy of
+    its files (as a ``Path``, ``s3://b/run`` became ``s3:/b/run``: "no manifest")."""
+    from stages.storage import is_url
+
+    from .remote_output import working_folder
+
+    folder = Path(output)
+    if is_url(output):
+        folder = working_folder(str(output))
+        if not (folder / "manifest.jsonl").is_file():
+            print(
+                f"no manifest of {output} on this machine (its working folder {folder} has "
+                "none): a run into a storage output keeps its files there; run this where the "
+                "run ran, or give a folder holding a copy of its manifest.jsonl",
+                file=sys.stderr,
+            )
+            return 2
+    path = folder / "manifest.jsonl"
     if not path.is_file():
         print(
             f"no manifest in {_path(Path(folder))}: give the output folder of a process run",

@@ -75,6 +75,29 @@ def test_s3_to_s3_outputs_whole_manifest_complete_and_no_secret_anywhere(server:
     assert done.returncode == 0, done.stderr
     # the end of the run names where everything went: the URL, then the local working copies
     assert f"stored:   {out}/  (the images" in done.stderr
+    # the report named is the stored one: the working copy's thumbnails are not beside it
+    assert f"report:   {out}/report.html  (its thumbnails are beside it there)" in done.stderr
+    # `failures URL` reads this machine's working copy of the run's files (it said "no manifest")
+    listed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "failures", out, "--status", "skipped"],
+        cwd=ROOT,
+        env=server.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr.strip().startswith("0 skipped input(s) in ")
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "pipeline", "failures", out],
+        cwd=ROOT,
+        env=server.env(PIXPIPE_WORK_DIR=str(ROOT / "nowhere-such")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert elsewhere.returncode == 2
+    assert f"no manifest of {out} on this machine" in elsewhere.stderr
     recs = manifest(server, out)
     inputs = {k for k in server.objects(src)}
     # every object one record: images ok, the .npy and .csv ok (data); the .npz one per array
