@@ -265,7 +265,21 @@ def record_line(record: Mapping[str, Any], status: str, *, width: int | None = N
 def failures_command(output: Path) -> str:
     """The command that lists the failed inputs of ``output``, as this very interpreter (or
     the ``pixpipe`` script) runs it: copied into a shell, it works."""
-    return f"{_interpreter()} failures {shlex.quote(os.fspath(output))}"
+    return f"{_interpreter()} failures {_shell_word(os.fspath(output))}"
+
+
+def _shell_word(text: str) -> str:
+    """``text`` quoted for a shell; a name with bytes that are not UTF-8, or with control
+    characters, in bash's ``$'...'`` with ``\\xNN`` (quoted as it was, a surrogate was printed
+    that names no folder)."""
+    raw = os.fsencode(text)
+    try:
+        if raw.decode("utf-8").isprintable():
+            return shlex.quote(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        pass
+    kept = "".join(chr(b) if 32 <= b < 127 and b not in b"'\\" else f"\\x{b:02x}" for b in raw)
+    return f"$'{kept}'"
 
 
 def _interpreter() -> str:

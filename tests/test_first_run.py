@@ -316,6 +316,23 @@ def test_a_hostile_name_is_printed_escaped_on_one_line(tmp_path: Path) -> None:
     )
 
 
+def test_the_failures_hint_names_an_output_folder_that_is_not_utf8(tmp_path: Path) -> None:
+    """An output folder whose name is not UTF-8: the hint quoted a surrogate ('out\\udcfe'),
+    which names no folder; in bash's $'...' it does, and runs."""
+    _bad_folder(tmp_path, 1)
+    out = os.fsdecode(b"out\xfe 'x'")
+    done = _cli(tmp_path, "process", "in", "--output", out, "--size", "64", "--quiet")
+    assert done.returncode == 1
+    hint = done.stderr.splitlines()[-1]
+    assert hint.endswith("failures $'out\\xfe \\x27x\\x27'"), hint
+    cmd = hint.split("list them: ", 1)[1]
+    listed = subprocess.run(
+        ["bash", "-c", cmd], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("bad_00.jpg: TruncatedImage")
+
+
 @pytest.mark.timeout(240)
 def test_quiet_prints_only_the_failures_line(tmp_path: Path) -> None:
     _bad_folder(tmp_path, 2)
