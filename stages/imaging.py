@@ -20,7 +20,8 @@ Data flow inside :func:`process_image`::
           ─▶ embedded ICC profile → sRGB (on the reduced image: cheap)
           ─▶ EXIF orientation (a transpose of the reduced image)
           ─▶ per size: resample the source box (fit / fill crop / exact; Lanczos, or Hamming for
-             the last ≤ 2x of a shrink, see LAST_STEP_FILTER_RATIO), pad canvas,
+             the last ≤ 2x of a shrink, see LAST_STEP_FILTER_RATIO; an image not resampled has
+             its invisible pixels made transparent black, as resampling leaves them), pad canvas,
              alpha flattened onto white for JPEG, encode (metadata stripped)
           ─▶ statistics (stages.stats.image_stats) on the largest output, before padding
 
@@ -456,13 +457,50 @@ _SRGB = ImageCms.createProfile("sRGB")
 _PROFILE_SPACE = {"RGB": "RGB", "RGBA": "RGB", "L": "GRAY", "CMYK": "CMYK"}
 
 
+SRGB_TOLERANCE = 1
+"""An RGB profile whose conversion to sRGB moves no colour of :func:`_srgb_probe` by more than
+this many levels is taken as sRGB and not applied. The sRGB profiles that cameras and editors
+embed (HP's "sRGB IEC61966-2.1" with its 1024-entry curves, Argyll's, Little CMS's) round a
+level differently here and there, and applying them would change nothing visible. Their names
+decide nothing: GIMP's "GIMP built-in Linear sRGB" and Krita's "sRGB-elle-V2-g10" are
+linear-light profiles, a "...sRGB..." name may hold other primaries."""
+
+
+@functools.cache
+def _srgb_probe() -> Image.Image:
+    """RGB colours that tell a profile from sRGB: a 16-level cube (mixtures, primaries,
+    secondaries) and every level of grey, red, green and blue (the curves): 5120 pixels."""
+    cube = [
+        (r, g, b) for r in range(0, 256, 17) for g in range(0, 256, 17) for b in range(0, 256, 17)
+    ]
+    ramps = [c for v in range(256) for c in ((v, v, v), (v, 0, 0), (0, v, 0), (0, 0, v))]
+    probe = Image.new("RGB", (len(cube) + len(ramps), 1))
+    probe.putdata(cube + ramps)
+    return probe
+
+
+def _is_srgb(profile: ImageCms.ImageCmsProfile) -> bool:
+    """Whether an RGB profile's conversion to sRGB leaves every colour of the probe within
+    :data:`SRGB_TOLERANCE`: decided by the profile's content (colorants, white point, curves,
+    or tables), never by its name. ~3-8 ms, once per profile (see :func:`_icc_transform`)."""
+    transform = ImageCms.buildTransform(
+        profile, _SRGB, "RGB", "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL
+    )
+    probe = _srgb_probe()
+    out = ImageCms.applyTransform(probe, transform)
+    assert out is not None
+    diff = ImageChops.difference(out, probe).getextrema()
+    return all(high <= SRGB_TOLERANCE for _, high in cast("tuple[tuple[int, int], ...]", diff))
+
+
 @functools.lru_cache(maxsize=32)
 def _icc_transform(icc: bytes, in_mode: str) -> ImageCms.ImageCmsTransform | None:
     """Transform from an embedded profile to sRGB (None: no-op, mismatched or unreadable).
 
-    Cached per profile, so the usual case (one camera, many files) parses the profile once per
-    worker. Built with NOCACHE so a transform may be applied from several threads at once.
-    A broken or mismatched profile is ignored (the pixels are taken as sRGB), as browsers do.
+    Cached per profile, so the usual case (one camera, many files) parses the profile, and tells
+    whether it is sRGB already (:func:`_is_srgb`), once per worker. Built with NOCACHE so a
+    transform may be applied from several threads at once. A broken or mismatched profile is
+    ignored (the pixels are taken as sRGB), as browsers do.
     """
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
@@ -470,8 +508,7 @@ def _icc_transform(icc: bytes, in_mode: str) -> ImageCms.ImageCmsTransform | Non
         if space != _PROFILE_SPACE.get(in_mode):
             log.debug("ignoring %s ICC profile on a %s image", space, in_mode)
             return None
-        description = ImageCms.getProfileDescription(profile) or ""
-        if in_mode in ("RGB", "RGBA") and "srgb" in description.lower():
+        if in_mode in ("RGB", "RGBA") and _is_srgb(profile):
             return None  # already sRGB: skip the work
         out_mode = in_mode if in_mode in ("RGB", "RGBA") else "RGB"
         return ImageCms.buildTransform(
@@ -510,22 +547,30 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
 def _to_8bit_grey(im: Image.Image) -> Image.Image:
     """16/32-bit integer or float grey → 8-bit L, scaled (not clipped).
 
-    I;16* and I are taken as 0..65535 (what 16-bit PNG/TIFF hold) and scaled by 255/65535 with
-    rounding; F is taken as 0..1 when its maximum is ≤ 1, else as 0..255. A tRNS grey level in
-    16-bit PNGs becomes an alpha channel (LA). numpy, imported here: the only use of it on an
-    image's path, for these rare modes (see :mod:`stages.stats`).
+    In its nominal range, I;16* and I are taken as 0..65535 (what 16-bit PNG/TIFF hold) and
+    scaled by 255/65535 with rounding; F as 0..1 when its maximum is ≤ 1, else as 0..255. Values
+    outside it (an F elevation map in metres, a -1..1 F, an I of counts over 65535 or negative)
+    are stretched from the image's minimum to its maximum: clipped, most of such an image came
+    out flat white or black. NaN and ±inf are left out of the range and drawn black; an image of
+    one value has no range to stretch and is clipped. A tRNS grey level in 16-bit PNGs becomes
+    an alpha channel (LA). numpy, imported here: the only use of it on an image's path, for these
+    rare modes (see :mod:`stages.stats`).
     """
     import numpy as np
 
     arr = np.asarray(im)
-    if im.mode == "F":
-        a = np.nan_to_num(arr.astype(np.float64), nan=0.0)
-        finite_max = float(a.max()) if a.size else 0.0
-        scale = 255.0 if finite_max <= 1.0 else 1.0
-        grey = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
-    else:
-        a = np.clip(arr.astype(np.int64), 0, 65535)
-        grey = ((a * 255 + 32767) // 65535).astype(np.uint8)
+    is_float = im.mode == "F"
+    finite = np.isfinite(arr) if is_float else np.ones(arr.shape, dtype=bool)
+    seen = arr[finite]
+    low, high = (float(seen.min()), float(seen.max())) if seen.size else (0.0, 0.0)
+    top = (1.0 if high <= 1.0 else 255.0) if is_float else 65535.0
+    if (low < 0.0 or high > top) and high > low:
+        levels = (arr.astype(np.float64) - low) * (255.0 / (high - low))
+    elif is_float:
+        levels = arr.astype(np.float64) * (255.0 / top)
+    else:  # exact integers: rounded v * 255 / 65535
+        levels = ((np.clip(arr.astype(np.int64), 0, 65535) * 255 + 32767) // 65535).astype(float)
+    grey = np.clip(np.rint(np.where(finite, levels, 0.0)), 0, 255).astype(np.uint8)
     out = Image.fromarray(grey)
     trns = im.info.get("transparency")
     if isinstance(trns, int) and im.mode != "F":
@@ -809,13 +854,35 @@ def _resample(work: Image.Image, scale: int, g: _Geometry) -> Image.Image:
     x1, y1 = min(g.box[2] / scale, work.width), min(g.box[3] / scale, work.height)
     whole = x0 == 0 and y0 == 0 and x1 == work.width and y1 == work.height
     if whole and g.content == work.size:
-        return work
+        return _clear_invisible(work)
     return work.resize(
         g.content,
         _resample_filter(x1 - x0, y1 - y0, g.content),
         box=(x0, y0, x1, y1),
         reducing_gap=REDUCING_GAP,
     )
+
+
+_INVISIBLE = [255] + [0] * 255  # a point() table: 255 where alpha is 0
+
+
+def _clear_invisible(img: Image.Image) -> Image.Image:
+    """``img`` with the colour of its fully transparent pixels black (transparent black), as
+    Pillow's resampling leaves them (it premultiplies by alpha).
+
+    For an image that is not resampled (it fits the size already): its invisible pixels keep
+    whatever colour the file holds, which the statistics (alpha left out) and the difference
+    hash count, so the same picture gave other figures, and another near-duplicate group, at
+    another size. Visible pixels are left as they are; ``img`` itself is not changed.
+    """
+    if img.mode not in ("LA", "RGBA"):
+        return img
+    alpha = img.getchannel("A")
+    if cast("tuple[int, int]", alpha.getextrema())[0] > 0:
+        return img
+    out = img.copy()
+    out.paste((0, 0) if img.mode == "LA" else (0, 0, 0, 0), mask=alpha.point(_INVISIBLE))
+    return out
 
 
 def _render(d: _Decoded, options: ResizeOptions) -> ImageResult:

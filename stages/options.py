@@ -168,7 +168,10 @@ _FORMATS = ("keep", "jpeg", "png", "webp", "avif")
 #: that makes other outputs (a fix to a colour conversion, a new resampling), so that the
 #: outputs an older version made are redone on resume (``options changed``) rather than reused
 #: as done. Not for a change that leaves every output as it was (speed, memory, messages).
-RENDER_VERSION = 1
+#: 2: profiles judged sRGB by their content, not their name (a linear "…sRGB…" profile was not
+#: applied); 32-bit and float grey outside its range stretched, not clipped; the invisible
+#: pixels of an image not resized made transparent black (its statistics and hash).
+RENDER_VERSION = 2
 
 
 _DEFAULT_PAD = (255, 255, 255)

@@ -151,6 +151,13 @@ def image_stats(im: Image.Image) -> ImageStats:
     4-neighbour Laplacian of the luminance (higher is sharper; comparable only between images of
     similar size); ``dhash`` - see :func:`dhash`.
 
+    Fully transparent pixels count with the colour they hold. The resize stage passes images
+    whose invisible pixels are transparent black, as Pillow's (premultiplied) resampling makes
+    them and as :mod:`stages.imaging` makes those of an image it does not resample: a file that
+    keeps colour under its transparency gets the figures, and the near-duplicate group, of the
+    same picture at another size. (Flattening onto white, as JPEG outputs are, was not chosen:
+    the figures of every image with alpha would change, and alpha would no longer be left out.)
+
     Means and deviations come from Pillow's per-band histograms with exact integer sums, so the
     whole call costs about a millisecond on a 512 px image. Modes other than L/LA/RGB/RGBA (1, P,
     CMYK, I;16, ...) are converted with Pillow's default conversion first; callers in this package
