@@ -3,11 +3,12 @@
 :func:`iter_table` yields one :class:`TableRow` per row of the table, lazily: a Parquet file
 through ``ParquetFile.iter_batches`` (only the columns asked for), CSV/TSV through
 ``pyarrow.csv.open_csv`` (a streaming reader, every column read as text so that a column's
-type cannot change from one block to the next), JSON lines line by line (kept columns as
-text too, numbers and lists as JSON: :func:`_text`), and any other file
-as a plain URL list (:func:`stages.urls.iter_url_list`). At most one batch
-(:data:`BATCH_ROWS` rows) is held at a time, so a table of 100 million rows never sits in
-memory.
+type cannot change from one block to the next; a quoted value may hold line breaks, its row
+is still one row; header names count without their spaces, ``url, caption`` has a ``caption``
+column, for :func:`check_table` as for the reader), JSON lines line by line (kept columns as
+text too, numbers and lists as JSON: :func:`_text`), and any other file as a plain URL list
+(:func:`stages.urls.iter_url_list`). At most one batch (:data:`BATCH_ROWS` rows) is held at a
+time, so a table of 100 million rows never sits in memory.
 
 The format follows the extension: ``.parquet``, ``.csv``, ``.tsv``, ``.jsonl`` / ``.json`` /
 ``.ndjson``; anything else is a URL list (one URL a line). ``row`` is the 0-based index of the
@@ -86,9 +87,7 @@ def _columns(path: str, fmt: TableFormat) -> list[str]:
         with _arrow_source(path) as src:
             return list(pq.ParquetFile(src).schema_arrow.names)
     if fmt in ("csv", "tsv"):
-        with open_unpacked(path) as raw, io.TextIOWrapper(raw, "utf-8-sig", newline="") as fh:
-            header = fh.readline().rstrip("\r\n")
-        return [c.strip() for c in header.split("," if fmt == "csv" else "\t")]
+        return [name.strip() for name in _csv_header(path, fmt)]
     with open_unpacked(path) as raw, io.TextIOWrapper(raw, "utf-8-sig") as fh:
         for line in fh:
             if line.strip():
@@ -169,18 +168,54 @@ def _arrow_batches(
         return
     import pyarrow.csv as pcsv
 
+    raw = _raw_names(_csv_header(path, fmt), cols)
     with _arrow_source(path, text=True) as src:
         reader = pcsv.open_csv(
             src,
             read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-            parse_options=pcsv.ParseOptions(delimiter="," if fmt == "csv" else "\t"),
+            parse_options=_csv_parse_options(fmt),
             convert_options=pcsv.ConvertOptions(
-                include_columns=cols, column_types={c: pa.string() for c in cols}
+                include_columns=list(raw.values()),
+                column_types={c: pa.string() for c in raw.values()},
             ),
         )
         with reader:
             for batch in reader:
-                yield batch.to_pylist()
+                yield batch.rename_columns(list(raw)).to_pylist()
+
+
+def _csv_parse_options(fmt: TableFormat) -> Any:
+    """How a CSV/TSV table is parsed, its header as its rows: quoted values may hold line
+    breaks (a caption of two lines, as ``csv.writer`` and R's ``write.csv`` write it), so the
+    reader cuts its blocks at row ends, not at any line end inside a value."""
+    import pyarrow.csv as pcsv
+
+    return pcsv.ParseOptions(delimiter="," if fmt == "csv" else "\t", newlines_in_values=True)
+
+
+def _csv_header(path: str, fmt: TableFormat) -> list[str]:
+    """The column names of a CSV/TSV table as its reader sees them (quotes removed, spaces
+    kept): read by pyarrow with the reader's options, so that the check and the reader agree."""
+    import pyarrow.csv as pcsv
+
+    with _arrow_source(path, text=True) as src:
+        reader = pcsv.open_csv(
+            src,
+            read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            parse_options=_csv_parse_options(fmt),
+        )
+        with reader:
+            return list(reader.schema.names)
+
+
+def _raw_names(header: list[str], cols: list[str]) -> dict[str, str]:
+    """Each column asked for (a name without its spaces: ``url, caption`` has a ``caption``
+    column, as :func:`check_table` says) and the header's name for it, the first that matches
+    (as pyarrow picks the first of two columns of one name)."""
+    stripped: dict[str, str] = {}
+    for name in header:
+        stripped.setdefault(name.strip(), name)
+    return {c: stripped.get(c, c) for c in cols}
 
 
 @contextlib.contextmanager
