@@ -239,16 +239,28 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
 
 def _writing_shards(cfg: ProcessConfig) -> list[Stage]:
     """``write`` (one coroutine owns the open shard) and ``commit``, where each input waits
-    until its shard is renamed. ``commit`` has a worker per input of a shard: every input of
-    the open shard can wait at once, so the shard always fills (its values are small records,
-    the image bytes are in the shard by then)."""
+    until its shard is renamed. Every input of the open shard must be able to wait at once, or
+    the shard would never fill: ``commit`` has up to ``COMMIT_WORKERS`` workers, and an inbox
+    that holds a shard, where the inputs that find no worker wait (a channel grows with what
+    it holds, workers cost memory and start-up time each, whatever the table's size). Those
+    of earlier shards are ahead in the inbox, so workers never all wait while a committed
+    input stays behind them. Its values are small records (the image bytes are in the shard
+    by then). The kept columns' types are read from the tables here, so that every shard has
+    the same schema."""
     from stages.samples import Rejected
-    from stages.shards import Packed, commit, open_shards, pack
+    from stages.shards import COMMIT_WORKERS, Packed, commit, kept_types, open_shards, pack
 
     per_shard = cfg.samples_per_shard
     opener = functools.partial(
-        open_shards, str(cfg.output), per_shard, cfg.output_format, cfg.backend == "dask"
+        open_shards,
+        str(cfg.output),
+        per_shard,
+        cfg.output_format,
+        cfg.backend == "dask",
+        kept_types(cfg.urls, cfg.keep_columns),
+        cfg.caption_col is not None,
     )
+    commits = min(per_shard + 1, COMMIT_WORKERS)
     return [
         stage(
             pack,
@@ -260,7 +272,9 @@ def _writing_shards(cfg: ProcessConfig) -> list[Stage]:
             context=opener,
             context_arg="shards",
         ),
-        stage(commit, kind="async", name="commit", accepts=Packed, workers=per_shard + 1),
+        stage(
+            commit, kind="async", name="commit", accepts=Packed, workers=commits, capacity=per_shard
+        ),
     ]
 
 

@@ -107,6 +107,10 @@ class Recorder:
         # an exception may carry its own attempt count (a download retried inside its stage)
         # and small JSON-able ``details`` for the record (an HTTP status)
         attempts = max(attempts, _int(getattr(exc, "attempts", 0)))
+        # and the stage the item failed in, when a later stage raises that one's error again
+        # (a training set's commit, for an input its shard holds as a failed row)
+        failed_in = getattr(exc, "failed_in", None)
+        stage = failed_in if isinstance(failed_in, str) and failed_in else stage
         details = getattr(exc, "details", None)
         meta = {**item.meta, **details} if isinstance(details, dict) else item.meta
         error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__

@@ -25,16 +25,16 @@ Data flow (``process --output-format webdataset``; the first three in :mod:`stag
   over a shard and no input is in two shards.
 
 Names in the output folder, ``--output-format webdataset``: ``00000.tar`` (samples
-``KEY.jpg``/``.png``/``.webp``, ``KEY.json``, ``KEY.txt`` when there is a caption; keys are
-digits only: the WebDataset ``__key__``), ``00000.parquet`` (the metadata table: one row per
-input of the shard, failed ones with their status, error type and reason) and
-``00000_stats.json`` (counts by status and by error class, bytes, time), as img2dataset names
-them. ``--output-format parquet``: ``00000.parquet`` (one row per sample: key, image bytes,
-width, height, format, caption, url, sha256, original size, HTTP status, the kept columns,
-statistics as JSON text), and beside it ``00000_meta.parquet`` (the metadata table; a distinct
-name, since the data shard takes the plain one) and ``00000_stats.json``. Kept columns take the
-names they have in the table; a kept column named like one of the fields above is overwritten by
-that field.
+``KEY.jpg``/``.png``/``.webp``, ``KEY.json``, with ``--caption-col`` ``KEY.txt`` (empty for a
+row without a caption); keys are digits only: the WebDataset ``__key__``), ``00000.parquet``
+(the metadata table: one row per input of the shard, failed ones with their status, error type
+and reason) and ``00000_stats.json`` (counts by status and by error class, bytes, time), as
+img2dataset names them. ``--output-format parquet``: ``00000.parquet`` (one row per sample: key,
+image bytes, width, height, format, caption, url, sha256, original size, HTTP status, the kept
+columns, statistics as JSON text), and beside it ``00000_meta.parquet`` (the metadata table; a
+distinct name, since the data shard takes the plain one) and ``00000_stats.json``. Kept columns
+take the names they have in the table; a kept column named like one of the fields above is
+overwritten by that field.
 
 With ``--backend dask`` every task runs the stages on its worker, so each task's ``write``
 stage writes its own shards, named ``<token>-00000.tar`` (a random token per task: tasks run at
@@ -61,28 +61,33 @@ import tarfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline import AtomicFile, atomic_write_bytes
 
-from .parquet_rows import RowGroupWriter, rows_table
+from .parquet_rows import RowGroupWriter, plain_type, schema_table
 from .samples import Rejected
+from .storage import is_url, open_input
+from .tables_in import table_format
 from .thumbs import Rendered
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "COMMIT_WORKERS",
     "Packed",
     "ShardIndex",
     "ShardWriter",
     "commit",
+    "kept_types",
     "open_shards",
     "pack",
     "set_aside_unrecorded",
     "shard_done",
+    "table_schema",
 ]
 
 #: a shard's own name, or one set aside (counted too: a number is never taken again)
@@ -109,12 +114,67 @@ META_TYPES = {
     "sha256": "string",
 }
 
-#: The same for a Parquet shard's own columns.
+#: The same for a Parquet shard's own columns, in the order of its rows.
 DATA_TYPES = {
-    **{k: v for k, v in META_TYPES.items() if k not in ("status", "error_type", "error_message")},
-    "image": "binary",
+    "key": "string",
+    "url": "string",
+    "caption": "string",
+    "width": "int64",
+    "height": "int64",
+    "original_width": "int64",
+    "original_height": "int64",
+    "format": "string",
+    "sha256": "string",
+    "http_status": "int64",
     "stats": "string",
+    "image": "binary",
 }
+
+#: Commit workers at most (``--samples-per-shard`` + 1 below it): the inputs of the open shard
+#: that find none wait in the stage's inbox, which holds a shard (see ``app.process``).
+COMMIT_WORKERS = 256
+
+
+def table_schema(own: dict[str, str], kept: Mapping[str, Any] | None = None) -> Any:
+    """The schema of every shard's table of a run: the kept columns first (``kept``: their
+    types, see :func:`kept_types`), then the table's ``own`` columns (which a kept column
+    named like one of them does not take: the field overwrites it)."""
+    import pyarrow as pa
+
+    fields = [pa.field(n, t) for n, t in (kept or {}).items() if n not in own]
+    return pa.schema([*fields, *(pa.field(n, pa.type_for_alias(t)) for n, t in own.items())])
+
+
+def kept_types(tables: Sequence[str], keep: Sequence[str]) -> dict[str, Any]:
+    """The type of each kept column in the shards, known before any row is read: a Parquet
+    table's own (as its values are given: :func:`~stages.parquet_rows.plain_type`), text for
+    a CSV/TSV or JSON lines table's (as :mod:`stages.tables_in` reads them); text too for a
+    column whose tables differ, or whose Parquet schema cannot be read here (the run says
+    why when it reads the table)."""
+    import pyarrow as pa
+
+    found: dict[str, set[Any]] = {c: set() for c in keep}
+    for path in tables:
+        schema = _parquet_schema(path) if table_format(path) == "parquet" else pa.schema([])
+        for c in keep:
+            index = schema.get_field_index(c)
+            found[c].add(plain_type(schema.field(index).type) if index >= 0 else pa.string())
+    return {c: types.pop() if len(types) == 1 else pa.string() for c, types in found.items()}
+
+
+def _parquet_schema(path: str) -> Any:
+    """The Arrow schema of a Parquet table (a path or a storage URL); empty if unreadable."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if not is_url(path):
+            return pq.ParquetFile(path).schema_arrow
+        with open_input(path) as fh:
+            return pq.ParquetFile(fh).schema_arrow
+    except Exception:  # any reader error: the table's own reading reports it
+        log.debug("cannot read the schema of %s", path, exc_info=True)
+        return pa.schema([])
 
 
 @dataclass(slots=True)
@@ -130,9 +190,10 @@ class _Shard:
     """One open shard: the data file being written and the metadata rows of its inputs.
 
     ``webdataset``: a tar of the samples' files; ``parquet``: a Parquet file of one row per
-    sample, written a row group (:data:`ROW_GROUP`) at a time."""
+    sample, written a row group (:data:`ROW_GROUP`) at a time. ``schemas``: those of the
+    metadata table and of a Parquet shard (:func:`table_schema`)."""
 
-    def __init__(self, folder: Path, name: str, fmt: str) -> None:
+    def __init__(self, folder: Path, name: str, fmt: str, schemas: tuple[Any, Any]) -> None:
         self.name = name
         self.fmt = fmt
         self.folder = folder
@@ -144,7 +205,8 @@ class _Shard:
             # closed by finish() or discard(), which own the shard for its lifetime
             self.tar = tarfile.open(fileobj=self.file.file, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         else:
-            self.table = RowGroupWriter(self.file.file, DATA_TYPES)
+            self.table = RowGroupWriter(self.file.file, schema=schemas[1])
+        self.meta_schema = schemas[0]
         self.rows: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []  # the record values of its samples
         self.bytes = 0
@@ -177,7 +239,7 @@ class _Shard:
         for record in self.records:  # what resume checks the shard against (ShardIndex)
             record["shard_bytes"] = size
         buf = io.BytesIO()
-        pq.write_table(rows_table(self.rows, META_TYPES), buf)
+        pq.write_table(schema_table(self.rows, self.meta_schema), buf)
         meta = f"{self.name}.parquet" if self.fmt == "webdataset" else f"{self.name}_meta.parquet"
         atomic_write_bytes(self.folder / meta, buf.getvalue(), fsync=False)
         stats = _stats(self.rows, self.bytes, self.started)
@@ -217,14 +279,31 @@ def _stats(rows: Sequence[dict[str, Any]], size: int, started: float) -> dict[st
 
 class ShardWriter:
     """The open shard of a run (the ``pack`` stage's context): rolls every ``per_shard``
-    inputs; on the stage's end commits the last one, on an error or Ctrl-C discards it."""
+    inputs; on the stage's end commits the last one, on an error or Ctrl-C discards it.
+
+    ``kept``: the kept columns' types (:func:`kept_types`), which every shard's tables have
+    whatever its rows hold. ``captions``: the table has a caption column (``--caption-col``):
+    every sample of a tar then has its ``KEY.txt``, empty for a row without a caption, as
+    img2dataset writes it, so that a loader asking each sample for its ``txt`` finds it."""
 
     def __init__(
-        self, folder: str, per_shard: int, fmt: str = "webdataset", *, unique: bool = False
+        self,
+        folder: str,
+        per_shard: int,
+        fmt: str = "webdataset",
+        *,
+        unique: bool = False,
+        kept: Mapping[str, Any] | None = None,
+        captions: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.per_shard = per_shard
         self.fmt = fmt
+        self.captions = captions
+        # a kept column named like the record's own shard and status is not in a Parquet
+        # shard's rows (see _sample)
+        data_kept = {k: t for k, t in (kept or {}).items() if k not in ("shard", "status")}
+        self.schemas = (table_schema(META_TYPES, kept), table_schema(DATA_TYPES, data_kept))
         # several writers at once (one per Dask task): numbers from 0 after a token of this
         # writer's own, so that no two writers ever pick one name
         self.prefix = f"{uuid.uuid4().hex[:12]}-" if unique else ""
@@ -247,10 +326,11 @@ class ShardWriter:
 
     async def add(self, value: Rendered | Rejected) -> Packed:
         if self.open is None:
-            self.open = _Shard(self.folder, f"{self.prefix}{self.next:05d}", self.fmt)
+            name = f"{self.prefix}{self.next:05d}"
+            self.open = _Shard(self.folder, name, self.fmt, self.schemas)
             self.next += 1
         shard = self.open
-        key, sample, row, record = _sample(value, shard.data_name)
+        key, sample, row, record = _sample(value, shard.data_name, self.captions)
         await asyncio.to_thread(shard.add, key, sample, row)
         if sample is not None:
             shard.records.append(record)
@@ -292,9 +372,10 @@ class _Sample:
 
 
 def _sample(
-    value: Rendered | Rejected, shard: str
+    value: Rendered | Rejected, shard: str, captions: bool = False
 ) -> tuple[str, _Sample | None, dict[str, Any], dict[str, Any]]:
-    """(key, the sample, its metadata row, its record value)."""
+    """(key, the sample, its metadata row, its record value); ``captions``: a ``txt`` file
+    for every sample (see :class:`ShardWriter`)."""
     if isinstance(value, Rejected):
         s = value.sample
         row = _row(s, value.status, value.error_type, value.message, value.http_status)
@@ -330,8 +411,8 @@ def _sample(
         "stats": res.stats,
     }
     files = [(enc.ext.lstrip("."), enc.data), ("json", json.dumps(doc, default=str).encode())]
-    if s.get("caption") is not None:
-        files.append(("txt", str(s["caption"]).encode()))
+    if captions or s.get("caption") is not None:
+        files.append(("txt", str(s.get("caption") or "").encode()))
     data_row = {**doc, "image": enc.data, "stats": json.dumps(res.stats, default=str)}
     for name in ("shard", "status"):
         data_row.pop(name)
@@ -408,17 +489,25 @@ async def commit(value: Packed) -> dict[str, Any]:
         # the engine adds an exception's ``details`` to the record's meta: where its row is
         status = {"http_status": rejected.http_status} if rejected.http_status else {}
         exc.details = {**value.record, "failed_in": rejected.stage, **status}  # type: ignore[attr-defined]
+        # the record's stage is the one the input failed in, not this one (pipeline.Recorder)
+        exc.failed_in = rejected.stage  # type: ignore[attr-defined]
         raise exc
     return value.record
 
 
 @contextlib.asynccontextmanager
 async def open_shards(
-    folder: str, per_shard: int, fmt: str, unique: bool = False
+    folder: str,
+    per_shard: int,
+    fmt: str,
+    unique: bool = False,
+    kept: Mapping[str, Any] | None = None,
+    captions: bool = False,
 ) -> AsyncIterator[ShardWriter]:
     """The ``pack`` stage's context (a factory for ``stage(..., context=...)``); ``unique``:
-    shard names of this writer's own (see :class:`ShardWriter`)."""
-    async with ShardWriter(folder, per_shard, fmt, unique=unique) as writer:
+    shard names of this writer's own; ``kept``, ``captions``: see :class:`ShardWriter`."""
+    writer = ShardWriter(folder, per_shard, fmt, unique=unique, kept=kept, captions=captions)
+    async with writer:
         yield writer
 
 
