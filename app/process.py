@@ -36,6 +36,7 @@ from pipeline import (
     Record,
     RunResult,
     Stage,
+    Status,
     hold_folder,
     shown,
     stage,
@@ -448,14 +449,20 @@ def _run(
 
 def _is_done(cfg: ProcessConfig, out: Path) -> Callable[[Record], bool]:
     """Resume's test of an ``ok`` record: its outputs (files) still there as written, or its
-    shard still there."""
+    shard still there. A training set's row that a stage declined (a filter, an opt-out) is
+    done while its shard holds it: it was downloaded again on every run, into a new shard, and
+    the one before was set aside as unrecorded. A file's skipped record is not done: an
+    input without identity (a URL) is asked again."""
     if cfg.output_format != "files":
         from stages.shards import shard_done
 
-        in_shard = shard_done(out)
-        return lambda rec: in_shard(rec.value)
+        in_shard = shard_done(out)  # (a skipped row's shard is in its record's meta)
+        return lambda rec: in_shard(rec.meta if rec.status is Status.SKIPPED else rec.value)
     root = _output_root(cfg, out)
-    return lambda rec: is_data_result(rec.value) or outputs_intact(root, rec.value)
+    return lambda rec: (
+        rec.status is not Status.SKIPPED
+        and (is_data_result(rec.value) or outputs_intact(root, rec.value))
+    )
 
 
 def _output_root(cfg: ProcessConfig, out: Path) -> str:

@@ -45,7 +45,9 @@ class RunOptions:
     ``grace``: seconds in-flight items get to finish after Ctrl-C before they are cancelled.
     ``fingerprint`` is a string for the whole run, or a function of the key when inputs of
     different kinds depend on different options (changing an image option redoes images only).
-    ``is_done(record)``: whether an earlier ``ok`` record's outputs are still there.
+    ``is_done(record)``: whether an earlier ``ok`` record's outputs are still there; asked too
+    of a stage's earlier skip of an input without an identity (a URL): True settles it,
+    skipped again (a training set's row that its shard holds), else it is redone.
     ``outdated(item, record)``: why an earlier done ``record`` does not settle ``item`` although
     the tests above pass (say its outputs are named otherwise than this run names them), or
     None; the item is redone, and its new record says why (``redo``).

@@ -74,10 +74,17 @@ class ResumePolicy:
         earlier = prev.identity
         return earlier is not None and "sha256" in earlier and earlier == item.identity
 
+    def _kept(self, prev: Record) -> bool:
+        """Whether a stage's earlier skip of an input without an identity left something that
+        is still there (``is_done``: a training set's row, in its shard as a skipped row):
+        it settles the input, as an ``ok`` record of such an input does. Else such a skip is
+        redone: the input may have changed."""
+        return self.opts.is_done is not None and self.opts.is_done(prev)
+
     def stale(self, item: Item, prev: Record) -> str | None:
         """Why the earlier record ``prev`` does not settle ``item`` (None: it is done)."""
         opts = self.opts
-        if declined(prev) and item.identity is None:
+        if declined(prev) and item.identity is None and not self._kept(prev):
             return "earlier record skipped"  # without an identity, the input may have changed
         if not (done(prev) or declined(prev)):
             what = f" ({prev.error_type})" if prev.status is Status.FAILED else ""
@@ -92,7 +99,9 @@ class ResumePolicy:
                 return f"another input under this key (was {shown(prev.source)})"
             if not same_identity(prev.identity, item.identity):
                 return changed(prev.identity, item.identity)
-        if declined(prev):
+        if declined(prev):  # (kept without an identity: asked whether it is outdated too)
+            if item.identity is None and opts.outdated is not None:
+                return opts.outdated(item, prev)
             return None
         if opts.outdated is not None:
             why = opts.outdated(item, prev)
@@ -106,7 +115,8 @@ class ResumePolicy:
 def skipped(
     item: Item, reason: str, prev: Record | None = None, *, stage: str | None = None
 ) -> Record:
-    """``item`` settled without work; an earlier record's result, options and input kept."""
+    """``item`` settled without work; an earlier record's result, options and input kept, and
+    its meta under the item's (a training set's skipped row: where its shard row is)."""
     return Record(
         key=item.key,
         status=Status.SKIPPED,
@@ -114,7 +124,7 @@ def skipped(
         stage=stage,
         reason=reason,
         value=prev.value if prev is not None else None,
-        meta=item.meta or (prev.meta if prev is not None else {}),
+        meta={**prev.meta, **item.meta} if prev is not None else item.meta,
         fingerprint=prev.fingerprint if prev is not None else None,
         identity=prev.identity if prev is not None else None,
     )

@@ -361,6 +361,16 @@ def test_noai_and_size_filters_skip_with_reasons(
     assert recs["000000003"]["status"] == "skipped"
     assert "noai" in recs["000000003"]["reason"]
     assert all(agent.startswith("pixpipe/") for agent in server.agents)
+    # a rerun: the rows a filter or an opt-out left out are settled by their shard's rows, as
+    # done ones are (each rerun downloaded them again, into a new shard of skipped rows, and
+    # set the one before aside as unrecorded)
+    shards = sorted(p.name for p in out.iterdir())
+    fetched = len(server.agents)
+    again = run_process(cfg)
+    assert again.counts == {"reused": 2, "skipped": 4}
+    assert len(server.agents) == fetched
+    assert sorted(p.name for p in out.iterdir()) == shards
+    assert by_key(out)["000000003"]["reason"] == recs["000000003"]["reason"]
     # --ignore-noai downloads them
     other = tmp_path / "other"
     assert run_process(shard_config(other, table, ignore_noai=True, keep_columns=[])).ok == 6
