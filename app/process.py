@@ -25,6 +25,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline import (
     Collector,
@@ -69,7 +70,7 @@ from .gone import REASON_GONE, mark_gone
 from .input_keys import earlier_inputs, remember_inputs
 from .leftovers import after_run, remove_stale_temps, unfinished
 from .report import ReportSheet, write_report
-from .shard_folder import UnrecordedShards, check_shard_folder, refuse_moved_rows
+from .shard_folder import KEPT_TYPES, UnrecordedShards, check_shard_folder, refuse_moved_rows
 from .stale import StaleOutputs
 from .storage_config import shown_argv
 
@@ -238,6 +239,18 @@ def _shard_stages(cfg: ProcessConfig) -> list[Stage]:
     ]
 
 
+def _sample_options(cfg: ProcessConfig) -> dict[str, Any]:
+    """What a training set's folder holds of its runs (:mod:`app.shard_folder`): the sample
+    options, and the types its kept columns have in the shards."""
+    held = dict(cfg.sample_options())
+    if cfg.output_format != "files" and cfg.keep_columns:
+        from stages.shards import kept_types
+
+        types = kept_types(cfg.urls, cfg.keep_columns)
+        held[KEPT_TYPES] = {c: str(t) for c, t in types.items()}
+    return held
+
+
 def _writing_shards(cfg: ProcessConfig) -> list[Stage]:
     """``write`` (one coroutine owns the open shard) and ``commit``, where each input waits
     until its shard is renamed. Every input of the open shard must be able to wait at once, or
@@ -336,7 +349,7 @@ def run_process(
     with hold_folder(out, argv=shown_argv(command_line())), mirror:
         remove_stale_temps(out, below=unfinished(out))
         check_shard_folder(
-            out, cfg.output_format, cfg.fingerprint(), cfg.sample_options(), force=cfg.force
+            out, cfg.output_format, cfg.fingerprint(), _sample_options(cfg), force=cfg.force
         )
         earlier = earlier_inputs(out)  # the keys the folder's files have: kept (app.input_keys)
         try:

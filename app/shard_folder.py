@@ -12,6 +12,9 @@ in the folder (``.pipeline/training-set.json``, written by the first shard run, 
 run that finds shards made before it was kept): a run with others would keep the samples already
 there beside new ones chosen or described otherwise, so it is refused too.
 
+The kept columns' types are held with the sample options (:data:`KEPT_TYPES`): every shard of
+the set has one schema.
+
 A training set's keys are its table's row numbers: a row whose URL is not the one its sample
 was made from (rows inserted, removed or reordered since) stops the run
 (:func:`refuse_moved_rows`, :class:`TableChanged`), before it writes that row: reused, the
@@ -39,6 +42,7 @@ from stages.shards import set_aside_unrecorded
 from .endofrun import RecordFeed
 
 __all__ = [
+    "KEPT_TYPES",
     "SAMPLES_FILE",
     "TableChanged",
     "UnrecordedShards",
@@ -50,6 +54,12 @@ log = logging.getLogger("app")
 
 #: The sample options of the folder's training set (see the module's text).
 SAMPLES_FILE = Path(".pipeline") / "training-set.json"
+
+#: Held with them: the types of the kept columns in the shards (column -> Arrow type), so that
+#: a later run whose tables hold others (an int32 column where int64 was, a CSV table where a
+#: Parquet one was) is refused, not written in shards that no longer read as one dataset. A
+#: folder held before it was kept takes its next run's.
+KEPT_TYPES = "kept_types"
 
 _FORMAT_OF = {".tar": "webdataset", ".parquet": "parquet"}
 
@@ -137,7 +147,7 @@ def _check_samples(
     differ = [
         f"{_flag(name, samples.get(name))} (the folder's: {_flag(name, held.get(name), bare=True)})"
         for name in sorted(set(held) | set(samples))
-        if held.get(name) != samples.get(name)
+        if held.get(name) != samples.get(name) and (name in held or name != KEPT_TYPES)
     ]
     if differ:
         raise ConfigError(
@@ -150,6 +160,9 @@ def _check_samples(
 
 def _flag(name: str, value: Any, *, bare: bool = False) -> str:
     """``--min-image-size 30``; ``bare``: the value alone."""
+    if name == KEPT_TYPES:  # not an option: what the tables' kept columns hold
+        text = ", ".join(f"{c}: {t}" for c, t in (value or {}).items()) or "none"
+        return text if bare else f"the kept columns' types {text}"
     if value is None or value == []:
         text = "none"
     elif isinstance(value, bool):

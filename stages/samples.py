@@ -79,6 +79,7 @@ def sample_inputs(
     """One item per table row, keyed by its row number (``000000042``; with several tables
     ``1_000000042`` for the second): stable from one run to the next. A row without a URL is a
     ``failed`` record."""
+    described = caption_col is not None or bool(keep)
     for t, path in enumerate(tables):
         prefix = f"{t}_" if t else ""
         for row in iter_table(path, url_col=url_col, caption_col=caption_col, keep=keep):
@@ -98,17 +99,14 @@ def sample_inputs(
                 continue
             value = SampleSource(row.url, key, row.caption, row.extra)
             meta = {"url": row.url}
-            if (described := described_as(row.caption, row.extra)) is not None:
-                meta["described"] = described
+            if described:  # (a null caption too: one given since is an edit)
+                meta["described"] = described_as(row.caption, row.extra)
             yield Item(key=key, value=value, source=where, meta=meta)
 
 
-def described_as(caption: str | None, extra: dict[str, Any]) -> str | None:
+def described_as(caption: str | None, extra: dict[str, Any]) -> str:
     """A digest of what a row says of its image (its caption and kept columns), kept in its
-    record: resume tells a row described otherwise since its sample was written (None: the
-    row says nothing)."""
-    if caption is None and not extra:
-        return None
+    record: resume tells a row described otherwise since its sample was written."""
     text = json.dumps([caption, extra], sort_keys=True, default=repr, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 

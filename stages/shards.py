@@ -566,12 +566,39 @@ def set_aside_unrecorded(folder: Path, fmt: str, named: set[str]) -> list[str]:
     a warning; their names. Call it once every record of the folder is known (the end of a
     run): such a shard was renamed into place by a run killed before it recorded its inputs
     (or by a Dask task that was retried), and those inputs are not done: a run redoes them into
-    new shards, and a loader would read them twice."""
+    new shards, and a loader would read them twice. One that holds no sample (its stats say
+    so) is removed instead, quietly: its rows were failures, redone since."""
     ext = _EXTENSION[fmt]
     gone = sorted(n for n in _shard_sizes(folder) if n.endswith(ext) and n not in named)
+    aside = []
     for shard in gone:
-        _set_aside(folder, shard, ".unrecorded", _UNRECORDED, _NOT_DONE)
-    return gone
+        if _no_sample(folder, shard):  # rows of failures only, redone since: nothing to keep
+            _remove_shard(folder, shard)
+        else:
+            _set_aside(folder, shard, ".unrecorded", _UNRECORDED, _NOT_DONE)
+            aside.append(shard)
+    return aside
+
+
+def _no_sample(folder: Path, shard: str) -> bool:
+    """Whether ``shard``'s stats file says it holds no sample (its rows all failed or were
+    left out): each rerun of a set with failures wrote them into a new such shard, and the
+    next set the one before aside, with a warning, for good."""
+    stem = shard.rsplit(".", 1)[0]
+    try:
+        stats = json.loads((folder / f"{stem}_stats.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(stats, dict) and stats.get("successes") == 0 and stats.get("shard") == shard
+
+
+def _remove_shard(folder: Path, shard: str) -> None:
+    stem, ext = shard.rsplit(".", 1)
+    meta = f"{stem}.parquet" if ext == "tar" else f"{stem}_meta.parquet"
+    for name in (shard, meta, f"{stem}_stats.json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / name)
+    log.info("shard %s held no sample and no record names it: removed", shard)
 
 
 _UNRECORDED = (

@@ -4,6 +4,7 @@ failures recorded in the stage that failed them. Real runs against a loopback im
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import time
@@ -218,3 +219,72 @@ def test_a_failure_is_recorded_in_the_stage_that_failed(tmp_path: Path, base: st
     }
     assert got["/missing.jpg"]["error_type"] == "HTTPStatusError"
     assert got["/truncated.jpg"]["error_type"] == "TruncatedImage"
+
+
+def test_a_rerun_removes_the_shards_of_failures_it_redid(tmp_path: Path, base: str) -> None:
+    """Each rerun of a set with failures writes them into a new shard of no sample; the one
+    before, named by no record any more, was set aside as .unrecorded with a warning, and those
+    piled up run after run. A shard of no sample is removed; one with samples is set aside."""
+    rows = [{"url": f"{base}/img/{i}.jpg", "caption": f"c{i}"} for i in range(2)]
+    rows += [{"url": f"{base}/missing.jpg", "caption": "gone"}] * 2
+    table = write_parquet(tmp_path / "t.parquet", rows)
+    out = tmp_path / "out"
+    cfg = shard_config(out, table, samples_per_shard=2, keep_columns=())
+    for _ in range(3):
+        assert run_process(cfg).exit_code == 1
+    assert not list(out.glob("*.unrecorded"))
+    tars = sorted(p.name for p in out.glob("*.tar"))
+    assert len(tars) == 2  # the samples' shard and the last run's shard of failures
+    assert {
+        r["result"]["shard"] if "result" in r else r["meta"]["shard"] for r in by_key(out).values()
+    } == set(tars)
+
+
+def test_a_null_caption_given_since_is_an_edit(tmp_path: Path, base: str) -> None:
+    """A caption that was null when its sample was written, given since: the row said nothing,
+    had no digest, and the sample went on with an empty KEY.txt, reused."""
+    from app.shard_folder import TableChanged
+
+    rows = [
+        {"url": f"{base}/img/{i}.jpg", "caption": None if i == 0 else f"c{i}"} for i in range(3)
+    ]
+    table = write_parquet(tmp_path / "t.parquet", rows)
+    out = tmp_path / "out"
+    cfg = shard_config(out, table, keep_columns=())
+    assert run_process(cfg).exit_code == 0
+    rows[0]["caption"] = "now a caption"
+    write_parquet(table, rows)
+    with pytest.raises(TableChanged, match=r"row 000000000 .* another caption"):
+        run_process(cfg)
+
+
+def test_kept_columns_of_another_type_in_a_later_run_are_refused(tmp_path: Path, base: str) -> None:
+    """A later run whose tables give a kept column another type (a table of int32 where the
+    shards hold int64, or a CSV table: text) wrote shards that no longer read as one dataset
+    with the earlier ones; the types are held with the sample options, so it is refused."""
+    from pipeline import ConfigError
+
+    def table(name: str, first: int, kind: pa.DataType) -> Path:
+        urls = [f"{base}/img/{first + i}.jpg" for i in range(2)]
+        tags = pa.array([[i, i + 1] for i in range(2)], pa.list_(kind))
+        pq.write_table(
+            pa.table({"url": urls, "caption": ["a", "b"], "tags": tags}), tmp_path / name
+        )
+        return tmp_path / name
+
+    one, two = table("one.parquet", 0, pa.int64()), table("two.parquet", 2, pa.int32())
+    out = tmp_path / "out"
+    assert run_process(shard_config(out, one, keep_columns="tags")).exit_code == 0
+    both = dataclasses.replace(
+        shard_config(out, one, keep_columns="tags"), urls=(str(one), str(two))
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"the kept columns' types tags: string \(the folder's: tags: list<item: int64>\)",
+    ):
+        run_process(both)
+    # the same types again: fine
+    three = table("three.parquet", 4, pa.int64())
+    assert run_process(dataclasses.replace(both, urls=(str(one), str(three)))).exit_code == 0
+    metas = [str(p) for p in out.glob("[0-9]*[0-9].parquet")]
+    assert ds.dataset(metas).to_table().num_rows == 4
