@@ -176,12 +176,24 @@ def _arrow_batches(
             parse_options=_csv_parse_options(fmt),
             convert_options=pcsv.ConvertOptions(
                 include_columns=list(raw.values()),
-                column_types={c: pa.string() for c in raw.values()},
+                column_types={c: pa.binary() for c in raw.values()},
             ),
         )
         with reader:
             for batch in reader:
-                yield batch.rename_columns(list(raw)).to_pylist()
+                rows = batch.rename_columns(list(raw)).to_pylist()
+                yield [{k: _decoded(v) for k, v in row.items()} for row in rows]
+
+
+def _decoded(value: bytes | None) -> str | None:
+    """A CSV cell as text: UTF-8, else Latin-1 (a caption written by a tool that does not say
+    so: read as text, a byte that is no UTF-8 stopped the run at its block, exit 3)."""
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _csv_parse_options(fmt: TableFormat) -> Any:

@@ -146,3 +146,18 @@ def test_quoted_table_by_the_command_line(tmp_path: Path, base: str) -> None:
     assert done.returncode == 0, done.stderr
     got = sorted((str(s["__key__"]), s["txt"].decode()) for s in read_samples(tmp_path / "o"))
     assert got == [(f"{i:09d}", f"a\nb {i}") for i in range(3)]
+
+
+def test_a_caption_that_is_not_utf8_is_read_as_latin1(tmp_path: Path) -> None:
+    """A CSV table whose caption holds a Latin-1 byte (``caf\\xe9``) past the first block
+    stopped every run there: exit 3, 'CSV conversion error to string: invalid UTF8 data',
+    naming neither the file nor the row. Each cell is UTF-8, else Latin-1."""
+    rows = [f"http://127.0.0.1:9/img/{i}.jpg,caption number {i}\n" for i in range(60_000)]
+    rows[50_000] = "http://127.0.0.1:9/img/x.jpg,caf\xe9 au lait\n"
+    path = tmp_path / "latin.csv"
+    path.write_bytes(("url,caption\n" + "".join(rows)).encode("latin-1"))
+    assert path.stat().st_size > CSV_BLOCK_BYTES
+    got = list(iter_table(str(path), url_col="url", caption_col="caption"))
+    assert len(got) == 60_000
+    assert got[50_000].caption == "café au lait"
+    assert got[1].caption == "caption number 1"
