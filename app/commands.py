@@ -86,7 +86,7 @@ def _add_process(sub: Any) -> None:
 def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
-        type=Path,
+        type=_a_path,
         metavar="FILE",
         help="TOML file with any of these options, keyed by the flags' names "
         '(size = ["512", "128x128"]); flags given as well win',
@@ -110,8 +110,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="engine demo: size and SHA-256 of every file in INPUTS")
-    demo.add_argument("inputs", nargs="+", type=Path)
-    demo.add_argument("--output", "-o", type=Path, default=Path("out/demo"))
+    demo.add_argument("inputs", nargs="+", type=_a_path)
+    demo.add_argument("--output", "-o", type=_a_path, default=Path("out/demo"))
     demo.add_argument("--workers", type=int, default=None)
     demo.add_argument("--delay", type=float, default=0.0, help="seconds of simulated work per file")
     demo.add_argument("--quiet", "-q", action="store_true")
@@ -136,7 +136,10 @@ def _add_failures(sub: Any) -> None:
         "control characters as \\xNN.",
     )
     p.add_argument(
-        "output", metavar="OUTPUT", help="the output folder of a run, or its storage URL"
+        "output",
+        type=_not_empty,
+        metavar="OUTPUT",
+        help="the output folder of a run, or its storage URL",
     )
     p.add_argument(
         "--status", choices=LISTED, default="failed", help="which records (default: failed)"
@@ -155,6 +158,18 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
 def add_commands(sub: Any) -> None:
     for add in COMMANDS.values():
         add(sub)
+
+
+def _not_empty(text: str) -> str:
+    """A path argument that is not empty (argparse names the argument in its error, exit 2):
+    ``-o ""``, a shell variable left unset, meant the working folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (a variable left unset?)")
+    return text
+
+
+def _a_path(text: str) -> Path:
+    return Path(_not_empty(text))
 
 
 def _count(text: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -330,6 +331,18 @@ def test_an_empty_path_is_a_usage_error(tmp: Path) -> None:
         assert "an empty path" in done.stderr
         assert "Traceback" not in done.stderr
     assert not (ROOT / "512").exists()
+    for argv in (["demo", str(IMAGES), "-o", ""], ["failures", ""], ["process", "--config", ""]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", *argv],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert done.returncode == 2, (argv, done.stderr)
+        assert "an empty path" in done.stderr
+    assert not (tmp / "manifest.jsonl").exists()  # demo -o "" wrote its run here
     with pytest.raises(ConfigError, match="output: an empty path"):
         from_file(tmp, f'inputs = ["{IMAGES}"]\noutput = ""\n')
 
