@@ -148,9 +148,9 @@ def table_schema(own: dict[str, str], kept: Mapping[str, Any] | None = None) -> 
 def kept_types(tables: Sequence[str], keep: Sequence[str]) -> dict[str, Any]:
     """The type of each kept column in the shards, known before any row is read: a Parquet
     table's own (as its values are given: :func:`~stages.parquet_rows.plain_type`), text for
-    a CSV/TSV or JSON lines table's (as :mod:`stages.tables_in` reads them); text too for a
-    column whose tables differ, or whose Parquet schema cannot be read here (the run says
-    why when it reads the table)."""
+    a CSV/TSV or JSON lines table's (as :mod:`stages.tables_in` reads them); for a column whose
+    tables differ, a type that holds them all (:func:`_common_type`), else text; text too when
+    a Parquet schema cannot be read here (the run says why when it reads the table)."""
     import pyarrow as pa
 
     found: dict[str, set[Any]] = {c: set() for c in keep}
@@ -159,7 +159,21 @@ def kept_types(tables: Sequence[str], keep: Sequence[str]) -> dict[str, Any]:
         for c in keep:
             index = schema.get_field_index(c)
             found[c].add(plain_type(schema.field(index).type) if index >= 0 else pa.string())
-    return {c: types.pop() if len(types) == 1 else pa.string() for c, types in found.items()}
+    return {c: _common_type(types) for c, types in found.items()}
+
+
+def _common_type(types: set[Any]) -> Any:
+    """One type for a kept column that its tables give as ``types``: theirs when they agree;
+    int64 for integers of several widths, float64 for floats (and integers); else text."""
+    import pyarrow as pa
+
+    if len(types) == 1:
+        return next(iter(types))
+    if all(pa.types.is_integer(t) and t != pa.uint64() for t in types):
+        return pa.int64()
+    if all(pa.types.is_floating(t) or pa.types.is_integer(t) for t in types):
+        return pa.float64()
+    return pa.string()
 
 
 def _parquet_schema(path: str) -> Any:

@@ -288,3 +288,29 @@ def test_kept_columns_of_another_type_in_a_later_run_are_refused(tmp_path: Path,
     assert run_process(dataclasses.replace(both, urls=(str(one), str(three)))).exit_code == 0
     metas = [str(p) for p in out.glob("[0-9]*[0-9].parquet")]
     assert ds.dataset(metas).to_table().num_rows == 4
+
+
+def test_kept_integers_of_several_widths_are_int64(tmp_path: Path, base: str) -> None:
+    """Two tables that give a kept column as int32 and int64: the shards' column is int64
+    (it fell back to text), and a later run with an int16 table is the same schema."""
+    from stages.shards import kept_types
+
+    def table(name: str, first: int, kind: pa.DataType) -> Path:
+        urls = [f"{base}/img/{first + i}.jpg" for i in range(2)]
+        n = pa.array([first, first + 1], kind)
+        pq.write_table(pa.table({"url": urls, "caption": ["a", "b"], "n": n}), tmp_path / name)
+        return tmp_path / name
+
+    one, two = table("one.parquet", 0, pa.int32()), table("two.parquet", 2, pa.int64())
+    assert kept_types([str(one), str(two)], ["n"]) == {"n": pa.int64()}
+    out = tmp_path / "out"
+    cfg = dataclasses.replace(
+        shard_config(out, one, keep_columns="n", samples_per_shard=2), urls=(str(one), str(two))
+    )
+    assert run_process(cfg).exit_code == 0
+    three = table("three.parquet", 4, pa.int16())
+    assert run_process(dataclasses.replace(cfg, urls=(str(one), str(two), str(three)))).ok == 2
+    metas = [str(p) for p in out.glob("[0-9]*[0-9].parquet")]
+    got = ds.dataset(metas).to_table()
+    assert got.schema.field("n").type == pa.int64()
+    assert sorted(got.column("n").to_pylist()) == [0, 1, 2, 3, 4, 5]
