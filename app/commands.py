@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import ProcessConfig, config_from_args
+from .config import ProcessConfig, check_path, config_from_args
 from .options import Integer, add_arguments
 from .warmup import warm_up
 
@@ -161,10 +161,12 @@ def add_commands(sub: Any) -> None:
 
 
 def _not_empty(text: str) -> str:
-    """A path argument that is not empty (argparse names the argument in its error, exit 2):
-    ``-o ""``, a shell variable left unset, meant the working folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path (a variable left unset?)")
+    """A path argument that is not empty (:func:`~app.config.check_path`; argparse names the
+    argument in its error, exit 2)."""
+    try:
+        check_path(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

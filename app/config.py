@@ -71,6 +71,7 @@ __all__ = [
     "STAGE_NAMES",
     "ProcessConfig",
     "Workers",
+    "check_path",
     "config_from_args",
     "load_config",
 ]
@@ -203,7 +204,7 @@ BACKEND = "beyond one machine"
 
 
 # where options do something (see the module docstring)
-def _a_path(value: str) -> None:
+def check_path(value: str) -> None:
     """A path is not empty: ``-o ""`` (a shell variable left unset) wrote a run into the
     working folder."""
     if not value.strip():
@@ -235,14 +236,14 @@ class ProcessConfig:
     # -- inputs and outputs
     inputs: tuple[str, ...] = option(
         (),
-        kind=TextList(Text(what="path", metavar="INPUTS", check=_a_path), what="paths"),
+        kind=TextList(Text(what="path", metavar="INPUTS", check=check_path), what="paths"),
         positional=True,
         help="input folders (or files)",
         group=FILES,
     )
     output: str = option(
         "out",
-        kind=Text(what="path", metavar="DIR", check=_a_path),
+        kind=Text(what="path", metavar="DIR", check=check_path),
         short="-o",
         help="output folder, or a storage URL (s3://bucket/prefix/)",
         group=FILES,
@@ -390,7 +391,7 @@ class ProcessConfig:
     # -- downloads (URL lists); the defaults are DownloadConfig's (see the module docstring)
     urls: tuple[str, ...] = option(
         (),
-        kind=TextList(Text(what="path", metavar="FILE", check=_a_path), what="paths"),
+        kind=TextList(Text(what="path", metavar="FILE", check=check_path), what="paths"),
         help="URL list: text (one a line), .csv/.tsv or .jsonl with a url column, optionally "
         ".gz; repeatable",
         group=DOWNLOADS,

@@ -132,11 +132,16 @@ class Text(Kind[str]):
         self.what, self.metavar = what, metavar
         self.normalize, self.check, self.numbers = normalize, check, numbers
 
+    def digits(self, value: object) -> object:
+        """``value``, or its digits when it is a whole number that this kind takes as text."""
+        if self.numbers and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
     def from_value(self, value: object) -> str:
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
-        if self.numbers and isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
+        value = self.digits(value)
         if not isinstance(value, str):
             raise ValueError(f"expected {self.what}, got {_got(value)}")
         if self.normalize is not None:
@@ -304,16 +309,14 @@ class TextList(Kind[tuple[str, ...]]):
         return tuple(self.item.from_value(p) for p in parts if p or not self.commas)
 
     def from_value(self, value: object) -> tuple[str, ...]:
-        if self.item.numbers and isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
+        value = self.item.digits(value)
         if isinstance(value, str | os.PathLike):
             return self.from_text(os.fspath(value))
         if not isinstance(value, list | tuple):
             raise ValueError(f"expected {self.what}, got {_got(value)}")
         items: list[str] = []
         for v in value:
-            if self.item.numbers and isinstance(v, int) and not isinstance(v, bool):
-                v = str(v)
+            v = self.item.digits(v)
             if not isinstance(v, str | os.PathLike):
                 raise ValueError(f"expected a list of {self.item.what}, got an item {_got(v)}")
             items.extend(self.from_text(os.fspath(v)))

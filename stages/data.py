@@ -426,15 +426,17 @@ def _read_table(
     numeric: tuple[str, ...] | None,
     other: tuple[str, ...],
     delimiter: str,
+    encoding: str | None = None,
 ) -> _Read:
     """pyarrow table of ``data``: ``numeric`` columns as float64, ``other`` ones as bytes (or
     every column with inferred types when ``numeric`` is None); rows with the wrong number of
     fields are skipped and counted. Bytes that are not UTF-8 are read as Latin-1 (a bad row's
-    text is decoded for the handler: such bytes failed the whole file)."""
+    text is decoded for the handler: such bytes failed the whole file); ``encoding``: when
+    known already (:func:`_encoding`)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    read = _Read(None, "utf8" if _is_utf8(data) else "latin1")
+    read = _Read(None, encoding or _encoding(data))
 
     def skip(row: Any) -> str:
         read.bad += 1
@@ -463,6 +465,15 @@ def _read_table(
         ),
     )
     return read
+
+
+def _encoding(data: bytes) -> str:
+    """How :func:`_read_table` reads ``data``: UTF-8, else Latin-1."""
+    return "utf8" if _is_utf8(data) else "latin1"
+
+
+def _line_count(data: bytes) -> int:
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -510,13 +521,14 @@ def _read_clean(
     rest read again."""
     import pyarrow as pa
 
+    encoding = _encoding(data)
     try:
-        out = _Cleaned(data, _read_table(data, names, numeric, other, delimiter))
+        out = _Cleaned(data, _read_table(data, names, numeric, other, delimiter, encoding))
     except pa.ArrowInvalid as exc:  # a quote left open past one of the reader's 1 MiB blocks
         if "out of sync" not in str(exc):
             raise
-        out = _Cleaned(data, _Read(None, "utf8" if _is_utf8(data) else "latin1"))
-    lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+        out = _Cleaned(data, _Read(None, encoding))
+    lines = _line_count(data)
     # a quote left open on the last line ends with the data: a row that adds up
     last = data[data.rstrip(b"\r\n").rfind(b"\n") + 1 :]
     if out.read.table is not None and b'"' not in last:
@@ -524,7 +536,7 @@ def _read_clean(
             return out  # every line a row (the usual case: a count of the bytes)
         if out.read.table.num_rows + out.read.bad >= len(_non_empty_lines(data)):
             return out  # blank lines (the reader skips them)
-    dropped = _open_quote_lines(data, delimiter, out.read.encoding)
+    dropped = _open_quote_lines(data, delimiter, encoding)
     if not dropped:
         if out.read.table is None:  # (the reader found what the csv module does not)
             raise DataError("a quoted value runs past the reader's block: cannot read it")
@@ -535,9 +547,9 @@ def _read_clean(
     out.data = b"".join(data[s:e] for s, e in zip(starts[kept], ends[kept], strict=True))
     out.dropped = dropped
     if out.data.strip():
-        out.read = _read_table(out.data, names, numeric, other, delimiter)
+        out.read = _read_table(out.data, names, numeric, other, delimiter, encoding)
     else:  # every line set aside (pyarrow says "Empty CSV file")
-        out.read = _Read(_empty_table(names, numeric, other), out.read.encoding)
+        out.read = _Read(_empty_table(names, numeric, other), encoding)
     return out
 
 
@@ -557,6 +569,8 @@ def _empty_table(
 
 def _line_spans(data: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Where each line of ``data`` starts and ends (its newline included)."""
+    if not data:
+        return np.empty(0, np.intp), np.empty(0, np.intp)
     ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1
     if len(data) and data[-1:] != b"\n":
         ends = np.append(ends, len(data))
@@ -599,13 +613,10 @@ def _open_quote_lines(data: bytes, delimiter: str, encoding: str) -> list[int]:
 def _non_empty_lines(data: bytes) -> np.ndarray[Any, np.dtype[np.intp]]:
     """The 0-based numbers of the lines of ``data`` that pyarrow reads as rows (not empty, not
     a bare ``\\r``), quotes aside."""
+    starts, ends = _line_spans(data)
     buf = np.frombuffer(data, np.uint8)
-    ends = np.flatnonzero(buf == 10)
-    if len(data) and data[-1:] != b"\n":
-        ends = np.append(ends, len(data))
-    starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.empty(0, np.intp)
-    length = ends - starts
-    bare_cr = (length == 1) & (buf[np.minimum(starts, len(buf) - 1)] == 13)
+    length = ends - starts - (buf[ends - 1] == 10).astype(np.intp)  # without its newline
+    bare_cr = (length == 1) & (buf[starts] == 13)
     return np.flatnonzero((length > 0) & ~bare_cr)
 
 
@@ -613,8 +624,7 @@ def _crunch_csv(part: CsvPart) -> CsvPartResult:
     import pyarrow as pa
 
     data = _lines(part.path, part.start, part.stop, part.data_start)
-    lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-    res = CsvPartResult(lines=lines, rows=0, columns={}, non_numeric={})
+    res = CsvPartResult(lines=_line_count(data), rows=0, columns={}, non_numeric={})
     if not data or data.isspace():  # data.strip() would copy the whole part
         res.columns = {n: array_stats(np.empty(0), max_bins=part.bins) for n in part.numeric}
         res.non_numeric = dict.fromkeys(part.other, 0)

@@ -560,8 +560,8 @@ def _to_8bit_grey(im: Image.Image) -> Image.Image:
 
     arr = np.asarray(im)
     is_float = im.mode == "F"
-    finite = np.isfinite(arr) if is_float else np.ones(arr.shape, dtype=bool)
-    seen = arr[finite]
+    finite = np.isfinite(arr) if is_float else None  # (integers are all finite)
+    seen = arr if finite is None else arr[finite]
     low, high = (float(seen.min()), float(seen.max())) if seen.size else (0.0, 0.0)
     top = (1.0 if high <= 1.0 else 255.0) if is_float else 65535.0
     if (low < 0.0 or high > top) and high > low:
@@ -570,7 +570,9 @@ def _to_8bit_grey(im: Image.Image) -> Image.Image:
         levels = arr.astype(np.float64) * (255.0 / top)
     else:  # exact integers: rounded v * 255 / 65535
         levels = ((np.clip(arr.astype(np.int64), 0, 65535) * 255 + 32767) // 65535).astype(float)
-    grey = np.clip(np.rint(np.where(finite, levels, 0.0)), 0, 255).astype(np.uint8)
+    if finite is not None:
+        levels = np.where(finite, levels, 0.0)
+    grey = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
     out = Image.fromarray(grey)
     trns = im.info.get("transparency")
     if isinstance(trns, int) and im.mode != "F":

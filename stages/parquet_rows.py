@@ -1,35 +1,28 @@
-"""Rows to Parquet: a file written a row group at a time, and tables of rows whose columns may
-hold values of several types (the kept columns of a JSON lines table).
-
-A table whose schema is known up front (:func:`schema_table`, :class:`RowGroupWriter` given a
-``schema``) has it whatever its rows hold (a column all null, no row at all), so that every
-shard of a run has one schema and the folder reads as one dataset."""
+"""Rows to Parquet, in a schema known up front: a file written a row group at a time
+(:class:`RowGroupWriter`) and a table of rows (:func:`schema_table`). Either has the schema
+whatever its rows hold (a column all null, no row at all: a valid file of 0 rows), so that
+every shard of a run has one and the folder reads as one dataset. A value not of its
+column's type is written as text in a text column (the kept columns of a JSON lines table may
+hold several types)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ROW_GROUP", "RowGroupWriter", "plain_type", "rows_table", "schema_table"]
+__all__ = ["ROW_GROUP", "RowGroupWriter", "plain_type", "schema_table"]
 
 ROW_GROUP = 256
 
 
 class RowGroupWriter:
-    """A Parquet file written a row group at a time. Its schema is ``schema`` when given (a
-    file of no row has it too: a valid Parquet file of 0 rows); else the first group's (a
-    column that is all null there is text), a later group's column of another type cast to
-    it, or else written as text."""
+    """A Parquet file of ``schema``, written a row group (:data:`ROW_GROUP` rows) at a time."""
 
-    def __init__(
-        self, sink: Any, types: Mapping[str, Any] | None = None, *, schema: Any = None
-    ) -> None:
+    def __init__(self, sink: Any, *, schema: Any) -> None:
         self.sink = sink
-        self.types = types or {}  # columns of a known type (see rows_table)
+        self.schema = schema
         self.rows: list[dict[str, Any]] = []
         self.writer: Any = None
-        self.schema: Any = schema
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -40,19 +33,8 @@ class RowGroupWriter:
         if not self.rows:
             return
         rows, self.rows = self.rows, []
-        if self.schema is not None:
-            self._open()
-            self.writer.write_table(schema_table(rows, self.schema))
-            return
-        import pyarrow as pa
-
-        table = rows_table(rows, self.types)
-        fields = [
-            pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema
-        ]
-        self.schema = pa.schema(fields)
         self._open()
-        self.writer.write_table(_conform(table, self.schema))
+        self.writer.write_table(schema_table(rows, self.schema))
 
     def _open(self) -> None:
         import pyarrow.parquet as pq
@@ -62,23 +44,11 @@ class RowGroupWriter:
 
     def close(self) -> None:
         """Write what is left and the file's footer; a file that got no row has the schema
-        given (or the known types' columns): loaders cannot read a file of 0 bytes."""
+        too (loaders cannot read a file of 0 bytes)."""
         self.flush()
-        if self.writer is None:
-            import pyarrow as pa
-
-            if self.schema is None:
-                self.schema = pa.schema([(n, _arrow_type(t)) for n, t in self.types.items()])
-            self._open()
+        self._open()
         self.writer.close()
         self.writer = None
-
-
-def _arrow_type(t: Any) -> Any:
-    """A pyarrow type, from itself or its alias (``"int64"``)."""
-    import pyarrow as pa
-
-    return pa.type_for_alias(t) if isinstance(t, str) else t
 
 
 def schema_table(rows: list[dict[str, Any]], schema: Any) -> Any:
@@ -122,81 +92,9 @@ def plain_type(t: Any) -> Any:
     return pa.string()
 
 
-def rows_table(rows: list[dict[str, Any]], types: Mapping[str, Any] | None = None) -> Any:
-    """A pyarrow table of ``rows``; a column whose values have several types (a JSON lines
-    table's ``1`` and ``"high"``) is written as text (JSON for numbers, lists and objects).
-    ``types``: the columns whose type is known (pyarrow types or their names: ``"int64"``),
-    which they have whatever the rows hold (all null in this table, say), so that every
-    table of a run has the same schema for them."""
-    table = _inferred(rows)
-    return _typed(table, types) if types else table
-
-
-def _typed(table: Any, types: Mapping[str, Any]) -> Any:
-    import pyarrow as pa
-
-    for name, alias in types.items():
-        index = table.schema.get_field_index(name)
-        if index < 0:
-            continue
-        wanted, col = _arrow_type(alias), table.column(index)
-        if col.type != wanted:
-            try:
-                col = col.cast(wanted)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                continue  # left as it is (the values say otherwise)
-            table = table.set_column(index, pa.field(name, wanted), col)
-    return table
-
-
-def _inferred(rows: list[dict[str, Any]]) -> Any:
-    import pyarrow as pa
-
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
-    kinds: dict[str, set[type]] = {}
-    for row in rows:
-        for name, value in row.items():
-            if value is not None:
-                kind = (
-                    float
-                    if isinstance(value, int | float) and not isinstance(value, bool)
-                    else type(value)
-                )
-                kinds.setdefault(name, set()).add(kind)
-    mixed = {name for name, k in kinds.items() if len(k) > 1 or k & {list, dict}}
-    return pa.Table.from_pylist(
-        [{k: _text(v) if k in mixed else v for k, v in r.items()} for r in rows]
-    )
-
-
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bytes):
         return value.hex()
     return json.dumps(value, default=str)
-
-
-def _conform(table: Any, schema: Any) -> Any:
-    """``table`` with the columns of ``schema`` (missing ones null, others cast or as text)."""
-    import pyarrow as pa
-
-    columns = []
-    for f in schema:
-        if f.name not in table.column_names:
-            columns.append(pa.nulls(len(table), f.type))
-            continue
-        col = table[f.name]
-        if col.type != f.type:
-            try:
-                col = col.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                if not pa.types.is_string(f.type):
-                    what = f"column {f.name!r}: {col.type} values in a {f.type} column"
-                    raise ValueError(what) from exc
-                col = pa.array([_text(v) for v in col.to_pylist()], f.type)
-        columns.append(col)
-    return pa.Table.from_arrays(columns, schema=schema)

@@ -598,18 +598,15 @@ def _no_sample(folder: Path, shard: str) -> bool:
     """Whether ``shard``'s stats file says it holds no sample (its rows all failed or were
     left out): each rerun of a set with failures wrote them into a new such shard, and the
     next set the one before aside, with a warning, for good."""
-    stem = shard.rsplit(".", 1)[0]
     try:
-        stats = json.loads((folder / f"{stem}_stats.json").read_text(encoding="utf-8"))
+        stats = json.loads((folder / _files_of(shard)[2]).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(stats, dict) and stats.get("successes") == 0 and stats.get("shard") == shard
 
 
 def _remove_shard(folder: Path, shard: str) -> None:
-    stem, ext = shard.rsplit(".", 1)
-    meta = f"{stem}.parquet" if ext == "tar" else f"{stem}_meta.parquet"
-    for name in (shard, meta, f"{stem}_stats.json"):
+    for name in _files_of(shard):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(folder / name)
     log.info("shard %s held no sample and no record names it: removed", shard)
@@ -622,12 +619,17 @@ _UNRECORDED = (
 _NOT_DONE = "its inputs count as not done (a run given them writes them into new shards)"
 
 
+def _files_of(shard: str) -> tuple[str, str, str]:
+    """The files of the data shard ``shard``: itself, its metadata table, its stats file."""
+    stem, ext = shard.rsplit(".", 1)
+    meta = f"{stem}.parquet" if ext == "tar" else f"{stem}_meta.parquet"
+    return shard, meta, f"{stem}_stats.json"
+
+
 def _set_aside(folder: Path, shard: str, suffix: str, why: str, then: str) -> None:
     """Rename the data file ``shard`` of ``folder``, its metadata table and its stats file
     ``NAME<suffix>``, and say why and what ``then``."""
-    stem, ext = shard.rsplit(".", 1)
-    meta = f"{stem}.parquet" if ext == "tar" else f"{stem}_meta.parquet"
-    for name in (shard, meta, f"{stem}_stats.json"):
+    for name in _files_of(shard):
         with contextlib.suppress(FileNotFoundError):
             os.replace(folder / name, folder / f"{name}{suffix}")
     log.warning("shard %s %s: set aside as %s%s; %s", shard, why, shard, suffix, then)
